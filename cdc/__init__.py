@@ -1,0 +1,1 @@
+"""Capture: PostgreSQL logical replication (pgoutput) into Debezium-compatible Kafka topics."""

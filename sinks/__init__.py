@@ -1,0 +1,1 @@
+"""Sinks: apply canonical events to the opposite system, idempotently and in order."""

@@ -1,0 +1,1 @@
+"""Faust stream processing: raw change events into clean canonical business events."""
