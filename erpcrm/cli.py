@@ -1,0 +1,167 @@
+"""The ``erpcrm`` command line: one entry point for the stack, the workers and the tools.
+
+Logging handlers are configured here and only here; modules log through
+``logging.getLogger(__name__)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from erpcrm.stack import ComponentStatus, LocalStack
+from schemas.errors import SyncError
+
+app = typer.Typer(
+    name="erpcrm",
+    help="Real-time, bidirectional ERP <-> CRM sync on PostgreSQL change data capture.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="The local stack: Kafka, schema registry, PostgreSQL, Prometheus.")
+app.add_typer(stack_app, name="stack")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _configure_logging(verbose)
+
+
+def _progress(message: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+
+
+def _fail(exc: SyncError) -> typer.Exit:
+    console.print(f"[bold red]error:[/bold red] {exc}")
+    return typer.Exit(code=1)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start every component (idempotent) and wait until each one answers."""
+    started = time.monotonic()
+    try:
+        statuses = LocalStack().up(_progress)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    _progress(f"stack up in {time.monotonic() - started:.1f}s")
+    if not all(s.healthy for s in statuses):
+        _print_status(statuses)
+        raise typer.Exit(code=1)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every component the stack started, and nothing else."""
+    LocalStack().down(_progress)
+
+
+@stack_app.command("status")
+def stack_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show each component's state, pid, endpoint and memory; exit 1 unless all are healthy."""
+    from erpcrm.stack.manager import status_as_dicts
+
+    statuses = LocalStack().status()
+    if as_json:
+        out.print_json(json.dumps({"components": status_as_dicts(statuses)}))
+    else:
+        _print_status(statuses)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(code=1)
+
+
+def _print_status(statuses: list[ComponentStatus]) -> None:
+    table = Table("component", "state", "pid", "endpoint", "memory")
+    colors = {"running": "green", "unhealthy": "yellow", "stopped": "red"}
+    for s in statuses:
+        table.add_row(
+            s.name,
+            f"[{colors[s.state]}]{s.state}[/]",
+            str(s.pid or "-"),
+            s.endpoint,
+            f"{s.memory_bytes / 2**20:.0f} MiB" if s.memory_bytes else "-",
+        )
+    out.print(table)
+
+
+@stack_app.command("env")
+def stack_env() -> None:
+    """Print ``export`` lines for the stack's endpoints: ``eval "$(erpcrm stack env)"``."""
+    for key, value in LocalStack().env().items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+@app.command("workload")
+def workload(
+    rate: Annotated[float, typer.Option(help="Operations per second across both systems.")] = 50,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to run (default: until --count).")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Operations to run.")] = None,
+    dirty_ratio: Annotated[
+        float, typer.Option(help="Share of operations that carry dirty data (0..1).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same activity.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Drive the ERP and CRM databases with realistic business activity."""
+    from erpcrm.workload import run_workload
+
+    if duration is None and count is None:
+        duration = 10.0
+    env = _stack_env()
+    try:
+        report = run_workload(
+            env["ERP_DSN"],
+            env["CRM_DSN"],
+            rate=rate,
+            duration=duration,
+            count=count,
+            dirty_ratio=dirty_ratio,
+            seed=seed,
+        )
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        out.print_json(json.dumps(report.as_dict(), default=str))
+    else:
+        out.print(report.summary())
+
+
+def _stack_env() -> dict[str, str]:
+    """Endpoints from the environment (``erpcrm stack env``), else the local stack's."""
+    defaults = LocalStack().env()
+    return {key: os.environ.get(key, value) for key, value in defaults.items()}
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

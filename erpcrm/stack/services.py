@@ -1,0 +1,184 @@
+"""The HTTP services of the local stack: Apicurio Registry and Prometheus."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+
+from erpcrm.stack.java import find_java
+from erpcrm.stack.process import launch, running_pid, stop, tail, tree_memory_bytes
+from schemas.errors import StackError
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        response = httpx.get(url, timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+class SchemaRegistry:
+    """Apicurio Registry 3.x (Quarkus fast-jar) with its Confluent-compatible API.
+
+    Storage is ``kafkasql``: the registry's journal is a Kafka topic, so schemas survive
+    a restart of the registry (and of the whole stack) exactly as long as Kafka's data does.
+    """
+
+    name = "schema-registry"
+
+    def __init__(self, *, port: int, state_dir: Path, dist_dir: Path, kafka_bootstrap: str) -> None:
+        self.port = port
+        self.dir = state_dir
+        self.dist = dist_dir
+        self.kafka_bootstrap = kafka_bootstrap
+        self.log_path = state_dir / "registry.log"
+        self.pid_file = state_dir / "registry.pid"
+
+    @property
+    def base_url(self) -> str:
+        """Root of the registry's HTTP API."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Confluent-compatible endpoint, as Confluent clients expect ``schema.registry.url``."""
+        return f"{self.base_url}/apis/ccompat/v7"
+
+    @property
+    def endpoint(self) -> str:
+        """Where clients connect."""
+        return self.url
+
+    @property
+    def _marker(self) -> str:
+        return f"-Derpcrm.stack={self.dir}"
+
+    def pid(self) -> int | None:
+        """Registry pid while it runs from our state directory."""
+        return running_pid(self.pid_file, self._marker)
+
+    def launch(self) -> None:
+        """Start the registry (no-op when running). Kafka must already be ready."""
+        if self.pid() is not None:
+            return
+        runner = self.dist / "quarkus-run.jar"
+        if not runner.exists():
+            raise StackError(
+                f"Apicurio Registry missing ({runner}); run `make setup` "
+                "(resolves it from Maven Central with deploy/pom.xml)"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            find_java(21, "Apicurio Registry 3"),
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            self._marker,
+            f"-Dquarkus.http.port={self.port}",
+            "-Dquarkus.http.host=127.0.0.1",
+            "-Dquarkus.log.level=WARN",
+            '-Dquarkus.log.category."io.apicurio".level=INFO',
+            "-Dapicurio.storage.kind=kafkasql",
+            f"-Dapicurio.kafkasql.bootstrap.servers={self.kafka_bootstrap}",
+            "-Dapicurio.kafkasql.topic=_apicurio-journal",
+            "-Dapicurio.kafkasql.snapshots.topic=_apicurio-snapshots",
+            "-Dapicurio.rest.artifact.deletion.enabled=true",
+            "-jar",
+            str(runner),
+        ]
+        launch(argv, cwd=self.dir, log_file=self.log_path, pid_file=self.pid_file)
+
+    def ready(self) -> bool:
+        """True when the Confluent-compatible API lists subjects."""
+        return _http_ok(f"{self.url}/subjects")
+
+    def after_ready(self) -> None:
+        """Nothing to bootstrap: subjects are registered by the stages."""
+
+    def stop(self) -> None:
+        """SIGTERM (Quarkus shuts down gracefully), SIGKILL after 30 s."""
+        pid = self.pid()
+        if pid is not None:
+            stop(pid, marker=self._marker)
+
+    def memory_bytes(self) -> int:
+        """PSS of the registry JVM."""
+        pid = self.pid()
+        return tree_memory_bytes(pid) if pid else 0
+
+    def log_tail(self) -> str:
+        """Last lines of the registry's log."""
+        return tail(self.log_path)
+
+
+class Prometheus:
+    """Debian's Prometheus with the project's scrape config and alert rules."""
+
+    name = "prometheus"
+
+    def __init__(self, *, port: int, state_dir: Path, config: Path) -> None:
+        self.port = port
+        self.dir = state_dir
+        self.config = config
+        self.log_path = state_dir / "prometheus.log"
+        self.pid_file = state_dir / "prometheus.pid"
+
+    @property
+    def url(self) -> str:
+        """Prometheus' HTTP API and UI."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        """Where clients connect."""
+        return self.url
+
+    def pid(self) -> int | None:
+        """Prometheus pid while it runs with our storage directory."""
+        return running_pid(self.pid_file, str(self.dir / "data"))
+
+    def launch(self) -> None:
+        """Start Prometheus (no-op when running)."""
+        if self.pid() is not None:
+            return
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise StackError(
+                "prometheus not found; run `make setup` or `apt-get install prometheus`"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            binary,
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--storage.tsdb.retention.time=7d",
+            "--web.enable-lifecycle",
+            "--log.level=warn",
+        ]
+        launch(argv, cwd=self.dir, log_file=self.log_path, pid_file=self.pid_file)
+
+    def ready(self) -> bool:
+        """True when Prometheus reports itself ready."""
+        return _http_ok(f"{self.url}/-/ready")
+
+    def after_ready(self) -> None:
+        """Nothing to bootstrap."""
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL after 30 s."""
+        pid = self.pid()
+        if pid is not None:
+            stop(pid, marker=str(self.dir / "data"))
+
+    def memory_bytes(self) -> int:
+        """PSS of Prometheus."""
+        pid = self.pid()
+        return tree_memory_bytes(pid) if pid else 0
+
+    def log_tail(self) -> str:
+        """Last lines of Prometheus' log."""
+        return tail(self.log_path)
