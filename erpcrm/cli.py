@@ -12,7 +12,8 @@ import os
 import shlex
 import sys
 import time
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -31,6 +32,20 @@ stack_app = typer.Typer(help="The local stack: Kafka, schema registry, PostgreSQ
 app.add_typer(stack_app, name="stack")
 
 console = Console(stderr=True)
+
+
+class SystemName(StrEnum):
+    """The two systems erp-crm-sync connects."""
+
+    erp = "erp"
+    crm = "crm"
+
+    @property
+    def literal(self) -> Literal["erp", "crm"]:
+        """The value as the settings' literal type."""
+        return "erp" if self is SystemName.erp else "crm"
+
+
 out = Console()
 
 
@@ -150,6 +165,47 @@ def workload(
         out.print_json(json.dumps(report.as_dict(), default=str))
     else:
         out.print(report.summary())
+
+
+@app.command("cdc")
+def cdc(
+    system: Annotated[SystemName, typer.Option(help="Source database.")],
+    dsn: Annotated[
+        str | None,
+        typer.Option(help="Replication DSN (default: the local stack's capture role)."),
+    ] = None,
+) -> None:
+    """Stream every committed change of one database into Kafka (Debezium envelopes)."""
+    from cdc.settings import CaptureSettings
+    from erpcrm.workers import build_capture, serve_metrics, stop_on_signals
+
+    if dsn:
+        os.environ["ERPCRM_CDC_DSN"] = dsn
+    _stack_defaults_into_environment(capture_dsn_of=system.value)
+    try:
+        settings = CaptureSettings(system=system.literal)
+        worker = build_capture(settings, serve_metrics(settings.metrics_port))
+        stop_on_signals(worker.stop)
+        worker.run()
+    except SyncError as exc:
+        raise _fail(exc) from exc
+
+
+def _stack_defaults_into_environment(*, capture_dsn_of: str | None = None) -> None:
+    """Make the local stack the default for any ``ERPCRM_*`` setting not already set.
+
+    Settings read the environment; anything exported there (or in ``ERPCRM_CONFIG``'s
+    file for keys not in the environment) wins over the local stack.
+    """
+    env = _stack_env()
+    defaults = {
+        "ERPCRM_KAFKA__BOOTSTRAP": env["KAFKA_BOOTSTRAP"],
+        "ERPCRM_REGISTRY__URL": env["SCHEMA_REGISTRY_URL"],
+    }
+    if capture_dsn_of:
+        defaults["ERPCRM_CDC_DSN"] = env[f"{capture_dsn_of.upper()}_CAPTURE_DSN"]
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
 
 
 def _stack_env() -> dict[str, str]:

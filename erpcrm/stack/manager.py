@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from cdc.settings import DEFAULT_TABLES
 from erpcrm.stack.kafka import KafkaBroker
 from erpcrm.stack.layout import StackLayout
 from erpcrm.stack.postgres import CAPTURE_ROLE, SINK_ROLE, SUPERUSER, PostgresCluster
@@ -89,6 +90,7 @@ class LocalStack:
             schema_sql=sql_dir / "erp.sql",
             secrets=self.secrets,
             passfile=self.layout.pgpass,
+            publication_tables=DEFAULT_TABLES["erp"],
         )
         self.crm = PostgresCluster(
             system="crm",
@@ -97,6 +99,7 @@ class LocalStack:
             schema_sql=sql_dir / "crm.sql",
             secrets=self.secrets,
             passfile=self.layout.pgpass,
+            publication_tables=DEFAULT_TABLES["crm"],
         )
         self.kafka = KafkaBroker(
             port=ports.kafka,

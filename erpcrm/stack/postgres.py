@@ -93,6 +93,7 @@ class PostgresCluster:
         schema_sql: Path,
         secrets: StackSecrets,
         passfile: Path,
+        publication_tables: tuple[str, ...] = (),
     ) -> None:
         self.system = system
         self.name = f"postgres-{system}"
@@ -105,6 +106,8 @@ class PostgresCluster:
         self.app_role = f"{system}_app"
         self._secrets = secrets
         self._passfile = passfile
+        self.publication = f"erpcrm_{system}"
+        self.publication_tables = publication_tables
 
     # -- addresses --------------------------------------------------------------------
 
@@ -282,7 +285,7 @@ class PostgresCluster:
                         sql.SQL(function), sql.Identifier(SINK_ROLE)
                     )
                 )
-        with psycopg.connect(self.dsn()) as conn:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(self.schema_sql.read_text())  # trusted file shipped in deploy/sql
             for role in (CAPTURE_ROLE, SINK_ROLE):
                 conn.execute(
@@ -298,6 +301,16 @@ class PostgresCluster:
                     "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}"
                 ).format(sql.Identifier(CAPTURE_ROLE))
             )
+            if self.publication_tables:
+                # Made by the tables' owner, so the capture role needs no ownership.
+                conn.execute(
+                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                        sql.Identifier(self.publication),
+                        sql.SQL(", ").join(
+                            sql.Identifier("public", t) for t in self.publication_tables
+                        ),
+                    )
+                )
         log.info(
             "%s: roles, database and demo schema ready in %.1fs",
             self.name,

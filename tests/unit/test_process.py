@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from erpcrm.stack.process import launch, running_pid, stop, tail, tree_memory_bytes
+from erpcrm.stack.process import cmdline, launch, running_pid, stop, tail, tree_memory_bytes
 
 
 def test_pid_is_ours_only_while_marker_matches(tmp_path: Path) -> None:
@@ -19,6 +20,9 @@ def test_pid_is_ours_only_while_marker_matches(tmp_path: Path) -> None:
         pid_file=pid_file,
     )
     try:
+        deadline = time.monotonic() + 10
+        while marker not in cmdline(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the child has exec'd
         assert running_pid(pid_file, marker) == pid
         assert running_pid(pid_file, "some-other-marker") is None
         assert tree_memory_bytes(pid) > 0

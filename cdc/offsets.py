@@ -1,0 +1,198 @@
+"""What the capture may confirm to PostgreSQL, and where it remembers what it confirmed.
+
+:class:`AckTracker` is pure bookkeeping. Every source transaction is registered in commit
+order with the number of Kafka records it produced; Kafka delivery reports count them
+down. The confirmable LSN is the end LSN of the newest transaction such that it and every
+older transaction are fully acknowledged. That LSN, and never more, is reported to
+PostgreSQL as flushed: a crash at any moment loses nothing, and at most replays the
+transactions not yet confirmed (downstream dedupes them by LSN).
+
+:class:`OffsetStore` keeps the confirmed position in a compacted Kafka topic. It is a
+record of progress, not the source of truth (the slot is): it lets a restarted capture
+notice that its slot vanished, which would otherwise silently skip changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from cdc.lsn import Lsn
+from schemas.errors import RetriableError
+
+log = logging.getLogger(__name__)
+
+OFFSETS_TOPIC = "_erpcrm.cdc.offsets"
+
+
+class _Tx:
+    __slots__ = ("closed", "end_lsn", "pending", "xid")
+
+    def __init__(self, xid: int) -> None:
+        self.xid = xid
+        self.pending = 0
+        self.closed = False
+        self.end_lsn = Lsn.ZERO
+
+
+class AckTracker:
+    """Ordered acknowledgement of transactions (pure: no clock, no I/O, not thread-safe).
+
+    Protocol per transaction: :meth:`begin`, then :meth:`add` once per record handed to
+    the producer (the returned token goes with the record), then :meth:`commit` with the
+    commit's end LSN. :meth:`ack` is called from delivery reports with the token.
+    """
+
+    def __init__(self, start: Lsn = Lsn.ZERO) -> None:
+        self._queue: deque[_Tx] = deque()
+        self._confirmable = start
+        self._idle_position = start
+
+    def begin(self, xid: int) -> _Tx:
+        """Open a transaction; returns the token its records carry."""
+        tx = _Tx(xid)
+        self._queue.append(tx)
+        return tx
+
+    @staticmethod
+    def add(tx: _Tx) -> _Tx:
+        """Count one more record of ``tx`` in flight."""
+        tx.pending += 1
+        return tx
+
+    def commit(self, tx: _Tx, end_lsn: Lsn) -> None:
+        """Close ``tx``: no more records; it is confirmable at ``end_lsn`` once acked."""
+        tx.end_lsn = end_lsn
+        tx.closed = True
+        self._advance()
+
+    def ack(self, tx: _Tx) -> None:
+        """One record of ``tx`` was acknowledged by Kafka (all in-sync replicas)."""
+        tx.pending -= 1
+        if tx.pending < 0:
+            raise AssertionError(f"transaction {tx.xid} acknowledged more often than sent")
+        if tx.pending == 0 and tx.closed:
+            self._advance()
+
+    def idle(self, server_position: Lsn) -> None:
+        """The server reports ``server_position`` with nothing in between for us.
+
+        Once everything before is acknowledged, the slot may advance to it; this keeps
+        WAL from piling up while the captured tables are quiet.
+        """
+        self._idle_position = max(self._idle_position, server_position)
+        self._advance()
+
+    def _advance(self) -> None:
+        queue = self._queue
+        while queue and queue[0].closed and queue[0].pending == 0:
+            self._confirmable = max(self._confirmable, queue.popleft().end_lsn)
+        if not queue:
+            self._confirmable = max(self._confirmable, self._idle_position)
+
+    @property
+    def confirmable(self) -> Lsn:
+        """Highest LSN up to which every change is acknowledged."""
+        return self._confirmable
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions not yet fully acknowledged."""
+        return len(self._queue)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOffset:
+    """The last confirmed progress of one slot."""
+
+    system: str
+    slot: str
+    lsn: int
+    snapshot_completed: bool
+    updated_ms: int
+
+
+class OffsetStore:
+    """Capture progress in a compacted topic, keyed by slot name."""
+
+    def __init__(self, bootstrap: str, topic: str = OFFSETS_TOPIC) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True}
+        )
+
+    @property
+    def topic(self) -> str:
+        """The compacted topic holding the offsets."""
+        return self._topic
+
+    def ensure_topic(self) -> None:
+        """Create the compacted offsets topic if missing."""
+        admin = AdminClient({"bootstrap.servers": self._bootstrap})
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    self._topic,
+                    num_partitions=1,
+                    replication_factor=-1,
+                    config={"cleanup.policy": "compact"},
+                )
+            ]
+        )
+        for future in futures.values():
+            try:
+                future.result(timeout=30)
+            except Exception as exc:
+                error = exc.args[0] if exc.args else None
+                if getattr(error, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise RetriableError(f"cannot create {self._topic}: {exc}") from exc
+
+    def load(self, slot: str, timeout: float = 10.0) -> CaptureOffset | None:
+        """Read the latest offset of ``slot`` (None if it never confirmed anything)."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._bootstrap,
+                "group.id": f"erpcrm-offsets-reader-{slot}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        try:
+            partition = TopicPartition(self._topic, 0)
+            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            if high <= low:
+                return None
+            partition.offset = low
+            consumer.assign([partition])
+            latest: CaptureOffset | None = None
+            deadline = time.monotonic() + timeout
+            position = low
+            while position < high and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None or message.error():
+                    continue
+                position = (message.offset() or position) + 1
+                value = message.value()
+                if message.key() == slot.encode() and value:
+                    latest = CaptureOffset(**json.loads(value))
+            return latest
+        finally:
+            consumer.close()
+
+    def save(self, offset: CaptureOffset) -> None:
+        """Record ``offset`` (asynchronously; :meth:`flush` waits)."""
+        self._producer.produce(
+            self._topic, key=offset.slot.encode(), value=json.dumps(asdict(offset)).encode()
+        )
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until saved offsets are acknowledged."""
+        self._producer.flush(timeout)

@@ -1,0 +1,707 @@
+"""The capture worker: one source database, one slot, every committed change into Kafka.
+
+Session outline (:meth:`CaptureWorker.run` repeats it after retriable failures, with
+backoff, resuming from the slot's confirmed position):
+
+1. Describe the captured tables (refusing tables without a key) and make sure the
+   publication covers them.
+2. If the slot is missing: refuse when the offsets topic says we had streamed before
+   (changes may be missing; re-snapshot on purpose). Otherwise create the slot, record
+   "snapshot started", read the initial snapshot inside the exported snapshot, wait for
+   Kafka to acknowledge every snapshot row, record "snapshot completed".
+3. ``START_REPLICATION`` from the slot's confirmed position and stream: decode, drop
+   echo transactions (sink's replication origin), build Debezium envelopes, produce.
+
+Safety order for acknowledging WAL (what makes a SIGKILL at any moment lossless):
+
+1. Every record of a transaction is handed to the idempotent producer (``acks=all``)
+   with a delivery callback that counts it down in the :class:`~cdc.offsets.AckTracker`.
+2. Only when Kafka has acknowledged every record of a transaction and of all older
+   ones does the tracker's confirmable LSN move to that transaction's end.
+3. Only that confirmable LSN is reported to PostgreSQL as flushed; the slot keeps all
+   WAL after it. After a crash the unconfirmed transactions are replayed (at-least-once;
+   downstream dedupes by LSN) and nothing is lost.
+4. The offsets topic records the confirmed LSN afterwards, as a progress note.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from cdc import catalog, snapshot
+from cdc.catalog import CapturedTable
+from cdc.decoding import (
+    UNCHANGED_TOAST,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Origin,
+    PgOutputDecoder,
+    Relation,
+    Truncate,
+    Type,
+    Update,
+    tuple_to_dict,
+)
+from cdc.envelope import (
+    SourceInfo,
+    TableShape,
+    TransactionBlock,
+    data_collection,
+    envelope_record,
+    key_record,
+    key_schema,
+    source_sequence,
+    transaction_begin_record,
+    transaction_end_record,
+    transaction_id,
+    transaction_key_record,
+    transaction_key_schema,
+    transaction_value_schema,
+    value_schema,
+)
+from cdc.lsn import Lsn
+from cdc.metrics import CaptureMetrics
+from cdc.offsets import AckTracker, CaptureOffset, OffsetStore
+from cdc.replication import Keepalive, ReplicationStream, XLogData
+from cdc.settings import CaptureSettings
+from schemas.errors import PermanentError, RetriableError
+from schemas.serde import AvroSerde, WriterSchema
+from schemas.topics import raw_topic, transaction_topic
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PREFIX = "erpcrm.heartbeat"
+CONNECTOR_VERSION = "erpcrm-0.1.0"
+MAX_BACKOFF_SECONDS = 30.0
+
+
+class SlotLostError(PermanentError):
+    """The slot is gone although the capture had already streamed from it."""
+
+
+@dataclass(slots=True)
+class _Table:
+    """A captured table with its prepared schemas and Kafka topic."""
+
+    captured: CapturedTable
+    topic: str
+    key_writer: WriterSchema
+    value_writer: WriterSchema
+    value_schema: dict[str, Any]
+
+    @property
+    def shape(self) -> TableShape:
+        return self.captured.shape
+
+
+@dataclass(slots=True)
+class _OpenTx:
+    """The transaction being decoded."""
+
+    xid: int
+    final_lsn: Lsn
+    commit_ts: datetime
+    token: Any
+    dropped: bool = False
+    total: int = 0
+    per_collection: Counter[str] = field(default_factory=Counter)
+
+
+class CaptureWorker:
+    """Streams one database's committed changes into Kafka; see the module docstring.
+
+    Thread-safety: :meth:`run` runs on one thread; :meth:`stop` may be called from any
+    thread (or a signal handler) and makes :meth:`run` return after a clean shutdown:
+    flush the producer, confirm what Kafka acknowledged, record the offset.
+    """
+
+    def __init__(
+        self, settings: CaptureSettings, metrics: CaptureMetrics, serde: AvroSerde
+    ) -> None:
+        self._s = settings
+        self._m = metrics
+        self._serde = serde
+        self._stop = threading.Event()
+        self._system = settings.system
+        self._offsets = OffsetStore(settings.kafka.bootstrap)
+        self._producer = Producer(
+            settings.kafka.client_config(
+                **{
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": settings.linger_ms,
+                    "compression.type": "lz4",
+                    # Never give up on a record: a broker outage blocks the capture (and
+                    # holds the slot) instead of dropping changes.
+                    "message.timeout.ms": 0,
+                    "queue.buffering.max.messages": 500_000,
+                    "queue.buffering.max.kbytes": 512 * 1024,
+                    "batch.size": 1_000_000,
+                }
+            )
+        )
+        self._fatal: KafkaException | None = None
+        self._tables: dict[str, _Table] = {}
+        self._by_oid: dict[int, _Table] = {}
+        self._tracker = AckTracker()
+        self._tx: _OpenTx | None = None
+        self._last_commit_lsn: int | None = None
+        self._tx_key_writer: WriterSchema | None = None
+        self._tx_value_writer: WriterSchema | None = None
+        self._last_offset_save = 0.0
+        self._saved_lsn = Lsn.ZERO
+        self._type_names: dict[int, str] = {}
+        self._decoder = PgOutputDecoder()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish cleanly."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Capture until :meth:`stop`; retriable failures reconnect with backoff."""
+        backoff = 1.0
+        self._offsets.ensure_topic()
+        while not self._stop.is_set():
+            try:
+                self._session()
+                backoff = 1.0
+            except RetriableError as exc:
+                self._m.reconnects.labels(self._system).inc()
+                log.warning("%s: %s; reconnecting in %.0fs", self._system, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        self._producer.flush()
+        self._offsets.flush()
+
+    def _session(self) -> None:
+        dsn = self._s.dsn.get_secret_value()
+        try:
+            with (
+                psycopg.connect(dsn, autocommit=True, application_name="erpcrm-cdc") as conn,
+                ReplicationStream(dsn, status_interval=self._s.status_interval_seconds) as stream,
+            ):
+                start = self._prepare(conn, stream)
+                if self._stop.is_set():
+                    return
+                stream.start(self._s.slot, self._s.publication, start)
+                self._stream(conn, stream, start)
+        except psycopg.OperationalError as exc:
+            raise RetriableError(f"database connection lost: {exc}") from exc
+
+    # -- set-up, slot, snapshot -------------------------------------------------------
+
+    def _prepare(
+        self, conn: psycopg.Connection[tuple[object, ...]], stream: ReplicationStream
+    ) -> Lsn:
+        s = self._s
+        described = catalog.describe_tables(conn, s.server_name, s.source_schema, s.tables)
+        catalog.ensure_publication(conn, s.publication, s.source_schema, s.tables)
+        self._ensure_topics()
+        for name, captured in described.items():
+            self._install(captured)
+            log.debug("%s: capturing %s", self._system, name)
+        state = catalog.slot_state(conn, s.slot)
+        offset = self._offsets.load(s.slot)
+        redo = offset is not None and not offset.snapshot_completed
+        if state.exists and redo and s.snapshot_mode == "initial":
+            log.warning("%s: previous snapshot did not complete; taking it again", s.slot)
+            stream.drop_slot(s.slot)
+            state = catalog.slot_state(conn, s.slot)
+        if state.exists:
+            if offset is None:
+                log.warning(
+                    "%s: slot %s exists but no offset was recorded; streaming from the slot",
+                    self._system,
+                    s.slot,
+                )
+            log.info("%s: resuming slot %s at %s", self._system, s.slot, state.confirmed_flush)
+            self._tracker = AckTracker(state.confirmed_flush)
+            return state.confirmed_flush
+        if offset is not None and offset.snapshot_completed:
+            raise SlotLostError(
+                f"replication slot {s.slot} is missing although this capture already streamed "
+                f"up to {Lsn(offset.lsn)}: changes since then may be missing. To start over on "
+                f"purpose, delete the offset (key {s.slot!r} in topic {self._offsets.topic}) so "
+                "a fresh snapshot is taken, and reconcile the targets."
+            )
+        with_snapshot = s.snapshot_mode == "initial"
+        info = stream.create_slot(s.slot, export_snapshot=with_snapshot)
+        log.info("%s: created slot %s at %s", self._system, s.slot, info.consistent_point)
+        self._save_offset(info.consistent_point, snapshot_completed=False, wait=True)
+        if with_snapshot and info.snapshot_name:
+            self._snapshot(info.snapshot_name, info.consistent_point)
+        self._save_offset(info.consistent_point, snapshot_completed=True, wait=True)
+        self._tracker = AckTracker(info.consistent_point)
+        return info.consistent_point
+
+    def _snapshot(self, snapshot_name: str, at: Lsn) -> None:
+        """Read every captured table in the exported snapshot; wait for Kafka's acks."""
+        dsn = self._s.dsn.get_secret_value()
+        tables = list(self._tables.values())
+        remaining = self._m.snapshot_tables_remaining.labels(self._system)
+        remaining.set(len(tables))
+        started = time.monotonic()
+        total = 0
+        ts_ms = int(time.time() * 1000)
+        tracker = AckTracker(at)
+        token = tracker.begin(0)
+        with psycopg.connect(dsn, application_name="erpcrm-snapshot") as conn:
+            snapshot.begin_snapshot(conn, snapshot_name)
+            for index, table in enumerate(tables):
+                estimate = snapshot.count_rows(conn, table.captured)
+                log.info("snapshot %s: reading ~%d rows", table.captured.qualified, estimate)
+                rows = self._m.snapshot_rows.labels(self._system, table.shape.table)
+                last_table = index == len(tables) - 1
+                pending: dict[str, object] | None = None
+                for row in snapshot.read_table(conn, table.captured, self._s.snapshot_batch_rows):
+                    if pending is not None:
+                        self._emit_read(table, pending, at, ts_ms, token, tracker, last=False)
+                        rows.inc()
+                        total += 1
+                    pending = row
+                    if self._stop.is_set():
+                        raise RetriableError("stopped during the snapshot; it restarts next time")
+                if pending is not None:
+                    self._emit_read(table, pending, at, ts_ms, token, tracker, last=last_table)
+                    rows.inc()
+                    total += 1
+                remaining.dec()
+            conn.rollback()
+        tracker.commit(token, at)
+        self._flush_or_fail()
+        log.info(
+            "snapshot of %s complete: %d rows in %.1fs",
+            self._system,
+            total,
+            time.monotonic() - started,
+        )
+
+    def _emit_read(
+        self,
+        table: _Table,
+        row: dict[str, object],
+        at: Lsn,
+        ts_ms: int,
+        token: Any,
+        tracker: AckTracker,
+        *,
+        last: bool,
+    ) -> None:
+        source = self._source(
+            table.shape, ts_ms, lsn=int(at), tx_id=None, snapshot="last" if last else "true"
+        )
+        value = envelope_record(
+            table.shape, op="r", before=None, after=row, source=source, ts_ms=ts_ms
+        )
+        self._produce(table, row, value, token, tracker, commit_ts_ms=None)
+
+    # -- schemas and topics -----------------------------------------------------------
+
+    def _ensure_topics(self) -> None:
+        admin = AdminClient(self._s.kafka.client_config())
+        topics = [
+            NewTopic(
+                raw_topic(self._system, self._s.source_schema, t),
+                num_partitions=self._s.topic_partitions,
+            )
+            for t in self._s.tables
+        ]
+        topics.append(NewTopic(transaction_topic(self._system), num_partitions=1))
+        for name, future in admin.create_topics(topics).items():
+            try:
+                future.result(timeout=30)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise RetriableError(f"cannot create topic {name}: {exc}") from exc
+        self._tx_key_writer = self._serde.prepare(
+            f"{transaction_topic(self._system)}-key", transaction_key_schema()
+        )
+        self._tx_value_writer = self._serde.prepare(
+            f"{transaction_topic(self._system)}-value", transaction_value_schema()
+        )
+
+    def _install(self, captured: CapturedTable, oid: int | None = None) -> _Table:
+        """Register (or re-register, after DDL) a table's key and value schemas."""
+        shape = captured.shape
+        topic = raw_topic(self._system, shape.schema, shape.table)
+        previous = self._tables.get(shape.table)
+        schema = value_schema(shape, previous=previous.value_schema if previous else None)
+        if previous is not None and previous.captured == captured:
+            table = previous
+        else:
+            table = _Table(
+                captured=captured,
+                topic=topic,
+                key_writer=self._serde.prepare(f"{topic}-key", key_schema(shape)),
+                value_writer=self._serde.prepare(f"{topic}-value", schema),
+                value_schema=schema,
+            )
+            self._m.schema_versions.labels(self._system, shape.table).inc()
+        self._tables[shape.table] = table
+        if oid is not None:
+            self._by_oid[oid] = table
+        return table
+
+    def _on_relation(
+        self, conn: psycopg.Connection[tuple[object, ...]], relation: Relation
+    ) -> None:
+        if relation.name not in self._tables:
+            return
+        old = self._tables[relation.name].captured
+        nullable = {c.name: c.nullable for c in old.shape.columns}
+        missing_types = [c.type_oid for c in relation.columns if c.type_oid not in self._type_names]
+        if missing_types:
+            for oid, name in conn.execute(
+                "select oid::int, typname from pg_type where oid = any(%s)", (missing_types,)
+            ).fetchall():
+                self._type_names[int(str(oid))] = str(name)
+        columns = tuple(
+            catalog.column_shape(
+                c.name,
+                self._type_names.get(c.type_oid, "text"),
+                c.type_modifier,
+                not nullable.get(c.name, True),
+                c.is_key,
+            )
+            for c in relation.columns
+        )
+        shape = TableShape(
+            server=self._system, schema=relation.namespace, table=relation.name, columns=columns
+        )
+        captured = CapturedTable(shape, tuple(c.type_oid for c in relation.columns))
+        if captured != old:
+            log.info(
+                "%s: schema of %s changed; registering a new version", self._system, relation.name
+            )
+        self._install(captured, relation.oid)
+
+    # -- streaming --------------------------------------------------------------------
+
+    def _stream(
+        self, conn: psycopg.Connection[tuple[object, ...]], stream: ReplicationStream, start: Lsn
+    ) -> None:
+        decoder = self._decoder = PgOutputDecoder()
+        self._by_oid.clear()
+        self._tx = None
+        last_activity = time.monotonic()
+        last_lag = 0.0
+        received = self._m.received_lsn.labels(self._system)
+        confirmed = self._m.confirmed_lsn.labels(self._system)
+        while not self._stop.is_set():
+            frame = stream.read(timeout=0.1)
+            self._producer.poll(0)
+            if self._fatal is not None:
+                raise PermanentError(f"Kafka refused a change event: {self._fatal}")
+            if isinstance(frame, XLogData):
+                message = decoder.decode(frame.payload)
+                self._handle(conn, message, frame)
+                last_activity = time.monotonic()
+            elif isinstance(frame, Keepalive) and self._tx is None:
+                self._tracker.idle(frame.wal_end)
+            now = time.monotonic()
+            if self._tx is None and now - last_activity >= self._s.heartbeat_seconds:
+                catalog.emit_heartbeat(conn, HEARTBEAT_PREFIX)
+                self._m.heartbeats.labels(self._system).inc()
+                last_activity = now
+            position = self._tracker.confirmable
+            stream.send_status(position)
+            received.set(int(stream.received))
+            confirmed.set(int(stream.flushed))
+            if now - last_lag >= 5:
+                self._measure_lag(conn)
+                last_lag = now
+            self._maybe_save_offset(stream.flushed)
+        # Clean stop: 1. flush the producer, 2. confirm what Kafka acknowledged,
+        # 3. record the offset.
+        self._flush_or_fail()
+        stream.send_status(self._tracker.confirmable, force=True)
+        self._save_offset(stream.flushed, snapshot_completed=True, wait=True)
+        log.info("%s: stopped cleanly at %s", self._system, stream.flushed)
+
+    def _handle(
+        self, conn: psycopg.Connection[tuple[object, ...]], message: object, frame: XLogData
+    ) -> None:
+        tx = self._tx
+        if isinstance(message, Begin):
+            self._tx = _OpenTx(
+                message.xid, message.final_lsn, message.commit_ts, self._tracker.begin(message.xid)
+            )
+        elif isinstance(message, Commit):
+            if tx is not None:
+                self._commit(tx, message)
+            self._tx = None
+        elif isinstance(message, Origin):
+            if tx is not None and message.name in self._s.echo_origins:
+                tx.dropped = True
+                self._m.echo_transactions_dropped.labels(self._system, message.name).inc()
+        elif isinstance(message, Relation):
+            self._on_relation(conn, message)
+        elif isinstance(message, (Insert, Update, Delete)):
+            if tx is not None and not tx.dropped:
+                self._change(message, frame.wal_start, tx)
+        elif isinstance(message, Truncate):
+            if tx is not None and not tx.dropped:
+                self._truncate(message, frame.wal_start, tx)
+        elif isinstance(message, LogicalMessage):
+            if not message.transactional and tx is None:
+                self._tracker.idle(message.lsn)
+        elif isinstance(message, Type):
+            self._type_names[message.oid] = message.name
+
+    def _change(self, message: Insert | Update | Delete, lsn: Lsn, tx: _OpenTx) -> None:
+        table = self._by_oid.get(message.relation_oid)
+        if table is None:
+            return
+        relation = self._decoder.relation(message.relation_oid)
+        new = None if isinstance(message, Delete) else tuple_to_dict(relation, message.new)
+        old_tuple = None if isinstance(message, Insert) else (message.old or message.old_key)
+        old = None if old_tuple is None else tuple_to_dict(relation, old_tuple)
+        if isinstance(message, Insert):
+            self._event(table, "c", None, new, lsn, tx)
+        elif isinstance(message, Delete):
+            if old is None:
+                raise PermanentError(f"delete on {table.topic} carries no key")
+            self._event(table, "d", old, None, lsn, tx)
+            self._tombstone(table, old, tx)
+        else:
+            assert new is not None
+            if (
+                message.old_key is not None
+                and old is not None
+                and self._key_changed(table, old, new)
+            ):
+                # Primary-key update: delete the old key, then create the new one.
+                self._event(table, "d", old, None, lsn, tx)
+                self._tombstone(table, old, tx)
+                self._event(table, "c", None, new, lsn, tx)
+            else:
+                self._event(table, "u", old if message.old is not None else None, new, lsn, tx)
+
+    @staticmethod
+    def _key_changed(table: _Table, old: dict[str, object], new: dict[str, object]) -> bool:
+        return any(old.get(c.name) != new.get(c.name) for c in table.shape.key_columns)
+
+    def _truncate(self, message: Truncate, lsn: Lsn, tx: _OpenTx) -> None:
+        for oid in message.relation_oids:
+            table = self._by_oid.get(oid)
+            if table is None:
+                continue
+            self._begin_metadata(tx)
+            tx.total += 1
+            tx.per_collection[data_collection(table.shape)] += 1
+            source = self._source(
+                table.shape, self._commit_ms(tx), lsn=int(lsn), tx_id=tx.xid, snapshot="false"
+            )
+            value = envelope_record(
+                table.shape,
+                op="t",
+                before=None,
+                after=None,
+                source=source,
+                ts_ms=int(time.time() * 1000),
+                transaction=self._tx_block(tx, table),
+            )
+            self._send(
+                table.topic,
+                None,
+                self._serde.encode_with(table.value_writer, value),
+                tx.token,
+                self._tracker,
+                self._commit_ms(tx),
+            )
+            self._m.events.labels(self._system, table.shape.table, "t").inc()
+
+    def _event(
+        self,
+        table: _Table,
+        op: str,
+        before: dict[str, object] | None,
+        after: dict[str, object] | None,
+        lsn: Lsn,
+        tx: _OpenTx,
+    ) -> None:
+        self._begin_metadata(tx)
+        tx.total += 1
+        tx.per_collection[data_collection(table.shape)] += 1
+        commit_ms = self._commit_ms(tx)
+        source = self._source(table.shape, commit_ms, lsn=int(lsn), tx_id=tx.xid, snapshot="false")
+        value = envelope_record(
+            table.shape,
+            op=op,  # type: ignore[arg-type]
+            before=before,
+            after=after,
+            source=source,
+            ts_ms=int(time.time() * 1000),
+            transaction=self._tx_block(tx, table),
+            unchanged_toast=UNCHANGED_TOAST,
+        )
+        row = after if after is not None else before
+        assert row is not None
+        self._produce(table, row, value, tx.token, self._tracker, commit_ts_ms=commit_ms)
+
+    def _tombstone(self, table: _Table, row: dict[str, object], tx: _OpenTx) -> None:
+        key = self._serde.encode_with(
+            table.key_writer, key_record(table.shape, row, unchanged_toast=UNCHANGED_TOAST)
+        )
+        self._send(table.topic, key, None, tx.token, self._tracker, self._commit_ms(tx))
+
+    def _produce(
+        self,
+        table: _Table,
+        row: dict[str, object],
+        value: dict[str, Any],
+        token: Any,
+        tracker: AckTracker,
+        *,
+        commit_ts_ms: int | None,
+    ) -> None:
+        key = self._serde.encode_with(
+            table.key_writer, key_record(table.shape, row, unchanged_toast=UNCHANGED_TOAST)
+        )
+        encoded = self._serde.encode_with(table.value_writer, value)
+        self._send(table.topic, key, encoded, token, tracker, commit_ts_ms)
+        self._m.events.labels(self._system, table.shape.table, value["op"]).inc()
+
+    def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        token: Any,
+        tracker: AckTracker,
+        commit_ts_ms: int | None,
+    ) -> None:
+        tracker.add(token)
+        latency = self._m.commit_to_ack_seconds.labels(self._system)
+        size = self._m.event_bytes.labels(self._system)
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._m.producer_errors.labels(self._system, err.name()).inc()
+                self._fatal = KafkaException(err)
+                return
+            tracker.ack(token)
+            if commit_ts_ms is not None:
+                latency.observe(max(0.0, time.time() - commit_ts_ms / 1000))
+
+        size.inc(len(key or b"") + len(value or b""))
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                return
+            except BufferError:
+                # Kafka is slow or away: wait here (holding the slot) rather than drop.
+                self._producer.poll(0.5)
+                if self._stop.is_set() and self._fatal is None:
+                    continue
+
+    # -- transactions -----------------------------------------------------------------
+
+    def _commit_ms(self, tx: _OpenTx) -> int:
+        return int(tx.commit_ts.timestamp() * 1000)
+
+    def _source(
+        self, shape: TableShape, ts_ms: int, *, lsn: int, tx_id: int | None, snapshot: str
+    ) -> SourceInfo:
+        return SourceInfo(
+            version=CONNECTOR_VERSION,
+            name=self._system,
+            ts_ms=ts_ms,
+            snapshot=snapshot,  # type: ignore[arg-type]
+            db=self._system,
+            sequence=source_sequence(self._last_commit_lsn, lsn),
+            schema=shape.schema,
+            table=shape.table,
+            tx_id=tx_id,
+            lsn=lsn,
+        )
+
+    def _tx_block(self, tx: _OpenTx, table: _Table) -> TransactionBlock:
+        return TransactionBlock(
+            id=transaction_id(tx.xid, int(tx.final_lsn)),
+            total_order=tx.total,
+            data_collection_order=tx.per_collection[data_collection(table.shape)],
+        )
+
+    def _begin_metadata(self, tx: _OpenTx) -> None:
+        """Emit the transaction's BEGIN record before its first event."""
+        if tx.total:
+            return
+        tid = transaction_id(tx.xid, int(tx.final_lsn))
+        self._send_metadata(tid, transaction_begin_record(tid, ts_ms=self._commit_ms(tx)), tx)
+
+    def _send_metadata(self, tid: str, record: dict[str, Any], tx: _OpenTx) -> None:
+        if self._tx_key_writer is None or self._tx_value_writer is None:
+            raise RetriableError("transaction metadata schemas are not registered yet")
+        self._send(
+            transaction_topic(self._system),
+            self._serde.encode_with(self._tx_key_writer, transaction_key_record(tid)),
+            self._serde.encode_with(self._tx_value_writer, record),
+            tx.token,
+            self._tracker,
+            None,
+        )
+
+    def _commit(self, tx: _OpenTx, commit: Commit) -> None:
+        if tx.total and not tx.dropped:
+            tid = transaction_id(tx.xid, int(tx.final_lsn))
+            end = transaction_end_record(
+                tid, ts_ms=self._commit_ms(tx), event_counts=dict(tx.per_collection)
+            )
+            self._send_metadata(tid, end, tx)
+        self._m.transactions.labels(self._system).inc()
+        self._last_commit_lsn = int(commit.commit_lsn)
+        self._tracker.commit(tx.token, commit.end_lsn)
+
+    # -- progress ---------------------------------------------------------------------
+
+    def _flush_or_fail(self) -> None:
+        while self._producer.flush(1.0) > 0:
+            if self._fatal is not None:
+                break
+        if self._fatal is not None:
+            raise PermanentError(f"Kafka refused a change event: {self._fatal}")
+
+    def _measure_lag(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        row = conn.execute(
+            "select (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint from pg_replication_slots "
+            "where slot_name = %s",
+            (self._s.slot,),
+        ).fetchone()
+        if row and row[0] is not None:
+            self._m.slot_lag_bytes.labels(self._system).set(int(str(row[0])))
+
+    def _maybe_save_offset(self, lsn: Lsn) -> None:
+        now = time.monotonic()
+        if lsn > self._saved_lsn and now - self._last_offset_save >= 1.0:
+            self._save_offset(lsn, snapshot_completed=True, wait=False)
+
+    def _save_offset(self, lsn: Lsn, *, snapshot_completed: bool, wait: bool) -> None:
+        self._offsets.save(
+            CaptureOffset(
+                system=self._system,
+                slot=self._s.slot,
+                lsn=int(lsn),
+                snapshot_completed=snapshot_completed,
+                updated_ms=int(time.time() * 1000),
+            )
+        )
+        if wait:
+            self._offsets.flush()
+        self._saved_lsn = lsn
+        self._last_offset_save = time.monotonic()

@@ -1,0 +1,48 @@
+"""Building and running workers: settings in, metrics server up, signals wired, run.
+
+Shared by the single-worker commands (``erpcrm cdc``) and the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from cdc.metrics import CaptureMetrics
+from cdc.settings import CaptureSettings
+from cdc.streaming import CaptureWorker
+from schemas.serde import AvroSerde, RegistryClient
+
+log = logging.getLogger(__name__)
+
+
+def serve_metrics(port: int) -> CollectorRegistry:
+    """Start a ``/metrics`` endpoint on loopback ``port`` for a fresh registry."""
+    registry = CollectorRegistry()
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    return registry
+
+
+def build_capture(settings: CaptureSettings, registry: CollectorRegistry) -> CaptureWorker:
+    """A capture worker for ``settings`` with metrics in ``registry``."""
+    serde = AvroSerde(RegistryClient(settings.registry.url))
+    return CaptureWorker(settings, CaptureMetrics.create(registry), serde)
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping cleanly", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

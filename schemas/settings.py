@@ -1,0 +1,80 @@
+"""Settings shared by every worker: Kafka, the schema registry, and how settings load.
+
+Each worker has its own frozen settings class (``cdc.settings``, ``streams.settings``,
+``sinks.settings``) built on :class:`WorkerSettings`. Values come, highest priority
+first, from keyword arguments, environment variables (prefix ``ERPCRM_``, nested fields
+with ``__``), and a YAML file named by ``ERPCRM_CONFIG``. They are read once at start and
+passed inward; secrets are ``SecretStr`` and print masked.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class KafkaSettings(BaseModel):
+    """Where the brokers are and any extra librdkafka properties (e.g. security)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap: str = "127.0.0.1:39092"
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def client_config(self, **overrides: Any) -> dict[str, Any]:
+        """A librdkafka configuration dict: bootstrap, extras, then ``overrides``."""
+        return {"bootstrap.servers": self.bootstrap, **self.extra, **overrides}
+
+
+class RegistrySettings(BaseModel):
+    """The Confluent-compatible schema registry endpoint."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str = "http://127.0.0.1:38081/apis/ccompat/v7"
+
+
+class WorkerSettings(BaseSettings):
+    """Base of every worker's settings: env prefix, YAML file, frozen."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ERPCRM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # Shared by every worker: always ERPCRM_KAFKA__*, ERPCRM_REGISTRY__*, whatever the
+    # worker's own prefix.
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, validation_alias=AliasChoices("kafka", "erpcrm_kafka")
+    )
+    registry: RegistrySettings = Field(
+        default_factory=RegistrySettings,
+        validation_alias=AliasChoices("registry", "erpcrm_registry"),
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then environment, then the YAML file in ``ERPCRM_CONFIG``."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("ERPCRM_CONFIG")
+        if path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
