@@ -55,6 +55,7 @@ class CaptureSettings(WorkerSettings, env_prefix="ERPCRM_CDC_"):
     metrics_port: int = 0
     toast_placeholder: str = "__debezium_unavailable_value"
     linger_ms: int = Field(default=5, ge=0)
+    topic_prefix: str = ""
 
     @field_validator("tables", mode="before")
     @classmethod
@@ -77,5 +78,8 @@ class CaptureSettings(WorkerSettings, env_prefix="ERPCRM_CDC_"):
 
     @property
     def server_name(self) -> str:
-        """Debezium's ``topic.prefix``: the first part of every raw topic name."""
-        return self.system
+        """Debezium's ``topic.prefix``: the first part of every raw topic name.
+
+        The system name unless ``topic_prefix`` is set (isolated test or staging runs).
+        """
+        return self.topic_prefix or self.system

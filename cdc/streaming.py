@@ -165,6 +165,7 @@ class CaptureWorker:
         self._saved_lsn = Lsn.ZERO
         self._type_names: dict[int, str] = {}
         self._decoder = PgOutputDecoder()
+        self._dbname: str = settings.system
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -209,6 +210,7 @@ class CaptureWorker:
         self, conn: psycopg.Connection[tuple[object, ...]], stream: ReplicationStream
     ) -> Lsn:
         s = self._s
+        self._dbname = stream.identify_system().dbname or self._system
         described = catalog.describe_tables(conn, s.server_name, s.source_schema, s.tables)
         catalog.ensure_publication(conn, s.publication, s.source_schema, s.tables)
         self._ensure_topics()
@@ -316,12 +318,12 @@ class CaptureWorker:
         admin = AdminClient(self._s.kafka.client_config())
         topics = [
             NewTopic(
-                raw_topic(self._system, self._s.source_schema, t),
+                raw_topic(self._s.server_name, self._s.source_schema, t),
                 num_partitions=self._s.topic_partitions,
             )
             for t in self._s.tables
         ]
-        topics.append(NewTopic(transaction_topic(self._system), num_partitions=1))
+        topics.append(NewTopic(transaction_topic(self._s.server_name), num_partitions=1))
         for name, future in admin.create_topics(topics).items():
             try:
                 future.result(timeout=30)
@@ -329,16 +331,16 @@ class CaptureWorker:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise RetriableError(f"cannot create topic {name}: {exc}") from exc
         self._tx_key_writer = self._serde.prepare(
-            f"{transaction_topic(self._system)}-key", transaction_key_schema()
+            f"{transaction_topic(self._s.server_name)}-key", transaction_key_schema()
         )
         self._tx_value_writer = self._serde.prepare(
-            f"{transaction_topic(self._system)}-value", transaction_value_schema()
+            f"{transaction_topic(self._s.server_name)}-value", transaction_value_schema()
         )
 
     def _install(self, captured: CapturedTable, oid: int | None = None) -> _Table:
         """Register (or re-register, after DDL) a table's key and value schemas."""
         shape = captured.shape
-        topic = raw_topic(self._system, shape.schema, shape.table)
+        topic = raw_topic(self._s.server_name, shape.schema, shape.table)
         previous = self._tables.get(shape.table)
         schema = value_schema(shape, previous=previous.value_schema if previous else None)
         if previous is not None and previous.captured == captured:
@@ -381,7 +383,10 @@ class CaptureWorker:
             for c in relation.columns
         )
         shape = TableShape(
-            server=self._system, schema=relation.namespace, table=relation.name, columns=columns
+            server=self._s.server_name,
+            schema=relation.namespace,
+            table=relation.name,
+            columns=columns,
         )
         captured = CapturedTable(shape, tuple(c.type_oid for c in relation.columns))
         if captured != old:
@@ -620,10 +625,10 @@ class CaptureWorker:
     ) -> SourceInfo:
         return SourceInfo(
             version=CONNECTOR_VERSION,
-            name=self._system,
+            name=self._s.server_name,
             ts_ms=ts_ms,
             snapshot=snapshot,  # type: ignore[arg-type]
-            db=self._system,
+            db=self._dbname,
             sequence=source_sequence(self._last_commit_lsn, lsn),
             schema=shape.schema,
             table=shape.table,
@@ -649,7 +654,7 @@ class CaptureWorker:
         if self._tx_key_writer is None or self._tx_value_writer is None:
             raise RetriableError("transaction metadata schemas are not registered yet")
         self._send(
-            transaction_topic(self._system),
+            transaction_topic(self._s.server_name),
             self._serde.encode_with(self._tx_key_writer, transaction_key_record(tid)),
             self._serde.encode_with(self._tx_value_writer, record),
             tx.token,
