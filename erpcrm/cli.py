@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from erpcrm.stack import ComponentStatus, LocalStack
+from erpcrm.workload import WorkloadReport
 from schemas.errors import SyncError
 
 app = typer.Typer(
@@ -164,7 +165,7 @@ def workload(
     if as_json:
         out.print_json(json.dumps(report.as_dict(), default=str))
     else:
-        out.print(report.summary())
+        _print_workload(report)
 
 
 @app.command("cdc")
@@ -191,6 +192,29 @@ def cdc(
         raise _fail(exc) from exc
 
 
+bench_app = typer.Typer(help="Benchmarks on the local stack; each prints JSON.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("cdc")
+def bench_cdc(
+    rows: Annotated[
+        int, typer.Option(help="Rows inserted, then updated, for throughput.")
+    ] = 100_000,
+    batch: Annotated[int, typer.Option(help="Rows per source transaction in the load.")] = 1000,
+    rate: Annotated[float, typer.Option(help="Single-row commits per second for latency.")] = 200,
+    seconds: Annotated[float, typer.Option(help="Duration of the latency run.")] = 20,
+) -> None:
+    """Capture throughput (events/s), commit-to-Kafka latency (p50/p99) and peak RSS."""
+    from erpcrm.bench import bench_cdc as run
+
+    try:
+        result = run(rows=rows, batch=batch, rate=rate, seconds=seconds)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    print(json.dumps(result, indent=2))
+
+
 def _stack_defaults_into_environment(*, capture_dsn_of: str | None = None) -> None:
     """Make the local stack the default for any ``ERPCRM_*`` setting not already set.
 
@@ -206,6 +230,39 @@ def _stack_defaults_into_environment(*, capture_dsn_of: str | None = None) -> No
         defaults["ERPCRM_CDC_DSN"] = env[f"{capture_dsn_of.upper()}_CAPTURE_DSN"]
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def _print_workload(report: WorkloadReport) -> None:
+    table = Table("system", "table", "inserted", "updated")
+    for system, tables in sorted(report.tables.items()):
+        for name, counts in sorted(tables.items()):
+            table.add_row(system, name, str(counts.inserts), str(counts.updates))
+    out.print(table)
+    out.print(
+        f"{report.operations} operations in {report.elapsed_seconds:.1f}s "
+        f"({report.achieved_rate:.1f}/s): {report.committed} committed, "
+        f"{sum(report.skipped.values())} skipped, {report.failed_total} failed, "
+        f"{report.dirty} carried dirty data"
+    )
+    for kind, errors in sorted(report.failed.items()):
+        out.print(f"  failed {kind}: " + ", ".join(f"{e} x{n}" for e, n in errors.items()))
+
+
+@app.command("demo")
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of business activity.")] = 30,
+    rate: Annotated[float, typer.Option(help="Operations per second.")] = 50,
+    dirty_ratio: Annotated[float, typer.Option(help="Share of dirty operations.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 1,
+) -> None:
+    """Start the local stack, capture both databases and show changes flowing, live."""
+    from erpcrm.demo import run_demo
+
+    try:
+        code = run_demo(console, duration=duration, rate=rate, dirty_ratio=dirty_ratio, seed=seed)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    raise typer.Exit(code)
 
 
 def _stack_env() -> dict[str, str]:
