@@ -13,6 +13,7 @@ All roles authenticate with SCRAM passwords generated into ``.local/secrets``.
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -29,6 +30,7 @@ from erpcrm.stack.process import (
     running_pid,
     tail,
     tree_memory_bytes,
+    unprivileged_dir,
 )
 from erpcrm.stack.secrets import StackSecrets
 from schemas.errors import StackError
@@ -98,9 +100,7 @@ class PostgresCluster:
         self.system = system
         self.name = f"postgres-{system}"
         self.port = port
-        self.dir = state_dir
-        self.data = state_dir / "data"
-        self.log_path = state_dir / "postgres.log"
+        self._preferred_dir = state_dir
         self.schema_sql = schema_sql
         self.database = system
         self.app_role = f"{system}_app"
@@ -108,6 +108,21 @@ class PostgresCluster:
         self._passfile = passfile
         self.publication = f"erpcrm_{system}"
         self.publication_tables = publication_tables
+
+    @functools.cached_property
+    def dir(self) -> Path:
+        """The cluster's directory: under ``.local/`` when the service user can reach it."""
+        return unprivileged_dir(self._preferred_dir)
+
+    @property
+    def data(self) -> Path:
+        """The data directory (``PGDATA``)."""
+        return self.dir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """The server log."""
+        return self.dir / "postgres.log"
 
     # -- addresses --------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ under the stack's state directory), so ``down`` never signals a process it did n
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import signal
@@ -36,6 +37,31 @@ def as_unprivileged(argv: Sequence[str]) -> list[str]:
             "install the PostgreSQL server packages (make setup) or run as a normal user"
         ) from exc
     return ["runuser", "-u", UNPRIVILEGED_USER, "--", *argv]
+
+
+def unprivileged_dir(preferred: Path) -> Path:
+    """Where the unprivileged service user can keep its data for ``preferred``.
+
+    ``preferred`` itself when that user can reach it (or we are not root). A checkout under
+    a directory the service user cannot traverse (``/root`` is 0700) gets a stable
+    directory under ``/var/lib/erpcrm-sync`` instead, with ``preferred`` as a symlink to it.
+    """
+    if os.geteuid() != 0 or preferred.is_symlink():
+        return preferred.resolve() if preferred.is_symlink() else preferred
+    parent = preferred.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    probe = subprocess.run(
+        as_unprivileged(["test", "-x", str(parent)]), capture_output=True, check=False
+    )
+    if probe.returncode == 0:
+        return preferred
+    digest = hashlib.sha1(str(preferred).encode(), usedforsecurity=False).hexdigest()[:12]
+    target = Path("/var/lib/erpcrm-sync") / f"{preferred.name}-{digest}"
+    target.mkdir(parents=True, exist_ok=True)
+    os.chmod(target.parent, 0o755)  # noqa: S103 - traversable; initdb keeps data 0700
+    if not preferred.exists():
+        preferred.symlink_to(target)
+    return target
 
 
 def chown_to_unprivileged(path: Path) -> None:
