@@ -78,7 +78,7 @@ from cdc.offsets import AckTracker, CaptureOffset, OffsetStore
 from cdc.replication import Keepalive, ReplicationStream, XLogData
 from cdc.settings import CaptureSettings
 from schemas.errors import PermanentError, RetriableError
-from schemas.serde import AvroSerde, WriterSchema
+from schemas.serde import AvroSerde, RegistryClient, WriterSchema
 from schemas.topics import raw_topic, transaction_topic
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,11 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PREFIX = "erpcrm.heartbeat"
 CONNECTOR_VERSION = "erpcrm-0.1.0"
 MAX_BACKOFF_SECONDS = 30.0
+STOP_FLUSH_SECONDS = 30.0
+
+
+class _StopRequestedError(RetriableError):
+    """Stop was requested while waiting for Kafka; the session ends unconfirmed."""
 
 
 class SlotLostError(PermanentError):
@@ -129,9 +134,14 @@ class CaptureWorker:
     """
 
     def __init__(
-        self, settings: CaptureSettings, metrics: CaptureMetrics, serde: AvroSerde
+        self,
+        settings: CaptureSettings,
+        metrics: CaptureMetrics,
+        serde: AvroSerde,
+        registry: RegistryClient | None = None,
     ) -> None:
         self._s = settings
+        self._registry = registry
         self._m = metrics
         self._serde = serde
         self._stop = threading.Event()
@@ -166,6 +176,7 @@ class CaptureWorker:
         self._type_names: dict[int, str] = {}
         self._decoder = PgOutputDecoder()
         self._dbname: str = settings.system
+        self._live_stream: ReplicationStream | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -186,8 +197,12 @@ class CaptureWorker:
                 log.warning("%s: %s; reconnecting in %.0fs", self._system, exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-        self._producer.flush()
-        self._offsets.flush()
+        # Whatever Kafka has not acknowledged by now was never confirmed to PostgreSQL:
+        # the slot still holds it and the next run sends it again.
+        unsent = self._producer.flush(STOP_FLUSH_SECONDS)
+        if unsent:
+            log.warning("%s: stopped with %d records unacknowledged by Kafka", self._system, unsent)
+        self._offsets.flush(STOP_FLUSH_SECONDS)
 
     def _session(self) -> None:
         dsn = self._s.dsn.get_secret_value()
@@ -200,7 +215,11 @@ class CaptureWorker:
                 if self._stop.is_set():
                     return
                 stream.start(self._s.slot, self._s.publication, start)
-                self._stream(conn, stream, start)
+                self._live_stream = stream
+                try:
+                    self._stream(conn, stream, start)
+                finally:
+                    self._live_stream = None
         except psycopg.OperationalError as exc:
             raise RetriableError(f"database connection lost: {exc}") from exc
 
@@ -342,7 +361,13 @@ class CaptureWorker:
         shape = captured.shape
         topic = raw_topic(self._s.server_name, shape.schema, shape.table)
         previous = self._tables.get(shape.table)
-        schema = value_schema(shape, previous=previous.value_schema if previous else None)
+        if previous is not None:
+            schema = value_schema(shape, previous=previous.value_schema)
+        else:
+            # Evolve from what consumers already know, so a column added while the capture
+            # was down still yields a BACKWARD-compatible version.
+            registered = self._registry.latest(f"{topic}-value") if self._registry else None
+            schema = value_schema(shape, previous=registered.schema if registered else None)
         if previous is not None and previous.captured == captured:
             table = previous
         else:
@@ -431,9 +456,9 @@ class CaptureWorker:
                 self._measure_lag(conn)
                 last_lag = now
             self._maybe_save_offset(stream.flushed)
-        # Clean stop: 1. flush the producer, 2. confirm what Kafka acknowledged,
-        # 3. record the offset.
-        self._flush_or_fail()
+        # Clean stop: 1. flush the producer, 2. confirm what Kafka acknowledged (the
+        # tracker never counts a record Kafka did not acknowledge), 3. record the offset.
+        self._flush_or_fail(STOP_FLUSH_SECONDS)
         stream.send_status(self._tracker.confirmable, force=True)
         self._save_offset(stream.flushed, snapshot_completed=True, wait=True)
         log.info("%s: stopped cleanly at %s", self._system, stream.flushed)
@@ -610,10 +635,15 @@ class CaptureWorker:
                 self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
                 return
             except BufferError:
-                # Kafka is slow or away: wait here (holding the slot) rather than drop.
+                # Kafka is slow or away: wait here, holding the slot, rather than drop.
+                # The walsender keeps hearing from us, with the old confirmed position.
                 self._producer.poll(0.5)
-                if self._stop.is_set() and self._fatal is None:
-                    continue
+                if self._live_stream is not None:
+                    self._live_stream.send_status(self._tracker.confirmable)
+                if self._stop.is_set():
+                    raise _StopRequestedError(
+                        "stop requested while Kafka was not accepting"
+                    ) from None
 
     # -- transactions -----------------------------------------------------------------
 
@@ -675,9 +705,14 @@ class CaptureWorker:
 
     # -- progress ---------------------------------------------------------------------
 
-    def _flush_or_fail(self) -> None:
+    def _flush_or_fail(self, timeout: float | None = None) -> None:
+        """Wait for Kafka's acknowledgements (all of them, or until ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._producer.flush(1.0) > 0:
             if self._fatal is not None:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("%s: Kafka still has records in flight at stop", self._system)
                 break
         if self._fatal is not None:
             raise PermanentError(f"Kafka refused a change event: {self._fatal}")

@@ -31,8 +31,8 @@ def serve_metrics(port: int) -> CollectorRegistry:
 
 def build_capture(settings: CaptureSettings, registry: CollectorRegistry) -> CaptureWorker:
     """A capture worker for ``settings`` with metrics in ``registry``."""
-    serde = AvroSerde(RegistryClient(settings.registry.url))
-    return CaptureWorker(settings, CaptureMetrics.create(registry), serde)
+    client = RegistryClient(settings.registry.url)
+    return CaptureWorker(settings, CaptureMetrics.create(registry), AvroSerde(client), client)
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:
