@@ -192,6 +192,18 @@ def cdc(
         raise _fail(exc) from exc
 
 
+@app.command("run")
+def run_all() -> None:
+    """Run every worker (capture of both systems) under one supervisor, restarting crashes."""
+    from erpcrm.supervisor import DEFAULT_WORKERS, Supervisor
+    from erpcrm.workers import stop_on_signals
+
+    _stack_defaults_into_environment()
+    supervisor = Supervisor(DEFAULT_WORKERS, LocalStack().layout.state / "logs")
+    stop_on_signals(supervisor.stop)
+    raise typer.Exit(supervisor.run())
+
+
 bench_app = typer.Typer(help="Benchmarks on the local stack; each prints JSON.")
 app.add_typer(bench_app, name="bench")
 

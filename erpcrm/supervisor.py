@@ -1,0 +1,120 @@
+"""``erpcrm run``: every worker as a child process, restarted when it dies.
+
+One process tree, the embedded default. Each child is an ``erpcrm`` sub-command run with
+the same interpreter and environment, so it reads the same settings. A child that exits
+is restarted with exponential backoff (reset after a minute of healthy running); SIGTERM
+or SIGINT to the supervisor is forwarded to every child, which stops cleanly (flush,
+confirm, commit) before the supervisor exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HEALTHY_AFTER_SECONDS = 60.0
+MAX_BACKOFF_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass
+class WorkerSpec:
+    """One worker: a name and its ``erpcrm`` arguments."""
+
+    name: str
+    args: tuple[str, ...]
+
+
+@dataclass
+class _Child:
+    spec: WorkerSpec
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = 1.0
+    next_start: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+DEFAULT_WORKERS = (
+    WorkerSpec("cdc-erp", ("cdc", "--system", "erp")),
+    WorkerSpec("cdc-crm", ("cdc", "--system", "crm")),
+)
+
+
+class Supervisor:
+    """Starts, watches and stops the workers; see the module docstring."""
+
+    def __init__(self, workers: tuple[WorkerSpec, ...], log_dir: Path) -> None:
+        self._children = [_Child(spec) for spec in workers]
+        self._log_dir = log_dir
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop every child and return."""
+        self._stop.set()
+
+    def _start(self, child: _Child) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        with (self._log_dir / f"{child.spec.name}.log").open("ab") as out:
+            child.proc = subprocess.Popen(
+                [sys.executable, "-m", "erpcrm.cli", *child.spec.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        child.started = time.monotonic()
+        log.info("%s: started (pid %d)", child.spec.name, child.proc.pid)
+
+    def run(self) -> int:
+        """Supervise until :meth:`stop`; returns 0 after a clean stop of every child."""
+        for child in self._children:
+            self._start(child)
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            for child in self._children:
+                proc = child.proc
+                if proc is not None and proc.poll() is not None:
+                    code = proc.returncode
+                    child.exits.append(code)
+                    child.proc = None
+                    if now - child.started > HEALTHY_AFTER_SECONDS:
+                        child.backoff = 1.0
+                    child.next_start = now + child.backoff
+                    log.error(
+                        "%s: exited with %d; restarting in %.0fs (see %s)",
+                        child.spec.name,
+                        code,
+                        child.backoff,
+                        self._log_dir / f"{child.spec.name}.log",
+                    )
+                    child.backoff = min(child.backoff * 2, MAX_BACKOFF_SECONDS)
+                elif proc is None and now >= child.next_start:
+                    child.restarts += 1
+                    self._start(child)
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        running = [c for c in self._children if c.proc is not None]
+        for child in running:
+            assert child.proc is not None
+            child.proc.send_signal(signal.SIGTERM)
+        worst = 0
+        for child in running:
+            assert child.proc is not None
+            try:
+                code = child.proc.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.error("%s: did not stop in time; killing it", child.spec.name)
+                child.proc.kill()
+                code = child.proc.wait()
+            log.info("%s: stopped (%d)", child.spec.name, code)
+            worst = worst or code
+        return worst
