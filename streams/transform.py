@@ -1,0 +1,598 @@
+"""Raw change events to canonical events: mapping, cleansing and validation of one row.
+
+Input is a decoded Debezium envelope (a dict with ``before``, ``after``, ``source``,
+``op``; column values as :mod:`cdc.envelope` encodes them), plus a :class:`Flow` from
+:mod:`schemas.mapping` that says how its table maps to a canonical entity. Output is
+:class:`~streams.validation.Ok` with a :class:`CanonicalEvent` (a record that fits the
+entity's Avro schema) and the fixes cleansing made, :class:`~streams.validation.Failed`
+for the dead-letter topic, or :class:`Skipped` for a change that is no business event.
+
+Decisions:
+
+- ``event_id`` is a UUIDv5 of ``<system>|<lsn>|<schema>.<table>|<key>`` of the change:
+  the same change always gets the same id, across redeliveries and restarts.
+- ``version`` is the source LSN. Per row, PostgreSQL writes changes in commit order
+  (a row is locked until its writer commits), so LSNs rise per entity, and per-key
+  partitioning keeps them in order on the bus. LSNs of the two databases are not
+  comparable: versions order one source system's changes; conflicts between the
+  systems are settled by field ownership and ``source_ts_ms``. Events partition by
+  :attr:`CanonicalEvent.key` ``<system>:<id>``.
+- ``op``: Debezium ``c``/``u``/``r`` are ``upsert``, ``d`` is ``delete``; a row
+  matching the flow's ``soft_delete`` (the CRM's ``deleted = true``) is a ``delete``
+  as well. Archiving in the ERP (``active = false``) is an ``upsert`` with
+  ``active: false``: the record still exists and can come back. Truncates and logical
+  messages are skipped, as are rows outside the flow's ``filter`` (a quote that is not
+  ``Closed Accepted``, a partner that is a contact person).
+- A delete carries the ids (and the match key when the old row has it); its other
+  fields are null, since under ``REPLICA IDENTITY DEFAULT`` the old row holds only
+  the key.
+- ``erp_id``/``crm_id``: the source key fills the flow's own system's id; the other
+  comes from a mapped column if the flow has one, else from the crosswalk.
+- Nested lines (sales orders) are mapped from the current child rows the caller
+  passes; any line that fails fails the order.
+
+Stock (flows with ``grain: location``) goes through :func:`to_stock_change`,
+:func:`streams.inventory.apply` and :func:`inventory_event` instead.
+
+Pure: no I/O, no clock; reference data (known SKUs, crosswalk, lookup tables) comes in
+as arguments and is only read.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
+from typing import Any, Final
+
+from schemas.canonical import FieldType, canonical_schema, field_types
+from schemas.mapping import Cast, FieldMap, Flow, Grain, convert, map_key
+from schemas.serde import ParsedSchema, parse_schema
+from schemas.topics import canonical_topic
+from streams.cleansing import CLEANERS, apply_default, clean_phone, infer_country
+from streams.crosswalk import CrosswalkState, counterpart_id
+from streams.inventory import Quant, QuantChange, StockTotals
+from streams.validation import (
+    Failed,
+    Fix,
+    Ok,
+    Reason,
+    check_known_sku,
+    check_range,
+    check_schema,
+    check_stock,
+    is_blank,
+)
+
+__all__ = [
+    "EVENT_NAMESPACE",
+    "CanonicalEvent",
+    "Skipped",
+    "event_id",
+    "inventory_event",
+    "line_parent",
+    "to_canonical",
+    "to_stock_change",
+]
+
+EVENT_NAMESPACE: Final = uuid.UUID("6f1c7c3e-2d4b-5a8e-9c31-8e0f4d2a7b15")
+"""UUIDv5 namespace of canonical event ids."""
+
+Lookups = Mapping[str, Mapping[str, str]]
+"""Lookup tables by name (``erp_product_sku``: ERP product id -> SKU, ...)."""
+
+_UPSERT_OPS: Final = frozenset({"c", "u", "r"})
+_SKIPPED_OPS: Final = frozenset({"t", "m"})
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A change that is no business event for this flow (filtered out, truncate, ...)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CanonicalEvent:
+    """A canonical event ready to serialise.
+
+    Attributes:
+        entity: the canonical entity.
+        key: the partition key, ``<source system>:<entity id in that system>``.
+        record: the Avro datum; fits ``canonical_schema(entity)``.
+    """
+
+    entity: str
+    key: str
+    record: dict[str, Any]
+
+    @property
+    def topic(self) -> str:
+        """The canonical topic of the event."""
+        return canonical_topic(self.entity)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refs:
+    known_skus: Container[str] | None
+    crosswalk: CrosswalkState | None
+    lookups: Lookups
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """What every raw change carries, checked."""
+
+    system: str
+    schema: str
+    table: str
+    key: str
+    lsn: int
+    tx_id: int | None
+    ts_ms: int
+    op: str
+    row: Mapping[str, Any]
+
+
+def event_id(system: str, lsn: int, schema: str, table: str, key: str) -> str:
+    """Return the deterministic id of the event for one source change."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{system}|{lsn}|{schema}.{table}|{key}"))
+
+
+@cache
+def _parsed(entity: str) -> ParsedSchema:
+    return parse_schema(canonical_schema(entity))
+
+
+def _malformed(detail: str) -> Failed:
+    return Failed(Reason.MALFORMED_EVENT, None, detail)
+
+
+def _id_text(value: object) -> str | None:
+    """An id column's value as text (ids travel as strings), or None if it has none."""
+    if value is None:
+        return None
+    try:
+        return str(convert(Cast.STR, value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_change(
+    raw: Mapping[str, Any], system: str, schema: str, table: str, key_column: str
+) -> _Change | Failed | Skipped:
+    """Check the parts of a raw envelope every flow relies on."""
+    if not isinstance(raw, Mapping):
+        return _malformed(f"a change event is a mapping, got {type(raw).__name__}")
+    op = raw.get("op")
+    if op in _SKIPPED_OPS:
+        return Skipped(f"op {op!r} carries no row")
+    if op not in _UPSERT_OPS and op != "d":
+        return _malformed(f"unknown op {op!r}")
+    source = raw.get("source")
+    if not isinstance(source, Mapping):
+        return _malformed("no source block")
+    lsn, ts_ms, tx_id = source.get("lsn"), source.get("ts_ms"), source.get("txId")
+    if not (isinstance(lsn, int) and isinstance(ts_ms, int)) or not (
+        tx_id is None or isinstance(tx_id, int)
+    ):
+        return _malformed("source.lsn and source.ts_ms must be integers, txId an integer or null")
+    if source.get("table") not in (None, table):
+        return _malformed(f"an event of table {source.get('table')!r}, expected {table!r}")
+    row = raw.get("before" if op == "d" else "after")
+    if not isinstance(row, Mapping):
+        return _malformed(f"op {op!r} without its {'before' if op == 'd' else 'after'} row")
+    key = _id_text(row.get(key_column))
+    if key is None:
+        return _malformed(f"the row has no usable key column {key_column!r}")
+    return _Change(
+        system=system,
+        schema=str(source.get("schema") or schema),
+        table=table,
+        key=key,
+        lsn=lsn,
+        tx_id=tx_id,
+        ts_ms=ts_ms,
+        op=op,
+        row=row,
+    )
+
+
+# ----------------------------------------------------------------------- field mapping
+
+
+def _quantize(fm: FieldMap, value: Decimal, fixes: list[Fix]) -> Decimal | Failed:
+    if fm.scale is not None:
+        rounded = value.quantize(Decimal(1).scaleb(-fm.scale), rounding=ROUND_HALF_UP)
+        if rounded != value:
+            fixes.append(Fix("round", value, rounded, note=f"rounded to {fm.scale} places"))
+        value = rounded
+    if fm.integer_digits is not None and value and value.adjusted() >= fm.integer_digits:
+        return Failed(Reason.OUT_OF_RANGE, None, f"{value} has too many digits")
+    return value
+
+
+def _map_field(
+    fm: FieldMap, row: Mapping[str, Any], values: Mapping[str, Any], refs: _Refs
+) -> Ok[Any] | Failed:
+    """Make one canonical value (see schemas.mapping for the order of the steps)."""
+    raw = fm.value if fm.source is None else row.get(fm.source)
+    value = raw
+    fixes: list[Fix] = []
+    for rule in fm.clean:
+        if not isinstance(value, str):
+            break
+        region = values.get(fm.region) if fm.region else None
+        cleaned = clean_phone(value, region) if rule == "phone" else CLEANERS[rule](value)
+        if isinstance(cleaned, Failed):
+            return cleaned
+        fixes.extend(cleaned.fixes)
+        value = cleaned.value
+    defaulted = apply_default(value, fm.default)
+    fixes.extend(defaulted.fixes)
+    value = defaulted.value
+    if value is not None and fm.value_map is not None:
+        mapped_key = map_key(value)
+        if mapped_key not in fm.value_map:
+            known = ", ".join(sorted(fm.value_map))
+            return Failed(Reason.UNMAPPED_VALUE, None, f"{value!r} is none of: {known}")
+        value = fm.value_map[mapped_key]
+    try:
+        value = convert(fm.cast, value)
+    except (TypeError, ValueError) as exc:
+        return Failed(Reason.INVALID_VALUE, None, f"{raw!r}: {exc}")
+    if isinstance(value, Decimal):
+        quantized = _quantize(fm, value, fixes)
+        if isinstance(quantized, Failed):
+            return quantized
+        value = quantized
+    out_of_range = check_range(value, "", minimum=fm.minimum, maximum=fm.maximum)
+    if out_of_range is not None:
+        return out_of_range
+    if fm.lookup is not None and value is not None:
+        found = refs.lookups.get(fm.lookup, {}).get(str(value))
+        if found is None and fm.required:
+            return Failed(
+                Reason.UNRESOLVED_REFERENCE, None, f"{value!r} is not in lookup {fm.lookup}"
+            )
+        value = found
+    if fm.known_sku:
+        sku = None if value is None else str(value)
+        unknown = check_known_sku(sku, refs.known_skus, "")
+        if unknown is not None:
+            return unknown
+    return Ok(value, tuple(fixes))
+
+
+def _map_row(
+    fields: Sequence[FieldMap], row: Mapping[str, Any], refs: _Refs
+) -> Ok[dict[str, Any]] | Failed:
+    """Map every field of a row.
+
+    Plain fields first, then phones (they need the country), then inferred countries,
+    then the required check.
+    """
+    values: dict[str, Any] = {}
+    fixes: list[Fix] = []
+    ordered = [f for f in fields if f.region is None] + [f for f in fields if f.region]
+    for fm in ordered:
+        result = _map_field(fm, row, values, refs)
+        if isinstance(result, Failed):
+            return result.at(fm.target)
+        values[fm.target] = result.value
+        fixes.extend(fix.at(fm.target) for fix in result.fixes)
+    for fm in fields:
+        if fm.infer_from and values.get(fm.target) is None:
+            vat_field, phone_field = fm.infer_from.get("vat"), fm.infer_from.get("phone")
+            inferred = infer_country(
+                vat=values.get(vat_field) if vat_field else None,
+                phone=values.get(phone_field) if phone_field else None,
+            )
+            values[fm.target] = inferred.value
+            fixes.extend(fix.at(fm.target) for fix in inferred.fixes)
+    for fm in fields:
+        if fm.required and is_blank(values.get(fm.target)):
+            return Failed(Reason.MISSING_REQUIRED, fm.target, "a value is required")
+    return Ok(values, tuple(fixes))
+
+
+def _fill_references(
+    fields: Sequence[FieldMap], values: dict[str, Any], system: str, refs: _Refs
+) -> None:
+    """Fill crosswalk counterparts the row itself did not give."""
+    if refs.crosswalk is None:
+        return
+    for fm in fields:
+        ref = fm.crosswalk
+        known = values.get(fm.target)
+        if ref is not None and known is not None and values.get(ref.counterpart) is None:
+            values[ref.counterpart] = counterpart_id(refs.crosswalk, ref.entity, system, known)
+
+
+def _blank(types: Mapping[str, FieldType]) -> dict[str, Any]:
+    return {name: [] if t.kind == "array" else None for name, t in types.items()}
+
+
+# ---------------------------------------------------------------------------- lines
+
+
+def line_parent(flow: Flow, row: Mapping[str, Any]) -> str | None:
+    """Return the parent key of a child row of ``flow``'s lines (for order assembly)."""
+    if flow.lines is None:
+        return None
+    return _id_text(row.get(flow.lines.parent))
+
+
+def _line_order(value: Any) -> tuple[int, Decimal, str]:
+    """Sort key of a line: numbers in numeric order, then text, then missing values."""
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return (0, Decimal(value), "")
+    return (2, Decimal(0), "") if value is None else (1, Decimal(0), str(value))
+
+
+def _map_lines(
+    flow: Flow, rows: Sequence[Mapping[str, Any]], refs: _Refs
+) -> Ok[list[dict[str, Any]]] | Failed:
+    lines = flow.lines
+    assert lines is not None
+    types = field_types(flow.target)[lines.target].items
+    assert types is not None
+    kept = [r for r in rows if all(c.holds(r) for c in lines.filter)]
+    kept.sort(
+        key=lambda r: (_line_order(r.get(lines.order_by or lines.key)), str(r.get(lines.key)))
+    )
+    mapped: list[dict[str, Any]] = []
+    fixes: list[Fix] = []
+    for position, row in enumerate(kept):
+        where = f"{lines.target}[{position}]"
+        line_id = _id_text(row.get(lines.key))
+        if line_id is None:
+            return _malformed(f"a line has no usable key column {lines.key!r}").at(where)
+        result = _map_row(lines.fields, row, refs)
+        if isinstance(result, Failed):
+            return result.at(where)
+        item = _blank(types)
+        item[flow.id_field] = line_id
+        item.update(result.value)
+        _fill_references(lines.fields, item, flow.system, refs)
+        mapped.append(item)
+        fixes.extend(fix.at(where) for fix in result.fixes)
+    return Ok(mapped, tuple(fixes))
+
+
+# ------------------------------------------------------------------------- events
+
+
+def _record(
+    flow: Flow, change: _Change, *, version: int, op: str, entity_id: str, refs: _Refs
+) -> dict[str, Any]:
+    record = _blank(field_types(flow.target))
+    record.update(
+        event_id=event_id(change.system, change.lsn, change.schema, change.table, change.key),
+        source_system=flow.system,
+        source_lsn=change.lsn,
+        source_tx_id=change.tx_id,
+        source_ts_ms=change.ts_ms,
+        op=op,
+        version=version,
+    )
+    record[flow.id_field] = entity_id
+    if refs.crosswalk is not None:
+        record[flow.other_id_field] = counterpart_id(
+            refs.crosswalk, flow.crosswalk, flow.system, entity_id
+        )
+    return record
+
+
+def _finish(
+    flow: Flow, entity_id: str, record: dict[str, Any], fixes: tuple[Fix, ...]
+) -> Ok[CanonicalEvent] | Failed:
+    misfit = check_schema(record, _parsed(flow.target))
+    if misfit is not None:
+        return misfit
+    event = CanonicalEvent(flow.target, f"{flow.system}:{entity_id}", record)
+    return Ok(event, fixes)
+
+
+def _entity_id(flow: Flow, change: _Change) -> str | Failed:
+    value = _id_text(change.row.get(flow.entity_id))
+    if value is None:
+        return _malformed(f"the row has no usable entity id column {flow.entity_id!r}")
+    return value
+
+
+def to_canonical(
+    flow: Flow,
+    raw_event: Mapping[str, Any],
+    *,
+    known_skus: Container[str] | None = None,
+    crosswalk: CrosswalkState | None = None,
+    lookups: Lookups | None = None,
+    lines: Sequence[Mapping[str, Any]] = (),
+    trigger: Mapping[str, Any] | None = None,
+) -> Ok[CanonicalEvent] | Failed | Skipped:
+    """Turn one raw change event into a canonical event of ``flow.target``.
+
+    Args:
+        flow: the flow of the event's table (``grain: entity``).
+        raw_event: the decoded envelope of a change of ``flow.table``.
+        known_skus: the ERP catalogue for ``known_sku`` fields; None: not checked.
+        crosswalk: the links so far, to fill the other system's ids; None: not filled.
+        lookups: lookup tables for ``lookup`` fields; a missing table reads as empty.
+        lines: for flows with lines: the current rows (``after`` images) of the
+            record's children, in any order; filtered and ordered by the flow.
+        trigger: for an order re-emitted because a line changed: that line's raw
+            event. Source position and event id come from it; ``version`` is the
+            higher of both LSNs.
+
+    Returns:
+        ``Ok(event, fixes)``, ``Failed`` (dead letter) or ``Skipped``.
+
+    Raises:
+        ValueError: ``flow`` has ``grain: location`` (use :func:`to_stock_change`).
+    """
+    if flow.grain is not Grain.ENTITY:
+        raise ValueError(f"flow {flow.name} has grain {flow.grain}: use to_stock_change")
+    refs = _Refs(known_skus, crosswalk, lookups or {})
+    change = _read_change(raw_event, flow.system, flow.schema, flow.table, flow.key)
+    if not isinstance(change, _Change):
+        return change
+    entity_id = _entity_id(flow, change)
+    if isinstance(entity_id, Failed):
+        return entity_id
+    position = change
+    if trigger is not None and flow.lines is not None:
+        line_change = _read_change(
+            trigger, flow.system, flow.schema, flow.lines.table, flow.lines.key
+        )
+        if isinstance(line_change, Failed):
+            return line_change.at("trigger")
+        if isinstance(line_change, _Change):
+            position = line_change
+    version = max(change.lsn, position.lsn)
+
+    deleted = change.op == "d"
+    if not deleted:
+        excluded = next((c for c in flow.filter if not c.holds(change.row)), None)
+        if excluded is not None:
+            return Skipped(f"{flow.name}: filter {excluded} does not hold")
+        deleted = any(c.holds(change.row) for c in flow.soft_delete)
+
+    record = _record(
+        flow,
+        position,
+        version=version,
+        op="delete" if deleted else "upsert",
+        entity_id=entity_id,
+        refs=refs,
+    )
+    if deleted:
+        return _finish(flow, entity_id, _delete_fields(flow, change, refs, record), ())
+
+    mapped = _map_row(flow.fields, change.row, refs)
+    if isinstance(mapped, Failed):
+        return mapped
+    values = mapped.value
+    if flow.other_id_field in values and values[flow.other_id_field] is None:
+        values.pop(flow.other_id_field)  # keep what the crosswalk knows
+    record.update(values)
+    _fill_references(flow.fields, record, flow.system, refs)
+    fixes = mapped.fixes
+    if flow.lines is not None:
+        mapped_lines = _map_lines(flow, lines, refs)
+        if isinstance(mapped_lines, Failed):
+            return mapped_lines
+        record[flow.lines.target] = mapped_lines.value
+        fixes += mapped_lines.fixes
+    return _finish(flow, entity_id, record, fixes)
+
+
+def _delete_fields(
+    flow: Flow, change: _Change, refs: _Refs, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Fill what a delete carries besides its ids.
+
+    That is the other system's id and the match key, when the old row has them; a value
+    that fails cleansing is left out.
+    """
+    wanted = {flow.match_key, flow.other_id_field}
+    for fm in flow.fields:
+        if fm.target in wanted:
+            result = _map_field(fm, change.row, record, refs)
+            if isinstance(result, Ok) and result.value is not None:
+                record[fm.target] = result.value
+    return record
+
+
+# -------------------------------------------------------------------------- stock
+
+
+def to_stock_change(
+    flow: Flow,
+    raw_event: Mapping[str, Any],
+    *,
+    known_skus: Container[str] | None = None,
+    lookups: Lookups | None = None,
+) -> Ok[QuantChange] | Failed | Skipped:
+    """Turn a raw change of a per-location stock row (``grain: location``) into a quant change.
+
+    The flow maps ``location_id``, ``on_hand``, ``reserved`` and ``sku``; the product is
+    the flow's ``entity_id`` column. A delete, a soft delete or a row that leaves the
+    flow's filter removes the quant. Feed the result to :func:`streams.inventory.apply`
+    with the change's LSN, and each returned total to :func:`inventory_event`.
+
+    Raises:
+        ValueError: ``flow`` is not a ``grain: location`` flow.
+    """
+    if flow.grain is not Grain.LOCATION:
+        raise ValueError(f"flow {flow.name} has grain {flow.grain}: use to_canonical")
+    refs = _Refs(known_skus, None, lookups or {})
+    change = _read_change(raw_event, flow.system, flow.schema, flow.table, flow.key)
+    if not isinstance(change, _Change):
+        return change
+    row = change.row
+    gone = (
+        change.op == "d"
+        or not all(c.holds(row) for c in flow.filter)
+        or any(c.holds(row) for c in flow.soft_delete)
+    )
+    if gone:
+        return Ok(QuantChange(change.key, None))
+    product = _entity_id(flow, change)
+    if isinstance(product, Failed):
+        return product
+    mapped = _map_row(flow.fields, row, refs)
+    if isinstance(mapped, Failed):
+        return mapped
+    values = mapped.value
+    location = values.get("location_id")
+    if location is None:
+        return Failed(Reason.MISSING_REQUIRED, "location_id", "a stock row needs its location")
+    quant = Quant(
+        product=product,
+        location=location,
+        quantity=values.get("on_hand") or Decimal(0),
+        reserved=values.get("reserved") or Decimal(0),
+        sku=values.get("sku"),
+    )
+    return Ok(QuantChange(change.key, quant), mapped.fixes)
+
+
+def inventory_event(
+    flow: Flow,
+    totals: StockTotals,
+    raw_event: Mapping[str, Any],
+    *,
+    crosswalk: CrosswalkState | None = None,
+) -> Ok[CanonicalEvent] | Failed:
+    """Build the canonical inventory event of a product's new totals.
+
+    ``raw_event`` is the stock change that caused them (source position and event id);
+    the version is the totals' own (see :mod:`streams.inventory`). Negative stock, or
+    more reserved than on hand, fails.
+    """
+    change = _read_change(raw_event, flow.system, flow.schema, flow.table, flow.key)
+    if isinstance(change, Skipped):
+        return _malformed(f"stock totals caused by a change without a row: {change.reason}")
+    if isinstance(change, Failed):
+        return change
+    impossible = check_stock(totals.on_hand, totals.reserved)
+    if impossible is not None:
+        return impossible
+    refs = _Refs(None, crosswalk, {})
+    record = _record(
+        flow, change, version=totals.version, op="upsert", entity_id=totals.product, refs=refs
+    )
+    record.update(
+        sku=totals.sku,
+        on_hand=totals.on_hand,
+        reserved=totals.reserved,
+        available=totals.available,
+        locations=[
+            {"location_id": loc.location, "on_hand": loc.on_hand, "reserved": loc.reserved}
+            for loc in totals.locations
+        ],
+    )
+    return _finish(flow, totals.product, record, ())
