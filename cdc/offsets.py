@@ -180,8 +180,9 @@ class OffsetStore:
                     continue
                 position = (message.offset() or position) + 1
                 value = message.value()
-                if message.key() == slot.encode() and value:
-                    latest = CaptureOffset(**json.loads(value))
+                if message.key() == slot.encode():
+                    # A tombstone deletes the offset: the way to start over on purpose.
+                    latest = CaptureOffset(**json.loads(value)) if value else None
             return latest
         finally:
             consumer.close()
