@@ -35,6 +35,7 @@ _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
 _XLOGDATA = struct.Struct("!QQq")
 _KEEPALIVE = struct.Struct("!QqB")
 _STATUS = struct.Struct("!cQQQqB")
+_OBJECT_IN_USE = b"55006"
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -218,7 +219,13 @@ class ReplicationStream:
         result = pgconn.get_result()
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
             message = b"" if result is None else (result.error_message or b"")
-            raise ConfigError(f"START_REPLICATION failed: {message.decode(errors='replace')}")
+            text = message.decode(errors="replace").strip()
+            state = None if result is None else result.error_field(pq.DiagnosticField.SQLSTATE)
+            if state == _OBJECT_IN_USE:
+                # The slot is still held, e.g. by the walsender of a killed predecessor
+                # that the server has not noticed yet: wait for it, do not give up.
+                raise RetriableError(f"START_REPLICATION: {text}")
+            raise ConfigError(f"START_REPLICATION failed: {text}")
         pgconn.nonblocking = 1
         self._streaming = True
         self._flushed = start_lsn
