@@ -75,7 +75,7 @@ from cdc.envelope import (
 from cdc.lsn import Lsn
 from cdc.metrics import CaptureMetrics
 from cdc.offsets import AckTracker, CaptureOffset, OffsetStore
-from cdc.replication import Keepalive, ReplicationStream, XLogData
+from cdc.replication import ReplicationStream, XLogData
 from cdc.settings import CaptureSettings
 from schemas.errors import PermanentError, RetriableError
 from schemas.serde import AvroSerde, RegistryClient, WriterSchema
@@ -87,6 +87,7 @@ HEARTBEAT_PREFIX = "erpcrm.heartbeat"
 CONNECTOR_VERSION = "erpcrm-0.1.0"
 MAX_BACKOFF_SECONDS = 30.0
 STOP_FLUSH_SECONDS = 30.0
+MAX_BURST = 2000
 
 
 class _StopRequestedError(RetriableError):
@@ -177,6 +178,9 @@ class CaptureWorker:
         self._decoder = PgOutputDecoder()
         self._dbname: str = settings.system
         self._live_stream: ReplicationStream | None = None
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._latency = metrics.commit_to_ack_seconds.labels(settings.system)
+        self._bytes = metrics.event_bytes.labels(settings.system)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -434,16 +438,23 @@ class CaptureWorker:
         confirmed = self._m.confirmed_lsn.labels(self._system)
         while not self._stop.is_set():
             frame = stream.read(timeout=0.1)
+            # Handle what is already buffered in one burst; housekeeping runs between bursts.
+            burst = 0
+            while frame is not None:
+                if isinstance(frame, XLogData):
+                    self._handle(conn, decoder.decode(frame.payload), frame)
+                    burst += 1
+                elif self._tx is None:
+                    self._tracker.idle(frame.wal_end)
+                if burst >= MAX_BURST:
+                    break
+                frame = stream.read(timeout=0)
             self._producer.poll(0)
             if self._fatal is not None:
                 raise PermanentError(f"Kafka refused a change event: {self._fatal}")
-            if isinstance(frame, XLogData):
-                message = decoder.decode(frame.payload)
-                self._handle(conn, message, frame)
-                last_activity = time.monotonic()
-            elif isinstance(frame, Keepalive) and self._tx is None:
-                self._tracker.idle(frame.wal_end)
             now = time.monotonic()
+            if burst:
+                last_activity = now
             if self._tx is None and now - last_activity >= self._s.heartbeat_seconds:
                 catalog.emit_heartbeat(conn, HEARTBEAT_PREFIX)
                 self._m.heartbeats.labels(self._system).inc()
@@ -554,7 +565,7 @@ class CaptureWorker:
                 self._tracker,
                 self._commit_ms(tx),
             )
-            self._m.events.labels(self._system, table.shape.table, "t").inc()
+            self._event_counter(table.shape.table, "t").inc()
 
     def _event(
         self,
@@ -605,7 +616,14 @@ class CaptureWorker:
         )
         encoded = self._serde.encode_with(table.value_writer, value)
         self._send(table.topic, key, encoded, token, tracker, commit_ts_ms)
-        self._m.events.labels(self._system, table.shape.table, value["op"]).inc()
+        self._event_counter(table.shape.table, value["op"]).inc()
+
+    def _event_counter(self, table: str, op: str) -> Any:
+        """The events counter child for (table, op), resolved once (hot path)."""
+        counter = self._counters.get((table, op))
+        if counter is None:
+            counter = self._counters[(table, op)] = self._m.events.labels(self._system, table, op)
+        return counter
 
     def _send(
         self,
@@ -617,8 +635,7 @@ class CaptureWorker:
         commit_ts_ms: int | None,
     ) -> None:
         tracker.add(token)
-        latency = self._m.commit_to_ack_seconds.labels(self._system)
-        size = self._m.event_bytes.labels(self._system)
+        latency = self._latency
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
@@ -629,7 +646,7 @@ class CaptureWorker:
             if commit_ts_ms is not None:
                 latency.observe(max(0.0, time.time() - commit_ts_ms / 1000))
 
-        size.inc(len(key or b"") + len(value or b""))
+        self._bytes.inc(len(key or b"") + len(value or b""))
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=delivered)

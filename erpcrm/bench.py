@@ -170,7 +170,7 @@ class _Capture:
                 return time.monotonic()
             if time.monotonic() > deadline:
                 raise StackError(f"capture reached {value:.0f}/{target:.0f} events in {timeout}s")
-            time.sleep(0.05)
+            time.sleep(0.25)  # scraping is not free for the capture: keep it rare
 
     def stop(self) -> None:
         if self.proc is None:
@@ -217,7 +217,7 @@ def _throughput(dsn: str, capture: _Capture, rows: int, batch: int) -> dict[str,
             conn.execute(
                 sql.SQL(
                     "INSERT INTO {} (sku, quantity, price, note) "
-                    "SELECT 'SKU-' || lpad((g % 5000)::text, 5, '0'), g % 97, (g % 1000) / 7.0, "
+                    "SELECT 'SKU-' || lpad((g %% 5000)::text, 5, '0'), g %% 97, (g %% 1000) / 7.0, "
                     "'bench row ' || g FROM generate_series(%s::bigint, %s::bigint) g"
                 ).format(sql.Identifier(BENCH_TABLE)),
                 (first, first + count - 1),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Protocol, Self, TypeAlias
@@ -34,6 +34,7 @@ import fastavro
 import httpx
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 
+from schemas.avro_writer import compile_writer
 from schemas.errors import (
     ConfigError,
     DecodeError,
@@ -484,6 +485,7 @@ class WriterSchema:
     subject: str
     schema_id: int
     parsed: ParsedSchema
+    write: Callable[[Any], bytes]
 
 
 class AvroSerde:
@@ -515,7 +517,7 @@ class AvroSerde:
         if writer is None:
             parsed = parse_schema(schema)
             schema_id = self._registry.register(subject, schema)
-            writer = WriterSchema(subject, schema_id, parsed)
+            writer = WriterSchema(subject, schema_id, parsed, compile_writer(schema))
             self._writers[key] = writer
         return writer
 
@@ -526,7 +528,7 @@ class AvroSerde:
         Raises:
             ValidationError: the record does not fit the schema.
         """
-        return pack(writer.schema_id, write_body(writer.parsed, record))
+        return pack(writer.schema_id, writer.write(record))
 
     def encode(self, subject: str, schema: Mapping[str, Any], record: Any) -> bytes:
         """Return ``record`` encoded with ``schema`` (registered under ``subject``), in wire format.
