@@ -22,11 +22,14 @@ def local_stack() -> Iterator[LocalStack]:
     """The running local stack (Kafka, registry, ERP and CRM PostgreSQL, Prometheus)."""
     stack = LocalStack()
     already_running = {s.name for s in stack.status() if s.healthy}
-    stack.up(lambda message: log.info("stack: %s", message))
-    yield stack
     started_here = [c for c in stack.components if c.name not in already_running]
-    for component in reversed(started_here):
-        component.stop()
+    try:
+        stack.up(lambda message: log.info("stack: %s", message))
+        yield stack
+    finally:
+        # Also after a failed start: leave nothing running that this session started.
+        for component in reversed(started_here):
+            component.stop()
 
 
 @pytest.fixture(scope="session")
