@@ -73,9 +73,10 @@ def test_database_restart_mid_stream(
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
             reader.wait(lambda evs: len(_ids(evs)) >= 100, timeout=120, what="all 100 rows")
             ids = _ids(reader.events)
-        assert capture.running(), capture.log()
+        assert capture.running, capture.log()
         assert capture.metric("erpcrm_cdc_reconnects_total") >= 1
     finally:
+        local_stack.up()
         drop_probe_table(stack_env, table)
     assert ids == set(range(1, 101))
 
@@ -97,14 +98,15 @@ def test_kafka_outage_blocks_and_resumes_without_loss(
         _insert(admin, table, 21, 120)  # committed while Kafka is away
         outage_end = _wal(admin)
         time.sleep(3)  # the capture must hold on, neither exit nor confirm
-        assert capture.running(), "the capture waits for Kafka; it does not exit"
+        assert capture.running, "the capture waits for Kafka; it does not exit"
         confirmed = _confirmed(admin, capture.slot)
         local_stack.up()
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
             reader.wait(lambda evs: len(_ids(evs)) >= 120, timeout=180, what="all 120 rows")
             ids = _ids(reader.events)
-        assert capture.running(), capture.log()
+        assert capture.running, capture.log()
     finally:
+        local_stack.up()  # whatever happened, the next tests get the whole stack back
         drop_probe_table(stack_env, table)
     assert confirmed < outage_end, "nothing Kafka had not acknowledged was confirmed"
     assert ids == set(range(1, 121))
