@@ -195,6 +195,23 @@ def cdc(
         raise _fail(exc) from exc
 
 
+@app.command("streams")
+def streams() -> None:
+    """Turn raw change events into clean canonical events (Faust; /metrics, /inventory)."""
+    from prometheus_client import CollectorRegistry
+
+    from erpcrm.workers import build_streams
+    from streams.settings import StreamsSettings
+
+    _stack_defaults_into_environment()
+    try:
+        settings = StreamsSettings()
+        worker = build_streams(settings, CollectorRegistry())
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    worker.run()
+
+
 @app.command("run")
 def run_all() -> None:
     """Run every worker (capture of both systems) under one supervisor, restarting crashes."""

@@ -10,6 +10,7 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -17,6 +18,10 @@ from cdc.metrics import CaptureMetrics
 from cdc.settings import CaptureSettings
 from cdc.streaming import CaptureWorker
 from schemas.serde import AvroSerde, RegistryClient
+
+if TYPE_CHECKING:
+    from streams.app import StreamsApp
+    from streams.settings import StreamsSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +51,16 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def build_streams(settings: StreamsSettings, registry: CollectorRegistry) -> StreamsApp:
+    """A streams worker (Faust app) for ``settings`` with metrics in ``registry``.
+
+    Faust's own web server serves the metrics (``/metrics``, with ``/inventory``) on
+    ``settings.web_port``, so no separate endpoint is started; ``run()`` blocks until
+    SIGTERM/SIGINT, which Faust handles (clean stop: flush, commit).
+    """
+    from streams.app import build  # Faust is imported only by the commands that run it
+
+    client = RegistryClient(settings.registry.url)
+    return build(settings, serde=AvroSerde(client), registry=registry)

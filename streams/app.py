@@ -1,0 +1,677 @@
+"""The streams worker as a Faust app: topology, agents, state tables and web views.
+
+Topology::
+
+    <erp>.public.<table>, <crm>.public.<table>, <system>.transaction   (raw bytes)
+        │  agent ``sequence``: forward every message unchanged (key, value), its
+        │  position in headers (``erpcrm.origin.topic|partition|offset``)
+        ▼
+    <app_id>-sequenced                       (one partition)
+        │  agent ``process``: StreamProcessor -> publish, wait for acks -> commit state
+        ▼
+    canonical.<entity>  (key: entity key, UTF-8)       dlq.streams  (original bytes)
+
+Why one sequenced partition. The state is partly keyed by entity (dedupe, stock per
+product, orders per order) and partly needed by every record (crosswalk, customer index,
+SKUs), and an order's header and lines arrive on different topics keyed by different
+columns. Faust keeps a table's rows in the partition of the event that wrote them, so
+tables shared across differently keyed topics read stale rows when a key is written
+from two partitions. Funnelling every raw message through one partition gives each
+table one partition, one writer and one order of events; it is correct with one worker
+and stays correct with more: Kafka assigns the sequenced partition (and, with it, the
+tables) to exactly one worker at a time, the others forward and stand by. Throughput
+is that of one consumer, ample for two business databases; the capture needs no
+co-partitioning.
+
+Keys and values. Raw messages are read as bytes (``raw`` serializers) and decoded with
+:class:`schemas.serde.AvroSerde`. Canonical events are Avro (Confluent wire format)
+against :mod:`schemas.canonical`, subject ``canonical.<entity>-value``
+(TopicNameStrategy, BACKWARD); the key is the entity key ``<system>:<id>`` as plain
+UTF-8 (Kafka's ``StringSerializer`` format), so the default murmur2 partitioner keeps
+each entity on one partition and every client can read the key; it needs no schema (the
+value carries every id). Each canonical message has header ``erpcrm.output_id`` = its
+``event_id``.
+
+Guarantees and their order (``at_least_once``, the default):
+
+1. the processor computes outputs and state writes without changing state;
+2. the outputs are published and every one acknowledged (``acks=all``);
+3. only then are the state writes applied (RocksDB, changelog);
+4. Faust commits the sequenced offset after flushing the producer.
+
+A crash before 3 replays the message: its outputs are recomputed, nothing is lost. A
+crash after 2 (outputs out, state not, or a changelog that lost its tail) would publish
+an event again; so when a worker takes over the sequenced partition it reads the last
+``recent_outputs`` messages of every canonical and dead-letter partition and never
+publishes an ``erpcrm.output_id`` seen there again. Together: no loss, no event id
+twice, as long as fewer than ``recent_outputs`` messages per output partition fall
+between two offset commits (one second by default). ``exactly_once`` is passed to
+Faust and needs the broker's transaction support (the local single-node broker has
+it); Faust's transactions then cover the forwarding into the sequenced topic and the
+table changelogs. Faust only opens transactional producers for partitions of
+subscribed topics, so canonical events and dead letters are published outside them
+either way (see :class:`FaustPublisher`); their exactness comes from the order above
+in both modes.
+
+Transient failures (schema registry, Kafka) are retried with exponential backoff and
+counted; bad data never stops the worker (dead letters, see :mod:`streams.dlq`) unless
+the policy is ``fail``.
+
+Web server (Faust's, on ``web_host:web_port``, loopback by default): ``/metrics``
+(Prometheus), ``GET /inventory`` (every product's stock) and ``GET /inventory/{sku}``,
+read from the inventory table of the worker that owns the sequenced partition.
+
+Run it with ``erpcrm streams`` or ``faust -A streams.app worker``; importing this module
+connects nowhere: the module-level ``app`` is built from :class:`StreamsSettings` on
+first access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import faust
+from aiokafka.errors import KafkaError, KafkaTimeoutError  # type: ignore[import-untyped]
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
+from faust.types import TP
+from faust.web import Request, Response, View
+from mode import CrashingSupervisor
+from prometheus_client import CollectorRegistry, generate_latest
+
+from schemas.canonical import canonical_schema
+from schemas.errors import RetriableError
+from schemas.mapping import Flow, load_mappings
+from schemas.serde import AvroSerde, RegistryClient, WriterSchema
+from schemas.settings import KafkaSettings
+from schemas.topics import CANONICAL_TOPICS, value_subject
+from streams import dlq
+from streams.metrics import StreamsMetrics
+from streams.processor import (
+    H_KIND,
+    KIND_TICK,
+    TABLES,
+    Count,
+    Inbound,
+    Kind,
+    Outbound,
+    Outcome,
+    StateStore,
+    StreamProcessor,
+    Write,
+)
+from streams.settings import StreamsSettings
+
+__all__ = [
+    "FaustPublisher",
+    "FaustState",
+    "Publisher",
+    "StreamRunner",
+    "StreamsApp",
+    "build",
+    "create_app",
+    "load_recent_outputs",
+    "sequenced_inbound",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OUTPUT_TOPICS = (*CANONICAL_TOPICS, dlq.DLQ_TOPIC)
+"""Every topic the ``process`` agent writes."""
+
+
+# -------------------------------------------------------------------------- state
+
+
+class FaustState:
+    """The processor's state interface over the worker's Faust tables (key: text, JSON values).
+
+    Reads return copies: the memory store hands out its own objects.
+    """
+
+    def __init__(self, tables: Mapping[str, Any]) -> None:
+        self._tables = tables
+
+    def get(self, table: str, key: str) -> Any:
+        """Return the value of ``key`` in ``table``, or None."""
+        return copy.deepcopy(self._tables[table].get(key))
+
+    def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``."""
+        for key, value in list(self._tables[table].items()):
+            if isinstance(key, str) and key.startswith(prefix):
+                yield key, copy.deepcopy(value)
+
+    def apply(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes``; must run while the agent processes an event (changelog)."""
+        for write in writes:
+            table = self._tables[write.table]
+            if write.value is None:
+                table.pop(write.key, None)
+            else:
+                table[write.key] = write.value
+
+
+# ---------------------------------------------------------------------- publishing
+
+
+class Publisher(Protocol):
+    """Sends outbound messages and returns once Kafka acknowledged every one."""
+
+    async def publish(self, messages: Sequence[Outbound]) -> None:
+        """Publish ``messages`` (in order per partition) and wait for their acks."""
+        ...
+
+
+class FaustPublisher:
+    """Publishes with the Faust app's producer (``acks=all``), waiting for every ack.
+
+    Sends go to the producer itself, not through ``Topic.send``: with
+    ``exactly_once`` that would route them to Faust's transaction manager, which only
+    has producers for partitions of subscribed topics. Every message also gets header
+    ``erpcrm.app_id``: which worker published it.
+    """
+
+    def __init__(self, app: faust.App, app_id: str) -> None:
+        self._app = app
+        self._stamp = (dlq.H_APP_ID, app_id.encode("utf-8"))
+
+    async def publish(self, messages: Sequence[Outbound]) -> None:
+        """Send every message, then wait until each is acknowledged."""
+        producer = self._app.producer
+        pending = [
+            await producer.send(
+                message.topic,
+                message.key,
+                message.value,
+                None,
+                None,
+                [*message.headers, self._stamp],
+            )
+            for message in messages
+        ]
+        for acknowledged in pending:
+            await acknowledged
+
+
+def load_recent_outputs(
+    kafka: KafkaSettings,
+    topics: Sequence[str],
+    window: int,
+    app_id: str,
+    *,
+    timeout_s: float = 30.0,
+) -> set[str]:
+    """Return the ``erpcrm.output_id`` s ``app_id`` published in the last ``window`` messages.
+
+    Reads the tail of every partition of ``topics``; messages other apps published
+    there do not count. Blocking (run it in an executor). Topics that do not exist yet
+    have published nothing.
+
+    Raises:
+        RetriableError: Kafka could not be read within ``timeout_s``.
+    """
+    if window <= 0:
+        return set()
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": "erpcrm-streams-recent-outputs",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+            }
+        )
+    )
+    try:
+        metadata = consumer.list_topics(timeout=timeout_s)
+        ends: dict[tuple[str, int], int] = {}
+        start: list[TopicPartition] = []
+        for topic in topics:
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None:
+                continue
+            for partition in found.partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout_s
+                )
+                if high > low:
+                    ends[(topic, partition)] = high
+                    start.append(TopicPartition(topic, partition, max(low, high - window)))
+        ids: set[str] = set()
+        if not start:
+            return ids
+        consumer.assign(start)
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                raise RetriableError(f"reading recent outputs timed out; {len(ends)} left")
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            where = (str(message.topic()), int(message.partition() or 0))
+            error = message.error()
+            if error is not None:
+                if error.code() == ConfluentKafkaError._PARTITION_EOF:
+                    ends.pop(where, None)
+                    continue
+                raise RetriableError(f"reading recent outputs: {error}")
+            headers = dict(message.headers() or ())
+            output_id, publisher = headers.get(dlq.H_OUTPUT_ID), headers.get(dlq.H_APP_ID)
+            if isinstance(output_id, bytes) and publisher == app_id.encode("utf-8"):
+                ids.add(output_id.decode("ascii", errors="replace"))
+            if int(message.offset() or 0) + 1 >= ends.get(where, 0):
+                ends.pop(where, None)
+        return ids
+    except KafkaException as exc:
+        raise RetriableError(f"reading recent outputs: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+# ------------------------------------------------------------------------ running
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failure is worth retrying: registry or Kafka unavailable for a while."""
+    if isinstance(exc, RetriableError | KafkaTimeoutError | asyncio.TimeoutError):
+        return True
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+
+
+def sequenced_inbound(message: Any) -> Inbound:
+    """Turn a message of the sequenced topic into the processor's :class:`Inbound`.
+
+    A message without origin headers keeps its own position (and is counted as
+    unrouted by the processor).
+    """
+    raw_headers = message.headers
+    if isinstance(raw_headers, Mapping):
+        raw_headers = list(raw_headers.items())
+    headers = dlq.text_headers(raw_headers)
+    here = dlq.Origin(message.topic, message.partition, message.offset)
+    timestamp_ms = int(float(message.timestamp) * 1000)
+    if headers.get(H_KIND) == KIND_TICK.decode():
+        return Inbound(here, None, None, timestamp_ms, Kind.TICK)
+    try:
+        origin = dlq.Origin(
+            headers[dlq.H_ORIGIN_TOPIC],
+            int(headers[dlq.H_ORIGIN_PARTITION]),
+            int(headers[dlq.H_ORIGIN_OFFSET]),
+        )
+    except (KeyError, ValueError):
+        origin = here
+    return Inbound(origin, message.key, message.value, timestamp_ms)
+
+
+def origin_headers(message: Any) -> list[tuple[str, bytes]]:
+    """The headers that carry a raw message's position through the sequenced topic."""
+    return [
+        (dlq.H_ORIGIN_TOPIC, str(message.topic).encode()),
+        (dlq.H_ORIGIN_PARTITION, str(message.partition).encode()),
+        (dlq.H_ORIGIN_OFFSET, str(message.offset).encode()),
+    ]
+
+
+@dataclass
+class StreamRunner:
+    """One sequenced message at a time: process, publish and wait, then commit state.
+
+    See the module docstring for why the steps are in this order.
+    """
+
+    processor: StreamProcessor
+    state: StateStore
+    publisher: Publisher
+    metrics: StreamsMetrics
+    generation: Callable[[], int]
+    recent_loader: Callable[[], Awaitable[set[str]]] | None = None
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    recent: set[str] = field(default_factory=set)
+    loaded_generation: int | None = field(default=None, init=False)
+
+    async def handle(self, message: Inbound) -> None:
+        """Process one message completely (or raise: the worker stops, offset uncommitted)."""
+        started = time.monotonic()
+        await self._ready()
+
+        async def process() -> Outcome:
+            return self.processor.process(message, self.state)
+
+        outcome = await self.retrying("process", process, rollback=True)
+        outbound = self._not_yet_published(outcome)
+
+        async def publish() -> None:
+            await self.publisher.publish(outbound)
+
+        # 1. publish and wait for every acknowledgement, 2. only then change state.
+        await self.retrying("publish", publish)
+        self.processor.commit(outcome, self.state)
+        self._observe(outcome, outbound, started)
+
+    async def _ready(self) -> None:
+        """After (re)assignment: reload caches from the tables, learn recent outputs."""
+        generation = self.generation()
+        if self.loaded_generation == generation:
+            return
+
+        async def recover() -> None:
+            self.processor.load(self.state)
+            if self.recent_loader is not None:
+                self.recent = await self.recent_loader()
+
+        await self.retrying("recover", recover)
+        self.loaded_generation = generation
+        log.info(
+            "streams state loaded (generation %d); %d recent outputs known",
+            generation,
+            len(self.recent),
+        )
+
+    def _not_yet_published(self, outcome: Outcome) -> list[Outbound]:
+        kept = []
+        for message in outcome.outbound:
+            if message.output_id in self.recent:
+                log.info("already published before a restart, not again: %s", message.output_id)
+                flow = message.flow or "-"
+                if message.event is not None:
+                    outcome.tally.add(Count.EVENTS_OUT, flow, n=-1)
+                outcome.tally.add(Count.DEDUPED, flow)
+                continue
+            kept.append(message)
+        return kept
+
+    def _observe(self, outcome: Outcome, outbound: Sequence[Outbound], started: float) -> None:
+        metrics = self.metrics
+        metrics.record(outcome.tally)
+        now = time.time()
+        for message in outbound:
+            if message.event is not None:
+                lag = now - int(message.event.record["source_ts_ms"]) / 1000
+                metrics.source_to_publish_seconds.observe(max(0.0, lag))
+            elif message.dead_letter is not None:
+                letter = message.dead_letter
+                log.warning("dead letter %s: %s", letter.origin, letter.message)
+        metrics.pending.set(self.processor.pending_count)
+        metrics.processing_seconds.observe(time.monotonic() - started)
+
+    async def retrying(
+        self, stage: str, step: Callable[[], Awaitable[T]], *, rollback: bool = False
+    ) -> T:
+        """Run ``step`` until it succeeds, backing off after each transient failure.
+
+        Other failures propagate (the worker stops; the message's offset stays
+        uncommitted). ``rollback``: undo the processor's cache changes before a retry.
+        """
+        delay = self.retry_initial_s
+        while True:
+            try:
+                return await step()
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                self.metrics.retries.labels(stage).inc()
+                log.warning("streams %s: transient failure, retry in %.1fs: %s", stage, delay, exc)
+                if rollback:
+                    self.processor.rollback(self.state)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+
+# ---------------------------------------------------------------------------- app
+
+
+@dataclass
+class StreamsApp:
+    """The Faust app and the parts tests and the CLI need to reach."""
+
+    app: faust.App
+    settings: StreamsSettings
+    processor: StreamProcessor
+    runner: StreamRunner
+    metrics: StreamsMetrics
+    registry: CollectorRegistry
+    state: StateStore
+    tables: Mapping[str, Any]
+    sequenced: Any
+    sequence_agent: Any
+    process_agent: Any
+
+    def run(self) -> None:
+        """Run the Faust worker until SIGTERM/SIGINT (which stop it cleanly); exits the process.
+
+        Prepares the app the way ``faust -A streams.app worker`` does.
+        """
+        self.app.finalize()
+        self.app.worker_init()
+        self.app.worker_init_post_autodiscover()
+        worker = faust.Worker(
+            self.app,
+            loglevel=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            override_logging=False,
+            redirect_stdouts=False,
+        )
+        worker.execute_from_commandline()
+
+
+def _encoder(serde: AvroSerde) -> Callable[[str, dict[str, Any]], bytes]:
+    writers: dict[str, WriterSchema] = {}
+
+    def encode(entity: str, record: dict[str, Any]) -> bytes:
+        writer = writers.get(entity)
+        if writer is None:
+            topic = f"canonical.{entity}"
+            writer = writers[entity] = serde.prepare(value_subject(topic), canonical_schema(entity))
+        return AvroSerde.encode_with(writer, record)
+
+    return encode
+
+
+def build(
+    settings: StreamsSettings,
+    *,
+    serde: AvroSerde | None = None,
+    registry: CollectorRegistry | None = None,
+    flows: Mapping[str, Flow] | None = None,
+    state: StateStore | None = None,
+    publisher: Publisher | None = None,
+    read_recent_outputs: bool = True,
+) -> StreamsApp:
+    """Build the worker: Faust app, tables, agents, timer and web views.
+
+    Builds only; nothing connects until the app runs. ``state`` and ``publisher``
+    replace the Faust tables and producer (tests); ``read_recent_outputs`` False skips
+    reading the output topics on assignment (tests).
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = StreamsMetrics.create(registry)
+    if serde is None:
+        serde = AvroSerde(RegistryClient(settings.registry.url))
+    processor = StreamProcessor(
+        flows if flows is not None else load_mappings(),
+        decode=serde.decode,
+        encode=_encoder(serde),
+        prefixes=settings.topic_prefixes,
+        dlq_policy=settings.dlq_policy,
+        echo_origins=settings.echo_origins,
+        assembly_timeout_ms=int(settings.assembly_timeout_seconds * 1000),
+        snapshot_settle_ms=int(settings.snapshot_settle_seconds * 1000),
+        reference_wait_ms=int(settings.reference_wait_seconds * 1000),
+    )
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",")],
+        store=settings.store,
+        datadir=str(settings.table_dir),
+        processing_guarantee=settings.processing_guarantee,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_seconds,
+        broker_session_timeout=settings.session_timeout_seconds,
+        producer_acks=-1,
+        agent_supervisor=CrashingSupervisor,
+        autodiscover=False,
+    )
+    # One partition each: every write happens while processing the one sequenced partition.
+    rocksdb = settings.store.startswith("rocksdb")
+    tables = {
+        name: app.Table(
+            name,
+            partitions=1,
+            key_type=str,
+            help=f"streams state: {name}",
+            options={"driver": "rocksdict"} if rocksdb else None,
+        )
+        for name in TABLES
+    }
+    state = state if state is not None else FaustState(tables)
+    publisher = publisher if publisher is not None else FaustPublisher(app, settings.app_id)
+    raw = app.topic(
+        *processor.topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    sequenced = app.topic(
+        f"{settings.app_id}-sequenced",
+        partitions=1,
+        internal=True,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    outputs = [
+        app.topic(name, partitions=settings.partitions, internal=True) for name in OUTPUT_TOPICS
+    ]
+
+    async def recent_outputs() -> set[str]:
+        loop = asyncio.get_running_loop()
+        read = partial(load_recent_outputs, settings.kafka, OUTPUT_TOPICS, settings.recent_outputs)
+        return await loop.run_in_executor(None, read)
+
+    runner = StreamRunner(
+        processor=processor,
+        state=state,
+        publisher=publisher,
+        metrics=metrics,
+        generation=lambda: int(app.consumer_generation_id),
+        recent_loader=recent_outputs if read_recent_outputs else None,
+        retry_initial_s=settings.retry_initial_seconds,
+        retry_max_s=settings.retry_max_seconds,
+    )
+
+    @app.agent(raw, name="sequence")
+    async def sequence(stream: faust.StreamT[bytes]) -> None:
+        """Forward every raw message, its position in headers, to the sequenced topic."""
+        async for event in stream.events():
+            message = event.message
+            await sequenced.send(
+                key=message.key, value=message.value, headers=origin_headers(message)
+            )
+            metrics.sequenced.labels("change").inc()
+
+    @app.agent(sequenced, name="process")
+    async def process(stream: faust.StreamT[bytes]) -> None:
+        """Process sequenced messages one at a time (see :class:`StreamRunner`)."""
+        async for event in stream.events():
+            await runner.handle(sequenced_inbound(event.message))
+
+    async def tick() -> None:
+        """Put a tick into the sequenced topic while this worker owns pending work.
+
+        Also right after the worker took the sequenced partition over, so the state is
+        loaded (and what was pending resumes) even when no change arrives.
+        """
+        owner = TP(sequenced.get_topic_name(), 0) in app.assignor.assigned_actives()
+        unloaded = runner.loaded_generation != app.consumer_generation_id
+        if owner and (processor.has_pending or unloaded):
+            await sequenced.send(key=b"tick", value=b"", headers=[(H_KIND, KIND_TICK)])
+            metrics.sequenced.labels("tick").inc()
+
+    async def prepare() -> None:
+        """Create the output topics and register the canonical schemas, retrying."""
+        if settings.processing_guarantee == "exactly_once":
+            log.warning(
+                "processing_guarantee=exactly_once: Faust's transactions cover the sequenced "
+                "topic and the changelogs, not the canonical topics; those rely on the "
+                "worker's publish-then-commit order, as with at_least_once"
+            )
+
+        async def declare() -> None:
+            for topic in outputs:
+                await topic.maybe_declare()
+            for name in CANONICAL_TOPICS:
+                serde.prepare(value_subject(name), canonical_schema(name.split(".", 1)[1]))
+
+        await runner.retrying("prepare", declare)
+
+    # Faust's task and timer decorators are untyped; registered by call instead.
+    app.timer(settings.tick_seconds)(tick)
+    app.task(prepare)
+
+    @app.page("/metrics")
+    async def metrics_view(view: View, request: Request) -> Response:
+        """Prometheus metrics of this worker."""
+        return view.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
+
+    @app.page("/inventory")
+    async def inventory_list(view: View, request: Request) -> Response:
+        """Every product's stock: on hand, reserved, available, per location."""
+        return view.json({"items": processor.inventory(state)})
+
+    @app.page("/inventory/{sku}")
+    async def inventory_item(view: View, request: Request, sku: str) -> Response:
+        """One product's stock, by SKU (404 when the worker knows no stock for it)."""
+        items = processor.inventory(state, sku)
+        if not items:
+            return view.json({"error": "no stock known for this SKU", "sku": sku}, status=404)
+        return view.json(items[0])
+
+    return StreamsApp(
+        app=app,
+        settings=settings,
+        processor=processor,
+        runner=runner,
+        metrics=metrics,
+        registry=registry,
+        state=state,
+        tables=tables,
+        sequenced=sequenced,
+        sequence_agent=sequence,
+        process_agent=process,
+    )
+
+
+def create_app(settings: StreamsSettings | None = None) -> faust.App:
+    """Return the Faust app for ``settings`` (default: read from the environment)."""
+    return build(settings if settings is not None else StreamsSettings()).app
+
+
+_app: faust.App | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """Build the module-level ``app`` on first access (``faust -A streams.app worker``)."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""Prometheus metrics of the streams stage, declared once against an injected registry.
+
+Every :class:`~streams.processor.Count` the processor tallies maps to one counter with a
+fixed label set; :meth:`StreamsMetrics.record` adds an outcome's tally. Label values are
+bounded: flow names come from the mapping files, reasons from
+:class:`~streams.validation.Reason`, the rest from small fixed sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from streams.processor import Count, Tally
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamsMetrics:
+    """All streams metrics; see each one's help text for its labels."""
+
+    events_in: Counter
+    events_out: Counter
+    dead_letters: Counter
+    deduped: Counter
+    no_ops: Counter
+    echoes_dropped: Counter
+    skipped: Counter
+    fixes: Counter
+    crosswalk_links: Counter
+    ambiguous_matches: Counter
+    orders_assembled: Counter
+    parked: Counter
+    ignored: Counter
+    retries: Counter
+    sequenced: Counter
+    processing_seconds: Histogram
+    source_to_publish_seconds: Histogram
+    pending: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> StreamsMetrics:
+        """Register every streams metric in ``registry``."""
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        return cls(
+            events_in=counter(
+                "erpcrm_streams_events_in",
+                "Raw change events processed, per flow ('transaction': transaction metadata).",
+                ["flow"],
+            ),
+            events_out=counter(
+                "erpcrm_streams_events_out",
+                "Canonical events published, per flow.",
+                ["flow"],
+            ),
+            dead_letters=counter(
+                "erpcrm_streams_dead_letters",
+                "Records rejected (dead-lettered, or skipped by policy), per reason.",
+                ["reason"],
+            ),
+            deduped=counter(
+                "erpcrm_streams_deduped",
+                "Stale events dropped: duplicates, overtaken changes, already published.",
+                ["flow"],
+            ),
+            no_ops=counter(
+                "erpcrm_streams_no_ops",
+                "Events dropped because their payload equals the last one published.",
+                ["flow"],
+            ),
+            echoes_dropped=counter(
+                "erpcrm_streams_echoes_dropped",
+                "Changes dropped because they carry a sink's replication origin.",
+                ["system"],
+            ),
+            skipped=counter(
+                "erpcrm_streams_skipped",
+                "Changes that are no business event (outside the flow's filter, truncates).",
+                ["flow"],
+            ),
+            fixes=counter(
+                "erpcrm_streams_fixes",
+                "Values cleansing changed, per flow and rule.",
+                ["flow", "rule"],
+            ),
+            crosswalk_links=counter(
+                "erpcrm_streams_crosswalk_links",
+                "Crosswalk links made, per entity and rule (erp_column, customer_number, vat, "
+                "email, sku).",
+                ["entity", "rule"],
+            ),
+            ambiguous_matches=counter(
+                "erpcrm_streams_ambiguous_matches",
+                "Matches with several candidates (the lowest id was linked), per entity.",
+                ["entity"],
+            ),
+            orders_assembled=counter(
+                "erpcrm_streams_orders_assembled",
+                "Orders assembled, per how (complete, timeout, settled, replay, no_header).",
+                ["how"],
+            ),
+            parked=counter(
+                "erpcrm_streams_parked",
+                "Records parked to wait for a reference, per reason.",
+                ["reason"],
+            ),
+            ignored=counter(
+                "erpcrm_streams_ignored",
+                "Messages with nothing to process, per what (tombstone, unrouted, "
+                "transaction_begin, transaction_end, orphan_line, rejected_skipped).",
+                ["what"],
+            ),
+            retries=counter(
+                "erpcrm_streams_retries",
+                "Transient failures retried with backoff, per stage (process, publish, recover).",
+                ["stage"],
+            ),
+            sequenced=counter(
+                "erpcrm_streams_sequenced",
+                "Raw messages forwarded into the worker's sequenced topic (tick: ticks).",
+                ["kind"],
+            ),
+            processing_seconds=Histogram(
+                "erpcrm_streams_processing_seconds",
+                "Wall time per sequenced message: processing, publishing until acknowledged, "
+                "committing state.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            source_to_publish_seconds=Histogram(
+                "erpcrm_streams_source_to_publish_seconds",
+                "From the source commit to Kafka's acknowledgement of the canonical event.",
+                buckets=LAG_BUCKETS,
+                registry=registry,
+            ),
+            pending=Gauge(
+                "erpcrm_streams_pending",
+                "Orders being assembled and records waiting for a reference.",
+                registry=registry,
+            ),
+        )
+
+    def _by_count(self) -> Mapping[str, Counter]:
+        return {
+            Count.EVENTS_IN: self.events_in,
+            Count.EVENTS_OUT: self.events_out,
+            Count.DEAD_LETTERS: self.dead_letters,
+            Count.DEDUPED: self.deduped,
+            Count.NO_OPS: self.no_ops,
+            Count.ECHOES: self.echoes_dropped,
+            Count.SKIPPED: self.skipped,
+            Count.FIXES: self.fixes,
+            Count.LINKS: self.crosswalk_links,
+            Count.AMBIGUOUS: self.ambiguous_matches,
+            Count.ORDERS: self.orders_assembled,
+            Count.PARKED: self.parked,
+            Count.IGNORED: self.ignored,
+        }
+
+    def record(self, tally: Tally) -> None:
+        """Add an outcome's counts to the counters."""
+        counters = self._by_count()
+        for (what, *labels), amount in tally.items():
+            if amount:
+                counters[what].labels(*labels).inc(amount)

@@ -1,0 +1,106 @@
+"""Settings of the streams worker (``erpcrm streams``, or ``faust -A streams.app worker``).
+
+Read once at start (environment ``ERPCRM_STREAMS_*``, the shared ``ERPCRM_KAFKA__*`` and
+``ERPCRM_REGISTRY__*``, or the YAML file in ``ERPCRM_CONFIG``), then frozen and passed
+inward. See :mod:`streams.app` for what each setting changes at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from schemas.settings import WorkerSettings
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+DeadLetterPolicy = Literal["fail", "dlq", "skip"]
+
+DEFAULT_WEB_PORT: Final = 39113
+DEFAULT_DATA_DIR: Final = Path(__file__).resolve().parents[1] / ".local" / "streams"
+"""``<checkout>/.local/streams`` (git-ignored), next to the local stack's state."""
+
+
+class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
+    """Everything the streams worker needs; read once at start, then frozen.
+
+    Attributes:
+        app_id: Faust application id: the consumer group, and the prefix of the worker's
+            own topics (``<app_id>-sequenced``, ``<app_id>-<table>-changelog``).
+        data_dir: where RocksDB keeps the tables (``<data_dir>/<app_id>``).
+        store: Faust table store; ``rocksdb://`` (rocksdict driver) in production,
+            ``memory://`` for throw-away runs.
+        web_host: address the web server (``/metrics``, ``/inventory``) binds to.
+        web_port: port of the web server.
+        processing_guarantee: Faust's ``processing_guarantee``. ``at_least_once`` (the
+            default) plus the worker's own dedupe gives no loss and no duplicate event
+            ids; ``exactly_once`` needs the broker's transaction support (the local
+            single-node broker has it) and is passed to Faust as is (see
+            :mod:`streams.app` for its limits).
+        dlq_policy: what a record that fails validation does: ``dlq`` (to
+            ``dlq.streams``, the default), ``skip`` (counted, dropped) or ``fail`` (stop
+            the worker before its offset is committed).
+        erp_topic_prefix, crm_topic_prefix: first part of each system's raw topic names
+            (the capture's ``topic_prefix``; the system name by default).
+        partitions: partitions of the canonical and dead-letter topics the worker
+            creates (existing topics keep theirs).
+        replication_factor: replication of the topics the worker creates.
+        commit_interval_seconds: how often consumer offsets are committed.
+        session_timeout_seconds: how long the group waits for a silent worker before its
+            partitions move (after a crash, the restarted worker waits this long).
+        tick_seconds: how often a worker with pending work (orders being assembled,
+            records waiting for a reference) puts a tick into its sequenced topic.
+        assembly_timeout_seconds: an order whose transaction's END has not arrived
+            after this long is assembled from what has.
+        snapshot_settle_seconds: orders read by a snapshot (no transaction) are
+            assembled once no row of theirs arrived for this long.
+        reference_wait_seconds: a record that refers to something not seen yet (a
+            product id without SKU, an unknown SKU) is retried for this long before it
+            is dead-lettered.
+        recent_outputs: how many of the last messages of each output partition are
+            read at start, to never publish an event id twice after a crash.
+        retry_initial_seconds, retry_max_seconds: backoff of transient failures.
+        echo_origins: replication origins of the sinks' sessions; changes carrying
+            one are echoes and are dropped.
+    """
+
+    app_id: str = "erpcrm-streams"
+    data_dir: Path = DEFAULT_DATA_DIR
+    store: str = "rocksdb://"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=DEFAULT_WEB_PORT, ge=1, le=65535)
+    processing_guarantee: ProcessingGuarantee = "at_least_once"
+    dlq_policy: DeadLetterPolicy = "dlq"
+    erp_topic_prefix: str = "erp"
+    crm_topic_prefix: str = "crm"
+    partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    commit_interval_seconds: float = Field(default=1.0, gt=0)
+    session_timeout_seconds: float = Field(default=15.0, ge=6, le=90)
+    tick_seconds: float = Field(default=1.0, gt=0)
+    assembly_timeout_seconds: float = Field(default=30.0, gt=0)
+    snapshot_settle_seconds: float = Field(default=3.0, gt=0)
+    reference_wait_seconds: float = Field(default=15.0, ge=0)
+    recent_outputs: int = Field(default=2000, ge=0)
+    retry_initial_seconds: float = Field(default=0.5, gt=0)
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+    echo_origins: Annotated[tuple[str, ...], NoDecode] = ("erpcrm_sink",)
+
+    @field_validator("echo_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @property
+    def topic_prefixes(self) -> dict[str, str]:
+        """The first part of each system's raw topic names: ``{"erp": ..., "crm": ...}``."""
+        return {"erp": self.erp_topic_prefix, "crm": self.crm_topic_prefix}
+
+    @property
+    def table_dir(self) -> Path:
+        """Faust's data directory of this app id (RocksDB files live below it)."""
+        return self.data_dir / self.app_id

@@ -1,0 +1,564 @@
+"""The streams processor (streams/processor.py) with plain dict-backed state, no Kafka.
+
+Raw messages are built with the capture stage's own envelope code and framed in the
+Confluent wire format, so the processor sees the bytes it reads from the bus.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdc.envelope import (
+    SourceInfo,
+    TableShape,
+    TransactionBlock,
+    envelope_record,
+    key_record,
+    key_schema,
+    transaction_end_record,
+    transaction_id,
+    transaction_key_record,
+    transaction_key_schema,
+    transaction_value_schema,
+    value_schema,
+)
+from schemas.canonical import canonical_schema
+from schemas.mapping import load_mappings
+from schemas.serde import AvroSerde, LocalSchemaRegistry
+from schemas.topics import canonical_topic, value_subject
+from streams import dlq
+from streams.dlq import Origin
+from streams.processor import (
+    Count,
+    DeadLetterError,
+    DictState,
+    Inbound,
+    Kind,
+    Outcome,
+    StreamProcessor,
+    freeze,
+    thaw,
+)
+from streams.transform import event_id
+from tests.unit.test_transform import (
+    ACCOUNT_ID,
+    ACCOUNTS,
+    AOS_PRODUCTS_QUOTES,
+    AOS_QUOTES,
+    ORDER,
+    PARTNER,
+    PRODUCT,
+    PRODUCT_PRODUCT,
+    QUOTE,
+    QUOTE_ID,
+    RES_PARTNER,
+    SALE_ORDER,
+    SALE_ORDER_LINE,
+    STOCK_QUANT,
+    TS_MS,
+    order_line,
+)
+
+FLOWS = load_mappings()
+SERDE = AvroSerde(LocalSchemaRegistry())
+START_MS = 1_717_236_000_000
+
+
+def encode_canonical(entity: str, record: dict[str, Any]) -> bytes:
+    return SERDE.encode(value_subject(canonical_topic(entity)), canonical_schema(entity), record)
+
+
+class Harness:
+    """A processor with dict state, a clock, and a builder of raw messages."""
+
+    def __init__(self, **options: Any) -> None:
+        self.processor = StreamProcessor(
+            FLOWS, decode=SERDE.decode, encode=encode_canonical, **options
+        )
+        self.state = DictState()
+        self.processor.load(self.state)
+        self.now = START_MS
+        self.offsets: Counter[str] = Counter()
+
+    def run(self, message: Inbound) -> Outcome:
+        """Process and commit, as the agent does after publishing."""
+        outcome = self.processor.process(message, self.state)
+        self.processor.commit(outcome, self.state)
+        return outcome
+
+    def _origin(self, topic: str) -> Origin:
+        offset = self.offsets[topic]
+        self.offsets[topic] += 1
+        return Origin(topic, 0, offset)
+
+    def change(
+        self,
+        shape: TableShape,
+        op: str,
+        *,
+        after: dict[str, Any] | None = None,
+        before: dict[str, Any] | None = None,
+        lsn: int,
+        tx: tuple[int, int] | None = None,
+        origin: str | None = None,
+    ) -> Inbound:
+        """A change like the capture's; ``tx`` is (xid, commit LSN), None for snapshot reads."""
+        topic = f"{shape.server}.public.{shape.table}"
+        source = SourceInfo(
+            version="test",
+            name=shape.server,
+            ts_ms=TS_MS,
+            snapshot="true" if op == "r" else "false",
+            db=shape.server,
+            schema="public",
+            table=shape.table,
+            tx_id=None if tx is None else tx[0],
+            lsn=lsn,
+            origin=origin,
+        )
+        block = None if tx is None else TransactionBlock(transaction_id(*tx), 1, 1)
+        datum = envelope_record(
+            shape,
+            op=op,  # type: ignore[arg-type]
+            before=before,
+            after=after,
+            source=source,
+            ts_ms=TS_MS + 5,
+            transaction=block,
+        )
+        row = after if after is not None else before
+        assert row is not None
+        key = SERDE.encode(f"{topic}-key", key_schema(shape), key_record(shape, row))
+        value = SERDE.encode(f"{topic}-value", value_schema(shape), datum)
+        return Inbound(self._origin(topic), key, value, self.now)
+
+    def end(self, system: str, tx: tuple[int, int], counts: dict[str, int]) -> Inbound:
+        """The END record of a transaction on ``<system>.transaction``."""
+        topic = f"{system}.transaction"
+        tid = transaction_id(*tx)
+        key = SERDE.encode(f"{topic}-key", transaction_key_schema(), transaction_key_record(tid))
+        value = SERDE.encode(
+            f"{topic}-value",
+            transaction_value_schema(),
+            transaction_end_record(tid, ts_ms=TS_MS, event_counts=counts),
+        )
+        return Inbound(self._origin(topic), key, value, self.now)
+
+    def tick(self, advance_ms: int) -> Inbound:
+        self.now += advance_ms
+        return Inbound(self._origin("streams-sequenced"), None, None, self.now, Kind.TICK)
+
+
+def decoded(outcome: Outcome) -> list[dict[str, Any]]:
+    """The canonical values of an outcome, as a consumer decodes them."""
+    return [SERDE.decode(o.value) for o in outcome.outbound if o.event is not None and o.value]
+
+
+def account(**changes: Any) -> dict[str, Any]:
+    row = {
+        "id": ACCOUNT_ID,
+        "name": "Nordwind Trading",
+        "account_number": None,
+        "vat": "de 123 456 789",
+        "email": "einkauf@nordwind.example.com",
+        "phone_office": "+49 30 6610918",
+        "website": None,
+        "billing_address_street": "Friedrichstraße 12",
+        "billing_address_city": "Berlin",
+        "billing_address_postalcode": "10117",
+        "billing_address_country": "Germany",
+        "industry": "Wholesale",
+        "deleted": False,
+    }
+    return row | changes
+
+
+def quant(
+    quant_id: int, product: int, location: int, qty: str, reserved: str = "0"
+) -> dict[str, Any]:
+    return {
+        "id": quant_id,
+        "product_id": product,
+        "location_id": location,
+        "quantity": Decimal(qty),
+        "reserved_quantity": Decimal(reserved),
+    }
+
+
+def with_catalogue(h: Harness, *products: tuple[int, str]) -> None:
+    for product_id, sku in products:
+        row = PRODUCT | {"id": product_id, "default_code": sku, "barcode": f"400{product_id:010d}"}
+        h.run(h.change(PRODUCT_PRODUCT, "r", after=row, lsn=10))
+
+
+# --------------------------------------------------------------------- customers
+
+
+def test_a_dirty_erp_customer_comes_out_cleansed() -> None:
+    h = Harness()
+    outcome = h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100, tx=(771, 120)))
+    (record,) = decoded(outcome)
+    assert (record["phone"], record["country_code"], record["email"]) == (
+        "+49306610918",
+        "DE",
+        "info@nordwind.example.com",
+    )
+    assert (record["name"], record["customer_number"], record["vat"]) == (
+        "Nordwind Trading GmbH",
+        "C00042",
+        "DE123456789",
+    )
+    assert record["event_id"] == event_id("erp", 100, "public", "res_partner", "42")
+    (message,) = outcome.outbound
+    assert (message.topic, message.key) == ("canonical.customer", b"erp:42")
+    assert message.headers == ((dlq.H_OUTPUT_ID, record["event_id"].encode()),)
+    tally = outcome.tally
+    assert tally.of(Count.EVENTS_IN, "erp_res_partner__customer") == 1
+    assert tally.of(Count.EVENTS_OUT, "erp_res_partner__customer") == 1
+    assert tally.of(Count.FIXES, "erp_res_partner__customer", "phone") == 1
+
+
+def test_an_invalid_record_is_dead_lettered_with_its_reason_and_original_bytes() -> None:
+    h = Harness()
+    message = h.change(RES_PARTNER, "u", after=PARTNER | {"email": "info@@nordwind"}, lsn=100)
+    outcome = h.run(message)
+    assert outcome.events == []
+    (letter,) = outcome.outbound
+    assert (letter.topic, letter.key, letter.value) == ("dlq.streams", message.key, message.value)
+    headers = dlq.text_headers(letter.headers)
+    assert headers[dlq.H_ERROR_CLASS] == "ValidationError"
+    assert headers[dlq.H_ERROR_REASON] == "invalid_email"
+    assert headers[dlq.H_ERROR_FIELD] == "email"
+    assert headers[dlq.H_ERROR_MESSAGE].startswith("invalid_email [email]: ")
+    assert headers[dlq.H_STAGE] == "streams"
+    assert (
+        headers[dlq.H_ORIGIN_TOPIC],
+        headers[dlq.H_ORIGIN_PARTITION],
+        headers[dlq.H_ORIGIN_OFFSET],
+    ) == ("erp.public.res_partner", "0", "0")
+    assert headers[dlq.H_FLOW] == "erp_res_partner__customer"
+    assert headers[dlq.H_OUTPUT_ID] == letter.output_id
+    assert outcome.tally.of(Count.DEAD_LETTERS, "invalid_email") == 1
+    # a record that failed leaves no dedupe state: fixed and replayed, it goes through
+    assert h.state.values("dedupe") == {}
+
+
+def test_undecodable_bytes_are_dead_lettered() -> None:
+    h = Harness()
+    origin = Origin("erp.public.res_partner", 2, 17)
+    outcome = h.run(Inbound(origin, b"k", b"\x00\x00\x00\x00\x63garbage", START_MS))
+    (letter,) = outcome.dead_letters
+    assert (letter.reason, letter.error_class, letter.origin) == (
+        "decode_error",
+        "DecodeError",
+        origin,
+    )
+
+
+def test_the_dead_letter_policy_skip_counts_and_fail_raises() -> None:
+    bad = PARTNER | {"phone": "12"}
+    skipping = Harness(dlq_policy="skip")
+    outcome = skipping.run(skipping.change(RES_PARTNER, "u", after=bad, lsn=100))
+    assert outcome.outbound == []
+    assert outcome.tally.of(Count.DEAD_LETTERS, "invalid_phone") == 1
+    assert outcome.tally.of(Count.IGNORED, "rejected_skipped") == 1
+    failing = Harness(dlq_policy="fail")
+    with pytest.raises(DeadLetterError) as raised:
+        failing.processor.process(
+            failing.change(RES_PARTNER, "u", after=bad, lsn=100), failing.state
+        )
+    assert raised.value.letter.reason == "invalid_phone"
+
+
+def test_duplicates_older_versions_and_no_ops_are_dropped() -> None:
+    h = Harness()
+    first = h.change(RES_PARTNER, "u", after=PARTNER, lsn=300)
+    assert len(h.run(first).events) == 1
+    replayed = h.run(first)  # the same raw event again
+    older = h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"city": "Bonn"}, lsn=200))
+    same = h.run(
+        h.change(RES_PARTNER, "u", after=PARTNER | {"name": "Nordwind Trading GmbH"}, lsn=400)
+    )
+    newer = h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"city": "Potsdam"}, lsn=500))
+    flow = "erp_res_partner__customer"
+    assert (replayed.events, older.events, same.events) == ([], [], [])
+    assert replayed.tally.of(Count.DEDUPED, flow) == older.tally.of(Count.DEDUPED, flow) == 1
+    assert same.tally.of(Count.NO_OPS, flow) == 1
+    assert [r["city"] for r in decoded(newer)] == ["Potsdam"]
+    assert h.state.get("dedupe", "customer|erp:42")[0] == 500
+
+
+def test_state_changes_only_on_commit_and_replays_give_the_same_outputs() -> None:
+    h = Harness()
+    message = h.change(RES_PARTNER, "u", after=PARTNER, lsn=100)
+    first = h.processor.process(message, h.state)
+    again = h.processor.process(message, h.state)
+    assert h.state.values("dedupe") == {}
+    assert [(o.output_id, o.value) for o in first.outbound] == [
+        (o.output_id, o.value) for o in again.outbound
+    ]
+
+
+def test_echoes_and_tombstones_are_counted_not_processed() -> None:
+    h = Harness()
+    echo = h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100, origin="erpcrm_sink"))
+    assert echo.outbound == []
+    assert echo.tally.of(Count.ECHOES, "erp") == 1
+    tombstone = h.run(Inbound(Origin("erp.public.res_partner", 0, 9), b"k", None, START_MS))
+    assert tombstone.tally.of(Count.IGNORED, "tombstone") == 1
+    unrouted = h.run(Inbound(Origin("erp.public.stock_location", 0, 1), b"k", b"v", START_MS))
+    assert unrouted.tally.of(Count.IGNORED, "unrouted") == 1
+
+
+# ---------------------------------------------------------------------- crosswalk
+
+
+def test_a_crm_account_with_an_erp_customers_vat_is_linked() -> None:
+    h = Harness()
+    h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100))
+    outcome = h.run(h.change(ACCOUNTS, "c", after=account(), lsn=5000, tx=(12, 5100)))
+    (record,) = decoded(outcome)
+    # matched on the normalised VAT id, whatever its spacing
+    assert (record["crm_id"], record["erp_id"], record["vat"]) == (
+        ACCOUNT_ID,
+        "42",
+        "DE 123 456 789",
+    )
+    assert outcome.tally.of(Count.LINKS, "customer", "vat") == 1
+    # from now on the ERP customer's events carry the CRM id
+    erp = h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"city": "Potsdam"}, lsn=200))
+    assert decoded(erp)[0]["crm_id"] == ACCOUNT_ID
+
+
+def test_the_erp_column_links_and_a_new_account_matches_by_customer_number() -> None:
+    h = Harness()
+    linked = PARTNER | {"id": 43, "ref": "C00043", "vat": None, "crm_account_id": ACCOUNT_ID}
+    outcome = h.run(h.change(RES_PARTNER, "u", after=linked, lsn=100))
+    assert outcome.tally.of(Count.LINKS, "customer", "erp_column") == 1
+    other = "7c1d2e3f-0000-4000-8000-000000000099"
+    match = h.run(
+        h.change(ACCOUNTS, "c", after=account(id=other, vat=None, account_number="c00042"), lsn=1)
+    )
+    # no ERP customer C00042 yet: a new account, without ERP id
+    assert [r["erp_id"] for r in decoded(match)] == [None]
+    h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=101))
+    again = h.run(
+        h.change(ACCOUNTS, "u", after=account(id=other, vat=None, account_number="c00042"), lsn=2)
+    )
+    assert decoded(again)[0]["erp_id"] == "42"
+    assert again.tally.of(Count.LINKS, "customer", "customer_number") == 1
+
+
+# ---------------------------------------------------------------------- inventory
+
+
+def test_stock_quants_become_per_product_totals() -> None:
+    h = Harness()
+    with_catalogue(h, (7, "SKU-00007"))
+    first = h.run(h.change(STOCK_QUANT, "u", after=quant(1, 7, 1, "10", "2"), lsn=100))
+    second = h.run(h.change(STOCK_QUANT, "u", after=quant(2, 7, 3, "5"), lsn=101))
+    assert [(r["on_hand"], r["available"]) for r in decoded(first)] == [
+        (Decimal("10.000"), Decimal("8.000"))
+    ]
+    (record,) = decoded(second)
+    assert (record["sku"], record["erp_id"], record["on_hand"], record["reserved"]) == (
+        "SKU-00007",
+        "7",
+        Decimal("15.000"),
+        Decimal("2.000"),
+    )
+    assert [loc["location_id"] for loc in record["locations"]] == ["1", "3"]
+    assert second.outbound[0].key == b"erp:7"
+    replay = h.run(h.change(STOCK_QUANT, "u", after=quant(2, 7, 3, "5"), lsn=101))
+    stale = h.run(h.change(STOCK_QUANT, "u", after=quant(1, 7, 1, "99"), lsn=99))
+    assert (replay.outbound, stale.outbound) == ([], [])
+    assert stale.tally.of(Count.DEDUPED, "erp_stock_quant__inventory") == 1
+    gone = h.run(h.change(STOCK_QUANT, "d", before={"id": 1}, lsn=102))
+    assert decoded(gone)[0]["on_hand"] == Decimal("5.000")
+    (view,) = h.processor.inventory(h.state, "sku-00007")
+    assert (view["on_hand"], view["available"], view["erp_id"]) == ("5.000", "5.000", "7")
+    assert h.processor.inventory(h.state, "SKU-404") == []
+
+
+def test_a_record_waiting_for_a_reference_is_retried_then_dead_lettered() -> None:
+    h = Harness(reference_wait_ms=5_000)
+    waiting = h.run(h.change(STOCK_QUANT, "u", after=quant(1, 9, 1, "4"), lsn=100))
+    assert waiting.outbound == []
+    assert waiting.tally.of(Count.PARKED, "unresolved_reference") == 1
+    assert h.processor.has_pending
+    with_catalogue(h, (9, "SKU-00009"))  # the product arrives from another topic
+    resolved = h.run(h.tick(1_000))
+    assert [(r["sku"], r["on_hand"]) for r in decoded(resolved)] == [
+        ("SKU-00009", Decimal("4.000"))
+    ]
+    assert not h.processor.has_pending
+    h.run(h.change(STOCK_QUANT, "u", after=quant(2, 99, 1, "1"), lsn=101))
+    assert h.run(h.tick(1_000)).outbound == []
+    (letter,) = h.run(h.tick(10_000)).dead_letters
+    assert (letter.reason, letter.origin.topic) == (
+        "unresolved_reference",
+        "erp.public.stock_quant",
+    )
+    assert not h.processor.has_pending
+
+
+# ------------------------------------------------------------------------- orders
+
+ORDER_TABLES = {"public.sale_order": 1, "public.sale_order_line": 2}
+
+
+def test_an_order_and_its_lines_in_one_transaction_become_one_event() -> None:
+    h = Harness()
+    with_catalogue(h, (7, "SKU-00007"), (8, "SKU-00008"))
+    tx = (900, 1010)
+    pieces = [
+        h.end("erp", tx, ORDER_TABLES),
+        h.change(SALE_ORDER_LINE, "c", after=order_line(502, 20, 8, "1"), lsn=1003, tx=tx),
+        h.change(SALE_ORDER, "c", after=ORDER, lsn=1001, tx=tx),
+        h.change(SALE_ORDER_LINE, "c", after=order_line(501, 10, 7, "2.5"), lsn=1002, tx=tx),
+    ]
+    outcomes = [h.run(piece) for piece in pieces]
+    assert [len(o.events) for o in outcomes] == [0, 0, 0, 1]
+    (record,) = decoded(outcomes[-1])
+    assert (record["order_number"], record["state"], record["customer_erp_id"]) == (
+        "S00051",
+        "confirmed",
+        "42",
+    )
+    assert [(line["erp_id"], line["sku"], line["quantity"]) for line in record["lines"]] == [
+        ("501", "SKU-00007", Decimal("2.500")),
+        ("502", "SKU-00008", Decimal("1.000")),
+    ]
+    # its position: the latest change of the order in the transaction
+    assert record["version"] == 1003
+    assert record["event_id"] == event_id("erp", 1003, "public", "sale_order_line", "502")
+    assert outcomes[-1].tally.of(Count.ORDERS, "complete") == 1
+    assert not h.processor.has_pending
+
+    # a later line edit gives an updated order with a higher version
+    edit = (901, 2010)
+    h.run(h.change(SALE_ORDER_LINE, "u", after=order_line(501, 10, 7, "3"), lsn=2001, tx=edit))
+    updated = h.run(h.end("erp", edit, {"public.sale_order_line": 1}))
+    (record,) = decoded(updated)
+    assert record["version"] == 2001
+    assert [line["quantity"] for line in record["lines"]] == [Decimal("3.000"), Decimal("1.000")]
+
+    # the whole transaction replayed (a capture restart): nothing new
+    replay = [h.run(piece) for piece in pieces]
+    assert sum(len(o.outbound) for o in replay) == 0
+
+
+def test_an_accepted_crm_quote_with_lines_becomes_one_sales_order() -> None:
+    h = Harness()
+    with_catalogue(h, (7, "SKU-00007"), (8, "SKU-00008"))
+    tx = (77, 9000)
+
+    def line(number: int, part: str) -> dict[str, Any]:
+        return {
+            "id": f"00000000-0000-4000-8000-{number:012d}",
+            "parent_id": QUOTE_ID,
+            "number": number,
+            "name": f"Part {part}",
+            "part_number": part,
+            "product_id": None,
+            "product_qty": Decimal("2"),
+            "product_list_price": Decimal("12.35"),
+            "product_discount": Decimal("0.00"),
+            "product_total_price": Decimal("24.70"),
+            "deleted": False,
+        }
+
+    pieces = [
+        h.change(AOS_QUOTES, "c", after=QUOTE, lsn=8001, tx=tx),
+        h.change(AOS_PRODUCTS_QUOTES, "c", after=line(1, "SKU-00007"), lsn=8002, tx=tx),
+        h.change(AOS_PRODUCTS_QUOTES, "c", after=line(2, "sku-00008"), lsn=8003, tx=tx),
+        h.end("crm", tx, {"public.aos_quotes": 1, "public.aos_products_quotes": 2}),
+    ]
+    events = [event for piece in pieces for event in decoded(h.run(piece))]
+    (record,) = events
+    assert (record["quote_number"], record["state"], record["crm_id"]) == (
+        "1044",
+        "confirmed",
+        QUOTE_ID,
+    )
+    assert [line["sku"] for line in record["lines"]] == ["SKU-00007", "SKU-00008"]
+
+
+def test_snapshot_orders_settle_and_late_transactions_time_out() -> None:
+    h = Harness(snapshot_settle_ms=3_000, assembly_timeout_ms=30_000)
+    with_catalogue(h, (7, "SKU-00007"))
+    h.run(h.change(SALE_ORDER, "r", after=ORDER, lsn=500))
+    h.run(h.change(SALE_ORDER_LINE, "r", after=order_line(501, 10, 7, "1"), lsn=500))
+    assert h.run(h.tick(1_000)).outbound == []
+    settled = h.run(h.tick(3_000))
+    (record,) = decoded(settled)
+    assert (record["version"], len(record["lines"])) == (500, 1)
+    assert settled.tally.of(Count.ORDERS, "settled") == 1
+
+    tx = (950, 3010)  # its END never arrives
+    h.run(h.change(SALE_ORDER_LINE, "u", after=order_line(501, 10, 7, "4"), lsn=3001, tx=tx))
+    assert h.run(h.tick(10_000)).outbound == []
+    late = h.run(h.tick(25_000))
+    assert [r["lines"][0]["quantity"] for r in decoded(late)] == [Decimal("4.000")]
+    assert late.tally.of(Count.ORDERS, "timeout") == 1
+
+
+def test_a_failing_order_is_dead_lettered_with_its_header_bytes() -> None:
+    h = Harness(reference_wait_ms=0)
+    tx = (900, 1010)
+    header = h.change(SALE_ORDER, "c", after=ORDER, lsn=1001, tx=tx)
+    h.run(header)
+    h.run(h.change(SALE_ORDER_LINE, "c", after=order_line(501, 10, 7, "1"), lsn=1002, tx=tx))
+    outcome = h.run(h.end("erp", tx, {"public.sale_order": 1, "public.sale_order_line": 1}))
+    (letter,) = outcome.dead_letters
+    assert (letter.value, letter.origin, letter.reason, letter.field) == (
+        header.value,
+        header.origin,
+        "unresolved_reference",
+        "lines[0].sku",
+    )
+    assert ("order", "51") in letter.context
+    # once the product is known, replaying the dead letter assembles the order
+    with_catalogue(h, (7, "SKU-00007"))
+    replayed = h.run(Inbound(header.origin, header.key, header.value, h.now))
+    assert [len(r["lines"]) for r in decoded(replayed)] == [1]
+    assert replayed.tally.of(Count.ORDERS, "replay") == 1
+
+
+# -------------------------------------------------------------------------- state
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.text()
+        | st.binary()
+        | st.decimals(allow_nan=False, allow_infinity=False),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+)
+def test_freeze_and_thaw_round_trip(value: Any) -> None:
+    import json
+
+    assert thaw(json.loads(json.dumps(freeze(value)))) == value
+
+
+def test_caches_are_rebuilt_from_state_by_a_new_processor() -> None:
+    h = Harness()
+    h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100))
+    with_catalogue(h, (7, "SKU-00007"))
+    fresh = StreamProcessor(FLOWS, decode=SERDE.decode, encode=encode_canonical)
+    fresh.load(h.state)
+    assert fresh.reference.skus == {"7": "SKU-00007"}
+    assert fresh.reference.index["keys"]["42"]["vat"] == "DE123456789"
+    outcome = fresh.process(h.change(ACCOUNTS, "c", after=account(), lsn=1), h.state)
+    assert decoded(outcome)[0]["erp_id"] == "42"

@@ -1,0 +1,275 @@
+"""The Faust app (streams/app.py): agents through Faust's test context, the runner's order.
+
+No Kafka: the process agent gets dict-backed state and a publisher that records what it
+is given; the sequence agent's output topic is replaced by a recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+import streams.app as streams_app
+from schemas.errors import PermanentError, RetriableError
+from streams import dlq
+from streams.app import StreamRunner, StreamsApp, build, origin_headers, sequenced_inbound
+from streams.processor import H_KIND, KIND_TICK, DictState, Kind, Outbound
+from streams.settings import StreamsSettings
+from tests.unit.test_processor import FLOWS, SERDE, Harness, quant
+from tests.unit.test_transform import PARTNER, PRODUCT, PRODUCT_PRODUCT, RES_PARTNER, STOCK_QUANT
+
+
+class Recorder:
+    """A publisher that records batches; fails ``failures`` times first."""
+
+    def __init__(self, failures: Sequence[Exception] = ()) -> None:
+        self.batches: list[list[Outbound]] = []
+        self.failures = list(failures)
+
+    async def publish(self, messages: Sequence[Outbound]) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.batches.append(list(messages))
+
+    @property
+    def sent(self) -> list[Outbound]:
+        return [m for batch in self.batches for m in batch]
+
+
+def make(tmp_path: Path, publisher: Recorder, **settings: Any) -> StreamsApp:
+    return build(
+        StreamsSettings(
+            app_id="erpcrm-streams-test",
+            data_dir=tmp_path,
+            store="memory://",
+            retry_initial_seconds=0.01,
+            **settings,
+        ),
+        serde=SERDE,
+        flows=FLOWS,
+        state=DictState(),
+        publisher=publisher,
+        read_recent_outputs=False,
+    )
+
+
+def raw_partner(lsn: int, **changes: Any) -> tuple[bytes | None, bytes | None]:
+    message = Harness().change(RES_PARTNER, "u", after=PARTNER | changes, lsn=lsn)
+    return message.key, message.value
+
+
+def origin(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return origin_headers(types.SimpleNamespace(topic=topic, partition=partition, offset=offset))
+
+
+def test_the_process_agent_publishes_canonical_events_then_commits(tmp_path: Path) -> None:
+    publisher = Recorder()
+    streams = make(tmp_path, publisher)
+    key, value = raw_partner(100)
+
+    async def scenario() -> None:
+        async with streams.process_agent.test_context() as agent:
+            headers = origin("erp.public.res_partner", 1, 42)
+            await agent.put(key=key, value=value, headers=headers)
+            await agent.put(key=key, value=value, headers=origin("erp.public.res_partner", 1, 42))
+
+    asyncio.run(scenario())
+    (message,) = publisher.sent  # the replay was deduped
+    assert (message.topic, message.key) == ("canonical.customer", b"erp:42")
+    assert message.value is not None
+    record = SERDE.decode(message.value)
+    assert (record["phone"], record["country_code"]) == ("+49306610918", "DE")
+    state = streams.state
+    assert isinstance(state, DictState)
+    assert state.get("dedupe", "customer|erp:42")[0] == 100
+    metrics = generate_latest(streams.registry).decode()
+    assert 'erpcrm_streams_events_out_total{flow="erp_res_partner__customer"} 1.0' in metrics
+    assert 'erpcrm_streams_deduped_total{flow="erp_res_partner__customer"} 1.0' in metrics
+
+
+def test_the_process_agent_dead_letters_with_the_raw_origin(tmp_path: Path) -> None:
+    publisher = Recorder()
+    streams = make(tmp_path, publisher)
+    key, value = raw_partner(100, email="no-at-sign")
+
+    async def scenario() -> None:
+        async with streams.process_agent.test_context() as agent:
+            await agent.put(key=key, value=value, headers=origin("erp.public.res_partner", 2, 7))
+
+    asyncio.run(scenario())
+    (letter,) = publisher.sent
+    headers = dlq.text_headers(letter.headers)
+    assert letter.topic == "dlq.streams"
+    assert (letter.key, letter.value) == (key, value)
+    assert (headers[dlq.H_ORIGIN_PARTITION], headers[dlq.H_ORIGIN_OFFSET]) == ("2", "7")
+    assert headers[dlq.H_ERROR_REASON] == "invalid_email"
+
+
+def test_the_sequence_agent_forwards_bytes_with_their_position(tmp_path: Path) -> None:
+    streams = make(tmp_path, Recorder())
+    forwarded: list[dict[str, Any]] = []
+
+    async def send(**kwargs: Any) -> None:
+        forwarded.append(kwargs)
+
+    streams.sequenced.send = send
+    key, value = raw_partner(100)
+
+    async def scenario() -> None:
+        async with streams.sequence_agent.test_context() as agent:
+            await agent.put(key=key, value=value, partition=2)
+            await agent.put(key=key, value=None, partition=2)  # tombstones too
+
+    asyncio.run(scenario())
+    assert [(f["key"], f["value"]) for f in forwarded] == [(key, value), (key, None)]
+    headers = dlq.text_headers(forwarded[1]["headers"])
+    assert (headers[dlq.H_ORIGIN_PARTITION], headers[dlq.H_ORIGIN_OFFSET]) == ("2", "1")
+
+
+def test_sequenced_messages_are_read_back_with_their_origin() -> None:
+    message = types.SimpleNamespace(
+        topic="erpcrm-streams-sequenced",
+        partition=0,
+        offset=9,
+        timestamp=1_717_236_000.5,
+        key=b"k",
+        value=b"v",
+        headers=origin("crm.public.accounts", 1, 3),
+    )
+    inbound = sequenced_inbound(message)
+    assert (inbound.origin, inbound.timestamp_ms) == (
+        dlq.Origin("crm.public.accounts", 1, 3),
+        1_717_236_000_500,
+    )
+    tick = sequenced_inbound(
+        message.__class__(**(vars(message) | {"headers": [(H_KIND, KIND_TICK)]}))
+    )
+    assert (tick.kind, tick.origin.offset) == (Kind.TICK, 9)
+
+
+def runner(publisher: Recorder, recent: set[str] | None = None) -> tuple[StreamRunner, Harness]:
+    harness = Harness()
+    streams = build(
+        StreamsSettings(app_id="erpcrm-streams-test", store="memory://"),
+        serde=SERDE,
+        flows=FLOWS,
+        state=harness.state,
+        publisher=publisher,
+        read_recent_outputs=False,
+    )
+    run = streams.runner
+    run.processor = harness.processor
+    run.retry_initial_s = 0.001
+    if recent is not None:
+
+        async def known() -> set[str]:
+            return recent
+
+        run.recent_loader = known
+    return run, harness
+
+
+def test_transient_publish_failures_are_retried_and_state_waits_for_the_acks() -> None:
+    publisher = Recorder([RetriableError("broker away"), TimeoutError()])
+    run, harness = runner(publisher)
+    message = harness.change(RES_PARTNER, "u", after=PARTNER, lsn=100)
+    asyncio.run(run.handle(message))
+    assert len(publisher.sent) == 1
+    assert harness.state.get("dedupe", "customer|erp:42")[0] == 100
+    assert run.metrics.retries.labels("publish")._value.get() == 2
+
+
+def test_a_permanent_publish_failure_leaves_state_untouched() -> None:
+    publisher = Recorder([PermanentError("topic authorization failed")])
+    run, harness = runner(publisher)
+    message = harness.change(RES_PARTNER, "u", after=PARTNER, lsn=100)
+    with pytest.raises(PermanentError):
+        asyncio.run(run.handle(message))
+    assert harness.state.values("dedupe") == {}
+
+
+def test_outputs_seen_on_the_topics_after_a_crash_are_not_published_again() -> None:
+    harness = Harness()
+    message = harness.change(RES_PARTNER, "u", after=PARTNER, lsn=100)
+    (already,) = harness.processor.process(message, harness.state).outbound
+    publisher = Recorder()
+    run, fresh = runner(publisher, recent={already.output_id})
+    asyncio.run(run.handle(message))
+    assert publisher.sent == []
+    # the state still learns the event, so the next replay is dropped by dedupe alone
+    assert fresh.state.get("dedupe", "customer|erp:42")[0] == 100
+    assert run.metrics.deduped.labels("erp_res_partner__customer")._value.get() == 1
+
+
+def test_the_module_builds_its_app_lazily_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ERPCRM_STREAMS_APP_ID", "lazy-app")
+    monkeypatch.setenv("ERPCRM_STREAMS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ERPCRM_STREAMS_WEB_PORT", "39999")
+    monkeypatch.setattr(streams_app, "_app", None)
+    app = streams_app.app
+    assert app is streams_app.app
+    assert (app.conf.id, app.conf.web_port, app.conf.web_bind) == ("lazy-app", 39999, "127.0.0.1")
+    assert str(app.conf.processing_guarantee.value) == "at_least_once"
+    assert {"sequence", "process"} <= {agent.name for agent in app.agents.values()}
+
+
+def test_the_web_views_serve_metrics_and_inventory(tmp_path: Path) -> None:
+    streams = make(tmp_path, Recorder())
+    h = Harness()
+    product = PRODUCT | {"id": 7, "default_code": "SKU-00007"}
+    for message in (
+        h.change(PRODUCT_PRODUCT, "r", after=product, lsn=10),
+        h.change(STOCK_QUANT, "u", after=quant(1, 7, 1, "10", "2"), lsn=100),
+    ):
+        outcome = streams.processor.process(message, streams.state)
+        streams.processor.commit(outcome, streams.state)
+        streams.metrics.record(outcome.tally)
+    views = streams.app.web.views
+
+    async def get(path: str, **match: str) -> Any:
+        return await views[path].get(None, **match)
+
+    one = asyncio.run(get("/inventory/{sku}", sku="sku-00007"))
+    assert one.status == 200
+    item = json.loads(one.body)
+    assert (item["sku"], item["on_hand"], item["available"]) == ("SKU-00007", "10.000", "8.000")
+    assert asyncio.run(get("/inventory/{sku}", sku="SKU-404")).status == 404
+    listing = json.loads(asyncio.run(get("/inventory")).body)
+    assert [i["sku"] for i in listing["items"]] == ["SKU-00007"]
+    metrics = asyncio.run(get("/metrics"))
+    assert metrics.content_type == "text/plain"
+    assert b'erpcrm_streams_events_out_total{flow="erp_stock_quant__inventory"} 1.0' in metrics.body
+
+
+def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> None:
+    publisher = Recorder()
+    streams = build(
+        StreamsSettings(app_id="erpcrm-streams-rocks", data_dir=tmp_path, store="rocksdb://"),
+        serde=SERDE,
+        flows=FLOWS,
+        publisher=publisher,
+        read_recent_outputs=False,
+    )
+    key, value = raw_partner(100)
+
+    async def scenario() -> None:
+        async with streams.process_agent.test_context() as agent:
+            for _ in range(2):
+                await agent.put(
+                    key=key, value=value, headers=origin("erp.public.res_partner", 0, 5)
+                )
+
+    asyncio.run(scenario())
+    assert [m.topic for m in publisher.sent] == ["canonical.customer"]
+    assert streams.state.get("dedupe", "customer|erp:42")[0] == 100
+    assert streams.state.get("reference", "cidx|42")["vat"] == "DE123456789"
+    assert list((tmp_path / "erpcrm-streams-rocks").rglob("*.db"))
