@@ -57,30 +57,26 @@ def _write_int(buf: bytearray, value: Any) -> None:
     write_long(buf, value)
 
 
-def _write_int32(buf: bytearray, value: Any) -> None:
-    if type(value) is not int or not -0x80000000 <= value <= 0x7FFFFFFF:
-        _write_int(buf, value)  # accepts int subclasses, rejects the rest
-        if not -0x80000000 <= value <= 0x7FFFFFFF:
-            raise ValidationError(f"{value} does not fit an Avro int")
-        return
-    n = (value << 1) ^ (value >> 63)
-    while n > 0x7F:
-        buf.append((n & 0x7F) | 0x80)
-        n >>= 7
-    buf.append(n)
+def _ranged(low: int, high: int, kind: str) -> Write:
+    """A zig-zag varint writer that rejects values outside ``low..high`` (hot path)."""
+
+    def write(buf: bytearray, value: Any) -> None:
+        if type(value) is not int or not low <= value <= high:
+            _write_int(buf, value)  # accepts int subclasses, rejects the rest
+            if not low <= value <= high:
+                raise ValidationError(f"{value} does not fit an Avro {kind}")
+            return
+        n = (value << 1) ^ (value >> 63)
+        while n > 0x7F:
+            buf.append((n & 0x7F) | 0x80)
+            n >>= 7
+        buf.append(n)
+
+    return write
 
 
-def _write_long(buf: bytearray, value: Any) -> None:
-    if type(value) is not int or not -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
-        _write_int(buf, value)
-        if not -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
-            raise ValidationError(f"{value} does not fit an Avro long")
-        return
-    n = (value << 1) ^ (value >> 63)
-    while n > 0x7F:
-        buf.append((n & 0x7F) | 0x80)
-        n >>= 7
-    buf.append(n)
+_write_int32 = _ranged(-(2**31), 2**31 - 1, "int")
+_write_long = _ranged(-(2**63), 2**63 - 1, "long")
 
 
 def _write_float(buf: bytearray, value: Any) -> None:

@@ -83,23 +83,17 @@ class LocalStack:
         state, ports = self.layout.state, self.layout.ports
         self.secrets = StackSecrets(self.layout.secrets)
         sql_dir = self.layout.deploy / "sql"
-        self.erp = PostgresCluster(
-            system="erp",
-            port=ports.erp_postgres,
-            state_dir=state / "pg-erp",
-            schema_sql=sql_dir / "erp.sql",
-            secrets=self.secrets,
-            passfile=self.layout.pgpass,
-            publication_tables=DEFAULT_TABLES["erp"],
-        )
-        self.crm = PostgresCluster(
-            system="crm",
-            port=ports.crm_postgres,
-            state_dir=state / "pg-crm",
-            schema_sql=sql_dir / "crm.sql",
-            secrets=self.secrets,
-            passfile=self.layout.pgpass,
-            publication_tables=DEFAULT_TABLES["crm"],
+        self.erp, self.crm = (
+            PostgresCluster(
+                system=system,
+                port=port,
+                state_dir=state / f"pg-{system}",
+                schema_sql=sql_dir / f"{system}.sql",
+                secrets=self.secrets,
+                passfile=self.layout.pgpass,
+                publication_tables=DEFAULT_TABLES[system],
+            )
+            for system, port in (("erp", ports.erp_postgres), ("crm", ports.crm_postgres))
         )
         self.kafka = KafkaBroker(
             port=ports.kafka,
