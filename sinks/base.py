@@ -1,0 +1,120 @@
+"""The sink lifecycle and its contract.
+
+A sink applies :class:`~sinks.batch.SinkBatch` es of canonical events to one target
+database. The runner owns the Kafka consumer and injects one concrete sink per target
+(``PostgresUpsertSink`` for the ERP and for the CRM); there are no module globals.
+
+Lifecycle: :meth:`Sink.setup` once (connect, create the ``erpcrm_sync`` schema, set up
+the replication origin, return the committed positions the consumer seeks to), then
+:meth:`Sink.write` per batch, :meth:`Sink.flush` to make written batches durable,
+:meth:`Sink.close` at the end.
+
+Contract of one batch (write + state + offsets in one database transaction), in this
+order::
+
+    1. Collapse the batch per entity key (SinkBatch.collapse): latest version per key.
+    2. BEGIN; tag the session with the replication origin (the capture of the target
+       drops our own transactions: no echo).
+    3. Lock and read the keys' sync state (erpcrm_sync.applied ... FOR UPDATE) and
+       decide per event: apply | skip_stale | skip_noop (sinks.state.decide).
+    4. Lock and read the current target rows (SELECT ... FOR UPDATE) and resolve
+       conflicts per field (sinks.state.resolve): owners win, shared fields by
+       last-writer-wins on commit time.
+    5. Write the rows (multi-row upsert / update / soft or hard delete, child lines
+       replaced) and the conflict audit records.
+    6. Record the new versions (erpcrm_sync.applied, guarded: never downwards).
+    7. Store the batch's next offsets (erpcrm_sync.offsets), superseded and skipped
+       events included.
+    8. COMMIT. Only now is the batch applied; only now may the Kafka consumer commit
+       the same offsets (optional: on restart the positions come from step 7's table,
+       so a crash between 8 and the Kafka commit replays nothing twice).
+
+A failure before step 8 rolls everything back: no row, state or offset of the batch is
+visible, and the batch is retried (RetriableError) or split to isolate the event that
+fails, which goes to the dead-letter topic (PermanentError), see
+:func:`sinks.classify.classify`. Replaying any prefix of the partitions after a crash
+yields the same tables (guarantees 1 and 2 of DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from sinks.batch import SinkBatch, SinkEvent, TopicPartition
+from sinks.state import Conflict
+
+__all__ = ["Sink", "WriteResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What :meth:`Sink.write` did with a batch (for metrics and logs).
+
+    Attributes:
+        applied: events written to the target.
+        stale: events skipped as duplicates or overtaken.
+        noop: events skipped as unchanged payloads (version recorded).
+        superseded: events collapsed away by a newer version in the same batch.
+        rejected: events not written because the target does not take them.
+        conflicts: the conflicts resolved.
+        offsets: the positions stored with the batch.
+    """
+
+    applied: tuple[SinkEvent, ...] = ()
+    stale: tuple[SinkEvent, ...] = ()
+    noop: tuple[SinkEvent, ...] = ()
+    superseded: tuple[SinkEvent, ...] = ()
+    rejected: tuple[SinkEvent, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    offsets: Mapping[TopicPartition, int] = field(default_factory=dict)
+
+
+class Sink(abc.ABC):
+    """One target database: setup, write(batch), flush, close (see module doc)."""
+
+    @abc.abstractmethod
+    def setup(self) -> Mapping[TopicPartition, int]:
+        """Connect and create what the sink needs; idempotent.
+
+        Returns:
+            The committed next offset per ``(topic, partition)``; the consumer seeks
+            there (the database, not Kafka, is the authority on positions).
+
+        Raises:
+            RetriableError: the database cannot be reached yet.
+            ConfigError: a mapped table or a grant is missing.
+        """
+
+    @abc.abstractmethod
+    def write(self, batch: SinkBatch) -> WriteResult:
+        """Apply ``batch`` atomically with its sync state and offsets (steps 1-8).
+
+        When this returns, the batch is committed. Idempotent: writing the same batch,
+        or any already-applied event, again changes nothing.
+
+        Raises:
+            RetriableError: nothing of the batch was committed; write it again.
+            PermanentError: nothing of the batch was committed; the batch holds an
+                event the target refuses (the runner isolates and dead-letters it).
+        """
+
+    def flush(self) -> None:  # noqa: B027 - a no-op default, not an abstract hook
+        """Make every written batch durable; a no-op when ``write`` commits itself."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; an open transaction is rolled back. Idempotent."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,155 @@
+"""SinkBatch: the canonical events a sink applies in one database transaction.
+
+Contract:
+
+- Events are grouped per entity key (``(entity, key)``, the Kafka message key
+  ``<source system>:<id>``). Within a key, arrival order is kept: Kafka keeps per-key
+  order within a partition, and one key lives in one partition.
+- Canonical events are full-state snapshots of an entity (every business field, not a
+  diff), so applying only the latest version of a key gives the same table as applying
+  every version in order. :meth:`SinkBatch.collapse` picks, per key, the event with the
+  highest ``version`` (on a tie, the later arrival: a redelivery of the same change)
+  and remembers the others as *superseded*, so they can be counted and their offsets
+  still committed.
+- The batch tracks, per ``(topic, partition)``, the next offset to consume after it:
+  the position the sink stores together with the applied rows (DESIGN.md §5.1).
+
+Pure: no Kafka or database access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Collapsed", "EntityKey", "SinkBatch", "SinkEvent", "TopicPartition"]
+
+EntityKey = tuple[str, str]
+"""``(entity, key)``: the unit of ordering, versioning and sync state."""
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkEvent:
+    """One decoded canonical event with its Kafka position.
+
+    Attributes:
+        topic: the canonical topic (``canonical.<entity>``).
+        partition: the Kafka partition.
+        offset: the Kafka offset.
+        entity: the canonical entity.
+        key: the message key, ``<source system>:<entity id in that system>``.
+        record: the decoded Avro datum (metadata, ids and business fields).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    entity: str
+    key: str
+    record: Mapping[str, Any]
+
+    @property
+    def entity_key(self) -> EntityKey:
+        """``(entity, key)``."""
+        return (self.entity, self.key)
+
+    @property
+    def version(self) -> int:
+        """The event's version: monotonic per entity key."""
+        return int(self.record["version"])
+
+    @property
+    def op(self) -> str:
+        """``upsert`` or ``delete``."""
+        return str(self.record["op"])
+
+    @property
+    def source_system(self) -> str:
+        """``erp`` or ``crm``: where the change was committed."""
+        return str(self.record["source_system"])
+
+    @property
+    def source_ts_ms(self) -> int:
+        """Commit time in the source system, ms since the epoch."""
+        return int(self.record["source_ts_ms"])
+
+
+@dataclass(frozen=True, slots=True)
+class Collapsed:
+    """The result of :meth:`SinkBatch.collapse`.
+
+    Attributes:
+        latest: per entity key, the event to apply; keys in first-arrival order.
+        superseded: the other events of the batch, by (topic, partition, offset); never
+            applied, but their offsets are committed with the batch.
+    """
+
+    latest: tuple[SinkEvent, ...]
+    superseded: tuple[SinkEvent, ...]
+
+
+class SinkBatch:
+    """Canonical events grouped per entity key, in per-key arrival order."""
+
+    def __init__(self, events: Iterable[SinkEvent] = ()) -> None:
+        self._by_key: dict[EntityKey, list[SinkEvent]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._count = 0
+        for event in events:
+            self.add(event)
+
+    def add(self, event: SinkEvent) -> None:
+        """Append ``event`` to its key's sequence and advance its partition's position.
+
+        An offset at or below one already seen for the partition (a redelivery) is
+        accepted; the position never moves backwards.
+        """
+        self._by_key.setdefault(event.entity_key, []).append(event)
+        position = (event.topic, event.partition)
+        self._next[position] = max(self._next.get(position, 0), event.offset + 1)
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[SinkEvent]:
+        """Every event, grouped by key (keys in first-arrival order), per-key order kept."""
+        for events in self._by_key.values():
+            yield from events
+
+    def keys(self) -> tuple[EntityKey, ...]:
+        """The entity keys of the batch, in first-arrival order."""
+        return tuple(self._by_key)
+
+    def entities(self) -> tuple[str, ...]:
+        """The entities of the batch, in first-arrival order, each once."""
+        return tuple(dict.fromkeys(entity for entity, _ in self._by_key))
+
+    def events(self, entity_key: EntityKey) -> tuple[SinkEvent, ...]:
+        """The events of one key, in arrival order."""
+        return tuple(self._by_key.get(entity_key, ()))
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """Per ``(topic, partition)``: the offset after the last event of the batch."""
+        return dict(self._next)
+
+    def collapse(self) -> Collapsed:
+        """Per key, the highest version (later arrival on a tie); the rest superseded."""
+        latest: list[SinkEvent] = []
+        winners: set[int] = set()
+        for events in self._by_key.values():
+            best = 0
+            for index, event in enumerate(events):
+                if event.version >= events[best].version:
+                    best = index
+            latest.append(events[best])
+            winners.add(id(events[best]))
+        superseded = [e for events in self._by_key.values() for e in events if id(e) not in winners]
+        superseded.sort(key=lambda e: (e.topic, e.partition, e.offset))
+        return Collapsed(latest=tuple(latest), superseded=tuple(superseded))

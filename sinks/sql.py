@@ -1,0 +1,401 @@
+"""SQL text of the sinks, built with :mod:`psycopg.sql` only.
+
+Every identifier is an :class:`~psycopg.sql.Identifier`, every value a ``%s``
+placeholder; nothing is interpolated. Column types (for the ``unnest`` casts) are
+checked against :data:`PG_TYPES`. The builders return
+:class:`~psycopg.sql.Composed`; the runner passes one list per column as parameters.
+
+Multi-row writes use ``INSERT ... SELECT ... FROM unnest(%s::type[], ...)``: one round
+trip and one plan per batch, whatever its size (a ``COPY`` into a temporary staging
+table is the alternative for very large batches; ``unnest`` keeps the statement
+transactional and simple). Updates carry an ``IS DISTINCT FROM`` guard so an unchanged
+row is not rewritten (no trigger fires, no WAL, no echo).
+
+The sync-state schema (default ``erpcrm_sync``, owned by ``erpcrm_sink``):
+
+- ``applied(entity, entity_key, version, payload_hash, applied_at)``: per entity key,
+  the last applied version; a version never goes down (guarded upsert);
+- ``offsets(topic, partition, next_offset)``: the consumer position committed in the
+  same transaction as the rows it covers;
+- ``conflicts(id, entity, entity_key, field, erp_value, crm_value, winner, reason,
+  at)``: the conflict audit trail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from psycopg import sql
+
+__all__ = [
+    "PG_TYPES",
+    "SYNC_SCHEMA",
+    "Column",
+    "Table",
+    "applied_upsert",
+    "conflicts_insert",
+    "create_sync_schema",
+    "delete_rows",
+    "grant_table",
+    "insert_children",
+    "offsets_select",
+    "offsets_upsert",
+    "origin_create",
+    "origin_session_setup",
+    "origin_xact_setup",
+    "select_applied",
+    "select_current",
+    "soft_delete_rows",
+    "update_rows",
+    "upsert_rows",
+]
+
+SYNC_SCHEMA: Final = "erpcrm_sync"
+
+PG_TYPES: Final = frozenset(
+    {"text", "uuid", "bigint", "integer", "numeric", "boolean", "date", "timestamptz"}
+)
+"""The column types the builders cast parameter arrays to."""
+
+_NAME: Final = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A target column and the type its parameter array is cast to."""
+
+    name: str
+    pg_type: str
+
+    def __post_init__(self) -> None:
+        if self.pg_type not in PG_TYPES:
+            raise ValueError(f"column {self.name}: type {self.pg_type!r} not in {PG_TYPES}")
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A schema-qualified table."""
+
+    schema: str
+    name: str
+
+    @property
+    def ident(self) -> sql.Identifier:
+        """``"schema"."name"``."""
+        return sql.Identifier(self.schema, self.name)
+
+
+def _type(pg_type: str) -> sql.SQL:
+    # The only non-Identifier SQL fragment: a type name, checked against a fixed set.
+    if pg_type not in PG_TYPES or not _NAME.fullmatch(pg_type):
+        raise ValueError(f"unsupported type {pg_type!r}")
+    return sql.SQL(pg_type)
+
+
+def _idents(names: Sequence[str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _unnest(columns: Sequence[Column]) -> sql.Composed:
+    """``unnest(%s::t1[], %s::t2[], ...) AS u(c1, c2, ...)``."""
+    arrays = sql.SQL(", ").join(
+        sql.SQL("{}::{}[]").format(sql.Placeholder(), _type(c.pg_type)) for c in columns
+    )
+    return sql.SQL("unnest({}) AS {}({})").format(
+        arrays, sql.Identifier("u"), _idents([c.name for c in columns])
+    )
+
+
+def _distinct(left: str, right: str, names: Sequence[str]) -> sql.Composed:
+    """``(l.a, l.b) IS DISTINCT FROM (r.a, r.b)``."""
+    return sql.SQL("({}) IS DISTINCT FROM ({})").format(
+        sql.SQL(", ").join(sql.Identifier(left, n) for n in names),
+        sql.SQL(", ").join(sql.Identifier(right, n) for n in names),
+    )
+
+
+# ----------------------------------------------------------------------- sync state
+
+
+def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
+    """DDL of the sync-state schema; idempotent (``IF NOT EXISTS``), run by ``setup``."""
+    s = sql.Identifier(schema)
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "entity text NOT NULL, entity_key text NOT NULL, version bigint NOT NULL, "
+            "payload_hash text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (entity, entity_key))"
+        ).format(sql.Identifier(schema, "applied")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            'topic text NOT NULL, "partition" integer NOT NULL, next_offset bigint NOT NULL, '
+            'updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (topic, "partition"))'
+        ).format(sql.Identifier(schema, "offsets")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, entity text NOT NULL, "
+            "entity_key text NOT NULL, field text NOT NULL, erp_value text, crm_value text, "
+            "winner text NOT NULL, reason text NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+        ).format(sql.Identifier(schema, "conflicts")),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (entity, entity_key)").format(
+            sql.Identifier("conflicts_entity_key_idx"), sql.Identifier(schema, "conflicts")
+        ),
+    ]
+
+
+def select_applied(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Stored state of some keys of one entity, locked for the transaction.
+
+    Parameters: ``entity``, ``entity_keys`` (list). Rows: ``entity_key, version,
+    payload_hash, applied_at_ms``.
+    """
+    return sql.SQL(
+        "SELECT entity_key, version, payload_hash, "
+        "(extract(epoch FROM applied_at) * 1000)::bigint AS applied_at_ms "
+        "FROM {} WHERE entity = %s AND entity_key = ANY(%s::text[]) FOR UPDATE"
+    ).format(sql.Identifier(schema, "applied"))
+
+
+def applied_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Record applied versions; a stored version never goes down.
+
+    Parameters: four lists: ``entity``, ``entity_key``, ``version``, ``payload_hash``.
+    ``applied_at`` is the transaction time (``now()``), the same clock and instant as
+    the target rows' modification time written in the same transaction.
+    """
+    cols = [
+        Column("entity", "text"),
+        Column("entity_key", "text"),
+        Column("version", "bigint"),
+        Column("payload_hash", "text"),
+    ]
+    table = sql.Identifier(schema, "applied")
+    return sql.SQL(
+        "INSERT INTO {} AS t (entity, entity_key, version, payload_hash, applied_at) "
+        "SELECT u.entity, u.entity_key, u.version, u.payload_hash, now() FROM {} "
+        "ON CONFLICT (entity, entity_key) DO UPDATE SET version = EXCLUDED.version, "
+        "payload_hash = EXCLUDED.payload_hash, applied_at = EXCLUDED.applied_at "
+        "WHERE t.version < EXCLUDED.version"
+    ).format(table, _unnest(cols))
+
+
+def offsets_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Committed positions of one topic. Parameter: ``topic``; rows ``partition, next_offset``."""
+    return sql.SQL('SELECT "partition", next_offset FROM {} WHERE topic = %s').format(
+        sql.Identifier(schema, "offsets")
+    )
+
+
+def offsets_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Store consumer positions; a position never goes backwards.
+
+    Parameters: three lists: ``topic``, ``partition``, ``next_offset``.
+    """
+    cols = [
+        Column("topic", "text"),
+        Column("partition", "integer"),
+        Column("next_offset", "bigint"),
+    ]
+    return sql.SQL(
+        'INSERT INTO {} AS t (topic, "partition", next_offset, updated_at) '
+        'SELECT u.topic, u."partition", u.next_offset, now() FROM {} '
+        'ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = EXCLUDED.next_offset, '
+        "updated_at = EXCLUDED.updated_at WHERE t.next_offset <= EXCLUDED.next_offset"
+    ).format(sql.Identifier(schema, "offsets"), _unnest(cols))
+
+
+def conflicts_insert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Append conflict records.
+
+    Parameters: seven lists: ``entity, entity_key, field, erp_value, crm_value, winner,
+    reason`` (values as text).
+    """
+    names = ["entity", "entity_key", "field", "erp_value", "crm_value", "winner", "reason"]
+    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+        sql.Identifier(schema, "conflicts"),
+        _idents(names),
+        sql.SQL(", ").join(sql.Identifier("u", n) for n in names),
+        _unnest([Column(n, "text") for n in names]),
+    )
+
+
+# ------------------------------------------------------------------ replication origin
+
+
+def origin_create() -> sql.Composed:
+    """Create the replication origin named by the parameter unless it exists.
+
+    Parameters: ``name``, ``name``.
+    """
+    return sql.SQL(
+        "SELECT pg_replication_origin_create(%s) WHERE pg_replication_origin_oid(%s) IS NULL"
+    ).format()
+
+
+def origin_session_setup() -> sql.Composed:
+    """Tag this session's transactions with an origin (the capture drops them).
+
+    Parameter: ``name``.
+    """
+    return sql.SQL("SELECT pg_replication_origin_session_setup(%s)").format()
+
+
+def origin_xact_setup() -> sql.Composed:
+    """Record the source position of the current transaction on its origin.
+
+    Parameters: ``source_lsn`` (text, ``X/Y``), ``source commit time`` (timestamptz).
+    """
+    return sql.SQL("SELECT pg_replication_origin_xact_setup(%s::pg_lsn, %s::timestamptz)").format()
+
+
+# ------------------------------------------------------------------------ target rows
+
+
+def grant_table(table: Table, role: str) -> sql.Composed:
+    """Give the sink role what it needs on one mapped table (run by an owner)."""
+    return sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+        table.ident, sql.Identifier(role)
+    )
+
+
+def select_current(
+    table: Table, columns: Sequence[str], key: Column, *, predicate: str | None = None
+) -> sql.Composed:
+    """Current rows by key, locked (``FOR UPDATE``) against concurrent local edits.
+
+    Parameter: one list of keys. ``predicate`` names a boolean column that must be false
+    (``deleted``), for lookups through a partial unique index.
+    """
+    query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY({}::{}[])").format(
+        _idents(columns),
+        table.ident,
+        sql.Identifier(key.name),
+        sql.Placeholder(),
+        _type(key.pg_type),
+    )
+    if predicate is not None:
+        query = sql.SQL("{} AND NOT {}").format(query, sql.Identifier(predicate))
+    return sql.SQL("{} FOR UPDATE").format(query)
+
+
+def upsert_rows(
+    table: Table,
+    columns: Sequence[Column],
+    conflict: Sequence[str],
+    *,
+    update: Sequence[str] | None = None,
+    conflict_live: str | None = None,
+    returning: Sequence[str] = (),
+) -> sql.Composed:
+    """Multi-row ``INSERT ... ON CONFLICT ... DO UPDATE``, skipping unchanged rows.
+
+    Args:
+        table: the target table.
+        columns: the inserted columns; parameters are one list per column, in order.
+        conflict: the conflict target (a primary key or unique constraint's columns).
+        update: the columns updated on conflict (default: every non-conflict column).
+        conflict_live: for a partial unique index ``WHERE <conflict> IS NOT NULL AND NOT
+            <conflict_live>`` (CRM accounts' live customer numbers): its predicate.
+        returning: columns returned (e.g. generated ids, for the crosswalk).
+    """
+    names = [c.name for c in columns]
+    updated = list(update) if update is not None else [n for n in names if n not in conflict]
+    target: sql.Composable = sql.SQL("({})").format(_idents(conflict))
+    if conflict_live is not None:
+        target = sql.SQL("{} WHERE {}").format(
+            target,
+            sql.SQL(" AND ").join(
+                [sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in conflict]
+                + [sql.SQL("NOT {}").format(sql.Identifier(conflict_live))]
+            ),
+        )
+    action: sql.Composable
+    if updated:
+        action = sql.SQL("DO UPDATE SET {} WHERE {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n))
+                for n in updated
+            ),
+            _distinct("t", "excluded", updated),
+        )
+    else:
+        action = sql.SQL("DO NOTHING")
+    query = sql.SQL("INSERT INTO {} AS t ({}) SELECT {} FROM {} ON CONFLICT {} {}").format(
+        table.ident,
+        _idents(names),
+        sql.SQL(", ").join(sql.Identifier("u", n) for n in names),
+        _unnest(columns),
+        target,
+        action,
+    )
+    if returning:
+        query = sql.SQL("{} RETURNING {}").format(query, _idents(returning))
+    return query
+
+
+def update_rows(
+    table: Table, key: Column, columns: Sequence[Column], *, returning: Sequence[str] = ()
+) -> sql.Composed:
+    """Multi-row ``UPDATE ... FROM unnest(...)`` of existing rows, skipping unchanged ones.
+
+    Parameters: one list for ``key``, then one per column. Missing keys update nothing
+    (for update-only targets such as a quote's ERP order status).
+    """
+    names = [c.name for c in columns]
+    query = sql.SQL("UPDATE {} AS t SET {} FROM {} WHERE {} = {} AND {}").format(
+        table.ident,
+        sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(n), sql.Identifier("u", n)) for n in names
+        ),
+        _unnest([key, *columns]),
+        sql.Identifier("t", key.name),
+        sql.Identifier("u", key.name),
+        _distinct("t", "u", names),
+    )
+    if returning:
+        query = sql.SQL("{} RETURNING {}").format(
+            query, sql.SQL(", ").join(sql.Identifier("t", n) for n in returning)
+        )
+    return query
+
+
+def soft_delete_rows(table: Table, key: Column, column: str, *, value: bool = True) -> sql.Composed:
+    """Mark rows deleted (``deleted = true``) or archived (``active = false``).
+
+    Parameter: one list of keys. Rows already marked are left alone.
+    """
+    return sql.SQL(
+        "UPDATE {} AS t SET {} = {} WHERE {} = ANY({}::{}[]) AND {} IS DISTINCT FROM {}"
+    ).format(
+        table.ident,
+        sql.Identifier(column),
+        sql.SQL("true" if value else "false"),
+        sql.Identifier("t", key.name),
+        sql.Placeholder(),
+        _type(key.pg_type),
+        sql.Identifier("t", column),
+        sql.SQL("true" if value else "false"),
+    )
+
+
+def delete_rows(table: Table, key: Column) -> sql.Composed:
+    """Hard delete by key. Parameter: one list of keys."""
+    return sql.SQL("DELETE FROM {} WHERE {} = ANY({}::{}[])").format(
+        table.ident, sql.Identifier(key.name), sql.Placeholder(), _type(key.pg_type)
+    )
+
+
+def insert_children(table: Table, columns: Sequence[Column]) -> sql.Composed:
+    """Plain multi-row insert (order lines after :func:`delete_rows` on the parent key)."""
+    names = [c.name for c in columns]
+    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+        table.ident,
+        _idents(names),
+        sql.SQL(", ").join(sql.Identifier("u", n) for n in names),
+        _unnest(columns),
+    )

@@ -1,0 +1,579 @@
+"""Pure field mapping from canonical records to the target systems' table rows.
+
+One declarative :class:`TargetTable` per (direction, entity), built by
+:func:`build_tables` from the YAML flows of :mod:`schemas.mapping` wherever the target
+table is also a source table: the flow reading a table says which column holds which
+canonical field and how source values map to canonical ones, so the sink writes the
+same column and inverts the value map. Tables the other side never reads back
+(``product_availability``, ``aos_invoices``, a quote's ERP order status) are declared
+here.
+
+Directions and tables:
+
+- ERP -> CRM: customer -> ``accounts``; product -> ``aos_products``; inventory ->
+  ``product_availability``; sales_order (status only, update-only) -> ``aos_quotes``
+  ``erp_order_name`` / ``erp_order_state``; invoice -> ``aos_invoices``.
+- CRM -> ERP: customer -> ``res_partner`` (the ERP assigns ``ref`` from its sequence;
+  for an existing partner only CRM-owned and shared fields are written, decided by
+  :func:`sinks.state.resolve`); sales_order (accepted quote) -> ``sale_order`` (``name``
+  from the ERP sequence) with its lines replaced in ``sale_order_line``.
+
+Delete semantics (:class:`DeleteMode`): CRM rows are soft-deleted (``deleted = true``),
+ERP partners archived (``active = false``), availability rows hard-deleted; a deleted
+ERP order leaves the quote alone and a deleted CRM quote leaves the ERP order alone
+(cancellation flows as a state change, never as a delete).
+
+Pure: no I/O. A value a required column cannot do without raises
+:class:`~schemas.errors.ValidationError` (dead letter).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Final
+
+from schemas.errors import ConfigError, ValidationError
+from schemas.mapping import Cast, FieldMap, Flow
+from sinks.sql import Column, Table
+
+__all__ = [
+    "ID_NAMESPACE",
+    "ColumnMap",
+    "DeleteMode",
+    "Direction",
+    "LinesTable",
+    "TargetTable",
+    "build_tables",
+    "deterministic_id",
+    "from_row",
+    "to_child_rows",
+    "to_row",
+    "transpose",
+]
+
+ID_NAMESPACE: Final = uuid.UUID("6f1d3c5e-2b7a-4c1e-9a53-0d8e4f6b7a21")
+"""Namespace of the UUIDs the CRM sink gives rows it creates (:func:`deterministic_id`)."""
+
+_PG_TYPE: Final[Mapping[Cast, str]] = {
+    Cast.STR: "text",
+    Cast.INT: "bigint",
+    Cast.DECIMAL: "numeric",
+    Cast.BOOL: "boolean",
+    Cast.DATE: "date",
+    Cast.TIMESTAMP: "timestamptz",
+}
+
+
+class Direction(StrEnum):
+    """Which way a sink writes."""
+
+    ERP_TO_CRM = "erp_to_crm"
+    CRM_TO_ERP = "crm_to_erp"
+
+    @property
+    def source(self) -> str:
+        """The system whose events the sink applies."""
+        return "erp" if self is Direction.ERP_TO_CRM else "crm"
+
+    @property
+    def target(self) -> str:
+        """The system the sink writes to."""
+        return "crm" if self is Direction.ERP_TO_CRM else "erp"
+
+
+class DeleteMode(StrEnum):
+    """What a canonical delete does to the target row."""
+
+    SOFT = "soft"
+    """Set a flag column (``deleted = true`` / ``active = false``)."""
+    HARD = "hard"
+    """``DELETE`` the row."""
+    IGNORE = "ignore"
+    """Leave the row; the delete is recorded as applied."""
+
+
+Compute = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnMap:
+    """One target column.
+
+    Attributes:
+        column: the target column.
+        pg_type: its type, for the ``unnest`` casts (:data:`sinks.sql.PG_TYPES`).
+        field: the canonical field it holds (None for computed-only columns).
+        to_target: canonical value -> target value (the inverse of a flow's ``map``).
+        fallback: the target value for a canonical value missing from ``to_target``;
+            None: such a value is a :class:`~schemas.errors.ValidationError`.
+        default: written instead of a null (NOT NULL columns with a target default).
+        compute: derives the value from the whole record (``field`` then only names the
+            field the column reads back as, if any).
+        required: a null is a :class:`~schemas.errors.ValidationError`.
+    """
+
+    column: str
+    pg_type: str
+    field: str | None = None
+    to_target: Mapping[str, Any] | None = None
+    fallback: Any = None
+    default: Any = None
+    compute: Compute | None = None
+    required: bool = False
+
+    def value(self, record: Mapping[str, Any]) -> Any:
+        """The column's value for a canonical record."""
+        if self.compute is not None:
+            value = self.compute(record)
+        else:
+            value = record.get(self.field) if self.field is not None else None
+            if value is not None and self.to_target is not None:
+                if value in self.to_target:
+                    value = self.to_target[value]
+                elif self.fallback is not None:
+                    value = self.fallback
+                else:
+                    raise ValidationError(
+                        f"{self.column}: no target value for {self.field}={value!r}"
+                    )
+        if value is None:
+            value = self.default
+        if value is None and self.required:
+            raise ValidationError(f"{self.column}: {self.field or 'value'} is required")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class LinesTable:
+    """Child rows (order lines) replaced with their parent: delete by parent, insert."""
+
+    schema: str
+    table: str
+    parent: str
+    source: str
+    """The canonical array field (``lines``)."""
+    columns: tuple[ColumnMap, ...]
+
+    @property
+    def ref(self) -> Table:
+        """The table, for :mod:`sinks.sql`."""
+        return Table(self.schema, self.table)
+
+    @property
+    def sql_columns(self) -> tuple[Column, ...]:
+        """Parent column first, then the mapped ones."""
+        return (Column(self.parent, "bigint"), *(Column(c.column, c.pg_type) for c in self.columns))
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTable:
+    """How one canonical entity is written to one target table.
+
+    Attributes:
+        direction: the sink direction.
+        entity: the canonical entity.
+        schema: the target schema.
+        table: the target table.
+        key: the column identifying a row for updates and deletes.
+        key_field: the canonical field holding ``key``'s value.
+        conflict: the ``ON CONFLICT`` columns of the upsert.
+        columns: every written column (the key and conflict columns included).
+        match: ``(column, field)`` of the business key, to find an existing row not yet
+            linked by the crosswalk (the runner resolves it before :func:`to_row`).
+        live: for a partial unique index on ``match``: the flag of dead rows.
+        modified: the row's modification-time column (for conflict detection).
+        delete: what a canonical delete does.
+        delete_flag: ``(column, value)`` set by a soft delete.
+        update_only: never insert (a quote's ERP status: no quote, nothing to do).
+        accept: only records passing it are written (others are skipped, recorded).
+        lines: child rows replaced with the row.
+    """
+
+    direction: Direction
+    entity: str
+    schema: str
+    table: str
+    key: str
+    key_field: str
+    conflict: tuple[str, ...]
+    columns: tuple[ColumnMap, ...]
+    match: tuple[str, str] | None = None
+    live: str | None = None
+    modified: str | None = None
+    delete: DeleteMode = DeleteMode.SOFT
+    delete_flag: tuple[str, bool] = ("deleted", True)
+    update_only: bool = False
+    accept: Callable[[Mapping[str, Any]], bool] | None = None
+    lines: LinesTable | None = None
+    generated: frozenset[str] = field(default_factory=frozenset)
+    """Columns the target fills itself (sequences): read back, never written."""
+
+    @property
+    def ref(self) -> Table:
+        """The table, for :mod:`sinks.sql`."""
+        return Table(self.schema, self.table)
+
+    @property
+    def key_column(self) -> Column:
+        """The key column with its type."""
+        for c in self.columns:
+            if c.column == self.key:
+                return Column(c.column, c.pg_type)
+        raise ConfigError(f"{self.table}: key {self.key} is not a mapped column")
+
+    @property
+    def sql_columns(self) -> tuple[Column, ...]:
+        """The written columns, for :func:`sinks.sql.upsert_rows`."""
+        return tuple(Column(c.column, c.pg_type) for c in self.columns)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The canonical fields written (what :func:`sinks.state.resolve` decides on)."""
+        return tuple(dict.fromkeys(c.field for c in self.columns if c.field is not None))
+
+    def accepts(self, record: Mapping[str, Any]) -> bool:
+        """Whether the sink of this direction writes ``record`` here at all.
+
+        Only events from the direction's source system (the others are this target's
+        own changes coming back) passing ``accept``.
+        """
+        if record.get("source_system") != self.direction.source:
+            return False
+        return self.accept is None or bool(self.accept(record))
+
+
+def deterministic_id(entity: str, key: str) -> str:
+    """The UUID a CRM row created for ``(entity, key)`` gets: replays create no twin."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{entity}|{key}"))
+
+
+def to_row(table: TargetTable, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The target row (column -> value) for a canonical record.
+
+    Raises:
+        ValidationError: a required value is missing or has no target value.
+    """
+    return {c.column: c.value(record) for c in table.columns}
+
+
+def from_row(table: TargetTable, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A target row read back as canonical fields (for :class:`sinks.state.TargetView`).
+
+    Value maps are inverted (the first canonical value of a target value wins); ids
+    (``uuid`` columns, ``*_id`` fields) come back as text, as canonical ids are.
+    """
+    values: dict[str, Any] = {}
+    for c in table.columns:
+        if c.field is None or c.field in values or c.column not in row:
+            continue
+        value = row[c.column]
+        if value is not None and c.to_target is not None:
+            inverse: dict[Any, Any] = {}
+            for canonical, target in c.to_target.items():
+                inverse.setdefault(target, canonical)
+            value = inverse.get(value, value)
+        if value is not None and (c.pg_type == "uuid" or c.field.endswith("_id")):
+            value = str(value)
+        values[c.field] = value
+    return values
+
+
+def to_child_rows(
+    lines: LinesTable, record: Mapping[str, Any], parent_id: Any
+) -> list[dict[str, Any]]:
+    """The child rows of a record, in line order, each with ``parent_id``."""
+    rows = []
+    for index, item in enumerate(record.get(lines.source) or (), start=1):
+        row = {lines.parent: parent_id}
+        row.update({c.column: c.value({**item, "_index": index}) for c in lines.columns})
+        rows.append(row)
+    return rows
+
+
+def transpose(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """One list per column (the ``unnest`` parameters), from rows keyed by column."""
+    return [[row.get(c.name) for row in rows] for c in columns]
+
+
+# ----------------------------------------------------------------------- the tables
+
+
+def _flow(flows: Mapping[str, Flow], system: str, table: str, entity: str) -> Flow:
+    for flow in flows.values():
+        if (flow.system, flow.table, flow.target) == (system, table, entity):
+            return flow
+    raise ConfigError(f"no flow maps {system}.{table} to {entity}")
+
+
+def _field(flow: Flow, name: str) -> FieldMap:
+    for fm in flow.fields:
+        if fm.target == name:
+            return fm
+    raise ConfigError(f"flow {flow.name} maps no field {name}")
+
+
+def _inverse(fm: FieldMap) -> dict[str, Any] | None:
+    if fm.value_map is None:
+        return None
+    inverse: dict[str, Any] = {}
+    for source_value, canonical in fm.value_map.items():
+        inverse.setdefault(str(canonical), source_value)
+    return inverse
+
+
+def _from_fields(
+    fields: Sequence[FieldMap],
+    *,
+    skip: frozenset[str] = frozenset(),
+    types: Mapping[str, str] | None = None,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[ColumnMap, ...]:
+    """Columns read from a flow: ``source`` column <- ``target`` field, map inverted."""
+    result = []
+    for fm in fields:
+        if fm.source is None or fm.lookup is not None or fm.target in skip:
+            continue
+        options = dict((extra or {}).get(fm.target, {}))
+        result.append(
+            ColumnMap(
+                column=fm.source,
+                pg_type=(types or {}).get(fm.source, _PG_TYPE[fm.cast]),
+                field=fm.target,
+                to_target=_inverse(fm),
+                **options,
+            )
+        )
+    return tuple(result)
+
+
+def _ms_to_time(record: Mapping[str, Any]) -> datetime:
+    return datetime.fromtimestamp(int(record["source_ts_ms"]) / 1000, tz=UTC)
+
+
+def _available(record: Mapping[str, Any]) -> Decimal | None:
+    if record.get("available") is not None:
+        return Decimal(record["available"])
+    on_hand, reserved = record.get("on_hand"), record.get("reserved")
+    if on_hand is None:
+        return None
+    return Decimal(on_hand) - Decimal(reserved or 0)
+
+
+_INVOICE_STATUS: Final = {
+    "not_paid": "Unpaid",
+    "partial": "Partially Paid",
+    "in_payment": "Paid",
+    "paid": "Paid",
+    "reversed": "Cancelled",
+}
+
+
+def _invoice_status(record: Mapping[str, Any]) -> str:
+    if record.get("state") == "cancelled":
+        return "Cancelled"
+    if record.get("state") == "draft":
+        return "Draft"
+    return _INVOICE_STATUS.get(str(record.get("payment_state")), "Unpaid")
+
+
+def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], TargetTable]:
+    """Every target table, by ``(direction, entity)``; from :func:`load_mappings` flows.
+
+    Raises:
+        ConfigError: a flow the tables are derived from is missing.
+    """
+    e2c, c2e = Direction.ERP_TO_CRM, Direction.CRM_TO_ERP
+    crm_id = ColumnMap("id", "uuid", field="crm_id", required=True)
+    tables = [
+        TargetTable(
+            e2c,
+            "customer",
+            "public",
+            "accounts",
+            key="id",
+            key_field="crm_id",
+            conflict=("id",),
+            columns=(
+                crm_id,
+                *_from_fields(_flow(flows, "crm", "accounts", "customer").fields),
+            ),
+            match=("account_number", "customer_number"),
+            live="deleted",
+            modified="date_modified",
+        ),
+        TargetTable(
+            e2c,
+            "product",
+            "public",
+            "aos_products",
+            key="id",
+            key_field="crm_id",
+            conflict=("id",),
+            columns=(
+                crm_id,
+                *_from_fields(
+                    _flow(flows, "crm", "aos_products", "product").fields,
+                    extra={
+                        "product_type": {"fallback": "Good", "default": "Good"},
+                        "list_price": {"default": Decimal(0)},
+                        "standard_price": {"default": Decimal(0)},
+                        "currency": {"default": "EUR"},
+                    },
+                ),
+            ),
+            match=("part_number", "sku"),
+            modified="date_modified",
+        ),
+        TargetTable(
+            e2c,
+            "inventory",
+            "public",
+            "product_availability",
+            key="product_id",
+            key_field="crm_id",
+            conflict=("product_id",),
+            columns=(
+                ColumnMap("product_id", "uuid", field="crm_id", required=True),
+                ColumnMap("part_number", "text", field="sku", required=True),
+                ColumnMap("on_hand", "numeric", field="on_hand", default=Decimal(0)),
+                ColumnMap("reserved", "numeric", field="reserved", default=Decimal(0)),
+                ColumnMap("available", "numeric", field="available", compute=_available),
+                ColumnMap("updated_at", "timestamptz", compute=_ms_to_time),
+            ),
+            delete=DeleteMode.HARD,
+        ),
+        TargetTable(
+            e2c,
+            "sales_order",
+            "public",
+            "aos_quotes",
+            key="id",
+            key_field="crm_id",
+            conflict=("id",),
+            columns=(
+                crm_id,
+                ColumnMap("erp_order_name", "text", field="order_number"),
+                ColumnMap(
+                    "erp_order_state",
+                    "text",
+                    field="state",
+                    to_target=_inverse(
+                        _field(_flow(flows, "erp", "sale_order", "sales_order"), "state")
+                    ),
+                ),
+            ),
+            modified="date_modified",
+            delete=DeleteMode.IGNORE,
+            update_only=True,
+            accept=lambda r: r.get("crm_id") is not None,
+        ),
+        TargetTable(
+            e2c,
+            "invoice",
+            "public",
+            "aos_invoices",
+            key="erp_invoice_name",
+            key_field="invoice_number",
+            conflict=("erp_invoice_name",),
+            columns=(
+                ColumnMap("erp_invoice_name", "text", field="invoice_number", required=True),
+                ColumnMap("name", "text", compute=lambda r: r.get("invoice_number")),
+                ColumnMap("account_id", "uuid", field="customer_crm_id"),
+                ColumnMap("status", "text", compute=_invoice_status),
+                ColumnMap("invoice_date", "date", field="invoice_date"),
+                ColumnMap("due_date", "date", field="due_date"),
+                ColumnMap("currency_id", "text", field="currency", default="EUR"),
+                ColumnMap("subtotal_amount", "numeric", field="amount_untaxed", default=0),
+                ColumnMap("tax_amount", "numeric", field="amount_tax", default=0),
+                ColumnMap("total_amount", "numeric", field="amount_total", default=0),
+                ColumnMap("amount_due", "numeric", field="amount_due", default=0),
+            ),
+            modified="date_modified",
+        ),
+    ]
+    partner = _flow(flows, "erp", "res_partner", "customer")
+    order = _flow(flows, "erp", "sale_order", "sales_order")
+    tables += [
+        TargetTable(
+            c2e,
+            "customer",
+            "public",
+            "res_partner",
+            key="crm_account_id",
+            key_field="crm_id",
+            conflict=("crm_account_id",),
+            columns=_from_fields(
+                partner.fields,
+                skip=frozenset({"customer_number"}),
+                types={"crm_account_id": "uuid"},
+                extra={
+                    "crm_id": {"required": True},
+                    "name": {"required": True},
+                    "is_company": {"default": True},
+                    "active": {"default": True},
+                },
+            ),
+            match=("ref", "customer_number"),
+            modified="write_date",
+            delete_flag=("active", False),
+            generated=frozenset({"ref"}),
+        ),
+        TargetTable(
+            c2e,
+            "sales_order",
+            "public",
+            "sale_order",
+            key="crm_quote_id",
+            key_field="crm_id",
+            conflict=("crm_quote_id",),
+            columns=_from_fields(
+                order.fields,
+                skip=frozenset({"order_number"}),
+                types={"crm_quote_id": "uuid", "partner_id": "bigint"},
+                extra={
+                    "crm_id": {"required": True},
+                    "customer_erp_id": {"required": True},
+                    "state": {"default": "sale"},
+                    "date_order": {"compute": lambda r: r.get("date_order") or _ms_to_time(r)},
+                    "currency": {"default": "EUR"},
+                    "amount_untaxed": {"default": Decimal(0)},
+                    "amount_tax": {"default": Decimal(0)},
+                    "amount_total": {"default": Decimal(0)},
+                },
+            ),
+            modified="write_date",
+            delete=DeleteMode.IGNORE,
+            accept=lambda r: r.get("state") in (None, "confirmed"),
+            generated=frozenset({"name"}),
+            lines=LinesTable(
+                "public",
+                "sale_order_line",
+                parent="order_id",
+                source="lines",
+                columns=(
+                    ColumnMap("sequence", "integer", compute=lambda i: 10 * int(i["_index"])),
+                    *_from_fields(
+                        order.lines.fields if order.lines is not None else (),
+                        types={"product_id": "bigint"},
+                        extra={
+                            "product_erp_id": {"required": True},
+                            "description": {
+                                "compute": lambda i: i.get("description") or i.get("sku"),
+                                "required": True,
+                            },
+                            "quantity": {"required": True},
+                            "unit_price": {"default": Decimal(0)},
+                            "discount": {"default": Decimal(0)},
+                            "subtotal": {"default": Decimal(0)},
+                        },
+                    ),
+                ),
+            ),
+        ),
+    ]
+    return {(t.direction, t.entity): t for t in tables}

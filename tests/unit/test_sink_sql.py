@@ -1,0 +1,106 @@
+import pytest
+from psycopg import sql as psql
+
+from sinks import sql
+from sinks.sql import Column, Table
+
+ACCOUNTS = Table("public", "accounts")
+
+
+def text(q: psql.Composable) -> str:
+    return q.as_string(None)
+
+
+def test_sync_schema_ddl() -> None:
+    ddl = [text(q) for q in sql.create_sync_schema()]
+    assert ddl[0] == 'CREATE SCHEMA IF NOT EXISTS "erpcrm_sync"'
+    assert ddl[1].startswith('CREATE TABLE IF NOT EXISTS "erpcrm_sync"."applied" (')
+    assert "PRIMARY KEY (entity, entity_key)" in ddl[1]
+    assert 'PRIMARY KEY (topic, "partition")' in ddl[2]
+    assert '"erpcrm_sync"."conflicts"' in ddl[3]
+    assert "winner text" in ddl[3]
+
+
+def test_upsert_rows() -> None:
+    q = sql.upsert_rows(
+        ACCOUNTS, [Column("id", "uuid"), Column("name", "text")], ["id"], returning=["id"]
+    )
+    assert text(q) == (
+        'INSERT INTO "public"."accounts" AS t ("id", "name") SELECT "u"."id", "u"."name" '
+        'FROM unnest(%s::uuid[], %s::text[]) AS "u"("id", "name") ON CONFLICT ("id") '
+        'DO UPDATE SET "name" = EXCLUDED."name" WHERE ("t"."name") IS DISTINCT FROM '
+        '("excluded"."name") RETURNING "id"'
+    )
+
+
+def test_upsert_on_partial_index() -> None:
+    q = sql.upsert_rows(
+        ACCOUNTS,
+        [Column("account_number", "text"), Column("name", "text")],
+        ["account_number"],
+        conflict_live="deleted",
+    )
+    assert (
+        'ON CONFLICT ("account_number") WHERE "account_number" IS NOT NULL AND NOT "deleted"'
+        in text(q)
+    )
+
+
+def test_update_and_deletes() -> None:
+    key = Column("id", "uuid")
+    assert text(sql.update_rows(ACCOUNTS, key, [Column("name", "text")])) == (
+        'UPDATE "public"."accounts" AS t SET "name" = "u"."name" FROM unnest(%s::uuid[], '
+        '%s::text[]) AS "u"("id", "name") WHERE "t"."id" = "u"."id" AND ("t"."name") IS '
+        'DISTINCT FROM ("u"."name")'
+    )
+    assert text(sql.soft_delete_rows(ACCOUNTS, key, "deleted")) == (
+        'UPDATE "public"."accounts" AS t SET "deleted" = true WHERE "t"."id" = ANY(%s::uuid[]) '
+        'AND "t"."deleted" IS DISTINCT FROM true'
+    )
+    assert (
+        text(sql.delete_rows(ACCOUNTS, key))
+        == 'DELETE FROM "public"."accounts" WHERE "id" = ANY(%s::uuid[])'
+    )
+
+
+def test_state_and_offsets() -> None:
+    applied = text(sql.applied_upsert())
+    assert "WHERE t.version < EXCLUDED.version" in applied
+    assert "unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])" in applied
+    offsets = text(sql.offsets_upsert())
+    assert "WHERE t.next_offset <= EXCLUDED.next_offset" in offsets
+    assert "FOR UPDATE" in text(sql.select_applied())
+    assert text(
+        sql.select_current(
+            ACCOUNTS, ["id", "name"], Column("account_number", "text"), predicate="deleted"
+        )
+    ) == (
+        'SELECT "id", "name" FROM "public"."accounts" WHERE "account_number" = ANY(%s::text[]) '
+        'AND NOT "deleted" FOR UPDATE'
+    )
+
+
+def test_origin_and_grant() -> None:
+    assert text(sql.origin_session_setup()) == "SELECT pg_replication_origin_session_setup(%s)"
+    assert text(sql.grant_table(ACCOUNTS, "erpcrm_sink")) == (
+        'GRANT SELECT, INSERT, UPDATE, DELETE ON "public"."accounts" TO "erpcrm_sink"'
+    )
+
+
+def test_hostile_names_are_quoted_and_types_checked() -> None:
+    evil = Table("public", 'x"; DROP TABLE y; --')
+    assert '"x""; DROP TABLE y; --"' in text(sql.delete_rows(evil, Column("id", "uuid")))
+    with pytest.raises(ValueError):
+        Column("id", "uuid); DROP TABLE y; --")
+
+
+def test_no_values_interpolated() -> None:
+    queries = [
+        *sql.create_sync_schema(),
+        sql.applied_upsert(),
+        sql.offsets_upsert(),
+        sql.conflicts_insert(),
+        sql.upsert_rows(ACCOUNTS, [Column("id", "uuid")], ["id"]),
+    ]
+    for q in queries:
+        assert "'" not in text(q)

@@ -1,0 +1,140 @@
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from schemas.errors import ValidationError
+from schemas.mapping import load_mappings
+from sinks.targets import (
+    DeleteMode,
+    Direction,
+    build_tables,
+    deterministic_id,
+    from_row,
+    to_child_rows,
+    to_row,
+    transpose,
+)
+
+TABLES = build_tables(load_mappings())
+E2C, C2E = Direction.ERP_TO_CRM, Direction.CRM_TO_ERP
+
+
+def meta(source: str, **fields: object) -> dict[str, object]:
+    return {
+        "source_system": source,
+        "source_ts_ms": 1_700_000_000_000,
+        "version": 1,
+        "op": "upsert",
+        **fields,
+    }
+
+
+def test_customer_to_accounts() -> None:
+    t = TABLES[(E2C, "customer")]
+    row = to_row(
+        t,
+        meta(
+            "erp",
+            crm_id="11111111-1111-1111-1111-111111111111",
+            customer_number="C00001",
+            name="Acme",
+            phone="+4930123",
+            country_code="DE",
+            zip="10117",
+        ),
+    )
+    assert row["account_number"] == "C00001"
+    assert row["phone_office"] == "+4930123"
+    assert row["billing_address_country"] == "DE"
+    assert row["id"].startswith("1111")
+    assert from_row(t, row)["customer_number"] == "C00001"
+    assert t.delete is DeleteMode.SOFT
+    assert t.live == "deleted"
+    assert t.accepts(meta("erp"))
+    assert not t.accepts(meta("crm"))
+
+
+def test_order_status_to_quote_inverts_state_map() -> None:
+    t = TABLES[(E2C, "sales_order")]
+    row = to_row(t, meta("erp", crm_id="q", order_number="S00005", state="confirmed"))
+    assert row == {"id": "q", "erp_order_name": "S00005", "erp_order_state": "sale"}
+    assert t.update_only
+    assert not t.accepts(meta("erp", crm_id=None))
+    assert from_row(t, row)["state"] == "confirmed"
+
+
+def test_inventory_computes_available() -> None:
+    t = TABLES[(E2C, "inventory")]
+    row = to_row(t, meta("erp", crm_id="p", sku="SKU-1", on_hand=Decimal(5), reserved=Decimal(2)))
+    assert row["available"] == Decimal(3)
+    assert t.delete is DeleteMode.HARD
+
+
+def test_invoice_status() -> None:
+    t = TABLES[(E2C, "invoice")]
+    row = to_row(
+        t,
+        meta(
+            "erp",
+            invoice_number="INV/1",
+            state="posted",
+            payment_state="paid",
+            invoice_date=date(2024, 1, 2),
+        ),
+    )
+    assert row["status"] == "Paid"
+    assert row["erp_invoice_name"] == "INV/1"
+    assert row["subtotal_amount"] == 0
+
+
+def test_customer_to_res_partner() -> None:
+    t = TABLES[(C2E, "customer")]
+    row = to_row(t, meta("crm", crm_id="c", name="Acme", customer_number="C9"))
+    assert "ref" not in row
+    assert row["crm_account_id"] == "c"
+    assert row["is_company"] is True
+    assert row["active"] is True
+    assert t.delete_flag == ("active", False)
+    with pytest.raises(ValidationError):
+        to_row(t, meta("crm", crm_id="c", name=None))
+
+
+def test_won_quote_to_sale_order_and_lines() -> None:
+    t = TABLES[(C2E, "sales_order")]
+    record = meta(
+        "crm",
+        crm_id="q",
+        customer_erp_id="7",
+        state="confirmed",
+        lines=[
+            {"sku": "SKU-1", "product_erp_id": "3", "quantity": Decimal(2), "description": None}
+        ],
+    )
+    row = to_row(t, record)
+    assert row["state"] == "sale"
+    assert row["partner_id"] == "7"
+    assert "name" not in row
+    assert row["amount_total"] == 0
+    assert row["date_order"] is not None
+    assert t.lines is not None
+    lines = to_child_rows(t.lines, record, 42)
+    assert lines == [
+        {
+            "order_id": 42,
+            "sequence": 10,
+            "product_id": "3",
+            "name": "SKU-1",
+            "product_uom_qty": Decimal(2),
+            "price_unit": 0,
+            "discount": 0,
+            "price_subtotal": 0,
+        }
+    ]
+    assert transpose(t.lines.sql_columns, lines)[0] == [42]
+    assert not t.accepts(meta("crm", state="draft"))
+
+
+def test_deterministic_id() -> None:
+    assert deterministic_id("customer", "erp:1") == deterministic_id("customer", "erp:1")
+    assert deterministic_id("customer", "erp:1") != deterministic_id("customer", "erp:2")
