@@ -452,6 +452,8 @@ class StreamsApp:
 
         Prepares the app the way ``faust -A streams.app worker`` does.
         """
+        # Faust creates only the last level of its data directory.
+        self.settings.table_dir.mkdir(parents=True, exist_ok=True)
         self.app.finalize()
         self.app.worker_init()
         self.app.worker_init_post_autodiscover()
@@ -563,7 +565,13 @@ def build(
 
     async def recent_outputs() -> set[str]:
         loop = asyncio.get_running_loop()
-        read = partial(load_recent_outputs, settings.kafka, OUTPUT_TOPICS, settings.recent_outputs)
+        read = partial(
+            load_recent_outputs,
+            settings.kafka,
+            OUTPUT_TOPICS,
+            settings.recent_outputs,
+            settings.app_id,
+        )
         return await loop.run_in_executor(None, read)
 
     runner = StreamRunner(
