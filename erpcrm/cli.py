@@ -214,7 +214,7 @@ def streams() -> None:
 
 @app.command("run")
 def run_all() -> None:
-    """Run every worker (capture of both systems) under one supervisor, restarting crashes."""
+    """Run every worker (captures, streams) under one supervisor, restarting crashes."""
     from erpcrm.supervisor import DEFAULT_WORKERS, Supervisor
     from erpcrm.workers import stop_on_signals
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -25,12 +25,9 @@ from cdc.settings import DEFAULT_TABLES
 from erpcrm.stack import LocalStack
 from erpcrm.workload import WorkloadReport, run_workload
 from schemas.errors import StackError
-from schemas.topics import raw_topic
+from schemas.topics import CANONICAL_TOPICS, dlq_topic, raw_topic
 
-NOT_YET_BUILT = (
-    "streams: canonical events (mapping, cleansing, dedupe, crosswalk) -> canonical.*",
-    "sinks: applying canonical events to the other system",
-)
+NOT_YET_BUILT = ("sinks: applying canonical events to the other system (erpcrm sink)",)
 
 
 @dataclass
@@ -50,17 +47,22 @@ def _topic_counts(consumer: Consumer, topics: list[str]) -> dict[str, int]:
             continue
         total = 0
         for partition in info.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=5
+                )
+            except KafkaException:
+                continue  # a topic created a moment ago may not have a leader yet
             total += high - low
         counts[topic] = total
     return counts
 
 
-def _start_capture(system: str, log_dir: Path) -> subprocess.Popen[bytes]:
+def _start_worker(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
     log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / f"cdc-{system}.log").open("ab") as out:
+    with (log_dir / f"{name}.log").open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "erpcrm.cli", "cdc", "--system", system],
+            [sys.executable, "-m", "erpcrm.cli", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=dict(os.environ),
@@ -76,9 +78,17 @@ def run_demo(
     stack.up(lambda message: console.print(f"   {message}"))
     env = stack.env()
     log_dir = stack.layout.state / "demo"
-    console.print("[bold]2. change capture of both databases[/bold] (logs in .local/demo/)")
-    captures = {system: _start_capture(system, log_dir) for system in ("erp", "crm")}
+    console.print(
+        "[bold]2. workers[/bold]: capture of both databases and the streams worker "
+        "(logs in .local/demo/)"
+    )
+    captures = {
+        "cdc-erp": _start_worker("cdc-erp", ["cdc", "--system", "erp"], log_dir),
+        "cdc-crm": _start_worker("cdc-crm", ["cdc", "--system", "crm"], log_dir),
+        "streams": _start_worker("streams", ["streams"], log_dir),
+    }
     topics = [raw_topic(s, "public", t) for s in ("erp", "crm") for t in DEFAULT_TABLES[s]]
+    topics += [*CANONICAL_TOPICS, dlq_topic("streams")]
     consumer = Consumer({"bootstrap.servers": env["KAFKA_BOOTSTRAP"], "group.id": "erpcrm-demo"})
     progress = _Progress()
     stop = threading.Event()
@@ -114,12 +124,11 @@ def run_demo(
                 for system, proc in captures.items():
                     if proc.poll() is not None:
                         raise StackError(
-                            f"capture of {system} exited ({proc.returncode}); see "
-                            f"{log_dir / f'cdc-{system}.log'}"
+                            f"{system} exited ({proc.returncode}); see {log_dir / f'{system}.log'}"
                         )
                 live.update(_render(progress.report, _topic_counts(consumer, topics)))
                 if progress.done.is_set():
-                    time.sleep(3)  # let the captures drain the last transactions
+                    time.sleep(5)  # let the workers drain the last transactions
                     live.update(_render(progress.report, _topic_counts(consumer, topics)))
                     break
                 time.sleep(1)
@@ -136,7 +145,9 @@ def run_demo(
         consumer.close()
     if progress.error is not None:
         raise progress.error
-    console.print("[bold]Not part of this build yet[/bold] (the demo stops at the raw topics):")
+    console.print(
+        "[bold]Not part of this build yet[/bold] (the demo stops at the canonical topics):"
+    )
     for line in NOT_YET_BUILT:
         console.print(f"   - {line}")
     console.print("The stack keeps running: `erpcrm stack down` stops it.")
@@ -149,7 +160,9 @@ def _render(report: WorkloadReport | None, counts: dict[str, int]) -> Group:
         for system, tables in sorted(report.tables.items()):
             for table, c in sorted(tables.items()):
                 activity.add_row(system, table, str(c.inserts), str(c.updates))
-    topics = Table("topic", "events", title="captured into Kafka (incl. snapshot)")
+    topics = Table(
+        "topic", "events", title="in Kafka: raw (incl. snapshot), canonical, dead letters"
+    )
     for topic, count in counts.items():
         topics.add_row(topic, str(count))
     status = ""

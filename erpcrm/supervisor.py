@@ -47,6 +47,7 @@ class _Child:
 DEFAULT_WORKERS = (
     WorkerSpec("cdc-erp", ("cdc", "--system", "erp")),
     WorkerSpec("cdc-crm", ("cdc", "--system", "crm")),
+    WorkerSpec("streams", ("streams",)),
 )
 
 
