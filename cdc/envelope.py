@@ -1062,9 +1062,9 @@ def envelope_record(
     op: Op,
     before: Mapping[str, Any] | None,
     after: Mapping[str, Any] | None,
-    source: SourceInfo,
+    source: SourceInfo | Mapping[str, Any],
     ts_ms: int | None,
-    transaction: TransactionBlock | None = None,
+    transaction: TransactionBlock | Mapping[str, Any] | None = None,
     ts_us: int | None = None,
     ts_ns: int | None = None,
     unchanged_toast: object = UNCHANGED_TOAST,
@@ -1078,10 +1078,11 @@ def envelope_record(
         before: the old row (column name -> Python value) or None. Columns it lacks
             are null, or the type's neutral value when ``NOT NULL``.
         after: the new row, or None.
-        source: the ``source`` block.
+        source: the ``source`` block, or its datum (``SourceInfo.as_record()`` form) when
+            a hot path builds it from a per-transaction template.
         ts_ms: when the event was produced (ms since epoch); Debezium's envelope
             ``ts_ms`` is processing time, ``source.ts_ms`` commit time.
-        transaction: the ``transaction`` block, or None.
+        transaction: the ``transaction`` block (or its datum), or None.
         ts_us: ``ts_ms`` in microseconds, when known.
         ts_ns: ``ts_ms`` in nanoseconds, when known.
         unchanged_toast: the marker object the caller uses for "value not sent"; see
@@ -1122,8 +1123,10 @@ def envelope_record(
     return {
         "before": datum(before),
         "after": datum(after),
-        "source": source.as_record(),
-        "transaction": None if transaction is None else transaction.as_record(),
+        "source": source.as_record() if isinstance(source, SourceInfo) else source,
+        "transaction": (
+            transaction.as_record() if isinstance(transaction, TransactionBlock) else transaction
+        ),
         "op": op,
         "ts_ms": ts_ms,
         "ts_us": ts_us,

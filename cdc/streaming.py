@@ -112,6 +112,11 @@ class _Table:
     def shape(self) -> TableShape:
         return self.captured.shape
 
+    @property
+    def collection(self) -> str:
+        """Debezium's data-collection name, ``<schema>.<table>``."""
+        return data_collection(self.captured.shape)
+
 
 @dataclass(slots=True)
 class _OpenTx:
@@ -124,6 +129,18 @@ class _OpenTx:
     dropped: bool = False
     total: int = 0
     per_collection: Counter[str] = field(default_factory=Counter)
+    # Per-table ``source`` datum of this transaction: only lsn and sequence vary by event.
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def tid(self) -> str:
+        """Debezium's transaction id: ``<txId>:<commit lsn>``."""
+        return transaction_id(self.xid, int(self.final_lsn))
+
+    @property
+    def commit_ms(self) -> int:
+        """Commit time, ms since the epoch (``source.ts_ms``)."""
+        return int(self.commit_ts.timestamp() * 1000)
 
 
 class CaptureWorker:
@@ -578,9 +595,17 @@ class CaptureWorker:
     ) -> None:
         self._begin_metadata(tx)
         tx.total += 1
-        tx.per_collection[data_collection(table.shape)] += 1
-        commit_ms = self._commit_ms(tx)
-        source = self._source(table.shape, commit_ms, lsn=int(lsn), tx_id=tx.xid, snapshot="false")
+        collection = table.collection
+        tx.per_collection[collection] += 1
+        commit_ms = tx.commit_ms
+        template = tx.sources.get(collection)
+        if template is None:
+            info = self._source(table.shape, commit_ms, lsn=0, tx_id=tx.xid, snapshot="false")
+            template = tx.sources[collection] = info.as_record()
+        lsn_value = int(lsn)
+        source = dict(template)
+        source["lsn"] = lsn_value
+        source["sequence"] = source_sequence(self._last_commit_lsn, lsn_value)
         value = envelope_record(
             table.shape,
             op=op,  # type: ignore[arg-type]
@@ -588,7 +613,11 @@ class CaptureWorker:
             after=after,
             source=source,
             ts_ms=int(time.time() * 1000),
-            transaction=self._tx_block(tx, table),
+            transaction={
+                "id": tx.tid,
+                "total_order": tx.total,
+                "data_collection_order": tx.per_collection[collection],
+            },
             unchanged_toast=UNCHANGED_TOAST,
         )
         row = after if after is not None else before
