@@ -247,6 +247,24 @@ def bench_cdc(
     print(json.dumps(result, indent=2))
 
 
+@bench_app.command("streams")
+def bench_streams(
+    operations: Annotated[
+        int, typer.Option(help="Workload operations written (clean) on top of the snapshots.")
+    ] = 3000,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 7,
+    timeout: Annotated[float, typer.Option(help="Seconds each phase may take at most.")] = 300,
+) -> None:
+    """Streams worker throughput (raw events in/s, canonical out) and peak RSS."""
+    from erpcrm.bench_streams import bench_streams as run
+
+    try:
+        result = run(operations=operations, seed=seed, timeout=timeout)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    print(json.dumps(result, indent=2))
+
+
 def _stack_defaults_into_environment(*, capture_dsn_of: str | None = None) -> None:
     """Make the local stack the default for any ``ERPCRM_*`` setting not already set.
 

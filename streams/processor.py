@@ -1070,6 +1070,11 @@ class StreamProcessor:
                     f"t|{flow.name}|{product}",
                     _totals_value(state.emitted[product]),
                 )
+        if not changed:
+            # The product's totals are what was last published (a delivery from an empty
+            # quant, a touch without a change): a no-op, counted so that every change in
+            # is accounted for.
+            tally.add(Count.NO_OPS, flow.name)
         raw = _Raw(message.key, message.value, message.origin)
         for totals in changed:
             built = inventory_event(flow, totals, envelope, crosswalk=self._ref.crosswalk)
