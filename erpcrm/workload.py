@@ -1376,13 +1376,22 @@ class _Executor:
                     "cost": (spec.unknown_price * Decimal("0.6")).quantize(_CENT),
                 }
                 if spec.new_product:
-                    created = _insert(
-                        cur,
-                        "aos_products",
-                        {k: v for k, v in product.items() if k != "id"} | {"type": "Good"},
+                    # The same seed makes the same made-up SKU: a rerun reuses its row.
+                    cur.execute(
+                        "SELECT id FROM public.aos_products WHERE part_number = %s",
+                        (spec.unknown_sku,),
                     )
-                    changes.inserted("aos_products")
-                    product["id"] = created["id"]
+                    existing = cur.fetchone()
+                    if existing is not None:
+                        product["id"] = existing["id"]
+                    else:
+                        created = _insert(
+                            cur,
+                            "aos_products",
+                            {k: v for k, v in product.items() if k != "id"} | {"type": "Good"},
+                        )
+                        changes.inserted("aos_products")
+                        product["id"] = created["id"]
             else:
                 product = _pick(
                     cur,
