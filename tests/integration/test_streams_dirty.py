@@ -309,10 +309,11 @@ def run(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
             dirty_ratio=DIRTY_RATIO,
             seed=SEED,
         )
-        # A failed operation rolls back and leaves nothing to check. Known: re-running
-        # the same seed re-inserts the same unknown-SKU CRM product (UniqueViolation on
-        # aos_products.part_number) in crm.new_quote; everything else must commit.
-        assert set(report.failed) <= {"crm.new_quote"}, report.failed
+        # A failed operation rolls back and leaves nothing to check. On databases that
+        # already ran this seed, a generated duplicate can meet its twin (a unique
+        # violation, rolled back and counted); nothing else may fail.
+        errors = {error for kinds in report.failed.values() for error in kinds}
+        assert errors <= {"UniqueViolation"}, report.failed
         assert report.committed >= 0.95 * OPERATIONS, report.failed
         _wait_confirmed(erp)
         _wait_confirmed(crm)
