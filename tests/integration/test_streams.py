@@ -109,6 +109,10 @@ class StreamsProcess:
                 "ERPCRM_STREAMS_ERP_TOPIC_PREFIX": self.prefixes["erp"],
                 "ERPCRM_STREAMS_CRM_TOPIC_PREFIX": self.prefixes["crm"],
                 "PYTHONUNBUFFERED": "1",
+                # The whole suite can be re-run under the other guarantee.
+                "ERPCRM_STREAMS_PROCESSING_GUARANTEE": os.environ.get(
+                    "ERPCRM_TEST_PROCESSING_GUARANTEE", "at_least_once"
+                ),
             }
         )
         with self.log_path.open("wb") as log:
