@@ -33,17 +33,13 @@ Pure: no database, Kafka or clock access.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 
-from schemas.canonical import METADATA_FIELDS
 from schemas.mapping import Owner
+from schemas.payload import HASH_EXCLUDED, payload_hash, plain
 
 __all__ = [
     "HASH_EXCLUDED",
@@ -61,9 +57,6 @@ __all__ = [
     "resolve",
 ]
 
-HASH_EXCLUDED: Final = frozenset(METADATA_FIELDS) - {"op"}
-"""Left out of the payload hash: event metadata except ``op`` (a delete is never a no-op
-of an upsert with the same fields)."""
 
 TIE_WINNER: Final = "erp"
 """The system that wins a shared field when both writes carry the same commit time."""
@@ -172,31 +165,6 @@ class Resolution:
         return row
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-able form of a canonical value; equal values give equal forms."""
-    if isinstance(value, Decimal):
-        normal = value.normalize()
-        return {"$decimal": format(normal if normal != 0 else Decimal(0), "f")}
-    if isinstance(value, datetime | date):
-        return {"$time": value.isoformat()}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUDED) -> str:
-    """SHA-256 hex digest of a canonical record's payload (every field but ``exclude``).
-
-    Decimals hash by value (``1.2`` = ``1.20``); key order does not matter.
-    """
-    skipped = frozenset(exclude)
-    payload = {k: _plain(v) for k, v in record.items() if k not in skipped}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def decide(stored: Applied | None, version: int, digest: str) -> Decision:
     """Apply, or skip as stale or no-op, an event of ``version`` with payload ``digest``."""
     if stored is None:
@@ -234,7 +202,7 @@ def changed_on_both_sides(current: TargetView | None, stored: Applied | None) ->
 
 
 def _same(ours: Any, theirs: Any) -> bool:
-    return bool(_plain(ours) == _plain(theirs))
+    return bool(plain(ours) == plain(theirs))
 
 
 def resolve(

@@ -19,15 +19,11 @@ replaying a partition after a restart drops exactly what was already emitted.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping
-from datetime import date, datetime
-from decimal import Decimal
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Final, TypeAlias
+from typing import TypeAlias
 
-from schemas.canonical import METADATA_FIELDS
+from schemas.payload import HASH_EXCLUDED, payload_hash
 
 __all__ = [
     "HASH_EXCLUDED",
@@ -43,10 +39,6 @@ __all__ = [
 DedupeState: TypeAlias = dict[str, tuple[int, str]]
 """Entity key -> (version, payload hash) of the last event kept."""
 
-HASH_EXCLUDED: Final = frozenset(METADATA_FIELDS) - {"op"}
-"""Fields left out of the payload hash: the event's metadata, except ``op`` (a delete is
-never a no-op of an upsert with the same fields)."""
-
 
 class Verdict(StrEnum):
     """What to do with an event."""
@@ -56,32 +48,6 @@ class Verdict(StrEnum):
     """Version at or below the last kept: a duplicate or an overtaken change; drop."""
     NO_OP = "no_op"
     """Newer, but the same payload as the last kept; drop (the version is recorded)."""
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able form of a canonical value; equal values give equal forms."""
-    if isinstance(value, Decimal):
-        normal = value.normalize()
-        return {"$decimal": format(normal if normal != 0 else Decimal(0), "f")}
-    if isinstance(value, datetime | date):
-        return {"$time": value.isoformat()}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUDED) -> str:
-    """Return the SHA-256 hex digest of a canonical record's payload.
-
-    The payload is every field except ``exclude`` (by default the event metadata but
-    ``op``). Decimals hash by value (``1.2`` = ``1.20``), key order does not matter.
-    """
-    skipped = frozenset(exclude)
-    payload = {k: _plain(v) for k, v in record.items() if k not in skipped}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def seen(state: Mapping[str, tuple[int, str]], key: str, version: int) -> bool:

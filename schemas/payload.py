@@ -1,0 +1,49 @@
+"""The payload hash of a canonical event: one definition for every stage that dedupes.
+
+The streams stage drops an event whose payload equals the last one kept; a sink skips
+applying one whose payload equals the last one applied. Both must agree on what "equal"
+means, so the hash is part of the bus contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from schemas.canonical import METADATA_FIELDS
+
+__all__ = ["HASH_EXCLUDED", "payload_hash", "plain"]
+
+HASH_EXCLUDED: Final = frozenset(METADATA_FIELDS) - {"op"}
+"""Fields left out of the payload hash: the event's metadata, except ``op`` (a delete is
+never a no-op of an upsert with the same fields)."""
+
+
+def plain(value: Any) -> Any:
+    """A JSON-able form of a canonical value; equal values give equal forms."""
+    if isinstance(value, Decimal):
+        normal = value.normalize()
+        return {"$decimal": format(normal if normal != 0 else Decimal(0), "f")}
+    if isinstance(value, datetime | date):
+        return {"$time": value.isoformat()}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUDED) -> str:
+    """Return the SHA-256 hex digest of a canonical record's payload.
+
+    The payload is every field except ``exclude`` (by default the event metadata but
+    ``op``). Decimals hash by value (``1.2`` = ``1.20``); key order does not matter.
+    """
+    skipped = frozenset(exclude)
+    payload = {k: plain(v) for k, v in record.items() if k not in skipped}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
