@@ -20,6 +20,10 @@ def _http_ok(url: str) -> bool:
     return response.status_code == 200
 
 
+_JOURNAL_START = "Starting KSQL consumer thread"
+_JOURNAL_READY = "KafkaSQL storage bootstrapped"
+
+
 class SchemaRegistry:
     """Apicurio Registry 3.x (Quarkus fast-jar) with its Confluent-compatible API.
 
@@ -81,6 +85,10 @@ class SchemaRegistry:
             "-Dquarkus.http.host=127.0.0.1",
             "-Dquarkus.log.level=WARN",
             '-Dquarkus.log.category."io.apicurio".level=INFO',
+            # Request and audit lines would drown the start-up messages ready() looks for.
+            '-Dquarkus.log.category."io.apicurio.registry.logging.audit".level=WARN',
+            '-Dquarkus.log.category."io.quarkus.vertx.http.runtime.filters.accesslog".level=WARN',
+            "-Dapicurio.ccompat.max-subjects=1000000",
             "-Dapicurio.storage.kind=kafkasql",
             f"-Dapicurio.kafkasql.bootstrap.servers={self.kafka_bootstrap}",
             "-Dapicurio.kafkasql.topic=_apicurio-journal",
@@ -92,7 +100,15 @@ class SchemaRegistry:
         launch(argv, cwd=self.dir, log_file=self.log_path, pid_file=self.pid_file)
 
     def ready(self) -> bool:
-        """True when the Confluent-compatible API lists subjects."""
+        """True once the journal is replayed and the Confluent-compatible API answers.
+
+        The registry answers HTTP while it still replays its Kafka journal, with part of
+        its schemas; it is ready once the log says the storage is bootstrapped.
+        """
+        log = tail(self.log_path, 400)
+        started = log.rfind(_JOURNAL_START)
+        if started < 0 or log.find(_JOURNAL_READY, started) < 0:
+            return False
         return _http_ok(f"{self.url}/subjects")
 
     def after_ready(self) -> None:
