@@ -563,7 +563,7 @@ class CaptureWorker:
             tx.total += 1
             tx.per_collection[data_collection(table.shape)] += 1
             source = self._source(
-                table.shape, self._commit_ms(tx), lsn=int(lsn), tx_id=tx.xid, snapshot="false"
+                table.shape, tx.commit_ms, lsn=int(lsn), tx_id=tx.xid, snapshot="false"
             )
             value = envelope_record(
                 table.shape,
@@ -580,7 +580,7 @@ class CaptureWorker:
                 self._serde.encode_with(table.value_writer, value),
                 tx.token,
                 self._tracker,
-                self._commit_ms(tx),
+                tx.commit_ms,
             )
             self._event_counter(table.shape.table, "t").inc()
 
@@ -628,7 +628,7 @@ class CaptureWorker:
         key = self._serde.encode_with(
             table.key_writer, key_record(table.shape, row, unchanged_toast=UNCHANGED_TOAST)
         )
-        self._send(table.topic, key, None, tx.token, self._tracker, self._commit_ms(tx))
+        self._send(table.topic, key, None, tx.token, self._tracker, tx.commit_ms)
 
     def _produce(
         self,
@@ -693,9 +693,6 @@ class CaptureWorker:
 
     # -- transactions -----------------------------------------------------------------
 
-    def _commit_ms(self, tx: _OpenTx) -> int:
-        return int(tx.commit_ts.timestamp() * 1000)
-
     def _source(
         self, shape: TableShape, ts_ms: int, *, lsn: int, tx_id: int | None, snapshot: str
     ) -> SourceInfo:
@@ -714,7 +711,7 @@ class CaptureWorker:
 
     def _tx_block(self, tx: _OpenTx, table: _Table) -> TransactionBlock:
         return TransactionBlock(
-            id=transaction_id(tx.xid, int(tx.final_lsn)),
+            id=tx.tid,
             total_order=tx.total,
             data_collection_order=tx.per_collection[data_collection(table.shape)],
         )
@@ -723,8 +720,8 @@ class CaptureWorker:
         """Emit the transaction's BEGIN record before its first event."""
         if tx.total:
             return
-        tid = transaction_id(tx.xid, int(tx.final_lsn))
-        self._send_metadata(tid, transaction_begin_record(tid, ts_ms=self._commit_ms(tx)), tx)
+        tid = tx.tid
+        self._send_metadata(tid, transaction_begin_record(tid, ts_ms=tx.commit_ms), tx)
 
     def _send_metadata(self, tid: str, record: dict[str, Any], tx: _OpenTx) -> None:
         if self._tx_key_writer is None or self._tx_value_writer is None:
@@ -740,9 +737,9 @@ class CaptureWorker:
 
     def _commit(self, tx: _OpenTx, commit: Commit) -> None:
         if tx.total and not tx.dropped:
-            tid = transaction_id(tx.xid, int(tx.final_lsn))
+            tid = tx.tid
             end = transaction_end_record(
-                tid, ts_ms=self._commit_ms(tx), event_counts=dict(tx.per_collection)
+                tid, ts_ms=tx.commit_ms, event_counts=dict(tx.per_collection)
             )
             self._send_metadata(tid, end, tx)
         self._m.transactions.labels(self._system).inc()

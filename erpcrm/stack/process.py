@@ -197,7 +197,7 @@ def tail(path: Path, lines: int = 40) -> str:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
+            handle.seek(max(0, size - max(64 * 1024, lines * 512)))
             data = handle.read().decode(errors="replace")
     except OSError:
         return ""

@@ -89,6 +89,7 @@ class SchemaRegistry:
             '-Dquarkus.log.category."io.apicurio.registry.logging.audit".level=WARN',
             '-Dquarkus.log.category."io.quarkus.vertx.http.runtime.filters.accesslog".level=WARN',
             "-Dapicurio.ccompat.max-subjects=1000000",
+            '-Dquarkus.log.category."org.apache.kafka".level=ERROR',
             "-Dapicurio.storage.kind=kafkasql",
             f"-Dapicurio.kafkasql.bootstrap.servers={self.kafka_bootstrap}",
             "-Dapicurio.kafkasql.topic=_apicurio-journal",
@@ -103,13 +104,26 @@ class SchemaRegistry:
         """True once the journal is replayed and the Confluent-compatible API answers.
 
         The registry answers HTTP while it still replays its Kafka journal, with part of
-        its schemas; it is ready once the log says the storage is bootstrapped.
+        its schemas; it is ready once the log says the storage is bootstrapped. That is
+        remembered per process (``ready.pid``): later log lines (e.g. a Kafka outage)
+        cannot push it out of view.
         """
-        log = tail(self.log_path, 400)
-        started = log.rfind(_JOURNAL_START)
-        if started < 0 or log.find(_JOURNAL_READY, started) < 0:
+        pid = self.pid()
+        if pid is None:
             return False
+        if self._ready_pid() != pid:
+            log = tail(self.log_path, 5000)
+            started = log.rfind(_JOURNAL_START)
+            if started < 0 or log.find(_JOURNAL_READY, started) < 0:
+                return False
+            (self.dir / "ready.pid").write_text(f"{pid}\n")
         return _http_ok(f"{self.url}/subjects")
+
+    def _ready_pid(self) -> int | None:
+        try:
+            return int((self.dir / "ready.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def after_ready(self) -> None:
         """Nothing to bootstrap: subjects are registered by the stages."""

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -190,4 +191,13 @@ def test_registry_keeps_schemas_across_a_restart(
     local_stack.registry.stop()
     assert local_stack.registry.pid() is None
     local_stack.up()
-    assert subject in httpx.get(f"{url}/subjects", timeout=30).json()
+    deadline = time.monotonic() + 90  # the journal replay may still be catching up
+    while True:
+        versions = httpx.get(f"{url}/subjects/{subject}/versions", timeout=30)
+        if versions.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert versions.status_code == 200, versions.text
+    assert versions.json() == [1]
+    latest = httpx.get(f"{url}/subjects/{subject}/versions/latest", timeout=30).json()
+    assert json.loads(latest["schema"])["name"] == "Kept"
