@@ -929,16 +929,7 @@ class _Executor:
     def _erp_update_customer(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
-        field = plan_party_field(rng, System.ERP, op.dirty)
-        found = self._pick_customer(cur, System.ERP, rng.random())
-        if found is None:
-            raise _NoTargetRowError
-        key, current = found
-        new = dirty.party_changes(rng, field, current, op.dirty)
-        changes.updated(
-            "res_partner",
-            _update(cur, "res_partner", key, {_ERP_PARTY_COLUMNS[f]: v for f, v in new.items()}),
-        )
+        self._update_party(cur, op, rng, changes, System.ERP, "res_partner", _ERP_PARTY_COLUMNS)
 
     def _erp_price_change(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
@@ -1194,16 +1185,26 @@ class _Executor:
     def _crm_update_account(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
-        field = plan_party_field(rng, System.CRM, op.dirty)
-        found = self._pick_customer(cur, System.CRM, rng.random())
+        self._update_party(cur, op, rng, changes, System.CRM, "accounts", _CRM_ACCOUNT_COLUMNS)
+
+    def _update_party(
+        self,
+        cur: _Cursor,
+        op: Operation,
+        rng: random.Random,
+        changes: _Changes,
+        system: System,
+        table: str,
+        columns: Mapping[str, str],
+    ) -> None:
+        """Change one field of a customer (ERP partner or CRM account), maybe dirty."""
+        field = plan_party_field(rng, system, op.dirty)
+        found = self._pick_customer(cur, system, rng.random())
         if found is None:
             raise _NoTargetRowError
         key, current = found
         new = dirty.party_changes(rng, field, current, op.dirty)
-        changes.updated(
-            "accounts",
-            _update(cur, "accounts", key, {_CRM_ACCOUNT_COLUMNS[f]: v for f, v in new.items()}),
-        )
+        changes.updated(table, _update(cur, table, key, {columns[f]: v for f, v in new.items()}))
 
     def _crm_new_contact(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
