@@ -41,21 +41,43 @@ def begin_snapshot(conn: psycopg.Connection[tuple[object, ...]], snapshot_name: 
     conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
 
 
+def commit_times_available(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether the server records commit times (``track_commit_timestamp``)."""
+    row = conn.execute("select current_setting('track_commit_timestamp') = 'on'").fetchone()
+    return bool(row and row[0])
+
+
 def read_table(
-    conn: psycopg.Connection[tuple[object, ...]], table: CapturedTable, batch_rows: int
-) -> Iterator[dict[str, object]]:
-    """Yield every row of ``table`` as ``{column: python value}``, ``batch_rows`` at a time.
+    conn: psycopg.Connection[tuple[object, ...]],
+    table: CapturedTable,
+    batch_rows: int,
+    *,
+    commit_times: bool = False,
+) -> Iterator[tuple[dict[str, object], int | None]]:
+    """Yield every row of ``table`` as ``({column: python value}, commit ms)``.
+
+    Rows are read ``batch_rows`` at a time. With ``commit_times`` (the server tracks
+    them, see :func:`commit_times_available`), the second item is the commit time of
+    the transaction that wrote the row version (ms since the epoch; None when too old
+    to be known): a snapshot row's ``source.ts_ms``, so a last-writer-wins consumer
+    compares the row's real write time, not the moment the snapshot read it.
 
     Must run inside :func:`begin_snapshot`'s transaction.
     """
     columns = table.shape.columns
     converters = [converter_for(oid) for oid in table.type_oids]
     names = [c.name for c in columns]
+    selected: list[sql.Composable] = [sql.Identifier(n) for n in names]
+    if commit_times:
+        selected.append(
+            sql.SQL("(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint::text")
+        )
     query = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(sql.Identifier(n) for n in names),
+        sql.SQL(", ").join(selected),
         sql.Identifier(table.shape.schema, table.shape.table),
     )
     cursor_name = f"erpcrm_snapshot_{table.shape.table}"
+    width = len(names)
     with conn.cursor(name=cursor_name) as cursor:
         # Keep every value in its text output form (what pgoutput sends), not psycopg's
         # Python types: casting to ::text is not the same (bool::text is 'true', not 't').
@@ -68,7 +90,9 @@ def read_table(
             if not batch:
                 return
             for row in batch:
-                yield {
+                values = {
                     name: None if value is None else convert(str(value))
-                    for name, convert, value in zip(names, converters, row, strict=True)
+                    for name, convert, value in zip(names, converters, row[:width], strict=True)
                 }
+                commit = row[width] if commit_times and row[width] is not None else None
+                yield values, int(str(commit)) if commit is not None else None

@@ -304,22 +304,31 @@ class CaptureWorker:
         token = tracker.begin(0)
         with psycopg.connect(dsn, application_name="erpcrm-snapshot") as conn:
             snapshot.begin_snapshot(conn, snapshot_name)
+            commit_times = snapshot.commit_times_available(conn)
             for index, table in enumerate(tables):
                 estimate = snapshot.count_rows(conn, table.captured)
                 log.info("snapshot %s: reading ~%d rows", table.captured.qualified, estimate)
                 rows = self._m.snapshot_rows.labels(self._system, table.shape.table)
                 last_table = index == len(tables) - 1
-                pending: dict[str, object] | None = None
-                for row in snapshot.read_table(conn, table.captured, self._s.snapshot_batch_rows):
+                pending: tuple[dict[str, object], int | None] | None = None
+                for read in snapshot.read_table(
+                    conn, table.captured, self._s.snapshot_batch_rows, commit_times=commit_times
+                ):
                     if pending is not None:
-                        self._emit_read(table, pending, at, ts_ms, token, tracker, last=False)
+                        row, written_ms = pending
+                        self._emit_read(
+                            table, row, at, written_ms or ts_ms, token, tracker, last=False
+                        )
                         rows.inc()
                         total += 1
-                    pending = row
+                    pending = read
                     if self._stop.is_set():
                         raise RetriableError("stopped during the snapshot; it restarts next time")
                 if pending is not None:
-                    self._emit_read(table, pending, at, ts_ms, token, tracker, last=last_table)
+                    row, written_ms = pending
+                    self._emit_read(
+                        table, row, at, written_ms or ts_ms, token, tracker, last=last_table
+                    )
                     rows.inc()
                     total += 1
                 remaining.dec()

@@ -212,9 +212,33 @@ def streams() -> None:
     worker.run()
 
 
+@app.command("sink")
+def sink(
+    target: Annotated[SystemName, typer.Option(help="Database written to.")],
+    dsn: Annotated[
+        str | None,
+        typer.Option(help="Sink role DSN (default: the local stack's sink role)."),
+    ] = None,
+) -> None:
+    """Apply the other system's canonical events to one database, exactly once."""
+    from erpcrm.workers import build_sink, serve_metrics, stop_on_signals
+    from sinks.settings import SinkSettings
+
+    if dsn:
+        os.environ["ERPCRM_SINK_DSN"] = dsn
+    _stack_defaults_into_environment(sink_dsn_of=target.value)
+    try:
+        settings = SinkSettings(target=target.literal)
+        worker = build_sink(settings, serve_metrics(settings.metrics_port))
+        stop_on_signals(worker.stop)
+        worker.run()
+    except SyncError as exc:
+        raise _fail(exc) from exc
+
+
 @app.command("run")
 def run_all() -> None:
-    """Run every worker (captures, streams) under one supervisor, restarting crashes."""
+    """Run every worker (captures, streams, sinks) under one supervisor, restarting crashes."""
     from erpcrm.supervisor import DEFAULT_WORKERS, Supervisor
     from erpcrm.workers import stop_on_signals
 
@@ -265,7 +289,9 @@ def bench_streams(
     print(json.dumps(result, indent=2))
 
 
-def _stack_defaults_into_environment(*, capture_dsn_of: str | None = None) -> None:
+def _stack_defaults_into_environment(
+    *, capture_dsn_of: str | None = None, sink_dsn_of: str | None = None
+) -> None:
     """Make the local stack the default for any ``ERPCRM_*`` setting not already set.
 
     Settings read the environment; anything exported there (or in ``ERPCRM_CONFIG``'s
@@ -278,6 +304,8 @@ def _stack_defaults_into_environment(*, capture_dsn_of: str | None = None) -> No
     }
     if capture_dsn_of:
         defaults["ERPCRM_CDC_DSN"] = env[f"{capture_dsn_of.upper()}_CAPTURE_DSN"]
+    if sink_dsn_of:
+        defaults["ERPCRM_SINK_DSN"] = env[f"{sink_dsn_of.upper()}_SINK_DSN"]
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 

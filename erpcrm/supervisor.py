@@ -48,6 +48,8 @@ DEFAULT_WORKERS = (
     WorkerSpec("cdc-erp", ("cdc", "--system", "erp")),
     WorkerSpec("cdc-crm", ("cdc", "--system", "crm")),
     WorkerSpec("streams", ("streams",)),
+    WorkerSpec("sink-crm", ("sink", "--target", "crm")),
+    WorkerSpec("sink-erp", ("sink", "--target", "erp")),
 )
 
 

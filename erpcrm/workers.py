@@ -20,6 +20,8 @@ from cdc.streaming import CaptureWorker
 from schemas.serde import AvroSerde, RegistryClient
 
 if TYPE_CHECKING:
+    from sinks.runner import SinkRunner
+    from sinks.settings import SinkSettings
     from streams.app import StreamsApp
     from streams.settings import StreamsSettings
 
@@ -64,3 +66,44 @@ def build_streams(settings: StreamsSettings, registry: CollectorRegistry) -> Str
 
     client = RegistryClient(settings.registry.url)
     return build(settings, serde=AvroSerde(client), registry=registry)
+
+
+def build_sink(settings: SinkSettings, registry: CollectorRegistry) -> SinkRunner:
+    """A sink worker for ``settings.target`` with metrics in ``registry``."""
+    from schemas.mapping import load_mappings, ownership
+    from schemas.topics import CANONICAL_TOPICS
+    from sinks.metrics import SinkMetrics
+    from sinks.postgres import PostgresUpsertSink
+    from sinks.runner import SinkRunner
+    from sinks.targets import build_tables
+
+    flows = load_mappings()
+    tables = {
+        t.entity: t for t in build_tables(flows).values() if t.direction.target == settings.target
+    }
+    sink = PostgresUpsertSink(
+        target=settings.target,
+        dsn=settings.dsn.get_secret_value(),
+        tables=tables,
+        ownership={entity: ownership(flows, entity) for entity in tables},
+        topics=CANONICAL_TOPICS,
+        provided={
+            entity: frozenset(
+                fm.target
+                for flow in flows.values()
+                if flow.system == settings.source and flow.target == entity
+                for fm in flow.fields
+            )
+            for entity in tables
+            # Only where both systems map the entity; one-way flows (stock, invoices)
+            # write everything they compute.
+            if any(f.system == settings.target and f.target == entity for f in flows.values())
+        },
+        origin=settings.origin,
+        schema=settings.sync_schema,
+        announce=settings.announce,
+    )
+    client = RegistryClient(settings.registry.url)
+    return SinkRunner(
+        settings, sink, AvroSerde(client), SinkMetrics.create(registry), CANONICAL_TOPICS
+    )

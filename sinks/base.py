@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from schemas.errors import SyncError
 from sinks.batch import SinkBatch, SinkEvent, TopicPartition
 from sinks.state import Conflict
 
@@ -61,6 +62,15 @@ class WriteResult:
         rejected: events not written because the target does not take them.
         conflicts: the conflicts resolved.
         offsets: the positions stored with the batch.
+        skipped: events this target does not take (the other direction's, entities
+            or states it does not map); nothing recorded.
+        unknown: deletes of records the target does not have, and updates of
+            update-only rows that are not there; recorded as applied.
+        deferred: events referring to rows the target does not have yet; not
+            recorded, and the stored offsets stay at or below them.
+        dead: events the target refuses, with the error; queued as dead letters in
+            the same transaction.
+        created: ``(entity, target primary key)`` of the rows inserted.
     """
 
     applied: tuple[SinkEvent, ...] = ()
@@ -70,6 +80,11 @@ class WriteResult:
     rejected: tuple[SinkEvent, ...] = ()
     conflicts: tuple[Conflict, ...] = ()
     offsets: Mapping[TopicPartition, int] = field(default_factory=dict)
+    skipped: tuple[SinkEvent, ...] = ()
+    unknown: tuple[SinkEvent, ...] = ()
+    deferred: tuple[SinkEvent, ...] = ()
+    dead: tuple[tuple[SinkEvent, SyncError], ...] = ()
+    created: tuple[tuple[str, str], ...] = ()
 
 
 class Sink(abc.ABC):

@@ -23,7 +23,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Collapsed", "EntityKey", "SinkBatch", "SinkEvent", "TopicPartition"]
+__all__ = [
+    "Collapsed",
+    "EntityKey",
+    "SinkBatch",
+    "SinkEvent",
+    "TopicPartition",
+    "safe_offsets",
+]
 
 EntityKey = tuple[str, str]
 """``(entity, key)``: the unit of ordering, versioning and sync state."""
@@ -42,6 +49,7 @@ class SinkEvent:
         entity: the canonical entity.
         key: the message key, ``<source system>:<entity id in that system>``.
         record: the decoded Avro datum (metadata, ids and business fields).
+        raw_key, raw_value: the message bytes as read (what a dead letter carries).
     """
 
     topic: str
@@ -50,6 +58,8 @@ class SinkEvent:
     entity: str
     key: str
     record: Mapping[str, Any]
+    raw_key: bytes | None = None
+    raw_value: bytes | None = None
 
     @property
     def entity_key(self) -> EntityKey:
@@ -112,6 +122,14 @@ class SinkBatch:
         self._next[position] = max(self._next.get(position, 0), event.offset + 1)
         self._count += 1
 
+    def advance(self, topic: str, partition: int, offset: int) -> None:
+        """Move a partition's position past a message that is not an event.
+
+        For a tombstone, or a message dead-lettered before the batch.
+        """
+        position = (topic, partition)
+        self._next[position] = max(self._next.get(position, 0), offset + 1)
+
     def __len__(self) -> int:
         return self._count
 
@@ -153,3 +171,20 @@ class SinkBatch:
         superseded = [e for events in self._by_key.values() for e in events if id(e) not in winners]
         superseded.sort(key=lambda e: (e.topic, e.partition, e.offset))
         return Collapsed(latest=tuple(latest), superseded=tuple(superseded))
+
+
+def safe_offsets(
+    next_offsets: Mapping[TopicPartition, int], held: Iterable[SinkEvent]
+) -> dict[TopicPartition, int]:
+    """The positions that may be stored while ``held`` events are not applied yet.
+
+    Per partition, the batch's next offset, but never past a held event: a restart then
+    reads the held events again (and skips, by version, whatever after them was
+    applied).
+    """
+    result = dict(next_offsets)
+    for event in held:
+        position = (event.topic, event.partition)
+        if position in result:
+            result[position] = min(result[position], event.offset)
+    return result

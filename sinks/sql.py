@@ -18,7 +18,12 @@ The sync-state schema (default ``erpcrm_sync``, owned by ``erpcrm_sink``):
 - ``offsets(topic, partition, next_offset)``: the consumer position committed in the
   same transaction as the rows it covers;
 - ``conflicts(id, entity, entity_key, field, erp_value, crm_value, winner, reason,
-  at)``: the conflict audit trail.
+  at)``: the conflict audit trail;
+- ``announce(entity, entity_key, pk)``: rows the sink created and has still to announce
+  (an outbox, written in the batch's transaction; see :mod:`sinks.postgres`);
+- ``dead_letters(id, topic, partition, offset, key, value, headers)``: events the
+  target refused, written in the batch's transaction and then published to
+  ``dlq.sinks.<target>`` (an outbox: a crash between the two loses no dead letter).
 """
 
 from __future__ import annotations
@@ -32,13 +37,22 @@ from psycopg import sql
 
 __all__ = [
     "PG_TYPES",
+    "PRIVILEGES",
     "SYNC_SCHEMA",
     "Column",
     "Table",
+    "announce_done",
+    "announce_insert",
+    "announce_select",
     "applied_upsert",
     "conflicts_insert",
     "create_sync_schema",
+    "dead_letter_delete",
+    "dead_letter_insert",
+    "dead_letter_select",
+    "default_sequences",
     "delete_rows",
+    "grant_sequence",
     "grant_table",
     "insert_children",
     "offsets_select",
@@ -49,6 +63,8 @@ __all__ = [
     "select_applied",
     "select_current",
     "soft_delete_rows",
+    "touch_children",
+    "touch_rows",
     "update_rows",
     "upsert_rows",
 ]
@@ -145,7 +161,114 @@ def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
         sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (entity, entity_key)").format(
             sql.Identifier("conflicts_entity_key_idx"), sql.Identifier(schema, "conflicts")
         ),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "entity text NOT NULL, entity_key text NOT NULL, pk text NOT NULL, "
+            "at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (entity, entity_key))"
+        ).format(sql.Identifier(schema, "announce")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, topic text NOT NULL, "
+            '"partition" integer NOT NULL, "offset" bigint NOT NULL, key bytea, value bytea, '
+            "headers jsonb NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+        ).format(sql.Identifier(schema, "dead_letters")),
     ]
+
+
+def announce_insert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Queue created rows for announcement. Parameters: lists ``entity, entity_key, pk``."""
+    cols = [Column("entity", "text"), Column("entity_key", "text"), Column("pk", "text")]
+    return sql.SQL(
+        "INSERT INTO {} (entity, entity_key, pk) SELECT u.entity, u.entity_key, u.pk FROM {} "
+        "ON CONFLICT (entity, entity_key) DO UPDATE SET pk = EXCLUDED.pk"
+    ).format(sql.Identifier(schema, "announce"), _unnest(cols))
+
+
+def announce_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """The queued announcements, oldest first, locked. Parameter: a limit.
+
+    Rows: ``entity, entity_key, pk``.
+    """
+    return sql.SQL(
+        "SELECT entity, entity_key, pk FROM {} ORDER BY at LIMIT %s FOR UPDATE SKIP LOCKED"
+    ).format(sql.Identifier(schema, "announce"))
+
+
+def announce_done(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
+    """Dequeue announcements and move their keys' ``applied_at`` to now.
+
+    The touch that announces a row sets its modification time, so the key's sync time
+    moves with it (a later event must not see the touch as a local edit). Both take
+    two parameters: lists ``entity, entity_key``.
+    """
+    keys = _unnest([Column("entity", "text"), Column("entity_key", "text")])
+    return [
+        sql.SQL(
+            "UPDATE {} AS t SET applied_at = now() FROM {} "
+            "WHERE t.entity = u.entity AND t.entity_key = u.entity_key"
+        ).format(sql.Identifier(schema, "applied"), keys),
+        sql.SQL(
+            "DELETE FROM {} AS t USING {} WHERE t.entity = u.entity AND t.entity_key = u.entity_key"
+        ).format(sql.Identifier(schema, "announce"), keys),
+    ]
+
+
+def touch_rows(table: Table, key: Column, modified: str) -> sql.Composed:
+    """Set rows' modification time to now (an update the capture publishes).
+
+    Parameter: one list of keys.
+    """
+    return sql.SQL("UPDATE {} SET {} = now() WHERE {} = ANY({}::{}[])").format(
+        table.ident,
+        sql.Identifier(modified),
+        sql.Identifier(key.name),
+        sql.Placeholder(),
+        _type(key.pg_type),
+    )
+
+
+def touch_children(table: Table, parent: Column) -> sql.Composed:
+    """Rewrite child rows unchanged (their new versions are published with the parent).
+
+    Parameter: one list of parent keys.
+    """
+    return sql.SQL("UPDATE {} SET {} = {} WHERE {} = ANY({}::{}[])").format(
+        table.ident,
+        sql.Identifier(parent.name),
+        sql.Identifier(parent.name),
+        sql.Identifier(parent.name),
+        sql.Placeholder(),
+        _type(parent.pg_type),
+    )
+
+
+def dead_letter_insert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Queue one dead letter.
+
+    Parameters: ``topic, partition, offset, key, value, headers`` (headers as a JSON
+    object of text values).
+    """
+    return sql.SQL(
+        'INSERT INTO {} (topic, "partition", "offset", key, value, headers) '
+        "VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
+    ).format(sql.Identifier(schema, "dead_letters"))
+
+
+def dead_letter_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Queued dead letters, oldest first. Parameter: a limit.
+
+    Rows: ``id, topic, partition, offset, key, value, headers``.
+    """
+    return sql.SQL(
+        'SELECT id, topic, "partition", "offset", key, value, headers FROM {} ORDER BY id LIMIT %s'
+    ).format(sql.Identifier(schema, "dead_letters"))
+
+
+def dead_letter_delete(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Dequeue published dead letters. Parameter: a list of ids."""
+    return sql.SQL("DELETE FROM {} WHERE id = ANY(%s::bigint[])").format(
+        sql.Identifier(schema, "dead_letters")
+    )
 
 
 def select_applied(schema: str = SYNC_SCHEMA) -> sql.Composed:
@@ -256,20 +379,55 @@ def origin_xact_setup() -> sql.Composed:
 # ------------------------------------------------------------------------ target rows
 
 
-def grant_table(table: Table, role: str) -> sql.Composed:
-    """Give the sink role what it needs on one mapped table (run by an owner)."""
-    return sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-        table.ident, sql.Identifier(role)
+PRIVILEGES: Final = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def grant_table(table: Table, role: str, privileges: Sequence[str] = PRIVILEGES) -> sql.Composed:
+    """Give the sink role ``privileges`` on one mapped table (run by an owner)."""
+    unknown = set(privileges) - set(PRIVILEGES)
+    if unknown or not privileges:
+        raise ValueError(f"privileges must be some of {PRIVILEGES}, got {privileges}")
+    ordered = [p for p in PRIVILEGES if p in privileges]
+    return sql.SQL("GRANT {} ON {} TO {}").format(
+        sql.SQL(", ").join(sql.SQL(p) for p in ordered), table.ident, sql.Identifier(role)
+    )
+
+
+def grant_sequence(schema: str, name: str, role: str) -> sql.Composed:
+    """Let the role draw numbers from a sequence a written column defaults to."""
+    return sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+        sql.Identifier(schema, name), sql.Identifier(role)
+    )
+
+
+def default_sequences() -> sql.SQL:
+    """Sequences that column defaults of a table draw from (``nextval``).
+
+    Parameter: the table as ``schema.name`` text. Rows: ``schema, sequence``.
+    """
+    return sql.SQL(
+        "SELECT DISTINCT n.nspname, s.relname FROM pg_attrdef AS ad "
+        "JOIN pg_depend AS d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+        "AND d.refclassid = 'pg_class'::regclass "
+        "JOIN pg_class AS s ON s.oid = d.refobjid AND s.relkind = 'S' "
+        "JOIN pg_namespace AS n ON n.oid = s.relnamespace "
+        "WHERE ad.adrelid = %s::regclass"
     )
 
 
 def select_current(
-    table: Table, columns: Sequence[str], key: Column, *, predicate: str | None = None
+    table: Table,
+    columns: Sequence[str],
+    key: Column,
+    *,
+    predicate: str | None = None,
+    lock: bool = True,
 ) -> sql.Composed:
     """Current rows by key, locked (``FOR UPDATE``) against concurrent local edits.
 
     Parameter: one list of keys. ``predicate`` names a boolean column that must be false
-    (``deleted``), for lookups through a partial unique index.
+    (``deleted``), for lookups through a partial unique index. ``lock=False`` reads
+    without locking (references to other rows).
     """
     query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY({}::{}[])").format(
         _idents(columns),
@@ -280,7 +438,7 @@ def select_current(
     )
     if predicate is not None:
         query = sql.SQL("{} AND NOT {}").format(query, sql.Identifier(predicate))
-    return sql.SQL("{} FOR UPDATE").format(query)
+    return sql.SQL("{} FOR UPDATE").format(query) if lock else query
 
 
 def upsert_rows(
@@ -390,12 +548,20 @@ def delete_rows(table: Table, key: Column) -> sql.Composed:
     )
 
 
-def insert_children(table: Table, columns: Sequence[Column]) -> sql.Composed:
-    """Plain multi-row insert (order lines after :func:`delete_rows` on the parent key)."""
+def insert_children(
+    table: Table, columns: Sequence[Column], *, returning: Sequence[str] = ()
+) -> sql.Composed:
+    """Plain multi-row insert, optionally ``RETURNING`` columns (generated ids, numbers).
+
+    For new rows, and for order lines after :func:`delete_rows` on the parent key.
+    """
     names = [c.name for c in columns]
-    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+    query = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
         table.ident,
         _idents(names),
         sql.SQL(", ").join(sql.Identifier("u", n) for n in names),
         _unnest(columns),
     )
+    if returning:
+        query = sql.SQL("{} RETURNING {}").format(query, _idents(returning))
+    return query

@@ -244,7 +244,8 @@ def resolve(
         theirs = incoming.get(name)
         ours = current.values.get(name)
         owner = ownership.get(name, Owner(source))
-        differs = both and not _same(ours, theirs)
+        # Filling a field the target never had is no conflict on a first sync.
+        differs = both and not _same(ours, theirs) and not (stored is None and ours is None)
         if owner is Owner.SHARED:
             if not differs:
                 writes[name] = theirs

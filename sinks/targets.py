@@ -43,10 +43,13 @@ from sinks.sql import Column, Table
 
 __all__ = [
     "ID_NAMESPACE",
+    "KEY",
     "ColumnMap",
     "DeleteMode",
     "Direction",
     "LinesTable",
+    "Locator",
+    "Reference",
     "TargetTable",
     "build_tables",
     "deterministic_id",
@@ -98,6 +101,59 @@ class DeleteMode(StrEnum):
 
 
 Compute = Callable[[Mapping[str, Any]], Any]
+
+KEY: Final = "_key"
+"""The record entry under which the runner passes the event's key (``erp:17``) to
+computed columns (:func:`deterministic_id` of a row the sink creates)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Locator:
+    """One way to find an event's row in the target: ``column = value(record)``.
+
+    Attributes:
+        column: the target column looked up (unique, or unique among live rows).
+        pg_type: its type.
+        value: the value to look for, from the canonical record; None: not applicable.
+        dead: a boolean column marking dead rows (``deleted``), which are not matched.
+    """
+
+    column: str
+    pg_type: str
+    value: Compute
+    dead: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A field holding another row's id in the target, filled from the target if missing.
+
+    The streams stage fills crosswalk ids it knows; a link made by a sink (a partner
+    the ERP sink created for a CRM account) is known first in the target itself. For
+    every record (or order line, ``lines=True``) whose ``field`` is null, the sink looks
+    the row up with the locators in order, inside the batch's transaction.
+
+    Attributes:
+        field: the canonical field to fill (``customer_erp_id``).
+        schema, table: where the referenced rows are.
+        column: the id column whose value fills ``field``.
+        pg_type: its type.
+        by: how to find the row, strongest first.
+        lines: the field is in each item of the record's lines, not the record.
+    """
+
+    field: str
+    schema: str
+    table: str
+    column: str
+    pg_type: str
+    by: tuple[Locator, ...]
+    lines: bool = False
+
+    @property
+    def ref(self) -> Table:
+        """The referenced table, for :mod:`sinks.sql`."""
+        return Table(self.schema, self.table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +268,38 @@ class TargetTable:
     lines: LinesTable | None = None
     generated: frozenset[str] = field(default_factory=frozenset)
     """Columns the target fills itself (sequences): read back, never written."""
+    pk: str = "id"
+    """The row's identity column: updates and deletes address rows by it."""
+    pk_type: str = "uuid"
+    locate: tuple[Locator, ...] = ()
+    """How the row of an event is found, strongest first (default: ``key``)."""
+    refs: tuple[Reference, ...] = ()
+    """Reference fields filled from the target when the event lacks them."""
+    announce: bool = False
+    """A row the sink creates is announced: touched once, without the sink's replication
+    origin, so its capture publishes it and the ids the target gave it (customer number,
+    order name, CRM id) reach the other system and the crosswalk."""
+
+    @property
+    def pk_column(self) -> Column:
+        """The identity column with its type."""
+        return Column(self.pk, self.pk_type)
+
+    @property
+    def locators(self) -> tuple[Locator, ...]:
+        """``locate``, or the key column alone."""
+        if self.locate:
+            return self.locate
+        key = self.key_column
+        return (Locator(key.name, key.pg_type, _getter(self.key_field)),)
+
+    def written_columns(self, *, insert: bool) -> tuple[ColumnMap, ...]:
+        """The columns an insert (every mapped one) or an update (not ``pk``) writes."""
+        return tuple(
+            c
+            for c in self.columns
+            if c.column not in self.generated and (insert or c.column != self.pk)
+        )
 
     @property
     def ref(self) -> Table:
@@ -247,17 +335,28 @@ class TargetTable:
         return self.accept is None or bool(self.accept(record))
 
 
+def _getter(name: str) -> Compute:
+    def get(record: Mapping[str, Any]) -> Any:
+        return record.get(name)
+
+    return get
+
+
 def deterministic_id(entity: str, key: str) -> str:
     """The UUID a CRM row created for ``(entity, key)`` gets: replays create no twin."""
     return str(uuid.uuid5(ID_NAMESPACE, f"{entity}|{key}"))
 
 
-def to_row(table: TargetTable, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The target row (column -> value) for a canonical record.
+def to_row(
+    table: TargetTable, record: Mapping[str, Any], *, key: str | None = None
+) -> dict[str, Any]:
+    """The target row (column -> value) for a canonical record with message key ``key``.
 
     Raises:
         ValidationError: a required value is missing or has no target value.
     """
+    if key is not None:
+        record = {**record, KEY: key}
     return {c.column: c.value(record) for c in table.columns}
 
 
@@ -381,6 +480,42 @@ def _invoice_status(record: Mapping[str, Any]) -> str:
     return _INVOICE_STATUS.get(str(record.get("payment_state")), "Unpaid")
 
 
+def _own_id(entity: str) -> Compute:
+    """The CRM id of an event's row: the crosswalk's, else the one a sink would create."""
+
+    def value(record: Mapping[str, Any]) -> Any:
+        return record.get("crm_id") or deterministic_id(entity, str(record[KEY]))
+
+    return value
+
+
+def _created_id(entity: str) -> Compute:
+    """The id a CRM row created by the sink for this event gets (crosswalk id or not)."""
+
+    def value(record: Mapping[str, Any]) -> Any:
+        return deterministic_id(entity, str(record[KEY]))
+
+    return value
+
+
+def _erp_key_id(entity: str, field_name: str) -> Compute:
+    """The CRM id a sink created for the ERP record whose id is in ``field_name``."""
+
+    def value(record: Mapping[str, Any]) -> Any:
+        erp_id = record.get(field_name)
+        return deterministic_id(entity, f"erp:{erp_id}") if erp_id is not None else None
+
+    return value
+
+
+def _as_int(field_name: str) -> Compute:
+    def value(record: Mapping[str, Any]) -> Any:
+        raw = record.get(field_name)
+        return int(raw) if raw is not None and str(raw).isdigit() else None
+
+    return value
+
+
 def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], TargetTable]:
     """Every target table, by ``(direction, entity)``; from :func:`load_mappings` flows.
 
@@ -388,7 +523,16 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
         ConfigError: a flow the tables are derived from is missing.
     """
     e2c, c2e = Direction.ERP_TO_CRM, Direction.CRM_TO_ERP
-    crm_id = ColumnMap("id", "uuid", field="crm_id", required=True)
+
+    def crm_id(entity: str) -> ColumnMap:
+        return ColumnMap("id", "uuid", field="crm_id", compute=_own_id(entity), required=True)
+
+    def by_crm_id(entity: str) -> tuple[Locator, ...]:
+        return (
+            Locator("id", "uuid", _getter("crm_id")),
+            Locator("id", "uuid", _created_id(entity)),
+        )
+
     tables = [
         TargetTable(
             e2c,
@@ -399,12 +543,17 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             key_field="crm_id",
             conflict=("id",),
             columns=(
-                crm_id,
+                crm_id("customer"),
                 *_from_fields(_flow(flows, "crm", "accounts", "customer").fields),
             ),
             match=("account_number", "customer_number"),
             live="deleted",
             modified="date_modified",
+            locate=(
+                *by_crm_id("customer"),
+                Locator("account_number", "text", _getter("customer_number"), dead="deleted"),
+            ),
+            announce=True,
         ),
         TargetTable(
             e2c,
@@ -415,7 +564,7 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             key_field="crm_id",
             conflict=("id",),
             columns=(
-                crm_id,
+                crm_id("product"),
                 *_from_fields(
                     _flow(flows, "crm", "aos_products", "product").fields,
                     extra={
@@ -428,6 +577,8 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             ),
             match=("part_number", "sku"),
             modified="date_modified",
+            locate=(*by_crm_id("product"), Locator("part_number", "text", _getter("sku"))),
+            announce=True,
         ),
         TargetTable(
             e2c,
@@ -446,6 +597,20 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
                 ColumnMap("updated_at", "timestamptz", compute=_ms_to_time),
             ),
             delete=DeleteMode.HARD,
+            pk="product_id",
+            refs=(
+                Reference(
+                    "crm_id",
+                    "public",
+                    "aos_products",
+                    "id",
+                    "uuid",
+                    by=(
+                        Locator("id", "uuid", _created_id("product")),
+                        Locator("part_number", "text", _getter("sku")),
+                    ),
+                ),
+            ),
         ),
         TargetTable(
             e2c,
@@ -456,7 +621,7 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             key_field="crm_id",
             conflict=("id",),
             columns=(
-                crm_id,
+                ColumnMap("id", "uuid", field="crm_id", required=True),
                 ColumnMap("erp_order_name", "text", field="order_number"),
                 ColumnMap(
                     "erp_order_state",
@@ -481,6 +646,7 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             key_field="invoice_number",
             conflict=("erp_invoice_name",),
             columns=(
+                ColumnMap("id", "uuid", compute=_created_id("invoice")),
                 ColumnMap("erp_invoice_name", "text", field="invoice_number", required=True),
                 ColumnMap("name", "text", compute=lambda r: r.get("invoice_number")),
                 ColumnMap("account_id", "uuid", field="customer_crm_id"),
@@ -494,6 +660,16 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
                 ColumnMap("amount_due", "numeric", field="amount_due", default=0),
             ),
             modified="date_modified",
+            refs=(
+                Reference(
+                    "customer_crm_id",
+                    "public",
+                    "accounts",
+                    "id",
+                    "uuid",
+                    by=(Locator("id", "uuid", _erp_key_id("customer", "customer_erp_id")),),
+                ),
+            ),
         ),
     ]
     partner = _flow(flows, "erp", "res_partner", "customer")
@@ -522,6 +698,14 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             modified="write_date",
             delete_flag=("active", False),
             generated=frozenset({"ref"}),
+            pk="id",
+            pk_type="bigint",
+            locate=(
+                Locator("crm_account_id", "uuid", _getter("crm_id")),
+                Locator("id", "bigint", _as_int("erp_id")),
+                Locator("ref", "text", _getter("customer_number")),
+            ),
+            announce=True,
         ),
         TargetTable(
             c2e,
@@ -550,6 +734,35 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             delete=DeleteMode.IGNORE,
             accept=lambda r: r.get("state") in (None, "confirmed"),
             generated=frozenset({"name"}),
+            pk="id",
+            pk_type="bigint",
+            locate=(
+                Locator("crm_quote_id", "uuid", _getter("crm_id")),
+                Locator("id", "bigint", _as_int("erp_id")),
+            ),
+            refs=(
+                Reference(
+                    "customer_erp_id",
+                    "public",
+                    "res_partner",
+                    "id",
+                    "bigint",
+                    by=(
+                        Locator("crm_account_id", "uuid", _getter("customer_crm_id")),
+                        Locator("ref", "text", _getter("customer_number")),
+                    ),
+                ),
+                Reference(
+                    "product_erp_id",
+                    "public",
+                    "product_product",
+                    "id",
+                    "bigint",
+                    by=(Locator("default_code", "text", _getter("sku")),),
+                    lines=True,
+                ),
+            ),
+            announce=True,
             lines=LinesTable(
                 "public",
                 "sale_order_line",

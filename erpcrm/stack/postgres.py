@@ -6,7 +6,8 @@ TCP only, runs with ``wal_level=logical`` and is created on first start with:
 * the application role ``<system>_app`` owning database ``<system>`` and its demo schema;
 * ``erpcrm_capture``: LOGIN REPLICATION, read-only on the application tables;
 * ``erpcrm_sink``: LOGIN, owner of the ``erpcrm_sync`` schema, allowed to use replication
-  origins; table write grants are given per mapped table by the sink stage.
+  origins, and granted exactly what the sink mappings need on the demo tables
+  (:mod:`sinks.grants`, re-applied on every start).
 
 All roles authenticate with SCRAM passwords generated into ``.local/secrets``.
 """
@@ -188,9 +189,32 @@ class PostgresCluster:
         return True
 
     def after_ready(self) -> None:
-        """On a new cluster: roles, database, demo schema, grants. Idempotent."""
+        """On a new cluster: roles, database, demo schema; always: the sink's grants.
+
+        Idempotent. The sink's grants are re-applied on every start, so a mapping that
+        adds a table takes effect with the next ``stack up``.
+        """
         if not self._bootstrapped():
             self._bootstrap()
+        self._grant_sink()
+
+    def _grant_sink(self) -> None:
+        """Least privilege for ``erpcrm_sink`` on the tables its mappings write here."""
+        from schemas.mapping import load_mappings
+        from sinks.grants import grant_statements, inserted_tables
+        from sinks.sql import default_sequences, grant_sequence
+        from sinks.targets import build_tables
+
+        tables = [
+            t for t in build_tables(load_mappings()).values() if t.direction.target == self.system
+        ]
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            for statement in grant_statements(tables, SINK_ROLE):
+                conn.execute(statement)
+            for table in inserted_tables(tables):
+                rows = conn.execute(default_sequences(), (f"{table.schema}.{table.name}",))
+                for schema, sequence in rows.fetchall():
+                    conn.execute(grant_sequence(schema, sequence, SINK_ROLE))
 
     def stop(self) -> None:
         """Fast shutdown (rolls back open transactions, flushes WAL); waits for it."""

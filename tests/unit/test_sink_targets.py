@@ -82,8 +82,10 @@ def test_invoice_status() -> None:
             payment_state="paid",
             invoice_date=date(2024, 1, 2),
         ),
+        key="erp:7",
     )
     assert row["status"] == "Paid"
+    assert row["id"] == deterministic_id("invoice", "erp:7")
     assert row["erp_invoice_name"] == "INV/1"
     assert row["subtotal_amount"] == 0
 

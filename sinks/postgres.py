@@ -1,0 +1,802 @@
+"""PostgresUpsertSink: apply batches of canonical events to one target database.
+
+The I/O half of :mod:`sinks.base`; every decision is made by the pure modules
+(:mod:`sinks.state`, :mod:`sinks.targets`, :mod:`sinks.batch`) and every statement is
+built by :mod:`sinks.sql`. One :meth:`PostgresUpsertSink.write` is one database
+transaction, in the order of :mod:`sinks.base`:
+
+1. the batch collapses to the latest version per entity key;
+2. the session carries the replication origin (set once per connection, so every
+   transaction of the sink is tagged and its target's capture drops it: no echo);
+3. per entity (customers and products before the orders and stock that refer to
+   them), the keys' sync state is locked and each event is applied, skipped as stale,
+   or skipped as a no-op;
+4. missing references are filled from the target (an order's customer, a line's
+   product, stock's product), the target rows are located and locked, strongest
+   locator first (the crosswalk id, the id the sink gives rows it creates, then the
+   business key: customer number, SKU), and conflicts are resolved per field;
+5. rows are updated or inserted with one multi-row statement each, order lines
+   replaced, deletes applied as the table's mode says; the conflicts are audited;
+6. the versions are recorded; 7. the offsets are stored; 8. COMMIT.
+
+Events the target cannot take yet (a reference not there) are *deferred*: not recorded,
+and the stored offset of their partition stays at or below them. Events the target
+refuses (a required value missing, a value with no target equivalent) are queued as
+dead letters in the same transaction (an outbox the runner publishes from).
+
+**Announcing created rows.** The capture drops the sink's own transactions, but a row
+the sink creates holds news for the other side: the ids and numbers the target gave it
+(the ERP's customer number and order name, the CRM's account id). Created rows of
+tables with ``announce`` are queued in the same transaction; :meth:`announce` then
+touches them (modification time) in a second session *without* the origin, so the
+capture publishes them once, the streams link them in the crosswalk, and the other sink
+writes the numbers back. That write is an update, tagged with the origin, so the
+exchange ends there. The queue survives a crash; an announcement is at-least-once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import psycopg
+from psycopg.rows import dict_row
+
+from schemas.errors import ConfigError, PermanentError, SyncError, ValidationError
+from schemas.mapping import Owner
+from schemas.payload import payload_hash, plain
+from sinks import sql
+from sinks.base import Sink, WriteResult
+from sinks.batch import SinkBatch, SinkEvent, TopicPartition, safe_offsets
+from sinks.classify import wrap
+from sinks.state import Applied, Conflict, Decision, TargetView, decide, resolve
+from sinks.targets import KEY, DeleteMode, Locator, TargetTable, from_row, to_child_rows, to_row
+
+__all__ = ["ENTITY_ORDER", "PostgresUpsertSink", "QueuedDeadLetter"]
+
+log = logging.getLogger(__name__)
+
+ENTITY_ORDER: Final = ("customer", "product", "contact", "inventory", "sales_order", "invoice")
+"""Entities referred to come first, so one batch can create a customer and its order."""
+
+Connect = Callable[..., psycopg.Connection[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedDeadLetter:
+    """A dead letter waiting in the outbox (``erpcrm_sync.dead_letters``)."""
+
+    id: int
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, str]
+
+
+@dataclass(slots=True)
+class _Item:
+    """One event being applied: its record (references filled) and target row."""
+
+    event: SinkEvent
+    record: dict[str, Any]
+    stored: Applied | None
+    digest: str
+    current: dict[str, Any] | None = None
+    pk: Any = None
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    applied: list[SinkEvent] = field(default_factory=list)
+    stale: list[SinkEvent] = field(default_factory=list)
+    noop: list[SinkEvent] = field(default_factory=list)
+    skipped: list[SinkEvent] = field(default_factory=list)
+    unknown: list[SinkEvent] = field(default_factory=list)
+    deferred: list[SinkEvent] = field(default_factory=list)
+    dead: list[tuple[SinkEvent, SyncError]] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    created: list[tuple[str, str]] = field(default_factory=list)
+    recorded: list[tuple[SinkEvent, str]] = field(default_factory=list)
+    announce: list[tuple[SinkEvent, str]] = field(default_factory=list)
+
+
+def _is_id_field(name: str) -> bool:
+    return name in ("erp_id", "crm_id") or name.endswith(("_erp_id", "_crm_id"))
+
+
+def _ms(value: Any) -> int | None:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return None
+
+
+def _param(value: Any, pg_type: str) -> Any:
+    """A locator value as its column's type (ids travel as text on the bus)."""
+    if value is None:
+        return None
+    if pg_type in ("bigint", "integer"):
+        return int(value)
+    return str(value) if pg_type in ("uuid", "text") else value
+
+
+def _text(value: Any) -> str | None:
+    """A conflict value as the audit table stores it."""
+    if value is None:
+        return None
+    if isinstance(value, Decimal | date | datetime):
+        return json.dumps(plain(value))
+    return str(value)
+
+
+def dead_letter_headers(event: SinkEvent, error: SyncError, target: str) -> dict[str, str]:
+    """The headers of a sink dead letter (the same names as the streams stage's)."""
+    return {
+        "erpcrm.error.class": type(error).__name__,
+        "erpcrm.error.message": str(error)[:1000],
+        "erpcrm.error.reason": getattr(error, "reason", None) or type(error).__name__,
+        "erpcrm.stage": f"sinks.{target}",
+        "erpcrm.origin.topic": event.topic,
+        "erpcrm.origin.partition": str(event.partition),
+        "erpcrm.origin.offset": str(event.offset),
+        "erpcrm.entity": event.entity,
+        "erpcrm.entity_key": event.key,
+    }
+
+
+class PostgresUpsertSink(Sink):
+    """Applies canonical events to one PostgreSQL target (see module doc).
+
+    Args:
+        target: ``erp`` or ``crm``: the system written to.
+        dsn: libpq URI of the sink role.
+        tables: the target's tables by canonical entity (:func:`sinks.targets.build_tables`
+            for the sink's direction).
+        ownership: per entity, the owner of each canonical field.
+        provided: per entity, the fields the source system's flows map; a field the
+            source never provides (the CRM's industry, for the ERP) is neither compared
+            nor overwritten on an existing row. An entity not in it: every field.
+        topics: the canonical topics consumed (their stored positions are returned by
+            :meth:`setup`).
+        origin: the replication origin of the sink's sessions.
+        schema: the sync-state schema.
+        announce: announce rows the sink creates.
+        connect: ``psycopg.connect`` (injectable for tests of connection loss).
+    """
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        dsn: str,
+        tables: Mapping[str, TargetTable],
+        ownership: Mapping[str, Mapping[str, Owner]],
+        topics: Sequence[str],
+        provided: Mapping[str, frozenset[str]] | None = None,
+        origin: str = "erpcrm_sink",
+        schema: str = sql.SYNC_SCHEMA,
+        announce: bool = True,
+        connect: Connect = psycopg.connect,
+    ) -> None:
+        self.target = target
+        self._dsn = dsn
+        self._tables = dict(tables)
+        self._ownership = ownership
+        self._provided = provided
+        self._topics = tuple(topics)
+        self._origin = origin
+        self._schema = schema
+        self._announce = announce
+        self._connect = connect
+        self._conn: psycopg.Connection[Any] | None = None
+        self._plain: psycopg.Connection[Any] | None = None
+
+    # ---------------------------------------------------------------- connections
+
+    def _session(self) -> psycopg.Connection[Any]:
+        """The origin-tagged session, (re)connected on demand."""
+        if self._conn is None or self._conn.closed:
+            conn = self._connect(self._dsn, autocommit=True, application_name="erpcrm-sink")
+            try:
+                conn.execute(sql.origin_create(), (self._origin, self._origin))
+                conn.execute(sql.origin_session_setup(), (self._origin,))
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _untagged(self) -> psycopg.Connection[Any]:
+        """A session without the origin (announcements only)."""
+        if self._plain is None or self._plain.closed:
+            self._plain = self._connect(
+                self._dsn, autocommit=True, application_name="erpcrm-sink-announce"
+            )
+        return self._plain
+
+    def _guard(self, action: Callable[[], Any]) -> Any:
+        """Run ``action``; a database failure becomes Retriable/PermanentError.
+
+        A retriable failure drops the connections, so the next call reconnects.
+        """
+        try:
+            return action()
+        except SyncError:
+            raise
+        except (psycopg.Error, OSError) as exc:
+            error = wrap(exc)
+            if not isinstance(error, PermanentError):
+                self.close()
+            raise error from exc
+
+    # ---------------------------------------------------------------------- setup
+
+    def setup(self) -> dict[TopicPartition, int]:
+        """Create the sync schema and origin, check the tables; return stored positions."""
+        return dict(self._guard(self._setup))
+
+    def _setup(self) -> dict[TopicPartition, int]:
+        conn = self._session()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)
+        ).fetchone()
+        statements = sql.create_sync_schema(self._schema)
+        with conn.transaction():
+            # CREATE SCHEMA needs CREATE on the database, even with IF NOT EXISTS: a
+            # schema made by the owner for the sink role is left as it is.
+            for statement in statements[1:] if exists else statements:
+                conn.execute(statement)
+        missing = []
+        for table in self._tables.values():
+            found = conn.execute(
+                "SELECT has_table_privilege(%s, 'SELECT') AND has_table_privilege(%s, 'UPDATE')",
+                (f"{table.schema}.{table.table}",) * 2,
+            ).fetchone()
+            if not found or not found[0]:
+                missing.append(f"{table.schema}.{table.table}")
+        if missing:
+            raise ConfigError(
+                f"the sink role may not read and write {', '.join(missing)}: grant it "
+                "(erpcrm stack up does for the local stack)"
+            )
+        return self._positions()
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """The stored next offset per ``(topic, partition)`` of the consumed topics."""
+        return dict(self._guard(self._positions))
+
+    def _positions(self) -> dict[TopicPartition, int]:
+        conn = self._session()
+        positions: dict[TopicPartition, int] = {}
+        for topic in self._topics:
+            for partition, next_offset in conn.execute(sql.offsets_select(self._schema), (topic,)):
+                positions[(topic, int(partition))] = int(next_offset)
+        return positions
+
+    # ---------------------------------------------------------------------- write
+
+    def write(self, batch: SinkBatch, *, store_offsets: bool = True) -> WriteResult:
+        """Apply ``batch`` in one transaction (module doc); see :meth:`Sink.write`.
+
+        Args:
+            batch: the events.
+            store_offsets: store the batch's positions (False while the runner isolates
+                a failing event in parts of a batch; it stores them at the end).
+        """
+        result: WriteResult = self._guard(lambda: self._write(batch, store_offsets))
+        return result
+
+    def _write(self, batch: SinkBatch, store_offsets: bool) -> WriteResult:
+        collapsed = batch.collapse()
+        out = _Outcome()
+        conn = self._session()
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            by_entity: dict[str, list[SinkEvent]] = {}
+            for event in collapsed.latest:
+                by_entity.setdefault(event.entity, []).append(event)
+            order = sorted(
+                by_entity, key=lambda e: ENTITY_ORDER.index(e) if e in ENTITY_ORDER else 99
+            )
+            for entity in order:
+                self._apply_entity(cur, entity, by_entity[entity], out)
+            if out.conflicts:
+                cur.execute(
+                    sql.conflicts_insert(self._schema), self._conflict_params(out.conflicts)
+                )
+            if out.recorded:
+                cur.execute(
+                    sql.applied_upsert(self._schema),
+                    (
+                        [e.entity for e, _ in out.recorded],
+                        [e.key for e, _ in out.recorded],
+                        [e.version for e, _ in out.recorded],
+                        [d for _, d in out.recorded],
+                    ),
+                )
+            if out.announce and self._announce:
+                cur.execute(
+                    sql.announce_insert(self._schema),
+                    (
+                        [e.entity for e, _ in out.announce],
+                        [e.key for e, _ in out.announce],
+                        [pk for _, pk in out.announce],
+                    ),
+                )
+            for event, error in out.dead:
+                self._queue_dead_letter(cur, event, error)
+            offsets = safe_offsets(batch.next_offsets(), out.deferred) if store_offsets else {}
+            if offsets:
+                self._store_offsets(cur, offsets)
+        return WriteResult(
+            applied=tuple(out.applied),
+            stale=tuple(out.stale),
+            noop=tuple(out.noop),
+            superseded=collapsed.superseded,
+            conflicts=tuple(out.conflicts),
+            offsets=offsets,
+            skipped=tuple(out.skipped),
+            unknown=tuple(out.unknown),
+            deferred=tuple(out.deferred),
+            dead=tuple(out.dead),
+            created=tuple(out.created),
+        )
+
+    def _apply_entity(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        entity: str,
+        events: list[SinkEvent],
+        out: _Outcome,
+    ) -> None:
+        table = self._tables.get(entity)
+        if table is None:
+            out.skipped.extend(events)
+            return
+        taken = [e for e in events if table.accepts(e.record)]
+        out.skipped.extend(e for e in events if not table.accepts(e.record))
+        if not taken:
+            return
+        cur.execute(sql.select_applied(self._schema), (entity, [e.key for e in taken]))
+        stored = {
+            r["entity_key"]: Applied(r["version"], r["payload_hash"], r["applied_at_ms"])
+            for r in cur.fetchall()
+        }
+        items: list[_Item] = []
+        for event in taken:
+            digest = payload_hash(event.record)
+            verdict = decide(stored.get(event.key), event.version, digest)
+            if verdict is Decision.SKIP_STALE:
+                out.stale.append(event)
+            elif verdict is Decision.SKIP_NOOP:
+                out.noop.append(event)
+                out.recorded.append((event, digest))
+            else:
+                record = {**event.record, KEY: event.key}
+                items.append(_Item(event, record, stored.get(event.key), digest))
+        if not items:
+            return
+        items = self._fill_references(cur, table, items, out)
+        self._locate(cur, table, items)
+        deletes = [i for i in items if i.event.op == "delete"]
+        upserts = [i for i in items if i.event.op != "delete"]
+        self._delete(cur, table, deletes, out)
+        self._upsert(cur, table, upserts, out)
+
+    # -- references -------------------------------------------------------------------
+
+    def _fill_references(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        items: list[_Item],
+        out: _Outcome,
+    ) -> list[_Item]:
+        """Fill missing reference ids from the target; defer items still missing one."""
+        for ref in table.refs:
+            holders: list[dict[str, Any]] = []
+            for item in items:
+                if item.event.op == "delete":
+                    continue
+                if ref.lines:
+                    lines = [dict(line) for line in item.record.get("lines") or ()]
+                    item.record["lines"] = lines
+                    holders.extend(line for line in lines if line.get(ref.field) is None)
+                elif item.record.get(ref.field) is None:
+                    holders.append(item.record)
+            for locator in ref.by:
+                pending = [h for h in holders if h.get(ref.field) is None]
+                values = {str(v) for h in pending if (v := _safe(locator, h)) is not None}
+                if not values:
+                    continue
+                rows = self._lookup(cur, ref.ref, [ref.column], locator, values, lock=False)
+                for holder in pending:
+                    value = _safe(locator, holder)
+                    row = rows.get(str(value)) if value is not None else None
+                    if row is not None:
+                        holder[ref.field] = str(row[ref.column])
+        kept: list[_Item] = []
+        for item in items:
+            if item.event.op != "delete" and self._missing_required(table, item.record):
+                out.deferred.append(item.event)
+            else:
+                kept.append(item)
+        return kept
+
+    @staticmethod
+    def _missing_required(table: TargetTable, record: Mapping[str, Any]) -> bool:
+        """Whether a required reference (``*_erp_id`` / ``*_crm_id``) is still null."""
+        for ref in table.refs:
+            required = any(c.required and c.field == ref.field for c in table.columns)
+            if ref.lines and table.lines is not None:
+                required = any(c.required and c.field == ref.field for c in table.lines.columns)
+                if required and any(
+                    line.get(ref.field) is None for line in record.get("lines") or ()
+                ):
+                    return True
+            elif required and record.get(ref.field) is None:
+                return True
+        return False
+
+    def _lookup(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        ref: sql.Table,
+        columns: Sequence[str],
+        locator: Locator,
+        values: Iterable[Any],
+        *,
+        lock: bool,
+    ) -> dict[str, dict[str, Any]]:
+        """Rows of ``ref`` whose ``locator.column`` is one of ``values``, by that value."""
+        names = list(dict.fromkeys([*columns, locator.column]))
+        query = sql.select_current(
+            ref,
+            names,
+            sql.Column(locator.column, locator.pg_type),
+            predicate=locator.dead,
+            lock=lock,
+        )
+        params = [_param(v, locator.pg_type) for v in values]
+        cur.execute(query, (params,))
+        return {str(r[locator.column]): r for r in cur.fetchall()}
+
+    # -- locating ---------------------------------------------------------------------
+
+    def _locate(
+        self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, items: list[_Item]
+    ) -> None:
+        """Find and lock each item's current row, strongest locator first."""
+        columns = [table.pk, *(c.column for c in table.columns), *sorted(table.generated)]
+        if table.modified:
+            columns.append(table.modified)
+        for locator in table.locators:
+            open_items = [i for i in items if i.current is None]
+            values = {str(v) for i in open_items if (v := _safe(locator, i.record)) is not None}
+            if not values:
+                continue
+            rows = self._lookup(cur, table.ref, columns, locator, values, lock=True)
+            for item in open_items:
+                value = _safe(locator, item.record)
+                row = rows.get(str(value)) if value is not None else None
+                if row is not None:
+                    item.current = row
+                    item.pk = row[table.pk]
+
+    # -- deletes ----------------------------------------------------------------------
+
+    def _delete(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        items: list[_Item],
+        out: _Outcome,
+    ) -> None:
+        found = [i for i in items if i.current is not None]
+        for item in items:
+            (out.applied if item.current is not None else out.unknown).append(item.event)
+            out.recorded.append((item.event, item.digest))
+        if not found or table.delete is DeleteMode.IGNORE:
+            return
+        pks = [i.pk for i in found]
+        if table.delete is DeleteMode.HARD:
+            cur.execute(sql.delete_rows(table.ref, table.pk_column), (pks,))
+        else:
+            column, value = table.delete_flag
+            cur.execute(
+                sql.soft_delete_rows(table.ref, table.pk_column, column, value=value), (pks,)
+            )
+
+    # -- upserts ----------------------------------------------------------------------
+
+    def _upsert(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        items: list[_Item],
+        out: _Outcome,
+    ) -> None:
+        ownership = self._ownership.get(table.entity, {})
+        provided = (self._provided or {}).get(table.entity)
+        fields = [
+            f for f in table.fields if not _is_id_field(f) and (provided is None or f in provided)
+        ]
+        unprovided = {
+            f
+            for f in table.fields
+            if provided is not None and f not in provided and not _is_id_field(f)
+        }
+        updates: dict[Any, _Item] = {}
+        inserts: dict[str, _Item] = {}
+        for item in items:
+            try:
+                row = to_row(table, item.record)
+            except ValidationError as exc:
+                out.dead.append((item.event, exc))
+                continue
+            if item.current is None:
+                if table.update_only:
+                    out.unknown.append(item.event)
+                    out.recorded.append((item.event, item.digest))
+                    continue
+                item.row = {c.column: row[c.column] for c in table.written_columns(insert=True)}
+                first = str(item.row[table.locators[0].column])
+                inserts[first] = _latest(inserts.get(first), item, out)
+                continue
+            view = TargetView(
+                from_row(table, item.current), _ms(item.current.get(table.modified or ""))
+            )
+            resolution = resolve(
+                table.entity,
+                item.event.key,
+                item.record,
+                target=table.direction.target,
+                ownership=ownership,
+                fields=fields,
+                current=view,
+                stored=item.stored,
+            )
+            out.conflicts.extend(resolution.conflicts)
+            kept = set(resolution.kept) | unprovided
+            for c in table.columns:
+                if c.field in kept or (
+                    c.field is not None
+                    and _is_id_field(c.field)
+                    and item.record.get(c.field) is None
+                ):
+                    row[c.column] = item.current.get(c.column)
+            item.row = {c.column: row[c.column] for c in table.written_columns(insert=False)}
+            updates[item.pk] = _latest(updates.get(item.pk), item, out)
+        if updates:
+            columns = [sql.Column(c.column, c.pg_type) for c in table.written_columns(insert=False)]
+            rows = list(updates.values())
+            params = [[i.pk for i in rows]] + [
+                [_cell(i.row[c.name]) for i in rows] for c in columns
+            ]
+            cur.execute(sql.update_rows(table.ref, table.pk_column, columns), params)
+            for item in rows:
+                out.applied.append(item.event)
+                out.recorded.append((item.event, item.digest))
+        if inserts:
+            self._insert(cur, table, list(inserts.values()), out)
+        if table.lines is not None:
+            self._insert_lines(cur, table, list(inserts.values()))
+
+    def _insert(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        items: list[_Item],
+        out: _Outcome,
+    ) -> None:
+        columns = [sql.Column(c.column, c.pg_type) for c in table.written_columns(insert=True)]
+        first = table.locators[0].column
+        returning = list(dict.fromkeys([table.pk, first]))
+        params = [[_cell(i.row[c.name]) for i in items] for c in columns]
+        cur.execute(sql.insert_children(table.ref, columns, returning=returning), params)
+        pks = {str(r[first]): r[table.pk] for r in cur.fetchall()}
+        for item in items:
+            item.pk = pks[str(item.row[first])]
+            out.applied.append(item.event)
+            out.recorded.append((item.event, item.digest))
+            out.created.append((table.entity, str(item.pk)))
+            if table.announce:
+                out.announce.append((item.event, str(item.pk)))
+
+    def _insert_lines(
+        self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, items: list[_Item]
+    ) -> None:
+        """Write the lines of orders the sink created.
+
+        Lines are written with the order only: once the order exists, the target owns
+        it (deliveries and invoices refer to its lines), and a later change of the
+        quote updates the order's own fields.
+        """
+        lines = table.lines
+        if lines is None or not items:
+            return
+        children: list[dict[str, Any]] = []
+        for item in items:
+            children.extend(to_child_rows(lines, item.record, item.pk))
+        if children:
+            columns = lines.sql_columns
+            cur.execute(
+                sql.insert_children(lines.ref, columns),
+                [[_cell(row.get(c.name)) for row in children] for c in columns],
+            )
+
+    # -- state ------------------------------------------------------------------------
+
+    def _store_offsets(
+        self, cur: psycopg.Cursor[Any], offsets: Mapping[TopicPartition, int]
+    ) -> None:
+        items = sorted(offsets.items())
+        cur.execute(
+            sql.offsets_upsert(self._schema),
+            ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
+        )
+
+    def store_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Store positions alone (after a batch was applied in parts)."""
+
+        def run() -> None:
+            conn = self._session()
+            with conn.transaction(), conn.cursor() as cur:
+                self._store_offsets(cur, offsets)
+
+        self._guard(run)
+
+    @staticmethod
+    def _conflict_params(conflicts: Sequence[Conflict]) -> list[list[str | None]]:
+        erp_crm = [c.values_by_system() for c in conflicts]
+        return [
+            [c.entity for c in conflicts],
+            [c.entity_key for c in conflicts],
+            [c.field for c in conflicts],
+            [_text(e) for e, _ in erp_crm],
+            [_text(c) for _, c in erp_crm],
+            [c.winner for c in conflicts],
+            [c.reason for c in conflicts],
+        ]
+
+    # ------------------------------------------------------------------ dead letters
+
+    def _queue_dead_letter(
+        self, cur: psycopg.Cursor[Any], event: SinkEvent, error: SyncError
+    ) -> None:
+        headers = dead_letter_headers(event, error, self.target)
+        cur.execute(
+            sql.dead_letter_insert(self._schema),
+            (
+                event.topic,
+                event.partition,
+                event.offset,
+                event.raw_key,
+                event.raw_value,
+                json.dumps(headers),
+            ),
+        )
+
+    def dead_letter(self, event: SinkEvent, error: SyncError) -> None:
+        """Queue one dead letter on its own (an event isolated from a failing batch)."""
+
+        def run() -> None:
+            conn = self._session()
+            with conn.transaction(), conn.cursor() as cur:
+                self._queue_dead_letter(cur, event, error)
+
+        self._guard(run)
+
+    def queued_dead_letters(self, limit: int = 500) -> list[QueuedDeadLetter]:
+        """The dead letters waiting to be published, oldest first."""
+
+        def run() -> list[QueuedDeadLetter]:
+            rows = self._session().execute(sql.dead_letter_select(self._schema), (limit,))
+            return [
+                QueuedDeadLetter(
+                    int(r[0]),
+                    r[1],
+                    int(r[2]),
+                    int(r[3]),
+                    bytes(r[4]) if r[4] is not None else None,
+                    bytes(r[5]) if r[5] is not None else None,
+                    dict(r[6]),
+                )
+                for r in rows
+            ]
+
+        result: list[QueuedDeadLetter] = self._guard(run)
+        return result
+
+    def dead_letters_published(self, ids: Sequence[int]) -> None:
+        """Remove published dead letters from the outbox."""
+        self._guard(
+            lambda: self._session().execute(sql.dead_letter_delete(self._schema), (list(ids),))
+        )
+
+    # ------------------------------------------------------------------ announcements
+
+    def announce(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """Touch queued created rows without the origin, so their capture publishes them.
+
+        Returns:
+            ``(entity, entity key)`` of the rows announced.
+        """
+        result: list[tuple[str, str]] = self._guard(lambda: self._announce_queued(limit))
+        return result
+
+    def _announce_queued(self, limit: int) -> list[tuple[str, str]]:
+        conn = self._untagged()
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(sql.announce_select(self._schema), (limit,))
+            queued = [(str(e), str(k), str(pk)) for e, k, pk in cur.fetchall()]
+            if not queued:
+                return []
+            by_entity: dict[str, list[str]] = {}
+            for entity, _, pk in queued:
+                by_entity.setdefault(entity, []).append(pk)
+            for entity, pks in by_entity.items():
+                table = self._tables.get(entity)
+                if table is None or table.modified is None:
+                    continue
+                values = [_param(pk, table.pk_type) for pk in pks]
+                cur.execute(sql.touch_rows(table.ref, table.pk_column, table.modified), (values,))
+                if table.lines is not None:
+                    parent = sql.Column(table.lines.parent, table.pk_type)
+                    cur.execute(sql.touch_children(table.lines.ref, parent), (values,))
+            keys = ([e for e, _, _ in queued], [k for _, k, _ in queued])
+            for statement in sql.announce_done(self._schema):
+                cur.execute(statement, keys)
+        return [(e, k) for e, k, _ in queued]
+
+    # ---------------------------------------------------------------------- close
+
+    def close(self) -> None:
+        """Close both sessions; an open transaction is rolled back. Idempotent."""
+        for conn in (self._conn, self._plain):
+            if conn is not None and not conn.closed:
+                try:
+                    conn.close()
+                except psycopg.Error:  # pragma: no cover - closing a broken socket
+                    log.debug("closing a broken connection", exc_info=True)
+        self._conn = None
+        self._plain = None
+
+
+def _cell(value: Any) -> Any:
+    """A value as its parameter array takes it (UUIDs read back from rows as text)."""
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
+def _safe(locator: Locator, record: Mapping[str, Any]) -> Any:
+    """A locator's value, or None when the record's value cannot be one (bad id)."""
+    try:
+        value = locator.value(record)
+        return _param(value, locator.pg_type)
+    except (ValueError, TypeError):
+        return None
+
+
+def _latest(current: _Item | None, item: _Item, out: _Outcome) -> _Item:
+    """Of two events writing the same row in one batch, the later commit wins.
+
+    The other is recorded as applied (its row state is overwritten in the same
+    statement's input anyway).
+    """
+    if current is None:
+        return item
+    winner, loser = (
+        (item, current)
+        if item.event.source_ts_ms >= current.event.source_ts_ms
+        else (current, item)
+    )
+    out.applied.append(loser.event)
+    out.recorded.append((loser.event, loser.digest))
+    return winner

@@ -1,0 +1,469 @@
+"""The sink worker: consume canonical topics, batch, apply, retry, dead-letter.
+
+One :class:`SinkRunner` owns a Kafka consumer and one :class:`~sinks.base.Sink`. Its
+loop, and what each step guarantees:
+
+- **Positions come from the target database.** On every partition assignment the
+  consumer seeks to the offsets stored with the applied rows (``erpcrm_sync.offsets``);
+  the Kafka group's own committed offsets are written afterwards for monitoring only.
+  A crash at any point replays from the last committed database transaction, and
+  versions make the replay a no-op (DESIGN.md §5.1-2).
+- **Batching.** Up to ``batch_size`` events, waiting at most ``linger_ms`` after the
+  first; one database transaction per batch.
+- **Transient failures** (:class:`~schemas.errors.RetriableError`: connection lost,
+  serialization failure, deadlock, a database that is down) retry the same batch with
+  exponential backoff, for as long as it takes; nothing is skipped.
+- **Permanent failures** (a constraint violation) split the batch by entity key until
+  the failing event is alone; it is dead-lettered, the rest is applied, and the
+  positions are stored once every part is in.
+- **Undecodable messages** are dead-lettered before the batch that passes them commits.
+- **Deferred events** (a reference the target does not have yet) are retried with every
+  batch for ``reference_wait_seconds``, then dead-lettered; the stored positions never
+  pass them.
+- Dead letters queued in the database (outbox) are published to ``dlq.sinks.<target>``
+  after each commit and at start; created rows are announced after each commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
+from schemas.serde import AvroSerde
+from schemas.topics import CANONICAL_PREFIX
+from sinks.base import WriteResult
+from sinks.batch import EntityKey, SinkBatch, SinkEvent, safe_offsets
+from sinks.metrics import SinkMetrics
+from sinks.postgres import PostgresUpsertSink, dead_letter_headers
+from sinks.settings import SinkSettings
+
+__all__ = ["RunStats", "SinkRunner"]
+
+log = logging.getLogger(__name__)
+
+_DEFERRED_RETRY_SECONDS: Final = 0.5
+_LAG_EVERY_SECONDS: Final = 5.0
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Totals since start (for logs, the demo and the benchmark)."""
+
+    batches: int = 0
+    events: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    conflicts: int = 0
+    dead_lettered: int = 0
+    announced: int = 0
+
+    def add(self, outcome: str, count: int) -> None:
+        """Count ``count`` events of ``outcome``."""
+        if count:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
+
+
+@dataclass(slots=True)
+class _Held:
+    event: SinkEvent
+    since: float
+
+
+class SinkRunner:
+    """Consume canonical events and apply them with ``sink`` (see module doc).
+
+    Args:
+        settings: the sink's settings.
+        sink: the target (already configured for ``settings.target``).
+        serde: decodes canonical values.
+        metrics: the sink's metrics.
+        topics: the canonical topics consumed.
+        clock: monotonic clock (seconds), injectable.
+    """
+
+    def __init__(
+        self,
+        settings: SinkSettings,
+        sink: PostgresUpsertSink,
+        serde: AvroSerde,
+        metrics: SinkMetrics,
+        topics: Sequence[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._s = settings
+        self._sink = sink
+        self._serde = serde
+        self._metrics = metrics
+        self._topics = tuple(topics)
+        self._clock = clock
+        self._stop = threading.Event()
+        self._held: dict[EntityKey, _Held] = {}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._lag_at = 0.0
+        self.stats = RunStats()
+        self._target = settings.target
+
+    # ------------------------------------------------------------------- lifecycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and return."""
+        self._stop.set()
+
+    def run(self, *, until: Callable[[RunStats], bool] | None = None) -> RunStats:
+        """Run until :meth:`stop` (or ``until(stats)`` is true); return the totals."""
+        self._retrying("setup", self._sink.setup)
+        self._ensure_dlq_topic()
+        self._producer = Producer(
+            self._s.kafka.client_config(
+                **{"enable.idempotence": True, "acks": "all", "linger.ms": 5}
+            )
+        )
+        self._consumer = Consumer(
+            self._s.kafka.client_config(
+                **{
+                    "group.id": self._s.group_id,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    "topic.metadata.refresh.interval.ms": 2000,
+                    "fetch.wait.max.ms": 50,
+                }
+            )
+        )
+        try:
+            self._consumer.subscribe(list(self._topics), on_assign=self._on_assign)
+            self._after_commit(announce=True, dead=True)
+            log.info("sink %s consuming %s", self._target, ", ".join(self._topics))
+            while not self._stop.is_set() and not (until is not None and until(self.stats)):
+                self._step()
+        finally:
+            self._consumer.close()
+            self._producer.flush(10)
+            self._sink.close()
+        return self.stats
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Seek every assigned partition to the position stored in the target."""
+        positions = self._retrying("read positions", self._sink.positions)
+        for tp in partitions:
+            tp.offset = positions.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        assigned = {(p.topic, p.partition) for p in partitions}
+        for key in [
+            k for k, h in self._held.items() if (h.event.topic, h.event.partition) in assigned
+        ]:
+            del self._held[key]  # read again from the stored position
+        consumer.assign(partitions)
+        log.info("sink %s assigned %d partitions", self._target, len(partitions))
+
+    # ------------------------------------------------------------------------ step
+
+    def _step(self) -> None:
+        batch = self._collect()
+        self._expire_held()
+        for held in self._held.values():
+            batch.add(held.event)
+        if not batch:
+            return
+        started = self._clock()
+        result = self._apply(batch)
+        self._account(batch, result, self._clock() - started)
+        self._after_commit(announce=bool(result.created), dead=bool(result.dead))
+        self._commit_kafka(result)
+        self._lag()
+
+    def _collect(self) -> SinkBatch:
+        """Up to ``batch_size`` decoded events, lingering after the first."""
+        assert self._consumer is not None
+        batch = SinkBatch()
+        wait = _DEFERRED_RETRY_SECONDS if self._held else 1.0
+        deadline: float | None = None
+        while len(batch) < self._s.batch_size and not self._stop.is_set():
+            timeout = wait if deadline is None else max(0.0, deadline - self._clock())
+            messages = self._consumer.consume(self._s.batch_size - len(batch), timeout)
+            for message in messages:
+                self._add(batch, message)
+            if deadline is None:
+                if not messages:
+                    break
+                deadline = self._clock() + self._s.linger_ms / 1000
+            elif self._clock() >= deadline or not messages:
+                break
+        return batch
+
+    def _add(self, batch: SinkBatch, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                log.info("sink %s: %s (waiting for it)", self._target, error.str())
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("sink %s: consumer error: %s", self._target, error)
+            return
+        topic = message.topic() or ""
+        partition = message.partition() or 0
+        offset = message.offset() or 0
+        value = message.value()
+        raw_key = message.key()
+        key = raw_key.decode("utf-8", "replace") if raw_key is not None else ""
+        if value is None:  # a tombstone (compaction of a deleted entity): nothing to do
+            batch.advance(topic, partition, offset)
+            return
+        entity = topic.removeprefix(f"{CANONICAL_PREFIX}.")
+        try:
+            record = self._retrying("decode", lambda: self._serde.decode(value))
+        except DecodeError as exc:
+            event = SinkEvent(topic, partition, offset, entity, key, {}, raw_key, value)
+            self._publish_dead_letters([(event, exc)])
+            batch.advance(topic, partition, offset)
+            return
+        batch.add(SinkEvent(topic, partition, offset, entity, key, record, raw_key, value))
+
+    # ----------------------------------------------------------------------- apply
+
+    def _apply(self, batch: SinkBatch) -> WriteResult:
+        try:
+            result: WriteResult = self._retrying("write", lambda: self._sink.write(batch))
+        except PermanentError as exc:
+            log.warning(
+                "sink %s: batch of %d refused (%s); isolating the event",
+                self._target,
+                len(batch),
+                exc,
+            )
+            return self._isolate(batch)
+        return result
+
+    def _isolate(self, batch: SinkBatch) -> WriteResult:
+        """Apply ``batch`` in parts; dead-letter the events that fail alone."""
+        parts: list[WriteResult] = []
+        dead: list[tuple[SinkEvent, SyncError]] = []
+
+        def attempt(keys: Sequence[EntityKey]) -> None:
+            part = SinkBatch(e for k in keys for e in batch.events(k))
+            try:
+                parts.append(
+                    self._retrying("write", lambda: self._sink.write(part, store_offsets=False))
+                )
+            except PermanentError as failure:
+                if len(keys) > 1:
+                    middle = len(keys) // 2
+                    attempt(keys[:middle])
+                    attempt(keys[middle:])
+                    return
+                latest = part.collapse().latest[0]
+                self._retrying("dead letter", partial(self._sink.dead_letter, latest, failure))
+                dead.append((latest, failure))
+
+        attempt(batch.keys())
+        deferred = tuple(e for p in parts for e in p.deferred)
+        offsets = safe_offsets(batch.next_offsets(), deferred)
+        self._retrying("store offsets", lambda: self._sink.store_offsets(offsets))
+
+        def joined(name: str) -> tuple[Any, ...]:
+            return tuple(x for p in parts for x in getattr(p, name))
+
+        return WriteResult(
+            applied=joined("applied"),
+            stale=joined("stale"),
+            noop=joined("noop"),
+            superseded=joined("superseded"),
+            conflicts=joined("conflicts"),
+            offsets=offsets,
+            skipped=joined("skipped"),
+            unknown=joined("unknown"),
+            deferred=deferred,
+            dead=(*joined("dead"), *dead),
+            created=joined("created"),
+        )
+
+    def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
+        """Run ``action``, retrying RetriableError with backoff until it succeeds."""
+        delay = self._s.retry_initial_seconds
+        while True:
+            try:
+                return action()
+            except RetriableError as exc:
+                if self._stop.is_set():
+                    raise
+                self._metrics.retries.labels(
+                    self._target, type(exc.__cause__ or exc).__name__
+                ).inc()
+                log.warning(
+                    "sink %s: %s failed (%s); retrying in %.1fs", self._target, what, exc, delay
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._s.retry_max_seconds)
+
+    # --------------------------------------------------------------- held events
+
+    def _expire_held(self) -> None:
+        now = self._clock()
+        expired = [
+            k for k, h in self._held.items() if now - h.since >= self._s.reference_wait_seconds
+        ]
+        for key in expired:
+            event = self._held.pop(key).event
+            error = ValidationError(
+                f"unresolved_reference: {event.entity} {event.key} refers to a row the "
+                f"{self._target} does not have after {self._s.reference_wait_seconds:.0f}s"
+            )
+            self._retrying("dead letter", partial(self._sink.dead_letter, event, error))
+            self.stats.add("dead_lettered", 1)
+            self._metrics.events.labels(self._target, event.entity, "dead_lettered").inc()
+        if expired:
+            self._after_commit(announce=False, dead=True)
+
+    # ------------------------------------------------------------- after commit
+
+    def _account(self, batch: SinkBatch, result: WriteResult, seconds: float) -> None:
+        now_ms = time.time() * 1000
+        target = self._target
+        m = self._metrics
+        keys_in_batch = set(batch.keys())
+        for key in keys_in_batch:
+            self._held.pop(key, None)
+        for event in result.deferred:
+            previous = self._held.get(event.entity_key)
+            self._held[event.entity_key] = _Held(
+                event, previous.since if previous else self._clock()
+            )
+        m.deferred.labels(target).set(len(self._held))
+        groups: Mapping[str, tuple[SinkEvent, ...]] = {
+            "applied": result.applied,
+            "stale": result.stale,
+            "noop": result.noop,
+            "superseded": result.superseded,
+            "skipped": result.skipped,
+            "unknown": result.unknown,
+            "deferred": result.deferred,
+            "dead_lettered": tuple(e for e, _ in result.dead),
+        }
+        for outcome, events in groups.items():
+            self.stats.add(outcome, len(events))
+            for event in events:
+                m.events.labels(target, event.entity, outcome).inc()
+        for event in result.applied:
+            m.end_to_end_seconds.labels(target, event.entity).observe(
+                max(0.0, (now_ms - event.source_ts_ms) / 1000)
+            )
+        for conflict in result.conflicts:
+            m.conflicts.labels(target, conflict.entity, conflict.winner, conflict.reason).inc()
+        self.stats.conflicts += len(result.conflicts)
+        self.stats.batches += 1
+        self.stats.events += len(batch)
+        m.batches.labels(target).inc()
+        m.batch_size.labels(target).observe(len(batch))
+        m.apply_seconds.labels(target).observe(seconds)
+        if result.dead:
+            for event, error in result.dead:
+                log.warning(
+                    "sink %s: dead letter %s %s: %s", target, event.entity, event.key, error
+                )
+
+    def _after_commit(self, *, announce: bool, dead: bool) -> None:
+        if dead:
+            self._flush_dead_letters()
+        if announce and self._s.announce:
+            while True:
+                done = self._retrying("announce", self._sink.announce)
+                for entity, _ in done:
+                    self._metrics.announced.labels(self._target, entity).inc()
+                self.stats.announced += len(done)
+                if not done:
+                    break
+
+    def _flush_dead_letters(self) -> None:
+        while True:
+            queued = self._retrying("read dead letters", self._sink.queued_dead_letters)
+            if not queued:
+                return
+            producer = self._producer
+            assert producer is not None
+            for letter in queued:
+                producer.produce(
+                    self._s.dlq_topic,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=[(k, v.encode("utf-8")) for k, v in letter.headers.items()],
+                )
+            self._flush_producer()
+            self.stats.dead_lettered += len(queued)
+            ids = [letter.id for letter in queued]
+            self._retrying("dequeue dead letters", partial(self._sink.dead_letters_published, ids))
+
+    def _publish_dead_letters(self, letters: Sequence[tuple[SinkEvent, SyncError]]) -> None:
+        """Publish dead letters straight to Kafka (before their offsets can be stored)."""
+        producer = self._producer
+        assert producer is not None
+        for event, error in letters:
+            headers = dead_letter_headers(event, error, self._target)
+            producer.produce(
+                self._s.dlq_topic,
+                key=event.raw_key,
+                value=event.raw_value,
+                headers=[(k, v.encode("utf-8")) for k, v in headers.items()],
+            )
+            self._metrics.events.labels(self._target, event.entity, "dead_lettered").inc()
+        self._flush_producer()
+        self.stats.dead_lettered += len(letters)
+
+    def _flush_producer(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while producer.flush(5) > 0:
+            if self._stop.is_set():
+                raise RetriableError("Kafka did not take the dead letters before the stop")
+            log.warning("sink %s: waiting for Kafka to take the dead letters", self._target)
+
+    def _commit_kafka(self, result: WriteResult) -> None:
+        """Mirror the stored positions into the group (monitoring only; best effort)."""
+        if not result.offsets or self._consumer is None:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:  # the database holds the truth
+            log.debug("sink %s: group commit failed: %s", self._target, exc)
+
+    def _lag(self) -> None:
+        now = self._clock()
+        if self._consumer is None or now - self._lag_at < _LAG_EVERY_SECONDS:
+            return
+        self._lag_at = now
+        total = 0
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    total += max(0, high - tp.offset)
+        except KafkaException:
+            return
+        self._metrics.lag_events.labels(self._target).set(total)
+
+    def _ensure_dlq_topic(self) -> None:
+        admin = AdminClient(self._s.kafka.client_config())
+        for name, future in admin.create_topics(
+            [NewTopic(self._s.dlq_topic, num_partitions=1)]
+        ).items():
+            try:
+                future.result(timeout=30)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise RetriableError(f"cannot create topic {name}: {exc}") from exc

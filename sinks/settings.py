@@ -1,0 +1,75 @@
+"""Settings of a sink worker (``erpcrm sink --target erp|crm``).
+
+Read once at start (environment ``ERPCRM_SINK_*``, the shared ``ERPCRM_KAFKA__*`` and
+``ERPCRM_REGISTRY__*``, or the YAML file in ``ERPCRM_CONFIG``), then frozen and passed
+inward. The DSN is secret: it prints masked and is never logged.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from schemas.settings import WorkerSettings
+from schemas.topics import dlq_topic
+
+Target = Literal["erp", "crm"]
+
+DEFAULT_METRICS_PORT: Final = {"crm": 39114, "erp": 39115}
+DEFAULT_ORIGIN: Final = "erpcrm_sink"
+"""The replication origin of every sink session; the captures drop its transactions."""
+
+
+class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
+    """Everything a sink needs; read once at start, then frozen.
+
+    Attributes:
+        target: the system written to; the sink applies the other system's events.
+        dsn: libpq URI of the sink role (write on the mapped tables, owner of
+            ``sync_schema``, EXECUTE on the replication-origin functions).
+        origin: the replication origin the sink's sessions are tagged with.
+        sync_schema: the schema of the sync state (``applied``, ``offsets``, ...).
+        group_id: Kafka consumer group (default ``erpcrm-sink-<target>``); positions
+            live in the target database, the group only spreads partitions.
+        batch_size: most events applied in one database transaction.
+        linger_ms: how long a batch waits to fill up once it has its first event.
+        reference_wait_seconds: an event referring to a row the target does not have
+            yet (an order whose customer is still on its way) is retried this long,
+            then dead-lettered.
+        retry_initial_seconds, retry_max_seconds: backoff of transient failures (a
+            database that is down is waited for, never skipped).
+        announce: announce rows the sink creates (see :mod:`sinks.postgres`).
+        metrics_port: port of ``/metrics`` (39114 for the CRM sink, 39115 for the ERP).
+        dlq_topic: where refused events go (``dlq.sinks.<target>``).
+    """
+
+    target: Target = "crm"
+    dsn: SecretStr = SecretStr("")
+    origin: str = Field(default=DEFAULT_ORIGIN, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    sync_schema: str = Field(default="erpcrm_sync", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    group_id: str = ""
+    batch_size: int = Field(default=500, ge=1, le=50_000)
+    linger_ms: int = Field(default=20, ge=0)
+    reference_wait_seconds: float = Field(default=30.0, ge=0)
+    retry_initial_seconds: float = Field(default=0.2, gt=0)
+    retry_max_seconds: float = Field(default=10.0, gt=0)
+    announce: bool = True
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    dlq_topic: str = ""
+
+    @model_validator(mode="after")
+    def _defaults(self) -> SinkSettings:
+        defaults = {
+            "group_id": self.group_id or f"erpcrm-sink-{self.target}",
+            "metrics_port": self.metrics_port or DEFAULT_METRICS_PORT[self.target],
+            "dlq_topic": self.dlq_topic or dlq_topic(f"sinks.{self.target}"),
+        }
+        for key, value in defaults.items():
+            object.__setattr__(self, key, value)
+        return self
+
+    @property
+    def source(self) -> str:
+        """The system whose events this sink applies."""
+        return "crm" if self.target == "erp" else "erp"

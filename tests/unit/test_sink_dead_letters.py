@@ -1,0 +1,48 @@
+"""Headers of the dead letters the Postgres sink queues."""
+
+from __future__ import annotations
+
+from schemas.errors import PermanentError, ValidationError
+from sinks.batch import SinkEvent
+from sinks.postgres import dead_letter_headers
+
+
+def event() -> SinkEvent:
+    record = {"version": 3, "op": "upsert", "source_system": "erp", "source_ts_ms": 1}
+    return SinkEvent("canonical.customer", 2, 1234, "customer", "erp:17", record)
+
+
+def test_headers() -> None:
+    headers = dead_letter_headers(event(), ValidationError("name: value is required"), "crm")
+    assert headers == {
+        "erpcrm.error.class": "ValidationError",
+        "erpcrm.error.message": "name: value is required",
+        "erpcrm.error.reason": "ValidationError",
+        "erpcrm.stage": "sinks.crm",
+        "erpcrm.origin.topic": "canonical.customer",
+        "erpcrm.origin.partition": "2",
+        "erpcrm.origin.offset": "1234",
+        "erpcrm.entity": "customer",
+        "erpcrm.entity_key": "erp:17",
+    }
+    assert all(isinstance(v, str) for v in headers.values())
+
+
+def test_stage_names_the_target() -> None:
+    headers = dead_letter_headers(event(), PermanentError("check violated"), "erp")
+    assert headers["erpcrm.stage"] == "sinks.erp"
+    assert headers["erpcrm.error.class"] == "PermanentError"
+
+
+def test_reason_attribute_is_used() -> None:
+    class RefusedError(ValidationError):
+        reason = "missing_reference"
+
+    headers = dead_letter_headers(event(), RefusedError("no customer"), "crm")
+    assert headers["erpcrm.error.class"] == "RefusedError"
+    assert headers["erpcrm.error.reason"] == "missing_reference"
+
+
+def test_message_is_truncated() -> None:
+    headers = dead_letter_headers(event(), ValidationError("x" * 5000), "crm")
+    assert headers["erpcrm.error.message"] == "x" * 1000
