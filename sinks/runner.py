@@ -163,8 +163,19 @@ class SinkRunner:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Seek every assigned partition to the position stored in the target."""
         positions = self._retrying("read positions", self._sink.positions)
+        fresh: dict[tuple[str, int], int] = {}
         for tp in partitions:
-            tp.offset = positions.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+            stored = positions.get((tp.topic, tp.partition))
+            if stored is not None:
+                tp.offset = stored
+            elif self._s.start_at == "earliest":
+                tp.offset = OFFSET_BEGINNING
+            else:
+                # Pin "latest" now, so a restart before the first event resumes here.
+                _, high = consumer.get_watermark_offsets(tp, timeout=10)
+                tp.offset = fresh[(tp.topic, tp.partition)] = max(high, 0)
+        if fresh:
+            self._retrying("store start positions", partial(self._sink.store_offsets, fresh))
         assigned = {(p.topic, p.partition) for p in partitions}
         for key in [
             k for k, h in self._held.items() if (h.event.topic, h.event.partition) in assigned

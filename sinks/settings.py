@@ -42,6 +42,9 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         announce: announce rows the sink creates (see :mod:`sinks.postgres`).
         metrics_port: port of ``/metrics`` (39114 for the CRM sink, 39115 for the ERP).
         dlq_topic: where refused events go (``dlq.sinks.<target>``).
+        start_at: where a partition without a stored position starts: ``earliest``
+            (the default: the whole history, so a new target catches up) or ``latest``
+            (only what is published from now on).
     """
 
     target: Target = "crm"
@@ -57,6 +60,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     announce: bool = True
     metrics_port: int = Field(default=0, ge=0, le=65535)
     dlq_topic: str = ""
+    start_at: Literal["earliest", "latest"] = "earliest"
 
     @model_validator(mode="after")
     def _defaults(self) -> SinkSettings:

@@ -1,0 +1,318 @@
+"""The whole pipeline on the real stack: both captures, the streams worker, both sinks.
+
+Isolation from the rest of the suite: the captures use their own slots and topic
+prefixes, the streams worker its own app id, and each sink its own consumer group and
+sync-state schema (made by the test, owned by the sink role), starting at the canonical
+topics' current end; so the pipeline applies exactly what it captured itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+
+from schemas.topics import CANONICAL_TOPICS
+from tests.integration.cdc_fixtures import (
+    REPO,
+    Capture,
+    execute,
+    free_port,
+    unique_name,
+    wait_for,
+)
+from tests.integration.test_streams import StreamsProcess
+
+__all__ = ["Pipeline", "SinkProcess", "newest_records", "sink_source", "watermarks"]
+
+
+def watermarks(
+    bootstrap: str, topics: tuple[str, ...] = CANONICAL_TOPICS
+) -> dict[tuple[str, int], int]:
+    """The high watermark of every partition of ``topics``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("wm")})
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        result = {}
+        for topic in topics:
+            described = metadata.topics.get(topic)
+            if described is None or described.error is not None:
+                continue
+            for partition in described.partitions:
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                result[(topic, partition)] = high
+        return result
+    finally:
+        consumer.close()
+
+
+class SinkProcess:
+    """``erpcrm sink --target …`` as a subprocess with its own group, schema and port."""
+
+    def __init__(self, stack_env: dict[str, str], target: str, log_dir: Path) -> None:
+        self.stack_env = stack_env
+        self.target = target
+        self.uid = unique_name(f"sink{target}")
+        self.schema = self.uid
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def admin_dsn(self) -> str:
+        return self.stack_env[f"{self.target.upper()}_ADMIN_DSN"]
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.uid}-{self.runs}.log"
+
+    def create_schema(self) -> None:
+        execute(
+            self.admin_dsn,
+            sql.SQL("CREATE SCHEMA {} AUTHORIZATION erpcrm_sink").format(
+                sql.Identifier(self.schema)
+            ),
+        )
+
+    def start(self) -> SinkProcess:
+        assert not self.running, "sink already running"
+        self.runs += 1
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ERPCRM_")}
+        env.update(self.stack_env)
+        env.update(
+            {
+                "ERPCRM_KAFKA__BOOTSTRAP": self.stack_env["KAFKA_BOOTSTRAP"],
+                "ERPCRM_REGISTRY__URL": self.stack_env["SCHEMA_REGISTRY_URL"],
+                "ERPCRM_SINK_DSN": self.stack_env[f"{self.target.upper()}_SINK_DSN"],
+                "ERPCRM_SINK_SYNC_SCHEMA": self.schema,
+                "ERPCRM_SINK_GROUP_ID": self.uid,
+                "ERPCRM_SINK_METRICS_PORT": str(self.port),
+                "ERPCRM_SINK_START_AT": "latest",
+                "ERPCRM_SINK_REFERENCE_WAIT_SECONDS": "20",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "erpcrm.cli", "sink", "--target", self.target],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-60:])
+
+    def wait_assigned(self, timeout: float = 90.0) -> SinkProcess:
+        def assigned() -> bool:
+            if not self.running:
+                raise AssertionError(f"sink {self.target} exited:\n{self.tail()}")
+            return "assigned" in self.log_path.read_text(errors="replace")
+
+        wait_for(assigned, timeout, f"the {self.target} sink's partitions", interval=0.3)
+        return self
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        response = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5)
+        response.raise_for_status()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
+    def total(self, outcome: str) -> float:
+        """Events of ``outcome`` over every entity (0 while the worker is down)."""
+        try:
+            samples = self.metrics()
+        except httpx.HTTPError:
+            return 0.0
+        return sum(
+            value
+            for (name, labels), value in samples.items()
+            if name == "erpcrm_sink_events_total" and ("outcome", outcome) in labels
+        )
+
+    def query(self, query: str | sql.Composable, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run ``query`` on the target as admin; ``{schema}`` is this sink's sync schema."""
+        if isinstance(query, str):
+            query = sql.SQL(query).format(schema=sql.Identifier(self.schema))
+        return execute(self.admin_dsn, query, params)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if not self.running:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def cleanup(self) -> None:
+        self.stop()
+        with contextlib.suppress(Exception):
+            execute(
+                self.admin_dsn,
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)),
+            )
+        admin = AdminClient({"bootstrap.servers": self.stack_env["KAFKA_BOOTSTRAP"]})
+        for future in admin.delete_consumer_groups([self.uid], request_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+
+
+class Pipeline:
+    """Both captures, the streams worker and both sinks, started in dependency order."""
+
+    def __init__(self, stack_env: dict[str, str], log_dir: Path) -> None:
+        self.stack_env = stack_env
+        self.erp = Capture(stack_env, "erp", (), log_dir)
+        self.crm = Capture(stack_env, "crm", (), log_dir)
+        # The captures take their default tables; their prefix is their slot name.
+        self.erp.tables = ()
+        self.crm.tables = ()
+        self.streams = StreamsProcess(
+            stack_env, {"erp": self.erp.prefix, "crm": self.crm.prefix}, log_dir
+        )
+        self.sinks = {t: SinkProcess(stack_env, t, log_dir) for t in ("crm", "erp")}
+        self.start_positions: dict[tuple[str, int], int] = {}
+
+    @property
+    def crm_sink(self) -> SinkProcess:
+        return self.sinks["crm"]
+
+    @property
+    def erp_sink(self) -> SinkProcess:
+        return self.sinks["erp"]
+
+    def start(self) -> Pipeline:
+        self.start_positions = watermarks(self.stack_env["KAFKA_BOOTSTRAP"])
+        for sink in self.sinks.values():
+            sink.create_schema()
+            sink.start()
+        for sink in self.sinks.values():
+            sink.wait_assigned()
+        self.erp.start()
+        self.crm.start()
+        self.erp.wait_streaming()
+        self.crm.wait_streaming()
+        self.streams.start().wait_ready()
+        return self
+
+    def settled(self, timeout: float = 120.0, quiet: float = 4.0) -> None:
+        """Wait until neither sink applied anything for ``quiet`` seconds."""
+        import time
+
+        last: tuple[float, ...] = ()
+        since = time.monotonic()
+        deadline = since + timeout
+        while time.monotonic() < deadline:
+            now = tuple(
+                s.total(o)
+                for s in self.sinks.values()
+                for o in ("applied", "noop", "stale", "skipped")
+            )
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet and any(last):
+                return
+            time.sleep(0.5)
+        raise AssertionError("the sinks did not settle")
+
+    def cleanup(self) -> None:
+        for sink in self.sinks.values():
+            sink.stop()
+        self.streams.cleanup()
+        self.erp.cleanup()
+        self.crm.cleanup()
+        for sink in self.sinks.values():
+            sink.cleanup()
+
+    def __iter__(self) -> Iterator[SinkProcess]:
+        return iter(self.sinks.values())
+
+
+def sink_source(sink: SinkProcess) -> str:
+    """The system whose events ``sink`` applies."""
+    return "crm" if sink.target == "erp" else "erp"
+
+
+def newest_records(
+    stack_env: dict[str, str],
+    start: dict[tuple[str, int], int],
+    *,
+    source: str,
+    topics: tuple[str, ...] = CANONICAL_TOPICS,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per ``(entity, key)``: the newest canonical record from ``source`` since ``start``."""
+    from schemas.serde import AvroSerde, RegistryClient
+
+    serde = AvroSerde(RegistryClient(stack_env["SCHEMA_REGISTRY_URL"]))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack_env["KAFKA_BOOTSTRAP"],
+            "group.id": unique_name("newest"),
+            "enable.auto.commit": False,
+        }
+    )
+    ends = watermarks(stack_env["KAFKA_BOOTSTRAP"], topics)
+    assignment = [
+        TopicPartition(t, p, start.get((t, p), 0))
+        for (t, p), end in ends.items()
+        if end > start.get((t, p), 0)
+    ]
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    try:
+        if not assignment:
+            return newest
+        consumer.assign(assignment)
+        remaining = {(tp.topic, tp.partition) for tp in assignment}
+        while remaining:
+            for message in consumer.consume(1000, 2.0):
+                assert message.error() is None, message.error()
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                assert topic is not None
+                assert partition is not None
+                assert offset is not None
+                if offset + 1 >= ends[(topic, partition)]:
+                    remaining.discard((topic, partition))
+                value = message.value()
+                if value is None:
+                    continue
+                record = serde.decode(value)
+                if record["source_system"] != source:
+                    continue
+                key = (topic.removeprefix("canonical."), (message.key() or b"").decode())
+                if key not in newest or record["version"] >= newest[key]["version"]:
+                    newest[key] = record
+        return newest
+    finally:
+        consumer.close()
