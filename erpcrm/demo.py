@@ -1,8 +1,9 @@
-"""``erpcrm demo``: the local stack, the capture of both databases and live business activity.
+"""``erpcrm demo``: the local stack, every worker, and live business activity syncing.
 
 What it shows, live, once a second: the operations the workload commits in each system,
-and the change events the captures have put on the raw topics. Stages that are not part
-of this build yet are named at the end, so the demo never pretends.
+the change events on the raw, canonical and dead-letter topics, and what each sink did
+with the other system's events (applied, skipped as already applied or unchanged,
+conflicts resolved, dead letters), read from the sinks' own metrics.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -26,8 +30,10 @@ from erpcrm.stack import LocalStack
 from erpcrm.workload import WorkloadReport, run_workload
 from schemas.errors import StackError
 from schemas.topics import CANONICAL_TOPICS, dlq_topic, raw_topic
+from sinks.settings import DEFAULT_METRICS_PORT
 
-NOT_YET_BUILT = ("sinks: applying canonical events to the other system (erpcrm sink)",)
+SINK_PORTS = {"crm": DEFAULT_METRICS_PORT["crm"], "erp": DEFAULT_METRICS_PORT["erp"]}
+_SHOWN_OUTCOMES = ("applied", "stale", "noop", "unknown", "deferred", "dead_lettered")
 
 
 @dataclass
@@ -79,16 +85,19 @@ def run_demo(
     env = stack.env()
     log_dir = stack.layout.state / "demo"
     console.print(
-        "[bold]2. workers[/bold]: capture of both databases and the streams worker "
-        "(logs in .local/demo/)"
+        "[bold]2. workers[/bold]: capture of both databases, the streams worker and both "
+        "sinks (logs in .local/demo/)"
     )
     captures = {
         "cdc-erp": _start_worker("cdc-erp", ["cdc", "--system", "erp"], log_dir),
         "cdc-crm": _start_worker("cdc-crm", ["cdc", "--system", "crm"], log_dir),
         "streams": _start_worker("streams", ["streams"], log_dir),
+        "sink-crm": _start_worker("sink-crm", ["sink", "--target", "crm"], log_dir),
+        "sink-erp": _start_worker("sink-erp", ["sink", "--target", "erp"], log_dir),
     }
     topics = [raw_topic(s, "public", t) for s in ("erp", "crm") for t in DEFAULT_TABLES[s]]
-    topics += [*CANONICAL_TOPICS, dlq_topic("streams")]
+    topics += [*CANONICAL_TOPICS, dlq_topic("streams"), dlq_topic("sinks.crm")]
+    topics.append(dlq_topic("sinks.erp"))
     consumer = Consumer({"bootstrap.servers": env["KAFKA_BOOTSTRAP"], "group.id": "erpcrm-demo"})
     progress = _Progress()
     stop = threading.Event()
@@ -126,10 +135,10 @@ def run_demo(
                         raise StackError(
                             f"{system} exited ({proc.returncode}); see {log_dir / f'{system}.log'}"
                         )
-                live.update(_render(progress.report, _topic_counts(consumer, topics)))
+                live.update(_render(progress.report, _topic_counts(consumer, topics), _sinks()))
                 if progress.done.is_set():
                     time.sleep(5)  # let the workers drain the last transactions
-                    live.update(_render(progress.report, _topic_counts(consumer, topics)))
+                    live.update(_render(progress.report, _topic_counts(consumer, topics), _sinks()))
                     break
                 time.sleep(1)
     finally:
@@ -146,15 +155,38 @@ def run_demo(
     if progress.error is not None:
         raise progress.error
     console.print(
-        "[bold]Not part of this build yet[/bold] (the demo stops at the canonical topics):"
+        "Sync state, conflicts and outboxes: schema erpcrm_sync in each database; "
+        "dashboards in deploy/grafana/. The stack keeps running: `erpcrm stack down` stops it."
     )
-    for line in NOT_YET_BUILT:
-        console.print(f"   - {line}")
-    console.print("The stack keeps running: `erpcrm stack down` stops it.")
     return 0
 
 
-def _render(report: WorkloadReport | None, counts: dict[str, int]) -> Group:
+def _sinks() -> dict[tuple[str, str], dict[str, float]]:
+    """Per ``(target, entity)``: event outcomes and conflicts, from the sinks' metrics."""
+    counts: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for target, port in SINK_PORTS.items():
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "erpcrm_sink_events_total":
+                    name = sample.labels["outcome"]
+                elif sample.name == "erpcrm_sink_conflicts_total":
+                    name = "conflicts"
+                else:
+                    continue
+                row = counts[(target, sample.labels["entity"])]
+                row[name] = row.get(name, 0.0) + sample.value
+    return dict(counts)
+
+
+def _render(
+    report: WorkloadReport | None,
+    counts: dict[str, int],
+    sinks: dict[tuple[str, str], dict[str, float]],
+) -> Group:
     activity = Table("system", "table", "inserted", "updated", title="committed in the source")
     if report is not None:
         for system, tables in sorted(report.tables.items()):
@@ -171,4 +203,18 @@ def _render(report: WorkloadReport | None, counts: dict[str, int]) -> Group:
             f"{report.committed} operations committed ({report.achieved_rate:.0f}/s), "
             f"{report.dirty} dirty, {report.failed_total} failed"
         )
-    return Group(status, activity, topics)
+    applied = Table(
+        "target",
+        "entity",
+        *_SHOWN_OUTCOMES,
+        "conflicts",
+        title="applied to the other system (sinks)",
+    )
+    for (target, entity), row in sorted(sinks.items()):
+        if any(row.get(o) for o in (*_SHOWN_OUTCOMES, "conflicts")):
+            applied.add_row(
+                target,
+                entity,
+                *(f"{row.get(o, 0):.0f}" for o in (*_SHOWN_OUTCOMES, "conflicts")),
+            )
+    return Group(status, activity, topics, applied)

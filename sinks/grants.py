@@ -6,7 +6,8 @@ stack does on every ``stack up``, see :func:`grant_statements`).
 
 - a written table: ``SELECT`` (locate and lock rows), ``UPDATE``; ``INSERT`` unless
   update-only; ``DELETE`` if deletes are hard;
-- an order's lines: ``SELECT, INSERT, UPDATE, DELETE`` (replaced with the order);
+- an order's lines: ``SELECT, INSERT`` (written with the order the sink creates) and
+  ``UPDATE`` (touched when that order is announced);
 - a referenced table (an order's customer, a line's product): ``SELECT``;
 - sequences the inserted columns default to (customer numbers, order names, invoice
   numbers): ``USAGE`` (looked up in the catalog by the caller).
@@ -41,7 +42,7 @@ def privileges(tables: Iterable[TargetTable]) -> dict[Table, frozenset[str]]:
         if target.delete is DeleteMode.HARD:
             add(target.ref, "DELETE")
         if target.lines is not None:
-            add(target.lines.ref, "SELECT", "INSERT", "UPDATE", "DELETE")
+            add(target.lines.ref, "SELECT", "INSERT", "UPDATE")
         for ref in target.refs:
             add(ref.ref, "SELECT")
     return {table: frozenset(names) for table, names in needed.items()}

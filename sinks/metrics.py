@@ -32,7 +32,8 @@ class SinkMetrics:
             events=Counter(
                 "erpcrm_sink_events",
                 "Canonical events by outcome: applied, stale, noop, superseded, skipped, "
-                "unknown_delete, dead_lettered.",
+                "unknown (a delete or status of a row the target lacks), deferred (each event "
+                "once, when it starts waiting for a reference), dead_lettered.",
                 ["target", "entity", "outcome"],
                 registry=registry,
             ),

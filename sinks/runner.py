@@ -191,6 +191,7 @@ class SinkRunner:
         self._expire_held()
         for held in self._held.values():
             batch.add(held.event)
+        self._lag()
         if not batch:
             return
         started = self._clock()
@@ -198,7 +199,6 @@ class SinkRunner:
         self._account(batch, result, self._clock() - started)
         self._after_commit(announce=bool(result.created), dead=bool(result.dead))
         self._commit_kafka(result)
-        self._lag()
 
     def _collect(self) -> SinkBatch:
         """Up to ``batch_size`` decoded events, lingering after the first."""
@@ -339,6 +339,7 @@ class SinkRunner:
             self.stats.add("dead_lettered", 1)
             self._metrics.events.labels(self._target, event.entity, "dead_lettered").inc()
         if expired:
+            self._metrics.deferred.labels(self._target).set(len(self._held))
             self._after_commit(announce=False, dead=True)
 
     # ------------------------------------------------------------- after commit
@@ -347,14 +348,15 @@ class SinkRunner:
         now_ms = time.time() * 1000
         target = self._target
         m = self._metrics
-        keys_in_batch = set(batch.keys())
-        for key in keys_in_batch:
-            self._held.pop(key, None)
+        in_batch = batch.keys()
+        held_before = {key: self._held.pop(key) for key in in_batch if key in self._held}
+        newly_held = []
         for event in result.deferred:
-            previous = self._held.get(event.entity_key)
-            self._held[event.entity_key] = _Held(
-                event, previous.since if previous else self._clock()
-            )
+            previous = held_before.get(event.entity_key)
+            if previous is None:
+                newly_held.append(event)
+            since = previous.since if previous is not None else self._clock()
+            self._held[event.entity_key] = _Held(event, since)
         m.deferred.labels(target).set(len(self._held))
         groups: Mapping[str, tuple[SinkEvent, ...]] = {
             "applied": result.applied,
@@ -363,7 +365,7 @@ class SinkRunner:
             "superseded": result.superseded,
             "skipped": result.skipped,
             "unknown": result.unknown,
-            "deferred": result.deferred,
+            "deferred": tuple(newly_held),
             "dead_lettered": tuple(e for e, _ in result.dead),
         }
         for outcome, events in groups.items():

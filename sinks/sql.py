@@ -60,6 +60,7 @@ __all__ = [
     "origin_create",
     "origin_session_setup",
     "origin_xact_setup",
+    "revoke_table",
     "select_applied",
     "select_current",
     "soft_delete_rows",
@@ -391,6 +392,11 @@ def grant_table(table: Table, role: str, privileges: Sequence[str] = PRIVILEGES)
     return sql.SQL("GRANT {} ON {} TO {}").format(
         sql.SQL(", ").join(sql.SQL(p) for p in ordered), table.ident, sql.Identifier(role)
     )
+
+
+def revoke_table(table: Table, role: str) -> sql.Composed:
+    """Take every privilege on a table from the role (before granting the exact set)."""
+    return sql.SQL("REVOKE ALL ON {} FROM {}").format(table.ident, sql.Identifier(role))
 
 
 def grant_sequence(schema: str, name: str, role: str) -> sql.Composed:

@@ -16,7 +16,8 @@ Directions and tables:
 - CRM -> ERP: customer -> ``res_partner`` (the ERP assigns ``ref`` from its sequence;
   for an existing partner only CRM-owned and shared fields are written, decided by
   :func:`sinks.state.resolve`); sales_order (accepted quote) -> ``sale_order`` (``name``
-  from the ERP sequence) with its lines replaced in ``sale_order_line``.
+  from the ERP sequence) with its lines in ``sale_order_line`` (written when the order
+  is created; afterwards the ERP owns them: deliveries and invoices refer to them).
 
 Delete semantics (:class:`DeleteMode`): CRM rows are soft-deleted (``deleted = true``),
 ERP partners archived (``active = false``), availability rows hard-deleted; a deleted
@@ -206,7 +207,7 @@ class ColumnMap:
 
 @dataclass(frozen=True, slots=True)
 class LinesTable:
-    """Child rows (order lines) replaced with their parent: delete by parent, insert."""
+    """Child rows (order lines), written with the parent row the sink creates."""
 
     schema: str
     table: str
@@ -247,7 +248,7 @@ class TargetTable:
         delete_flag: ``(column, value)`` set by a soft delete.
         update_only: never insert (a quote's ERP status: no quote, nothing to do).
         accept: only records passing it are written (others are skipped, recorded).
-        lines: child rows replaced with the row.
+        lines: child rows written with a row the sink creates.
     """
 
     direction: Direction

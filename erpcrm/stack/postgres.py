@@ -201,14 +201,17 @@ class PostgresCluster:
     def _grant_sink(self) -> None:
         """Least privilege for ``erpcrm_sink`` on the tables its mappings write here."""
         from schemas.mapping import load_mappings
-        from sinks.grants import grant_statements, inserted_tables
-        from sinks.sql import default_sequences, grant_sequence
+        from sinks.grants import grant_statements, inserted_tables, privileges
+        from sinks.sql import default_sequences, grant_sequence, revoke_table
         from sinks.targets import build_tables
 
         tables = [
             t for t in build_tables(load_mappings()).values() if t.direction.target == self.system
         ]
-        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn, conn.transaction():
+            # Exactly the privileges the mappings need now: revoke, then grant.
+            for table in privileges(tables):
+                conn.execute(revoke_table(table, SINK_ROLE))
             for statement in grant_statements(tables, SINK_ROLE):
                 conn.execute(statement)
             for table in inserted_tables(tables):

@@ -1,0 +1,243 @@
+"""Property: how events are delivered does not change what a sink leaves in its target.
+
+Against the real CRM database, with :class:`~sinks.postgres.PostgresUpsertSink` applying
+synthetic canonical customer and product events directly (no Kafka: the property is
+about the apply step). For any per-key sequence of versions (upserts and deletes), the
+target tables are the same whether the events are
+
+- delivered once, keys interleaved at random, in batches of random sizes;
+- delivered twice (a full replay);
+- delivered with redeliveries: after any batch, an earlier stretch is delivered again,
+  as a consumer does after a crash (per-key order within a delivery is kept, as Kafka
+  keeps it within a partition);
+
+and they equal the latest version of each key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from schemas.mapping import load_mappings, ownership
+from sinks.batch import SinkBatch, SinkEvent
+from sinks.postgres import PostgresUpsertSink
+from sinks.targets import Direction, build_tables, deterministic_id
+from tests.integration.cdc_fixtures import execute, unique_name
+
+pytestmark = pytest.mark.integration
+
+KEYS = tuple(f"erp:{9_000_000 + i}" for i in range(4))
+SKUS = {key: f"PROP-{uuid.uuid4().hex[:6].upper()}-{i}" for i, key in enumerate(KEYS)}
+NUMBERS = {key: f"P{uuid.uuid4().hex[:7].upper()}" for key in KEYS}
+
+
+@pytest.fixture(scope="module")
+def sink(stack_env: dict[str, str]) -> Iterator[PostgresUpsertSink]:
+    schema = unique_name("prop")
+    admin = stack_env["CRM_ADMIN_DSN"]
+    execute(
+        admin,
+        sql.SQL("CREATE SCHEMA {} AUTHORIZATION erpcrm_sink").format(sql.Identifier(schema)),
+    )
+    flows = load_mappings()
+    tables = {
+        t.entity: t for t in build_tables(flows).values() if t.direction is Direction.ERP_TO_CRM
+    }
+    applying = PostgresUpsertSink(
+        target="crm",
+        dsn=stack_env["CRM_SINK_DSN"],
+        tables={e: tables[e] for e in ("customer", "product")},
+        ownership={e: ownership(flows, e) for e in ("customer", "product")},
+        topics=("canonical.customer", "canonical.product"),
+        origin=unique_name("origin"),
+        schema=schema,
+        announce=False,
+    )
+    applying.setup()
+    try:
+        yield applying
+    finally:
+        applying.close()
+        _reset(stack_env, schema)
+        execute(admin, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        execute(
+            admin,
+            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin "
+            "WHERE roname = %s",
+            (applying._origin,),
+        )
+
+
+def _reset(env: dict[str, str], schema: str) -> None:
+    admin = env["CRM_ADMIN_DSN"]
+    ids = [deterministic_id(e, k) for e in ("customer", "product") for k in KEYS]
+    execute(admin, "DELETE FROM public.accounts WHERE id = ANY(%s::uuid[])", (ids,))
+    execute(admin, "DELETE FROM public.aos_products WHERE id = ANY(%s::uuid[])", (ids,))
+    for table in ("applied", "offsets"):
+        execute(admin, sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, table)))
+
+
+def _state(env: dict[str, str]) -> dict[str, list[tuple[Any, ...]]]:
+    admin = env["CRM_ADMIN_DSN"]
+    customers = [deterministic_id("customer", k) for k in KEYS]
+    products = [deterministic_id("product", k) for k in KEYS]
+    return {
+        "accounts": execute(
+            admin,
+            "SELECT id::text, name, account_number, email, billing_address_city, deleted "
+            "FROM public.accounts WHERE id = ANY(%s::uuid[]) ORDER BY id",
+            (customers,),
+        ),
+        "aos_products": execute(
+            admin,
+            "SELECT id::text, part_number, name, price, deleted FROM public.aos_products "
+            "WHERE id = ANY(%s::uuid[]) ORDER BY id",
+            (products,),
+        ),
+    }
+
+
+# -- the events -------------------------------------------------------------------------
+
+_change = st.fixed_dictionaries(
+    {
+        "op": st.sampled_from(["upsert", "upsert", "upsert", "delete"]),
+        "name": st.sampled_from(["Alpha", "Beta", "Gamma", "Delta"]),
+        "city": st.sampled_from(["Berlin", "Köln", None]),
+        "price": st.integers(min_value=0, max_value=500),
+    }
+)
+_history = st.dictionaries(
+    st.tuples(st.sampled_from(["customer", "product"]), st.sampled_from(KEYS)),
+    st.lists(_change, min_size=1, max_size=4),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _record(entity: str, key: str, version: int, change: dict[str, Any]) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event_id": f"{entity}|{key}|{version}",
+        "source_system": "erp",
+        "source_lsn": version,
+        "source_tx_id": version,
+        "source_ts_ms": 1_700_000_000_000 + version,
+        "op": change["op"],
+        "version": version,
+        "erp_id": key.split(":")[1],
+        "crm_id": None,
+        "name": change["name"],
+        "active": True,
+    }
+    if entity == "customer":
+        base.update(customer_number=NUMBERS[key], email=f"{change['name'].lower()}@example.com")
+        base.update(city=change["city"], is_company=True)
+    else:
+        base.update(sku=SKUS[key], list_price=change["price"], standard_price=0, currency="EUR")
+    return base
+
+
+def _events(history: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[Any, list[Any]]:
+    """Per key, its events in version order (versions strictly increasing)."""
+    return {
+        (entity, key): [
+            _record(entity, key, 10 * (i + 1), change) for i, change in enumerate(changes)
+        ]
+        for (entity, key), changes in history.items()
+    }
+
+
+def _interleave(per_key: dict[Any, list[Any]], picks: Sequence[int]) -> list[tuple[Any, Any]]:
+    """One delivery: keys interleaved by ``picks``, each key's order kept."""
+    queues = {k: list(v) for k, v in per_key.items()}
+    order: list[tuple[Any, Any]] = []
+    for pick in itertools.chain(picks, itertools.repeat(0)):
+        live = [k for k, q in queues.items() if q]
+        if not live:
+            return order
+        key = live[pick % len(live)]
+        order.append((key, queues[key].pop(0)))
+    return order
+
+
+def _deliver(
+    sink: PostgresUpsertSink, delivery: list[tuple[Any, Any]], sizes: Sequence[int]
+) -> None:
+    offset = 0
+    index = 0
+    for size in itertools.chain(sizes, itertools.repeat(3)):
+        if index >= len(delivery):
+            return
+        chunk = delivery[index : index + size]
+        index += size
+        batch = SinkBatch()
+        for (entity, key), record in chunk:
+            batch.add(SinkEvent(f"canonical.{entity}", 0, offset, entity, key, record))
+            offset += 1
+        result = sink.write(batch)
+        assert not result.dead, result.dead
+        assert not result.deferred
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    history=_history,
+    picks=st.lists(st.integers(min_value=0, max_value=10), max_size=30),
+    sizes=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=10),
+    rewinds=st.lists(st.tuples(st.integers(0, 30), st.integers(1, 8)), max_size=4),
+)
+def test_any_delivery_leaves_the_same_tables(
+    sink: PostgresUpsertSink,
+    stack_env: dict[str, str],
+    history: dict[tuple[str, str], list[dict[str, Any]]],
+    picks: list[int],
+    sizes: list[int],
+    rewinds: list[tuple[int, int]],
+) -> None:
+    schema = sink._schema
+    per_key = _events(history)
+    once = _interleave(per_key, picks)
+
+    _reset(stack_env, schema)
+    _deliver(sink, once, sizes)
+    reference = _state(stack_env)
+
+    _deliver(sink, once, sizes)  # a full replay
+    assert _state(stack_env) == reference
+
+    _reset(stack_env, schema)
+    redelivered = list(once)
+    for at, length in rewinds:  # after position `at`, deliver an earlier stretch again
+        at = min(at, len(redelivered))
+        start = max(0, at - length)
+        redelivered[at:at] = redelivered[start:at]
+    _deliver(sink, redelivered, list(reversed(sizes)))
+    assert _state(stack_env) == reference
+
+    # ... and the tables hold each key's latest version.
+    accounts = {row[0]: row for row in reference["accounts"]}
+    products = {row[0]: row for row in reference["aos_products"]}
+    for (entity, key), events in per_key.items():
+        latest = events[-1]
+        rows = accounts if entity == "customer" else products
+        row = rows.get(deterministic_id(entity, key))
+        first_upsert = next((e for e in events if e["op"] == "upsert"), None)
+        if first_upsert is None:
+            assert row is None  # deletes of a record never created change nothing
+            continue
+        assert row is not None
+        assert row[-1] == (latest["op"] == "delete")
+        last_upsert = [e for e in events if e["op"] == "upsert"][-1]
+        assert row[2 if entity == "product" else 1] == last_upsert["name"]
