@@ -289,6 +289,23 @@ def bench_streams(
     print(json.dumps(result, indent=2))
 
 
+@bench_app.command("sinks")
+def bench_sinks(
+    events: Annotated[int, typer.Option(help="Customers inserted, then updated.")] = 20_000,
+    batch_size: Annotated[int, typer.Option(help="Sink batch size.")] = 500,
+    samples: Annotated[int, typer.Option(help="End-to-end changes per direction.")] = 50,
+    timeout: Annotated[float, typer.Option(help="Seconds each phase may take at most.")] = 300,
+) -> None:
+    """Sink apply throughput (events/s, batch apply p50/p99) and end-to-end latency."""
+    from erpcrm.bench_sinks import bench_sinks as run
+
+    try:
+        result = run(events=events, batch_size=batch_size, samples=samples, timeout=timeout)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    print(json.dumps(result, indent=2))
+
+
 def _stack_defaults_into_environment(
     *, capture_dsn_of: str | None = None, sink_dsn_of: str | None = None
 ) -> None:

@@ -47,7 +47,6 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
 from schemas.serde import AvroSerde
-from schemas.topics import CANONICAL_PREFIX
 from sinks.base import WriteResult
 from sinks.batch import EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
@@ -236,7 +235,7 @@ class SinkRunner:
         if value is None:  # a tombstone (compaction of a deleted entity): nothing to do
             batch.advance(topic, partition, offset)
             return
-        entity = topic.removeprefix(f"{CANONICAL_PREFIX}.")
+        entity = topic.rsplit(".", 1)[-1]  # canonical.<entity>
         try:
             record = self._retrying("decode", lambda: self._serde.decode(value))
         except DecodeError as exc:

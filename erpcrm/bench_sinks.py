@@ -1,0 +1,382 @@
+"""``erpcrm bench sinks``: how fast a sink applies, and how long a change takes end to end.
+
+Two measurements on the local stack, printed as one JSON document.
+
+**Apply throughput** (the sink alone, real Kafka and PostgreSQL). ``events`` canonical
+customer events (ERP customers, as the streams stage publishes them) are produced to a
+private topic, and a :class:`~sinks.runner.SinkRunner` for the CRM, in this process,
+with its own consumer group and sync-state schema, applies them three times over:
+
+1. ``insert``: every event creates an account (multi-row ``INSERT``);
+2. ``update``: a second version of every customer, with a new name and city;
+3. ``replay``: the stored positions are set back to the start and both versions are
+   read again: every event is skipped as already applied, nothing is written.
+
+Per phase: events/s from the first to the last committed batch, and the per-batch apply
+time (one database transaction) p50/p99. Everything the run made is removed at the
+end (accounts, schema, topic, group).
+
+**End to end** (the whole pipeline as ``erpcrm run`` runs it; started here if its
+workers are not answering, and stopped again). ``samples`` changes are committed one at
+a time in each system, on customers the two systems share, and the other system is
+polled every few milliseconds until the change is visible: source commit to visible in
+the target, p50/p99/max per direction.
+
+Also reported: the benchmark process's peak RSS (it holds the in-process sink).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from prometheus_client import CollectorRegistry
+from psycopg import sql
+from pydantic import SecretStr
+
+from erpcrm.stack import LocalStack
+from erpcrm.stack.postgres import SINK_ROLE, SUPERUSER
+from schemas.canonical import canonical_schema
+from schemas.errors import StackError
+from schemas.mapping import load_mappings, ownership
+from schemas.serde import AvroSerde, RegistryClient
+from schemas.settings import KafkaSettings, RegistrySettings
+from sinks.batch import SinkBatch
+from sinks.metrics import SinkMetrics
+from sinks.postgres import PostgresUpsertSink
+from sinks.runner import RunStats, SinkRunner
+from sinks.settings import DEFAULT_METRICS_PORT, SinkSettings
+from sinks.targets import Direction, build_tables, deterministic_id
+
+__all__ = ["bench_sinks"]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(_percentile(values, 0.5) * 1000, 1),
+        "p99_ms": round(_percentile(values, 0.99) * 1000, 1),
+        "max_ms": round(max(values) * 1000, 1) if values else float("nan"),
+    }
+
+
+def _peak_rss_mib() -> float:
+    text = Path("/proc/self/status").read_text()
+    match = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return round(int(match.group(1)) / 1024, 1) if match else float("nan")
+
+
+# ------------------------------------------------------------------ apply throughput
+
+
+class _Timed:
+    """Wraps a sink's ``write`` to time every batch."""
+
+    def __init__(self, sink: PostgresUpsertSink) -> None:
+        self.sink = sink
+        self.batches: list[tuple[float, float, int]] = []  # (start, seconds, events)
+        original = sink.write
+
+        def write(batch: SinkBatch, *, store_offsets: bool = True) -> Any:
+            started = time.monotonic()
+            result = original(batch, store_offsets=store_offsets)
+            self.batches.append((started, time.monotonic() - started, len(batch)))
+            return result
+
+        sink.write = write  # type: ignore[method-assign]
+
+
+def _customer(run: str, index: int, version: int) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    return {
+        "event_id": f"bench-{run}-{index}-{version}",
+        "source_system": "erp",
+        "source_lsn": version,
+        "source_tx_id": None,
+        "source_ts_ms": now,
+        "op": "upsert",
+        "version": version,
+        "erp_id": str(10_000_000 + index),
+        "crm_id": None,
+        "customer_number": f"B{run[:6].upper()}{index:07d}",
+        "name": f"Bench customer {index} v{version}",
+        "is_company": True,
+        "vat": None,
+        "email": f"bench{index}@example.com",
+        "phone": None,
+        "website": None,
+        "street": f"Street {index}",
+        "city": "Berlin" if version == 1 else "Hamburg",
+        "zip": "10115",
+        "country_code": "DE",
+        "industry": None,
+        "active": True,
+    }
+
+
+def _apply_phase(
+    runner_factory: Callable[[], tuple[SinkRunner, _Timed]],
+    outcome: str,
+    expected: int,
+    timeout: float,
+) -> dict[str, Any]:
+    runner, timed = runner_factory()
+    deadline = time.monotonic() + timeout
+
+    def done(stats: RunStats) -> bool:
+        if time.monotonic() > deadline:
+            raise StackError(f"the sink {outcome} phase did not finish in {timeout:.0f}s")
+        return stats.outcomes.get(outcome, 0) >= expected
+
+    stats = runner.run(until=done)
+    busy = [b for b in timed.batches if b[2] > 0]
+    if not busy:
+        raise StackError(f"no batch was applied in the {outcome} phase")
+    window = (busy[-1][0] + busy[-1][1]) - busy[0][0]
+    return {
+        "events": stats.outcomes.get(outcome, 0),
+        "events_per_second": round(stats.outcomes.get(outcome, 0) / window, 1),
+        "batches": len(busy),
+        "mean_batch_size": round(statistics.mean(b[2] for b in busy), 1),
+        "batch_apply": _ms([b[1] for b in busy]),
+    }
+
+
+def _throughput(stack: LocalStack, events: int, batch_size: int, timeout: float) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:10]
+    topic = f"erpcrm-bench-{run}.customer"
+    schema = f"bench_{run}"
+    group = f"erpcrm-bench-{run}"
+    admin_dsn = stack.crm.dsn(SUPERUSER, stack.crm.database)
+    bootstrap = stack.kafka.bootstrap
+    kafka = AdminClient({"bootstrap.servers": bootstrap})
+    for future in kafka.create_topics([NewTopic(topic, num_partitions=3)]).values():
+        future.result(timeout=30)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                sql.Identifier(schema), sql.Identifier(SINK_ROLE)
+            )
+        )
+    registry_url = stack.env()["SCHEMA_REGISTRY_URL"]
+    client = RegistryClient(registry_url)
+    serde = AvroSerde(client)
+    flows = load_mappings()
+    tables = {
+        t.entity: t for t in build_tables(flows).values() if t.direction is Direction.ERP_TO_CRM
+    }
+    settings = SinkSettings(
+        target="crm",
+        dsn=SecretStr(stack.crm.dsn(SINK_ROLE)),
+        sync_schema=schema,
+        group_id=group,
+        batch_size=batch_size,
+        announce=False,
+        kafka=KafkaSettings(bootstrap=bootstrap),
+        registry=RegistrySettings(url=registry_url),
+    )
+
+    def runner() -> tuple[SinkRunner, _Timed]:
+        sink = PostgresUpsertSink(
+            target="crm",
+            dsn=settings.dsn.get_secret_value(),
+            tables={"customer": tables["customer"]},
+            ownership={"customer": ownership(flows, "customer")},
+            topics=(topic,),
+            schema=schema,
+            announce=False,
+        )
+        timed = _Timed(sink)
+        metrics = SinkMetrics.create(CollectorRegistry())
+        return SinkRunner(settings, sink, serde, metrics, (topic,)), timed
+
+    def produce(version: int) -> None:
+        writer = serde.prepare(f"{topic}-value", canonical_schema("customer"))
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+        for index in range(events):
+            producer.produce(
+                topic,
+                key=f"erp:{10_000_000 + index}".encode(),
+                value=serde.encode_with(writer, _customer(run, index, version)),
+            )
+            producer.poll(0)
+        if producer.flush(60) > 0:
+            raise StackError("Kafka did not take the benchmark events")
+
+    try:
+        produce(1)
+        result = {"insert": _apply_phase(runner, "applied", events, timeout)}
+        produce(2)
+        result["update"] = _apply_phase(runner, "applied", events, timeout)
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("UPDATE {} SET next_offset = 0").format(sql.Identifier(schema, "offsets"))
+            )
+        result["replay"] = _apply_phase(runner, "stale", 2 * events, timeout)
+        return result
+    finally:
+        ids = [deterministic_id("customer", f"erp:{10_000_000 + i}") for i in range(events)]
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM public.accounts WHERE id = ANY(%s::uuid[])", (ids,))
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        for future in kafka.delete_topics([topic], operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+        for future in kafka.delete_consumer_groups([group], request_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+        client.close()
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def _sinks_answer() -> bool:
+    for port in DEFAULT_METRICS_PORT.values():
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).raise_for_status()
+        except httpx.HTTPError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _pipeline(stack: LocalStack, timeout: float) -> Iterator[bool]:
+    """The workers of ``erpcrm run``: the running ones, or started (and stopped) here."""
+    if _sinks_answer():
+        yield False
+        return
+    log = stack.layout.state / "bench" / "run.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "erpcrm.cli", "run"], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not _sinks_answer():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise StackError(f"the workers did not start; see {log}")
+            time.sleep(0.5)
+        yield True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _linked(stack: LocalStack, count: int, timeout: float) -> list[tuple[int, str]]:
+    """Customers both systems share (waits for the initial sync to link them)."""
+    dsn = stack.erp.dsn(SUPERUSER, stack.erp.database)
+    deadline = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT id, crm_account_id::text FROM public.res_partner "
+                "WHERE crm_account_id IS NOT NULL AND parent_id IS NULL AND active "
+                "ORDER BY id LIMIT %s",
+                (count,),
+            ).fetchall()
+        if len(rows) >= min(count, 10):
+            return [(int(r[0]), str(r[1])) for r in rows]
+        if time.monotonic() > deadline:
+            raise StackError("no customers are linked between the systems")
+        time.sleep(1)
+
+
+def _visible_after(
+    dsn: str, query: str, params: tuple[Any, ...], expected: str, timeout: float
+) -> float:
+    """Poll until ``query`` returns ``expected``; seconds from the call, or raise."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = time.monotonic()
+        while True:
+            row = conn.execute(query, params).fetchone()
+            if row is not None and row[0] == expected:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise StackError(f"a change did not arrive within {timeout:.0f}s")
+            time.sleep(0.002)
+
+
+def _end_to_end(stack: LocalStack, samples: int, timeout: float) -> dict[str, Any]:
+    erp = stack.erp.dsn()
+    crm = stack.crm.dsn()
+    erp_admin = stack.erp.dsn(SUPERUSER, stack.erp.database)
+    crm_admin = stack.crm.dsn(SUPERUSER, stack.crm.database)
+    with _pipeline(stack, timeout) as started:
+        pairs = _linked(stack, samples, timeout)
+        to_crm: list[float] = []
+        to_erp: list[float] = []
+        tag = uuid.uuid4().hex[:6]
+        for n in range(samples):
+            partner, account = pairs[n % len(pairs)]
+            city = f"Bench {tag} {n}"
+            with psycopg.connect(erp, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE public.res_partner SET city = %s WHERE id = %s", (city, partner)
+                )
+            to_crm.append(
+                _visible_after(
+                    crm_admin,
+                    "SELECT billing_address_city FROM public.accounts WHERE id = %s",
+                    (account,),
+                    city,
+                    timeout,
+                )
+            )
+            street = f"Benchstrasse {tag} {n}"
+            with psycopg.connect(crm, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE public.accounts SET billing_address_street = %s WHERE id = %s",
+                    (street, account),
+                )
+            to_erp.append(
+                _visible_after(
+                    erp_admin,
+                    "SELECT street FROM public.res_partner WHERE id = %s",
+                    (partner,),
+                    street,
+                    timeout,
+                )
+            )
+    return {
+        "samples": samples,
+        "workers_started_by_bench": started,
+        "erp_to_crm": _ms(to_crm),
+        "crm_to_erp": _ms(to_erp),
+    }
+
+
+def bench_sinks(*, events: int, batch_size: int, samples: int, timeout: float) -> dict[str, Any]:
+    """Run both measurements (module doc) on the running local stack; return the JSON."""
+    stack = LocalStack()
+    if not all(c.pid() is not None for c in (stack.erp, stack.crm, stack.kafka)):
+        raise StackError("the local stack is not running: erpcrm stack up")
+    result: dict[str, Any] = {"events": events, "batch_size": batch_size}
+    result["apply"] = _throughput(stack, events, batch_size, timeout)
+    result["bench_process_peak_rss_mib"] = _peak_rss_mib()
+    result["end_to_end"] = _end_to_end(stack, samples, timeout)
+    return result
