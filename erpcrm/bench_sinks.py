@@ -20,7 +20,8 @@ end (accounts, schema, topic, group).
 workers are not answering, and stopped again). ``samples`` changes are committed one at
 a time in each system, on customers the two systems share, and the other system is
 polled every few milliseconds until the change is visible: source commit to visible in
-the target, p50/p99/max per direction.
+the target, p50/p99/max per direction. The measurement starts once the sinks have
+caught up, after one warm-up change per direction.
 
 Also reported: the benchmark process's peak RSS (it holds the in-process sink).
 """
@@ -44,6 +45,7 @@ import psycopg
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from pydantic import SecretStr
 
@@ -287,6 +289,30 @@ def _pipeline(stack: LocalStack, timeout: float) -> Iterator[bool]:
             proc.kill()
 
 
+def _applied_total() -> float:
+    """Events the sinks have handled so far (every outcome), from their metrics."""
+    total = 0.0
+    for port in DEFAULT_METRICS_PORT.values():
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        for family in text_string_to_metric_families(text):
+            total += sum(s.value for s in family.samples if s.name == "erpcrm_sink_events_total")
+    return total
+
+
+def _settle(timeout: float, quiet: float = 5.0) -> None:
+    """Wait until the sinks have handled nothing new for ``quiet`` seconds (caught up)."""
+    deadline = time.monotonic() + timeout
+    last, since = -1.0, time.monotonic()
+    while time.monotonic() < deadline:
+        now = _applied_total()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.5)
+    raise StackError("the sinks did not catch up")
+
+
 def _linked(stack: LocalStack, count: int, timeout: float) -> list[tuple[int, str]]:
     """Customers both systems share (waits for the initial sync to link them)."""
     dsn = stack.erp.dsn(SUPERUSER, stack.erp.database)
@@ -328,40 +354,41 @@ def _end_to_end(stack: LocalStack, samples: int, timeout: float) -> dict[str, An
     crm_admin = stack.crm.dsn(SUPERUSER, stack.crm.database)
     with _pipeline(stack, timeout) as started:
         pairs = _linked(stack, samples, timeout)
+        _settle(timeout)  # measure changes, not the catch-up of a starting pipeline
         to_crm: list[float] = []
         to_erp: list[float] = []
         tag = uuid.uuid4().hex[:6]
-        for n in range(samples):
+        for n in range(-1, samples):  # the first change of each direction warms up
             partner, account = pairs[n % len(pairs)]
             city = f"Bench {tag} {n}"
             with psycopg.connect(erp, autocommit=True) as conn:
                 conn.execute(
                     "UPDATE public.res_partner SET city = %s WHERE id = %s", (city, partner)
                 )
-            to_crm.append(
-                _visible_after(
-                    crm_admin,
-                    "SELECT billing_address_city FROM public.accounts WHERE id = %s",
-                    (account,),
-                    city,
-                    timeout,
-                )
+            erp_seconds = _visible_after(
+                crm_admin,
+                "SELECT billing_address_city FROM public.accounts WHERE id = %s",
+                (account,),
+                city,
+                timeout,
             )
+            if n >= 0:
+                to_crm.append(erp_seconds)
             street = f"Benchstrasse {tag} {n}"
             with psycopg.connect(crm, autocommit=True) as conn:
                 conn.execute(
                     "UPDATE public.accounts SET billing_address_street = %s WHERE id = %s",
                     (street, account),
                 )
-            to_erp.append(
-                _visible_after(
-                    erp_admin,
-                    "SELECT street FROM public.res_partner WHERE id = %s",
-                    (partner,),
-                    street,
-                    timeout,
-                )
+            crm_seconds = _visible_after(
+                erp_admin,
+                "SELECT street FROM public.res_partner WHERE id = %s",
+                (partner,),
+                street,
+                timeout,
             )
+            if n >= 0:
+                to_erp.append(crm_seconds)
     return {
         "samples": samples,
         "workers_started_by_bench": started,

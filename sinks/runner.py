@@ -200,22 +200,28 @@ class SinkRunner:
         self._commit_kafka(result)
 
     def _collect(self) -> SinkBatch:
-        """Up to ``batch_size`` decoded events, lingering after the first."""
+        """Up to ``batch_size`` decoded events, lingering ``linger_ms`` after the first.
+
+        The first message is awaited with ``poll`` (it returns as soon as one is there;
+        ``consume`` would wait for a full batch or its timeout), the rest is gathered
+        until the batch is full or the linger is over.
+        """
         assert self._consumer is not None
         batch = SinkBatch()
-        wait = _DEFERRED_RETRY_SECONDS if self._held else 1.0
-        deadline: float | None = None
+        first = self._consumer.poll(_DEFERRED_RETRY_SECONDS if self._held else 1.0)
+        if first is None:
+            return batch
+        self._add(batch, first)
+        deadline = self._clock() + self._s.linger_ms / 1000
         while len(batch) < self._s.batch_size and not self._stop.is_set():
-            timeout = wait if deadline is None else max(0.0, deadline - self._clock())
-            messages = self._consumer.consume(self._s.batch_size - len(batch), timeout)
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            messages = self._consumer.consume(self._s.batch_size - len(batch), remaining)
+            if not messages:
+                break
             for message in messages:
                 self._add(batch, message)
-            if deadline is None:
-                if not messages:
-                    break
-                deadline = self._clock() + self._s.linger_ms / 1000
-            elif self._clock() >= deadline or not messages:
-                break
         return batch
 
     def _add(self, batch: SinkBatch, message: Message) -> None:
