@@ -6,6 +6,7 @@ Logging handlers are configured here and only here; modules log through
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -181,16 +182,14 @@ def cdc(
 ) -> None:
     """Stream every committed change of one database into Kafka (Debezium envelopes)."""
     from cdc.settings import CaptureSettings
-    from erpcrm.workers import build_capture, serve_metrics, stop_on_signals
+    from erpcrm.workers import build_capture, run_worker
 
     if dsn:
         os.environ["ERPCRM_CDC_DSN"] = dsn
     _stack_defaults_into_environment(capture_dsn_of=system.value)
     try:
         settings = CaptureSettings(system=system.literal)
-        worker = build_capture(settings, serve_metrics(settings.metrics_port))
-        stop_on_signals(worker.stop)
-        worker.run()
+        run_worker(settings.metrics_port, functools.partial(build_capture, settings))
     except SyncError as exc:
         raise _fail(exc) from exc
 
@@ -221,7 +220,7 @@ def sink(
     ] = None,
 ) -> None:
     """Apply the other system's canonical events to one database, exactly once."""
-    from erpcrm.workers import build_sink, serve_metrics, stop_on_signals
+    from erpcrm.workers import build_sink, run_worker
     from sinks.settings import SinkSettings
 
     if dsn:
@@ -229,9 +228,7 @@ def sink(
     _stack_defaults_into_environment(sink_dsn_of=target.value)
     try:
         settings = SinkSettings(target=target.literal)
-        worker = build_sink(settings, serve_metrics(settings.metrics_port))
-        stop_on_signals(worker.stop)
-        worker.run()
+        run_worker(settings.metrics_port, functools.partial(build_sink, settings))
     except SyncError as exc:
         raise _fail(exc) from exc
 

@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -40,6 +40,25 @@ def build_capture(settings: CaptureSettings, registry: CollectorRegistry) -> Cap
     """A capture worker for ``settings`` with metrics in ``registry``."""
     client = RegistryClient(settings.registry.url)
     return CaptureWorker(settings, CaptureMetrics.create(registry), AvroSerde(client), client)
+
+
+class Worker(Protocol):
+    """What the single-worker commands run: ``run`` until ``stop``."""
+
+    def run(self) -> object:
+        """Work until stopped; returns when stopped cleanly."""
+        ...
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish (from a signal handler)."""
+        ...
+
+
+def run_worker(metrics_port: int, build: Callable[[CollectorRegistry], Worker]) -> None:
+    """Serve ``/metrics`` on ``metrics_port``, build the worker, wire signals, run it."""
+    worker = build(serve_metrics(metrics_port))
+    stop_on_signals(worker.stop)
+    worker.run()
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:

@@ -375,8 +375,10 @@ def test_crm_customer_numbers_exist_in_the_erp(
     numbers = {
         str(r[0])
         for r in crm.execute(
+            # The seed's accounts (rows other tests or a sink made may refer to ERP
+            # customers those tests have since removed).
             "SELECT account_number FROM public.accounts"
-            " WHERE account_number IS NOT NULL AND NOT deleted"
+            " WHERE account_number IS NOT NULL AND NOT deleted AND created_by = 'admin'"
         ).fetchall()
     }
     refs = {str(r[0]) for r in erp.execute("SELECT ref FROM public.res_partner").fetchall()}

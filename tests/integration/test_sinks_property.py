@@ -38,7 +38,8 @@ from tests.integration.cdc_fixtures import execute, unique_name
 
 pytestmark = pytest.mark.integration
 
-KEYS = tuple(f"erp:{9_000_000 + i}" for i in range(4))
+_BASE = 900_000_000 + uuid.uuid4().int % 90_000_000  # fresh ids every session
+KEYS = tuple(f"erp:{_BASE + i}" for i in range(4))
 SKUS = {key: f"PROP-{uuid.uuid4().hex[:6].upper()}-{i}" for i, key in enumerate(KEYS)}
 NUMBERS = {key: f"P{uuid.uuid4().hex[:7].upper()}" for key in KEYS}
 
