@@ -117,6 +117,7 @@ class SinkRunner:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._lag_at = 0.0
+        self._topics_at_start: set[str] = set()
         self.stats = RunStats()
         self._target = settings.target
 
@@ -148,6 +149,10 @@ class SinkRunner:
             )
         )
         try:
+            metadata = self._consumer.list_topics(timeout=30)
+            self._topics_at_start = {
+                name for name, topic in metadata.topics.items() if topic.error is None
+            }
             self._consumer.subscribe(list(self._topics), on_assign=self._on_assign)
             self._after_commit(announce=True, dead=True)
             log.info("sink %s consuming %s", self._target, ", ".join(self._topics))
@@ -170,9 +175,12 @@ class SinkRunner:
             elif self._s.start_at == "earliest":
                 tp.offset = OFFSET_BEGINNING
             else:
-                # Pin "latest" now, so a restart before the first event resumes here.
-                _, high = consumer.get_watermark_offsets(tp, timeout=10)
-                tp.offset = fresh[(tp.topic, tp.partition)] = max(high, 0)
+                # "latest" means the end of a topic that existed when the sink started; a
+                # topic made since is read from its start. Either way the position is
+                # pinned now, so a restart before the first event resumes here.
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                start = high if tp.topic in self._topics_at_start else low
+                tp.offset = fresh[(tp.topic, tp.partition)] = max(start, 0)
         if fresh:
             self._retrying("store start positions", partial(self._sink.store_offsets, fresh))
         assigned = {(p.topic, p.partition) for p in partitions}

@@ -44,7 +44,8 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         dlq_topic: where refused events go (``dlq.sinks.<target>``).
         start_at: where a partition without a stored position starts: ``earliest``
             (the default: the whole history, so a new target catches up) or ``latest``
-            (only what is published from now on).
+            (only what is published from now on; a topic created after the sink started
+            is read from its beginning).
     """
 
     target: Target = "crm"

@@ -517,6 +517,10 @@ def _as_int(field_name: str) -> Compute:
     return value
 
 
+_LIVE: Final = ColumnMap("deleted", "boolean", compute=lambda _: False)
+"""A soft-deleted CRM row that gets an upsert is live again (the record exists)."""
+
+
 def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], TargetTable]:
     """Every target table, by ``(direction, entity)``; from :func:`load_mappings` flows.
 
@@ -546,6 +550,7 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             columns=(
                 crm_id("customer"),
                 *_from_fields(_flow(flows, "crm", "accounts", "customer").fields),
+                _LIVE,
             ),
             match=("account_number", "customer_number"),
             live="deleted",
@@ -575,6 +580,7 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
                         "currency": {"default": "EUR"},
                     },
                 ),
+                _LIVE,
             ),
             match=("part_number", "sku"),
             modified="date_modified",

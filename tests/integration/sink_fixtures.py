@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
@@ -214,6 +214,15 @@ class Pipeline:
         return self.sinks["erp"]
 
     def start(self) -> Pipeline:
+        # The streams worker makes the canonical topics; on a fresh stack they do not
+        # exist yet, and the sinks' positions are pinned when they are first assigned.
+        admin = AdminClient({"bootstrap.servers": self.stack_env["KAFKA_BOOTSTRAP"]})
+        missing = set(CANONICAL_TOPICS) - set(admin.list_topics(timeout=10).topics)
+        if missing:
+            created = admin.create_topics([NewTopic(t, num_partitions=3) for t in missing])
+            for future in created.values():
+                with contextlib.suppress(Exception):  # made meanwhile by someone else
+                    future.result(timeout=30)
         self.start_positions = watermarks(self.stack_env["KAFKA_BOOTSTRAP"])
         for sink in self.sinks.values():
             sink.create_schema()

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
@@ -197,6 +197,42 @@ def _deliver(
     max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(  # an upsert after a delete revives the soft-deleted row
+    history={
+        ("customer", KEYS[1]): [
+            {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 0},
+            {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 0},
+            {"op": "delete", "name": "Alpha", "city": "Berlin", "price": 0},
+            {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 0},
+        ],
+        ("customer", KEYS[0]): [{"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 0}],
+    },
+    picks=[1],
+    sizes=[1],
+    rewinds=[],
+)
+@example(
+    history={
+        ("customer", KEYS[1]): [
+            {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": p} for p in (1, 2, 3, 4)
+        ],
+        ("customer", KEYS[3]): [
+            {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 500},
+            {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 29},
+            {"op": "delete", "name": "Alpha", "city": "Berlin", "price": 381},
+            {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 363},
+        ],
+        ("product", KEYS[0]): [
+            {"op": "delete", "name": "Delta", "city": None, "price": 269},
+            {"op": "delete", "name": "Beta", "city": "Köln", "price": 218},
+            {"op": "upsert", "name": "Alpha", "city": "Köln", "price": 298},
+            {"op": "upsert", "name": "Alpha", "city": None, "price": 27},
+        ],
+    },
+    picks=[8, 2, 2, 0],
+    sizes=[4, 5, 3, 1, 1, 2, 2, 4, 1, 1],
+    rewinds=[(19, 1)],
 )
 @given(
     history=_history,
