@@ -178,7 +178,7 @@ class SinkRunner:
                 # "latest" means the end of a topic that existed when the sink started; a
                 # topic made since is read from its start. Either way the position is
                 # pinned now, so a restart before the first event resumes here.
-                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                low, high = self._watermarks(consumer, tp)
                 start = high if tp.topic in self._topics_at_start else low
                 tp.offset = fresh[(tp.topic, tp.partition)] = max(start, 0)
         if fresh:
@@ -190,6 +190,20 @@ class SinkRunner:
             del self._held[key]  # read again from the stored position
         consumer.assign(partitions)
         log.info("sink %s assigned %d partitions", self._target, len(partitions))
+
+    def _watermarks(self, consumer: Consumer, tp: TopicPartition) -> tuple[int, int]:
+        """A partition's low and high watermarks, waiting out a leader election."""
+        delay = self._s.retry_initial_seconds
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                return int(low), int(high)
+            except KafkaException as exc:
+                if self._stop.is_set():
+                    raise RetriableError(f"no watermarks for {tp.topic}: {exc}") from exc
+                log.info("sink %s: watermarks of %s: %s; retrying", self._target, tp.topic, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._s.retry_max_seconds)
 
     # ------------------------------------------------------------------------ step
 

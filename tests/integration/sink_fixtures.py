@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
@@ -37,6 +38,18 @@ from tests.integration.test_streams import StreamsProcess
 __all__ = ["Pipeline", "SinkProcess", "newest_records", "sink_source", "watermarks"]
 
 
+def _high(consumer: Consumer, tp: TopicPartition, timeout: float = 60.0) -> int:
+    """A partition's high watermark; waits while a new topic's leader is being elected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def watermarks(
     bootstrap: str, topics: tuple[str, ...] = CANONICAL_TOPICS
 ) -> dict[tuple[str, int], int]:
@@ -50,10 +63,7 @@ def watermarks(
             if described is None or described.error is not None:
                 continue
             for partition in described.partitions:
-                _, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10
-                )
-                result[(topic, partition)] = high
+                result[(topic, partition)] = _high(consumer, TopicPartition(topic, partition))
         return result
     finally:
         consumer.close()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cdc.settings import DEFAULT_TABLES
+from erpcrm.stack import LocalStack
 from erpcrm.workload import run_workload
 from schemas.topics import CANONICAL_INVENTORY
 from tests.integration.cdc_fixtures import TopicReader, execute, wait_for
@@ -384,6 +385,46 @@ def test_concurrent_edits_converge_to_the_last_writer(
             )[0][0]
             >= 0
         )
+
+
+def test_target_database_down_makes_the_sink_wait(
+    pipeline: Pipeline, stack_env: dict[str, str], local_stack: LocalStack
+) -> None:
+    partner, account = _linked_customer(stack_env)
+    retries_before = sum(
+        v
+        for (name, _), v in pipeline.crm_sink.metrics().items()
+        if name == "erpcrm_sink_retries_total"
+    )
+    local_stack.crm.stop()
+    try:
+        cities = [f"Outage {uuid.uuid4().hex[:6]} {n}" for n in range(5)]
+        for city in cities:  # committed in the ERP while the CRM is down
+            execute(
+                stack_env["ERP_DSN"],
+                "UPDATE public.res_partner SET city = %s WHERE id = %s",
+                (city, partner),
+            )
+        time.sleep(6)  # the sink meets the closed database and keeps retrying
+        assert pipeline.crm_sink.running
+    finally:
+        local_stack.up()
+    _eventually(
+        stack_env["CRM_ADMIN_DSN"],
+        "SELECT billing_address_city FROM public.accounts WHERE id = %s",
+        (account,),
+        cities[-1],
+        "the last change made during the outage",
+        timeout=120,
+    )
+    retries = sum(
+        v
+        for (name, _), v in pipeline.crm_sink.metrics().items()
+        if name == "erpcrm_sink_retries_total"
+    )
+    assert retries > retries_before
+    assert pipeline.crm_sink.query("SELECT count(*) FROM {schema}.dead_letters") == [(0,)]
+    assert pipeline.crm_sink.total("dead_lettered") == 0
 
 
 def _tables_digest(env: dict[str, str]) -> dict[str, list[tuple[Any, ...]]]:
