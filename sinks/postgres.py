@@ -441,6 +441,9 @@ class PostgresUpsertSink(Sink):
                     line.get(ref.field) is None for line in record.get("lines") or ()
                 ):
                     return True
+            elif ref.required_if is not None:
+                if record.get(ref.required_if) is not None and record.get(ref.field) is None:
+                    return True
             elif required and record.get(ref.field) is None:
                 return True
         return False

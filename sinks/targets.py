@@ -13,7 +13,9 @@ Directions and tables:
 - ERP -> CRM: customer -> ``accounts``; product -> ``aos_products``; inventory ->
   ``product_availability``; sales_order (status only, update-only) -> ``aos_quotes``
   ``erp_order_name`` / ``erp_order_state``; invoice -> ``aos_invoices``.
-- CRM -> ERP: customer -> ``res_partner`` (the ERP assigns ``ref`` from its sequence;
+- CRM -> ERP: contact -> ``res_partner`` contact persons (``parent_id`` the account's
+  partner, no customer number; the CRM owns contacts); customer -> ``res_partner`` (the
+  ERP assigns ``ref`` from its sequence;
   for an existing partner only CRM-owned and shared fields are written, decided by
   :func:`sinks.state.resolve`); sales_order (accepted quote) -> ``sale_order`` (``name``
   from the ERP sequence) with its lines in ``sale_order_line`` (written when the order
@@ -150,6 +152,9 @@ class Reference:
     pg_type: str
     by: tuple[Locator, ...]
     lines: bool = False
+    required_if: str | None = None
+    """Only required (deferred while missing) when this record field is set; without
+    it the row is written without the reference (a contact with no account)."""
 
     @property
     def ref(self) -> Table:
@@ -517,6 +522,12 @@ def _as_int(field_name: str) -> Compute:
     return value
 
 
+def _person_name(record: Mapping[str, Any]) -> str | None:
+    parts = [record.get("first_name"), record.get("last_name")]
+    name = " ".join(str(p) for p in parts if p)
+    return name or None
+
+
 _LIVE: Final = ColumnMap("deleted", "boolean", compute=lambda _: False)
 """A soft-deleted CRM row that gets an upsert is live again (the record exists)."""
 
@@ -682,6 +693,45 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
     partner = _flow(flows, "erp", "res_partner", "customer")
     order = _flow(flows, "erp", "sale_order", "sales_order")
     tables += [
+        TargetTable(
+            c2e,
+            "contact",
+            "public",
+            "res_partner",
+            key="crm_contact_id",
+            key_field="crm_id",
+            conflict=("crm_contact_id",),
+            columns=(
+                ColumnMap("crm_contact_id", "uuid", field="crm_id", required=True),
+                ColumnMap("parent_id", "bigint", field="customer_erp_id"),
+                ColumnMap("name", "text", compute=_person_name, required=True),
+                ColumnMap("function", "text", field="title"),
+                ColumnMap("email", "text", field="email"),
+                ColumnMap("mobile", "text", field="phone"),
+                ColumnMap("phone", "text", field="phone_work"),
+                ColumnMap("country_code", "text", field="country_code"),
+                ColumnMap("type", "text", compute=lambda _: "contact"),
+                ColumnMap("is_company", "boolean", compute=lambda _: False),
+                ColumnMap("customer_rank", "integer", compute=lambda _: 0),
+                ColumnMap("ref", "text", compute=lambda _: None),  # no customer number
+                ColumnMap("active", "boolean", compute=lambda _: True),
+            ),
+            modified="write_date",
+            delete_flag=("active", False),
+            pk="id",
+            pk_type="bigint",
+            refs=(
+                Reference(
+                    "customer_erp_id",
+                    "public",
+                    "res_partner",
+                    "id",
+                    "bigint",
+                    by=(Locator("crm_account_id", "uuid", _getter("customer_crm_id")),),
+                    required_if="customer_crm_id",
+                ),
+            ),
+        ),
         TargetTable(
             c2e,
             "customer",

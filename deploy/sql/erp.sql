@@ -11,6 +11,8 @@
 --     it alone;
 --   * res_partner.ref is the customer number ('C00001'), product_product.default_code
 --     the SKU ('SKU-00001'); both unique;
+--   * res_partner.crm_contact_id is the CRM contacts.id of a contact person (a partner
+--     with a parent) the sync wrote from the CRM;
 --   * res_partner.crm_account_id is the CRM accounts.id of a customer known to both
 --     systems; seeded customers C00001..C00170 are already linked (the CRM seed uses
 --     the same deterministic UUIDs);
@@ -69,7 +71,9 @@ CREATE TABLE public.res_partner (
     lang            text,
     comment         text,
     active          boolean NOT NULL DEFAULT true,
+    function        text,
     crm_account_id  uuid UNIQUE,
+    crm_contact_id  uuid UNIQUE,
     create_date     timestamptz NOT NULL DEFAULT now(),
     write_date      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT res_partner_not_own_parent CHECK (parent_id IS NULL OR parent_id <> id)

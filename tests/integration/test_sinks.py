@@ -116,6 +116,39 @@ def test_new_crm_account_becomes_erp_customer_and_its_number_flows_back(
     )
 
 
+def test_crm_contact_becomes_an_erp_contact_person_of_its_customer(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    partner, account = _linked_customer(stack_env)
+    last = f"Contact{uuid.uuid4().hex[:6]}"
+    contact = _one(
+        stack_env["CRM_DSN"],
+        "INSERT INTO public.contacts (account_id, first_name, last_name, title, email)"
+        " VALUES (%s, 'Ada', %s, 'Buyer', 'ada@example.com') RETURNING id::text",
+        (account, last),
+    )
+    erp = stack_env["ERP_ADMIN_DSN"]
+    _eventually(
+        erp,
+        "SELECT name || '|' || parent_id || '|' || function || '|' || email || '|' ||"
+        " is_company || '|' || coalesce(ref, '-') FROM public.res_partner"
+        " WHERE crm_contact_id = %s",
+        (contact,),
+        f"Ada {last}|{partner}|Buyer|ada@example.com|false|-",
+        "the ERP contact person",
+    )
+    execute(
+        stack_env["CRM_DSN"], "UPDATE public.contacts SET deleted = true WHERE id = %s", (contact,)
+    )
+    _eventually(
+        erp,
+        "SELECT active FROM public.res_partner WHERE crm_contact_id = %s",
+        (contact,),
+        False,
+        "the contact person archived",
+    )
+
+
 def test_erp_customer_change_reaches_the_crm_and_a_crm_only_field_stays(
     pipeline: Pipeline, stack_env: dict[str, str]
 ) -> None:
