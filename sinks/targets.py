@@ -241,13 +241,10 @@ class TargetTable:
         entity: the canonical entity.
         schema: the target schema.
         table: the target table.
-        key: the column identifying a row for updates and deletes.
+        key: the column holding the event's id in the target (the default locator;
+            updates and deletes address rows by ``pk``).
         key_field: the canonical field holding ``key``'s value.
-        conflict: the ``ON CONFLICT`` columns of the upsert.
         columns: every written column (the key and conflict columns included).
-        match: ``(column, field)`` of the business key, to find an existing row not yet
-            linked by the crosswalk (the runner resolves it before :func:`to_row`).
-        live: for a partial unique index on ``match``: the flag of dead rows.
         modified: the row's modification-time column (for conflict detection).
         delete: what a canonical delete does.
         delete_flag: ``(column, value)`` set by a soft delete.
@@ -262,10 +259,7 @@ class TargetTable:
     table: str
     key: str
     key_field: str
-    conflict: tuple[str, ...]
     columns: tuple[ColumnMap, ...]
-    match: tuple[str, str] | None = None
-    live: str | None = None
     modified: str | None = None
     delete: DeleteMode = DeleteMode.SOFT
     delete_flag: tuple[str, bool] = ("deleted", True)
@@ -322,7 +316,7 @@ class TargetTable:
 
     @property
     def sql_columns(self) -> tuple[Column, ...]:
-        """The written columns, for :func:`sinks.sql.upsert_rows`."""
+        """The mapped columns with their types."""
         return tuple(Column(c.column, c.pg_type) for c in self.columns)
 
     @property
@@ -557,14 +551,11 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "accounts",
             key="id",
             key_field="crm_id",
-            conflict=("id",),
             columns=(
                 crm_id("customer"),
                 *_from_fields(_flow(flows, "crm", "accounts", "customer").fields),
                 _LIVE,
             ),
-            match=("account_number", "customer_number"),
-            live="deleted",
             modified="date_modified",
             locate=(
                 *by_crm_id("customer"),
@@ -579,7 +570,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "aos_products",
             key="id",
             key_field="crm_id",
-            conflict=("id",),
             columns=(
                 crm_id("product"),
                 *_from_fields(
@@ -593,7 +583,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
                 ),
                 _LIVE,
             ),
-            match=("part_number", "sku"),
             modified="date_modified",
             locate=(*by_crm_id("product"), Locator("part_number", "text", _getter("sku"))),
             announce=True,
@@ -605,7 +594,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "product_availability",
             key="product_id",
             key_field="crm_id",
-            conflict=("product_id",),
             columns=(
                 ColumnMap("product_id", "uuid", field="crm_id", required=True),
                 ColumnMap("part_number", "text", field="sku", required=True),
@@ -637,7 +625,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "aos_quotes",
             key="id",
             key_field="crm_id",
-            conflict=("id",),
             columns=(
                 ColumnMap("id", "uuid", field="crm_id", required=True),
                 ColumnMap("erp_order_name", "text", field="order_number"),
@@ -662,7 +649,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "aos_invoices",
             key="erp_invoice_name",
             key_field="invoice_number",
-            conflict=("erp_invoice_name",),
             columns=(
                 ColumnMap("id", "uuid", compute=_created_id("invoice")),
                 ColumnMap("erp_invoice_name", "text", field="invoice_number", required=True),
@@ -700,7 +686,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "res_partner",
             key="crm_contact_id",
             key_field="crm_id",
-            conflict=("crm_contact_id",),
             columns=(
                 ColumnMap("crm_contact_id", "uuid", field="crm_id", required=True),
                 ColumnMap("parent_id", "bigint", field="customer_erp_id"),
@@ -739,7 +724,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "res_partner",
             key="crm_account_id",
             key_field="crm_id",
-            conflict=("crm_account_id",),
             columns=_from_fields(
                 partner.fields,
                 skip=frozenset({"customer_number"}),
@@ -751,7 +735,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
                     "active": {"default": True},
                 },
             ),
-            match=("ref", "customer_number"),
             modified="write_date",
             delete_flag=("active", False),
             generated=frozenset({"ref"}),
@@ -771,7 +754,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "sale_order",
             key="crm_quote_id",
             key_field="crm_id",
-            conflict=("crm_quote_id",),
             columns=_from_fields(
                 order.fields,
                 skip=frozenset({"order_number"}),
