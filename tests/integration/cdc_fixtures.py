@@ -114,6 +114,77 @@ def drop_slot(admin_dsn: str, slot: str, timeout: float = 30.0) -> None:
 # -- the capture process ----------------------------------------------------------------
 
 
+class CliProcess:
+    """An ``erpcrm`` command run as a subprocess, with its own settings, log and port.
+
+    Subclasses name their log file (:attr:`log_path`) and call :meth:`launch`.
+    """
+
+    def __init__(self, stack_env: dict[str, str], log_dir: Path) -> None:
+        self.stack_env = stack_env
+        self.log_dir = log_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def launch(self, args: Iterable[str], settings: dict[str, str]) -> None:
+        """Start ``erpcrm <args>`` with the stack's environment plus ``settings``."""
+        assert not self.running, "already running"
+        self.runs += 1
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ERPCRM_")}
+        env.update(self.stack_env)
+        env.update(settings)
+        env["PYTHONUNBUFFERED"] = "1"
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "erpcrm.cli", *args],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-60:])
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        response = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5)
+        response.raise_for_status()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics().get((name, frozenset(labels.items())), 0.0)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if not self.running:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
 class Capture:
     """``erpcrm cdc --system …`` as a subprocess with isolated slot, prefix and metrics port."""
 

@@ -9,10 +9,6 @@ topics' current end; so the pipeline applies exactly what it captured itself.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +17,13 @@ from typing import Any
 import httpx
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from schemas.topics import CANONICAL_TOPICS
 from tests.integration.cdc_fixtures import (
-    REPO,
     Capture,
+    CliProcess,
     execute,
-    free_port,
     unique_name,
     wait_for,
 )
@@ -69,18 +63,14 @@ def watermarks(
         consumer.close()
 
 
-class SinkProcess:
+class SinkProcess(CliProcess):
     """``erpcrm sink --target …`` as a subprocess with its own group, schema and port."""
 
     def __init__(self, stack_env: dict[str, str], target: str, log_dir: Path) -> None:
-        self.stack_env = stack_env
+        super().__init__(stack_env, log_dir)
         self.target = target
         self.uid = unique_name(f"sink{target}")
         self.schema = self.uid
-        self.port = free_port()
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
 
     @property
     def admin_dsn(self) -> str:
@@ -99,11 +89,8 @@ class SinkProcess:
         )
 
     def start(self) -> SinkProcess:
-        assert not self.running, "sink already running"
-        self.runs += 1
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ERPCRM_")}
-        env.update(self.stack_env)
-        env.update(
+        self.launch(
+            ["sink", "--target", self.target],
             {
                 "ERPCRM_KAFKA__BOOTSTRAP": self.stack_env["KAFKA_BOOTSTRAP"],
                 "ERPCRM_REGISTRY__URL": self.stack_env["SCHEMA_REGISTRY_URL"],
@@ -113,26 +100,9 @@ class SinkProcess:
                 "ERPCRM_SINK_METRICS_PORT": str(self.port),
                 "ERPCRM_SINK_START_AT": "latest",
                 "ERPCRM_SINK_REFERENCE_WAIT_SECONDS": "20",
-                "PYTHONUNBUFFERED": "1",
-            }
+            },
         )
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "erpcrm.cli", "sink", "--target", self.target],
-                env=env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
         return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-60:])
 
     def wait_assigned(self, timeout: float = 90.0) -> SinkProcess:
         def assigned() -> bool:
@@ -142,15 +112,6 @@ class SinkProcess:
 
         wait_for(assigned, timeout, f"the {self.target} sink's partitions", interval=0.3)
         return self
-
-    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        response = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5)
-        response.raise_for_status()
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-        }
 
     def total(self, outcome: str) -> float:
         """Events of ``outcome`` over every entity (0 while the worker is down)."""
@@ -170,24 +131,8 @@ class SinkProcess:
             query = sql.SQL(query).format(schema=sql.Identifier(self.schema))
         return execute(self.admin_dsn, query, params)
 
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if not self.running:
-            return
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-
     def cleanup(self) -> None:
-        self.stop()
+        self.stop(timeout=30)
         with contextlib.suppress(Exception):
             execute(
                 self.admin_dsn,

@@ -13,9 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,14 +37,12 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from tests.integration.cdc_fixtures import (
-    REPO,
     Capture,
+    CliProcess,
     execute,
-    free_port,
     registry_client,
     unique_name,
     wait_for,
@@ -79,74 +74,38 @@ H_APP_ID = "erpcrm.app_id"
 # ------------------------------------------------------------------ the worker
 
 
-class StreamsProcess:
+class StreamsProcess(CliProcess):
     """``erpcrm streams`` as a subprocess with its own app id, data dir and web port."""
 
     def __init__(self, stack_env: dict[str, str], prefixes: dict[str, str], log_dir: Path) -> None:
-        self.stack_env = stack_env
+        super().__init__(stack_env, log_dir)
         self.prefixes = prefixes
         self.app_id = unique_name("streams")
         self.data_dir = log_dir / f"{self.app_id}-data"
-        self.port = free_port()
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
 
     @property
     def log_path(self) -> Path:
         return self.log_dir / f"{self.app_id}-{self.runs}.log"
 
     def start(self) -> StreamsProcess:
-        assert self.proc is None or self.proc.poll() is not None, "streams already running"
-        self.runs += 1
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ERPCRM_")}
-        env.update(self.stack_env)
-        env.update(
+        self.launch(
+            ["streams"],
             {
                 "ERPCRM_STREAMS_APP_ID": self.app_id,
                 "ERPCRM_STREAMS_DATA_DIR": str(self.data_dir),
                 "ERPCRM_STREAMS_WEB_PORT": str(self.port),
                 "ERPCRM_STREAMS_ERP_TOPIC_PREFIX": self.prefixes["erp"],
                 "ERPCRM_STREAMS_CRM_TOPIC_PREFIX": self.prefixes["crm"],
-                "PYTHONUNBUFFERED": "1",
                 # The whole suite can be re-run under the other guarantee.
                 "ERPCRM_STREAMS_PROCESSING_GUARANTEE": os.environ.get(
                     "ERPCRM_TEST_PROCESSING_GUARANTEE", "at_least_once"
                 ),
-            }
+            },
         )
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "erpcrm.cli", "streams"],
-                env=env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
         return self
-
-    def tail(self) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-60:])
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
-
-    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        response = self.get("/metrics")
-        response.raise_for_status()
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-        }
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.metrics().get((name, frozenset(labels.items())), 0.0)
 
     def wait_ready(self, timeout: float = 120.0) -> StreamsProcess:
         def ready() -> bool:
@@ -159,21 +118,6 @@ class StreamsProcess:
 
         wait_for(ready, timeout, "the streams worker's web server", interval=0.5)
         return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
 
     def cleanup(self) -> None:
         """Stop, and delete the worker's own topics (sequenced, changelogs) and its group."""
