@@ -48,6 +48,15 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import dict_row
 
+from schemas.deadletter import (
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_ERROR_REASON,
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    H_STAGE,
+)
 from schemas.errors import ConfigError, PermanentError, SyncError, ValidationError
 from schemas.mapping import Owner
 from schemas.payload import payload_hash, plain
@@ -138,15 +147,15 @@ def _text(value: Any) -> str | None:
 
 
 def dead_letter_headers(event: SinkEvent, error: SyncError, target: str) -> dict[str, str]:
-    """The headers of a sink dead letter (the same names as the streams stage's)."""
+    """The headers of a sink dead letter: the shared ones, the entity and its key."""
     return {
-        "erpcrm.error.class": type(error).__name__,
-        "erpcrm.error.message": str(error)[:1000],
-        "erpcrm.error.reason": getattr(error, "reason", None) or type(error).__name__,
-        "erpcrm.stage": f"sinks.{target}",
-        "erpcrm.origin.topic": event.topic,
-        "erpcrm.origin.partition": str(event.partition),
-        "erpcrm.origin.offset": str(event.offset),
+        H_ERROR_CLASS: type(error).__name__,
+        H_ERROR_MESSAGE: str(error)[:1000],
+        H_ERROR_REASON: getattr(error, "reason", None) or type(error).__name__,
+        H_STAGE: f"sinks.{target}",
+        H_ORIGIN_TOPIC: event.topic,
+        H_ORIGIN_PARTITION: str(event.partition),
+        H_ORIGIN_OFFSET: str(event.offset),
         "erpcrm.entity": event.entity,
         "erpcrm.entity_key": event.key,
     }
@@ -360,8 +369,9 @@ class PostgresUpsertSink(Sink):
         if table is None:
             out.skipped.extend(events)
             return
-        taken = [e for e in events if table.accepts(e.record)]
-        out.skipped.extend(e for e in events if not table.accepts(e.record))
+        taken: list[SinkEvent] = []
+        for event in events:
+            (taken if table.accepts(event.record) else out.skipped).append(event)
         if not taken:
             return
         cur.execute(sql.select_applied(self._schema), (entity, [e.key for e in taken]))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
@@ -430,39 +430,41 @@ class SinkRunner:
                     break
 
     def _flush_dead_letters(self) -> None:
+        """Publish the dead letters queued in the target, then dequeue them."""
         while True:
             queued = self._retrying("read dead letters", self._sink.queued_dead_letters)
             if not queued:
                 return
-            producer = self._producer
-            assert producer is not None
-            for letter in queued:
-                producer.produce(
-                    self._s.dlq_topic,
-                    key=letter.key,
-                    value=letter.value,
-                    headers=[(k, v.encode("utf-8")) for k, v in letter.headers.items()],
-                )
-            self._flush_producer()
-            self.stats.dead_lettered += len(queued)
+            self._send_dead_letters((q.key, q.value, q.headers) for q in queued)
             ids = [letter.id for letter in queued]
             self._retrying("dequeue dead letters", partial(self._sink.dead_letters_published, ids))
 
     def _publish_dead_letters(self, letters: Sequence[tuple[SinkEvent, SyncError]]) -> None:
         """Publish dead letters straight to Kafka (before their offsets can be stored)."""
+        for event, _ in letters:
+            self._metrics.events.labels(self._target, event.entity, "dead_lettered").inc()
+        self._send_dead_letters(
+            (event.raw_key, event.raw_value, dead_letter_headers(event, error, self._target))
+            for event, error in letters
+        )
+
+    def _send_dead_letters(
+        self, letters: Iterable[tuple[bytes | None, bytes | None, Mapping[str, str]]]
+    ) -> None:
+        """Produce ``(key, value, headers)`` dead letters and wait until Kafka has them."""
         producer = self._producer
         assert producer is not None
-        for event, error in letters:
-            headers = dead_letter_headers(event, error, self._target)
+        sent = 0
+        for key, value, headers in letters:
             producer.produce(
                 self._s.dlq_topic,
-                key=event.raw_key,
-                value=event.raw_value,
+                key=key,
+                value=value,
                 headers=[(k, v.encode("utf-8")) for k, v in headers.items()],
             )
-            self._metrics.events.labels(self._target, event.entity, "dead_lettered").inc()
+            sent += 1
         self._flush_producer()
-        self.stats.dead_lettered += len(letters)
+        self.stats.dead_lettered += sent
 
     def _flush_producer(self) -> None:
         producer = self._producer

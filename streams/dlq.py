@@ -33,6 +33,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from schemas.deadletter import (
+    H_APP_ID,
+    H_CONTEXT_PREFIX,
+    H_ERROR_CLASS,
+    H_ERROR_FIELD,
+    H_ERROR_MESSAGE,
+    H_ERROR_REASON,
+    H_FLOW,
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    H_OUTPUT_ID,
+    H_STAGE,
+)
 from schemas.errors import SyncError
 from schemas.topics import dlq_topic
 from streams.validation import Failed
@@ -61,19 +75,6 @@ __all__ = [
 
 STAGE: Final = "streams"
 DLQ_TOPIC: Final = dlq_topic(STAGE)
-
-H_ERROR_CLASS: Final = "erpcrm.error.class"
-H_ERROR_MESSAGE: Final = "erpcrm.error.message"
-H_ERROR_REASON: Final = "erpcrm.error.reason"
-H_ERROR_FIELD: Final = "erpcrm.error.field"
-H_STAGE: Final = "erpcrm.stage"
-H_ORIGIN_TOPIC: Final = "erpcrm.origin.topic"
-H_ORIGIN_PARTITION: Final = "erpcrm.origin.partition"
-H_ORIGIN_OFFSET: Final = "erpcrm.origin.offset"
-H_FLOW: Final = "erpcrm.flow"
-H_OUTPUT_ID: Final = "erpcrm.output_id"
-H_APP_ID: Final = "erpcrm.app_id"
-H_CONTEXT_PREFIX: Final = "erpcrm.context."
 
 DECODE_ERROR: Final = "decode_error"
 """The reason of a message whose bytes are not a decodable Avro change event."""
