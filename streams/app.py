@@ -57,6 +57,12 @@ Transient failures (schema registry, Kafka) are retried with exponential backoff
 counted; bad data never stops the worker (dead letters, see :mod:`streams.dlq`) unless
 the policy is ``fail``.
 
+Local state. Each table is also kept in a local RocksDB store under ``data_dir``, a
+cache of its changelog. Before Faust opens them, stores that are ahead of their changelogs
+(a reset or restored Kafka cluster, a deleted topic) are removed with a warning and Faust
+rebuilds those tables from the changelogs instead of stopping with a ``ConsistencyError``
+(see :mod:`streams.stores`).
+
 Web server (Faust's, on ``web_host:web_port``, loopback by default): ``/metrics``
 (Prometheus), ``GET /inventory`` (every product's stock) and ``GET /inventory/{sku}``,
 read from the inventory table of the worker that owns the sequenced partition.
@@ -75,6 +81,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import faust
@@ -84,6 +91,7 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from faust.types import TP
 from faust.web import Request, Response, View
 from mode import CrashingSupervisor
+from mode.types.signals import BaseSignalT
 from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.canonical import canonical_schema
@@ -108,6 +116,7 @@ from streams.processor import (
     Write,
 )
 from streams.settings import StreamsSettings
+from streams.stores import discard_stores_ahead
 
 __all__ = [
     "FaustPublisher",
@@ -479,6 +488,22 @@ def _encoder(serde: AvroSerde) -> Callable[[str, dict[str, Any]], bytes]:
     return encode
 
 
+def _check_stores_at_start(app: faust.App, kafka: KafkaSettings, tables: Mapping[str, Any]) -> None:
+    """Before Faust opens the tables' stores, discard those ahead of their changelogs.
+
+    Runs on ``on_worker_init``, which both ``StreamsApp.run`` and ``faust -A streams.app
+    worker`` send before the worker starts (see :mod:`streams.stores`).
+    """
+
+    def discard(_sender: Any, /, *_args: Any, signal: BaseSignalT[Any], **_kwargs: Any) -> None:
+        changelogs = {
+            name: table.changelog_topic.get_topic_name() for name, table in tables.items()
+        }
+        discard_stores_ahead(Path(app.conf.tabledir), changelogs, kafka)
+
+    app.on_worker_init.connect(discard)
+
+
 def build(
     settings: StreamsSettings,
     *,
@@ -541,6 +566,8 @@ def build(
         )
         for name in TABLES
     }
+    if rocksdb:
+        _check_stores_at_start(app, settings.kafka, tables)
     state = state if state is not None else FaustState(tables)
     publisher = publisher if publisher is not None else FaustPublisher(app, settings.app_id)
     raw = app.topic(
