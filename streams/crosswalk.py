@@ -5,15 +5,27 @@ State is plain dicts, so a stream table can hold it and a test can write it out:
 - :data:`CrosswalkState`: per entity, ERP id -> CRM id and CRM id -> ERP id. Links are
   one to one: linking an id that is already linked replaces the old link (and says
   which).
-- :class:`CustomerIndex`: the ERP customers' match keys (normalised customer number,
-  VAT id and e-mail), so a CRM account without a link can be matched to an existing
-  ERP customer instead of creating a duplicate.
+- :class:`CustomerIndex`: one system's customers by their normalised match keys
+  (customer number, VAT id, e-mail, name + country). Both systems have one, so a new
+  record of either side is matched against the other side's customers.
 
-Matching precedence (:func:`match_customer`): an existing link, then the same customer
-number, then the same VAT id, then the same e-mail. When a rule finds several ERP
-customers (the ERP has duplicates), the later rules narrow them down; what remains is
-reported as candidates and the lowest id is proposed, so the choice is deterministic
-and visible. ERP customers already linked to another CRM account are never proposed.
+Matching (:func:`match_customer`), for a record of one system against the other
+system's index, strongest evidence first: an existing link; then the same customer
+number, VAT id, e-mail, name + country (:data:`MATCH_RULES`). The first rule that finds
+anyone decides. When it finds several records (a system holds duplicates), the later
+rules narrow them down; of what remains, records not linked yet are preferred, then the
+lowest id, so the choice is deterministic and visible (``candidates``). Records already
+linked are found too: a match with one of them is a *suspected duplicate* (the new
+record seems to be a second copy of a pair that is already synced), never a link.
+
+What to do with a customer record (:func:`resolve_customer`): already linked -> keep
+the link; matched with a free record -> link the two; matched with a linked one -> hold
+it as a :class:`SuspectedDuplicate` (the other record's id and the evidence
+``rule=normalised key``); matched with nobody -> new to the other system. A record
+flagged once stays flagged on later changes until it is linked.
+
+Deleted and archived records are not indexed (:func:`index_keys`), so they are never
+proposed.
 
 Pure functions; the only mutation is of the state dicts passed in.
 """
@@ -21,19 +33,23 @@ Pure functions; the only mutation is of the state dicts passed in.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypedDict
 
 __all__ = [
+    "LEGAL_FORMS",
     "MATCH_RULES",
     "CrosswalkState",
     "CustomerIndex",
     "CustomerMatch",
+    "SuspectedDuplicate",
     "counterpart_id",
     "crm_id_for",
     "erp_id_for",
     "index_customer",
+    "index_keys",
     "link",
     "match_customer",
     "match_keys",
@@ -41,20 +57,48 @@ __all__ = [
     "new_customer_index",
     "normalise_customer_number",
     "normalise_email",
+    "normalise_name",
+    "normalise_name_country",
     "normalise_vat",
+    "other_system",
     "remove_customer",
+    "resolve_customer",
     "unlink",
 ]
 
 CrosswalkState: TypeAlias = dict[str, dict[str, dict[str, str]]]
 """``{entity: {"erp": {erp_id: crm_id}, "crm": {crm_id: erp_id}}}``."""
 
-MATCH_RULES: Final = ("customer_number", "vat", "email")
+MATCH_RULES: Final = ("customer_number", "vat", "email", "name_country")
 """The match keys, strongest first."""
 
+LEGAL_FORMS: Final = frozenset(
+    {
+        "AB", "AG", "APS", "AS", "BV", "CO", "CORP", "GMBH", "INC", "KG", "KGAA", "LLC",
+        "LLP", "LTD", "LIMITED", "NV", "OHG", "OY", "PLC", "SA", "SARL", "SAS", "SE", "SL",
+        "SPA", "SRL", "UG",
+    }
+)  # fmt: skip
+"""Legal-form words dropped from the end of a name (``GmbH & Co. KG``), never the first."""
+
 _CUSTOMER: Final = "customer"
+_SYSTEMS: Final = ("erp", "crm")
 _NOT_ALNUM: Final = re.compile(r"[^0-9A-Z]")
 _SWISS_VAT_SUFFIX: Final = re.compile(r"(MWST|TVA|IVA)$")
+_WORD: Final = re.compile(r"[^\W_]+")
+_JOINERS: Final = re.compile(r"[.'\u2019]")
+"""Dropped inside words: ``G.m.b.H.`` is ``GmbH``, ``O'Neil`` is ``ONeil``."""
+
+
+def other_system(system: str) -> str:
+    """``erp`` -> ``crm`` and ``crm`` -> ``erp``.
+
+    Raises:
+        ValueError: ``system`` is neither.
+    """
+    if system not in _SYSTEMS:
+        raise ValueError(f"unknown system {system!r}")
+    return "crm" if system == "erp" else "erp"
 
 
 # ------------------------------------------------------------------------- links
@@ -156,57 +200,72 @@ def normalise_email(value: object) -> str | None:
     return text if text.count("@") == 1 and not text.startswith("@") else None
 
 
-_NORMALISERS: Final = {
-    "customer_number": normalise_customer_number,
-    "vat": normalise_vat,
-    "email": normalise_email,
-}
+def normalise_name(value: object) -> str | None:
+    """A company name as words for comparison: ``'Müller & Söhne GmbH'`` -> ``'MULLER SOHNE'``.
+
+    Accents are stripped (Unicode NFKD without combining marks), case is folded
+    (``ß`` -> ``SS``), dots and apostrophes vanish inside words, every other run of
+    punctuation or white space separates words, and legal forms (:data:`LEGAL_FORMS`)
+    are dropped from the end while a word remains. Letters without a decomposition
+    (``ø``, ``ł``) are kept as they are. Blank -> None.
+    """
+    if not isinstance(value, str):
+        return None
+    decomposed = unicodedata.normalize("NFKD", value)
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    words = [w.upper() for w in _WORD.findall(_JOINERS.sub("", bare).casefold())]
+    while len(words) > 1 and words[-1] in LEGAL_FORMS:
+        words.pop()
+    return " ".join(words) or None
+
+
+def normalise_name_country(name: object, country: object) -> str | None:
+    """``normalised name|COUNTRY`` (``'MULLER SOHNE|DE'``); None without either part."""
+    normalised = normalise_name(name)
+    if normalised is None or not isinstance(country, str) or not country.strip():
+        return None
+    return f"{normalised}|{country.strip().upper()}"
 
 
 def match_keys(record: Mapping[str, Any]) -> dict[str, str]:
-    """Return the normalised match keys of a canonical customer record (rule -> key)."""
-    keys: dict[str, str] = {}
-    for rule in MATCH_RULES:
-        key = _NORMALISERS[rule](record.get(rule))
-        if key is not None:
-            keys[rule] = key
-    return keys
+    """Return the normalised match keys of a canonical customer record (rule -> key).
+
+    ``customer_number``, ``vat`` and ``email`` from the fields of those names,
+    ``name_country`` from ``name`` and ``country_code``; a rule without a usable value
+    is left out.
+    """
+    found = {
+        "customer_number": normalise_customer_number(record.get("customer_number")),
+        "vat": normalise_vat(record.get("vat")),
+        "email": normalise_email(record.get("email")),
+        "name_country": normalise_name_country(record.get("name"), record.get("country_code")),
+    }
+    return {rule: key for rule, key in found.items() if key is not None}
 
 
-# ------------------------------------------------------------------------ matching
+def index_keys(record: Mapping[str, Any]) -> dict[str, str]:
+    """The keys to index a customer record under: none if deleted or archived.
+
+    A deleted record (``op`` ``delete``) or an archived one (``active`` false) is
+    nobody's match any more; otherwise :func:`match_keys`.
+    """
+    if record.get("op") == "delete" or record.get("active") is False:
+        return {}
+    return match_keys(record)
+
+
+# ------------------------------------------------------------------------- index
 
 
 class CustomerIndex(TypedDict):
-    """The ERP customers' match keys.
+    """One system's customers by match key.
 
-    ``by_rule``: rule -> normalised key -> ERP ids (sorted); ``keys``: ERP id -> the keys
-    it is indexed under, so a changed customer can be re-indexed.
+    ``by_rule``: rule -> normalised key -> ids (sorted, :func:`_id_order`); ``keys``:
+    id -> the keys it is indexed under, so a changed customer can be re-indexed.
     """
 
     by_rule: dict[str, dict[str, list[str]]]
     keys: dict[str, dict[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerMatch:
-    """The ERP customer proposed for a CRM account.
-
-    Attributes:
-        erp_id: the ERP customer.
-        rule: what matched: ``crosswalk`` (already linked), ``customer_number``,
-            ``vat`` or ``email``.
-        candidates: every ERP customer the rule left (more than one: ambiguous; the
-            lowest id was proposed).
-    """
-
-    erp_id: str
-    rule: str
-    candidates: tuple[str, ...] = ()
-
-    @property
-    def ambiguous(self) -> bool:
-        """Whether more than one ERP customer fitted equally well."""
-        return len(self.candidates) > 1
 
 
 def new_customer_index() -> CustomerIndex:
@@ -214,74 +273,181 @@ def new_customer_index() -> CustomerIndex:
     return {"by_rule": {rule: {} for rule in MATCH_RULES}, "keys": {}}
 
 
-def _id_order(erp_id: str) -> tuple[int, int, str]:
-    """Numeric ids in numeric order, then the rest."""
-    return (0, int(erp_id), "") if erp_id.isdigit() else (1, 0, erp_id)
+def _id_order(record_id: str) -> tuple[int, int, str]:
+    """Numeric ids in numeric order, then the rest (CRM UUIDs) in text order."""
+    return (0, int(record_id), "") if record_id.isdigit() else (1, 0, record_id)
 
 
-def remove_customer(index: CustomerIndex, erp_id: str) -> None:
-    """Drop ``erp_id`` from the index (a deleted customer); unknown ids are ignored."""
-    for rule, key in index["keys"].pop(erp_id, {}).items():
-        ids = index["by_rule"][rule].get(key, [])
-        if erp_id in ids:
-            ids.remove(erp_id)
+def remove_customer(index: CustomerIndex, record_id: str) -> None:
+    """Drop ``record_id`` from the index (deleted, archived); unknown ids are ignored."""
+    for rule, key in index["keys"].pop(record_id, {}).items():
+        ids = index["by_rule"].get(rule, {}).get(key, [])
+        if record_id in ids:
+            ids.remove(record_id)
         if not ids:
-            index["by_rule"][rule].pop(key, None)
+            index["by_rule"].get(rule, {}).pop(key, None)
 
 
-def index_customer(index: CustomerIndex, erp_id: str, record: Mapping[str, Any]) -> None:
-    """Index (or re-index) ERP customer ``erp_id`` under the match keys of ``record``."""
-    remove_customer(index, erp_id)
-    keys = match_keys(record)
+def index_customer(index: CustomerIndex, record_id: str, keys: Mapping[str, str]) -> None:
+    """Index (or re-index) ``record_id`` under ``keys`` (rule -> normalised key).
+
+    ``keys`` as :func:`index_keys` gives them; empty keys drop the record.
+    """
+    remove_customer(index, record_id)
     for rule, key in keys.items():
         ids = index["by_rule"].setdefault(rule, {}).setdefault(key, [])
-        ids.append(erp_id)
+        ids.append(record_id)
         ids.sort(key=_id_order)
     if keys:
-        index["keys"][erp_id] = keys
+        index["keys"][record_id] = dict(keys)
+
+
+# ------------------------------------------------------------------------ matching
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerMatch:
+    """The record of the other system a customer record was matched with.
+
+    Attributes:
+        other_id: the matched record, in the other system.
+        rule: what matched: ``crosswalk`` (already linked), or one of
+            :data:`MATCH_RULES`.
+        candidates: every record the rule left after narrowing, free ones first (more
+            than one: ambiguous; the first was proposed).
+        key: the normalised key that matched (None for ``crosswalk``).
+        linked_to: the record ``other_id`` is already linked to, in the matched
+            record's system; None: ``other_id`` is free.
+    """
+
+    other_id: str
+    rule: str
+    candidates: tuple[str, ...] = ()
+    key: str | None = None
+    linked_to: str | None = None
+
+    @property
+    def ambiguous(self) -> bool:
+        """Whether more than one record fitted equally well."""
+        return len(self.candidates) > 1
+
+    @property
+    def duplicate(self) -> bool:
+        """Whether the matched record is linked to another one (a suspected duplicate)."""
+        return self.linked_to is not None
+
+    @property
+    def evidence(self) -> str:
+        """``rule=normalised key`` (``vat=FR21945643978``); ``crosswalk`` for a link."""
+        return self.rule if self.key is None else f"{self.rule}={self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class SuspectedDuplicate:
+    """A new record that seems to be a second copy of an already linked record.
+
+    Attributes:
+        of: the linked record it matched, in the other system.
+        evidence: ``rule=normalised key`` (``vat=FR21945643978``,
+            ``name_country=MULLER SOHNE|DE``).
+    """
+
+    of: str
+    evidence: str
+
+    @property
+    def rule(self) -> str:
+        """The match rule of the evidence."""
+        return self.evidence.partition("=")[0]
 
 
 def match_customer(
     index: CustomerIndex,
-    account: Mapping[str, Any],
+    record: Mapping[str, Any],
     *,
+    system: str,
+    record_id: str | None = None,
     crosswalk: CrosswalkState | None = None,
-    crm_id: str | None = None,
 ) -> CustomerMatch | None:
-    """Propose the ERP customer a CRM account is, or None (it is new to the ERP).
+    """Propose the record of the other system that a customer record is, or None.
 
     Args:
-        index: the ERP customers' match keys.
-        account: the account as a canonical customer record (``customer_number``,
-            ``vat``, ``email``; cleansed or not, keys are normalised here).
-        crosswalk: the links so far; with it, an account already linked returns its
-            link, and ERP customers linked to another account are not proposed.
-        crm_id: the account's CRM id (needed for the crosswalk checks).
+        index: the *other* system's customers.
+        record: the record as a canonical customer (``customer_number``, ``vat``,
+            ``email``, ``name``, ``country_code``; cleansed or not, keys are
+            normalised here).
+        system: the record's own system (``erp`` or ``crm``).
+        record_id: the record's id in ``system`` (for the crosswalk checks).
+        crosswalk: the links so far. With it, a record already linked returns its link
+            (rule ``crosswalk``), and a match with a record linked to another one has
+            ``linked_to`` set (a suspected duplicate, never a link). Without it, every
+            match is free.
+
+    Returns:
+        The match (see the module docstring for the precedence), or None: nothing
+        matches, the record is new to the other system.
     """
-    if crosswalk is not None and crm_id is not None:
-        linked = erp_id_for(crosswalk, _CUSTOMER, crm_id)
+    other = other_system(system)
+    if crosswalk is not None and record_id is not None:
+        linked = counterpart_id(crosswalk, _CUSTOMER, system, record_id)
         if linked is not None:
             return CustomerMatch(linked, "crosswalk", (linked,))
-    keys = match_keys(account)
+    keys = match_keys(record)
 
-    def candidates(rule: str) -> list[str]:
-        found = index["by_rule"].get(rule, {}).get(keys[rule], []) if rule in keys else []
+    def found(rule: str) -> list[str]:
+        return list(index["by_rule"].get(rule, {}).get(keys[rule], [])) if rule in keys else []
+
+    def owner(other_id: str) -> str | None:
         if crosswalk is None:
-            return list(found)
-        return [
-            erp_id for erp_id in found if crm_id_for(crosswalk, _CUSTOMER, erp_id) in (None, crm_id)
-        ]
+            return None
+        linked = counterpart_id(crosswalk, _CUSTOMER, other, other_id)
+        return None if linked == record_id else linked
 
     for position, rule in enumerate(MATCH_RULES):
-        found = candidates(rule)
-        if not found:
+        candidates = found(rule)
+        if not candidates:
             continue
         for later in MATCH_RULES[position + 1 :]:
-            if len(found) == 1:
+            if len(candidates) == 1:
                 break
-            narrowed = [erp_id for erp_id in found if erp_id in candidates(later)]
+            also = set(found(later))
+            narrowed = [c for c in candidates if c in also]
             if narrowed:
-                found = narrowed
-        found.sort(key=_id_order)
-        return CustomerMatch(found[0], rule, tuple(found))
+                candidates = narrowed
+        candidates.sort(key=lambda c: (owner(c) is not None, _id_order(c)))
+        first = candidates[0]
+        return CustomerMatch(first, rule, tuple(candidates), keys[rule], owner(first))
     return None
+
+
+def resolve_customer(
+    index: CustomerIndex,
+    record: Mapping[str, Any],
+    *,
+    system: str,
+    record_id: str,
+    crosswalk: CrosswalkState,
+    flagged: SuspectedDuplicate | None = None,
+) -> CustomerMatch | SuspectedDuplicate | None:
+    """Decide what a customer record is on the other side.
+
+    Args:
+        index, record, system, record_id, crosswalk: as for :func:`match_customer`.
+        flagged: the record's earlier flag, if it was held as a suspected duplicate.
+
+    Returns:
+        A :class:`CustomerMatch` of a free record (or of the record's own link, rule
+        ``crosswalk``): link the two. A :class:`SuspectedDuplicate`: the record matches
+        a record linked to another one (the current evidence), or it matches nobody
+        now but was ``flagged`` before (the flag stays until the record is linked).
+        None: the record is new to the other system.
+
+    Never a match with a record linked to another one, and never a duplicate of the
+    record's own counterpart (a linked record returns its link).
+    """
+    match = match_customer(index, record, system=system, record_id=record_id, crosswalk=crosswalk)
+    if match is None:
+        return flagged
+    if match.duplicate:
+        return SuspectedDuplicate(match.other_id, match.evidence)
+    return match

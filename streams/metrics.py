@@ -33,6 +33,7 @@ class StreamsMetrics:
     fixes: Counter
     crosswalk_links: Counter
     ambiguous_matches: Counter
+    duplicates: Counter
     orders_assembled: Counter
     parked: Counter
     ignored: Counter
@@ -93,13 +94,20 @@ class StreamsMetrics:
             crosswalk_links=counter(
                 "erpcrm_streams_crosswalk_links",
                 "Crosswalk links made, per entity and rule (erp_column, customer_number, vat, "
-                "email, sku).",
+                "email, name_country, sku).",
                 ["entity", "rule"],
             ),
             ambiguous_matches=counter(
                 "erpcrm_streams_ambiguous_matches",
                 "Matches with several candidates (the lowest id was linked), per entity.",
                 ["entity"],
+            ),
+            duplicates=counter(
+                "erpcrm_streams_duplicates",
+                "New records held as suspected duplicates of a record already linked, per "
+                "entity, system the record was entered in, and match rule (customer_number, "
+                "vat, email, name_country).",
+                ["entity", "system", "rule"],
             ),
             orders_assembled=counter(
                 "erpcrm_streams_orders_assembled",
@@ -159,6 +167,7 @@ class StreamsMetrics:
             Count.FIXES: self.fixes,
             Count.LINKS: self.crosswalk_links,
             Count.AMBIGUOUS: self.ambiguous_matches,
+            Count.DUPLICATES: self.duplicates,
             Count.ORDERS: self.orders_assembled,
             Count.PARKED: self.parked,
             Count.IGNORED: self.ignored,

@@ -30,9 +30,11 @@ State lives in four tables (:data:`TABLES`), JSON values under text keys:
 - ``dedupe``: ``<entity>|<system>:<id>`` -> ``[version, payload hash]`` of the last event
   kept (:mod:`streams.dedupe`).
 - ``reference``: what any record may need, mirrored in memory (:class:`ReferenceData`):
-  crosswalk links ``xw|<entity>|<erp|crm>|<id>``, the ERP customers' match keys
-  ``cidx|<erp id>``, ERP product id -> SKU ``sku|<id>``, CRM product by SKU
-  ``crmsku|<sku>``.
+  crosswalk links ``xw|<entity>|<erp|crm>|<id>``, both systems' customers' match keys
+  ``cidx|<erp|crm>|<id>`` (rule -> normalised key; an older store's ``cidx|<erp id>`` is
+  read as an ERP customer's and removed when that customer is next indexed), suspected
+  duplicates ``dup|customer|<erp|crm>|<id>`` -> ``[other system's id, evidence]``, ERP
+  product id -> SKU ``sku|<id>``, CRM product by SKU ``crmsku|<sku>``.
 - ``inventory``: per quant ``q|<flow>|<quant id>`` (product, LSN), per product its quants
   ``qs|<flow>|<product>`` and last totals ``t|<flow>|<product>``.
 - ``assembly``: orders being assembled: last header ``h|<flow>|<order id>`` (with its
@@ -47,10 +49,19 @@ Decisions:
   are dropped and counted). Source rows that are state (quants, order headers and
   lines) are also checked per row: a change with a lower LSN than the row's last one is
   stale; the same LSN is a re-delivery (idempotent).
-- **Crosswalk.** An ERP customer with ``crm_account_id`` is linked to that account, and
-  indexed under its customer number, VAT id and e-mail; a CRM account without a link is
-  matched against that index (:func:`streams.crosswalk.match_customer`) and linked, and
-  its event carries the ERP id. Products are linked by SKU.
+- **Crosswalk.** An ERP customer with ``crm_account_id`` is linked to that account.
+  Customers of both systems are indexed under their customer number, VAT id, e-mail and
+  name + country (deleted and archived ones are dropped). A customer whose event carries
+  no counterpart id (so it has no link) is matched against the other system's index
+  (:func:`streams.crosswalk.resolve_customer`): matched with a free record, the two are
+  linked and the event carries the other id; matched with a record linked to another
+  one, it is a suspected duplicate: not linked, its event carries ``duplicate_of`` and
+  ``duplicate_rule`` (the evidence, ``rule=normalised key``) so the sink holds it
+  instead of creating a second copy, and the flag is kept (and repeated on later
+  changes) until the record is linked. Records the sinks create come back linked: an
+  ERP partner created for an account carries ``crm_account_id``, a CRM account created
+  for a customer carries its customer number, the strongest rule. Products are linked
+  by SKU.
 - **Orders by transaction.** A header (``sale_order``, ``aos_quotes``) and its lines
   are kept per order. Each change is registered with its source transaction
   (``transaction.id``); the transaction completes when the ``END`` record of
@@ -91,14 +102,16 @@ from streams import dlq, inventory
 from streams.crosswalk import (
     CrosswalkState,
     CustomerIndex,
+    CustomerMatch,
+    SuspectedDuplicate,
     crm_id_for,
     erp_id_for,
     index_customer,
-    match_customer,
-    match_keys,
+    index_keys,
     new_crosswalk,
     new_customer_index,
-    remove_customer,
+    other_system,
+    resolve_customer,
 )
 from streams.dedupe import Verdict, decide, payload_hash
 from streams.dlq import DeadLetter, Origin
@@ -188,6 +201,8 @@ class Count(StrEnum):
     """Crosswalk links made, per entity and rule."""
     AMBIGUOUS = "ambiguous"
     """Matches that had several candidates (the lowest id was linked), per entity."""
+    DUPLICATES = "duplicates"
+    """Records newly held as suspected duplicates, per entity, system and match rule."""
     ORDERS = "orders"
     """Orders assembled, per how: complete, timeout, settled, replay, no_header."""
     PARKED = "parked"
@@ -403,7 +418,15 @@ class ReferenceData:
 
     def __init__(self) -> None:
         self.crosswalk: CrosswalkState = new_crosswalk()
-        self.index: CustomerIndex = new_customer_index()
+        self.customers: dict[str, CustomerIndex] = {
+            "erp": new_customer_index(),
+            "crm": new_customer_index(),
+        }
+        """Per system, its customers by match key."""
+        self.duplicates: dict[str, dict[str, SuspectedDuplicate]] = {"erp": {}, "crm": {}}
+        """Per system, its customers held as suspected duplicates."""
+        self.legacy_index: set[str] = set()
+        """ERP ids still indexed under an older store's ``cidx|<erp id>`` key."""
         self.skus: dict[str, str] = {}
         """ERP product id -> SKU (the ``erp_product_sku`` lookup)."""
         self.products_by_sku: dict[str, str] = {}
@@ -440,10 +463,15 @@ class ReferenceData:
             else:
                 sides[side][entity_id] = str(value)
         elif kind == "cidx":
+            self._apply_index(rest, value)
+        elif kind == "dup":
+            _, system, entity_id = rest.split("|", 2)
             if value is None:
-                remove_customer(self.index, rest)
+                self.duplicates[system].pop(entity_id, None)
             else:
-                index_customer(self.index, rest, value)
+                self.duplicates[system][entity_id] = SuspectedDuplicate(
+                    str(value[0]), str(value[1])
+                )
         elif kind == "sku":
             old = self.skus.pop(rest, None)
             if old is not None and self.products_by_sku.get(old) == rest:
@@ -456,6 +484,27 @@ class ReferenceData:
                 self.crm_products_by_sku.pop(rest, None)
             else:
                 self.crm_products_by_sku[rest] = str(value)
+
+    def _apply_index(self, rest: str, value: Any) -> None:
+        system, _, entity_id = rest.partition("|")
+        if system in self.customers and entity_id:
+            index_customer(self.customers[system], entity_id, value or {})
+            return
+        # An older store's ``cidx|<erp id>``: an ERP customer's keys. Scanned before the
+        # ``cidx|erp|`` keys (digits sort first), so a newer entry wins; it is deleted
+        # only together with a write of the newer key, which keeps the index as it is.
+        if value is None:
+            self.legacy_index.discard(rest)
+            return
+        self.legacy_index.add(rest)
+        index_customer(self.customers["erp"], rest, _legacy_keys(value))
+
+
+def _legacy_keys(value: Mapping[str, Any]) -> dict[str, str]:
+    """An older index entry's keys (customer number, VAT id, e-mail; no name + country)."""
+    return {
+        rule: str(key) for rule, key in value.items() if rule in ("customer_number", "vat", "email")
+    }
 
 
 # ------------------------------------------------------------------- internals
@@ -942,7 +991,10 @@ class StreamProcessor:
         self._publish(work, flow.name, event, raw, result.fixes)
 
     def _link(self, work: _Work, entity: str, erp_id: str, crm_id: str, rule: str) -> None:
-        """Link two ids one to one (as :func:`streams.crosswalk.link`), as state writes."""
+        """Link two ids one to one (as :func:`streams.crosswalk.link`), as state writes.
+
+        A suspected-duplicate flag of either id ends with the link.
+        """
         crosswalk = self._ref.crosswalk
         old_crm = crm_id_for(crosswalk, entity, erp_id)
         if old_crm == crm_id:
@@ -954,35 +1006,73 @@ class StreamProcessor:
             self._put(work, REFERENCE, f"xw|{entity}|erp|{old_erp}", None)
         self._put(work, REFERENCE, f"xw|{entity}|erp|{erp_id}", crm_id)
         self._put(work, REFERENCE, f"xw|{entity}|crm|{crm_id}", erp_id)
+        if entity == "customer":
+            self._flag(work, "erp", erp_id, None)
+            self._flag(work, "crm", crm_id, None)
         work.outcome.tally.add(Count.LINKS, entity, rule)
 
+    def _flag(
+        self, work: _Work, system: str, entity_id: str, flag: SuspectedDuplicate | None
+    ) -> None:
+        """Record (or, with None, clear) a customer's suspected-duplicate flag."""
+        if self._ref.duplicates[system].get(entity_id) == flag:
+            return
+        value = None if flag is None else [flag.of, flag.evidence]
+        self._put(work, REFERENCE, f"dup|customer|{system}|{entity_id}", value)
+
+    def _index_customer(
+        self, work: _Work, system: str, entity_id: str, keys: dict[str, str]
+    ) -> None:
+        """Keep a customer's index entry at ``keys`` (empty: not indexed)."""
+        ref = self._ref
+        if system == "erp" and entity_id in ref.legacy_index:
+            self._put(work, REFERENCE, f"cidx|{entity_id}", None)
+        elif ref.customers[system]["keys"].get(entity_id, {}) == keys:
+            return
+        self._put(work, REFERENCE, f"cidx|{system}|{entity_id}", keys or None)
+
     def _customer_reference(self, work: _Work, flow: Flow, event: CanonicalEvent) -> None:
+        """Link, index and match a customer record; see the module docstring (Crosswalk).
+
+        1. an ERP customer's ``crm_account_id`` links it; 2. the record is (re-)indexed
+        under its keys, or dropped from its index when deleted or archived; 3. a
+        record without a counterpart is resolved against the other system's index:
+        linked, flagged as a suspected duplicate, or left new.
+        """
         record = event.record
+        system = flow.system
+        own_id = str(record[flow.id_field])
         deleted = record["op"] == "delete"
-        index = self._ref.index
-        if flow.system == "erp":
-            erp_id = str(record["erp_id"])
-            if deleted:
-                if erp_id in index["keys"]:
-                    self._put(work, REFERENCE, f"cidx|{erp_id}", None)
-                return
-            crm_id = record.get("crm_id")
-            if crm_id:
-                self._link(work, "customer", erp_id, str(crm_id), "erp_column")
-            keys = match_keys(record)
-            if index["keys"].get(erp_id, {}) != keys:
-                self._put(work, REFERENCE, f"cidx|{erp_id}", keys or None)
+        ref = self._ref
+        if system == "erp" and not deleted and record.get("crm_id"):
+            self._link(work, "customer", own_id, str(record["crm_id"]), "erp_column")
+        self._index_customer(work, system, own_id, index_keys(record))
+        if deleted or record.get(flow.other_id_field):
+            self._flag(work, system, own_id, None)
             return
-        crm_id = str(record["crm_id"])
-        if deleted or record.get("erp_id"):
-            return
-        match = match_customer(index, record, crosswalk=self._ref.crosswalk, crm_id=crm_id)
-        if match is None:
-            return
-        self._link(work, "customer", match.erp_id, crm_id, match.rule)
-        if match.ambiguous:
-            work.outcome.tally.add(Count.AMBIGUOUS, "customer")
-        record["erp_id"] = match.erp_id
+        flagged = ref.duplicates[system].get(own_id)
+        found = resolve_customer(
+            ref.customers[other_system(system)],
+            record,
+            system=system,
+            record_id=own_id,
+            crosswalk=ref.crosswalk,
+            flagged=flagged,
+        )
+        if isinstance(found, CustomerMatch):
+            erp_id, crm_id = (
+                (own_id, found.other_id) if system == "erp" else (found.other_id, own_id)
+            )
+            self._link(work, "customer", erp_id, crm_id, found.rule)
+            if found.ambiguous:
+                work.outcome.tally.add(Count.AMBIGUOUS, "customer")
+            record[flow.other_id_field] = found.other_id
+        elif isinstance(found, SuspectedDuplicate):
+            record["duplicate_of"] = found.of
+            record["duplicate_rule"] = found.evidence
+            if flagged is None:
+                work.outcome.tally.add(Count.DUPLICATES, "customer", system, found.rule)
+            self._flag(work, system, own_id, found)
 
     def _product_reference(self, work: _Work, flow: Flow, event: CanonicalEvent) -> None:
         record = event.record

@@ -1,4 +1,4 @@
-"""Crosswalk links and CRM-account-to-ERP-customer matching (streams/crosswalk.py)."""
+"""Crosswalk links and customer matching both ways, with duplicates (streams/crosswalk.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.crosswalk import (
+    MATCH_RULES,
     CrosswalkState,
+    CustomerIndex,
     CustomerMatch,
+    SuspectedDuplicate,
     counterpart_id,
     crm_id_for,
     erp_id_for,
     index_customer,
+    index_keys,
     link,
     match_customer,
     match_keys,
@@ -22,8 +26,12 @@ from streams.crosswalk import (
     new_customer_index,
     normalise_customer_number,
     normalise_email,
+    normalise_name,
+    normalise_name_country,
     normalise_vat,
+    other_system,
     remove_customer,
+    resolve_customer,
     unlink,
 )
 
@@ -106,14 +114,67 @@ def test_normalisers_take_none() -> None:
     assert normalise_customer_number(None) is None
     assert normalise_vat(None) is None
     assert normalise_email(None) is None
+    assert normalise_name(None) is None
+    assert normalise_name_country(None, "DE") is None
+    assert normalise_name_country("Acme", None) is None
+    assert normalise_name_country("Acme", "  ") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Müller & Söhne", "MULLER SOHNE"),
+        ("  MÜLLER  &  söhne ", "MULLER SOHNE"),
+        ("Müller & Söhne GmbH", "MULLER SOHNE"),
+        ("MUELLER & SOEHNE", "MUELLER SOEHNE"),  # a spelling, not an accent: no match
+        ("Müller Söhne G.m.b.H.", "MULLER SOHNE"),
+        ("Müller GmbH & Co. KG", "MULLER"),
+        ("Straßenbau AG", "STRASSENBAU"),
+        ("Café-Crème S.A.R.L.", "CAFE CREME"),
+        ("O'Neil Ltd.", "ONEIL"),
+        ("AG", "AG"),  # a legal form alone is the name
+        ("Co-op Limited", "CO OP"),
+        ("Ørsted", "ØRSTED"),
+        ("  ", None),
+        ("--", None),
+    ],
+)
+def test_names_are_compared_without_case_accents_punctuation_or_legal_form(
+    raw: str, expected: str | None
+) -> None:
+    assert normalise_name(raw) == expected
 
 
 def test_match_keys() -> None:
-    assert match_keys({"customer_number": "c1", "vat": "de 1", "email": "A@B.C", "name": "x"}) == {
+    record = {
+        "customer_number": "c1",
+        "vat": "de 1",
+        "email": "A@B.C",
+        "name": "Müller & Söhne",
+        "country_code": "DE",
+        "phone": "x",
+    }
+    assert match_keys(record) == {
         "customer_number": "C1",
         "vat": "DE1",
         "email": "a@b.c",
+        "name_country": "MULLER SOHNE|DE",
     }
+    assert match_keys({"name": "Müller", "country_code": None}) == {}
+
+
+def test_deleted_and_archived_records_are_not_indexed() -> None:
+    record = {"op": "upsert", "vat": "DE1", "active": True}
+    assert index_keys(record) == {"vat": "DE1"}
+    assert index_keys(record | {"active": None}) == {"vat": "DE1"}  # CRM accounts
+    assert index_keys(record | {"active": False}) == {}
+    assert index_keys(record | {"op": "delete"}) == {}
+
+
+def test_other_system() -> None:
+    assert (other_system("erp"), other_system("crm")) == ("crm", "erp")
+    with pytest.raises(ValueError, match="unknown system"):
+        other_system("sap")
 
 
 # ----------------------------------------------------------------------- matching
@@ -125,85 +186,393 @@ ERP_CUSTOMERS: dict[str, dict[str, Any]] = {
 }
 
 
+def built_index(records: dict[str, dict[str, Any]]) -> CustomerIndex:
+    index = new_customer_index()
+    for record_id, record in records.items():
+        index_customer(index, record_id, index_keys(record))
+    return index
+
+
 @pytest.fixture
-def index() -> Any:
-    built = new_customer_index()
-    for erp_id, record in ERP_CUSTOMERS.items():
-        index_customer(built, erp_id, record)
-    return built
+def index() -> CustomerIndex:
+    return built_index(ERP_CUSTOMERS)
+
+
+def from_crm(index: CustomerIndex, account: dict[str, Any], **options: Any) -> Any:
+    return match_customer(index, account, system="crm", **options)
 
 
 @pytest.mark.parametrize(
-    ("account", "erp_id", "rule"),
+    ("account", "erp_id", "rule", "key"),
     [
         # Each rule beats the ones after it, whatever they would say.
         (
             {"customer_number": "c00001", "vat": "DE222222222", "email": "info@three.example.com"},
             "1",
             "customer_number",
+            "C00001",
         ),
-        ({"vat": "de 222 222 222", "email": "info@three.example.com"}, "2", "vat"),
-        ({"customer_number": "C99999", "vat": "DE222222222"}, "2", "vat"),
-        ({"email": "INFO@three.example.com"}, "3", "email"),
+        ({"vat": "de 222 222 222", "email": "info@three.example.com"}, "2", "vat", "DE222222222"),
+        ({"customer_number": "C99999", "vat": "DE222222222"}, "2", "vat", "DE222222222"),
+        ({"email": "INFO@three.example.com"}, "3", "email", "info@three.example.com"),
         (
             {"customer_number": "C99999", "vat": "XX1", "email": "INFO@Three.Example.com"},
             "3",
             "email",
+            "info@three.example.com",
         ),
     ],
 )
-def test_match_precedence(index: Any, account: dict[str, Any], erp_id: str, rule: str) -> None:
-    assert match_customer(index, account) == CustomerMatch(erp_id, rule, (erp_id,))
+def test_match_precedence(
+    index: CustomerIndex, account: dict[str, Any], erp_id: str, rule: str, key: str
+) -> None:
+    assert from_crm(index, account) == CustomerMatch(erp_id, rule, (erp_id,), key)
 
 
-def test_no_match_is_none(index: Any) -> None:
-    assert match_customer(index, {"customer_number": "C99999", "email": "x@y.example"}) is None
-    assert match_customer(index, {}) is None
+def test_name_and_country_is_the_weakest_rule() -> None:
+    index = built_index(
+        {
+            "1": {"name": "Müller & Söhne GmbH", "country_code": "DE"},
+            "2": {"name": "Müller & Söhne", "country_code": "AT", "email": "a@b.example"},
+        }
+    )
+    other_words = from_crm(index, {"name": "MULLER und SOHNE", "country_code": "DE"})
+    assert other_words is None  # 'und' is a word
+    found = from_crm(index, {"name": "müller  &  SÖHNE", "country_code": "DE"})
+    assert found == CustomerMatch("1", "name_country", ("1",), "MULLER SOHNE|DE")
+    assert found is not None
+    assert found.evidence == "name_country=MULLER SOHNE|DE"
+    by_email = from_crm(
+        index, {"name": "Müller & Söhne", "country_code": "DE", "email": "A@B.example"}
+    )
+    assert by_email is not None
+    assert (by_email.other_id, by_email.rule) == ("2", "email")
 
 
-def test_duplicates_are_narrowed_by_later_rules_then_reported(index: Any) -> None:
+def test_no_match_is_none(index: CustomerIndex) -> None:
+    assert from_crm(index, {"customer_number": "C99999", "email": "x@y.example"}) is None
+    assert from_crm(index, {}) is None
+
+
+def test_duplicates_are_narrowed_by_later_rules_then_reported(index: CustomerIndex) -> None:
     # The ERP holds a duplicate of customer 2: same VAT id and e-mail, other number.
     index_customer(
         index,
         "12",
-        {"customer_number": "C00012", "vat": "DE 222 222 222", "email": "info@two.example.com"},
+        index_keys(
+            {"customer_number": "C00012", "vat": "DE 222 222 222", "email": "info@two.example.com"}
+        ),
     )
     index_customer(
         index,
         "10",
-        {"customer_number": "C00010", "vat": "DE222222222", "email": "other@two.example.com"},
+        index_keys(
+            {"customer_number": "C00010", "vat": "DE222222222", "email": "other@two.example.com"}
+        ),
     )
-    narrowed = match_customer(index, {"vat": "DE222222222", "email": "other@two.example.com"})
-    assert narrowed == CustomerMatch("10", "vat", ("10",))
-    ambiguous = match_customer(index, {"vat": "DE222222222", "email": "info@two.example.com"})
-    assert ambiguous == CustomerMatch("2", "vat", ("2", "12"))
+    narrowed = from_crm(index, {"vat": "DE222222222", "email": "other@two.example.com"})
+    assert narrowed == CustomerMatch("10", "vat", ("10",), "DE222222222")
+    ambiguous = from_crm(index, {"vat": "DE222222222", "email": "info@two.example.com"})
+    assert ambiguous == CustomerMatch("2", "vat", ("2", "12"), "DE222222222")
     assert ambiguous is not None
     assert ambiguous.ambiguous
 
 
-def test_the_crosswalk_wins_and_linked_customers_are_not_proposed(index: Any) -> None:
+def test_the_crosswalk_wins_and_linked_records_are_found_as_duplicates(
+    index: CustomerIndex,
+) -> None:
     crosswalk = new_crosswalk()
     link(crosswalk, "customer", "3", "uuid-linked")
-    assert match_customer(
-        index, {"customer_number": "C00001"}, crosswalk=crosswalk, crm_id="uuid-linked"
-    ) == (CustomerMatch("3", "crosswalk", ("3",)))
-    # Customer 3 is already someone's: a second account with its e-mail is new to the ERP.
-    assert (
-        match_customer(
-            index, {"email": "info@three.example.com"}, crosswalk=crosswalk, crm_id="uuid-new"
-        )
-        is None
+    assert from_crm(
+        index, {"customer_number": "C00001"}, crosswalk=crosswalk, record_id="uuid-linked"
+    ) == CustomerMatch("3", "crosswalk", ("3",))
+    # Customer 3 is already someone's: a second account with its e-mail duplicates it.
+    found = from_crm(
+        index, {"email": "INFO@three.example.com"}, crosswalk=crosswalk, record_id="uuid-new"
     )
-    assert match_customer(index, {"email": "info@three.example.com"}) == CustomerMatch(
-        "3", "email", ("3",)
+    assert found == CustomerMatch(
+        "3", "email", ("3",), "info@three.example.com", linked_to="uuid-linked"
+    )
+    assert found is not None
+    assert found.duplicate
+    assert found.evidence == "email=info@three.example.com"
+    # Without the crosswalk nobody is known to be linked.
+    assert from_crm(index, {"email": "info@three.example.com"}) == CustomerMatch(
+        "3", "email", ("3",), "info@three.example.com"
     )
 
 
-def test_reindexing_drops_old_keys(index: Any) -> None:
-    index_customer(index, "1", {"customer_number": "C00001", "vat": "DE999999999"})
-    assert match_customer(index, {"vat": "DE111111111"}) is None
-    assert match_customer(index, {"email": "info@one.example.com"}) is None
-    assert match_customer(index, {"vat": "DE999999999"}) == CustomerMatch("1", "vat", ("1",))
+def test_a_free_record_is_preferred_to_a_linked_one_the_rule_also_found(
+    index: CustomerIndex,
+) -> None:
+    crosswalk = new_crosswalk()
+    link(crosswalk, "customer", "2", "uuid-linked")
+    index_customer(index, "12", index_keys({"vat": "DE222222222"}))
+    found = from_crm(index, {"vat": "de222222222"}, crosswalk=crosswalk, record_id="uuid-new")
+    assert found == CustomerMatch("12", "vat", ("12", "2"), "DE222222222")
+    # ... but a stronger rule decides first: customer 2's number says it is customer 2.
+    found = from_crm(
+        index,
+        {"customer_number": "C00002", "vat": "DE222222222"},
+        crosswalk=crosswalk,
+        record_id="uuid-new",
+    )
+    assert found is not None
+    assert (found.other_id, found.rule, found.linked_to) == ("2", "customer_number", "uuid-linked")
+
+
+def test_reindexing_drops_old_keys(index: CustomerIndex) -> None:
+    index_customer(index, "1", index_keys({"customer_number": "C00001", "vat": "DE999999999"}))
+    assert from_crm(index, {"vat": "DE111111111"}) is None
+    assert from_crm(index, {"email": "info@one.example.com"}) is None
+    assert from_crm(index, {"vat": "DE999999999"}) == CustomerMatch(
+        "1", "vat", ("1",), "DE999999999"
+    )
     remove_customer(index, "1")
-    assert match_customer(index, {"customer_number": "C00001"}) is None
+    assert from_crm(index, {"customer_number": "C00001"}) is None
     remove_customer(index, "unknown")
+    index_customer(index, "2", {})
+    assert from_crm(index, {"vat": "DE222222222"}) is None
+    assert index["keys"].keys() == {"3"}
+
+
+# -------------------------------------------------------- resolving, both ways
+
+ERP_LINKED = {
+    "erp_id": "7",
+    "customer_number": "C00007",
+    "name": "Müller & Söhne GmbH",
+    "vat": "FR 21 945 643 978",
+    "email": "Einkauf@Mueller.example.com",
+    "country_code": "DE",
+}
+CRM_LINKED = {
+    "crm_id": "uuid-7",
+    "customer_number": "C00007",
+    "name": "Müller & Söhne GmbH",
+    "vat": "FR21945643978",
+    "email": "einkauf@mueller.example.com",
+    "country_code": "DE",
+}
+DUPLICATE_BY = {
+    "vat": ({"vat": "fr21 9456 43978"}, "vat=FR21945643978"),
+    "email": ({"email": "EINKAUF@MUELLER.EXAMPLE.COM"}, "email=einkauf@mueller.example.com"),
+    "name_country": (
+        {"name": "MÜLLER & SOHNE", "country_code": "DE"},
+        "name_country=MULLER SOHNE|DE",
+    ),
+}
+
+
+@pytest.fixture
+def linked_pair() -> tuple[dict[str, CustomerIndex], CrosswalkState]:
+    indexes = {
+        "erp": built_index({"7": ERP_LINKED}),
+        "crm": built_index({"uuid-7": CRM_LINKED}),
+    }
+    crosswalk = new_crosswalk()
+    link(crosswalk, "customer", "7", "uuid-7")
+    return indexes, crosswalk
+
+
+@pytest.mark.parametrize("rule", sorted(DUPLICATE_BY))
+def test_a_crm_account_typed_again_duplicates_the_linked_erp_customer(
+    linked_pair: tuple[dict[str, CustomerIndex], CrosswalkState], rule: str
+) -> None:
+    indexes, crosswalk = linked_pair
+    record, evidence = DUPLICATE_BY[rule]
+    found = resolve_customer(
+        indexes["erp"],
+        {"name": "Someone Else"} | record,
+        system="crm",
+        record_id="uuid-new",
+        crosswalk=crosswalk,
+    )
+    assert found == SuspectedDuplicate("7", evidence)
+    assert isinstance(found, SuspectedDuplicate)
+    assert found.rule == rule
+
+
+@pytest.mark.parametrize("rule", sorted(DUPLICATE_BY))
+def test_an_erp_customer_typed_again_duplicates_the_linked_crm_account(
+    linked_pair: tuple[dict[str, CustomerIndex], CrosswalkState], rule: str
+) -> None:
+    indexes, crosswalk = linked_pair
+    record, evidence = DUPLICATE_BY[rule]
+    found = resolve_customer(
+        indexes["crm"],
+        {"customer_number": "C00099", "name": "Someone Else"} | record,
+        system="erp",
+        record_id="99",
+        crosswalk=crosswalk,
+    )
+    assert found == SuspectedDuplicate("uuid-7", evidence)
+
+
+def test_a_free_match_links_both_ways() -> None:
+    crosswalk = new_crosswalk()
+    erp = built_index({"7": ERP_LINKED})
+    crm = built_index({"uuid-7": CRM_LINKED})
+    from_crm = resolve_customer(
+        erp, CRM_LINKED, system="crm", record_id="uuid-7", crosswalk=crosswalk
+    )
+    assert from_crm == CustomerMatch("7", "customer_number", ("7",), "C00007")
+    from_erp = resolve_customer(crm, ERP_LINKED, system="erp", record_id="7", crosswalk=crosswalk)
+    assert from_erp == CustomerMatch("uuid-7", "customer_number", ("uuid-7",), "C00007")
+
+
+def test_the_own_link_is_never_a_duplicate(
+    linked_pair: tuple[dict[str, CustomerIndex], CrosswalkState],
+) -> None:
+    indexes, crosswalk = linked_pair
+    for system, record_id, record, other in (
+        ("erp", "7", ERP_LINKED, "uuid-7"),
+        ("crm", "uuid-7", CRM_LINKED, "7"),
+    ):
+        found = resolve_customer(
+            indexes[other_system(system)],
+            record,
+            system=system,
+            record_id=record_id,
+            crosswalk=crosswalk,
+            flagged=SuspectedDuplicate(other, "vat=FR21945643978"),
+        )
+        assert found == CustomerMatch(other, "crosswalk", (other,))
+
+
+def test_a_flag_stays_until_the_record_is_linked(
+    linked_pair: tuple[dict[str, CustomerIndex], CrosswalkState],
+) -> None:
+    indexes, crosswalk = linked_pair
+    flag = SuspectedDuplicate("7", "vat=FR21945643978")
+    account = {"name": "Other Name", "vat": "DE1"}  # re-typed: nothing matches any more
+    kept = resolve_customer(
+        indexes["erp"], account, system="crm", record_id="uuid-new", crosswalk=crosswalk
+    )
+    assert kept is None
+    kept = resolve_customer(
+        indexes["erp"],
+        account,
+        system="crm",
+        record_id="uuid-new",
+        crosswalk=crosswalk,
+        flagged=flag,
+    )
+    assert kept == flag
+    # New evidence replaces the old.
+    renewed = resolve_customer(
+        indexes["erp"],
+        {"email": "einkauf@mueller.example.com"},
+        system="crm",
+        record_id="uuid-new",
+        crosswalk=crosswalk,
+        flagged=flag,
+    )
+    assert renewed == SuspectedDuplicate("7", "email=einkauf@mueller.example.com")
+    # Linked by an operator (the link moves to the new account): the link wins.
+    link(crosswalk, "customer", "7", "uuid-new")
+    linked = resolve_customer(
+        indexes["erp"],
+        account,
+        system="crm",
+        record_id="uuid-new",
+        crosswalk=crosswalk,
+        flagged=flag,
+    )
+    assert linked == CustomerMatch("7", "crosswalk", ("7",))
+
+
+def test_archived_and_deleted_records_are_not_proposed(
+    linked_pair: tuple[dict[str, CustomerIndex], CrosswalkState],
+) -> None:
+    indexes, crosswalk = linked_pair
+    index_customer(indexes["erp"], "7", index_keys(ERP_LINKED | {"active": False}))
+    index_customer(indexes["crm"], "uuid-7", index_keys(CRM_LINKED | {"op": "delete"}))
+    for system, index in (("crm", indexes["erp"]), ("erp", indexes["crm"])):
+        found = resolve_customer(
+            index, {"vat": "FR21945643978"}, system=system, record_id="new", crosswalk=crosswalk
+        )
+        assert found is None
+
+
+# ------------------------------------------------------------------- properties
+
+_IDS = {"erp": [str(n) for n in range(1, 6)], "crm": [f"u{n}" for n in range(1, 6)]}
+_VALUES = {
+    "customer_number": st.sampled_from(["C1", "c1 ", "C2", None]),
+    "vat": st.sampled_from(["DE1", "de 1", "DE2", None]),
+    "email": st.sampled_from(["a@x.example", "A@X.example", "b@x.example", None]),
+    "name": st.sampled_from(["Müller", "MULLER GmbH", "Acme", None]),
+    "country_code": st.sampled_from(["DE", "AT", None]),
+    "active": st.sampled_from([True, True, False]),
+}
+_RECORDS = st.fixed_dictionaries(_VALUES)
+
+
+@st.composite
+def _worlds(draw: st.DrawFn) -> tuple[dict[str, dict[str, dict[str, Any]]], CrosswalkState]:
+    records = {
+        system: draw(st.dictionaries(st.sampled_from(ids), _RECORDS, max_size=5))
+        for system, ids in _IDS.items()
+    }
+    crosswalk = new_crosswalk()
+    pairs = st.tuples(st.sampled_from(_IDS["erp"]), st.sampled_from(_IDS["crm"]))
+    for erp_id, crm_id in draw(st.lists(pairs, max_size=5)):
+        link(crosswalk, "customer", erp_id, crm_id)
+    return records, crosswalk
+
+
+@given(
+    _worlds(),
+    st.sampled_from(["erp", "crm"]),
+    st.integers(0, 4),
+    _RECORDS,
+    st.booleans(),
+)
+def test_matching_never_links_to_a_linked_record_nor_flags_the_own_counterpart(
+    world: tuple[dict[str, dict[str, dict[str, Any]]], CrosswalkState],
+    system: str,
+    which: int,
+    record: dict[str, Any],
+    was_flagged: bool,
+) -> None:
+    records, crosswalk = world
+    other = other_system(system)
+    index = built_index(records[other])
+    record_id = _IDS[system][which]
+    own_counterpart = counterpart_id(crosswalk, "customer", system, record_id)
+    flagged = SuspectedDuplicate(_IDS[other][0], "vat=DE1") if was_flagged else None
+    found = resolve_customer(
+        index, record, system=system, record_id=record_id, crosswalk=crosswalk, flagged=flagged
+    )
+    if own_counterpart is not None:
+        # a linked record keeps its link, whatever it matches
+        assert found == CustomerMatch(own_counterpart, "crosswalk", (own_counterpart,))
+        return
+    if isinstance(found, CustomerMatch):
+        # a proposed link is free: linked to nobody (the record itself is unlinked)
+        assert found.rule in MATCH_RULES
+        assert counterpart_id(crosswalk, "customer", other, found.other_id) is None
+        assert records[other][found.other_id].get("active") is not False
+        assert found.other_id in found.candidates
+    elif isinstance(found, SuspectedDuplicate) and found != flagged:
+        # a duplicate is of a record linked to another one, with the evidence that matched
+        holder = counterpart_id(crosswalk, "customer", other, found.of)
+        assert holder is not None
+        assert holder != record_id
+        rule, _, key = found.evidence.partition("=")
+        assert match_keys(records[other][found.of])[rule] == key == match_keys(record)[rule]
+        # found by the strongest rule that found anyone
+        stronger = MATCH_RULES[: MATCH_RULES.index(rule)]
+        own_keys = match_keys(record)
+        assert not any(
+            own_keys.get(r) is not None and index_keys(candidate).get(r) == own_keys[r]
+            for r in stronger
+            for candidate in records[other].values()
+        )
+    elif found is None:
+        # nothing live of the other side shares any key with the record
+        keys = match_keys(record).items()
+        assert not any(
+            keys & index_keys(candidate).items() for candidate in records[other].values()
+        )

@@ -347,12 +347,14 @@ def test_the_erp_column_links_and_a_new_account_matches_by_customer_number() -> 
     )
     # no ERP customer C00042 yet: a new account, without ERP id
     assert [r["erp_id"] for r in decoded(match)] == [None]
-    h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=101))
+    # the new ERP customer C00042 finds the account (matching runs both ways)
+    erp = h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=101))
+    assert decoded(erp)[0]["crm_id"] == other
+    assert erp.tally.of(Count.LINKS, "customer", "customer_number") == 1
     again = h.run(
         h.change(ACCOUNTS, "u", after=account(id=other, vat=None, account_number="c00042"), lsn=2)
     )
     assert decoded(again)[0]["erp_id"] == "42"
-    assert again.tally.of(Count.LINKS, "customer", "customer_number") == 1
 
 
 # ---------------------------------------------------------------------- inventory
@@ -559,6 +561,6 @@ def test_caches_are_rebuilt_from_state_by_a_new_processor() -> None:
     fresh = StreamProcessor(FLOWS, decode=SERDE.decode, encode=encode_canonical)
     fresh.load(h.state)
     assert fresh.reference.skus == {"7": "SKU-00007"}
-    assert fresh.reference.index["keys"]["42"]["vat"] == "DE123456789"
+    assert fresh.reference.customers["erp"]["keys"]["42"]["vat"] == "DE123456789"
     outcome = fresh.process(h.change(ACCOUNTS, "c", after=account(), lsn=1), h.state)
     assert decoded(outcome)[0]["erp_id"] == "42"

@@ -271,5 +271,5 @@ def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> 
     asyncio.run(scenario())
     assert [m.topic for m in publisher.sent] == ["canonical.customer"]
     assert streams.state.get("dedupe", "customer|erp:42")[0] == 100
-    assert streams.state.get("reference", "cidx|42")["vat"] == "DE123456789"
+    assert streams.state.get("reference", "cidx|erp|42")["vat"] == "DE123456789"
     assert list((tmp_path / "erpcrm-streams-rocks").rglob("*.db"))

@@ -1,0 +1,378 @@
+"""Customer matching both ways through the streams processor, duplicates included.
+
+A new record of either system is matched against the other system's customers: a free
+match is linked, a match with a record that is already linked is a suspected duplicate
+(``duplicate_of``/``duplicate_rule`` on the canonical event, counted, kept in state until
+the record is linked). The sinks' own round trips (a partner created for an account
+carries ``crm_account_id``, an account created for a customer carries its number) must
+never look like duplicates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from streams.crosswalk import MATCH_RULES, counterpart_id
+from streams.metrics import StreamsMetrics
+from streams.processor import Count, DictState, StreamProcessor, Write
+from tests.unit.test_processor import (
+    FLOWS,
+    SERDE,
+    Harness,
+    account,
+    decoded,
+    encode_canonical,
+)
+from tests.unit.test_transform import ACCOUNT_ID, ACCOUNTS, PARTNER, RES_PARTNER
+
+NEW_ID = "7c1d2e3f-0000-4000-8000-000000000099"
+"""A CRM account typed in again."""
+
+
+def linked_pair() -> Harness:
+    """ERP customer 42 and CRM account ACCOUNT_ID, linked (the partner names the account)."""
+    h = Harness()
+    h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"crm_account_id": ACCOUNT_ID}, lsn=100))
+    h.run(h.change(ACCOUNTS, "u", after=account(account_number="C00042"), lsn=1000))
+    return h
+
+
+def customer(outcome: Any) -> dict[str, Any]:
+    (record,) = decoded(outcome)
+    return record
+
+
+# The same company typed in again, one rule at a time (nothing else in common).
+CRM_AGAIN = {
+    "vat": ({"vat": "De-123 456.789"}, "vat=DE123456789"),
+    "email": ({"email": "Info@Nordwind.Example.COM"}, "email=info@nordwind.example.com"),
+    "name_country": (
+        {"name": "NORDWIND TRADING", "billing_address_country": "DE"},
+        "name_country=NORDWIND TRADING|DE",
+    ),
+}
+ERP_AGAIN = {
+    "vat": ({"vat": "de 123 456 789"}, "vat=DE123456789"),
+    "email": ({"email": "EINKAUF@nordwind.example.com"}, "email=einkauf@nordwind.example.com"),
+    "name_country": (
+        {"name": "Nördwind Tráding", "country_code": "DE"},
+        "name_country=NORDWIND TRADING|DE",
+    ),
+}
+CRM_BLANK = {"name": "Somebody Else", "vat": None, "email": None, "phone_office": None}
+ERP_BLANK = {"name": "Somebody Else", "vat": None, "email": None, "phone": None}
+
+
+@pytest.mark.parametrize("rule", sorted(CRM_AGAIN))
+def test_a_crm_account_typed_again_is_held_as_a_duplicate_of_the_linked_erp_customer(
+    rule: str,
+) -> None:
+    h = linked_pair()
+    changes, evidence = CRM_AGAIN[rule]
+    outcome = h.run(
+        h.change(ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | changes), lsn=2000)
+    )
+    record = customer(outcome)
+    assert (record["erp_id"], record["duplicate_of"], record["duplicate_rule"]) == (
+        None,
+        "42",
+        evidence,
+    )
+    assert outcome.tally.of(Count.DUPLICATES, "customer", "crm", rule) == 1
+    assert outcome.tally.of(Count.LINKS, "customer", rule) == 0
+    assert h.state.get("reference", f"dup|customer|crm|{NEW_ID}") == ["42", evidence]
+    # the pair is untouched
+    assert h.processor.reference.crosswalk["customer"]["erp"] == {"42": ACCOUNT_ID}
+
+
+@pytest.mark.parametrize("rule", sorted(ERP_AGAIN))
+def test_an_erp_customer_typed_again_is_held_as_a_duplicate_of_the_linked_crm_account(
+    rule: str,
+) -> None:
+    h = linked_pair()
+    changes, evidence = ERP_AGAIN[rule]
+    row = PARTNER | {"id": 43, "ref": "C00043"} | ERP_BLANK | changes
+    outcome = h.run(h.change(RES_PARTNER, "c", after=row, lsn=200))
+    record = customer(outcome)
+    assert (record["crm_id"], record["duplicate_of"], record["duplicate_rule"]) == (
+        None,
+        ACCOUNT_ID,
+        evidence,
+    )
+    assert outcome.tally.of(Count.DUPLICATES, "customer", "erp", rule) == 1
+    assert h.state.get("reference", "dup|customer|erp|43") == [ACCOUNT_ID, evidence]
+    assert h.processor.reference.crosswalk["customer"]["erp"] == {"42": ACCOUNT_ID}
+
+
+def test_a_free_match_links_from_either_side() -> None:
+    # CRM first: the ERP customer finds the account and its event carries the CRM id.
+    h = Harness()
+    h.run(h.change(ACCOUNTS, "c", after=account(), lsn=1000))
+    erp = h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100))
+    assert (customer(erp)["crm_id"], customer(erp)["duplicate_of"]) == (ACCOUNT_ID, None)
+    assert erp.tally.of(Count.LINKS, "customer", "vat") == 1
+    crm = h.run(h.change(ACCOUNTS, "u", after=account(billing_address_city="Potsdam"), lsn=1001))
+    assert customer(crm)["erp_id"] == "42"
+    # ERP first: the account finds the customer.
+    h = Harness()
+    h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100))
+    crm = h.run(h.change(ACCOUNTS, "c", after=account(), lsn=1000))
+    assert (customer(crm)["erp_id"], customer(crm)["duplicate_of"]) == ("42", None)
+    assert crm.tally.of(Count.LINKS, "customer", "vat") == 1
+
+
+def test_an_account_created_in_the_crm_comes_back_from_the_erp_linked() -> None:
+    h = linked_pair()
+    zeta = {"name": "Zeta Foods", "vat": "FR21945643978", "email": "achats@zeta.example.com"}
+    zeta_crm = zeta | {"billing_address_country": "FR", "phone_office": None}
+    created = h.run(h.change(ACCOUNTS, "c", after=account(id=NEW_ID, **zeta_crm), lsn=2000))
+    assert (customer(created)["erp_id"], customer(created)["duplicate_of"]) == (None, None)
+    # The ERP sink creates partner 50 with the account's id; the ERP numbers it.
+    partner = PARTNER | zeta | {"id": 50, "ref": "C00050", "country_code": "FR"}
+    partner |= {"phone": None, "crm_account_id": NEW_ID}
+    back = h.run(h.change(RES_PARTNER, "u", after=partner, lsn=300))
+    assert (customer(back)["crm_id"], customer(back)["duplicate_of"]) == (NEW_ID, None)
+    assert back.tally.of(Count.LINKS, "customer", "erp_column") == 1
+    # ... and the CRM sink writes the number back (an echo); later edits stay linked.
+    later = h.run(
+        h.change(
+            ACCOUNTS, "u", after=account(id=NEW_ID, account_number="C00050", **zeta_crm), lsn=2001
+        )
+    )
+    assert (customer(later)["erp_id"], customer(later)["duplicate_of"]) == ("50", None)
+    assert h.processor.reference.duplicates == {"erp": {}, "crm": {}}
+
+
+def test_a_customer_created_in_the_erp_comes_back_from_the_crm_linked() -> None:
+    h = linked_pair()
+    zeta = {"name": "Zeta Foods SARL", "vat": "FR21945643978", "email": "achats@zeta.example.com"}
+    partner = PARTNER | zeta | {"id": 60, "ref": "C00060", "country_code": "FR", "phone": None}
+    created = h.run(h.change(RES_PARTNER, "c", after=partner, lsn=300))
+    assert (customer(created)["crm_id"], customer(created)["duplicate_of"]) == (None, None)
+    # The CRM sink creates the account (its own id) with the customer number, announced.
+    sink_made = "0f0e0d0c-0000-5000-8000-000000000060"
+    row = account(id=sink_made, account_number="C00060", billing_address_country="FR", **zeta)
+    back = h.run(h.change(ACCOUNTS, "u", after=row | {"phone_office": None}, lsn=2000))
+    assert (customer(back)["erp_id"], customer(back)["duplicate_of"]) == ("60", None)
+    assert back.tally.of(Count.LINKS, "customer", "customer_number") == 1
+    later = h.run(h.change(RES_PARTNER, "u", after=partner | {"city": "Lyon"}, lsn=301))
+    assert (customer(later)["crm_id"], customer(later)["duplicate_of"]) == (sink_made, None)
+    assert h.processor.reference.duplicates == {"erp": {}, "crm": {}}
+
+
+def test_a_flag_stays_on_later_changes_until_the_record_is_linked() -> None:
+    h = linked_pair()
+    first = h.run(
+        h.change(
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+        )
+    )
+    assert customer(first)["duplicate_rule"] == "vat=DE123456789"
+    # Edited so that nothing matches any more: still held, counted once.
+    edited = h.run(h.change(ACCOUNTS, "u", after=account(id=NEW_ID, **CRM_BLANK), lsn=2001))
+    assert (customer(edited)["duplicate_of"], customer(edited)["duplicate_rule"]) == (
+        "42",
+        "vat=DE123456789",
+    )
+    assert edited.tally.of(Count.DUPLICATES, "customer", "crm", "vat") == 0
+    # A caught-up processor (restart) keeps it too.
+    fresh = StreamProcessor(FLOWS, decode=SERDE.decode, encode=encode_canonical)
+    fresh.load(h.state)
+    assert fresh.reference.duplicates["crm"][NEW_ID].of == "42"
+    # Released by an operator: the ERP sink creates partner 51 for the account.
+    partner = PARTNER | ERP_BLANK | {"id": 51, "ref": "C00051", "crm_account_id": NEW_ID}
+    released = h.run(h.change(RES_PARTNER, "u", after=partner, lsn=400))
+    assert (customer(released)["crm_id"], customer(released)["duplicate_of"]) == (NEW_ID, None)
+    assert h.state.get("reference", f"dup|customer|crm|{NEW_ID}") is None
+    linked = h.run(h.change(ACCOUNTS, "u", after=account(id=NEW_ID, **CRM_BLANK), lsn=2002))
+    assert (customer(linked)["erp_id"], customer(linked)["duplicate_of"]) == ("51", None)
+
+
+def test_an_operator_link_moves_the_pair_and_ends_the_flag() -> None:
+    h = linked_pair()
+    row = PARTNER | {"id": 43, "ref": "C00043", "name": "Other"}
+    h.run(h.change(RES_PARTNER, "c", after=row, lsn=200))
+    assert h.processor.reference.duplicates["erp"]["43"].of == ACCOUNT_ID
+    # The operator decides 43 is the account's customer (the ERP names the account).
+    relinked = h.run(
+        h.change(RES_PARTNER, "u", after=row | {"crm_account_id": ACCOUNT_ID}, lsn=201)
+    )
+    assert (customer(relinked)["crm_id"], customer(relinked)["duplicate_of"]) == (ACCOUNT_ID, None)
+    assert h.processor.reference.crosswalk["customer"]["erp"] == {"43": ACCOUNT_ID}
+    assert h.processor.reference.duplicates == {"erp": {}, "crm": {}}
+
+
+def test_deleted_and_archived_customers_are_not_proposed() -> None:
+    h = linked_pair()
+    h.run(
+        h.change(
+            RES_PARTNER,
+            "u",
+            after=PARTNER | {"crm_account_id": ACCOUNT_ID, "active": False},
+            lsn=101,
+        )
+    )
+    assert "42" not in h.processor.reference.customers["erp"]["keys"]
+    crm = h.run(
+        h.change(
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+        )
+    )
+    assert (customer(crm)["erp_id"], customer(crm)["duplicate_of"]) == (None, None)
+    h.run(h.change(ACCOUNTS, "u", after=account(deleted=True), lsn=1001))
+    assert ACCOUNT_ID not in h.processor.reference.customers["crm"]["keys"]
+    row = PARTNER | ERP_BLANK | {"id": 44, "ref": "C00044", "name": "Third Party"}
+    row |= {"email": "einkauf@nordwind.example.com"}
+    erp = h.run(h.change(RES_PARTNER, "c", after=row, lsn=202))
+    assert (customer(erp)["crm_id"], customer(erp)["duplicate_of"]) == (None, None)
+
+
+def test_a_deleted_duplicate_loses_its_flag() -> None:
+    h = linked_pair()
+    h.run(
+        h.change(
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+        )
+    )
+    gone = h.run(h.change(ACCOUNTS, "u", after=account(id=NEW_ID, deleted=True), lsn=2001))
+    assert customer(gone)["duplicate_of"] is None
+    assert h.state.get("reference", f"dup|customer|crm|{NEW_ID}") is None
+    assert NEW_ID not in h.processor.reference.customers["crm"]["keys"]
+
+
+def test_an_older_store_index_is_read_and_replaced() -> None:
+    h = Harness()
+    h.state.apply(
+        [Write("reference", "cidx|42", {"customer_number": "C00042", "vat": "DE123456789"})]
+    )
+    h.state.apply([Write("reference", "xw|customer|erp|42", ACCOUNT_ID)])
+    h.state.apply([Write("reference", "xw|customer|crm|" + ACCOUNT_ID, "42")])
+    h.processor.load(h.state)
+    assert h.processor.reference.customers["erp"]["keys"]["42"] == {
+        "customer_number": "C00042",
+        "vat": "DE123456789",
+    }
+    duplicate = h.run(
+        h.change(
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+        )
+    )
+    assert customer(duplicate)["duplicate_of"] == "42"
+    h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"crm_account_id": ACCOUNT_ID}, lsn=100))
+    assert h.state.get("reference", "cidx|42") is None
+    assert h.state.get("reference", "cidx|erp|42")["name_country"] == "NORDWIND TRADING|DE"
+    assert h.processor.reference.legacy_index == set()
+
+
+def test_duplicates_are_a_metric() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    h = linked_pair()
+    outcome = h.run(
+        h.change(
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+        )
+    )
+    registry = CollectorRegistry()
+    StreamsMetrics.create(registry).record(outcome.tally)
+    text = generate_latest(registry).decode()
+    assert 'erpcrm_streams_duplicates_total{entity="customer",rule="vat",system="crm"} 1.0' in text
+
+
+# ------------------------------------------------------------------- property
+
+ERP_IDS = (42, 43, 44)
+CRM_IDS = (ACCOUNT_ID, NEW_ID, "0f0e0d0c-0000-5000-8000-000000000001")
+_KEYS = {
+    "number": st.sampled_from(["C00042", "c00042 ", "C00043", None]),
+    "vat": st.sampled_from(["DE123456789", "de 123 456 789", "FR21945643978", None]),
+    "email": st.sampled_from(["info@nordwind.example.com", "INFO@Nordwind.example.com", None]),
+    "name": st.sampled_from(["Nordwind Trading GmbH", "NORDWIND trading", "Zeta"]),
+    "country": st.sampled_from(["DE", "FR"]),
+}
+_ERP_STEP = st.fixed_dictionaries(
+    {
+        "system": st.just("erp"),
+        "id": st.sampled_from(ERP_IDS),
+        "crm_account_id": st.sampled_from([None, None, *CRM_IDS]),
+        "active": st.sampled_from([True, True, False]),
+        **_KEYS,
+    }
+)
+_CRM_STEP = st.fixed_dictionaries(
+    {
+        "system": st.just("crm"),
+        "id": st.sampled_from(CRM_IDS),
+        "deleted": st.sampled_from([False, False, False, True]),
+        **_KEYS,
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(_ERP_STEP, _CRM_STEP), min_size=1, max_size=12))
+def test_matching_never_links_a_record_linked_elsewhere_nor_flags_the_own_counterpart(
+    steps: list[dict[str, Any]],
+) -> None:
+    h = Harness()
+    for position, step in enumerate(steps, start=1):
+        before = {
+            side: dict(ids)
+            for side, ids in h.processor.reference.crosswalk.get("customer", {}).items()
+        }
+        if step["system"] == "erp":
+            row = PARTNER | {
+                "id": step["id"],
+                "ref": step["number"] or f"C{step['id']:05d}",
+                "vat": step["vat"],
+                "email": step["email"],
+                "name": step["name"],
+                "country_code": step["country"],
+                "phone": None,
+                "active": step["active"],
+                "crm_account_id": step["crm_account_id"],
+            }
+            message = h.change(RES_PARTNER, "u", after=row, lsn=100 + position)
+            own, other, other_field = str(step["id"]), "crm", "crm_id"
+        else:
+            row = account(
+                id=step["id"],
+                account_number=step["number"],
+                vat=step["vat"],
+                email=step["email"],
+                name=step["name"],
+                billing_address_country=step["country"],
+                phone_office=None,
+                deleted=step["deleted"],
+            )
+            message = h.change(ACCOUNTS, "u", after=row, lsn=100 + position)
+            own, other, other_field = step["id"], "erp", "erp_id"
+        outcome = h.run(message)
+        crosswalk = h.processor.reference.crosswalk
+        sides = crosswalk.get("customer", {"erp": {}, "crm": {}})
+        assert {v: k for k, v in sides["erp"].items()} == sides["crm"]  # one to one
+        for record in decoded(outcome):
+            counterpart = record[other_field]
+            if record["duplicate_of"] is not None:
+                event("flagged")
+                # never a duplicate of its own counterpart: a flagged record is unlinked
+                assert counterpart is None
+                assert counterpart_id(crosswalk, "customer", step["system"], own) is None
+                assert record["duplicate_rule"].partition("=")[0] in MATCH_RULES
+        for rule in MATCH_RULES:
+            if outcome.tally.of(Count.LINKS, "customer", rule):
+                # a link by matching took a record that was linked to nobody
+                event(f"linked by {rule}")
+                matched = counterpart_id(crosswalk, "customer", step["system"], own)
+                assert matched is not None
+                assert before.get(other, {}).get(matched) is None
+    # the state reloads to the same caches
+    fresh = StreamProcessor(FLOWS, decode=SERDE.decode, encode=encode_canonical)
+    fresh.load(h.state)
+    assert fresh.reference.customers == h.processor.reference.customers
+    assert fresh.reference.duplicates == h.processor.reference.duplicates
+    assert isinstance(h.state, DictState)
