@@ -22,7 +22,9 @@ What to do with a customer record (:func:`resolve_customer`): already linked -> 
 the link; matched with a free record -> link the two; matched with a linked one -> hold
 it as a :class:`SuspectedDuplicate` (the other record's id and the evidence
 ``rule=normalised key``); matched with nobody -> new to the other system. A record
-flagged once stays flagged on later changes until it is linked.
+flagged once keeps that flag, the same record and evidence, on later changes until it
+is linked (a sink's decision about a held record refers to one pair, whatever the
+record is edited into meanwhile).
 
 Deleted and archived records are not indexed (:func:`index_keys`), so they are never
 proposed.
@@ -437,17 +439,17 @@ def resolve_customer(
 
     Returns:
         A :class:`CustomerMatch` of a free record (or of the record's own link, rule
-        ``crosswalk``): link the two. A :class:`SuspectedDuplicate`: the record matches
-        a record linked to another one (the current evidence), or it matches nobody
-        now but was ``flagged`` before (the flag stays until the record is linked).
-        None: the record is new to the other system.
+        ``crosswalk``): link the two. A :class:`SuspectedDuplicate`: ``flagged``, as it
+        was, if the record was flagged before (the flag stays until the record is
+        linked), else the record matches a record linked to another one (with the
+        evidence). None: the record is new to the other system.
 
     Never a match with a record linked to another one, and never a duplicate of the
     record's own counterpart (a linked record returns its link).
     """
     match = match_customer(index, record, system=system, record_id=record_id, crosswalk=crosswalk)
-    if match is None:
+    if match is not None and not match.duplicate:
+        return match
+    if flagged is not None:
         return flagged
-    if match.duplicate:
-        return SuspectedDuplicate(match.other_id, match.evidence)
-    return match
+    return None if match is None else SuspectedDuplicate(match.other_id, match.evidence)

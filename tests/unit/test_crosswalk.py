@@ -459,16 +459,30 @@ def test_a_flag_stays_until_the_record_is_linked(
         flagged=flag,
     )
     assert kept == flag
-    # New evidence replaces the old.
-    renewed = resolve_customer(
+    # Other evidence, even of another pair, does not change it.
+    link(crosswalk, "customer", "8", "uuid-8")
+    index_customer(indexes["erp"], "8", {"email": "einkauf@acht.example.com"})
+    for email in ("einkauf@mueller.example.com", "einkauf@acht.example.com"):
+        same = resolve_customer(
+            indexes["erp"],
+            {"email": email},
+            system="crm",
+            record_id="uuid-new",
+            crosswalk=crosswalk,
+            flagged=flag,
+        )
+        assert same == flag
+    # A free record that matches ends it: the two are linked.
+    index_customer(indexes["erp"], "9", {"email": "einkauf@neun.example.com"})
+    free = resolve_customer(
         indexes["erp"],
-        {"email": "einkauf@mueller.example.com"},
+        {"email": "einkauf@neun.example.com"},
         system="crm",
         record_id="uuid-new",
         crosswalk=crosswalk,
         flagged=flag,
     )
-    assert renewed == SuspectedDuplicate("7", "email=einkauf@mueller.example.com")
+    assert free == CustomerMatch("9", "email", ("9",), "einkauf@neun.example.com")
     # Linked by an operator (the link moves to the new account): the link wins.
     link(crosswalk, "customer", "7", "uuid-new")
     linked = resolve_customer(
