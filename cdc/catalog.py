@@ -32,7 +32,8 @@ join pg_type t on t.oid = a.atttypid
 left join lateral (
     select i.indkey from pg_index i
     where i.indrelid = c.oid
-      and ((c.relreplident = 'd' and i.indisprimary) or (c.relreplident = 'i' and i.indisreplident))
+      and ((c.relreplident in ('d', 'f') and i.indisprimary)
+           or (c.relreplident = 'i' and i.indisreplident))
 ) ident on true
 where n.nspname = %s and c.relname = %s
 order by a.attnum

@@ -70,7 +70,9 @@ def read_table(
     selected: list[sql.Composable] = [sql.Identifier(n) for n in names]
     if commit_times:
         selected.append(
-            sql.SQL("(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint::text")
+            sql.SQL(
+                "floor(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint::text"
+            )
         )
     query = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(selected),

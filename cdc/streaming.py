@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -82,6 +82,9 @@ from schemas.serde import AvroSerde, RegistryClient, WriterSchema
 from schemas.topics import raw_topic, transaction_topic
 
 log = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 HEARTBEAT_PREFIX = "erpcrm.heartbeat"
 CONNECTOR_VERSION = "erpcrm-0.1.0"
@@ -139,8 +142,12 @@ class _OpenTx:
 
     @property
     def commit_ms(self) -> int:
-        """Commit time, ms since the epoch (``source.ts_ms``)."""
-        return int(self.commit_ts.timestamp() * 1000)
+        """Commit time, whole ms since the epoch (``source.ts_ms``), rounded down exactly.
+
+        The sinks compare it with ``pg_xact_commit_timestamp`` read the same way, so it
+        is computed in integers (a float product can land a millisecond low).
+        """
+        return (self.commit_ts - _EPOCH) // _MILLISECOND
 
 
 class CaptureWorker:
@@ -427,13 +434,17 @@ class CaptureWorker:
                 "select oid::int, typname from pg_type where oid = any(%s)", (missing_types,)
             ).fetchall():
                 self._type_names[int(str(oid))] = str(name)
+        # Under REPLICA IDENTITY FULL every column is flagged as identity; the message
+        # key stays the primary key the catalog found (as Debezium keys such tables).
+        keys = {c.name for c in old.shape.columns if c.is_key}
+        flagged_all = all(c.is_key for c in relation.columns)
         columns = tuple(
             catalog.column_shape(
                 c.name,
                 self._type_names.get(c.type_oid, "text"),
                 c.type_modifier,
                 not nullable.get(c.name, True),
-                c.is_key,
+                c.name in keys if flagged_all and keys else c.is_key,
             )
             for c in relation.columns
         )
