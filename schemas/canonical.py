@@ -46,6 +46,7 @@ from schemas.errors import ConfigError
 from schemas.topics import CANONICAL_ENTITIES
 
 __all__ = [
+    "ANNOTATION_FIELDS",
     "ID_FIELDS",
     "METADATA_FIELDS",
     "NAMESPACE",
@@ -75,6 +76,10 @@ METADATA_FIELDS: Final = (
 
 ID_FIELDS: Final = ("erp_id", "crm_id")
 """The entity's ids in both systems (crosswalk), as far as they are known."""
+
+ANNOTATION_FIELDS: Final = ("changed_fields", "duplicate_of", "duplicate_rule")
+"""Optional fields the streams stage sets about a change (which fields it changed, which
+linked record it seems to duplicate); never mapped from a source row."""
 
 SOURCE_SYSTEMS: Final = ("erp", "crm")
 OPS: Final = ("upsert", "delete")
@@ -215,7 +220,7 @@ def field_types(entity: str) -> Mapping[str, FieldType]:
 
 def business_fields(entity: str) -> tuple[str, ...]:
     """Return the names of ``entity``'s fields that are neither metadata nor ids, in order."""
-    skip = set(METADATA_FIELDS) | set(ID_FIELDS)
+    skip = set(METADATA_FIELDS) | set(ID_FIELDS) | set(ANNOTATION_FIELDS)
     return tuple(name for name in field_types(entity) if name not in skip)
 
 

@@ -16,11 +16,22 @@ from typing import Any, Final
 
 from schemas.canonical import METADATA_FIELDS
 
-__all__ = ["HASH_EXCLUDED", "payload_hash", "plain"]
+__all__ = ["HASH_EXCLUDED", "never_noop", "payload_hash", "plain"]
 
 HASH_EXCLUDED: Final = frozenset(METADATA_FIELDS) - {"op"}
 """Fields left out of the payload hash: the event's metadata, except ``op`` (a delete is
 never a no-op of an upsert with the same fields)."""
+
+
+def never_noop(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` must not be dropped as a no-op although its payload is unchanged.
+
+    A record that names its ``changed_fields`` takes part in the sinks' field-level merge:
+    the same values written again at a later commit time still compete (they beat an
+    edit made on the other side in between), and every change of such a row must reach
+    the sinks, which track each row's local changes from them.
+    """
+    return record.get("changed_fields") is not None
 
 
 def plain(value: Any) -> Any:

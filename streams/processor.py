@@ -97,6 +97,7 @@ from typing import Any, Final, Literal, Protocol
 
 from schemas.errors import DecodeError, PermanentError, ValidationError
 from schemas.mapping import Cast, Flow, Grain, convert
+from schemas.payload import never_noop
 from schemas.topics import raw_topic, transaction_topic
 from streams import dlq, inventory
 from streams.crosswalk import (
@@ -790,6 +791,8 @@ class StreamProcessor:
         known = {} if stored is None else {key: (int(stored[0]), str(stored[1]))}
         digest = payload_hash(record)
         verdict = decide(known, key, int(record["version"]), digest)
+        if verdict is Verdict.NO_OP and never_noop(record):
+            verdict = Verdict.EMIT
         if verdict is Verdict.STALE:
             work.outcome.tally.add(Count.DEDUPED, flow)
             return False

@@ -30,6 +30,15 @@ Decisions:
   comes from a mapped column if the flow has one, else from the crosswalk.
 - Nested lines (sales orders) are mapped from the current child rows the caller
   passes; any line that fails fails the order.
+- ``changed_fields`` (entities whose schema has it: customers, contacts) names the
+  business fields the change changed, for the sinks' field-level merge. An update
+  with a full ``before`` image (``REPLICA IDENTITY FULL``) changed the fields whose
+  input columns differ (a phone also reads the country, an inferred country the VAT id
+  and phone). An update that changed no mapped column (a touch, an unmapped column)
+  re-asserts the fields its system owns: the owner's value always wins, so re-sending
+  it is safe, and it is how a refused edit of an owned field is repaired. An insert,
+  a snapshot read or a delete changed every mapped field; an update without a
+  ``before`` image leaves it null (unknown: every field counts as changed).
 
 Stock (flows with ``grain: location``) goes through :func:`to_stock_change`,
 :func:`streams.inventory.apply` and :func:`inventory_event` instead.
@@ -47,7 +56,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from typing import Any, Final
 
-from schemas.canonical import FieldType, canonical_schema, field_types
+from schemas.canonical import ID_FIELDS, FieldType, canonical_schema, field_types
 from schemas.mapping import Cast, FieldMap, Flow, Grain, convert, map_key
 from schemas.serde import ParsedSchema, parse_schema
 from schemas.topics import canonical_topic
@@ -134,6 +143,7 @@ class _Change:
     ts_ms: int
     op: str
     row: Mapping[str, Any]
+    raw: Mapping[str, Any]
 
 
 def event_id(system: str, lsn: int, schema: str, table: str, key: str) -> str:
@@ -197,6 +207,7 @@ def _read_change(
         ts_ms=ts_ms,
         op=op,
         row=row,
+        raw=raw,
     )
 
 
@@ -312,7 +323,59 @@ def _fill_references(
 
 
 def _blank(types: Mapping[str, FieldType]) -> dict[str, Any]:
-    return {name: [] if t.kind == "array" else None for name, t in types.items()}
+    return {name: [] if t.kind == "array" and not t.nullable else None for name, t in types.items()}
+
+
+# ------------------------------------------------------------------- changed fields
+
+CHANGED_FIELDS: Final = "changed_fields"
+
+
+def _inputs(flow: Flow) -> dict[str, frozenset[str]]:
+    """Per mapped business field of ``flow``: the source columns its value is made from."""
+    direct = {fm.target: fm.source for fm in flow.fields}
+
+    def columns(fm: FieldMap) -> set[str]:
+        found = {fm.source} if fm.source is not None else set()
+        for name in (fm.region, *(fm.infer_from or {}).values()):
+            column = direct.get(name) if name else None
+            if column is not None:
+                found.add(column)
+        return found
+
+    return {fm.target: frozenset(columns(fm)) for fm in flow.fields if fm.target not in ID_FIELDS}
+
+
+def changed_fields(flow: Flow, raw_event: Mapping[str, Any]) -> list[str] | None:
+    """The business fields a change changed (module doc), in mapping order; None: unknown."""
+    inputs = _inputs(flow)
+    op = raw_event.get("op")
+    if op in ("c", "r"):
+        # A new row (or a snapshot read) wrote its values; its empty fields were not
+        # written by anyone, so a value on the other side is not overwritten by them.
+        row = raw_event.get("after")
+        direct = {fm.target: fm.source for fm in flow.fields}
+        return [
+            name
+            for name in inputs
+            if not isinstance(row, Mapping)
+            or direct.get(name) is None
+            or row.get(direct[name]) is not None
+        ]
+    if op != "u":
+        return list(inputs)
+    before, after = raw_event.get("before"), raw_event.get("after")
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return None
+    moved = {c for c in after if c in before and before[c] != after[c]}
+    changed = [name for name, columns in inputs.items() if columns & moved]
+    if changed:
+        return changed
+    return [
+        fm.target
+        for fm in flow.fields
+        if fm.target in inputs and fm.owner is not None and fm.owner.value == flow.system
+    ]
 
 
 # ---------------------------------------------------------------------------- lines
@@ -379,6 +442,8 @@ def _record(
         version=version,
     )
     record[flow.id_field] = entity_id
+    if CHANGED_FIELDS in record:
+        record[CHANGED_FIELDS] = changed_fields(flow, change.raw)
     if refs.crosswalk is not None:
         record[flow.other_id_field] = counterpart_id(
             refs.crosswalk, flow.crosswalk, flow.system, entity_id

@@ -550,6 +550,12 @@ FROM (
 ) AS t
 WHERE t.parent_id = q.id;
 
+-- Tables edited on both sides carry their old row in every update (REPLICA IDENTITY
+-- FULL), so a change event knows which fields it changed: the field-level merge
+-- of the sinks compares only those.
+ALTER TABLE public.accounts REPLICA IDENTITY FULL;
+ALTER TABLE public.contacts REPLICA IDENTITY FULL;
+
 ANALYZE;
 
 COMMIT;

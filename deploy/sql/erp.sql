@@ -513,6 +513,11 @@ SET invoice_status = 'invoiced'
 FROM seed_invoice AS si
 WHERE so.id = si.order_id;
 
+-- Tables edited on both sides carry their old row in every update (REPLICA IDENTITY
+-- FULL), so a change event knows which fields it changed: the field-level merge
+-- of the sinks compares only those.
+ALTER TABLE public.res_partner REPLICA IDENTITY FULL;
+
 ANALYZE;
 
 COMMIT;

@@ -363,6 +363,9 @@ def test_an_erp_customer_becomes_a_clean_canonical_customer() -> None:
         "country_code": "DE",
         "industry": None,
         "active": True,
+        "changed_fields": None,
+        "duplicate_of": None,
+        "duplicate_rule": None,
     }
     assert {(f.field, f.rule) for f in result.fixes} == {
         ("customer_number", "upper"),
@@ -938,3 +941,42 @@ def test_a_field_added_in_yaml_flows_through(tmp_path: Path) -> None:
     )
     raw = decoded(shape, "u", after=PARTNER | {"comment": " Machinery "})
     assert fits_schema(ok(to_canonical(flow, raw)).value)["industry"] == "Machinery"
+
+
+# ------------------------------------------------------------------ changed fields
+
+
+def _changed(event: dict[str, Any]) -> list[str] | None:
+    result = ok(to_canonical(FLOWS["erp_res_partner__customer"], event))
+    changed: list[str] | None = result.value.record["changed_fields"]
+    return changed
+
+
+def test_an_update_with_a_before_image_names_the_fields_it_changed() -> None:
+    before = PARTNER | {"email": "old@nordwind.example.com"}
+    event = decoded(RES_PARTNER, "u", before=before, after=PARTNER | {"city": "Potsdam"})
+    assert _changed(event) == ["email", "city"]
+
+
+def test_a_country_change_also_changes_the_phone_that_is_read_with_it() -> None:
+    event = decoded(RES_PARTNER, "u", before=PARTNER, after=PARTNER | {"country_code": "AT"})
+    assert _changed(event) == ["phone", "country_code"]
+
+
+def test_a_touch_re_asserts_the_fields_the_source_system_owns() -> None:
+    touched = PARTNER | {"write_date": datetime(2024, 6, 2, 10, tzinfo=UTC)}
+    event = decoded(RES_PARTNER, "u", before=PARTNER, after=touched)
+    assert _changed(event) == ["customer_number", "is_company", "vat", "active"]
+
+
+def test_inserts_and_snapshot_reads_change_every_mapped_field() -> None:
+    everything = [
+        "customer_number", "name", "is_company", "vat", "email", "phone",
+        "website", "street", "city", "zip", "country_code", "active",
+    ]  # fmt: skip
+    assert _changed(decoded(RES_PARTNER, "c", after=PARTNER)) == everything
+    assert _changed(decoded(RES_PARTNER, "r", after=PARTNER)) == everything
+
+
+def test_an_update_without_a_before_image_leaves_the_changed_fields_unknown() -> None:
+    assert _changed(partner_event(city="Potsdam")) is None
