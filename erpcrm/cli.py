@@ -33,6 +33,9 @@ app = typer.Typer(
 stack_app = typer.Typer(help="The local stack: Kafka, schema registry, PostgreSQL, Prometheus.")
 app.add_typer(stack_app, name="stack")
 
+suspects_app = typer.Typer(help="Suspected duplicates the sinks hold: list, release, link.")
+app.add_typer(suspects_app, name="suspects")
+
 console = Console(stderr=True)
 
 
@@ -301,6 +304,80 @@ def bench_sinks(
     except SyncError as exc:
         raise _fail(exc) from exc
     print(json.dumps(result, indent=2))
+
+
+def _suspects_target(target: SystemName) -> tuple[str, str]:
+    """The sink DSN and sync schema of ``target`` (settings, else the local stack)."""
+    from sinks.settings import SinkSettings
+
+    _stack_defaults_into_environment(sink_dsn_of=target.value)
+    settings = SinkSettings(target=target.literal)
+    return settings.dsn.get_secret_value(), settings.sync_schema
+
+
+@suspects_app.command("list")
+def suspects_list(
+    target: Annotated[SystemName, typer.Option(help="Database whose sink holds them.")],
+    status: Annotated[
+        str | None, typer.Option(help="Only this status (held, released, linked, ...).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """List the suspected duplicates a sink holds (and what was decided about them)."""
+    from erpcrm.suspects import list_suspects
+
+    try:
+        found = list_suspects(*_suspects_target(target), status)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print(json.dumps([s.as_json() for s in found], indent=2))
+        return
+    table = Table("id", "entity", "new record", "duplicate of", "evidence", "status", "last seen")
+    for s in found:
+        table.add_row(
+            str(s.id),
+            s.entity,
+            s.entity_key,
+            s.candidate,
+            s.evidence or "",
+            s.status,
+            s.last_seen.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    out.print(table)
+
+
+def _decide_suspect(
+    target: SystemName, suspect_id: int, action: Literal["release", "link"]
+) -> None:
+    from erpcrm.suspects import decide
+
+    try:
+        done = decide(*_suspects_target(target), suspect_id, action)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    if not done:
+        console.print(f"suspect {suspect_id} is not held (unknown, or already decided)")
+        raise typer.Exit(1)
+    out.print(f"suspect {suspect_id}: {action} asked; the {target.value} sink carries it out")
+
+
+@suspects_app.command("release")
+def suspects_release(
+    suspect_id: Annotated[int, typer.Argument(help="The suspect's id (erpcrm suspects list).")],
+    target: Annotated[SystemName, typer.Option(help="Database whose sink holds it.")],
+) -> None:
+    """Not a duplicate after all: the sink creates the record."""
+    _decide_suspect(target, suspect_id, "release")
+
+
+@suspects_app.command("link")
+def suspects_link(
+    suspect_id: Annotated[int, typer.Argument(help="The suspect's id (erpcrm suspects list).")],
+    target: Annotated[SystemName, typer.Option(help="Database whose sink holds it.")],
+) -> None:
+    """The same record: the sink writes it into its candidate, now and on later changes."""
+    _decide_suspect(target, suspect_id, "link")
 
 
 def _stack_defaults_into_environment(

@@ -121,6 +121,8 @@ def build_sink(settings: SinkSettings, registry: CollectorRegistry) -> SinkRunne
         origin=settings.origin,
         schema=settings.sync_schema,
         announce=settings.announce,
+        clock_wait_ms=int(settings.clock_wait_seconds * 1000),
+        duplicates=settings.duplicates,
     )
     client = RegistryClient(settings.registry.url)
     return SinkRunner(

@@ -12,24 +12,28 @@ the replication origin, return the committed positions the consumer seeks to), t
 Contract of one batch (write + state + offsets in one database transaction), in this
 order::
 
-    1. Collapse the batch per entity key (SinkBatch.collapse): latest version per key.
+    1. Collapse the batch per entity key (SinkBatch.collapse): latest version per key,
+       each changed field keeping the commit time of its own latest change.
     2. BEGIN; tag the session with the replication origin (the capture of the target
        drops our own transactions: no echo).
-    3. Lock and read the keys' sync state (erpcrm_sync.applied ... FOR UPDATE) and
+    3. Record the target's own changes in the batch in the row clocks
+       (erpcrm_sync.row_clock ... FOR UPDATE): which fields were edited locally, when.
+    4. Lock and read the keys' sync state (erpcrm_sync.applied ... FOR UPDATE) and
        decide per event: apply | skip_stale | skip_noop (sinks.state.decide).
-    4. Lock and read the current target rows (SELECT ... FOR UPDATE) and resolve
-       conflicts per field (sinks.state.resolve): owners win, shared fields by
-       last-writer-wins on commit time.
-    5. Write the rows (multi-row upsert / update / soft or hard delete, child lines
-       replaced) and the conflict audit records.
-    6. Record the new versions (erpcrm_sync.applied, guarded: never downwards).
-    7. Store the batch's next offsets (erpcrm_sync.offsets), superseded and skipped
-       events included.
-    8. COMMIT. Only now is the batch applied; only now may the Kafka consumer commit
-       the same offsets (optional: on restart the positions come from step 7's table,
-       so a crash between 8 and the Kafka commit replays nothing twice).
+    5. Lock and read the current target rows with the transaction that last wrote each
+       (SELECT ..., xmin, its commit time ... FOR UPDATE); wait while a row has a local
+       change its clock has not seen yet; merge per changed field (sinks.state.merge):
+       owners win, shared fields go to the later real commit of either side.
+    6. Write the rows (multi-row insert / update / soft or hard delete, child lines
+       of created orders), the row clocks and the conflict audit records.
+    7. Record the new versions (erpcrm_sync.applied, guarded: never downwards).
+    8. Store the batch's next offsets (erpcrm_sync.offsets), superseded and skipped
+       events included, never past a waiting event.
+    9. COMMIT. Only now is the batch applied; only now may the Kafka consumer commit
+       the same offsets (optional: on restart the positions come from step 8's table,
+       so a crash between 9 and the Kafka commit replays nothing twice).
 
-A failure before step 8 rolls everything back: no row, state or offset of the batch is
+A failure before step 9 rolls everything back: no row, state or offset of the batch is
 visible, and the batch is retried (RetriableError) or split to isolate the event that
 fails, which goes to the dead-letter topic (PermanentError), see
 :func:`sinks.classify.classify`. Replaying any prefix of the partitions after a crash
@@ -71,6 +75,9 @@ class WriteResult:
         dead: events the target refuses, with the error; queued as dead letters in
             the same transaction.
         created: ``(entity, target primary key)`` of the rows inserted.
+        held: new records held as suspected duplicates of a linked record
+            (``erpcrm_sync.suspects``) instead of being created; not recorded, so an
+            operator's release or link applies them later.
     """
 
     applied: tuple[SinkEvent, ...] = ()
@@ -85,6 +92,7 @@ class WriteResult:
     deferred: tuple[SinkEvent, ...] = ()
     dead: tuple[tuple[SinkEvent, SyncError], ...] = ()
     created: tuple[tuple[str, str], ...] = ()
+    held: tuple[SinkEvent, ...] = ()
 
 
 class Sink(abc.ABC):

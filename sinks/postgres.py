@@ -5,22 +5,29 @@ The I/O half of :mod:`sinks.base`; every decision is made by the pure modules
 built by :mod:`sinks.sql`. One :meth:`PostgresUpsertSink.write` is one database
 transaction, in the order of :mod:`sinks.base`:
 
-1. the batch collapses to the latest version per entity key;
+1. the batch collapses to the latest version per entity key (each changed field keeps
+   the commit time of its own latest change);
 2. the session carries the replication origin (set once per connection, so every
    transaction of the sink is tagged and its target's capture drops it: no echo);
-3. per entity (customers and products before the orders and stock that refer to
+3. the target's own changes in the batch are recorded in their rows' clocks (which
+   fields a local edit changed, and when: see :mod:`sinks.state`);
+4. per entity (customers and products before the orders and stock that refer to
    them), the keys' sync state is locked and each event is applied, skipped as stale,
    or skipped as a no-op;
-4. missing references are filled from the target (an order's customer, a line's
+5. missing references are filled from the target (an order's customer, a line's
    product, stock's product), the target rows are located and locked, strongest
    locator first (the crosswalk id, the id the sink gives rows it creates, then the
-   business key: customer number, SKU), and conflicts are resolved per field;
-5. rows are updated or inserted with one multi-row statement each, order lines
-   replaced, deletes applied as the table's mode says; the conflicts are audited;
-6. the versions are recorded; 7. the offsets are stored; 8. COMMIT.
+   business key: customer number, SKU), with the transaction that last wrote each
+   (``xmin``) and its commit time; an event whose row has a local change its clock has
+   not seen yet waits; the others are merged field by field (:func:`sinks.state.merge`);
+6. rows are updated or inserted with one multi-row statement each, order lines of
+   created orders written, deletes applied as the table's mode says; the row clocks
+   are stored and the conflicts audited;
+7. the versions are recorded; 8. the offsets are stored; 9. COMMIT.
 
-Events the target cannot take yet (a reference not there) are *deferred*: not recorded,
-and the stored offset of their partition stays at or below them. Events the target
+Events the target cannot take yet (a reference not there, a local change not seen yet)
+are *deferred* with every newer version of their key in the batch: not recorded, and
+the stored offset of their partition stays at or below them. Events the target
 refuses (a required value missing, a value with no target equivalent) are queued as
 dead letters in the same transaction (an outbox the runner publishes from).
 
@@ -31,7 +38,9 @@ tables with ``announce`` are queued in the same transaction; :meth:`announce` th
 touches them (modification time) in a second session *without* the origin, so the
 capture publishes them once, the streams link them in the crosswalk, and the other sink
 writes the numbers back. That write is an update, tagged with the origin, so the
-exchange ends there. The queue survives a crash; an announcement is at-least-once.
+exchange ends there. The queue survives a crash; an announcement is at-least-once. A row
+whose owned field the merge refused is announced the same way: its capture re-asserts
+the fields the target owns, and the source system takes the owner's value.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg.rows import dict_row
@@ -59,12 +68,22 @@ from schemas.deadletter import (
 )
 from schemas.errors import ConfigError, PermanentError, SyncError, ValidationError
 from schemas.mapping import Owner
-from schemas.payload import payload_hash, plain
+from schemas.payload import never_noop, payload_hash, plain
 from sinks import sql
 from sinks.base import Sink, WriteResult
 from sinks.batch import SinkBatch, SinkEvent, TopicPartition, safe_offsets
 from sinks.classify import wrap
-from sinks.state import Applied, Conflict, Decision, TargetView, decide, resolve
+from sinks.state import (
+    Applied,
+    Conflict,
+    Decision,
+    RowClock,
+    changed_times,
+    decide,
+    last_local_change,
+    merge,
+    ready_clock,
+)
 from sinks.targets import KEY, DeleteMode, Locator, TargetTable, from_row, to_child_rows, to_row
 
 __all__ = ["ENTITY_ORDER", "PostgresUpsertSink", "QueuedDeadLetter"]
@@ -92,15 +111,89 @@ class QueuedDeadLetter:
 
 @dataclass(slots=True)
 class _Item:
-    """One event being applied: its record (references filled) and target row."""
+    """One event being applied: its record (references filled) and target row.
+
+    ``history``: the key's events of the batch newer than the stored version, in
+    order (the last one is ``event``); ``changed``: per field the source changed in
+    them, the commit time of its latest change.
+    """
 
     event: SinkEvent
     record: dict[str, Any]
     stored: Applied | None
     digest: str
+    history: tuple[SinkEvent, ...]
+    changed: dict[str, int]
     current: dict[str, Any] | None = None
     pk: Any = None
     row: dict[str, Any] = field(default_factory=dict)
+    linked: bool = False
+    """A suspected duplicate written into its candidate: the candidate keeps its links."""
+
+
+class _Clocks:
+    """The row clocks one batch reads and writes (``erpcrm_sync.row_clock``), locked."""
+
+    def __init__(self, schema: str) -> None:
+        self._schema = schema
+        self._clocks: dict[tuple[str, str], RowClock | None] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self.xid: int | None = None
+
+    def load(self, cur: psycopg.Cursor[dict[str, Any]], entity: str, rows: Iterable[str]) -> None:
+        """Read (and lock) the clocks of ``rows`` not read yet."""
+        wanted = sorted({r for r in rows if (entity, r) not in self._clocks})
+        if not wanted:
+            return
+        cur.execute(sql.row_clock_select(self._schema), (entity, wanted))
+        for r in cur.fetchall():
+            self._clocks[(entity, r["row_id"])] = RowClock(
+                written=dict(r["written"]),
+                local=dict(r["local"]),
+                horizon_ms=r["horizon_ms"],
+                sink_xid=r["sink_xid"],
+                local_at_write_ms=r["local_at_write_ms"],
+            )
+        for row_id in wanted:
+            self._clocks.setdefault((entity, row_id), None)
+
+    def get(self, entity: str, row_id: str) -> RowClock | None:
+        """A loaded clock; None when the row has none yet."""
+        return self._clocks.get((entity, row_id))
+
+    def put(self, entity: str, row_id: str, clock: RowClock) -> None:
+        """Replace a clock (stored by :meth:`save`)."""
+        self._clocks[(entity, row_id)] = clock
+        self._dirty.add((entity, row_id))
+
+    def own_xid(self, cur: psycopg.Cursor[dict[str, Any]]) -> int:
+        """The batch transaction's id (what ``xmin`` of the rows it writes shows)."""
+        if self.xid is None:
+            cur.execute(sql.current_xid())
+            row = cur.fetchone()
+            assert row is not None
+            self.xid = int(next(iter(row.values())))
+        return self.xid
+
+    def save(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        """Store the changed clocks with one statement."""
+        if not self._dirty:
+            return
+        keys = sorted(self._dirty)
+        clocks = [self._clocks[k] or RowClock() for k in keys]
+        cur.execute(
+            sql.row_clock_upsert(self._schema),
+            (
+                [e for e, _ in keys],
+                [r for _, r in keys],
+                [json.dumps(c.written, sort_keys=True) for c in clocks],
+                [json.dumps(c.local, sort_keys=True) for c in clocks],
+                [c.horizon_ms for c in clocks],
+                [c.sink_xid for c in clocks],
+                [c.local_at_write_ms for c in clocks],
+            ),
+        )
+        self._dirty.clear()
 
 
 @dataclass(slots=True)
@@ -114,6 +207,7 @@ class _Outcome:
     dead: list[tuple[SinkEvent, SyncError]] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     created: list[tuple[str, str]] = field(default_factory=list)
+    held: list[_Item] = field(default_factory=list)
     recorded: list[tuple[SinkEvent, str]] = field(default_factory=list)
     announce: list[tuple[SinkEvent, str]] = field(default_factory=list)
 
@@ -178,6 +272,13 @@ class PostgresUpsertSink(Sink):
         origin: the replication origin of the sink's sessions.
         schema: the sync-state schema.
         announce: announce rows the sink creates.
+        duplicates: what becomes of a new record the streams flag as a suspected
+            duplicate of a linked one (``duplicate_of``): ``hold`` it in
+            ``erpcrm_sync.suspects`` for an operator, ``link`` it to that record, or
+            ``create`` it anyway.
+        clock_wait_ms: how long an event waits for the target's own events to tell the
+            fields of a recent local change of its row; after that, the change counts
+            for every field (:mod:`sinks.state`).
         connect: ``psycopg.connect`` (injectable for tests of connection loss).
     """
 
@@ -193,6 +294,8 @@ class PostgresUpsertSink(Sink):
         origin: str = "erpcrm_sink",
         schema: str = sql.SYNC_SCHEMA,
         announce: bool = True,
+        duplicates: Literal["hold", "link", "create"] = "hold",
+        clock_wait_ms: int = 20_000,
         connect: Connect = psycopg.connect,
     ) -> None:
         self.target = target
@@ -204,6 +307,8 @@ class PostgresUpsertSink(Sink):
         self._origin = origin
         self._schema = schema
         self._announce = announce
+        self._clock_wait_ms = clock_wait_ms
+        self._duplicates = duplicates
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
         self._plain: psycopg.Connection[Any] | None = None
@@ -276,6 +381,12 @@ class PostgresUpsertSink(Sink):
                 f"the sink role may not read and write {', '.join(missing)}: grant it "
                 "(erpcrm stack up does for the local stack)"
             )
+        tracked = conn.execute("SELECT current_setting('track_commit_timestamp') = 'on'")
+        if not (tracked.fetchone() or (False,))[0]:
+            raise ConfigError(
+                "the target database does not record commit times: set "
+                "track_commit_timestamp = on (the field-level merge compares them)"
+            )
         return self._positions()
 
     def positions(self) -> dict[TopicPartition, int]:
@@ -308,6 +419,9 @@ class PostgresUpsertSink(Sink):
         out = _Outcome()
         conn = self._session()
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            clocks = _Clocks(self._schema)
+            # The target's own changes first: they tell the fields of its local edits.
+            self._observe_local(cur, batch, clocks)
             by_entity: dict[str, list[SinkEvent]] = {}
             for event in collapsed.latest:
                 by_entity.setdefault(event.entity, []).append(event)
@@ -315,7 +429,8 @@ class PostgresUpsertSink(Sink):
                 by_entity, key=lambda e: ENTITY_ORDER.index(e) if e in ENTITY_ORDER else 99
             )
             for entity in order:
-                self._apply_entity(cur, entity, by_entity[entity], out)
+                self._apply_entity(cur, entity, by_entity[entity], batch, clocks, out)
+            clocks.save(cur)
             if out.conflicts:
                 cur.execute(
                     sql.conflicts_insert(self._schema), self._conflict_params(out.conflicts)
@@ -339,6 +454,8 @@ class PostgresUpsertSink(Sink):
                         [pk for _, pk in out.announce],
                     ),
                 )
+            if out.held:
+                self._hold(cur, out.held)
             for event, error in out.dead:
                 self._queue_dead_letter(cur, event, error)
             offsets = safe_offsets(batch.next_offsets(), out.deferred) if store_offsets else {}
@@ -356,13 +473,44 @@ class PostgresUpsertSink(Sink):
             deferred=tuple(out.deferred),
             dead=tuple(out.dead),
             created=tuple(out.created),
+            held=tuple(i.event for i in out.held),
         )
+
+    def _observe_local(
+        self, cur: psycopg.Cursor[dict[str, Any]], batch: SinkBatch, clocks: _Clocks
+    ) -> None:
+        """Record the fields and commit times of the target's own changes in row clocks.
+
+        Every event of the batch counts, not only each key's latest: each names the
+        fields its own change changed.
+        """
+        id_field = f"{self.target}_id"
+        by_entity: dict[str, list[tuple[str, SinkEvent]]] = {}
+        for event in batch:
+            table = self._tables.get(event.entity)
+            row_id = event.record.get(id_field)
+            if table is None or event.source_system != self.target or row_id is None:
+                continue
+            by_entity.setdefault(event.entity, []).append((str(row_id), event))
+        for entity, seen in by_entity.items():
+            clocks.load(cur, entity, (r for r, _ in seen))
+            fields = _merged_fields(self._tables[entity])
+            for row_id, event in seen:
+                changed = event.record.get("changed_fields")
+                clock = clocks.get(entity, row_id) or RowClock()
+                clocks.put(
+                    entity,
+                    row_id,
+                    clock.seen_locally(fields if changed is None else changed, event.source_ts_ms),
+                )
 
     def _apply_entity(
         self,
         cur: psycopg.Cursor[dict[str, Any]],
         entity: str,
         events: list[SinkEvent],
+        batch: SinkBatch,
+        clocks: _Clocks,
         out: _Outcome,
     ) -> None:
         table = self._tables.get(entity)
@@ -375,30 +523,36 @@ class PostgresUpsertSink(Sink):
         if not taken:
             return
         cur.execute(sql.select_applied(self._schema), (entity, [e.key for e in taken]))
-        stored = {
-            r["entity_key"]: Applied(r["version"], r["payload_hash"], r["applied_at_ms"])
-            for r in cur.fetchall()
-        }
+        stored = {r["entity_key"]: Applied(r["version"], r["payload_hash"]) for r in cur.fetchall()}
+        fields = _merged_fields(table)
         items: list[_Item] = []
         for event in taken:
             digest = payload_hash(event.record)
-            verdict = decide(stored.get(event.key), event.version, digest)
+            known = stored.get(event.key)
+            verdict = decide(known, event.version, digest, merged=never_noop(event.record))
             if verdict is Decision.SKIP_STALE:
                 out.stale.append(event)
             elif verdict is Decision.SKIP_NOOP:
                 out.noop.append(event)
                 out.recorded.append((event, digest))
             else:
+                floor = known.version if known is not None else -1
+                history = tuple(
+                    e for e in batch.events(event.entity_key) if floor < e.version <= event.version
+                )
+                history = tuple(sorted(history, key=lambda e: e.version)) or (event,)
                 record = {**event.record, KEY: event.key}
-                items.append(_Item(event, record, stored.get(event.key), digest))
+                changed = changed_times((e.record for e in history), fields)
+                items.append(_Item(event, record, known, digest, history, changed))
         if not items:
             return
         items = self._fill_references(cur, table, items, out)
         self._locate(cur, table, items)
+        clocks.load(cur, entity, (str(i.pk) for i in items if i.current is not None))
         deletes = [i for i in items if i.event.op == "delete"]
         upserts = [i for i in items if i.event.op != "delete"]
-        self._delete(cur, table, deletes, out)
-        self._upsert(cur, table, upserts, out)
+        self._delete(cur, table, deletes, clocks, out)
+        self._upsert(cur, table, upserts, clocks, out)
 
     # -- references -------------------------------------------------------------------
 
@@ -435,7 +589,7 @@ class PostgresUpsertSink(Sink):
         kept: list[_Item] = []
         for item in items:
             if item.event.op != "delete" and self._missing_required(table, item.record):
-                out.deferred.append(item.event)
+                out.deferred.extend(item.history)
             else:
                 kept.append(item)
         return kept
@@ -476,6 +630,7 @@ class PostgresUpsertSink(Sink):
             sql.Column(locator.column, locator.pg_type),
             predicate=locator.dead,
             lock=lock,
+            row_facts=lock,
         )
         params = [_param(v, locator.pg_type) for v in values]
         cur.execute(query, (params,))
@@ -510,6 +665,7 @@ class PostgresUpsertSink(Sink):
         cur: psycopg.Cursor[dict[str, Any]],
         table: TargetTable,
         items: list[_Item],
+        clocks: _Clocks,
         out: _Outcome,
     ) -> None:
         found = [i for i in items if i.current is not None]
@@ -518,6 +674,17 @@ class PostgresUpsertSink(Sink):
             out.recorded.append((item.event, item.digest))
         if not found or table.delete is DeleteMode.IGNORE:
             return
+        xid = clocks.own_xid(cur)
+        for item in found:
+            assert item.current is not None
+            row_id = str(item.pk)
+            clock = clocks.get(table.entity, row_id) or RowClock()
+            last_local = last_local_change(
+                clock, item.current[sql.ROW_XMIN], item.current[sql.ROW_COMMIT_MS]
+            )
+            clocks.put(
+                table.entity, row_id, clock.after_write({}, xid=xid, last_local_ms=last_local)
+            )
         pks = [i.pk for i in found]
         if table.delete is DeleteMode.HARD:
             cur.execute(sql.delete_rows(table.ref, table.pk_column), (pks,))
@@ -534,25 +701,23 @@ class PostgresUpsertSink(Sink):
         cur: psycopg.Cursor[dict[str, Any]],
         table: TargetTable,
         items: list[_Item],
+        clocks: _Clocks,
         out: _Outcome,
     ) -> None:
-        ownership = self._ownership.get(table.entity, {})
-        provided = (self._provided or {}).get(table.entity)
-        fields = [
-            f for f in table.fields if not _is_id_field(f) and (provided is None or f in provided)
-        ]
-        unprovided = {
-            f
-            for f in table.fields
-            if provided is not None and f not in provided and not _is_id_field(f)
-        }
+        fields = self._fields(table)
         updates: dict[Any, _Item] = {}
         inserts: dict[str, _Item] = {}
+        written_at: dict[Any, dict[str, int]] = {}
+        last_local: dict[Any, int] = {}
         for item in items:
             try:
                 row = to_row(table, item.record)
             except ValidationError as exc:
                 out.dead.append((item.event, exc))
+                continue
+            flagged = item.current is None and item.record.get("duplicate_of") is not None
+            if flagged and not self._settle_duplicate(cur, table, item, clocks):
+                out.held.append(item)
                 continue
             if item.current is None:
                 if table.update_only:
@@ -563,44 +728,179 @@ class PostgresUpsertSink(Sink):
                 first = str(item.row[table.locators[0].column])
                 inserts[first] = _latest(inserts.get(first), item, out)
                 continue
-            view = TargetView(
-                from_row(table, item.current), _ms(item.current.get(table.modified or ""))
-            )
-            resolution = resolve(
+            clock, local_ms = self._row_clock(table, item, clocks, fields)
+            if clock is None:
+                out.deferred.extend(item.history)
+                continue
+            decided = merge(
                 table.entity,
                 item.event.key,
                 item.record,
                 target=table.direction.target,
-                ownership=ownership,
+                ownership=self._ownership.get(table.entity, {}),
                 fields=fields,
-                current=view,
-                stored=item.stored,
+                changed=item.changed,
+                current=from_row(table, item.current),
+                clock=clock,
             )
-            out.conflicts.extend(resolution.conflicts)
-            kept = set(resolution.kept) | unprovided
+            out.conflicts.extend(decided.conflicts)
+            if decided.reassert and never_noop(item.record):
+                out.announce.append((item.event, str(item.pk)))
             for c in table.columns:
-                if c.field in kept or (
-                    c.field is not None
-                    and _is_id_field(c.field)
-                    and item.record.get(c.field) is None
+                if c.field is None:
+                    continue  # computed from the whole record: always current
+                if (not _is_id_field(c.field) and c.field not in decided.writes) or (
+                    _is_id_field(c.field) and (item.linked or item.record.get(c.field) is None)
                 ):
                     row[c.column] = item.current.get(c.column)
             item.row = {c.column: row[c.column] for c in table.written_columns(insert=False)}
             updates[item.pk] = _latest(updates.get(item.pk), item, out)
+            written_at[item.pk] = decided.written_at
+            last_local[item.pk] = local_ms
         if updates:
             columns = [sql.Column(c.column, c.pg_type) for c in table.written_columns(insert=False)]
             rows = list(updates.values())
             params = [[i.pk for i in rows]] + [
                 [_cell(i.row[c.name]) for i in rows] for c in columns
             ]
-            cur.execute(sql.update_rows(table.ref, table.pk_column, columns), params)
+            cur.execute(
+                sql.update_rows(table.ref, table.pk_column, columns, returning=[table.pk]), params
+            )
+            changed_rows = {str(r[table.pk]) for r in cur.fetchall()}
+            xid = clocks.own_xid(cur) if changed_rows else None
             for item in rows:
                 out.applied.append(item.event)
                 out.recorded.append((item.event, item.digest))
+                row_id = str(item.pk)
+                clock = clocks.get(table.entity, row_id) or RowClock()
+                clocks.put(
+                    table.entity,
+                    row_id,
+                    clock.after_write(
+                        written_at[item.pk],
+                        xid=xid if row_id in changed_rows else None,
+                        last_local_ms=last_local[item.pk],
+                    ),
+                )
         if inserts:
             self._insert(cur, table, list(inserts.values()), out)
+            xid = clocks.own_xid(cur)
+            for item in inserts.values():
+                times = {f: item.changed[f] for f in fields if f in item.changed}
+                clocks.put(
+                    table.entity,
+                    str(item.pk),
+                    RowClock().after_write(times, xid=xid, last_local_ms=0),
+                )
         if table.lines is not None:
             self._insert_lines(cur, table, list(inserts.values()))
+
+    def _settle_duplicate(
+        self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, item: _Item, clocks: _Clocks
+    ) -> bool:
+        """A new record flagged as a duplicate: create it, link it, or hold it (False).
+
+        An operator's decision for the key (``released``: create; ``linked``: write into
+        the candidate) comes first, then the ``duplicates`` policy. Linking locates the
+        candidate row as the item's row; a candidate that is gone holds the record.
+        """
+        cur.execute(sql.suspects_decided(self._schema), (table.entity, [item.event.key]))
+        decided = cur.fetchone()
+        status = decided["status"] if decided is not None else None
+        if status in ("release", "released") or (status is None and self._duplicates == "create"):
+            return True
+        if status not in ("link", "linked") and self._duplicates != "link":
+            return False
+        candidate = item.record["duplicate_of"] if decided is None else decided["candidate"]
+        columns = [table.pk, *(c.column for c in table.columns), *sorted(table.generated)]
+        by_pk = Locator(table.pk, table.pk_type, lambda _: None)
+        try:
+            rows = self._lookup(cur, table.ref, columns, by_pk, [candidate], lock=True)
+        except (ValueError, TypeError):
+            return False
+        row = rows.get(str(_param(candidate, table.pk_type)))
+        if row is None:
+            return False
+        item.current, item.pk, item.linked = row, row[table.pk], True
+        clocks.load(cur, table.entity, [str(item.pk)])
+        return True
+
+    def _hold(self, cur: psycopg.Cursor[Any], items: Sequence[_Item]) -> None:
+        """Keep suspected duplicates for an operator (their latest event, with its bytes)."""
+        events = [i.event for i in items]
+        cur.execute(
+            sql.suspects_hold(self._schema),
+            (
+                [e.entity for e in events],
+                [e.key for e in events],
+                [str(e.record["duplicate_of"]) for e in events],
+                [e.record.get("duplicate_rule") for e in events],
+                [e.topic for e in events],
+                [e.partition for e in events],
+                [e.offset for e in events],
+                [e.raw_key for e in events],
+                [e.raw_value for e in events],
+            ),
+        )
+
+    def pending_suspects(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Suspects an operator released or linked and the sink has not carried out."""
+
+        def run() -> list[dict[str, Any]]:
+            with self._session().cursor(row_factory=dict_row) as cur:
+                cur.execute(sql.suspects_pending(self._schema), (limit,))
+                return list(cur.fetchall())
+
+        result: list[dict[str, Any]] = self._guard(run)
+        return result
+
+    def suspects_carried_out(self, ids: Sequence[int]) -> None:
+        """Mark suspects as released or linked, once their event was applied."""
+        self._guard(
+            lambda: self._session().execute(sql.suspects_carried_out(self._schema), (list(ids),))
+        )
+
+    def _fields(self, table: TargetTable) -> list[str]:
+        """The business fields the sink decides on: mapped here and provided by the source."""
+        provided = (self._provided or {}).get(table.entity)
+        return [f for f in _merged_fields(table) if provided is None or f in provided]
+
+    def _row_clock(
+        self, table: TargetTable, item: _Item, clocks: _Clocks, fields: Sequence[str]
+    ) -> tuple[RowClock | None, int]:
+        """The row's clock, complete, and its last local change; None: wait for it.
+
+        A row the sink never saw starts with every field that has a value changed at its
+        last commit; a clock that misses a recent local change waits for the target's
+        own event of it, for ``clock_wait_ms`` after that change committed, then counts
+        the change for every field that has a value.
+        """
+        assert item.current is not None
+        row_id = str(item.pk)
+        facts = item.current
+        current = from_row(table, facts)
+        stored = clocks.get(table.entity, row_id)
+        clock, local_ms, assumed = ready_clock(
+            stored,
+            xmin=facts[sql.ROW_XMIN],
+            commit_ms=facts[sql.ROW_COMMIT_MS],
+            now_ms=facts[sql.ROW_NOW_MS],
+            values={f: current.get(f) for f in fields},
+            wait_ms=self._clock_wait_ms,
+        )
+        if clock is not None and assumed:
+            if stored is not None:
+                log.warning(
+                    "sink %s: %s row %s changed locally at %d ms and no own event of it "
+                    "arrived in %d ms; counting the change for every field",
+                    self.target,
+                    table.entity,
+                    row_id,
+                    local_ms,
+                    self._clock_wait_ms,
+                )
+            clocks.put(table.entity, row_id, clock)
+        return clock, local_ms
 
     def _insert(
         self,
@@ -765,8 +1065,7 @@ class PostgresUpsertSink(Sink):
                     parent = sql.Column(table.lines.parent, table.pk_type)
                     cur.execute(sql.touch_children(table.lines.ref, parent), (values,))
             keys = ([e for e, _, _ in queued], [k for _, k, _ in queued])
-            for statement in sql.announce_done(self._schema):
-                cur.execute(statement, keys)
+            cur.execute(sql.announce_done(self._schema), keys)
         return [(e, k) for e, k, _ in queued]
 
     # ---------------------------------------------------------------------- close
@@ -781,6 +1080,11 @@ class PostgresUpsertSink(Sink):
                     log.debug("closing a broken connection", exc_info=True)
         self._conn = None
         self._plain = None
+
+
+def _merged_fields(table: TargetTable) -> list[str]:
+    """The business fields of a target table (ids are links, not merged)."""
+    return [f for f in table.fields if not _is_id_field(f)]
 
 
 def _cell(value: Any) -> Any:

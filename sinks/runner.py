@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 _DEFERRED_RETRY_SECONDS: Final = 0.5
 _LAG_EVERY_SECONDS: Final = 5.0
+_SUSPECTS_EVERY_SECONDS: Final = 2.0
 
 
 @dataclass(slots=True)
@@ -80,8 +81,15 @@ class RunStats:
 
 @dataclass(slots=True)
 class _Held:
-    event: SinkEvent
+    """A key's deferred events (every version newer than the applied one), in order."""
+
+    events: tuple[SinkEvent, ...]
     since: float
+
+    @property
+    def event(self) -> SinkEvent:
+        """The latest of them."""
+        return self.events[-1]
 
 
 class SinkRunner:
@@ -117,6 +125,7 @@ class SinkRunner:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._lag_at = 0.0
+        self._suspects_at = 0.0
         self._topics_at_start: set[str] = set()
         self.stats = RunStats()
         self._target = settings.target
@@ -211,8 +220,10 @@ class SinkRunner:
         batch = self._collect()
         self._expire_held()
         for held in self._held.values():
-            batch.add(held.event)
+            for event in held.events:
+                batch.add(event)
         self._lag()
+        self._carry_out_suspects()
         if not batch:
             return
         started = self._clock()
@@ -329,6 +340,7 @@ class SinkRunner:
             deferred=deferred,
             dead=(*joined("dead"), *dead),
             created=joined("created"),
+            held=joined("held"),
         )
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
@@ -348,6 +360,66 @@ class SinkRunner:
                 )
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._s.retry_max_seconds)
+
+    # ---------------------------------------------------------- suspected duplicates
+
+    def _carry_out_suspects(self) -> None:
+        """Apply the suspected duplicates an operator released or linked (``erpcrm suspects``).
+
+        The held event is applied again; the sink finds the decision for its key (see
+        :meth:`PostgresUpsertSink._settle_duplicate`: released, it is created; linked, it
+        is written into its candidate), then the suspect is marked. A crash in between
+        applies it again, which the version makes a no-op.
+        """
+        now = self._clock()
+        if now - self._suspects_at < _SUSPECTS_EVERY_SECONDS:
+            return
+        self._suspects_at = now
+        pending = self._retrying("read suspects", self._sink.pending_suspects)
+        if not pending:
+            return
+        events: list[SinkEvent] = []
+        for row in pending:
+            value = bytes(row["value"]) if row["value"] is not None else None
+            if value is None:
+                continue
+            # The event as held: the sink finds the operator's decision for its key.
+            record = self._retrying("decode", partial(self._serde.decode, value))
+            raw_key = bytes(row["key"]) if row["key"] is not None else None
+            events.append(
+                SinkEvent(
+                    row["topic"],
+                    int(row["partition"]),
+                    int(row["offset"]),
+                    str(row["entity"]),
+                    str(row["entity_key"]),
+                    record,
+                    raw_key,
+                    value,
+                )
+            )
+        if events:
+            batch = SinkBatch(events)
+            started = self._clock()
+            try:
+                # Their positions were stored long ago: none is stored again.
+                result: WriteResult = self._retrying(
+                    "write suspects", lambda: self._sink.write(batch, store_offsets=False)
+                )
+            except PermanentError as exc:
+                for event in events:
+                    self._retrying("dead letter", partial(self._sink.dead_letter, event, exc))
+                result = WriteResult(dead=tuple((e, exc) for e in events))
+            self._account(batch, result, self._clock() - started)
+            self._after_commit(announce=bool(result.created), dead=bool(result.dead))
+            log.info(
+                "sink %s: carried out %d suspect decisions (%d applied)",
+                self._target,
+                len(events),
+                len(result.applied),
+            )
+        ids = [int(row["id"]) for row in pending]
+        self._retrying("mark suspects", lambda: self._sink.suspects_carried_out(ids))
 
     # --------------------------------------------------------------- held events
 
@@ -378,12 +450,15 @@ class SinkRunner:
         in_batch = batch.keys()
         held_before = {key: self._held.pop(key) for key in in_batch if key in self._held}
         newly_held = []
+        deferred: dict[EntityKey, list[SinkEvent]] = {}
         for event in result.deferred:
-            previous = held_before.get(event.entity_key)
+            deferred.setdefault(event.entity_key, []).append(event)
+        for key, waiting in deferred.items():
+            previous = held_before.get(key)
             if previous is None:
-                newly_held.append(event)
+                newly_held.append(waiting[-1])
             since = previous.since if previous is not None else self._clock()
-            self._held[event.entity_key] = _Held(event, since)
+            self._held[key] = _Held(tuple(sorted(waiting, key=lambda e: e.version)), since)
         m.deferred.labels(target).set(len(self._held))
         groups: Mapping[str, tuple[SinkEvent, ...]] = {
             "applied": result.applied,
@@ -394,6 +469,7 @@ class SinkRunner:
             "unknown": result.unknown,
             "deferred": tuple(newly_held),
             "dead_lettered": tuple(e for e, _ in result.dead),
+            "held": result.held,
         }
         for outcome, events in groups.items():
             self.stats.add(outcome, len(events))

@@ -37,6 +37,13 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         reference_wait_seconds: an event referring to a row the target does not have
             yet (an order whose customer is still on its way) is retried this long,
             then dead-lettered.
+        clock_wait_seconds: an event for a row changed locally a moment ago waits this
+            long (after that change's commit) for the target's own event naming the
+            fields it changed; then the change counts for every field. Kept below
+            ``reference_wait_seconds``, so such an event is never dead-lettered.
+        duplicates: a new record the streams flag as a suspected duplicate of a linked
+            one: ``hold`` it for an operator (``erpcrm suspects``), ``link`` it to that
+            record, or ``create`` it anyway.
         retry_initial_seconds, retry_max_seconds: backoff of transient failures (a
             database that is down is waited for, never skipped).
         announce: announce rows the sink creates (see :mod:`sinks.postgres`).
@@ -56,6 +63,8 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     batch_size: int = Field(default=500, ge=1, le=50_000)
     linger_ms: int = Field(default=20, ge=0)
     reference_wait_seconds: float = Field(default=30.0, ge=0)
+    clock_wait_seconds: float = Field(default=20.0, ge=0)
+    duplicates: Literal["hold", "link", "create"] = "hold"
     retry_initial_seconds: float = Field(default=0.2, gt=0)
     retry_max_seconds: float = Field(default=10.0, gt=0)
     announce: bool = True
@@ -72,6 +81,8 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         }
         for key, value in defaults.items():
             object.__setattr__(self, key, value)
+        if self.clock_wait_seconds >= self.reference_wait_seconds > 0:
+            raise ValueError("clock_wait_seconds must be below reference_wait_seconds")
         return self
 
     @property

@@ -169,6 +169,24 @@ def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
         ).format(sql.Identifier(schema, "announce")),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
+            "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, entity text NOT NULL, "
+            "entity_key text NOT NULL, candidate text NOT NULL, evidence text, "
+            "status text NOT NULL, "
+            'topic text NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL, '
+            "key bytea, value bytea, first_seen timestamptz NOT NULL DEFAULT now(), "
+            "last_seen timestamptz NOT NULL DEFAULT now(), decided_at timestamptz, "
+            "UNIQUE (entity, entity_key))"
+        ).format(sql.Identifier(schema, "suspects")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "entity text NOT NULL, row_id text NOT NULL, "
+            "written jsonb NOT NULL DEFAULT jsonb_build_object(), "
+            "local jsonb NOT NULL DEFAULT jsonb_build_object(), "
+            "horizon_ms bigint, sink_xid bigint, local_at_write_ms bigint, "
+            "PRIMARY KEY (entity, row_id))"
+        ).format(sql.Identifier(schema, "row_clock")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
             "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, topic text NOT NULL, "
             '"partition" integer NOT NULL, "offset" bigint NOT NULL, key bytea, value bytea, '
             "headers jsonb NOT NULL, at timestamptz NOT NULL DEFAULT now())"
@@ -195,23 +213,141 @@ def announce_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
     ).format(sql.Identifier(schema, "announce"))
 
 
-def announce_done(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
-    """Dequeue announcements and move their keys' ``applied_at`` to now.
-
-    The touch that announces a row sets its modification time, so the key's sync time
-    moves with it (a later event must not see the touch as a local edit). Both take
-    two parameters: lists ``entity, entity_key``.
-    """
+def announce_done(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Dequeue announcements. Parameters: two lists, ``entity, entity_key``."""
     keys = _unnest([Column("entity", "text"), Column("entity_key", "text")])
-    return [
-        sql.SQL(
-            "UPDATE {} AS t SET applied_at = now() FROM {} "
-            "WHERE t.entity = u.entity AND t.entity_key = u.entity_key"
-        ).format(sql.Identifier(schema, "applied"), keys),
-        sql.SQL(
-            "DELETE FROM {} AS t USING {} WHERE t.entity = u.entity AND t.entity_key = u.entity_key"
-        ).format(sql.Identifier(schema, "announce"), keys),
+    return sql.SQL(
+        "DELETE FROM {} AS t USING {} WHERE t.entity = u.entity AND t.entity_key = u.entity_key"
+    ).format(sql.Identifier(schema, "announce"), keys)
+
+
+def row_clock_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Row clocks of some rows of one entity, locked for the transaction.
+
+    Parameters: ``entity``, ``row_ids`` (list). Rows: ``row_id, written, local,
+    horizon_ms, sink_xid, local_at_write_ms`` (see :class:`sinks.state.RowClock`).
+    """
+    return sql.SQL(
+        "SELECT row_id, written, local, horizon_ms, sink_xid, local_at_write_ms FROM {} "
+        "WHERE entity = %s AND row_id = ANY(%s::text[]) FOR UPDATE"
+    ).format(sql.Identifier(schema, "row_clock"))
+
+
+def row_clock_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Store row clocks whole (they were read locked in the same transaction).
+
+    Parameters: seven lists: ``entity, row_id, written, local`` (JSON text),
+    ``horizon_ms, sink_xid, local_at_write_ms``.
+    """
+    cols = [
+        Column("entity", "text"),
+        Column("row_id", "text"),
+        Column("written", "text"),
+        Column("local", "text"),
+        Column("horizon_ms", "bigint"),
+        Column("sink_xid", "bigint"),
+        Column("local_at_write_ms", "bigint"),
     ]
+    return sql.SQL(
+        "INSERT INTO {} (entity, row_id, written, local, horizon_ms, sink_xid, "
+        "local_at_write_ms) SELECT u.entity, u.row_id, u.written::jsonb, u.local::jsonb, "
+        "u.horizon_ms, u.sink_xid, u.local_at_write_ms FROM {} "
+        "ON CONFLICT (entity, row_id) DO UPDATE SET written = EXCLUDED.written, "
+        "local = EXCLUDED.local, horizon_ms = EXCLUDED.horizon_ms, "
+        "sink_xid = EXCLUDED.sink_xid, local_at_write_ms = EXCLUDED.local_at_write_ms"
+    ).format(sql.Identifier(schema, "row_clock"), _unnest(cols))
+
+
+SUSPECT_STATUSES: Final = ("held", "release", "released", "link", "linked")
+"""A suspected duplicate is ``held``; an operator asks to ``release`` (create it) or to
+``link`` it to its candidate, and the sink marks it ``released`` or ``linked``."""
+
+
+def suspects_hold(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Hold suspected duplicates (the latest event of each key; decided ones stay).
+
+    Parameters: nine lists: ``entity, entity_key, candidate, evidence, topic,
+    partition, offset, key, value``.
+    """
+    cols = [
+        Column("entity", "text"),
+        Column("entity_key", "text"),
+        Column("candidate", "text"),
+        Column("evidence", "text"),
+        Column("topic", "text"),
+        Column("partition", "integer"),
+        Column("offset", "bigint"),
+        Column("key", "bytea"),
+        Column("value", "bytea"),
+    ]
+    return sql.SQL(
+        'INSERT INTO {} AS t (entity, entity_key, candidate, evidence, topic, "partition", '
+        '"offset", key, value, status) SELECT u.entity, u.entity_key, u.candidate, '
+        'u.evidence, u.topic, u."partition", u."offset", u.key, u.value, \'held\' FROM {} '
+        "ON CONFLICT (entity, entity_key) DO UPDATE SET candidate = EXCLUDED.candidate, "
+        'evidence = EXCLUDED.evidence, topic = EXCLUDED.topic, "partition" = '
+        'EXCLUDED."partition", "offset" = EXCLUDED."offset", key = EXCLUDED.key, '
+        "value = EXCLUDED.value, last_seen = now() WHERE t.status = 'held'"
+    ).format(sql.Identifier(schema, "suspects"), _unnest(cols))
+
+
+def suspects_decided(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """What operators decided about some keys. Parameters: ``entity``, ``entity_keys``.
+
+    Rows: ``entity_key, status, candidate``.
+    """
+    return sql.SQL(
+        "SELECT entity_key, status, candidate FROM {} "
+        "WHERE entity = %s AND entity_key = ANY(%s::text[])"
+    ).format(sql.Identifier(schema, "suspects"))
+
+
+def suspects_pending(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Suspects an operator released or linked, not carried out yet. Parameter: a limit.
+
+    Rows: ``id, entity, entity_key, status, candidate, topic, partition, offset, key,
+    value``.
+    """
+    return sql.SQL(
+        'SELECT id, entity, entity_key, status, candidate, topic, "partition", "offset", '
+        "key, value FROM {} WHERE status IN ('release', 'link') ORDER BY id LIMIT %s"
+    ).format(sql.Identifier(schema, "suspects"))
+
+
+def suspects_carried_out(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Mark released or linked suspects as carried out. Parameter: a list of ids."""
+    return sql.SQL(
+        "UPDATE {} SET status = CASE status WHEN 'release' THEN 'released' "
+        "WHEN 'link' THEN 'linked' ELSE status END, decided_at = now() "
+        "WHERE id = ANY(%s::bigint[])"
+    ).format(sql.Identifier(schema, "suspects"))
+
+
+def suspects_list(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Every suspect, newest first (for people). Parameter: a status or null for all.
+
+    Rows: ``id, entity, entity_key, candidate, evidence, status, first_seen, last_seen``.
+    """
+    return sql.SQL(
+        "SELECT id, entity, entity_key, candidate, evidence, status, first_seen, last_seen "
+        "FROM {} WHERE %s::text IS NULL OR status = %s::text ORDER BY id DESC"
+    ).format(sql.Identifier(schema, "suspects"))
+
+
+def suspects_decide(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """An operator's decision about a held suspect.
+
+    Parameters: ``status`` (``release`` or ``link``), ``id``. Returns the id when the
+    suspect was held (a decided one stays as it is).
+    """
+    return sql.SQL(
+        "UPDATE {} SET status = %s WHERE id = %s AND status = 'held' RETURNING id"
+    ).format(sql.Identifier(schema, "suspects"))
+
+
+def current_xid() -> sql.SQL:
+    """The running transaction's id as a 32-bit ``xid`` (what ``xmin`` of its rows shows)."""
+    return sql.SQL("SELECT pg_current_xact_id()::xid::text::bigint")
 
 
 def touch_rows(table: Table, key: Column, modified: str) -> sql.Composed:
@@ -276,11 +412,10 @@ def select_applied(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Stored state of some keys of one entity, locked for the transaction.
 
     Parameters: ``entity``, ``entity_keys`` (list). Rows: ``entity_key, version,
-    payload_hash, applied_at_ms``.
+    payload_hash``.
     """
     return sql.SQL(
-        "SELECT entity_key, version, payload_hash, "
-        "(extract(epoch FROM applied_at) * 1000)::bigint AS applied_at_ms "
+        "SELECT entity_key, version, payload_hash "
         "FROM {} WHERE entity = %s AND entity_key = ANY(%s::text[]) FOR UPDATE"
     ).format(sql.Identifier(schema, "applied"))
 
@@ -289,8 +424,7 @@ def applied_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Record applied versions; a stored version never goes down.
 
     Parameters: four lists: ``entity``, ``entity_key``, ``version``, ``payload_hash``.
-    ``applied_at`` is the transaction time (``now()``), the same clock and instant as
-    the target rows' modification time written in the same transaction.
+    ``applied_at`` (the transaction time) is for people; no decision reads it.
     """
     cols = [
         Column("entity", "text"),
@@ -421,6 +555,12 @@ def default_sequences() -> sql.SQL:
     )
 
 
+ROW_XMIN: Final = "_erpcrm_xmin"
+ROW_COMMIT_MS: Final = "_erpcrm_commit_ms"
+ROW_NOW_MS: Final = "_erpcrm_now_ms"
+"""Names of the row facts :func:`select_current` adds with ``row_facts=True``."""
+
+
 def select_current(
     table: Table,
     columns: Sequence[str],
@@ -428,15 +568,30 @@ def select_current(
     *,
     predicate: str | None = None,
     lock: bool = True,
+    row_facts: bool = False,
 ) -> sql.Composed:
     """Current rows by key, locked (``FOR UPDATE``) against concurrent local edits.
 
     Parameter: one list of keys. ``predicate`` names a boolean column that must be false
     (``deleted``), for lookups through a partial unique index. ``lock=False`` reads
-    without locking (references to other rows).
+    without locking (references to other rows). ``row_facts`` adds, per row, the
+    transaction that last wrote it (:data:`ROW_XMIN`, a 32-bit ``xid``), that
+    transaction's commit time (:data:`ROW_COMMIT_MS`, whole ms, null when unknown) and
+    the database's clock now (:data:`ROW_NOW_MS`).
     """
+    selected: list[sql.Composable] = [_idents(columns)]
+    if row_facts:
+        selected.append(
+            sql.SQL(
+                "xmin::text::bigint AS {}, "
+                "floor(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint AS {}, "
+                "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS {}"
+            ).format(
+                sql.Identifier(ROW_XMIN), sql.Identifier(ROW_COMMIT_MS), sql.Identifier(ROW_NOW_MS)
+            )
+        )
     query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY({}::{}[])").format(
-        _idents(columns),
+        sql.SQL(", ").join(selected),
         table.ident,
         sql.Identifier(key.name),
         sql.Placeholder(),

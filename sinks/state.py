@@ -1,40 +1,50 @@
-"""The sync-state model: what to apply, what to skip, and who wins a conflict.
+"""The sync-state model: what to apply, what to skip, and who wins a field.
 
 Every target keeps, per entity key (``(entity, key)``, see :mod:`sinks.batch`), the
-last applied ``(version, payload_hash, applied_at)`` in ``erpcrm_sync.applied``
-(:mod:`sinks.sql`). Versions are monotonic per key (the key names the source system).
+last applied ``(version, payload_hash)`` in ``erpcrm_sync.applied``, and per target row
+a :class:`RowClock` in ``erpcrm_sync.row_clock`` (:mod:`sinks.sql`).
 
 1. **Order and duplicates** (:func:`decide`). An event at or below the stored version
    is a duplicate or overtaken: ``skip_stale``, nothing changes. A newer event whose
-   payload hashes like the stored one is ``skip_noop``: nothing is written to the
-   target, but the version is recorded (:func:`next_state`). Anything else is
-   ``apply``. The verdict depends only on the stored state and the event, so replaying
-   a partition after a crash skips exactly what was already committed.
-2. **Conflicts** (:func:`resolve`). An entity is *changed on both sides* when the
-   target row was modified after the sink last wrote it (its modification time is
-   later than the key's ``applied_at``; both come from the target database's clock,
-   and the sink's own write sets them in one transaction, so an untouched row compares
-   equal) or when the key was never synced although the row exists. Then, per field
-   whose values differ:
+   payload hashes like the stored one is ``skip_noop`` -- unless it takes part in the
+   field-level merge (:func:`schemas.payload.never_noop`): the same values written
+   again at a later commit still compete. Anything else is ``apply``. The verdict
+   depends only on the stored state and the event, so replaying a partition after a
+   crash skips exactly what was already committed.
+2. **Field-level merge** (:func:`merge`): a last-writer-wins register per field, with
+   the real commit times of both writes. An event names the fields its change changed
+   (``changed_fields``); only those compete, so a phone edited in the ERP and an e-mail
+   edited in the CRM at the same time both survive. Per changed field:
 
-   - owned by the event's source system: written; recorded (reason ``owner``);
-   - owned by the target system: kept; recorded (reason ``owner``);
-   - shared: last writer wins on commit time: the event's ``source_ts_ms`` against
-     the row's modification time (reason ``last_writer``); on an exact tie the ERP,
-     the system of record, wins (reason ``tie``).
+   - owned by the event's source system: written (the owner's value is the truth);
+   - owned by the target system: kept; a different value is recorded (reason
+     ``owner``) and the row is re-asserted, so the owner's value flows back;
+   - shared: the event's ``source_ts_ms`` against the time of the last write the
+     target holds in that field (:meth:`RowClock.times`): the later commit wins, an
+     exact tie goes to the ERP (reason ``last_writer`` or ``tie``). A decision against
+     a local edit the other side has not seen is recorded.
 
-   Without a change on both sides nothing is a conflict: fields owned by the source
-   or shared are written, fields owned by the target never are. A row that does not
-   exist yet gets every mapped field (the target's own fields as initial values).
-   Fields missing from the ownership map (the crosswalk ids) belong to the source.
+   The time of the last write a target field holds is the larger of two clocks kept
+   per row: ``written``, the source commit time of each value the sink wrote there,
+   and ``local``, the commit time of the last local change of the field, learnt from
+   the target system's own canonical events (which name their changed fields). So both
+   sides hold, per field, a register of (commit time, system) and take the larger:
+   whatever the delivery order, both converge on the last write made to the field.
+3. **Knowing every local change** (:func:`last_local_change`, :meth:`RowClock.knows`).
+   A local change the sink has not read from the target's own events yet would be
+   missing from ``local``. The row's ``xmin`` tells: when it is not the sink's own
+   write, the commit time of that transaction is the row's last local change, and the
+   clock is complete only once it has seen an own event at least that recent. Until
+   then the event waits (deferred); a row the sink never saw starts from its last
+   commit time for every field (as a snapshot read does).
 
 Pure: no database, Kafka or clock access.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
 
@@ -47,14 +57,15 @@ __all__ = [
     "Applied",
     "Conflict",
     "Decision",
+    "Merge",
     "Reason",
-    "Resolution",
-    "TargetView",
-    "changed_on_both_sides",
+    "RowClock",
+    "changed_times",
     "decide",
-    "next_state",
+    "last_local_change",
+    "merge",
     "payload_hash",
-    "resolve",
+    "ready_clock",
 ]
 
 
@@ -87,27 +98,10 @@ class Applied:
     Attributes:
         version: the last applied (or no-op) version.
         payload_hash: :func:`payload_hash` of that event.
-        applied_at_ms: when the sink last wrote it, target clock, ms since the epoch.
     """
 
     version: int
     payload_hash: str
-    applied_at_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TargetView:
-    """The target row as it is now, in canonical field names.
-
-    Attributes:
-        values: the row's current values, by canonical field (see
-            :func:`sinks.targets.from_row`).
-        modified_ts_ms: the row's last modification (``write_date``,
-            ``date_modified``), target clock, ms since the epoch; None if not tracked.
-    """
-
-    values: Mapping[str, Any]
-    modified_ts_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,71 +135,165 @@ class Conflict:
         return (self.theirs, self.ours)
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What :func:`resolve` decided for one event.
+def decide(stored: Applied | None, version: int, digest: str, *, merged: bool = False) -> Decision:
+    """Apply, or skip as stale or no-op, an event of ``version`` with payload ``digest``.
 
-    Attributes:
-        writes: the fields to write, with the incoming values.
-        kept: the fields not written (the target's value stays).
-        conflicts: the conflicts found, in field order.
+    ``merged``: the event takes part in the field-level merge and is never a no-op.
     """
-
-    writes: dict[str, Any]
-    kept: tuple[str, ...] = ()
-    conflicts: tuple[Conflict, ...] = field(default_factory=tuple)
-
-    def merged(self, current: TargetView | None) -> dict[str, Any]:
-        """A full row: ``writes`` over the current values of the kept fields.
-
-        Lets one multi-row upsert write every row with the same columns.
-        """
-        row = {f: current.values.get(f) for f in self.kept} if current is not None else {}
-        row.update(self.writes)
-        return row
-
-
-def decide(stored: Applied | None, version: int, digest: str) -> Decision:
-    """Apply, or skip as stale or no-op, an event of ``version`` with payload ``digest``."""
     if stored is None:
         return Decision.APPLY
     if version <= stored.version:
         return Decision.SKIP_STALE
-    if digest == stored.payload_hash:
+    if digest == stored.payload_hash and not merged:
         return Decision.SKIP_NOOP
     return Decision.APPLY
-
-
-def next_state(
-    stored: Applied | None, decision: Decision, version: int, digest: str, now_ms: int | None
-) -> Applied | None:
-    """The key's state after ``decision``: unchanged when stale, else the new version.
-
-    A no-op keeps the stored ``applied_at_ms`` (nothing was written to the target row).
-    """
-    if decision is Decision.SKIP_STALE:
-        return stored
-    if decision is Decision.SKIP_NOOP:
-        return Applied(version, digest, stored.applied_at_ms if stored is not None else None)
-    return Applied(version, digest, now_ms)
-
-
-def changed_on_both_sides(current: TargetView | None, stored: Applied | None) -> bool:
-    """Whether the target row changed since the sink last wrote it (see module doc)."""
-    if current is None:
-        return False
-    if stored is None or stored.applied_at_ms is None:
-        return True
-    if current.modified_ts_ms is None:
-        return False
-    return current.modified_ts_ms > stored.applied_at_ms
 
 
 def _same(ours: Any, theirs: Any) -> bool:
     return bool(plain(ours) == plain(theirs))
 
 
-def resolve(
+@dataclass(frozen=True, slots=True)
+class RowClock:
+    """What the sink knows about the times of one target row's fields.
+
+    Attributes:
+        written: field -> source commit time (ms) of the value the sink last wrote there.
+        local: field -> commit time (ms) of the last local change of the field, from the
+            target system's own canonical events.
+        horizon_ms: commit time of the newest own event seen for the row; None: none.
+        sink_xid: the transaction id (32-bit ``xid``) of the sink's last write to the
+            row, to tell the sink's own write from a local change by ``xmin``.
+        local_at_write_ms: the row's last local change when the sink last wrote it.
+    """
+
+    written: Mapping[str, int] = field(default_factory=dict)
+    local: Mapping[str, int] = field(default_factory=dict)
+    horizon_ms: int | None = None
+    sink_xid: int | None = None
+    local_at_write_ms: int | None = None
+
+    def knows(self, last_local_ms: int) -> bool:
+        """Whether every local change up to ``last_local_ms`` (0: none) is in ``local``."""
+        return last_local_ms <= (self.horizon_ms or 0)
+
+    def times(self, fields: Iterable[str]) -> dict[str, int]:
+        """Per field: the commit time of the last write the target holds (-1: unknown)."""
+        return {f: max(self.written.get(f, -1), self.local.get(f, -1)) for f in fields}
+
+    def seen_locally(self, changed: Iterable[str], ts_ms: int) -> RowClock:
+        """The clock after an own event of the target, committed at ``ts_ms``."""
+        local = dict(self.local)
+        for name in changed:
+            local[name] = max(local.get(name, -1), ts_ms)
+        horizon = ts_ms if self.horizon_ms is None else max(self.horizon_ms, ts_ms)
+        return replace(self, local=local, horizon_ms=horizon)
+
+    def assume_local(self, values: Mapping[str, Any], ts_ms: int) -> RowClock:
+        """Each field with a value last changed locally at ``ts_ms`` (a row first seen).
+
+        An empty field was written by nobody: any value beats it, as the streams stage
+        does not count the empty fields of a new row as changed either.
+        """
+        return self.seen_locally([f for f, v in values.items() if v is not None], ts_ms)
+
+    def after_write(
+        self, times: Mapping[str, int], *, xid: int | None, last_local_ms: int
+    ) -> RowClock:
+        """The clock after the sink wrote fields with source commit ``times``.
+
+        ``xid`` is None when the write changed nothing in the row (its ``xmin`` stays).
+        """
+        written = dict(self.written)
+        for name, ts in times.items():
+            written[name] = max(written.get(name, -1), ts)
+        if xid is None:
+            return replace(self, written=written)
+        return replace(self, written=written, sink_xid=xid, local_at_write_ms=last_local_ms)
+
+
+def last_local_change(clock: RowClock | None, xmin: int, commit_ms: int | None) -> int:
+    """The commit time of a row's last local change (0: none known).
+
+    The row's ``xmin`` is the last transaction that wrote it: when it is the sink's own
+    write, the last local change is the one the sink saw then; otherwise ``xmin``'s
+    commit time (``commit_ms``; None when PostgreSQL no longer knows it: an old row).
+    """
+    if clock is not None and clock.sink_xid == xmin:
+        return clock.local_at_write_ms or 0
+    return commit_ms or 0
+
+
+def ready_clock(
+    stored: RowClock | None,
+    *,
+    xmin: int,
+    commit_ms: int | None,
+    now_ms: int,
+    values: Mapping[str, Any],
+    wait_ms: int,
+) -> tuple[RowClock | None, int, bool]:
+    """A row's clock, complete, before :func:`merge` decides on it.
+
+    Args:
+        stored: the row's stored clock; None: the sink never saw the row.
+        xmin, commit_ms: the transaction that last wrote the row and its commit time.
+        now_ms: the target database's clock now.
+        values: the row's current values of the merged fields.
+        wait_ms: how long after a local change its own event is waited for.
+
+    Returns:
+        ``(clock, last local change, assumed)``: the clock is None while the event must
+        wait for the target's own event of a recent local change (for a row the sink
+        never saw as well: its own events may be on their way). Once ``wait_ms`` have
+        passed since that change, the change counts for every field that has a value
+        (``assumed``; the returned clock must then be stored): how a row changed long
+        before the sink first saw it starts, like a snapshot read.
+    """
+    local_ms = last_local_change(stored, xmin, commit_ms)
+    clock = stored if stored is not None else RowClock()
+    if clock.knows(local_ms):
+        return clock, local_ms, False
+    if now_ms - local_ms < wait_ms:
+        return None, local_ms, False
+    return clock.assume_local(values, local_ms), local_ms, True
+
+
+def changed_times(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> dict[str, int]:
+    """Per field some record of ``history`` (in version order) changed: its latest commit.
+
+    Collapsing a key's events to the latest keeps each field's own time, so an older
+    change of one field does not borrow the newer commit time of another. A record
+    without ``changed_fields`` changed every field.
+    """
+    every = tuple(fields)
+    times: dict[str, int] = {}
+    for record in history:
+        changed = record.get("changed_fields")
+        for name in every if changed is None else changed:
+            times[name] = int(record["source_ts_ms"])
+    return times
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """What :func:`merge` decided for one event and one existing target row.
+
+    Attributes:
+        writes: the fields to write, with the incoming values.
+        written_at: the source commit time of each written field (for the row clock).
+        conflicts: the decisions between two writers, in field order.
+        reassert: a field the target owns was refused: re-announce the row, so the
+            owner's value flows back to the source system.
+    """
+
+    writes: dict[str, Any]
+    written_at: dict[str, int]
+    conflicts: tuple[Conflict, ...] = ()
+    reassert: bool = False
+
+
+def merge(
     entity: str,
     entity_key: str,
     incoming: Mapping[str, Any],
@@ -213,62 +301,58 @@ def resolve(
     target: str,
     ownership: Mapping[str, Owner],
     fields: Collection[str],
-    current: TargetView | None,
-    stored: Applied | None,
-) -> Resolution:
-    """Decide, per field in ``fields``, whether the incoming value is written.
+    changed: Mapping[str, int],
+    current: Mapping[str, Any],
+    clock: RowClock,
+) -> Merge:
+    """Decide, per field, whether the incoming value is written (see the module doc).
 
     Args:
         entity: the canonical entity.
         entity_key: the event's key.
-        incoming: the canonical record (``source_system`` and ``source_ts_ms`` read).
+        incoming: the canonical record (``source_system`` read).
         target: the system written to (``erp`` or ``crm``).
         ownership: canonical field -> owner (:func:`schemas.mapping.ownership`).
-        fields: the canonical fields the target table maps.
-        current: the target row now, or None when it does not exist.
-        stored: the key's sync state, or None when never synced.
-
-    Returns:
-        The fields to write, the fields kept, and the conflicts (see module doc).
+        fields: the canonical fields the target table maps (ids excluded).
+        changed: the fields the source changed -> the commit time of that change (the
+            events of one key collapsed in a batch keep each field's own time).
+        current: the target row's current values, by canonical field.
+        clock: the row's clock, complete (:meth:`RowClock.knows`).
     """
     source = str(incoming["source_system"])
-    if current is None:
-        return Resolution(writes={f: incoming.get(f) for f in fields})
-    both = changed_on_both_sides(current, stored)
-    theirs_ts = int(incoming["source_ts_ms"])
-    ours_ts = current.modified_ts_ms
+    times = clock.times(fields)
     writes: dict[str, Any] = {}
-    kept: list[str] = []
+    written_at: dict[str, int] = {}
     conflicts: list[Conflict] = []
+    reassert = False
     for name in fields:
-        theirs = incoming.get(name)
-        ours = current.values.get(name)
+        if name not in changed:
+            continue
+        theirs, ours, ts = incoming.get(name), current.get(name), changed[name]
         owner = ownership.get(name, Owner(source))
-        # Filling a field the target never had is no conflict on a first sync.
-        differs = both and not _same(ours, theirs) and not (stored is None and ours is None)
-        if owner is Owner.SHARED:
-            if not differs:
-                writes[name] = theirs
-                continue
-            if ours_ts is None or theirs_ts > ours_ts:
-                winner, reason = source, Reason.LAST_WRITER
-            elif theirs_ts < ours_ts:
-                winner, reason = target, Reason.LAST_WRITER
-            else:
-                winner, reason = TIE_WINNER, Reason.TIE
+        if owner is not Owner.SHARED:
+            if owner.value == source:
+                writes[name], written_at[name] = theirs, ts
+            elif not _same(ours, theirs):
+                reassert = True
+                conflicts.append(
+                    Conflict(
+                        entity, entity_key, name, ours, theirs, target, Reason.OWNER.value, target
+                    )
+                )
+            continue
+        mine = times[name]
+        if ts != mine:
+            winner, reason = (source if ts > mine else target), Reason.LAST_WRITER
         else:
-            winner, reason = owner.value, Reason.OWNER
-            if not differs:
-                if winner == source:
-                    writes[name] = theirs
-                else:
-                    kept.append(name)
-                continue
+            winner, reason = TIE_WINNER, Reason.TIE
         if winner == source:
-            writes[name] = theirs
-        else:
-            kept.append(name)
-        conflicts.append(
-            Conflict(entity, entity_key, name, ours, theirs, winner, reason.value, target)
-        )
-    return Resolution(writes=writes, kept=tuple(kept), conflicts=tuple(conflicts))
+            writes[name], written_at[name] = theirs, ts
+        # A decision against a local edit the source has not seen is a conflict; a
+        # field last written by the sink itself is just an update.
+        contested = clock.local.get(name, -1) > clock.written.get(name, -1)
+        if contested and not _same(ours, theirs):
+            conflicts.append(
+                Conflict(entity, entity_key, name, ours, theirs, winner, reason.value, target)
+            )
+    return Merge(writes, written_at, tuple(conflicts), reassert)

@@ -17,7 +17,7 @@ Directions and tables:
   partner, no customer number; the CRM owns contacts); customer -> ``res_partner`` (the
   ERP assigns ``ref`` from its sequence;
   for an existing partner only CRM-owned and shared fields are written, decided by
-  :func:`sinks.state.resolve`); sales_order (accepted quote) -> ``sale_order`` (``name``
+  :func:`sinks.state.merge`); sales_order (accepted quote) -> ``sale_order`` (``name``
   from the ERP sequence) with its lines in ``sale_order_line`` (written when the order
   is created; afterwards the ERP owns them: deliveries and invoices refer to them).
 
@@ -321,7 +321,7 @@ class TargetTable:
 
     @property
     def fields(self) -> tuple[str, ...]:
-        """The canonical fields written (what :func:`sinks.state.resolve` decides on)."""
+        """The canonical fields written (what :func:`sinks.state.merge` decides on)."""
         return tuple(dict.fromkeys(c.field for c in self.columns if c.field is not None))
 
     def accepts(self, record: Mapping[str, Any]) -> bool:
@@ -525,6 +525,11 @@ def _person_name(record: Mapping[str, Any]) -> str | None:
 _LIVE: Final = ColumnMap("deleted", "boolean", compute=lambda _: False)
 """A soft-deleted CRM row that gets an upsert is live again (the record exists)."""
 
+_ARCHIVED: Final = ColumnMap("deleted", "boolean", compute=lambda r: r.get("active") is False)
+"""A CRM account is deleted while its ERP customer is archived (``active = false``), and
+live again when the customer is: archiving goes both ways (a deleted account archives
+the ERP customer, see the ``res_partner`` target's ``delete_flag``)."""
+
 
 def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], TargetTable]:
     """Every target table, by ``(direction, entity)``; from :func:`load_mappings` flows.
@@ -554,7 +559,7 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             columns=(
                 crm_id("customer"),
                 *_from_fields(_flow(flows, "crm", "accounts", "customer").fields),
-                _LIVE,
+                _ARCHIVED,
             ),
             modified="date_modified",
             locate=(

@@ -8,11 +8,13 @@ from sinks.batch import SinkBatch, SinkEvent
 from sinks.state import (
     Applied,
     Decision,
-    TargetView,
+    Merge,
+    RowClock,
+    changed_times,
     decide,
-    next_state,
+    merge,
     payload_hash,
-    resolve,
+    ready_clock,
 )
 
 OWNERS = {"vat": Owner.ERP, "industry": Owner.CRM, "email": Owner.SHARED}
@@ -27,18 +29,14 @@ def rec(
 
 def test_decide() -> None:
     assert decide(None, 1, "h") is Decision.APPLY
-    stored = Applied(5, "h", 0)
+    stored = Applied(5, "h")
     assert decide(stored, 5, "x") is Decision.SKIP_STALE
     assert decide(stored, 4, "x") is Decision.SKIP_STALE
     assert decide(stored, 6, "h") is Decision.SKIP_NOOP
     assert decide(stored, 6, "x") is Decision.APPLY
-
-
-def test_next_state() -> None:
-    stored = Applied(5, "h", 10)
-    assert next_state(stored, Decision.SKIP_STALE, 3, "x", 99) is stored
-    assert next_state(stored, Decision.SKIP_NOOP, 6, "h", 99) == Applied(6, "h", 10)
-    assert next_state(stored, Decision.APPLY, 7, "y", 99) == Applied(7, "y", 99)
+    # Merged records are never no-ops: the same values at a later commit still compete.
+    assert decide(stored, 6, "h", merged=True) is Decision.APPLY
+    assert decide(stored, 5, "h", merged=True) is Decision.SKIP_STALE
 
 
 def test_payload_hash_ignores_metadata_not_op() -> None:
@@ -47,88 +45,159 @@ def test_payload_hash_ignores_metadata_not_op() -> None:
     assert payload_hash(a) != payload_hash(rec(1, op="delete", email="a@x"))
 
 
-def test_new_row_gets_every_field() -> None:
-    r = resolve(
+def clock(**kwargs: Any) -> RowClock:
+    return RowClock(**kwargs)
+
+
+def crm_merge(
+    record: dict[str, Any], current: dict[str, Any], row: RowClock, changed: dict[str, int]
+) -> Merge:
+    """An ERP event merged into an existing CRM row."""
+    return merge(
         "customer",
         "erp:1",
-        rec(1, vat="V", industry=None, email="e"),
+        record,
         target="crm",
         ownership=OWNERS,
         fields=FIELDS,
-        current=None,
-        stored=None,
-    )
-    assert r.writes == {"vat": "V", "industry": None, "email": "e"}
-    assert r.conflicts == ()
-
-
-def test_no_local_change_no_conflict_target_fields_kept() -> None:
-    current = TargetView({"vat": "OLD", "industry": "Retail", "email": "old"}, modified_ts_ms=50)
-    r = resolve(
-        "customer",
-        "erp:1",
-        rec(2, vat="V", industry=None, email="new"),
-        target="crm",
-        ownership=OWNERS,
-        fields=FIELDS,
+        changed=changed,
         current=current,
-        stored=Applied(1, "h", 50),
+        clock=row,
     )
-    assert r.writes == {"vat": "V", "email": "new"}
-    assert r.kept == ("industry",)
-    assert r.conflicts == ()
-    assert r.merged(current) == {"vat": "V", "industry": "Retail", "email": "new"}
 
 
-def test_conflict_owner_and_last_writer() -> None:
-    current = TargetView({"vat": "OLD", "industry": "Retail", "email": "local"}, modified_ts_ms=200)
-    incoming = rec(2, ts=100, vat="V", industry="Other", email="remote")
-    r = resolve(
+def test_only_changed_fields_compete() -> None:
+    current = {"vat": "V", "industry": "Tech", "email": "local@x"}
+    m = crm_merge(rec(2, ts=100, vat="V2", email="remote@x"), current, clock(), {"vat": 100})
+    assert m.writes == {"vat": "V2"}
+    assert m.written_at == {"vat": 100}
+    assert m.conflicts == ()
+
+
+def test_owner_fields_go_to_the_owner_and_a_refusal_reasserts() -> None:
+    current = {"vat": "V", "industry": "Tech", "email": None}
+    changed = {"vat": 100, "industry": 100}
+    m = crm_merge(rec(2, vat="V2", industry="Retail"), current, clock(), changed)
+    assert m.writes == {"vat": "V2"}
+    assert m.reassert
+    [refused] = m.conflicts
+    assert (refused.field, refused.winner, refused.reason) == ("industry", "crm", "owner")
+    # An owned field sent with the value the target already has is no conflict.
+    same = crm_merge(rec(2, industry="Tech"), current, clock(), {"industry": 100})
+    assert (same.writes, same.conflicts, same.reassert) == ({}, (), False)
+
+
+def test_shared_field_goes_to_the_later_commit_of_either_side() -> None:
+    current = {"email": "local@x"}
+    local_newer = clock(local={"email": 150}, horizon_ms=150)
+    kept = crm_merge(rec(2, ts=100, email="remote@x"), current, local_newer, {"email": 100})
+    assert kept.writes == {}
+    assert [(c.winner, c.reason) for c in kept.conflicts] == [("crm", "last_writer")]
+    won = crm_merge(rec(2, ts=200, email="remote@x"), current, local_newer, {"email": 200})
+    assert won.writes == {"email": "remote@x"}
+    assert [(c.winner, c.reason) for c in won.conflicts] == [("erp", "last_writer")]
+
+
+def test_a_tie_goes_to_the_erp() -> None:
+    row = clock(local={"email": 100}, horizon_ms=100)
+    tie = crm_merge(rec(2, ts=100, email="remote@x"), {"email": "l@x"}, row, {"email": 100})
+    assert tie.writes == {"email": "remote@x"}
+    assert [(c.winner, c.reason) for c in tie.conflicts] == [("erp", "tie")]
+    # The same tie seen from the ERP side: the ERP keeps its value.
+    erp_side = merge(
         "customer",
-        "erp:1",
-        incoming,
-        target="crm",
-        ownership=OWNERS,
-        fields=FIELDS,
-        current=current,
-        stored=Applied(1, "h", 150),
-    )
-    by_field = {c.field: c for c in r.conflicts}
-    assert by_field["vat"].winner == "erp"
-    assert by_field["vat"].reason == "owner"
-    assert by_field["industry"].winner == "crm"
-    assert by_field["email"].winner == "crm"
-    assert by_field["email"].reason == "last_writer"
-    assert r.writes == {"vat": "V"}
-    assert by_field["email"].values_by_system() == ("remote", "local")
-
-
-def test_shared_newer_incoming_wins_and_tie_goes_to_erp() -> None:
-    current = TargetView({"email": "local"}, modified_ts_ms=100)
-    newer = resolve(
-        "customer",
-        "crm:1",
-        rec(2, ts=101, source="crm", email="remote"),
+        "crm:a",
+        rec(2, ts=100, source="crm", email="l@x"),
         target="erp",
         ownership=OWNERS,
-        fields=("email",),
-        current=current,
-        stored=None,
+        fields=FIELDS,
+        changed={"email": 100},
+        current={"email": "remote@x"},
+        clock=row,
     )
-    assert newer.writes == {"email": "remote"}
-    tie = resolve(
+    assert erp_side.writes == {}
+
+
+def test_a_field_last_written_by_the_sink_is_an_update_not_a_conflict() -> None:
+    row = clock(written={"email": 100}, local={"email": 50}, horizon_ms=50)
+    m = crm_merge(rec(3, ts=120, email="new@x"), {"email": "old@x"}, row, {"email": 120})
+    assert m.writes == {"email": "new@x"}
+    assert m.conflicts == ()
+    # An older write than the one the sink applied last loses, quietly.
+    older = crm_merge(rec(3, ts=90, email="new@x"), {"email": "old@x"}, row, {"email": 90})
+    assert (older.writes, older.conflicts) == ({}, ())
+
+
+def test_a_row_first_seen_counts_its_values_from_its_last_commit() -> None:
+    values = {"vat": "V", "industry": None, "email": "local@x"}
+    ready, local_ms, changed = ready_clock(
+        None, xmin=7, commit_ms=150, now_ms=10_000, values=values, wait_ms=1000
+    )
+    assert ready is not None
+    assert changed
+    assert local_ms == 150
+    assert ready.local == {"vat": 150, "email": 150}
+    # An empty target field was written by nobody: any incoming value fills it.
+    m = crm_merge(
+        rec(2, ts=100, industry="Retail", email="remote@x"),
+        values,
+        ready,
+        {"industry": 100, "email": 100},
+    )
+    assert m.writes == {}  # industry is the CRM's own; the e-mail is newer here
+    shared = {**OWNERS, "industry": Owner.SHARED}
+    filled = merge(
         "customer",
-        "crm:1",
-        rec(2, ts=100, source="crm", email="remote"),
-        target="erp",
-        ownership=OWNERS,
-        fields=("email",),
-        current=current,
-        stored=None,
+        "erp:1",
+        rec(2, ts=100, industry="Retail"),
+        target="crm",
+        ownership=shared,
+        fields=FIELDS,
+        changed={"industry": 100},
+        current=values,
+        clock=ready,
     )
-    assert tie.writes == {}
-    assert tie.conflicts[0].reason == "tie"
-    assert tie.conflicts[0].winner == "erp"
+    assert filled.writes == {"industry": "Retail"}
+
+
+def test_a_recent_local_change_waits_for_its_own_event() -> None:
+    stored = clock(written={"email": 100}, horizon_ms=90, sink_xid=5, local_at_write_ms=90)
+    values = {"email": "x"}
+    # xmin is the sink's own write: the last local change is the one seen then.
+    ready, local_ms, changed = ready_clock(
+        stored, xmin=5, commit_ms=110, now_ms=200, values=values, wait_ms=1000
+    )
+    assert (ready, local_ms, changed) == (stored, 90, False)
+    # A local write since (xmin 6, committed at 150) the clock has not seen: wait ...
+    waiting = ready_clock(stored, xmin=6, commit_ms=150, now_ms=200, values=values, wait_ms=1000)
+    assert waiting == (None, 150, False)
+    # ... until its own event arrives,
+    seen = stored.seen_locally(["email"], 150)
+    assert ready_clock(seen, xmin=6, commit_ms=150, now_ms=200, values=values, wait_ms=1000)[0]
+    # ... or the wait is over: then the change counts for every field with a value.
+    late, _, changed = ready_clock(
+        stored, xmin=6, commit_ms=150, now_ms=1150, values=values, wait_ms=1000
+    )
+    assert late is not None
+    assert changed
+    assert late.local == {"email": 150}
+
+
+def test_changed_times_keep_each_fields_own_commit_time() -> None:
+    history = [
+        rec(1, ts=100, changed_fields=["email"]),
+        rec(2, ts=200, changed_fields=["vat"]),
+        rec(3, ts=300, changed_fields=None),
+    ]
+    assert changed_times(history[:2], FIELDS) == {"email": 100, "vat": 200}
+    assert changed_times(history, FIELDS) == {"email": 300, "vat": 300, "industry": 300}
+
+
+def test_after_write_moves_the_sink_xid_only_when_the_row_changed() -> None:
+    row = clock(sink_xid=5, local_at_write_ms=40)
+    assert row.after_write({"email": 100}, xid=None, last_local_ms=60).sink_xid == 5
+    moved = row.after_write({"email": 100}, xid=9, last_local_ms=60)
+    assert (moved.sink_xid, moved.local_at_write_ms, moved.written) == (9, 60, {"email": 100})
 
 
 # --------------------------------------------------------------- idempotency property
@@ -145,9 +214,8 @@ def apply_batch(events: list[SinkEvent], table: dict[str, Any], state: dict[str,
                 table.pop(event.key, None)
             else:
                 table[event.key] = event.record["value"]
-        new = next_state(stored, decision, event.version, digest, 0)
-        if new is not None:
-            state[event.key] = new
+        if decision is not Decision.SKIP_STALE:
+            state[event.key] = Applied(event.version, digest)
 
 
 histories = st.dictionaries(

@@ -1,0 +1,232 @@
+"""Duplicates typed into either system are held, never created twice (DESIGN.md §5.5).
+
+On the real stack with both captures, the streams worker and both sinks running: a new
+record that matches a customer already linked to another record (by VAT in other
+spacing and case, by e-mail in other case, by name in other case with the same
+country) is not created in the other system; the target's sink holds it in
+``erpcrm_sync.suspects`` with both ids and the evidence, and ``erpcrm suspects``
+lists it. An operator's ``release`` creates it after all, ``link`` writes it into the
+record it duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg import sql
+
+from cdc.settings import DEFAULT_TABLES
+from tests.integration.cdc_fixtures import REPO, execute, wait_for
+from tests.integration.sink_fixtures import Pipeline, SinkProcess
+
+pytestmark = pytest.mark.integration
+
+WAIT = 60.0
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    log_dir: Path = tmp_path_factory.mktemp("duplicates")
+    running = Pipeline(stack_env, log_dir)
+    running.erp.tables = DEFAULT_TABLES["erp"]
+    running.crm.tables = DEFAULT_TABLES["crm"]
+    try:
+        running.start()
+        running.settled(timeout=180)
+        yield running
+    finally:
+        running.cleanup()
+
+
+def _seed_pair(env: dict[str, str], offset: int) -> dict[str, Any]:
+    """A linked seed customer: ERP id, CRM id, VAT, e-mail, name, country."""
+    rows = execute(
+        env["ERP_ADMIN_DSN"],
+        "SELECT id, crm_account_id::text, vat, email, name, country_code "
+        "FROM public.res_partner WHERE crm_account_id IS NOT NULL AND parent_id IS NULL "
+        "AND active AND vat IS NOT NULL AND email IS NOT NULL ORDER BY id OFFSET %s LIMIT 1",
+        (offset,),
+    )
+    assert rows, "no linked seed customer"
+    erp_id, crm_id, vat, email, name, country = rows[0]
+    return {
+        "erp_id": int(erp_id),
+        "crm_id": crm_id,
+        "vat": vat,
+        "email": email,
+        "name": name,
+        "country": country,
+    }
+
+
+def _suspect(sink: SinkProcess, key: str) -> tuple[str, str, str] | None:
+    rows = sink.query(
+        "SELECT candidate, coalesce(evidence, ''), status FROM {schema}.suspects "
+        "WHERE entity = 'customer' AND entity_key = %s",
+        (key,),
+    )
+    return (str(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
+
+
+def _held(sink: SinkProcess, key: str) -> tuple[str, str, str]:
+    found: tuple[str, str, str] | None = wait_for(
+        lambda: _suspect(sink, key), WAIT, f"{key} held by the {sink.target} sink"
+    )
+    assert found is not None
+    return found
+
+
+def _new_account(env: dict[str, str], **columns: Any) -> str:
+    account = str(uuid.uuid4())
+    names = ["id", *columns]
+    query = sql.SQL("INSERT INTO public.accounts ({}) VALUES ({})").format(
+        sql.SQL(", ").join(map(sql.Identifier, names)),
+        sql.SQL(", ").join(sql.Placeholder() * len(names)),
+    )
+    execute(env["CRM_DSN"], query, (account, *columns.values()))
+    return account
+
+
+def _partners_of(env: dict[str, str], account: str) -> int:
+    rows = execute(
+        env["ERP_ADMIN_DSN"],
+        "SELECT count(*) FROM public.res_partner WHERE crm_account_id = %s::uuid",
+        (account,),
+    )
+    return int(rows[0][0])
+
+
+def _suspects_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``erpcrm suspects …`` against one pipeline sink (its DSN and sync schema)."""
+    return subprocess.run(
+        [sys.executable, "-m", "erpcrm.cli", "suspects", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _sink_env(sink: SinkProcess, stack_env: dict[str, str]) -> dict[str, str]:
+    return {
+        "ERPCRM_SINK_DSN": stack_env[f"{sink.target.upper()}_SINK_DSN"],
+        "ERPCRM_SINK_SYNC_SCHEMA": sink.schema,
+        "KAFKA_BOOTSTRAP": stack_env["KAFKA_BOOTSTRAP"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("rule", "offset"),
+    [("vat", 0), ("email", 1), ("name_country", 2)],
+)
+def test_a_crm_duplicate_of_a_linked_customer_is_held_not_created(
+    pipeline: Pipeline, stack_env: dict[str, str], rule: str, offset: int
+) -> None:
+    pair = _seed_pair(stack_env, offset)
+    tag = uuid.uuid4().hex[:8]
+    columns: dict[str, Any] = {
+        "name": f"Other name {tag}",
+        "email": f"other-{tag}@example.com",
+        "billing_address_country": pair["country"],
+    }
+    if rule == "vat":  # the same VAT id, spaced and in lower case
+        vat = str(pair["vat"]).lower()
+        columns["vat"] = " ".join([vat[:4], vat[4:8], vat[8:]])
+    elif rule == "email":
+        columns["email"] = str(pair["email"]).upper()
+    else:  # the same company name in other case, same country
+        columns["name"] = f"  {str(pair['name']).upper()} "
+    account = _new_account(stack_env, **columns)
+    candidate, evidence, status = _held(pipeline.erp_sink, f"crm:{account}")
+    assert (candidate, status) == (str(pair["erp_id"]), "held")
+    assert evidence.startswith(f"{rule}="), evidence
+    pipeline.settled()
+    assert _partners_of(stack_env, account) == 0, "the duplicate was created in the ERP"
+
+
+def test_an_erp_duplicate_of_a_linked_account_is_held_not_created(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    pair = _seed_pair(stack_env, 3)
+    tag = uuid.uuid4().hex[:8]
+    rows = execute(
+        stack_env["ERP_DSN"],
+        "INSERT INTO public.res_partner (name, email, country_code, is_company) "
+        "VALUES (%s, %s, %s, true) RETURNING id",
+        (f"Typed again {tag}", str(pair["email"]).upper(), pair["country"]),
+    )
+    partner = int(rows[0][0])
+    candidate, evidence, _ = _held(pipeline.crm_sink, f"erp:{partner}")
+    assert candidate == pair["crm_id"]
+    assert evidence.startswith("email="), evidence
+    pipeline.settled()
+    created = execute(
+        stack_env["CRM_ADMIN_DSN"],
+        "SELECT count(*) FROM public.accounts WHERE name = %s",
+        (f"Typed again {tag}",),
+    )
+    assert created[0][0] == 0, "the duplicate was created in the CRM"
+
+
+def test_an_operator_releases_one_suspect_and_links_another(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    sink = pipeline.erp_sink
+    env = _sink_env(sink, stack_env)
+    first, second = _seed_pair(stack_env, 4), _seed_pair(stack_env, 5)
+    tag = uuid.uuid4().hex[:8]
+    released = _new_account(
+        stack_env, name=f"Released {tag}", vat=first["vat"], email=f"r-{tag}@example.com"
+    )
+    linked = _new_account(
+        stack_env,
+        name=f"Linked {tag}",
+        vat=second["vat"],
+        email=f"l-{tag}@example.com",
+        phone_office="+442079460123",
+    )
+    _held(sink, f"crm:{released}")
+    _held(sink, f"crm:{linked}")
+
+    listing = _suspects_cli(env, "list", "--target", "erp", "--json")
+    assert listing.returncode == 0, listing.stderr
+    by_key = {s["entity_key"]: s for s in json.loads(listing.stdout)}
+    assert by_key[f"crm:{released}"]["candidate"] == str(first["erp_id"])
+    assert by_key[f"crm:{linked}"]["candidate"] == str(second["erp_id"])
+
+    for action, key in (("release", released), ("link", linked)):
+        result = _suspects_cli(env, action, str(by_key[f"crm:{key}"]["id"]), "--target", "erp")
+        assert result.returncode == 0, result.stderr
+    again = _suspects_cli(env, "release", str(by_key[f"crm:{released}"]["id"]), "--target", "erp")
+    assert again.returncode == 1, "a decided suspect cannot be decided twice"
+
+    wait_for(lambda: _partners_of(stack_env, released) == 1, WAIT, "the released account created")
+    wait_for(
+        lambda: (
+            execute(
+                stack_env["ERP_ADMIN_DSN"],
+                "SELECT phone FROM public.res_partner WHERE id = %s",
+                (second["erp_id"],),
+            )[0][0]
+            == "+442079460123"
+        ),
+        WAIT,
+        "the linked account written into its candidate",
+    )
+    assert _partners_of(stack_env, linked) == 0
+    for key, status in ((released, "released"), (linked, "linked")):
+        found = _suspect(sink, f"crm:{key}")
+        assert found is not None
+        assert found[2] == status
