@@ -55,6 +55,6 @@ stack-down:
 stack-status:
 	$(BIN)/erpcrm stack status
 
-clean: ## Stop the stack and remove its state (keeps the jar cache)
+clean: ## Stop the stack and remove all local state: stack data, secrets, logs, worker tables (keeps the jar cache and set-up stamps)
 	-$(BIN)/erpcrm stack down
-	rm -rf $(STATE)/pg-erp $(STATE)/pg-crm $(STATE)/kafka $(STATE)/registry $(STATE)/prometheus $(STATE)/secrets
+	bash deploy/clean-state.sh $(STATE) cache stamps
