@@ -502,6 +502,83 @@ def test_a_crm_account_with_an_erp_customers_vat_is_linked(pipeline: Pipeline) -
     assert (later["erp_id"], later["crm_id"]) == (str(partner), account)
 
 
+def _new_account(p: Pipeline, **columns: Any) -> str:
+    names = list(columns)
+    query = (
+        f"insert into accounts ({', '.join(names)}) "
+        f"values ({', '.join(['%s'] * len(names))}) returning id::text"
+    )
+    return str(p.crm_rows(query, [columns[n] for n in names])[0][0])
+
+
+def test_a_customer_typed_in_again_is_flagged_as_a_duplicate_both_ways(
+    pipeline: Pipeline,
+) -> None:
+    digits = f"{random.randrange(10**8, 10**9)}"
+    tag = _tag()
+    partner = new_customer(
+        pipeline,
+        name=f"Müller & Söhne {tag} GmbH",
+        vat=f"DE{digits}",
+        email=f"erp-{digits}@example.com",
+        country_code="DE",
+    )
+    pipeline.reader.event("customer", f"erp:{partner}")
+    account = _new_account(
+        pipeline,
+        name=f"Linked Account {tag}",
+        vat=f"de {digits}",
+        email=f"crm-{digits}@example.com",
+        billing_address_country="Germany",
+    )
+    linked = pipeline.reader.event("customer", f"crm:{account}")
+    assert (linked["erp_id"], linked["duplicate_of"]) == (str(partner), None)
+
+    # Typed into the CRM again: by VAT id in other spacing, e-mail in other case, name in
+    # other case without accents and legal form; each is held, not linked.
+    again = {
+        f"vat=DE{digits}": {"name": f"Again A {tag}", "vat": f"DE-{digits[:3]} {digits[3:]}"},
+        f"email=erp-{digits}@example.com": {
+            "name": f"Again B {tag}",
+            "email": f"ERP-{digits}@Example.COM",
+        },
+        f"name_country=MULLER SOHNE {tag}|DE": {"name": f"MULLER & SOHNE {tag}"},
+    }
+    for evidence, columns in again.items():
+        copy = _new_account(pipeline, billing_address_country="Germany", **columns)
+        record = pipeline.reader.event("customer", f"crm:{copy}")
+        assert (record["erp_id"], record["duplicate_of"], record["duplicate_rule"]) == (
+            None,
+            str(partner),
+            evidence,
+        )
+    # Typed into the ERP again: by the account's e-mail.
+    copy_id = new_customer(
+        pipeline, name=f"Again C {tag}", email=f"CRM-{digits}@example.com", country_code="DE"
+    )
+    record = pipeline.reader.event("customer", f"erp:{copy_id}")
+    assert (record["crm_id"], record["duplicate_of"], record["duplicate_rule"]) == (
+        None,
+        account,
+        f"email=crm-{digits}@example.com",
+    )
+    # The pair stays linked, and the duplicates are counted.
+    execute(
+        pipeline.env["ERP_DSN"], "update res_partner set city = 'Potsdam' where id = %s", (partner,)
+    )
+    later = pipeline.reader.event("customer", f"erp:{partner}", lambda r: r["city"] == "Potsdam")
+    assert (later["crm_id"], later["duplicate_of"]) == (account, None)
+    streams = pipeline.streams
+    for system, rule in (
+        ("crm", "vat"),
+        ("crm", "email"),
+        ("crm", "name_country"),
+        ("erp", "email"),
+    ):
+        labels = {"entity": "customer", "system": system, "rule": rule}
+        assert streams.metric("erpcrm_streams_duplicates_total", **labels) >= 1, labels
+
+
 def test_stock_quants_produce_inventory_totals(pipeline: Pipeline) -> None:
     sku = f"T-{_tag()}"
     locations = [
