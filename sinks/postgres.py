@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -279,6 +279,9 @@ class PostgresUpsertSink(Sink):
         clock_wait_ms: how long an event waits for the target's own events to tell the
             fields of a recent local change of its row; after that, the change counts
             for every field (:mod:`sinks.state`).
+        local_events: the entities the target system itself publishes (its own flows);
+            for the others no own event will come, so a local change counts at once.
+            None: every entity.
         connect: ``psycopg.connect`` (injectable for tests of connection loss).
     """
 
@@ -296,6 +299,7 @@ class PostgresUpsertSink(Sink):
         announce: bool = True,
         duplicates: Literal["hold", "link", "create"] = "hold",
         clock_wait_ms: int = 20_000,
+        local_events: Collection[str] | None = None,
         connect: Connect = psycopg.connect,
     ) -> None:
         self.target = target
@@ -308,6 +312,7 @@ class PostgresUpsertSink(Sink):
         self._schema = schema
         self._announce = announce
         self._clock_wait_ms = clock_wait_ms
+        self._local_events = None if local_events is None else frozenset(local_events)
         self._duplicates = duplicates
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
@@ -880,16 +885,17 @@ class PostgresUpsertSink(Sink):
         facts = item.current
         current = from_row(table, facts)
         stored = clocks.get(table.entity, row_id)
+        published = self._local_events is None or table.entity in self._local_events
         clock, local_ms, assumed = ready_clock(
             stored,
             xmin=facts[sql.ROW_XMIN],
             commit_ms=facts[sql.ROW_COMMIT_MS],
             now_ms=facts[sql.ROW_NOW_MS],
             values={f: current.get(f) for f in fields},
-            wait_ms=self._clock_wait_ms,
+            wait_ms=self._clock_wait_ms if published else 0,
         )
         if clock is not None and assumed:
-            if stored is not None:
+            if stored is not None and published:
                 log.warning(
                     "sink %s: %s row %s changed locally at %d ms and no own event of it "
                     "arrived in %d ms; counting the change for every field",

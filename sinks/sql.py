@@ -73,7 +73,7 @@ __all__ = [
 SYNC_SCHEMA: Final = "erpcrm_sync"
 
 PG_TYPES: Final = frozenset(
-    {"text", "uuid", "bigint", "integer", "numeric", "boolean", "date", "timestamptz"}
+    {"text", "uuid", "bigint", "integer", "numeric", "boolean", "date", "timestamptz", "bytea"}
 )
 """The column types the builders cast parameter arrays to."""
 

@@ -104,3 +104,19 @@ def test_no_values_interpolated() -> None:
     ]
     for q in queries:
         assert "'" not in text(q)
+
+
+def test_suspect_and_row_clock_statements_build_and_interpolate_nothing() -> None:
+    for q in (
+        sql.suspects_hold(),
+        sql.suspects_decided(),
+        sql.suspects_pending(),
+        sql.suspects_carried_out(),
+        sql.suspects_list(),
+        sql.suspects_decide(),
+        sql.row_clock_select(),
+        sql.row_clock_upsert(),
+        sql.announce_done(),
+    ):
+        assert "%s" in text(q)
+    assert "%s::bytea[]" in text(sql.suspects_hold())
