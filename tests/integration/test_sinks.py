@@ -182,6 +182,50 @@ def test_erp_customer_change_reaches_the_crm_and_a_crm_only_field_stays(
     )
 
 
+def test_archiving_goes_both_ways(pipeline: Pipeline, stack_env: dict[str, str]) -> None:
+    """An archived ERP customer deletes its account; a deleted account archives its customer."""
+    partner, account = _linked_customer(stack_env)
+    execute(
+        stack_env["ERP_DSN"],
+        "UPDATE public.res_partner SET active = false WHERE id = %s",
+        (partner,),
+    )
+    _eventually(
+        stack_env["CRM_ADMIN_DSN"],
+        "SELECT deleted FROM public.accounts WHERE id = %s",
+        (account,),
+        True,
+        "the archived customer's account deleted in the CRM",
+    )
+    execute(
+        stack_env["ERP_DSN"],
+        "UPDATE public.res_partner SET active = true WHERE id = %s",
+        (partner,),
+    )
+    _eventually(
+        stack_env["CRM_ADMIN_DSN"],
+        "SELECT deleted FROM public.accounts WHERE id = %s",
+        (account,),
+        False,
+        "the reactivated customer's account live again",
+    )
+    other_partner, other_account = _linked_customer(stack_env)
+    while other_partner == partner:
+        other_partner, other_account = _linked_customer(stack_env)
+    execute(
+        stack_env["CRM_DSN"],
+        "UPDATE public.accounts SET deleted = true WHERE id = %s",
+        (other_account,),
+    )
+    _eventually(
+        stack_env["ERP_ADMIN_DSN"],
+        "SELECT active FROM public.res_partner WHERE id = %s",
+        (other_partner,),
+        False,
+        "the deleted account's customer archived in the ERP",
+    )
+
+
 def test_won_quote_becomes_an_erp_order_whose_name_flows_back(
     pipeline: Pipeline, stack_env: dict[str, str]
 ) -> None:
