@@ -313,6 +313,8 @@ class PostgresUpsertSink(Sink):
         self._announce = announce
         self._clock_wait_ms = clock_wait_ms
         self._local_events = None if local_events is None else frozenset(local_events)
+        self._waiting: dict[tuple[str, str], int] = {}
+        """Rows an event waits for the clock of: since when (target clock, ms)."""
         self._duplicates = duplicates
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
@@ -875,10 +877,9 @@ class PostgresUpsertSink(Sink):
     ) -> tuple[RowClock | None, int]:
         """The row's clock, complete, and its last local change; None: wait for it.
 
-        A row the sink never saw starts with every field that has a value changed at its
-        last commit; a clock that misses a recent local change waits for the target's
-        own event of it, for ``clock_wait_ms`` after that change committed, then counts
-        the change for every field that has a value.
+        See :func:`sinks.state.ready_clock`; the wait counts from the first time an event
+        for the row waited in this process (a restarted sink waits afresh: its own
+        events are in the backlog it is catching up on).
         """
         assert item.current is not None
         row_id = str(item.pk)
@@ -886,15 +887,22 @@ class PostgresUpsertSink(Sink):
         current = from_row(table, facts)
         stored = clocks.get(table.entity, row_id)
         published = self._local_events is None or table.entity in self._local_events
+        now_ms = facts[sql.ROW_NOW_MS]
+        since = self._waiting.get((table.entity, row_id), now_ms)
         clock, local_ms, assumed = ready_clock(
             stored,
             xmin=facts[sql.ROW_XMIN],
             commit_ms=facts[sql.ROW_COMMIT_MS],
-            now_ms=facts[sql.ROW_NOW_MS],
+            now_ms=now_ms,
             values={f: current.get(f) for f in fields},
+            waited_ms=now_ms - since,
             wait_ms=self._clock_wait_ms if published else 0,
         )
-        if clock is not None and assumed:
+        if clock is None:
+            self._waiting[(table.entity, row_id)] = since
+            return None, local_ms
+        self._waiting.pop((table.entity, row_id), None)
+        if assumed:
             if stored is not None and published:
                 log.warning(
                     "sink %s: %s row %s changed locally at %d ms and no own event of it "

@@ -154,6 +154,10 @@ class SinkRunner:
                     "isolation.level": "read_committed",
                     "topic.metadata.refresh.interval.ms": 2000,
                     "fetch.wait.max.ms": 50,
+                    # A killed sink's partitions go to its restarted self (or another
+                    # process) after 10 s, not Kafka's default 45 s.
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 2_000,
                 }
             )
         )

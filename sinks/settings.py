@@ -37,10 +37,10 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         reference_wait_seconds: an event referring to a row the target does not have
             yet (an order whose customer is still on its way) is retried this long,
             then dead-lettered.
-        clock_wait_seconds: an event for a row changed locally a moment ago waits this
-            long (after that change's commit) for the target's own event naming the
-            fields it changed; then the change counts for every field. Kept below
-            ``reference_wait_seconds``, so such an event is never dead-lettered.
+        clock_wait_seconds: an event for a row with a local change the sink has not
+            seen yet waits at most this long for the target's own event naming the
+            fields that change changed; then the change counts for every field. Kept
+            below ``reference_wait_seconds``, so such an event is never dead-lettered.
         duplicates: a new record the streams flag as a suspected duplicate of a linked
             one: ``hold`` it for an operator (``erpcrm suspects``), ``link`` it to that
             record, or ``create`` it anyway.

@@ -189,13 +189,18 @@ class RowClock:
         horizon = ts_ms if self.horizon_ms is None else max(self.horizon_ms, ts_ms)
         return replace(self, local=local, horizon_ms=horizon)
 
-    def assume_local(self, values: Mapping[str, Any], ts_ms: int) -> RowClock:
-        """Each field with a value last changed locally at ``ts_ms`` (a row first seen).
+    def assume_local(
+        self, values: Mapping[str, Any], ts_ms: int, *, empty_too: bool = False
+    ) -> RowClock:
+        """Each field last changed locally at ``ts_ms`` at the latest.
 
-        An empty field was written by nobody: any value beats it, as the streams stage
-        does not count the empty fields of a new row as changed either.
+        For a row first seen, an empty field was written by nobody: any value beats it,
+        as the streams stage does not count the empty fields of a new row as changed
+        either. ``empty_too``: an empty field counts as well (a local change whose own
+        event never came may have emptied it).
         """
-        return self.seen_locally([f for f, v in values.items() if v is not None], ts_ms)
+        changed = [f for f, v in values.items() if empty_too or v is not None]
+        return self.seen_locally(changed, ts_ms)
 
     def after_write(
         self, times: Mapping[str, int], *, xid: int | None, last_local_ms: int
@@ -231,6 +236,7 @@ def ready_clock(
     commit_ms: int | None,
     now_ms: int,
     values: Mapping[str, Any],
+    waited_ms: int,
     wait_ms: int,
 ) -> tuple[RowClock | None, int, bool]:
     """A row's clock, complete, before :func:`merge` decides on it.
@@ -240,23 +246,29 @@ def ready_clock(
         xmin, commit_ms: the transaction that last wrote the row and its commit time.
         now_ms: the target database's clock now.
         values: the row's current values of the merged fields.
-        wait_ms: how long after a local change its own event is waited for.
+        waited_ms: how long an event for this row has been waiting for the clock so
+            far (0 the first time).
+        wait_ms: how long to wait for the target's own event of a local change.
 
     Returns:
         ``(clock, last local change, assumed)``: the clock is None while the event must
-        wait for the target's own event of a recent local change (for a row the sink
-        never saw as well: its own events may be on their way). Once ``wait_ms`` have
-        passed since that change, the change counts for every field that has a value
-        (``assumed``; the returned clock must then be stored): how a row changed long
-        before the sink first saw it starts, like a snapshot read.
+        wait for the target's own event of a local change the clock has not seen (own
+        events travel the same pipeline, so a sink that restarts or catches up finds
+        them a moment later). A row first seen whose last change is older than
+        ``wait_ms`` starts at once with every field that has a value changed at that
+        commit, like a snapshot read. After ``wait_ms`` of waiting a missing own event
+        is taken to have changed every field, empty ones included (``assumed``: the
+        returned clock must then be stored).
     """
     local_ms = last_local_change(stored, xmin, commit_ms)
     clock = stored if stored is not None else RowClock()
     if clock.knows(local_ms):
         return clock, local_ms, False
-    if now_ms - local_ms < wait_ms:
+    if stored is None and now_ms - local_ms >= wait_ms:
+        return clock.assume_local(values, local_ms), local_ms, True
+    if waited_ms < wait_ms:
         return None, local_ms, False
-    return clock.assume_local(values, local_ms), local_ms, True
+    return clock.assume_local(values, local_ms, empty_too=stored is not None), local_ms, True
 
 
 def changed_times(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> dict[str, int]:

@@ -58,6 +58,7 @@ from typing import Any, Final
 
 from schemas.canonical import ID_FIELDS, FieldType, canonical_schema, field_types
 from schemas.mapping import Cast, FieldMap, Flow, Grain, convert, map_key
+from schemas.payload import plain
 from schemas.serde import ParsedSchema, parse_schema
 from schemas.topics import canonical_topic
 from streams.cleansing import CLEANERS, apply_default, clean_phone, infer_country
@@ -346,8 +347,20 @@ def _inputs(flow: Flow) -> dict[str, frozenset[str]]:
     return {fm.target: frozenset(columns(fm)) for fm in flow.fields if fm.target not in ID_FIELDS}
 
 
-def changed_fields(flow: Flow, raw_event: Mapping[str, Any]) -> list[str] | None:
-    """The business fields a change changed (module doc), in mapping order; None: unknown."""
+def changed_fields(
+    flow: Flow,
+    raw_event: Mapping[str, Any],
+    after: Mapping[str, Any] | None = None,
+    refs: _Refs | None = None,
+) -> list[str] | None:
+    """The business fields a change changed (module doc), in mapping order; None: unknown.
+
+    ``after``: the canonical values of the new row; with it, a field whose input columns
+    changed counts only if its canonical value changed too (a phone typed in another
+    format, or one whose country changed while it carries its own country code, did
+    not change). The old row is mapped the same way; if that fails, the input columns
+    decide.
+    """
     inputs = _inputs(flow)
     op = raw_event.get("op")
     if op in ("c", "r"):
@@ -364,11 +377,15 @@ def changed_fields(flow: Flow, raw_event: Mapping[str, Any]) -> list[str] | None
         ]
     if op != "u":
         return list(inputs)
-    before, after = raw_event.get("before"), raw_event.get("after")
-    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+    old_row, new_row = raw_event.get("before"), raw_event.get("after")
+    if not isinstance(old_row, Mapping) or not isinstance(new_row, Mapping):
         return None
-    moved = {c for c in after if c in before and before[c] != after[c]}
+    moved = {c for c in new_row if c in old_row and old_row[c] != new_row[c]}
     changed = [name for name, columns in inputs.items() if columns & moved]
+    if changed and after is not None:
+        old = _map_row(flow.fields, old_row, refs or _Refs(None, None, {}))
+        if isinstance(old, Ok):
+            changed = [n for n in changed if plain(old.value.get(n)) != plain(after.get(n))]
     if changed:
         return changed
     return [
@@ -443,7 +460,7 @@ def _record(
     )
     record[flow.id_field] = entity_id
     if CHANGED_FIELDS in record:
-        record[CHANGED_FIELDS] = changed_fields(flow, change.raw)
+        record[CHANGED_FIELDS] = changed_fields(flow, change.raw)  # refined once mapped
     if refs.crosswalk is not None:
         record[flow.other_id_field] = counterpart_id(
             refs.crosswalk, flow.crosswalk, flow.system, entity_id
@@ -540,6 +557,8 @@ def to_canonical(
     if isinstance(mapped, Failed):
         return mapped
     values = mapped.value
+    if CHANGED_FIELDS in record and change.op == "u" and change is position:
+        record[CHANGED_FIELDS] = changed_fields(flow, change.raw, values, refs)
     if flow.other_id_field in values and values[flow.other_id_field] is None:
         values.pop(flow.other_id_field)  # keep what the crosswalk knows
     record.update(values)

@@ -132,6 +132,7 @@ class Model:
             commit_ms=self.commits.get(side.xmin),
             now_ms=self.now,
             values={f: side.values[f] for f in FIELDS},
+            waited_ms=0,
             wait_ms=NEVER,
         )
         if clock is None:

@@ -963,6 +963,16 @@ def test_a_country_change_also_changes_the_phone_that_is_read_with_it() -> None:
     assert _changed(event) == ["phone", "country_code"]
 
 
+def test_a_field_whose_canonical_value_did_not_change_did_not_change() -> None:
+    # An E.164 phone does not depend on the country; the same phone in another format
+    # is the same phone.
+    e164 = PARTNER | {"phone": "+49 30 6610918"}
+    moved = decoded(RES_PARTNER, "u", before=e164, after=e164 | {"country_code": "AT"})
+    assert _changed(moved) == ["country_code"]
+    reformatted = decoded(RES_PARTNER, "u", before=e164, after=e164 | {"phone": "+49306610918"})
+    assert _changed(reformatted) == ["customer_number", "is_company", "vat", "active"]
+
+
 def test_a_touch_re_asserts_the_fields_the_source_system_owns() -> None:
     touched = PARTNER | {"write_date": datetime(2024, 6, 2, 10, tzinfo=UTC)}
     event = decoded(RES_PARTNER, "u", before=PARTNER, after=touched)
