@@ -1,0 +1,790 @@
+"""ERP and CRM converge under randomized concurrent edits from both sides while workers die.
+
+What this proves (DESIGN.md §5.4, with §5.1-5.2 underneath it): after any set of
+concurrent edits of the shared customer fields in both systems, and SIGKILLs of every
+kind of worker in between (each sink, the streams worker, both captures), both systems
+hold the same value for every field, and that value is the one of the last write to
+the field on either side: the write with the latest *real* source commit time, read
+back with ``pg_xact_commit_timestamp`` of the writing transaction and compared in whole
+milliseconds, truncated (the precision of the events' ``source.ts_ms``), an exact tie
+(same millisecond) going to the ERP.
+
+How:
+
+1. One pipeline (both captures, streams, both sinks) as in ``test_sinks``; ``P`` new
+   CRM accounts become linked ERP customers (``crm_account_id``, ``account_number``).
+2. Writer threads on both systems at once (one connection each) update random pairs
+   and fields (one to three per statement) with values that are already canonical,
+   so a raw value is exactly what the other side stores. Every committed write is
+   recorded with its transaction's commit time; the accounts' inserts count as the
+   first writes.
+3. Meanwhile chaos threads SIGKILL and restart the workers, spread over the run.
+4. After the writers stop and the pipeline is quiet, every (pair, field) is compared
+   with the recorded writes; a failure prints the seed and a table of what differs,
+   and every write and the final rows are left in ``convergence-writes.jsonl`` in the
+   pipeline's log directory (its path is printed).
+
+Budgets: ``ERPCRM_SOAK_SECONDS=<n>`` runs ``n`` seconds of edits over 30 pairs; otherwise
+(``CI=true`` or a developer's run) about 35 seconds over 12 pairs.
+``ERPCRM_CONVERGENCE_SEED=<int>`` replays the writers' choices (not their timing).
+
+Values are canonical by construction (each one is checked against the cleansers): names
+NFC with single spaces, lower-case e-mails, valid E.164 phones (region-independent, so a
+country change cannot change them), ISO alpha-2 countries, upper-case zips. The country
+is never emptied: a missing country is inferred from the VAT id, so ``NULL`` is no
+canonical country of these customers. An update that would not change every column it
+sets (``IS DISTINCT FROM`` guard) is not made: a no-change write is no write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+import unicodedata
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import phonenumbers
+import psycopg
+import pytest
+from psycopg import sql
+
+from cdc.settings import DEFAULT_TABLES
+from streams.cleansing import clean_country, clean_email, clean_phone, clean_text, clean_upper
+from streams.validation import Failed, Ok
+from tests.integration.cdc_fixtures import execute, lsn_int, slot_row, wait_for
+from tests.integration.sink_fixtures import Pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long and how wide the run is; read once from the environment."""
+
+    edit_seconds: float
+    pairs: int
+    writers_per_system: int = 3
+    kill_cycles: int = 1
+    soak: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Budget:
+        soak = env.get("ERPCRM_SOAK_SECONDS", "").strip()
+        if soak:
+            seconds = float(soak)
+            return cls(seconds, pairs=30, kill_cycles=max(1, int(seconds // 60)), soak=True)
+        # CI and a developer's run share the bounded budget (the whole test < ~4 min).
+        return cls(35.0, pairs=12)
+
+    @property
+    def timeout_seconds(self) -> int:
+        """pytest-timeout for the test: the edits plus start, settle and restarts."""
+        return int(self.edit_seconds) + 900
+
+
+BUDGET: Final = Budget.from_env(os.environ)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUDGET.timeout_seconds)]
+
+SYSTEMS: Final = ("erp", "crm")
+TABLE: Final = {"erp": "res_partner", "crm": "accounts"}
+COUNTRIES: Final = ("DE", "FR", "GB", "AT", "NL", "IT", "ES")
+PHONE_PREFIXES: Final = ("+4420", "+331", "+4930")  # London, Paris, Berlin; 8 digits follow
+EMPTY_SHARE: Final = 0.1
+LONG_SHARE: Final = 0.15
+
+NAMES: Final = (
+    "Müller & Söhne ÅB 京都",
+    "Société Générale d'Équipement",
+    "Łódź Trading Sp. z o.o.",
+    "Ελληνικά Τρόφιμα",
+    "O'Brien & Ó Súilleabháin Ltd",
+    "Øresund Shipping ApS",
+    "株式会社 東京商事",
+    "Ærø Fisk & Skaldyr",
+)
+STREETS: Final = (
+    "Königstraße",
+    "Rue de l'Église",
+    "Calle de Alcalá",
+    "Via dei Fori Imperiali",
+    "Baker Street",
+    "Ulica Świętokrzyska",
+)
+CITIES: Final = ("Köln", "Zürich", "São Paulo", "Kraków", "京都市", "Saint-Étienne", "Málaga")
+EMAIL_LOCALS: Final = ("info", "sales", "o.brien", "anna-maria", "buyer_eu", "ap+invoices")
+EMAIL_DOMAINS: Final = ("example.com", "example.org", "example.net", "mail.example.com")
+ZIP_HEADS: Final = ("SW1A", "EC1V", "75008", "10115", "1010", "28013")
+
+SINK_OUTCOMES: Final = (
+    "applied",
+    "stale",
+    "noop",
+    "superseded",
+    "skipped",
+    "unknown",
+    "deferred",
+    "dead_lettered",
+)
+SETTLE_SECONDS: Final = 180.0
+QUIET_SECONDS: Final = 25.0  # longer than the sinks' reference and clock waits (20 s, 10 s)
+
+
+# ------------------------------------------------------------------ fields and values
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """A shared customer field: its canonical name and its column in each system."""
+
+    name: str
+    erp: str
+    crm: str
+    nullable: bool = True
+
+    def column(self, system: str) -> str:
+        return self.erp if system == "erp" else self.crm
+
+
+FIELDS: Final = (
+    Field("name", "name", "name", nullable=False),
+    Field("email", "email", "email"),
+    Field("phone", "phone", "phone_office"),
+    Field("street", "street", "billing_address_street"),
+    Field("city", "city", "billing_address_city"),
+    Field("zip", "zip", "billing_address_postalcode"),
+    Field("country", "country_code", "billing_address_country", nullable=False),
+)
+
+
+def _kept(result: Ok[str | None] | Failed, value: str) -> bool:
+    return isinstance(result, Ok) and result.value == value
+
+
+def _is_canonical(name: str, value: str | None) -> bool:
+    """Whether the streams stage would publish ``value`` unchanged for field ``name``."""
+    if value is None:
+        return True
+    if name in ("name", "street", "city"):
+        return _kept(clean_text(value), value) and unicodedata.is_normalized("NFC", value)
+    if name == "email":
+        return _kept(clean_email(value), value)
+    if name == "phone":
+        number = phonenumbers.parse(value, None)
+        return phonenumbers.is_valid_number(number) and all(
+            _kept(clean_phone(value, region), value) for region in (*COUNTRIES, None)
+        )
+    if name == "zip":
+        return _kept(clean_upper(value), value)
+    if name == "country":
+        return _kept(clean_country(value), value)
+    raise AssertionError(f"unknown field {name}")
+
+
+class ValueMaker:
+    """Canonical, (nearly always) unique values; the writer and sequence are in the text.
+
+    Unique values let a differing cell name the write it came from. Countries repeat
+    (there are few), phones are random digits.
+    """
+
+    def __init__(self, run_tag: str) -> None:
+        self.run_tag = run_tag
+
+    def make(
+        self, name: str, rng: random.Random, writer: str, seq: int, *, empty: bool = True
+    ) -> str | None:
+        fld = next(f for f in FIELDS if f.name == name)
+        if empty and fld.nullable and rng.random() < EMPTY_SHARE:
+            return None
+        value = self._make(name, rng, f"{self.run_tag}{writer}n{seq}")
+        assert _is_canonical(name, value), f"generated a non-canonical {name}: {value!r}"
+        return value
+
+    @staticmethod
+    def _make(name: str, rng: random.Random, mark: str) -> str:
+        long = rng.random() < LONG_SHARE
+        if name == "name":
+            filler = " Holding International" * 8 if long else ""
+            return f"{rng.choice(NAMES)}{filler} {mark}"
+        if name == "email":
+            local = f"{rng.choice(EMAIL_LOCALS)}.{mark}"
+            if long:
+                local = (local + "." + "x" * 64)[:64].rstrip(".")
+            return f"{local}@{rng.choice(EMAIL_DOMAINS)}"
+        if name == "phone":
+            while True:
+                number = rng.choice(PHONE_PREFIXES) + "".join(
+                    rng.choice("0123456789") for _ in range(8)
+                )
+                if phonenumbers.is_valid_number(phonenumbers.parse(number, None)):
+                    return number
+        if name == "street":
+            extra = ", Hinterhaus, 3. OG, Zimmer 12, c/o Buchhaltung" * 3 if long else ""
+            return f"{rng.choice(STREETS)} {rng.randint(1, 299)}{extra} {mark}"
+        if name == "city":
+            extra = " an der Großen Mühlenbrücke" * 4 if long else ""
+            return f"{rng.choice(CITIES)}{extra} {mark}"
+        if name == "zip":
+            return f"{rng.choice(ZIP_HEADS)} {mark.upper()}"
+        if name == "country":
+            return rng.choice(COUNTRIES)
+        raise AssertionError(f"unknown field {name}")
+
+
+# ------------------------------------------------------------------ the record of writes
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A CRM account and the ERP customer the sinks made and linked for it."""
+
+    index: int
+    account: str
+    partner: int
+    ref: str
+
+    def key(self, system: str) -> int | str:
+        return self.partner if system == "erp" else self.account
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One field of one committed user transaction, with its real commit time."""
+
+    system: str
+    pair: int
+    field: str
+    value: str | None
+    commit_us: int
+    writer: str
+    seq: int
+
+    @property
+    def commit_ms(self) -> int:
+        # Milliseconds, truncated: the precision of the events' ``source_ts_ms``.
+        return self.commit_us // 1000
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        """Later wins: the millisecond, then the ERP on a tie, then the exact time."""
+        return (self.commit_ms, 1 if self.system == "erp" else 0, self.commit_us)
+
+    def label(self, t0_us: int) -> str:
+        return f"{self.system}:{self.writer}#{self.seq} @{(self.commit_us - t0_us) / 1e6:+.3f}s"
+
+
+def _commit_us(conn: psycopg.Connection[tuple[Any, ...]], xid: str) -> int:
+    """The commit time of transaction ``xid`` in µs since the epoch."""
+    row = conn.execute(
+        "SELECT (extract(epoch FROM pg_xact_commit_timestamp(%s::text::xid)) * 1000000)::bigint",
+        (xid,),
+    ).fetchone()
+    assert row is not None
+    assert row[0] is not None, f"no commit timestamp for xid {xid}"
+    return int(row[0])
+
+
+def _update(system: str, fields: Sequence[Field]) -> sql.Composed:
+    """``UPDATE`` of ``fields`` that only happens when each of them changes."""
+    columns = [sql.Identifier(f.column(system)) for f in fields]
+    return sql.SQL("UPDATE {} SET {} WHERE id = %s AND {} RETURNING xmin::text").format(
+        sql.Identifier("public", TABLE[system]),
+        sql.SQL(", ").join(sql.SQL("{} = %s").format(c) for c in columns),
+        sql.SQL(" AND ").join(sql.SQL("{} IS DISTINCT FROM %s").format(c) for c in columns),
+    )
+
+
+@dataclass(slots=True)
+class Writer:
+    """One thread editing one system through its own connection until told to stop."""
+
+    system: str
+    number: int
+    dsn: str
+    pairs: Sequence[Pair]
+    values: ValueMaker
+    rng: random.Random
+    writes: list[Write] = field(default_factory=list)
+    unchanged: int = 0
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.system[0]}{self.number}"
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                seq = 0
+                while not stop.is_set():
+                    seq += 1
+                    self._one(conn, seq)
+                    stop.wait(self.rng.uniform(0.02, 0.25))
+        except Exception as exc:  # reported by the test, with the seed
+            self.error = f"{self.name}: {type(exc).__name__}: {exc}"
+
+    def _one(self, conn: psycopg.Connection[tuple[Any, ...]], seq: int) -> None:
+        pair = self.rng.choice(self.pairs)
+        width = self.rng.choices((1, 2, 3), weights=(70, 20, 10))[0]
+        fields = self.rng.sample(FIELDS, width)
+        values = [self.values.make(f.name, self.rng, self.name, seq) for f in fields]
+        params = [*values, pair.key(self.system), *values]
+        row = conn.execute(_update(self.system, fields), params).fetchone()
+        if row is None:  # some column already held its new value: no write
+            self.unchanged += 1
+            return
+        commit_us = _commit_us(conn, str(row[0]))
+        for fld, value in zip(fields, values, strict=True):
+            self.writes.append(
+                Write(self.system, pair.index, fld.name, value, commit_us, self.name, seq)
+            )
+
+
+# ------------------------------------------------------------------------ the chaos
+
+
+@dataclass(slots=True)
+class Victim:
+    """A worker that is SIGKILLed and restarted at the given offsets into the run."""
+
+    name: str
+    kill: Callable[[], None]
+    restart: Callable[[], object]
+    at: list[float] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def run(self, started: float, rng: random.Random) -> None:
+        try:
+            for offset in self.at:
+                delay = started + offset - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                killed = time.monotonic() - started
+                self.kill()
+                time.sleep(rng.uniform(0.2, 2.0))  # down for a moment, with work piling up
+                self.restart()
+                back = time.monotonic() - started
+                self.log.append(f"{self.name} killed at +{killed:.1f}s, back at +{back:.1f}s")
+        except Exception as exc:
+            self.error = f"{self.name}: {type(exc).__name__}: {exc}"
+
+
+def _victims(pipeline: Pipeline, budget: Budget, rng: random.Random) -> list[Victim]:
+    """Every worker kind, each killed ``kill_cycles`` times, spread over the edits."""
+    erp_sink, crm_sink, streams = pipeline.erp_sink, pipeline.crm_sink, pipeline.streams
+    victims = [
+        Victim("crm sink", crm_sink.kill, lambda: crm_sink.start().wait_assigned(timeout=150)),
+        Victim("erp sink", erp_sink.kill, lambda: erp_sink.start().wait_assigned(timeout=150)),
+        Victim("streams", streams.kill, lambda: streams.start().wait_ready(timeout=150)),
+        Victim("erp capture", pipeline.erp.kill, lambda: pipeline.erp.start().wait_streaming(150)),
+        Victim("crm capture", pipeline.crm.kill, lambda: pipeline.crm.start().wait_streaming(150)),
+    ]
+    cycle = budget.edit_seconds / budget.kill_cycles
+    for number in range(budget.kill_cycles):
+        order = rng.sample(victims, len(victims))
+        for slot, victim in enumerate(order):
+            # Within the first 80% of each cycle, so restarts meet the writers' load.
+            offset = (0.1 + 0.7 * (slot + rng.random()) / len(order)) * cycle
+            victim.at.append(number * cycle + offset)
+    return victims
+
+
+# ------------------------------------------------------------------ setting up the pairs
+
+
+def _dead_workers(pipeline: Pipeline) -> list[str]:
+    """Each worker that is not running, with the end of its log."""
+    logs: dict[str, tuple[bool, str]] = {
+        f"{s.target} sink": (s.running, s.tail()) for s in pipeline
+    }
+    logs["streams"] = (pipeline.streams.running, pipeline.streams.tail())
+    for capture in (pipeline.erp, pipeline.crm):
+        logs[f"{capture.system} capture"] = (capture.running, capture.log())
+    return [
+        f"{name} is not running; its log ends:\n" + "\n".join(text.splitlines()[-12:])
+        for name, (up, text) in logs.items()
+        if not up
+    ]
+
+
+def _create_pairs(
+    pipeline: Pipeline, env: dict[str, str], values: ValueMaker, rng: random.Random, count: int
+) -> tuple[list[Pair], list[Write]]:
+    """``count`` new CRM accounts, each linked to the ERP customer the sinks made for it."""
+    initial: list[Write] = []
+    accounts: list[str] = []
+    with psycopg.connect(env["CRM_DSN"], autocommit=True) as conn:
+        for index in range(count):
+            row_values = {f.name: values.make(f.name, rng, "i", index, empty=False) for f in FIELDS}
+            vat = f"{rng.choice(COUNTRIES)}{rng.randrange(10**9, 10**10)}"
+            columns = [sql.Identifier(f.crm) for f in FIELDS] + [sql.Identifier("vat")]
+            row = conn.execute(
+                sql.SQL(
+                    "INSERT INTO public.accounts ({}) VALUES ({}) RETURNING id::text, xmin::text"
+                ).format(
+                    sql.SQL(", ").join(columns),
+                    sql.SQL(", ").join([sql.Placeholder()] * len(columns)),
+                ),
+                [*row_values.values(), vat],
+            ).fetchone()
+            assert row is not None
+            accounts.append(str(row[0]))
+            commit_us = _commit_us(conn, str(row[1]))
+            initial += [
+                Write("crm", index, name, value, commit_us, "init", index)
+                for name, value in row_values.items()
+            ]
+
+    def linked() -> list[Pair] | None:
+        dead = _dead_workers(pipeline)
+        assert not dead, "\n".join(dead)
+        partners = {
+            str(account): (int(partner), str(ref))
+            for account, partner, ref in execute(
+                env["ERP_ADMIN_DSN"],
+                "SELECT crm_account_id::text, id, ref FROM public.res_partner "
+                "WHERE crm_account_id = ANY(%s::uuid[]) AND ref IS NOT NULL",
+                (accounts,),
+            )
+        }
+        numbers = dict(
+            execute(
+                env["CRM_ADMIN_DSN"],
+                "SELECT id::text, account_number FROM public.accounts WHERE id = ANY(%s::uuid[])",
+                (accounts,),
+            )
+        )
+        pairs = []
+        for index, account in enumerate(accounts):
+            if account not in partners or numbers.get(account) != partners[account][1]:
+                return None
+            pairs.append(Pair(index, account, *partners[account]))
+        return pairs
+
+    pairs: list[Pair] = wait_for(linked, 180, f"{count} linked customer pairs", interval=0.5)
+    return pairs, initial
+
+
+# ----------------------------------------------------------------------- the outcome
+
+
+def _read(env: dict[str, str], pairs: Sequence[Pair]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (system, pair index): the shared fields as the system holds them now."""
+    state: dict[tuple[str, int], dict[str, Any]] = {}
+    for system in SYSTEMS:
+        by_key = {str(p.key(system)): p.index for p in pairs}
+        query = sql.SQL("SELECT id::text, {} FROM {} WHERE id::text = ANY(%s)").format(
+            sql.SQL(", ").join(sql.Identifier(f.column(system)) for f in FIELDS),
+            sql.Identifier("public", TABLE[system]),
+        )
+        for key, *row in execute(env[f"{system.upper()}_ADMIN_DSN"], query, (list(by_key),)):
+            state[(system, by_key[key])] = {
+                f.name: value for f, value in zip(FIELDS, row, strict=True)
+            }
+    return state
+
+
+def _fingerprint(
+    pipeline: Pipeline, env: dict[str, str], pairs: Sequence[Pair]
+) -> tuple[object, ...]:
+    """What moves while the pipeline still works: worker counters and the pairs' rows."""
+    counters: list[object] = [sink.total(outcome) for sink in pipeline for outcome in SINK_OUTCOMES]
+    try:
+        streamed = sum(
+            value
+            for (name, _), value in pipeline.streams.metrics().items()
+            if name.startswith("erpcrm_streams_events_")
+        )
+    except httpx.HTTPError:
+        streamed = -1.0
+    state = _read(env, pairs)
+    return (*counters, streamed, sorted((k, sorted(v.items())) for k, v in state.items()))
+
+
+def _quiesce(
+    pipeline: Pipeline, env: dict[str, str], pairs: Sequence[Pair], notes: list[str]
+) -> bool:
+    """Wait until the pipeline has taken in every write and stopped moving."""
+    # 1. Both captures have confirmed the WAL up to where it was when the writers stopped.
+    for capture in (pipeline.erp, pipeline.crm):
+        end = lsn_int(str(execute(capture.admin_dsn, "SELECT pg_current_wal_lsn()::text")[0][0]))
+
+        def confirmed(capture: Any = capture, end: int = end) -> bool:
+            row = slot_row(capture.admin_dsn, capture.slot)
+            return row is not None and row[1] >= end
+
+        try:
+            wait_for(confirmed, 60, f"the {capture.system} capture", interval=0.5)
+        except AssertionError as exc:
+            notes.append(f"{exc} (slot {capture.slot} confirmed_flush behind the writers' end)")
+    # 2. The sinks applied nothing for a while ...
+    try:
+        pipeline.settled(timeout=SETTLE_SECONDS, quiet=8.0)
+    except AssertionError as exc:
+        notes.append(f"pipeline.settled: {exc} within {SETTLE_SECONDS:.0f}s")
+    # 3. ... and neither the workers' counters nor the rows move for QUIET_SECONDS.
+    deadline = time.monotonic() + SETTLE_SECONDS
+    last, since = _fingerprint(pipeline, env, pairs), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = _fingerprint(pipeline, env, pairs)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= QUIET_SECONDS:
+            return True
+    notes.append(f"the pipeline was still moving {SETTLE_SECONDS:.0f}s after the writers stopped")
+    return False
+
+
+def _short(value: Any, width: int = 30) -> str:
+    """``value`` in at most ``width`` characters; the end stays, it names the writer."""
+    text = "NULL" if value is None else repr(value)
+    if len(text) <= width:
+        return text
+    head = width // 3
+    return f"{text[:head]}…{text[len(text) - (width - head - 1) :]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """A (pair, field) whose systems disagree with each other or with the last write."""
+
+    pair: int
+    field: str
+    erp: Any
+    crm: Any
+    expected: Write
+    other: Write | None  # the last write of the other system, if any
+
+    @property
+    def kind(self) -> str:
+        if self.erp == self.crm:
+            return "agree, wrong value"
+        if self.erp == self.expected.value or self.crm == self.expected.value:
+            return "one side behind"
+        return "both wrong"
+
+
+def _diverged(
+    state: Mapping[tuple[str, int], Mapping[str, Any]],
+    pairs: Sequence[Pair],
+    writes: Sequence[Write],
+) -> list[Divergence]:
+    last: dict[tuple[int, str], Write] = {}
+    last_by_system: dict[tuple[int, str, str], Write] = {}
+    for write in writes:
+        cell = (write.pair, write.field)
+        if cell not in last or write.rank > last[cell].rank:
+            last[cell] = write
+        mine = (write.pair, write.field, write.system)
+        if mine not in last_by_system or write.rank > last_by_system[mine].rank:
+            last_by_system[mine] = write
+    found = []
+    for pair in pairs:
+        for fld in FIELDS:
+            expected = last[(pair.index, fld.name)]
+            erp = state.get(("erp", pair.index), {}).get(fld.name, "<missing row>")
+            crm = state.get(("crm", pair.index), {}).get(fld.name, "<missing row>")
+            if erp == crm == expected.value:
+                continue
+            other_system = "crm" if expected.system == "erp" else "erp"
+            other = last_by_system.get((pair.index, fld.name, other_system))
+            found.append(Divergence(pair.index, fld.name, erp, crm, expected, other))
+    return found
+
+
+def _report(
+    divergences: Sequence[Divergence],
+    writes: Sequence[Write],
+    t0_us: int,
+    header: Sequence[str],
+    limit: int = 60,
+) -> str:
+    """The seed and run summary, then one line per differing cell."""
+    origin: dict[tuple[int, str, str | None], list[Write]] = defaultdict(list)
+    for write in writes:
+        origin[(write.pair, write.field, write.value)].append(write)
+
+    def source(d: Divergence, value: Any) -> str:
+        made = origin.get((d.pair, d.field, value), [])
+        if len(made) != 1:
+            return "" if not made else f" ({len(made)} writes)"
+        return f" ({made[0].label(t0_us)})"
+
+    lines = list(header)
+    pairs = {d.pair for d in divergences}
+    lines.append(
+        f"{len(divergences)} of {len({(w.pair, w.field) for w in writes})} cells diverged, "
+        f"in {len(pairs)} pairs; by field: {dict(Counter(d.field for d in divergences))}; "
+        f"by kind: {dict(Counter(d.kind for d in divergences))}"
+    )
+    lines.append(
+        f"{'pair':>4} {'field':<8} {'erp value':<31} {'crm value':<31} {'expected':<31} "
+        "last write | other side's last"
+    )
+    for d in sorted(divergences, key=lambda d: (d.pair, d.field))[:limit]:
+        gap = "" if d.other is None else f" | {d.other.label(t0_us)}"
+        lines.append(
+            f"{d.pair:>4} {d.field:<8} {_short(d.erp):<31} {_short(d.crm):<31} "
+            f"{_short(d.expected.value):<31} {d.expected.label(t0_us)}{gap}"
+        )
+        lines.append(f"{'':13}erp from{source(d, d.erp)}; crm from{source(d, d.crm)}")
+    if len(divergences) > limit:
+        lines.append(f"... and {len(divergences) - limit} more")
+    return "\n".join(lines)
+
+
+def _sink_summary(pipeline: Pipeline) -> str:
+    parts = []
+    for sink in pipeline:
+        conflicts = sink.query(
+            "SELECT winner || '/' || reason, count(*) FROM {schema}.conflicts "
+            "WHERE entity = 'customer' GROUP BY 1 ORDER BY 1"
+        )
+        dead = sink.query("SELECT count(*) FROM {schema}.dead_letters")[0][0]
+        parts.append(f"{sink.target} sink: conflicts {dict(conflicts)}, dead letters {dead}")
+    return "; ".join(parts)
+
+
+def _dump(
+    path: Path,
+    writes: Sequence[Write],
+    state: Mapping[tuple[str, int], Mapping[str, Any]],
+    pairs: Sequence[Pair],
+) -> None:
+    """Every write and the final rows as JSON lines, for a post-mortem of a failure."""
+    with path.open("w") as out:
+        for pair in pairs:
+            line = {"pair": pair.index, "account": pair.account, "partner": pair.partner}
+            out.write(json.dumps({"kind": "pair", **line}) + "\n")
+        for write in sorted(writes, key=lambda w: w.commit_us):
+            out.write(json.dumps({"kind": "write", **asdict(write)}) + "\n")
+        for (system, index), row in sorted(state.items()):
+            line = {"kind": "final", "system": system, "pair": index, **row}
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    log_dir: Path = tmp_path_factory.mktemp("convergence")
+    running = Pipeline(stack_env, log_dir)
+    running.erp.tables = DEFAULT_TABLES["erp"]
+    running.crm.tables = DEFAULT_TABLES["crm"]
+    try:
+        running.start()
+        _settled(running)
+        yield running
+    finally:
+        running.cleanup()
+
+
+def _settled(pipeline: Pipeline) -> None:
+    """``pipeline.settled``, naming a worker that died instead of just timing out."""
+    try:
+        pipeline.settled(timeout=SETTLE_SECONDS)
+    except AssertionError as exc:
+        raise AssertionError("\n".join([str(exc), *_dead_workers(pipeline)])) from None
+
+
+def test_generated_values_are_canonical() -> None:
+    """The oracle's premise: every value a writer makes passes the cleansers unchanged."""
+    rng = random.Random(0)
+    values = ValueMaker("t0")
+    for seq in range(300):
+        for fld in FIELDS:
+            values.make(fld.name, rng, "e1", seq)  # asserts canonical form itself
+
+
+def test_concurrent_edits_and_kills_converge_to_the_last_writer(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    budget = BUDGET
+    seed = int(os.environ.get("ERPCRM_CONVERGENCE_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"convergence: seed={seed} budget={budget}")
+    rng = random.Random(seed)
+    values = ValueMaker(uuid.uuid4().hex[:4])
+
+    # 1. Linked pairs, made through the pipeline; the inserts are the first writes.
+    pairs, initial = _create_pairs(pipeline, stack_env, values, rng, budget.pairs)
+    _settled(pipeline)
+
+    # 2.-3. Writers on both systems and, meanwhile, the kills.
+    writers = [
+        Writer(
+            system,
+            number,
+            stack_env[f"{system.upper()}_DSN"],
+            pairs,
+            values,
+            random.Random(f"{seed}/{system}/{number}"),
+        )
+        for system in SYSTEMS
+        for number in range(1, budget.writers_per_system + 1)
+    ]
+    victims = _victims(pipeline, budget, rng)
+    stop = threading.Event()
+    started = time.monotonic()
+    t0_us = time.time_ns() // 1000  # the stack runs on this host: commit times share the clock
+    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in writers]
+    chaos = [
+        threading.Thread(
+            target=v.run, args=(started, random.Random(f"{seed}/{v.name}")), daemon=True
+        )
+        for v in victims
+    ]
+    for thread in threads + chaos:
+        thread.start()
+    time.sleep(max(0.0, started + budget.edit_seconds - time.monotonic()))
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    edited = time.monotonic() - started
+    for thread in chaos:  # a restart still under way finishes before the verdict
+        thread.join(300)
+
+    # 4. Quiet, then every cell against the last write.
+    problems = [e for e in (*(w.error for w in writers), *(v.error for v in victims)) if e]
+    problems += [
+        f"{v.name}: {len(v.log)} of {len(v.at)} kills done"
+        for v in victims
+        if len(v.log) < len(v.at)
+    ]
+    notes: list[str] = []  # shown, not failing: the verdict is on the values at rest
+    if not _quiesce(pipeline, stack_env, pairs, notes):
+        problems.append("the pipeline did not come to rest; the values below may still move")
+    problems += _dead_workers(pipeline)
+    writes = initial + [w for writer in writers for w in writer.writes]
+    by_system = Counter(w.system for w in writes if w.writer != "init")
+    if not (by_system["erp"] and by_system["crm"]):
+        problems.append(f"the writers did not write on both sides: {dict(by_system)}")
+    state = _read(stack_env, pairs)
+    divergences = _diverged(state, pairs, writes)
+    dump = pipeline.erp.log_dir / "convergence-writes.jsonl"
+    _dump(dump, writes, state, pairs)
+    header = [
+        f"seed={seed} (ERPCRM_CONVERGENCE_SEED={seed} replays the choices) pairs={len(pairs)} "
+        f"edits={edited:.0f}s field writes erp={by_system['erp']} crm={by_system['crm']} "
+        f"unchanged-skips={sum(w.unchanged for w in writers)}",
+        "kills: " + "; ".join(line for v in victims for line in v.log),
+        _sink_summary(pipeline),
+        f"times are relative to the start of the edits; every write and the final rows: {dump}",
+        *notes,
+        *problems,
+    ]
+    print("\n".join(header))
+    assert not problems, _report(divergences, writes, t0_us, header)
+    assert not divergences, _report(divergences, writes, t0_us, header)
