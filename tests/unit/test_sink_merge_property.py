@@ -18,6 +18,7 @@ an owned field holds its owner's last value.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ OWNERS |= {"vat": Owner.ERP, "industry": Owner.CRM}
 FIELDS = (*SHARED, "vat", "industry")
 VALUES = st.sampled_from([None, "a", "b", "c", "ü", "x" * 40])
 NEVER = 10**12  # the model never gives up waiting for an own event
+EXAMPLES = int(os.environ.get("ERPCRM_PROPERTY_EXAMPLES", "400"))
+"""Hypothesis examples: 400 under ``make test``; more on demand."""
 
 
 @dataclass
@@ -192,7 +195,7 @@ action = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(st.lists(action, max_size=40), st.dictionaries(st.sampled_from(FIELDS), VALUES))
 def test_both_sides_converge_on_the_last_write_of_every_field(
     actions: list[tuple[str, str, Any]], initial: dict[str, Any]
