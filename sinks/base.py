@@ -70,6 +70,9 @@ class WriteResult:
             or states it does not map); nothing recorded.
         unknown: deletes of records the target does not have, and updates of
             update-only rows that are not there; recorded as applied.
+        waiting: events for rows with a local change whose own event the sink has not
+            read yet (see :func:`sinks.state.ready_clock`); not recorded, the stored
+            offsets stay at or below them, and they are never dead-lettered for it.
         deferred: events referring to rows the target does not have yet; not
             recorded, and the stored offsets stay at or below them.
         dead: events the target refuses, with the error; queued as dead letters in
@@ -90,6 +93,7 @@ class WriteResult:
     skipped: tuple[SinkEvent, ...] = ()
     unknown: tuple[SinkEvent, ...] = ()
     deferred: tuple[SinkEvent, ...] = ()
+    waiting: tuple[SinkEvent, ...] = ()
     dead: tuple[tuple[SinkEvent, SyncError], ...] = ()
     created: tuple[tuple[str, str], ...] = ()
     held: tuple[SinkEvent, ...] = ()

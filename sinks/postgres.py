@@ -25,9 +25,11 @@ transaction, in the order of :mod:`sinks.base`:
    are stored and the conflicts audited;
 7. the versions are recorded; 8. the offsets are stored; 9. COMMIT.
 
-Events the target cannot take yet (a reference not there, a local change not seen yet)
-are *deferred* with every newer version of their key in the batch: not recorded, and
-the stored offset of their partition stays at or below them. Events the target
+Events the target cannot take yet are held with every newer version of their key in the
+batch: not recorded, and the stored offset of their partition stays at or below them. An
+event *deferred* for a reference not there is dead-lettered by the runner after its
+reference wait; an event *waiting* for the own event of a local change of its row
+stops waiting on its own (``clock_wait_ms``). Events the target
 refuses (a required value missing, a value with no target equivalent) are queued as
 dead letters in the same transaction (an outbox the runner publishes from).
 
@@ -204,6 +206,7 @@ class _Outcome:
     skipped: list[SinkEvent] = field(default_factory=list)
     unknown: list[SinkEvent] = field(default_factory=list)
     deferred: list[SinkEvent] = field(default_factory=list)
+    waiting: list[SinkEvent] = field(default_factory=list)
     dead: list[tuple[SinkEvent, SyncError]] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     created: list[tuple[str, str]] = field(default_factory=list)
@@ -298,7 +301,7 @@ class PostgresUpsertSink(Sink):
         schema: str = sql.SYNC_SCHEMA,
         announce: bool = True,
         duplicates: Literal["hold", "link", "create"] = "hold",
-        clock_wait_ms: int = 20_000,
+        clock_wait_ms: int = 60_000,
         local_events: Collection[str] | None = None,
         connect: Connect = psycopg.connect,
     ) -> None:
@@ -465,7 +468,8 @@ class PostgresUpsertSink(Sink):
                 self._hold(cur, out.held)
             for event, error in out.dead:
                 self._queue_dead_letter(cur, event, error)
-            offsets = safe_offsets(batch.next_offsets(), out.deferred) if store_offsets else {}
+            held = [*out.deferred, *out.waiting]
+            offsets = safe_offsets(batch.next_offsets(), held) if store_offsets else {}
             if offsets:
                 self._store_offsets(cur, offsets)
         return WriteResult(
@@ -478,6 +482,7 @@ class PostgresUpsertSink(Sink):
             skipped=tuple(out.skipped),
             unknown=tuple(out.unknown),
             deferred=tuple(out.deferred),
+            waiting=tuple(out.waiting),
             dead=tuple(out.dead),
             created=tuple(out.created),
             held=tuple(i.event for i in out.held),
@@ -737,7 +742,7 @@ class PostgresUpsertSink(Sink):
                 continue
             clock, local_ms = self._row_clock(table, item, clocks, fields)
             if clock is None:
-                out.deferred.extend(item.history)
+                out.waiting.extend(item.history)
                 continue
             decided = merge(
                 table.entity,

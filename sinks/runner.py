@@ -81,10 +81,15 @@ class RunStats:
 
 @dataclass(slots=True)
 class _Held:
-    """A key's deferred events (every version newer than the applied one), in order."""
+    """A key's held events (every version newer than the applied one), in order.
+
+    ``expires``: deferred for a reference, dead-lettered after the reference wait; else
+    waiting for a row clock, which the sink ends itself.
+    """
 
     events: tuple[SinkEvent, ...]
     since: float
+    expires: bool = True
 
     @property
     def event(self) -> SinkEvent:
@@ -326,7 +331,8 @@ class SinkRunner:
 
         attempt(batch.keys())
         deferred = tuple(e for p in parts for e in p.deferred)
-        offsets = safe_offsets(batch.next_offsets(), deferred)
+        waiting = tuple(e for p in parts for e in p.waiting)
+        offsets = safe_offsets(batch.next_offsets(), (*deferred, *waiting))
         self._retrying("store offsets", lambda: self._sink.store_offsets(offsets))
 
         def joined(name: str) -> tuple[Any, ...]:
@@ -342,6 +348,7 @@ class SinkRunner:
             skipped=joined("skipped"),
             unknown=joined("unknown"),
             deferred=deferred,
+            waiting=waiting,
             dead=(*joined("dead"), *dead),
             created=joined("created"),
             held=joined("held"),
@@ -430,7 +437,9 @@ class SinkRunner:
     def _expire_held(self) -> None:
         now = self._clock()
         expired = [
-            k for k, h in self._held.items() if now - h.since >= self._s.reference_wait_seconds
+            k
+            for k, h in self._held.items()
+            if h.expires and now - h.since >= self._s.reference_wait_seconds
         ]
         for key in expired:
             event = self._held.pop(key).event
@@ -454,15 +463,17 @@ class SinkRunner:
         in_batch = batch.keys()
         held_before = {key: self._held.pop(key) for key in in_batch if key in self._held}
         newly_held = []
-        deferred: dict[EntityKey, list[SinkEvent]] = {}
-        for event in result.deferred:
-            deferred.setdefault(event.entity_key, []).append(event)
-        for key, waiting in deferred.items():
+        held: dict[EntityKey, list[SinkEvent]] = {}
+        for event in (*result.deferred, *result.waiting):
+            held.setdefault(event.entity_key, []).append(event)
+        for_reference = {e.entity_key for e in result.deferred}
+        for key, key_events in held.items():
             previous = held_before.get(key)
             if previous is None:
-                newly_held.append(waiting[-1])
+                newly_held.append(key_events[-1])
             since = previous.since if previous is not None else self._clock()
-            self._held[key] = _Held(tuple(sorted(waiting, key=lambda e: e.version)), since)
+            ordered = tuple(sorted(key_events, key=lambda e: e.version))
+            self._held[key] = _Held(ordered, since, expires=key in for_reference)
         m.deferred.labels(target).set(len(self._held))
         groups: Mapping[str, tuple[SinkEvent, ...]] = {
             "applied": result.applied,

@@ -38,9 +38,9 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
             yet (an order whose customer is still on its way) is retried this long,
             then dead-lettered.
         clock_wait_seconds: an event for a row with a local change the sink has not
-            seen yet waits at most this long for the target's own event naming the
-            fields that change changed; then the change counts for every field. Kept
-            below ``reference_wait_seconds``, so such an event is never dead-lettered.
+            seen yet waits at most this long (while the sink runs) for the target's own
+            event naming the fields that change changed; then the change counts for
+            every field. Such an event is never dead-lettered for waiting.
         duplicates: a new record the streams flag as a suspected duplicate of a linked
             one: ``hold`` it for an operator (``erpcrm suspects``), ``link`` it to that
             record, or ``create`` it anyway.
@@ -63,7 +63,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     batch_size: int = Field(default=500, ge=1, le=50_000)
     linger_ms: int = Field(default=20, ge=0)
     reference_wait_seconds: float = Field(default=30.0, ge=0)
-    clock_wait_seconds: float = Field(default=20.0, ge=0)
+    clock_wait_seconds: float = Field(default=60.0, ge=0)
     duplicates: Literal["hold", "link", "create"] = "hold"
     retry_initial_seconds: float = Field(default=0.2, gt=0)
     retry_max_seconds: float = Field(default=10.0, gt=0)
@@ -81,8 +81,6 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         }
         for key, value in defaults.items():
             object.__setattr__(self, key, value)
-        if self.clock_wait_seconds >= self.reference_wait_seconds > 0:
-            raise ValueError("clock_wait_seconds must be below reference_wait_seconds")
         return self
 
     @property

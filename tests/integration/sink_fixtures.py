@@ -100,7 +100,7 @@ class SinkProcess(CliProcess):
                 "ERPCRM_SINK_METRICS_PORT": str(self.port),
                 "ERPCRM_SINK_START_AT": "latest",
                 "ERPCRM_SINK_REFERENCE_WAIT_SECONDS": "20",
-                "ERPCRM_SINK_CLOCK_WAIT_SECONDS": "10",
+                "ERPCRM_SINK_CLOCK_WAIT_SECONDS": "45",
             },
         )
         return self
