@@ -25,6 +25,12 @@ published, see :mod:`streams.app`), and nothing is lost. Step 1 updates the in-m
 reference caches as it goes; if it raises, call :meth:`StreamProcessor.rollback`
 before retrying. Step 2 may be retried with the same outcome.
 
+A batch follows the same contract: process each of its messages in order against a
+:class:`StagedState` over the committed state, staging each outcome's writes there (so
+the decisions are those of one message at a time), publish all the outcomes' messages,
+then commit the outcomes in order. If a step 1 raises, roll back and restart the batch
+from its first message.
+
 State lives in four tables (:data:`TABLES`), JSON values under text keys:
 
 - ``dedupe``: ``<entity>|<system>:<id>`` -> ``[version, payload hash]`` of the last event
@@ -142,6 +148,7 @@ __all__ = [
     "Outbound",
     "Outcome",
     "ReferenceData",
+    "StagedState",
     "StateStore",
     "StateView",
     "StreamProcessor",
@@ -358,6 +365,49 @@ class DictState:
     def values(self, table: str) -> dict[str, Any]:
         """Every entry of ``table``, decoded (for tests and tools)."""
         return dict(self.scan(table, ""))
+
+
+class StagedState:
+    """A batch's view of the state: ``base`` as committed, plus the writes staged so far.
+
+    A worker that decides many messages before it publishes and commits any of them
+    processes each against this view and stages its writes here, so every message sees
+    the writes of the ones before it, as if they had been committed one at a time.
+    Values are kept as JSON text, as :class:`DictState` keeps them and as the tables
+    store them: a read returns a fresh value, shaped as a committed one would be.
+    ``base`` is never changed; to commit, apply each outcome's writes to it in order.
+    """
+
+    def __init__(self, base: StateView) -> None:
+        self._base = base
+        self._staged: dict[tuple[str, str], str | None] = {}
+
+    def get(self, table: str, key: str) -> Any:
+        """Return the staged value of ``key``, else the committed one; None if absent."""
+        try:
+            text = self._staged[(table, key)]
+        except KeyError:
+            return self._base.get(table, key)
+        return None if text is None else json.loads(text)
+
+    def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``, sorted."""
+        found = dict(self._base.scan(table, prefix))
+        for (staged_table, key), text in self._staged.items():
+            if staged_table != table or not key.startswith(prefix):
+                continue
+            if text is None:
+                found.pop(key, None)
+            else:
+                found[key] = json.loads(text)
+        for key in sorted(found):
+            yield key, found[key]
+
+    def stage(self, writes: Sequence[Write]) -> None:
+        """Stage ``writes`` (in order) on top of what is staged already."""
+        for write in writes:
+            value = write.value
+            self._staged[(write.table, write.key)] = None if value is None else json.dumps(value)
 
 
 def freeze(value: Any) -> Any:
