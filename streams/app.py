@@ -4,10 +4,11 @@ Topology::
 
     <erp>.public.<table>, <crm>.public.<table>, <system>.transaction   (raw bytes)
         │  agent ``sequence``: forward every message unchanged (key, value), its
-        │  position in headers (``erpcrm.origin.topic|partition|offset``)
+        │  position in headers (``erpcrm.origin.topic|partition|offset``), a batch at a time
         ▼
     <app_id>-sequenced                       (one partition)
-        │  agent ``process``: StreamProcessor -> publish, wait for acks -> commit state
+        │  agent ``process``: a batch at a time: StreamProcessor -> publish, wait for acks
+        │  -> commit state
         ▼
     canonical.<entity>  (key: entity key, UTF-8)       dlq.streams  (original bytes)
 
@@ -32,22 +33,30 @@ each entity on one partition and every client can read the key; it needs no sche
 value carries every id). Each canonical message has header ``erpcrm.output_id`` = its
 ``event_id``.
 
-Guarantees and their order (``at_least_once``, the default):
+Batches. Both agents take up to ``batch_size`` messages at a time (waiting at most
+``linger_ms`` for more) and wait for Kafka's acknowledgements once per batch, not per
+message. The ``process`` agent decides the messages of a batch one after the other, each
+against the committed state plus the writes of the ones before it
+(:class:`~streams.processor.StagedState`), so its decisions are those of one message at a
+time. Faust marks a batch's messages done (their offsets may be committed) only when the
+agent asks for the next batch.
+
+Guarantees and their order (``at_least_once``, the default), per batch:
 
 1. the processor computes outputs and state writes without changing state;
 2. the outputs are published and every one acknowledged (``acks=all``);
-3. only then are the state writes applied (RocksDB, changelog);
-4. Faust commits the sequenced offset after flushing the producer.
+3. only then are the state writes applied (RocksDB, changelog), message by message;
+4. Faust commits the sequenced offsets after flushing the producer.
 
-A crash before 3 replays the message: its outputs are recomputed, nothing is lost. A
+A crash before 3 replays the batch: its outputs are recomputed, nothing is lost. A
 crash after 2 (outputs out, state not, or a changelog that lost its tail) would publish
 an event again; so when a worker takes over the sequenced partition it reads the last
 ``recent_outputs`` messages of every canonical and dead-letter partition and never
 publishes an ``erpcrm.output_id`` seen there again. Together: no loss, no event id
 twice, as long as fewer than ``recent_outputs`` messages per output partition fall
-between two offset commits (one second by default). ``exactly_once`` is passed to
-Faust and needs the broker's transaction support (the local single-node broker has
-it); Faust's transactions then cover the forwarding into the sequenced topic and the
+between two offset commits (one second by default, plus a batch). ``exactly_once`` is
+passed to Faust and needs the broker's transaction support (the local single-node broker
+has it); Faust's transactions then cover the forwarding into the sequenced topic and the
 table changelogs. Faust only opens transactional producers for partitions of
 subscribed topics, so canonical events and dead letters are published outside them
 either way (see :class:`FaustPublisher`); their exactness comes from the order above
@@ -75,20 +84,22 @@ first access.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import faust
 from aiokafka.errors import KafkaError, KafkaTimeoutError  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from faust.types import TP
+from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from mode import CrashingSupervisor
 from mode.types.signals import BaseSignalT
@@ -111,6 +122,7 @@ from streams.processor import (
     Kind,
     Outbound,
     Outcome,
+    StagedState,
     StateStore,
     StreamProcessor,
     Write,
@@ -331,9 +343,26 @@ def origin_headers(message: Any) -> list[tuple[str, bytes]]:
     ]
 
 
+@contextlib.contextmanager
+def within_event(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event in this task while the block runs.
+
+    Faust's tables find the partition of a write (changelog, RocksDB) through the current
+    event, which Faust sets only in the task that iterates the stream; with
+    ``take_events`` that is a background task, not the agent's (faust-streaming issue
+    #497). All events of a batch of the sequenced topic share its one partition, so any
+    of them stands for the batch.
+    """
+    token = faust.streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)
+
+
 @dataclass
 class StreamRunner:
-    """One sequenced message at a time: process, publish and wait, then commit state.
+    """A batch of sequenced messages at a time: process, publish and wait, then commit state.
 
     See the module docstring for why the steps are in this order.
     """
@@ -350,23 +379,36 @@ class StreamRunner:
     loaded_generation: int | None = field(default=None, init=False)
 
     async def handle(self, message: Inbound) -> None:
-        """Process one message completely (or raise: the worker stops, offset uncommitted)."""
+        """Process one message completely: a batch of one."""
+        await self.handle_batch([message])
+
+    async def handle_batch(self, messages: Sequence[Inbound]) -> None:
+        """Process ``messages`` completely (or raise: the worker stops, offsets uncommitted)."""
         started = time.monotonic()
         await self._ready()
 
-        async def process() -> Outcome:
-            return self.processor.process(message, self.state)
+        async def decide() -> list[Outcome]:
+            staged = StagedState(self.state)
+            outcomes = []
+            for message in messages:
+                outcome = self.processor.process(message, staged)
+                staged.stage(outcome.writes)
+                outcomes.append(outcome)
+            return outcomes
 
-        outcome = await self.retrying("process", process, rollback=True)
-        outbound = self._not_yet_published(outcome)
-
-        async def publish() -> None:
-            await self.publisher.publish(outbound)
-
-        # 1. publish and wait for every acknowledgement, 2. only then change state.
-        await self.retrying("publish", publish)
-        self.processor.commit(outcome, self.state)
-        self._observe(outcome, outbound, started)
+        # 1. decide every message in order, each seeing the writes of those before it;
+        #    nothing changes yet, and a transient failure restarts from the first message;
+        outcomes = await self.retrying("process", decide, rollback=True)
+        to_publish = [self._not_yet_published(outcome) for outcome in outcomes]
+        outbound = [message for out in to_publish for message in out]
+        # 2. publish all of the batch's outputs and wait for every acknowledgement, once;
+        await self.retrying("publish", partial(self.publisher.publish, outbound))
+        # 3. only then change state, in the order the messages were decided;
+        for outcome in outcomes:
+            self.processor.commit(outcome, self.state)
+        # 4. the offsets follow when the agent takes its next batch (see the module doc).
+        for outcome, out in zip(outcomes, to_publish, strict=True):
+            self._observe(outcome, out, started)
 
     async def _ready(self) -> None:
         """After (re)assignment: reload caches from the tables, learn recent outputs."""
@@ -612,21 +654,36 @@ def build(
         retry_max_s=settings.retry_max_seconds,
     )
 
+    def batches(stream: faust.StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes]]]:
+        """Up to ``batch_size`` events at a time, waiting at most ``linger_ms`` for more.
+
+        Faust acknowledges a batch's events when the next batch is asked for.
+        (``take_events`` is on Faust's ``Stream``; its ``StreamT`` does not declare it.)
+        """
+        take = cast(faust.Stream[bytes], stream).take_events
+        return take(settings.batch_size, within=settings.linger_ms / 1000)
+
     @app.agent(raw, name="sequence")
     async def sequence(stream: faust.StreamT[bytes]) -> None:
-        """Forward every raw message, its position in headers, to the sequenced topic."""
-        async for event in stream.events():
-            message = event.message
-            await sequenced.send(
-                key=message.key, value=message.value, headers=origin_headers(message)
-            )
-            metrics.sequenced.labels("change").inc()
+        """Forward raw messages, their positions in headers, to the sequenced topic.
+
+        1. send every message of a batch; 2. wait for all their acknowledgements;
+        3. taking the next batch lets Faust commit this one's offsets.
+        """
+        async for events in batches(stream):
+            acks = [
+                await sequenced.send(key=m.key, value=m.value, headers=origin_headers(m))
+                for m in (event.message for event in events)
+            ]
+            await asyncio.gather(*acks)
+            metrics.sequenced.labels("change").inc(len(events))
 
     @app.agent(sequenced, name="process")
     async def process(stream: faust.StreamT[bytes]) -> None:
-        """Process sequenced messages one at a time (see :class:`StreamRunner`)."""
-        async for event in stream.events():
-            await runner.handle(sequenced_inbound(event.message))
+        """Process sequenced messages a batch at a time (see :class:`StreamRunner`)."""
+        async for events in batches(stream):
+            with within_event(events[-1]):
+                await runner.handle_batch([sequenced_inbound(e.message) for e in events])
 
     async def tick() -> None:
         """Put a tick into the sequenced topic while this worker owns pending work.

@@ -47,6 +47,11 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
         partitions: partitions of the canonical and dead-letter topics the worker
             creates (existing topics keep theirs).
         replication_factor: replication of the topics the worker creates.
+        batch_size: how many messages each agent takes at a time (forwarding raw
+            messages, processing sequenced ones); a batch's outputs are published
+            together and acknowledged once.
+        linger_ms: how long an agent waits for a batch to fill before it takes what has
+            arrived.
         commit_interval_seconds: how often consumer offsets are committed.
         session_timeout_seconds: how long the group waits for a silent worker before its
             partitions move (after a crash, the restarted worker waits this long).
@@ -77,6 +82,8 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     crm_topic_prefix: str = "crm"
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=500, ge=1)
+    linger_ms: float = Field(default=10.0, gt=0)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     session_timeout_seconds: float = Field(default=15.0, ge=6, le=90)
     tick_seconds: float = Field(default=1.0, gt=0)

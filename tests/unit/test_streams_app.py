@@ -116,8 +116,11 @@ def test_the_sequence_agent_forwards_bytes_with_their_position(tmp_path: Path) -
     streams = make(tmp_path, Recorder())
     forwarded: list[dict[str, Any]] = []
 
-    async def send(**kwargs: Any) -> None:
+    async def send(**kwargs: Any) -> asyncio.Future[None]:
         forwarded.append(kwargs)
+        acknowledged = asyncio.get_running_loop().create_future()
+        acknowledged.set_result(None)  # what Faust's send returns: the ack to wait for
+        return acknowledged
 
     streams.sequenced.send = send
     key, value = raw_partner(100)
@@ -131,6 +134,8 @@ def test_the_sequence_agent_forwards_bytes_with_their_position(tmp_path: Path) -
     assert [(f["key"], f["value"]) for f in forwarded] == [(key, value), (key, None)]
     headers = dlq.text_headers(forwarded[1]["headers"])
     assert (headers[dlq.H_ORIGIN_PARTITION], headers[dlq.H_ORIGIN_OFFSET]) == ("2", "1")
+    # counted once the batch's acknowledgements are in
+    assert b'erpcrm_streams_sequenced_total{kind="change"} 2.0' in generate_latest(streams.registry)
 
 
 def test_sequenced_messages_are_read_back_with_their_origin() -> None:
