@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,11 @@ def _suspect(sink: SinkProcess, key: str) -> tuple[str, str, str] | None:
         (key,),
     )
     return (str(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
+
+
+def _has_status(sink: SinkProcess, key: str, status: str) -> bool:
+    found = _suspect(sink, key)
+    return found is not None and found[2] == status
 
 
 def _held(sink: SinkProcess, key: str) -> tuple[str, str, str]:
@@ -234,10 +240,4 @@ def test_an_operator_releases_one_suspect_and_links_another(
     assert _partners_of(stack_env, linked) == 0
     for key, status in ((released, "released"), (linked, "linked")):
         # Marked once the decision's write committed.
-        wait_for(
-            lambda key=key, status=status: (
-                (_suspect(sink, f"crm:{key}") or ("", "", ""))[2] == status
-            ),
-            WAIT,
-            f"crm:{key} {status}",
-        )
+        wait_for(partial(_has_status, sink, f"crm:{key}", status), WAIT, f"crm:{key} {status}")
