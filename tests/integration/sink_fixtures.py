@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg import sql
 
+from cdc.settings import DEFAULT_TABLES
 from schemas.topics import CANONICAL_TOPICS
 from tests.integration.cdc_fixtures import (
     Capture,
@@ -281,3 +282,21 @@ def newest_records(
         return newest
     finally:
         consumer.close()
+
+
+@contextlib.contextmanager
+def demo_pipeline(
+    stack_env: dict[str, str],
+    log_dir: Path,
+    settle: Callable[[Pipeline], None] = lambda p: p.settled(timeout=180),
+) -> Iterator[Pipeline]:
+    """A started pipeline over the demo tables, settled by ``settle``; cleaned up after."""
+    running = Pipeline(stack_env, log_dir)
+    running.erp.tables = DEFAULT_TABLES["erp"]
+    running.crm.tables = DEFAULT_TABLES["crm"]
+    try:
+        running.start()
+        settle(running)
+        yield running
+    finally:
+        running.cleanup()

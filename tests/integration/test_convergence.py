@@ -57,11 +57,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cdc.settings import DEFAULT_TABLES
 from streams.cleansing import clean_country, clean_email, clean_phone, clean_text, clean_upper
 from streams.validation import Failed, Ok
 from tests.integration.cdc_fixtures import execute, lsn_int, slot_row, wait_for
-from tests.integration.sink_fixtures import Pipeline, SinkProcess
+from tests.integration.sink_fixtures import Pipeline, SinkProcess, demo_pipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -692,15 +691,8 @@ def pipeline(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
     log_dir: Path = tmp_path_factory.mktemp("convergence")
-    running = Pipeline(stack_env, log_dir)
-    running.erp.tables = DEFAULT_TABLES["erp"]
-    running.crm.tables = DEFAULT_TABLES["crm"]
-    try:
-        running.start()
-        _settled(running)
+    with demo_pipeline(stack_env, log_dir, settle=_settled) as running:
         yield running
-    finally:
-        running.cleanup()
 
 
 def _settled(pipeline: Pipeline) -> None:

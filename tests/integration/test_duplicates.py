@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from cdc.settings import DEFAULT_TABLES
 from tests.integration.cdc_fixtures import REPO, execute, wait_for
-from tests.integration.sink_fixtures import Pipeline, SinkProcess
+from tests.integration.sink_fixtures import Pipeline, SinkProcess, demo_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +37,8 @@ def pipeline(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
     log_dir: Path = tmp_path_factory.mktemp("duplicates")
-    running = Pipeline(stack_env, log_dir)
-    running.erp.tables = DEFAULT_TABLES["erp"]
-    running.crm.tables = DEFAULT_TABLES["crm"]
-    try:
-        running.start()
-        running.settled(timeout=180)
+    with demo_pipeline(stack_env, log_dir) as running:
         yield running
-    finally:
-        running.cleanup()
 
 
 def _seed_pair(env: dict[str, str], offset: int) -> dict[str, Any]:

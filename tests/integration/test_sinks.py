@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from cdc.settings import DEFAULT_TABLES
 from erpcrm.stack import LocalStack
 from erpcrm.workload import run_workload
 from schemas.topics import CANONICAL_INVENTORY
 from tests.integration.cdc_fixtures import TopicReader, execute, wait_for
-from tests.integration.sink_fixtures import Pipeline, newest_records, sink_source
+from tests.integration.sink_fixtures import Pipeline, demo_pipeline, newest_records, sink_source
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +32,8 @@ def pipeline(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
     log_dir: Path = tmp_path_factory.mktemp("sinks")
-    running = Pipeline(stack_env, log_dir)
-    running.erp.tables = DEFAULT_TABLES["erp"]
-    running.crm.tables = DEFAULT_TABLES["crm"]
-    try:
-        running.start()
-        running.settled(timeout=180)
+    with demo_pipeline(stack_env, log_dir) as running:
         yield running
-    finally:
-        running.cleanup()
 
 
 def _one(dsn: str, query: str, params: Any = None) -> Any:
