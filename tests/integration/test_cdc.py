@@ -80,6 +80,10 @@ class Stream:
         return self.reader.of(topic, key)
 
 
+FULL_IDENTITY = frozenset({"res_partner", "accounts", "contacts"})
+"""Demo tables with REPLICA IDENTITY FULL (deploy/sql): their updates carry the old row."""
+
+
 @pytest.fixture(scope="module")
 def erp_stream(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -206,8 +210,8 @@ def test_snapshot_reads_every_row_once(erp_stream: Stream) -> None:
         for row_id, written in execute(
             stream.env["ERP_ADMIN_DSN"],
             sql.SQL(
-                "SELECT id, (extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint"
-                " FROM {}"
+                "SELECT id, floor(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)"
+                "::bigint FROM {}"
             ).format(sql.Identifier("public", table)),
         )
     }
@@ -348,9 +352,16 @@ def test_insert_update_delete_envelopes_on_erp_demo_tables(erp_stream: Stream) -
         assert insert.before is None
         assert insert.after is not None
         assert insert.after["id"] == row_id
-        # update: no before image under REPLICA IDENTITY DEFAULT
-        assert update.before is None
+        # update: the old row under REPLICA IDENTITY FULL (the tables both systems edit,
+        # so a change knows which fields it changed), none under DEFAULT
+        if table in FULL_IDENTITY:
+            assert update.before is not None
+            assert update.before["id"] == row_id
+        else:
+            assert update.before is None
         assert update.after is not None
+        if update.before is not None:
+            assert update.before.keys() == update.after.keys()
         if table in UPDATED:
             column, value = UPDATED[table]
             assert update.after[column] == value, table
@@ -599,7 +610,11 @@ def test_crm_envelopes(
                 assert abs(source["ts_ms"] - commit_ts_ms(stack_env["CRM_ADMIN_DSN"], xid)) <= 1
             assert events[0].after is not None
             assert events[0].after["id"] == key
-            assert events[1].before is None
+            if table in FULL_IDENTITY:  # the old row, the key as the message key
+                assert events[1].before is not None
+                assert events[1].before[changed[0]] != changed[1]
+            else:
+                assert events[1].before is None
             assert events[1].after is not None
             assert events[1].after[changed[0]] == changed[1]
             assert events[2].before is not None
