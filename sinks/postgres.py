@@ -686,7 +686,18 @@ class PostgresUpsertSink(Sink):
             out.recorded.append((item.event, item.digest))
         if not found or table.delete is DeleteMode.IGNORE:
             return
-        xid = clocks.own_xid(cur)
+        pks = [i.pk for i in found]
+        if table.delete is DeleteMode.HARD:
+            cur.execute(sql.delete_rows(table.ref, table.pk_column), (pks,))
+            return
+        column, value = table.delete_flag
+        cur.execute(
+            sql.soft_delete_rows(table.ref, table.pk_column, column, value=value, returning=True),
+            (pks,),
+        )
+        # Only a row the statement changed has the sink's transaction as its xmin.
+        marked = {str(r[table.pk]) for r in cur.fetchall()}
+        xid = clocks.own_xid(cur) if marked else None
         for item in found:
             assert item.current is not None
             row_id = str(item.pk)
@@ -694,17 +705,10 @@ class PostgresUpsertSink(Sink):
             last_local = last_local_change(
                 clock, item.current[sql.ROW_XMIN], item.current[sql.ROW_COMMIT_MS]
             )
-            clocks.put(
-                table.entity, row_id, clock.after_write({}, xid=xid, last_local_ms=last_local)
+            after = clock.after_write(
+                {}, xid=xid if row_id in marked else None, last_local_ms=last_local
             )
-        pks = [i.pk for i in found]
-        if table.delete is DeleteMode.HARD:
-            cur.execute(sql.delete_rows(table.ref, table.pk_column), (pks,))
-        else:
-            column, value = table.delete_flag
-            cur.execute(
-                sql.soft_delete_rows(table.ref, table.pk_column, column, value=value), (pks,)
-            )
+            clocks.put(table.entity, row_id, after)
 
     # -- upserts ----------------------------------------------------------------------
 

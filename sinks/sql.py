@@ -683,12 +683,15 @@ def update_rows(
     return query
 
 
-def soft_delete_rows(table: Table, key: Column, column: str, *, value: bool = True) -> sql.Composed:
+def soft_delete_rows(
+    table: Table, key: Column, column: str, *, value: bool = True, returning: bool = False
+) -> sql.Composed:
     """Mark rows deleted (``deleted = true``) or archived (``active = false``).
 
-    Parameter: one list of keys. Rows already marked are left alone.
+    Parameter: one list of keys. Rows already marked are left alone; ``returning``: the
+    keys of the rows marked now.
     """
-    return sql.SQL(
+    query = sql.SQL(
         "UPDATE {} AS t SET {} = {} WHERE {} = ANY({}::{}[]) AND {} IS DISTINCT FROM {}"
     ).format(
         table.ident,
@@ -700,6 +703,9 @@ def soft_delete_rows(table: Table, key: Column, column: str, *, value: bool = Tr
         sql.Identifier("t", column),
         sql.SQL("true" if value else "false"),
     )
+    if returning:
+        query = sql.SQL("{} RETURNING {}").format(query, sql.Identifier("t", key.name))
+    return query
 
 
 def delete_rows(table: Table, key: Column) -> sql.Composed:
