@@ -189,18 +189,24 @@ class RowClock:
         horizon = ts_ms if self.horizon_ms is None else max(self.horizon_ms, ts_ms)
         return replace(self, local=local, horizon_ms=horizon)
 
-    def assume_local(
-        self, values: Mapping[str, Any], ts_ms: int, *, empty_too: bool = False
-    ) -> RowClock:
+    def assume_local(self, values: Mapping[str, Any], ts_ms: int, *, first_seen: bool) -> RowClock:
         """Each field last changed locally at ``ts_ms`` at the latest.
 
-        For a row first seen, an empty field was written by nobody: any value beats it,
-        as the streams stage does not count the empty fields of a new row as changed
-        either. ``empty_too``: an empty field counts as well (a local change whose own
-        event never came may have emptied it).
+        ``first_seen``: the row's values are where the sync starts from, as a snapshot
+        read: written at ``ts_ms`` by nobody the other side has not heard of (so the
+        next change from there is an update, not a conflict), and an empty field by
+        nobody at all (any value fills it, as the streams stage does not count the
+        empty fields of a new row as changed either). Otherwise a local change whose
+        own event never came: every field counts, the empty ones too.
         """
-        changed = [f for f, v in values.items() if empty_too or v is not None]
-        return self.seen_locally(changed, ts_ms)
+        changed = [f for f, v in values.items() if not first_seen or v is not None]
+        clock = self.seen_locally(changed, ts_ms)
+        if not first_seen:
+            return clock
+        written = dict(clock.written)
+        for name in changed:
+            written[name] = max(written.get(name, -1), ts_ms)
+        return replace(clock, written=written)
 
     def after_write(
         self, times: Mapping[str, int], *, xid: int | None, last_local_ms: int
@@ -265,10 +271,10 @@ def ready_clock(
     if clock.knows(local_ms):
         return clock, local_ms, False
     if stored is None and now_ms - local_ms >= wait_ms:
-        return clock.assume_local(values, local_ms), local_ms, True
+        return clock.assume_local(values, local_ms, first_seen=True), local_ms, True
     if waited_ms < wait_ms:
         return None, local_ms, False
-    return clock.assume_local(values, local_ms, empty_too=stored is not None), local_ms, True
+    return clock.assume_local(values, local_ms, first_seen=stored is None), local_ms, True
 
 
 def changed_times(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> dict[str, int]:

@@ -127,6 +127,14 @@ class SinkProcess(CliProcess):
             if name == "erpcrm_sink_events_total" and ("outcome", outcome) in labels
         )
 
+    def held(self) -> float:
+        """Events the sink holds back (waiting for a row clock or a reference); -1 while
+        the worker is down."""
+        try:
+            return self.metric("erpcrm_sink_deferred_events", target=self.target)
+        except httpx.HTTPError:
+            return -1.0
+
     def query(self, query: str | sql.Composable, params: Any = None) -> list[tuple[Any, ...]]:
         """Run ``query`` on the target as admin; ``{schema}`` is this sink's sync schema."""
         if isinstance(query, str):
@@ -194,7 +202,7 @@ class Pipeline:
         return self
 
     def settled(self, timeout: float = 120.0, quiet: float = 4.0) -> None:
-        """Wait until neither sink applied anything for ``quiet`` seconds."""
+        """Wait until neither sink applied anything for ``quiet`` seconds nor holds an event."""
         import time
 
         last: tuple[float, ...] = ()
@@ -206,7 +214,8 @@ class Pipeline:
                 for s in self.sinks.values()
                 for o in ("applied", "noop", "stale", "skipped")
             )
-            if now != last:
+            # Held events (a row clock or a reference still awaited) are work to come.
+            if now != last or any(s.held() for s in self.sinks.values()):
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= quiet and any(last):
                 return

@@ -60,7 +60,7 @@ from psycopg import sql
 from streams.cleansing import clean_country, clean_email, clean_phone, clean_text, clean_upper
 from streams.validation import Failed, Ok
 from tests.integration.cdc_fixtures import execute, lsn_int, slot_row, wait_for
-from tests.integration.sink_fixtures import Pipeline, SinkProcess, demo_pipeline
+from tests.integration.sink_fixtures import Pipeline, demo_pipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,21 +492,13 @@ def _read(env: dict[str, str], pairs: Sequence[Pair]) -> dict[tuple[str, int], d
     return state
 
 
-def _held_events(sink: SinkProcess) -> float:
-    """How many events ``sink`` holds back (waiting or deferred); -1 if it does not answer."""
-    try:
-        return sink.metric("erpcrm_sink_deferred_events", target=sink.target)
-    except httpx.HTTPError:
-        return -1.0
-
-
 def _fingerprint(
     pipeline: Pipeline, env: dict[str, str], pairs: Sequence[Pair]
 ) -> tuple[object, ...]:
     """What moves while the pipeline still works: worker counters and the pairs' rows."""
     counters: list[object] = [sink.total(outcome) for sink in pipeline for outcome in SINK_OUTCOMES]
     # Events still held (waiting for a row clock or a reference) are work in progress.
-    counters += [_held_events(sink) for sink in pipeline]
+    counters += [sink.held() for sink in pipeline]
     try:
         streamed = sum(
             value
@@ -546,7 +538,7 @@ def _quiesce(
     while time.monotonic() < deadline:
         time.sleep(1.0)
         now = _fingerprint(pipeline, env, pairs)
-        held = any(_held_events(sink) for sink in pipeline)
+        held = any(sink.held() for sink in pipeline)
         if now != last or held:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= QUIET_SECONDS:

@@ -145,6 +145,10 @@ def test_a_row_first_seen_counts_its_values_from_its_last_commit() -> None:
         {"industry": 100, "email": 100},
     )
     assert m.writes == {}  # industry is the CRM's own; the e-mail is newer here
+    # A later change from the other side is an update of where the sync started from,
+    # not a conflict with a local edit.
+    later = crm_merge(rec(3, ts=200, email="remote@x"), values, ready, {"email": 200})
+    assert (later.writes, later.conflicts) == ({"email": "remote@x"}, ())
     shared = {**OWNERS, "industry": Owner.SHARED}
     filled = merge(
         "customer",
