@@ -509,12 +509,14 @@ class PostgresUpsertSink(Sink):
             fields = _merged_fields(self._tables[entity])
             for row_id, event in seen:
                 changed = event.record.get("changed_fields")
-                clock = clocks.get(entity, row_id) or RowClock()
-                clocks.put(
-                    entity,
-                    row_id,
-                    clock.seen_locally(fields if changed is None else changed, event.source_ts_ms),
+                clock = (clocks.get(entity, row_id) or RowClock()).seen_locally(
+                    fields if changed is None else changed, event.source_ts_ms
                 )
+                if event.record.get("source_tx_id") is None:
+                    # A snapshot read: where the sync starts from, not an edit the other
+                    # side has not heard of (its next change there is no conflict).
+                    clock = clock.synced(changed or fields, event.source_ts_ms)
+                clocks.put(entity, row_id, clock)
 
     def _apply_entity(
         self,

@@ -201,12 +201,19 @@ class RowClock:
         """
         changed = [f for f, v in values.items() if not first_seen or v is not None]
         clock = self.seen_locally(changed, ts_ms)
-        if not first_seen:
-            return clock
-        written = dict(clock.written)
-        for name in changed:
+        return clock.synced(changed, ts_ms) if first_seen else clock
+
+    def synced(self, fields: Iterable[str], ts_ms: int) -> RowClock:
+        """The clock with ``fields`` as of ``ts_ms`` counted as known to both sides.
+
+        For the values a sync starts from (a snapshot read, a row first seen): a later
+        change from the other side then updates them without a conflict. Which write is
+        later does not change (:meth:`times` takes the larger clock).
+        """
+        written = dict(self.written)
+        for name in fields:
             written[name] = max(written.get(name, -1), ts_ms)
-        return replace(clock, written=written)
+        return replace(self, written=written)
 
     def after_write(
         self, times: Mapping[str, int], *, xid: int | None, last_local_ms: int

@@ -607,10 +607,17 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
                 "SELECT entity, entity_key, version FROM {schema}.applied"
             )
         }
+        # A record held as a suspected duplicate is accounted for in the suspects table.
+        held = {
+            (str(entity), str(key))
+            for entity, key in sink.query(
+                "SELECT entity, entity_key FROM {schema}.suspects WHERE status = 'held'"
+            )
+        }
         taken = {
             key: record["version"]
             for key, record in newest.items()
-            if key in applied or record["op"] == "upsert"
+            if (key in applied or record["op"] == "upsert") and key not in held
         }
         behind = {k: v for k, v in taken.items() if k in applied and applied[k] < v}
         assert behind == {}, f"{sink.target}: applied versions behind the topics"

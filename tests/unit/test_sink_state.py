@@ -301,3 +301,14 @@ def test_duplicates_and_interleavings_give_the_same_table(
     # Applying everything again changes nothing.
     apply_batch(merged, table, state)
     assert table == expected
+
+
+def test_a_snapshot_read_is_where_the_sync_starts_not_a_competing_edit() -> None:
+    snapshot = RowClock().seen_locally(["email"], 100).synced(["email"], 100)
+    m = crm_merge(rec(2, ts=150, email="remote@x"), {"email": "seed@x"}, snapshot, {"email": 150})
+    assert (m.writes, m.conflicts) == ({"email": "remote@x"}, ())
+    # An edit made after the snapshot still competes, and a newer one wins.
+    edited = snapshot.seen_locally(["email"], 200)
+    kept = crm_merge(rec(2, ts=150, email="remote@x"), {"email": "local@x"}, edited, {"email": 150})
+    assert kept.writes == {}
+    assert [(c.winner, c.reason) for c in kept.conflicts] == [("crm", "last_writer")]
