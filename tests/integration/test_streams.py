@@ -301,6 +301,22 @@ class Pipeline:
         return execute(self.env["CRM_DSN"], query, params)
 
 
+def wait_snapshots_processed(streams: StreamsProcess, rows: int, timeout: float) -> None:
+    """Wait until ``streams`` has taken in ``rows`` change events (its captures' snapshots)."""
+
+    def caught_up() -> bool:
+        if not streams.running:
+            raise AssertionError(f"streams exited:\n{streams.tail()}")
+        seen = sum(
+            value
+            for (name, labels), value in streams.metrics().items()
+            if name == "erpcrm_streams_events_in_total" and ("flow", "transaction") not in labels
+        )
+        return seen >= rows
+
+    wait_for(caught_up, timeout, "the worker to process both snapshots", interval=1.0)
+
+
 @pytest.fixture(scope="module")
 def pipeline(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -318,19 +334,8 @@ def pipeline(
         crm.wait_streaming(180)
         streams.start().wait_ready()
 
-        def caught_up() -> bool:
-            if not streams.running:
-                raise AssertionError(f"streams exited:\n{streams.tail()}")
-            seen = sum(
-                value
-                for (name, labels), value in streams.metrics().items()
-                if name == "erpcrm_streams_events_in_total"
-                and ("flow", "transaction") not in labels
-            )
-            return seen >= rows
-
         # Every snapshot row has been through the worker: the tests' own changes come next.
-        wait_for(caught_up, 600, "the worker to process both snapshots", interval=1.0)
+        wait_snapshots_processed(streams, rows, 600)
         yield Pipeline(stack_env, erp, crm, streams, reader)
     finally:
         streams.cleanup()

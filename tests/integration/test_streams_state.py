@@ -33,6 +33,7 @@ from tests.integration.test_streams import (
     OutputReader,
     Pipeline,
     StreamsProcess,
+    wait_snapshots_processed,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -65,18 +66,7 @@ def pipeline(
         _create_raw_topics(stack_env, {"erp": erp.prefix, "crm": crm.prefix})
         streams.start().wait_ready()
 
-        def caught_up() -> bool:
-            if not streams.running:
-                raise AssertionError(f"streams exited:\n{streams.tail()}")
-            seen = sum(
-                value
-                for (name, labels), value in streams.metrics().items()
-                if name == "erpcrm_streams_events_in_total"
-                and ("flow", "transaction") not in labels
-            )
-            return seen >= rows
-
-        wait_for(caught_up, 180, "the worker to process both snapshots", interval=1.0)
+        wait_snapshots_processed(streams, rows, 180)
         yield Pipeline(stack_env, erp, crm, streams, reader)
     finally:
         streams.cleanup()
