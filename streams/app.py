@@ -37,7 +37,7 @@ Batches. Both agents take up to ``batch_size`` messages at a time (waiting at mo
 ``linger_ms`` for more) and wait for Kafka's acknowledgements once per batch, not per
 message. The ``process`` agent decides the messages of a batch one after the other, each
 against the committed state plus the writes of the ones before it
-(:class:`~streams.processor.StagedState`), so its decisions are those of one message at a
+(:class:`~streams.state.StagedState`), so its decisions are those of one message at a
 time. Faust marks a batch's messages done (their offsets may be committed) only when the
 agent asks for the next batch.
 
@@ -113,21 +113,10 @@ from schemas.settings import KafkaSettings
 from schemas.topics import CANONICAL_TOPICS, value_subject
 from streams import dlq
 from streams.metrics import StreamsMetrics
-from streams.processor import (
-    H_KIND,
-    KIND_TICK,
-    TABLES,
-    Count,
-    Inbound,
-    Kind,
-    Outbound,
-    Outcome,
-    StagedState,
-    StateStore,
-    StreamProcessor,
-    Write,
-)
+from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome
+from streams.processor import StreamProcessor
 from streams.settings import StreamsSettings
+from streams.state import TABLES, StagedState, StateStore, Write
 from streams.stores import discard_stores_ahead
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Prometheus metrics of the streams stage, declared once against an injected registry.
 
-Every :class:`~streams.processor.Count` the processor tallies maps to one counter with a
+Every :class:`~streams.outcome.Count` the processor tallies maps to one counter with a
 fixed label set; :meth:`StreamsMetrics.record` adds an outcome's tally. Label values are
 bounded: flow names come from the mapping files, reasons from
 :class:`~streams.validation.Reason`, the rest from small fixed sets.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streams.processor import Count, Tally
+from streams.outcome import Count, Tally
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from psycopg import sql
 
 from schemas.settings import KafkaSettings
-from streams.processor import TABLES
+from streams.state import TABLES
 from streams.stores import LocalStore, changelog_highwaters, find_local_stores, stores_ahead
 from tests.integration.cdc_fixtures import Capture, execute, wait_for
 from tests.integration.test_streams import (

@@ -34,17 +34,9 @@ from schemas.serde import AvroSerde, LocalSchemaRegistry
 from schemas.topics import canonical_topic, value_subject
 from streams import dlq
 from streams.dlq import Origin
-from streams.processor import (
-    Count,
-    DeadLetterError,
-    DictState,
-    Inbound,
-    Kind,
-    Outcome,
-    StreamProcessor,
-    freeze,
-    thaw,
-)
+from streams.outcome import Count, DeadLetterError, Inbound, Kind, Outcome
+from streams.processor import StreamProcessor
+from streams.state import DictState, freeze, thaw
 from streams.transform import event_id
 from tests.unit.test_transform import (
     ACCOUNT_ID,

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from streams.crosswalk import MATCH_RULES, counterpart_id
 from streams.metrics import StreamsMetrics
-from streams.processor import Count, DictState, StreamProcessor, Write
+from streams.outcome import Count
+from streams.processor import StreamProcessor
+from streams.state import DictState, Write
 from tests.unit.test_processor import (
     FLOWS,
     SERDE,

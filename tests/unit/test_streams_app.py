@@ -20,8 +20,9 @@ import streams.app as streams_app
 from schemas.errors import PermanentError, RetriableError
 from streams import dlq
 from streams.app import StreamRunner, StreamsApp, build, origin_headers, sequenced_inbound
-from streams.processor import H_KIND, KIND_TICK, DictState, Kind, Outbound
+from streams.outcome import H_KIND, KIND_TICK, Kind, Outbound
 from streams.settings import StreamsSettings
+from streams.state import DictState
 from tests.unit.test_processor import FLOWS, SERDE, Harness, quant
 from tests.unit.test_transform import PARTNER, PRODUCT, PRODUCT_PRODUCT, RES_PARTNER, STOCK_QUANT
 

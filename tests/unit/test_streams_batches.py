@@ -1,6 +1,6 @@
 """Batches in the streams worker: the same decisions as one message at a time.
 
-:class:`streams.processor.StagedState` lets a batch's messages see each other's writes
+:class:`streams.state.StagedState` lets a batch's messages see each other's writes
 before any is committed; :meth:`streams.app.StreamRunner.handle_batch` decides a batch,
 publishes it, then commits. A property checks that any split of any message sequence
 into batches, with or without a transient failure in the middle of a batch, publishes
@@ -21,7 +21,9 @@ from prometheus_client import CollectorRegistry
 from schemas.errors import RetriableError
 from streams.app import StreamRunner
 from streams.metrics import StreamsMetrics
-from streams.processor import DictState, Inbound, Outbound, StagedState, StreamProcessor, Write
+from streams.outcome import Inbound, Outbound
+from streams.processor import StreamProcessor
+from streams.state import DictState, StagedState, Write
 from tests.unit.test_processor import FLOWS, SERDE, Harness, account, encode_canonical, quant
 from tests.unit.test_streams_app import Recorder
 from tests.unit.test_transform import (

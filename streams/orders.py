@@ -1,0 +1,387 @@
+"""Orders by transaction: a header and its lines, assembled once per source transaction.
+
+A header (``sale_order``, ``aos_quotes``) and its lines are kept per order in the
+``assembly`` table: the last header ``h|<flow>|<order id>`` (with its original bytes, for
+dead letters), the current lines ``l|<flow>|<order id>`` and line -> order
+``lp|<flow>|<line id>``. Each change is registered with its source transaction
+(``transaction.id``) under ``tx|<system>|<txid>``; the transaction completes when the
+``END`` record of ``<system>.transaction`` has arrived and as many changes of each order
+table as it counts have been seen (in any order: the topics are read concurrently). Then
+each order it touched is assembled once from the current header and lines. The event's
+position (event id, LSN) is its latest change in that transaction, so a later line edit
+gives a new, higher version. Snapshot reads have no transaction: their orders
+(``tx|snap|<flow>|<order id>``) are assembled once no row of theirs arrived for
+``snapshot_settle``; a transaction whose ``END`` is missing is assembled after
+``assembly_timeout``. An order that fails for a reference not known yet (its customer,
+a line's product) stays in its record and is assembled again on each tick until
+``reference_wait`` has passed, then dead-lettered with the header's bytes (replaying it
+re-assembles the order).
+
+Source rows are state here, so a change with a lower LSN than the row's last one is
+stale; the same LSN is a re-delivery (idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from schemas.mapping import Cast, Flow, convert
+from streams.dlq import Origin
+from streams.outcome import Count, Inbound
+from streams.references import References
+from streams.state import ASSEMBLY, b64, freeze, thaw, unb64
+from streams.transform import Skipped, line_parent, to_canonical
+from streams.validation import Failed, Reason
+from streams.waiting import PARKABLE, TX_PREFIX, Waiting
+from streams.work import Emitter, Raw, Route, UnitOfWork
+
+__all__ = ["SNAP_PREFIX", "Orders", "RowBasics", "row_basics", "text_id"]
+
+SNAP_PREFIX: Final = f"{TX_PREFIX}snap|"
+"""``assembly`` keys of orders read by a snapshot, waiting to settle."""
+
+_UPSERT_OPS: Final = frozenset({"c", "u", "r"})
+_ROWLESS_OPS: Final = frozenset({"t", "m"})
+
+
+@dataclass(frozen=True, slots=True)
+class RowBasics:
+    """What a row change carries, read without mapping it."""
+
+    op: str
+    lsn: int
+    tx: str | None
+    key: str
+    row: Mapping[str, Any]
+
+
+def text_id(value: object) -> str | None:
+    """An id column's value as text, or None if it has no usable one."""
+    if value is None:
+        return None
+    try:
+        text = str(convert(Cast.STR, value))
+    except (TypeError, ValueError):
+        return None
+    return text or None
+
+
+def row_basics(envelope: Mapping[str, Any], key_column: str) -> RowBasics | Failed | Skipped:
+    """Op, LSN, transaction, key and row of a change, or why it has none."""
+    op = envelope.get("op")
+    if op in _ROWLESS_OPS:
+        return Skipped(f"op {op!r} carries no row")
+    source = envelope.get("source")
+    if (op not in _UPSERT_OPS and op != "d") or not isinstance(source, Mapping):
+        return Failed(Reason.MALFORMED_EVENT, None, f"op {op!r} or its source block is unusable")
+    lsn = source.get("lsn")
+    row = envelope.get("before" if op == "d" else "after")
+    if not isinstance(lsn, int) or not isinstance(row, Mapping):
+        return Failed(Reason.MALFORMED_EVENT, None, "no source.lsn or no row")
+    key = text_id(row.get(key_column))
+    if key is None:
+        return Failed(Reason.MALFORMED_EVENT, None, f"no usable key column {key_column!r}")
+    block = envelope.get("transaction")
+    tx_id = source.get("txId")
+    if isinstance(block, Mapping) and isinstance(block.get("id"), str):
+        tx: str | None = block["id"]
+    elif isinstance(tx_id, int) and op != "r":
+        tx = str(tx_id)
+    else:
+        tx = None
+    return RowBasics(op=op, lsn=lsn, tx=tx, key=key, row=row)
+
+
+class Orders:
+    """Assembles orders from their headers and lines, one transaction at a time.
+
+    Args:
+        flows: every flow by name (an order's flow is looked up when it is assembled).
+        emitter: publishes orders and dead letters.
+        waiting: how long an order may wait for a reference; indexes pending records.
+        references: the crosswalk and SKUs orders are mapped with.
+        order_collections: per system, the ``schema.table`` names of its order tables.
+        assembly_timeout_ms, snapshot_settle_ms: see :class:`streams.settings.StreamsSettings`.
+    """
+
+    def __init__(
+        self,
+        flows: Mapping[str, Flow],
+        emitter: Emitter,
+        waiting: Waiting,
+        references: References,
+        order_collections: Mapping[str, set[str]],
+        *,
+        assembly_timeout_ms: int,
+        snapshot_settle_ms: int,
+    ) -> None:
+        self._flows = flows
+        self._emitter = emitter
+        self._waiting = waiting
+        self._references = references
+        self._order_collections = order_collections
+        self._timeout_ms = assembly_timeout_ms
+        self._settle_ms = snapshot_settle_ms
+
+    def _row_basics(
+        self,
+        work: UnitOfWork,
+        route: Route,
+        envelope: dict[str, Any],
+        message: Inbound,
+        column: str,
+    ) -> RowBasics | None:
+        basics = row_basics(envelope, column)
+        if isinstance(basics, Skipped):
+            work.tally.add(Count.SKIPPED, route.flow.name)
+            return None
+        if isinstance(basics, Failed):
+            raw = Raw.of(message)
+            self._emitter.dead_letter(work, route.flow.name, basics, raw, ())
+            return None
+        return basics
+
+    def header(
+        self, work: UnitOfWork, route: Route, envelope: dict[str, Any], message: Inbound
+    ) -> None:
+        """A header change: keep the header, register the change with its transaction."""
+        flow = route.flow
+        basics = self._row_basics(work, route, envelope, message, flow.key)
+        if basics is None:
+            return
+        order = f"{flow.name}|{basics.key}"
+        stored = work.get(ASSEMBLY, f"h|{order}")
+        if stored is not None and basics.lsn < int(stored["lsn"]):
+            work.tally.add(Count.DEDUPED, flow.name)
+            return
+        replay = stored is not None and basics.lsn == int(stored["lsn"])
+        if not replay:
+            work.put(
+                ASSEMBLY,
+                f"h|{order}",
+                {
+                    "lsn": basics.lsn,
+                    "env": freeze(envelope),
+                    "key": b64(message.key),
+                    "value": b64(message.value),
+                    "origin": [
+                        message.origin.topic,
+                        message.origin.partition,
+                        message.origin.offset,
+                    ],
+                },
+            )
+        collection = f"{flow.schema}.{flow.table}"
+        self._register(work, flow, order, basics, None, collection, replay=replay)
+
+    def line(
+        self, work: UnitOfWork, route: Route, envelope: dict[str, Any], message: Inbound
+    ) -> None:
+        """A line change: keep the line under its order, register it with its transaction."""
+        flow = route.flow
+        lines = flow.lines
+        assert lines is not None
+        basics = self._row_basics(work, route, envelope, message, lines.key)
+        if basics is None:
+            return
+        collection = f"{flow.schema}.{lines.table}"
+        parent_key = f"lp|{flow.name}|{basics.key}"
+        known_parent = work.get(ASSEMBLY, parent_key)
+        # A delete's old row may hold only the key (REPLICA IDENTITY DEFAULT): use the index.
+        parent = None if basics.op == "d" else line_parent(flow, basics.row)
+        parent = parent or known_parent
+        if parent is None:
+            work.tally.add(Count.IGNORED, "orphan_line")
+            self._register(work, flow, None, basics, envelope, collection, replay=False)
+            return
+        order = f"{flow.name}|{parent}"
+        current_lines = work.get(ASSEMBLY, f"l|{order}") or {}
+        current = current_lines.get(basics.key)
+        if current is not None and basics.lsn < int(current["lsn"]):
+            work.tally.add(Count.DEDUPED, flow.name)
+            return
+        replay = current is not None and basics.lsn == int(current["lsn"])
+        if not replay:
+            current_lines[basics.key] = {
+                "lsn": basics.lsn,
+                "op": basics.op,
+                "row": freeze(basics.row),
+            }
+            work.put(ASSEMBLY, f"l|{order}", current_lines)
+            work.put(ASSEMBLY, parent_key, None if basics.op == "d" else parent)
+            if known_parent is not None and known_parent != parent:
+                moved_from = f"{flow.name}|{known_parent}"
+                old_lines = work.get(ASSEMBLY, f"l|{moved_from}") or {}
+                old_lines.pop(basics.key, None)
+                work.put(ASSEMBLY, f"l|{moved_from}", old_lines or None)
+                self._register(
+                    work, flow, moved_from, basics, envelope, collection, replay=False, count=False
+                )
+        self._register(work, flow, order, basics, envelope, collection, replay=replay)
+
+    def _register(
+        self,
+        work: UnitOfWork,
+        flow: Flow,
+        order: str | None,
+        basics: RowBasics,
+        trigger: dict[str, Any] | None,
+        collection: str,
+        *,
+        replay: bool,
+        count: bool = True,
+    ) -> None:
+        """Note a row change of ``order`` in its transaction; assemble when it completes."""
+        snapshot = basics.tx is None
+        if snapshot:
+            if order is None:
+                return
+            pending = f"{SNAP_PREFIX}{order}"
+        else:
+            pending = f"{TX_PREFIX}{flow.system}|{basics.tx}"
+        record = work.get(ASSEMBLY, pending)
+        if replay:
+            if record is None and order is not None:
+                # Re-delivered after its order was assembled (a replayed dead letter):
+                # assemble again now; dedupe drops it if nothing changed.
+                info = {"flow": flow.name, "lsn": basics.lsn, "trigger": freeze(trigger)}
+                self._assemble(work, order, info, "replay", final=True)
+            return
+        if record is None:
+            record = {
+                "due": work.now_ms + (self._settle_ms if snapshot else self._timeout_ms),
+                "expected": None,
+                "seen": {},
+                "orders": {},
+                "give_up": None,
+            }
+        if snapshot:
+            record["due"] = work.now_ms + self._settle_ms
+        if count:
+            record["seen"][collection] = record["seen"].get(collection, 0) + 1
+        if order is not None:
+            info = record["orders"].setdefault(
+                order, {"flow": flow.name, "lsn": basics.lsn, "trigger": None}
+            )
+            if basics.lsn >= int(info["lsn"]):
+                info["lsn"] = basics.lsn
+                info["trigger"] = None if trigger is None else freeze(trigger)
+        self.complete(work, pending, record, how="complete", forced=False)
+
+    def transaction(self, work: UnitOfWork, system: str, envelope: dict[str, Any]) -> None:
+        """A ``<system>.transaction`` record: an END tells how many changes to expect."""
+        tally = work.tally
+        tx = envelope.get("id")
+        if envelope.get("status") != "END" or not isinstance(tx, str):
+            tally.add(Count.IGNORED, "transaction_begin")
+            return
+        wanted = self._order_collections.get(system, set())
+        expected: dict[str, int] = {}
+        for item in envelope.get("data_collections") or ():
+            if not isinstance(item, Mapping):
+                continue
+            name, count = item.get("data_collection"), item.get("event_count")
+            if name in wanted and isinstance(count, int) and count > 0:
+                expected[name] = count
+        if not expected:
+            tally.add(Count.IGNORED, "transaction_end")
+            return
+        pending = f"{TX_PREFIX}{system}|{tx}"
+        record = work.get(ASSEMBLY, pending) or {
+            "due": work.now_ms + self._timeout_ms,
+            "expected": None,
+            "seen": {},
+            "orders": {},
+            "give_up": None,
+        }
+        record["expected"] = expected
+        self.complete(work, pending, record, how="complete", forced=False)
+
+    def complete(
+        self, work: UnitOfWork, pending: str, record: dict[str, Any], *, how: str, forced: bool
+    ) -> None:
+        """Assemble the orders of a pending record if it is complete (or ``forced``).
+
+        Orders that fail for a missing reference stay in the record, retried on each
+        tick until ``give_up``; the record is deleted once it holds no more orders.
+        """
+        expected = record["expected"]
+        complete = expected is not None and all(
+            record["seen"].get(name, 0) >= count for name, count in expected.items()
+        )
+        if not complete and not forced:
+            work.put(ASSEMBLY, pending, record)
+            return
+        if record["give_up"] is None:
+            record["give_up"] = work.now_ms + self._waiting.wait_ms
+        final = work.now_ms >= int(record["give_up"])
+        waiting = {}
+        for order, info in sorted(record["orders"].items()):
+            if not self._assemble(work, order, info, how, final=final):
+                waiting[order] = info
+        if waiting:
+            record["orders"] = waiting
+            work.put(ASSEMBLY, pending, record)
+        else:
+            work.put(ASSEMBLY, pending, None)
+
+    def _assemble(
+        self, work: UnitOfWork, order: str, info: Mapping[str, Any], how: str, *, final: bool
+    ) -> bool:
+        """Build and publish one order from its header and current lines.
+
+        Returns False when it failed for a missing reference and may be retried.
+        """
+        flow = self._flows[info["flow"]]
+        tally = work.tally
+        header = work.get(ASSEMBLY, f"h|{order}")
+        if header is None:
+            tally.add(Count.ORDERS, "no_header")
+            return True
+        line_rows = work.get(ASSEMBLY, f"l|{order}") or {}
+        rows = [thaw(line["row"]) for line in line_rows.values() if line["op"] != "d"]
+        trigger = None
+        if info.get("trigger") is not None and int(info["lsn"]) > int(header["lsn"]):
+            trigger = thaw(info["trigger"])
+        ref = self._references.data
+        result = to_canonical(
+            flow,
+            thaw(header["env"]),
+            known_skus=ref.known_skus,
+            crosswalk=ref.crosswalk,
+            lookups=ref.lookups,
+            lines=rows,
+            trigger=trigger,
+        )
+        if isinstance(result, Skipped):
+            tally.add(Count.SKIPPED, flow.name)
+            return True
+        topic, partition, offset = header["origin"]
+        raw = Raw(unb64(header["key"]), unb64(header["value"]), Origin(topic, partition, offset))
+        if isinstance(result, Failed):
+            if result.reason in PARKABLE and not final:
+                return False
+            context = (("order", order.split("|", 1)[1]),)
+            self._emitter.dead_letter(work, flow.name, result, raw, context)
+            return True
+        if self._emitter.publish(work, flow.name, result.value, raw, result.fixes):
+            tally.add(Count.ORDERS, how)
+        if thaw(header["env"]).get("op") == "d":
+            for line_id in line_rows:
+                work.put(ASSEMBLY, f"lp|{flow.name}|{line_id}", None)
+            work.put(ASSEMBLY, f"l|{order}", None)
+        return True
+
+    # -- ticks ----------------------------------------------------------------------
+
+    def tick(self, work: UnitOfWork, key: str, record: dict[str, Any]) -> None:
+        """A tick found the pending record ``key`` due: assemble what it holds."""
+        if record["give_up"] is not None:
+            how = "complete"
+        elif key.startswith(SNAP_PREFIX):
+            how = "settled"
+        else:
+            how = "timeout"
+        self.complete(work, key, record, how=how, forced=True)

@@ -1,0 +1,154 @@
+"""What goes into the streams processor and what comes out of one message.
+
+A sequenced message (:class:`Inbound`: a raw change or a tick) in; an :class:`Outcome` out:
+the messages to publish (:class:`Outbound`: canonical events and dead letters), the state
+writes, and a :class:`Tally` of what happened (:class:`Count`, exported by
+:mod:`streams.metrics`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+from schemas.errors import PermanentError
+from streams.dlq import DeadLetter, Origin
+from streams.state import Write
+from streams.transform import CanonicalEvent
+
+__all__ = [
+    "H_KIND",
+    "KIND_TICK",
+    "Count",
+    "DeadLetterError",
+    "Inbound",
+    "Kind",
+    "Outbound",
+    "Outcome",
+    "Tally",
+]
+
+H_KIND: Final = "erpcrm.kind"
+"""Header of a sequenced message saying what it is; absent: a raw change."""
+KIND_TICK: Final = b"tick"
+
+
+class Count(StrEnum):
+    """What the processor counts; each with fixed labels (see :mod:`streams.metrics`)."""
+
+    EVENTS_IN = "events_in"
+    """Raw change events per flow (``transaction`` for transaction metadata)."""
+    EVENTS_OUT = "events_out"
+    """Canonical events published, per flow."""
+    DEAD_LETTERS = "dead_letters"
+    """Rejected records per reason, whatever the dead-letter policy."""
+    DEDUPED = "deduped"
+    """Stale events dropped (duplicate or overtaken), per flow."""
+    NO_OPS = "no_ops"
+    """Events dropped because their payload equals the last one, per flow."""
+    ECHOES = "echoes"
+    """Changes carrying a sink's replication origin, per system."""
+    SKIPPED = "skipped"
+    """Changes that are no business event (filtered out, truncates), per flow."""
+    FIXES = "fixes"
+    """Cleansing fixes, per flow and rule."""
+    LINKS = "links"
+    """Crosswalk links made, per entity and rule."""
+    AMBIGUOUS = "ambiguous"
+    """Matches that had several candidates (the lowest id was linked), per entity."""
+    DUPLICATES = "duplicates"
+    """Records newly held as suspected duplicates, per entity, system and match rule."""
+    ORDERS = "orders"
+    """Orders assembled, per how: complete, timeout, settled, replay, no_header."""
+    PARKED = "parked"
+    """Records parked to wait for a reference, per reason."""
+    IGNORED = "ignored"
+    """Messages that carry nothing to process, per what (tombstone, unrouted, ...)."""
+
+
+class Tally(Counter[tuple[str, ...]]):
+    """Counts keyed by ``(Count, *labels)``."""
+
+    def add(self, what: Count, *labels: str, n: int = 1) -> None:
+        """Count ``n`` of ``what`` under ``labels``."""
+        self[(what.value, *labels)] += n
+
+    def of(self, what: Count, *labels: str) -> int:
+        """The count of ``what`` under exactly ``labels``."""
+        return self[(what.value, *labels)]
+
+
+# --------------------------------------------------------------------- messages
+
+
+class Kind(StrEnum):
+    """What a sequenced message is."""
+
+    CHANGE = "change"
+    TICK = "tick"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message as the processor sees it.
+
+    Attributes:
+        origin: where the raw message was read (for ticks: the sequenced position).
+        key: the raw key bytes.
+        value: the raw value bytes (None: a tombstone).
+        timestamp_ms: the sequenced message's timestamp; the processor's only clock.
+        kind: a raw change, or a tick.
+    """
+
+    origin: Origin
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    kind: Kind = Kind.CHANGE
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message to publish: a canonical event or a dead letter.
+
+    ``output_id`` (also the ``erpcrm.output_id`` header) is the event id, or the dead
+    letter's deterministic id.
+    """
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    output_id: str
+    flow: str | None = None
+    event: CanonicalEvent | None = None
+    dead_letter: DeadLetter | None = None
+
+
+@dataclass
+class Outcome:
+    """What one message produced: messages to publish, state writes, counts."""
+
+    outbound: list[Outbound] = field(default_factory=list)
+    writes: list[Write] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+
+    @property
+    def events(self) -> list[CanonicalEvent]:
+        """The canonical events to publish, in order."""
+        return [o.event for o in self.outbound if o.event is not None]
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """The dead letters to publish, in order."""
+        return [o.dead_letter for o in self.outbound if o.dead_letter is not None]
+
+
+class DeadLetterError(PermanentError):
+    """A record was rejected and the dead-letter policy is ``fail``."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        super().__init__(f"{letter.origin}: {letter.message}")
+        self.letter = letter

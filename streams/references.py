@@ -1,0 +1,286 @@
+"""Reference data: the crosswalk, both systems' customer index, duplicates, SKUs.
+
+:class:`ReferenceData` is the in-memory mirror of the ``reference`` table that every
+record may need. :class:`References` keeps it as entities pass: it links, indexes and
+matches customers and links products by SKU, as state writes of the unit of work.
+
+- **Crosswalk.** An ERP customer with ``crm_account_id`` is linked to that account.
+  Customers of both systems are indexed under their customer number, VAT id, e-mail and
+  name + country (deleted and archived ones are dropped). A customer whose event carries
+  no counterpart id (so it has no link) is matched against the other system's index
+  (:func:`streams.crosswalk.resolve_customer`): matched with a free record, the two are
+  linked and the event carries the other id; matched with a record linked to another
+  one, it is a suspected duplicate: not linked, its event carries ``duplicate_of`` and
+  ``duplicate_rule`` (the evidence, ``rule=normalised key``) so the sink holds it
+  instead of creating a second copy, and the flag is kept (and repeated on later
+  changes) until the record is linked. Records the sinks create come back linked: an
+  ERP partner created for an account carries ``crm_account_id``, a CRM account created
+  for a customer carries its customer number, the strongest rule.
+- **Products** are linked by SKU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from typing import Any
+
+from schemas.mapping import Flow
+from streams.crosswalk import (
+    CrosswalkState,
+    CustomerIndex,
+    CustomerMatch,
+    SuspectedDuplicate,
+    crm_id_for,
+    erp_id_for,
+    index_customer,
+    index_keys,
+    new_crosswalk,
+    new_customer_index,
+    other_system,
+    resolve_customer,
+)
+from streams.outcome import Count
+from streams.state import REFERENCE, StateView
+from streams.transform import CanonicalEvent
+from streams.work import UnitOfWork
+
+__all__ = ["ReferenceData", "References"]
+
+
+class ReferenceData:
+    """The reference state every record may need, in memory; mirrors the ``reference`` table.
+
+    Updated by :meth:`apply` with each reference write as it is made, rebuilt from the
+    table by :meth:`load` (at start, and to undo writes that were not committed).
+    """
+
+    def __init__(self) -> None:
+        self.crosswalk: CrosswalkState = new_crosswalk()
+        self.customers: dict[str, CustomerIndex] = {
+            "erp": new_customer_index(),
+            "crm": new_customer_index(),
+        }
+        """Per system, its customers by match key."""
+        self.duplicates: dict[str, dict[str, SuspectedDuplicate]] = {"erp": {}, "crm": {}}
+        """Per system, its customers held as suspected duplicates."""
+        self.legacy_index: set[str] = set()
+        """ERP ids still indexed under an older store's ``cidx|<erp id>`` key."""
+        self.skus: dict[str, str] = {}
+        """ERP product id -> SKU (the ``erp_product_sku`` lookup)."""
+        self.products_by_sku: dict[str, str] = {}
+        """SKU -> ERP product id (the ERP catalogue, for ``known_sku``)."""
+        self.crm_products_by_sku: dict[str, str] = {}
+        """SKU -> CRM product id."""
+
+    @classmethod
+    def load(cls, state: StateView) -> ReferenceData:
+        """Build the caches from the ``reference`` table."""
+        data = cls()
+        for key, value in state.scan(REFERENCE, ""):
+            data.apply(key, value)
+        return data
+
+    @property
+    def lookups(self) -> Mapping[str, Mapping[str, str]]:
+        """Lookup tables for :func:`~streams.transform.to_canonical`."""
+        return {"erp_product_sku": self.skus}
+
+    @property
+    def known_skus(self) -> Container[str]:
+        """The SKUs of the ERP catalogue."""
+        return self.products_by_sku
+
+    def apply(self, key: str, value: Any) -> None:
+        """Mirror one write of the ``reference`` table (``value`` None: deleted)."""
+        kind, _, rest = key.partition("|")
+        if kind == "xw":
+            entity, side, entity_id = rest.split("|", 2)
+            sides = self.crosswalk.setdefault(entity, {"erp": {}, "crm": {}})
+            if value is None:
+                sides[side].pop(entity_id, None)
+            else:
+                sides[side][entity_id] = str(value)
+        elif kind == "cidx":
+            self._apply_index(rest, value)
+        elif kind == "dup":
+            _, system, entity_id = rest.split("|", 2)
+            if value is None:
+                self.duplicates[system].pop(entity_id, None)
+            else:
+                self.duplicates[system][entity_id] = SuspectedDuplicate(
+                    str(value[0]), str(value[1])
+                )
+        elif kind == "sku":
+            old = self.skus.pop(rest, None)
+            if old is not None and self.products_by_sku.get(old) == rest:
+                del self.products_by_sku[old]
+            if value is not None:
+                self.skus[rest] = str(value)
+                self.products_by_sku[str(value)] = rest
+        elif kind == "crmsku":
+            if value is None:
+                self.crm_products_by_sku.pop(rest, None)
+            else:
+                self.crm_products_by_sku[rest] = str(value)
+
+    def _apply_index(self, rest: str, value: Any) -> None:
+        system, _, entity_id = rest.partition("|")
+        if system in self.customers and entity_id:
+            index_customer(self.customers[system], entity_id, value or {})
+            return
+        # An older store's ``cidx|<erp id>``: an ERP customer's keys. Scanned before the
+        # ``cidx|erp|`` keys (digits sort first), so a newer entry wins; it is deleted
+        # only together with a write of the newer key, which keeps the index as it is.
+        if value is None:
+            self.legacy_index.discard(rest)
+            return
+        self.legacy_index.add(rest)
+        index_customer(self.customers["erp"], rest, _legacy_keys(value))
+
+
+def _legacy_keys(value: Mapping[str, Any]) -> dict[str, str]:
+    """An older index entry's keys (customer number, VAT id, e-mail; no name + country)."""
+    return {
+        rule: str(key) for rule, key in value.items() if rule in ("customer_number", "vat", "email")
+    }
+
+
+# ------------------------------------------------------------------- internals
+
+
+class References:
+    """Keeps the reference data as entities pass (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.data = ReferenceData()
+
+    def load(self, state: StateView) -> None:
+        """Rebuild the in-memory reference data from ``state``."""
+        self.data = ReferenceData.load(state)
+
+    def mirror(self, key: str, value: Any) -> None:
+        """Mirror one write of the ``reference`` table."""
+        self.data.apply(key, value)
+
+    def observe(self, work: UnitOfWork, flow: Flow, event: CanonicalEvent) -> None:
+        """Keep the references an entity's event carries (customers, products)."""
+        if event.entity == "customer":
+            self.customer(work, flow, event)
+        elif event.entity == "product":
+            self.product(work, flow, event)
+
+    def link(self, work: UnitOfWork, entity: str, erp_id: str, crm_id: str, rule: str) -> None:
+        """Link two ids one to one (as :func:`streams.crosswalk.link`), as state writes.
+
+        A suspected-duplicate flag of either id ends with the link.
+        """
+        crosswalk = self.data.crosswalk
+        old_crm = crm_id_for(crosswalk, entity, erp_id)
+        if old_crm == crm_id:
+            return
+        old_erp = erp_id_for(crosswalk, entity, crm_id)
+        if old_crm is not None:
+            work.put(REFERENCE, f"xw|{entity}|crm|{old_crm}", None)
+        if old_erp is not None:
+            work.put(REFERENCE, f"xw|{entity}|erp|{old_erp}", None)
+        work.put(REFERENCE, f"xw|{entity}|erp|{erp_id}", crm_id)
+        work.put(REFERENCE, f"xw|{entity}|crm|{crm_id}", erp_id)
+        if entity == "customer":
+            self.flag(work, "erp", erp_id, None)
+            self.flag(work, "crm", crm_id, None)
+        work.tally.add(Count.LINKS, entity, rule)
+
+    def flag(
+        self, work: UnitOfWork, system: str, entity_id: str, flag: SuspectedDuplicate | None
+    ) -> None:
+        """Record (or, with None, clear) a customer's suspected-duplicate flag."""
+        if self.data.duplicates[system].get(entity_id) == flag:
+            return
+        value = None if flag is None else [flag.of, flag.evidence]
+        work.put(REFERENCE, f"dup|customer|{system}|{entity_id}", value)
+
+    def index_customer(
+        self, work: UnitOfWork, system: str, entity_id: str, keys: dict[str, str]
+    ) -> None:
+        """Keep a customer's index entry at ``keys`` (empty: not indexed)."""
+        ref = self.data
+        if system == "erp" and entity_id in ref.legacy_index:
+            work.put(REFERENCE, f"cidx|{entity_id}", None)
+        elif ref.customers[system]["keys"].get(entity_id, {}) == keys:
+            return
+        work.put(REFERENCE, f"cidx|{system}|{entity_id}", keys or None)
+
+    def customer(self, work: UnitOfWork, flow: Flow, event: CanonicalEvent) -> None:
+        """Link, index and match a customer record; see the module docstring.
+
+        1. an ERP customer's ``crm_account_id`` links it; 2. the record is (re-)indexed
+        under its keys, or dropped from its index when deleted or archived; 3. a
+        record without a counterpart is resolved against the other system's index:
+        linked, flagged as a suspected duplicate, or left new.
+        """
+        record = event.record
+        system = flow.system
+        own_id = str(record[flow.id_field])
+        deleted = record["op"] == "delete"
+        ref = self.data
+        if system == "erp" and not deleted and record.get("crm_id"):
+            self.link(work, "customer", own_id, str(record["crm_id"]), "erp_column")
+        self.index_customer(work, system, own_id, index_keys(record))
+        if deleted or record.get(flow.other_id_field):
+            self.flag(work, system, own_id, None)
+            return
+        flagged = ref.duplicates[system].get(own_id)
+        found = resolve_customer(
+            ref.customers[other_system(system)],
+            record,
+            system=system,
+            record_id=own_id,
+            crosswalk=ref.crosswalk,
+            flagged=flagged,
+        )
+        if isinstance(found, CustomerMatch):
+            erp_id, crm_id = (
+                (own_id, found.other_id) if system == "erp" else (found.other_id, own_id)
+            )
+            self.link(work, "customer", erp_id, crm_id, found.rule)
+            if found.ambiguous:
+                work.tally.add(Count.AMBIGUOUS, "customer")
+            record[flow.other_id_field] = found.other_id
+        elif isinstance(found, SuspectedDuplicate):
+            record["duplicate_of"] = found.of
+            record["duplicate_rule"] = found.evidence
+            if flagged is None:
+                work.tally.add(Count.DUPLICATES, "customer", system, found.rule)
+            self.flag(work, system, own_id, found)
+
+    def product(self, work: UnitOfWork, flow: Flow, event: CanonicalEvent) -> None:
+        """Keep the SKU index and link products of both systems by SKU."""
+        record = event.record
+        sku = record.get("sku")
+        ref = self.data
+        if flow.system == "erp":
+            erp_id = str(record["erp_id"])
+            if record["op"] == "delete":
+                if erp_id in ref.skus:
+                    work.put(REFERENCE, f"sku|{erp_id}", None)
+                return
+            if sku is None:
+                return
+            if ref.skus.get(erp_id) != sku:
+                work.put(REFERENCE, f"sku|{erp_id}", sku)
+            crm_id = ref.crm_products_by_sku.get(sku)
+            if crm_id is not None and record.get("crm_id") is None:
+                self.link(work, "product", erp_id, crm_id, "sku")
+                record["crm_id"] = crm_id
+            return
+        crm_id = str(record["crm_id"])
+        if record["op"] == "delete" or sku is None:
+            return
+        if ref.crm_products_by_sku.get(sku) != crm_id:
+            work.put(REFERENCE, f"crmsku|{sku}", crm_id)
+        catalogue_id = ref.products_by_sku.get(sku)
+        if catalogue_id is not None and record.get("erp_id") is None:
+            self.link(work, "product", catalogue_id, crm_id, "sku")
+            record["erp_id"] = catalogue_id
+
+    # -- stock ----------------------------------------------------------------------

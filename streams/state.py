@@ -1,0 +1,219 @@
+"""The streams stage's state: four tables of JSON values under text keys, and views of them.
+
+The processor reads state through :class:`StateView` and changes it only by returning
+:class:`Write` s that the caller applies (:class:`StateStore`) after the outputs were
+published. :class:`DictState` keeps the tables in plain dicts (tests, tools);
+:class:`StagedState` is a batch's view: the committed state plus the writes the batch's
+messages staged so far. :func:`freeze` and :func:`thaw` carry decoded Avro values
+(decimals, bytes, dates) through JSON exactly.
+
+The tables (:data:`TABLES`) and what each holds:
+
+- ``dedupe``: ``<entity>|<system>:<id>`` -> ``[version, payload hash]`` of the last event
+  kept (:mod:`streams.dedupe`).
+- ``reference``: what any record may need, mirrored in memory
+  (:class:`streams.references.ReferenceData`): crosswalk links
+  ``xw|<entity>|<erp|crm>|<id>``, both systems' customers' match keys
+  ``cidx|<erp|crm>|<id>`` (rule -> normalised key; an older store's ``cidx|<erp id>`` is
+  read as an ERP customer's and removed when that customer is next indexed), suspected
+  duplicates ``dup|customer|<erp|crm>|<id>`` -> ``[other system's id, evidence]``, ERP
+  product id -> SKU ``sku|<id>``, CRM product by SKU ``crmsku|<sku>``.
+- ``inventory``: per quant ``q|<flow>|<quant id>`` (product, LSN), per product its quants
+  ``qs|<flow>|<product>`` and last totals ``t|<flow>|<product>`` (:mod:`streams.stock`).
+- ``assembly``: orders being assembled (:mod:`streams.orders`): last header
+  ``h|<flow>|<order id>`` (with its original bytes, for dead letters), current lines
+  ``l|<flow>|<order id>``, line -> order ``lp|<flow>|<line id>``, open transactions
+  ``tx|<system>|<txid>`` and snapshot orders ``tx|snap|<flow>|<order id>``; and records
+  waiting for a reference ``park|<topic>|<partition>|<offset>|<flow>``
+  (:mod:`streams.waiting`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Final, Protocol
+
+__all__ = [
+    "ASSEMBLY",
+    "DEDUPE",
+    "INVENTORY",
+    "REFERENCE",
+    "TABLES",
+    "DictState",
+    "StagedState",
+    "StateStore",
+    "StateView",
+    "Write",
+    "b64",
+    "freeze",
+    "thaw",
+    "unb64",
+]
+
+DEDUPE: Final = "dedupe"
+REFERENCE: Final = "reference"
+INVENTORY: Final = "inventory"
+ASSEMBLY: Final = "assembly"
+TABLES: Final = (DEDUPE, REFERENCE, INVENTORY, ASSEMBLY)
+"""The state tables; each a text key -> JSON value mapping."""
+
+_DECIMAL: Final = "$decimal"
+_BYTES: Final = "$bytes"
+_DATETIME: Final = "$datetime"
+_DATE: Final = "$date"
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One state change: ``value`` None deletes the key."""
+
+    table: str
+    key: str
+    value: Any
+
+
+class StateView(Protocol):
+    """Read access to the state tables. Every call returns a fresh value."""
+
+    def get(self, table: str, key: str) -> Any:
+        """Return the value of ``key`` in ``table``, or None."""
+        ...
+
+    def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Yield every ``(key, value)`` of ``table`` whose key starts with ``prefix``."""
+        ...
+
+
+class StateStore(StateView, Protocol):
+    """State that can be changed (only by :meth:`~streams.processor.StreamProcessor.commit`)."""
+
+    def apply(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order."""
+        ...
+
+
+class DictState:
+    """State in plain dicts, values kept as JSON text (what a Faust table would hold)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, str]] = {name: {} for name in TABLES}
+
+    def get(self, table: str, key: str) -> Any:
+        """Return a fresh copy of the value of ``key``, or None."""
+        text = self.tables[table].get(key)
+        return None if text is None else json.loads(text)
+
+    def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``, sorted."""
+        for key in sorted(self.tables[table]):
+            if key.startswith(prefix):
+                yield key, json.loads(self.tables[table][key])
+
+    def apply(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes``; values must be JSON-serialisable."""
+        for write in writes:
+            if write.value is None:
+                self.tables[write.table].pop(write.key, None)
+            else:
+                self.tables[write.table][write.key] = json.dumps(write.value)
+
+    def values(self, table: str) -> dict[str, Any]:
+        """Every entry of ``table``, decoded (for tests and tools)."""
+        return dict(self.scan(table, ""))
+
+
+class StagedState:
+    """A batch's view of the state: ``base`` as committed, plus the writes staged so far.
+
+    A worker that decides many messages before it publishes and commits any of them
+    processes each against this view and stages its writes here, so every message sees
+    the writes of the ones before it, as if they had been committed one at a time.
+    Values are kept as JSON text, as :class:`DictState` keeps them and as the tables
+    store them: a read returns a fresh value, shaped as a committed one would be.
+    ``base`` is never changed; to commit, apply each outcome's writes to it in order.
+    """
+
+    def __init__(self, base: StateView) -> None:
+        self._base = base
+        self._staged: dict[tuple[str, str], str | None] = {}
+
+    def get(self, table: str, key: str) -> Any:
+        """Return the staged value of ``key``, else the committed one; None if absent."""
+        try:
+            text = self._staged[(table, key)]
+        except KeyError:
+            return self._base.get(table, key)
+        return None if text is None else json.loads(text)
+
+    def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``, sorted."""
+        found = dict(self._base.scan(table, prefix))
+        for (staged_table, key), text in self._staged.items():
+            if staged_table != table or not key.startswith(prefix):
+                continue
+            if text is None:
+                found.pop(key, None)
+            else:
+                found[key] = json.loads(text)
+        for key in sorted(found):
+            yield key, found[key]
+
+    def stage(self, writes: Sequence[Write]) -> None:
+        """Stage ``writes`` (in order) on top of what is staged already."""
+        for write in writes:
+            value = write.value
+            self._staged[(write.table, write.key)] = None if value is None else json.dumps(value)
+
+
+def freeze(value: Any) -> Any:
+    """Return a JSON-able form of a decoded Avro value; :func:`thaw` inverts it exactly.
+
+    Decimals keep their scale, bytes are base64, dates and times ISO-8601.
+    """
+    if isinstance(value, Decimal):
+        return {_DECIMAL: format(value, "f")}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {_BYTES: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, datetime):
+        return {_DATETIME: value.isoformat()}
+    if isinstance(value, date):
+        return {_DATE: value.isoformat()}
+    if isinstance(value, Mapping):
+        return {str(k): freeze(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [freeze(v) for v in value]
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Return the value :func:`freeze` was given."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((tag, text),) = value.items()
+            if tag == _DECIMAL:
+                return Decimal(text)
+            if tag == _BYTES:
+                return base64.b64decode(text)
+            if tag == _DATETIME:
+                return datetime.fromisoformat(text)
+            if tag == _DATE:
+                return date.fromisoformat(text)
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value
+
+
+def b64(data: bytes | None) -> str | None:
+    """``data`` as base64 text (None stays None)."""
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str | None) -> bytes | None:
+    """The bytes :func:`b64` was given."""
+    return None if text is None else base64.b64decode(text)

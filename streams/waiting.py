@@ -1,0 +1,149 @@
+"""Waiting: records whose reference is not known yet, and the pending work ticks look at.
+
+A record failing only because a reference is not known yet (:data:`PARKABLE`: the
+product may be in a topic not read that far, the customer not linked yet) is parked in
+the ``assembly`` table under ``park|<topic>|<partition>|<offset>|<flow>`` with its
+original bytes, and retried on every tick for ``reference_wait``; then it is
+dead-lettered with its reason. Ticks come through the same sequenced topic as the data,
+so every decision depends only on that log and replays the same.
+
+:class:`Waiting` also keeps the in-memory index of everything pending (parked records,
+open transactions and snapshot orders of :mod:`streams.orders`): key -> when a tick
+should look at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from streams.dlq import Origin
+from streams.outcome import Count, Inbound
+from streams.state import ASSEMBLY, StateView, b64, unb64
+from streams.validation import Failed, Reason
+from streams.work import Emitter, Raw, Route, UnitOfWork
+
+__all__ = ["PARKABLE", "PARK_PREFIX", "TX_PREFIX", "Retry", "Waiting"]
+
+PARKABLE: Final = frozenset({Reason.UNRESOLVED_REFERENCE, Reason.UNKNOWN_SKU})
+"""Failures that a later record may cure: retried for a while before dead-lettering."""
+
+TX_PREFIX: Final = "tx|"
+"""``assembly`` keys of open transactions and snapshot orders (:mod:`streams.orders`)."""
+PARK_PREFIX: Final = "park|"
+"""``assembly`` keys of parked records."""
+
+
+@dataclass
+class Retry:
+    """A parked record's retry: ``final`` means dead-letter instead of parking again."""
+
+    final: bool
+    parked_again: bool = False
+
+
+Reroute = Callable[[UnitOfWork, Route, Inbound, Retry], None]
+"""Runs a parked record through its route again (the processor's dispatch)."""
+
+
+class Waiting:
+    """Parks records that wait for a reference and indexes everything pending.
+
+    Args:
+        emitter: where records go that waited long enough.
+        wait_ms: how long a record waits (0: dead-letter at once).
+    """
+
+    def __init__(self, emitter: Emitter, wait_ms: int) -> None:
+        self._emitter = emitter
+        self.wait_ms = wait_ms
+        self._due: dict[str, int] = {}
+
+    @property
+    def pending(self) -> int:
+        """How many keys are pending."""
+        return len(self._due)
+
+    def load(self, state: StateView) -> None:
+        """Rebuild the index of pending keys from ``state``."""
+        self._due = {}
+        for prefix in (TX_PREFIX, PARK_PREFIX):
+            for key, value in state.scan(ASSEMBLY, prefix):
+                self.mirror(key, value)
+
+    def mirror(self, key: str, value: Any) -> None:
+        """Index one write of a pending ``assembly`` key (None: no longer pending)."""
+        if not key.startswith((TX_PREFIX, PARK_PREFIX)):
+            return
+        if value is None:
+            self._due.pop(key, None)
+        elif key.startswith(PARK_PREFIX) or value.get("give_up") is not None:
+            self._due[key] = 0
+        else:
+            self._due[key] = int(value["due"])
+
+    def due(self, now_ms: int) -> list[str]:
+        """The pending keys a tick at ``now_ms`` should look at, sorted."""
+        return sorted(key for key, when in self._due.items() if when <= now_ms)
+
+    def forget(self, key: str) -> None:
+        """Drop a key whose record is gone."""
+        self._due.pop(key, None)
+
+    def reject(
+        self,
+        work: UnitOfWork,
+        route: Route,
+        failed: Failed,
+        message: Inbound,
+        retry: Retry | None,
+    ) -> None:
+        """Park a record that may succeed later, or dead-letter it."""
+        if failed.reason in PARKABLE and self.wait_ms > 0:
+            if retry is None:
+                origin = message.origin
+                key = (
+                    f"{PARK_PREFIX}{origin.topic}|{origin.partition}"
+                    f"|{origin.offset}|{route.flow.name}"
+                )
+                work.put(
+                    ASSEMBLY,
+                    key,
+                    {
+                        "flow": route.flow.name,
+                        "role": route.role,
+                        "key": b64(message.key),
+                        "value": b64(message.value),
+                        "origin": [origin.topic, origin.partition, origin.offset],
+                        "until": work.now_ms + self.wait_ms,
+                    },
+                )
+                work.tally.add(Count.PARKED, failed.reason.value)
+                return
+            if not retry.final:
+                retry.parked_again = True
+                return
+        self._emitter.dead_letter(work, route.flow.name, failed, Raw.of(message), ())
+
+    def retry(
+        self,
+        work: UnitOfWork,
+        key: str,
+        record: dict[str, Any],
+        route: Route | None,
+        reroute: Reroute,
+    ) -> None:
+        """Run a parked record again; it leaves the park unless it has to wait on."""
+        topic, partition, offset = record["origin"]
+        message = Inbound(
+            origin=Origin(topic, partition, offset),
+            key=unb64(record["key"]),
+            value=unb64(record["value"]),
+            timestamp_ms=work.now_ms,
+        )
+        retry = Retry(final=work.now_ms >= int(record["until"]))
+        if route is not None and message.value is not None:
+            reroute(work, route, message, retry)
+        if not retry.parked_again:
+            work.put(ASSEMBLY, key, None)

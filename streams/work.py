@@ -1,0 +1,196 @@
+"""One message's unit of work, and how its results leave: canonical events and dead letters.
+
+A :class:`UnitOfWork` is what every handler of the processor works on: reads see the
+unit's own writes on top of the state; writes are collected (and mirrored into the
+processor's in-memory caches as they are made); messages to publish and counts go into
+its :class:`~streams.outcome.Outcome`. :class:`Emitter` turns a canonical event into an
+outbound message (deduplicated, encoded) and a failure into a dead letter, under the
+dead-letter policy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from schemas.errors import ValidationError
+from schemas.mapping import Flow
+from schemas.payload import never_noop
+from streams import dlq
+from streams.dedupe import Verdict, decide, payload_hash
+from streams.dlq import DeadLetter, Origin
+from streams.outcome import Count, DeadLetterError, Inbound, Outbound, Outcome
+from streams.state import DEDUPE, StateView, Write
+from streams.transform import CanonicalEvent
+from streams.validation import Failed, Fix, Reason
+
+__all__ = ["Emitter", "Mirror", "Raw", "Route", "UnitOfWork", "dedupe_key"]
+
+Mirror = Callable[[str, str, Any], None]
+"""Called with ``(table, key, value)`` for every write a unit of work makes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A flow a raw topic feeds, and in which role (its entity table, or its lines)."""
+
+    flow: Flow
+    role: Literal["entity", "lines"]
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """The original bytes and position a result is attributed to (for dead letters)."""
+
+    key: bytes | None
+    value: bytes | None
+    origin: Origin
+
+    @classmethod
+    def of(cls, message: Inbound) -> Raw:
+        """The raw form of an inbound message."""
+        return cls(message.key, message.value, message.origin)
+
+
+class UnitOfWork:
+    """One message's work: reads see its own writes; writes are collected, not applied.
+
+    Args:
+        state: the state as the message sees it.
+        now_ms: the message's timestamp, the processor's only clock.
+        mirror: told of every write as it is made (the processor's caches).
+    """
+
+    def __init__(self, state: StateView, now_ms: int, mirror: Mirror) -> None:
+        self.state = state
+        self.now_ms = now_ms
+        self.outcome = Outcome()
+        self._mirror = mirror
+        self._overlay: dict[tuple[str, str], Any] = {}
+
+    @property
+    def tally(self) -> Any:
+        """The outcome's counts (:class:`~streams.outcome.Tally`)."""
+        return self.outcome.tally
+
+    def get(self, table: str, key: str) -> Any:
+        """The value of ``key`` as this unit left it, else as the state has it."""
+        if (table, key) in self._overlay:
+            return copy.deepcopy(self._overlay[(table, key)])
+        return self.state.get(table, key)
+
+    def put(self, table: str, key: str, value: Any) -> None:
+        """Write ``value`` (None: delete) at ``key``; the last write of a key counts."""
+        self._overlay[(table, key)] = value
+        self._mirror(table, key, value)
+
+    def finish(self) -> Outcome:
+        """The outcome, with the unit's writes in the order their keys were first written."""
+        self.outcome.writes = [Write(t, k, v) for (t, k), v in self._overlay.items()]
+        return self.outcome
+
+
+def dedupe_key(event: CanonicalEvent) -> str:
+    """The ``dedupe`` table's key of an event's entity."""
+    return f"{event.entity}|{event.key}"
+
+
+class Emitter:
+    """Queues canonical events (deduplicated, encoded) and dead letters for publishing.
+
+    Args:
+        encode: (entity, canonical record) -> value bytes; raises ``ValidationError``
+            when the record does not fit the entity's schema.
+        policy: ``dlq`` (publish dead letters), ``skip`` (count only) or ``fail``
+            (raise :class:`~streams.outcome.DeadLetterError`).
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[str, dict[str, Any]], bytes],
+        policy: Literal["fail", "dlq", "skip"],
+    ) -> None:
+        self._encode = encode
+        self._policy = policy
+
+    def publish(
+        self, work: UnitOfWork, flow: str, event: CanonicalEvent, raw: Raw, fixes: Sequence[Fix]
+    ) -> bool:
+        """Dedupe an event and, unless dropped, queue it for publishing.
+
+        Returns False when the event was stale (nothing new about the entity).
+        """
+        record = event.record
+        key = dedupe_key(event)
+        stored = work.get(DEDUPE, key)
+        known = {} if stored is None else {key: (int(stored[0]), str(stored[1]))}
+        digest = payload_hash(record)
+        verdict = decide(known, key, int(record["version"]), digest)
+        if verdict is Verdict.NO_OP and never_noop(record):
+            verdict = Verdict.EMIT
+        if verdict is Verdict.STALE:
+            work.tally.add(Count.DEDUPED, flow)
+            return False
+        for fix in fixes:
+            work.tally.add(Count.FIXES, flow, fix.rule)
+        if verdict is Verdict.NO_OP:
+            work.put(DEDUPE, key, [record["version"], digest])
+            work.tally.add(Count.NO_OPS, flow)
+            return True
+        try:
+            value = self._encode(event.entity, record)
+        except ValidationError as exc:
+            failed = Failed(Reason.SCHEMA_MISMATCH, None, str(exc))
+            self.dead_letter(work, flow, failed, raw, ())
+            return True
+        work.put(DEDUPE, key, [record["version"], digest])
+        event_id = str(record["event_id"])
+        work.outcome.outbound.append(
+            Outbound(
+                topic=event.topic,
+                key=event.key.encode("utf-8"),
+                value=value,
+                headers=((dlq.H_OUTPUT_ID, event_id.encode("ascii")),),
+                output_id=event_id,
+                flow=flow,
+                event=event,
+            )
+        )
+        work.tally.add(Count.EVENTS_OUT, flow)
+        return True
+
+    def dead_letter(
+        self,
+        work: UnitOfWork,
+        flow: str | None,
+        failed: Failed,
+        raw: Raw,
+        context: Iterable[tuple[str, str]],
+    ) -> None:
+        """Dead-letter ``raw`` for ``failed``, under the policy."""
+        letter = dlq.from_failure(
+            failed, origin=raw.origin, key=raw.key, value=raw.value, flow=flow, context=context
+        )
+        self.send(work, letter)
+
+    def send(self, work: UnitOfWork, letter: DeadLetter) -> None:
+        """Queue a dead letter (``dlq``), count it only (``skip``) or raise (``fail``)."""
+        work.tally.add(Count.DEAD_LETTERS, letter.reason)
+        if self._policy == "fail":
+            raise DeadLetterError(letter)
+        if self._policy == "skip":
+            work.tally.add(Count.IGNORED, "rejected_skipped")
+            return
+        work.outcome.outbound.append(
+            Outbound(
+                topic=dlq.DLQ_TOPIC,
+                key=letter.key,
+                value=letter.value,
+                headers=tuple(letter.headers()),
+                output_id=letter.output_id,
+                flow=letter.flow,
+                dead_letter=letter,
+            )
+        )
