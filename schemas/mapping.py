@@ -65,6 +65,10 @@ scale), ``min``/``max``, ``lookup`` (the value is replaced by its entry in a nam
 lookup table supplied at run time; a miss is null, or an error if ``required``),
 ``known_sku`` (must be in the ERP catalogue), then ``required``. ``crosswalk`` fills
 the named counterpart field with the other system's id of the referenced entity.
+``fallback: {source: <column>, lookup: <table>}`` gives a value that is still blank after
+cleaning another way: the entry of that column's value in a lookup table (an order
+line without a part number takes its product's SKU); a miss there is an unresolved
+reference, which waits for the reference to arrive.
 
 Ownership (``owner``) is per entity and field: every flow of an entity must agree,
 which :func:`load_mappings` checks; :func:`ownership` returns the map.
@@ -189,6 +193,7 @@ _FIELD_KEYS: Final = frozenset(
         "region",
         "infer_from",
         "crosswalk",
+        "fallback",
         "doc",
     }
 )
@@ -365,6 +370,14 @@ class CrosswalkRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Fallback:
+    """Where a blank value is taken from: ``source``'s value looked up in ``lookup``."""
+
+    source: str
+    lookup: str
+
+
+@dataclass(frozen=True, slots=True)
 class FieldMap:
     """How one canonical field is made from a source row (see the module docstring).
 
@@ -391,6 +404,7 @@ class FieldMap:
     region: str | None = None
     infer_from: Mapping[str, str] | None = None
     crosswalk: CrosswalkRef | None = None
+    fallback: Fallback | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,6 +672,14 @@ def _crosswalk_ref(
     return CrosswalkRef(entity, counterpart)
 
 
+def _fallback(spec: Mapping[str, Any], where: _Where) -> Fallback | None:
+    if "fallback" not in spec:
+        return None
+    raw = _mapping(spec["fallback"], "fallback", where)
+    _only(raw, frozenset({"source", "lookup"}), "fallback", where)
+    return Fallback(_name(raw, "source", where), _name(raw, "lookup", where))
+
+
 def _field(
     target: str, spec: Any, types: Mapping[str, FieldType], entity: str, where: _Where
 ) -> FieldMap:
@@ -680,8 +702,11 @@ def _field(
     known_sku = _flag(spec, "known_sku", where)
     lookup = _optional_name(spec, "lookup", where)
     crosswalk = _crosswalk_ref(spec, target, types, where)
-    if cast is not Cast.STR and (known_sku or lookup is not None or crosswalk is not None):
-        where.fail("known_sku, lookup and crosswalk work on text: use cast str")
+    fallback = _fallback(spec, where)
+    if cast is not Cast.STR and (
+        known_sku or lookup is not None or crosswalk is not None or fallback is not None
+    ):
+        where.fail("known_sku, lookup, crosswalk and fallback work on text: use cast str")
     region = _optional_name(spec, "region", where)
     if region is not None and "phone" not in clean:
         where.fail("region applies to phone fields")
@@ -704,6 +729,7 @@ def _field(
         region=region,
         infer_from=_infer_from(spec, clean, where),
         crosswalk=crosswalk,
+        fallback=fallback,
     )
 
 

@@ -71,6 +71,8 @@ class ReferenceData:
         """SKU -> ERP product id (the ERP catalogue, for ``known_sku``)."""
         self.crm_products_by_sku: dict[str, str] = {}
         """SKU -> CRM product id."""
+        self.crm_skus: dict[str, str] = {}
+        """CRM product id -> SKU (the ``crm_product_sku`` lookup)."""
 
     @classmethod
     def load(cls, state: StateView) -> ReferenceData:
@@ -83,7 +85,7 @@ class ReferenceData:
     @property
     def lookups(self) -> Mapping[str, Mapping[str, str]]:
         """Lookup tables for :func:`~streams.transform.to_canonical`."""
-        return {"erp_product_sku": self.skus}
+        return {"erp_product_sku": self.skus, "crm_product_sku": self.crm_skus}
 
     @property
     def known_skus(self) -> Container[str]:
@@ -118,10 +120,12 @@ class ReferenceData:
                 self.skus[rest] = str(value)
                 self.products_by_sku[str(value)] = rest
         elif kind == "crmsku":
-            if value is None:
-                self.crm_products_by_sku.pop(rest, None)
-            else:
+            old = self.crm_products_by_sku.pop(rest, None)
+            if old is not None and self.crm_skus.get(old) == rest:
+                del self.crm_skus[old]
+            if value is not None:
                 self.crm_products_by_sku[rest] = str(value)
+                self.crm_skus[str(value)] = rest
 
     def _apply_index(self, rest: str, value: Any) -> None:
         system, _, entity_id = rest.partition("|")

@@ -57,7 +57,7 @@ from functools import cache
 from typing import Any, Final
 
 from schemas.canonical import ID_FIELDS, FieldType, canonical_schema, field_types
-from schemas.mapping import Cast, FieldMap, Flow, Grain, convert, map_key
+from schemas.mapping import Cast, Fallback, FieldMap, Flow, Grain, convert, map_key
 from schemas.payload import plain
 from schemas.serde import ParsedSchema, parse_schema
 from schemas.topics import canonical_topic
@@ -242,6 +242,11 @@ def _map_field(
             return cleaned
         fixes.extend(cleaned.fixes)
         value = cleaned.value
+    if fm.fallback is not None and is_blank(value):
+        found = _fallback_value(fm.fallback, row, refs)
+        if isinstance(found, Failed):
+            return found
+        value = found
     defaulted = apply_default(value, fm.default)
     fixes.extend(defaulted.fixes)
     value = defaulted.value
@@ -276,6 +281,21 @@ def _map_field(
         if unknown is not None:
             return unknown
     return Ok(value, tuple(fixes))
+
+
+def _fallback_value(fallback: Fallback, row: Mapping[str, Any], refs: _Refs) -> Any:
+    """The fallback's value: its column's entry in its lookup (None: no column value)."""
+    key = row.get(fallback.source)
+    if is_blank(key):
+        return None
+    found = refs.lookups.get(fallback.lookup, {}).get(str(key).strip())
+    if found is None:
+        return Failed(
+            Reason.UNRESOLVED_REFERENCE,
+            None,
+            f"{fallback.source} {key!r} is not in lookup {fallback.lookup} (yet)",
+        )
+    return found
 
 
 def _map_row(

@@ -276,6 +276,73 @@ def test_won_quote_becomes_an_erp_order_whose_name_flows_back(
     )
 
 
+def test_a_quote_for_a_product_the_crm_just_learnt_becomes_an_erp_order(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    """The won-quote race: a new ERP product with stock, seen in the CRM, sold at once.
+
+    The quote's line names the CRM product only (no part number): its SKU is known to the
+    streams only from the CRM sink's announcement of the product it created, which may be
+    read after the quote. The order waits for it instead of being dead-lettered.
+    """
+    erp_admin, crm_admin = stack_env["ERP_ADMIN_DSN"], stack_env["CRM_ADMIN_DSN"]
+    sku = f"RACE-{uuid.uuid4().hex[:8].upper()}"
+    product = _one(
+        stack_env["ERP_DSN"],
+        "INSERT INTO public.product_product (default_code, name, list_price)"
+        " VALUES (%s, 'Race widget', 19.90) RETURNING id",
+        (sku,),
+    )
+    location = _one(
+        erp_admin, "SELECT id FROM public.stock_location WHERE usage = 'internal' ORDER BY id"
+    )
+    execute(
+        stack_env["ERP_DSN"],
+        "INSERT INTO public.stock_quant (product_id, location_id, quantity) VALUES (%s, %s, 12)",
+        (product, location),
+    )
+    _eventually(
+        crm_admin,
+        "SELECT on_hand FROM public.product_availability WHERE part_number = %s",
+        (sku,),
+        Decimal("12.000"),
+        "the new product's stock in the CRM",
+    )
+    crm_product = _one(
+        crm_admin, "SELECT id::text FROM public.aos_products WHERE part_number = %s", (sku,)
+    )
+    _, account = _linked_customer(stack_env)
+    crm = stack_env["CRM_DSN"]
+    quote = _one(
+        crm,
+        "INSERT INTO public.aos_quotes (name, account_id, stage, subtotal_amount, total_amount)"
+        " VALUES ('Race quote', %s, 'Negotiation', 39.80, 39.80) RETURNING id::text",
+        (account,),
+    )
+    execute(
+        crm,
+        "INSERT INTO public.aos_products_quotes (parent_id, number, name, product_id,"
+        " product_qty, product_list_price, product_unit_price, product_total_price)"
+        " VALUES (%s, 1, 'Race widget', %s, 2, 19.90, 19.90, 39.80)",
+        (quote, crm_product),
+    )
+    execute(crm, "UPDATE public.aos_quotes SET stage = 'Closed Accepted' WHERE id = %s", (quote,))
+    _eventually(
+        erp_admin,
+        "SELECT count(*) FROM public.sale_order WHERE crm_quote_id = %s",
+        (quote,),
+        1,
+        "the ERP order of the quote",
+    )
+    lines = execute(
+        erp_admin,
+        "SELECT l.product_id, l.product_uom_qty FROM public.sale_order_line l"
+        " JOIN public.sale_order o ON o.id = l.order_id WHERE o.crm_quote_id = %s",
+        (quote,),
+    )
+    assert [(int(p), Decimal(q)) for p, q in lines] == [(int(product), Decimal(2))]
+
+
 def test_stock_and_invoices_reach_the_crm(pipeline: Pipeline, stack_env: dict[str, str]) -> None:
     erp = stack_env["ERP_DSN"]
     product, sku = execute(

@@ -41,6 +41,7 @@ from streams.transform import event_id
 from tests.unit.test_transform import (
     ACCOUNT_ID,
     ACCOUNTS,
+    AOS_PRODUCTS,
     AOS_PRODUCTS_QUOTES,
     AOS_QUOTES,
     ORDER,
@@ -482,6 +483,87 @@ def test_an_accepted_crm_quote_with_lines_becomes_one_sales_order() -> None:
         QUOTE_ID,
     )
     assert [line["sku"] for line in record["lines"]] == ["SKU-00007", "SKU-00008"]
+
+
+CRM_PRODUCT_ID = "00000000-0000-4000-8000-0000000000a7"
+
+
+def _quote_line_by_product(number: int, product_id: str) -> dict[str, Any]:
+    """A quote line that names its product but carries no part number."""
+    return {
+        "id": f"00000000-0000-4000-8000-{number:012d}",
+        "parent_id": QUOTE_ID,
+        "number": number,
+        "name": "Widget",
+        "part_number": None,
+        "product_id": product_id,
+        "product_qty": Decimal("3"),
+        "product_list_price": Decimal("12.35"),
+        "product_discount": Decimal("0.00"),
+        "product_total_price": Decimal("37.05"),
+        "deleted": False,
+    }
+
+
+def _crm_product(h: Harness, lsn: int) -> Inbound:
+    row = {
+        "id": CRM_PRODUCT_ID,
+        "name": "Widget",
+        "part_number": "SKU-00007",
+        "category": None,
+        "type": "Good",
+        "price": Decimal("12.35"),
+        "cost": Decimal("7.00"),
+        "currency_id": "EUR",
+        "deleted": False,
+    }
+    return h.change(AOS_PRODUCTS, "u", after=row, lsn=lsn, tx=(60, lsn))
+
+
+@pytest.mark.parametrize("product_first", [True, False])
+def test_a_quote_line_without_part_number_takes_its_products_sku_whenever_it_arrives(
+    product_first: bool,
+) -> None:
+    """The won-quote race: the CRM learns the product (the sink's announcement) on a topic
+    that may be read after the quote; the order waits for it instead of being lost."""
+    h = Harness(reference_wait_ms=20_000)
+    with_catalogue(h, (7, "SKU-00007"))
+    tx = (78, 9100)
+    product = _crm_product(h, 9050)
+    quote = [
+        h.change(AOS_QUOTES, "c", after=QUOTE, lsn=9101, tx=tx),
+        h.change(
+            AOS_PRODUCTS_QUOTES,
+            "c",
+            after=_quote_line_by_product(1, CRM_PRODUCT_ID),
+            lsn=9102,
+            tx=tx,
+        ),
+        h.end("crm", tx, {"public.aos_quotes": 1, "public.aos_products_quotes": 1}),
+    ]
+    pieces = [product, *quote] if product_first else [*quote, h.tick(1_000), product]
+    outcomes = [h.run(piece) for piece in pieces]
+    outcomes.append(h.run(h.tick(1_000)))
+    orders = [
+        record for outcome in outcomes for record in decoded(outcome) if "quote_number" in record
+    ]
+    assert [line["sku"] for record in orders for line in record["lines"]] == ["SKU-00007"]
+    assert not [letter for outcome in outcomes for letter in outcome.dead_letters]
+    assert not h.processor.has_pending
+
+
+def test_a_quote_line_whose_product_never_comes_is_dead_lettered_after_the_wait() -> None:
+    h = Harness(reference_wait_ms=5_000)
+    tx = (79, 9200)
+    h.run(h.change(AOS_QUOTES, "c", after=QUOTE, lsn=9201, tx=tx))
+    line = _quote_line_by_product(1, CRM_PRODUCT_ID)
+    h.run(h.change(AOS_PRODUCTS_QUOTES, "c", after=line, lsn=9202, tx=tx))
+    waiting = h.run(h.end("crm", tx, {"public.aos_quotes": 1, "public.aos_products_quotes": 1}))
+    assert waiting.outbound == [] and h.processor.has_pending
+    given_up = h.run(h.tick(6_000))
+    (letter,) = given_up.dead_letters
+    assert (letter.reason, letter.field) == ("unresolved_reference", "lines[0].sku")
+    assert not h.processor.has_pending
 
 
 def test_snapshot_orders_settle_and_late_transactions_time_out() -> None:
