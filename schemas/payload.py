@@ -54,7 +54,19 @@ def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUD
     The payload is every field except ``exclude`` (by default the event metadata but
     ``op``). Decimals hash by value (``1.2`` = ``1.20``); key order does not matter.
     """
-    skipped = frozenset(exclude)
-    payload = {k: plain(v) for k, v in record.items() if k not in skipped}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    skipped = exclude if isinstance(exclude, frozenset) else frozenset(exclude)
+    payload = {k: v for k, v in record.items() if k not in skipped}
+    # The C encoder walks the containers; only decimals, times and other mappings reach
+    # ``_plain_leaf``, which gives them the forms ``plain`` gives.
+    text = json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain_leaf
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _plain_leaf(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
+    if isinstance(value, Decimal | datetime | date):
+        return plain(value)
+    raise TypeError(f"{type(value).__name__} has no payload form")

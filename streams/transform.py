@@ -3,8 +3,10 @@
 Input is a decoded Debezium envelope (a dict with ``before``, ``after``, ``source``,
 ``op``; column values as :mod:`cdc.envelope` encodes them), plus a :class:`Flow` from
 :mod:`schemas.mapping` that says how its table maps to a canonical entity. Output is
-:class:`~streams.validation.Ok` with a :class:`CanonicalEvent` (a record that fits the
-entity's Avro schema) and the fixes cleansing made, :class:`~streams.validation.Failed`
+:class:`~streams.validation.Ok` with a :class:`CanonicalEvent` (a record shaped by the
+entity's Avro schema: every field, values of the mapped types; the encoder checks the fit
+when the event is published and dead-letters a misfit as ``schema_mismatch``) and the
+fixes cleansing made, :class:`~streams.validation.Failed`
 for the dead-letter topic, or :class:`Skipped` for a change that is no business event.
 
 Decisions:
@@ -53,13 +55,11 @@ import uuid
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from functools import cache
 from typing import Any, Final
 
-from schemas.canonical import ID_FIELDS, FieldType, canonical_schema, field_types
+from schemas.canonical import ID_FIELDS, FieldType, field_types
 from schemas.mapping import Cast, Fallback, FieldMap, Flow, Grain, convert, map_key
 from schemas.payload import plain
-from schemas.serde import ParsedSchema, parse_schema
 from schemas.topics import canonical_topic
 from streams.cleansing import CLEANERS, apply_default, clean_phone, infer_country
 from streams.crosswalk import CrosswalkState, counterpart_id
@@ -71,7 +71,6 @@ from streams.validation import (
     Reason,
     check_known_sku,
     check_range,
-    check_schema,
     check_stock,
     is_blank,
 )
@@ -111,7 +110,7 @@ class CanonicalEvent:
     Attributes:
         entity: the canonical entity.
         key: the partition key, ``<source system>:<entity id in that system>``.
-        record: the Avro datum; fits ``canonical_schema(entity)``.
+        record: the Avro datum of ``canonical_schema(entity)``.
     """
 
     entity: str
@@ -150,11 +149,6 @@ class _Change:
 def event_id(system: str, lsn: int, schema: str, table: str, key: str) -> str:
     """Return the deterministic id of the event for one source change."""
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{system}|{lsn}|{schema}.{table}|{key}"))
-
-
-@cache
-def _parsed(entity: str) -> ParsedSchema:
-    return parse_schema(canonical_schema(entity))
 
 
 def _malformed(detail: str) -> Failed:
@@ -491,9 +485,6 @@ def _record(
 def _finish(
     flow: Flow, entity_id: str, record: dict[str, Any], fixes: tuple[Fix, ...]
 ) -> Ok[CanonicalEvent] | Failed:
-    misfit = check_schema(record, _parsed(flow.target))
-    if misfit is not None:
-        return misfit
     event = CanonicalEvent(flow.target, f"{flow.system}:{entity_id}", record)
     return Ok(event, fixes)
 

@@ -13,16 +13,13 @@ caller chains them with :func:`first_failure`. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Container, Mapping
+from collections.abc import Container
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from fastavro.validation import validate as avro_validate
-
 from schemas.errors import ValidationError
-from schemas.serde import ParsedSchema
 
 __all__ = [
     "Failed",
@@ -33,7 +30,6 @@ __all__ = [
     "check_known_sku",
     "check_range",
     "check_required",
-    "check_schema",
     "check_stock",
     "first_failure",
     "is_blank",
@@ -206,12 +202,3 @@ def check_stock(on_hand: Decimal, reserved: Decimal, field: str = "") -> Failed 
             f"reserved {reserved} exceeds on hand {on_hand}",
         ),
     )
-
-
-def check_schema(record: Mapping[str, Any], schema: ParsedSchema) -> Failed | None:
-    """Fail when ``record`` does not fit the parsed Avro ``schema`` (what the serializer needs)."""
-    try:
-        avro_validate(record, schema, raise_errors=True)
-    except Exception as exc:  # fastavro signals misfits with several exception types
-        return Failed(Reason.SCHEMA_MISMATCH, None, str(exc).replace("\n", " ")[:500])
-    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.payload import HASH_EXCLUDED, plain
 from streams.dedupe import DedupeState, Verdict, decide, observe, payload_hash, remember, seen
 
 RECORD: dict[str, Any] = {
@@ -126,3 +129,37 @@ def test_any_order_ends_with_the_newest_payload_and_never_goes_back(
         newest = max((e for e in events if e[0] == key), key=lambda e: e[1])
         last_emitted = [e for e in emitted if e[0] == key][-1]
         assert last_emitted[2] == newest[2]  # the final payload is the newest one
+
+
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.decimals(allow_nan=False, allow_infinity=False)
+    | st.dates()
+    | st.datetimes(timezones=st.just(UTC))
+)
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            _LEAVES,
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+            ),
+            max_leaves=12,
+        ),
+        max_size=6,
+    )
+)
+def test_payload_hash_is_the_sha256_of_the_sorted_json_of_the_plain_payload(
+    record: dict[str, Any],
+) -> None:
+    """The definition both stages rely on, whatever shortcut computes it."""
+    payload = {k: plain(v) for k, v in record.items() if k not in HASH_EXCLUDED}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert payload_hash(record) == hashlib.sha256(text.encode("utf-8")).hexdigest()

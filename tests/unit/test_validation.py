@@ -7,7 +7,6 @@ from decimal import Decimal
 import pytest
 
 from schemas.errors import ValidationError
-from schemas.serde import parse_schema
 from streams.validation import (
     Failed,
     Fix,
@@ -16,7 +15,6 @@ from streams.validation import (
     check_known_sku,
     check_range,
     check_required,
-    check_schema,
     check_stock,
     first_failure,
     is_blank,
@@ -114,28 +112,3 @@ def test_first_failure() -> None:
     assert first_failure(None, one, two) is one
     assert first_failure(None, None) is None
     assert first_failure() is None
-
-
-def test_check_schema() -> None:
-    schema = parse_schema(
-        {
-            "type": "record",
-            "name": "R",
-            "fields": [
-                {"name": "id", "type": "string"},
-                {
-                    "name": "price",
-                    "type": [
-                        "null",
-                        {"type": "bytes", "logicalType": "decimal", "precision": 6, "scale": 2},
-                    ],
-                    "default": None,
-                },
-            ],
-        }
-    )
-    assert check_schema({"id": "1", "price": Decimal("12.50")}, schema) is None
-    for bad in ({"id": 1, "price": None}, {"id": "1", "price": Decimal("1.234")}, {"price": None}):
-        failed = check_schema(bad, schema)
-        assert failed is not None
-        assert failed.reason is Reason.SCHEMA_MISMATCH
