@@ -145,21 +145,24 @@ OUTPUT_TOPICS = (*CANONICAL_TOPICS, dlq.DLQ_TOPIC)
 class FaustState:
     """The processor's state interface over the worker's Faust tables (key: text, JSON values).
 
-    Reads return copies: the memory store hands out its own objects.
+    Reads return values the caller may change: copies where the store hands out its own
+    objects (``shared_values``: the memory store); a RocksDB store decodes a fresh value
+    on every read, so its values are returned as they come.
     """
 
-    def __init__(self, tables: Mapping[str, Any]) -> None:
+    def __init__(self, tables: Mapping[str, Any], *, shared_values: bool = True) -> None:
         self._tables = tables
+        self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
 
     def get(self, table: str, key: str) -> Any:
         """Return the value of ``key`` in ``table``, or None."""
-        return copy.deepcopy(self._tables[table].get(key))
+        return self._copy(self._tables[table].get(key))
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
         """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``."""
         for key, value in list(self._tables[table].items()):
             if isinstance(key, str) and key.startswith(prefix):
-                yield key, copy.deepcopy(value)
+                yield key, self._copy(value)
 
     def apply(self, writes: Sequence[Write]) -> None:
         """Apply ``writes``; must run while the agent processes an event (changelog)."""
@@ -169,6 +172,10 @@ class FaustState:
                 table.pop(write.key, None)
             else:
                 table[write.key] = write.value
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 # ---------------------------------------------------------------------- publishing
@@ -376,25 +383,24 @@ class StreamRunner:
         started = time.monotonic()
         await self._ready()
 
-        async def decide() -> list[Outcome]:
+        async def decide() -> tuple[list[Outcome], StagedState]:
             staged = StagedState(self.state)
             outcomes = []
             for message in messages:
                 outcome = self.processor.process(message, staged)
                 staged.stage(outcome.writes)
                 outcomes.append(outcome)
-            return outcomes
+            return outcomes, staged
 
         # 1. decide every message in order, each seeing the writes of those before it;
         #    nothing changes yet, and a transient failure restarts from the first message;
-        outcomes = await self.retrying("process", decide, rollback=True)
+        outcomes, staged = await self.retrying("process", decide, rollback=True)
         to_publish = [self._not_yet_published(outcome) for outcome in outcomes]
         outbound = [message for out in to_publish for message in out]
         # 2. publish all of the batch's outputs and wait for every acknowledgement, once;
         await self.retrying("publish", partial(self.publisher.publish, outbound))
-        # 3. only then change state, in the order the messages were decided;
-        for outcome in outcomes:
-            self.processor.commit(outcome, self.state)
+        # 3. only then change state: each key once, to the last value the batch gave it;
+        self.state.apply(staged.writes())
         # 4. the offsets follow when the agent takes its next batch (see the module doc).
         for outcome, out in zip(outcomes, to_publish, strict=True):
             self._observe(outcome, out, started)
@@ -593,13 +599,13 @@ def build(
             partitions=1,
             key_type=str,
             help=f"streams state: {name}",
-            options={"driver": "rocksdict"} if rocksdb else None,
+            options={"driver": "rocksdict", **settings.rocksdb_options} if rocksdb else None,
         )
         for name in TABLES
     }
     if rocksdb:
         _check_stores_at_start(app, settings.kafka, tables)
-    state = state if state is not None else FaustState(tables)
+    state = state if state is not None else FaustState(tables, shared_values=not rocksdb)
     publisher = publisher if publisher is not None else FaustPublisher(app, settings.app_id)
     raw = app.topic(
         *processor.topics,

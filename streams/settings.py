@@ -52,6 +52,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             together and acknowledged once.
         linger_ms: how long an agent waits for a batch to fill before it takes what has
             arrived.
+        table_memory_mib: memory each table's RocksDB store may use for its write buffers
+            and block cache (the store is a cache of the changelog; RocksDB's defaults,
+            sized for servers, would let each table grow to gigabytes).
         commit_interval_seconds: how often consumer offsets are committed.
         session_timeout_seconds: how long the group waits for a silent worker before its
             partitions move (after a crash, the restarted worker waits this long).
@@ -84,6 +87,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     replication_factor: int = Field(default=1, ge=1)
     batch_size: int = Field(default=500, ge=1)
     linger_ms: float = Field(default=10.0, gt=0)
+    table_memory_mib: int = Field(default=16, ge=4)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     session_timeout_seconds: float = Field(default=15.0, ge=6, le=90)
     tick_seconds: float = Field(default=1.0, gt=0)
@@ -106,6 +110,20 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     def topic_prefixes(self) -> dict[str, str]:
         """The first part of each system's raw topic names: ``{"erp": ..., "crm": ...}``."""
         return {"erp": self.erp_topic_prefix, "crm": self.crm_topic_prefix}
+
+    @property
+    def rocksdb_options(self) -> dict[str, int]:
+        """RocksDB options of each table's store, within ``table_memory_mib``.
+
+        A quarter for two write buffers (one filling, one flushing), the rest for the
+        block cache.
+        """
+        total = self.table_memory_mib * 1024 * 1024
+        return {
+            "write_buffer_size": total // 8,
+            "max_write_buffer_number": 2,
+            "block_cache_size": total - total // 4,
+        }
 
     @property
     def table_dir(self) -> Path:

@@ -135,7 +135,8 @@ class StagedState:
     the writes of the ones before it, as if they had been committed one at a time.
     Values are kept as JSON text, as :class:`DictState` keeps them and as the tables
     store them: a read returns a fresh value, shaped as a committed one would be.
-    ``base`` is never changed; to commit, apply each outcome's writes to it in order.
+    ``base`` is never changed; to commit, apply :meth:`writes` (or each outcome's writes,
+    in order) to it.
     """
 
     def __init__(self, base: StateView) -> None:
@@ -168,6 +169,17 @@ class StagedState:
         for write in writes:
             value = write.value
             self._staged[(write.table, write.key)] = None if value is None else json.dumps(value)
+
+    def writes(self) -> list[Write]:
+        """Every key staged, with its last value, in the order keys were first staged.
+
+        Applied to ``base``, they leave it as applying every staged write in order would:
+        only a key's last value counts. A batch commits its state with one write per key.
+        """
+        return [
+            Write(table, key, None if text is None else json.loads(text))
+            for (table, key), text in self._staged.items()
+        ]
 
 
 def freeze(value: Any) -> Any:

@@ -61,6 +61,34 @@ def test_staged_reads_see_staged_writes_and_leave_the_base_alone() -> None:
     assert base.values("reference") == {}
 
 
+_WRITES = st.lists(
+    st.builds(
+        Write,
+        st.sampled_from(["dedupe", "assembly"]),
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.none() | st.integers() | st.lists(st.integers(), max_size=2),
+    ),
+    max_size=30,
+)
+
+
+@given(base_writes=_WRITES, batch=st.lists(_WRITES, max_size=5))
+def test_a_batch_commits_each_key_once_with_the_state_of_every_write_in_order(
+    base_writes: list[Write], batch: list[list[Write]]
+) -> None:
+    one_by_one, collapsed = DictState(), DictState()
+    one_by_one.apply(base_writes)
+    collapsed.apply(base_writes)
+    staged = StagedState(collapsed)
+    for writes in batch:
+        staged.stage(writes)
+        one_by_one.apply(writes)
+    commit = staged.writes()
+    assert len({(w.table, w.key) for w in commit}) == len(commit)
+    collapsed.apply(commit)
+    assert collapsed.tables == one_by_one.tables
+
+
 def test_staged_values_are_fresh_copies_shaped_as_stored() -> None:
     staged = StagedState(DictState())
     value = {"lines": [("tuple", 1)]}
