@@ -402,6 +402,7 @@ class StreamRunner:
         # 3. only then change state: each key once, to the last value the batch gave it;
         self.state.apply(staged.writes())
         # 4. the offsets follow when the agent takes its next batch (see the module doc).
+        self.metrics.batch_messages.observe(len(messages))
         for outcome, out in zip(outcomes, to_publish, strict=True):
             self._observe(outcome, out, started)
 

@@ -36,10 +36,13 @@ class StreamsMetrics:
     duplicates: Counter
     orders_assembled: Counter
     parked: Counter
+    held: Counter
+    order_timeouts: Counter
     ignored: Counter
     retries: Counter
     sequenced: Counter
     processing_seconds: Histogram
+    batch_messages: Histogram
     source_to_publish_seconds: Histogram
     pending: Gauge
 
@@ -119,6 +122,18 @@ class StreamsMetrics:
                 "Records parked to wait for a reference, per reason.",
                 ["reason"],
             ),
+            held=counter(
+                "erpcrm_streams_held",
+                "Changes held until their source transaction is complete, to be decided in "
+                "the source's commit order, per system.",
+                ["system"],
+            ),
+            order_timeouts=counter(
+                "erpcrm_streams_order_timeouts",
+                "Transactions released incomplete after the wait (a change never came), "
+                "per system.",
+                ["system"],
+            ),
             ignored=counter(
                 "erpcrm_streams_ignored",
                 "Messages with nothing to process, per what (tombstone, unrouted, "
@@ -140,6 +155,12 @@ class StreamsMetrics:
                 "Wall time per sequenced message: processing, publishing until acknowledged, "
                 "committing state.",
                 buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            batch_messages=Histogram(
+                "erpcrm_streams_batch_messages",
+                "Sequenced messages per batch the process agent decides together.",
+                buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
                 registry=registry,
             ),
             source_to_publish_seconds=Histogram(
@@ -170,6 +191,8 @@ class StreamsMetrics:
             Count.DUPLICATES: self.duplicates,
             Count.ORDERS: self.orders_assembled,
             Count.PARKED: self.parked,
+            Count.HELD: self.held,
+            Count.ORDER_TIMEOUTS: self.order_timeouts,
             Count.IGNORED: self.ignored,
         }
 

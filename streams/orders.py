@@ -376,6 +376,13 @@ class Orders:
 
     # -- ticks ----------------------------------------------------------------------
 
+    def expire(self, work: UnitOfWork, system: str, tx: str) -> None:
+        """Transaction ``tx`` will get no ``END``: assemble its orders from what they have."""
+        key = f"{TX_PREFIX}{system}|{tx}"
+        record = work.get(ASSEMBLY, key)
+        if record is not None:
+            self.complete(work, key, record, how="timeout", forced=True)
+
     def tick(self, work: UnitOfWork, key: str, record: dict[str, Any]) -> None:
         """A tick found the pending record ``key`` due: assemble what it holds."""
         if record["give_up"] is not None:

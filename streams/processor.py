@@ -49,13 +49,14 @@ events are dropped and counted (:mod:`streams.dedupe`). Everything that fails go
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from schemas.errors import DecodeError
 from schemas.mapping import Flow, Grain
 from schemas.topics import raw_topic, transaction_topic
 from streams import dlq
+from streams.ordering import Release, SourceOrder
 from streams.orders import Orders
 from streams.outcome import Count, Inbound, Kind, Outcome
 from streams.references import ReferenceData, References
@@ -63,7 +64,7 @@ from streams.state import ASSEMBLY, DEDUPE, REFERENCE, StateStore, StateView
 from streams.stock import Stock
 from streams.transform import Skipped, to_canonical
 from streams.validation import Failed
-from streams.waiting import PARK_PREFIX, Retry, Waiting
+from streams.waiting import ORDER_PREFIX, PARK_PREFIX, Retry, Waiting
 from streams.work import Emitter, Raw, Route, UnitOfWork, dedupe_key
 
 __all__ = ["StreamProcessor"]
@@ -105,15 +106,18 @@ class StreamProcessor:
         prefixes = dict(prefixes or {"erp": "erp", "crm": "crm"})
         routes: dict[str, list[Route]] = {}
         self._tx_topics: dict[str, str] = {}
+        collections: dict[str, set[str]] = {}
         order_collections: dict[str, set[str]] = {}
         for flow in self._flows.values():
             prefix = prefixes.get(flow.system, flow.system)
             topic = raw_topic(prefix, flow.schema, flow.table)
             routes.setdefault(topic, []).append(Route(flow, "entity"))
+            self._tx_topics[transaction_topic(prefix)] = flow.system
+            collections.setdefault(flow.system, set()).add(f"{flow.schema}.{flow.table}")
             if flow.lines is not None:
                 lines_topic = raw_topic(prefix, flow.schema, flow.lines.table)
                 routes.setdefault(lines_topic, []).append(Route(flow, "lines"))
-                self._tx_topics[transaction_topic(prefix)] = flow.system
+                collections[flow.system].add(f"{flow.schema}.{flow.lines.table}")
                 order_collections.setdefault(flow.system, set()).update(
                     {f"{flow.schema}.{flow.table}", f"{flow.schema}.{flow.lines.table}"}
                 )
@@ -121,6 +125,10 @@ class StreamProcessor:
         self._emitter = Emitter(encode, dlq_policy)
         self._waiting = Waiting(self._emitter, reference_wait_ms)
         self._references = References()
+        self._ordering = SourceOrder(
+            {system: frozenset(names) for system, names in collections.items()},
+            assembly_timeout_ms,
+        )
         self._stock = Stock(self._emitter, self._waiting, self._references)
         self._orders = Orders(
             self._flows,
@@ -160,6 +168,7 @@ class StreamProcessor:
         """(Re)build the in-memory caches from ``state``; call before the first message."""
         self._references.load(state)
         self._waiting.load(state)
+        self._ordering.forget()
 
     def rollback(self, state: StateView) -> None:
         """Forget the cache changes of an outcome that will not be committed."""
@@ -203,8 +212,31 @@ class StreamProcessor:
         if system is None and not routes:
             tally.add(Count.IGNORED, "unrouted")
             return
+        envelope = self._decoded(work, message, routes)
+        if envelope is None:
+            return
+        if system is not None:
+            tally.add(Count.EVENTS_IN, "transaction")
+            if envelope.get("status") != "END":
+                tally.add(Count.IGNORED, "transaction_begin")
+                return
+            self._release(work, self._ordering.end(work, system, envelope, message))
+            return
+        for route in routes:
+            tally.add(Count.EVENTS_IN, route.flow.name)
+        released = self._ordering.hold(work, routes[0].flow.system, envelope, message)
+        if released is None:
+            self._change(work, message, envelope, routes)
+        else:
+            self._release(work, released)
+
+    def _decoded(
+        self, work: UnitOfWork, message: Inbound, routes: Sequence[Route]
+    ) -> dict[str, Any] | None:
+        """The message's envelope; None when it does not decode (it is dead-lettered)."""
+        assert message.value is not None
         try:
-            envelope = self._decode(message.value)
+            return self._decode(message.value)
         except DecodeError as exc:
             flow = routes[0].flow.name if routes else None
             letter = dlq.from_error(
@@ -216,18 +248,41 @@ class StreamProcessor:
                 flow=flow,
             )
             self._emitter.send(work, letter)
-            return
-        if system is not None:
-            tally.add(Count.EVENTS_IN, "transaction")
-            self._orders.transaction(work, system, envelope)
-            return
+            return None
+
+    def _release(self, work: UnitOfWork, released: Sequence[Release]) -> None:
+        """Decide changes and transaction ENDs in the order source ordering released them."""
+        for item in released:
+            message = item.message
+            if message is None:
+                if item.expired is not None:
+                    self._orders.expire(work, item.system, item.expired)
+                continue
+            routes = self._routes.get(message.origin.topic, ())
+            envelope = dict(item.envelope) if item.envelope is not None else None
+            if envelope is None and message.value is not None:
+                envelope = self._decoded(work, message, routes)
+            if envelope is None:
+                continue
+            if item.end:
+                self._orders.transaction(work, item.system, envelope)
+            else:
+                self._change(work, message, envelope, routes)
+
+    def _change(
+        self,
+        work: UnitOfWork,
+        message: Inbound,
+        envelope: dict[str, Any],
+        routes: Sequence[Route],
+    ) -> None:
+        """Decide one row change: drop an echo, else run it through each of its routes."""
         source = envelope.get("source")
         origin = source.get("origin") if isinstance(source, Mapping) else None
         if origin is not None and origin in self._echo_origins:
-            tally.add(Count.ECHOES, routes[0].flow.system)
+            work.tally.add(Count.ECHOES, routes[0].flow.system)
             return
         for route in routes:
-            tally.add(Count.EVENTS_IN, route.flow.name)
             self._route(work, route, envelope, message, None)
 
     def _route(
@@ -299,6 +354,8 @@ class StreamProcessor:
             record = work.get(ASSEMBLY, key)
             if record is None:
                 self._waiting.forget(key)
+            elif key.startswith(ORDER_PREFIX):
+                self._release(work, self._ordering.tick(work, key))
             elif key.startswith(PARK_PREFIX):
                 route = next(
                     (

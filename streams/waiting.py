@@ -8,8 +8,8 @@ dead-lettered with its reason. Ticks come through the same sequenced topic as th
 so every decision depends only on that log and replays the same.
 
 :class:`Waiting` also keeps the in-memory index of everything pending (parked records,
-open transactions and snapshot orders of :mod:`streams.orders`): key -> when a tick
-should look at it.
+open transactions and snapshot orders of :mod:`streams.orders`, transactions whose
+changes :mod:`streams.ordering` holds): key -> when a tick should look at it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from streams.state import ASSEMBLY, StateView, b64, unb64
 from streams.validation import Failed, Reason
 from streams.work import Emitter, Raw, Route, UnitOfWork
 
-__all__ = ["PARKABLE", "PARK_PREFIX", "TX_PREFIX", "Retry", "Waiting"]
+__all__ = ["ORDER_PREFIX", "PARKABLE", "PARK_PREFIX", "TX_PREFIX", "Retry", "Waiting"]
 
 PARKABLE: Final = frozenset({Reason.UNRESOLVED_REFERENCE, Reason.UNKNOWN_SKU})
 """Failures that a later record may cure: retried for a while before dead-lettering."""
@@ -33,6 +33,9 @@ TX_PREFIX: Final = "tx|"
 """``assembly`` keys of open transactions and snapshot orders (:mod:`streams.orders`)."""
 PARK_PREFIX: Final = "park|"
 """``assembly`` keys of parked records."""
+ORDER_PREFIX: Final = "ord|"
+"""``assembly`` keys of transactions whose changes are held (:mod:`streams.ordering`)."""
+_PENDING: Final = (TX_PREFIX, PARK_PREFIX, ORDER_PREFIX)
 
 
 @dataclass
@@ -68,13 +71,13 @@ class Waiting:
     def load(self, state: StateView) -> None:
         """Rebuild the index of pending keys from ``state``."""
         self._due = {}
-        for prefix in (TX_PREFIX, PARK_PREFIX):
+        for prefix in _PENDING:
             for key, value in state.scan(ASSEMBLY, prefix):
                 self.mirror(key, value)
 
     def mirror(self, key: str, value: Any) -> None:
         """Index one write of a pending ``assembly`` key (None: no longer pending)."""
-        if not key.startswith((TX_PREFIX, PARK_PREFIX)):
+        if not key.startswith(_PENDING):
             return
         if value is None:
             self._due.pop(key, None)

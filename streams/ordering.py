@@ -1,0 +1,239 @@
+"""Source order: each system's changes are decided in its commit order, not in arrival order.
+
+The capture publishes one topic per table and a transaction topic with an ``END`` record
+per transaction (Debezium's transaction metadata: how many events of each table it
+holds). Kafka hands the worker the table topics interleaved as it pleases: a transaction's
+contact may come before its account, a quote before the product announced just before
+it. :class:`SourceOrder` restores the source's order:
+
+1. a change that carries a ``transaction`` block is *held* (in the ``assembly`` table,
+   ``ordev|<system>|<tx>|<total order>``, with its original bytes) until its transaction
+   is complete: its ``END`` has arrived and as many held changes of the tables this
+   worker reads as the ``END`` counts;
+2. ``END`` records arrive in commit order (the transaction topic has one partition), so
+   complete transactions are released from the head of the system's queue
+   (``ordq|<system>``), each one's changes in their order within it (``total_order``),
+   then its ``END``; a transaction waits for every one committed before it;
+3. a transaction still incomplete after ``timeout`` (a change that will not come) is
+   released with what it has, in order, and counted; so is a transaction whose ``END``
+   never arrives (its header ``ord|<system>|<tx>`` has a due time for ticks).
+
+Snapshot reads carry no transaction: they pass straight through, and so does a change of
+a transaction at or below the last commit released (transaction ids are Debezium's
+``<txid>:<commit LSN>``; ``ordw|<system>`` keeps that LSN): a capture that re-sends after a
+restart, a dead letter replayed. Deciding the same change twice is harmless: every
+decision downstream is idempotent by LSN and version.
+
+Pure: state through the unit of work, time is the message's timestamp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from streams.dlq import Origin
+from streams.outcome import Count, Inbound
+from streams.state import ASSEMBLY, b64, unb64
+from streams.waiting import ORDER_PREFIX
+from streams.work import UnitOfWork
+
+__all__ = ["Release", "SourceOrder"]
+
+HEADER_PREFIX: Final = ORDER_PREFIX
+"""``assembly`` keys of transactions with held changes: ``ord|<system>|<tx>``."""
+_EVENT_PREFIX: Final = "ordev|"
+_QUEUE_PREFIX: Final = "ordq|"
+_DONE_PREFIX: Final = "ordw|"
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What to decide now: a held change, a transaction's ``END``, or an expiry.
+
+    ``expired``: the id of a transaction that will get no ``END`` (``message`` None).
+    ``envelope``: the decoded envelope if this process still has it (else decode
+    ``message.value``).
+    """
+
+    system: str
+    message: Inbound | None
+    envelope: Mapping[str, Any] | None = None
+    end: bool = False
+    expired: str | None = None
+
+
+class SourceOrder:
+    """Holds each system's changes until they can be released in commit order.
+
+    Args:
+        collections: per system, the ``<schema>.<table>`` names of the tables read
+            (an ``END`` also counts tables this worker does not read).
+        timeout_ms: how long a transaction may wait for its missing changes.
+    """
+
+    def __init__(self, collections: Mapping[str, frozenset[str]], timeout_ms: int) -> None:
+        self._collections = collections
+        self._timeout_ms = timeout_ms
+        self._decoded: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+        """Held changes' envelopes as decoded when they arrived (saves decoding again)."""
+
+    @property
+    def held(self) -> int:
+        """How many held changes this process still has decoded in memory."""
+        return len(self._decoded)
+
+    def forget(self) -> None:
+        """Drop the decoded envelopes (after a rollback or a reload they may be stale)."""
+        self._decoded.clear()
+
+    def hold(
+        self, work: UnitOfWork, system: str, envelope: Mapping[str, Any], message: Inbound
+    ) -> list[Release] | None:
+        """Hold a change of an open transaction; returns what is releasable now.
+
+        None: the change has no transaction (a snapshot read); decide it at once.
+        """
+        block = envelope.get("transaction")
+        if not isinstance(block, Mapping):
+            return None
+        tx, position = block.get("id"), block.get("total_order")
+        if not isinstance(tx, str) or not isinstance(position, int):
+            return None
+        if self._finished(work, system, tx):
+            return None
+        work.put(
+            ASSEMBLY,
+            f"{_EVENT_PREFIX}{system}|{tx}|{position:010d}",
+            {
+                "key": b64(message.key),
+                "value": b64(message.value),
+                "origin": [message.origin.topic, message.origin.partition, message.origin.offset],
+            },
+        )
+        header = self._header(work, system, tx)
+        if position not in header["held"]:
+            header["held"].append(position)
+        work.put(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}", header)
+        self._decoded[(system, tx, position)] = envelope
+        work.tally.add(Count.HELD, system)
+        return self._release_ready(work, system)
+
+    def end(
+        self, work: UnitOfWork, system: str, envelope: dict[str, Any], message: Inbound
+    ) -> list[Release]:
+        """An ``END`` record: note how many changes to wait for; returns what is releasable."""
+        tx = envelope.get("id")
+        if not isinstance(tx, str) or self._finished(work, system, tx):
+            return [Release(system, message, envelope, end=True)]
+        wanted = self._collections.get(system, frozenset())
+        expected = 0
+        for item in envelope.get("data_collections") or ():
+            if isinstance(item, Mapping) and item.get("data_collection") in wanted:
+                count = item.get("event_count")
+                expected += count if isinstance(count, int) else 0
+        key = f"{HEADER_PREFIX}{system}|{tx}"
+        header = work.get(ASSEMBLY, key)
+        if expected == 0 and header is None:
+            return [Release(system, message, envelope, end=True)]
+        header = header or self._new_header(work)
+        header["expected"] = expected
+        header["end"] = {
+            "key": b64(message.key),
+            "value": b64(message.value),
+            "origin": [message.origin.topic, message.origin.partition, message.origin.offset],
+        }
+        work.put(ASSEMBLY, key, header)
+        queue_key = f"{_QUEUE_PREFIX}{system}"
+        work.put(ASSEMBLY, queue_key, [*(work.get(ASSEMBLY, queue_key) or []), tx])
+        return self._release_ready(work, system)
+
+    def tick(self, work: UnitOfWork, key: str) -> list[Release]:
+        """A tick found the transaction header ``key`` due: release what waited too long."""
+        _, system, tx = key.split("|", 2)
+        queue = work.get(ASSEMBLY, f"{_QUEUE_PREFIX}{system}") or []
+        if tx not in queue:
+            # Its END never came: release its changes on their own.
+            work.tally.add(Count.ORDER_TIMEOUTS, system)
+            alone = self._release(work, system, tx, end=False)
+            self._mark_done(work, system, tx)  # so that a late END does not block the queue
+            return [*alone, Release(system, None, expired=tx)]
+        released: list[Release] = []
+        while queue and tx in queue:
+            head = queue[0]
+            work.tally.add(Count.ORDER_TIMEOUTS, system)
+            released += self._release(work, system, head, end=True)
+            queue = queue[1:]
+            work.put(ASSEMBLY, f"{_QUEUE_PREFIX}{system}", queue or None)
+        return released + self._release_ready(work, system)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _new_header(self, work: UnitOfWork) -> dict[str, Any]:
+        return {"held": [], "expected": None, "end": None, "due": work.now_ms + self._timeout_ms}
+
+    def _header(self, work: UnitOfWork, system: str, tx: str) -> dict[str, Any]:
+        found = work.get(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}")
+        return found if found is not None else self._new_header(work)
+
+    def _release_ready(self, work: UnitOfWork, system: str) -> list[Release]:
+        """Release complete transactions from the head of the system's queue."""
+        queue_key = f"{_QUEUE_PREFIX}{system}"
+        queue = work.get(ASSEMBLY, queue_key) or []
+        released: list[Release] = []
+        while queue:
+            header = work.get(ASSEMBLY, f"{HEADER_PREFIX}{system}|{queue[0]}")
+            if header is not None and len(header["held"]) < header["expected"]:
+                break
+            released += self._release(work, system, queue[0], end=True)
+            queue = queue[1:]
+        if released:
+            work.put(ASSEMBLY, queue_key, queue or None)
+        return released
+
+    def _release(self, work: UnitOfWork, system: str, tx: str, *, end: bool) -> list[Release]:
+        """A transaction's held changes in their order, then its END (if it came)."""
+        key = f"{HEADER_PREFIX}{system}|{tx}"
+        header = work.get(ASSEMBLY, key)
+        if header is None:
+            return []
+        released: list[Release] = []
+        for position in sorted(header["held"]):
+            event_key = f"{_EVENT_PREFIX}{system}|{tx}|{position:010d}"
+            held = work.get(ASSEMBLY, event_key)
+            if held is None:
+                continue
+            envelope = self._decoded.pop((system, tx, position), None)
+            released.append(Release(system, _inbound(held, work.now_ms), envelope))
+            work.put(ASSEMBLY, event_key, None)
+        work.put(ASSEMBLY, key, None)
+        if end and header.get("end") is not None:
+            released.append(Release(system, _inbound(header["end"], work.now_ms), end=True))
+            self._mark_done(work, system, tx)
+        return released
+
+    def _mark_done(self, work: UnitOfWork, system: str, tx: str) -> None:
+        commit = _commit_lsn(tx)
+        done_key = f"{_DONE_PREFIX}{system}"
+        if commit is not None and commit > int(work.get(ASSEMBLY, done_key) or 0):
+            work.put(ASSEMBLY, done_key, commit)
+
+    def _finished(self, work: UnitOfWork, system: str, tx: str) -> bool:
+        """Whether ``tx`` committed at or before the last transaction released."""
+        commit = _commit_lsn(tx)
+        done = work.get(ASSEMBLY, f"{_DONE_PREFIX}{system}")
+        return commit is not None and done is not None and commit <= int(done)
+
+
+def _commit_lsn(tx: str) -> int | None:
+    """The commit LSN of a transaction id ``<txid>:<commit LSN>`` (None: another form)."""
+    _, _, lsn = tx.rpartition(":")
+    return int(lsn) if lsn.isdigit() else None
+
+
+def _inbound(held: Mapping[str, Any], now_ms: int) -> Inbound:
+    topic, partition, offset = held["origin"]
+    return Inbound(
+        Origin(topic, partition, offset), unb64(held["key"]), unb64(held["value"]), now_ms
+    )
