@@ -113,19 +113,9 @@ class ReferenceData:
                     str(value[0]), str(value[1])
                 )
         elif kind == "sku":
-            old = self.skus.pop(rest, None)
-            if old is not None and self.products_by_sku.get(old) == rest:
-                del self.products_by_sku[old]
-            if value is not None:
-                self.skus[rest] = str(value)
-                self.products_by_sku[str(value)] = rest
+            _set_both_ways(self.skus, self.products_by_sku, rest, value)
         elif kind == "crmsku":
-            old = self.crm_products_by_sku.pop(rest, None)
-            if old is not None and self.crm_skus.get(old) == rest:
-                del self.crm_skus[old]
-            if value is not None:
-                self.crm_products_by_sku[rest] = str(value)
-                self.crm_skus[str(value)] = rest
+            _set_both_ways(self.crm_products_by_sku, self.crm_skus, rest, value)
 
     def _apply_index(self, rest: str, value: Any) -> None:
         system, _, entity_id = rest.partition("|")
@@ -140,6 +130,18 @@ class ReferenceData:
             return
         self.legacy_index.add(rest)
         index_customer(self.customers["erp"], rest, _legacy_keys(value))
+
+
+def _set_both_ways(
+    forward: dict[str, str], inverse: dict[str, str], key: str, value: Any
+) -> None:
+    """Set (None: remove) ``forward[key]`` and keep ``inverse`` its inverse."""
+    old = forward.pop(key, None)
+    if old is not None and inverse.get(old) == key:
+        del inverse[old]
+    if value is not None:
+        forward[key] = str(value)
+        inverse[str(value)] = key
 
 
 def _legacy_keys(value: Mapping[str, Any]) -> dict[str, str]:
