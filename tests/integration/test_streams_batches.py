@@ -3,19 +3,22 @@
 A backlog makes the worker take full batches (many messages decided, published and
 acknowledged together), so the kill lands between a batch's publish and its commit as
 often as anywhere else. After the restart: nothing lost, no event id twice, and each
-entity's versions increasing in its partition.
+entity's versions increasing in its partition. The same with two workers of one app
+sharing the work, the one that decides killed: the other takes over.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.integration.test_streams import (  # noqa: F401 (the module's fixture)
     Pipeline,
+    StreamsProcess,
     _tag,
     new_customer,
     pipeline,
@@ -27,9 +30,8 @@ UPDATES = 2000
 CUSTOMERS = 10
 
 
-def test_a_worker_killed_while_draining_a_backlog_loses_and_repeats_nothing(
-    pipeline: Pipeline,  # noqa: F811
-) -> None:
+def _backlog(pipeline: Pipeline) -> tuple[set[str], list[str]]:  # noqa: F811
+    """Customers and, while no worker runs, ``UPDATES`` city changes of them."""
     tag = _tag()
     partners = [
         new_customer(pipeline, email=f"backlog-{tag.lower()}-{i}@example.com")
@@ -37,33 +39,35 @@ def test_a_worker_killed_while_draining_a_backlog_loses_and_repeats_nothing(
     ]
     for partner in partners:
         pipeline.reader.event("customer", f"erp:{partner}")
-    keys = {f"erp:{p}" for p in partners}
     cities = [f"Backlog {tag} {i}" for i in range(UPDATES)]
-
     pipeline.streams.kill()  # the backlog builds up while no worker runs
     with psycopg.connect(pipeline.env["ERP_DSN"], autocommit=True) as conn:
         for i, city in enumerate(cities):
             conn.execute(
                 "update res_partner set city = %s where id = %s", (city, partners[i % CUSTOMERS])
             )
+    return {f"erp:{p}" for p in partners}, cities
 
-    def seen_cities() -> set[str]:
-        return {
-            o.value["city"]
-            for o in pipeline.reader.of("canonical.customer")
-            if o.value is not None and o.entity_key in keys and o.value["city"] in cities
-        }
 
-    pipeline.streams.start().wait_ready()
-    pipeline.reader.wait(lambda: len(seen_cities()) >= UPDATES // 10, 180, "the backlog to flow")
-    pipeline.streams.kill()  # SIGKILL, mid-backlog
-    pipeline.reader.poll()
-    assert len(seen_cities()) < UPDATES, "the backlog drained before the kill; make it longer"
-    pipeline.streams.start().wait_ready()
-    pipeline.reader.wait(lambda: len(seen_cities()) == UPDATES, 300, "every update after restart")
+def _seen_cities(pipeline: Pipeline, keys: set[str], cities: list[str]) -> set[str]:  # noqa: F811
+    wanted = set(cities)
+    return {
+        o.value["city"]
+        for o in pipeline.reader.of("canonical.customer")
+        if o.value is not None and o.entity_key in keys and o.value["city"] in wanted
+    }
+
+
+def _nothing_lost_nothing_twice(
+    pipeline: Pipeline,  # noqa: F811
+    keys: set[str],
+    cities: list[str],
+) -> None:
+    pipeline.reader.wait(
+        lambda: len(_seen_cities(pipeline, keys, cities)) == len(cities), 300, "every update"
+    )
     time.sleep(5)  # let late duplicates, if any, arrive
     pipeline.reader.poll()
-
     ours = [o for o in pipeline.reader.of("canonical.customer") if o.entity_key in keys]
     per_city = Counter(o.value["city"] for o in ours if o.value is not None)
     assert [c for c in cities if per_city[c] != 1] == []
@@ -80,3 +84,67 @@ def test_a_worker_killed_while_draining_a_backlog_loses_and_repeats_nothing(
     for key, seen in versions.items():
         in_partition_order = [version for _, version in sorted(seen)]
         assert in_partition_order == sorted(set(in_partition_order)), key
+
+
+def test_a_worker_killed_while_draining_a_backlog_loses_and_repeats_nothing(
+    pipeline: Pipeline,  # noqa: F811
+) -> None:
+    keys, cities = _backlog(pipeline)
+    pipeline.streams.start().wait_ready()
+    pipeline.reader.wait(
+        lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 10, 180, "the backlog"
+    )
+    pipeline.streams.kill()  # SIGKILL, mid-backlog
+    pipeline.reader.poll()
+    assert len(_seen_cities(pipeline, keys, cities)) < UPDATES, "drained before the kill"
+    pipeline.streams.start().wait_ready()
+    _nothing_lost_nothing_twice(pipeline, keys, cities)
+
+
+def _decided(worker: StreamsProcess) -> float:
+    """How many raw events this worker process has decided since it started."""
+    return sum(
+        value
+        for (name, _), value in worker.metrics().items()
+        if name == "erpcrm_streams_events_in_total"
+    )
+
+
+class _SecondWorker(StreamsProcess):
+    """Another process of an existing worker's app: same app id, its own data, port, log."""
+
+    def __init__(self, first: StreamsProcess) -> None:
+        super().__init__(first.stack_env, first.prefixes, first.log_dir)
+        self.app_id = first.app_id
+        self.data_dir = first.log_dir / f"{first.app_id}-data-second"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.app_id}-second-{self.runs}.log"
+
+
+def test_one_of_two_workers_killed_while_draining_a_backlog_loses_and_repeats_nothing(
+    pipeline: Pipeline,  # noqa: F811
+) -> None:
+    """Two processes of one app share the raw topics; the one deciding is killed mid-backlog."""
+    first = pipeline.streams
+    second = _SecondWorker(first)
+    try:
+        keys, cities = _backlog(pipeline)
+        first.start().wait_ready()
+        second.start().wait_ready()
+        pipeline.reader.wait(
+            lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 10, 180, "the backlog"
+        )
+        deciding = max((first, second), key=_decided)
+        deciding.kill()  # SIGKILL, mid-backlog: the other worker takes its partitions over
+        pipeline.reader.poll()
+        assert len(_seen_cities(pipeline, keys, cities)) < UPDATES, "drained before the kill"
+        _nothing_lost_nothing_twice(pipeline, keys, cities)
+        survivor = second if deciding is first else first
+        assert survivor.running
+        assert _decided(survivor) > 0, "the surviving worker never took the work over"
+    finally:
+        second.stop()
+        if not first.running:
+            first.start().wait_ready()
