@@ -155,8 +155,12 @@ class FaustState:
         self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
 
     def get(self, table: str, key: str) -> Any:
-        """Return the value of ``key`` in ``table``, or None."""
-        return self._copy(self._tables[table].get(key))
+        """Return the value of ``key`` in ``table``, or None.
+
+        Reads the table's store directly: the table's own ``get`` looks the key up twice
+        (``in``, then the value); writes still go through the table (changelog).
+        """
+        return self._copy(self._tables[table].data.get(key))
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
         """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``."""
