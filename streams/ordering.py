@@ -11,9 +11,10 @@ it. :class:`SourceOrder` restores the source's order:
    is complete: its ``END`` has arrived and as many held changes of the tables this
    worker reads as the ``END`` counts;
 2. ``END`` records arrive in commit order (the transaction topic has one partition), so
-   complete transactions are released from the head of the system's queue
-   (``ordq|<system>``), each one's changes in their order within it (``total_order``),
-   then its ``END``; a transaction waits for every one committed before it;
+   complete transactions are released from the head of the system's queue (positions
+   ``ordq|<system>|<n>``, the head and the next free position under ``ordq|<system>``),
+   each one's changes in their order within it (``total_order``), then its ``END``; a
+   transaction waits for every one committed before it;
 3. a transaction still incomplete after ``timeout`` (a change that will not come) is
    released with what it has, in order, and counted; so is a transaction whose ``END``
    never arrives (its header ``ord|<system>|<tx>`` has a due time for ticks).
@@ -99,25 +100,29 @@ class SourceOrder:
         if not isinstance(block, Mapping):
             return None
         tx, position = block.get("id"), block.get("total_order")
-        if not isinstance(tx, str) or not isinstance(position, int):
+        if not isinstance(tx, str) or not isinstance(position, int) or position < 1:
             return None
         if self._finished(work, system, tx):
             return None
+        event_key = _event_key(system, tx, position)
+        header = self._header(work, system, tx)
+        if work.get(ASSEMBLY, event_key) is None:  # not a re-delivery of a held change
+            header["held"] += 1
+        header["last"] = max(header["last"], position)
         work.put(
             ASSEMBLY,
-            f"{_EVENT_PREFIX}{system}|{tx}|{position:010d}",
+            event_key,
             {
                 "key": b64(message.key),
                 "value": b64(message.value),
                 "origin": [message.origin.topic, message.origin.partition, message.origin.offset],
             },
         )
-        header = self._header(work, system, tx)
-        if position not in header["held"]:
-            header["held"].append(position)
         work.put(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}", header)
         self._decoded[(system, tx, position)] = envelope
         work.tally.add(Count.HELD, system)
+        if header["queued"] is None:
+            return []
         return self._release_ready(work, system)
 
     def end(
@@ -135,9 +140,14 @@ class SourceOrder:
                 expected += count if isinstance(count, int) else 0
         key = f"{HEADER_PREFIX}{system}|{tx}"
         header = work.get(ASSEMBLY, key)
-        if expected == 0 and header is None:
+        head, tail = self._queue(work, system)
+        if expected == 0 and header is None and head == tail:
             return [Release(system, message, envelope, end=True)]
         header = header or self._new_header(work)
+        if header["queued"] is None:
+            header["queued"] = tail
+            work.put(ASSEMBLY, _queue_key(system, tail), tx)
+            work.put(ASSEMBLY, f"{_QUEUE_PREFIX}{system}", [head, tail + 1])
         header["expected"] = expected
         header["end"] = {
             "key": b64(message.key),
@@ -145,51 +155,65 @@ class SourceOrder:
             "origin": [message.origin.topic, message.origin.partition, message.origin.offset],
         }
         work.put(ASSEMBLY, key, header)
-        queue_key = f"{_QUEUE_PREFIX}{system}"
-        work.put(ASSEMBLY, queue_key, [*(work.get(ASSEMBLY, queue_key) or []), tx])
         return self._release_ready(work, system)
 
     def tick(self, work: UnitOfWork, key: str) -> list[Release]:
         """A tick found the transaction header ``key`` due: release what waited too long."""
         _, system, tx = key.split("|", 2)
-        queue = work.get(ASSEMBLY, f"{_QUEUE_PREFIX}{system}") or []
-        if tx not in queue:
+        header = work.get(ASSEMBLY, key)
+        if header is None:
+            return []
+        work.tally.add(Count.ORDER_TIMEOUTS, system)
+        if header["queued"] is None:
             # Its END never came: release its changes on their own.
-            work.tally.add(Count.ORDER_TIMEOUTS, system)
             alone = self._release(work, system, tx, end=False)
             self._mark_done(work, system, tx)  # so that a late END does not block the queue
             return [*alone, Release(system, None, expired=tx)]
-        released: list[Release] = []
-        while queue and tx in queue:
-            head = queue[0]
-            work.tally.add(Count.ORDER_TIMEOUTS, system)
-            released += self._release(work, system, head, end=True)
-            queue = queue[1:]
-            work.put(ASSEMBLY, f"{_QUEUE_PREFIX}{system}", queue or None)
-        return released + self._release_ready(work, system)
+        return self._release_ready(work, system, through=int(header["queued"]))
 
     # -- internals ------------------------------------------------------------------
 
     def _new_header(self, work: UnitOfWork) -> dict[str, Any]:
-        return {"held": [], "expected": None, "end": None, "due": work.now_ms + self._timeout_ms}
+        return {
+            "held": 0,
+            "last": 0,
+            "expected": None,
+            "queued": None,
+            "end": None,
+            "due": work.now_ms + self._timeout_ms,
+        }
 
     def _header(self, work: UnitOfWork, system: str, tx: str) -> dict[str, Any]:
         found = work.get(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}")
         return found if found is not None else self._new_header(work)
 
-    def _release_ready(self, work: UnitOfWork, system: str) -> list[Release]:
-        """Release complete transactions from the head of the system's queue."""
-        queue_key = f"{_QUEUE_PREFIX}{system}"
-        queue = work.get(ASSEMBLY, queue_key) or []
+    def _queue(self, work: UnitOfWork, system: str) -> tuple[int, int]:
+        """The system's queue of ENDs: the next position to release, the next free one."""
+        found = work.get(ASSEMBLY, f"{_QUEUE_PREFIX}{system}")
+        return (0, 0) if found is None else (int(found[0]), int(found[1]))
+
+    def _release_ready(
+        self, work: UnitOfWork, system: str, *, through: int | None = None
+    ) -> list[Release]:
+        """Release transactions from the head of the system's queue while complete.
+
+        ``through``: release every one up to that queue position, complete or not.
+        """
+        head, tail = self._queue(work, system)
+        start = head
         released: list[Release] = []
-        while queue:
-            header = work.get(ASSEMBLY, f"{HEADER_PREFIX}{system}|{queue[0]}")
-            if header is not None and len(header["held"]) < header["expected"]:
+        while head < tail:
+            tx = work.get(ASSEMBLY, _queue_key(system, head))
+            header = None if tx is None else work.get(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}")
+            forced = through is not None and head <= through
+            if header is not None and header["held"] < header["expected"] and not forced:
                 break
-            released += self._release(work, system, queue[0], end=True)
-            queue = queue[1:]
-        if released:
-            work.put(ASSEMBLY, queue_key, queue or None)
+            if tx is not None:
+                released += self._release(work, system, tx, end=True)
+            work.put(ASSEMBLY, _queue_key(system, head), None)
+            head += 1
+        if head != start:
+            work.put(ASSEMBLY, f"{_QUEUE_PREFIX}{system}", None if head == tail else [head, tail])
         return released
 
     def _release(self, work: UnitOfWork, system: str, tx: str, *, end: bool) -> list[Release]:
@@ -199,8 +223,8 @@ class SourceOrder:
         if header is None:
             return []
         released: list[Release] = []
-        for position in sorted(header["held"]):
-            event_key = f"{_EVENT_PREFIX}{system}|{tx}|{position:010d}"
+        for position in range(1, int(header["last"]) + 1) if header["held"] else ():
+            event_key = _event_key(system, tx, position)
             held = work.get(ASSEMBLY, event_key)
             if held is None:
                 continue
@@ -224,6 +248,14 @@ class SourceOrder:
         commit = _commit_lsn(tx)
         done = work.get(ASSEMBLY, f"{_DONE_PREFIX}{system}")
         return commit is not None and done is not None and commit <= int(done)
+
+
+def _event_key(system: str, tx: str, position: int) -> str:
+    return f"{_EVENT_PREFIX}{system}|{tx}|{position:010d}"
+
+
+def _queue_key(system: str, position: int) -> str:
+    return f"{_QUEUE_PREFIX}{system}|{position:012d}"
 
 
 def _commit_lsn(tx: str) -> int | None:

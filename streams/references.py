@@ -132,9 +132,7 @@ class ReferenceData:
         index_customer(self.customers["erp"], rest, _legacy_keys(value))
 
 
-def _set_both_ways(
-    forward: dict[str, str], inverse: dict[str, str], key: str, value: Any
-) -> None:
+def _set_both_ways(forward: dict[str, str], inverse: dict[str, str], key: str, value: Any) -> None:
     """Set (None: remove) ``forward[key]`` and keep ``inverse`` its inverse."""
     old = forward.pop(key, None)
     if old is not None and inverse.get(old) == key:

@@ -62,6 +62,7 @@ ASSEMBLY: Final = "assembly"
 TABLES: Final = (DEDUPE, REFERENCE, INVENTORY, ASSEMBLY)
 """The state tables; each a text key -> JSON value mapping."""
 
+_UNSEEN: Final[Any] = object()
 _DECIMAL: Final = "$decimal"
 _BYTES: Final = "$bytes"
 _DATETIME: Final = "$datetime"
@@ -142,13 +143,19 @@ class StagedState:
     def __init__(self, base: StateView) -> None:
         self._base = base
         self._staged: dict[tuple[str, str], str | None] = {}
+        self._read: dict[tuple[str, str], str | None] = {}
+        """Committed values read so far (``base`` does not change while a batch runs)."""
 
     def get(self, table: str, key: str) -> Any:
         """Return the staged value of ``key``, else the committed one; None if absent."""
-        try:
-            text = self._staged[(table, key)]
-        except KeyError:
-            return self._base.get(table, key)
+        where = (table, key)
+        text = self._staged.get(where, _UNSEEN)
+        if text is _UNSEEN:
+            text = self._read.get(where, _UNSEEN)
+            if text is _UNSEEN:
+                value = self._base.get(table, key)
+                self._read[where] = None if value is None else json.dumps(value)
+                return value
         return None if text is None else json.loads(text)
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -179,6 +186,8 @@ class StagedState:
         return [
             Write(table, key, None if text is None else json.loads(text))
             for (table, key), text in self._staged.items()
+            # a key deleted that the base is known not to hold needs no write
+            if text is not None or self._read.get((table, key), _UNSEEN) is not None
         ]
 
 
