@@ -32,6 +32,17 @@ class Ports:
     registry: int = 38081
     prometheus: int = 39090
 
+    def shifted(self, offset: int) -> Ports:
+        """Every port moved by ``offset`` (a second stack beside the first)."""
+        return Ports(
+            erp_postgres=self.erp_postgres + offset,
+            crm_postgres=self.crm_postgres + offset,
+            kafka=self.kafka + offset,
+            kafka_controller=self.kafka_controller + offset,
+            registry=self.registry + offset,
+            prometheus=self.prometheus + offset,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StackLayout:
@@ -42,9 +53,14 @@ class StackLayout:
 
     @classmethod
     def default(cls) -> StackLayout:
-        """Layout rooted at the checkout; ``ERPCRM_STACK_DIR`` moves the state elsewhere."""
+        """Layout rooted at the checkout.
+
+        ``ERPCRM_STACK_DIR`` moves the state elsewhere and ``ERPCRM_STACK_PORT_OFFSET``
+        moves every port: together they run a second stack beside the first.
+        """
         root = repo_root()
-        return cls(root=root, ports=Ports())
+        offset = int(os.environ.get("ERPCRM_STACK_PORT_OFFSET", "0") or 0)
+        return cls(root=root, ports=Ports().shifted(offset))
 
     @property
     def deploy(self) -> Path:

@@ -137,6 +137,9 @@ class CliProcess:
         self.runs += 1
         env = {k: v for k, v in os.environ.items() if not k.startswith("ERPCRM_")}
         env.update(self.stack_env)
+        # The stack's own endpoints, whichever ports it runs on (ERPCRM_STACK_PORT_OFFSET).
+        env["ERPCRM_KAFKA__BOOTSTRAP"] = self.stack_env["KAFKA_BOOTSTRAP"]
+        env["ERPCRM_REGISTRY__URL"] = self.stack_env["SCHEMA_REGISTRY_URL"]
         env.update(settings)
         env["PYTHONUNBUFFERED"] = "1"
         with self.log_path.open("wb") as log:
