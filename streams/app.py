@@ -593,6 +593,8 @@ def build(
         broker_commit_interval=settings.commit_interval_seconds,
         broker_session_timeout=settings.session_timeout_seconds,
         producer_acks=-1,
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_max_batch_size=settings.producer_batch_bytes,
         agent_supervisor=CrashingSupervisor,
         autodiscover=False,
     )

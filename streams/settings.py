@@ -52,6 +52,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             together and acknowledged once.
         linger_ms: how long an agent waits for a batch to fill before it takes what has
             arrived.
+        producer_linger_ms: how long the worker's Kafka producer waits to fill a request
+            (all of a batch's outputs and state writes go out in few, large requests).
+        producer_batch_bytes: the largest record batch per partition in one request.
         table_memory_mib: memory each table's RocksDB store may use for its write buffers
             and block cache (the store is a cache of the changelog; RocksDB's defaults,
             sized for servers, would let each table grow to gigabytes).
@@ -87,6 +90,8 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     replication_factor: int = Field(default=1, ge=1)
     batch_size: int = Field(default=500, ge=1)
     linger_ms: float = Field(default=10.0, gt=0)
+    producer_linger_ms: float = Field(default=2.0, ge=0)
+    producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)
     table_memory_mib: int = Field(default=16, ge=4)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     session_timeout_seconds: float = Field(default=15.0, ge=6, le=90)
