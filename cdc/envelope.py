@@ -106,6 +106,7 @@ __all__ = [
     "TRANSACTION_VALUE_SCHEMA_NAME",
     "UNAVAILABLE_VALUE_PLACEHOLDER",
     "UNCHANGED_TOAST",
+    "ColumnEncoding",
     "ColumnShape",
     "Op",
     "Snapshot",
@@ -113,6 +114,7 @@ __all__ = [
     "TableShape",
     "TransactionBlock",
     "adjust_name",
+    "column_encodings",
     "data_collection",
     "envelope_record",
     "key_record",
@@ -1028,6 +1030,38 @@ def _field_datum(
         raise ValidationError(f"{where}: {exc}") from exc
     except (TypeError, ValueError, OverflowError, ArithmeticError) as exc:
         raise ValidationError(f"{where}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnEncoding:
+    """How one column's values become Avro datums, for writers compiled per table.
+
+    Attributes:
+        base_type: the PostgreSQL type name, normalised (``int8``, ``text``, ``numeric``).
+        is_array: a one-dimensional array of ``base_type``.
+        convert: a non-null Python value to its datum, as :func:`envelope_record` does
+            it when nothing goes wrong; it may raise, and then the writer must fall back
+            to :func:`envelope_record`, which turns the failure into the right datum or
+            error.
+        null_datum: the datum of a missing or null value in a value row (``None``, or the
+            type's neutral value for a ``NOT NULL`` column).
+    """
+
+    base_type: str
+    is_array: bool
+    convert: Callable[[Any], Any]
+    null_datum: Any
+
+
+@lru_cache(maxsize=4096)
+def column_encodings(shape: TableShape) -> tuple[ColumnEncoding, ...]:
+    """Per column of ``shape``, in table order, its :class:`ColumnEncoding`."""
+    encodings = []
+    for column, f in zip(shape.columns, _compile(shape).fields, strict=True):
+        base, is_array = _normalize_type(column.pg_type)
+        null_datum = _field_datum(shape, f, None, key=False, unchanged_toast=UNCHANGED_TOAST)
+        encodings.append(ColumnEncoding(base, is_array, f.mapping.convert, null_datum))
+    return tuple(encodings)
 
 
 def key_record(

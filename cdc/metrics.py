@@ -76,7 +76,8 @@ class CaptureMetrics:
             ),
             commit_to_ack_seconds=Histogram(
                 "erpcrm_cdc_commit_to_ack_seconds",
-                "From the source commit to Kafka's acknowledgement of the event.",
+                "From the source commit to Kafka's acknowledgement of the transaction's last "
+                "record (observed once per transaction).",
                 ["system"],
                 buckets=LATENCY_BUCKETS,
                 registry=registry,

@@ -66,19 +66,28 @@ class AckTracker:
         tx.pending += 1
         return tx
 
-    def commit(self, tx: _Tx, end_lsn: Lsn) -> None:
-        """Close ``tx``: no more records; it is confirmable at ``end_lsn`` once acked."""
+    def commit(self, tx: _Tx, end_lsn: Lsn) -> bool:
+        """Close ``tx``: no more records; it is confirmable at ``end_lsn`` once acked.
+
+        Returns whether every record of ``tx`` is already acknowledged.
+        """
         tx.end_lsn = end_lsn
         tx.closed = True
         self._advance()
+        return tx.pending == 0
 
-    def ack(self, tx: _Tx) -> None:
-        """One record of ``tx`` was acknowledged by Kafka (all in-sync replicas)."""
+    def ack(self, tx: _Tx) -> bool:
+        """One record of ``tx`` was acknowledged by Kafka (all in-sync replicas).
+
+        Returns whether that completed ``tx`` (closed, and every record acknowledged).
+        """
         tx.pending -= 1
         if tx.pending < 0:
             raise AssertionError(f"transaction {tx.xid} acknowledged more often than sent")
         if tx.pending == 0 and tx.closed:
             self._advance()
+            return True
+        return False
 
     def idle(self, server_position: Lsn) -> None:
         """The server reports ``server_position`` with nothing in between for us.

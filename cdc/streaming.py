@@ -51,6 +51,7 @@ from cdc.decoding import (
     PgOutputDecoder,
     Relation,
     Truncate,
+    TupleData,
     Type,
     Update,
     tuple_to_dict,
@@ -72,9 +73,10 @@ from cdc.envelope import (
     transaction_value_schema,
     value_schema,
 )
+from cdc.envelope_writer import EnvelopeWriter, SourceTemplate, Uncompiled
 from cdc.lsn import Lsn
 from cdc.metrics import CaptureMetrics
-from cdc.offsets import AckTracker, CaptureOffset, OffsetStore
+from cdc.offsets import AckTracker, CaptureOffset, OffsetStore, _Tx
 from cdc.replication import ReplicationStream, XLogData
 from cdc.settings import CaptureSettings
 from schemas.errors import PermanentError, RetriableError
@@ -110,15 +112,13 @@ class _Table:
     key_writer: WriterSchema
     value_writer: WriterSchema
     value_schema: dict[str, Any]
+    writer: EnvelopeWriter
+    collection: str
+    """Debezium's data-collection name, ``<schema>.<table>``."""
 
     @property
     def shape(self) -> TableShape:
         return self.captured.shape
-
-    @property
-    def collection(self) -> str:
-        """Debezium's data-collection name, ``<schema>.<table>``."""
-        return data_collection(self.captured.shape)
 
 
 @dataclass(slots=True)
@@ -128,12 +128,18 @@ class _OpenTx:
     xid: int
     final_lsn: Lsn
     commit_ts: datetime
-    token: Any
+    delivery: _Delivery
     dropped: bool = False
     total: int = 0
     per_collection: Counter[str] = field(default_factory=Counter)
     # Per-table ``source`` datum of this transaction: only lsn and sequence vary by event.
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    templates: dict[str, SourceTemplate] = field(default_factory=dict)
+
+    @property
+    def token(self) -> _Tx:
+        """The transaction's token in the ack tracker."""
+        return self.delivery.token
 
     @property
     def tid(self) -> str:
@@ -148,6 +154,37 @@ class _OpenTx:
         is computed in integers (a float product can land a millisecond low).
         """
         return (self.commit_ts - _EPOCH) // _MILLISECOND
+
+
+class _Delivery:
+    """Kafka's delivery reports for the records of one transaction (or one snapshot).
+
+    One callable per transaction, not one closure per record: each report counts a
+    record down in the tracker; the transaction's latency (source commit to its last
+    acknowledgement) is observed once, when it completes.
+    """
+
+    __slots__ = ("commit_ms", "token", "tracker", "worker")
+
+    def __init__(
+        self, worker: CaptureWorker, tracker: AckTracker, token: _Tx, commit_ms: int | None
+    ) -> None:
+        self.worker = worker
+        self.tracker = tracker
+        self.token = token
+        self.commit_ms = commit_ms
+
+    def __call__(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.worker._delivery_failed(err)
+            return
+        if self.tracker.ack(self.token):
+            self.completed()
+
+    def completed(self) -> None:
+        """Every record is acknowledged: observe the commit-to-Kafka latency."""
+        if self.commit_ms is not None:
+            self.worker._latency.observe(max(0.0, time.time() - self.commit_ms / 1000))
 
 
 class CaptureWorker:
@@ -203,6 +240,9 @@ class CaptureWorker:
         self._dbname: str = settings.system
         self._live_stream: ReplicationStream | None = None
         self._counters: dict[tuple[str, str], Any] = {}
+        # Events and bytes sent since the metrics were last updated (once per burst).
+        self._unreported: Counter[tuple[str, str]] = Counter()
+        self._unreported_bytes = 0
         self._latency = metrics.commit_to_ack_seconds.labels(settings.system)
         self._bytes = metrics.event_bytes.labels(settings.system)
 
@@ -309,6 +349,7 @@ class CaptureWorker:
         ts_ms = int(time.time() * 1000)
         tracker = AckTracker(at)
         token = tracker.begin(0)
+        delivery = _Delivery(self, tracker, token, None)
         with psycopg.connect(dsn, application_name="erpcrm-snapshot") as conn:
             snapshot.begin_snapshot(conn, snapshot_name)
             commit_times = snapshot.commit_times_available(conn)
@@ -323,9 +364,7 @@ class CaptureWorker:
                 ):
                     if pending is not None:
                         row, written_ms = pending
-                        self._emit_read(
-                            table, row, at, written_ms or ts_ms, token, tracker, last=False
-                        )
+                        self._emit_read(table, row, at, written_ms or ts_ms, delivery, last=False)
                         rows.inc()
                         total += 1
                     pending = read
@@ -333,12 +372,11 @@ class CaptureWorker:
                         raise RetriableError("stopped during the snapshot; it restarts next time")
                 if pending is not None:
                     row, written_ms = pending
-                    self._emit_read(
-                        table, row, at, written_ms or ts_ms, token, tracker, last=last_table
-                    )
+                    self._emit_read(table, row, at, written_ms or ts_ms, delivery, last=last_table)
                     rows.inc()
                     total += 1
                 remaining.dec()
+                self._report_sent()
             conn.rollback()
         tracker.commit(token, at)
         self._flush_or_fail()
@@ -355,8 +393,7 @@ class CaptureWorker:
         row: dict[str, object],
         at: Lsn,
         ts_ms: int,
-        token: Any,
-        tracker: AckTracker,
+        delivery: _Delivery,
         *,
         last: bool,
     ) -> None:
@@ -366,7 +403,7 @@ class CaptureWorker:
         value = envelope_record(
             table.shape, op="r", before=None, after=row, source=source, ts_ms=ts_ms
         )
-        self._produce(table, row, value, token, tracker, commit_ts_ms=None)
+        self._produce(table, row, value, delivery)
 
     # -- schemas and topics -----------------------------------------------------------
 
@@ -408,12 +445,16 @@ class CaptureWorker:
         if previous is not None and previous.captured == captured:
             table = previous
         else:
+            key_writer = self._serde.prepare(f"{topic}-key", key_schema(shape))
+            value_writer = self._serde.prepare(f"{topic}-value", schema)
             table = _Table(
                 captured=captured,
                 topic=topic,
-                key_writer=self._serde.prepare(f"{topic}-key", key_schema(shape)),
-                value_writer=self._serde.prepare(f"{topic}-value", schema),
+                key_writer=key_writer,
+                value_writer=value_writer,
                 value_schema=schema,
+                writer=EnvelopeWriter(shape, captured.type_oids, key_writer, value_writer, schema),
+                collection=data_collection(shape),
             )
             self._m.schema_versions.labels(self._system, shape.table).inc()
         self._tables[shape.table] = table
@@ -487,6 +528,7 @@ class CaptureWorker:
                     break
                 frame = stream.read(timeout=0)
             self._producer.poll(0)
+            self._report_sent()
             if self._fatal is not None:
                 raise PermanentError(f"Kafka refused a change event: {self._fatal}")
             now = time.monotonic()
@@ -516,9 +558,10 @@ class CaptureWorker:
     ) -> None:
         tx = self._tx
         if isinstance(message, Begin):
-            self._tx = _OpenTx(
-                message.xid, message.final_lsn, message.commit_ts, self._tracker.begin(message.xid)
-            )
+            token = self._tracker.begin(message.xid)
+            commit_ms = (message.commit_ts - _EPOCH) // _MILLISECOND
+            delivery = _Delivery(self, self._tracker, token, commit_ms)
+            self._tx = _OpenTx(message.xid, message.final_lsn, message.commit_ts, delivery)
         elif isinstance(message, Commit):
             if tx is not None:
                 self._commit(tx, message)
@@ -545,6 +588,65 @@ class CaptureWorker:
         table = self._by_oid.get(message.relation_oid)
         if table is None:
             return
+        try:
+            self._change_compiled(table, message, lsn, tx)
+        except Uncompiled:
+            self._change_generic(table, message, lsn, tx)
+
+    def _change_compiled(
+        self, table: _Table, message: Insert | Update | Delete, lsn: Lsn, tx: _OpenTx
+    ) -> None:
+        """The hot path: bytes straight from the tuples (:mod:`cdc.envelope_writer`).
+
+        Everything is encoded before anything is sent or counted, so :class:`Uncompiled`
+        leaves no trace and the generic path starts from scratch.
+        """
+        writer = table.writer
+        before: TupleData | None
+        after: TupleData | None
+        if isinstance(message, Insert):
+            op, before, after = "c", None, message.new
+        elif isinstance(message, Delete):
+            op, before, after = "d", message.old or message.old_key, None
+            if before is None:
+                raise Uncompiled
+        else:
+            if message.old_key is not None and writer.key_changed(message.old_key, message.new):
+                raise Uncompiled  # primary-key update: rare, the generic path splits it
+            op, before, after = "u", message.old, message.new
+        collection = table.collection
+        template = tx.templates.get(collection)
+        if template is None:
+            info = self._source(table.shape, tx.commit_ms, lsn=0, tx_id=tx.xid, snapshot="false")
+            template = writer.source_template(info.as_record())
+            tx.templates[collection] = template
+        lsn_value = int(lsn)
+        row = after if after is not None else before
+        assert row is not None
+        key = writer.key(row)
+        value = writer.value(
+            op,
+            before,
+            after,
+            template,
+            source_sequence(self._last_commit_lsn, lsn_value),
+            lsn_value,
+            tx.tid,
+            tx.total + 1,
+            tx.per_collection[collection] + 1,
+            int(time.time() * 1000),
+        )
+        self._begin_metadata(tx)
+        tx.total += 1
+        tx.per_collection[collection] += 1
+        self._send(table.topic, key, value, tx.delivery)
+        if op == "d":
+            self._send(table.topic, key, None, tx.delivery)
+        self._unreported[(table.shape.table, op)] += 1
+
+    def _change_generic(
+        self, table: _Table, message: Insert | Update | Delete, lsn: Lsn, tx: _OpenTx
+    ) -> None:
         relation = self._decoder.relation(message.relation_oid)
         new = None if isinstance(message, Delete) else tuple_to_dict(relation, message.new)
         old_tuple = None if isinstance(message, Insert) else (message.old or message.old_key)
@@ -595,14 +697,9 @@ class CaptureWorker:
                 transaction=self._tx_block(tx, table),
             )
             self._send(
-                table.topic,
-                None,
-                self._serde.encode_with(table.value_writer, value),
-                tx.token,
-                self._tracker,
-                tx.commit_ms,
+                table.topic, None, self._serde.encode_with(table.value_writer, value), tx.delivery
             )
-            self._event_counter(table.shape.table, "t").inc()
+            self._unreported[(table.shape.table, "t")] += 1
 
     def _event(
         self,
@@ -642,63 +739,49 @@ class CaptureWorker:
         )
         row = after if after is not None else before
         assert row is not None
-        self._produce(table, row, value, tx.token, self._tracker, commit_ts_ms=commit_ms)
+        self._produce(table, row, value, tx.delivery)
 
     def _tombstone(self, table: _Table, row: dict[str, object], tx: _OpenTx) -> None:
         key = self._serde.encode_with(
             table.key_writer, key_record(table.shape, row, unchanged_toast=UNCHANGED_TOAST)
         )
-        self._send(table.topic, key, None, tx.token, self._tracker, tx.commit_ms)
+        self._send(table.topic, key, None, tx.delivery)
 
     def _produce(
-        self,
-        table: _Table,
-        row: dict[str, object],
-        value: dict[str, Any],
-        token: Any,
-        tracker: AckTracker,
-        *,
-        commit_ts_ms: int | None,
+        self, table: _Table, row: dict[str, object], value: dict[str, Any], delivery: _Delivery
     ) -> None:
         key = self._serde.encode_with(
             table.key_writer, key_record(table.shape, row, unchanged_toast=UNCHANGED_TOAST)
         )
         encoded = self._serde.encode_with(table.value_writer, value)
-        self._send(table.topic, key, encoded, token, tracker, commit_ts_ms)
-        self._event_counter(table.shape.table, value["op"]).inc()
+        self._send(table.topic, key, encoded, delivery)
+        self._unreported[(table.shape.table, value["op"])] += 1
 
-    def _event_counter(self, table: str, op: str) -> Any:
-        """The events counter child for (table, op), resolved once (hot path)."""
-        counter = self._counters.get((table, op))
-        if counter is None:
-            counter = self._counters[(table, op)] = self._m.events.labels(self._system, table, op)
-        return counter
+    def _report_sent(self) -> None:
+        """Add the events and bytes sent since the last call to the metrics."""
+        for (table, op), count in self._unreported.items():
+            counter = self._counters.get((table, op))
+            if counter is None:
+                counter = self._m.events.labels(self._system, table, op)
+                self._counters[(table, op)] = counter
+            counter.inc(count)
+        self._unreported.clear()
+        if self._unreported_bytes:
+            self._bytes.inc(self._unreported_bytes)
+            self._unreported_bytes = 0
+
+    def _delivery_failed(self, err: KafkaError) -> None:
+        self._m.producer_errors.labels(self._system, err.name()).inc()
+        self._fatal = KafkaException(err)
 
     def _send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        token: Any,
-        tracker: AckTracker,
-        commit_ts_ms: int | None,
+        self, topic: str, key: bytes | None, value: bytes | None, delivery: _Delivery
     ) -> None:
-        tracker.add(token)
-        latency = self._latency
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                self._m.producer_errors.labels(self._system, err.name()).inc()
-                self._fatal = KafkaException(err)
-                return
-            tracker.ack(token)
-            if commit_ts_ms is not None:
-                latency.observe(max(0.0, time.time() - commit_ts_ms / 1000))
-
-        self._bytes.inc(len(key or b"") + len(value or b""))
+        delivery.tracker.add(delivery.token)
+        self._unreported_bytes += len(key or b"") + len(value or b"")
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                self._producer.produce(topic, value=value, key=key, on_delivery=delivery)
                 return
             except BufferError:
                 # Kafka is slow or away: wait here, holding the slot, rather than drop.
@@ -750,9 +833,7 @@ class CaptureWorker:
             transaction_topic(self._s.server_name),
             self._serde.encode_with(self._tx_key_writer, transaction_key_record(tid)),
             self._serde.encode_with(self._tx_value_writer, record),
-            tx.token,
-            self._tracker,
-            None,
+            tx.delivery,
         )
 
     def _commit(self, tx: _OpenTx, commit: Commit) -> None:
@@ -764,12 +845,14 @@ class CaptureWorker:
             self._send_metadata(tid, end, tx)
         self._m.transactions.labels(self._system).inc()
         self._last_commit_lsn = int(commit.commit_lsn)
-        self._tracker.commit(tx.token, commit.end_lsn)
+        if self._tracker.commit(tx.token, commit.end_lsn) and tx.total:
+            tx.delivery.completed()
 
     # -- progress ---------------------------------------------------------------------
 
     def _flush_or_fail(self, timeout: float | None = None) -> None:
         """Wait for Kafka's acknowledgements (all of them, or until ``timeout``)."""
+        self._report_sent()
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._producer.flush(1.0) > 0:
             if self._fatal is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg import sql
 
+from erpcrm.benchkit import free_port
 from erpcrm.stack import LocalStack
 from erpcrm.stack.postgres import CAPTURE_ROLE, SUPERUSER
 from schemas.errors import StackError
@@ -55,12 +55,6 @@ CREATE TABLE IF NOT EXISTS public.{BENCH_TABLE} (
     updated_at timestamptz NOT NULL DEFAULT now()
 )
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _prepare_database(stack: LocalStack) -> str:
@@ -97,7 +91,7 @@ class _Capture:
         self.slot = f"bench_{run_id}"
         self.prefix = f"bench{run_id}"
         self.topic = f"{self.prefix}.public.{BENCH_TABLE}"
-        self.port = _free_port()
+        self.port = free_port()
         self.stack = stack
         self.proc: subprocess.Popen[bytes] | None = None
         self.peak_rss = 0

@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-import signal
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from pydantic import SecretStr
 
+from erpcrm.benchkit import pipeline
 from erpcrm.stack import LocalStack
 from erpcrm.stack.postgres import SINK_ROLE, SUPERUSER
 from schemas.canonical import canonical_schema
@@ -253,42 +251,6 @@ def _throughput(stack: LocalStack, events: int, batch_size: int, timeout: float)
 # ------------------------------------------------------------------------ end to end
 
 
-def _sinks_answer() -> bool:
-    for port in DEFAULT_METRICS_PORT.values():
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).raise_for_status()
-        except httpx.HTTPError:
-            return False
-    return True
-
-
-@contextlib.contextmanager
-def _pipeline(stack: LocalStack, timeout: float) -> Iterator[bool]:
-    """The workers of ``erpcrm run``: the running ones, or started (and stopped) here."""
-    if _sinks_answer():
-        yield False
-        return
-    log = stack.layout.state / "bench" / "run.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "erpcrm.cli", "run"], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while not _sinks_answer():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise StackError(f"the workers did not start; see {log}")
-            time.sleep(0.5)
-        yield True
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def _applied_total() -> float:
     """Events the sinks have handled so far (every outcome), from their metrics."""
     total = 0.0
@@ -352,7 +314,9 @@ def _end_to_end(stack: LocalStack, samples: int, timeout: float) -> dict[str, An
     crm = stack.crm.dsn()
     erp_admin = stack.erp.dsn(SUPERUSER, stack.erp.database)
     crm_admin = stack.crm.dsn(SUPERUSER, stack.crm.database)
-    with _pipeline(stack, timeout) as started:
+    log = stack.layout.state / "bench" / "run.log"
+    with pipeline(log, DEFAULT_METRICS_PORT.values(), timeout) as process:
+        started = process is not None
         pairs = _linked(stack, samples, timeout)
         _settle(timeout)  # measure changes, not the catch-up of a starting pipeline
         to_crm: list[float] = []

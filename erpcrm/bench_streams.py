@@ -31,25 +31,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.offsets import OFFSETS_TOPIC
+from erpcrm.benchkit import Samples, by_label, free_port, peak_rss, scrape, total
 from erpcrm.stack import LocalStack
 from erpcrm.stack.postgres import CAPTURE_ROLE, SUPERUSER
 from erpcrm.workload import WorkloadReport, run_workload
@@ -64,56 +60,6 @@ ERP_TABLES = (
     "account_move",
 )
 CRM_TABLES = ("accounts", "contacts", "aos_products", "aos_quotes", "aos_products_quotes")
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _scrape(port: int) -> Samples | None:
-    """Every sample of the /metrics on ``port`` (None if unreachable)."""
-    try:
-        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-        response.raise_for_status()
-    except httpx.HTTPError:
-        return None
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def _total(samples: Samples, name: str, **without: str) -> float:
-    """Sum of ``name``'s samples, leaving out those with any label pair in ``without``."""
-    excluded = set(without.items())
-    return sum(
-        value
-        for (sample, labels), value in samples.items()
-        if sample == name and not (labels & excluded)
-    )
-
-
-def _by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
-    out: dict[str, float] = defaultdict(float)
-    for (sample, labels), value in samples.items():
-        if sample == name:
-            out[dict(labels).get(label, "")] += value
-    return {k: int(v) if v == int(v) else v for k, v in sorted(out.items())}
-
-
-def _peak_rss(pid: int) -> int:
-    """The process's peak resident set size in bytes (``VmHWM``), 0 if unreadable."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else 0
 
 
 class _Process:
@@ -169,7 +115,7 @@ class _Capture(_Process):
         self.tables = tables
         self.slot = f"bs{run}{system}"
         self.prefix = self.slot
-        self.port = _free_port()
+        self.port = free_port()
 
     @property
     def cluster(self) -> Any:
@@ -193,8 +139,8 @@ class _Capture(_Process):
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
-            samples = _scrape(self.port)
-            if samples and _total(samples, "erpcrm_cdc_received_lsn") > 0:
+            samples = scrape(self.port)
+            if samples and total(samples, "erpcrm_cdc_received_lsn") > 0:
                 with psycopg.connect(self.cluster.dsn(SUPERUSER), autocommit=True) as conn:
                     row = conn.execute(
                         "select active from pg_replication_slots where slot_name = %s",
@@ -214,16 +160,16 @@ class _Capture(_Process):
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
-            samples = _scrape(self.port)
-            if samples and _total(samples, "erpcrm_cdc_confirmed_lsn") >= target:
+            samples = scrape(self.port)
+            if samples and total(samples, "erpcrm_cdc_confirmed_lsn") >= target:
                 return
             if time.monotonic() > deadline:
                 raise StackError(f"{self.name} did not confirm LSN {target}; see {self.log}")
             time.sleep(0.25)
 
     def events(self) -> float:
-        samples = _scrape(self.port)
-        return _total(samples, "erpcrm_cdc_events_total") if samples else 0.0
+        samples = scrape(self.port)
+        return total(samples, "erpcrm_cdc_events_total") if samples else 0.0
 
     def cleanup(self, admin: AdminClient) -> None:
         self.stop()
@@ -261,7 +207,7 @@ class _Streams(_Process):
         self.stack = stack
         self.app_id = f"bench-streams-{run}"
         self.data_dir = stack.layout.state / "bench" / self.app_id
-        self.port = _free_port()
+        self.port = free_port()
         self.prefixes = {"erp": erp.prefix, "crm": crm.prefix}
         self.peak_rss = 0
 
@@ -280,7 +226,7 @@ class _Streams(_Process):
 
     def sample_rss(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.peak_rss = max(self.peak_rss, _peak_rss(self.proc.pid))
+            self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
 
     def stop(self) -> None:
         self.sample_rss()
@@ -335,18 +281,18 @@ def _drain(
     while True:
         streams.check_alive()
         now = time.monotonic()
-        scraped = _scrape(streams.port)
+        scraped = scrape(streams.port)
         streams.sample_rss()
         if scraped is not None:
             samples = scraped
-            events = _total(samples, "erpcrm_streams_events_in_total", flow="transaction")
-            records = _total(samples, "erpcrm_streams_events_in_total")
+            events = total(samples, "erpcrm_streams_events_in_total", flow="transaction")
+            records = total(samples, "erpcrm_streams_events_in_total")
             if events > 0 and first is None:
                 first = last_change = (now, events, records)
             if first is not None and records != last_change[2]:
                 last_change = (now, events, records)
-            forwarded = _total(samples, "erpcrm_streams_sequenced_total", kind="tick")
-            pending = _total(samples, "erpcrm_streams_pending")
+            forwarded = total(samples, "erpcrm_streams_sequenced_total", kind="tick")
+            pending = total(samples, "erpcrm_streams_pending")
             if (
                 first is not None
                 and forwarded >= raw_messages
@@ -362,29 +308,29 @@ def _drain(
     assert first is not None
     seconds = max(last_change[0] - first[0], interval)
     busy_events = last_change[1] - first[1]
-    events_in = _total(samples, "erpcrm_streams_events_in_total", flow="transaction")
-    forwarded = _total(samples, "erpcrm_streams_sequenced_total", kind="tick")
+    events_in = total(samples, "erpcrm_streams_events_in_total", flow="transaction")
+    forwarded = total(samples, "erpcrm_streams_sequenced_total", kind="tick")
     return {
         "raw_messages": raw_messages,
         "events_in": int(events_in),
         "transaction_records_in": int(
-            _total(samples, "erpcrm_streams_events_in_total")
-            - _total(samples, "erpcrm_streams_events_in_total", flow="transaction")
+            total(samples, "erpcrm_streams_events_in_total")
+            - total(samples, "erpcrm_streams_events_in_total", flow="transaction")
         ),
         "busy_seconds": round(seconds, 3),
         "events_in_busy_window": int(busy_events),
         "events_in_per_second": round(busy_events / seconds, 1),
         "records_in_per_second": round((last_change[2] - first[2]) / seconds, 1),
         "messages_forwarded": int(forwarded),
-        "canonical_events_out": int(_total(samples, "erpcrm_streams_events_out_total")),
-        "dead_letters": int(_total(samples, "erpcrm_streams_dead_letters_total")),
-        "deduped": int(_total(samples, "erpcrm_streams_deduped_total")),
-        "no_ops": int(_total(samples, "erpcrm_streams_no_ops_total")),
-        "skipped": int(_total(samples, "erpcrm_streams_skipped_total")),
-        "events_in_by_flow": _by_label(samples, "erpcrm_streams_events_in_total", "flow"),
-        "events_out_by_flow": _by_label(samples, "erpcrm_streams_events_out_total", "flow"),
-        "dead_letters_by_reason": _by_label(samples, "erpcrm_streams_dead_letters_total", "reason"),
-        "orders_assembled": _by_label(samples, "erpcrm_streams_orders_assembled_total", "how"),
+        "canonical_events_out": int(total(samples, "erpcrm_streams_events_out_total")),
+        "dead_letters": int(total(samples, "erpcrm_streams_dead_letters_total")),
+        "deduped": int(total(samples, "erpcrm_streams_deduped_total")),
+        "no_ops": int(total(samples, "erpcrm_streams_no_ops_total")),
+        "skipped": int(total(samples, "erpcrm_streams_skipped_total")),
+        "events_in_by_flow": by_label(samples, "erpcrm_streams_events_in_total", "flow"),
+        "events_out_by_flow": by_label(samples, "erpcrm_streams_events_out_total", "flow"),
+        "dead_letters_by_reason": by_label(samples, "erpcrm_streams_dead_letters_total", "reason"),
+        "orders_assembled": by_label(samples, "erpcrm_streams_orders_assembled_total", "how"),
     }
 
 

@@ -51,6 +51,18 @@ class SystemName(StrEnum):
         return "erp" if self is SystemName.erp else "crm"
 
 
+class PaceBy(StrEnum):
+    """What a workload rate counts."""
+
+    operations = "operations"
+    changes = "changes"
+
+    @property
+    def literal(self) -> Literal["operations", "changes"]:
+        """The value as the workload's literal type."""
+        return "operations" if self is PaceBy.operations else "changes"
+
+
 out = Console()
 
 
@@ -149,23 +161,35 @@ def workload(
         float, typer.Option(help="Share of operations that carry dirty data (0..1).")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same activity.")] = 1,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Processes driving the databases side by side.")
+    ] = 1,
+    ops_per_commit: Annotated[
+        int, typer.Option(min=1, help="Operations per transaction, per database.")
+    ] = 1,
+    pace_by: Annotated[
+        PaceBy, typer.Option(help="What --rate counts: operations or row changes.")
+    ] = PaceBy.operations,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Drive the ERP and CRM databases with realistic business activity."""
-    from erpcrm.workload import run_workload
+    from erpcrm.workload import run_workload_parallel
 
     if duration is None and count is None:
         duration = 10.0
     env = _stack_env()
     try:
-        report = run_workload(
+        report = run_workload_parallel(
             env["ERP_DSN"],
             env["CRM_DSN"],
+            processes=processes,
             rate=rate,
             duration=duration,
             count=count,
             dirty_ratio=dirty_ratio,
             seed=seed,
+            ops_per_commit=ops_per_commit,
+            pace_by=pace_by.literal,
         )
     except SyncError as exc:
         raise _fail(exc) from exc
@@ -306,6 +330,57 @@ def bench_sinks(
     print(json.dumps(result, indent=2))
 
 
+@bench_app.command("e2e")
+def bench_e2e(
+    rates: Annotated[
+        str, typer.Option(help="Row changes per second, one step each, comma-separated.")
+    ] = "250,500,1000,2000,5000",
+    seconds: Annotated[float, typer.Option(help="Seconds of load per step.")] = 30,
+    drain_seconds: Annotated[
+        float, typer.Option(help="Seconds each step may take to drain after its load.")
+    ] = 60,
+    dirty_ratio: Annotated[float, typer.Option(help="Share of dirty operations.")] = 0.1,
+    processes: Annotated[int, typer.Option(min=1, help="Workload processes.")] = 4,
+    ops_per_commit: Annotated[
+        int, typer.Option(min=1, help="Workload operations per transaction.")
+    ] = 1,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 11,
+) -> None:
+    """The whole pipeline under load: end-to-end latency per direction at each rate."""
+    from erpcrm.bench_e2e import TABLE_COLUMNS, E2eOptions, table_rows
+    from erpcrm.bench_e2e import bench_e2e as run
+
+    try:
+        steps = tuple(float(r) for r in rates.split(",") if r.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(f"--rates: {exc}") from exc
+    if not steps or any(r <= 0 for r in steps):
+        raise typer.BadParameter("--rates needs positive numbers, e.g. 250,500,1000")
+    _stack_defaults_into_environment()
+    options = E2eOptions(
+        rates=steps,
+        seconds=seconds,
+        drain_seconds=drain_seconds,
+        dirty_ratio=dirty_ratio,
+        processes=processes,
+        ops_per_commit=ops_per_commit,
+        seed=seed,
+    )
+    try:
+        result = run(options, progress=_progress)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    table = Table(*TABLE_COLUMNS, title="latency: source commit -> target commit")
+    for row in table_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"highest sustained rate: {result['highest_sustained_changes_per_second']} changes/s "
+        f"({result['sustained_means']})"
+    )
+    print(json.dumps(result, indent=2))
+
+
 def _suspects_target(target: SystemName) -> tuple[str, str]:
     """The sink DSN and sync schema of ``target`` (settings, else the local stack)."""
     from sinks.settings import SinkSettings
@@ -409,7 +484,8 @@ def _print_workload(report: WorkloadReport) -> None:
     out.print(table)
     out.print(
         f"{report.operations} operations in {report.elapsed_seconds:.1f}s "
-        f"({report.achieved_rate:.1f}/s): {report.committed} committed, "
+        f"({report.achieved_rate:.1f}/s; {report.changes} row changes, "
+        f"{report.changes_rate:.1f}/s): {report.committed} committed, "
         f"{sum(report.skipped.values())} skipped, {report.failed_total} failed, "
         f"{report.dirty} carried dirty data"
     )

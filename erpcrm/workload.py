@@ -16,8 +16,9 @@ Contract of a run:
 
 * operations start ``1/rate`` seconds apart; after a stall the spacing resumes from the
   current time, with no catch-up burst;
-* every operation is one transaction; the per-table counts in :class:`WorkloadReport`
-  include only committed transactions;
+* every operation is one transaction (or, with ``ops_per_commit`` > 1, one savepoint in
+  a transaction committed every that many operations); the per-table counts in
+  :class:`WorkloadReport` include only committed transactions;
 * an operation that fails in the database is rolled back and counted in ``failed`` by
   kind and error class; the run goes on;
 * a lost connection is re-established with exponential backoff (the operation that was
@@ -33,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import multiprocessing
 import random
 import threading
 import time
@@ -42,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any, LiteralString
+from typing import Any, Literal, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -70,6 +72,7 @@ __all__ = [
     "WorkloadError",
     "WorkloadReport",
     "line_amounts",
+    "merge_reports",
     "payment_outcome",
     "plan_contact_field",
     "plan_lines",
@@ -78,6 +81,7 @@ __all__ = [
     "plan_price_change",
     "plan_stock_move",
     "run_workload",
+    "run_workload_parallel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -443,11 +447,15 @@ class Pacer:
         """Seconds until the next operation may start (0.0 if it is due)."""
         return max(0.0, self._next - now)
 
-    def mark(self, now: float) -> None:
-        """Record that an operation started at ``now``."""
+    def mark(self, now: float, weight: float = 1.0) -> None:
+        """Record that an operation started at ``now``, counting as ``weight`` units.
+
+        The rate is in units per second: one unit per operation by default, or the
+        operation's row changes when the workload is paced by changes.
+        """
         if now - self._next > self._interval:
             self._next = now
-        self._next += self._interval
+        self._next += self._interval * weight
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -490,6 +498,18 @@ class WorkloadReport:
         """Number of failed operations of any kind."""
         return sum(sum(errors.values()) for errors in self.failed.values())
 
+    @property
+    def changes(self) -> int:
+        """Row changes committed (rows inserted plus rows updated, both systems)."""
+        return sum(
+            c.inserts + c.updates for tables in self.tables.values() for c in tables.values()
+        )
+
+    @property
+    def changes_rate(self) -> float:
+        """Committed row changes per second of elapsed time."""
+        return self.changes / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
     def inserts(self, system: str, table: str) -> int:
         """Rows inserted into ``system``'s ``table``."""
         return self.tables.get(system, {}).get(table, TableCounts()).inserts
@@ -516,6 +536,8 @@ class WorkloadReport:
             "reconnects": dict(self.reconnects),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "achieved_rate": round(self.achieved_rate, 2),
+            "changes": self.changes,
+            "changes_rate": round(self.changes_rate, 2),
         }
 
 
@@ -533,6 +555,33 @@ class _Tally:
         self.dirty = 0
         self.dirty_by_kind: Counter[str] = Counter()
         self.reconnects: Counter[str] = Counter()
+
+    def add(self, report: WorkloadReport) -> None:
+        """Add the counts of another run's report (see :func:`merge_reports`)."""
+        self.operations += report.operations
+        self.committed += report.committed
+        self.skipped.update(report.skipped)
+        for kind, errors in report.failed.items():
+            self.failed[kind].update(errors)
+        self.by_kind.update(report.by_kind)
+        for system, tables in report.tables.items():
+            for table, counts in tables.items():
+                self.inserts[system][table] += counts.inserts
+                self.updates[system][table] += counts.updates
+        self.dirty += report.dirty
+        self.dirty_by_kind.update(report.dirty_by_kind)
+        self.reconnects.update(report.reconnects)
+
+    def commit(self, op: Operation, changes: _Changes) -> None:
+        """Count ``op`` as committed with its row changes."""
+        system = op.system.value
+        self.committed += 1
+        self.by_kind[op.kind.value] += 1
+        self.inserts[system].update(changes.inserts)
+        self.updates[system].update(changes.updates)
+        if op.dirty is not None and changes.dirty_applied:
+            self.dirty += 1
+            self.dirty_by_kind[op.dirty.value] += 1
 
     def report(self, elapsed: float) -> WorkloadReport:
         systems = sorted(set(self.inserts) | set(self.updates))
@@ -807,6 +856,17 @@ class _Database:
         conn.close()
         self._conn = None
 
+    def rollback_to_savepoint(self, name: LiteralString) -> bool:
+        """Undo the work since savepoint ``name``; False if the transaction is lost."""
+        conn = self._conn
+        if conn is None or conn.broken or conn.closed:
+            return False
+        try:
+            conn.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(sql.Identifier(name)))
+        except psycopg.Error:
+            return False
+        return True
+
     def close(self) -> None:
         """Close the connection (rolling back anything uncommitted)."""
         if self._conn is not None:
@@ -820,9 +880,17 @@ _Handler = Callable[[_Cursor, Operation, random.Random, _Changes], None]
 class _Executor:
     """Runs planned operations against the two databases and tallies the outcome."""
 
-    def __init__(self, erp: _Database, crm: _Database, tally: _Tally) -> None:
+    def __init__(
+        self, erp: _Database, crm: _Database, tally: _Tally, *, ops_per_commit: int = 1
+    ) -> None:
         self._dbs = {System.ERP: erp, System.CRM: crm}
         self._tally = tally
+        self._ops_per_commit = ops_per_commit
+        # Per database, operations done in its open transaction and not committed yet.
+        self._pending: dict[System, list[tuple[Operation, _Changes]]] = {
+            System.ERP: [],
+            System.CRM: [],
+        }
         self._handlers: Mapping[OpKind, _Handler] = {
             OpKind.ERP_NEW_CUSTOMER: self._erp_new_customer,
             OpKind.ERP_UPDATE_CUSTOMER: self._erp_update_customer,
@@ -841,36 +909,76 @@ class _Executor:
             OpKind.CRM_ACCEPT_QUOTE: self._crm_accept_quote,
         }
 
-    def execute(self, op: Operation) -> None:
-        """Run ``op`` as one transaction and record its outcome in the tally."""
+    def execute(self, op: Operation) -> int:
+        """Run ``op`` and record its outcome in the tally; return the rows it changed.
+
+        With ``ops_per_commit`` 1 every operation is its own transaction. Above 1, an
+        operation runs under a savepoint in its database's open transaction (a failed
+        one is rolled back alone) and the transaction commits every ``ops_per_commit``
+        operations; its operations are counted as committed only then, or all as failed
+        if the COMMIT fails.
+        """
         db = self._dbs[op.system]
         tally = self._tally
         conn = db.connection()
         tally.operations += 1
         changes = _Changes(dirty_applied=op.dirty is not None)
+        batched = self._ops_per_commit > 1
         try:
             with conn.cursor(row_factory=dict_row) as cur:
+                if batched:
+                    cur.execute("SAVEPOINT erpcrm_workload_op")
                 self._handlers[op.kind](cur, op, op.rng(), changes)
-            conn.commit()
         except _NoTargetRowError:
-            db.recover()
+            self._undo(op.system, batched)
             tally.skipped[op.kind.value] += 1
-            return
+            return 0
         except psycopg.Error as exc:
-            db.recover()
+            self._undo(op.system, batched)
             tally.failed[op.kind.value][type(exc).__name__] += 1
             logger.debug(
                 "workload: op %d %s failed: %s: %s", op.seq, op.kind, type(exc).__name__, exc
             )
+            return 0
+        pending = self._pending[op.system]
+        pending.append((op, changes))
+        if len(pending) >= self._ops_per_commit:
+            self.commit(op.system)
+        return sum(changes.inserts.values()) + sum(changes.updates.values())
+
+    def commit(self, system: System) -> None:
+        """Commit ``system``'s open transaction and count its operations."""
+        pending = self._pending[system]
+        if not pending:
             return
-        system = op.system.value
-        tally.committed += 1
-        tally.by_kind[op.kind.value] += 1
-        tally.inserts[system].update(changes.inserts)
-        tally.updates[system].update(changes.updates)
-        if op.dirty is not None and changes.dirty_applied:
-            tally.dirty += 1
-            tally.dirty_by_kind[op.dirty.value] += 1
+        db = self._dbs[system]
+        try:
+            db.connection().commit()
+        except psycopg.Error as exc:
+            db.recover()
+            self._fail_pending(system, type(exc).__name__)
+            return
+        for done, changes in pending:
+            self._tally.commit(done, changes)
+        pending.clear()
+
+    def commit_all(self) -> None:
+        """Commit both open transactions (the end of a batched run)."""
+        for system in self._pending:
+            self.commit(system)
+
+    def _undo(self, system: System, batched: bool) -> None:
+        db = self._dbs[system]
+        if batched and db.rollback_to_savepoint("erpcrm_workload_op"):
+            return
+        db.recover()
+        self._fail_pending(system, "TransactionRolledBack")
+
+    def _fail_pending(self, system: System, error: str) -> None:
+        """The open transaction is gone: its operations count as failed."""
+        for done, _changes in self._pending[system]:
+            self._tally.failed[done.kind.value][error] += 1
+        self._pending[system].clear()
 
     # ERP ------------------------------------------------------------------------------------
 
@@ -1489,6 +1597,8 @@ def run_workload(
     weights: Mapping[OpKind, float] | None = None,
     stop: threading.Event | None = None,
     reconnect_timeout: float = 60.0,
+    ops_per_commit: int = 1,
+    pace_by: Literal["operations", "changes"] = "operations",
 ) -> WorkloadReport:
     """Drive the demo ERP and CRM with business activity and report what was committed.
 
@@ -1498,6 +1608,10 @@ def run_workload(
     the databases go). ``dirty_ratio`` in [0, 1] is the probability that an operation
     carries dirty data; ``seed`` makes the sequence of operations reproducible;
     ``weights`` overrides :data:`DEFAULT_WEIGHTS` (a zero weight disables a kind).
+    ``ops_per_commit`` groups that many operations per database into one transaction
+    (see :meth:`_Executor.execute`); ``pace_by="changes"`` makes ``rate`` row changes
+    per second instead of operations per second (an operation is spaced by the rows it
+    changed).
 
     ``on_progress`` receives a snapshot report about every ``progress_interval`` seconds
     and the final report once more at the end. Raises :class:`WorkloadError` if a
@@ -1509,11 +1623,13 @@ def run_workload(
         raise ValueError(f"count must be >= 0, got {count}")
     if duration is not None and duration < 0:
         raise ValueError(f"duration must be >= 0, got {duration}")
+    if ops_per_commit < 1:
+        raise ValueError(f"ops_per_commit must be >= 1, got {ops_per_commit}")
     planner = OperationPlanner(seed, dirty_ratio, weights)
     tally = _Tally()
     erp = _Database(System.ERP, erp_dsn, tally, reconnect_timeout=reconnect_timeout, stop=stop)
     crm = _Database(System.CRM, crm_dsn, tally, reconnect_timeout=reconnect_timeout, stop=stop)
-    executor = _Executor(erp, crm, tally)
+    executor = _Executor(erp, crm, tally, ops_per_commit=ops_per_commit)
     start = time.monotonic()
     pacer = Pacer(rate, start)
     last_progress = start
@@ -1543,11 +1659,12 @@ def run_workload(
                 else:
                     time.sleep(wait)
                 continue
-            pacer.mark(now)
-            executor.execute(planner.next())
+            changed = executor.execute(planner.next())
+            pacer.mark(now, 1.0 if pace_by == "operations" else changed)
             if on_progress is not None and now - last_progress >= progress_interval:
                 last_progress = now
                 on_progress(tally.report(time.monotonic() - start))
+        executor.commit_all()
     except _StopRequestedError:
         pass
     finally:
@@ -1567,3 +1684,61 @@ def run_workload(
     if on_progress is not None:
         on_progress(report)
     return report
+
+
+def merge_reports(reports: Sequence[WorkloadReport]) -> WorkloadReport:
+    """One report of runs that went on side by side: counts added, the longest elapsed."""
+    tally = _Tally()
+    for report in reports:
+        tally.add(report)
+    return tally.report(max((r.elapsed_seconds for r in reports), default=0.0))
+
+
+def _run_share(arguments: dict[str, Any]) -> WorkloadReport:
+    return run_workload(**arguments)
+
+
+def run_workload_parallel(
+    erp_dsn: str,
+    crm_dsn: str,
+    *,
+    processes: int,
+    rate: float,
+    duration: float | None,
+    count: int | None,
+    dirty_ratio: float,
+    seed: int,
+    ops_per_commit: int = 1,
+    pace_by: Literal["operations", "changes"] = "operations",
+) -> WorkloadReport:
+    """:func:`run_workload` in ``processes`` processes side by side, one report for all.
+
+    Each process drives both databases on its own connections at ``rate / processes``,
+    with its own seed (``seed`` plus its index: the run as a whole stays reproducible
+    as far as the databases' interleaving allows) and a share of ``count``. One process
+    is :func:`run_workload` itself, in this process.
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    shares = [
+        {
+            "erp_dsn": erp_dsn,
+            "crm_dsn": crm_dsn,
+            "rate": rate / processes,
+            "duration": duration,
+            "count": None if count is None else count // processes + (i < count % processes),
+            "dirty_ratio": dirty_ratio,
+            "seed": seed + i,
+            "ops_per_commit": ops_per_commit,
+            "pace_by": pace_by,
+        }
+        for i in range(processes)
+    ]
+    if processes == 1:
+        return _run_share(shares[0])
+    # "spawn": the caller may hold Kafka clients and their threads, which fork would copy.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes - 1) as pool:
+        others = pool.map_async(_run_share, shares[1:])
+        mine = _run_share(shares[0])
+        return merge_reports([mine, *others.get()])

@@ -403,6 +403,16 @@ def _map(item: Write) -> Write:
     return write
 
 
+def compile_appender(schema: Mapping[str, Any] | list[Any] | str) -> Write:
+    """Compile ``schema`` into a function appending a datum's encoding to a buffer.
+
+    For writers that assemble one message from parts; errors are raised as by the
+    parts (:class:`ValidationError`, or ``TypeError`` and the like for a datum of the
+    wrong shape).
+    """
+    return _Compiler().compile(schema, None)
+
+
 def compile_writer(schema: Mapping[str, Any] | list[Any] | str) -> Callable[[Any], bytes]:
     """Compile ``schema`` into a function returning the Avro binary encoding of a datum."""
     root = _Compiler().compile(schema, None)
