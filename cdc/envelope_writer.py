@@ -24,7 +24,7 @@ from typing import Any, Final
 from cdc.decoding import NULL, TupleData, TupleValue
 from cdc.envelope import TableShape, column_encodings, key_schema
 from cdc.values import CONVERTERS, TypeOid, converter_for
-from schemas.avro_writer import Write, compile_appender, write_long
+from schemas.avro_writer import Write, compile_appender, write_long, write_utf8
 from schemas.serde import WriterSchema, pack
 
 __all__ = ["EnvelopeWriter", "SourceTemplate", "Uncompiled"]
@@ -53,20 +53,11 @@ class Uncompiled(Exception):  # noqa: N818 - a signal to take the generic path, 
     """The compiled writer does not handle this tuple: use the generic path."""
 
 
-def _write_str(buf: bytearray, data: bytes) -> None:
-    n = len(data)
-    if n < 64:
-        buf.append(n << 1)
-    else:
-        write_long(buf, n)
-    buf += data
-
-
 def _text(tag: bytes, null: bytes | None) -> _ColumnWrite:
     def write(buf: bytearray, value: TupleValue) -> None:
         if type(value) is bytes:
             buf += tag
-            _write_str(buf, value)
+            write_utf8(buf, value)
         elif value is NULL and null is not None:
             buf += null
         else:
@@ -180,7 +171,7 @@ class SourceTemplate:
         """Append the block with this event's ``sequence`` and ``lsn``."""
         buf += self._head
         buf.append(2)
-        _write_str(buf, sequence.encode())
+        write_utf8(buf, sequence.encode())
         buf += self._middle
         buf.append(2)
         write_long(buf, lsn)
@@ -278,10 +269,10 @@ class EnvelopeWriter:
                 self._row(buf, row)
         source.write(buf, sequence, lsn)
         buf.append(2)
-        _write_str(buf, transaction.encode())
+        write_utf8(buf, transaction.encode())
         write_long(buf, total_order)
         write_long(buf, collection_order)
-        _write_str(buf, op.encode())
+        write_utf8(buf, op.encode())
         buf.append(2)
         write_long(buf, ts_ms)
         buf += b"\x00\x00"  # ts_us, ts_ns: null

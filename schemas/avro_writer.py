@@ -92,16 +92,20 @@ def _write_bytes(buf: bytearray, value: Any) -> None:
     buf += value
 
 
-def _write_string(buf: bytearray, value: Any) -> None:
-    if type(value) is not str:
-        raise ValidationError(f"expected a string, got {type(value).__name__}")
-    data = value.encode()
+def write_utf8(buf: bytearray, data: bytes) -> None:
+    """Append ``data``, already UTF-8 text, as an Avro string."""
     n = len(data)
     if n < 64:
         buf.append(n << 1)
     else:
         write_long(buf, n)
     buf += data
+
+
+def _write_string(buf: bytearray, value: Any) -> None:
+    if type(value) is not str:
+        raise ValidationError(f"expected a string, got {type(value).__name__}")
+    write_utf8(buf, value.encode())
 
 
 _PRIMITIVE_WRITERS: dict[str, Write] = {

@@ -89,7 +89,7 @@ def _value(base: str, typmod: int, *, clean: bool) -> st.SearchStrategy[bytes]:
         text = st.sampled_from(["t", "f"])
     elif base == "text":
         text = st.text(
-            st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=80
+            st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), max_size=80
         )
     elif base == "uuid":
         text = st.uuids().map(str)
