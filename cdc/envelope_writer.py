@@ -104,6 +104,67 @@ def _boolean(tag: bytes, null: bytes | None) -> _ColumnWrite:
     return write
 
 
+def _decimal(tag: bytes, precision: int, scale: int, other: _ColumnWrite) -> _ColumnWrite:
+    """``numeric(p, s)`` as Avro decimal bytes, from PostgreSQL's text (``-12.30``).
+
+    Anything else (NULL, ``NaN``) is left to ``other``.
+    """
+    limit = 10**precision
+
+    def write(buf: bytearray, value: TupleValue) -> None:
+        if type(value) is bytes:
+            whole, _dot, fraction = value.partition(b".")
+            digits = whole[1:] if whole[:1] == b"-" else whole
+            if len(fraction) <= scale and digits.isdigit() and (fraction.isdigit() or not fraction):
+                n = int(whole + fraction) * 10 ** (scale - len(fraction))
+                if -limit < n < limit:
+                    data = n.to_bytes((n.bit_length() + 8) // 8, "big", signed=True)
+                    buf += tag
+                    write_long(buf, len(data))
+                    buf += data
+                    return
+        other(buf, value)
+
+    return write
+
+
+def _zoned_timestamp(tag: bytes, width: int | None, other: _ColumnWrite) -> _ColumnWrite:
+    """``timestamptz`` in UTC (``2026-12-06 09:00:00.5+00``) as Debezium's ZonedTimestamp.
+
+    Anything else (NULL, other offsets, years beyond four digits, BC, infinities) is left
+    to ``other``.
+    """
+    digits = None if width is None else min(width, 9)
+
+    def write(buf: bytearray, value: TupleValue) -> None:
+        if (
+            type(value) is not bytes
+            or len(value) < 22
+            or value[-3:] != b"+00"
+            or value[10] != 0x20  # " "
+            or not value[:4].isdigit()
+        ):
+            other(buf, value)
+            return
+        fraction = value[19:-3]
+        if fraction:
+            if fraction[0] != 0x2E or not fraction[1:].isdigit() or len(fraction) > 7:  # "."
+                other(buf, value)
+                return
+            fraction = fraction[1:]
+        if digits is None:
+            fraction = fraction.rstrip(b"0")
+            text = value[:10] + b"T" + value[11:19] + (b"." + fraction if fraction else b"") + b"Z"
+        elif digits:
+            text = value[:10] + b"T" + value[11:19] + b"." + fraction.ljust(digits, b"0") + b"Z"
+        else:
+            text = value[:10] + b"T" + value[11:19] + b"Z"
+        buf += tag
+        write_utf8(buf, text)
+
+    return write
+
+
 def _converted(
     field: Write, parse: Callable[[str], object], convert: Callable[[Any], Any], null: bytes | None
 ) -> _ColumnWrite:
@@ -122,7 +183,13 @@ def _converted(
 
 
 def _column_writer(
-    field_type: Any, type_oid: int, base: str, is_array: bool, convert: Any, null: Any
+    field_type: Any,
+    type_oid: int,
+    base: str,
+    is_array: bool,
+    convert: Any,
+    width: int | None,
+    null: Any,
 ) -> _ColumnWrite:
     """One column's writer for ``field_type`` (its Avro type in the registered schema).
 
@@ -142,7 +209,22 @@ def _column_writer(
         return _integer(tag, null_bytes, _INT_BOUNDS[base])
     if not is_array and type_oid == TypeOid.BOOL and base == "bool":
         return _boolean(tag, null_bytes)
-    return _converted(field, converter_for(type_oid), convert, null_bytes)
+    converted = _converted(field, converter_for(type_oid), convert, null_bytes)
+    avro = field_type[1] if nullable else field_type
+    if is_array or not isinstance(avro, Mapping):
+        return converted
+    if (
+        type_oid == TypeOid.NUMERIC
+        and avro.get("logicalType") == "decimal"
+        and avro.get("type") == "bytes"
+    ):
+        return _decimal(tag, int(avro["precision"]), int(avro.get("scale", 0)), converted)
+    if (
+        type_oid == TypeOid.TIMESTAMPTZ
+        and avro.get("connect.name") == "io.debezium.time.ZonedTimestamp"
+    ):
+        return _zoned_timestamp(tag, width, converted)
+    return converted
 
 
 def _record_fields(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,7 +293,7 @@ class EnvelopeWriter:
             zip(shape.columns, type_oids, encodings, strict=True)
         ):
             name = names[index]
-            kind = (oid, enc.base_type, enc.is_array, enc.convert)
+            kind = (oid, enc.base_type, enc.is_array, enc.convert, column.numeric_scale)
             columns.append(_column_writer(row_types[name], *kind, enc.null_datum))
             if column.is_key:
                 keys.append((index, _column_writer(key_types[name], *kind, Uncompiled)))

@@ -9,10 +9,10 @@ row changes per second, for ``seconds`` each. Per rate (a *step*):
 1. the counters of every worker are read (``/metrics``);
 2. the workload runs for ``seconds``; meanwhile every worker's RSS and CPU time are
    sampled from ``/proc`` twice a second;
-3. the lag left when the load stops: each replication slot's WAL not yet confirmed,
-   and the records each consumer group (streams, both sinks) has not committed yet;
-4. the pipeline drains: until both slots have confirmed the WAL written by the step and
-   no consumer group lags, for at most ``drain_seconds``;
+3. the lag left when the load stops: each replication slot's WAL not yet confirmed, the
+   records the streams worker's consumer group has not committed yet, each sink's lag
+   and deferred events (its own metrics);
+4. the pipeline drains, for at most ``drain_seconds`` (see :meth:`_Lag.drain`);
 5. the counters again: the step's end-to-end latency is the difference of the sinks' own
    histogram (``erpcrm_sink_end_to_end_seconds``, source commit to target commit, per
    applied event) between 1 and 5, per direction, with p50/p95/p99 interpolated inside
@@ -81,7 +81,7 @@ _PORTS = {
     "sink-erp": SINK_PORTS["erp"],
 }
 _SLOTS = {"erp": "erpcrm_erp", "crm": "erpcrm_crm"}
-_GROUPS = ("erpcrm-streams", "erpcrm-sink-crm", "erpcrm-sink-erp")
+_STREAMS_GROUP = "erpcrm-streams"
 
 
 # --------------------------------------------------------------------------- workers
@@ -220,44 +220,64 @@ class _Lag:
             out[system] = int(str(row[0])) if row and row[0] is not None else 0
         return out
 
-    def groups(self) -> dict[str, int]:
-        """Records each consumer group has not committed yet, over its committed partitions."""
-        out: dict[str, int] = {}
-        for group in _GROUPS:
-            lag = 0
-            # One group per request (the client's limit); a group that never committed
-            # has no backlog to report.
-            with contextlib.suppress(Exception):
-                request = [ConsumerGroupTopicPartitions(group)]
-                future = self._admin.list_consumer_group_offsets(request)[group]
-                for tp in future.result(timeout=10).topic_partitions:
-                    if tp.offset < 0 or tp.topic.endswith("-changelog"):
-                        continue
-                    _low, high = self._consumer.get_watermark_offsets(
-                        TopicPartition(tp.topic, tp.partition), timeout=10
-                    )
-                    lag += max(0, int(high) - tp.offset)
-            out[group] = lag
-        return out
+    def streams(self) -> int:
+        """Records the streams worker's group has not committed yet (its inputs)."""
+        lag = 0
+        # A group that never committed has no backlog to report.
+        with contextlib.suppress(Exception):
+            request = [ConsumerGroupTopicPartitions(_STREAMS_GROUP)]
+            future = self._admin.list_consumer_group_offsets(request)[_STREAMS_GROUP]
+            for tp in future.result(timeout=10).topic_partitions:
+                if tp.offset < 0 or tp.topic.endswith("-changelog"):
+                    continue
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=10
+                )
+                lag += max(0, int(high) - tp.offset)
+        return lag
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole backlog now."""
+        """The whole backlog now (the sinks' part from their own metrics)."""
         wal = self.wal_positions()
         confirmed = self.confirmed()
+        sinks = {t: scrape(SINK_PORTS[t]) or {} for t in ("crm", "erp")}
         return {
             "slot_lag_bytes": {s: max(0, wal[s] - confirmed[s]) for s in wal},
-            "group_lag_records": self.groups(),
+            "streams_lag_records": self.streams(),
+            "sink_lag_events": {
+                t: int(total(m, "erpcrm_sink_lag_events")) for t, m in sinks.items()
+            },
+            "sink_deferred_events": {
+                t: int(total(m, "erpcrm_sink_deferred_events")) for t, m in sinks.items()
+            },
         }
 
-    def drain(self, wal: dict[str, int], timeout: float) -> tuple[bool, float]:
-        """Wait until the slots confirmed ``wal`` and no group lags; (drained, seconds)."""
+    def drain(self, wal: dict[str, int], timeout: float, quiet: float = 3.0) -> tuple[bool, float]:
+        """Wait until the pipeline has caught up with ``wal``; (drained, seconds).
+
+        Caught up: both slots confirmed ``wal``, the streams worker's group lags by
+        nothing, neither sink reports a lag (``erpcrm_sink_lag_events``, high watermark
+        minus position; the sinks store their own offsets only with what they write), and
+        neither sink has handled anything new for ``quiet`` seconds.
+        """
         started = time.monotonic()
+        handled, still_since = -1.0, started
         while True:
+            now = time.monotonic()
+            sinks = [scrape(SINK_PORTS[t]) for t in ("crm", "erp")]
+            count = sum(total(m, "erpcrm_sink_events_total") for m in sinks if m is not None)
+            if count != handled:
+                handled, still_since = count, now
             confirmed = self.confirmed()
-            if all(confirmed[s] >= wal[s] for s in wal) and not any(self.groups().values()):
-                return True, time.monotonic() - started
-            if time.monotonic() - started >= timeout:
-                return False, time.monotonic() - started
+            if (
+                all(confirmed[s] >= wal[s] for s in wal)
+                and all(m is not None and not total(m, "erpcrm_sink_lag_events") for m in sinks)
+                and now - still_since >= quiet
+                and not self.streams()
+            ):
+                return True, now - started
+            if now - started >= timeout:
+                return False, now - started
             time.sleep(0.5)
 
 
@@ -403,12 +423,10 @@ def bench_e2e(options: E2eOptions, progress: Any = None) -> dict[str, Any]:
     lag = _Lag(stack)
     try:
         with _workers(stack, options) as run_pid, _Sampler(run_pid) as sampler:
-            warm_wal = lag.wal_positions()
-            warmed, warm_seconds = lag.drain(warm_wal, options.start_timeout)
-            if not warmed:
-                raise StackError(
-                    f"the pipeline did not catch up with the databases in {warm_seconds:.0f}s"
-                )
+            # What the pipeline finds on start (a snapshot, changes made while it was
+            # down) is caught up before the first step, for at most start_timeout.
+            warmed, warm_seconds = lag.drain(lag.wal_positions(), options.start_timeout)
+            warm_up = {"drained": warmed, "seconds": round(warm_seconds, 1)}
             sampler.step(1.0)
             for index, rate in enumerate(options.rates):
                 step = _step(stack, lag, sampler, options, index, rate)
@@ -431,6 +449,7 @@ def bench_e2e(options: E2eOptions, progress: Any = None) -> dict[str, Any]:
             "ops_per_commit": options.ops_per_commit,
             "seed": options.seed,
         },
+        "warm_up": warm_up,
         "steps": steps,
         "highest_sustained_changes_per_second": max(sustained) if sustained else None,
         "sustained_means": "drained within drain_seconds, p99 < 1 s in both directions",
@@ -469,7 +488,7 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
                 f"{step['source']['changes_per_second']:,.0f}",
                 *(ms("erp_to_crm", k) for k in ("p50_ms", "p95_ms", "p99_ms")),
                 *(ms("crm_to_erp", k) for k in ("p50_ms", "p95_ms", "p99_ms")),
-                f"{sum(left['group_lag_records'].values()):,}",
+                f"{left['streams_lag_records'] + sum(left['sink_lag_events'].values()):,}",
                 "yes" if step["drained"] else f"no ({step['drain_seconds']:.0f}s)",
                 f"{sum(step['dead_letters'].values()):,}",
                 f"{peak:.0f}",

@@ -51,6 +51,13 @@ class SystemName(StrEnum):
         return "erp" if self is SystemName.erp else "crm"
 
 
+class BenchTableName(StrEnum):
+    """The tables ``erpcrm bench cdc`` can write."""
+
+    events = "events"
+    partners = "partners"
+
+
 class PaceBy(StrEnum):
     """What a workload rate counts."""
 
@@ -284,12 +291,25 @@ def bench_cdc(
     batch: Annotated[int, typer.Option(help="Rows per source transaction in the load.")] = 1000,
     rate: Annotated[float, typer.Option(help="Single-row commits per second for latency.")] = 200,
     seconds: Annotated[float, typer.Option(help="Duration of the latency run.")] = 20,
+    table: Annotated[
+        BenchTableName, typer.Option(help="events: 6 columns; partners: 26, like res_partner.")
+    ] = BenchTableName.events,
+    backlog_rows: Annotated[
+        int, typer.Option(help="Rows for the backlog drain (capture stopped, then started).")
+    ] = 0,
 ) -> None:
     """Capture throughput (events/s), commit-to-Kafka latency (p50/p99) and peak RSS."""
     from erpcrm.bench import bench_cdc as run
 
     try:
-        result = run(rows=rows, batch=batch, rate=rate, seconds=seconds)
+        result = run(
+            rows=rows,
+            batch=batch,
+            rate=rate,
+            seconds=seconds,
+            table=table.value,
+            backlog_rows=backlog_rows,
+        )
     except SyncError as exc:
         raise _fail(exc) from exc
     print(json.dumps(result, indent=2))

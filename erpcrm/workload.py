@@ -881,11 +881,18 @@ class _Executor:
     """Runs planned operations against the two databases and tallies the outcome."""
 
     def __init__(
-        self, erp: _Database, crm: _Database, tally: _Tally, *, ops_per_commit: int = 1
+        self,
+        erp: _Database,
+        crm: _Database,
+        tally: _Tally,
+        *,
+        ops_per_commit: int = 1,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self._dbs = {System.ERP: erp, System.CRM: crm}
         self._tally = tally
         self._ops_per_commit = ops_per_commit
+        self._shard = shard
         # Per database, operations done in its open transaction and not committed yet.
         self._pending: dict[System, list[tuple[Operation, _Changes]]] = {
             System.ERP: [],
@@ -946,6 +953,23 @@ class _Executor:
             self.commit(op.system)
         return sum(changes.inserts.values()) + sum(changes.updates.values())
 
+    def _pick(
+        self,
+        cur: _Cursor,
+        system: System,
+        table: str,
+        columns: Sequence[str],
+        pick: float,
+        where: LiteralString = "TRUE",
+        params: Sequence[Any] = (),
+        *,
+        for_update: bool = False,
+    ) -> dict[str, Any] | None:
+        """:func:`_pick` within this run's share of the key range (see ``shard``)."""
+        index, count = self._shard
+        position = (index + pick) / count
+        return _pick(cur, system, table, columns, position, where, params, for_update=for_update)
+
     def commit(self, system: System) -> None:
         """Commit ``system``'s open transaction and count its operations."""
         pending = self._pending[system]
@@ -987,7 +1011,7 @@ class _Executor:
     ) -> tuple[Any, PartyValues] | None:
         if system is System.ERP:
             columns = _ERP_PARTY_COLUMNS
-            row = _pick(
+            row = self._pick(
                 cur,
                 system,
                 "res_partner",
@@ -997,7 +1021,7 @@ class _Executor:
             )
         else:
             columns = _CRM_ACCOUNT_COLUMNS
-            row = _pick(
+            row = self._pick(
                 cur,
                 system,
                 "accounts",
@@ -1043,7 +1067,7 @@ class _Executor:
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
         change = plan_price_change(rng)
-        row = _pick(cur, System.ERP, "product_product", ["id"], rng.random(), "active")
+        row = self._pick(cur, System.ERP, "product_product", ["id"], rng.random(), "active")
         if row is None:
             raise _NoTargetRowError
         cur.execute(
@@ -1059,7 +1083,7 @@ class _Executor:
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
         move = plan_stock_move(rng, op.dirty)
-        product = _pick(
+        product = self._pick(
             cur,
             System.ERP,
             "product_product",
@@ -1067,7 +1091,7 @@ class _Executor:
             move.product_pick,
             "active AND type = 'product'",
         )
-        location = _pick(
+        location = self._pick(
             cur,
             System.ERP,
             "stock_location",
@@ -1123,7 +1147,7 @@ class _Executor:
             raise _NoTargetRowError
         order_lines: list[dict[str, Any]] = []
         for n, spec in enumerate(lines, start=1):
-            product = _pick(
+            product = self._pick(
                 cur,
                 System.ERP,
                 "product_product",
@@ -1170,7 +1194,7 @@ class _Executor:
     def _erp_confirm_order(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
-        row = _pick(
+        row = self._pick(
             cur, System.ERP, "sale_order", ["id"], rng.random(), "state IN ('draft', 'sent')"
         )
         if row is None:
@@ -1186,7 +1210,7 @@ class _Executor:
     def _erp_new_invoice(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
-        order = _pick(
+        order = self._pick(
             cur,
             System.ERP,
             "sale_order",
@@ -1251,7 +1275,7 @@ class _Executor:
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
         payment = plan_payment(rng)
-        move = _pick(
+        move = self._pick(
             cur,
             System.ERP,
             "account_move",
@@ -1317,7 +1341,7 @@ class _Executor:
     def _crm_new_contact(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
-        account = _pick(
+        account = self._pick(
             cur,
             System.CRM,
             "accounts",
@@ -1366,7 +1390,7 @@ class _Executor:
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
         field = plan_contact_field(rng, op.dirty)
-        contact = _pick(
+        contact = self._pick(
             cur,
             System.CRM,
             "contacts",
@@ -1421,7 +1445,7 @@ class _Executor:
         topic = rng.choice(_QUOTE_TOPICS)
         amount = Decimal(rng.randint(1000, 90000))
         days = rng.randint(14, 120)
-        account = _pick(
+        account = self._pick(
             cur,
             System.CRM,
             "accounts",
@@ -1456,7 +1480,7 @@ class _Executor:
         lines = plan_lines(rng, op.dirty)
         stage = rng.choices(("Draft", "Negotiation"), (6, 4))[0]
         topic = rng.choice(_QUOTE_TOPICS)
-        account = _pick(
+        account = self._pick(
             cur,
             System.CRM,
             "accounts",
@@ -1502,7 +1526,7 @@ class _Executor:
                         changes.inserted("aos_products")
                         product["id"] = created["id"]
             else:
-                product = _pick(
+                product = self._pick(
                     cur,
                     System.CRM,
                     "aos_products",
@@ -1559,7 +1583,7 @@ class _Executor:
     def _crm_accept_quote(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
-        quote = _pick(
+        quote = self._pick(
             cur,
             System.CRM,
             "aos_quotes",
@@ -1599,6 +1623,7 @@ def run_workload(
     reconnect_timeout: float = 60.0,
     ops_per_commit: int = 1,
     pace_by: Literal["operations", "changes"] = "operations",
+    shard: tuple[int, int] = (0, 1),
 ) -> WorkloadReport:
     """Drive the demo ERP and CRM with business activity and report what was committed.
 
@@ -1611,7 +1636,9 @@ def run_workload(
     ``ops_per_commit`` groups that many operations per database into one transaction
     (see :meth:`_Executor.execute`); ``pace_by="changes"`` makes ``rate`` row changes
     per second instead of operations per second (an operation is spaced by the rows it
-    changed).
+    changed). ``shard`` ``(i, n)`` confines the rows an operation picks to the ``i``-th of
+    ``n`` slices of each table's key range, so that ``n`` runs side by side rarely wait for
+    each other's row locks.
 
     ``on_progress`` receives a snapshot report about every ``progress_interval`` seconds
     and the final report once more at the end. Raises :class:`WorkloadError` if a
@@ -1629,7 +1656,9 @@ def run_workload(
     tally = _Tally()
     erp = _Database(System.ERP, erp_dsn, tally, reconnect_timeout=reconnect_timeout, stop=stop)
     crm = _Database(System.CRM, crm_dsn, tally, reconnect_timeout=reconnect_timeout, stop=stop)
-    executor = _Executor(erp, crm, tally, ops_per_commit=ops_per_commit)
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    executor = _Executor(erp, crm, tally, ops_per_commit=ops_per_commit, shard=shard)
     start = time.monotonic()
     pacer = Pacer(rate, start)
     last_progress = start
@@ -1716,7 +1745,8 @@ def run_workload_parallel(
     Each process drives both databases on its own connections at ``rate / processes``,
     with its own seed (``seed`` plus its index: the run as a whole stays reproducible
     as far as the databases' interleaving allows) and a share of ``count``. One process
-    is :func:`run_workload` itself, in this process.
+    is :func:`run_workload` itself, in this process. Each picks the rows it changes from
+    its own slice of each table (``shard``).
     """
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
@@ -1731,6 +1761,7 @@ def run_workload_parallel(
             "seed": seed + i,
             "ops_per_commit": ops_per_commit,
             "pace_by": pace_by,
+            "shard": (i, processes),
         }
         for i in range(processes)
     ]

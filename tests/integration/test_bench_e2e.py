@@ -54,7 +54,12 @@ def test_bench_e2e_reports_one_step_and_leaves_no_worker(local_stack: LocalStack
     # Both systems were written, so both sinks applied something.
     assert step["latency"]["erp_to_crm"]["applied"] > 0
     assert step["latency"]["crm_to_erp"]["applied"] > 0
-    assert set(step["lag_at_end_of_load"]) == {"slot_lag_bytes", "group_lag_records"}
+    assert set(step["lag_at_end_of_load"]) == {
+        "slot_lag_bytes",
+        "streams_lag_records",
+        "sink_lag_events",
+        "sink_deferred_events",
+    }
     assert set(step["dead_letters"]) == {"streams", "sink_crm", "sink_erp"}
     assert set(step["workers"]) == {"cdc-erp", "cdc-crm", "streams", "sink-crm", "sink-erp"}
     for figures in step["workers"].values():
