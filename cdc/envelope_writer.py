@@ -27,7 +27,7 @@ from cdc.values import CONVERTERS, TypeOid, converter_for
 from schemas.avro_writer import Write, compile_appender, write_long, write_utf8
 from schemas.serde import WriterSchema, pack
 
-__all__ = ["EnvelopeWriter", "SourceTemplate", "Uncompiled"]
+__all__ = ["EnvelopeWriter", "SourceTemplate", "TransactionWriter", "Uncompiled"]
 
 _ColumnWrite = Callable[[bytearray, TupleValue], None]
 
@@ -358,4 +358,51 @@ class EnvelopeWriter:
         buf.append(2)
         write_long(buf, ts_ms)
         buf += b"\x00\x00"  # ts_us, ts_ns: null
+        return bytes(buf)
+
+
+class TransactionWriter:
+    """Key and value bytes of the ``<system>.transaction`` topic's BEGIN and END records.
+
+    Byte for byte what :func:`~cdc.envelope.transaction_begin_record` and
+    :func:`~cdc.envelope.transaction_end_record` encoded with the registered schemas
+    (``key`` and ``value``, :func:`~cdc.envelope.transaction_key_schema` and
+    :func:`~cdc.envelope.transaction_value_schema`) give.
+    """
+
+    def __init__(self, key: WriterSchema, value: WriterSchema) -> None:
+        self._key_prefix = pack(key.schema_id, b"")
+        self._value_prefix = pack(value.schema_id, b"")
+
+    def key(self, transaction: str) -> bytes:
+        """The record key: the transaction id."""
+        buf = bytearray(self._key_prefix)
+        write_utf8(buf, transaction.encode())
+        return bytes(buf)
+
+    def begin(self, transaction: str, ts_ms: int) -> bytes:
+        """The BEGIN record (``ts_ms``: the commit time)."""
+        buf = bytearray(self._value_prefix)
+        write_utf8(buf, b"BEGIN")
+        write_utf8(buf, transaction.encode())
+        buf += b"\x00\x00"  # event_count, data_collections: null
+        write_long(buf, ts_ms)
+        return bytes(buf)
+
+    def end(self, transaction: str, ts_ms: int, event_counts: Mapping[str, int]) -> bytes:
+        """The END record with the events per data collection, in the mapping's order."""
+        buf = bytearray(self._value_prefix)
+        write_utf8(buf, b"END")
+        write_utf8(buf, transaction.encode())
+        buf.append(2)
+        write_long(buf, sum(event_counts.values()))
+        buf.append(2)
+        if event_counts:
+            write_long(buf, len(event_counts))
+            for name, count in event_counts.items():
+                buf.append(2)
+                write_utf8(buf, name.encode())
+                write_long(buf, count)
+        buf.append(0)
+        write_long(buf, ts_ms)
         return bytes(buf)

@@ -65,15 +65,12 @@ from cdc.envelope import (
     key_record,
     key_schema,
     source_sequence,
-    transaction_begin_record,
-    transaction_end_record,
     transaction_id,
-    transaction_key_record,
     transaction_key_schema,
     transaction_value_schema,
     value_schema,
 )
-from cdc.envelope_writer import EnvelopeWriter, SourceTemplate, Uncompiled
+from cdc.envelope_writer import EnvelopeWriter, SourceTemplate, TransactionWriter, Uncompiled
 from cdc.lsn import Lsn
 from cdc.metrics import CaptureMetrics
 from cdc.offsets import AckTracker, CaptureOffset, OffsetStore, _Tx
@@ -233,6 +230,8 @@ class CaptureWorker:
         self._last_commit_lsn: int | None = None
         self._tx_key_writer: WriterSchema | None = None
         self._tx_value_writer: WriterSchema | None = None
+        self._transactions: TransactionWriter | None = None
+        self._tx_topic = transaction_topic(settings.server_name)
         self._last_offset_save = 0.0
         self._saved_lsn = Lsn.ZERO
         self._type_names: dict[int, str] = {}
@@ -423,6 +422,7 @@ class CaptureWorker:
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise RetriableError(f"cannot create topic {name}: {exc}") from exc
+        self._transactions = None
         self._tx_key_writer = self._serde.prepare(
             f"{transaction_topic(self._s.server_name)}-key", transaction_key_schema()
         )
@@ -824,25 +824,22 @@ class CaptureWorker:
         if tx.total:
             return
         tid = tx.tid
-        self._send_metadata(tid, transaction_begin_record(tid, ts_ms=tx.commit_ms), tx)
+        writer = self._tx_writer()
+        self._send(self._tx_topic, writer.key(tid), writer.begin(tid, tx.commit_ms), tx.delivery)
 
-    def _send_metadata(self, tid: str, record: dict[str, Any], tx: _OpenTx) -> None:
+    def _tx_writer(self) -> TransactionWriter:
         if self._tx_key_writer is None or self._tx_value_writer is None:
             raise RetriableError("transaction metadata schemas are not registered yet")
-        self._send(
-            transaction_topic(self._s.server_name),
-            self._serde.encode_with(self._tx_key_writer, transaction_key_record(tid)),
-            self._serde.encode_with(self._tx_value_writer, record),
-            tx.delivery,
-        )
+        if self._transactions is None:
+            self._transactions = TransactionWriter(self._tx_key_writer, self._tx_value_writer)
+        return self._transactions
 
     def _commit(self, tx: _OpenTx, commit: Commit) -> None:
         if tx.total and not tx.dropped:
             tid = tx.tid
-            end = transaction_end_record(
-                tid, ts_ms=tx.commit_ms, event_counts=dict(tx.per_collection)
-            )
-            self._send_metadata(tid, end, tx)
+            writer = self._tx_writer()
+            end = writer.end(tid, tx.commit_ms, tx.per_collection)
+            self._send(self._tx_topic, writer.key(tid), end, tx.delivery)
         self._m.transactions.labels(self._system).inc()
         self._last_commit_lsn = int(commit.commit_lsn)
         if self._tracker.commit(tx.token, commit.end_lsn) and tx.total:

@@ -30,9 +30,14 @@ from cdc.envelope import (
     key_record,
     key_schema,
     source_sequence,
+    transaction_begin_record,
+    transaction_end_record,
+    transaction_key_record,
+    transaction_key_schema,
+    transaction_value_schema,
     value_schema,
 )
-from cdc.envelope_writer import EnvelopeWriter, Uncompiled
+from cdc.envelope_writer import EnvelopeWriter, TransactionWriter, Uncompiled
 from schemas.errors import SyncError
 from schemas.serde import AvroSerde, ParsedSchema
 
@@ -304,3 +309,31 @@ def test_a_plain_row_takes_the_compiled_path(
     }
     row = tuple(samples[base] for _n, base, *_ in columns)
     assert writer.key(row).startswith(b"\x00\x00\x00\x00\x29")
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=40),
+    st.integers(0, 2**62),
+    st.dictionaries(
+        st.text(st.characters(blacklist_categories=["Cs"]), max_size=30),
+        st.integers(0, 2**40),
+        max_size=5,
+    ),
+)
+def test_transaction_records_match_the_generic_path(
+    transaction: str, ts_ms: int, counts: dict[str, int]
+) -> None:
+    serde = AvroSerde(_Registry())
+    key = serde.prepare("erp.transaction-key", transaction_key_schema())
+    value = serde.prepare("erp.transaction-value", transaction_value_schema())
+    writer = TransactionWriter(key, value)
+    assert writer.key(transaction) == AvroSerde.encode_with(
+        key, transaction_key_record(transaction)
+    )
+    assert writer.begin(transaction, ts_ms) == AvroSerde.encode_with(
+        value, transaction_begin_record(transaction, ts_ms=ts_ms)
+    )
+    assert writer.end(transaction, ts_ms, counts) == AvroSerde.encode_with(
+        value, transaction_end_record(transaction, ts_ms=ts_ms, event_counts=counts)
+    )
