@@ -209,5 +209,9 @@ def pipeline(
         try:
             proc.wait(90)
         except subprocess.TimeoutExpired:
+            # The supervisor did not stop its workers in time: stop them all, hard.
+            for pid in children(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.kill()
             proc.wait(30)
