@@ -258,16 +258,17 @@ class _Lag:
         Caught up: both slots confirmed ``wal``, the streams worker's group lags by
         nothing, neither sink reports a lag (``erpcrm_sink_lag_events``, high watermark
         minus position; the sinks store their own offsets only with what they write), and
-        neither sink has handled anything new for ``quiet`` seconds.
+        neither sink has applied anything for ``quiet`` seconds (applied: the count of
+        its end-to-end histogram; re-read events it skips do not count).
         """
         started = time.monotonic()
-        handled, still_since = -1.0, started
+        applied, still_since = -1.0, started
         while True:
             now = time.monotonic()
             sinks = [scrape(SINK_PORTS[t]) for t in ("crm", "erp")]
-            count = sum(total(m, "erpcrm_sink_events_total") for m in sinks if m is not None)
-            if count != handled:
-                handled, still_since = count, now
+            count = sum(total(m, f"{E2E_HISTOGRAM}_count") for m in sinks if m is not None)
+            if count != applied:
+                applied, still_since = count, now
             confirmed = self.confirmed()
             if (
                 all(confirmed[s] >= wal[s] for s in wal)
