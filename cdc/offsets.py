@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 OFFSETS_TOPIC = "_erpcrm.cdc.offsets"
 
 
-class _Tx:
+class TrackedTx:
+    """A transaction in the :class:`AckTracker`: the token its records carry."""
+
     __slots__ = ("closed", "end_lsn", "pending", "xid")
 
     def __init__(self, xid: int) -> None:
@@ -50,23 +52,23 @@ class AckTracker:
     """
 
     def __init__(self, start: Lsn = Lsn.ZERO) -> None:
-        self._queue: deque[_Tx] = deque()
+        self._queue: deque[TrackedTx] = deque()
         self._confirmable = start
         self._idle_position = start
 
-    def begin(self, xid: int) -> _Tx:
+    def begin(self, xid: int) -> TrackedTx:
         """Open a transaction; returns the token its records carry."""
-        tx = _Tx(xid)
+        tx = TrackedTx(xid)
         self._queue.append(tx)
         return tx
 
     @staticmethod
-    def add(tx: _Tx) -> _Tx:
+    def add(tx: TrackedTx) -> TrackedTx:
         """Count one more record of ``tx`` in flight."""
         tx.pending += 1
         return tx
 
-    def commit(self, tx: _Tx, end_lsn: Lsn) -> bool:
+    def commit(self, tx: TrackedTx, end_lsn: Lsn) -> bool:
         """Close ``tx``: no more records; it is confirmable at ``end_lsn`` once acked.
 
         Returns whether every record of ``tx`` is already acknowledged.
@@ -76,7 +78,7 @@ class AckTracker:
         self._advance()
         return tx.pending == 0
 
-    def ack(self, tx: _Tx) -> bool:
+    def ack(self, tx: TrackedTx) -> bool:
         """One record of ``tx`` was acknowledged by Kafka (all in-sync replicas).
 
         Returns whether that completed ``tx`` (closed, and every record acknowledged).

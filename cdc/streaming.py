@@ -73,7 +73,7 @@ from cdc.envelope import (
 from cdc.envelope_writer import EnvelopeWriter, SourceTemplate, TransactionWriter, Uncompiled
 from cdc.lsn import Lsn
 from cdc.metrics import CaptureMetrics
-from cdc.offsets import AckTracker, CaptureOffset, OffsetStore, _Tx
+from cdc.offsets import AckTracker, CaptureOffset, OffsetStore, TrackedTx
 from cdc.replication import ReplicationStream, XLogData
 from cdc.settings import CaptureSettings
 from schemas.errors import PermanentError, RetriableError
@@ -134,7 +134,7 @@ class _OpenTx:
     templates: dict[str, SourceTemplate] = field(default_factory=dict)
 
     @property
-    def token(self) -> _Tx:
+    def token(self) -> TrackedTx:
         """The transaction's token in the ack tracker."""
         return self.delivery.token
 
@@ -164,7 +164,7 @@ class _Delivery:
     __slots__ = ("commit_ms", "token", "tracker", "worker")
 
     def __init__(
-        self, worker: CaptureWorker, tracker: AckTracker, token: _Tx, commit_ms: int | None
+        self, worker: CaptureWorker, tracker: AckTracker, token: TrackedTx, commit_ms: int | None
     ) -> None:
         self.worker = worker
         self.tracker = tracker
