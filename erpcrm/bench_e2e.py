@@ -8,7 +8,8 @@ row changes per second, for ``seconds`` each. Per rate (a *step*):
 
 1. the counters of every worker are read (``/metrics``);
 2. the workload runs for ``seconds``; meanwhile every worker's RSS and CPU time are
-   sampled from ``/proc`` twice a second;
+   sampled from ``/proc`` twice a second (``cpu_percent``: of one core, over the step's
+   load and drain);
 3. the lag left when the load stops: each replication slot's WAL not yet confirmed, the
    records the streams worker's consumer group has not committed yet, each sink's lag
    and deferred events (its own metrics);
@@ -34,7 +35,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,7 +412,7 @@ def _step(
     return step
 
 
-def bench_e2e(options: E2eOptions, progress: Any = None) -> dict[str, Any]:
+def bench_e2e(options: E2eOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark (module doc) on the running local stack; return the JSON.
 
     ``progress``, if given, is called with a line of text as each step ends.
