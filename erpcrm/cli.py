@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -23,6 +23,10 @@ from rich.table import Table
 from erpcrm.stack import ComponentStatus, LocalStack
 from erpcrm.workload import WorkloadReport
 from schemas.errors import SyncError
+
+if TYPE_CHECKING:
+    from erpcrm.deadletters import LetterFilter
+    from erpcrm.dlq import DeadLetterTopics
 
 app = typer.Typer(
     name="erpcrm",
@@ -35,6 +39,9 @@ app.add_typer(stack_app, name="stack")
 
 suspects_app = typer.Typer(help="Suspected duplicates the sinks hold: list, release, link.")
 app.add_typer(suspects_app, name="suspects")
+
+dlq_app = typer.Typer(help="Dead letters of the streams worker and the sinks: list, show, replay.")
+app.add_typer(dlq_app, name="dlq")
 
 console = Console(stderr=True)
 
@@ -473,6 +480,161 @@ def suspects_link(
 ) -> None:
     """The same record: the sink writes it into its candidate, now and on later changes."""
     _decide_suspect(target, suspect_id, "link")
+
+
+def _dead_letter_topics() -> DeadLetterTopics:
+    from erpcrm.dlq import DeadLetterTopics
+    from streams.settings import StreamsSettings
+
+    _stack_defaults_into_environment()
+
+    settings = StreamsSettings()
+    return DeadLetterTopics(settings.kafka, settings.registry.url)
+
+
+def _letter_filter(
+    reason: str | None, entity: str | None, since: str | None, stage: str | None
+) -> LetterFilter:
+    from erpcrm.deadletters import LetterFilter, parse_since
+
+    since_ms = None if since is None else parse_since(since, int(time.time() * 1000))
+    return LetterFilter(reason=reason, entity=entity, since_ms=since_ms, stage=stage)
+
+
+ReasonOption = Annotated[
+    str | None, typer.Option(help="Only this reason (unknown_sku, decode_error, ...).")
+]
+EntityOption = Annotated[
+    str | None, typer.Option(help="Only this entity (customer, sales_order, ...).")
+]
+SinceOption = Annotated[
+    str | None, typer.Option(help="Only letters written since: 15m, 2h, 1d, or an ISO time.")
+]
+StageOption = Annotated[
+    str | None, typer.Option(help="Only this stage: streams, sinks.erp, sinks.crm.")
+]
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@dlq_app.command("list")
+def dlq_list(
+    reason: ReasonOption = None,
+    entity: EntityOption = None,
+    since: SinceOption = None,
+    stage: StageOption = None,
+    pending: Annotated[bool, typer.Option(help="Only letters never replayed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """List dead letters: reason, origin, entity, age, and whether they were replayed."""
+    try:
+        topics = _dead_letter_topics()
+        letters = topics.letters(_letter_filter(reason, entity, since, stage))
+        marks = topics.marks()
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    if pending:
+        letters = [letter for letter in letters if letter.id not in marks]
+    now_ms = int(time.time() * 1000)
+    if as_json:
+        print(json.dumps([x.summary(now_ms, marks.get(x.id)) for x in letters], indent=2))
+        return
+    table = Table("id", "age", "stage", "reason", "entity", "origin", "replays", "replayed")
+    for x in letters:
+        mark = marks.get(x.id)
+        table.add_row(
+            x.id,
+            _age(x.age_seconds(now_ms)),
+            x.stage,
+            x.reason,
+            x.entity_key or x.entity or "-",
+            x.origin,
+            str(x.replays),
+            "-" if mark is None else _age((now_ms - mark.replayed_at_ms) / 1000) + " ago",
+        )
+    out.print(table)
+    out.print(
+        f"{len(letters)} dead letters, {sum(x.id not in marks for x in letters)} never replayed"
+    )
+
+
+@dlq_app.command("show")
+def dlq_show(
+    letter_id: Annotated[str, typer.Argument(help="topic:partition:offset (erpcrm dlq list).")],
+) -> None:
+    """Show one dead letter: its headers and its payload, decoded (Avro via the registry)."""
+    try:
+        topics = _dead_letter_topics()
+        letter = topics.letter(letter_id)
+        decoded = topics.decode(letter)
+        mark = topics.marks().get(letter.id)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    now_ms = int(time.time() * 1000)
+    shown = {**letter.summary(now_ms, mark), "headers": dict(letter.headers), **decoded}
+    print(json.dumps(shown, indent=2, default=str))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    letter_ids: Annotated[
+        list[str] | None, typer.Argument(help="Dead letters to replay (topic:partition:offset).")
+    ] = None,
+    replay_all: Annotated[
+        bool, typer.Option("--all", help="Every dead letter the filters take.")
+    ] = False,
+    reason: ReasonOption = None,
+    entity: EntityOption = None,
+    since: SinceOption = None,
+    stage: StageOption = None,
+    again: Annotated[bool, typer.Option(help="Also letters replayed before.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be replayed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Put dead letters back into the stage that failed (one, a filter, or --all)."""
+    from erpcrm.dlq import replay_summary
+    from streams.settings import StreamsSettings
+
+    try:
+        where = _letter_filter(reason, entity, since, stage)
+        if not letter_ids and not replay_all and where.is_empty:
+            raise SyncError("name dead letters, give a filter, or --all")
+        topics = _dead_letter_topics()
+        if letter_ids:
+            letters = [topics.letter(i) for i in letter_ids]
+            letters = [x for x in letters if where.matches(x)]
+        else:
+            letters = topics.letters(where)
+        if dry_run:
+            marks = topics.marks()
+            chosen = [x for x in letters if again or x.id not in marks]
+            print(json.dumps({"would_replay": [x.id for x in chosen]}, indent=2))
+            return
+        report = topics.replay(
+            letters,
+            again=again,
+            default_app_id=StreamsSettings().app_id,
+            now_ms=int(time.time() * 1000),
+        )
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    summary = replay_summary(report)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for item in summary["replayed"]:
+            out.print(f"replayed {item['id']} -> {item['to']} (replay {item['replay_count']})")
+        if report.already:
+            out.print(f"{len(report.already)} already replayed (--again to replay them once more)")
+        for item in summary["failed"]:
+            out.print(f"[red]not replayed[/red] {item['id']}: {item['error']}")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def _stack_defaults_into_environment(

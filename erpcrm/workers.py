@@ -97,6 +97,7 @@ def build_sink(settings: SinkSettings, registry: CollectorRegistry) -> SinkRunne
     from sinks.targets import build_tables
 
     flows = load_mappings()
+    topics = (*CANONICAL_TOPICS, settings.replay_topic)
     tables = {
         t.entity: t for t in build_tables(flows).values() if t.direction.target == settings.target
     }
@@ -105,7 +106,7 @@ def build_sink(settings: SinkSettings, registry: CollectorRegistry) -> SinkRunne
         dsn=settings.dsn.get_secret_value(),
         tables=tables,
         ownership={entity: ownership(flows, entity) for entity in tables},
-        topics=CANONICAL_TOPICS,
+        topics=topics,
         provided={
             entity: frozenset(
                 fm.target
@@ -126,6 +127,4 @@ def build_sink(settings: SinkSettings, registry: CollectorRegistry) -> SinkRunne
         local_events=frozenset(f.target for f in flows.values() if f.system == settings.target),
     )
     client = RegistryClient(settings.registry.url)
-    return SinkRunner(
-        settings, sink, AvroSerde(client), SinkMetrics.create(registry), CANONICAL_TOPICS
-    )
+    return SinkRunner(settings, sink, AvroSerde(client), SinkMetrics.create(registry), topics)

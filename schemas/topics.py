@@ -8,7 +8,10 @@ metadata and are resolved once at start-up.
 - raw change topics: ``<system>.<schema>.<table>``, e.g. ``erp.public.res_partner``
 - transaction metadata: ``<system>.transaction``
 - canonical topics: ``canonical.<entity>``
-- dead letters: ``dlq.<stage>``
+- dead letters: ``dlq.<stage>``; what was replayed from them: ``dlq.replayed``
+  (compacted, keyed by the dead letter's position)
+- replayed dead letters of a stage that reads no raw topic (the sinks):
+  ``replay.<stage>``
 - schema registry subjects (TopicNameStrategy): ``<topic>-key`` and ``<topic>-value``
 """
 
@@ -30,13 +33,16 @@ __all__ = [
     "CANONICAL_SALES_ORDER",
     "CANONICAL_TOPICS",
     "DLQ_PREFIX",
+    "DLQ_REPLAYED",
     "MAX_TOPIC_LENGTH",
+    "REPLAY_PREFIX",
     "TRANSACTION_SUFFIX",
     "canonical_topic",
     "dlq_topic",
     "key_subject",
     "parse_raw_topic",
     "raw_topic",
+    "replay_topic",
     "subject",
     "transaction_topic",
     "validate_topic",
@@ -50,6 +56,7 @@ _LEGAL: Final = re.compile(r"[A-Za-z0-9._-]+")
 
 CANONICAL_PREFIX: Final = "canonical"
 DLQ_PREFIX: Final = "dlq"
+REPLAY_PREFIX: Final = "replay"
 TRANSACTION_SUFFIX: Final = "transaction"
 
 CANONICAL_ENTITIES: Final = (
@@ -61,6 +68,9 @@ CANONICAL_ENTITIES: Final = (
     "invoice",
 )
 """The canonical business entities, in dependency order (a contact needs its customer)."""
+
+DLQ_REPLAYED: Final = "dlq.replayed"
+"""The record of replayed dead letters: key ``<dlq topic>:<partition>:<offset>``."""
 
 CANONICAL_CUSTOMER: Final = "canonical.customer"
 CANONICAL_CONTACT: Final = "canonical.contact"
@@ -169,6 +179,15 @@ def dlq_topic(stage: str) -> str:
         ConfigError: ``stage`` is empty or has characters Kafka does not allow.
     """
     return validate_topic(f"{DLQ_PREFIX}.{_part('stage', stage, dots=True)}")
+
+
+def replay_topic(stage: str) -> str:
+    """Return the topic a stage reads replayed dead letters from: ``replay.<stage>``.
+
+    Raises:
+        ConfigError: ``stage`` is empty or has characters Kafka does not allow.
+    """
+    return validate_topic(f"{REPLAY_PREFIX}.{_part('stage', stage, dots=True)}")
 
 
 def subject(topic: str, *, is_key: bool) -> str:

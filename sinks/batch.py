@@ -50,6 +50,10 @@ class SinkEvent:
         key: the message key, ``<source system>:<entity id in that system>``.
         record: the decoded Avro datum (metadata, ids and business fields).
         raw_key, raw_value: the message bytes as read (what a dead letter carries).
+        replays: how many times an operator replayed it from the dead-letter topic.
+        replayed_from: for a replayed event (read from ``replay.sinks.<target>``), its
+            original canonical ``(topic, partition, offset)``; its dead letter names
+            that position, not the replay's.
     """
 
     topic: str
@@ -60,6 +64,8 @@ class SinkEvent:
     record: Mapping[str, Any]
     raw_key: bytes | None = None
     raw_value: bytes | None = None
+    replays: int = 0
+    replayed_from: tuple[str, int, int] | None = None
 
     @property
     def entity_key(self) -> EntityKey:

@@ -60,12 +60,15 @@ import psycopg
 from psycopg.rows import dict_row
 
 from schemas.deadletter import (
+    H_ENTITY,
+    H_ENTITY_KEY,
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
     H_ERROR_REASON,
     H_ORIGIN_OFFSET,
     H_ORIGIN_PARTITION,
     H_ORIGIN_TOPIC,
+    H_REPLAY_COUNT,
     H_STAGE,
 )
 from schemas.errors import ConfigError, PermanentError, SyncError, ValidationError
@@ -244,18 +247,26 @@ def _text(value: Any) -> str | None:
 
 
 def dead_letter_headers(event: SinkEvent, error: SyncError, target: str) -> dict[str, str]:
-    """The headers of a sink dead letter: the shared ones, the entity and its key."""
-    return {
+    """The headers of a sink dead letter: the shared ones, the entity and its key.
+
+    The origin is the event's canonical position (for a replayed event, the position
+    it was first read at); a replayed event's dead letter also carries its replay count.
+    """
+    topic, partition, offset = event.replayed_from or (event.topic, event.partition, event.offset)
+    headers = {
         H_ERROR_CLASS: type(error).__name__,
         H_ERROR_MESSAGE: str(error)[:1000],
         H_ERROR_REASON: getattr(error, "reason", None) or type(error).__name__,
         H_STAGE: f"sinks.{target}",
-        H_ORIGIN_TOPIC: event.topic,
-        H_ORIGIN_PARTITION: str(event.partition),
-        H_ORIGIN_OFFSET: str(event.offset),
-        "erpcrm.entity": event.entity,
-        "erpcrm.entity_key": event.key,
+        H_ORIGIN_TOPIC: topic,
+        H_ORIGIN_PARTITION: str(partition),
+        H_ORIGIN_OFFSET: str(offset),
+        H_ENTITY: event.entity,
+        H_ENTITY_KEY: event.key,
     }
+    if event.replays:
+        headers[H_REPLAY_COUNT] = str(event.replays)
+    return headers
 
 
 class PostgresUpsertSink(Sink):

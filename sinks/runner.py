@@ -22,6 +22,12 @@ loop, and what each step guarantees:
   pass them.
 - Dead letters queued in the database (outbox) are published to ``dlq.sinks.<target>``
   after each commit and at start; created rows are announced after each commit.
+- **Replayed dead letters** (``erpcrm dlq replay``) arrive on ``replay.sinks.<target>``,
+  read like a canonical topic (positions stored with the rows): the event's bytes as
+  dead-lettered, its entity, key, original position and replay count in headers. The
+  sync state decides as for any event: an event overtaken meanwhile is stale, the
+  same event applied twice is a no-op. Only this target reads it, so the canonical
+  topics never carry an event twice.
 """
 
 from __future__ import annotations
@@ -45,6 +51,14 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from schemas.deadletter import (
+    H_ENTITY,
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    replay_count,
+    text_headers,
+)
 from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
 from schemas.serde import AvroSerde
 from sinks.base import WriteResult
@@ -97,6 +111,15 @@ class _Held:
         return self.events[-1]
 
 
+def _replayed_from(headers: Mapping[str, str]) -> tuple[str, int, int] | None:
+    """A replayed event's original canonical position, from its origin headers."""
+    topic = headers.get(H_ORIGIN_TOPIC)
+    partition, offset = headers.get(H_ORIGIN_PARTITION, ""), headers.get(H_ORIGIN_OFFSET, "")
+    if not topic or not partition.isdigit() or not offset.isdigit():
+        return None
+    return (topic, int(partition), int(offset))
+
+
 class SinkRunner:
     """Consume canonical events and apply them with ``sink`` (see module doc).
 
@@ -144,7 +167,7 @@ class SinkRunner:
     def run(self, *, until: Callable[[RunStats], bool] | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``until(stats)`` is true); return the totals."""
         self._retrying("setup", self._sink.setup)
-        self._ensure_dlq_topic()
+        self._ensure_topics(self._s.dlq_topic, self._s.replay_topic)
         self._producer = Producer(
             self._s.kafka.client_config(
                 **{"enable.idempotence": True, "acks": "all", "linger.ms": 5}
@@ -284,14 +307,25 @@ class SinkRunner:
             batch.advance(topic, partition, offset)
             return
         entity = topic.rsplit(".", 1)[-1]  # canonical.<entity>
+        replays, replayed_from = 0, None
+        if topic == self._s.replay_topic:
+            headers = text_headers(message.headers())
+            entity = headers.get(H_ENTITY, "")
+            replays = replay_count(headers)
+            replayed_from = _replayed_from(headers)
         try:
+            if not entity:
+                raise DecodeError(f"replayed message without an {H_ENTITY} header")
             record = self._retrying("decode", lambda: self._serde.decode(value))
         except DecodeError as exc:
-            event = SinkEvent(topic, partition, offset, entity, key, {}, raw_key, value)
+            event = SinkEvent(
+                topic, partition, offset, entity, key, {}, raw_key, value, replays, replayed_from
+            )
             self._publish_dead_letters([(event, exc)])
             batch.advance(topic, partition, offset)
             return
-        batch.add(SinkEvent(topic, partition, offset, entity, key, record, raw_key, value))
+        position = (topic, partition, offset)
+        batch.add(SinkEvent(*position, entity, key, record, raw_key, value, replays, replayed_from))
 
     # ----------------------------------------------------------------------- apply
 
@@ -590,10 +624,11 @@ class SinkRunner:
             return
         self._metrics.lag_events.labels(self._target).set(total)
 
-    def _ensure_dlq_topic(self) -> None:
+    def _ensure_topics(self, *names: str) -> None:
+        """Create the sink's own one-partition topics (dead letters, replays) if missing."""
         admin = AdminClient(self._s.kafka.client_config())
         for name, future in admin.create_topics(
-            [NewTopic(self._s.dlq_topic, num_partitions=1)]
+            [NewTopic(name, num_partitions=1) for name in names]
         ).items():
             try:
                 future.result(timeout=30)

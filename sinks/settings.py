@@ -12,7 +12,7 @@ from typing import Final, Literal
 from pydantic import Field, SecretStr, model_validator
 
 from schemas.settings import WorkerSettings
-from schemas.topics import dlq_topic
+from schemas.topics import dlq_topic, replay_topic
 
 Target = Literal["erp", "crm"]
 
@@ -49,6 +49,8 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         announce: announce rows the sink creates (see :mod:`sinks.postgres`).
         metrics_port: port of ``/metrics`` (39114 for the CRM sink, 39115 for the ERP).
         dlq_topic: where refused events go (``dlq.sinks.<target>``).
+        replay_topic: where ``erpcrm dlq replay`` puts this sink's dead letters back
+            (``replay.sinks.<target>``); the sink reads it with the canonical topics.
         start_at: where a partition without a stored position starts: ``earliest``
             (the default: the whole history, so a new target catches up) or ``latest``
             (only what is published from now on; a topic created after the sink started
@@ -70,6 +72,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     announce: bool = True
     metrics_port: int = Field(default=0, ge=0, le=65535)
     dlq_topic: str = ""
+    replay_topic: str = ""
     start_at: Literal["earliest", "latest"] = "earliest"
 
     @model_validator(mode="after")
@@ -78,6 +81,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
             "group_id": self.group_id or f"erpcrm-sink-{self.target}",
             "metrics_port": self.metrics_port or DEFAULT_METRICS_PORT[self.target],
             "dlq_topic": self.dlq_topic or dlq_topic(f"sinks.{self.target}"),
+            "replay_topic": self.replay_topic or replay_topic(f"sinks.{self.target}"),
         }
         for key, value in defaults.items():
             object.__setattr__(self, key, value)

@@ -106,6 +106,7 @@ from mode.types.signals import BaseSignalT
 from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.canonical import canonical_schema
+from schemas.deadletter import replay_count
 from schemas.errors import RetriableError
 from schemas.mapping import Flow, load_mappings
 from schemas.serde import AvroSerde, RegistryClient, WriterSchema
@@ -313,12 +314,10 @@ def sequenced_inbound(message: Any) -> Inbound:
     """Turn a message of the sequenced topic into the processor's :class:`Inbound`.
 
     A message without origin headers keeps its own position (and is counted as
-    unrouted by the processor).
+    unrouted by the processor). A replayed dead letter carries its original position and
+    its replay count (``erpcrm dlq replay``).
     """
-    raw_headers = message.headers
-    if isinstance(raw_headers, Mapping):
-        raw_headers = list(raw_headers.items())
-    headers = dlq.text_headers(raw_headers)
+    headers = dlq.text_headers(message.headers)
     here = dlq.Origin(message.topic, message.partition, message.offset)
     timestamp_ms = int(float(message.timestamp) * 1000)
     if headers.get(H_KIND) == KIND_TICK.decode():
@@ -331,7 +330,8 @@ def sequenced_inbound(message: Any) -> Inbound:
         )
     except (KeyError, ValueError):
         origin = here
-    return Inbound(origin, message.key, message.value, timestamp_ms)
+    replays = replay_count(headers)
+    return Inbound(origin, message.key, message.value, timestamp_ms, replays=replays)
 
 
 def origin_headers(message: Any) -> list[tuple[str, bytes]]:
@@ -622,7 +622,7 @@ def build(
         value_serializer="raw",
     )
     sequenced = app.topic(
-        f"{settings.app_id}-sequenced",
+        settings.sequenced_topic,
         partitions=1,
         internal=True,
         key_type=bytes,

@@ -18,7 +18,14 @@ message. Its headers (UTF-8 text) say what went wrong and where the message came
 ``erpcrm.output_id``        the dead letter's deterministic id (see :attr:`output_id`)
 ``erpcrm.app_id``           the streams app that published it (on canonical events too)
 ``erpcrm.context.<name>``   more context: the order's entity key, the transaction id
+``erpcrm.replay.count``     how many times the message was replayed (absent: never)
 ==========================  ==============================================================
+
+A replayed message (``erpcrm dlq replay`` puts it back into the worker's sequenced topic
+with its original ``erpcrm.origin.*`` headers and ``erpcrm.replay.count``) that fails
+again is dead-lettered again with that count, under a new :attr:`DeadLetter.output_id`
+(the count is part of it), so the worker's own "never publish an id twice" check does
+not take the new failure for the old one.
 
 The same ``erpcrm.origin.*`` headers carry a raw message's position through the
 worker's own sequenced topic (see :mod:`streams.app`).
@@ -29,7 +36,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,7 +52,9 @@ from schemas.deadletter import (
     H_ORIGIN_PARTITION,
     H_ORIGIN_TOPIC,
     H_OUTPUT_ID,
+    H_REPLAY_COUNT,
     H_STAGE,
+    text_headers,
 )
 from schemas.errors import SyncError
 from schemas.topics import dlq_topic
@@ -64,6 +73,7 @@ __all__ = [
     "H_ORIGIN_PARTITION",
     "H_ORIGIN_TOPIC",
     "H_OUTPUT_ID",
+    "H_REPLAY_COUNT",
     "H_STAGE",
     "STAGE",
     "DeadLetter",
@@ -109,6 +119,7 @@ class DeadLetter:
         field: the offending field, when known.
         flow: the mapping flow, when known.
         context: further ``(name, value)`` pairs, sent as ``erpcrm.context.<name>``.
+        replays: how many times the message had been replayed when it failed.
     """
 
     key: bytes | None
@@ -120,6 +131,7 @@ class DeadLetter:
     field: str | None = None
     flow: str | None = None
     context: tuple[tuple[str, str], ...] = ()
+    replays: int = 0
 
     @property
     def output_id(self) -> str:
@@ -135,6 +147,8 @@ class DeadLetter:
             self.flow or "",
             *(f"{k}={v}" for k, v in self.context),
         ]
+        if self.replays:
+            parts.append(f"replay={self.replays}")
         return str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
 
     def headers(self) -> list[tuple[str, bytes]]:
@@ -154,6 +168,8 @@ class DeadLetter:
         if self.flow:
             pairs.append((H_FLOW, self.flow))
         pairs.extend((f"{H_CONTEXT_PREFIX}{name}", value) for name, value in self.context)
+        if self.replays:
+            pairs.append((H_REPLAY_COUNT, str(self.replays)))
         return [(name, value.encode("utf-8")) for name, value in pairs]
 
 
@@ -165,6 +181,7 @@ def from_failure(
     value: bytes | None,
     flow: str | None = None,
     context: Iterable[tuple[str, str]] = (),
+    replays: int = 0,
 ) -> DeadLetter:
     """Return the dead letter of a record that failed cleansing or validation."""
     return DeadLetter(
@@ -177,6 +194,7 @@ def from_failure(
         field=failed.field,
         flow=flow,
         context=tuple(context),
+        replays=replays,
     )
 
 
@@ -189,6 +207,7 @@ def from_error(
     value: bytes | None,
     flow: str | None = None,
     context: Iterable[tuple[str, str]] = (),
+    replays: int = 0,
 ) -> DeadLetter:
     """Return the dead letter of a message that raised a typed error (e.g. DecodeError)."""
     return DeadLetter(
@@ -200,12 +219,5 @@ def from_error(
         origin=origin,
         flow=flow,
         context=tuple(context),
+        replays=replays,
     )
-
-
-def text_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> Mapping[str, str]:
-    """Return Kafka headers as a name -> text mapping (the last value of a name wins)."""
-    found: dict[str, str] = {}
-    for name, value in headers or ():
-        found[name] = "" if value is None else value.decode("utf-8", errors="replace")
-    return found

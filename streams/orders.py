@@ -174,7 +174,9 @@ class Orders:
                 },
             )
         collection = f"{flow.schema}.{flow.table}"
-        self._register(work, flow, order, basics, None, collection, replay=replay)
+        self._register(
+            work, flow, order, basics, None, collection, replay=replay, replays=message.replays
+        )
 
     def line(
         self, work: UnitOfWork, route: Route, envelope: dict[str, Any], message: Inbound
@@ -219,7 +221,9 @@ class Orders:
                 self._register(
                     work, flow, moved_from, basics, envelope, collection, replay=False, count=False
                 )
-        self._register(work, flow, order, basics, envelope, collection, replay=replay)
+        self._register(
+            work, flow, order, basics, envelope, collection, replay=replay, replays=message.replays
+        )
 
     def _register(
         self,
@@ -232,8 +236,12 @@ class Orders:
         *,
         replay: bool,
         count: bool = True,
+        replays: int = 0,
     ) -> None:
-        """Note a row change of ``order`` in its transaction; assemble when it completes."""
+        """Note a row change of ``order`` in its transaction; assemble when it completes.
+
+        ``replays``: the replay count of a replayed dead letter (assembled at once).
+        """
         snapshot = basics.tx is None
         if snapshot:
             if order is None:
@@ -246,7 +254,12 @@ class Orders:
             if record is None and order is not None:
                 # Re-delivered after its order was assembled (a replayed dead letter):
                 # assemble again now; dedupe drops it if nothing changed.
-                info = {"flow": flow.name, "lsn": basics.lsn, "trigger": freeze(trigger)}
+                info = {
+                    "flow": flow.name,
+                    "lsn": basics.lsn,
+                    "trigger": freeze(trigger),
+                    "replays": replays,
+                }
                 self._assemble(work, order, info, "replay", final=True)
             return
         if record is None:
@@ -359,7 +372,12 @@ class Orders:
             tally.add(Count.SKIPPED, flow.name)
             return True
         topic, partition, offset = header["origin"]
-        raw = Raw(unb64(header["key"]), unb64(header["value"]), Origin(topic, partition, offset))
+        raw = Raw(
+            unb64(header["key"]),
+            unb64(header["value"]),
+            Origin(topic, partition, offset),
+            int(info.get("replays", 0)),
+        )
         if isinstance(result, Failed):
             if result.reason in PARKABLE and not final:
                 return False

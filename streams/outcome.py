@@ -104,6 +104,7 @@ class Inbound:
         value: the raw value bytes (None: a tombstone).
         timestamp_ms: the sequenced message's timestamp; the processor's only clock.
         kind: a raw change, or a tick.
+        replays: how many times an operator replayed it from the dead-letter topic.
     """
 
     origin: Origin
@@ -111,6 +112,7 @@ class Inbound:
     value: bytes | None
     timestamp_ms: int
     kind: Kind = Kind.CHANGE
+    replays: int = 0
 
 
 @dataclass(frozen=True, slots=True)

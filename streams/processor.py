@@ -246,6 +246,7 @@ class StreamProcessor:
                 key=message.key,
                 value=message.value,
                 flow=flow,
+                replays=message.replays,
             )
             self._emitter.send(work, letter)
             return None

@@ -18,9 +18,22 @@ from schemas.settings import WorkerSettings
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 DeadLetterPolicy = Literal["fail", "dlq", "skip"]
 
+SEQUENCED_SUFFIX: Final = "-sequenced"
+
 DEFAULT_WEB_PORT: Final = 39113
 DEFAULT_DATA_DIR: Final = Path(__file__).resolve().parents[1] / ".local" / "streams"
 """``<checkout>/.local/streams`` (git-ignored), next to the local stack's state."""
+
+
+def sequenced_topic(app_id: str) -> str:
+    """The topic every raw message of app ``app_id`` passes through: ``<app_id>-sequenced``.
+
+    Its one partition is the worker's single entry point: a raw message written there
+    with its original position in the ``erpcrm.origin.*`` headers is processed as if it
+    had just been read from its raw topic (``erpcrm dlq replay`` puts dead letters back
+    this way).
+    """
+    return f"{app_id}{SEQUENCED_SUFFIX}"
 
 
 class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
@@ -129,6 +142,11 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             "max_write_buffer_number": 2,
             "block_cache_size": total - total // 4,
         }
+
+    @property
+    def sequenced_topic(self) -> str:
+        """The worker's sequenced topic (see :func:`sequenced_topic`)."""
+        return sequenced_topic(self.app_id)
 
     @property
     def table_dir(self) -> Path:

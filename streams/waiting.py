@@ -120,6 +120,7 @@ class Waiting:
                         "value": b64(message.value),
                         "origin": [origin.topic, origin.partition, origin.offset],
                         "until": work.now_ms + self.wait_ms,
+                        "replays": message.replays,
                     },
                 )
                 work.tally.add(Count.PARKED, failed.reason.value)
@@ -144,6 +145,7 @@ class Waiting:
             key=unb64(record["key"]),
             value=unb64(record["value"]),
             timestamp_ms=work.now_ms,
+            replays=int(record.get("replays", 0)),
         )
         retry = Retry(final=work.now_ms >= int(record["until"]))
         if route is not None and message.value is not None:

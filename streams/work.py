@@ -47,11 +47,12 @@ class Raw:
     key: bytes | None
     value: bytes | None
     origin: Origin
+    replays: int = 0
 
     @classmethod
     def of(cls, message: Inbound) -> Raw:
-        """The raw form of an inbound message."""
-        return cls(message.key, message.value, message.origin)
+        """The raw form of an inbound message (with its replay count)."""
+        return cls(message.key, message.value, message.origin, message.replays)
 
 
 class UnitOfWork:
@@ -171,7 +172,13 @@ class Emitter:
     ) -> None:
         """Dead-letter ``raw`` for ``failed``, under the policy."""
         letter = dlq.from_failure(
-            failed, origin=raw.origin, key=raw.key, value=raw.value, flow=flow, context=context
+            failed,
+            origin=raw.origin,
+            key=raw.key,
+            value=raw.value,
+            flow=flow,
+            context=context,
+            replays=raw.replays,
         )
         self.send(work, letter)
 

@@ -631,6 +631,44 @@ def test_a_failing_order_is_dead_lettered_with_its_header_bytes() -> None:
     assert replayed.tally.of(Count.ORDERS, "replay") == 1
 
 
+def test_a_replayed_order_that_fails_again_is_dead_lettered_with_its_replay_count() -> None:
+    h = Harness(reference_wait_ms=0)
+    tx = (900, 1010)
+    header = h.change(SALE_ORDER, "c", after=ORDER, lsn=1001, tx=tx)
+    h.run(header)
+    h.run(h.change(SALE_ORDER_LINE, "c", after=order_line(501, 10, 7, "1"), lsn=1002, tx=tx))
+    ended = h.run(h.end("erp", tx, {"public.sale_order": 1, "public.sale_order_line": 1}))
+    (first,) = ended.dead_letters
+    # replayed while the product is still unknown: it fails again, counted
+    again = h.run(Inbound(header.origin, header.key, header.value, h.now, replays=1))
+    (letter,) = again.dead_letters
+    assert (letter.origin, letter.reason, letter.replays) == (
+        header.origin,
+        "unresolved_reference",
+        1,
+    )
+    headers = dlq.text_headers(letter.headers())
+    assert headers[dlq.H_REPLAY_COUNT] == "1"
+    # a new id: a worker's check against ids already published must not drop it
+    assert letter.output_id != first.output_id
+    assert dlq.H_REPLAY_COUNT not in dlq.text_headers(first.headers())
+    # the second replay, once the product is known, publishes the order once
+    with_catalogue(h, (7, "SKU-00007"))
+    fixed = h.run(Inbound(header.origin, header.key, header.value, h.now, replays=2))
+    assert [len(r["lines"]) for r in decoded(fixed)] == [1]
+    assert h.run(Inbound(header.origin, header.key, header.value, h.now, replays=3)).events == []
+
+
+def test_a_replayed_record_parked_for_a_reference_keeps_its_replay_count() -> None:
+    h = Harness(reference_wait_ms=5_000)
+    quant_change = h.change(STOCK_QUANT, "u", after=quant(2, 99, 1, "1"), lsn=101)
+    replayed = Inbound(quant_change.origin, quant_change.key, quant_change.value, h.now, replays=4)
+    assert h.run(replayed).tally.of(Count.PARKED, "unresolved_reference") == 1
+    assert h.run(h.tick(1_000)).outbound == []
+    (letter,) = h.run(h.tick(10_000)).dead_letters
+    assert (letter.origin, letter.replays) == (quant_change.origin, 4)
+
+
 # -------------------------------------------------------------------------- state
 
 

@@ -46,3 +46,24 @@ def test_reason_attribute_is_used() -> None:
 def test_message_is_truncated() -> None:
     headers = dead_letter_headers(event(), ValidationError("x" * 5000), "crm")
     assert headers["erpcrm.error.message"] == "x" * 1000
+
+
+def test_a_replayed_event_names_its_first_position_and_its_replay_count() -> None:
+    record = {"version": 3, "op": "upsert", "source_system": "erp", "source_ts_ms": 1}
+    replayed = SinkEvent(
+        "replay.sinks.crm",
+        0,
+        8,
+        "customer",
+        "erp:17",
+        record,
+        replays=2,
+        replayed_from=("canonical.customer", 2, 1234),
+    )
+    headers = dead_letter_headers(replayed, ValidationError("still bad"), "crm")
+    assert (
+        headers["erpcrm.origin.topic"],
+        headers["erpcrm.origin.partition"],
+        headers["erpcrm.origin.offset"],
+        headers["erpcrm.replay.count"],
+    ) == ("canonical.customer", "2", "1234", "2")

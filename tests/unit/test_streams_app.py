@@ -158,6 +158,13 @@ def test_sequenced_messages_are_read_back_with_their_origin() -> None:
         message.__class__(**(vars(message) | {"headers": [(H_KIND, KIND_TICK)]}))
     )
     assert (tick.kind, tick.origin.offset) == (Kind.TICK, 9)
+    assert inbound.replays == 0
+    replayed = sequenced_inbound(
+        message.__class__(
+            **(vars(message) | {"headers": [*message.headers, (dlq.H_REPLAY_COUNT, b"2")]})
+        )
+    )
+    assert (replayed.origin, replayed.replays) == (inbound.origin, 2)
 
 
 def runner(publisher: Recorder, recent: set[str] | None = None) -> tuple[StreamRunner, Harness]:
