@@ -27,6 +27,7 @@ from schemas.errors import SyncError
 if TYPE_CHECKING:
     from erpcrm.deadletters import LetterFilter
     from erpcrm.dlq import DeadLetterTopics
+    from erpcrm.drift import EntityReport
 
 app = typer.Typer(
     name="erpcrm",
@@ -635,6 +636,140 @@ def dlq_replay(
             out.print(f"[red]not replayed[/red] {item['id']}: {item['error']}")
     if report.failed:
         raise typer.Exit(1)
+
+
+class EntityName(StrEnum):
+    """The canonical entities ``erpcrm reconcile`` compares."""
+
+    customer = "customer"
+    contact = "contact"
+    product = "product"
+    inventory = "inventory"
+    sales_order = "sales_order"
+    invoice = "invoice"
+
+
+_SHOWN_PER_ENTITY = 20
+
+
+@app.command("reconcile")
+def reconcile(
+    entity: Annotated[
+        list[EntityName] | None, typer.Option(help="Only this entity (repeatable; default all).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only drift of records written since: 15m, 2h, 1d, or an ISO time."),
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option(help="Ask the captures to re-read the rows that drifted.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
+    erp_dsn: Annotated[
+        str | None, typer.Option(help="ERP DSN (default: the local stack's application role).")
+    ] = None,
+    crm_dsn: Annotated[
+        str | None, typer.Option(help="CRM DSN (default: the local stack's application role).")
+    ] = None,
+) -> None:
+    """Compare ERP and CRM through the mappings; exit 0 only when they are in sync."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from erpcrm.deadletters import parse_since
+    from erpcrm.drift import rereads
+    from erpcrm.reconcile import ENTITIES, Reconciler
+    from erpcrm.repair import request_rereads
+
+    env = _stack_env()
+    dsns = {"erp": erp_dsn or env["ERP_DSN"], "crm": crm_dsn or env["CRM_DSN"]}
+    chosen = [e for e in ENTITIES if not entity or e in {x.value for x in entity}]
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    try:
+        since_ms = None if since is None else parse_since(since, int(time.time() * 1000))
+        with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
+            task = bar.add_task("reconcile", total=None)
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            reports = Reconciler(dsns["erp"], dsns["crm"]).run(
+                chosen, since_ms=since_ms, progress=progress
+            )
+        planned = rereads(reports)
+        requested = request_rereads(dsns, planned) if repair else []
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    drift = sum(r.drift for r in reports)
+    if as_json:
+        document = {
+            "in_sync": drift == 0,
+            "drift": drift,
+            "entities": [r.as_json() for r in reports],
+            "repair": [r.as_json() for r in planned],
+            "requested": [r.as_json() for r in requested],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        _print_reconcile(reports)
+        if repair:
+            for item in requested:
+                out.print(
+                    f"re-read asked: {item.reread.system} {item.reread.table} "
+                    f"({len(item.reread.keys)} rows, signal {item.signal_id})"
+                )
+        elif planned:
+            rows = sum(len(r.keys) for r in planned)
+            out.print(f"--repair would re-read {rows} rows in {len(planned)} tables")
+    if drift:
+        raise typer.Exit(1)
+
+
+def _print_reconcile(reports: list[EntityReport]) -> None:
+    summary = Table("entity", "in sync", "differing", "missing", "duplicates")
+    for r in reports:
+        summary.add_row(
+            r.entity,
+            str(r.in_sync),
+            str(len(r.differing)),
+            str(len(r.missing)),
+            str(len(r.duplicates)),
+        )
+    out.print(summary)
+    for r in reports:
+        if not r.drift:
+            continue
+        details = Table(
+            "record", "field", "erp", "crm", "owner", "re-read", title=f"{r.entity}: drift"
+        )
+        shown = 0
+        for pair in r.differing:
+            for d in pair.differences:
+                if shown < _SHOWN_PER_ENTITY:
+                    details.add_row(
+                        f"erp:{pair.erp.id} / crm:{pair.crm.id}",
+                        d.field,
+                        str(d.as_json()["erp"]),
+                        str(d.as_json()["crm"]),
+                        d.owner,
+                        d.reread,
+                    )
+                shown += 1
+        for m in r.missing:
+            if shown < _SHOWN_PER_ENTITY:
+                reread = m.record.system if m.repairable else "-"
+                where = f"{m.record.key} ({m.record.table})"
+                details.add_row(where, f"missing in {m.missing_in}", "", "", "", reread)
+            shown += 1
+        for dup in r.duplicates:
+            if shown < _SHOWN_PER_ENTITY:
+                ids = ", ".join(f"{dup.system}:{i}" for i in dup.ids)
+                details.add_row(ids, f"duplicates of {dup.other.key}", "", "", "", "-")
+            shown += 1
+        out.print(details)
+        if shown > _SHOWN_PER_ENTITY:
+            out.print(f"... and {shown - _SHOWN_PER_ENTITY} more (--json lists all)")
+    drift = sum(r.drift for r in reports)
+    out.print("[green]in sync[/green]" if not drift else f"[red]{drift} drift items[/red]")
 
 
 def _stack_defaults_into_environment(

@@ -227,7 +227,8 @@ class DeadLetterTopics:
         """Replay ``letters`` into the stages that failed (module docstring's order).
 
         Letters already replayed are skipped unless ``again``; a letter that cannot be
-        replayed (no value, no origin) is reported, the others go on.
+        replayed (no value, no origin, a destination no worker made) is reported, the
+        others go on.
         """
         marks = self.marks()
         plans: list[Replay] = []
@@ -241,8 +242,14 @@ class DeadLetterTopics:
                 plans.append(plan_replay(letter, default_app_id=default_app_id))
             except SyncError as exc:
                 failed.append((letter, str(exc)))
+        missing = self._missing_topics({p.topic for p in plans})
+        failed.extend(
+            (p.letter, f"nothing reads {p.topic} (start the worker that owns it first)")
+            for p in plans
+            if p.topic in missing
+        )
+        plans = [p for p in plans if p.topic not in missing]
         if plans:
-            self._check_destinations({p.topic for p in plans})
             # 1. the replays, every one acknowledged ...
             self._produce((p.topic, p.key, p.value, list(p.headers)) for p in plans)
             # 2. ... only then the record of them.
@@ -252,15 +259,19 @@ class DeadLetterTopics:
             )
         return ReplayReport(tuple(plans), tuple(already), tuple(failed))
 
-    def _check_destinations(self, topics: set[str]) -> None:
-        """Refuse to replay into a topic no worker made (a wrong app id, a typo)."""
+    def _missing_topics(self, topics: set[str]) -> set[str]:
+        """The ones of ``topics`` no worker made: a replay there would reach nobody.
+
+        (A streams app that is gone, or a sink that never ran.)
+        """
+        if not topics:
+            return set()
         admin = AdminClient(self._kafka.client_config())
-        existing = set(admin.list_topics(timeout=_TIMEOUT).topics)
-        missing = sorted(topics - existing)
-        if missing:
-            raise SyncError(
-                f"nothing reads {', '.join(missing)} yet (start the worker that owns it first)"
-            )
+        try:
+            existing = set(admin.list_topics(timeout=_TIMEOUT).topics)
+        except KafkaException as exc:
+            raise SyncError(f"cannot list topics: {exc}") from exc
+        return topics - existing
 
     def _ensure_marks_topic(self) -> None:
         admin = AdminClient(self._kafka.client_config())

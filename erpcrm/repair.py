@@ -1,0 +1,77 @@
+"""``erpcrm reconcile --repair``: ask the captures to re-read the rows that drifted.
+
+The repair never writes around the pipeline: for each table it signals the running
+capture of that system (a targeted re-snapshot, :mod:`cdc.signals`) to read exactly the
+rows :func:`erpcrm.drift.rereads` names, so they flow through streams and sinks with
+every guarantee (ownership, versions, conflicts recorded).
+
+This module is the one place that talks to the re-snapshot signal; it needs
+``cdc.signals.request_resnapshot(conn, table, *, keys=None, where=None) -> str`` (the
+signal's id).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from erpcrm.drift import Reread
+from schemas.errors import SyncError
+
+__all__ = ["Requested", "request_rereads"]
+
+RequestResnapshot = Callable[..., str]
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    """A re-read asked for, and the id of its signal."""
+
+    reread: Reread
+    signal_id: str
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {**self.reread.as_json(), "signal": self.signal_id}
+
+
+def _request_resnapshot() -> RequestResnapshot:
+    """The capture's signal function; a clear error where this build has none."""
+    try:
+        module = importlib.import_module("cdc.signals")
+    except ImportError as exc:
+        raise SyncError(
+            "--repair needs targeted re-snapshots (cdc.signals), which this build lacks"
+        ) from exc
+    function: RequestResnapshot = module.request_resnapshot
+    return function
+
+
+def request_rereads(dsns: Mapping[str, str], rereads: Sequence[Reread]) -> list[Requested]:
+    """Signal each system's capture to re-read ``rereads``; one signal per table.
+
+    Args:
+        dsns: per system, a DSN allowed to write the capture's signal table.
+        rereads: what to re-read (:func:`erpcrm.drift.rereads`).
+
+    Raises:
+        SyncError: re-snapshots are not available, or a signal could not be written.
+    """
+    if not rereads:
+        return []
+    request = _request_resnapshot()
+    done = []
+    try:
+        for reread in rereads:
+            schema, _, table = reread.table.partition(".")
+            name = table if schema == "public" else reread.table
+            with psycopg.connect(dsns[reread.system], autocommit=True) as conn:
+                signal_id = request(conn, name, keys=list(reread.keys))
+            done.append(Requested(reread, str(signal_id)))
+    except psycopg.Error as exc:
+        raise SyncError(f"cannot signal a re-read of {reread.table}: {exc}") from exc
+    return done
