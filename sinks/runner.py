@@ -51,20 +51,14 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from schemas.deadletter import (
-    H_ENTITY,
-    H_ORIGIN_OFFSET,
-    H_ORIGIN_PARTITION,
-    H_ORIGIN_TOPIC,
-    replay_count,
-    text_headers,
-)
+from schemas.deadletter import H_ENTITY, text_headers
 from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
 from schemas.serde import AvroSerde
 from sinks.base import WriteResult
 from sinks.batch import EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
 from sinks.postgres import PostgresUpsertSink, dead_letter_headers
+from sinks.replays import replayed
 from sinks.settings import SinkSettings
 
 __all__ = ["RunStats", "SinkRunner"]
@@ -109,15 +103,6 @@ class _Held:
     def event(self) -> SinkEvent:
         """The latest of them."""
         return self.events[-1]
-
-
-def _replayed_from(headers: Mapping[str, str]) -> tuple[str, int, int] | None:
-    """A replayed event's original canonical position, from its origin headers."""
-    topic = headers.get(H_ORIGIN_TOPIC)
-    partition, offset = headers.get(H_ORIGIN_PARTITION, ""), headers.get(H_ORIGIN_OFFSET, "")
-    if not topic or not partition.isdigit() or not offset.isdigit():
-        return None
-    return (topic, int(partition), int(offset))
 
 
 class SinkRunner:
@@ -309,10 +294,8 @@ class SinkRunner:
         entity = topic.rsplit(".", 1)[-1]  # canonical.<entity>
         replays, replayed_from = 0, None
         if topic == self._s.replay_topic:
-            headers = text_headers(message.headers())
-            entity = headers.get(H_ENTITY, "")
-            replays = replay_count(headers)
-            replayed_from = _replayed_from(headers)
+            context = replayed(text_headers(message.headers()))
+            entity, replays, replayed_from = context.entity, context.replays, context.origin
         try:
             if not entity:
                 raise DecodeError(f"replayed message without an {H_ENTITY} header")

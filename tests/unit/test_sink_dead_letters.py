@@ -5,6 +5,7 @@ from __future__ import annotations
 from schemas.errors import PermanentError, ValidationError
 from sinks.batch import SinkEvent
 from sinks.postgres import dead_letter_headers
+from sinks.replays import Replayed, replayed
 
 
 def event() -> SinkEvent:
@@ -67,3 +68,17 @@ def test_a_replayed_event_names_its_first_position_and_its_replay_count() -> Non
         headers["erpcrm.origin.offset"],
         headers["erpcrm.replay.count"],
     ) == ("canonical.customer", "2", "1234", "2")
+
+
+def test_a_replayed_events_headers_give_its_entity_origin_and_count() -> None:
+    context = replayed(
+        {
+            "erpcrm.entity": "sales_order",
+            "erpcrm.origin.topic": "canonical.sales_order",
+            "erpcrm.origin.partition": "1",
+            "erpcrm.origin.offset": "77",
+            "erpcrm.replay.count": "3",
+        }
+    )
+    assert context == Replayed("sales_order", 3, ("canonical.sales_order", 1, 77))
+    assert replayed({"erpcrm.replay.count": "x"}) == Replayed("", 0, None)

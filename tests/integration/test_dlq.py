@@ -1,0 +1,241 @@
+"""``erpcrm dlq``: dead letters fixed at the source and replayed arrive exactly once.
+
+On the real stack with both captures, the streams worker and both sinks running:
+
+- a won CRM quote with a SKU the ERP catalogue does not have is dead-lettered by the
+  streams stage; replayed while the SKU is still unknown it comes back with a replay
+  count; once the product is created in the ERP, replaying it makes the order arrive in
+  the ERP once, with one canonical event; replaying again changes nothing;
+- a won quote of an account the ERP does not know is dead-lettered by the ERP sink;
+  once the customer exists in the ERP, the replay (through ``replay.sinks.erp``, read
+  only by that sink) creates the order once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.cdc_fixtures import execute, wait_for
+from tests.integration.operator_fixtures import erpcrm_json, parked_briefly, under_sink_origin
+from tests.integration.sink_fixtures import Pipeline, demo_pipeline
+from tests.integration.test_streams import Output, OutputReader
+
+pytestmark = pytest.mark.integration
+
+WAIT = 90.0
+
+
+@pytest.fixture(scope="module")
+def env(stack_env: dict[str, str]) -> dict[str, str]:
+    return parked_briefly(stack_env)
+
+
+@pytest.fixture(scope="module")
+def pipeline(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    log_dir: Path = tmp_path_factory.mktemp("dlq")
+    with demo_pipeline(env, log_dir) as running:
+        yield running
+
+
+def dlq(env: dict[str, str], *args: str) -> Any:
+    """``erpcrm dlq <args> --json``, its JSON output."""
+    return erpcrm_json(env, "dlq", *args, "--json")
+
+
+def _linked_account(env: dict[str, str]) -> str:
+    rows = execute(
+        env["ERP_ADMIN_DSN"],
+        "SELECT crm_account_id::text FROM public.res_partner WHERE crm_account_id IS NOT NULL "
+        "AND parent_id IS NULL AND active ORDER BY id LIMIT 1",
+    )
+    assert rows, "no linked customer"
+    return str(rows[0][0])
+
+
+def _won_quote(env: dict[str, str], account: str, lines: list[tuple[str, Decimal]]) -> str:
+    """A quote of ``account`` with ``(sku, price)`` lines, then accepted (two transactions)."""
+    crm = env["CRM_DSN"]
+    rows = execute(
+        crm,
+        "INSERT INTO public.aos_quotes (name, account_id, stage, subtotal_amount, total_amount)"
+        " VALUES ('Replay test quote', %s, 'Negotiation', 10, 10) RETURNING id::text",
+        (account,),
+    )
+    quote = str(rows[0][0])
+    for number, (sku, price) in enumerate(lines, start=1):
+        execute(
+            crm,
+            "INSERT INTO public.aos_products_quotes (parent_id, number, name, part_number,"
+            " product_qty, product_list_price, product_unit_price, product_total_price)"
+            " VALUES (%s, %s, %s, %s, 1, %s, %s, %s)",
+            (quote, number, f"Line {number}", sku, price, price, price),
+        )
+    execute(crm, "UPDATE public.aos_quotes SET stage = 'Closed Accepted' WHERE id = %s", (quote,))
+    return quote
+
+
+def _erp_orders(env: dict[str, str], quote: str) -> int:
+    rows = execute(
+        env["ERP_ADMIN_DSN"],
+        "SELECT count(*) FROM public.sale_order WHERE crm_quote_id = %s",
+        (quote,),
+    )
+    return int(rows[0][0])
+
+
+def _letter_id(output: Output) -> str:
+    return f"{output.topic}:{output.partition}:{output.offset}"
+
+
+def _catalogue_sku(env: dict[str, str]) -> tuple[str, Decimal]:
+    sku, price = execute(
+        env["ERP_ADMIN_DSN"],
+        "SELECT default_code, list_price FROM public.product_product WHERE active "
+        "AND default_code LIKE 'SKU-%' ORDER BY id LIMIT 1",
+    )[0]
+    return str(sku), Decimal(price)
+
+
+def test_an_order_with_an_unknown_sku_arrives_once_after_the_product_is_made_and_replayed(
+    pipeline: Pipeline, env: dict[str, str]
+) -> None:
+    reader = OutputReader(env, pipeline.streams.app_id)
+    try:
+        unknown = f"ZZ-{uuid.uuid4().hex[:8].upper()}"
+        quote = _won_quote(
+            env, _linked_account(env), [_catalogue_sku(env), (unknown, Decimal("9.50"))]
+        )
+        origin_key = f"crm:{quote}"
+
+        def letters() -> list[Output]:
+            reader.poll()
+            return [
+                o
+                for o in reader.of("dlq.streams")
+                if o.headers.get("erpcrm.error.reason") == "unknown_sku"
+                and o.headers.get("erpcrm.context.order") == quote
+            ]
+
+        first = wait_for(letters, WAIT, "the order's dead letter")[0]
+        assert "erpcrm.replay.count" not in first.headers
+        first_id = _letter_id(first)
+
+        listed = {
+            line["id"]: line
+            for line in dlq(env, "list", "--stage", "streams", "--reason", "unknown_sku")
+        }
+        assert listed[first_id]["entity"] == "sales_order"
+        assert listed[first_id]["origin"].startswith(f"{pipeline.crm.prefix}.public.aos_quotes[")
+        assert listed[first_id]["replayed"] is None
+        shown = erpcrm_json(env, "dlq", "show", first_id)
+        assert shown["value"]["after"]["id"] == quote
+        assert shown["value"]["after"]["stage"] == "Closed Accepted"
+        assert shown["headers"]["erpcrm.app_id"] == pipeline.streams.app_id
+
+        # Replayed while the SKU is still unknown: it fails again, with its count.
+        report = dlq(env, "replay", first_id)
+        assert [r["id"] for r in report["replayed"]] == [first_id]
+        assert report["replayed"][0]["to"] == f"{pipeline.streams.app_id}-sequenced"
+
+        def replayed_letters() -> list[Output]:
+            return [o for o in letters() if o.headers.get("erpcrm.replay.count") == "1"]
+
+        (second,) = wait_for(replayed_letters, WAIT, "the replay's dead letter")
+        assert second.headers["erpcrm.origin.offset"] == first.headers["erpcrm.origin.offset"]
+        assert _erp_orders(env, quote) == 0
+
+        # The product is created at the source; the streams worker learns its SKU.
+        execute(
+            env["ERP_DSN"],
+            "INSERT INTO public.product_product (default_code, name, list_price)"
+            " VALUES (%s, 'Replay test part', 9.50)",
+            (unknown,),
+        )
+
+        def product_known() -> bool:
+            reader.poll()
+            return any(
+                o.value is not None and o.value.get("sku") == unknown
+                for o in reader.of("canonical.product")
+            )
+
+        wait_for(product_known, WAIT, "the new product's canonical event")
+        report = dlq(env, "replay", first_id, _letter_id(second))
+        # The first was replayed already: only the second goes.
+        assert [r["id"] for r in report["replayed"]] == [_letter_id(second)]
+        assert report["already_replayed"] == [first_id]
+        wait_for(lambda: _erp_orders(env, quote) == 1, WAIT, "the ERP order")
+        lines = execute(
+            env["ERP_ADMIN_DSN"],
+            "SELECT p.default_code FROM public.sale_order_line l JOIN public.sale_order o "
+            "ON o.id = l.order_id JOIN public.product_product p ON p.id = l.product_id "
+            "WHERE o.crm_quote_id = %s ORDER BY l.sequence",
+            (quote,),
+        )
+        assert [sku for (sku,) in lines][-1] == unknown
+
+        # Replayed once more on purpose: nothing new is published or applied.
+        again = dlq(env, "replay", _letter_id(second), "--again")
+        assert [r["replay_count"] for r in again["replayed"]] == [2]
+        pipeline.settled(timeout=120)
+        reader.poll()
+        events = reader.of("canonical.sales_order", origin_key)
+        assert len(events) == 1, [e.value for e in events]
+        # the last replay succeeded: no letter with a second replay count
+        counts = sorted(o.headers.get("erpcrm.replay.count", "0") for o in letters())
+        assert counts[-1] == "1", counts
+        assert _erp_orders(env, quote) == 1
+        listed = {line["id"]: line for line in dlq(env, "list", "--stage", "streams")}
+        assert listed[first_id]["replayed"]["replay_count"] == 1
+        assert listed[_letter_id(second)]["replayed"]["replay_count"] == 2
+    finally:
+        reader.close()
+
+
+def test_an_order_the_sink_refused_arrives_once_after_its_customer_is_made_and_replayed(
+    pipeline: Pipeline, env: dict[str, str]
+) -> None:
+    # An account the ERP never hears of: written under the sinks' replication origin,
+    # which the CRM capture drops.
+    name = f"Replay {uuid.uuid4().hex[:8]} AG"
+    ((account,),) = under_sink_origin(
+        env["CRM_ADMIN_DSN"],
+        "INSERT INTO public.accounts (name, billing_address_country) VALUES (%s, 'DE')"
+        " RETURNING id::text",
+        (name,),
+    )
+    quote = _won_quote(env, account, [_catalogue_sku(env)])
+    key = f"crm:{quote}"
+
+    def letter() -> dict[str, Any] | None:
+        found = [
+            line
+            for line in dlq(env, "list", "--stage", "sinks.erp", "--since", "10m")
+            if line["entity_key"] == key
+        ]
+        return found[-1] if found else None
+
+    refused = wait_for(letter, WAIT, "the ERP sink's dead letter", interval=2.0)
+    assert refused["entity"] == "sales_order"
+    assert refused["origin"].startswith("canonical.sales_order[")
+    assert _erp_orders(env, quote) == 0
+
+    # The customer is made in the ERP (an ordinary write, captured).
+    execute(
+        env["ERP_DSN"],
+        "INSERT INTO public.res_partner (name, is_company, country_code, crm_account_id)"
+        " VALUES (%s, true, 'DE', %s)",
+        (name, account),
+    )
+    report = dlq(env, "replay", refused["id"])
+    assert [r["to"] for r in report["replayed"]] == ["replay.sinks.erp"]
+    wait_for(lambda: _erp_orders(env, quote) == 1, WAIT, "the ERP order")
+    pipeline.settled(timeout=120)
+    assert _erp_orders(env, quote) == 1
+    assert dlq(env, "replay", refused["id"])["already_replayed"] == [refused["id"]]
