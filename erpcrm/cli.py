@@ -696,7 +696,8 @@ def reconcile(
                 chosen, since_ms=since_ms, progress=progress
             )
         planned = rereads(reports)
-        requested = request_rereads(dsns, planned) if repair else []
+        signal_dsns = {s: env[f"{s.upper()}_CAPTURE_DSN"] for s in ("erp", "crm")}
+        requested = request_rereads(signal_dsns, planned) if repair else []
     except SyncError as exc:
         raise _fail(exc) from exc
     drift = sum(r.drift for r in reports)

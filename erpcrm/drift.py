@@ -76,6 +76,7 @@ class Record:
         rereadable: its table is captured, so a re-snapshot can re-read the row.
         keys: the primary keys of ``table`` a re-read takes (default: ``id``; a
             product's stock is its quants).
+        key_column: ``table``'s primary key column.
     """
 
     system: str
@@ -87,6 +88,7 @@ class Record:
     written_ms: int = 0
     rereadable: bool = True
     keys: tuple[str, ...] = ()
+    key_column: str = "id"
 
     @property
     def reread_keys(self) -> tuple[str, ...]:
@@ -470,10 +472,16 @@ class Reread:
     system: str
     table: str
     keys: tuple[str, ...]
+    key_column: str = "id"
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {"system": self.system, "table": self.table, "keys": list(self.keys)}
+        return {
+            "system": self.system,
+            "table": self.table,
+            "key_column": self.key_column,
+            "keys": list(self.keys),
+        }
 
 
 def rereads(reports: Iterable[EntityReport]) -> list[Reread]:
@@ -481,11 +489,12 @@ def rereads(reports: Iterable[EntityReport]) -> list[Reread]:
 
     Sorted (system, table, keys) so the same drift asks for the same re-reads.
     """
-    keys: dict[tuple[str, str], set[str]] = {}
+    keys: dict[tuple[str, str, str], set[str]] = {}
     for report in reports:
         for record in report.reread():
-            keys.setdefault((record.system, record.table), set()).update(record.reread_keys)
+            where = (record.system, record.table, record.key_column)
+            keys.setdefault(where, set()).update(record.reread_keys)
     return [
-        Reread(system, table, tuple(sorted(found, key=lambda k: (len(k), k))))
-        for (system, table), found in sorted(keys.items())
+        Reread(system, table, tuple(sorted(found, key=lambda k: (len(k), k))), column)
+        for (system, table, column), found in sorted(keys.items())
     ]

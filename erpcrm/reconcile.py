@@ -246,6 +246,7 @@ class Reconciler:
                     dict(built.value.record),
                     written_ms=max(int(q.get(_WRITTEN) or 0) for q in mine),
                     keys=tuple(str(q[flow.key]) for q in mine),
+                    key_column=flow.key,
                 )
             )
         return records
@@ -309,7 +310,7 @@ class Reconciler:
                 mine = read.records.get(row_id)
                 fields = target_fields(table, row, mine, own)
                 live = _live(mine) if mine is not None else _row_live(table, row)
-                result.append(_record(system, row_id, name, fields, row, live, True))
+                result.append(_record(system, row_id, name, fields, row, live, True, own.key))
             return result
         found = []
         for row in rows(system, table.schema, table.table):
@@ -337,6 +338,7 @@ def _record(
     row: Mapping[str, Any],
     live: bool,
     rereadable: bool,
+    key_column: str = "id",
 ) -> Record:
     return Record(
         system,
@@ -347,6 +349,7 @@ def _record(
         live=live,
         written_ms=int(row.get(_WRITTEN) or 0),
         rereadable=rereadable,
+        key_column=key_column,
     )
 
 
@@ -362,6 +365,7 @@ def _source_records(read: _Read) -> list[Record]:
             rows[row_id],
             _live(record),
             True,
+            flow.key,
         )
         for row_id, record in read.records.items()
     ]

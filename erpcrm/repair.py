@@ -5,9 +5,11 @@ capture of that system (a targeted re-snapshot, :mod:`cdc.signals`) to read exac
 rows :func:`erpcrm.drift.rereads` names, so they flow through streams and sinks with
 every guarantee (ownership, versions, conflicts recorded).
 
-This module is the one place that talks to the re-snapshot signal; it needs
-``cdc.signals.request_resnapshot(conn, table, *, keys=None, where=None) -> str`` (the
-signal's id).
+This module is the one place that talks to the re-snapshot signal: it calls
+``cdc.signals.request_resnapshot(conn, "<schema>.<table>", keys=[{column: value}, ...])``,
+which writes a signal row the capture reads from the WAL and returns the signal's id.
+The connection's role needs INSERT on the signal table (the capture role on the local
+stack).
 """
 
 from __future__ import annotations
@@ -67,10 +69,9 @@ def request_rereads(dsns: Mapping[str, str], rereads: Sequence[Reread]) -> list[
     done = []
     try:
         for reread in rereads:
-            schema, _, table = reread.table.partition(".")
-            name = table if schema == "public" else reread.table
+            keys = [{reread.key_column: key} for key in reread.keys]
             with psycopg.connect(dsns[reread.system], autocommit=True) as conn:
-                signal_id = request(conn, name, keys=list(reread.keys))
+                signal_id = request(conn, reread.table, keys=keys)
             done.append(Requested(reread, str(signal_id)))
     except psycopg.Error as exc:
         raise SyncError(f"cannot signal a re-read of {reread.table}: {exc}") from exc

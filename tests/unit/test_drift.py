@@ -217,5 +217,5 @@ def test_rereads_group_the_keys_per_table() -> None:
         [first, second], [crm(customer()), crm(customer(city="Bonn"), id_=other, written=9)]
     )
     assert [r.as_json() for r in rereads([report])] == [
-        {"system": "erp", "table": "public.res_partner", "keys": ["42", "44"]}
+        {"system": "erp", "table": "public.res_partner", "key_column": "id", "keys": ["42", "44"]}
     ]
