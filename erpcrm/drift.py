@@ -301,23 +301,37 @@ class _Links:
     missing: list[Missing] = field(default_factory=list)
 
 
-def _locate(table: TargetTable, record: Record, targets: Sequence[Record]) -> Record | None:
-    """The target row the sink would write ``record`` to (its locators in order)."""
-    values = {**record.fields, KEY: record.key}
-    for locator in table.locators:
-        try:
-            wanted = locator.value(values)
-        except (KeyError, TypeError, ValueError):
-            wanted = None
-        if wanted is None:
-            continue
-        for target in targets:
-            if locator.dead and target.columns.get(locator.dead):
-                continue
-            found = target.columns.get(locator.column)
-            if found is not None and str(found) == str(wanted):
-                return target
-    return None
+class _Locator:
+    """Finds the target row the sink would write a record to: its locators in order.
+
+    Each locator's column is indexed once (live rows only where the locator skips dead
+    ones); the first row in the targets' order wins, as the sink's ``LIMIT 1`` would.
+    """
+
+    def __init__(self, table: TargetTable, targets: Sequence[Record]) -> None:
+        self._locators = table.locators
+        self._index: list[dict[str, Record]] = []
+        for locator in self._locators:
+            index: dict[str, Record] = {}
+            for target in targets:
+                if locator.dead and target.columns.get(locator.dead):
+                    continue
+                found = target.columns.get(locator.column)
+                if found is not None:
+                    index.setdefault(str(found), target)
+            self._index.append(index)
+
+    def find(self, record: Record) -> Record | None:
+        """The target row of ``record``, or None."""
+        values = {**record.fields, KEY: record.key}
+        for locator, index in zip(self._locators, self._index, strict=True):
+            try:
+                wanted = locator.value(values)
+            except (KeyError, TypeError, ValueError):
+                wanted = None
+            if wanted is not None and str(wanted) in index:
+                return index[str(wanted)]
+        return None
 
 
 def _compared_fields(
@@ -378,10 +392,11 @@ def _direction(
     one_way: bool,
 ) -> None:
     compared = _compared_fields(table, owners, provided)
+    locate = _Locator(table, targets)
     reached: set[str] = set()
     for source in sources:
         values = {**source.fields, KEY: source.key}
-        target = _locate(table, source, targets)
+        target = locate.find(source)
         if target is None:
             if source.live and not table.update_only and table.accepts(values):
                 links.missing.append(Missing(source, table.direction.target))
@@ -407,8 +422,10 @@ def _direction(
 class Direction:
     """One sink direction's inputs: its table, the source records, the target rows.
 
-    ``one_way``: no sink writes the other way, so a target row nothing links to exists
-    only in the target. ``provided``: the fields the source flow maps (None: all).
+    ``one_way``: only the sink writes the target table (no sink writes the other way
+    and the target system does not publish the entity), so a target row nothing links
+    to exists only in the target. ``provided``: the fields the source flow maps (None:
+    all).
     """
 
     table: TargetTable

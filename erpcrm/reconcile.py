@@ -96,6 +96,9 @@ class Reconciler:
         self._dsns = {"erp": erp_dsn, "crm": crm_dsn}
         self._flows = dict(flows if flows is not None else load_mappings())
         self._tables = build_tables(self._flows)
+        self._reads: dict[str, _Read] = {}
+        """A run's flows read so far (a flow is the source of one direction and the
+        target of the other)."""
 
     def run(
         self,
@@ -132,6 +135,7 @@ class Reconciler:
         since_ms: int | None,
         progress: Progress,
     ) -> list[EntityReport]:
+        self._reads = {}
         wanted = set(entities)
         # Customers and products give the links the later entities refer through.
         needed = [e for e in ENTITIES if e in wanted or e in ("customer", "product")]
@@ -185,6 +189,8 @@ class Reconciler:
         crosswalk: CrosswalkState,
         lookups: Mapping[str, Mapping[str, str]],
     ) -> _Read:
+        if flow.name in self._reads:
+            return self._reads[flow.name]
         found = rows(flow.system, flow.schema, flow.table)
         children: dict[str, list[dict[str, Any]]] = {}
         if flow.lines is not None:
@@ -210,7 +216,8 @@ class Reconciler:
                 records[row_id] = dict(event.record)
             elif not all(c.holds(row) for c in flow.filter):
                 excluded.add(row_id)
-        return _Read(flow, found, records, excluded)
+        self._reads[flow.name] = _Read(flow, found, records, excluded)
+        return self._reads[flow.name]
 
     def _stock(
         self,
@@ -272,11 +279,7 @@ class Reconciler:
                 read = self._read(source_flow, rows, crosswalk, lookups)
                 sources = _source_records(read)
             targets = self._targets(table, rows, crosswalk, lookups)
-            reverse = (
-                SinkDirection.CRM_TO_ERP
-                if way is SinkDirection.ERP_TO_CRM
-                else (SinkDirection.ERP_TO_CRM)
-            )
+            reverse = next(w for w in SinkDirection if w is not way)
             both = self._flow(way.target, entity) is not None
             result.append(
                 Direction(
@@ -284,7 +287,10 @@ class Reconciler:
                     sources,
                     targets,
                     provided=frozenset(f.target for f in source_flow.fields) if both else None,
-                    one_way=(reverse, entity) not in self._tables,
+                    # Rows only the sink writes (stock, invoices, contact persons): one
+                    # nothing links to is drift. A target that publishes the entity
+                    # itself (CRM products) may hold records of its own.
+                    one_way=(reverse, entity) not in self._tables and not both,
                 )
             )
         return result

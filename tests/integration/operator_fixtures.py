@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from tests.integration.cdc_fixtures import REPO
+from tests.integration.cdc_fixtures import REPO, execute, wait_for
+from tests.integration.sink_fixtures import Pipeline, demo_pipeline
 
-__all__ = ["erpcrm", "erpcrm_json", "parked_briefly", "under_sink_origin"]
+__all__ = [
+    "erpcrm",
+    "erpcrm_json",
+    "new_customer",
+    "new_product",
+    "parked_briefly",
+    "streaming_pipeline",
+    "under_sink_origin",
+]
 
 
 def erpcrm(env: dict[str, str], *args: str, timeout: float = 300) -> tuple[int, str]:
@@ -52,3 +65,64 @@ def under_sink_origin(dsn: str, query: str, params: Any) -> list[tuple[Any, ...]
         conn.execute("SELECT pg_replication_origin_session_setup('erpcrm_sink')")
         cursor = conn.execute(query, params)
         return cursor.fetchall() if cursor.description else []
+
+
+@contextlib.contextmanager
+def streaming_pipeline(stack_env: dict[str, str], log_dir: Path) -> Iterator[Pipeline]:
+    """The whole pipeline over the demo tables, capturing from now on (no snapshot).
+
+    The shared databases hold what every test wrote; a first snapshot of all of it takes
+    many minutes. These tests make their own records, and records waiting for a
+    reference give up after 5 s.
+    """
+    env = dict(parked_briefly(stack_env), ERPCRM_CDC_SNAPSHOT_MODE="never")
+    with demo_pipeline(env, log_dir, settle=lambda _: None) as running:
+        yield running
+
+
+def new_customer(env: dict[str, str], timeout: float = 90) -> tuple[str, str]:
+    """A customer made in the ERP, once the CRM has its account and both are linked.
+
+    Returns ``(ERP partner id, CRM account id)``.
+    """
+    name = f"Operator {uuid.uuid4().hex[:8]} GmbH"
+    ((partner, number),) = execute(
+        env["ERP_DSN"],
+        "INSERT INTO public.res_partner (name, is_company, email, phone, street, city, zip,"
+        " country_code) VALUES (%s, true, 'buyer@example.com', '+49 30 1234567',"
+        " 'Hauptstrasse 1', 'Berlin', '10115', 'DE') RETURNING id::text, ref",
+        (name,),
+    )
+
+    def linked() -> str | None:
+        rows = execute(
+            env["ERP_ADMIN_DSN"],
+            "SELECT crm_account_id::text FROM public.res_partner WHERE id = %s",
+            (int(partner),),
+        )
+        return rows[0][0] if rows and rows[0][0] else None
+
+    account = wait_for(linked, timeout, f"the CRM account of {number} linked", interval=0.5)
+    return str(partner), str(account)
+
+
+def new_product(env: dict[str, str], price: str, timeout: float = 90) -> tuple[str, str, str]:
+    """A product made in the ERP, once the CRM has it: ``(ERP id, CRM id, SKU)``."""
+    sku = f"OP-{uuid.uuid4().hex[:8].upper()}"
+    ((product,),) = execute(
+        env["ERP_DSN"],
+        "INSERT INTO public.product_product (default_code, name, list_price, standard_price)"
+        " VALUES (%s, %s, %s, 1) RETURNING id::text",
+        (sku, f"Part {sku}", price),
+    )
+
+    def in_crm() -> str | None:
+        rows = execute(
+            env["CRM_ADMIN_DSN"],
+            "SELECT id::text FROM public.aos_products WHERE part_number = %s AND NOT deleted",
+            (sku,),
+        )
+        return rows[0][0] if rows else None
+
+    crm_id = wait_for(in_crm, timeout, f"product {sku} in the CRM", interval=0.5)
+    return str(product), str(crm_id), sku

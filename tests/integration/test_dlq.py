@@ -16,14 +16,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.cdc_fixtures import execute, wait_for
-from tests.integration.operator_fixtures import erpcrm_json, parked_briefly, under_sink_origin
-from tests.integration.sink_fixtures import Pipeline, demo_pipeline
+from tests.integration.operator_fixtures import (
+    erpcrm_json,
+    new_customer,
+    new_product,
+    parked_briefly,
+    streaming_pipeline,
+    under_sink_origin,
+)
+from tests.integration.sink_fixtures import Pipeline
 from tests.integration.test_streams import Output, OutputReader
 
 pytestmark = pytest.mark.integration
@@ -38,24 +44,13 @@ def env(stack_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pipeline(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    log_dir: Path = tmp_path_factory.mktemp("dlq")
-    with demo_pipeline(env, log_dir) as running:
+    with streaming_pipeline(env, tmp_path_factory.mktemp("dlq")) as running:
         yield running
 
 
 def dlq(env: dict[str, str], *args: str) -> Any:
     """``erpcrm dlq <args> --json``, its JSON output."""
     return erpcrm_json(env, "dlq", *args, "--json")
-
-
-def _linked_account(env: dict[str, str]) -> str:
-    rows = execute(
-        env["ERP_ADMIN_DSN"],
-        "SELECT crm_account_id::text FROM public.res_partner WHERE crm_account_id IS NOT NULL "
-        "AND parent_id IS NULL AND active ORDER BY id LIMIT 1",
-    )
-    assert rows, "no linked customer"
-    return str(rows[0][0])
 
 
 def _won_quote(env: dict[str, str], account: str, lines: list[tuple[str, Decimal]]) -> str:
@@ -93,24 +88,14 @@ def _letter_id(output: Output) -> str:
     return f"{output.topic}:{output.partition}:{output.offset}"
 
 
-def _catalogue_sku(env: dict[str, str]) -> tuple[str, Decimal]:
-    sku, price = execute(
-        env["ERP_ADMIN_DSN"],
-        "SELECT default_code, list_price FROM public.product_product WHERE active "
-        "AND default_code LIKE 'SKU-%' ORDER BY id LIMIT 1",
-    )[0]
-    return str(sku), Decimal(price)
-
-
 def test_an_order_with_an_unknown_sku_arrives_once_after_the_product_is_made_and_replayed(
     pipeline: Pipeline, env: dict[str, str]
 ) -> None:
     reader = OutputReader(env, pipeline.streams.app_id)
     try:
         unknown = f"ZZ-{uuid.uuid4().hex[:8].upper()}"
-        quote = _won_quote(
-            env, _linked_account(env), [_catalogue_sku(env), (unknown, Decimal("9.50"))]
-        )
+        _, account = new_customer(env)
+        quote = _won_quote(env, account, [(unknown, Decimal("9.50"))])
         origin_key = f"crm:{quote}"
 
         def letters() -> list[Output]:
@@ -178,7 +163,7 @@ def test_an_order_with_an_unknown_sku_arrives_once_after_the_product_is_made_and
             "WHERE o.crm_quote_id = %s ORDER BY l.sequence",
             (quote,),
         )
-        assert [sku for (sku,) in lines][-1] == unknown
+        assert [sku for (sku,) in lines] == [unknown]
 
         # Replayed once more on purpose: nothing new is published or applied.
         again = dlq(env, "replay", _letter_id(second), "--again")
@@ -210,7 +195,8 @@ def test_an_order_the_sink_refused_arrives_once_after_its_customer_is_made_and_r
         " RETURNING id::text",
         (name,),
     )
-    quote = _won_quote(env, account, [_catalogue_sku(env)])
+    _, _, sku = new_product(env, "12.00")
+    quote = _won_quote(env, account, [(sku, Decimal("12.00"))])
     key = f"crm:{quote}"
 
     def letter() -> dict[str, Any] | None:

@@ -1,15 +1,15 @@
 """``erpcrm reconcile`` on the real stack: drift the pipeline cannot see is found.
 
-Both captures, the streams worker and both sinks run over the demo databases. After the
-first sync (which records no conflict on a field either system owns), the test makes
-the two systems drift in ways no capture reports: a write under the sinks' replication
-origin (the captures drop those), a CRM row put back from an "old backup" (an update
-under that origin to the values it had before), and an order whose dead letter is never
+Both captures, the streams worker and both sinks run over the demo databases. The test
+makes a customer and a product that flow to the other system, then makes the two
+systems drift in ways no capture reports: a write under the sinks' replication origin
+(the captures drop those), a CRM row put back from an "old backup" (an update under
+that origin to the values it had before), and an order whose dead letter is never
 replayed. ``erpcrm reconcile`` lists exactly those and exits 1; with ``--repair`` the
 captures re-read the rows and a second run is in sync (exit 0).
 
 The databases are shared with other tests, so every run is scoped to what was written
-since this module's pipeline settled (``--since``).
+since the test began (``--since``).
 """
 
 from __future__ import annotations
@@ -19,20 +19,21 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from schemas.mapping import Owner, load_mappings, ownership
 from tests.integration.cdc_fixtures import execute, wait_for
 from tests.integration.operator_fixtures import (
     erpcrm,
     erpcrm_json,
+    new_customer,
+    new_product,
     parked_briefly,
+    streaming_pipeline,
     under_sink_origin,
 )
-from tests.integration.sink_fixtures import Pipeline, demo_pipeline
+from tests.integration.sink_fixtures import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +47,13 @@ def env(stack_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pipeline(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    log_dir: Path = tmp_path_factory.mktemp("reconcile")
-    with demo_pipeline(env, log_dir) as running:
+    with streaming_pipeline(env, tmp_path_factory.mktemp("reconcile")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def since(pipeline: Pipeline) -> str:
-    """The time the module's pipeline had settled: every run looks at drift from then."""
+    """The time the module's pipeline had started: every run looks at drift from then."""
     return datetime.now(UTC).isoformat()
 
 
@@ -84,54 +84,24 @@ def _one(dsn: str, query: str, params: Any = None) -> Any:
     return rows[0][0] if rows else None
 
 
-def test_the_first_sync_records_no_conflict_but_refused_edits_of_owned_fields(
-    pipeline: Pipeline,
-) -> None:
-    """The snapshots of both systems meet: only a refused edit of an owned field is one.
-
-    An owner's own value written into the other system is an update (the CRM sink
-    writing the ERP's VAT id), and a shared field both snapshots hold is where the sync
-    starts, so neither is a conflict; a differing value of a field the *target* owns is
-    refused (and re-announced), a decision the audit keeps.
-    """
-    flows = load_mappings()
-    owners = {entity: ownership(flows, entity) for entity in {f.target for f in flows.values()}}
-    for sink in pipeline:
-        source = "crm" if sink.target == "erp" else "erp"
-        rows = sink.query(
-            "SELECT entity, field, reason, count(*) FROM {schema}.conflicts GROUP BY 1, 2, 3"
-        )
-        noisy = [
-            r for r in rows if owners.get(r[0], {}).get(r[1]) is Owner(source) or r[2] != "owner"
-        ]
-        assert noisy == [], f"{sink.target} sink: {noisy} (all conflicts: {rows})"
-
-
 def test_reconcile_lists_exactly_the_drift_the_pipeline_cannot_see(
     pipeline: Pipeline, env: dict[str, str], since: str
 ) -> None:
+    erp_admin, crm_admin = env["ERP_ADMIN_DSN"], env["CRM_ADMIN_DSN"]
+    partner, account = new_customer(env)
+    product, crm_product, sku = new_product(env, "10.00")
+    pipeline.settled(timeout=WAIT)
     code, before = reconcile(env, "--since", since)
     assert (code, before["drift"]) == (0, 0), before
-    erp_admin, crm_admin = env["ERP_ADMIN_DSN"], env["CRM_ADMIN_DSN"]
 
     # 1. A write under the sinks' origin: the CRM account's VAT id (the ERP owns it).
-    partner, account = execute(
-        erp_admin,
-        "SELECT id::text, crm_account_id::text FROM public.res_partner "
-        "WHERE crm_account_id IS NOT NULL AND parent_id IS NULL AND active AND vat IS NOT NULL "
-        "ORDER BY id LIMIT 1",
-    )[0]
     under_sink_origin(
         crm_admin, "UPDATE public.accounts SET vat = 'XX000000001' WHERE id = %s", (account,)
     )
 
     # 2. A CRM product put back from an old backup: the price it had before the last
     #    ERP change, written under the sinks' origin.
-    product, sku, price = execute(
-        erp_admin,
-        "SELECT id::text, default_code, list_price FROM public.product_product "
-        "WHERE active AND default_code LIKE 'SKU-%' ORDER BY id LIMIT 1",
-    )[0]
+    price = Decimal("10.00")
     execute(
         env["ERP_DSN"],
         "UPDATE public.product_product SET list_price = list_price + 1 WHERE id = %s",
@@ -150,9 +120,6 @@ def test_reconcile_lists_exactly_the_drift_the_pipeline_cannot_see(
         "the new price in the CRM",
     )
     pipeline.settled(timeout=WAIT)
-    crm_product = _one(
-        crm_admin, "SELECT id::text FROM public.aos_products WHERE part_number = %s", (sku,)
-    )
     under_sink_origin(
         crm_admin, "UPDATE public.aos_products SET price = %s WHERE id = %s", (price, crm_product)
     )
