@@ -35,13 +35,17 @@ from streams.crosswalk import CrosswalkState, link, new_crosswalk
 from streams.transform import CanonicalEvent, inventory_event, to_canonical, to_stock_change
 from streams.validation import Ok
 
-__all__ = ["ENTITIES", "Reconciler"]
+__all__ = ["ENTITIES", "WRITTEN", "Reconciler", "Rows"]
 
 ENTITIES: Final = ("customer", "product", "contact", "inventory", "sales_order", "invoice")
 """The entities in the order they are read (links of the first two serve the others)."""
 assert set(ENTITIES) == set(CANONICAL_ENTITIES)
 
-_WRITTEN: Final = "_erpcrm_written_ms"
+WRITTEN: Final = "_erpcrm_written_ms"
+"""The column of a row read with the commit time of its last write (ms)."""
+
+Rows = Callable[[str, str, str], list[dict[str, Any]]]
+"""``rows(system, schema, table)``: every row of a table, with ``WRITTEN``."""
 
 Progress = Callable[[str, int, int], None]
 """Called with ``(what, done, total)`` as the entities are read and compared."""
@@ -69,10 +73,10 @@ def _envelope(flow: Flow, row: Mapping[str, Any], table: str | None = None) -> d
     return {
         "op": "r",
         "before": None,
-        "after": {k: v for k, v in row.items() if k != _WRITTEN},
+        "after": {k: v for k, v in row.items() if k != WRITTEN},
         "source": {
             "lsn": 0,
-            "ts_ms": int(row.get(_WRITTEN) or 0),
+            "ts_ms": int(row.get(WRITTEN) or 0),
             "txId": None,
             "schema": flow.schema,
             "table": table or flow.table,
@@ -135,7 +139,7 @@ class Reconciler:
         since_ms: int | None,
         progress: Progress,
     ) -> list[EntityReport]:
-        self._reads = {}
+        self._reads.clear()
         wanted = set(entities)
         # Customers and products give the links the later entities refer through.
         needed = [e for e in ENTITIES if e in wanted or e in ("customer", "product")]
@@ -153,15 +157,32 @@ class Reconciler:
 
         reports = []
         for step, entity in enumerate(needed):
-            directions = self._directions(entity, rows, crosswalk, lookups)
-            owners = ownership(self._flows, entity)
-            report = compare(entity, directions, owners, since_ms=since_ms)
-            for erp_id, crm_id in report.links:
-                link(crosswalk, entity, erp_id, crm_id)
+            report = self.compare_entity(entity, rows, crosswalk, lookups, since_ms=since_ms)
             if entity in wanted:
                 reports.append(report)
             progress(f"compared {entity}", step + 1, len(needed))
         return reports
+
+    def compare_entity(
+        self,
+        entity: str,
+        rows: Rows,
+        crosswalk: CrosswalkState,
+        lookups: Mapping[str, Mapping[str, str]],
+        *,
+        since_ms: int | None = None,
+    ) -> EntityReport:
+        """Compare one entity over the rows ``rows(system, schema, table)`` returns.
+
+        Each row has its columns and the commit time of its last write (``WRITTEN``).
+        The pairs found are linked in ``crosswalk`` (entities read later refer
+        through them).
+        """
+        directions = self._directions(entity, rows, crosswalk, lookups)
+        report = compare(entity, directions, ownership(self._flows, entity), since_ms=since_ms)
+        for erp_id, crm_id in report.links:
+            link(crosswalk, entity, erp_id, crm_id)
+        return report
 
     # ------------------------------------------------------------------ reading
 
@@ -185,7 +206,7 @@ class Reconciler:
     def _read(
         self,
         flow: Flow,
-        rows: Callable[[str, str, str], list[dict[str, Any]]],
+        rows: Rows,
         crosswalk: CrosswalkState,
         lookups: Mapping[str, Mapping[str, str]],
     ) -> _Read:
@@ -208,7 +229,7 @@ class Reconciler:
                 crosswalk=crosswalk,
                 lookups=lookups,
                 lines=[
-                    {k: v for k, v in c.items() if k != _WRITTEN} for c in children.get(row_id, ())
+                    {k: v for k, v in c.items() if k != WRITTEN} for c in children.get(row_id, ())
                 ],
             )
             if isinstance(result, Ok):
@@ -222,7 +243,7 @@ class Reconciler:
     def _stock(
         self,
         flow: Flow,
-        rows: Callable[[str, str, str], list[dict[str, Any]]],
+        rows: Rows,
         crosswalk: CrosswalkState,
         lookups: Mapping[str, Mapping[str, str]],
     ) -> list[Record]:
@@ -251,7 +272,7 @@ class Reconciler:
                     product,
                     f"{flow.schema}.{flow.table}",
                     dict(built.value.record),
-                    written_ms=max(int(q.get(_WRITTEN) or 0) for q in mine),
+                    written_ms=max(int(q.get(WRITTEN) or 0) for q in mine),
                     keys=tuple(str(q[flow.key]) for q in mine),
                     key_column=flow.key,
                 )
@@ -261,7 +282,7 @@ class Reconciler:
     def _directions(
         self,
         entity: str,
-        rows: Callable[[str, str, str], list[dict[str, Any]]],
+        rows: Rows,
         crosswalk: CrosswalkState,
         lookups: Mapping[str, Mapping[str, str]],
     ) -> list[Direction]:
@@ -298,7 +319,7 @@ class Reconciler:
     def _targets(
         self,
         table: TargetTable,
-        rows: Callable[[str, str, str], list[dict[str, Any]]],
+        rows: Rows,
         crosswalk: CrosswalkState,
         lookups: Mapping[str, Mapping[str, str]],
     ) -> list[Record]:
@@ -353,7 +374,7 @@ def _record(
         fields,
         columns=row,
         live=live,
-        written_ms=int(row.get(_WRITTEN) or 0),
+        written_ms=int(row.get(WRITTEN) or 0),
         rereadable=rereadable,
         key_column=key_column,
     )
@@ -384,5 +405,5 @@ def _select(
     query = sql.SQL(
         "SELECT t.*, (extract(epoch FROM pg_xact_commit_timestamp(t.xmin)) * 1000)::bigint"
         " AS {} FROM {}.{} AS t"
-    ).format(sql.Identifier(_WRITTEN), sql.Identifier(schema), sql.Identifier(table))
+    ).format(sql.Identifier(WRITTEN), sql.Identifier(schema), sql.Identifier(table))
     return list(conn.execute(query))
