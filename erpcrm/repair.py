@@ -53,24 +53,32 @@ def _request_resnapshot() -> RequestResnapshot:
     return function
 
 
-def request_rereads(dsns: Mapping[str, str], rereads: Sequence[Reread]) -> list[Requested]:
+def request_rereads(
+    dsns: Mapping[str, str],
+    rereads: Sequence[Reread],
+    *,
+    request: RequestResnapshot | None = None,
+    connect: Callable[..., Any] = psycopg.connect,
+) -> list[Requested]:
     """Signal each system's capture to re-read ``rereads``; one signal per table.
 
     Args:
         dsns: per system, a DSN allowed to write the capture's signal table.
         rereads: what to re-read (:func:`erpcrm.drift.rereads`).
+        request: the signal function (default: ``cdc.signals.request_resnapshot``).
+        connect: opens a connection (``psycopg.connect``).
 
     Raises:
         SyncError: re-snapshots are not available, or a signal could not be written.
     """
     if not rereads:
         return []
-    request = _request_resnapshot()
+    request = request or _request_resnapshot()
     done = []
     try:
         for reread in rereads:
             keys = [{reread.key_column: key} for key in reread.keys]
-            with psycopg.connect(dsns[reread.system], autocommit=True) as conn:
+            with connect(dsns[reread.system], autocommit=True) as conn:
                 signal_id = request(conn, reread.table, keys=keys)
             done.append(Requested(reread, str(signal_id)))
     except psycopg.Error as exc:
