@@ -746,11 +746,12 @@ def _print_reconcile(reports: list[EntityReport]) -> None:
         for pair in r.differing:
             for d in pair.differences:
                 if shown < _SHOWN_PER_ENTITY:
+                    values = d.as_json()
                     details.add_row(
                         f"erp:{pair.erp.id} / crm:{pair.crm.id}",
                         d.field,
-                        str(d.as_json()["erp"]),
-                        str(d.as_json()["crm"]),
+                        "-" if values["erp"] is None else values["erp"],
+                        "-" if values["crm"] is None else values["crm"],
                         d.owner,
                         d.reread,
                     )
