@@ -9,6 +9,7 @@ metadata and are resolved once at start-up.
 - transaction metadata: ``<system>.transaction``
 - canonical topics: ``canonical.<entity>``
 - dead letters: ``dlq.<stage>``
+- the data-quality log: ``quality.defects`` (JSON, see :mod:`streams.quality`)
 - schema registry subjects (TopicNameStrategy): ``<topic>-key`` and ``<topic>-value``
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "CANONICAL_TOPICS",
     "DLQ_PREFIX",
     "MAX_TOPIC_LENGTH",
+    "QUALITY_TOPIC",
     "TRANSACTION_SUFFIX",
     "canonical_topic",
     "dlq_topic",
@@ -77,6 +79,10 @@ CANONICAL_TOPICS: Final = (
     CANONICAL_SALES_ORDER,
     CANONICAL_INVOICE,
 )
+
+QUALITY_TOPIC: Final = "quality.defects"
+"""The data-quality log: per record, the defects the streams stage fixed, quarantined,
+kept or dead-lettered (keyed by entity key, JSON values)."""
 
 
 def validate_topic(name: str) -> str:

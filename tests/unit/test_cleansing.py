@@ -185,11 +185,22 @@ def test_clean_phone_to_e164(raw: str, region: str | None, e164: str) -> None:
         assert result.fixes[-1].rule == "phone"
 
 
-def test_clean_phone_drops_an_extension_and_says_so() -> None:
-    result = clean_phone("+49 30 661 0918 ext. 12", None)
+@pytest.mark.parametrize(
+    ("typed", "region"),
+    [
+        ("+49 30 661 0918 ext. 12", None),
+        ("030 661 0918 x12", "DE"),
+        ("+49 (30) 661-0918 ext 12", None),
+        ("+49306610918;ext=12", None),
+    ],
+)
+def test_clean_phone_keeps_an_extension_after_the_e164_number(
+    typed: str, region: str | None
+) -> None:
+    result = clean_phone(typed, region)
     assert isinstance(result, Ok)
-    assert result.value == "+49306610918"
-    assert "dropped extension 12" in result.fixes[-1].note
+    assert result.value == "+49306610918;ext=12"
+    assert all("extension 12" in f.note for f in result.fixes if f.rule == "phone")
 
 
 @pytest.mark.parametrize(
@@ -232,13 +243,15 @@ def test_workload_phone_formats_come_back_as_the_same_number(
         "+" + ".".join([dial, *rest]),
         f"(+{dial}) {' '.join(rest)}",
         f"tel:+{digits}",
-        f"{phone} ext. 42",
         dirty.pad(rng, phone),
     ]
     for variant in variants:
         result = clean_phone(variant, country.code)
         assert isinstance(result, Ok), (variant, result)
         assert result.value == expected, variant
+    with_extension = clean_phone(f"{phone} ext. 42", country.code)
+    assert isinstance(with_extension, Ok)
+    assert with_extension.value == f"{expected};ext=42"
 
 
 # ------------------------------------------------------------------------ country
