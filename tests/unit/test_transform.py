@@ -669,7 +669,7 @@ def test_crm_products_are_checked_against_the_catalogue(
     if reason is None:
         record = fits_schema(ok(result).value)
         assert record["currency"] == "EUR"
-        assert record["sku"] == (CRM_PRODUCT | changes)["part_number"].strip()
+        assert record["sku"] == str((CRM_PRODUCT | changes)["part_number"]).strip()
     else:
         assert (failed(result).reason, failed(result).field) == (reason, field)
 
