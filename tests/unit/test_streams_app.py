@@ -257,7 +257,12 @@ def test_the_web_views_serve_metrics_and_inventory(tmp_path: Path) -> None:
     one = asyncio.run(get("/inventory/{sku}", sku="sku-00007"))
     assert one.status == 200
     item = json.loads(one.body)
-    assert (item["sku"], item["on_hand"], item["available"]) == ("SKU-00007", "10.000", "8.000")
+    assert (item["sku"], item["on_hand"], item["available"], item["oversold"]) == (
+        "SKU-00007",
+        "10.000",
+        "8.000",
+        False,
+    )
     assert asyncio.run(get("/inventory/{sku}", sku="SKU-404")).status == 404
     listing = json.loads(asyncio.run(get("/inventory")).body)
     assert [i["sku"] for i in listing["items"]] == ["SKU-00007"]
