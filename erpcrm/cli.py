@@ -450,6 +450,44 @@ def suspects_list(
     out.print(table)
 
 
+@app.command("quality")
+def quality(
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only what was logged since: a duration (90m, 24h, 7d) or ISO time."),
+    ] = None,
+    worst: Annotated[int, typer.Option(help="How many of the worst records to list.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
+) -> None:
+    """Data quality: defects by entity, field and rule; fixed, quarantined, dead-lettered."""
+    from erpcrm.quality import parse_since, quality_report
+    from streams.settings import StreamsSettings
+
+    _stack_defaults_into_environment()
+    try:
+        since_ms = None if since is None else parse_since(since, int(time.time() * 1000))
+        report, unreadable = quality_report(StreamsSettings().kafka, since_ms, worst=worst)
+    except SyncError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print(json.dumps({**report.as_dict(), "unreadable": unreadable}, indent=2))
+        return
+    outcomes = ", ".join(f"{n} {outcome}" for outcome, n in report.outcomes.items())
+    out.print(f"{report.entries} records with defects: {outcomes}")
+    table = Table("entity", "field", "rule", "outcome", "defects", "records")
+    for f in report.figures:
+        table.add_row(f.entity, f.field, f.rule, f.outcome, str(f.defects), str(f.records))
+    out.print(table)
+    if report.worst:
+        worst_table = Table("entity", "record", "open", "fixed", "fields")
+        for w in report.worst:
+            worst_table.add_row(w.entity, w.record, str(w.open), str(w.fixed), ", ".join(w.fields))
+        out.print("Worst records (open defects: quarantined, kept, dead-lettered)")
+        out.print(worst_table)
+    if unreadable:
+        out.print(f"{unreadable} entries could not be read")
+
+
 def _decide_suspect(
     target: SystemName, suspect_id: int, action: Literal["release", "link"]
 ) -> None:

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
+from streams.cleansing import clean_vat
+from streams.validation import Ok
+
 __all__ = [
     "COUNTRIES",
     "INDUSTRIES",
@@ -309,9 +312,19 @@ def _digits(rng: random.Random, n: int) -> str:
 
 
 def _vat(rng: random.Random, country: Country) -> str | None:
+    """A VAT id in the country's layout whose check digits hold (python-stdnum agrees).
+
+    The digits come from ``rng`` as they always did; a draw whose check digits fail is
+    redrawn from a generator seeded with it, so runs of one seed stay the same.
+    """
     if country.vat_pattern is None:
         return None
-    return "".join(str(rng.randrange(10)) if ch == "#" else ch for ch in country.vat_pattern)
+    pattern = country.vat_pattern
+    vat = "".join(str(rng.randrange(10)) if ch == "#" else ch for ch in pattern)
+    redraw = random.Random(vat)  # noqa: S311 - reproducible data, not secrets
+    while not isinstance(clean_vat(vat), Ok):
+        vat = "".join(str(redraw.randrange(10)) if ch == "#" else ch for ch in pattern)
+    return vat
 
 
 def phone_number(rng: random.Random, country: Country) -> str:

@@ -51,6 +51,7 @@ __all__ = [
     "METADATA_FIELDS",
     "NAMESPACE",
     "OPS",
+    "QUARANTINED_FIELDS",
     "SOURCE_SYSTEMS",
     "FieldType",
     "business_fields",
@@ -77,9 +78,19 @@ METADATA_FIELDS: Final = (
 ID_FIELDS: Final = ("erp_id", "crm_id")
 """The entity's ids in both systems (crosswalk), as far as they are known."""
 
-ANNOTATION_FIELDS: Final = ("changed_fields", "duplicate_of", "duplicate_rule")
+ANNOTATION_FIELDS: Final = (
+    "changed_fields",
+    "duplicate_of",
+    "duplicate_rule",
+    "quarantined_fields",
+)
 """Optional fields the streams stage sets about a change (which fields it changed, which
-linked record it seems to duplicate); never mapped from a source row."""
+linked record it seems to duplicate, which invalid fields it left out); never mapped from
+a source row."""
+
+QUARANTINED_FIELDS: Final = "quarantined_fields"
+"""The annotation naming the fields left out of a record because their value was invalid:
+null in the record, never a change, so a target keeps what it has in them."""
 
 SOURCE_SYSTEMS: Final = ("erp", "crm")
 OPS: Final = ("upsert", "delete")

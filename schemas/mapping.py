@@ -25,9 +25,16 @@ A flow file::
       customer_number:            # canonical field
         source: ref               # source column (or `value:` for a constant)
         cast: str                 # str | int | decimal | bool | date | timestamp
-        clean: upper              # trim | upper | lower | email | phone | country, or a list
+        clean: trim               # trim | upper | lower | email | phone | vat | country, or a list
         owner: erp                # erp | crm | shared (required except for erp_id/crm_id)
         required: true
+      vat:
+        source: vat
+        cast: str
+        clean: vat
+        region: country_code      # phone, vat: the field whose country is the default
+        on_invalid: quarantine    # quarantine | dead_letter | keep (see below)
+        owner: erp
       phone:
         source: phone
         cast: str
@@ -70,6 +77,18 @@ cleaning another way: the entry of that column's value in a lookup table (an ord
 line without a part number takes its product's SKU); a miss there is an unresolved
 reference, which waits for the reference to arrive.
 
+``on_invalid`` says what a value that fails any of these steps does to its record:
+
+- ``quarantine`` (the default for an optional field of an entity whose schema has
+  ``quarantined_fields``): the field is left out (null, and named in the record's
+  ``quarantined_fields``, so the sinks keep what the target has) and the rest of the
+  record flows; the defect is recorded;
+- ``dead_letter`` (the default for required fields, order lines and entities without
+  ``quarantined_fields``; the only choice for a required field): the record goes to the
+  dead-letter topic;
+- ``keep`` (text fields only): the value travels as typed, trimmed; the defect is
+  recorded.
+
 Ownership (``owner``) is per entity and field: every flow of an entity must agree,
 which :func:`load_mappings` checks; :func:`ownership` returns the map.
 
@@ -92,7 +111,13 @@ from typing import Any, Final, NoReturn
 
 import yaml
 
-from schemas.canonical import ID_FIELDS, METADATA_FIELDS, FieldType, field_types
+from schemas.canonical import (
+    ID_FIELDS,
+    METADATA_FIELDS,
+    QUARANTINED_FIELDS,
+    FieldType,
+    field_types,
+)
 from schemas.errors import ConfigError
 from schemas.topics import CANONICAL_ENTITIES, canonical_topic, raw_topic
 
@@ -105,6 +130,7 @@ __all__ = [
     "Flow",
     "Grain",
     "LinesMap",
+    "OnInvalid",
     "Owner",
     "convert",
     "flows_for_table",
@@ -136,6 +162,14 @@ class Owner(StrEnum):
     SHARED = "shared"
 
 
+class OnInvalid(StrEnum):
+    """What a field's invalid value does to its record (module docstring)."""
+
+    QUARANTINE = "quarantine"
+    DEAD_LETTER = "dead_letter"
+    KEEP = "keep"
+
+
 class Grain(StrEnum):
     """What one source row is: a whole entity, or one location's stock of a product."""
 
@@ -143,7 +177,9 @@ class Grain(StrEnum):
     LOCATION = "location"
 
 
-CLEAN_RULES: Final = frozenset({"trim", "upper", "lower", "email", "phone", "country"})
+CLEAN_RULES: Final = frozenset({"trim", "upper", "lower", "email", "phone", "vat", "country"})
+REGION_RULES: Final = frozenset({"phone", "vat"})
+"""Clean rules that read the record's country (``region``)."""
 INFER_SOURCES: Final = frozenset({"vat", "phone"})
 CONDITION_OPS: Final = frozenset({"equals", "not_equals", "in", "not_in", "is_null"})
 LOCATION_BREAKDOWN: Final = "locations"
@@ -194,6 +230,7 @@ _FIELD_KEYS: Final = frozenset(
         "infer_from",
         "crosswalk",
         "fallback",
+        "on_invalid",
         "doc",
     }
 )
@@ -405,6 +442,7 @@ class FieldMap:
     infer_from: Mapping[str, str] | None = None
     crosswalk: CrosswalkRef | None = None
     fallback: Fallback | None = None
+    on_invalid: OnInvalid = OnInvalid.DEAD_LETTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,8 +718,43 @@ def _fallback(spec: Mapping[str, Any], where: _Where) -> Fallback | None:
     return Fallback(_name(raw, "source", where), _name(raw, "lookup", where))
 
 
+def _on_invalid(
+    spec: Mapping[str, Any], cast: Cast, required: bool, quarantine: bool, where: _Where
+) -> OnInvalid:
+    """The field's ``on_invalid``; ``quarantine``: whether its record can leave it out.
+
+    Ids and references (``crosswalk``) are links, not data to leave out: dead letter
+    unless the mapping says otherwise.
+    """
+    raw = spec.get("on_invalid")
+    if raw is None and (where.field in ID_FIELDS or "crosswalk" in spec):
+        return OnInvalid.DEAD_LETTER
+    if raw is None:
+        return OnInvalid.QUARANTINE if quarantine and not required else OnInvalid.DEAD_LETTER
+    if raw not in {o.value for o in OnInvalid}:
+        where.fail(f"on_invalid must be one of {', '.join(o.value for o in OnInvalid)}")
+    choice = OnInvalid(raw)
+    if choice is OnInvalid.QUARANTINE and required:
+        where.fail(
+            "a required field cannot be left out: on_invalid quarantine needs an optional field"
+        )
+    if choice is OnInvalid.QUARANTINE and not quarantine:
+        where.fail(
+            f"on_invalid quarantine needs a top-level field of a schema with {QUARANTINED_FIELDS}"
+        )
+    if choice is OnInvalid.KEEP and cast is not Cast.STR:
+        where.fail("on_invalid keep applies to text: use cast str")
+    return choice
+
+
 def _field(
-    target: str, spec: Any, types: Mapping[str, FieldType], entity: str, where: _Where
+    target: str,
+    spec: Any,
+    types: Mapping[str, FieldType],
+    entity: str,
+    where: _Where,
+    *,
+    quarantine: bool,
 ) -> FieldMap:
     spec = _mapping(spec, "a field mapping", where)
     _only(spec, _FIELD_KEYS, "field", where)
@@ -708,8 +781,9 @@ def _field(
     ):
         where.fail("known_sku, lookup, crosswalk and fallback work on text: use cast str")
     region = _optional_name(spec, "region", where)
-    if region is not None and "phone" not in clean:
-        where.fail("region applies to phone fields")
+    if region is not None and not REGION_RULES & set(clean):
+        where.fail("region applies to phone and vat fields")
+    required = _flag(spec, "required", where)
     return FieldMap(
         target=target,
         cast=cast,
@@ -717,7 +791,7 @@ def _field(
         value=_checked_value(cast, spec["value"], "value", where) if "value" in spec else None,
         clean=clean,
         owner=_owner(spec, target, where),
-        required=_flag(spec, "required", where),
+        required=required,
         default=_checked_value(cast, spec.get("default"), "default", where),
         value_map=_value_map(spec, cast, where),
         scale=scale,
@@ -730,6 +804,7 @@ def _field(
         infer_from=_infer_from(spec, clean, where),
         crosswalk=crosswalk,
         fallback=fallback,
+        on_invalid=_on_invalid(spec, cast, required, quarantine, where),
     )
 
 
@@ -740,12 +815,13 @@ def _fields(
     where: _Where,
     *,
     reserved: Iterable[str] = (),
+    quarantine: bool = False,
 ) -> tuple[FieldMap, ...]:
     spec = _mapping(spec, "fields", where)
     if not spec:
         where.fail("fields must not be empty")
     fields = tuple(
-        _field(str(target), fspec, types, entity, where.at(str(target)))
+        _field(str(target), fspec, types, entity, where.at(str(target)), quarantine=quarantine)
         for target, fspec in spec.items()
     )
     by_target = {f.target: f for f in fields}
@@ -835,7 +911,14 @@ def _flow(document: Any, name: str, path: str) -> Flow:
         types = {**breakdown.items, **types}
         if "lines" in spec:
             where.fail("grain location flows have no lines")
-    fields = _fields(spec.get("fields"), types, target, where, reserved=(f"{system}_id",))
+    fields = _fields(
+        spec.get("fields"),
+        types,
+        target,
+        where,
+        reserved=(f"{system}_id",),
+        quarantine=QUARANTINED_FIELDS in field_types(target),
+    )
     match_key = _optional_name(spec, "match_key", where)
     if match_key is not None and match_key not in {f.target for f in fields}:
         where.fail(f"match_key {match_key!r} is not a mapped field")

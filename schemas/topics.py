@@ -12,6 +12,7 @@ metadata and are resolved once at start-up.
   (compacted, keyed by the dead letter's position)
 - replayed dead letters of a stage that reads no raw topic (the sinks):
   ``replay.<stage>``
+- the data-quality log: ``quality.defects`` (JSON, see :mod:`streams.quality`)
 - schema registry subjects (TopicNameStrategy): ``<topic>-key`` and ``<topic>-value``
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "DLQ_PREFIX",
     "DLQ_REPLAYED",
     "MAX_TOPIC_LENGTH",
+    "QUALITY_TOPIC",
     "REPLAY_PREFIX",
     "TRANSACTION_SUFFIX",
     "canonical_topic",
@@ -87,6 +89,10 @@ CANONICAL_TOPICS: Final = (
     CANONICAL_SALES_ORDER,
     CANONICAL_INVOICE,
 )
+
+QUALITY_TOPIC: Final = "quality.defects"
+"""The data-quality log: per record, the defects the streams stage fixed, quarantined,
+kept or dead-lettered (keyed by entity key, JSON values)."""
 
 
 def validate_topic(name: str) -> str:

@@ -83,6 +83,7 @@ from sinks.state import (
     Conflict,
     Decision,
     RowClock,
+    changed_by,
     changed_times,
     decide,
     last_local_change,
@@ -519,9 +520,11 @@ class PostgresUpsertSink(Sink):
             clocks.load(cur, entity, (r for r, _ in seen))
             fields = _merged_fields(self._tables[entity])
             for row_id, event in seen:
-                changed = event.record.get("changed_fields")
+                # A quarantined field is no change: a valid value from the other side
+                # replaces the invalid one, and both systems converge on it.
+                changed = changed_by(event.record, fields)
                 clock = (clocks.get(entity, row_id) or RowClock()).seen_locally(
-                    fields if changed is None else changed, event.source_ts_ms
+                    changed, event.source_ts_ms
                 )
                 if event.record.get("source_tx_id") is None:
                     # A snapshot read: where the sync starts from, not an edit the other

@@ -60,6 +60,7 @@ __all__ = [
     "Merge",
     "Reason",
     "RowClock",
+    "changed_by",
     "changed_times",
     "decide",
     "last_local_change",
@@ -284,18 +285,28 @@ def ready_clock(
     return clock.assume_local(values, local_ms, first_seen=stored is None), local_ms, True
 
 
+def changed_by(record: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
+    """The fields a canonical record changed, of ``fields``.
+
+    Its ``changed_fields`` (absent: every field), less its ``quarantined_fields`` (left
+    out as invalid: the target keeps what it has there).
+    """
+    changed = record.get("changed_fields")
+    left_out = record.get("quarantined_fields") or ()
+    return [name for name in (fields if changed is None else changed) if name not in left_out]
+
+
 def changed_times(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> dict[str, int]:
     """Per field some record of ``history`` (in version order) changed: its latest commit.
 
     Collapsing a key's events to the latest keeps each field's own time, so an older
-    change of one field does not borrow the newer commit time of another. A record
-    without ``changed_fields`` changed every field.
+    change of one field does not borrow the newer commit time of another. The fields a
+    record changed are :func:`changed_by`.
     """
     every = tuple(fields)
     times: dict[str, int] = {}
     for record in history:
-        changed = record.get("changed_fields")
-        for name in every if changed is None else changed:
+        for name in changed_by(record, every):
             times[name] = int(record["source_ts_ms"])
     return times
 

@@ -11,6 +11,7 @@ Topology::
         │  -> commit state
         ▼
     canonical.<entity>  (key: entity key, UTF-8)       dlq.streams  (original bytes)
+    quality.defects     (data-quality log, JSON; see streams.quality)
 
 Why one sequenced partition. The state is partly keyed by entity (dedupe, stock per
 product, orders per order) and partly needed by every record (crosswalk, customer index,
@@ -111,7 +112,7 @@ from schemas.errors import RetriableError
 from schemas.mapping import Flow, load_mappings
 from schemas.serde import AvroSerde, RegistryClient, WriterSchema
 from schemas.settings import KafkaSettings
-from schemas.topics import CANONICAL_TOPICS, value_subject
+from schemas.topics import CANONICAL_TOPICS, QUALITY_TOPIC, value_subject
 from streams import dlq
 from streams.metrics import StreamsMetrics
 from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome
@@ -136,7 +137,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-OUTPUT_TOPICS = (*CANONICAL_TOPICS, dlq.DLQ_TOPIC)
+OUTPUT_TOPICS = (*CANONICAL_TOPICS, dlq.DLQ_TOPIC, QUALITY_TOPIC)
 """Every topic the ``process`` agent writes."""
 
 
@@ -434,6 +435,10 @@ class StreamRunner:
         for message in outcome.outbound:
             if message.output_id in self.recent:
                 log.info("already published before a restart, not again: %s", message.output_id)
+                for counted in message.counts:
+                    outcome.tally[counted] -= 1
+                if message.counts:
+                    continue  # a data-quality entry: its record is accounted for itself
                 flow = message.flow or "-"
                 if message.event is not None:
                     outcome.tally.add(Count.EVENTS_OUT, flow, n=-1)

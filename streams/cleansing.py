@@ -20,14 +20,21 @@ counted), or :class:`~streams.validation.Failed` when the value cannot be made v
   dots, dashes, ``tel:``) to E.164, with the record's country as the region for
   national numbers. The check is for plausibility (a known country code, 4 to 15
   digits), not numbering-plan validity, which many real and legacy numbers fail;
-  ``strict=True`` demands a valid number. E.164 has no extension: one is dropped, and
-  the fix says so.
+  ``strict=True`` demands a valid number. An extension (``ext. 89``, ``x89``) is kept
+  after the number in RFC 3966 form: ``+493012345678;ext=89``.
+- :func:`clean_vat`: a VAT or tax id validated and compacted by its country's standard
+  with ``python-stdnum`` (length, format, check digits): ``FR 40 303 265 045`` ->
+  ``FR40303265045``; a number typed without its country prefix gets the record's
+  country's; a wrong check digit fails. A country without a standard in the library
+  (or a number with no country at all) is only compacted.
 - :func:`clean_country`: ISO codes, English and native names and common aliases
   (``Deutschland``, ``U.S.A.``, ``Holland``) to ISO 3166-1 alpha-2, via a table built
   once from :mod:`pycountry` plus aliases for the countries the business trades with.
 - :func:`infer_country`: a missing country from the VAT id's prefix or the phone
   number's country code.
-- :func:`clean_upper`, :func:`clean_lower`, :func:`apply_default`.
+- :func:`clean_upper`, :func:`clean_lower`, :func:`apply_default`. Identifiers (SKUs,
+  customer numbers) are only trimmed: they travel as entered and are compared by
+  :func:`streams.validation.identifier_key`.
 
 Pure functions, no I/O, no clock.
 """
@@ -38,17 +45,21 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Final
+from typing import Any, Final
 
 import phonenumbers
 import pycountry
 from email_validator import EmailNotValidError, validate_email
+from stdnum import get_cc_module
+from stdnum.eu import vat as eu_vat
+from stdnum.exceptions import ValidationError as NumberInvalid
 
 from streams.validation import Failed, Fix, Ok, Reason
 
 __all__ = [
     "CLEANERS",
     "COUNTRY_ALIASES",
+    "REGIONAL_CLEANERS",
     "apply_default",
     "clean_country",
     "clean_email",
@@ -56,6 +67,7 @@ __all__ = [
     "clean_phone",
     "clean_text",
     "clean_upper",
+    "clean_vat",
     "country_lookup",
     "infer_country",
 ]
@@ -219,13 +231,76 @@ def clean_phone(
     if strict and not phonenumbers.is_valid_number(number):
         return Failed(Reason.INVALID_PHONE, None, f"{typed!r}: not a valid number")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    note = "formatted as E.164"
+    if number.extension:
+        e164 += f";ext={number.extension}"
+        note += f" with extension {number.extension}"
     fixes = list(text.fixes)
     if e164 != typed:
-        note = "formatted as E.164"
-        if number.extension:
-            note += f"; dropped extension {number.extension}"
         fixes.append(_fix("phone", typed, e164, note))
     return Ok(e164, tuple(fixes))
+
+
+# ----------------------------------------------------------------------------- VAT
+
+_VAT_NOISE: Final = re.compile(r"[\s.\-/:,]")
+_EU_VAT_PREFIX: Final = {"GR": "EL"}
+"""Countries whose EU VAT prefix is not their ISO code (the reverse of _VAT_PREFIXES)."""
+
+
+def _vat_module(country: str) -> Any:
+    """python-stdnum's VAT module for a country or EU VAT prefix, or None if it has none."""
+    code = country.lower()
+    if code in eu_vat.MEMBER_STATES or code == "el":
+        return eu_vat  # knows every member's prefix, EL and XI included
+    try:
+        return get_cc_module(code, "vat")
+    except ImportError:
+        return None
+
+
+def clean_vat(value: str | None, region: str | None = None) -> Ok[str | None] | Failed:
+    """Return the VAT id validated and compacted by its country's standard, or why it is invalid.
+
+    Args:
+        value: the id as typed (``fr 40 303 265 045``, ``CHE-116.281.710 MWST``).
+        region: ISO 3166-1 alpha-2 country of the record, for an id typed without its
+            country prefix (``136695976`` in a German record is ``DE136695976``).
+
+    The country is the id's own prefix (``EL`` Greece, ``XI`` Northern Ireland, ``CHE``
+    Switzerland), else ``region``. An id of a country python-stdnum has no VAT module
+    for, or of no known country, is compacted and left unchecked.
+    """
+    text = clean_text(value)
+    if text.value is None:
+        return text
+    typed = text.value
+    compact = _VAT_NOISE.sub("", typed).upper()
+    prefix = compact[:2] if compact[:2].isalpha() else None
+    module = None
+    notes = []
+    if prefix is not None:
+        module = _vat_module(prefix)
+    elif region:
+        module = _vat_module(region)
+        if module is not None:
+            prefix = _EU_VAT_PREFIX.get(region.upper(), region.upper())
+            compact = prefix + compact
+            notes.append(f"added the country prefix {prefix}")
+    if module is None or prefix is None:
+        result = compact
+        notes.insert(0, "compacted (no standard to check it against)")
+    else:
+        try:
+            number = str(module.validate(compact))
+        except NumberInvalid as exc:
+            return Failed(Reason.INVALID_VAT, None, f"{typed!r}: {exc}")
+        result = number if number.startswith(prefix) else prefix + number
+        notes.insert(0, "compacted and checked by its country's standard")
+    fixes = list(text.fixes)
+    if result != typed:
+        fixes.append(_fix("vat", typed, result, "; ".join(notes)))
+    return Ok(result, tuple(fixes))
 
 
 # ------------------------------------------------------------------------- country
@@ -377,4 +452,13 @@ CLEANERS: Final[Mapping[str, Callable[[str | None], Ok[str | None] | Failed]]] =
     "email": clean_email,
     "country": clean_country,
 }
-"""The single-value cleaners by rule name. ``phone`` is not here: it needs a region."""
+"""The single-value cleaners by rule name. ``phone`` and ``vat`` are not here: they also
+take the record's country (:data:`REGIONAL_CLEANERS`)."""
+
+REGIONAL_CLEANERS: Final[
+    Mapping[str, Callable[[str | None, str | None], Ok[str | None] | Failed]]
+] = {
+    "phone": clean_phone,
+    "vat": clean_vat,
+}
+"""The cleaners that read the record's country as their second argument, by rule name."""

@@ -40,6 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypedDict
 
+from streams.validation import identifier_key
+
 __all__ = [
     "LEGAL_FORMS",
     "MATCH_RULES",
@@ -174,10 +176,10 @@ def link(state: CrosswalkState, entity: str, erp_id: str, crm_id: str) -> list[t
 
 
 def normalise_customer_number(value: object) -> str | None:
-    """``' c00042 '`` -> ``'C00042'``; blank -> None."""
+    """``' c 00042 '`` -> ``'C00042'`` (see :func:`.identifier_key`); blank -> None."""
     if not isinstance(value, str) or not value.strip():
         return None
-    return value.strip().upper()
+    return identifier_key(value)
 
 
 def normalise_vat(value: object) -> str | None:

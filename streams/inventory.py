@@ -12,8 +12,12 @@ Contract:
   arrived in: applying any interleaving of the quants' change sequences (each quant's
   own changes in order) ends in the totals :func:`totals_from_quants` computes from the
   final quants.
-- ``available`` is ``on_hand - reserved``; locations holding nothing (both zero) are
-  left out of the breakdown, so an emptied quant and a deleted one look the same.
+- Stock is reported as it is. A quant may be negative (the ERP let a delivery go out
+  before the receipt was booked: oversold), and it counts: ``on_hand`` is the sum of
+  every quant, so +10 in one location and -3 in another is 7, never 10.
+  ``available`` is ``on_hand - reserved`` and may be below zero, which
+  :attr:`StockTotals.oversold` says. Locations holding nothing (both zero) are left out
+  of the breakdown, so an emptied quant and a deleted one look the same.
 - Each product's ``version`` rises with every totals returned: the LSN of the change
   that caused it, or one more than the previous version if that is higher. Quants of
   one product can sit in different partitions of the raw topic, so a change with a
@@ -82,6 +86,11 @@ class StockTotals:
     available: Decimal
     locations: tuple[LocationStock, ...]
     version: int = 0
+
+    @property
+    def oversold(self) -> bool:
+        """Whether more was sold or reserved than is on hand (``available`` below zero)."""
+        return self.available < 0
 
     def same_stock(self, other: StockTotals) -> bool:
         """Whether both say the same about the stock (the version aside)."""

@@ -39,6 +39,7 @@ class StreamsMetrics:
     held: Counter
     order_timeouts: Counter
     ignored: Counter
+    quality_defects: Counter
     retries: Counter
     sequenced: Counter
     processing_seconds: Histogram
@@ -140,6 +141,13 @@ class StreamsMetrics:
                 "transaction_begin, transaction_end, orphan_line, rejected_skipped).",
                 ["what"],
             ),
+            quality_defects=counter(
+                "erpcrm_streams_quality_defects",
+                "Data defects, per entity, field (nested fields without index: lines.sku), "
+                "rule (cleansing rule or reason) and outcome (fixed, quarantined, kept, "
+                "dead_lettered); the figures of the quality.defects log.",
+                ["entity", "field", "rule", "outcome"],
+            ),
             retries=counter(
                 "erpcrm_streams_retries",
                 "Transient failures retried with backoff, per stage (process, publish, recover).",
@@ -194,6 +202,7 @@ class StreamsMetrics:
             Count.HELD: self.held,
             Count.ORDER_TIMEOUTS: self.order_timeouts,
             Count.IGNORED: self.ignored,
+            Count.DEFECTS: self.quality_defects,
         }
 
     def record(self, tally: Tally) -> None:

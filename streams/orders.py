@@ -384,7 +384,9 @@ class Orders:
             context = (("order", order.split("|", 1)[1]),)
             self._emitter.dead_letter(work, flow.name, result, raw, context)
             return True
-        if self._emitter.publish(work, flow.name, result.value, raw, result.fixes):
+        if self._emitter.publish(
+            work, flow.name, result.value, raw, result.fixes, result.quarantined
+        ):
             tally.add(Count.ORDERS, how)
         if thaw(header["env"]).get("op") == "d":
             for line_id in line_rows:

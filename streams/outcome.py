@@ -70,6 +70,8 @@ class Count(StrEnum):
     """Records parked to wait for a reference, per reason."""
     IGNORED = "ignored"
     """Messages that carry nothing to process, per what (tombstone, unrouted, ...)."""
+    DEFECTS = "defects"
+    """Data defects logged, per entity, field, rule and outcome (see :mod:`streams.quality`)."""
 
 
 class Tally(Counter[tuple[str, ...]]):
@@ -117,10 +119,12 @@ class Inbound:
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """A message to publish: a canonical event or a dead letter.
+    """A message to publish: a canonical event, a dead letter or a data-quality entry.
 
-    ``output_id`` (also the ``erpcrm.output_id`` header) is the event id, or the dead
-    letter's deterministic id.
+    ``output_id`` (also the ``erpcrm.output_id`` header) is the event id, the dead
+    letter's deterministic id, or the data-quality entry's (:mod:`streams.quality`).
+    ``counts``: the tally keys counted for this message alone (a data-quality entry's
+    defects), taken back when it turns out to be published already.
     """
 
     topic: str
@@ -131,6 +135,7 @@ class Outbound:
     flow: str | None = None
     event: CanonicalEvent | None = None
     dead_letter: DeadLetter | None = None
+    counts: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass

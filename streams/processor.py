@@ -122,7 +122,9 @@ class StreamProcessor:
                     {f"{flow.schema}.{flow.table}", f"{flow.schema}.{flow.lines.table}"}
                 )
         self._routes = {topic: tuple(found) for topic, found in routes.items()}
-        self._emitter = Emitter(encode, dlq_policy)
+        self._emitter = Emitter(
+            encode, dlq_policy, {name: flow.target for name, flow in self._flows.items()}
+        )
         self._waiting = Waiting(self._emitter, reference_wait_ms)
         self._references = References()
         self._ordering = SourceOrder(
@@ -345,7 +347,9 @@ class StreamProcessor:
             work.tally.add(Count.DEDUPED, flow.name)
             return
         self._references.observe(work, flow, event)
-        self._emitter.publish(work, flow.name, event, Raw.of(message), result.fixes)
+        self._emitter.publish(
+            work, flow.name, event, Raw.of(message), result.fixes, result.quarantined
+        )
 
     # -- ticks ----------------------------------------------------------------------
 

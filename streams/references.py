@@ -16,7 +16,8 @@ matches customers and links products by SKU, as state writes of the unit of work
   changes) until the record is linked. Records the sinks create come back linked: an
   ERP partner created for an account carries ``crm_account_id``, a CRM account created
   for a customer carries its customer number, the strongest rule.
-- **Products** are linked by SKU.
+- **Products** are linked by SKU, compared without regard to case or spacing
+  (:func:`~streams.validation.identifier_key`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from streams.crosswalk import (
 from streams.outcome import Count
 from streams.state import REFERENCE, StateView
 from streams.transform import CanonicalEvent
+from streams.validation import identifier_key
 from streams.work import UnitOfWork
 
 __all__ = ["ReferenceData", "References"]
@@ -68,11 +70,12 @@ class ReferenceData:
         self.skus: dict[str, str] = {}
         """ERP product id -> SKU (the ``erp_product_sku`` lookup)."""
         self.products_by_sku: dict[str, str] = {}
-        """SKU -> ERP product id (the ERP catalogue, for ``known_sku``)."""
+        """SKU (:func:`~streams.validation.identifier_key`) -> ERP product id (the ERP
+        catalogue, for ``known_sku``)."""
         self.crm_products_by_sku: dict[str, str] = {}
-        """SKU -> CRM product id."""
+        """SKU (:func:`~streams.validation.identifier_key`) -> CRM product id."""
         self.crm_skus: dict[str, str] = {}
-        """CRM product id -> SKU (the ``crm_product_sku`` lookup)."""
+        """CRM product id -> SKU as entered (the ``crm_product_sku`` lookup)."""
 
     @classmethod
     def load(cls, state: StateView) -> ReferenceData:
@@ -89,7 +92,7 @@ class ReferenceData:
 
     @property
     def known_skus(self) -> Container[str]:
-        """The SKUs of the ERP catalogue."""
+        """The SKUs of the ERP catalogue, by :func:`~streams.validation.identifier_key`."""
         return self.products_by_sku
 
     def apply(self, key: str, value: Any) -> None:
@@ -113,9 +116,9 @@ class ReferenceData:
                     str(value[0]), str(value[1])
                 )
         elif kind == "sku":
-            _set_both_ways(self.skus, self.products_by_sku, rest, value)
+            _set_both_ways(self.skus, self.products_by_sku, rest, value, fold_inverse=True)
         elif kind == "crmsku":
-            _set_both_ways(self.crm_products_by_sku, self.crm_skus, rest, value)
+            _set_both_ways(self.crm_products_by_sku, self.crm_skus, rest, value, fold_key=True)
 
     def _apply_index(self, rest: str, value: Any) -> None:
         system, _, entity_id = rest.partition("|")
@@ -132,14 +135,30 @@ class ReferenceData:
         index_customer(self.customers["erp"], rest, _legacy_keys(value))
 
 
-def _set_both_ways(forward: dict[str, str], inverse: dict[str, str], key: str, value: Any) -> None:
-    """Set (None: remove) ``forward[key]`` and keep ``inverse`` its inverse."""
-    old = forward.pop(key, None)
-    if old is not None and inverse.get(old) == key:
-        del inverse[old]
+def _set_both_ways(
+    forward: dict[str, str],
+    inverse: dict[str, str],
+    key: str,
+    value: Any,
+    *,
+    fold_key: bool = False,
+    fold_inverse: bool = False,
+) -> None:
+    """Set (None: remove) ``forward[key]`` and keep ``inverse`` its inverse.
+
+    A SKU is indexed by :func:`~streams.validation.identifier_key`: ``fold_key`` when
+    ``key`` is the SKU, ``fold_inverse`` when ``value`` is; the other side keeps it as
+    entered.
+    """
+    at = identifier_key(key) if fold_key else key
+    old = forward.pop(at, None)
+    if old is not None:
+        back = identifier_key(old) if fold_inverse else old
+        if inverse.get(back) == key:
+            del inverse[back]
     if value is not None:
-        forward[key] = str(value)
-        inverse[str(value)] = key
+        forward[at] = str(value)
+        inverse[identifier_key(str(value)) if fold_inverse else str(value)] = key
 
 
 def _legacy_keys(value: Mapping[str, Any]) -> dict[str, str]:
@@ -272,7 +291,7 @@ class References:
                 return
             if ref.skus.get(erp_id) != sku:
                 work.put(REFERENCE, f"sku|{erp_id}", sku)
-            crm_id = ref.crm_products_by_sku.get(sku)
+            crm_id = ref.crm_products_by_sku.get(identifier_key(sku))
             if crm_id is not None and record.get("crm_id") is None:
                 self.link(work, "product", erp_id, crm_id, "sku")
                 record["crm_id"] = crm_id
@@ -280,9 +299,11 @@ class References:
         crm_id = str(record["crm_id"])
         if record["op"] == "delete" or sku is None:
             return
-        if ref.crm_products_by_sku.get(sku) != crm_id:
+        if ref.crm_products_by_sku.get(identifier_key(sku)) != crm_id or (
+            ref.crm_skus.get(crm_id) != sku
+        ):
             work.put(REFERENCE, f"crmsku|{sku}", crm_id)
-        catalogue_id = ref.products_by_sku.get(sku)
+        catalogue_id = ref.products_by_sku.get(identifier_key(sku))
         if catalogue_id is not None and record.get("erp_id") is None:
             self.link(work, "product", catalogue_id, crm_id, "sku")
             record["erp_id"] = catalogue_id

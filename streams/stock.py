@@ -21,7 +21,7 @@ from streams.outcome import Count, Inbound
 from streams.references import References
 from streams.state import INVENTORY, StateView
 from streams.transform import Skipped, inventory_event, to_stock_change
-from streams.validation import Failed
+from streams.validation import Failed, identifier_key
 from streams.waiting import Retry, Waiting
 from streams.work import Emitter, Raw, Route, UnitOfWork
 
@@ -153,12 +153,14 @@ class Stock:
         """The current stock per product (all, or of one SKU), sorted by SKU.
 
         Each item: ``sku``, ``erp_id``, ``crm_id``, ``on_hand``, ``reserved``,
-        ``available`` (decimal text), ``locations`` and ``version``.
+        ``available`` (decimal text, below zero when oversold), ``oversold``,
+        ``locations`` and ``version``. The SKU is matched without regard to case or
+        spacing.
         """
-        wanted = None if sku is None else sku.strip().upper()
+        wanted = None if sku is None else identifier_key(sku)
         items = []
         for _, value in state.scan(INVENTORY, "t|"):
-            if wanted is not None and (value.get("sku") or "").upper() != wanted:
+            if wanted is not None and identifier_key(value.get("sku") or "") != wanted:
                 continue
             product = value["product"]
             items.append(
@@ -169,6 +171,7 @@ class Stock:
                     "on_hand": value["on_hand"],
                     "reserved": value["reserved"],
                     "available": value["available"],
+                    "oversold": Decimal(value["available"]) < 0,
                     "locations": [
                         {"location_id": loc, "on_hand": on_hand, "reserved": reserved}
                         for loc, on_hand, reserved in value["locations"]

@@ -30,6 +30,12 @@ Decisions:
   the key.
 - ``erp_id``/``crm_id``: the source key fills the flow's own system's id; the other
   comes from a mapped column if the flow has one, else from the crosswalk.
+- A field whose value fails (cleansing, map, cast, range, lookup, catalogue) does what
+  its mapping's ``on_invalid`` says: ``dead_letter`` fails the record; ``quarantine``
+  leaves the field null, names it in ``quarantined_fields`` and takes it out of
+  ``changed_fields`` (so a sink keeps what the target has), and the record flows with a
+  :class:`~streams.validation.Quarantine` in :attr:`Ok.quarantined`; ``keep`` carries
+  the value as typed (trimmed), also with a quarantine (``kept``).
 - Nested lines (sales orders) are mapped from the current child rows the caller
   passes; any line that fails fails the order.
 - ``changed_fields`` (entities whose schema has it: customers, contacts) names the
@@ -57,17 +63,24 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
-from schemas.canonical import ID_FIELDS, FieldType, field_types
-from schemas.mapping import Cast, Fallback, FieldMap, Flow, Grain, convert, map_key
+from schemas.canonical import ID_FIELDS, QUARANTINED_FIELDS, FieldType, field_types
+from schemas.mapping import Cast, Fallback, FieldMap, Flow, Grain, OnInvalid, convert, map_key
 from schemas.payload import plain
 from schemas.topics import canonical_topic
-from streams.cleansing import CLEANERS, apply_default, clean_phone, infer_country
+from streams.cleansing import (
+    CLEANERS,
+    REGIONAL_CLEANERS,
+    apply_default,
+    clean_text,
+    infer_country,
+)
 from streams.crosswalk import CrosswalkState, counterpart_id
 from streams.inventory import Quant, QuantChange, StockTotals
 from streams.validation import (
     Failed,
     Fix,
     Ok,
+    Quarantine,
     Reason,
     check_known_sku,
     check_range,
@@ -230,8 +243,11 @@ def _map_field(
     for rule in fm.clean:
         if not isinstance(value, str):
             break
-        region = values.get(fm.region) if fm.region else None
-        cleaned = clean_phone(value, region) if rule == "phone" else CLEANERS[rule](value)
+        regional = REGIONAL_CLEANERS.get(rule)
+        if regional is not None:
+            cleaned = regional(value, values.get(fm.region) if fm.region else None)
+        else:
+            cleaned = CLEANERS[rule](value)
         if isinstance(cleaned, Failed):
             return cleaned
         fixes.extend(cleaned.fixes)
@@ -292,25 +308,44 @@ def _fallback_value(fallback: Fallback, row: Mapping[str, Any], refs: _Refs) -> 
     return found
 
 
+def _kept(fm: FieldMap, typed: Any) -> str | None:
+    """The value an ``on_invalid: keep`` field carries: as typed, trimmed, as text."""
+    try:
+        text = convert(Cast.STR, typed)
+    except (TypeError, ValueError):
+        return None
+    return clean_text(text).value
+
+
 def _map_row(
     fields: Sequence[FieldMap], row: Mapping[str, Any], refs: _Refs
 ) -> Ok[dict[str, Any]] | Failed:
     """Map every field of a row.
 
-    Plain fields first, then phones (they need the country), then inferred countries,
-    then the required check.
+    Plain fields first, then phones and VAT ids (they need the country), then inferred
+    countries, then the required check. A field that fails is quarantined, kept or fails
+    the row, as its ``on_invalid`` says.
     """
     values: dict[str, Any] = {}
     fixes: list[Fix] = []
+    quarantined: list[Quarantine] = []
     ordered = [f for f in fields if f.region is None] + [f for f in fields if f.region]
     for fm in ordered:
         result = _map_field(fm, row, values, refs)
         if isinstance(result, Failed):
-            return result.at(fm.target)
+            if fm.on_invalid is OnInvalid.DEAD_LETTER:
+                return result.at(fm.target)
+            typed = fm.value if fm.source is None else row.get(fm.source)
+            kept = fm.on_invalid is OnInvalid.KEEP
+            values[fm.target] = _kept(fm, typed) if kept else None
+            quarantined.append(Quarantine(result.reason, fm.target, typed, result.detail, kept))
+            continue
         values[fm.target] = result.value
         fixes.extend(fix.at(fm.target) for fix in result.fixes)
+    left_out = {q.field for q in quarantined}
     for fm in fields:
-        if fm.infer_from and values.get(fm.target) is None:
+        # A quarantined country stays left out: the target keeps the one it has.
+        if fm.infer_from and values.get(fm.target) is None and fm.target not in left_out:
             vat_field, phone_field = fm.infer_from.get("vat"), fm.infer_from.get("phone")
             inferred = infer_country(
                 vat=values.get(vat_field) if vat_field else None,
@@ -321,7 +356,7 @@ def _map_row(
     for fm in fields:
         if fm.required and is_blank(values.get(fm.target)):
             return Failed(Reason.MISSING_REQUIRED, fm.target, "a value is required")
-    return Ok(values, tuple(fixes))
+    return Ok(values, tuple(fixes), tuple(quarantined))
 
 
 def _fill_references(
@@ -439,6 +474,7 @@ def _map_lines(
     )
     mapped: list[dict[str, Any]] = []
     fixes: list[Fix] = []
+    quarantined: list[Quarantine] = []
     for position, row in enumerate(kept):
         where = f"{lines.target}[{position}]"
         line_id = _id_text(row.get(lines.key))
@@ -453,7 +489,8 @@ def _map_lines(
         _fill_references(lines.fields, item, flow.system, refs)
         mapped.append(item)
         fixes.extend(fix.at(where) for fix in result.fixes)
-    return Ok(mapped, tuple(fixes))
+        quarantined.extend(q.at(where) for q in result.quarantined)
+    return Ok(mapped, tuple(fixes), tuple(quarantined))
 
 
 # ------------------------------------------------------------------------- events
@@ -483,10 +520,25 @@ def _record(
 
 
 def _finish(
-    flow: Flow, entity_id: str, record: dict[str, Any], fixes: tuple[Fix, ...]
+    flow: Flow,
+    entity_id: str,
+    record: dict[str, Any],
+    fixes: tuple[Fix, ...],
+    quarantined: tuple[Quarantine, ...] = (),
 ) -> Ok[CanonicalEvent] | Failed:
     event = CanonicalEvent(flow.target, f"{flow.system}:{entity_id}", record)
-    return Ok(event, fixes)
+    return Ok(event, fixes, quarantined)
+
+
+def _leave_out(record: dict[str, Any], quarantined: Sequence[Quarantine]) -> None:
+    """Name the quarantined (not kept) fields in the record; they are no change of it."""
+    left_out = [q.field for q in quarantined if not q.kept]
+    if not left_out or QUARANTINED_FIELDS not in record:
+        return
+    record[QUARANTINED_FIELDS] = left_out
+    changed = record.get(CHANGED_FIELDS)
+    if changed is not None:
+        record[CHANGED_FIELDS] = [name for name in changed if name not in left_out]
 
 
 def _entity_id(flow: Flow, change: _Change) -> str | Failed:
@@ -574,14 +626,16 @@ def to_canonical(
         values.pop(flow.other_id_field)  # keep what the crosswalk knows
     record.update(values)
     _fill_references(flow.fields, record, flow.system, refs)
-    fixes = mapped.fixes
+    _leave_out(record, mapped.quarantined)
+    fixes, quarantined = mapped.fixes, mapped.quarantined
     if flow.lines is not None:
         mapped_lines = _map_lines(flow, lines, refs)
         if isinstance(mapped_lines, Failed):
             return mapped_lines
         record[flow.lines.target] = mapped_lines.value
         fixes += mapped_lines.fixes
-    return _finish(flow, entity_id, record, fixes)
+        quarantined += mapped_lines.quarantined
+    return _finish(flow, entity_id, record, fixes, quarantined)
 
 
 def _delete_fields(
@@ -665,15 +719,16 @@ def inventory_event(
     """Build the canonical inventory event of a product's new totals.
 
     ``raw_event`` is the stock change that caused them (source position and event id);
-    the version is the totals' own (see :mod:`streams.inventory`). Negative stock, or
-    more reserved than on hand, fails.
+    the version is the totals' own (see :mod:`streams.inventory`). Stock is reported as
+    it is: negative quants count, and ``oversold`` is true when ``available`` (on hand
+    minus reserved) is below zero. Only a negative reservation fails.
     """
     change = _read_change(raw_event, flow.system, flow.schema, flow.table, flow.key)
     if isinstance(change, Skipped):
         return _malformed(f"stock totals caused by a change without a row: {change.reason}")
     if isinstance(change, Failed):
         return change
-    impossible = check_stock(totals.on_hand, totals.reserved)
+    impossible = check_stock(totals.reserved)
     if impossible is not None:
         return impossible
     refs = _Refs(None, crosswalk, {})
@@ -685,6 +740,7 @@ def inventory_event(
         on_hand=totals.on_hand,
         reserved=totals.reserved,
         available=totals.available,
+        oversold=totals.oversold,
         locations=[
             {"location_id": loc.location, "on_hand": loc.on_hand, "reserved": loc.reserved}
             for loc in totals.locations

@@ -4,7 +4,9 @@ Failures are data (bytewax's ``oks``/``errs`` split): a step returns :class:`Ok`
 value and the :class:`Fix` es it made along the way, or :class:`Failed` with a typed
 :class:`Reason`, the field and a human-readable detail. Nothing here raises for bad data;
 the stream turns a :class:`Failed` into a dead letter (:meth:`Failed.to_error` gives the
-typed exception for its headers) and counts :class:`Fix` es by rule.
+typed exception for its headers) and counts :class:`Fix` es by rule. A record that flows
+although one of its optional fields failed carries a :class:`Quarantine` per such field
+(:attr:`Ok.quarantined`): the field is left out of the record, or kept as typed.
 
 The rules are plain functions returning ``Failed | None`` (None: the rule holds), so a
 caller chains them with :func:`first_failure`. Pure: no I/O, no clock.
@@ -25,6 +27,7 @@ __all__ = [
     "Failed",
     "Fix",
     "Ok",
+    "Quarantine",
     "Reason",
     "Result",
     "check_known_sku",
@@ -32,6 +35,7 @@ __all__ = [
     "check_required",
     "check_stock",
     "first_failure",
+    "identifier_key",
     "is_blank",
 ]
 
@@ -48,6 +52,8 @@ class Reason(StrEnum):
     """The value cannot be converted to the field's type."""
     INVALID_EMAIL = "invalid_email"
     INVALID_PHONE = "invalid_phone"
+    INVALID_VAT = "invalid_vat"
+    """A VAT or tax id that breaks its country's standard (length, format, checksum)."""
     UNKNOWN_COUNTRY = "unknown_country"
     NEGATIVE_VALUE = "negative_value"
     """A quantity, price or stock level below zero where the business forbids it."""
@@ -95,15 +101,44 @@ def _join(outer: str, inner: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Quarantine:
+    """An optional field whose value failed, while the rest of its record flows.
+
+    Attributes:
+        reason: why the value failed.
+        field: the field (``phone``); empty until the caller names it with :meth:`at`.
+        value: the value as it came from the source.
+        detail: what is wrong with it, for people.
+        kept: the value travels as typed (``on_invalid: keep``); otherwise the field is
+            left out of the record, so the target keeps what it has.
+    """
+
+    reason: Reason
+    field: str
+    value: Any
+    detail: str
+    kept: bool = False
+
+    def at(self, field: str) -> Quarantine:
+        """Return the quarantine placed under ``field`` (prefixing a nested field name)."""
+        return dataclasses.replace(self, field=_join(field, self.field))
+
+
+@dataclass(frozen=True, slots=True)
 class Ok(Generic[T]):
-    """A successful step: its value and the fixes made to get it."""
+    """A successful step: its value, the fixes made to get it, the fields quarantined."""
 
     value: T
     fixes: tuple[Fix, ...] = ()
+    quarantined: tuple[Quarantine, ...] = ()
 
     def at(self, field: str) -> Ok[T]:
-        """Return the same result with every fix placed under ``field``."""
-        return Ok(self.value, tuple(f.at(field) for f in self.fixes))
+        """Return the same result with every fix and quarantine placed under ``field``."""
+        return Ok(
+            self.value,
+            tuple(f.at(field) for f in self.fixes),
+            tuple(q.at(field) for q in self.quarantined),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +171,15 @@ Result: TypeAlias = Ok[T] | Failed
 def first_failure(*checks: Failed | None) -> Failed | None:
     """Return the first failure among ``checks``, or None when every rule held."""
     return next((c for c in checks if c is not None), None)
+
+
+def identifier_key(value: str) -> str:
+    """The form identifiers (SKUs, customer numbers) are matched in: no white space, upper case.
+
+    Identifiers travel as entered (trimmed); two that differ only in case or spacing
+    (``ab-12``, ``AB 12``... ``AB-12``) are the same identifier when compared.
+    """
+    return "".join(value.split()).upper()
 
 
 def is_blank(value: object) -> bool:
@@ -180,25 +224,21 @@ def check_known_sku(
 ) -> Failed | None:
     """Fail when ``sku`` is not in ``known_skus`` (the ERP catalogue).
 
-    ``known_skus`` None means the catalogue is not known to the caller: the rule is not
-    applied. A missing SKU is left to :func:`check_required`.
+    ``known_skus`` holds the catalogue's SKUs by :func:`identifier_key`, so case and
+    spacing do not matter; None means the catalogue is not known to the caller: the rule
+    is not applied. A missing SKU is left to :func:`check_required`.
     """
-    if sku is None or known_skus is None or sku in known_skus:
+    if sku is None or known_skus is None or identifier_key(sku) in known_skus:
         return None
     return Failed(Reason.UNKNOWN_SKU, field, f"SKU {sku!r} is not in the ERP catalogue")
 
 
-def check_stock(on_hand: Decimal, reserved: Decimal, field: str = "") -> Failed | None:
-    """Fail on impossible stock: negative on-hand or reserved, or more reserved than on hand."""
+def check_stock(reserved: Decimal, field: str = "") -> Failed | None:
+    """Fail on impossible stock: a negative reservation.
+
+    Any on-hand figure is possible: negative stock (sold before it was received) and more
+    reserved than on hand are real states of a warehouse, not errors. They make the
+    available stock negative (oversold), which is reported, never hidden.
+    """
     prefix = f"{field}." if field else ""
-    return first_failure(
-        check_range(on_hand, f"{prefix}on_hand", minimum=Decimal(0)),
-        check_range(reserved, f"{prefix}reserved", minimum=Decimal(0)),
-        None
-        if reserved <= on_hand
-        else Failed(
-            Reason.OUT_OF_RANGE,
-            f"{prefix}reserved",
-            f"reserved {reserved} exceeds on hand {on_hand}",
-        ),
-    )
+    return check_range(reserved, f"{prefix}reserved", minimum=Decimal(0))

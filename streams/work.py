@@ -5,26 +5,27 @@ unit's own writes on top of the state; writes are collected (and mirrored into t
 processor's in-memory caches as they are made); messages to publish and counts go into
 its :class:`~streams.outcome.Outcome`. :class:`Emitter` turns a canonical event into an
 outbound message (deduplicated, encoded) and a failure into a dead letter, under the
-dead-letter policy.
+dead-letter policy; each with its entry in the data-quality log when it had defects
+(:mod:`streams.quality`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas.errors import ValidationError
 from schemas.mapping import Flow
 from schemas.payload import never_noop
-from streams import dlq
+from streams import dlq, quality
 from streams.dedupe import Verdict, decide, payload_hash
 from streams.dlq import DeadLetter, Origin
 from streams.outcome import Count, DeadLetterError, Inbound, Outbound, Outcome
 from streams.state import DEDUPE, StateView, Write
 from streams.transform import CanonicalEvent
-from streams.validation import Failed, Fix, Reason
+from streams.validation import Failed, Fix, Quarantine, Reason
 
 __all__ = ["Emitter", "Mirror", "Raw", "Route", "UnitOfWork", "dedupe_key"]
 
@@ -106,21 +107,31 @@ class Emitter:
             when the record does not fit the entity's schema.
         policy: ``dlq`` (publish dead letters), ``skip`` (count only) or ``fail``
             (raise :class:`~streams.outcome.DeadLetterError`).
+        entities: flow name -> its canonical entity (for the data-quality log).
     """
 
     def __init__(
         self,
         encode: Callable[[str, dict[str, Any]], bytes],
         policy: Literal["fail", "dlq", "skip"],
+        entities: Mapping[str, str] | None = None,
     ) -> None:
         self._encode = encode
         self._policy = policy
+        self._entities = dict(entities or {})
 
     def publish(
-        self, work: UnitOfWork, flow: str, event: CanonicalEvent, raw: Raw, fixes: Sequence[Fix]
+        self,
+        work: UnitOfWork,
+        flow: str,
+        event: CanonicalEvent,
+        raw: Raw,
+        fixes: Sequence[Fix],
+        quarantined: Sequence[Quarantine] = (),
     ) -> bool:
         """Dedupe an event and, unless dropped, queue it for publishing.
 
+        A published event's fixes and quarantined fields go to the data-quality log.
         Returns False when the event was stale (nothing new about the entity).
         """
         record = event.record
@@ -160,7 +171,27 @@ class Emitter:
             )
         )
         work.tally.add(Count.EVENTS_OUT, flow)
+        self._log(work, quality.of_event(event, flow, fixes, quarantined))
         return True
+
+    def _log(self, work: UnitOfWork, entry: quality.QualityEntry | None) -> None:
+        """Queue a data-quality entry, its defects counted."""
+        if entry is None:
+            return
+        counts = tuple((Count.DEFECTS.value, *labels) for labels in entry.metric_labels())
+        for counted in counts:
+            work.tally[counted] += 1
+        work.outcome.outbound.append(
+            Outbound(
+                topic=quality.QUALITY_TOPIC,
+                key=entry.key.encode("utf-8") if entry.key is not None else None,
+                value=entry.to_json(),
+                headers=((dlq.H_OUTPUT_ID, entry.output_id.encode("utf-8")),),
+                output_id=entry.output_id,
+                flow=entry.flow,
+                counts=counts,
+            )
+        )
 
     def dead_letter(
         self,
@@ -183,21 +214,26 @@ class Emitter:
         self.send(work, letter)
 
     def send(self, work: UnitOfWork, letter: DeadLetter) -> None:
-        """Queue a dead letter (``dlq``), count it only (``skip``) or raise (``fail``)."""
+        """Queue a dead letter (``dlq``), count it only (``skip``) or raise (``fail``).
+
+        Under ``dlq`` and ``skip`` the record is in the data-quality log as dead-lettered.
+        """
         work.tally.add(Count.DEAD_LETTERS, letter.reason)
         if self._policy == "fail":
             raise DeadLetterError(letter)
         if self._policy == "skip":
             work.tally.add(Count.IGNORED, "rejected_skipped")
-            return
-        work.outcome.outbound.append(
-            Outbound(
-                topic=dlq.DLQ_TOPIC,
-                key=letter.key,
-                value=letter.value,
-                headers=tuple(letter.headers()),
-                output_id=letter.output_id,
-                flow=letter.flow,
-                dead_letter=letter,
+        else:
+            work.outcome.outbound.append(
+                Outbound(
+                    topic=dlq.DLQ_TOPIC,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=tuple(letter.headers()),
+                    output_id=letter.output_id,
+                    flow=letter.flow,
+                    dead_letter=letter,
+                )
             )
-        )
+        entity = self._entities.get(letter.flow) if letter.flow is not None else None
+        self._log(work, quality.of_dead_letter(letter, entity))

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from psycopg import sql
 
+from streams.cleansing import clean_vat
+from streams.validation import Ok
 from tests.integration.cdc_fixtures import REPO, execute, wait_for
 from tests.integration.sink_fixtures import Pipeline, SinkProcess, demo_pipeline
 
@@ -42,16 +44,20 @@ def pipeline(
 
 
 def _seed_pair(env: dict[str, str], offset: int) -> dict[str, Any]:
-    """A linked seed customer: ERP id, CRM id, VAT, e-mail, name, country."""
+    """A linked seed customer whose VAT id holds: ERP id, CRM id, VAT, e-mail, name, country.
+
+    The seed's VAT ids are made-up digits; only those whose check digits happen to hold
+    are matched on (the others are quarantined as invalid).
+    """
     rows = execute(
         env["ERP_ADMIN_DSN"],
         "SELECT id, crm_account_id::text, vat, email, name, country_code "
         "FROM public.res_partner WHERE crm_account_id IS NOT NULL AND parent_id IS NULL "
-        "AND active AND vat IS NOT NULL AND email IS NOT NULL ORDER BY id OFFSET %s LIMIT 1",
-        (offset,),
+        "AND active AND vat IS NOT NULL AND email IS NOT NULL ORDER BY id",
     )
-    assert rows, "no linked seed customer"
-    erp_id, crm_id, vat, email, name, country = rows[0]
+    valid = [r for r in rows if isinstance(clean_vat(r[2], r[5]), Ok)]
+    assert len(valid) > offset, "no linked seed customer with a valid VAT id"
+    erp_id, crm_id, vat, email, name, country = valid[offset]
     return {
         "erp_id": int(erp_id),
         "crm_id": crm_id,

@@ -387,7 +387,8 @@ def test_a_dirty_erp_customer_comes_out_cleansed(pipeline: Pipeline) -> None:
         "DE",
         "john.doe@example.com",
     )
-    assert (record["name"], record["customer_number"]) == ("Dirty Trading GmbH", ref.upper())
+    # The customer number travels as entered (trimmed), never re-cased.
+    assert (record["name"], record["customer_number"]) == ("Dirty Trading GmbH", ref)
     assert (record["source_system"], record["op"], record["erp_id"]) == (
         "erp",
         "upsert",
@@ -396,7 +397,7 @@ def test_a_dirty_erp_customer_comes_out_cleansed(pipeline: Pipeline) -> None:
 
 
 def test_an_invalid_record_lands_in_the_dead_letter_topic(pipeline: Pipeline) -> None:
-    partner = new_customer(pipeline, email="not-an-e-mail")
+    partner = new_customer(pipeline, ref=None)  # a customer without its customer number
 
     def letter() -> Any:
         for output in pipeline.reader.of("dlq.streams"):
@@ -410,13 +411,13 @@ def test_an_invalid_record_lands_in_the_dead_letter_topic(pipeline: Pipeline) ->
     found = pipeline.reader.wait(letter, 90, f"the dead letter of res_partner {partner}")
     headers = found.headers
     assert headers["erpcrm.error.class"] == "ValidationError"
-    assert headers["erpcrm.error.reason"] == "invalid_email"
-    assert headers["erpcrm.error.field"] == "email"
+    assert headers["erpcrm.error.reason"] == "missing_required"
+    assert headers["erpcrm.error.field"] == "customer_number"
     assert headers["erpcrm.stage"] == "streams"
     assert headers["erpcrm.flow"] == "erp_res_partner__customer"
     assert headers["erpcrm.origin.topic"] == pipeline.erp.topic("res_partner")
     assert int(headers["erpcrm.origin.offset"]) >= 0
-    assert headers["erpcrm.error.message"].startswith("invalid_email [email]")
+    assert headers["erpcrm.error.message"].startswith("missing_required [customer_number]")
     assert pipeline.reader.of("canonical.customer", f"erp:{partner}") == []
 
 

@@ -19,6 +19,7 @@ from streams.cleansing import (
     clean_phone,
     clean_text,
     clean_upper,
+    clean_vat,
     country_lookup,
     infer_country,
 )
@@ -185,11 +186,22 @@ def test_clean_phone_to_e164(raw: str, region: str | None, e164: str) -> None:
         assert result.fixes[-1].rule == "phone"
 
 
-def test_clean_phone_drops_an_extension_and_says_so() -> None:
-    result = clean_phone("+49 30 661 0918 ext. 12", None)
+@pytest.mark.parametrize(
+    ("typed", "region"),
+    [
+        ("+49 30 661 0918 ext. 12", None),
+        ("030 661 0918 x12", "DE"),
+        ("+49 (30) 661-0918 ext 12", None),
+        ("+49306610918;ext=12", None),
+    ],
+)
+def test_clean_phone_keeps_an_extension_after_the_e164_number(
+    typed: str, region: str | None
+) -> None:
+    result = clean_phone(typed, region)
     assert isinstance(result, Ok)
-    assert result.value == "+49306610918"
-    assert "dropped extension 12" in result.fixes[-1].note
+    assert result.value == "+49306610918;ext=12"
+    assert all("extension 12" in f.note for f in result.fixes if f.rule == "phone")
 
 
 @pytest.mark.parametrize(
@@ -232,13 +244,15 @@ def test_workload_phone_formats_come_back_as_the_same_number(
         "+" + ".".join([dial, *rest]),
         f"(+{dial}) {' '.join(rest)}",
         f"tel:+{digits}",
-        f"{phone} ext. 42",
         dirty.pad(rng, phone),
     ]
     for variant in variants:
         result = clean_phone(variant, country.code)
         assert isinstance(result, Ok), (variant, result)
         assert result.value == expected, variant
+    with_extension = clean_phone(f"{phone} ext. 42", country.code)
+    assert isinstance(with_extension, Ok)
+    assert with_extension.value == f"{expected};ext=42"
 
 
 # ------------------------------------------------------------------------ country
@@ -322,3 +336,56 @@ def test_infer_country(
     result = infer_country(vat=vat, phone=phone)
     assert result.value == code
     assert [f.note for f in result.fixes] == ([note] if note else [])
+
+
+# ----------------------------------------------------------------------------- VAT
+
+
+@pytest.mark.parametrize(
+    ("typed", "region", "expected"),
+    [
+        ("fr 40 303 265 045", None, "FR40303265045"),
+        ("DE 136.695.976", None, "DE136695976"),
+        ("136 695 976", "DE", "DE136695976"),  # the record's country gives the prefix
+        ("094259216", "GR", "EL094259216"),  # Greece's EU prefix is EL
+        ("CHE-116.281.710 MWST", None, "CHE116281710MWST"),
+        ("GB 980 7806 84", None, "GB980780684"),
+        ("XI 980 7806 84", None, "XI980780684"),
+        ("NL004495445B01", None, "NL004495445B01"),
+        ("12-3456789", "US", "123456789"),  # no VAT standard: compacted only
+        ("  ", "DE", None),
+    ],
+)
+def test_clean_vat_checks_and_compacts_by_the_country_standard(
+    typed: str, region: str | None, expected: str | None
+) -> None:
+    result = clean_vat(typed, region)
+    assert isinstance(result, Ok), result
+    assert result.value == expected
+    if expected is not None and expected != typed:
+        assert result.fixes[-1].rule == "vat"
+
+
+@pytest.mark.parametrize(
+    ("typed", "region", "detail"),
+    [
+        ("FR2 194 564 397 8", None, "checksum"),
+        ("DE136695977", None, "checksum"),
+        ("DE 12345678", "DE", "length"),
+        ("136695977", "DE", "checksum"),
+    ],
+)
+def test_clean_vat_refuses_an_id_that_breaks_its_standard(
+    typed: str, region: str | None, detail: str
+) -> None:
+    result = clean_vat(typed, region)
+    assert isinstance(result, Failed)
+    assert result.reason is Reason.INVALID_VAT
+    assert detail in result.detail
+
+
+@given(st.randoms(use_true_random=False))
+def test_workload_vat_ids_pass_their_standard(rng: random.Random) -> None:
+    party = dirty.new_party(rng, individual_share=0)
+    if party.vat is not None:
+        assert isinstance(clean_vat(party.vat, party.country), Ok), party.vat

@@ -18,6 +18,7 @@ from schemas.mapping import (
     Cast,
     Condition,
     Grain,
+    OnInvalid,
     Owner,
     convert,
     flows_for_table,
@@ -205,6 +206,35 @@ def _write(directory: Path, name: str, text: str) -> Path:
 def test_a_good_flow_loads(tmp_path: Path) -> None:
     flow = load_flow(_write(tmp_path, "erp_res_partner__customer", GOOD))
     assert [f.target for f in flow.fields] == ["customer_number", "email", "country_code", "phone"]
+    # Optional fields of an entity with quarantined_fields are quarantined; required
+    # ones dead-letter their record.
+    assert [f.on_invalid for f in flow.fields] == [
+        OnInvalid.DEAD_LETTER,
+        OnInvalid.QUARANTINE,
+        OnInvalid.QUARANTINE,
+        OnInvalid.QUARANTINE,
+    ]
+
+
+def test_quarantine_needs_a_schema_that_can_say_so(tmp_path: Path) -> None:
+    # Stock has no quarantined_fields: its fields dead-letter, and cannot choose otherwise.
+    stock = """\
+    source: {system: erp, table: stock_quant, key: id, entity_id: product_id}
+    target: inventory
+    crosswalk: product
+    grain: location
+    fields:
+      location_id: {source: location_id, cast: str, required: true, owner: erp}
+      on_hand: {source: quantity, cast: decimal, owner: erp}
+    """
+    flow = load_flow(_write(tmp_path, "erp_stock_quant__inventory", stock))
+    assert {f.on_invalid for f in flow.fields} == {OnInvalid.DEAD_LETTER}
+    quarantined = stock.replace(
+        "cast: decimal, owner", "cast: decimal, on_invalid: quarantine, owner"
+    )
+    path = _write(tmp_path, "erp_stock_quant__inventory", quarantined)
+    with pytest.raises(ConfigError, match="on_invalid quarantine needs a top-level field"):
+        load_flow(path)
 
 
 BAD = {
@@ -271,6 +301,23 @@ BAD = {
     "bad filter": (
         GOOD + "filter:\n  parent_id: {missing: true}\n",
         "filter on 'parent_id' needs exactly one of",
+    ),
+    "unknown on_invalid": (
+        GOOD.replace("clean: email, owner", "clean: email, on_invalid: ignore, owner"),
+        "field email: on_invalid must be one of quarantine, dead_letter, keep",
+    ),
+    "a required field quarantined": (
+        GOOD.replace("required: true", "required: true, on_invalid: quarantine"),
+        "field customer_number: a required field cannot be left out",
+    ),
+    "keep on a number": (
+        GOOD + "  active: {source: active, cast: bool, owner: erp, on_invalid: keep}\n",
+        "field active: on_invalid keep applies to text",
+    ),
+    "region on a name": (
+        GOOD
+        + "  city: {source: city, cast: str, clean: trim, region: country_code, owner: shared}\n",
+        "field city: region applies to phone and vat fields",
     ),
     "not a mapping": ("- a\n- b\n", "a flow file must be a mapping"),
     "invalid yaml": ("source: [unclosed\n", "not valid YAML"),

@@ -36,6 +36,7 @@ from streams import dlq
 from streams.dlq import Origin
 from streams.outcome import Count, DeadLetterError, Inbound, Kind, Outcome
 from streams.processor import StreamProcessor
+from streams.quality import DefectOutcome, QualityEntry
 from streams.state import DictState, freeze, thaw
 from streams.transform import event_id
 from tests.unit.test_transform import (
@@ -172,7 +173,7 @@ def account(**changes: Any) -> dict[str, Any]:
         "id": ACCOUNT_ID,
         "name": "Nordwind Trading",
         "account_number": None,
-        "vat": "de 123 456 789",
+        "vat": "de 136 695 976",
         "email": "einkauf@nordwind.example.com",
         "phone_office": "+49 30 6610918",
         "website": None,
@@ -220,31 +221,73 @@ def test_a_dirty_erp_customer_comes_out_cleansed() -> None:
     )
     assert (record["name"], record["customer_number"], record["vat"]) == (
         "Nordwind Trading GmbH",
-        "C00042",
-        "DE123456789",
+        "c00042",
+        "DE136695976",
     )
     assert record["event_id"] == event_id("erp", 100, "public", "res_partner", "42")
-    (message,) = outcome.outbound
+    message, logged = outcome.outbound
     assert (message.topic, message.key) == ("canonical.customer", b"erp:42")
     assert message.headers == ((dlq.H_OUTPUT_ID, record["event_id"].encode()),)
     tally = outcome.tally
     assert tally.of(Count.EVENTS_IN, "transaction") == 1  # the change came before its END
     assert tally.of(Count.EVENTS_OUT, "erp_res_partner__customer") == 1
     assert tally.of(Count.FIXES, "erp_res_partner__customer", "phone") == 1
+    # The fixes are in the data-quality log, keyed by the entity key, and counted.
+    assert (logged.topic, logged.key) == ("quality.defects", b"erp:42")
+    assert logged.output_id == f"quality:{record['event_id']}"
+    entry = QualityEntry.from_json(logged.value or b"", logged.output_id)
+    phone = next(d for d in entry.defects if d.field == "phone")
+    assert (phone.rule, phone.outcome, phone.value, phone.after) == (
+        "phone",
+        DefectOutcome.FIXED,
+        "030/6610918",
+        "+49306610918",
+    )
+    assert tally.of(Count.DEFECTS, "customer", "phone", "phone", "fixed") == 1
+
+
+def test_an_invalid_optional_field_is_quarantined_logged_and_the_record_published() -> None:
+    h = Harness()
+    outcome = h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"email": "info@@nordwind"}, lsn=9))
+    (record,) = decoded(outcome)
+    assert (record["email"], record["quarantined_fields"]) == (None, ["email"])
+    assert record["name"] == "Nordwind Trading GmbH"
+    assert outcome.dead_letters == []
+    logged = next(o for o in outcome.outbound if o.topic == "quality.defects")
+    entry = QualityEntry.from_json(logged.value or b"")
+    email = next(d for d in entry.defects if d.field == "email")
+    assert (email.rule, email.outcome, email.value) == (
+        "invalid_email",
+        DefectOutcome.QUARANTINED,
+        "info@@nordwind",
+    )
+    assert outcome.tally.of(Count.DEFECTS, "customer", "email", "invalid_email", "quarantined") == 1
 
 
 def test_an_invalid_record_is_dead_lettered_with_its_reason_and_original_bytes() -> None:
     h = Harness()
-    message = h.change(RES_PARTNER, "u", after=PARTNER | {"email": "info@@nordwind"}, lsn=100)
+    message = h.change(RES_PARTNER, "u", after=PARTNER | {"name": "  "}, lsn=100)
     outcome = h.run(message)
     assert outcome.events == []
-    (letter,) = outcome.outbound
+    letter, logged = outcome.outbound
     assert (letter.topic, letter.key, letter.value) == ("dlq.streams", message.key, message.value)
     headers = dlq.text_headers(letter.headers)
     assert headers[dlq.H_ERROR_CLASS] == "ValidationError"
-    assert headers[dlq.H_ERROR_REASON] == "invalid_email"
-    assert headers[dlq.H_ERROR_FIELD] == "email"
-    assert headers[dlq.H_ERROR_MESSAGE].startswith("invalid_email [email]: ")
+    assert headers[dlq.H_ERROR_REASON] == "missing_required"
+    assert headers[dlq.H_ERROR_FIELD] == "name"
+    assert headers[dlq.H_ERROR_MESSAGE].startswith("missing_required [name]: ")
+    entry = QualityEntry.from_json(logged.value or b"", logged.output_id)
+    assert (entry.entity, entry.flow, entry.origin) == (
+        "customer",
+        "erp_res_partner__customer",
+        "erp.public.res_partner[0] offset=0",
+    )
+    (defect,) = entry.defects
+    assert (defect.field, defect.rule, defect.outcome) == (
+        "name",
+        "missing_required",
+        DefectOutcome.DEAD_LETTERED,
+    )
     assert headers[dlq.H_STAGE] == "streams"
     assert (
         headers[dlq.H_ORIGIN_TOPIC],
@@ -253,7 +296,7 @@ def test_an_invalid_record_is_dead_lettered_with_its_reason_and_original_bytes()
     ) == ("erp.public.res_partner", "0", "0")
     assert headers[dlq.H_FLOW] == "erp_res_partner__customer"
     assert headers[dlq.H_OUTPUT_ID] == letter.output_id
-    assert outcome.tally.of(Count.DEAD_LETTERS, "invalid_email") == 1
+    assert outcome.tally.of(Count.DEAD_LETTERS, "missing_required") == 1
     # a record that failed leaves no dedupe state: fixed and replayed, it goes through
     assert h.state.values("dedupe") == {}
 
@@ -271,18 +314,18 @@ def test_undecodable_bytes_are_dead_lettered() -> None:
 
 
 def test_the_dead_letter_policy_skip_counts_and_fail_raises() -> None:
-    bad = PARTNER | {"phone": "12"}
+    bad = PARTNER | {"name": None}
     skipping = Harness(dlq_policy="skip")
     outcome = skipping.run(skipping.change(RES_PARTNER, "u", after=bad, lsn=100))
-    assert outcome.outbound == []
-    assert outcome.tally.of(Count.DEAD_LETTERS, "invalid_phone") == 1
+    assert [o.topic for o in outcome.outbound] == ["quality.defects"]  # logged, not sent
+    assert outcome.tally.of(Count.DEAD_LETTERS, "missing_required") == 1
     assert outcome.tally.of(Count.IGNORED, "rejected_skipped") == 1
     failing = Harness(dlq_policy="fail")
     with pytest.raises(DeadLetterError) as raised:
         failing.processor.process(
             failing.change(RES_PARTNER, "u", after=bad, lsn=100), failing.state
         )
-    assert raised.value.letter.reason == "invalid_phone"
+    assert raised.value.letter.reason == "missing_required"
 
 
 def test_duplicates_older_versions_and_no_ops_are_dropped() -> None:
@@ -335,11 +378,11 @@ def test_a_crm_account_with_an_erp_customers_vat_is_linked() -> None:
         "crm", (12, 5100), h.change(ACCOUNTS, "c", after=account(), lsn=5000, tx=(12, 5100))
     )
     (record,) = decoded(outcome)
-    # matched on the normalised VAT id, whatever its spacing
+    # matched on the VAT id, compacted by its standard
     assert (record["crm_id"], record["erp_id"], record["vat"]) == (
         ACCOUNT_ID,
         "42",
-        "DE 123 456 789",
+        "DE136695976",
     )
     assert outcome.tally.of(Count.LINKS, "customer", "vat") == 1
     # from now on the ERP customer's events carry the CRM id
@@ -500,7 +543,7 @@ def test_an_accepted_crm_quote_with_lines_becomes_one_sales_order() -> None:
         "confirmed",
         QUOTE_ID,
     )
-    assert [line["sku"] for line in record["lines"]] == ["SKU-00007", "SKU-00008"]
+    assert [line["sku"] for line in record["lines"]] == ["SKU-00007", "sku-00008"]
 
 
 CRM_PRODUCT_ID = "00000000-0000-4000-8000-0000000000a7"
@@ -697,7 +740,7 @@ def test_caches_are_rebuilt_from_state_by_a_new_processor() -> None:
     fresh = StreamProcessor(FLOWS, decode=SERDE.decode, encode=encode_canonical)
     fresh.load(h.state)
     assert fresh.reference.skus == {"7": "SKU-00007"}
-    assert fresh.reference.customers["erp"]["keys"]["42"]["vat"] == "DE123456789"
+    assert fresh.reference.customers["erp"]["keys"]["42"]["vat"] == "DE136695976"
     outcome = fresh.process(h.change(ACCOUNTS, "c", after=account(), lsn=1), h.state)
     assert decoded(outcome)[0]["erp_id"] == "42"
 

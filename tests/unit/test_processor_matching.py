@@ -50,7 +50,7 @@ def customer(outcome: Any) -> dict[str, Any]:
 
 # The same company typed in again, one rule at a time (nothing else in common).
 CRM_AGAIN = {
-    "vat": ({"vat": "De-123 456.789"}, "vat=DE123456789"),
+    "vat": ({"vat": "De-136 695.976"}, "vat=DE136695976"),
     "email": ({"email": "Info@Nordwind.Example.COM"}, "email=info@nordwind.example.com"),
     "name_country": (
         {"name": "NORDWIND TRADING", "billing_address_country": "DE"},
@@ -58,7 +58,7 @@ CRM_AGAIN = {
     ),
 }
 ERP_AGAIN = {
-    "vat": ({"vat": "de 123 456 789"}, "vat=DE123456789"),
+    "vat": ({"vat": "de 136 695 976"}, "vat=DE136695976"),
     "email": ({"email": "EINKAUF@nordwind.example.com"}, "email=einkauf@nordwind.example.com"),
     "name_country": (
         {"name": "Nördwind Tráding", "country_code": "DE"},
@@ -129,7 +129,7 @@ def test_a_free_match_links_from_either_side() -> None:
 
 def test_an_account_created_in_the_crm_comes_back_from_the_erp_linked() -> None:
     h = linked_pair()
-    zeta = {"name": "Zeta Foods", "vat": "FR21945643978", "email": "achats@zeta.example.com"}
+    zeta = {"name": "Zeta Foods", "vat": "FR40303265045", "email": "achats@zeta.example.com"}
     zeta_crm = zeta | {"billing_address_country": "FR", "phone_office": None}
     created = h.run(h.change(ACCOUNTS, "c", after=account(id=NEW_ID, **zeta_crm), lsn=2000))
     assert (customer(created)["erp_id"], customer(created)["duplicate_of"]) == (None, None)
@@ -151,7 +151,7 @@ def test_an_account_created_in_the_crm_comes_back_from_the_erp_linked() -> None:
 
 def test_a_customer_created_in_the_erp_comes_back_from_the_crm_linked() -> None:
     h = linked_pair()
-    zeta = {"name": "Zeta Foods SARL", "vat": "FR21945643978", "email": "achats@zeta.example.com"}
+    zeta = {"name": "Zeta Foods SARL", "vat": "FR40303265045", "email": "achats@zeta.example.com"}
     partner = PARTNER | zeta | {"id": 60, "ref": "C00060", "country_code": "FR", "phone": None}
     created = h.run(h.change(RES_PARTNER, "c", after=partner, lsn=300))
     assert (customer(created)["crm_id"], customer(created)["duplicate_of"]) == (None, None)
@@ -170,15 +170,15 @@ def test_a_flag_stays_on_later_changes_until_the_record_is_linked() -> None:
     h = linked_pair()
     first = h.run(
         h.change(
-            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE136695976"}), lsn=2000
         )
     )
-    assert customer(first)["duplicate_rule"] == "vat=DE123456789"
+    assert customer(first)["duplicate_rule"] == "vat=DE136695976"
     # Edited so that nothing matches any more: still held, counted once.
     edited = h.run(h.change(ACCOUNTS, "u", after=account(id=NEW_ID, **CRM_BLANK), lsn=2001))
     assert (customer(edited)["duplicate_of"], customer(edited)["duplicate_rule"]) == (
         "42",
-        "vat=DE123456789",
+        "vat=DE136695976",
     )
     assert edited.tally.of(Count.DUPLICATES, "customer", "crm", "vat") == 0
     # A caught-up processor (restart) keeps it too.
@@ -221,7 +221,7 @@ def test_deleted_and_archived_customers_are_not_proposed() -> None:
     assert "42" not in h.processor.reference.customers["erp"]["keys"]
     crm = h.run(
         h.change(
-            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE136695976"}), lsn=2000
         )
     )
     assert (customer(crm)["erp_id"], customer(crm)["duplicate_of"]) == (None, None)
@@ -237,7 +237,7 @@ def test_a_deleted_duplicate_loses_its_flag() -> None:
     h = linked_pair()
     h.run(
         h.change(
-            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE136695976"}), lsn=2000
         )
     )
     gone = h.run(h.change(ACCOUNTS, "u", after=account(id=NEW_ID, deleted=True), lsn=2001))
@@ -249,18 +249,18 @@ def test_a_deleted_duplicate_loses_its_flag() -> None:
 def test_an_older_store_index_is_read_and_replaced() -> None:
     h = Harness()
     h.state.apply(
-        [Write("reference", "cidx|42", {"customer_number": "C00042", "vat": "DE123456789"})]
+        [Write("reference", "cidx|42", {"customer_number": "C00042", "vat": "DE136695976"})]
     )
     h.state.apply([Write("reference", "xw|customer|erp|42", ACCOUNT_ID)])
     h.state.apply([Write("reference", "xw|customer|crm|" + ACCOUNT_ID, "42")])
     h.processor.load(h.state)
     assert h.processor.reference.customers["erp"]["keys"]["42"] == {
         "customer_number": "C00042",
-        "vat": "DE123456789",
+        "vat": "DE136695976",
     }
     duplicate = h.run(
         h.change(
-            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE136695976"}), lsn=2000
         )
     )
     assert customer(duplicate)["duplicate_of"] == "42"
@@ -276,7 +276,7 @@ def test_duplicates_are_a_metric() -> None:
     h = linked_pair()
     outcome = h.run(
         h.change(
-            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE123456789"}), lsn=2000
+            ACCOUNTS, "c", after=account(id=NEW_ID, **CRM_BLANK | {"vat": "DE136695976"}), lsn=2000
         )
     )
     registry = CollectorRegistry()
@@ -291,7 +291,7 @@ ERP_IDS = (42, 43, 44)
 CRM_IDS = (ACCOUNT_ID, NEW_ID, "0f0e0d0c-0000-5000-8000-000000000001")
 _KEYS = {
     "number": st.sampled_from(["C00042", "c00042 ", "C00043", None]),
-    "vat": st.sampled_from(["DE123456789", "de 123 456 789", "FR21945643978", None]),
+    "vat": st.sampled_from(["DE136695976", "de 136 695 976", "FR40303265045", None]),
     "email": st.sampled_from(["info@nordwind.example.com", "INFO@Nordwind.example.com", None]),
     "name": st.sampled_from(["Nordwind Trading GmbH", "NORDWIND trading", "Zeta"]),
     "country": st.sampled_from(["DE", "FR"]),

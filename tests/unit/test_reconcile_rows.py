@@ -18,7 +18,7 @@ def partner(**changes: Any) -> dict[str, Any]:
         "ref": "C00042",
         "parent_id": None,
         "is_company": True,
-        "vat": "de123456789",
+        "vat": "de123456788",
         "email": "Info@Nordwind.example.com",
         "phone": "030 6610918",
         "website": None,
@@ -38,7 +38,7 @@ def account(**changes: Any) -> dict[str, Any]:
         "id": ACCOUNT,
         "name": "Nordwind Trading GmbH",
         "account_number": "C00042",
-        "vat": "DE123456789",
+        "vat": "DE123456788",
         "email": "info@nordwind.example.com",
         "phone_office": "+49306610918",
         "website": None,
@@ -72,7 +72,7 @@ def test_a_difference_names_both_cleansed_values_and_the_owner() -> None:
     (pair,) = report.differing
     found = {(d.field, d.erp_value, d.crm_value, d.owner, d.reread) for d in pair.differences}
     assert found == {
-        ("vat", "DE123456789", "XX 000", "erp", "erp"),
+        ("vat", "DE123456788", "XX000", "erp", "erp"),
         ("city", "Berlin", "Potsdam", "shared", "crm"),
     }
 

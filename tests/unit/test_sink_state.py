@@ -10,6 +10,7 @@ from sinks.state import (
     Decision,
     Merge,
     RowClock,
+    changed_by,
     changed_times,
     decide,
     merge,
@@ -215,6 +216,22 @@ def test_changed_times_keep_each_fields_own_commit_time() -> None:
     ]
     assert changed_times(history[:2], FIELDS) == {"email": 100, "vat": 200}
     assert changed_times(history, FIELDS) == {"email": 300, "vat": 300, "industry": 300}
+
+
+def test_a_quarantined_field_is_no_change_and_keeps_the_target_value() -> None:
+    # A record without changed_fields (a product) changed every field but the ones it
+    # left out as invalid; one with changed_fields never names them anyway.
+    assert changed_by(rec(1, quarantined_fields=["vat"]), FIELDS) == ["industry", "email"]
+    assert changed_by(rec(1, changed_fields=["email"], quarantined_fields=[]), FIELDS) == ["email"]
+    history = [rec(1, ts=100, vat=None, quarantined_fields=["vat"])]
+    changed = changed_times(history, FIELDS)
+    assert "vat" not in changed
+    current = {"vat": "DE136695976", "industry": "Retail", "email": "old@x"}
+    m = crm_merge(
+        rec(1, vat=None, email="new@x", quarantined_fields=["vat"]), current, clock(), changed
+    )
+    assert "vat" not in m.writes
+    assert m.writes["email"] == "new@x"
 
 
 def test_after_write_moves_the_sink_xid_only_when_the_row_changed() -> None:

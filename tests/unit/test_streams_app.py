@@ -82,8 +82,9 @@ def test_the_process_agent_publishes_canonical_events_then_commits(tmp_path: Pat
             await agent.put(key=key, value=value, headers=origin("erp.public.res_partner", 1, 42))
 
     asyncio.run(scenario())
-    (message,) = publisher.sent  # the replay was deduped
+    message, logged = publisher.sent  # the replay was deduped
     assert (message.topic, message.key) == ("canonical.customer", b"erp:42")
+    assert (logged.topic, logged.key) == ("quality.defects", b"erp:42")  # its fixes
     assert message.value is not None
     record = SERDE.decode(message.value)
     assert (record["phone"], record["country_code"]) == ("+49306610918", "DE")
@@ -98,19 +99,25 @@ def test_the_process_agent_publishes_canonical_events_then_commits(tmp_path: Pat
 def test_the_process_agent_dead_letters_with_the_raw_origin(tmp_path: Path) -> None:
     publisher = Recorder()
     streams = make(tmp_path, publisher)
-    key, value = raw_partner(100, email="no-at-sign")
+    key, value = raw_partner(100, name=" ")
 
     async def scenario() -> None:
         async with streams.process_agent.test_context() as agent:
             await agent.put(key=key, value=value, headers=origin("erp.public.res_partner", 2, 7))
 
     asyncio.run(scenario())
-    (letter,) = publisher.sent
+    letter, logged = publisher.sent
     headers = dlq.text_headers(letter.headers)
     assert letter.topic == "dlq.streams"
     assert (letter.key, letter.value) == (key, value)
     assert (headers[dlq.H_ORIGIN_PARTITION], headers[dlq.H_ORIGIN_OFFSET]) == ("2", "7")
-    assert headers[dlq.H_ERROR_REASON] == "invalid_email"
+    assert headers[dlq.H_ERROR_REASON] == "missing_required"
+    assert logged.topic == "quality.defects"
+    metrics = generate_latest(streams.registry).decode()
+    assert (
+        'erpcrm_streams_quality_defects_total{entity="customer",field="name",'
+        'outcome="dead_lettered",rule="missing_required"} 1.0'
+    ) in metrics
 
 
 def test_the_sequence_agent_forwards_bytes_with_their_position(tmp_path: Path) -> None:
@@ -194,7 +201,7 @@ def test_transient_publish_failures_are_retried_and_state_waits_for_the_acks() -
     run, harness = runner(publisher)
     message = harness.change(RES_PARTNER, "u", after=PARTNER, lsn=100)
     asyncio.run(run.handle(message))
-    assert len(publisher.sent) == 1
+    assert [m.topic for m in publisher.sent] == ["canonical.customer", "quality.defects"]
     assert harness.state.get("dedupe", "customer|erp:42")[0] == 100
     assert run.metrics.retries.labels("publish")._value.get() == 2
 
@@ -211,14 +218,17 @@ def test_a_permanent_publish_failure_leaves_state_untouched() -> None:
 def test_outputs_seen_on_the_topics_after_a_crash_are_not_published_again() -> None:
     harness = Harness()
     message = harness.change(RES_PARTNER, "u", after=PARTNER, lsn=100)
-    (already,) = harness.processor.process(message, harness.state).outbound
+    already, logged = harness.processor.process(message, harness.state).outbound
     publisher = Recorder()
-    run, fresh = runner(publisher, recent={already.output_id})
+    run, fresh = runner(publisher, recent={already.output_id, logged.output_id})
     asyncio.run(run.handle(message))
     assert publisher.sent == []
     # the state still learns the event, so the next replay is dropped by dedupe alone
     assert fresh.state.get("dedupe", "customer|erp:42")[0] == 100
     assert run.metrics.deduped.labels("erp_res_partner__customer")._value.get() == 1
+    # the log entry's defects were counted when it was published, not again
+    defects = run.metrics.quality_defects.labels("customer", "phone", "phone", "fixed")
+    assert defects._value.get() == 0
 
 
 def test_the_module_builds_its_app_lazily_from_the_environment(
@@ -254,7 +264,12 @@ def test_the_web_views_serve_metrics_and_inventory(tmp_path: Path) -> None:
     one = asyncio.run(get("/inventory/{sku}", sku="sku-00007"))
     assert one.status == 200
     item = json.loads(one.body)
-    assert (item["sku"], item["on_hand"], item["available"]) == ("SKU-00007", "10.000", "8.000")
+    assert (item["sku"], item["on_hand"], item["available"], item["oversold"]) == (
+        "SKU-00007",
+        "10.000",
+        "8.000",
+        False,
+    )
     assert asyncio.run(get("/inventory/{sku}", sku="SKU-404")).status == 404
     listing = json.loads(asyncio.run(get("/inventory")).body)
     assert [i["sku"] for i in listing["items"]] == ["SKU-00007"]
@@ -282,7 +297,7 @@ def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> 
                 )
 
     asyncio.run(scenario())
-    assert [m.topic for m in publisher.sent] == ["canonical.customer"]
+    assert [m.topic for m in publisher.sent] == ["canonical.customer", "quality.defects"]
     assert streams.state.get("dedupe", "customer|erp:42")[0] == 100
-    assert streams.state.get("reference", "cidx|erp|42")["vat"] == "DE123456789"
+    assert streams.state.get("reference", "cidx|erp|42")["vat"] == "DE136695976"
     assert list((tmp_path / "erpcrm-streams-rocks").rglob("*.db"))

@@ -312,7 +312,7 @@ PARTNER: dict[str, Any] = {
     "ref": "c00042",
     "parent_id": None,
     "is_company": True,
-    "vat": "de123456789",
+    "vat": "de136695976",
     "email": "INFO@NORDWIND.EXAMPLE.COM",
     "phone": "030/6610918",
     "website": "https://www.nordwind.example.com",
@@ -350,10 +350,10 @@ def test_an_erp_customer_becomes_a_clean_canonical_customer() -> None:
         "version": 0x1_6B3_7A28,
         "erp_id": "42",
         "crm_id": None,
-        "customer_number": "C00042",
+        "customer_number": "c00042",
         "name": "Nordwind Trading GmbH",
         "is_company": True,
-        "vat": "DE123456789",
+        "vat": "DE136695976",
         "email": "info@nordwind.example.com",
         "phone": "+49306610918",
         "website": "https://www.nordwind.example.com",
@@ -366,11 +366,12 @@ def test_an_erp_customer_becomes_a_clean_canonical_customer() -> None:
         "changed_fields": None,
         "duplicate_of": None,
         "duplicate_rule": None,
+        "quarantined_fields": None,
     }
+    assert result.quarantined == ()
     assert {(f.field, f.rule) for f in result.fixes} == {
-        ("customer_number", "upper"),
         ("name", "trim"),
-        ("vat", "upper"),
+        ("vat", "vat"),
         ("email", "email"),
         ("phone", "phone"),
         ("country_code", "country"),
@@ -440,7 +441,7 @@ def test_a_crm_soft_delete_is_a_delete_with_its_match_key() -> None:
     assert (record["op"], record["crm_id"], record["customer_number"]) == (
         "delete",
         ACCOUNT_ID,
-        "C00042",
+        "c00042",
     )
     assert record["name"] is None
     assert event.key == f"crm:{ACCOUNT_ID}"
@@ -454,19 +455,61 @@ def test_truncates_are_skipped() -> None:
 @pytest.mark.parametrize(
     ("changes", "reason", "field"),
     [
-        ({"email": "info at nordwind.example.com"}, Reason.INVALID_EMAIL, "email"),
         ({"name": "   "}, Reason.MISSING_REQUIRED, "name"),
         ({"ref": None}, Reason.MISSING_REQUIRED, "customer_number"),
-        ({"country_code": "Atlantis"}, Reason.UNKNOWN_COUNTRY, "country_code"),
-        ({"phone": "call me"}, Reason.INVALID_PHONE, "phone"),
     ],
 )
-def test_bad_customers_fail_with_a_reason(
+def test_customers_without_a_required_field_fail_with_a_reason(
     changes: dict[str, Any], reason: Reason, field: str
 ) -> None:
     result = failed(to_canonical(FLOWS["erp_res_partner__customer"], partner_event(**changes)))
     assert (result.reason, result.field) == (reason, field)
     assert result.to_error().args[0].startswith(reason.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "left_out"),
+    [
+        ({"email": "info at nordwind.example.com"}, Reason.INVALID_EMAIL, ["email"]),
+        ({"phone": "call me"}, Reason.INVALID_PHONE, ["phone"]),
+        ({"vat": "DE 136 695 977"}, Reason.INVALID_VAT, ["vat"]),
+        # No country to read the national phone number in: the phone goes too.
+        ({"country_code": "Atlantis"}, Reason.UNKNOWN_COUNTRY, ["country_code", "phone"]),
+    ],
+)
+def test_an_invalid_optional_field_is_quarantined_and_the_record_flows(
+    changes: dict[str, Any], reason: Reason, left_out: list[str]
+) -> None:
+    raw = decoded(RES_PARTNER, "u", before=PARTNER, after=PARTNER | changes)
+    result = ok(to_canonical(FLOWS["erp_res_partner__customer"], raw))
+    record = fits_schema(result.value)
+    assert sorted(record["quarantined_fields"]) == sorted(left_out)
+    assert all(record[name] is None for name in left_out)
+    # A field left out is no change: the sinks keep what the target has.
+    assert not set(left_out) & set(record["changed_fields"])
+    assert record["name"] == "Nordwind Trading GmbH"
+    assert record["email"] == (None if "email" in left_out else "info@nordwind.example.com")
+    first = result.quarantined[0]
+    assert (first.reason, first.field, first.kept) == (reason, left_out[0], False)
+    assert first.value == (PARTNER | changes)[left_out[0]]  # the column has the field's name
+
+
+def test_on_invalid_keep_carries_the_value_as_typed(tmp_path: Path) -> None:
+    text = (
+        Path(FLOWS["erp_res_partner__customer"].path)
+        .read_text()
+        .replace(
+            "clean: phone, region: country_code,",
+            "clean: phone, region: country_code, on_invalid: keep,",
+        )
+    )
+    (tmp_path / "erp_res_partner__customer.yaml").write_text(text)
+    flow = load_mappings(tmp_path)["erp_res_partner__customer"]
+    result = ok(to_canonical(flow, partner_event(phone="  call   me ")))
+    assert result.value.record["phone"] == "call me"
+    assert result.value.record["quarantined_fields"] is None
+    (kept,) = result.quarantined
+    assert (kept.field, kept.reason, kept.kept) == ("phone", Reason.INVALID_PHONE, True)
 
 
 @pytest.mark.parametrize(
@@ -572,7 +615,7 @@ def test_an_erp_product() -> None:
     )
     record = fits_schema(event.value)
     assert (record["sku"], record["product_type"], record["list_price"]) == (
-        "SKU-00007",
+        "sku-00007",
         "goods",
         Decimal("12.50"),
     )
@@ -580,10 +623,18 @@ def test_an_erp_product() -> None:
     assert record["source_tx_id"] == 771
 
 
-def test_an_unmapped_state_fails() -> None:
+def test_an_unmapped_optional_value_is_quarantined() -> None:
     raw = decoded(PRODUCT_PRODUCT, "u", after=PRODUCT | {"type": "kit"})
-    result = failed(to_canonical(FLOWS["erp_product_product__product"], raw))
-    assert (result.reason, result.field) == (Reason.UNMAPPED_VALUE, "product_type")
+    result = ok(to_canonical(FLOWS["erp_product_product__product"], raw))
+    assert result.value.record["quarantined_fields"] == ["product_type"]
+    (quarantine,) = result.quarantined
+    assert (quarantine.reason, quarantine.field) == (Reason.UNMAPPED_VALUE, "product_type")
+
+
+def test_an_unmapped_required_value_fails() -> None:
+    raw = decoded(SALE_ORDER, "u", after=ORDER | {"state": "weird"})
+    result = failed(to_canonical(FLOWS["erp_sale_order__sales_order"], raw))
+    assert (result.reason, result.field) == (Reason.UNMAPPED_VALUE, "state")
 
 
 CRM_PRODUCT = {
@@ -604,8 +655,9 @@ CRM_PRODUCT = {
     [
         ({}, {"SKU-00007"}, None, None),
         ({}, None, None, None),
+        # The catalogue is matched without regard to case or spacing; the SKU stays as typed.
+        ({"part_number": " sku-00007 "}, {"SKU-00007"}, None, None),
         ({"part_number": "OLD-1234"}, {"SKU-00007"}, Reason.UNKNOWN_SKU, "sku"),
-        ({"price": Decimal("-1.00")}, None, Reason.NEGATIVE_VALUE, "list_price"),
         ({"part_number": None}, None, Reason.MISSING_REQUIRED, "sku"),
     ],
 )
@@ -615,9 +667,19 @@ def test_crm_products_are_checked_against_the_catalogue(
     raw = decoded(AOS_PRODUCTS, "u", after=CRM_PRODUCT | changes)
     result = to_canonical(FLOWS["crm_aos_products__product"], raw, known_skus=known)
     if reason is None:
-        assert fits_schema(ok(result).value)["currency"] == "EUR"
+        record = fits_schema(ok(result).value)
+        assert record["currency"] == "EUR"
+        assert record["sku"] == str((CRM_PRODUCT | changes)["part_number"]).strip()
     else:
         assert (failed(result).reason, failed(result).field) == (reason, field)
+
+
+def test_a_negative_crm_price_is_quarantined() -> None:
+    raw = decoded(AOS_PRODUCTS, "u", after=CRM_PRODUCT | {"price": Decimal("-1.00")})
+    result = ok(to_canonical(FLOWS["crm_aos_products__product"], raw))
+    assert result.value.record["list_price"] is None
+    assert result.value.record["quarantined_fields"] == ["list_price"]
+    assert result.quarantined[0].reason is Reason.NEGATIVE_VALUE
 
 
 # ------------------------------------------------------------------ sales orders
@@ -786,7 +848,7 @@ def test_an_accepted_crm_quote_is_an_order() -> None:
     )
     assert [(line["sku"], line["quantity"]) for line in record["lines"]] == [
         ("SKU-00007", Decimal("5.000")),
-        ("SKU-00008", Decimal("1.235")),  # rounded half-up to the canonical scale
+        ("sku-00008", Decimal("1.235")),  # as typed; rounded half-up to the canonical scale
     ]
     assert record["lines"][0]["crm_id"] == "00000000-0000-4000-8000-000000000001"
     rounding = [f for f in result.fixes if f.rule == "round"]
@@ -899,20 +961,31 @@ def test_a_deleted_quant_is_removed() -> None:
     assert ok(to_stock_change(flow, raw)).value == inventory.QuantChange("1", None)
 
 
-def test_negative_and_unresolved_quants_fail() -> None:
+def test_negative_reservations_and_unresolved_quants_fail() -> None:
     flow = FLOWS["erp_stock_quant__inventory"]
-    negative = failed(to_stock_change(flow, quant_event(1, 7, 1, "-5"), lookups=SKUS))
-    assert (negative.reason, negative.field) == (Reason.NEGATIVE_VALUE, "on_hand")
+    negative = failed(to_stock_change(flow, quant_event(1, 7, 1, "5", "-1"), lookups=SKUS))
+    assert (negative.reason, negative.field) == (Reason.NEGATIVE_VALUE, "reserved")
     unknown = failed(to_stock_change(flow, quant_event(1, 99, 1, "5"), lookups=SKUS))
     assert (unknown.reason, unknown.field) == (Reason.UNRESOLVED_REFERENCE, "sku")
 
 
-def test_impossible_totals_fail() -> None:
+def test_oversold_stock_counts_and_is_flagged() -> None:
+    # +10 in one location and -3 (oversold) in another: 7 on hand, never 10.
+    flow = FLOWS["erp_stock_quant__inventory"]
+    state = inventory.InventoryState()
+    events = []
+    for raw in (quant_event(1, 7, 1, "10", lsn=100), quant_event(2, 7, 3, "-3", "5", lsn=101)):
+        change = ok(to_stock_change(flow, raw, lookups=SKUS)).value
+        for totals in inventory.apply(state, change, version=raw["source"]["lsn"]):
+            events.append(fits_schema(ok(inventory_event(flow, totals, raw)).value))
+    first, last = events
+    assert (first["on_hand"], first["available"], first["oversold"]) == (10, 10, False)
+    assert (last["on_hand"], last["reserved"], last["available"]) == (7, 5, 2)
+    assert last["oversold"] is False
+    assert [loc["on_hand"] for loc in last["locations"]] == [10, -3]
     totals = inventory.StockTotals("7", "SKU-00007", Decimal(3), Decimal(5), Decimal(-2), (), 9)
-    result = failed(
-        inventory_event(FLOWS["erp_stock_quant__inventory"], totals, quant_event(1, 7, 1, "3"))
-    )
-    assert (result.reason, result.field) == (Reason.OUT_OF_RANGE, "reserved")
+    event = ok(inventory_event(flow, totals, quant_event(1, 7, 1, "3"))).value
+    assert (fits_schema(event)["available"], event.record["oversold"]) == (-2, True)
 
 
 def test_flows_are_used_with_the_function_of_their_grain() -> None:

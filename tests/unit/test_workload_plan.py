@@ -342,7 +342,7 @@ def test_wrong_case_changes_only_the_case(value: str, seed: int) -> None:
 def _party() -> PartyValues:
     return PartyValues(
         name="Atlas Trading GmbH",
-        vat="DE123456789",
+        vat="DE136695976",
         email="info@atlas-trading.example.com",
         phone="+49 30 661 0918",
         street="Hauptstraße 5",
