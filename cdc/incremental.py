@@ -44,6 +44,7 @@ from cdc.signals import ResnapshotRequest
 
 WATERMARK_PREFIX: Final = "erpcrm.watermark"
 RETRY_INTERVAL_MS: Final = 1000
+REMEMBERED_DONE: Final = 100
 
 Row = TypeVar("Row")
 KeyText = dict[str, str]
@@ -213,15 +214,17 @@ class IncrementalSnapshots(Generic[Row]):
         self._queue: list[ResnapshotRequest] = []
         self._running = _Running()
         self._window: _Window[Row] | None = None
+        self._done: list[tuple[str, str]] = []
 
     # -- requests ---------------------------------------------------------------------
 
     def enqueue(self, request: ResnapshotRequest) -> bool:
-        """Queue ``request``; False when the same signal and table is already queued."""
-        if any(
-            (r.signal_id, r.collection) == (request.signal_id, request.collection)
-            for r in self._queue
-        ):
+        """Queue ``request``; False when already queued or done lately.
+
+        A signal the stream replays after a restart is so not carried out twice.
+        """
+        ident = (request.signal_id, request.collection)
+        if ident in self._done or any((r.signal_id, r.collection) == ident for r in self._queue):
             return False
         self._queue.append(request)
         return True
@@ -356,10 +359,19 @@ class IncrementalSnapshots(Generic[Row]):
         if run.main_done and run.retry:
             return False
         if run.main_done:
-            self._queue.pop(0)
-            self._running = _Running()
+            self.drop_running()
             return True
         return False
+
+    def drop_running(self) -> ResnapshotRequest | None:
+        """Finish (or give up) the running request; returns it."""
+        if not self._queue:
+            return None
+        request = self._queue.pop(0)
+        self._running = _Running()
+        self._window = None
+        self._done = [*self._done, (request.signal_id, request.collection)][-REMEMBERED_DONE:]
+        return request
 
     def retry_after(self, now_ms: int) -> None:
         """Rows deferred for their writers are read again no earlier than a moment later."""
@@ -371,12 +383,14 @@ class IncrementalSnapshots(Generic[Row]):
     def state(self) -> dict[str, Any] | None:
         """The queue and the running request's position after its last closed chunk.
 
-        JSON-able; None when idle. A pending chunk is not part of it.
+        JSON-able; None when nothing was ever asked. A pending chunk is not part of it;
+        the requests done lately are (to ignore their signals when replayed).
         """
-        if not self._queue:
+        if not self._queue and not self._done:
             return None
         run = self._running
         return {
+            "done": [list(d) for d in self._done],
             "queue": [r.as_json() for r in self._queue],
             "after": None if run.after is None else list(run.after),
             "until": None if run.until is None else list(run.until),
@@ -390,8 +404,10 @@ class IncrementalSnapshots(Generic[Row]):
         self._window = None
         self._running = _Running()
         self._queue = []
+        self._done = []
         if not state:
             return
+        self._done = [(str(a), str(b)) for a, b in state.get("done", [])]
         self._queue = [ResnapshotRequest.from_json(r) for r in state["queue"]]
         after, until = state.get("after"), state.get("until")
         self._running = _Running(
