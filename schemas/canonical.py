@@ -77,9 +77,10 @@ METADATA_FIELDS: Final = (
 ID_FIELDS: Final = ("erp_id", "crm_id")
 """The entity's ids in both systems (crosswalk), as far as they are known."""
 
-ANNOTATION_FIELDS: Final = ("changed_fields", "duplicate_of", "duplicate_rule")
+ANNOTATION_FIELDS: Final = ("changed_fields", "duplicate_of", "duplicate_rule", "source_snapshot")
 """Optional fields the streams stage sets about a change (which fields it changed, which
-linked record it seems to duplicate); never mapped from a source row."""
+linked record it seems to duplicate, whether a snapshot read it); never mapped from a
+source row."""
 
 SOURCE_SYSTEMS: Final = ("erp", "crm")
 OPS: Final = ("upsert", "delete")

@@ -218,7 +218,7 @@ def test_a_row_changed_inside_the_window_is_left_to_the_stream() -> None:
     assert closed is not None
     assert (closed.rows, closed.version, closed.finished) == ([1, 2], 7, True)
     assert snap.pending == ()
-    assert snap.state() is None
+    assert not snap.enqueue(request)
 
 
 def test_locked_rows_are_read_again_after_their_writers() -> None:

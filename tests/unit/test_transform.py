@@ -366,6 +366,7 @@ def test_an_erp_customer_becomes_a_clean_canonical_customer() -> None:
         "changed_fields": None,
         "duplicate_of": None,
         "duplicate_rule": None,
+        "source_snapshot": None,
     }
     assert {(f.field, f.rule) for f in result.fixes} == {
         ("customer_number", "upper"),
