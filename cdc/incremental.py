@@ -444,12 +444,18 @@ class ProgressLog:
         self._stored_lsn = lsn
 
     def record(self, lsn: int, state: Mapping[str, Any] | None) -> None:
-        """The state as of the transaction ending at ``lsn`` (LSNs only grow)."""
+        """The state as of the transaction ending at ``lsn`` (never below an earlier one)."""
+        lsn = max(lsn, self._entries[-1][0])
         self._entries.append((lsn, None if state is None else dict(state)))
 
     def at(self, lsn: int) -> dict[str, Any] | None:
-        """The state after every transaction ending at or below ``lsn``."""
-        found: dict[str, Any] | None = None
+        """The state after every transaction ending at or below ``lsn``.
+
+        Below the stored state's LSN, that state: the slot then replays transactions
+        it already counts, which is harmless (their signals are known, their chunks'
+        watermarks no longer match, their rows were acknowledged).
+        """
+        found = self._entries[0][1]
         for entry_lsn, state in self._entries:
             if entry_lsn > lsn:
                 break

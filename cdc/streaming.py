@@ -1065,6 +1065,9 @@ class CaptureWorker:
             self._incremental.chunk_read(plan, rows, until=until)
             high = Watermark(self._s.slot, chunk_id, "close")
             catalog.emit_watermark(conn, WATERMARK_PREFIX, high.encode())
+        except psycopg.errors.QueryCanceled as exc:  # statement timeout: the filter is too slow
+            self._incremental.chunk_failed()
+            self._give_up(plan, stream, f"{type(exc).__name__}: {exc}")
         except psycopg.OperationalError:
             self._incremental.chunk_failed()
             raise

@@ -275,12 +275,15 @@ def test_progress_log_holds_confirmation_until_the_state_is_stored() -> None:
     assert log.confirmable(150) == 0
     assert log.at(150) == {"queue": ["a"]}
     assert log.at(99) is None
+    log.record(120, {"queue": ["b"]})  # never below an earlier entry
+    assert log.at(101) == {"queue": ["a"]}
     log.stored(150)
     assert log.confirmable(150) == 150
     log.record(200, None)
     assert log.confirmable(250) == 150
     log.stored(250)
     assert log.at(300) is None
+    assert log.at(10) is None  # below the stored LSN: the stored state
     assert log.confirmable(300) == 300
 
 
