@@ -31,12 +31,13 @@ from tests.integration.cdc_fixtures import (
     Event,
     TopicReader,
     capture_factory,  # noqa: F401 - fixture
+    counter_table_state,
     create_probe_table,
     drop_probe_table,
     execute,
-    replay,
     unique_name,
     wait_for,
+    wait_replayed,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -120,13 +121,6 @@ class Writers:
             self.errors.append(exc)
 
 
-def _table_state(dsn: str, table: str) -> dict[int, dict[str, Any]]:
-    rows = execute(
-        dsn, sql.SQL("select id, counter, note from {}").format(sql.Identifier("public", table))
-    )
-    return {int(r[0]): {"id": int(r[0]), "counter": int(r[1]), "note": r[2]} for r in rows}
-
-
 def _resnapshot(stack_env: dict[str, str], *args: str) -> dict[str, Any]:
     """``erpcrm resnapshot --system erp … --json``; returns its JSON."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERPCRM_")}
@@ -160,17 +154,6 @@ def _histories(events: list[Event]) -> dict[int, list[Event]]:
         if event.key is not None and event.value is not None:
             by_id.setdefault(event.key["id"], []).append(event)
     return by_id
-
-
-def _catch_up(reader: TopicReader, expected: dict[int, dict[str, Any]], timeout: float) -> None:
-    try:
-        reader.wait(lambda evs: replay(evs) == expected, timeout=timeout, what="caught up")
-    except AssertionError:
-        got = replay(reader.events)
-        missing = sorted(set(expected) - set(got))[:10]
-        wrong = sorted(k for k in expected if k in got and got[k] != expected[k])[:10]
-        extra = sorted(set(got) - set(expected))[:10]
-        pytest.fail(f"state differs: missing {missing} wrong {wrong} extra {extra}")
 
 
 @pytest.fixture
@@ -212,9 +195,9 @@ def test_resnapshot_under_concurrent_writes_leaves_the_latest_image_of_every_row
         commits_during = writers.commits
     finally:
         writers.stop()
-    expected = _table_state(admin, table)
+    expected = counter_table_state(admin, table)
     with TopicReader(stack_env, [capture.topic(table)]) as reader:
-        _catch_up(reader, expected, timeout=180)
+        wait_replayed(reader, expected, timeout=180)
         events = [e for e in reader.events if e.value is not None]
 
     reads = [e for e in events if e.op == "r"]
@@ -298,9 +281,9 @@ def test_a_capture_killed_during_a_resnapshot_resumes_after_its_last_confirmed_c
     )
     capture.start().wait_streaming()
     _wait_done(capture, 1, timeout=120)
-    expected = _table_state(admin, table)
+    expected = counter_table_state(admin, table)
     with TopicReader(stack_env, [capture.topic(table)]) as reader:
-        _catch_up(reader, expected, timeout=90)
+        wait_replayed(reader, expected, timeout=90)
         reads = [e for e in reader.events if e.op == "r"]
     read_again = len(reads) - rows
     assert read_again < rows / 2, f"{read_again} rows read again: it started over"
