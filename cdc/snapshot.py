@@ -168,7 +168,12 @@ def read_chunk(
         names = [c.name for c in shape.columns]
         selected: list[sql.Composable] = [sql.Identifier(n) for n in names]
         selected += [_COMMIT_MS if commit_times else sql.SQL("NULL::text"), sql.SQL("xmax::text")]
-        selected += [sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys]
+        # The key's text, aliased: an output column named like the key would take over
+        # ORDER BY (and sort as text).
+        selected += [
+            sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"erpcrm_key_{i}"))
+            for i, k in enumerate(keys)
+        ]
         query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
             sql.SQL(", ").join(selected),
             relation,
@@ -205,7 +210,10 @@ def _highest_key(
 ) -> tuple[str, ...] | None:
     keys = [c.name for c in table.shape.key_columns]
     query = sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT 1").format(
-        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys),
+        sql.SQL(", ").join(
+            sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"erpcrm_key_{i}"))
+            for i, k in enumerate(keys)
+        ),
         sql.Identifier(table.shape.schema, table.shape.table),
         sql.SQL("WHERE {}").format(sql.SQL(" AND ").join(conditions))
         if conditions

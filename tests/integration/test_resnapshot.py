@@ -144,8 +144,13 @@ def _signals(capture: Capture, outcome: str) -> float:
     return capture.metric("erpcrm_cdc_signals_total", outcome=outcome)
 
 
-def _wait_done(capture: Capture, count: int, timeout: float) -> None:
-    wait_for(lambda: _signals(capture, "done") >= count, timeout, "the re-snapshot to finish")
+def _wait_done(capture: Capture, count: int, timeout: float, failures: int = 0) -> None:
+    def done() -> bool:
+        failed = _signals(capture, "failed")
+        assert failed <= failures, f"a re-snapshot failed:\n{capture.log()[-3000:]}"
+        return _signals(capture, "done") >= count
+
+    wait_for(done, timeout, "the re-snapshot to finish")
 
 
 def _histories(events: list[Event]) -> dict[int, list[Event]]:
@@ -244,7 +249,7 @@ def test_resnapshot_of_chosen_rows_by_key_and_filter(
     )
     bad = _resnapshot(stack_env, "--table", table, "--where", "no_such_column = 1")
     _resnapshot(stack_env, "--table", table, "--key", "id=7")
-    _wait_done(capture, 3, timeout=60)
+    _wait_done(capture, 3, timeout=60, failures=1)
     wait_for(lambda: _signals(capture, "failed") >= 1, 30, "the bad filter to fail")
     with TopicReader(stack_env, [capture.topic(table)]) as reader:
         reader.wait(lambda evs: len(evs) >= 13, timeout=60, what="the reads")
