@@ -6,6 +6,7 @@
   reported with the fix, before anything is streamed.
 * :func:`ensure_publication`: the publication exists and covers every captured table.
 * :func:`slot_state`, :func:`wal_position`: slot bookkeeping for lag and recovery.
+* :func:`emit_heartbeat`, :func:`emit_watermark`: logical messages the slots decode.
 """
 
 from __future__ import annotations
@@ -172,3 +173,20 @@ def emit_heartbeat(conn: psycopg.Connection[tuple[object, ...]], prefix: str) ->
         "select pg_logical_emit_message(false, %s, now()::text)::text", (prefix,)
     ).fetchone()
     return Lsn.parse(str(row[0])) if row else Lsn.ZERO
+
+
+def emit_watermark(conn: psycopg.Connection[tuple[object, ...]], prefix: str, content: str) -> None:
+    """Write a transactional logical message in its own transaction (autocommit ``conn``).
+
+    It reaches every slot of the database at its commit's place in the WAL, between the
+    changes committed before and after it; an incremental snapshot's watermarks.
+    """
+    conn.execute("select pg_logical_emit_message(true, %s, %s)", (prefix, content))
+
+
+def table_exists(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str) -> bool:
+    """Whether ``schema.table`` exists (and this role may see it)."""
+    row = conn.execute(
+        "select to_regclass(format('%%I.%%I', %s::text, %s::text)) is not null", (schema, table)
+    ).fetchone()
+    return bool(row and row[0])

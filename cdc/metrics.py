@@ -11,7 +11,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 @dataclass(frozen=True, slots=True)
 class CaptureMetrics:
-    """All capture metrics; labels are fixed: ``system``, ``table``, ``op``, ``reason``."""
+    """All capture metrics; fixed labels: ``system``, ``table``, ``op``, ``reason``, ``outcome``."""
 
     events: Counter
     event_bytes: Counter
@@ -27,6 +27,8 @@ class CaptureMetrics:
     heartbeats: Counter
     schema_versions: Counter
     reconnects: Counter
+    incremental_rows: Counter
+    signals: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> CaptureMetrics:
@@ -116,6 +118,19 @@ class CaptureMetrics:
                 "erpcrm_cdc_reconnects",
                 "Reconnections after a lost database or replication connection.",
                 ["system"],
+                registry=registry,
+            ),
+            incremental_rows=Counter(
+                "erpcrm_cdc_incremental_rows",
+                "Rows re-read by incremental snapshots and published (op r).",
+                ["system", "table"],
+                registry=registry,
+            ),
+            signals=Counter(
+                "erpcrm_cdc_signals",
+                "Signal rows seen, by outcome: queued, done, ignored (a table not captured "
+                "here), invalid, failed (the re-read could not run).",
+                ["system", "outcome"],
                 registry=registry,
             ),
         )

@@ -9,7 +9,9 @@ transactions not yet confirmed (downstream dedupes them by LSN).
 
 :class:`OffsetStore` keeps the confirmed position in a compacted Kafka topic. It is a
 record of progress, not the source of truth (the slot is): it lets a restarted capture
-notice that its slot vanished, which would otherwise silently skip changes.
+notice that its slot vanished, which would otherwise silently skip changes. With the
+position goes the state of running incremental snapshots (:mod:`cdc.incremental`): the
+queue and the position after the last chunk at or below that LSN.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -127,6 +131,8 @@ class CaptureOffset:
     lsn: int
     snapshot_completed: bool
     updated_ms: int
+    incremental: dict[str, Any] | None = None
+    """Incremental snapshots as of ``lsn`` (:meth:`cdc.incremental.IncrementalSnapshots.state`)."""
 
 
 class OffsetStore:
@@ -198,11 +204,29 @@ class OffsetStore:
         finally:
             consumer.close()
 
-    def save(self, offset: CaptureOffset) -> None:
-        """Record ``offset`` (asynchronously; :meth:`flush` waits)."""
+    def save(
+        self, offset: CaptureOffset, on_stored: Callable[[CaptureOffset], None] | None = None
+    ) -> None:
+        """Record ``offset`` (asynchronously; :meth:`flush` waits).
+
+        ``on_stored`` is called with it once Kafka acknowledged it (from :meth:`poll`,
+        :meth:`save` or :meth:`flush`, on the calling thread).
+        """
+
+        def delivered(err: KafkaError | None, _msg: object) -> None:
+            if err is None and on_stored is not None:
+                on_stored(offset)
+
         self._producer.produce(
-            self._topic, key=offset.slot.encode(), value=json.dumps(asdict(offset)).encode()
+            self._topic,
+            key=offset.slot.encode(),
+            value=json.dumps(asdict(offset)).encode(),
+            on_delivery=delivered,
         )
+        self._producer.poll(0)
+
+    def poll(self) -> None:
+        """Serve delivery reports of saved offsets."""
         self._producer.poll(0)
 
     def flush(self, timeout: float = 10.0) -> None:

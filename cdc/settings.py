@@ -38,6 +38,11 @@ class CaptureSettings(WorkerSettings, env_prefix="ERPCRM_CDC_"):
 
     ``dsn`` is a libpq URI for a role with REPLICATION and SELECT on the captured tables;
     it is secret because it may carry a password.
+
+    ``signal_table`` (``<schema>.<table>``, empty: no signals) is the table whose rows
+    ask for incremental re-snapshots (:mod:`cdc.signals`); ``incremental_chunk_rows``
+    rows are re-read per chunk, each chunk query limited to
+    ``incremental_statement_timeout_ms`` (0: no limit).
     """
 
     system: System = "erp"
@@ -56,6 +61,9 @@ class CaptureSettings(WorkerSettings, env_prefix="ERPCRM_CDC_"):
     toast_placeholder: str = "__debezium_unavailable_value"
     linger_ms: int = Field(default=5, ge=0)
     topic_prefix: str = ""
+    signal_table: str = "public.erpcrm_signal"
+    incremental_chunk_rows: int = Field(default=1024, ge=1)
+    incremental_statement_timeout_ms: int = Field(default=60_000, ge=0)
 
     @field_validator("tables", mode="before")
     @classmethod

@@ -812,6 +812,69 @@ def _print_reconcile(reports: list[EntityReport]) -> None:
     out.print("[green]in sync[/green]" if not drift else f"[red]{drift} drift items[/red]")
 
 
+@app.command("resnapshot")
+def resnapshot(
+    system: Annotated[SystemName, typer.Option(help="Source database.")],
+    table: Annotated[str, typer.Option(help="Table to re-read: <table> or <schema>.<table>.")],
+    where: Annotated[
+        str | None,
+        typer.Option(
+            help="SQL condition selecting the rows (run read-only under the capture role)."
+        ),
+    ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Primary key of one row to re-read, column=value (repeat per row; "
+            "a composite key as a=1,b=2)."
+        ),
+    ] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(help="Source DSN (default: the capture's, ERPCRM_CDC_DSN or the stack's)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the signal as JSON.")] = False,
+) -> None:
+    """Ask the running capture to re-read rows of a table (incremental snapshot, op "r")."""
+    import psycopg
+
+    from cdc.settings import CaptureSettings
+    from cdc.signals import SignalError, parse_key_option, request_resnapshot
+
+    if dsn:
+        os.environ["ERPCRM_CDC_DSN"] = dsn
+    _stack_defaults_into_environment(capture_dsn_of=system.value)
+    settings = CaptureSettings(system=system.literal)
+    try:
+        keys = [parse_key_option(k) for k in key] if key else None
+        with psycopg.connect(settings.dsn.get_secret_value(), autocommit=True) as conn:
+            signal_id = request_resnapshot(
+                conn, table, keys=keys, where=where, signal_table=settings.signal_table
+            )
+    except SignalError as exc:
+        raise _fail(exc) from exc
+    except psycopg.Error as exc:
+        console.print(f"[bold red]error:[/bold red] cannot write the signal: {exc}")
+        raise typer.Exit(code=1) from exc
+    summary = {
+        "signal_id": signal_id,
+        "system": system.value,
+        "table": table,
+        "where": where,
+        "keys": len(keys) if keys else None,
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    rows = f"{len(keys)} rows by key" if keys else "every row"
+    if where:
+        rows += f" where {where}"
+    out.print(
+        f"signal {signal_id}: the {system.value} capture re-reads {rows} of {table}, "
+        "in chunks, as op=r events with source.snapshot=incremental"
+    )
+
+
 def _stack_defaults_into_environment(
     *, capture_dsn_of: str | None = None, sink_dsn_of: str | None = None
 ) -> None:

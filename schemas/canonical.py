@@ -83,10 +83,11 @@ ANNOTATION_FIELDS: Final = (
     "duplicate_of",
     "duplicate_rule",
     "quarantined_fields",
+    "source_snapshot",
 )
 """Optional fields the streams stage sets about a change (which fields it changed, which
-linked record it seems to duplicate, which invalid fields it left out); never mapped from
-a source row."""
+linked record it seems to duplicate, which invalid fields it left out, whether a snapshot
+read it); never mapped from a source row."""
 
 QUARANTINED_FIELDS: Final = "quarantined_fields"
 """The annotation naming the fields left out of a record because their value was invalid:

@@ -16,11 +16,15 @@ from typing import Any, Final
 
 from schemas.canonical import METADATA_FIELDS
 
-__all__ = ["HASH_EXCLUDED", "never_noop", "payload_hash", "plain"]
+__all__ = ["HASH_EXCLUDED", "RESNAPSHOT", "is_resnapshot", "never_noop", "payload_hash", "plain"]
 
-HASH_EXCLUDED: Final = frozenset(METADATA_FIELDS) - {"op"}
+RESNAPSHOT: Final = "incremental"
+"""``source_snapshot`` of an event re-read by an incremental snapshot (Debezium's value)."""
+
+HASH_EXCLUDED: Final = (frozenset(METADATA_FIELDS) - {"op"}) | {"source_snapshot"}
 """Fields left out of the payload hash: the event's metadata, except ``op`` (a delete is
-never a no-op of an upsert with the same fields)."""
+never a no-op of an upsert with the same fields), and how the row was read (a snapshot
+read of a row hashes like the change that wrote it)."""
 
 
 def never_noop(record: Mapping[str, Any]) -> bool:
@@ -29,9 +33,19 @@ def never_noop(record: Mapping[str, Any]) -> bool:
     A record that names its ``changed_fields`` takes part in the sinks' field-level merge:
     the same values written again at a later commit time still compete (they beat an
     edit made on the other side in between), and every change of such a row must reach
-    the sinks, which track each row's local changes from them.
+    the sinks, which track each row's local changes from them. A re-snapshot
+    (:func:`is_resnapshot`) re-asserts the row in a target that may have drifted.
     """
-    return record.get("changed_fields") is not None
+    return record.get("changed_fields") is not None or is_resnapshot(record)
+
+
+def is_resnapshot(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` was re-read by an incremental snapshot an operator asked for.
+
+    Such a record is never a no-op: the target may lack the row or hold it differently
+    (drift the pipeline did not see), and the re-read is how it is repaired.
+    """
+    return record.get("source_snapshot") == RESNAPSHOT
 
 
 def plain(value: Any) -> Any:

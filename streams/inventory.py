@@ -148,7 +148,9 @@ def totals_from_quants(quants: Iterable[Quant]) -> dict[str, StockTotals]:
     return result
 
 
-def apply(state: InventoryState, change: QuantChange, *, version: int) -> list[StockTotals]:
+def apply(
+    state: InventoryState, change: QuantChange, *, version: int, reassert: bool = False
+) -> list[StockTotals]:
     """Apply one quant change and return the totals of the products whose stock changed.
 
     Args:
@@ -156,6 +158,8 @@ def apply(state: InventoryState, change: QuantChange, *, version: int) -> list[S
         change: the quant's new state (None: deleted). Applying the same change twice
             returns nothing the second time.
         version: the source LSN of the change.
+        reassert: the change is a re-snapshot: its products' totals are returned even
+            when unchanged (the target may have drifted from them).
 
     Returns:
         At most two totals (the quant may have moved between products), each with its
@@ -184,7 +188,7 @@ def apply(state: InventoryState, change: QuantChange, *, version: int) -> list[S
         if sku is None:
             sku = next((q.sku for q in quants.values() if q.sku), last.sku if last else None)
         totals = _totals(product, sku, quants.values())
-        if last is not None and last.same_stock(totals):
+        if last is not None and last.same_stock(totals) and not reassert:
             continue
         if last is None and not totals.locations and not quants:
             continue

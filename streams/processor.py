@@ -42,7 +42,9 @@ outcomes' messages, then commit the outcomes in order. If a step 1 raises, roll 
 restart the batch from its first message.
 
 Entities are deduplicated by (entity key, version) and payload hash: stale and no-op
-events are dropped and counted (:mod:`streams.dedupe`). Everything that fails goes to
+events are dropped and counted (:mod:`streams.dedupe`); a re-snapshot read
+(``source_snapshot = incremental``) is never a no-op, since the target may have drifted.
+Everything that fails goes to
 :data:`streams.dlq.DLQ_TOPIC` with the original bytes and the reason, under the
 ``dlq|skip|fail`` policy, unless it only waits for a reference (:mod:`streams.waiting`).
 """

@@ -2,11 +2,12 @@
 
 Each quant change (a row of the stock table, one product at one location) is folded
 into its product's totals by :func:`streams.inventory.apply`; a product whose totals
-changed gets an inventory event. State in the ``inventory`` table: per quant
-``q|<flow>|<quant id>`` (product, LSN), per product its quants ``qs|<flow>|<product>``
-and last published totals ``t|<flow>|<product>``. A change with a lower LSN than the
-quant's last one is stale. A quant whose product is not known yet waits
-(:mod:`streams.waiting`).
+changed gets an inventory event, and so does one whose quant a re-snapshot read again
+(``source.snapshot = incremental``: the target may have drifted from the totals). State
+in the ``inventory`` table: per quant ``q|<flow>|<quant id>`` (product, LSN), per
+product its quants ``qs|<flow>|<product>`` and last published totals
+``t|<flow>|<product>``. A change with a lower LSN than the quant's last one is stale.
+A quant whose product is not known yet waits (:mod:`streams.waiting`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from schemas.payload import RESNAPSHOT
 from streams import inventory
 from streams.crosswalk import crm_id_for
 from streams.outcome import Count, Inbound
 from streams.references import References
 from streams.state import INVENTORY, StateView
-from streams.transform import Skipped, inventory_event, to_stock_change
+from streams.transform import Skipped, inventory_event, snapshot_kind, to_stock_change
 from streams.validation import Failed, identifier_key
 from streams.waiting import Retry, Waiting
 from streams.work import Emitter, Raw, Route, UnitOfWork
@@ -117,7 +119,8 @@ class Stock:
             totals = work.get(INVENTORY, f"t|{flow.name}|{product}")
             if totals is not None:
                 state.emitted[product] = _totals(totals)
-        changed = inventory.apply(state, change, version=lsn)
+        reassert = snapshot_kind(envelope) == RESNAPSHOT
+        changed = inventory.apply(state, change, version=lsn, reassert=reassert)
         work.put(INVENTORY, quant_key, {"product": new, "lsn": lsn})
         for product in products:
             quants_now = state.quants.get(product)

@@ -19,6 +19,9 @@ Decisions:
   comparable: versions order one source system's changes; conflicts between the
   systems are settled by field ownership and ``source_ts_ms``. Events partition by
   :attr:`CanonicalEvent.key` ``<system>:<id>``.
+- ``source_snapshot``: Debezium's ``source.snapshot`` of a snapshot read (``true``,
+  ``last``, or ``incremental`` for a re-snapshot an operator asked for, which is never
+  dropped as a no-op downstream); null for a streamed change.
 - ``op``: Debezium ``c``/``u``/``r`` are ``upsert``, ``d`` is ``delete``; a row
   matching the flow's ``soft_delete`` (the CRM's ``deleted = true``) is a ``delete``
   as well. Archiving in the ERP (``active = false``) is an ``upsert`` with
@@ -157,6 +160,16 @@ class _Change:
     op: str
     row: Mapping[str, Any]
     raw: Mapping[str, Any]
+
+
+def snapshot_kind(raw: Mapping[str, Any]) -> str | None:
+    """Debezium's ``source.snapshot`` of a snapshot read; None for a streamed change.
+
+    ``true`` or ``last`` for the initial snapshot, ``incremental`` for a re-snapshot.
+    """
+    source = raw.get("source")
+    kind = source.get("snapshot") if isinstance(source, Mapping) else None
+    return str(kind) if raw.get("op") == "r" and kind not in (None, "false") else None
 
 
 def event_id(system: str, lsn: int, schema: str, table: str, key: str) -> str:
@@ -379,6 +392,7 @@ def _blank(types: Mapping[str, FieldType]) -> dict[str, Any]:
 # ------------------------------------------------------------------- changed fields
 
 CHANGED_FIELDS: Final = "changed_fields"
+SOURCE_SNAPSHOT: Final = "source_snapshot"
 
 
 def _inputs(flow: Flow) -> dict[str, frozenset[str]]:
@@ -510,6 +524,8 @@ def _record(
         version=version,
     )
     record[flow.id_field] = entity_id
+    if SOURCE_SNAPSHOT in record:
+        record[SOURCE_SNAPSHOT] = snapshot_kind(change.raw)
     if CHANGED_FIELDS in record:
         record[CHANGED_FIELDS] = changed_fields(flow, change.raw)  # refined once mapped
     if refs.crosswalk is not None:

@@ -4,7 +4,9 @@ Each cluster has its own data directory under ``.local/pg-<system>``, listens on
 TCP only, runs with ``wal_level=logical`` and is created on first start with:
 
 * the application role ``<system>_app`` owning database ``<system>`` and its demo schema;
-* ``erpcrm_capture``: LOGIN REPLICATION, read-only on the application tables;
+* ``erpcrm_capture``: LOGIN REPLICATION, read-only on the application tables; it may
+  insert into the signal table (``deploy/sql/signal.sql``, re-applied on every start,
+  in the publication) and write nothing else;
 * ``erpcrm_sink``: LOGIN, owner of the ``erpcrm_sync`` schema, allowed to use replication
   origins, and granted exactly what the sink mappings need on the demo tables
   (:mod:`sinks.grants`, re-applied on every start).
@@ -189,14 +191,29 @@ class PostgresCluster:
         return True
 
     def after_ready(self) -> None:
-        """On a new cluster: roles, database, demo schema; always: the sink's grants.
+        """On a new cluster: roles, database, demo schema; always: grants, signal table.
 
-        Idempotent. The sink's grants are re-applied on every start, so a mapping that
-        adds a table takes effect with the next ``stack up``.
+        Idempotent. The sink's grants and the capture's signal table
+        (``deploy/sql/signal.sql``) are re-applied on every start, so a mapping that adds
+        a table, or a change of the signal table, takes effect with the next ``stack up``
+        without re-creating the databases.
         """
         if not self._bootstrapped():
             self._bootstrap()
         self._grant_sink()
+        self._install_signal_table()
+
+    def _install_signal_table(self) -> None:
+        """The capture's signal table, its grants, and its place in the publication."""
+        from cdc.catalog import ensure_publication
+        from cdc.signals import SIGNAL_SCHEMA, SIGNAL_TABLE
+
+        signal_sql = self.schema_sql.parent / "signal.sql"
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            with conn.transaction():
+                conn.execute(signal_sql.read_text())  # trusted file shipped in deploy/sql
+            if self.publication_tables:
+                ensure_publication(conn, self.publication, SIGNAL_SCHEMA, (SIGNAL_TABLE,))
 
     def _grant_sink(self) -> None:
         """Least privilege for ``erpcrm_sink`` on the tables its mappings write here."""

@@ -531,6 +531,26 @@ def replay(events: Iterable[Event], field: str = "id") -> dict[Any, dict[str, An
     return state
 
 
+def wait_replayed(reader: TopicReader, expected: dict[Any, dict[str, Any]], timeout: float) -> None:
+    """Consume until the events :func:`replay` to ``expected``; else fail naming the keys."""
+    try:
+        reader.wait(lambda evs: replay(evs) == expected, timeout=timeout, what="caught up")
+    except AssertionError:
+        got = replay(reader.events)
+        missing = sorted(set(expected) - set(got))[:10]
+        wrong = sorted(k for k in expected if k in got and got[k] != expected[k])[:10]
+        extra = sorted(set(got) - set(expected))[:10]
+        pytest.fail(f"state differs: missing {missing} wrong {wrong} extra {extra}")
+
+
+def counter_table_state(dsn: str, table: str) -> dict[int, dict[str, Any]]:
+    """``public.<table>(id, counter, note)`` as :func:`replay` gives it, by id."""
+    rows = execute(
+        dsn, sql.SQL("select id, counter, note from {}").format(sql.Identifier("public", table))
+    )
+    return {int(r[0]): {"id": int(r[0]), "counter": int(r[1]), "note": r[2]} for r in rows}
+
+
 # -- probe tables ---------------------------------------------------------------------
 
 

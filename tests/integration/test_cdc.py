@@ -29,16 +29,17 @@ from tests.integration.cdc_fixtures import (
     TopicReader,
     capture_factory,  # noqa: F401 - fixture
     commit_ts_ms,
+    counter_table_state,
     create_probe_table,
     drop_probe_table,
     execute,
     json_list,
     lsn_int,
     registry_client,
-    replay,
     slot_row,
     unique_name,
     wait_for,
+    wait_replayed,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -683,13 +684,6 @@ class Writer(threading.Thread):
             self.deleted[row_id] = (self.deleted[row_id][0], self.position)
 
 
-def _table_state(dsn: str, table: str) -> dict[int, dict[str, Any]]:
-    rows = execute(
-        dsn, sql.SQL("select id, counter, note from {}").format(sql.Identifier("public", table))
-    )
-    return {int(r[0]): {"id": int(r[0]), "counter": int(r[1]), "note": r[2]} for r in rows}
-
-
 def test_snapshot_then_stream_has_no_gap_and_no_overlap(
     stack_env: dict[str, str],
     capture_factory: Callable[..., Capture],  # noqa: F811
@@ -714,16 +708,9 @@ def test_snapshot_then_stream_has_no_gap_and_no_overlap(
         writer.stop_event.set()
         writer.join(30)
         assert writer.error is None, writer.error
-        expected = _table_state(admin, table)
+        expected = counter_table_state(admin, table)
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
-            try:
-                reader.wait(lambda evs: replay(evs) == expected, timeout=90, what="caught up")
-            except AssertionError:
-                got = replay(reader.events)
-                missing = sorted(set(expected) - set(got))[:10]
-                wrong = sorted(k for k in expected if k in got and got[k] != expected[k])[:10]
-                extra = sorted(set(got) - set(expected))[:10]
-                pytest.fail(f"state differs: missing {missing} wrong {wrong} extra {extra}")
+            wait_replayed(reader, expected, timeout=90)
             events = [e for e in reader.events if e.value is not None]
     finally:
         writer.stop_event.set()

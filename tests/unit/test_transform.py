@@ -367,6 +367,7 @@ def test_an_erp_customer_becomes_a_clean_canonical_customer() -> None:
         "duplicate_of": None,
         "duplicate_rule": None,
         "quarantined_fields": None,
+        "source_snapshot": None,
     }
     assert result.quarantined == ()
     assert {(f.field, f.rule) for f in result.fixes} == {
