@@ -59,10 +59,23 @@ def parked_briefly(stack_env: dict[str, str]) -> dict[str, str]:
     return dict(stack_env, ERPCRM_STREAMS_REFERENCE_WAIT_SECONDS="5")
 
 
+DRIFT_ORIGIN = "erpcrm_drift"
+"""A replication origin the tests' captures drop like the sinks' own (``ERPCRM_CDC_ECHO_ORIGINS``).
+
+The sinks' origin itself cannot be borrowed: a running sink's session holds it, and an
+origin is active in one session at a time.
+"""
+
+
 def under_sink_origin(dsn: str, query: str, params: Any) -> list[tuple[Any, ...]]:
     """Run ``query`` in a session tagged like the sinks': its capture drops it."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_replication_origin_session_setup('erpcrm_sink')")
+        conn.execute(
+            "SELECT pg_replication_origin_create(%s) WHERE NOT EXISTS"
+            " (SELECT 1 FROM pg_replication_origin WHERE roname = %s)",
+            (DRIFT_ORIGIN, DRIFT_ORIGIN),
+        )
+        conn.execute("SELECT pg_replication_origin_session_setup(%s)", (DRIFT_ORIGIN,))
         cursor = conn.execute(query, params)
         return cursor.fetchall() if cursor.description else []
 
@@ -75,7 +88,11 @@ def streaming_pipeline(stack_env: dict[str, str], log_dir: Path) -> Iterator[Pip
     many minutes. These tests make their own records, and records waiting for a
     reference give up after 5 s.
     """
-    env = dict(parked_briefly(stack_env), ERPCRM_CDC_SNAPSHOT_MODE="never")
+    env = dict(
+        parked_briefly(stack_env),
+        ERPCRM_CDC_SNAPSHOT_MODE="never",
+        ERPCRM_CDC_ECHO_ORIGINS=json.dumps(["erpcrm_sink", DRIFT_ORIGIN]),
+    )
     with demo_pipeline(env, log_dir, settle=lambda _: None) as running:
         yield running
 
@@ -89,9 +106,9 @@ def new_customer(env: dict[str, str], timeout: float = 90) -> tuple[str, str]:
     ((partner, number),) = execute(
         env["ERP_DSN"],
         "INSERT INTO public.res_partner (name, is_company, email, phone, street, city, zip,"
-        " country_code) VALUES (%s, true, 'buyer@example.com', '+49 30 1234567',"
+        " country_code) VALUES (%s, true, %s, '+49 30 1234567',"
         " 'Hauptstrasse 1', 'Berlin', '10115', 'DE') RETURNING id::text, ref",
-        (name,),
+        (name, f"buyer-{uuid.uuid4().hex[:8]}@example.com"),
     )
 
     def linked() -> str | None:

@@ -7,6 +7,7 @@ hold whatever else has run against the stack before.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -400,7 +401,16 @@ def test_linked_customers_agree(
         "SELECT id, account_number, vat FROM public.accounts"
         " WHERE account_number BETWEEN 'C00001' AND 'C00170' ORDER BY account_number"
     ).fetchall()
-    assert [tuple(r) for r in erp_rows] == [tuple(r) for r in crm_rows]
+
+    # The pipeline's tests may have run first: the CRM then holds the VAT ids in the
+    # compact form the sinks write (the ERP owns them), the same ids.
+    def compact(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        return [
+            (row[0], row[1], None if row[2] is None else re.sub(r"[^0-9A-Z]", "", str(row[2])))
+            for row in rows
+        ]
+
+    assert compact([tuple(r) for r in erp_rows]) == compact([tuple(r) for r in crm_rows])
 
 
 def test_crm_catalogue_mirrors_the_erp(

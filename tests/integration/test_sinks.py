@@ -74,8 +74,8 @@ def test_new_crm_account_becomes_erp_customer_and_its_number_flows_back(
     account = _one(
         stack_env["CRM_DSN"],
         "INSERT INTO public.accounts (name, email, phone_office, billing_address_country, industry)"
-        " VALUES (%s, 'buyer@example.com', '+49 30 1234567', 'DE', 'Retail') RETURNING id::text",
-        (name,),
+        " VALUES (%s, %s, '+49 30 1234567', 'DE', 'Retail') RETURNING id::text",
+        (name, f"buyer-{uuid.uuid4().hex[:8]}@example.com"),
     )
     _eventually(
         stack_env["ERP_ADMIN_DSN"],
