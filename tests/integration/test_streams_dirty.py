@@ -189,6 +189,15 @@ def dirt(source: Source, row: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def _number_digits(typed: str, phone: str) -> str:
+    """The digits typed for the number itself: without the extension the phone kept."""
+    digits = _phone_digits(typed)
+    _, _, extension = phone.partition(";ext=")
+    if extension and digits.endswith(extension):
+        return digits[: -len(extension)]
+    return digits
+
+
 def _phone_digits(typed: str) -> str:
     """The digits a cleansed number must end with: no extension, no 00/0 prefix."""
     return re.sub(r"\D", "", _EXTENSION.sub("", typed.strip())).lstrip("0")
@@ -238,7 +247,7 @@ def mismatches(source: Source, row: Mapping[str, Any], record: Mapping[str, Any]
             pass
         elif phone is None or not _E164.match(phone):
             bad.append(f"{name}={phone!r} from {typed!r}")
-        elif not phone[1:].split(";")[0].endswith(_phone_digits(typed)):
+        elif not phone[1:].split(";")[0].endswith(_number_digits(typed, phone)):
             bad.append(f"{name}={phone!r} does not end in the digits of {typed!r}")
     if source.country:
         wanted, country = _trimmed(row.get(source.country)), record.get("country_code")
