@@ -47,9 +47,12 @@ Decisions:
   input columns differ (a phone also reads the country, an inferred country the VAT id
   and phone). An update that changed no mapped column (a touch, an unmapped column)
   re-asserts the fields its system owns: the owner's value always wins, so re-sending
-  it is safe, and it is how a refused edit of an owned field is repaired. An insert,
-  a snapshot read or a delete changed every mapped field; an update without a
-  ``before`` image leaves it null (unknown: every field counts as changed).
+  it is safe, and it is how a refused edit of an owned field is repaired. An insert
+  or an initial snapshot read changed every mapped field it holds a value in (an empty
+  field was written by no one, so it does not clear the other side's value); a
+  re-snapshot read (``source.snapshot = incremental``, a repair) and a delete changed
+  every mapped field; an update without a ``before`` image leaves it null (unknown:
+  every field counts as changed).
 
 Stock (flows with ``grain: location``) goes through :func:`to_stock_change`,
 :func:`streams.inventory.apply` and :func:`inventory_event` instead.
@@ -68,7 +71,7 @@ from typing import Any, Final
 
 from schemas.canonical import ID_FIELDS, QUARANTINED_FIELDS, FieldType, field_types
 from schemas.mapping import Cast, Fallback, FieldMap, Flow, Grain, OnInvalid, convert, map_key
-from schemas.payload import plain
+from schemas.payload import RESNAPSHOT, plain
 from schemas.topics import canonical_topic
 from streams.cleansing import (
     CLEANERS,
@@ -426,6 +429,10 @@ def changed_fields(
     """
     inputs = _inputs(flow)
     op = raw_event.get("op")
+    if snapshot_kind(raw_event) == RESNAPSHOT:
+        # A re-read an operator asked for (a repair): the row as it is, every field
+        # asserted, empty ones too, so a target that drifted takes the source's values.
+        return list(inputs)
     if op in ("c", "r"):
         # A new row (or a snapshot read) wrote its values; its empty fields were not
         # written by anyone, so a value on the other side is not overwritten by them.

@@ -193,12 +193,7 @@ def test_reconcile_lists_exactly_the_drift_the_pipeline_cannot_see(
         code, again = reconcile(env, "--since", since)
         return code == 0 and again["drift"] == 0
 
-    try:
-        wait_for(converged, 240, "reconcile to report no drift", interval=5.0)
-    except AssertionError as exc:
-        # Known open defect (issue 13): the re-read rows do not yet bring the drift to
-        # zero end to end. Reported as an expected failure until that is fixed.
-        pytest.xfail(f"--repair does not converge yet: {exc}")
+    wait_for(converged, 240, "reconcile to report no drift", interval=5.0)
     assert _one(crm_admin, "SELECT vat FROM public.accounts WHERE id = %s", (account,)) != (
         "XX000000001"
     )

@@ -261,6 +261,7 @@ def decoded(
     before: dict[str, Any] | None = None,
     lsn: int = 0x1_6B3_7A28,
     tx_id: int | None = 771,
+    snapshot: str = "false",
 ) -> dict[str, Any]:
     """Build a change event the way the capture stage does and decode it from Avro."""
     source = SourceInfo(
@@ -272,6 +273,7 @@ def decoded(
         table=shape.table,
         tx_id=tx_id,
         lsn=lsn,
+        snapshot=snapshot,  # type: ignore[arg-type]
     )
     datum = envelope_record(
         shape,
@@ -1060,6 +1062,20 @@ def test_inserts_and_snapshot_reads_change_every_mapped_field() -> None:
     ]  # fmt: skip
     assert _changed(decoded(RES_PARTNER, "c", after=PARTNER)) == everything
     assert _changed(decoded(RES_PARTNER, "r", after=PARTNER)) == everything
+
+
+def test_an_empty_field_clears_the_other_side_only_when_an_operator_re_reads_the_row() -> None:
+    # A first read or an insert wrote no VAT id: the other side's VAT id stays. A re-read
+    # asked for by a repair asserts the row as it is, the empty VAT id too.
+    no_vat = PARTNER | {"vat": None}
+    assert "vat" not in (_changed(decoded(RES_PARTNER, "c", after=no_vat)) or ())
+    first = decoded(RES_PARTNER, "r", after=no_vat, tx_id=None, snapshot="true")
+    assert "vat" not in (_changed(first) or ())
+    reread = decoded(RES_PARTNER, "r", after=no_vat, tx_id=None, snapshot="incremental")
+    assert _changed(reread) == [
+        "customer_number", "name", "is_company", "vat", "email", "phone",
+        "website", "street", "city", "zip", "country_code", "active",
+    ]  # fmt: skip
 
 
 def test_an_update_without_a_before_image_leaves_the_changed_fields_unknown() -> None:
