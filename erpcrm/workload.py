@@ -926,11 +926,12 @@ class _Executor:
     ) -> dict[str, Any] | None:
         """The row at position ``pick`` in [0, 1) of this run's share of the key range.
 
-        ``pick`` is placed within the share given by ``shard`` (parallel runs touch
-        disjoint rows), among rows matching ``where``. ERP keys are bigint identities,
-        CRM keys random UUIDs; either way the lookup is an index range scan from the
-        picked key, wrapping around to the first matching row. ``where`` is a constant
-        SQL condition from this module, never data.
+        ``pick`` is placed in the ``i``-th of ``n`` slices of the key range (``shard``),
+        so parallel runs rarely wait for each other's row locks; the row is the first
+        matching ``where`` from there. ERP keys are bigint identities, CRM keys random
+        UUIDs; either way the lookup is an index range scan from the picked key, wrapping
+        around to the first matching row. ``where`` is a constant SQL condition from this
+        module, never data.
         """
         index, count = self._shard
         position = (index + pick) / count
