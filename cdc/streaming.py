@@ -12,7 +12,8 @@ backoff, resuming from the slot's confirmed position):
 3. ``START_REPLICATION`` from the slot's confirmed position and stream: decode, drop
    echo transactions (sink's replication origin), build Debezium envelopes, produce.
    Rows of the signal table (:mod:`cdc.signals`) queue incremental snapshots, which
-   re-read tables in chunks between the stream's bursts (:mod:`cdc.incremental`):
+   re-read tables in chunks between the stream's bursts (:mod:`cdc.resnapshot` drives
+   the bookkeeping of :mod:`cdc.incremental`):
    low watermark, chunk, high watermark; the rows are published as ``op = "r"`` with
    ``source.snapshot = "incremental"`` when the stream reaches the high watermark,
    counted in that watermark's transaction, so they are acknowledged like its changes.
@@ -38,7 +39,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -81,22 +81,15 @@ from cdc.envelope import (
     value_schema,
 )
 from cdc.envelope_writer import EnvelopeWriter, SourceTemplate, TransactionWriter, Uncompiled
-from cdc.incremental import (
-    WATERMARK_PREFIX,
-    ChunkPlan,
-    ClosedChunk,
-    IncrementalSnapshots,
-    ProgressLog,
-    Watermark,
-)
+from cdc.incremental import WATERMARK_PREFIX, ClosedChunk
 from cdc.lsn import Lsn
 from cdc.metrics import CaptureMetrics
 from cdc.offsets import AckTracker, CaptureOffset, OffsetStore, TrackedTx
 from cdc.replication import ReplicationStream, XLogData
+from cdc.resnapshot import ResnapshotDriver
 from cdc.settings import CaptureSettings
-from cdc.signals import SignalError, parse_signal, split_table
 from cdc.snapshot import SnapshotRow
-from schemas.errors import ConfigError, PermanentError, RetriableError
+from schemas.errors import PermanentError, RetriableError
 from schemas.serde import AvroSerde, RegistryClient, WriterSchema
 from schemas.topics import raw_topic, transaction_topic
 
@@ -266,15 +259,7 @@ class CaptureWorker:
         self._unreported_bytes = 0
         self._latency = metrics.commit_to_ack_seconds.labels(settings.system)
         self._bytes = metrics.event_bytes.labels(settings.system)
-        self._signal_table = split_table(settings.signal_table) if settings.signal_table else None
-        self._signal_oid: int | None = None
-        self._incremental: IncrementalSnapshots[SnapshotRow] = IncrementalSnapshots(
-            settings.incremental_chunk_rows, self._key_columns
-        )
-        self._progress = ProgressLog()
-        self._progress_known = False
-        self._reader: psycopg.Connection[tuple[object, ...]] | None = None
-        self._commit_times = False
+        self._resnapshots = ResnapshotDriver(settings, metrics, self._captured_table)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -318,7 +303,7 @@ class CaptureWorker:
                     self._stream(conn, stream, start)
                 finally:
                     self._live_stream = None
-                    self._close_reader()
+                    self._resnapshots.close_reader()
         except psycopg.OperationalError as exc:
             raise RetriableError(f"database connection lost: {exc}") from exc
 
@@ -331,8 +316,7 @@ class CaptureWorker:
         self._dbname = stream.identify_system().dbname or self._system
         described = catalog.describe_tables(conn, s.server_name, s.source_schema, s.tables)
         catalog.ensure_publication(conn, s.publication, s.source_schema, s.tables)
-        self._prepare_signals(conn)
-        self._commit_times = snapshot.commit_times_available(conn)
+        self._resnapshots.prepare(conn)
         self._ensure_topics()
         for name, captured in described.items():
             self._install(captured)
@@ -353,7 +337,7 @@ class CaptureWorker:
                 )
             log.info("%s: resuming slot %s at %s", self._system, s.slot, state.confirmed_flush)
             self._tracker = AckTracker(state.confirmed_flush)
-            self._resume_incremental(offset, state.confirmed_flush)
+            self._resnapshots.resume(offset, state.confirmed_flush)
             return state.confirmed_flush
         if offset is not None and offset.snapshot_completed:
             raise SlotLostError(
@@ -364,10 +348,7 @@ class CaptureWorker:
             )
         with_snapshot = s.snapshot_mode == "initial"
         info = stream.create_slot(s.slot, export_snapshot=with_snapshot)
-        # A new slot starts with nothing to re-read (a fresh snapshot reads everything).
-        self._incremental.restore(None)
-        self._progress = ProgressLog(None, int(info.consistent_point))
-        self._progress_known = True
+        self._resnapshots.start_fresh(info.consistent_point)
         log.info("%s: created slot %s at %s", self._system, s.slot, info.consistent_point)
         self._save_offset(info.consistent_point, snapshot_completed=False, wait=True)
         if with_snapshot and info.snapshot_name:
@@ -504,8 +485,7 @@ class CaptureWorker:
     def _on_relation(
         self, conn: psycopg.Connection[tuple[object, ...]], relation: Relation
     ) -> None:
-        if self._signal_table == (relation.namespace, relation.name):
-            self._signal_oid = relation.oid
+        if self._resnapshots.is_signal_relation(relation):
             return
         if relation.name not in self._tables:
             return
@@ -574,7 +554,7 @@ class CaptureWorker:
             self._offsets.poll()
             if self._fatal is not None:
                 raise PermanentError(f"Kafka refused a change event: {self._fatal}")
-            self._next_chunk(conn, stream)
+            self._resnapshots.next_chunk(conn, stream)
             now = time.monotonic()
             if burst:
                 last_activity = now
@@ -619,11 +599,11 @@ class CaptureWorker:
         elif isinstance(message, Relation):
             self._on_relation(conn, message)
         elif isinstance(message, (Insert, Update, Delete)):
-            if message.relation_oid == self._signal_oid:
+            if self._resnapshots.is_signal(message.relation_oid):
                 if isinstance(message, Insert) and tx is not None and not tx.dropped:
                     self._on_signal(message, tx)
                 return
-            if self._incremental.window_pending:
+            if self._resnapshots.snapshots.window_pending:
                 # Also for echo transactions: a row the sink wrote in the window is newer
                 # than the chunk's image of it.
                 self._window_change(message)
@@ -633,7 +613,7 @@ class CaptureWorker:
             for oid in message.relation_oids:
                 if oid in self._by_oid:
                     shape = self._by_oid[oid].shape
-                    self._incremental.truncated(shape.schema, shape.table)
+                    self._resnapshots.snapshots.truncated(shape.schema, shape.table)
             if tx is not None and not tx.dropped:
                 self._truncate(message, frame.wal_start, tx)
         elif isinstance(message, LogicalMessage):
@@ -904,109 +884,30 @@ class CaptureWorker:
         self._m.transactions.labels(self._system).inc()
         self._last_commit_lsn = int(commit.commit_lsn)
         if tx.progress:
-            self._progress.record(int(commit.end_lsn), self._incremental.state())
+            self._resnapshots.record(int(commit.end_lsn))
         if self._tracker.commit(tx.token, commit.end_lsn) and tx.total:
             tx.delivery.completed()
 
-    # -- incremental snapshots --------------------------------------------------------
+    # -- incremental snapshots (driven by cdc.resnapshot) ------------------------------
 
-    def _key_columns(self, table: str) -> list[str]:
-        return [c.name for c in self._tables[table].shape.key_columns]
-
-    def _prepare_signals(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        """Find the signal table and make sure it is published; without, no signals."""
-        self._signal_oid = None
-        if self._signal_table is None:
-            return
-        schema, name = self._signal_table
-        if not catalog.table_exists(conn, schema, name):
-            log.warning(
-                "%s: no signal table %s.%s: re-snapshot signals are off (see "
-                "deploy/sql/signal.sql)",
-                self._system,
-                schema,
-                name,
-            )
-            return
-        try:
-            catalog.ensure_publication(conn, self._s.publication, schema, (name,))
-        except ConfigError as exc:
-            log.warning("%s: re-snapshot signals are off: %s", self._system, exc)
-
-    def _resume_incremental(self, offset: CaptureOffset | None, confirmed: Lsn) -> None:
-        """Continue re-snapshots where the slot resumes (chunks after it are read again)."""
-        if self._progress_known:  # a new session of this process: its own record
-            state = self._progress.at(int(confirmed))
-            self._progress = ProgressLog(state, int(confirmed))
-        else:
-            state = None if offset is None else offset.incremental
-            lsn = int(confirmed) if offset is None else min(offset.lsn, int(confirmed))
-            self._progress = ProgressLog(state, lsn)
-            self._progress_known = True
-        self._incremental.restore(state)
-        for request in self._incremental.pending:
-            log.info(
-                "%s: resuming re-snapshot %s of %s",
-                self._system,
-                request.signal_id,
-                request.collection,
-            )
+    def _captured_table(self, name: str) -> CapturedTable | None:
+        table = self._tables.get(name)
+        return None if table is None else table.captured
 
     def _on_signal(self, message: Insert, tx: _OpenTx) -> None:
         row = tuple_to_dict(self._decoder.relation(message.relation_oid), message.new)
-        signal_id = str(row.get("id"))
-        signals = self._m.signals
-        try:
-            requests = parse_signal(signal_id, str(row.get("type")), _text(row.get("data")))
-        except SignalError as exc:
-            log.error("%s: %s", self._system, exc)
-            signals.labels(self._system, "invalid").inc()
-            return
-        for request in requests:
-            if request.schema != self._s.source_schema or request.table not in self._tables:
-                log.info(
-                    "%s: signal %s: %s is not captured here; ignored",
-                    self._system,
-                    signal_id,
-                    request.collection,
-                )
-                signals.labels(self._system, "ignored").inc()
-            elif self._incremental.enqueue(request):
-                tx.progress = True
-                signals.labels(self._system, "queued").inc()
-                log.info(
-                    "%s: signal %s: re-snapshot of %s queued (%s%s)",
-                    self._system,
-                    signal_id,
-                    request.collection,
-                    "every row" if request.keys is None else f"{len(request.keys)} keys",
-                    "" if request.where is None else f" where {request.where}",
-                )
+        if self._resnapshots.on_signal(row):
+            tx.progress = True
 
     def _window_change(self, message: Insert | Update | Delete) -> None:
         table = self._by_oid.get(message.relation_oid)
         if table is None:
             return
         relation = self._decoder.relation(message.relation_oid)
-        keys = [c.name for c in table.shape.key_columns]
-        images = (
-            [message.new]
-            if isinstance(message, Insert)
-            else [message.old or message.old_key]
-            if isinstance(message, Delete)
-            else [message.new, message.old or message.old_key]
-        )
-        for image in images:
-            if image is not None:
-                row = tuple_to_dict(relation, image)
-                key = tuple(row.get(k) for k in keys)
-                self._incremental.changed(table.shape.schema, table.shape.table, key)
+        self._resnapshots.window_change(table.shape, relation, message)
 
     def _on_watermark(self, message: LogicalMessage, tx: _OpenTx) -> None:
-        mark = Watermark.decode(message.content)
-        if mark is None or mark.slot != self._s.slot:
-            return  # another capture's chunk
-        closed = self._incremental.watermark(mark, int(tx.final_lsn))
+        closed = self._resnapshots.watermark(message, int(tx.final_lsn))
         if closed is not None:
             self._emit_chunk(closed, tx)
 
@@ -1031,79 +932,7 @@ class CaptureWorker:
                 self._produce(table, row, value, tx.delivery)
                 rows.inc()
         tx.progress = True
-        if closed.finished:
-            self._m.signals.labels(self._system, "done").inc()
-            log.info(
-                "%s: re-snapshot %s of %s done", self._system, request.signal_id, request.collection
-            )
-        else:
-            self._incremental.retry_after(now_ms)
-
-    def _next_chunk(
-        self, conn: psycopg.Connection[tuple[object, ...]], stream: ReplicationStream
-    ) -> None:
-        """Read the next chunk, between its low and high watermark, if one is due."""
-        plan = self._incremental.plan(int(time.time() * 1000))
-        if plan is None:
-            return
-        table = self._tables.get(plan.request.table)
-        if table is None:
-            self._give_up(plan, stream, f"{plan.request.collection} is no longer captured")
-            return
-        chunk_id = uuid.uuid4().hex
-        self._incremental.begin_chunk(chunk_id, plan)
-        try:
-            low = Watermark(self._s.slot, chunk_id, "open")
-            catalog.emit_watermark(conn, WATERMARK_PREFIX, low.encode())
-            rows, until = snapshot.read_chunk(
-                self._chunk_reader(),
-                table.captured,
-                plan,
-                commit_times=self._commit_times,
-                statement_timeout_ms=self._s.incremental_statement_timeout_ms,
-            )
-            self._incremental.chunk_read(plan, rows, until=until)
-            high = Watermark(self._s.slot, chunk_id, "close")
-            catalog.emit_watermark(conn, WATERMARK_PREFIX, high.encode())
-        except psycopg.errors.QueryCanceled as exc:  # statement timeout: the filter is too slow
-            self._incremental.chunk_failed()
-            self._give_up(plan, stream, f"{type(exc).__name__}: {exc}")
-        except psycopg.OperationalError:
-            self._incremental.chunk_failed()
-            raise
-        except psycopg.Error as exc:
-            # The filter (operator's SQL) or the table cannot be read: this request fails,
-            # the capture goes on.
-            self._incremental.chunk_failed()
-            self._give_up(plan, stream, f"{type(exc).__name__}: {exc}")
-
-    def _give_up(self, plan: ChunkPlan, stream: ReplicationStream, reason: str) -> None:
-        request = self._incremental.drop_running()
-        self._progress.record(int(stream.received), self._incremental.state())
-        self._m.signals.labels(self._system, "failed").inc()
-        log.error(
-            "%s: re-snapshot %s of %s failed and is dropped: %s",
-            self._system,
-            request.signal_id if request else plan.request.signal_id,
-            plan.request.collection,
-            reason,
-        )
-
-    def _chunk_reader(self) -> psycopg.Connection[tuple[object, ...]]:
-        """The connection chunks are read on: REPEATABLE READ, READ ONLY, not autocommit."""
-        if self._reader is None or self._reader.closed:
-            reader = psycopg.connect(
-                self._s.dsn.get_secret_value(), application_name="erpcrm-incremental"
-            )
-            reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            reader.read_only = True
-            self._reader = reader
-        return self._reader
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._resnapshots.chunk_published(closed, now_ms)
 
     # -- progress ---------------------------------------------------------------------
 
@@ -1140,11 +969,10 @@ class CaptureWorker:
         Acknowledged by Kafka, and no state change of the incremental snapshots at or
         below it missing from the offsets topic.
         """
-        acked = self._tracker.confirmable
-        return Lsn(self._progress.confirmable(int(acked)))
+        return self._resnapshots.confirmable(self._tracker.confirmable)
 
     def _save_offset(self, lsn: Lsn, *, snapshot_completed: bool, wait: bool) -> None:
-        progress = self._progress
+        progress = self._resnapshots.progress
         self._offsets.save(
             CaptureOffset(
                 system=self._system,
@@ -1160,8 +988,3 @@ class CaptureWorker:
             self._offsets.flush()
         self._saved_lsn = lsn
         self._last_offset_save = time.monotonic()
-
-
-def _text(value: object) -> str | None:
-    """A text column's value (the signal's ``data``) as ``str``."""
-    return None if value is None else str(value)

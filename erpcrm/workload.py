@@ -717,47 +717,6 @@ def _update(cur: _Cursor, table: str, key: Any, values: Mapping[str, Any]) -> in
     return cur.rowcount
 
 
-def _pick(
-    cur: _Cursor,
-    system: System,
-    table: str,
-    columns: Sequence[str],
-    pick: float,
-    where: LiteralString = "TRUE",
-    params: Sequence[Any] = (),
-    *,
-    for_update: bool = False,
-) -> dict[str, Any] | None:
-    """The row at position ``pick`` in [0, 1) of the key range, among rows matching ``where``.
-
-    ERP keys are bigint identities, CRM keys random UUIDs; either way the lookup is an
-    index range scan from the picked key, wrapping around to the first matching row.
-    ``where`` is a constant SQL condition from this module, never data.
-    """
-    base = sql.SQL("SELECT {cols} FROM {table} WHERE ({where})").format(
-        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
-        table=_table(table),
-        where=sql.SQL(where),
-    )
-    lock = sql.SQL(" FOR UPDATE" if for_update else "")
-    start: sql.Composable
-    if system is System.ERP:
-        start = sql.SQL(
-            " AND id >= (SELECT min(id) + floor(%s * (max(id) - min(id) + 1))::bigint FROM {})"
-        ).format(_table(table))
-        start_param: Any = pick
-    else:
-        start = sql.SQL(" AND id >= %s")
-        start_param = uuid.UUID(int=min(int(pick * (1 << 128)), (1 << 128) - 1))
-    order = sql.SQL(" ORDER BY id LIMIT 1")
-    cur.execute(sql.Composed([base, start, order, lock]), [*params, start_param])
-    row = cur.fetchone()
-    if row is None:
-        cur.execute(sql.Composed([base, order, lock]), list(params))
-        row = cur.fetchone()
-    return row
-
-
 def _party_from_row(row: Mapping[str, Any], columns: Mapping[str, str]) -> PartyValues:
     fields = {f: row.get(c) for f, c in columns.items() if f != "is_company"}
     return PartyValues(
@@ -965,10 +924,39 @@ class _Executor:
         *,
         for_update: bool = False,
     ) -> dict[str, Any] | None:
-        """:func:`_pick` within this run's share of the key range (see ``shard``)."""
+        """The row at position ``pick`` in [0, 1) of this run's share of the key range.
+
+        ``pick`` is placed in the ``i``-th of ``n`` slices of the key range (``shard``),
+        so parallel runs rarely wait for each other's row locks; the row is the first
+        matching ``where`` from there. ERP keys are bigint identities, CRM keys random
+        UUIDs; either way the lookup is an index range scan from the picked key, wrapping
+        around to the first matching row. ``where`` is a constant SQL condition from this
+        module, never data.
+        """
         index, count = self._shard
         position = (index + pick) / count
-        return _pick(cur, system, table, columns, position, where, params, for_update=for_update)
+        base = sql.SQL("SELECT {cols} FROM {table} WHERE ({where})").format(
+            cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            table=_table(table),
+            where=sql.SQL(where),
+        )
+        lock = sql.SQL(" FOR UPDATE" if for_update else "")
+        start: sql.Composable
+        if system is System.ERP:
+            start = sql.SQL(
+                " AND id >= (SELECT min(id) + floor(%s * (max(id) - min(id) + 1))::bigint FROM {})"
+            ).format(_table(table))
+            start_param: Any = position
+        else:
+            start = sql.SQL(" AND id >= %s")
+            start_param = uuid.UUID(int=min(int(position * (1 << 128)), (1 << 128) - 1))
+        order = sql.SQL(" ORDER BY id LIMIT 1")
+        cur.execute(sql.Composed([base, start, order, lock]), [*params, start_param])
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(sql.Composed([base, order, lock]), list(params))
+            row = cur.fetchone()
+        return row
 
     def commit(self, system: System) -> None:
         """Commit ``system``'s open transaction and count its operations."""

@@ -4,6 +4,8 @@
 -- Loaded once into an empty database when the local stack creates the CRM cluster.
 -- The seed data is generated deterministically (generate_series, modular arithmetic and
 -- md5-derived UUIDs, no random()), so every fresh stack starts from the same rows.
+-- The customers' VAT ids come from the temporary table seed_vat, shared with the
+-- ERP seed: the stack runs deploy/sql/seed_vat.sql first, in the same session.
 --
 -- Contract used by the sync (DESIGN.md section 3):
 --   * every table has a primary key (the replica identity); ids are UUIDs, new rows
@@ -326,10 +328,13 @@ WITH gen AS (
            w.first[1 + (sa.a * 5) % 13] AS fn,
            w.last[1 + (sa.a * 3) % 23] AS ln,
            w.industry[1 + sa.a % 11] AS industry,
-           lpad(((sa.a::bigint * 982451653 + 314159265) % 1000000000)::text, 9, '0') AS digits
+           lpad(((sa.a::bigint * 982451653 + 314159265) % 1000000000)::text, 9, '0') AS digits,
+           sv.vat
     FROM seed_account AS sa
     CROSS JOIN seed_words AS w
     JOIN seed_country AS c ON c.idx = sa.a % 10
+    -- The linked accounts have their ERP customer's VAT id; prospects have none.
+    LEFT JOIN seed_vat AS sv ON sv.customer = sa.a AND sa.a <= 170
 )
 INSERT INTO public.accounts
     (id, name, account_type, industry, account_number, vat, email, phone_office, website,
@@ -343,19 +348,7 @@ SELECT
     CASE WHEN i > 170 THEN 'Prospect' ELSE 'Customer' END,
     CASE WHEN individual THEN NULL ELSE industry END,
     account_number,
-    CASE
-        WHEN i > 170 OR individual OR code = 'US' THEN NULL
-        WHEN code = 'DE' THEN 'DE' || digits
-        WHEN code = 'FR' THEN 'FR' || lpad((i % 97)::text, 2, '0') || digits
-        WHEN code = 'NL' THEN 'NL' || digits || 'B01'
-        WHEN code = 'GB' THEN 'GB' || digits
-        WHEN code = 'IT' THEN 'IT' || digits || lpad((i % 100)::text, 2, '0')
-        WHEN code = 'ES' THEN 'ESB' || substr(digits, 2)
-        WHEN code = 'AT' THEN 'ATU' || substr(digits, 2)
-        WHEN code = 'BE' THEN 'BE0' || digits
-        WHEN code = 'CH' THEN 'CHE-' || substr(digits, 1, 3) || '.' || substr(digits, 4, 3)
-                              || '.' || substr(digits, 7, 3) || ' MWST'
-    END,
+    vat,
     CASE
         WHEN i > 170 THEN
             'contact@' || lower(replace(wb, ' ', '')) || '-' || lower(replace(wa, ' ', ''))

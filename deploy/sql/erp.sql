@@ -3,6 +3,8 @@
 -- Loaded once into an empty database when the local stack creates the ERP cluster.
 -- The seed data is generated deterministically (generate_series and modular
 -- arithmetic, no random()), so every fresh stack starts from the same rows.
+-- The customers' VAT ids come from the temporary table seed_vat, shared with the
+-- CRM seed: the stack runs deploy/sql/seed_vat.sql first, in the same session.
 --
 -- Contract used by the sync (DESIGN.md section 3):
 --   * every table has a bigint identity primary key (the replica identity);
@@ -288,10 +290,12 @@ WITH words AS (
            w.b[1 + (i * 11) % 19] AS wb,
            w.first[1 + (i * 5) % 13] AS fn,
            w.last[1 + (i * 3) % 23] AS ln,
-           lpad(((i::bigint * 982451653 + 314159265) % 1000000000)::text, 9, '0') AS digits
+           lpad(((i::bigint * 982451653 + 314159265) % 1000000000)::text, 9, '0') AS digits,
+           sv.vat
     FROM generate_series(1, 300) AS i
     CROSS JOIN words AS w
     JOIN seed_country AS c ON c.idx = i % 10
+    LEFT JOIN seed_vat AS sv ON sv.customer = i  -- none for individuals and US companies
 )
 INSERT INTO public.res_partner
     (name, ref, is_company, vat, email, phone, website, street, city, zip, country_code,
@@ -300,19 +304,7 @@ SELECT
     CASE WHEN individual THEN fn || ' ' || ln ELSE wa || ' ' || wb || ' ' || suffix END,
     'C' || lpad(i::text, 5, '0'),
     NOT individual,
-    CASE
-        WHEN individual OR code = 'US' THEN NULL
-        WHEN code = 'DE' THEN 'DE' || digits
-        WHEN code = 'FR' THEN 'FR' || lpad((i % 97)::text, 2, '0') || digits
-        WHEN code = 'NL' THEN 'NL' || digits || 'B01'
-        WHEN code = 'GB' THEN 'GB' || digits
-        WHEN code = 'IT' THEN 'IT' || digits || lpad((i % 100)::text, 2, '0')
-        WHEN code = 'ES' THEN 'ESB' || substr(digits, 2)
-        WHEN code = 'AT' THEN 'ATU' || substr(digits, 2)
-        WHEN code = 'BE' THEN 'BE0' || digits
-        WHEN code = 'CH' THEN 'CHE-' || substr(digits, 1, 3) || '.' || substr(digits, 4, 3)
-                              || '.' || substr(digits, 7, 3) || ' MWST'
-    END,
+    vat,
     CASE
         WHEN individual THEN
             lower(translate(fn || '.' || replace(ln, ' ', ''), 'áéíóúüöäç', 'aeiouuoac'))

@@ -3,7 +3,8 @@
 Each cluster has its own data directory under ``.local/pg-<system>``, listens on loopback
 TCP only, runs with ``wal_level=logical`` and is created on first start with:
 
-* the application role ``<system>_app`` owning database ``<system>`` and its demo schema;
+* the application role ``<system>_app`` owning database ``<system>`` and its demo schema
+  (``deploy/sql/<system>.sql``, run after ``deploy/sql/seed_vat.sql`` in one session);
 * ``erpcrm_capture``: LOGIN REPLICATION, read-only on the application tables; it may
   insert into the signal table (``deploy/sql/signal.sql``, re-applied on every start,
   in the publication) and write nothing else;
@@ -45,6 +46,8 @@ CAPTURE_ROLE = "erpcrm_capture"
 SINK_ROLE = "erpcrm_sink"
 SYNC_SCHEMA = "erpcrm_sync"
 MIN_MAJOR = 15
+SEED_VAT_SQL = "seed_vat.sql"
+"""Beside the schema files: the demo customers' VAT ids, read by both seeds."""
 
 SERVER_SETTINGS = {
     "wal_level": "logical",
@@ -345,7 +348,10 @@ class PostgresCluster:
                     )
                 )
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(self.schema_sql.read_text())  # trusted file shipped in deploy/sql
+            # The seed's VAT ids, shared by both systems, as a temporary table the
+            # schema file reads: same session, before it (trusted files in deploy/sql).
+            conn.execute((self.schema_sql.parent / SEED_VAT_SQL).read_text())
+            conn.execute(self.schema_sql.read_text())
             for role in (CAPTURE_ROLE, SINK_ROLE):
                 conn.execute(
                     sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role))

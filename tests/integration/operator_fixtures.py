@@ -1,4 +1,9 @@
-"""What the operator tools' tests share: the CLI as a subprocess, writes no capture sees."""
+"""What the operator tools' tests share: the CLI as a subprocess, writes no capture sees.
+
+A test module gets the module-scoped fixtures ``env`` (the stack's settings, references
+given up after 5 s) and ``pipeline`` (the whole pipeline capturing from now on) by
+importing :func:`operator_env` and :func:`operator_pipeline`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.integration.cdc_fixtures import REPO, execute, wait_for
 from tests.integration.sink_fixtures import Pipeline, demo_pipeline
@@ -22,6 +28,8 @@ __all__ = [
     "erpcrm_json",
     "new_customer",
     "new_product",
+    "operator_env",
+    "operator_pipeline",
     "parked_briefly",
     "streaming_pipeline",
     "under_sink_origin",
@@ -94,6 +102,24 @@ def streaming_pipeline(stack_env: dict[str, str], log_dir: Path) -> Iterator[Pip
         ERPCRM_CDC_ECHO_ORIGINS=json.dumps(["erpcrm_sink", DRIFT_ORIGIN]),
     )
     with demo_pipeline(env, log_dir, settle=lambda _: None) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", name="env")
+def operator_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """Fixture ``env``: the stack's settings for the CLI, as the pipeline runs with them."""
+    return parked_briefly(stack_env)
+
+
+@pytest.fixture(scope="module", name="pipeline")
+def operator_pipeline(
+    env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Pipeline]:
+    """Fixture ``pipeline``: :func:`streaming_pipeline` for the module, logs in its own dir."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with streaming_pipeline(env, tmp_path_factory.mktemp(name)) as running:
         yield running
 
 

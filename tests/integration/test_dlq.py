@@ -14,7 +14,6 @@ On the real stack with both captures, the streams worker and both sinks running:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -25,8 +24,8 @@ from tests.integration.operator_fixtures import (
     erpcrm_json,
     new_customer,
     new_product,
-    parked_briefly,
-    streaming_pipeline,
+    operator_env,  # noqa: F401 - fixture env
+    operator_pipeline,  # noqa: F401 - fixture pipeline
     under_sink_origin,
 )
 from tests.integration.sink_fixtures import Pipeline
@@ -35,17 +34,6 @@ from tests.integration.test_streams import Output, OutputReader
 pytestmark = pytest.mark.integration
 
 WAIT = 90.0
-
-
-@pytest.fixture(scope="module")
-def env(stack_env: dict[str, str]) -> dict[str, str]:
-    return parked_briefly(stack_env)
-
-
-@pytest.fixture(scope="module")
-def pipeline(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    with streaming_pipeline(env, tmp_path_factory.mktemp("dlq")) as running:
-        yield running
 
 
 def dlq(env: dict[str, str], *args: str) -> Any:

@@ -46,8 +46,9 @@ def pipeline(
 def _seed_pair(env: dict[str, str], offset: int) -> dict[str, Any]:
     """A linked seed customer whose VAT id holds: ERP id, CRM id, VAT, e-mail, name, country.
 
-    The seed's VAT ids are made-up digits; only those whose check digits happen to hold
-    are matched on (the others are quarantined as invalid).
+    The seed's VAT ids all hold (``deploy/sql/seed_vat.sql``), but the databases are
+    shared with other tests, which may have given a seeded customer another one: only
+    a VAT id that still holds is matched on (an invalid one is quarantined).
     """
     rows = execute(
         env["ERP_ADMIN_DSN"],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,8 +28,8 @@ from tests.integration.operator_fixtures import (
     erpcrm_json,
     new_customer,
     new_product,
-    parked_briefly,
-    streaming_pipeline,
+    operator_env,  # noqa: F401 - fixture env
+    operator_pipeline,  # noqa: F401 - fixture pipeline
     under_sink_origin,
 )
 from tests.integration.sink_fixtures import Pipeline
@@ -38,17 +37,6 @@ from tests.integration.sink_fixtures import Pipeline
 pytestmark = pytest.mark.integration
 
 WAIT = 120.0
-
-
-@pytest.fixture(scope="module")
-def env(stack_env: dict[str, str]) -> dict[str, str]:
-    return parked_briefly(stack_env)
-
-
-@pytest.fixture(scope="module")
-def pipeline(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    with streaming_pipeline(env, tmp_path_factory.mktemp("reconcile")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

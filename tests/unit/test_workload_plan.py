@@ -32,6 +32,8 @@ from erpcrm.workload import (
     plan_party_field,
     plan_stock_move,
 )
+from streams.cleansing import clean_vat
+from streams.validation import Ok
 
 E164_SPACED = re.compile(r"\+\d{1,3}( \d+)+")
 VALID_EMAIL = re.compile(r"[^@\s<>,:]+@[^@\s<>,:]+\.[A-Za-z]{2,}")
@@ -266,6 +268,7 @@ def test_new_parties_are_clean_and_well_formed() -> None:
             else:
                 assert party.vat is not None
                 assert party.vat.startswith(party.country)
+                assert isinstance(clean_vat(party.vat, party.country), Ok), party.vat
         else:
             individuals += 1
             assert party.vat is None
