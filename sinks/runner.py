@@ -65,7 +65,11 @@ __all__ = ["RunStats", "SinkRunner"]
 
 log = logging.getLogger(__name__)
 
-_DEFERRED_RETRY_SECONDS: Final = 0.5
+_HELD_RETRY_MIN_SECONDS: Final = 0.5
+_HELD_RETRY_MAX_SECONDS: Final = 2.0
+"""Held events are tried again with every new batch; while nothing new arrives, after
+0.5 s, then twice as long each time, at most 2 s (an idle sink does not re-apply them
+in a loop)."""
 _LAG_EVERY_SECONDS: Final = 5.0
 _SUSPECTS_EVERY_SECONDS: Final = 2.0
 
@@ -135,6 +139,8 @@ class SinkRunner:
         self._clock = clock
         self._stop = threading.Event()
         self._held: dict[EntityKey, _Held] = {}
+        self._held_backoff = _HELD_RETRY_MIN_SECONDS
+        self._held_retry_at = 0.0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._lag_at = 0.0
@@ -236,9 +242,11 @@ class SinkRunner:
     def _step(self) -> None:
         batch = self._collect()
         self._expire_held()
-        for held in self._held.values():
-            for event in held.events:
-                batch.add(event)
+        fresh = bool(batch)
+        if fresh or self._clock() >= self._held_retry_at:
+            for held in self._held.values():
+                for event in held.events:
+                    batch.add(event)
         self._lag()
         self._carry_out_suspects()
         if not batch:
@@ -246,6 +254,7 @@ class SinkRunner:
         started = self._clock()
         result = self._apply(batch)
         self._account(batch, result, self._clock() - started)
+        self._schedule_held_retry(fresh)
         self._after_commit(announce=bool(result.created), dead=bool(result.dead))
         self._commit_kafka(result)
 
@@ -258,7 +267,10 @@ class SinkRunner:
         """
         assert self._consumer is not None
         batch = SinkBatch()
-        first = self._consumer.poll(_DEFERRED_RETRY_SECONDS if self._held else 1.0)
+        wait = 1.0
+        if self._held:
+            wait = min(wait, max(0.05, self._held_retry_at - self._clock()))
+        first = self._consumer.poll(wait)
         if first is None:
             return batch
         self._add(batch, first)
@@ -451,6 +463,12 @@ class SinkRunner:
 
     # --------------------------------------------------------------- held events
 
+    def _schedule_held_retry(self, fresh: bool) -> None:
+        """When held events are tried again without new events (see the constants)."""
+        backoff = _HELD_RETRY_MIN_SECONDS if fresh else self._held_backoff * 2
+        self._held_backoff = min(backoff, _HELD_RETRY_MAX_SECONDS)
+        self._held_retry_at = self._clock() + self._held_backoff
+
     def _expire_held(self) -> None:
         now = self._clock()
         expired = [
@@ -479,6 +497,8 @@ class SinkRunner:
         m = self._metrics
         in_batch = batch.keys()
         held_before = {key: self._held.pop(key) for key in in_batch if key in self._held}
+        # An event tried again was counted when it was first held: not again.
+        again = {id(e) for h in held_before.values() for e in h.events}
         newly_held = []
         held: dict[EntityKey, list[SinkEvent]] = {}
         for event in (*result.deferred, *result.waiting):
@@ -496,7 +516,7 @@ class SinkRunner:
             "applied": result.applied,
             "stale": result.stale,
             "noop": result.noop,
-            "superseded": result.superseded,
+            "superseded": tuple(e for e in result.superseded if id(e) not in again),
             "skipped": result.skipped,
             "unknown": result.unknown,
             "deferred": tuple(newly_held),
