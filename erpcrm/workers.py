@@ -123,6 +123,7 @@ def build_sink(settings: SinkSettings, registry: CollectorRegistry) -> SinkRunne
         schema=settings.sync_schema,
         announce=settings.announce,
         clock_wait_ms=int(settings.clock_wait_seconds * 1000),
+        clock_behind_max_ms=int(settings.clock_behind_max_seconds * 1000),
         duplicates=settings.duplicates,
         local_events=frozenset(f.target for f in flows.values() if f.system == settings.target),
     )

@@ -85,6 +85,7 @@ from sinks.state import (
     RowClock,
     changed_by,
     changed_times,
+    clock_wait_since,
     decide,
     last_local_change,
     merge,
@@ -292,8 +293,11 @@ class PostgresUpsertSink(Sink):
             ``erpcrm_sync.suspects`` for an operator, ``link`` it to that record, or
             ``create`` it anyway.
         clock_wait_ms: how long an event waits for the target's own events to tell the
-            fields of a recent local change of its row; after that, the change counts
-            for every field (:mod:`sinks.state`).
+            fields of a recent local change of its row, counted once the sink has read
+            own events of the entity committed after that change; after that, the
+            change counts for every field (:mod:`sinks.state`).
+        clock_behind_max_ms: the longest own events that are behind (not yet past the
+            local change) hold that count back.
         local_events: the entities the target system itself publishes (its own flows);
             for the others no own event will come, so a local change counts at once.
             None: every entity.
@@ -314,6 +318,7 @@ class PostgresUpsertSink(Sink):
         announce: bool = True,
         duplicates: Literal["hold", "link", "create"] = "hold",
         clock_wait_ms: int = 60_000,
+        clock_behind_max_ms: int = 600_000,
         local_events: Collection[str] | None = None,
         connect: Connect = psycopg.connect,
     ) -> None:
@@ -328,8 +333,12 @@ class PostgresUpsertSink(Sink):
         self._announce = announce
         self._clock_wait_ms = clock_wait_ms
         self._local_events = None if local_events is None else frozenset(local_events)
-        self._waiting: dict[tuple[str, str], int] = {}
-        """Rows an event waits for the clock of: since when (target clock, ms)."""
+        self._clock_behind_max_ms = clock_behind_max_ms
+        self._waiting: dict[tuple[str, str], tuple[int, int | None]] = {}
+        """Rows an event waits for the clock of: since when it waits, and since when
+        that wait counts (target clock, ms; :func:`sinks.state.clock_wait_since`)."""
+        self._own_seen: dict[str, int] = {}
+        """Per entity: the latest commit time of the target's own events read."""
         self._duplicates = duplicates
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
@@ -506,14 +515,19 @@ class PostgresUpsertSink(Sink):
         """Record the fields and commit times of the target's own changes in row clocks.
 
         Every event of the batch counts, not only each key's latest: each names the
-        fields its own change changed.
+        fields its own change changed. The latest commit time of the own events read
+        is kept per entity (see :meth:`_row_clock`).
         """
         id_field = f"{self.target}_id"
         by_entity: dict[str, list[tuple[str, SinkEvent]]] = {}
         for event in batch:
+            if event.source_system != self.target:
+                continue
+            seen_ms = self._own_seen.get(event.entity, -1)
+            self._own_seen[event.entity] = max(seen_ms, event.source_ts_ms)
             table = self._tables.get(event.entity)
             row_id = event.record.get(id_field)
-            if table is None or event.source_system != self.target or row_id is None:
+            if table is None or row_id is None:
                 continue
             by_entity.setdefault(event.entity, []).append((str(row_id), event))
         for entity, seen in by_entity.items():
@@ -903,30 +917,41 @@ class PostgresUpsertSink(Sink):
         """The row's clock, complete, and its last local change; None: wait for it.
 
         See :func:`sinks.state.ready_clock`; the wait counts from the first time an event
-        for the row waited in this process (a restarted sink waits afresh: its own
-        events are in the backlog it is catching up on).
+        for the row waited in this process once the sink has read own events of the
+        entity past the row's local change (:func:`sinks.state.clock_wait_since`; a
+        restarted sink waits afresh: its own events are in the backlog it is catching
+        up on).
         """
         assert item.current is not None
-        row_id = str(item.pk)
+        key = (table.entity, str(item.pk))
         facts = item.current
         current = from_row(table, facts)
-        stored = clocks.get(table.entity, row_id)
+        stored = clocks.get(*key)
         published = self._local_events is None or table.entity in self._local_events
         now_ms = facts[sql.ROW_NOW_MS]
-        since = self._waiting.get((table.entity, row_id), now_ms)
+        xmin, commit_ms = facts[sql.ROW_XMIN], facts[sql.ROW_COMMIT_MS]
+        first, since = self._waiting.get(key, (now_ms, None))
+        since = clock_wait_since(
+            first,
+            since,
+            now_ms=now_ms,
+            local_ms=last_local_change(stored, xmin, commit_ms),
+            own_seen_ms=self._own_seen.get(table.entity, -1) if published else now_ms,
+            behind_max_ms=self._clock_behind_max_ms,
+        )
         clock, local_ms, assumed = ready_clock(
             stored,
-            xmin=facts[sql.ROW_XMIN],
-            commit_ms=facts[sql.ROW_COMMIT_MS],
+            xmin=xmin,
+            commit_ms=commit_ms,
             now_ms=now_ms,
             values={f: current.get(f) for f in fields},
-            waited_ms=now_ms - since,
+            waited_ms=0 if since is None else now_ms - since,
             wait_ms=self._clock_wait_ms if published else 0,
         )
         if clock is None:
-            self._waiting[(table.entity, row_id)] = since
+            self._waiting[key] = (first, since)
             return None, local_ms
-        self._waiting.pop((table.entity, row_id), None)
+        self._waiting.pop(key, None)
         if assumed:
             if stored is not None and published:
                 log.warning(
@@ -934,11 +959,11 @@ class PostgresUpsertSink(Sink):
                     "arrived in %d ms; counting the change for every field",
                     self.target,
                     table.entity,
-                    row_id,
+                    key[1],
                     local_ms,
                     self._clock_wait_ms,
                 )
-            clocks.put(table.entity, row_id, clock)
+            clocks.put(*key, clock)
         return clock, local_ms
 
     def _insert(

@@ -40,7 +40,11 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         clock_wait_seconds: an event for a row with a local change the sink has not
             seen yet waits at most this long (while the sink runs) for the target's own
             event naming the fields that change changed; then the change counts for
-            every field. Such an event is never dead-lettered for waiting.
+            every field. The wait counts once the sink has read own events committed
+            after that change (while a capture or the streams worker is down or
+            catching up, it does not count), at most ``clock_behind_max_seconds`` after
+            the event first waited. Such an event is never dead-lettered for waiting.
+        clock_behind_max_seconds: see ``clock_wait_seconds``.
         duplicates: a new record the streams flag as a suspected duplicate of a linked
             one: ``hold`` it for an operator (``erpcrm suspects``), ``link`` it to that
             record, or ``create`` it anyway.
@@ -66,6 +70,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     linger_ms: int = Field(default=20, ge=0)
     reference_wait_seconds: float = Field(default=30.0, ge=0)
     clock_wait_seconds: float = Field(default=60.0, ge=0)
+    clock_behind_max_seconds: float = Field(default=600.0, ge=0)
     duplicates: Literal["hold", "link", "create"] = "hold"
     retry_initial_seconds: float = Field(default=0.2, gt=0)
     retry_max_seconds: float = Field(default=10.0, gt=0)

@@ -62,6 +62,7 @@ __all__ = [
     "RowClock",
     "changed_by",
     "changed_times",
+    "clock_wait_since",
     "decide",
     "last_local_change",
     "merge",
@@ -283,6 +284,41 @@ def ready_clock(
     if waited_ms < wait_ms:
         return None, local_ms, False
     return clock.assume_local(values, local_ms, first_seen=stored is None), local_ms, True
+
+
+def clock_wait_since(
+    first_ms: int,
+    since_ms: int | None,
+    *,
+    now_ms: int,
+    local_ms: int,
+    own_seen_ms: int,
+    behind_max_ms: int,
+) -> int | None:
+    """Since when an event has waited for the own event of its row's local change.
+
+    The wait (``wait_ms`` of :func:`ready_clock`) counts only once the sink has read
+    own events of the entity committed at or after that change (``own_seen_ms``, the
+    latest commit time of those read): until then the own event is still on its way
+    (a capture or the streams worker is down or catching up), and taking the change
+    for every field would let it beat later writes of the other side to fields it
+    never touched. A pipeline behind for ``behind_max_ms`` since the event first
+    waited (``first_ms``) no longer holds the wait back.
+
+    Args:
+        first_ms: when an event for the row first waited.
+        since_ms: when the wait started counting so far (None: not yet).
+        now_ms, local_ms: now and the commit time of the row's last local change.
+        own_seen_ms: the latest commit time of the entity's own events read (-1: none).
+        behind_max_ms: the longest the wait is held back by a pipeline behind.
+
+    Returns:
+        The start of the counted wait; None while the own events are behind.
+    """
+    behind = own_seen_ms < local_ms and now_ms - first_ms < behind_max_ms
+    if behind:
+        return None
+    return since_ms if since_ms is not None else now_ms
 
 
 def changed_by(record: Mapping[str, Any], fields: Iterable[str]) -> list[str]:

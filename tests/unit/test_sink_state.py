@@ -12,6 +12,7 @@ from sinks.state import (
     RowClock,
     changed_by,
     changed_times,
+    clock_wait_since,
     decide,
     merge,
     payload_hash,
@@ -193,6 +194,24 @@ def test_a_local_change_the_clock_has_not_seen_waits_for_its_own_event() -> None
     assert late is not None
     assert assumed
     assert late.local == {"email": 150, "phone": 150}
+
+
+def test_the_wait_for_an_own_event_counts_once_own_events_are_past_the_change() -> None:
+    def since(prior: int | None, now: int, own_seen: int) -> int | None:
+        return clock_wait_since(
+            1_000, prior, now_ms=now, local_ms=5_000, own_seen_ms=own_seen, behind_max_ms=60_000
+        )
+
+    # Own events read so far are older than the local change (committed at 5,000): the
+    # capture or the streams worker is behind, so the wait does not count yet ...
+    assert since(None, 30_000, 4_999) is None
+    # ... and when it was counting, a new change the stream has not reached stops it.
+    assert since(20_000, 30_000, 4_999) is None
+    # Once an own event at or after the change was read, it counts from then on.
+    assert since(None, 30_000, 5_000) == 30_000
+    assert since(30_000, 45_000, 9_000) == 30_000
+    # Own events that stay behind hold it back at most behind_max_ms after the first wait.
+    assert since(None, 61_000, -1) == 61_000
 
 
 def test_a_row_first_seen_waits_only_for_a_recent_change() -> None:
