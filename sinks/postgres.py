@@ -337,8 +337,9 @@ class PostgresUpsertSink(Sink):
         self._waiting: dict[tuple[str, str], tuple[int, int | None]] = {}
         """Rows an event waits for the clock of: since when it waits, and since when
         that wait counts (target clock, ms; :func:`sinks.state.clock_wait_since`)."""
-        self._own_seen: dict[str, int] = {}
-        """Per entity: the latest commit time of the target's own events read."""
+        self._own_seen_ms = -1
+        """The latest commit time of the target's own events read, of any entity (the
+        streams stage decides a system's changes in commit order)."""
         self._duplicates = duplicates
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
@@ -516,15 +517,14 @@ class PostgresUpsertSink(Sink):
 
         Every event of the batch counts, not only each key's latest: each names the
         fields its own change changed. The latest commit time of the own events read
-        is kept per entity (see :meth:`_row_clock`).
+        is kept (see :meth:`_row_clock`).
         """
         id_field = f"{self.target}_id"
         by_entity: dict[str, list[tuple[str, SinkEvent]]] = {}
         for event in batch:
             if event.source_system != self.target:
                 continue
-            seen_ms = self._own_seen.get(event.entity, -1)
-            self._own_seen[event.entity] = max(seen_ms, event.source_ts_ms)
+            self._own_seen_ms = max(self._own_seen_ms, event.source_ts_ms)
             table = self._tables.get(event.entity)
             row_id = event.record.get(id_field)
             if table is None or row_id is None:
@@ -917,8 +917,8 @@ class PostgresUpsertSink(Sink):
         """The row's clock, complete, and its last local change; None: wait for it.
 
         See :func:`sinks.state.ready_clock`; the wait counts from the first time an event
-        for the row waited in this process once the sink has read own events of the
-        entity past the row's local change (:func:`sinks.state.clock_wait_since`; a
+        for the row waited in this process once the sink has read own events (of any
+        entity) past the row's local change (:func:`sinks.state.clock_wait_since`; a
         restarted sink waits afresh: its own events are in the backlog it is catching
         up on).
         """
@@ -936,7 +936,7 @@ class PostgresUpsertSink(Sink):
             since,
             now_ms=now_ms,
             local_ms=last_local_change(stored, xmin, commit_ms),
-            own_seen_ms=self._own_seen.get(table.entity, -1) if published else now_ms,
+            own_seen_ms=self._own_seen_ms if published else now_ms,
             behind_max_ms=self._clock_behind_max_ms,
         )
         clock, local_ms, assumed = ready_clock(

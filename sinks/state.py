@@ -298,8 +298,9 @@ def clock_wait_since(
     """Since when an event has waited for the own event of its row's local change.
 
     The wait (``wait_ms`` of :func:`ready_clock`) counts only once the sink has read
-    own events of the entity committed at or after that change (``own_seen_ms``, the
-    latest commit time of those read): until then the own event is still on its way
+    own events committed at or after that change (``own_seen_ms``, the latest commit
+    time of those read, of any entity: the streams stage decides a system's changes in
+    commit order): until then the own event is still on its way
     (a capture or the streams worker is down or catching up), and taking the change
     for every field would let it beat later writes of the other side to fields it
     never touched. A pipeline behind for ``behind_max_ms`` since the event first
@@ -309,7 +310,7 @@ def clock_wait_since(
         first_ms: when an event for the row first waited.
         since_ms: when the wait started counting so far (None: not yet).
         now_ms, local_ms: now and the commit time of the row's last local change.
-        own_seen_ms: the latest commit time of the entity's own events read (-1: none).
+        own_seen_ms: the latest commit time of the target's own events read (-1: none).
         behind_max_ms: the longest the wait is held back by a pipeline behind.
 
     Returns:
