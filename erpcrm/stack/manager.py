@@ -138,21 +138,33 @@ class LocalStack:
             progress(f"{component.name}: {state}")
             component.launch()
         for component in pending:
-            self._wait_ready(component, progress)
+            if not self._wait_ready(component, progress):
+                # Once more: a port another process held for a moment (a client's
+                # ephemeral port) is the usual cause; a second exit is the error.
+                progress(f"{component.name}: exited during start-up; starting it again")
+                progress(component.log_tail())
+                component.launch()
+                if not self._wait_ready(component, progress):
+                    raise StackError(
+                        f"{component.name} exited during start-up; last log lines:\n"
+                        f"{component.log_tail()}"
+                    )
             component.after_ready()
             progress(f"{component.name}: ready at {component.endpoint}")
 
-    def _wait_ready(self, component: Component, progress: Progress) -> None:
+    def _wait_ready(self, component: Component, progress: Progress) -> bool:
+        """Wait until ``component`` answers (True); False: its process exited.
+
+        Raises:
+            StackError: it did not answer within its time.
+        """
         timeout = READY_TIMEOUT_SECONDS.get(component.name, DEFAULT_READY_TIMEOUT)
         started = time.monotonic()
         next_note = started + 15
         while not component.ready():
             now = time.monotonic()
             if component.pid() is None and now - started > 3:
-                raise StackError(
-                    f"{component.name} exited during start-up; last log lines:\n"
-                    f"{component.log_tail()}"
-                )
+                return False
             if now - started > timeout:
                 raise StackError(
                     f"{component.name} did not answer within {timeout:.0f}s; last log lines:\n"
@@ -162,6 +174,7 @@ class LocalStack:
                 progress(f"{component.name}: waiting ({now - started:.0f}s)")
                 next_note = now + 15
             time.sleep(0.25)
+        return True
 
     def down(self, progress: Progress = lambda _msg: None) -> None:
         """Stop every component this stack started, in reverse order."""
