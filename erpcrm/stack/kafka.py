@@ -27,8 +27,15 @@ JVM_FLAGS = ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=tru
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never one that starts with ``-`` (as Kafka's own ``Uuid.randomUuid``): the storage
+    tool would read it as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class KafkaBroker:
@@ -129,7 +136,7 @@ class KafkaBroker:
         self._write_config()
         if not (self.data / "meta.properties").exists():
             cluster_id_file = self.dir / "cluster.id"
-            if not cluster_id_file.exists():
+            if not cluster_id_file.exists() or cluster_id_file.read_text().startswith("-"):
                 cluster_id_file.write_text(_cluster_id())
             argv = self._java(
                 "kafka.tools.StorageTool",
