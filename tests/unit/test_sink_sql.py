@@ -1,3 +1,6 @@
+import uuid
+from decimal import Decimal
+
 import pytest
 from psycopg import sql as psql
 
@@ -72,12 +75,48 @@ def test_state_and_offsets() -> None:
     assert "FOR UPDATE" in text(sql.select_applied())
     assert text(
         sql.select_current(
-            ACCOUNTS, ["id", "name"], Column("account_number", "text"), predicate="deleted"
+            ACCOUNTS, ["id", "name"], [sql.Key(Column("account_number", "text"), live="deleted")]
         )
     ) == (
-        'SELECT "id", "name" FROM "public"."accounts" WHERE "account_number" = ANY(%s::text[]) '
-        'AND NOT "deleted" FOR UPDATE'
+        'SELECT "id", "name" FROM "public"."accounts" WHERE ("account_number" = '
+        'ANY(%s::text[]) AND NOT "deleted") FOR UPDATE'
     )
+
+
+def test_select_current_finds_rows_by_every_key_in_one_statement() -> None:
+    keys = [sql.Key(Column("id", "uuid")), sql.Key(Column("account_number", "text"), "deleted")]
+    assert text(sql.select_current(ACCOUNTS, ["id"], keys, lock=False)) == (
+        'SELECT "id" FROM "public"."accounts" WHERE "id" = ANY(%s::uuid[]) OR '
+        '("account_number" = ANY(%s::text[]) AND NOT "deleted")'
+    )
+    with pytest.raises(ValueError):
+        sql.select_current(ACCOUNTS, ["id"], [])
+
+
+def test_writes_return_the_transaction_id_of_the_rows_they_changed() -> None:
+    key = Column("id", "uuid")
+    update = text(
+        sql.update_rows(ACCOUNTS, key, [Column("name", "text")], returning=["id"], xmin=True)
+    )
+    assert update.endswith('RETURNING "t"."id", "t"."xmin"::text::bigint AS "_erpcrm_xmin"')
+    insert = text(sql.insert_children(ACCOUNTS, [key], returning=["id"], xmin=True))
+    assert insert.endswith('RETURNING "id", "xmin"::text::bigint AS "_erpcrm_xmin"')
+    deleted = text(sql.soft_delete_rows(ACCOUNTS, key, "deleted", returning=True))
+    assert deleted.endswith('RETURNING "t"."id", "t"."xmin"::text::bigint AS "_erpcrm_xmin"')
+    assert "RETURNING" not in text(sql.insert_children(ACCOUNTS, [key]))
+
+
+def test_parameter_arrays_hold_one_type_per_column() -> None:
+    assert sql.array("numeric", [Decimal("1.5"), 0, 2.5, None]) == [
+        Decimal("1.5"),
+        Decimal(0),
+        Decimal("2.5"),
+        None,
+    ]
+    ident = uuid.uuid4()
+    assert sql.array("uuid", [ident, str(ident), None]) == [str(ident), str(ident), None]
+    assert sql.array("bigint", ["17", 4, "-3", "x1", None]) == [17, 4, -3, "x1", None]
+    assert sql.array("boolean", [True, None]) == [True, None]
 
 
 def test_origin_and_grant() -> None:
