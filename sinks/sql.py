@@ -5,12 +5,12 @@ placeholder; nothing is interpolated. Column types (for the ``unnest`` casts) ar
 checked against :data:`PG_TYPES`. The builders return
 :class:`~psycopg.sql.Composed`; the runner passes one list per column as parameters.
 
-Multi-row writes use ``INSERT ... SELECT ... FROM unnest(%s::type[], ...)``: one round
+Multi-row writes use ``INSERT ... SELECT ... FROM unnest(%b::type[], ...)``: one round
 trip and one plan per batch, whatever its size (a ``COPY`` into a temporary staging
 table is the alternative for very large batches; ``unnest`` keeps the statement
-transactional and simple). The arrays travel in PostgreSQL's binary format
-(:func:`array`: one Python type per column, so a batch never mixes types), which costs
-the client a fraction of the text form's quoting and escaping. Updates carry an ``IS
+transactional and simple). The arrays travel in PostgreSQL's binary format (``%b``
+placeholders; :func:`array` gives each column one Python type, as a binary array needs),
+which costs the client a fraction of the text form's quoting and escaping. Updates carry an ``IS
 DISTINCT FROM`` guard so an unchanged row is not rewritten (no trigger fires, no WAL,
 no echo).
 
@@ -39,6 +39,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from psycopg import sql
+from psycopg.adapt import PyFormat
 
 __all__ = [
     "PG_TYPES",
@@ -112,6 +113,10 @@ class Table:
         return sql.Identifier(self.schema, self.name)
 
 
+_ARRAY: Final = sql.Placeholder(format=PyFormat.BINARY)
+"""A parameter array: sent in binary (``%b``), each element dumped without quoting."""
+
+
 def _type(pg_type: str) -> sql.SQL:
     # The only non-Identifier SQL fragment: a type name, checked against a fixed set.
     if pg_type not in PG_TYPES or not _NAME.fullmatch(pg_type):
@@ -154,9 +159,9 @@ def _idents(names: Sequence[str]) -> sql.Composed:
 
 
 def _unnest(columns: Sequence[Column]) -> sql.Composed:
-    """``unnest(%s::t1[], %s::t2[], ...) AS u(c1, c2, ...)``."""
+    """``unnest(%b::t1[], %b::t2[], ...) AS u(c1, c2, ...)``."""
     arrays = sql.SQL(", ").join(
-        sql.SQL("{}::{}[]").format(sql.Placeholder(), _type(c.pg_type)) for c in columns
+        sql.SQL("{}::{}[]").format(_ARRAY, _type(c.pg_type)) for c in columns
     )
     return sql.SQL("unnest({}) AS {}({})").format(
         arrays, sql.Identifier("u"), _idents([c.name for c in columns])
@@ -266,7 +271,7 @@ def row_clock_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """
     return sql.SQL(
         "SELECT row_id, written, local, horizon_ms, sink_xid, local_at_write_ms FROM {} "
-        "WHERE entity = %s AND row_id = ANY(%s::text[]) FOR UPDATE"
+        "WHERE entity = %s AND row_id = ANY(%b::text[]) FOR UPDATE"
     ).format(sql.Identifier(schema, "row_clock"))
 
 
@@ -448,7 +453,7 @@ def select_applied(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """
     return sql.SQL(
         "SELECT entity_key, version, payload_hash "
-        "FROM {} WHERE entity = %s AND entity_key = ANY(%s::text[]) FOR UPDATE"
+        "FROM {} WHERE entity = %s AND entity_key = ANY(%b::text[]) FOR UPDATE"
     ).format(sql.Identifier(schema, "applied"))
 
 
@@ -638,7 +643,7 @@ def select_current(
     matches: list[sql.Composable] = []
     for key in keys:
         match = sql.SQL("{} = ANY({}::{}[])").format(
-            sql.Identifier(key.column.name), sql.Placeholder(), _type(key.column.pg_type)
+            sql.Identifier(key.column.name), _ARRAY, _type(key.column.pg_type)
         )
         if key.live is not None:
             match = sql.SQL("({} AND NOT {})").format(match, sql.Identifier(key.live))
@@ -764,7 +769,7 @@ def soft_delete_rows(
         sql.Identifier(column),
         sql.SQL("true" if value else "false"),
         sql.Identifier("t", key.name),
-        sql.Placeholder(),
+        _ARRAY,
         _type(key.pg_type),
         sql.Identifier("t", column),
         sql.SQL("true" if value else "false"),
@@ -777,7 +782,7 @@ def soft_delete_rows(
 def delete_rows(table: Table, key: Column) -> sql.Composed:
     """Hard delete by key. Parameter: one list of keys."""
     return sql.SQL("DELETE FROM {} WHERE {} = ANY({}::{}[])").format(
-        table.ident, sql.Identifier(key.name), sql.Placeholder(), _type(key.pg_type)
+        table.ident, sql.Identifier(key.name), _ARRAY, _type(key.pg_type)
     )
 
 
