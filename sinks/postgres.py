@@ -53,7 +53,6 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from functools import cache, partial
 from typing import Any, Final, Literal
 
 import psycopg
@@ -101,6 +100,10 @@ ENTITY_ORDER: Final = ("customer", "product", "contact", "inventory", "sales_ord
 """Entities referred to come first, so one batch can create a customer and its order."""
 
 Connect = Callable[..., psycopg.Connection[Any]]
+
+_CLOCK_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+"""A row clock's field times as JSON text (one encoder for every clock of a batch:
+``json.dumps`` with options builds a new encoder per call)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +186,8 @@ class _Clocks:
             (
                 [e for e, _ in keys],
                 [r for _, r in keys],
-                [json.dumps(c.written, sort_keys=True) for c in clocks],
-                [json.dumps(c.local, sort_keys=True) for c in clocks],
+                [_CLOCK_JSON(c.written) for c in clocks],
+                [_CLOCK_JSON(c.local) for c in clocks],
                 [c.horizon_ms for c in clocks],
                 [c.sink_xid for c in clocks],
                 [c.local_at_write_ms for c in clocks],
@@ -209,6 +212,22 @@ class _Outcome:
     held: list[_Item] = field(default_factory=list)
     recorded: list[tuple[SinkEvent, str]] = field(default_factory=list)
     announce: list[tuple[SinkEvent, str]] = field(default_factory=list)
+
+
+def _lazy_digest(record: Mapping[str, Any]) -> Callable[[], str]:
+    """``payload_hash(record)``, computed on the first call only (then remembered).
+
+    A closure, not ``functools.cache``: one is made per event, and building a cached
+    wrapper costs more than most events need.
+    """
+    memo: list[str] = []
+
+    def digest() -> str:
+        if not memo:
+            memo.append(payload_hash(record))
+        return memo[0]
+
+    return digest
 
 
 def _is_id_field(name: str) -> bool:
@@ -570,7 +589,7 @@ class PostgresUpsertSink(Sink):
             known = stored.get(event.key)
             # Hashed only when the version does not settle it: a replay is decided
             # without hashing anything.
-            digest = cache(partial(payload_hash, event.record))
+            digest = _lazy_digest(event.record)
             verdict = decide(known, event.version, digest, merged=never_noop(event.record))
             if verdict is Decision.SKIP_STALE:
                 out.stale.append(event)
