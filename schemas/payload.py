@@ -70,12 +70,7 @@ def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUD
     """
     skipped = exclude if isinstance(exclude, frozenset) else frozenset(exclude)
     payload = {k: v for k, v in record.items() if k not in skipped}
-    # The C encoder walks the containers; only decimals, times and other mappings reach
-    # ``_plain_leaf``, which gives them the forms ``plain`` gives.
-    text = json.dumps(
-        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain_leaf
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_PAYLOAD_JSON(payload).encode("utf-8")).hexdigest()
 
 
 def _plain_leaf(value: Any) -> Any:
@@ -84,3 +79,11 @@ def _plain_leaf(value: Any) -> Any:
     if isinstance(value, Decimal | datetime | date):
         return plain(value)
     raise TypeError(f"{type(value).__name__} has no payload form")
+
+
+# The C encoder walks the containers; only decimals, times and other mappings reach
+# ``_plain_leaf``, which gives them the forms ``plain`` gives. Built once: json.dumps
+# with options builds an encoder per call, a cost every event paid.
+_PAYLOAD_JSON: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain_leaf
+).encode

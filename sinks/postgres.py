@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -102,6 +101,10 @@ ENTITY_ORDER: Final = ("customer", "product", "contact", "inventory", "sales_ord
 
 Connect = Callable[..., psycopg.Connection[Any]]
 
+_CLOCK_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+"""A row clock's field times as JSON text (one encoder for every clock of a batch:
+``json.dumps`` with options builds a new encoder per call)."""
+
 
 @dataclass(frozen=True, slots=True)
 class QueuedDeadLetter:
@@ -145,14 +148,13 @@ class _Clocks:
         self._schema = schema
         self._clocks: dict[tuple[str, str], RowClock | None] = {}
         self._dirty: set[tuple[str, str]] = set()
-        self.xid: int | None = None
 
     def load(self, cur: psycopg.Cursor[dict[str, Any]], entity: str, rows: Iterable[str]) -> None:
         """Read (and lock) the clocks of ``rows`` not read yet."""
         wanted = sorted({r for r in rows if (entity, r) not in self._clocks})
         if not wanted:
             return
-        cur.execute(sql.row_clock_select(self._schema), (entity, wanted))
+        cur.execute(sql.row_clock_select(self._schema), (entity, wanted), binary=True)
         for r in cur.fetchall():
             self._clocks[(entity, r["row_id"])] = RowClock(
                 written=dict(r["written"]),
@@ -173,15 +175,6 @@ class _Clocks:
         self._clocks[(entity, row_id)] = clock
         self._dirty.add((entity, row_id))
 
-    def own_xid(self, cur: psycopg.Cursor[dict[str, Any]]) -> int:
-        """The batch transaction's id (what ``xmin`` of the rows it writes shows)."""
-        if self.xid is None:
-            cur.execute(sql.current_xid())
-            row = cur.fetchone()
-            assert row is not None
-            self.xid = int(next(iter(row.values())))
-        return self.xid
-
     def save(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
         """Store the changed clocks with one statement."""
         if not self._dirty:
@@ -193,12 +186,13 @@ class _Clocks:
             (
                 [e for e, _ in keys],
                 [r for _, r in keys],
-                [json.dumps(c.written, sort_keys=True) for c in clocks],
-                [json.dumps(c.local, sort_keys=True) for c in clocks],
+                [_CLOCK_JSON(c.written) for c in clocks],
+                [_CLOCK_JSON(c.local) for c in clocks],
                 [c.horizon_ms for c in clocks],
                 [c.sink_xid for c in clocks],
                 [c.local_at_write_ms for c in clocks],
             ),
+            binary=True,
         )
         self._dirty.clear()
 
@@ -218,6 +212,22 @@ class _Outcome:
     held: list[_Item] = field(default_factory=list)
     recorded: list[tuple[SinkEvent, str]] = field(default_factory=list)
     announce: list[tuple[SinkEvent, str]] = field(default_factory=list)
+
+
+def _lazy_digest(record: Mapping[str, Any]) -> Callable[[], str]:
+    """``payload_hash(record)``, computed on the first call only (then remembered).
+
+    A closure, not ``functools.cache``: one is made per event, and building a cached
+    wrapper costs more than most events need.
+    """
+    memo: list[str] = []
+
+    def digest() -> str:
+        if not memo:
+            memo.append(payload_hash(record))
+        return memo[0]
+
+    return digest
 
 
 def _is_id_field(name: str) -> bool:
@@ -462,38 +472,45 @@ class PostgresUpsertSink(Sink):
             )
             for entity in order:
                 self._apply_entity(cur, entity, by_entity[entity], batch, clocks, out)
-            clocks.save(cur)
-            if out.conflicts:
-                cur.execute(
-                    sql.conflicts_insert(self._schema), self._conflict_params(out.conflicts)
-                )
-            if out.recorded:
-                cur.execute(
-                    sql.applied_upsert(self._schema),
-                    (
-                        [e.entity for e, _ in out.recorded],
-                        [e.key for e, _ in out.recorded],
-                        [e.version for e, _ in out.recorded],
-                        [d for _, d in out.recorded],
-                    ),
-                )
-            if out.announce and self._announce:
-                cur.execute(
-                    sql.announce_insert(self._schema),
-                    (
-                        [e.entity for e, _ in out.announce],
-                        [e.key for e, _ in out.announce],
-                        [pk for _, pk in out.announce],
-                    ),
-                )
-            if out.held:
-                self._hold(cur, out.held)
-            for event, error in out.dead:
-                self._queue_dead_letter(cur, event, error)
-            held = [*out.deferred, *out.waiting]
-            offsets = safe_offsets(batch.next_offsets(), held) if store_offsets else {}
-            if offsets:
-                self._store_offsets(cur, offsets)
+            # What is left writes state only and reads nothing back: one pipeline, one
+            # round trip, then COMMIT.
+            with conn.pipeline():
+                clocks.save(cur)
+                if out.conflicts:
+                    cur.execute(
+                        sql.conflicts_insert(self._schema),
+                        self._conflict_params(out.conflicts),
+                        binary=True,
+                    )
+                if out.recorded:
+                    cur.execute(
+                        sql.applied_upsert(self._schema),
+                        (
+                            [e.entity for e, _ in out.recorded],
+                            [e.key for e, _ in out.recorded],
+                            [e.version for e, _ in out.recorded],
+                            [d for _, d in out.recorded],
+                        ),
+                        binary=True,
+                    )
+                if out.announce and self._announce:
+                    cur.execute(
+                        sql.announce_insert(self._schema),
+                        (
+                            [e.entity for e, _ in out.announce],
+                            [e.key for e, _ in out.announce],
+                            [pk for _, pk in out.announce],
+                        ),
+                        binary=True,
+                    )
+                if out.held:
+                    self._hold(cur, out.held)
+                for event, error in out.dead:
+                    self._queue_dead_letter(cur, event, error)
+                held = [*out.deferred, *out.waiting]
+                offsets = safe_offsets(batch.next_offsets(), held) if store_offsets else {}
+                if offsets:
+                    self._store_offsets(cur, offsets)
         return WriteResult(
             applied=tuple(out.applied),
             stale=tuple(out.stale),
@@ -564,19 +581,21 @@ class PostgresUpsertSink(Sink):
             (taken if table.accepts(event.record) else out.skipped).append(event)
         if not taken:
             return
-        cur.execute(sql.select_applied(self._schema), (entity, [e.key for e in taken]))
+        cur.execute(sql.select_applied(self._schema), (entity, [e.key for e in taken]), binary=True)
         stored = {r["entity_key"]: Applied(r["version"], r["payload_hash"]) for r in cur.fetchall()}
         fields = _merged_fields(table)
         items: list[_Item] = []
         for event in taken:
-            digest = payload_hash(event.record)
             known = stored.get(event.key)
+            # Hashed only when the version does not settle it: a replay is decided
+            # without hashing anything.
+            digest = _lazy_digest(event.record)
             verdict = decide(known, event.version, digest, merged=never_noop(event.record))
             if verdict is Decision.SKIP_STALE:
                 out.stale.append(event)
             elif verdict is Decision.SKIP_NOOP:
                 out.noop.append(event)
-                out.recorded.append((event, digest))
+                out.recorded.append((event, digest()))
             else:
                 floor = known.version if known is not None else -1
                 history = tuple(
@@ -585,7 +604,7 @@ class PostgresUpsertSink(Sink):
                 history = tuple(sorted(history, key=lambda e: e.version)) or (event,)
                 record = {**event.record, KEY: event.key}
                 changed = changed_times((e.record for e in history), fields)
-                items.append(_Item(event, record, known, digest, history, changed))
+                items.append(_Item(event, record, known, digest(), history, changed))
         if not items:
             return
         items = self._fill_references(cur, table, items, out)
@@ -605,7 +624,11 @@ class PostgresUpsertSink(Sink):
         items: list[_Item],
         out: _Outcome,
     ) -> list[_Item]:
-        """Fill missing reference ids from the target; defer items still missing one."""
+        """Fill missing reference ids from the target; defer items still missing one.
+
+        One lookup per reference: every locator's values together, and per holder the
+        strongest locator that found a row.
+        """
         for ref in table.refs:
             holders: list[dict[str, Any]] = []
             for item in items:
@@ -617,17 +640,10 @@ class PostgresUpsertSink(Sink):
                     holders.extend(line for line in lines if line.get(ref.field) is None)
                 elif item.record.get(ref.field) is None:
                     holders.append(item.record)
-            for locator in ref.by:
-                pending = [h for h in holders if h.get(ref.field) is None]
-                values = {str(v) for h in pending if (v := _safe(locator, h)) is not None}
-                if not values:
-                    continue
-                rows = self._lookup(cur, ref.ref, [ref.column], locator, values, lock=False)
-                for holder in pending:
-                    value = _safe(locator, holder)
-                    row = rows.get(str(value)) if value is not None else None
-                    if row is not None:
-                        holder[ref.field] = str(row[ref.column])
+            found = self._find(cur, ref.ref, [ref.column], ref.by, holders, lock=False)
+            for holder, row in zip(holders, found, strict=True):
+                if row is not None:
+                    holder[ref.field] = str(row[ref.column])
         kept: list[_Item] = []
         for item in items:
             if item.event.op != "delete" and self._missing_required(table, item.record):
@@ -654,29 +670,55 @@ class PostgresUpsertSink(Sink):
                 return True
         return False
 
-    def _lookup(
+    def _find(
         self,
         cur: psycopg.Cursor[dict[str, Any]],
         ref: sql.Table,
         columns: Sequence[str],
-        locator: Locator,
-        values: Iterable[Any],
+        locators: Sequence[Locator],
+        records: Sequence[Mapping[str, Any]],
         *,
         lock: bool,
-    ) -> dict[str, dict[str, Any]]:
-        """Rows of ``ref`` whose ``locator.column`` is one of ``values``, by that value."""
-        names = list(dict.fromkeys([*columns, locator.column]))
-        query = sql.select_current(
-            ref,
-            names,
-            sql.Column(locator.column, locator.pg_type),
-            predicate=locator.dead,
-            lock=lock,
-            row_facts=lock,
-        )
-        params = [_param(v, locator.pg_type) for v in values]
-        cur.execute(query, (params,))
-        return {str(r[locator.column]): r for r in cur.fetchall()}
+    ) -> list[dict[str, Any] | None]:
+        """Per record, the row of ``ref`` its strongest locator finds (None: none does).
+
+        One statement for the whole batch, whatever the number of locators: rows
+        matching any locator's values come back (and with ``lock``, locked, with their
+        row facts), and each record takes the first locator, in order, that matched. A
+        row a locator with ``dead`` matched only counts while it is live.
+        """
+        wanted = [[_safe(locator, record) for locator in locators] for record in records]
+        keys: list[sql.Key] = []
+        params: list[list[Any]] = []
+        for index, locator in enumerate(locators):
+            values = {str(v) for found in wanted if (v := found[index]) is not None}
+            if values:
+                keys.append(sql.Key(sql.Column(locator.column, locator.pg_type), locator.dead))
+                params.append(
+                    sql.array(locator.pg_type, (_param(v, locator.pg_type) for v in values))
+                )
+        if not keys:
+            return [None] * len(records)
+        names = [*columns, *(k.column.name for k in keys), *(k.live for k in keys if k.live)]
+        query = sql.select_current(ref, list(dict.fromkeys(names)), keys, lock=lock, row_facts=lock)
+        cur.execute(query, params, binary=True)
+        rows = cur.fetchall()
+        # Per locator, its matches by value (only live rows for a locator with ``dead``).
+        matches: list[dict[str, dict[str, Any]]] = []
+        for index, locator in enumerate(locators):
+            if not any(found[index] is not None for found in wanted):
+                matches.append({})
+                continue
+            dead = locator.dead
+            matches.append({str(r[locator.column]): r for r in rows if dead is None or not r[dead]})
+        result: list[dict[str, Any] | None] = []
+        for found in wanted:
+            row = None
+            for index, value in enumerate(found):
+                if value is not None and (row := matches[index].get(str(value))) is not None:
+                    break
+            result.append(row)
+        return result
 
     # -- locating ---------------------------------------------------------------------
 
@@ -687,18 +729,14 @@ class PostgresUpsertSink(Sink):
         columns = [table.pk, *(c.column for c in table.columns), *sorted(table.generated)]
         if table.modified:
             columns.append(table.modified)
-        for locator in table.locators:
-            open_items = [i for i in items if i.current is None]
-            values = {str(v) for i in open_items if (v := _safe(locator, i.record)) is not None}
-            if not values:
-                continue
-            rows = self._lookup(cur, table.ref, columns, locator, values, lock=True)
-            for item in open_items:
-                value = _safe(locator, item.record)
-                row = rows.get(str(value)) if value is not None else None
-                if row is not None:
-                    item.current = row
-                    item.pk = row[table.pk]
+        open_items = [i for i in items if i.current is None]
+        found = self._find(
+            cur, table.ref, columns, table.locators, [i.record for i in open_items], lock=True
+        )
+        for item, row in zip(open_items, found, strict=True):
+            if row is not None:
+                item.current = row
+                item.pk = row[table.pk]
 
     # -- deletes ----------------------------------------------------------------------
 
@@ -716,18 +754,18 @@ class PostgresUpsertSink(Sink):
             out.recorded.append((item.event, item.digest))
         if not found or table.delete is DeleteMode.IGNORE:
             return
-        pks = [i.pk for i in found]
+        pks = sql.array(table.pk_type, (i.pk for i in found))
         if table.delete is DeleteMode.HARD:
-            cur.execute(sql.delete_rows(table.ref, table.pk_column), (pks,))
+            cur.execute(sql.delete_rows(table.ref, table.pk_column), (pks,), binary=True)
             return
         column, value = table.delete_flag
         cur.execute(
             sql.soft_delete_rows(table.ref, table.pk_column, column, value=value, returning=True),
             (pks,),
+            binary=True,
         )
         # Only a row the statement changed has the sink's transaction as its xmin.
-        marked = {str(r[table.pk]) for r in cur.fetchall()}
-        xid = clocks.own_xid(cur) if marked else None
+        marked = {str(r[table.pk]): r[sql.ROW_XMIN] for r in cur.fetchall()}
         for item in found:
             assert item.current is not None
             row_id = str(item.pk)
@@ -735,9 +773,7 @@ class PostgresUpsertSink(Sink):
             last_local = last_local_change(
                 clock, item.current[sql.ROW_XMIN], item.current[sql.ROW_COMMIT_MS]
             )
-            after = clock.after_write(
-                {}, xid=xid if row_id in marked else None, last_local_ms=last_local
-            )
+            after = clock.after_write({}, xid=marked.get(row_id), last_local_ms=last_local)
             clocks.put(table.entity, row_id, after)
 
     # -- upserts ----------------------------------------------------------------------
@@ -774,7 +810,8 @@ class PostgresUpsertSink(Sink):
                 first = str(item.row[table.locators[0].column])
                 inserts[first] = _latest(inserts.get(first), item, out)
                 continue
-            clock, local_ms = self._row_clock(table, item, clocks, fields)
+            current = from_row(table, item.current)
+            clock, local_ms = self._row_clock(table, item, current, clocks, fields)
             if clock is None:
                 out.waiting.extend(item.history)
                 continue
@@ -786,7 +823,7 @@ class PostgresUpsertSink(Sink):
                 ownership=self._ownership.get(table.entity, {}),
                 fields=fields,
                 changed=item.changed,
-                current=from_row(table, item.current),
+                current=current,
                 clock=clock,
             )
             out.conflicts.extend(decided.conflicts)
@@ -806,14 +843,18 @@ class PostgresUpsertSink(Sink):
         if updates:
             columns = [sql.Column(c.column, c.pg_type) for c in table.written_columns(insert=False)]
             rows = list(updates.values())
-            params = [[i.pk for i in rows]] + [
-                [_cell(i.row[c.name]) for i in rows] for c in columns
+            params = [sql.array(table.pk_type, (i.pk for i in rows))] + [
+                sql.array(c.pg_type, (i.row[c.name] for i in rows)) for c in columns
             ]
             cur.execute(
-                sql.update_rows(table.ref, table.pk_column, columns, returning=[table.pk]), params
+                sql.update_rows(
+                    table.ref, table.pk_column, columns, returning=[table.pk], xmin=True
+                ),
+                params,
+                binary=True,
             )
-            changed_rows = {str(r[table.pk]) for r in cur.fetchall()}
-            xid = clocks.own_xid(cur) if changed_rows else None
+            # Only a row the statement changed has the sink's transaction as its xmin.
+            changed_rows = {str(r[table.pk]): r[sql.ROW_XMIN] for r in cur.fetchall()}
             for item in rows:
                 out.applied.append(item.event)
                 out.recorded.append((item.event, item.digest))
@@ -824,13 +865,12 @@ class PostgresUpsertSink(Sink):
                     row_id,
                     clock.after_write(
                         written_at[item.pk],
-                        xid=xid if row_id in changed_rows else None,
+                        xid=changed_rows.get(row_id),
                         last_local_ms=last_local[item.pk],
                     ),
                 )
         if inserts:
-            self._insert(cur, table, list(inserts.values()), out)
-            xid = clocks.own_xid(cur)
+            xid = self._insert(cur, table, list(inserts.values()), out)
             for item in inserts.values():
                 times = {f: item.changed[f] for f in fields if f in item.changed}
                 clocks.put(
@@ -859,12 +899,8 @@ class PostgresUpsertSink(Sink):
             return False
         candidate = item.record["duplicate_of"] if decided is None else decided["candidate"]
         columns = [table.pk, *(c.column for c in table.columns), *sorted(table.generated)]
-        by_pk = Locator(table.pk, table.pk_type, lambda _: None)
-        try:
-            rows = self._lookup(cur, table.ref, columns, by_pk, [candidate], lock=True)
-        except (ValueError, TypeError):
-            return False
-        row = rows.get(str(_param(candidate, table.pk_type)))
+        by_pk = Locator(table.pk, table.pk_type, lambda r: r["pk"])
+        [row] = self._find(cur, table.ref, columns, [by_pk], [{"pk": candidate}], lock=True)
         if row is None:
             return False
         item.current, item.pk, item.linked = row, row[table.pk], True
@@ -887,6 +923,7 @@ class PostgresUpsertSink(Sink):
                 [e.raw_key for e in events],
                 [e.raw_value for e in events],
             ),
+            binary=True,
         )
 
     def pending_suspects(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -912,9 +949,16 @@ class PostgresUpsertSink(Sink):
         return [f for f in _merged_fields(table) if provided is None or f in provided]
 
     def _row_clock(
-        self, table: TargetTable, item: _Item, clocks: _Clocks, fields: Sequence[str]
+        self,
+        table: TargetTable,
+        item: _Item,
+        current: Mapping[str, Any],
+        clocks: _Clocks,
+        fields: Sequence[str],
     ) -> tuple[RowClock | None, int]:
         """The row's clock, complete, and its last local change; None: wait for it.
+
+        ``current``: the row's values as canonical fields (:func:`sinks.targets.from_row`).
 
         See :func:`sinks.state.ready_clock`; the wait counts from the first time an event
         for the row waited in this process once the sink has read own events (of any
@@ -925,7 +969,6 @@ class PostgresUpsertSink(Sink):
         assert item.current is not None
         key = (table.entity, str(item.pk))
         facts = item.current
-        current = from_row(table, facts)
         stored = clocks.get(*key)
         published = self._local_events is None or table.entity in self._local_events
         now_ms = facts[sql.ROW_NOW_MS]
@@ -972,13 +1015,19 @@ class PostgresUpsertSink(Sink):
         table: TargetTable,
         items: list[_Item],
         out: _Outcome,
-    ) -> None:
+    ) -> int | None:
+        """Insert new rows; return the transaction id their ``xmin`` shows (None: no row)."""
         columns = [sql.Column(c.column, c.pg_type) for c in table.written_columns(insert=True)]
         first = table.locators[0].column
         returning = list(dict.fromkeys([table.pk, first]))
-        params = [[_cell(i.row[c.name]) for i in items] for c in columns]
-        cur.execute(sql.insert_children(table.ref, columns, returning=returning), params)
-        pks = {str(r[first]): r[table.pk] for r in cur.fetchall()}
+        params = [sql.array(c.pg_type, (i.row[c.name] for i in items)) for c in columns]
+        cur.execute(
+            sql.insert_children(table.ref, columns, returning=returning, xmin=True),
+            params,
+            binary=True,
+        )
+        created = cur.fetchall()
+        pks = {str(r[first]): r[table.pk] for r in created}
         for item in items:
             item.pk = pks[str(item.row[first])]
             out.applied.append(item.event)
@@ -986,6 +1035,7 @@ class PostgresUpsertSink(Sink):
             out.created.append((table.entity, str(item.pk)))
             if table.announce:
                 out.announce.append((item.event, str(item.pk)))
+        return int(created[0][sql.ROW_XMIN]) if created else None
 
     def _insert_lines(
         self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, items: list[_Item]
@@ -1006,7 +1056,8 @@ class PostgresUpsertSink(Sink):
             columns = lines.sql_columns
             cur.execute(
                 sql.insert_children(lines.ref, columns),
-                [[_cell(row.get(c.name)) for row in children] for c in columns],
+                [sql.array(c.pg_type, (row.get(c.name) for row in children)) for c in columns],
+                binary=True,
             )
 
     # -- state ------------------------------------------------------------------------
@@ -1018,6 +1069,7 @@ class PostgresUpsertSink(Sink):
         cur.execute(
             sql.offsets_upsert(self._schema),
             ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
+            binary=True,
         )
 
     def store_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -1149,11 +1201,6 @@ class PostgresUpsertSink(Sink):
 def _merged_fields(table: TargetTable) -> list[str]:
     """The business fields of a target table (ids are links, not merged)."""
     return [f for f in table.fields if not _is_id_field(f)]
-
-
-def _cell(value: Any) -> Any:
-    """A value as its parameter array takes it (UUIDs read back from rows as text)."""
-    return str(value) if isinstance(value, uuid.UUID) else value
 
 
 def _safe(locator: Locator, record: Mapping[str, Any]) -> Any:

@@ -525,12 +525,19 @@ class SinkRunner:
         }
         for outcome, events in groups.items():
             self.stats.add(outcome, len(events))
+            per_entity: dict[str, int] = {}
             for event in events:
-                m.events.labels(target, event.entity, outcome).inc()
+                per_entity[event.entity] = per_entity.get(event.entity, 0) + 1
+            for entity, count in per_entity.items():
+                m.events.labels(target, entity, outcome).inc(count)
+        latencies: dict[str, Any] = {}
         for event in result.applied:
-            m.end_to_end_seconds.labels(target, event.entity).observe(
-                max(0.0, (now_ms - event.source_ts_ms) / 1000)
-            )
+            histogram = latencies.get(event.entity)
+            if histogram is None:
+                histogram = latencies[event.entity] = m.end_to_end_seconds.labels(
+                    target, event.entity
+                )
+            histogram.observe(max(0.0, (now_ms - event.source_ts_ms) / 1000))
         for conflict in result.conflicts:
             m.conflicts.labels(target, conflict.entity, conflict.winner, conflict.reason).inc()
         self.stats.conflicts += len(result.conflicts)

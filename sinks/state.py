@@ -43,7 +43,7 @@ Pure: no database, Kafka or clock access.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
@@ -137,16 +137,26 @@ class Conflict:
         return (self.theirs, self.ours)
 
 
-def decide(stored: Applied | None, version: int, digest: str, *, merged: bool = False) -> Decision:
+def decide(
+    stored: Applied | None,
+    version: int,
+    digest: str | Callable[[], str],
+    *,
+    merged: bool = False,
+) -> Decision:
     """Apply, or skip as stale or no-op, an event of ``version`` with payload ``digest``.
 
+    ``digest`` may be a function computing it: it is called only when the version does
+    not settle the decision (a replay of applied events hashes nothing).
     ``merged``: the event takes part in the field-level merge and is never a no-op.
     """
     if stored is None:
         return Decision.APPLY
     if version <= stored.version:
         return Decision.SKIP_STALE
-    if digest == stored.payload_hash and not merged:
+    if merged:
+        return Decision.APPLY
+    if (digest if isinstance(digest, str) else digest()) == stored.payload_hash:
         return Decision.SKIP_NOOP
     return Decision.APPLY
 

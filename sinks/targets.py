@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, Final
 
 from schemas.errors import ConfigError, ValidationError
@@ -342,8 +343,13 @@ def _getter(name: str) -> Compute:
     return get
 
 
+@lru_cache(maxsize=16_384)
 def deterministic_id(entity: str, key: str) -> str:
-    """The UUID a CRM row created for ``(entity, key)`` gets: replays create no twin."""
+    """The UUID a CRM row created for ``(entity, key)`` gets: replays create no twin.
+
+    Remembered for the most recent keys: one event asks for it several times (to find
+    its row, to fill its id), and a UUIDv5 is a SHA-1 each time.
+    """
     return str(uuid.uuid5(ID_NAMESPACE, f"{entity}|{key}"))
 
 

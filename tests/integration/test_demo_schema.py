@@ -254,6 +254,39 @@ def test_product_availability_updated_at_follows_updates(
     assert stamp == scalar(crm, "SELECT now()")
 
 
+def test_crm_explicit_and_unchanged_stamps_are_kept(
+    crm: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    account = scalar(crm, "SELECT min(id::text) FROM public.accounts")
+    crm.execute(
+        "UPDATE public.accounts SET industry = coalesce(industry, '') || 'y',"
+        " date_modified = '2001-02-03 04:05:06+00' WHERE id = %s",
+        (account,),
+    )
+    query = "SELECT date_modified FROM public.accounts WHERE id = %s"
+    assert str(scalar(crm, query, account)).startswith("2001-02-03")
+    crm.execute("UPDATE public.accounts SET industry = industry WHERE id = %s", (account,))
+    assert str(scalar(crm, query, account)).startswith("2001-02-03")
+
+
+@pytest.mark.parametrize("db", ["erp", "crm"])
+def test_touch_row_stamps_any_column_it_is_given(request: pytest.FixtureRequest, db: str) -> None:
+    conn = request.getfixturevalue(db)
+    conn.execute(
+        "CREATE TEMPORARY TABLE touched (id int PRIMARY KEY, v text, changed_on timestamptz)"
+    )
+    conn.execute(
+        "CREATE TRIGGER touched_stamp BEFORE UPDATE ON touched FOR EACH ROW"
+        " EXECUTE FUNCTION public.touch_row('changed_on')"
+    )
+    conn.execute("INSERT INTO touched VALUES (1, 'a', '2001-01-01+00'), (2, 'b', NULL)")
+    conn.execute("UPDATE touched SET v = v || '!'")
+    conn.execute("UPDATE touched SET changed_on = '2002-02-02+00' WHERE id = 2")
+    stamps = dict(conn.execute("SELECT id, changed_on FROM touched").fetchall())
+    assert stamps[1] == scalar(conn, "SELECT now()")
+    assert str(stamps[2]).startswith("2002-02-02")
+
+
 def test_negative_stock_is_allowed(erp: psycopg.Connection[tuple[object, ...]]) -> None:
     erp.execute(
         "UPDATE public.stock_quant SET quantity = -5"

@@ -1,3 +1,6 @@
+import uuid
+from decimal import Decimal
+
 import pytest
 from psycopg import sql as psql
 
@@ -27,7 +30,7 @@ def test_upsert_rows() -> None:
     )
     assert text(q) == (
         'INSERT INTO "public"."accounts" AS t ("id", "name") SELECT "u"."id", "u"."name" '
-        'FROM unnest(%s::uuid[], %s::text[]) AS "u"("id", "name") ON CONFLICT ("id") '
+        'FROM unnest(%b::uuid[], %b::text[]) AS "u"("id", "name") ON CONFLICT ("id") '
         'DO UPDATE SET "name" = EXCLUDED."name" WHERE ("t"."name") IS DISTINCT FROM '
         '("excluded"."name") RETURNING "id"'
     )
@@ -49,35 +52,71 @@ def test_upsert_on_partial_index() -> None:
 def test_update_and_deletes() -> None:
     key = Column("id", "uuid")
     assert text(sql.update_rows(ACCOUNTS, key, [Column("name", "text")])) == (
-        'UPDATE "public"."accounts" AS t SET "name" = "u"."name" FROM unnest(%s::uuid[], '
-        '%s::text[]) AS "u"("id", "name") WHERE "t"."id" = "u"."id" AND ("t"."name") IS '
+        'UPDATE "public"."accounts" AS t SET "name" = "u"."name" FROM unnest(%b::uuid[], '
+        '%b::text[]) AS "u"("id", "name") WHERE "t"."id" = "u"."id" AND ("t"."name") IS '
         'DISTINCT FROM ("u"."name")'
     )
     assert text(sql.soft_delete_rows(ACCOUNTS, key, "deleted")) == (
-        'UPDATE "public"."accounts" AS t SET "deleted" = true WHERE "t"."id" = ANY(%s::uuid[]) '
+        'UPDATE "public"."accounts" AS t SET "deleted" = true WHERE "t"."id" = ANY(%b::uuid[]) '
         'AND "t"."deleted" IS DISTINCT FROM true'
     )
     assert (
         text(sql.delete_rows(ACCOUNTS, key))
-        == 'DELETE FROM "public"."accounts" WHERE "id" = ANY(%s::uuid[])'
+        == 'DELETE FROM "public"."accounts" WHERE "id" = ANY(%b::uuid[])'
     )
 
 
 def test_state_and_offsets() -> None:
     applied = text(sql.applied_upsert())
     assert "WHERE t.version < EXCLUDED.version" in applied
-    assert "unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])" in applied
+    assert "unnest(%b::text[], %b::text[], %b::bigint[], %b::text[])" in applied
     offsets = text(sql.offsets_upsert())
     assert "WHERE t.next_offset <= EXCLUDED.next_offset" in offsets
     assert "FOR UPDATE" in text(sql.select_applied())
     assert text(
         sql.select_current(
-            ACCOUNTS, ["id", "name"], Column("account_number", "text"), predicate="deleted"
+            ACCOUNTS, ["id", "name"], [sql.Key(Column("account_number", "text"), live="deleted")]
         )
     ) == (
-        'SELECT "id", "name" FROM "public"."accounts" WHERE "account_number" = ANY(%s::text[]) '
-        'AND NOT "deleted" FOR UPDATE'
+        'SELECT "id", "name" FROM "public"."accounts" WHERE ("account_number" = '
+        'ANY(%b::text[]) AND NOT "deleted") FOR UPDATE'
     )
+
+
+def test_select_current_finds_rows_by_every_key_in_one_statement() -> None:
+    keys = [sql.Key(Column("id", "uuid")), sql.Key(Column("account_number", "text"), "deleted")]
+    assert text(sql.select_current(ACCOUNTS, ["id"], keys, lock=False)) == (
+        'SELECT "id" FROM "public"."accounts" WHERE "id" = ANY(%b::uuid[]) OR '
+        '("account_number" = ANY(%b::text[]) AND NOT "deleted")'
+    )
+    with pytest.raises(ValueError):
+        sql.select_current(ACCOUNTS, ["id"], [])
+
+
+def test_writes_return_the_transaction_id_of_the_rows_they_changed() -> None:
+    key = Column("id", "uuid")
+    update = text(
+        sql.update_rows(ACCOUNTS, key, [Column("name", "text")], returning=["id"], xmin=True)
+    )
+    assert update.endswith('RETURNING "t"."id", "t"."xmin"::text::bigint AS "_erpcrm_xmin"')
+    insert = text(sql.insert_children(ACCOUNTS, [key], returning=["id"], xmin=True))
+    assert insert.endswith('RETURNING "id", "xmin"::text::bigint AS "_erpcrm_xmin"')
+    deleted = text(sql.soft_delete_rows(ACCOUNTS, key, "deleted", returning=True))
+    assert deleted.endswith('RETURNING "t"."id", "t"."xmin"::text::bigint AS "_erpcrm_xmin"')
+    assert "RETURNING" not in text(sql.insert_children(ACCOUNTS, [key]))
+
+
+def test_parameter_arrays_hold_one_type_per_column() -> None:
+    assert sql.array("numeric", [Decimal("1.5"), 0, 2.5, None]) == [
+        Decimal("1.5"),
+        Decimal(0),
+        Decimal("2.5"),
+        None,
+    ]
+    ident = uuid.uuid4()
+    assert sql.array("uuid", [ident, str(ident), None]) == [str(ident), str(ident), None]
+    assert sql.array("bigint", ["17", 4, "-3", "x1", None]) == [17, 4, -3, "x1", None]
+    assert sql.array("boolean", [True, None]) == [True, None]
 
 
 def test_origin_and_grant() -> None:
@@ -118,5 +157,5 @@ def test_suspect_and_row_clock_statements_build_and_interpolate_nothing() -> Non
         sql.row_clock_upsert(),
         sql.announce_done(),
     ):
-        assert "%s" in text(q)
-    assert "%s::bytea[]" in text(sql.suspects_hold())
+        assert "%s" in text(q) or "%b" in text(q)
+    assert "%b::bytea[]" in text(sql.suspects_hold())

@@ -41,6 +41,22 @@ def test_decide() -> None:
     assert decide(stored, 5, "h", merged=True) is Decision.SKIP_STALE
 
 
+def test_decide_hashes_only_when_the_version_does_not_settle_it() -> None:
+    calls: list[int] = []
+
+    def digest() -> str:
+        calls.append(1)
+        return "h"
+
+    stored = Applied(5, "h")
+    assert decide(stored, 5, digest) is Decision.SKIP_STALE
+    assert decide(None, 1, digest) is Decision.APPLY
+    assert decide(stored, 6, digest, merged=True) is Decision.APPLY
+    assert not calls
+    assert decide(stored, 6, digest) is Decision.SKIP_NOOP
+    assert calls == [1]
+
+
 def test_payload_hash_ignores_metadata_not_op() -> None:
     a = rec(1, email="a@x")
     assert payload_hash(a) == payload_hash(rec(2, ts=5, email="a@x"))
