@@ -123,6 +123,10 @@ class DictState:
             else:
                 self.tables[write.table][write.key] = json.dumps(write.value)
 
+    async def commit(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` at once (the worker's commit of a batch's state)."""
+        self.apply(writes)
+
     def values(self, table: str) -> dict[str, Any]:
         """Every entry of ``table``, decoded (for tests and tools)."""
         return dict(self.scan(table, ""))
