@@ -374,7 +374,7 @@ class StreamRunner:
         await self.retrying("publish", partial(self.publisher.publish, outbound))
         # 3. only then change state: each key once, to the last value the batch gave it,
         #    in the changelogs (acknowledged), then in the local stores;
-        await self.retrying("commit", partial(self.state.commit, staged.writes()))
+        await self.retrying("commit", partial(self.state.commit, staged.text_writes()))
         # 4. the offsets follow when the agent takes its next batch (see the module doc).
         self.metrics.batch_messages.observe(len(messages))
         for outcome, out in zip(outcomes, to_publish, strict=True):
@@ -565,6 +565,8 @@ def build(
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
+        consumer_max_fetch_size=settings.fetch_bytes_per_partition,
+        stream_buffer_maxsize=settings.buffered_messages,
         broker_commit_interval=settings.commit_interval_seconds,
         broker_session_timeout=settings.session_timeout_seconds,
         producer_acks=-1,

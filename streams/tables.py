@@ -6,8 +6,9 @@ by key through Faust's table API (which sends each key to the changelog through 
 buffer drained one message at a time, and does not wait for those sends before the
 consumer's offsets are committed):
 
-1. every write is encoded once, with the table store's own key and value encoding, and
-   sent to its table's changelog (partition 0); every acknowledgement is awaited;
+1. every write (its value as JSON text already, :class:`~streams.state.TextWrite`) is
+   sent to its table's changelog (partition 0), the key in the store's own encoding;
+   every acknowledgement is awaited;
 2. only then are the writes applied to the local stores, the way Faust applies a
    changelog batch when it recovers a table: one RocksDB write batch per table, with
    the changelog offset reached (the store's "persisted offset").
@@ -21,13 +22,14 @@ Faust reads back at start; another worker taking over restores from the changelo
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from faust.types import TP
 
-from streams.state import StateView, Write
+from streams.state import StateView, TextWrite, dump
 
 __all__ = ["CommittedState", "FaustState", "Sender"]
 
@@ -54,7 +56,7 @@ class CommittedState(StateView, Protocol):
     :class:`FaustState` in the worker; :class:`~streams.state.DictState` in tests.
     """
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[TextWrite]) -> None:
         """Apply ``writes`` (one per key); returns once they are durable."""
         ...
 
@@ -77,6 +79,7 @@ class FaustState:
     ) -> None:
         self._tables = tables
         self._producer = producer
+        self._shared = shared_values
         self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
 
     def get(self, table: str, key: str) -> Any:
@@ -87,13 +90,26 @@ class FaustState:
         """
         return self._copy(self._tables[table].data.get(key))
 
+    def text(self, table: str, key: str) -> str | None:
+        """Return the value of ``key`` in ``table`` as JSON text, or None.
+
+        From a RocksDB store, the stored bytes as they are (nothing decoded), read from
+        the one partition's database (Faust's own lookup also indexes every key read).
+        """
+        store = self._tables[table].data
+        if self._shared:
+            value = store.get(key)
+            return None if value is None else dump(value)
+        stored = store._db_for_partition(0).get(store._encode_key(key))
+        return None if stored is None else bytes(stored).decode("utf-8")
+
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
         """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``."""
         for key, value in list(self._tables[table].items()):
             if isinstance(key, str) and key.startswith(prefix):
                 yield key, self._copy(value)
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[TextWrite]) -> None:
         """1. send ``writes`` to the changelogs and await every ack; 2. apply them locally."""
         if not writes:
             return
@@ -101,9 +117,8 @@ class FaustState:
         pending = []
         for write in writes:
             table = self._tables[write.table]
-            store = table.data
-            key = store._encode_key(write.key)
-            value = None if write.value is None else store._encode_value(write.value)
+            key = table.data._encode_key(write.key)
+            value = None if write.text is None else write.text.encode("utf-8")
             topic = table.changelog_topic.get_topic_name()
             ack = await producer.send(topic, key, value, 0, None, None)
             pending.append((write, key, value, ack))
@@ -111,9 +126,7 @@ class FaustState:
         for write, key, value, ack in pending:
             metadata = await ack
             message = _ChangelogMessage(TP(metadata.topic, 0), metadata.offset, key, value)
-            by_table.setdefault(write.table, []).append(
-                _ChangelogRecord(write.key, write.value, message)
-            )
+            by_table.setdefault(write.table, []).append(_ChangelogRecord(write.key, message))
         for name, records in by_table.items():
             self._tables[name].apply_changelog_batch(records)
 
@@ -134,11 +147,15 @@ class _ChangelogMessage:
 
 @dataclass(frozen=True, slots=True)
 class _ChangelogRecord:
-    """A changelog event: the decoded key and value (memory store), the raw message."""
+    """A changelog event: the raw message, the decoded key and value (memory store)."""
 
     key: str
-    value: Any
     message: _ChangelogMessage
+
+    @property
+    def value(self) -> Any:
+        raw = self.message.value
+        return None if raw is None else json.loads(raw)
 
 
 def _same(value: Any) -> Any:
