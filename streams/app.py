@@ -166,15 +166,23 @@ class FaustPublisher:
     Sends go to the producer itself, not through ``Topic.send``: with
     ``exactly_once`` that would route them to Faust's transaction manager, which only
     has producers for partitions of subscribed topics. Every message also gets header
-    ``erpcrm.app_id``: which worker published it.
+    ``erpcrm.app_id``: which worker published it. Nothing is sent before :meth:`open`:
+    the output topics must exist first (a send to a topic that does not exist yet may
+    wait for its acknowledgement for ever).
     """
 
     def __init__(self, app: faust.App, app_id: str) -> None:
         self._app = app
         self._stamp = (dlq.H_APP_ID, app_id.encode("utf-8"))
+        self._opened = asyncio.Event()
+
+    def open(self) -> None:
+        """The output topics exist: publishing may start."""
+        self._opened.set()
 
     async def publish(self, messages: Sequence[Outbound]) -> None:
         """Send every message, then wait until each is acknowledged."""
+        await self._opened.wait()
         producer = self._app.producer
         pending = [
             await producer.send(
@@ -599,7 +607,8 @@ def build(
         if state is None
         else state
     )
-    publisher = publisher if publisher is not None else FaustPublisher(app, settings.app_id)
+    faust_publisher = FaustPublisher(app, settings.app_id) if publisher is None else None
+    outbound: Publisher = faust_publisher or cast(Publisher, publisher)
     control = app.topic(
         settings.control_topic,
         partitions=1,
@@ -636,7 +645,7 @@ def build(
     runner = StreamRunner(
         processor=processor,
         state=committed,
-        publisher=publisher,
+        publisher=outbound,
         metrics=metrics,
         generation=lambda: int(app.consumer_generation_id),
         recent_loader=recent_outputs if read_recent_outputs else None,
@@ -696,6 +705,8 @@ def build(
                 serde.prepare(value_subject(name), canonical_schema(name.split(".", 1)[1]))
 
         await runner.retrying("prepare", declare)
+        if faust_publisher is not None:
+            faust_publisher.open()
 
     # Faust's task and timer decorators are untyped; registered by call instead.
     app.timer(settings.tick_seconds)(tick)

@@ -22,6 +22,7 @@ from schemas.errors import PermanentError, RetriableError
 from streams import dlq
 from streams.app import (
     BatchClock,
+    FaustPublisher,
     StreamRunner,
     StreamsApp,
     build,
@@ -400,3 +401,29 @@ def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> 
     assert written == [(b'"customer|erp:42"', 0)]
     store = streams.tables["dedupe"].data
     assert store.persisted_offset(TP(dedupe, 0)) == 0
+
+
+def test_the_faust_publisher_sends_nothing_before_the_output_topics_exist() -> None:
+    sent: list[tuple[str, Any]] = []
+
+    class Producer:
+        async def send(self, topic: str, *args: Any) -> asyncio.Future[None]:
+            sent.append((topic, args[-1]))
+            acknowledged = asyncio.get_running_loop().create_future()
+            acknowledged.set_result(None)
+            return acknowledged
+
+    app: Any = types.SimpleNamespace(producer=Producer())
+    publisher = FaustPublisher(app, "erpcrm-streams-test")
+    message = Outbound("canonical.customer", b"erp:42", b"v", (), "event-1")
+
+    async def scenario() -> None:
+        publishing = asyncio.create_task(publisher.publish([message]))
+        await asyncio.sleep(0.05)
+        assert sent == []
+        assert not publishing.done()
+        publisher.open()  # the output topics were declared
+        await asyncio.wait_for(publishing, 5)
+
+    asyncio.run(scenario())
+    assert sent == [("canonical.customer", [(dlq.H_APP_ID, b"erpcrm-streams-test")])]
