@@ -573,8 +573,6 @@ def build(
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
-        consumer_max_fetch_size=settings.fetch_bytes_per_partition,
-        stream_buffer_maxsize=settings.buffered_messages,
         broker_commit_interval=settings.commit_interval_seconds,
         broker_session_timeout=settings.session_timeout_seconds,
         producer_acks=-1,

@@ -62,12 +62,6 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
         replication_factor: replication of the topics the worker creates.
         batch_size: how many messages the worker takes at a time; a batch's outputs are
             published together and acknowledged once.
-        buffered_messages: how many messages Faust may hold read ahead for the worker
-            (``stream_buffer_maxsize``); reading pauses beyond that. Two batches' worth
-            keeps the next batch ready without holding the backlog in memory.
-        fetch_bytes_per_partition: the most a fetch returns per partition
-            (``consumer_max_fetch_size``); the worker reads a few dozen raw partitions,
-            each fetch held in memory until it is consumed.
         linger_ms: how long the worker waits for a batch to fill before it takes what has
             arrived.
         producer_linger_ms: how long the worker's Kafka producer waits to fill a request
@@ -107,8 +101,6 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     batch_size: int = Field(default=500, ge=1)
-    buffered_messages: int = Field(default=1000, ge=1)
-    fetch_bytes_per_partition: int = Field(default=256 * 1024, ge=16 * 1024)
     linger_ms: float = Field(default=10.0, gt=0)
     producer_linger_ms: float = Field(default=2.0, ge=0)
     producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)
