@@ -117,6 +117,7 @@ from streams import dlq
 from streams.metrics import StreamsMetrics
 from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome
 from streams.processor import StreamProcessor
+from streams.recovery import StreamsTableManager
 from streams.settings import StreamsSettings
 from streams.state import TABLES, StagedState, StateStore, Write
 from streams.stores import discard_stores_ahead
@@ -601,6 +602,7 @@ def build(
         producer_linger=settings.producer_linger_ms / 1000,
         producer_max_batch_size=settings.producer_batch_bytes,
         agent_supervisor=CrashingSupervisor,
+        TableManager=StreamsTableManager,
         autodiscover=False,
     )
     # One partition each: every write happens while processing the one sequenced partition.

@@ -1,0 +1,118 @@
+"""A worker restarted over a backlog reads every record of it, whatever the broker's pace.
+
+Seen in a full test run: a streams worker restarted (after a SIGKILL) over 5,590
+sequenced records decided 1,579 of them and then waited forever, its committed offset
+stuck. After a rebalance Faust resumes the stream partitions, seeks them to their
+committed offsets and only then clears the stream buffers. When the lookup of the
+committed offsets is slow (a busy broker: 550 ms in that run), the fetcher goes on
+delivering records fetched before the seek; they move its read offset ahead, the same
+records read again after the seek then count as duplicates and are dropped, and the
+clear drops what was buffered: a buffer's worth (4,096 records) never reaches the agent
+and is never acknowledged. The worker's :class:`streams.recovery.StreamsRecovery`
+clears, then seeks, then resumes.
+
+The worker here is a bare Faust app with one table (``faust_backlog_app``): killed with
+SIGKILL in the middle of a backlog, then started again with the lookup of the committed
+offsets as slow as in that run. With Faust's own table manager
+(``BACKLOG_TABLE_MANAGER=stock``) this test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from tests.integration.cdc_fixtures import unique_name
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+RECORDS = 40_000
+SEEK_DELAY_SECONDS = 0.5
+
+
+def _backlog(bootstrap: str, topic: str) -> None:
+    """``RECORDS`` records in a new one-partition topic."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(timeout=30)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in range(RECORDS):
+        producer.produce(topic, key=b"k%d" % i, value=b"v%d" % i)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def _offsets(path: Path) -> list[int]:
+    if not path.exists():
+        return []
+    return [int(line) for line in path.read_text(encoding="utf-8").split()]
+
+
+def _run(env: dict[str, str], log: Path, until: Callable[[], bool], sig: int) -> None:
+    """Run the worker until ``until()`` holds (at most 120 s), then send it ``sig``."""
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.faust_backlog_app", "worker", "-l", "info"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and worker.poll() is None and not until():
+                time.sleep(0.2)
+            assert worker.poll() is None, f"the worker exited; see {log}"
+        finally:
+            worker.send_signal(sig)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+def test_a_worker_restarted_over_a_backlog_reads_every_record(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    topic = unique_name("backlog")
+    _backlog(stack_env["KAFKA_BOOTSTRAP"], topic)
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    env = {
+        **os.environ,
+        **stack_env,
+        "BACKLOG_TOPIC": topic,
+        "BACKLOG_APP_ID": unique_name("backlogapp"),
+        "BACKLOG_DATA": str(tmp_path / "data"),
+    }
+    _run(
+        {**env, "BACKLOG_OUT": str(first)},
+        tmp_path / "first.log",
+        lambda: len(_offsets(first)) >= RECORDS // 4,
+        signal.SIGKILL,
+    )
+    read_first = _offsets(first)
+    assert len(read_first) < RECORDS, "the first run read the whole backlog"
+    time.sleep(1)
+    _run(
+        {**env, "BACKLOG_OUT": str(second), "BACKLOG_SEEK_DELAY": str(SEEK_DELAY_SECONDS)},
+        tmp_path / "second.log",
+        lambda: RECORDS - 1 in _offsets(second)[-500:],
+        signal.SIGTERM,
+    )
+    read_second = _offsets(second)
+    assert read_second, f"the restarted worker read nothing; see {tmp_path / 'second.log'}"
+    start = read_second[0]
+    assert start <= max(read_first) + 1, f"the restart began at {start}, past the first run"
+    missing = sorted(set(range(start, RECORDS)) - set(read_second))
+    assert missing == [], f"{len(missing)} records never reached the agent, from {missing[0]}"
