@@ -17,9 +17,8 @@ Method:
    ``scrape_interval`` seconds. The busy window runs from the first scrape that shows a
    processed event to the last scrape at which the count still grew; events/s is the
    events processed in that window divided by its length;
-4. the run is over when every raw message has been forwarded through the worker's
-   sequenced topic, nothing is pending (orders, parked records) and the counters have
-   been still for ``settle_seconds``;
+4. the run is over when the worker has taken in every raw message, nothing is pending
+   (orders, parked records) and the counters have been still for ``settle_seconds``;
 5. memory: the worker's peak RSS (``VmHWM``), read just before it is stopped.
 
 Everything the run made is removed at the end: processes, slots, the captures' stored
@@ -291,11 +290,11 @@ def _drain(
                 first = last_change = (now, events, records)
             if first is not None and records != last_change[2]:
                 last_change = (now, events, records)
-            forwarded = total(samples, "erpcrm_streams_sequenced_total", kind="tick")
+            consumed = by_label(samples, "erpcrm_streams_consumed_total", "kind").get("change", 0.0)
             pending = total(samples, "erpcrm_streams_pending")
             if (
                 first is not None
-                and forwarded >= raw_messages
+                and consumed >= raw_messages
                 and pending == 0
                 and now - last_change[0] >= settle
             ):
@@ -309,7 +308,7 @@ def _drain(
     seconds = max(last_change[0] - first[0], interval)
     busy_events = last_change[1] - first[1]
     events_in = total(samples, "erpcrm_streams_events_in_total", flow="transaction")
-    forwarded = total(samples, "erpcrm_streams_sequenced_total", kind="tick")
+    consumed = by_label(samples, "erpcrm_streams_consumed_total", "kind").get("change", 0.0)
     return {
         "raw_messages": raw_messages,
         "events_in": int(events_in),
@@ -321,7 +320,7 @@ def _drain(
         "events_in_busy_window": int(busy_events),
         "events_in_per_second": round(busy_events / seconds, 1),
         "records_in_per_second": round((last_change[2] - first[2]) / seconds, 1),
-        "messages_forwarded": int(forwarded),
+        "messages_consumed": int(consumed),
         "canonical_events_out": int(total(samples, "erpcrm_streams_events_out_total")),
         "dead_letters": int(total(samples, "erpcrm_streams_dead_letters_total")),
         "deduped": int(total(samples, "erpcrm_streams_deduped_total")),

@@ -8,12 +8,13 @@ A dead letter is named by its position, ``<dlq topic>:<partition>:<offset>`` (e.
 stays valid. Replaying one puts its original key and value bytes back into the stage
 that failed:
 
-- ``dlq.streams``: into the streams worker's sequenced topic (``<app_id>-sequenced``,
-  the app named by the letter's ``erpcrm.app_id``), with the raw message's original
-  position in the ``erpcrm.origin.*`` headers. That topic is the worker's single entry
-  point (every raw message passes through it), so the replay is processed exactly as
-  the original was: an order is re-assembled from its stored header and lines, and the
-  worker's dedupe drops whatever was published already.
+- ``dlq.streams``: into the streams worker's control topic (``<app_id>-control``, the
+  app named by the letter's ``erpcrm.app_id``), with the raw message's original
+  position in the ``erpcrm.origin.*`` headers. The worker reads that topic together
+  with the raw topics and takes such a message for the raw one at its origin, so the
+  replay is processed exactly as the original was: an order is re-assembled from its
+  stored header and lines, and the worker's dedupe drops whatever was published
+  already.
 - ``dlq.sinks.<target>``: into ``replay.sinks.<target>``, which only that target's sink
   reads (so the canonical topics never carry an event twice), with the entity, key and
   original canonical position in headers; the sink's versions make it a no-op if the
@@ -52,7 +53,7 @@ from schemas.deadletter import (
 )
 from schemas.errors import SyncError
 from schemas.topics import dlq_topic, replay_topic
-from streams.settings import sequenced_topic
+from streams.settings import control_topic
 
 __all__ = [
     "H_REPLAY_OF",
@@ -311,7 +312,7 @@ def plan_replay(letter: DeadLetterRecord, *, default_app_id: str) -> Replay:
     stage = letter.stage
     if stage == STREAMS_STAGE:
         app_id = headers.get(H_APP_ID) or default_app_id
-        return Replay(letter, sequenced_topic(app_id), letter.key, letter.value, (*origin, *count))
+        return Replay(letter, control_topic(app_id), letter.key, letter.value, (*origin, *count))
     if stage.startswith("sinks.") and letter.topic == dlq_topic(stage):
         entity = [(H_ENTITY, letter.entity)] if letter.entity else []
         key = [(H_ENTITY_KEY, letter.entity_key)] if letter.entity_key else []

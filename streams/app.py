@@ -3,27 +3,32 @@
 Topology::
 
     <erp>.public.<table>, <crm>.public.<table>, <system>.transaction   (raw bytes)
-        │  agent ``sequence``: forward every message unchanged (key, value), its
-        │  position in headers (``erpcrm.origin.topic|partition|offset``), a batch at a time
-        ▼
-    <app_id>-sequenced                       (one partition)
+    <app_id>-control   (one partition: ticks, dead letters replayed with their origin)
         │  agent ``process``: a batch at a time: StreamProcessor -> publish, wait for acks
         │  -> commit state
         ▼
     canonical.<entity>  (key: entity key, UTF-8)       dlq.streams  (original bytes)
     quality.defects     (data-quality log, JSON; see streams.quality)
 
-Why one sequenced partition. The state is partly keyed by entity (dedupe, stock per
-product, orders per order) and partly needed by every record (crosswalk, customer index,
-SKUs), and an order's header and lines arrive on different topics keyed by different
-columns. Faust keeps a table's rows in the partition of the event that wrote them, so
-tables shared across differently keyed topics read stale rows when a key is written
-from two partitions. Funnelling every raw message through one partition gives each
-table one partition, one writer and one order of events; it is correct with one worker
-and stays correct with more: Kafka assigns the sequenced partition (and, with it, the
-tables) to exactly one worker at a time, the others forward and stand by. Throughput
-is that of one consumer, ample for two business databases; the capture needs no
-co-partitioning.
+Every raw message crosses Faust once: the ``process`` agent reads the raw topics
+themselves, and a message's position (topic, partition, offset) is its own. The control
+topic carries what does not come from a capture: ticks, and dead letters ``erpcrm dlq
+replay`` puts back with their original position in the ``erpcrm.origin.*`` headers.
+
+Order. Within one system, decisions follow the source's commit order, not the order in
+which Kafka interleaves the table topics and their partitions: :mod:`streams.ordering`
+holds each change until its transaction's ``END`` and all its changes are in, and
+releases transactions in commit order. Per entity, the raw partitions (by primary key)
+keep Kafka's order.
+
+One owner. The state is partly keyed by entity (dedupe, stock per product, orders per
+order) and partly needed by every record (crosswalk, customer index, SKUs), and source
+order needs every table of a transaction in one place, so one worker reads every
+partition and holds every table (one partition each, a batch's writes committed
+together, see :mod:`streams.tables`). :class:`~streams.assignment.SingleOwnerAssignor`
+gives all partitions to one member of the group; the others stand by and one of them
+takes over (tables restored from their changelogs, offsets from the group) when the
+owner leaves or dies. Correct with 1..N workers.
 
 Keys and values. Raw messages are read as bytes (``raw`` serializers) and decoded with
 :class:`schemas.serde.AvroSerde`. Canonical events are Avro (Confluent wire format)
@@ -34,34 +39,36 @@ each entity on one partition and every client can read the key; it needs no sche
 value carries every id). Each canonical message has header ``erpcrm.output_id`` = its
 ``event_id``.
 
-Batches. Both agents take up to ``batch_size`` messages at a time (waiting at most
-``linger_ms`` for more) and wait for Kafka's acknowledgements once per batch, not per
-message. The ``process`` agent decides the messages of a batch one after the other, each
-against the committed state plus the writes of the ones before it
+Batches. The agent takes up to ``batch_size`` messages at a time (waiting at most
+``linger_ms`` for more) and waits for Kafka's acknowledgements once per batch, not per
+message. It decides the messages of a batch one after the other, each against the
+committed state plus the writes of the ones before it
 (:class:`~streams.state.StagedState`), so its decisions are those of one message at a
-time. Faust marks a batch's messages done (their offsets may be committed) only when the
-agent asks for the next batch.
+time. The processor's clock is the time the batch was read (never earlier than the
+previous batch's), the moment the worker saw its messages. Faust marks a batch's
+messages done (their offsets may be committed) only when the agent asks for the next
+batch.
 
 Guarantees and their order (``at_least_once``, the default), per batch:
 
 1. the processor computes outputs and state writes without changing state;
 2. the outputs are published and every one acknowledged (``acks=all``);
-3. only then are the state writes applied (RocksDB, changelog), message by message;
-4. Faust commits the sequenced offsets after flushing the producer.
+3. only then are the state writes committed: sent to the tables' changelogs and
+   acknowledged, then written to the local stores (:mod:`streams.tables`);
+4. the agent asks for the next batch, so Faust may commit this batch's offsets.
 
 A crash before 3 replays the batch: its outputs are recomputed, nothing is lost. A
 crash after 2 (outputs out, state not, or a changelog that lost its tail) would publish
-an event again; so when a worker takes over the sequenced partition it reads the last
+an event again; so when a worker takes the partitions over it reads the last
 ``recent_outputs`` messages of every canonical and dead-letter partition and never
 publishes an ``erpcrm.output_id`` seen there again. Together: no loss, no event id
 twice, as long as fewer than ``recent_outputs`` messages per output partition fall
 between two offset commits (one second by default, plus a batch). ``exactly_once`` is
 passed to Faust and needs the broker's transaction support (the local single-node broker
-has it); Faust's transactions then cover the forwarding into the sequenced topic and the
-table changelogs. Faust only opens transactional producers for partitions of
-subscribed topics, so canonical events and dead letters are published outside them
-either way (see :class:`FaustPublisher`); their exactness comes from the order above
-in both modes.
+has it); Faust's transactions then cover the table changelogs and the consumed offsets.
+Faust only opens transactional producers for partitions of subscribed topics, so
+canonical events and dead letters are published outside them either way (see
+:class:`FaustPublisher`); their exactness comes from the order above in both modes.
 
 Transient failures (schema registry, Kafka) are retried with exponential backoff and
 counted; bad data never stops the worker (dead letters, see :mod:`streams.dlq`) unless
@@ -75,7 +82,7 @@ rebuilds those tables from the changelogs instead of stopping with a ``Consisten
 
 Web server (Faust's, on ``web_host:web_port``, loopback by default): ``/metrics``
 (Prometheus), ``GET /inventory`` (every product's stock) and ``GET /inventory/{sku}``,
-read from the inventory table of the worker that owns the sequenced partition.
+read from the inventory table of the worker that owns the partitions.
 
 Run it with ``erpcrm streams`` or ``faust -A streams.app worker``; importing this module
 connects nowhere: the module-level ``app`` is built from :class:`StreamsSettings` on
@@ -85,12 +92,9 @@ first access.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -114,24 +118,28 @@ from schemas.serde import AvroSerde, RegistryClient, WriterSchema
 from schemas.settings import KafkaSettings
 from schemas.topics import CANONICAL_TOPICS, QUALITY_TOPIC, value_subject
 from streams import dlq
+from streams.assignment import SingleOwnerAssignor
 from streams.metrics import StreamsMetrics
 from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome
 from streams.processor import StreamProcessor
 from streams.recovery import StreamsTableManager
 from streams.settings import StreamsSettings
-from streams.state import TABLES, StagedState, StateStore, Write
+from streams.state import TABLES, StagedState
 from streams.stores import discard_stores_ahead
+from streams.tables import CommittedState, FaustState, Sender
 
 __all__ = [
+    "BatchClock",
     "FaustPublisher",
-    "FaustState",
+    "InputTopics",
     "Publisher",
     "StreamRunner",
     "StreamsApp",
     "build",
+    "control_inbound",
     "create_app",
     "load_recent_outputs",
-    "sequenced_inbound",
+    "raw_inbound",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,49 +148,6 @@ T = TypeVar("T")
 
 OUTPUT_TOPICS = (*CANONICAL_TOPICS, dlq.DLQ_TOPIC, QUALITY_TOPIC)
 """Every topic the ``process`` agent writes."""
-
-
-# -------------------------------------------------------------------------- state
-
-
-class FaustState:
-    """The processor's state interface over the worker's Faust tables (key: text, JSON values).
-
-    Reads return values the caller may change: copies where the store hands out its own
-    objects (``shared_values``: the memory store); a RocksDB store decodes a fresh value
-    on every read, so its values are returned as they come.
-    """
-
-    def __init__(self, tables: Mapping[str, Any], *, shared_values: bool = True) -> None:
-        self._tables = tables
-        self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
-
-    def get(self, table: str, key: str) -> Any:
-        """Return the value of ``key`` in ``table``, or None.
-
-        Reads the table's store directly: the table's own ``get`` looks the key up twice
-        (``in``, then the value); writes still go through the table (changelog).
-        """
-        return self._copy(self._tables[table].data.get(key))
-
-    def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
-        """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``."""
-        for key, value in list(self._tables[table].items()):
-            if isinstance(key, str) and key.startswith(prefix):
-                yield key, self._copy(value)
-
-    def apply(self, writes: Sequence[Write]) -> None:
-        """Apply ``writes``; must run while the agent processes an event (changelog)."""
-        for write in writes:
-            table = self._tables[write.table]
-            if write.value is None:
-                table.pop(write.key, None)
-            else:
-                table[write.key] = write.value
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 # ---------------------------------------------------------------------- publishing
@@ -202,15 +167,23 @@ class FaustPublisher:
     Sends go to the producer itself, not through ``Topic.send``: with
     ``exactly_once`` that would route them to Faust's transaction manager, which only
     has producers for partitions of subscribed topics. Every message also gets header
-    ``erpcrm.app_id``: which worker published it.
+    ``erpcrm.app_id``: which worker published it. Nothing is sent before :meth:`open`:
+    the output topics must exist first (a send to a topic that does not exist yet may
+    wait for its acknowledgement for ever).
     """
 
     def __init__(self, app: faust.App, app_id: str) -> None:
         self._app = app
         self._stamp = (dlq.H_APP_ID, app_id.encode("utf-8"))
+        self._opened = asyncio.Event()
+
+    def open(self) -> None:
+        """The output topics exist: publishing may start."""
+        self._opened.set()
 
     async def publish(self, messages: Sequence[Outbound]) -> None:
         """Send every message, then wait until each is acknowledged."""
+        await self._opened.wait()
         producer = self._app.producer
         pending = [
             await producer.send(
@@ -312,18 +285,23 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
-def sequenced_inbound(message: Any) -> Inbound:
-    """Turn a message of the sequenced topic into the processor's :class:`Inbound`.
+def raw_inbound(message: Any, now_ms: int) -> Inbound:
+    """A message read from a raw topic: its position is its own; ``now_ms``: when read."""
+    origin = dlq.Origin(message.topic, message.partition, message.offset)
+    return Inbound(origin, message.key, message.value, now_ms)
 
-    A message without origin headers keeps its own position (and is counted as
-    unrouted by the processor). A replayed dead letter carries its original position and
-    its replay count (``erpcrm dlq replay``).
+
+def control_inbound(message: Any, now_ms: int) -> Inbound:
+    """A message of the control topic: a tick, or a raw message put back with its origin.
+
+    A replayed dead letter carries its original position and its replay count (``erpcrm
+    dlq replay``); a message without origin headers keeps its own position (and is
+    counted as unrouted by the processor).
     """
     headers = dlq.text_headers(message.headers)
     here = dlq.Origin(message.topic, message.partition, message.offset)
-    timestamp_ms = int(float(message.timestamp) * 1000)
     if headers.get(H_KIND) == KIND_TICK.decode():
-        return Inbound(here, None, None, timestamp_ms, Kind.TICK)
+        return Inbound(here, None, None, now_ms, Kind.TICK)
     try:
         origin = dlq.Origin(
             headers[dlq.H_ORIGIN_TOPIC],
@@ -332,45 +310,43 @@ def sequenced_inbound(message: Any) -> Inbound:
         )
     except (KeyError, ValueError):
         origin = here
-    replays = replay_count(headers)
-    return Inbound(origin, message.key, message.value, timestamp_ms, replays=replays)
+    return Inbound(origin, message.key, message.value, now_ms, replays=replay_count(headers))
 
 
-def origin_headers(message: Any) -> list[tuple[str, bytes]]:
-    """The headers that carry a raw message's position through the sequenced topic."""
-    return [
-        (dlq.H_ORIGIN_TOPIC, str(message.topic).encode()),
-        (dlq.H_ORIGIN_PARTITION, str(message.partition).encode()),
-        (dlq.H_ORIGIN_OFFSET, str(message.offset).encode()),
-    ]
+class InputTopics(faust.Topic):
+    """The topics the ``process`` agent reads: the raw topics, then the control topic.
 
-
-@contextlib.contextmanager
-def within_event(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event in this task while the block runs.
-
-    Faust's tables find the partition of a write (changelog, RocksDB) through the current
-    event, which Faust sets only in the task that iterates the stream; with
-    ``take_events`` that is a background task, not the agent's (faust-streaming issue
-    #497). All events of a batch of the sequenced topic share its one partition, so any
-    of them stands for the batch.
+    Declaring it creates only the control topic (one partition); the captures create
+    the raw topics with their own partitioning. Faust declares it before it subscribes.
     """
-    token = faust.streams._current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        faust.streams._current_event.reset(token)
+
+    async def declare(self) -> None:
+        """Create the control topic (the last of :attr:`topics`) if it does not exist."""
+        control = self.app.topic(self.topics[-1], partitions=1, internal=True)
+        await control.declare()
+
+
+class BatchClock:
+    """The processor's clock: when a batch was read, in ms, never going back."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def now_ms(self) -> int:
+        """The current time, or the last one returned if the wall clock went back."""
+        self._last = max(self._last, int(time.time() * 1000))
+        return self._last
 
 
 @dataclass
 class StreamRunner:
-    """A batch of sequenced messages at a time: process, publish and wait, then commit state.
+    """A batch of inbound messages at a time: process, publish and wait, then commit state.
 
     See the module docstring for why the steps are in this order.
     """
 
     processor: StreamProcessor
-    state: StateStore
+    state: CommittedState
     publisher: Publisher
     metrics: StreamsMetrics
     generation: Callable[[], int]
@@ -405,8 +381,9 @@ class StreamRunner:
         outbound = [message for out in to_publish for message in out]
         # 2. publish all of the batch's outputs and wait for every acknowledgement, once;
         await self.retrying("publish", partial(self.publisher.publish, outbound))
-        # 3. only then change state: each key once, to the last value the batch gave it;
-        self.state.apply(staged.writes())
+        # 3. only then change state: each key once, to the last value the batch gave it,
+        #    in the changelogs (acknowledged), then in the local stores;
+        await self.retrying("commit", partial(self.state.commit, staged.text_writes()))
         # 4. the offsets follow when the agent takes its next batch (see the module doc).
         self.metrics.batch_messages.observe(len(messages))
         for outcome, out in zip(outcomes, to_publish, strict=True):
@@ -498,10 +475,9 @@ class StreamsApp:
     runner: StreamRunner
     metrics: StreamsMetrics
     registry: CollectorRegistry
-    state: StateStore
+    state: CommittedState
     tables: Mapping[str, Any]
-    sequenced: Any
-    sequence_agent: Any
+    control: Any
     process_agent: Any
 
     def run(self) -> None:
@@ -558,15 +534,17 @@ def build(
     serde: AvroSerde | None = None,
     registry: CollectorRegistry | None = None,
     flows: Mapping[str, Flow] | None = None,
-    state: StateStore | None = None,
+    state: CommittedState | None = None,
     publisher: Publisher | None = None,
+    changelog: Sender | None = None,
     read_recent_outputs: bool = True,
 ) -> StreamsApp:
     """Build the worker: Faust app, tables, agents, timer and web views.
 
     Builds only; nothing connects until the app runs. ``state`` and ``publisher``
-    replace the Faust tables and producer (tests); ``read_recent_outputs`` False skips
-    reading the output topics on assignment (tests).
+    replace the Faust tables and producer, ``changelog`` the producer of the tables'
+    changelogs (tests); ``read_recent_outputs`` False skips reading the output topics on
+    assignment (tests).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = StreamsMetrics.create(registry)
@@ -602,10 +580,11 @@ def build(
         producer_linger=settings.producer_linger_ms / 1000,
         producer_max_batch_size=settings.producer_batch_bytes,
         agent_supervisor=CrashingSupervisor,
+        PartitionAssignor=SingleOwnerAssignor,
         TableManager=StreamsTableManager,
         autodiscover=False,
     )
-    # One partition each: every write happens while processing the one sequenced partition.
+    # One partition each: one worker owns every partition (see streams.assignment).
     rocksdb = settings.store.startswith("rocksdb")
     tables = {
         name: app.Table(
@@ -619,18 +598,29 @@ def build(
     }
     if rocksdb:
         _check_stores_at_start(app, settings.kafka, tables)
-    state = state if state is not None else FaustState(tables, shared_values=not rocksdb)
-    publisher = publisher if publisher is not None else FaustPublisher(app, settings.app_id)
-    raw = app.topic(
-        *processor.topics,
+    committed: CommittedState = (
+        FaustState(
+            tables,
+            (lambda: app.producer) if changelog is None else (lambda: changelog),
+            shared_values=not rocksdb,
+        )
+        if state is None
+        else state
+    )
+    faust_publisher = FaustPublisher(app, settings.app_id) if publisher is None else None
+    outbound: Publisher = faust_publisher or cast(Publisher, publisher)
+    control = app.topic(
+        settings.control_topic,
+        partitions=1,
+        internal=True,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
     )
-    sequenced = app.topic(
-        settings.sequenced_topic,
-        partitions=1,
+    inputs = InputTopics(
+        app,
+        topics=[*processor.topics, settings.control_topic],
         internal=True,
         key_type=bytes,
         value_type=bytes,
@@ -654,8 +644,8 @@ def build(
 
     runner = StreamRunner(
         processor=processor,
-        state=state,
-        publisher=publisher,
+        state=committed,
+        publisher=outbound,
         metrics=metrics,
         generation=lambda: int(app.consumer_generation_id),
         recent_loader=recent_outputs if read_recent_outputs else None,
@@ -672,46 +662,39 @@ def build(
         take = cast(faust.Stream[bytes], stream).take_events
         return take(settings.batch_size, within=settings.linger_ms / 1000)
 
-    @app.agent(raw, name="sequence")
-    async def sequence(stream: faust.StreamT[bytes]) -> None:
-        """Forward raw messages, their positions in headers, to the sequenced topic.
+    clock = BatchClock()
 
-        1. send every message of a batch; 2. wait for all their acknowledgements;
-        3. taking the next batch lets Faust commit this one's offsets.
-        """
-        async for events in batches(stream):
-            acks = [
-                await sequenced.send(key=m.key, value=m.value, headers=origin_headers(m))
-                for m in (event.message for event in events)
-            ]
-            await asyncio.gather(*acks)
-            metrics.sequenced.labels("change").inc(len(events))
-
-    @app.agent(sequenced, name="process")
+    @app.agent(inputs, name="process")
     async def process(stream: faust.StreamT[bytes]) -> None:
-        """Process sequenced messages a batch at a time (see :class:`StreamRunner`)."""
+        """Process raw and control messages a batch at a time (see :class:`StreamRunner`)."""
         async for events in batches(stream):
-            with within_event(events[-1]):
-                await runner.handle_batch([sequenced_inbound(e.message) for e in events])
+            now_ms = clock.now_ms()
+            messages = [
+                control_inbound(event.message, now_ms)
+                if event.message.topic == settings.control_topic
+                else raw_inbound(event.message, now_ms)
+                for event in events
+            ]
+            await runner.handle_batch(messages)
+            metrics.count_consumed(messages)
 
     async def tick() -> None:
-        """Put a tick into the sequenced topic while this worker owns pending work.
+        """Put a tick into the control topic while this worker owns pending work.
 
-        Also right after the worker took the sequenced partition over, so the state is
-        loaded (and what was pending resumes) even when no change arrives.
+        Also right after the worker took the partitions over, so the state is loaded (and
+        what was pending resumes) even when no change arrives.
         """
-        owner = TP(sequenced.get_topic_name(), 0) in app.assignor.assigned_actives()
+        owner = TP(settings.control_topic, 0) in app.assignor.assigned_actives()
         unloaded = runner.loaded_generation != app.consumer_generation_id
         if owner and (processor.has_pending or unloaded):
-            await sequenced.send(key=b"tick", value=b"", headers=[(H_KIND, KIND_TICK)])
-            metrics.sequenced.labels("tick").inc()
+            await control.send(key=b"tick", value=b"", headers=[(H_KIND, KIND_TICK)])
 
     async def prepare() -> None:
         """Create the output topics and register the canonical schemas, retrying."""
         if settings.processing_guarantee == "exactly_once":
             log.warning(
-                "processing_guarantee=exactly_once: Faust's transactions cover the sequenced "
-                "topic and the changelogs, not the canonical topics; those rely on the "
+                "processing_guarantee=exactly_once: Faust's transactions cover the consumed "
+                "offsets and the changelogs, not the canonical topics; those rely on the "
                 "worker's publish-then-commit order, as with at_least_once"
             )
 
@@ -722,6 +705,8 @@ def build(
                 serde.prepare(value_subject(name), canonical_schema(name.split(".", 1)[1]))
 
         await runner.retrying("prepare", declare)
+        if faust_publisher is not None:
+            faust_publisher.open()
 
     # Faust's task and timer decorators are untyped; registered by call instead.
     app.timer(settings.tick_seconds)(tick)
@@ -735,12 +720,12 @@ def build(
     @app.page("/inventory")
     async def inventory_list(view: View, request: Request) -> Response:
         """Every product's stock: on hand, reserved, available, per location."""
-        return view.json({"items": processor.inventory(state)})
+        return view.json({"items": processor.inventory(committed)})
 
     @app.page("/inventory/{sku}")
     async def inventory_item(view: View, request: Request, sku: str) -> Response:
         """One product's stock, by SKU (404 when the worker knows no stock for it)."""
-        items = processor.inventory(state, sku)
+        items = processor.inventory(committed, sku)
         if not items:
             return view.json({"error": "no stock known for this SKU", "sku": sku}, status=404)
         return view.json(items[0])
@@ -752,10 +737,9 @@ def build(
         runner=runner,
         metrics=metrics,
         registry=registry,
-        state=state,
+        state=committed,
         tables=tables,
-        sequenced=sequenced,
-        sequence_agent=sequence,
+        control=control,
         process_agent=process,
     )
 

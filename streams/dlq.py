@@ -21,14 +21,14 @@ message. Its headers (UTF-8 text) say what went wrong and where the message came
 ``erpcrm.replay.count``     how many times the message was replayed (absent: never)
 ==========================  ==============================================================
 
-A replayed message (``erpcrm dlq replay`` puts it back into the worker's sequenced topic
+A replayed message (``erpcrm dlq replay`` puts it back into the worker's control topic
 with its original ``erpcrm.origin.*`` headers and ``erpcrm.replay.count``) that fails
 again is dead-lettered again with that count, under a new :attr:`DeadLetter.output_id`
 (the count is part of it), so the worker's own "never publish an id twice" check does
 not take the new failure for the old one.
 
-The same ``erpcrm.origin.*`` headers carry a raw message's position through the
-worker's own sequenced topic (see :mod:`streams.app`).
+A message read from the raw topics carries its position itself; only a message of the
+worker's control topic takes it from these headers (see :mod:`streams.app`).
 
 Pure: no I/O.
 """

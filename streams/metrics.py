@@ -8,12 +8,12 @@ bounded: flow names come from the mapping files, reasons from
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streams.outcome import Count, Tally
+from streams.outcome import Count, Inbound, Kind, Tally
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -41,7 +41,7 @@ class StreamsMetrics:
     ignored: Counter
     quality_defects: Counter
     retries: Counter
-    sequenced: Counter
+    consumed: Counter
     processing_seconds: Histogram
     batch_messages: Histogram
     source_to_publish_seconds: Histogram
@@ -153,21 +153,22 @@ class StreamsMetrics:
                 "Transient failures retried with backoff, per stage (process, publish, recover).",
                 ["stage"],
             ),
-            sequenced=counter(
-                "erpcrm_streams_sequenced",
-                "Raw messages forwarded into the worker's sequenced topic (tick: ticks).",
+            consumed=counter(
+                "erpcrm_streams_consumed",
+                "Messages the worker took in, per kind: change (read from a raw topic), "
+                "replay (a dead letter put back through the control topic), tick.",
                 ["kind"],
             ),
             processing_seconds=Histogram(
                 "erpcrm_streams_processing_seconds",
-                "Wall time per sequenced message: processing, publishing until acknowledged, "
+                "Wall time per inbound message: processing, publishing until acknowledged, "
                 "committing state.",
                 buckets=LATENCY_BUCKETS,
                 registry=registry,
             ),
             batch_messages=Histogram(
                 "erpcrm_streams_batch_messages",
-                "Sequenced messages per batch the process agent decides together.",
+                "Inbound messages per batch the process agent decides together.",
                 buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
                 registry=registry,
             ),
@@ -211,3 +212,15 @@ class StreamsMetrics:
         for (what, *labels), amount in tally.items():
             if amount:
                 counters[what].labels(*labels).inc(amount)
+
+    def count_consumed(self, messages: Iterable[Inbound]) -> None:
+        """Count messages taken in: ``tick``, ``replay`` (replayed dead letters), ``change``."""
+        kinds: dict[str, int] = {}
+        for message in messages:
+            if message.kind is Kind.TICK:
+                kind = "tick"
+            else:
+                kind = "replay" if message.replays else "change"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, n in kinds.items():
+            self.consumed.labels(kind).inc(n)

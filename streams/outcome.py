@@ -1,6 +1,6 @@
 """What goes into the streams processor and what comes out of one message.
 
-A sequenced message (:class:`Inbound`: a raw change or a tick) in; an :class:`Outcome` out:
+An inbound message (:class:`Inbound`: a raw change or a tick) in; an :class:`Outcome` out:
 the messages to publish (:class:`Outbound`: canonical events and dead letters), the state
 writes, and a :class:`Tally` of what happened (:class:`Count`, exported by
 :mod:`streams.metrics`).
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 H_KIND: Final = "erpcrm.kind"
-"""Header of a sequenced message saying what it is; absent: a raw change."""
+"""Header of a control-topic message saying what it is; absent: a raw change."""
 KIND_TICK: Final = b"tick"
 
 
@@ -90,7 +90,7 @@ class Tally(Counter[tuple[str, ...]]):
 
 
 class Kind(StrEnum):
-    """What a sequenced message is."""
+    """What an inbound message is."""
 
     CHANGE = "change"
     TICK = "tick"
@@ -101,10 +101,11 @@ class Inbound:
     """A message as the processor sees it.
 
     Attributes:
-        origin: where the raw message was read (for ticks: the sequenced position).
+        origin: where the raw message was read (for ticks: their control-topic position).
         key: the raw key bytes.
         value: the raw value bytes (None: a tombstone).
-        timestamp_ms: the sequenced message's timestamp; the processor's only clock.
+        timestamp_ms: when the worker read the message (its batch); the processor's
+            only clock.
         kind: a raw change, or a tick.
         replays: how many times an operator replayed it from the dead-letter topic.
     """

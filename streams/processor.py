@@ -1,8 +1,9 @@
-"""The streams stage's routing: one sequenced message in, canonical events and state changes out.
+"""The streams stage's routing: one inbound message in, canonical events and state changes out.
 
-:class:`StreamProcessor` sits between a raw message (as read from the worker's sequenced
-topic, see :mod:`streams.app`) and the flows. It picks the flows of the message's table,
-decodes the envelope, drops echoes, and hands the change to the job that owns it:
+:class:`StreamProcessor` sits between a raw message (as read from its raw topic, or
+replayed through the worker's control topic, see :mod:`streams.app`) and the flows. It
+picks the flows of the message's table, decodes the envelope, drops echoes, and hands
+the change to the job that owns it:
 
 - plain entities (customers, contacts, products, invoices): mapped, cleansed and
   validated by :func:`streams.transform.to_canonical`, their references kept by
@@ -73,7 +74,7 @@ __all__ = ["StreamProcessor"]
 
 
 class StreamProcessor:
-    """Runs sequenced raw messages through the flows; see the module docstring.
+    """Runs inbound raw messages through the flows; see the module docstring.
 
     Args:
         flows: the mapping flows by name (:func:`schemas.mapping.load_mappings`).
@@ -183,7 +184,7 @@ class StreamProcessor:
         state.apply(outcome.writes)
 
     def process(self, message: Inbound, state: StateView) -> Outcome:
-        """Process one sequenced message; see the module docstring for the contract.
+        """Process one inbound message; see the module docstring for the contract.
 
         Raises:
             RetriableError: the schema registry is unreachable; retry the message.

@@ -18,22 +18,22 @@ from schemas.settings import WorkerSettings
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 DeadLetterPolicy = Literal["fail", "dlq", "skip"]
 
-SEQUENCED_SUFFIX: Final = "-sequenced"
+CONTROL_SUFFIX: Final = "-control"
 
 DEFAULT_WEB_PORT: Final = 39113
 DEFAULT_DATA_DIR: Final = Path(__file__).resolve().parents[1] / ".local" / "streams"
 """``<checkout>/.local/streams`` (git-ignored), next to the local stack's state."""
 
 
-def sequenced_topic(app_id: str) -> str:
-    """The topic every raw message of app ``app_id`` passes through: ``<app_id>-sequenced``.
+def control_topic(app_id: str) -> str:
+    """The control topic of app ``app_id``: ``<app_id>-control`` (one partition).
 
-    Its one partition is the worker's single entry point: a raw message written there
-    with its original position in the ``erpcrm.origin.*`` headers is processed as if it
-    had just been read from its raw topic (``erpcrm dlq replay`` puts dead letters back
-    this way).
+    The worker reads it with the raw topics: ticks (see ``tick_seconds``), and raw
+    messages written there with their original position in the ``erpcrm.origin.*``
+    headers, processed as if they had just been read from their raw topic (``erpcrm dlq
+    replay`` puts dead letters back this way).
     """
-    return f"{app_id}{SEQUENCED_SUFFIX}"
+    return f"{app_id}{CONTROL_SUFFIX}"
 
 
 class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
@@ -41,7 +41,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
 
     Attributes:
         app_id: Faust application id: the consumer group, and the prefix of the worker's
-            own topics (``<app_id>-sequenced``, ``<app_id>-<table>-changelog``).
+            own topics (``<app_id>-control``, ``<app_id>-<table>-changelog``).
         data_dir: where RocksDB keeps the tables (``<data_dir>/<app_id>``).
         store: Faust table store; ``rocksdb://`` (rocksdict driver) in production,
             ``memory://`` for throw-away runs.
@@ -60,10 +60,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
         partitions: partitions of the canonical and dead-letter topics the worker
             creates (existing topics keep theirs).
         replication_factor: replication of the topics the worker creates.
-        batch_size: how many messages each agent takes at a time (forwarding raw
-            messages, processing sequenced ones); a batch's outputs are published
-            together and acknowledged once.
-        linger_ms: how long an agent waits for a batch to fill before it takes what has
+        batch_size: how many messages the worker takes at a time; a batch's outputs are
+            published together and acknowledged once.
+        linger_ms: how long the worker waits for a batch to fill before it takes what has
             arrived.
         producer_linger_ms: how long the worker's Kafka producer waits to fill a request
             (all of a batch's outputs and state writes go out in few, large requests).
@@ -75,7 +74,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
         session_timeout_seconds: how long the group waits for a silent worker before its
             partitions move (after a crash, the restarted worker waits this long).
         tick_seconds: how often a worker with pending work (orders being assembled,
-            records waiting for a reference) puts a tick into its sequenced topic.
+            records waiting for a reference) puts a tick into its control topic.
         assembly_timeout_seconds: an order whose transaction's END has not arrived
             after this long is assembled from what has.
         snapshot_settle_seconds: orders read by a snapshot (no transaction) are
@@ -144,9 +143,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
         }
 
     @property
-    def sequenced_topic(self) -> str:
-        """The worker's sequenced topic (see :func:`sequenced_topic`)."""
-        return sequenced_topic(self.app_id)
+    def control_topic(self) -> str:
+        """The worker's control topic (see :func:`control_topic`)."""
+        return control_topic(self.app_id)
 
     @property
     def table_dir(self) -> Path:

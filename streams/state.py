@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 __all__ = [
     "ASSEMBLY",
@@ -48,8 +48,10 @@ __all__ = [
     "StagedState",
     "StateStore",
     "StateView",
+    "TextWrite",
     "Write",
     "b64",
+    "dump",
     "freeze",
     "thaw",
     "unb64",
@@ -78,11 +80,28 @@ class Write:
     value: Any
 
 
+@dataclass(frozen=True, slots=True)
+class TextWrite:
+    """One state change with its value as JSON text (:func:`dump`): None deletes the key."""
+
+    table: str
+    key: str
+    text: str | None
+
+
+dump: Final = json.JSONEncoder(separators=(",", ":")).encode
+"""A value as the tables hold it: compact JSON text."""
+
+
 class StateView(Protocol):
     """Read access to the state tables. Every call returns a fresh value."""
 
     def get(self, table: str, key: str) -> Any:
         """Return the value of ``key`` in ``table``, or None."""
+        ...
+
+    def text(self, table: str, key: str) -> str | None:
+        """Return the value of ``key`` in ``table`` as JSON text, or None."""
         ...
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -109,6 +128,10 @@ class DictState:
         text = self.tables[table].get(key)
         return None if text is None else json.loads(text)
 
+    def text(self, table: str, key: str) -> str | None:
+        """Return the value of ``key`` as JSON text, or None."""
+        return self.tables[table].get(key)
+
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
         """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``, sorted."""
         for key in sorted(self.tables[table]):
@@ -121,7 +144,15 @@ class DictState:
             if write.value is None:
                 self.tables[write.table].pop(write.key, None)
             else:
-                self.tables[write.table][write.key] = json.dumps(write.value)
+                self.tables[write.table][write.key] = dump(write.value)
+
+    async def commit(self, writes: Sequence[TextWrite]) -> None:
+        """Apply ``writes`` at once (the worker's commit of a batch's state)."""
+        for write in writes:
+            if write.text is None:
+                self.tables[write.table].pop(write.key, None)
+            else:
+                self.tables[write.table][write.key] = write.text
 
     def values(self, table: str) -> dict[str, Any]:
         """Every entry of ``table``, decoded (for tests and tools)."""
@@ -148,15 +179,18 @@ class StagedState:
 
     def get(self, table: str, key: str) -> Any:
         """Return the staged value of ``key``, else the committed one; None if absent."""
+        text = self.text(table, key)
+        return None if text is None else json.loads(text)
+
+    def text(self, table: str, key: str) -> str | None:
+        """Return the staged value of ``key`` as JSON text, else the committed one."""
         where = (table, key)
         text = self._staged.get(where, _UNSEEN)
         if text is _UNSEEN:
             text = self._read.get(where, _UNSEEN)
             if text is _UNSEEN:
-                value = self._base.get(table, key)
-                self._read[where] = None if value is None else json.dumps(value)
-                return value
-        return None if text is None else json.loads(text)
+                text = self._read[where] = self._base.text(table, key)
+        return cast(str | None, text)
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
         """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``, sorted."""
@@ -175,16 +209,23 @@ class StagedState:
         """Stage ``writes`` (in order) on top of what is staged already."""
         for write in writes:
             value = write.value
-            self._staged[(write.table, write.key)] = None if value is None else json.dumps(value)
+            self._staged[(write.table, write.key)] = None if value is None else dump(value)
 
     def writes(self) -> list[Write]:
         """Every key staged, with its last value, in the order keys were first staged.
 
         Applied to ``base``, they leave it as applying every staged write in order would:
-        only a key's last value counts. A batch commits its state with one write per key.
+        only a key's last value counts.
         """
         return [
-            Write(table, key, None if text is None else json.loads(text))
+            Write(write.table, write.key, None if write.text is None else json.loads(write.text))
+            for write in self.text_writes()
+        ]
+
+    def text_writes(self) -> list[TextWrite]:
+        """:meth:`writes` with the values as JSON text: what a batch commits, one per key."""
+        return [
+            TextWrite(table, key, text)
             for (table, key), text in self._staged.items()
             # a key deleted that the base is known not to hold needs no write
             if text is not None or self._read.get((table, key), _UNSEEN) is not None

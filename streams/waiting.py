@@ -4,8 +4,9 @@ A record failing only because a reference is not known yet (:data:`PARKABLE`: th
 product may be in a topic not read that far, the customer not linked yet) is parked in
 the ``assembly`` table under ``park|<topic>|<partition>|<offset>|<flow>`` with its
 original bytes, and retried on every tick for ``reference_wait``; then it is
-dead-lettered with its reason. Ticks come through the same sequenced topic as the data,
-so every decision depends only on that log and replays the same.
+dead-lettered with its reason. Ticks come through the worker's control topic and are
+decided in the same batches as the data, one message at a time; the clock of every
+decision is the time its batch was read (see :mod:`streams.app`).
 
 :class:`Waiting` also keeps the in-memory index of everything pending (parked records,
 open transactions and snapshot orders of :mod:`streams.orders`, transactions whose

@@ -114,7 +114,7 @@ def test_an_order_with_an_unknown_sku_arrives_once_after_the_product_is_made_and
         # Replayed while the SKU is still unknown: it fails again, with its count.
         report = dlq(env, "replay", first_id)
         assert [r["id"] for r in report["replayed"]] == [first_id]
-        assert report["replayed"][0]["to"] == f"{pipeline.streams.app_id}-sequenced"
+        assert report["replayed"][0]["to"] == f"{pipeline.streams.app_id}-control"
 
         def replayed_letters() -> list[Output]:
             return [o for o in letters() if o.headers.get("erpcrm.replay.count") == "1"]

@@ -122,7 +122,7 @@ class StreamsProcess(CliProcess):
         return self
 
     def cleanup(self) -> None:
-        """Stop, and delete the worker's own topics (sequenced, changelogs) and its group."""
+        """Stop, and delete the worker's own topics (control, changelogs) and its group."""
         self.stop()
         admin = AdminClient({"bootstrap.servers": self.stack_env["KAFKA_BOOTSTRAP"]})
         mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{self.app_id}-")]

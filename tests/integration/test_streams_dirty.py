@@ -363,7 +363,7 @@ def run(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
             if not streams.running:
                 raise AssertionError(f"streams exited:\n{streams.tail()}")
             samples = _metrics(streams)
-            done = _total(samples, "erpcrm_streams_sequenced_total", kind="change")
+            done = _total(samples, "erpcrm_streams_consumed_total", kind="change")
             processed = _total(samples, "erpcrm_streams_events_in_total")
             if processed != state["last"]:
                 state["last"], state["since"] = processed, time.monotonic()

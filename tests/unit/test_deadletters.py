@@ -108,10 +108,10 @@ def test_filters_take_every_criterion_that_is_set() -> None:
     assert not LetterFilter(since_ms=NOW_MS - 89_999).matches(letter)
 
 
-def test_a_streams_letter_goes_back_into_its_apps_sequenced_topic_with_its_origin() -> None:
+def test_a_streams_letter_goes_back_into_its_apps_control_topic_with_its_origin() -> None:
     replay = plan_replay(streams_letter(), default_app_id="other")
     headers = dict(replay.headers)
-    assert (replay.topic, replay.key, replay.value) == ("erpcrm-streams-sequenced", b"k", b"v")
+    assert (replay.topic, replay.key, replay.value) == ("erpcrm-streams-control", b"k", b"v")
     assert (
         headers["erpcrm.origin.topic"],
         headers["erpcrm.origin.partition"],
@@ -123,7 +123,7 @@ def test_a_streams_letter_goes_back_into_its_apps_sequenced_topic_with_its_origi
     assert dict(third.headers)["erpcrm.replay.count"] == "3"
     # a letter naming no app goes to the configured one
     unnamed = streams_letter(**{"erpcrm.app_id": ""})
-    assert plan_replay(unnamed, default_app_id="mine").topic == "mine-sequenced"
+    assert plan_replay(unnamed, default_app_id="mine").topic == "mine-control"
 
 
 def test_a_sink_letter_goes_to_its_sinks_replay_topic_with_entity_and_key() -> None:
@@ -148,7 +148,7 @@ def test_letters_that_cannot_be_replayed_say_why() -> None:
 
 
 def test_replay_marks_round_trip_and_foreign_values_are_ignored() -> None:
-    mark = ReplayMark("dlq.streams:0:42", NOW_MS, "erpcrm-streams-sequenced", 1)
+    mark = ReplayMark("dlq.streams:0:42", NOW_MS, "erpcrm-streams-control", 1)
     assert ReplayMark.decode(mark.encode()) == mark
     for foreign in (b"", b"not json", b"{}", b'{"letter": 1}'):
         assert ReplayMark.decode(foreign) is None

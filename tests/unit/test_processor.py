@@ -160,7 +160,7 @@ class Harness:
 
     def tick(self, advance_ms: int) -> Inbound:
         self.now += advance_ms
-        return Inbound(self._origin("streams-sequenced"), None, None, self.now, Kind.TICK)
+        return Inbound(self._origin("streams-control"), None, None, self.now, Kind.TICK)
 
 
 def decoded(outcome: Outcome) -> list[dict[str, Any]]:

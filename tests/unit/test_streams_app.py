@@ -1,7 +1,7 @@
 """The Faust app (streams/app.py): agents through Faust's test context, the runner's order.
 
 No Kafka: the process agent gets dict-backed state and a publisher that records what it
-is given; the sequence agent's output topic is replaced by a recorder.
+is given; raw messages are put into its test channel under their raw topic's name.
 """
 
 from __future__ import annotations
@@ -14,12 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faust.types import TP
 from prometheus_client import generate_latest
 
 import streams.app as streams_app
 from schemas.errors import PermanentError, RetriableError
 from streams import dlq
-from streams.app import StreamRunner, StreamsApp, build, origin_headers, sequenced_inbound
+from streams.app import (
+    BatchClock,
+    FaustPublisher,
+    StreamRunner,
+    StreamsApp,
+    build,
+    control_inbound,
+    raw_inbound,
+)
 from streams.outcome import H_KIND, KIND_TICK, Kind, Outbound
 from streams.settings import StreamsSettings
 from streams.state import DictState
@@ -67,7 +76,42 @@ def raw_partner(lsn: int, **changes: Any) -> tuple[bytes | None, bytes | None]:
 
 
 def origin(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    return origin_headers(types.SimpleNamespace(topic=topic, partition=partition, offset=offset))
+    """The headers ``erpcrm dlq replay`` gives a raw message put back into the control topic."""
+    return [
+        (dlq.H_ORIGIN_TOPIC, topic.encode()),
+        (dlq.H_ORIGIN_PARTITION, str(partition).encode()),
+        (dlq.H_ORIGIN_OFFSET, str(offset).encode()),
+    ]
+
+
+async def put_raw(
+    agent: Any,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    partition: int = 0,
+    offset: int | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Hand the agent under test a message read from ``topic`` and wait until processed.
+
+    Faust's ``put`` names no topic when the agent reads several; this is the same with
+    the topic named.
+    """
+    message = agent.to_message(
+        key,
+        value,
+        partition=partition,
+        offset=agent.sent_offset if offset is None else offset,
+        headers=headers,
+    )
+    message.topic = topic
+    channel = agent.stream().channel
+    await channel.put(await channel.decode(message))
+    agent.sent_offset += 1
+    async with agent.new_value_processed:
+        await agent.new_value_processed.wait()
 
 
 def test_the_process_agent_publishes_canonical_events_then_commits(tmp_path: Path) -> None:
@@ -77,9 +121,9 @@ def test_the_process_agent_publishes_canonical_events_then_commits(tmp_path: Pat
 
     async def scenario() -> None:
         async with streams.process_agent.test_context() as agent:
-            headers = origin("erp.public.res_partner", 1, 42)
-            await agent.put(key=key, value=value, headers=headers)
-            await agent.put(key=key, value=value, headers=origin("erp.public.res_partner", 1, 42))
+            await put_raw(agent, "erp.public.res_partner", key, value, partition=1, offset=42)
+            # read again (a restart before the offset was committed)
+            await put_raw(agent, "erp.public.res_partner", key, value, partition=1, offset=42)
 
     asyncio.run(scenario())
     message, logged = publisher.sent  # the replay was deduped
@@ -94,6 +138,7 @@ def test_the_process_agent_publishes_canonical_events_then_commits(tmp_path: Pat
     metrics = generate_latest(streams.registry).decode()
     assert 'erpcrm_streams_events_out_total{flow="erp_res_partner__customer"} 1.0' in metrics
     assert 'erpcrm_streams_deduped_total{flow="erp_res_partner__customer"} 1.0' in metrics
+    assert 'erpcrm_streams_consumed_total{kind="change"} 2.0' in metrics
 
 
 def test_the_process_agent_dead_letters_with_the_raw_origin(tmp_path: Path) -> None:
@@ -103,7 +148,7 @@ def test_the_process_agent_dead_letters_with_the_raw_origin(tmp_path: Path) -> N
 
     async def scenario() -> None:
         async with streams.process_agent.test_context() as agent:
-            await agent.put(key=key, value=value, headers=origin("erp.public.res_partner", 2, 7))
+            await put_raw(agent, "erp.public.res_partner", key, value, partition=2, offset=7)
 
     asyncio.run(scenario())
     letter, logged = publisher.sent
@@ -120,35 +165,56 @@ def test_the_process_agent_dead_letters_with_the_raw_origin(tmp_path: Path) -> N
     ) in metrics
 
 
-def test_the_sequence_agent_forwards_bytes_with_their_position(tmp_path: Path) -> None:
-    streams = make(tmp_path, Recorder())
-    forwarded: list[dict[str, Any]] = []
-
-    async def send(**kwargs: Any) -> asyncio.Future[None]:
-        forwarded.append(kwargs)
-        acknowledged = asyncio.get_running_loop().create_future()
-        acknowledged.set_result(None)  # what Faust's send returns: the ack to wait for
-        return acknowledged
-
-    streams.sequenced.send = send
-    key, value = raw_partner(100)
+def test_a_replayed_dead_letter_is_processed_as_the_raw_message_at_its_origin(
+    tmp_path: Path,
+) -> None:
+    publisher = Recorder()
+    streams = make(tmp_path, publisher)
+    key, value = raw_partner(100, name=" ")
+    replay = [*origin("erp.public.res_partner", 2, 7), (dlq.H_REPLAY_COUNT, b"1")]
 
     async def scenario() -> None:
-        async with streams.sequence_agent.test_context() as agent:
-            await agent.put(key=key, value=value, partition=2)
-            await agent.put(key=key, value=None, partition=2)  # tombstones too
+        async with streams.process_agent.test_context() as agent:
+            await put_raw(agent, streams.settings.control_topic, key, value, headers=replay)
 
     asyncio.run(scenario())
-    assert [(f["key"], f["value"]) for f in forwarded] == [(key, value), (key, None)]
-    headers = dlq.text_headers(forwarded[1]["headers"])
-    assert (headers[dlq.H_ORIGIN_PARTITION], headers[dlq.H_ORIGIN_OFFSET]) == ("2", "1")
-    # counted once the batch's acknowledgements are in
-    assert b'erpcrm_streams_sequenced_total{kind="change"} 2.0' in generate_latest(streams.registry)
+    letter = publisher.sent[0]
+    headers = dlq.text_headers(letter.headers)
+    assert (letter.topic, headers[dlq.H_REPLAY_COUNT]) == ("dlq.streams", "1")
+    assert (headers[dlq.H_ORIGIN_TOPIC], headers[dlq.H_ORIGIN_OFFSET]) == (
+        "erp.public.res_partner",
+        "7",
+    )
+    metrics = generate_latest(streams.registry).decode()
+    assert 'erpcrm_streams_consumed_total{kind="replay"} 1.0' in metrics
 
 
-def test_sequenced_messages_are_read_back_with_their_origin() -> None:
+def test_raw_messages_keep_their_own_position_and_take_the_read_time() -> None:
     message = types.SimpleNamespace(
-        topic="erpcrm-streams-sequenced",
+        topic="crm.public.accounts",
+        partition=1,
+        offset=3,
+        timestamp=1_000.0,  # the capture's time: not the processor's clock
+        key=b"k",
+        value=None,
+        headers=[],
+    )
+    inbound = raw_inbound(message, 1_717_236_000_500)
+    assert (inbound.origin, inbound.timestamp_ms) == (
+        dlq.Origin("crm.public.accounts", 1, 3),
+        1_717_236_000_500,
+    )
+    assert (inbound.key, inbound.value, inbound.kind, inbound.replays) == (
+        b"k",
+        None,
+        Kind.CHANGE,
+        0,
+    )
+
+
+def test_control_messages_are_ticks_or_raw_messages_from_their_origin() -> None:
+    message = types.SimpleNamespace(
+        topic="erpcrm-streams-control",
         partition=0,
         offset=9,
         timestamp=1_717_236_000.5,
@@ -156,22 +222,32 @@ def test_sequenced_messages_are_read_back_with_their_origin() -> None:
         value=b"v",
         headers=origin("crm.public.accounts", 1, 3),
     )
-    inbound = sequenced_inbound(message)
+    inbound = control_inbound(message, 1_717_236_001_000)
     assert (inbound.origin, inbound.timestamp_ms) == (
         dlq.Origin("crm.public.accounts", 1, 3),
-        1_717_236_000_500,
+        1_717_236_001_000,
     )
-    tick = sequenced_inbound(
-        message.__class__(**(vars(message) | {"headers": [(H_KIND, KIND_TICK)]}))
+    tick = control_inbound(
+        message.__class__(**(vars(message) | {"headers": [(H_KIND, KIND_TICK)]})), 0
     )
     assert (tick.kind, tick.origin.offset) == (Kind.TICK, 9)
     assert inbound.replays == 0
-    replayed = sequenced_inbound(
+    replayed = control_inbound(
         message.__class__(
             **(vars(message) | {"headers": [*message.headers, (dlq.H_REPLAY_COUNT, b"2")]})
-        )
+        ),
+        0,
     )
     assert (replayed.origin, replayed.replays) == (inbound.origin, 2)
+    unnamed = control_inbound(message.__class__(**(vars(message) | {"headers": []})), 0)
+    assert unnamed.origin == dlq.Origin("erpcrm-streams-control", 0, 9)
+
+
+def test_the_batch_clock_never_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = BatchClock()
+    times = iter([100.0, 99.0, 101.5])
+    monkeypatch.setattr("streams.app.time.time", lambda: next(times))
+    assert [clock.now_ms(), clock.now_ms(), clock.now_ms()] == [100_000, 100_000, 101_500]
 
 
 def runner(publisher: Recorder, recent: set[str] | None = None) -> tuple[StreamRunner, Harness]:
@@ -242,7 +318,7 @@ def test_the_module_builds_its_app_lazily_from_the_environment(
     assert app is streams_app.app
     assert (app.conf.id, app.conf.web_port, app.conf.web_bind) == ("lazy-app", 39999, "127.0.0.1")
     assert str(app.conf.processing_guarantee.value) == "at_least_once"
-    assert {"sequence", "process"} <= {agent.name for agent in app.agents.values()}
+    assert [agent.name for agent in app.agents.values()] == ["process"]
 
 
 def test_the_web_views_serve_metrics_and_inventory(tmp_path: Path) -> None:
@@ -253,8 +329,10 @@ def test_the_web_views_serve_metrics_and_inventory(tmp_path: Path) -> None:
         h.change(PRODUCT_PRODUCT, "r", after=product, lsn=10),
         h.change(STOCK_QUANT, "u", after=quant(1, 7, 1, "10", "2"), lsn=100),
     ):
-        outcome = streams.processor.process(message, streams.state)
-        streams.processor.commit(outcome, streams.state)
+        state = streams.state
+        assert isinstance(state, DictState)
+        outcome = streams.processor.process(message, state)
+        streams.processor.commit(outcome, state)
         streams.metrics.record(outcome.tally)
     views = streams.app.web.views
 
@@ -278,13 +356,31 @@ def test_the_web_views_serve_metrics_and_inventory(tmp_path: Path) -> None:
     assert b'erpcrm_streams_events_out_total{flow="erp_stock_quant__inventory"} 1.0' in metrics.body
 
 
+class Changelogs:
+    """Records what is sent to the tables' changelogs; acknowledges with offsets 0, 1, ..."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, *_: Any
+    ) -> asyncio.Future[Any]:
+        self.sent.append((topic, key, value, partition))
+        acknowledged = asyncio.get_running_loop().create_future()
+        offset = sum(1 for sent in self.sent if sent[0] == topic) - 1
+        acknowledged.set_result(types.SimpleNamespace(topic=topic, offset=offset))
+        return acknowledged
+
+
 def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> None:
     publisher = Recorder()
+    changelogs = Changelogs()
     streams = build(
         StreamsSettings(app_id="erpcrm-streams-rocks", data_dir=tmp_path, store="rocksdb://"),
         serde=SERDE,
         flows=FLOWS,
         publisher=publisher,
+        changelog=changelogs,
         read_recent_outputs=False,
     )
     key, value = raw_partner(100)
@@ -292,12 +388,42 @@ def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> 
     async def scenario() -> None:
         async with streams.process_agent.test_context() as agent:
             for _ in range(2):
-                await agent.put(
-                    key=key, value=value, headers=origin("erp.public.res_partner", 0, 5)
-                )
+                await put_raw(agent, "erp.public.res_partner", key, value, offset=5)
 
     asyncio.run(scenario())
     assert [m.topic for m in publisher.sent] == ["canonical.customer", "quality.defects"]
     assert streams.state.get("dedupe", "customer|erp:42")[0] == 100
     assert streams.state.get("reference", "cidx|erp|42")["vat"] == "DE136695976"
     assert list((tmp_path / "erpcrm-streams-rocks").rglob("*.db"))
+    # every write went to its changelog first (partition 0), once: the replay wrote nothing
+    dedupe = "erpcrm-streams-rocks-dedupe-changelog"
+    written = [(key, partition) for topic, key, _, partition in changelogs.sent if topic == dedupe]
+    assert written == [(b'"customer|erp:42"', 0)]
+    store = streams.tables["dedupe"].data
+    assert store.persisted_offset(TP(dedupe, 0)) == 0
+
+
+def test_the_faust_publisher_sends_nothing_before_the_output_topics_exist() -> None:
+    sent: list[tuple[str, Any]] = []
+
+    class Producer:
+        async def send(self, topic: str, *args: Any) -> asyncio.Future[None]:
+            sent.append((topic, args[-1]))
+            acknowledged = asyncio.get_running_loop().create_future()
+            acknowledged.set_result(None)
+            return acknowledged
+
+    app: Any = types.SimpleNamespace(producer=Producer())
+    publisher = FaustPublisher(app, "erpcrm-streams-test")
+    message = Outbound("canonical.customer", b"erp:42", b"v", (), "event-1")
+
+    async def scenario() -> None:
+        publishing = asyncio.create_task(publisher.publish([message]))
+        await asyncio.sleep(0.05)
+        assert sent == []
+        assert not publishing.done()
+        publisher.open()  # the output topics were declared
+        await asyncio.wait_for(publishing, 5)
+
+    asyncio.run(scenario())
+    assert sent == [("canonical.customer", [(dlq.H_APP_ID, b"erpcrm-streams-test")])]

@@ -1,0 +1,162 @@
+"""The processor's state over the worker's Faust tables, committed a batch at a time.
+
+The worker's four tables (:data:`streams.state.TABLES`) have one partition each and one
+writer (see :mod:`streams.assignment`). A batch's state is committed in one go, not key
+by key through Faust's table API (which sends each key to the changelog through a
+buffer drained one message at a time, and does not wait for those sends before the
+consumer's offsets are committed):
+
+1. every write (its value as JSON text already, :class:`~streams.state.TextWrite`) is
+   sent to its table's changelog (partition 0), the key in the store's own encoding;
+   every acknowledgement is awaited;
+2. only then are the writes applied to the local stores, the way Faust applies a
+   changelog batch when it recovers a table: one RocksDB write batch per table, with
+   the changelog offset reached (the store's "persisted offset").
+
+So when :meth:`FaustState.commit` returns, the batch's state is in Kafka, and the
+worker only then asks for the next batch (which lets Faust commit the batch's input
+offsets). A crash between 1 and 2 leaves the local store behind its changelog, which
+Faust reads back at start; another worker taking over restores from the changelog.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from faust.types import TP
+
+from streams.state import StateView, TextWrite, dump
+
+__all__ = ["CommittedState", "FaustState", "Sender"]
+
+
+class Sender(Protocol):
+    """What the commit needs of Faust's producer."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+    ) -> Any:
+        """Queue one message; returns an awaitable of its record metadata (the ack)."""
+        ...
+
+
+class CommittedState(StateView, Protocol):
+    """State the worker reads, and commits a batch's writes to (durably, then locally).
+
+    :class:`FaustState` in the worker; :class:`~streams.state.DictState` in tests.
+    """
+
+    async def commit(self, writes: Sequence[TextWrite]) -> None:
+        """Apply ``writes`` (one per key); returns once they are durable."""
+        ...
+
+
+class FaustState:
+    """The processor's state over the worker's Faust tables (key: text, JSON values).
+
+    Reads return values the caller may change: copies where the store hands out its own
+    objects (``shared_values``: the memory store); a RocksDB store decodes a fresh value
+    on every read, so its values are returned as they come. Writes: :meth:`commit`
+    (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        tables: Mapping[str, Any],
+        producer: Callable[[], Sender],
+        *,
+        shared_values: bool = True,
+    ) -> None:
+        self._tables = tables
+        self._producer = producer
+        self._shared = shared_values
+        self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
+
+    def get(self, table: str, key: str) -> Any:
+        """Return the value of ``key`` in ``table``, or None.
+
+        Reads the table's store directly: the table's own ``get`` looks the key up twice
+        (``in``, then the value).
+        """
+        return self._copy(self._tables[table].data.get(key))
+
+    def text(self, table: str, key: str) -> str | None:
+        """Return the value of ``key`` in ``table`` as JSON text, or None.
+
+        From a RocksDB store, the stored bytes as they are (nothing decoded), read from
+        the one partition's database (Faust's own lookup also indexes every key read).
+        """
+        store = self._tables[table].data
+        if self._shared:
+            value = store.get(key)
+            return None if value is None else dump(value)
+        stored = store._db_for_partition(0).get(store._encode_key(key))
+        return None if stored is None else bytes(stored).decode("utf-8")
+
+    def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``."""
+        for key, value in list(self._tables[table].items()):
+            if isinstance(key, str) and key.startswith(prefix):
+                yield key, self._copy(value)
+
+    async def commit(self, writes: Sequence[TextWrite]) -> None:
+        """1. send ``writes`` to the changelogs and await every ack; 2. apply them locally."""
+        if not writes:
+            return
+        producer = self._producer()
+        pending = []
+        for write in writes:
+            table = self._tables[write.table]
+            key = table.data._encode_key(write.key)
+            value = None if write.text is None else write.text.encode("utf-8")
+            topic = table.changelog_topic.get_topic_name()
+            ack = await producer.send(topic, key, value, 0, None, None)
+            pending.append((write, key, value, ack))
+        by_table: dict[str, list[_ChangelogRecord]] = {}
+        for write, key, value, ack in pending:
+            metadata = await ack
+            message = _ChangelogMessage(TP(metadata.topic, 0), metadata.offset, key, value)
+            by_table.setdefault(write.table, []).append(_ChangelogRecord(write.key, message))
+        for name, records in by_table.items():
+            self._tables[name].apply_changelog_batch(records)
+
+
+@dataclass(frozen=True, slots=True)
+class _ChangelogMessage:
+    """A changelog message as Faust's stores read one in recovery."""
+
+    tp: TP
+    offset: int
+    key: bytes
+    value: bytes | None
+
+    @property
+    def partition(self) -> int:
+        return int(self.tp.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class _ChangelogRecord:
+    """A changelog event: the raw message, the decoded key and value (memory store)."""
+
+    key: str
+    message: _ChangelogMessage
+
+    @property
+    def value(self) -> Any:
+        raw = self.message.value
+        return None if raw is None else json.loads(raw)
+
+
+def _same(value: Any) -> Any:
+    return value
