@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from schemas.settings import WorkerSettings
+from schemas.settings import WorkerSettings, port_offset
 
 System = Literal["erp", "crm"]
 
@@ -30,7 +30,15 @@ DEFAULT_TABLES: dict[str, tuple[str, ...]] = {
         "aos_products_quotes",
     ),
 }
-DEFAULT_METRICS_PORT = {"erp": 39111, "crm": 39112}
+_METRICS_PORT: Final = {"erp": 39111, "crm": 39112}
+
+
+def default_metrics_port(system: System) -> int:
+    """Where a capture serves ``/metrics`` unless told (ERP 39111, CRM 39112, + offset).
+
+    The offset is :func:`schemas.settings.port_offset`, the stack's.
+    """
+    return _METRICS_PORT[system] + port_offset()
 
 
 class CaptureSettings(WorkerSettings, env_prefix="ERPCRM_CDC_"):
@@ -78,7 +86,7 @@ class CaptureSettings(WorkerSettings, env_prefix="ERPCRM_CDC_"):
             "tables": self.tables or DEFAULT_TABLES[self.system],
             "slot": self.slot or f"erpcrm_{self.system}",
             "publication": self.publication or f"erpcrm_{self.system}",
-            "metrics_port": self.metrics_port or DEFAULT_METRICS_PORT[self.system],
+            "metrics_port": self.metrics_port or default_metrics_port(self.system),
         }
         for key, value in defaults.items():
             object.__setattr__(self, key, value)

@@ -43,7 +43,7 @@ import psycopg
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from cdc.settings import DEFAULT_METRICS_PORT as CAPTURE_PORTS
+from cdc.settings import default_metrics_port as capture_port
 from erpcrm.benchkit import (
     Samples,
     bucket_delta,
@@ -63,8 +63,8 @@ from erpcrm.stack.postgres import SUPERUSER
 from erpcrm.supervisor import DEFAULT_WORKERS
 from erpcrm.workload import run_workload_parallel
 from schemas.errors import StackError
-from sinks.settings import DEFAULT_METRICS_PORT as SINK_PORTS
-from streams.settings import DEFAULT_WEB_PORT
+from sinks.settings import default_metrics_port as sink_port
+from streams.settings import default_web_port
 
 __all__ = ["DEFAULT_RATES", "bench_e2e"]
 
@@ -74,13 +74,18 @@ E2E_HISTOGRAM = "erpcrm_sink_end_to_end_seconds"
 DIRECTIONS = {"erp_to_crm": "crm", "crm_to_erp": "erp"}
 """Direction -> the sink target that measures it."""
 
-_PORTS = {
-    "cdc-erp": CAPTURE_PORTS["erp"],
-    "cdc-crm": CAPTURE_PORTS["crm"],
-    "streams": DEFAULT_WEB_PORT,
-    "sink-crm": SINK_PORTS["crm"],
-    "sink-erp": SINK_PORTS["erp"],
-}
+
+def _ports() -> dict[str, int]:
+    """Each worker's metrics port, as ``erpcrm run`` starts them (the stack's offset too)."""
+    return {
+        "cdc-erp": capture_port("erp"),
+        "cdc-crm": capture_port("crm"),
+        "streams": default_web_port(),
+        "sink-crm": sink_port("crm"),
+        "sink-erp": sink_port("erp"),
+    }
+
+
 _SLOTS = {"erp": "erpcrm_erp", "crm": "erpcrm_crm"}
 _STREAMS_GROUP = "erpcrm-streams"
 
@@ -241,7 +246,7 @@ class _Lag:
         """The whole backlog now (the sinks' part from their own metrics)."""
         wal = self.wal_positions()
         confirmed = self.confirmed()
-        sinks = {t: scrape(SINK_PORTS[t]) or {} for t in ("crm", "erp")}
+        sinks = {t: scrape(sink_port(t)) or {} for t in ("crm", "erp")}
         return {
             "slot_lag_bytes": {s: max(0, wal[s] - confirmed[s]) for s in wal},
             "streams_lag_records": self.streams(),
@@ -266,7 +271,7 @@ class _Lag:
         applied, still_since = -1.0, started
         while True:
             now = time.monotonic()
-            sinks = [scrape(SINK_PORTS[t]) for t in ("crm", "erp")]
+            sinks = [scrape(sink_port(t)) for t in ("crm", "erp")]
             count = sum(total(m, f"{E2E_HISTOGRAM}_count") for m in sinks if m is not None)
             if count != applied:
                 applied, still_since = count, now
@@ -290,7 +295,7 @@ def _scrape_all(timeout: float = 60.0) -> dict[str, Samples]:
     """Every worker's metrics; waits for a worker that is restarting, up to ``timeout``."""
     out = {}
     deadline = time.monotonic() + timeout
-    for name, port in _PORTS.items():
+    for name, port in _ports().items():
         while (samples := scrape(port)) is None:
             if time.monotonic() > deadline:
                 raise StackError(f"worker {name} does not answer on port {port}")
@@ -359,7 +364,7 @@ class E2eOptions:
 @contextlib.contextmanager
 def _workers(stack: LocalStack, options: E2eOptions) -> Iterator[int]:
     log = stack.layout.state / "bench" / "e2e-run.log"
-    with pipeline(log, _PORTS.values(), options.start_timeout, reuse=False) as process:
+    with pipeline(log, _ports().values(), options.start_timeout, reuse=False) as process:
         assert process is not None
         yield process.pid
 

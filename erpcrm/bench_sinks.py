@@ -58,7 +58,7 @@ from sinks.batch import SinkBatch
 from sinks.metrics import SinkMetrics
 from sinks.postgres import PostgresUpsertSink
 from sinks.runner import RunStats, SinkRunner
-from sinks.settings import DEFAULT_METRICS_PORT, SinkSettings
+from sinks.settings import SinkSettings, default_metrics_port
 from sinks.targets import Direction, build_tables, deterministic_id
 
 __all__ = ["bench_sinks"]
@@ -254,7 +254,7 @@ def _throughput(stack: LocalStack, events: int, batch_size: int, timeout: float)
 def _applied_total() -> float:
     """Events the sinks have handled so far (every outcome), from their metrics."""
     total = 0.0
-    for port in DEFAULT_METRICS_PORT.values():
+    for port in (default_metrics_port("crm"), default_metrics_port("erp")):
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         for family in text_string_to_metric_families(text):
             total += sum(s.value for s in family.samples if s.name == "erpcrm_sink_events_total")
@@ -315,7 +315,9 @@ def _end_to_end(stack: LocalStack, samples: int, timeout: float) -> dict[str, An
     erp_admin = stack.erp.dsn(SUPERUSER, stack.erp.database)
     crm_admin = stack.crm.dsn(SUPERUSER, stack.crm.database)
     log = stack.layout.state / "bench" / "run.log"
-    with pipeline(log, DEFAULT_METRICS_PORT.values(), timeout) as process:
+    with pipeline(
+        log, (default_metrics_port("crm"), default_metrics_port("erp")), timeout
+    ) as process:
         started = process is not None
         pairs = _linked(stack, samples, timeout)
         _settle(timeout)  # measure changes, not the catch-up of a starting pipeline

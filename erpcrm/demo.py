@@ -30,9 +30,8 @@ from erpcrm.stack import LocalStack
 from erpcrm.workload import WorkloadReport, run_workload
 from schemas.errors import StackError
 from schemas.topics import CANONICAL_TOPICS, dlq_topic, raw_topic
-from sinks.settings import DEFAULT_METRICS_PORT
+from sinks.settings import default_metrics_port
 
-SINK_PORTS = {"crm": DEFAULT_METRICS_PORT["crm"], "erp": DEFAULT_METRICS_PORT["erp"]}
 _SHOWN_OUTCOMES = ("applied", "stale", "noop", "unknown", "deferred", "dead_lettered")
 
 
@@ -164,7 +163,10 @@ def run_demo(
 def _sinks() -> dict[tuple[str, str], dict[str, float]]:
     """Per ``(target, entity)``: event outcomes and conflicts, from the sinks' metrics."""
     counts: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    for target, port in SINK_PORTS.items():
+    for target, port in (
+        ("crm", default_metrics_port("crm")),
+        ("erp", default_metrics_port("erp")),
+    ):
         try:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         except httpx.HTTPError:

@@ -20,6 +20,21 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+PORT_OFFSET_ENV = "ERPCRM_STACK_PORT_OFFSET"
+"""Moves every local port, the stack's and the workers' alike: a second stack beside the first."""
+
+
+def port_offset() -> int:
+    """How far every local port is moved (``ERPCRM_STACK_PORT_OFFSET``; empty or unset: 0).
+
+    Raises:
+        ValueError: the variable is not a whole number of ports in 0..20000.
+    """
+    raw = os.environ.get(PORT_OFFSET_ENV, "").strip() or "0"
+    if not raw.isdigit() or int(raw) > 20_000:
+        raise ValueError(f"{PORT_OFFSET_ENV}={raw!r}: expected a whole number from 0 to 20000")
+    return int(raw)
+
 
 class KafkaSettings(BaseModel):
     """Where the brokers are and any extra librdkafka properties (e.g. security)."""

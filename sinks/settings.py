@@ -11,12 +11,22 @@ from typing import Final, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from schemas.settings import WorkerSettings
+from schemas.settings import WorkerSettings, port_offset
 from schemas.topics import dlq_topic, replay_topic
 
 Target = Literal["erp", "crm"]
 
-DEFAULT_METRICS_PORT: Final = {"crm": 39114, "erp": 39115}
+_METRICS_PORT: Final = {"crm": 39114, "erp": 39115}
+
+
+def default_metrics_port(target: Target) -> int:
+    """Where a sink serves ``/metrics`` unless told (CRM 39114, ERP 39115, + offset).
+
+    The offset is :func:`schemas.settings.port_offset`, the stack's.
+    """
+    return _METRICS_PORT[target] + port_offset()
+
+
 DEFAULT_ORIGIN: Final = "erpcrm_sink"
 """The replication origin of every sink session; the captures drop its transactions."""
 
@@ -51,7 +61,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         retry_initial_seconds, retry_max_seconds: backoff of transient failures (a
             database that is down is waited for, never skipped).
         announce: announce rows the sink creates (see :mod:`sinks.postgres`).
-        metrics_port: port of ``/metrics`` (39114 for the CRM sink, 39115 for the ERP).
+        metrics_port: port of ``/metrics`` (0: :func:`default_metrics_port`).
         dlq_topic: where refused events go (``dlq.sinks.<target>``).
         replay_topic: where ``erpcrm dlq replay`` puts this sink's dead letters back
             (``replay.sinks.<target>``); the sink reads it with the canonical topics.
@@ -84,7 +94,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     def _defaults(self) -> SinkSettings:
         defaults = {
             "group_id": self.group_id or f"erpcrm-sink-{self.target}",
-            "metrics_port": self.metrics_port or DEFAULT_METRICS_PORT[self.target],
+            "metrics_port": self.metrics_port or default_metrics_port(self.target),
             "dlq_topic": self.dlq_topic or dlq_topic(f"sinks.{self.target}"),
             "replay_topic": self.replay_topic or replay_topic(f"sinks.{self.target}"),
         }

@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from schemas.settings import WorkerSettings
+from schemas.settings import WorkerSettings, port_offset
 
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 DeadLetterPolicy = Literal["fail", "dlq", "skip"]
@@ -21,8 +21,14 @@ DeadLetterPolicy = Literal["fail", "dlq", "skip"]
 CONTROL_SUFFIX: Final = "-control"
 
 DEFAULT_WEB_PORT: Final = 39113
+"""The worker's web server (``/metrics``) unless told, before :func:`default_web_port`'s shift."""
 DEFAULT_DATA_DIR: Final = Path(__file__).resolve().parents[1] / ".local" / "streams"
 """``<checkout>/.local/streams`` (git-ignored), next to the local stack's state."""
+
+
+def default_web_port() -> int:
+    """The worker's web port unless told: 39113 shifted by :func:`schemas.settings.port_offset`."""
+    return DEFAULT_WEB_PORT + port_offset()
 
 
 def control_topic(app_id: str) -> str:
@@ -93,7 +99,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     data_dir: Path = DEFAULT_DATA_DIR
     store: str = "rocksdb://"
     web_host: str = "127.0.0.1"
-    web_port: int = Field(default=DEFAULT_WEB_PORT, ge=1, le=65535)
+    web_port: int = Field(default_factory=default_web_port, ge=1, le=65535)
     processing_guarantee: ProcessingGuarantee = "at_least_once"
     dlq_policy: DeadLetterPolicy = "dlq"
     erp_topic_prefix: str = "erp"

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.settings import port_offset
+
 KAFKA_VERSION = "4.1.1"
 APICURIO_VERSION = "3.3.3"
 LOOPBACK = "127.0.0.1"
@@ -31,10 +33,13 @@ class Ports:
     kafka_controller: int = 39093
     registry: int = 38081
     prometheus: int = 39090
+    offset: int = 0
+    """How far these ports are from the defaults (the workers' metrics ports move too)."""
 
     def shifted(self, offset: int) -> Ports:
         """Every port moved by ``offset`` (a second stack beside the first)."""
         return Ports(
+            offset=self.offset + offset,
             erp_postgres=self.erp_postgres + offset,
             crm_postgres=self.crm_postgres + offset,
             kafka=self.kafka + offset,
@@ -59,8 +64,7 @@ class StackLayout:
         moves every port: together they run a second stack beside the first.
         """
         root = repo_root()
-        offset = int(os.environ.get("ERPCRM_STACK_PORT_OFFSET", "0") or 0)
-        return cls(root=root, ports=Ports().shifted(offset))
+        return cls(root=root, ports=Ports().shifted(port_offset()))
 
     @property
     def deploy(self) -> Path:

@@ -112,6 +112,7 @@ class LocalStack:
             port=ports.prometheus,
             state_dir=state / "prometheus",
             config=self.layout.deploy / "prometheus" / "prometheus.yml",
+            port_offset=ports.offset,
         )
 
     @property

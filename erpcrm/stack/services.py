@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -148,15 +149,24 @@ class SchemaRegistry:
         return tail(self.log_path)
 
 
+_LOOPBACK_PORT = re.compile(r"(?<=127\.0\.0\.1:)(\d{1,5})\b")
+
+
+def shift_loopback_ports(text: str, offset: int) -> str:
+    """``text`` with every ``127.0.0.1:<port>`` moved by ``offset`` (a second stack's config)."""
+    return _LOOPBACK_PORT.sub(lambda port: str(int(port.group(1)) + offset), text)
+
+
 class Prometheus:
     """Debian's Prometheus with the project's scrape config and alert rules."""
 
     name = "prometheus"
 
-    def __init__(self, *, port: int, state_dir: Path, config: Path) -> None:
+    def __init__(self, *, port: int, state_dir: Path, config: Path, port_offset: int = 0) -> None:
         self.port = port
         self.dir = state_dir
-        self.config = config
+        self.shipped_config = config
+        self.port_offset = port_offset
         self.log_path = state_dir / "prometheus.log"
         self.pid_file = state_dir / "prometheus.pid"
 
@@ -170,9 +180,26 @@ class Prometheus:
         """Where clients connect."""
         return self.url
 
+    @property
+    def config(self) -> Path:
+        """The scrape config it runs with: the shipped one, or its copy with every port shifted."""
+        if not self.port_offset:
+            return self.shipped_config
+        return self.dir / "config" / self.shipped_config.name
+
     def pid(self) -> int | None:
         """Prometheus pid while it runs with our storage directory."""
         return running_pid(self.pid_file, str(self.dir / "data"))
+
+    def _write_shifted_config(self) -> None:
+        """Copy the shipped config and its rules, every loopback port moved by the offset."""
+        target = self.config.parent
+        target.mkdir(parents=True, exist_ok=True)
+        for shipped in self.shipped_config.parent.glob("*.yml"):
+            text = shipped.read_text(encoding="utf-8")
+            (target / shipped.name).write_text(
+                shift_loopback_ports(text, self.port_offset), encoding="utf-8"
+            )
 
     def launch(self) -> None:
         """Start Prometheus (no-op when running)."""
@@ -184,6 +211,8 @@ class Prometheus:
                 "prometheus not found; run `make setup` or `apt-get install prometheus`"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.port_offset:
+            self._write_shifted_config()
         argv = [
             binary,
             f"--config.file={self.config}",
