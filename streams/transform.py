@@ -273,9 +273,10 @@ def _map_field(
         if isinstance(found, Failed):
             return found
         value = found
-    defaulted = apply_default(value, fm.default)
-    fixes.extend(defaulted.fixes)
-    value = defaulted.value
+    if value is None and fm.default is not None:  # else apply_default changes nothing
+        defaulted = apply_default(value, fm.default)
+        fixes.extend(defaulted.fixes)
+        value = defaulted.value
     if value is not None and fm.value_map is not None:
         mapped_key = map_key(value)
         if mapped_key not in fm.value_map:
