@@ -19,7 +19,10 @@ Method:
    events processed in that window divided by its length;
 4. the run is over when the worker has taken in every raw message, nothing is pending
    (orders, parked records) and the counters have been still for ``settle_seconds``;
-5. memory: the worker's peak RSS (``VmHWM``), read just before it is stopped.
+5. memory: the worker's peak RSS (``VmHWM``), read just before it is stopped;
+6. CPU: the worker's user + system time (``/proc/<pid>/stat``) read at each scrape;
+   the CPU seconds of the busy window per 1,000 events in it is less noisy than events/s
+   on a shared machine.
 
 Everything the run made is removed at the end: processes, slots, the captures' stored
 offsets and topics, the worker's own topics, consumer group and data directory.
@@ -44,7 +47,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from cdc.offsets import OFFSETS_TOPIC
-from erpcrm.benchkit import Samples, by_label, free_port, peak_rss, scrape, total
+from erpcrm.benchkit import Samples, by_label, cpu_seconds, free_port, peak_rss, scrape, total
 from erpcrm.stack import LocalStack
 from erpcrm.stack.postgres import CAPTURE_ROLE, SUPERUSER
 from erpcrm.workload import WorkloadReport, run_workload
@@ -227,6 +230,12 @@ class _Streams(_Process):
         if self.proc is not None and self.proc.poll() is None:
             self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the worker has used so far; 0 once it has exited."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        return cpu_seconds(self.proc.pid)
+
     def stop(self) -> None:
         self.sample_rss()
         super().stop()
@@ -273,23 +282,25 @@ def _drain(
 ) -> dict[str, Any]:
     """Scrape the worker until it has processed the backlog; return the window and counts."""
     deadline = time.monotonic() + timeout
-    # (when, change events in, all records in) at the first busy scrape, at the last change
-    first: tuple[float, float, float] | None = None
-    last_change: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # (when, change events in, all records in, worker CPU seconds) at the first busy
+    # scrape, at the last change
+    first: tuple[float, float, float, float] | None = None
+    last_change: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     samples: Samples = {}
     while True:
         streams.check_alive()
         now = time.monotonic()
         scraped = scrape(streams.port)
+        cpu = streams.cpu_seconds()
         streams.sample_rss()
         if scraped is not None:
             samples = scraped
             events = total(samples, "erpcrm_streams_events_in_total", flow="transaction")
             records = total(samples, "erpcrm_streams_events_in_total")
             if events > 0 and first is None:
-                first = last_change = (now, events, records)
+                first = last_change = (now, events, records, cpu)
             if first is not None and records != last_change[2]:
-                last_change = (now, events, records)
+                last_change = (now, events, records, cpu)
             consumed = by_label(samples, "erpcrm_streams_consumed_total", "kind").get("change", 0.0)
             pending = total(samples, "erpcrm_streams_pending")
             if (
@@ -307,6 +318,7 @@ def _drain(
     assert first is not None
     seconds = max(last_change[0] - first[0], interval)
     busy_events = last_change[1] - first[1]
+    busy_cpu = last_change[3] - first[3]
     events_in = total(samples, "erpcrm_streams_events_in_total", flow="transaction")
     consumed = by_label(samples, "erpcrm_streams_consumed_total", "kind").get("change", 0.0)
     return {
@@ -320,6 +332,8 @@ def _drain(
         "events_in_busy_window": int(busy_events),
         "events_in_per_second": round(busy_events / seconds, 1),
         "records_in_per_second": round((last_change[2] - first[2]) / seconds, 1),
+        "worker_cpu_seconds_busy_window": round(busy_cpu, 3),
+        "worker_cpu_seconds_per_1000_events": round(1000 * busy_cpu / max(busy_events, 1), 4),
         "messages_consumed": int(consumed),
         "canonical_events_out": int(total(samples, "erpcrm_streams_events_out_total")),
         "dead_letters": int(total(samples, "erpcrm_streams_dead_letters_total")),

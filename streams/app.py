@@ -120,7 +120,7 @@ from schemas.topics import CANONICAL_TOPICS, QUALITY_TOPIC, value_subject
 from streams import dlq
 from streams.assignment import SingleOwnerAssignor
 from streams.metrics import StreamsMetrics
-from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome
+from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome, Tally
 from streams.processor import StreamProcessor
 from streams.recovery import StreamsTableManager
 from streams.settings import StreamsSettings
@@ -386,8 +386,7 @@ class StreamRunner:
         await self.retrying("commit", partial(self.state.commit, staged.text_writes()))
         # 4. the offsets follow when the agent takes its next batch (see the module doc).
         self.metrics.batch_messages.observe(len(messages))
-        for outcome, out in zip(outcomes, to_publish, strict=True):
-            self._observe(outcome, out, started)
+        self._observe(outcomes, outbound, started)
 
     async def _ready(self) -> None:
         """After (re)assignment: reload caches from the tables, learn recent outputs."""
@@ -425,19 +424,29 @@ class StreamRunner:
             kept.append(message)
         return kept
 
-    def _observe(self, outcome: Outcome, outbound: Sequence[Outbound], started: float) -> None:
+    def _observe(
+        self, outcomes: Sequence[Outcome], outbound: Sequence[Outbound], started: float
+    ) -> None:
+        """Count a batch once it is committed: its tallies summed, one metric call per label set."""
         metrics = self.metrics
-        metrics.record(outcome.tally)
+        tally = Tally()
+        for outcome in outcomes:
+            tally.update(outcome.tally)
+        metrics.record(tally)
         now = time.time()
+        observe_lag = metrics.source_to_publish_seconds.observe
         for message in outbound:
             if message.event is not None:
                 lag = now - int(message.event.record["source_ts_ms"]) / 1000
-                metrics.source_to_publish_seconds.observe(max(0.0, lag))
+                observe_lag(max(0.0, lag))
             elif message.dead_letter is not None:
                 letter = message.dead_letter
                 log.warning("dead letter %s: %s", letter.origin, letter.message)
         metrics.pending.set(self.processor.pending_count)
-        metrics.processing_seconds.observe(time.monotonic() - started)
+        # per inbound message, as before: the batch's wall time is each message's
+        elapsed = time.monotonic() - started
+        for _ in outcomes:
+            metrics.processing_seconds.observe(elapsed)
 
     async def retrying(
         self, stage: str, step: Callable[[], Awaitable[T]], *, rollback: bool = False

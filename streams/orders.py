@@ -388,7 +388,7 @@ class Orders:
             work, flow.name, result.value, raw, result.fixes, result.quarantined
         ):
             tally.add(Count.ORDERS, how)
-        if thaw(header["env"]).get("op") == "d":
+        if header["env"].get("op") == "d":  # frozen text is the text itself
             for line_id in line_rows:
                 work.put(ASSEMBLY, f"lp|{flow.name}|{line_id}", None)
             work.put(ASSEMBLY, f"l|{order}", None)

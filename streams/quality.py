@@ -39,7 +39,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -166,10 +166,12 @@ class QualityEntry:
 
     def to_json(self) -> bytes:
         """The entry's Kafka value."""
-        data = asdict(self)
-        data.pop("output_id")
-        data["defects"] = [asdict(d) for d in self.defects]
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # What ``asdict`` gives, less the id, without its deep copy: only read here.
+        data = {name: getattr(self, name) for name in _ENTRY_FIELDS}
+        data["defects"] = [
+            {name: getattr(d, name) for name in _DEFECT_FIELDS} for d in self.defects
+        ]
+        return _ENTRY_JSON(data).encode("utf-8")
 
     @classmethod
     def from_json(cls, value: bytes, output_id: str = "") -> QualityEntry:
@@ -203,6 +205,11 @@ class QualityEntry:
             )
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"not a data-quality entry: {exc}") from exc
+
+
+_ENTRY_FIELDS: Final = tuple(f.name for f in fields(QualityEntry) if f.name != "output_id")
+_DEFECT_FIELDS: Final = tuple(f.name for f in fields(Defect))
+_ENTRY_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def field_label(field: str) -> str:

@@ -31,6 +31,7 @@ The tables (:data:`TABLES`) and what each holds:
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ __all__ = [
     "b64",
     "dump",
     "freeze",
+    "fresh_copy",
     "thaw",
     "unb64",
 ]
@@ -69,6 +71,10 @@ _DECIMAL: Final = "$decimal"
 _BYTES: Final = "$bytes"
 _DATETIME: Final = "$datetime"
 _DATE: Final = "$date"
+_IMMUTABLE: Final = frozenset({str, int, float, bool, bytes})
+"""Types whose values no caller can change: shared, not copied."""
+_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
+"""Types :func:`freeze` returns as they are (JSON has them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,11 +238,35 @@ class StagedState:
         ]
 
 
+def fresh_copy(value: Any) -> Any:
+    """Return a copy of a state value that shares no dict or list with ``value``.
+
+    What :func:`copy.deepcopy` returns for the values the tables hold (JSON-able data:
+    dicts, lists, tuples, text, numbers, None), for a fraction of its cost: the scalars
+    are immutable and shared; anything else goes to :func:`copy.deepcopy`.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {k: fresh_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [fresh_copy(v) for v in value]
+    if kind in _IMMUTABLE or value is None:
+        return value
+    if kind is tuple:
+        return tuple(fresh_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
 def freeze(value: Any) -> Any:
     """Return a JSON-able form of a decoded Avro value; :func:`thaw` inverts it exactly.
 
     Decimals keep their scale, bytes are base64, dates and times ISO-8601.
     """
+    kind = type(value)
+    if kind in _PLAIN:  # most values of a decoded row: checked first, by exact type
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): freeze(v) for k, v in value.items()}
     if isinstance(value, Decimal):
         return {_DECIMAL: format(value, "f")}
     if isinstance(value, bytes | bytearray | memoryview):
@@ -254,6 +284,8 @@ def freeze(value: Any) -> Any:
 
 def thaw(value: Any) -> Any:
     """Return the value :func:`freeze` was given."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, dict):
         if len(value) == 1:
             ((tag, text),) = value.items()

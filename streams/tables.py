@@ -34,6 +34,10 @@ from streams.state import StateView, TextWrite, dump
 __all__ = ["CommittedState", "FaustState", "Sender"]
 
 
+_ENCODED_KEYS = 8192
+"""How many encoded keys :class:`FaustState` remembers (a few batches' worth)."""
+
+
 class Sender(Protocol):
     """What the commit needs of Faust's producer."""
 
@@ -81,6 +85,18 @@ class FaustState:
         self._producer = producer
         self._shared = shared_values
         self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
+        self._encoded: dict[tuple[str, str], bytes] = {}
+        """Keys in their stores' encoding, recently used: a key read is mostly written too."""
+
+    def _key(self, table: str, key: str) -> bytes:
+        """``key`` as ``table``'s store encodes it (remembered; Faust's encoding is generic)."""
+        where = (table, key)
+        encoded = self._encoded.get(where)
+        if encoded is None:
+            if len(self._encoded) >= _ENCODED_KEYS:
+                self._encoded.clear()
+            encoded = self._encoded[where] = self._tables[table].data._encode_key(key)
+        return encoded
 
     def get(self, table: str, key: str) -> Any:
         """Return the value of ``key`` in ``table``, or None.
@@ -100,7 +116,7 @@ class FaustState:
         if self._shared:
             value = store.get(key)
             return None if value is None else dump(value)
-        stored = store._db_for_partition(0).get(store._encode_key(key))
+        stored = store._db_for_partition(0).get(self._key(table, key))
         return None if stored is None else bytes(stored).decode("utf-8")
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -117,7 +133,7 @@ class FaustState:
         pending = []
         for write in writes:
             table = self._tables[write.table]
-            key = table.data._encode_key(write.key)
+            key = self._key(write.table, write.key)
             value = None if write.text is None else write.text.encode("utf-8")
             topic = table.changelog_topic.get_topic_name()
             ack = await producer.send(topic, key, value, 0, None, None)

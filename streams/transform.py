@@ -64,10 +64,10 @@ as arguments and is only read.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from schemas.canonical import ID_FIELDS, QUARANTINED_FIELDS, FieldType, field_types
 from schemas.mapping import Cast, Fallback, FieldMap, Flow, Grain, OnInvalid, convert, map_key
@@ -273,9 +273,10 @@ def _map_field(
         if isinstance(found, Failed):
             return found
         value = found
-    defaulted = apply_default(value, fm.default)
-    fixes.extend(defaulted.fixes)
-    value = defaulted.value
+    if value is None and fm.default is not None:  # else apply_default changes nothing
+        defaulted = apply_default(value, fm.default)
+        fixes.extend(defaulted.fixes)
+        value = defaulted.value
     if value is not None and fm.value_map is not None:
         mapped_key = map_key(value)
         if mapped_key not in fm.value_map:
@@ -333,6 +334,38 @@ def _kept(fm: FieldMap, typed: Any) -> str | None:
     return clean_text(text).value
 
 
+_Arg = TypeVar("_Arg")
+_Result = TypeVar("_Result")
+
+
+def _per_object(compute: Callable[[_Arg], _Result]) -> Callable[[_Arg], _Result]:
+    """``compute`` remembered per argument object (by identity; a flow never changes).
+
+    Flows are loaded once at start, so what is derived from one is worked out once, not
+    for every event. Few objects are ever asked about; the memory is cleared should a
+    process build many (tests).
+    """
+    memory: dict[int, tuple[_Arg, _Result]] = {}
+
+    def remembered(arg: _Arg) -> _Result:
+        hit = memory.get(id(arg))
+        if hit is not None and hit[0] is arg:
+            return hit[1]
+        if len(memory) >= 256:
+            memory.clear()
+        result = compute(arg)
+        memory[id(arg)] = (arg, result)
+        return result
+
+    return remembered
+
+
+@_per_object
+def _in_mapping_order(fields: Sequence[FieldMap]) -> tuple[FieldMap, ...]:
+    """Plain fields first, then those that need the record's country (phones, VAT ids)."""
+    return (*(f for f in fields if f.region is None), *(f for f in fields if f.region))
+
+
 def _map_row(
     fields: Sequence[FieldMap], row: Mapping[str, Any], refs: _Refs
 ) -> Ok[dict[str, Any]] | Failed:
@@ -345,8 +378,7 @@ def _map_row(
     values: dict[str, Any] = {}
     fixes: list[Fix] = []
     quarantined: list[Quarantine] = []
-    ordered = [f for f in fields if f.region is None] + [f for f in fields if f.region]
-    for fm in ordered:
+    for fm in _in_mapping_order(fields):
         result = _map_field(fm, row, values, refs)
         if isinstance(result, Failed):
             if fm.on_invalid is OnInvalid.DEAD_LETTER:
@@ -398,9 +430,16 @@ CHANGED_FIELDS: Final = "changed_fields"
 SOURCE_SNAPSHOT: Final = "source_snapshot"
 
 
-def _inputs(flow: Flow) -> dict[str, frozenset[str]]:
+@_per_object
+def _direct_sources(flow: Flow) -> Mapping[str, str | None]:
+    """Per field of ``flow``: the source column it is mapped from (None: a constant)."""
+    return {fm.target: fm.source for fm in flow.fields}
+
+
+@_per_object
+def _inputs(flow: Flow) -> Mapping[str, frozenset[str]]:
     """Per mapped business field of ``flow``: the source columns its value is made from."""
-    direct = {fm.target: fm.source for fm in flow.fields}
+    direct = _direct_sources(flow)
 
     def columns(fm: FieldMap) -> set[str]:
         found = {fm.source} if fm.source is not None else set()
@@ -437,7 +476,7 @@ def changed_fields(
         # A new row (or a snapshot read) wrote its values; its empty fields were not
         # written by anyone, so a value on the other side is not overwritten by them.
         row = raw_event.get("after")
-        direct = {fm.target: fm.source for fm in flow.fields}
+        direct = _direct_sources(flow)
         return [
             name
             for name in inputs

@@ -11,7 +11,6 @@ dead-letter policy; each with its entry in the data-quality log when it had defe
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from streams import dlq, quality
 from streams.dedupe import Verdict, decide, payload_hash
 from streams.dlq import DeadLetter, Origin
 from streams.outcome import Count, DeadLetterError, Inbound, Outbound, Outcome
-from streams.state import DEDUPE, StateView, Write
+from streams.state import DEDUPE, StateView, Write, fresh_copy
 from streams.transform import CanonicalEvent
 from streams.validation import Failed, Fix, Quarantine, Reason
 
@@ -80,7 +79,7 @@ class UnitOfWork:
     def get(self, table: str, key: str) -> Any:
         """The value of ``key`` as this unit left it, else as the state has it."""
         if (table, key) in self._overlay:
-            return copy.deepcopy(self._overlay[(table, key)])
+            return fresh_copy(self._overlay[(table, key)])
         return self.state.get(table, key)
 
     def put(self, table: str, key: str, value: Any) -> None:

@@ -37,7 +37,7 @@ from streams.dlq import Origin
 from streams.outcome import Count, DeadLetterError, Inbound, Kind, Outcome
 from streams.processor import StreamProcessor
 from streams.quality import DefectOutcome, QualityEntry
-from streams.state import DictState, freeze, thaw
+from streams.state import DictState, freeze, fresh_copy, thaw
 from streams.transform import event_id
 from tests.unit.test_transform import (
     ACCOUNT_ID,
@@ -731,6 +731,33 @@ def test_freeze_and_thaw_round_trip(value: Any) -> None:
     import json
 
     assert thaw(json.loads(json.dumps(freeze(value)))) == value
+
+
+_STATE_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner) | st.tuples(inner, inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
+)
+
+
+def _containers(value: Any) -> list[Any]:
+    found = [value] if isinstance(value, dict | list) else []
+    children = value.values() if isinstance(value, dict) else value
+    if isinstance(value, dict | list | tuple):
+        for child in children:
+            found.extend(_containers(child))
+    return found
+
+
+@given(_STATE_VALUES)
+def test_a_fresh_copy_equals_a_deep_copy_and_shares_no_container(value: Any) -> None:
+    import copy
+
+    fresh = fresh_copy(value)
+    assert fresh == copy.deepcopy(value)
+    assert type(fresh) is type(value)
+    originals = {id(c) for c in _containers(value)}
+    assert not originals & {id(c) for c in _containers(fresh)}
 
 
 def test_caches_are_rebuilt_from_state_by_a_new_processor() -> None:
