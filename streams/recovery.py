@@ -15,7 +15,9 @@ a bare Faust app with one table over 30,000 records saw 193).
 1. pause the stream partitions (nothing more of them is delivered);
 2. resume flow control, which clears the buffers: everything in them was fetched
    before the seek and is read again after it;
-3. seek every partition back to its committed offset;
+3. seek every partition back to its committed offset (to its beginning when it has
+   none: the client leaves those where they are, possibly past records the pause
+   dropped);
 4. resume the stream partitions: the fetcher starts at the committed offsets.
 
 :class:`StreamsTableManager` is the table manager that uses it (Faust's
@@ -110,6 +112,13 @@ class StreamsRecovery(Recovery):
             return
         self.log.info("Seek stream partitions to committed offsets.")
         await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        if app.conf.consumer_auto_offset_reset == "earliest":
+            # The client seeks only partitions with a committed offset above 0; one with
+            # none may have been read ahead (and its records dropped while paused).
+            committed = cast(Any, consumer)._committed_offset
+            for tp in sorted(streams):
+                if not committed.get(tp):
+                    await consumer.seek(tp, 0)
         consumer.resume_partitions(streams)
 
 
