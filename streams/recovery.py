@@ -50,13 +50,7 @@ class StreamsRecovery(Recovery):
         if app.consumer_generation_id != generation_id:
             self.log.warning("Recovery rebalancing again")
             return
-        await self._reopen_stream_partitions()
-        self.completed.set()
-        await cast(Any, app)._fetcher.maybe_start()  # Faust's own, not in AppT
-        self.tables.on_actives_ready()
-        self.tables.on_standbys_ready()
-        app.on_rebalance_end()
-        self.log.info("Worker ready")
+        await self._resume(standbys_ready=True)
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """Resume the streams once the active tables are restored."""
@@ -81,11 +75,16 @@ class StreamsRecovery(Recovery):
                 generation_id,
             )
             return
+        await self._resume(standbys_ready=not app.assignor.assigned_standbys())
+
+    async def _resume(self, *, standbys_ready: bool) -> None:
+        """Reopen the stream partitions, then tell Faust the rebalance is over."""
+        app = self.app
         await self._reopen_stream_partitions()
         self.completed.set()
         await cast(Any, app)._fetcher.maybe_start()  # Faust's own, not in AppT
         self.tables.on_actives_ready()
-        if not app.assignor.assigned_standbys():
+        if standbys_ready:
             self.tables.on_standbys_ready()
         app.on_rebalance_end()
         self.log.info("Worker ready")
