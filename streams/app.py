@@ -68,7 +68,7 @@ passed to Faust and needs the broker's transaction support (the local single-nod
 has it); Faust's transactions then cover the table changelogs and the consumed offsets.
 Faust only opens transactional producers for partitions of subscribed topics, so
 canonical events and dead letters are published outside them either way (see
-:class:`FaustPublisher`); their exactness comes from the order above in both modes.
+:class:`KafkaPublisher`); their exactness comes from the order above in both modes.
 
 Transient failures (schema registry, Kafka) are retried with exponential backoff and
 counted; bad data never stops the worker (dead letters, see :mod:`streams.dlq`) unless
@@ -122,16 +122,17 @@ from streams.assignment import SingleOwnerAssignor
 from streams.metrics import StreamsMetrics
 from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome, Tally
 from streams.processor import StreamProcessor
+from streams.producer import BatchSender, KafkaBatchSender, Record
 from streams.recovery import StreamsTableManager
 from streams.settings import StreamsSettings
 from streams.state import TABLES, StagedState
 from streams.stores import discard_stores_ahead
-from streams.tables import CommittedState, FaustState, Sender
+from streams.tables import CommittedState, FaustState
 
 __all__ = [
     "BatchClock",
-    "FaustPublisher",
     "InputTopics",
+    "KafkaPublisher",
     "Publisher",
     "StreamRunner",
     "StreamsApp",
@@ -161,19 +162,20 @@ class Publisher(Protocol):
         ...
 
 
-class FaustPublisher:
-    """Publishes with the Faust app's producer (``acks=all``), waiting for every ack.
+class KafkaPublisher:
+    """Publishes a batch's outbound messages (``acks=all``), waiting once for every ack.
 
-    Sends go to the producer itself, not through ``Topic.send``: with
-    ``exactly_once`` that would route them to Faust's transaction manager, which only
-    has producers for partitions of subscribed topics. Every message also gets header
+    Through the worker's :class:`~streams.producer.BatchSender` (librdkafka), not Faust's
+    producer: handing a record to librdkafka costs microseconds where Faust's producer
+    costs tens of them, and with ``exactly_once`` Faust's transaction manager only has
+    producers for partitions of subscribed topics anyway. Every message also gets header
     ``erpcrm.app_id``: which worker published it. Nothing is sent before :meth:`open`:
-    the output topics must exist first (a send to a topic that does not exist yet may
-    wait for its acknowledgement for ever).
+    the output topics must exist first (a record for a topic that does not exist yet
+    would wait for it).
     """
 
-    def __init__(self, app: faust.App, app_id: str) -> None:
-        self._app = app
+    def __init__(self, sender: BatchSender, app_id: str) -> None:
+        self._sender = sender
         self._stamp = (dlq.H_APP_ID, app_id.encode("utf-8"))
         self._opened = asyncio.Event()
 
@@ -184,20 +186,13 @@ class FaustPublisher:
     async def publish(self, messages: Sequence[Outbound]) -> None:
         """Send every message, then wait until each is acknowledged."""
         await self._opened.wait()
-        producer = self._app.producer
-        pending = [
-            await producer.send(
-                message.topic,
-                message.key,
-                message.value,
-                None,
-                None,
-                [*message.headers, self._stamp],
-            )
-            for message in messages
-        ]
-        for acknowledged in pending:
-            await acknowledged
+        stamp = self._stamp
+        await self._sender.send_all(
+            [
+                Record(message.topic, message.key, message.value, None, [*message.headers, stamp])
+                for message in messages
+            ]
+        )
 
 
 def load_recent_outputs(
@@ -545,15 +540,15 @@ def build(
     flows: Mapping[str, Flow] | None = None,
     state: CommittedState | None = None,
     publisher: Publisher | None = None,
-    changelog: Sender | None = None,
+    changelog: BatchSender | None = None,
     read_recent_outputs: bool = True,
 ) -> StreamsApp:
     """Build the worker: Faust app, tables, agents, timer and web views.
 
-    Builds only; nothing connects until the app runs. ``state`` and ``publisher``
-    replace the Faust tables and producer, ``changelog`` the producer of the tables'
-    changelogs (tests); ``read_recent_outputs`` False skips reading the output topics on
-    assignment (tests).
+    Builds only; nothing connects until the app runs. ``state`` replaces the Faust
+    tables, ``publisher`` the publishing of outputs and ``changelog`` the sender of the
+    tables' changelog records (tests); ``read_recent_outputs`` False skips reading the
+    output topics on assignment (tests).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = StreamsMetrics.create(registry)
@@ -607,17 +602,18 @@ def build(
     }
     if rocksdb:
         _check_stores_at_start(app, settings.kafka, tables)
+    sender = KafkaBatchSender(
+        settings.kafka,
+        linger_ms=settings.producer_linger_ms,
+        batch_bytes=settings.producer_batch_bytes,
+    )
     committed: CommittedState = (
-        FaustState(
-            tables,
-            (lambda: app.producer) if changelog is None else (lambda: changelog),
-            shared_values=not rocksdb,
-        )
+        FaustState(tables, sender if changelog is None else changelog, shared_values=not rocksdb)
         if state is None
         else state
     )
-    faust_publisher = FaustPublisher(app, settings.app_id) if publisher is None else None
-    outbound: Publisher = faust_publisher or cast(Publisher, publisher)
+    kafka_publisher = KafkaPublisher(sender, settings.app_id) if publisher is None else None
+    outbound: Publisher = kafka_publisher or cast(Publisher, publisher)
     control = app.topic(
         settings.control_topic,
         partitions=1,
@@ -714,8 +710,8 @@ def build(
                 serde.prepare(value_subject(name), canonical_schema(name.split(".", 1)[1]))
 
         await runner.retrying("prepare", declare)
-        if faust_publisher is not None:
-            faust_publisher.open()
+        if kafka_publisher is not None:
+            kafka_publisher.open()
 
     # Faust's task and timer decorators are untyped; registered by call instead.
     app.timer(settings.tick_seconds)(tick)

@@ -7,8 +7,8 @@ buffer drained one message at a time, and does not wait for those sends before t
 consumer's offsets are committed):
 
 1. every write (its value as JSON text already, :class:`~streams.state.TextWrite`) is
-   sent to its table's changelog (partition 0), the key in the store's own encoding;
-   every acknowledgement is awaited;
+   sent to its table's changelog (partition 0), the key in the store's own encoding, in
+   one :meth:`~streams.producer.BatchSender.send_all`: every acknowledgement is awaited;
 2. only then are the writes applied to the local stores, the way Faust applies a
    changelog batch when it recovers a table: one RocksDB write batch per table, with
    the changelog offset reached (the store's "persisted offset").
@@ -29,29 +29,33 @@ from typing import Any, Protocol
 
 from faust.types import TP
 
+from streams.producer import BatchSender, Record
 from streams.state import StateView, TextWrite, dump
 
-__all__ = ["CommittedState", "FaustState", "Sender"]
+__all__ = ["CommittedState", "FaustState"]
 
 
-_ENCODED_KEYS = 8192
-"""How many encoded keys :class:`FaustState` remembers (a few batches' worth)."""
+_JSON_KEY = json.JSONEncoder().encode
+"""Faust's ``json`` key serializer's text for a str key (ASCII, non-ASCII escaped)."""
+_KEY_PROBES = ("customer|erp:42", 'xw|customer|crm|Zoë Ltd "ü"\\/\n', "")
 
 
-class Sender(Protocol):
-    """What the commit needs of Faust's producer."""
+def _key_encoder(store_encoding: Callable[[str], bytes]) -> Callable[[str], bytes]:
+    """A fast encoder of str keys that gives what ``store_encoding`` gives, or that itself.
 
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: Any,
-    ) -> Any:
-        """Queue one message; returns an awaitable of its record metadata (the ack)."""
-        ...
+    Faust's generic encoding (codec registry lookups per key) costs more than the store
+    read it prepares; the tables' keys are str under Faust's ``json`` serializer, which is
+    JSON text: checked on probes, so a store encoding keys otherwise keeps its own.
+    """
+
+    def as_json(key: str) -> bytes:
+        return _JSON_KEY(key).encode("ascii")
+
+    try:
+        same = all(store_encoding(probe) == as_json(probe) for probe in _KEY_PROBES)
+    except Exception:  # an encoding that refuses a probe is not JSON text
+        same = False
+    return as_json if same else store_encoding
 
 
 class CommittedState(StateView, Protocol):
@@ -77,26 +81,21 @@ class FaustState:
     def __init__(
         self,
         tables: Mapping[str, Any],
-        producer: Callable[[], Sender],
+        sender: BatchSender,
         *,
         shared_values: bool = True,
     ) -> None:
         self._tables = tables
-        self._producer = producer
+        self._sender = sender
         self._shared = shared_values
         self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
-        self._encoded: dict[tuple[str, str], bytes] = {}
-        """Keys in their stores' encoding, recently used: a key read is mostly written too."""
+        self._encoders: dict[str, Callable[[str], bytes]] = {
+            name: _key_encoder(table.data._encode_key) for name, table in tables.items()
+        }
 
     def _key(self, table: str, key: str) -> bytes:
-        """``key`` as ``table``'s store encodes it (remembered; Faust's encoding is generic)."""
-        where = (table, key)
-        encoded = self._encoded.get(where)
-        if encoded is None:
-            if len(self._encoded) >= _ENCODED_KEYS:
-                self._encoded.clear()
-            encoded = self._encoded[where] = self._tables[table].data._encode_key(key)
-        return encoded
+        """``key`` as ``table``'s store encodes it."""
+        return self._encoders[table](key)
 
     def get(self, table: str, key: str) -> Any:
         """Return the value of ``key`` in ``table``, or None.
@@ -129,22 +128,21 @@ class FaustState:
         """1. send ``writes`` to the changelogs and await every ack; 2. apply them locally."""
         if not writes:
             return
-        producer = self._producer()
-        pending = []
+        messages = []
         for write in writes:
-            table = self._tables[write.table]
+            topic = self._tables[write.table].changelog_topic.get_topic_name()
             key = self._key(write.table, write.key)
             value = None if write.text is None else write.text.encode("utf-8")
-            topic = table.changelog_topic.get_topic_name()
-            ack = await producer.send(topic, key, value, 0, None, None)
-            pending.append((write, key, value, ack))
+            messages.append(_ChangelogMessage(TP(topic, 0), -1, key, value))
+        offsets = await self._sender.send_all(
+            [Record(m.tp.topic, m.key, m.value, 0) for m in messages]
+        )
         by_table: dict[str, list[_ChangelogRecord]] = {}
-        for write, key, value, ack in pending:
-            metadata = await ack
-            message = _ChangelogMessage(TP(metadata.topic, 0), metadata.offset, key, value)
+        for write, sent, offset in zip(writes, messages, offsets, strict=True):
+            message = _ChangelogMessage(sent.tp, offset, sent.key, sent.value)
             by_table.setdefault(write.table, []).append(_ChangelogRecord(write.key, message))
-        for name, records in by_table.items():
-            self._tables[name].apply_changelog_batch(records)
+        for name, records_of_table in by_table.items():
+            self._tables[name].apply_changelog_batch(records_of_table)
 
 
 @dataclass(frozen=True, slots=True)

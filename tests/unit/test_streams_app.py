@@ -22,7 +22,7 @@ from schemas.errors import PermanentError, RetriableError
 from streams import dlq
 from streams.app import (
     BatchClock,
-    FaustPublisher,
+    KafkaPublisher,
     StreamRunner,
     StreamsApp,
     build,
@@ -30,6 +30,7 @@ from streams.app import (
     raw_inbound,
 )
 from streams.outcome import H_KIND, KIND_TICK, Kind, Outbound
+from streams.producer import Record
 from streams.settings import StreamsSettings
 from streams.state import DictState
 from tests.unit.test_processor import FLOWS, SERDE, Harness, quant
@@ -362,14 +363,12 @@ class Changelogs:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
 
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, *_: Any
-    ) -> asyncio.Future[Any]:
-        self.sent.append((topic, key, value, partition))
-        acknowledged = asyncio.get_running_loop().create_future()
-        offset = sum(1 for sent in self.sent if sent[0] == topic) - 1
-        acknowledged.set_result(types.SimpleNamespace(topic=topic, offset=offset))
-        return acknowledged
+    async def send_all(self, records: Sequence[Record]) -> list[int]:
+        offsets = []
+        for record in records:
+            self.sent.append((record.topic, record.key, record.value, record.partition))
+            offsets.append(sum(1 for sent in self.sent if sent[0] == record.topic) - 1)
+        return offsets
 
 
 def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> None:
@@ -403,18 +402,15 @@ def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> 
     assert store.persisted_offset(TP(dedupe, 0)) == 0
 
 
-def test_the_faust_publisher_sends_nothing_before_the_output_topics_exist() -> None:
+def test_the_kafka_publisher_sends_nothing_before_the_output_topics_exist() -> None:
     sent: list[tuple[str, Any]] = []
 
-    class Producer:
-        async def send(self, topic: str, *args: Any) -> asyncio.Future[None]:
-            sent.append((topic, args[-1]))
-            acknowledged = asyncio.get_running_loop().create_future()
-            acknowledged.set_result(None)
-            return acknowledged
+    class Sender:
+        async def send_all(self, records: Sequence[Record]) -> list[int]:
+            sent.extend((record.topic, list(record.headers)) for record in records)
+            return list(range(len(records)))
 
-    app: Any = types.SimpleNamespace(producer=Producer())
-    publisher = FaustPublisher(app, "erpcrm-streams-test")
+    publisher = KafkaPublisher(Sender(), "erpcrm-streams-test")
     message = Outbound("canonical.customer", b"erp:42", b"v", (), "event-1")
 
     async def scenario() -> None:
