@@ -564,6 +564,7 @@ def build(
         assembly_timeout_ms=int(settings.assembly_timeout_seconds * 1000),
         snapshot_settle_ms=int(settings.snapshot_settle_seconds * 1000),
         reference_wait_ms=int(settings.reference_wait_seconds * 1000),
+        tick_limit=settings.tick_limit,
     )
     app = faust.App(
         settings.app_id,
@@ -669,6 +670,10 @@ def build(
 
     clock = BatchClock()
 
+    async def send_tick() -> None:
+        """Put a tick into the control topic (decided in turn with the data)."""
+        await control.send(key=b"tick", value=b"", headers=[(H_KIND, KIND_TICK)])
+
     @app.agent(inputs, name="process")
     async def process(stream: faust.StreamT[bytes]) -> None:
         """Process raw and control messages a batch at a time (see :class:`StreamRunner`)."""
@@ -682,6 +687,8 @@ def build(
             ]
             await runner.handle_batch(messages)
             metrics.count_consumed(messages)
+            if processor.round_unfinished and any(m.kind is Kind.TICK for m in messages):
+                await send_tick()  # the round's next keys, at once
 
     async def tick() -> None:
         """Put a tick into the control topic while this worker owns pending work.
@@ -692,7 +699,7 @@ def build(
         owner = TP(settings.control_topic, 0) in app.assignor.assigned_actives()
         unloaded = runner.loaded_generation != app.consumer_generation_id
         if owner and (processor.has_pending or unloaded):
-            await control.send(key=b"tick", value=b"", headers=[(H_KIND, KIND_TICK)])
+            await send_tick()
 
     async def prepare() -> None:
         """Create the output topics and register the canonical schemas, retrying."""

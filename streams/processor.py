@@ -88,6 +88,7 @@ class StreamProcessor:
         echo_origins: replication origins whose changes are dropped as echoes.
         assembly_timeout_ms, snapshot_settle_ms, reference_wait_ms: see
             :class:`streams.settings.StreamsSettings`.
+        tick_limit: how many pending keys one tick looks at (see :meth:`_tick`).
     """
 
     def __init__(
@@ -102,8 +103,12 @@ class StreamProcessor:
         assembly_timeout_ms: int = 30_000,
         snapshot_settle_ms: int = 3_000,
         reference_wait_ms: int = 15_000,
+        tick_limit: int = 200,
     ) -> None:
         self._flows = dict(flows)
+        self._tick_limit = max(1, tick_limit)
+        self._round: list[str] = []
+        """Keys due when the current round of ticks began, not looked at yet (reversed)."""
         self._decode = decode
         self._echo_origins = frozenset(echo_origins)
         prefixes = dict(prefixes or {"erp": "erp", "crm": "crm"})
@@ -163,6 +168,11 @@ class StreamProcessor:
         return self._waiting.pending > 0
 
     @property
+    def round_unfinished(self) -> bool:
+        """Whether the last tick left keys of its round: another tick should follow at once."""
+        return bool(self._round)
+
+    @property
     def pending_count(self) -> int:
         """How many transactions, snapshot orders and parked records are pending."""
         return self._waiting.pending
@@ -173,6 +183,7 @@ class StreamProcessor:
         """(Re)build the in-memory caches from ``state``; call before the first message."""
         self._references.load(state)
         self._waiting.load(state)
+        self._round = []
         self._ordering.forget()
 
     def rollback(self, state: StateView) -> None:
@@ -357,8 +368,19 @@ class StreamProcessor:
     # -- ticks ----------------------------------------------------------------------
 
     def _tick(self, work: UnitOfWork) -> None:
-        """Assemble what is due, retry what waits for a reference."""
-        for key in self._waiting.due(work.now_ms):
+        """Assemble what is due, retry what waits for a reference: ``tick_limit`` keys a tick.
+
+        A round of ticks looks at every key due when it began, ``tick_limit`` keys per
+        tick, so no one message holds the worker for long (a snapshot leaves thousands of
+        orders to assemble at once); :attr:`round_unfinished` tells the caller to tick
+        again at once. A key no longer pending or due by its turn is passed over.
+        """
+        if not self._round:
+            self._round = self._waiting.due(work.now_ms)[::-1]
+        for _ in range(min(self._tick_limit, len(self._round))):
+            key = self._round.pop()
+            if not self._waiting.is_due(key, work.now_ms):
+                continue
             record = work.get(ASSEMBLY, key)
             if record is None:
                 self._waiting.forget(key)

@@ -81,6 +81,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             partitions move (after a crash, the restarted worker waits this long).
         tick_seconds: how often a worker with pending work (orders being assembled,
             records waiting for a reference) puts a tick into its control topic.
+        tick_limit: how many pending keys (orders to assemble, parked records) one tick
+            looks at; when more are due, the worker ticks again at once, so one tick never
+            holds the worker (its web server, its timers) for long.
         assembly_timeout_seconds: an order whose transaction's END has not arrived
             after this long is assembled from what has.
         snapshot_settle_seconds: orders read by a snapshot (no transaction) are
@@ -114,6 +117,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     session_timeout_seconds: float = Field(default=15.0, ge=6, le=90)
     tick_seconds: float = Field(default=1.0, gt=0)
+    tick_limit: int = Field(default=200, ge=1)
     assembly_timeout_seconds: float = Field(default=30.0, gt=0)
     snapshot_settle_seconds: float = Field(default=3.0, gt=0)
     reference_wait_seconds: float = Field(default=15.0, ge=0)

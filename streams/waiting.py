@@ -91,6 +91,11 @@ class Waiting:
         """The pending keys a tick at ``now_ms`` should look at, sorted."""
         return sorted(key for key, when in self._due.items() if when <= now_ms)
 
+    def is_due(self, key: str, now_ms: int) -> bool:
+        """Whether ``key`` is still pending and due at ``now_ms``."""
+        when = self._due.get(key)
+        return when is not None and when <= now_ms
+
     def forget(self, key: str) -> None:
         """Drop a key whose record is gone."""
         self._due.pop(key, None)

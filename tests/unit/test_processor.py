@@ -652,6 +652,32 @@ def test_snapshot_orders_settle_and_late_transactions_time_out() -> None:
     assert late.tally.of(Count.ORDERS, "timeout") == 1
 
 
+def _snapshot_orders(h: Harness, count: int) -> None:
+    with_catalogue(h, (7, "SKU-00007"))
+    for n in range(count):
+        order = {**ORDER, "id": 10 + n, "name": f"S{10 + n:05d}"}
+        h.run(h.change(SALE_ORDER, "r", after=order, lsn=500))
+        h.run(h.change(SALE_ORDER_LINE, "r", after=order_line(501 + n, 10 + n, 7, "1"), lsn=500))
+
+
+def test_a_tick_looks_at_tick_limit_keys_and_its_round_goes_on_at_once() -> None:
+    bounded = Harness(snapshot_settle_ms=3_000, tick_limit=4)
+    _snapshot_orders(bounded, 10)
+    first = bounded.run(bounded.tick(3_000))
+    assert len(decoded(first)) == 4
+    assert bounded.processor.round_unfinished
+    rest = [bounded.run(bounded.tick(0)) for _ in range(2)]
+    assert [len(decoded(outcome)) for outcome in rest] == [4, 2]
+    assert not bounded.processor.round_unfinished
+    assert not bounded.processor.has_pending
+
+    at_once = Harness(snapshot_settle_ms=3_000)
+    _snapshot_orders(at_once, 10)
+    everything = at_once.run(at_once.tick(3_000))
+    in_rounds = [message.value for outcome in [first, *rest] for message in outcome.outbound]
+    assert in_rounds == [message.value for message in everything.outbound]
+
+
 def test_a_failing_order_is_dead_lettered_with_its_header_bytes() -> None:
     h = Harness(reference_wait_ms=0)
     tx = (900, 1010)
