@@ -171,7 +171,6 @@ def test_reconcile_lists_exactly_the_drift_the_pipeline_cannot_see(
     }
 
     # --repair: the captures re-read those rows; everything flows through the pipeline.
-    pytest.importorskip("cdc.signals", reason="--repair needs targeted re-snapshots")
     code, repaired = reconcile(env, "--since", since, "--repair")
     assert code == 1
     assert len(repaired["requested"]) == 3
