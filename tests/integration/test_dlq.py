@@ -121,6 +121,7 @@ def test_an_order_with_an_unknown_sku_arrives_once_after_the_product_is_made_and
         assert listed[first_id]["origin"].startswith(f"{pipeline.crm.prefix}.public.aos_quotes[")
         assert listed[first_id]["replayed"] is None
         shown = erpcrm_json(env, "dlq", "show", first_id)
+        assert shown["key"] == {"id": quote}
         assert shown["value"]["after"]["id"] == quote
         assert shown["value"]["after"]["stage"] == "Closed Accepted"
         assert shown["headers"]["erpcrm.app_id"] == pipeline.streams.app_id
