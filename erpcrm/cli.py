@@ -103,9 +103,9 @@ def _progress(message: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
 
 
-def _fail(exc: SyncError) -> typer.Exit:
+def _fail(exc: SyncError, code: int = 1) -> typer.Exit:
     console.print(f"[bold red]error:[/bold red] {exc}")
-    return typer.Exit(code=1)
+    return typer.Exit(code=code)
 
 
 @stack_app.command("up")
@@ -710,7 +710,10 @@ def reconcile(
         str | None, typer.Option(help="CRM DSN (default: the local stack's application role).")
     ] = None,
 ) -> None:
-    """Compare ERP and CRM through the mappings; exit 0 only when they are in sync."""
+    """Compare ERP and CRM through the mappings.
+
+    Exit 0 in sync, 1 drift found, 2 not compared (a database unread, a signal unwritten).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from erpcrm.deadletters import parse_since
@@ -737,7 +740,7 @@ def reconcile(
         signal_dsns = {s: env[f"{s.upper()}_CAPTURE_DSN"] for s in ("erp", "crm")}
         requested = request_rereads(signal_dsns, planned) if repair else []
     except SyncError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, code=2) from exc
     drift = sum(r.drift for r in reports)
     if as_json:
         document = {

@@ -39,7 +39,7 @@ from erpcrm.deadletters import (
 from schemas.deadletter import text_headers
 from schemas.errors import DecodeError, SyncError
 from schemas.mapping import load_mappings
-from schemas.serde import AvroSerde, RegistryClient
+from schemas.serde import MAGIC_BYTE, AvroSerde, RegistryClient
 from schemas.settings import KafkaSettings
 from schemas.topics import DLQ_REPLAYED, dlq_topic
 
@@ -200,16 +200,20 @@ class DeadLetterTopics:
         return found
 
     def decode(self, letter: DeadLetterRecord) -> dict[str, Any]:
-        """The letter's key and value, the value decoded from Avro where it is Avro.
+        """The letter's key and value, each decoded from Avro where it is Avro.
 
-        Returns ``{"key": text, "value": record | None, "value_error": str | None}``.
+        Returns ``{"key": …, "value": record | None, "value_error": str | None}``. A key in
+        Confluent's wire format (a raw change event's primary key) is its record; any other
+        key (a canonical entity key) is UTF-8 text. A value that does not decode is hex,
+        with the reason in ``value_error``.
         """
-        key = None if letter.key is None else letter.key.decode("utf-8", "replace")
-        if letter.value is None:
-            return {"key": key, "value": None, "value_error": None}
         with RegistryClient(self._registry_url) as client:
+            serde = AvroSerde(client)
+            key = _decoded_key(serde, letter.key)
+            if letter.value is None:
+                return {"key": key, "value": None, "value_error": None}
             try:
-                record = AvroSerde(client).decode(letter.value)
+                record = serde.decode(letter.value)
             except DecodeError as exc:
                 return {"key": key, "value": letter.value.hex(), "value_error": str(exc)}
         return {"key": key, "value": record, "value_error": None}
@@ -304,6 +308,18 @@ class DeadLetterTopics:
             raise SyncError("Kafka did not acknowledge every message in time")
         if errors:
             raise SyncError(f"Kafka refused {len(errors)} messages: {errors[0]}")
+
+
+def _decoded_key(serde: AvroSerde, key: bytes | None) -> Any:
+    """A key's Avro record where it is in the wire format, else its UTF-8 text."""
+    if key is None:
+        return None
+    if key[:1] == bytes([MAGIC_BYTE]):
+        try:
+            return serde.decode(key)
+        except DecodeError:
+            pass  # text that happens to start with NUL: shown as text below
+    return key.decode("utf-8", "replace")
 
 
 def replay_summary(report: ReplayReport) -> Mapping[str, Any]:

@@ -6,21 +6,21 @@ rows :func:`erpcrm.drift.rereads` names, so they flow through streams and sinks 
 every guarantee (ownership, versions, conflicts recorded).
 
 This module is the one place that talks to the re-snapshot signal: it calls
-``cdc.signals.request_resnapshot(conn, "<schema>.<table>", keys=[{column: value}, ...])``,
-which writes a signal row the capture reads from the WAL and returns the signal's id.
-The connection's role needs INSERT on the signal table (the capture role on the local
-stack).
+:func:`cdc.signals.request_resnapshot` (``conn, "<schema>.<table>", keys=[{column: value},
+...]``), which writes a signal row the capture reads from the WAL and returns the
+signal's id. The connection's role needs INSERT on the signal table (the capture role on
+the local stack).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from cdc.signals import request_resnapshot
 from erpcrm.drift import Reread
 from schemas.errors import SyncError
 
@@ -41,23 +41,11 @@ class Requested:
         return {**self.reread.as_json(), "signal": self.signal_id}
 
 
-def _request_resnapshot() -> RequestResnapshot:
-    """The capture's signal function; a clear error where this build has none."""
-    try:
-        module = importlib.import_module("cdc.signals")
-    except ImportError as exc:
-        raise SyncError(
-            "--repair needs targeted re-snapshots (cdc.signals), which this build lacks"
-        ) from exc
-    function: RequestResnapshot = module.request_resnapshot
-    return function
-
-
 def request_rereads(
     dsns: Mapping[str, str],
     rereads: Sequence[Reread],
     *,
-    request: RequestResnapshot | None = None,
+    request: RequestResnapshot = request_resnapshot,
     connect: Callable[..., Any] = psycopg.connect,
 ) -> list[Requested]:
     """Signal each system's capture to re-read ``rereads``; one signal per table.
@@ -65,15 +53,14 @@ def request_rereads(
     Args:
         dsns: per system, a DSN allowed to write the capture's signal table.
         rereads: what to re-read (:func:`erpcrm.drift.rereads`).
-        request: the signal function (default: ``cdc.signals.request_resnapshot``).
+        request: the signal function (:func:`cdc.signals.request_resnapshot`).
         connect: opens a connection (``psycopg.connect``).
 
     Raises:
-        SyncError: re-snapshots are not available, or a signal could not be written.
+        SyncError: a signal could not be written.
     """
     if not rereads:
         return []
-    request = request or _request_resnapshot()
     done = []
     try:
         for reread in rereads:

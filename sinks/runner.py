@@ -52,6 +52,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from schemas.deadletter import H_ENTITY, text_headers
+from schemas.dlq_topics import ensure_dead_letter_topic
 from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
 from schemas.serde import AvroSerde
 from sinks.base import WriteResult
@@ -158,7 +159,8 @@ class SinkRunner:
     def run(self, *, until: Callable[[RunStats], bool] | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``until(stats)`` is true); return the totals."""
         self._retrying("setup", self._sink.setup)
-        self._ensure_topics(self._s.dlq_topic, self._s.replay_topic)
+        ensure_dead_letter_topic(self._s.kafka, self._s.dlq_topic)
+        self._ensure_topics(self._s.replay_topic)
         self._producer = Producer(
             self._s.kafka.client_config(
                 **{"enable.idempotence": True, "acks": "all", "linger.ms": 5}
@@ -635,7 +637,7 @@ class SinkRunner:
         self._metrics.lag_events.labels(self._target).set(total)
 
     def _ensure_topics(self, *names: str) -> None:
-        """Create the sink's own one-partition topics (dead letters, replays) if missing."""
+        """Create the sink's own one-partition topics (replays) if missing."""
         admin = AdminClient(self._s.kafka.client_config())
         for name, future in admin.create_topics(
             [NewTopic(name, num_partitions=1) for name in names]

@@ -112,6 +112,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.canonical import canonical_schema
 from schemas.deadletter import replay_count
+from schemas.dlq_topics import ensure_dead_letter_topic
 from schemas.errors import RetriableError
 from schemas.mapping import Flow, load_mappings
 from schemas.serde import AvroSerde, RegistryClient, WriterSchema
@@ -711,6 +712,16 @@ def build(
             )
 
         async def declare() -> None:
+            # The dead-letter topic first, so Faust finds it made with unlimited retention.
+            await asyncio.get_running_loop().run_in_executor(
+                None,
+                partial(
+                    ensure_dead_letter_topic,
+                    settings.kafka,
+                    dlq.DLQ_TOPIC,
+                    partitions=settings.partitions,
+                ),
+            )
             for topic in outputs:
                 await topic.maybe_declare()
             for name in CANONICAL_TOPICS:

@@ -7,19 +7,33 @@ On the real stack with both captures, the streams worker and both sinks running:
   count; once the product is created in the ERP, replaying it makes the order arrive in
   the ERP once, with one canonical event; replaying again changes nothing;
 - a won quote of an account the ERP does not know is dead-lettered by the ERP sink;
-  once the customer exists in the ERP, the replay (through ``replay.sinks.erp``, read
-  only by that sink) creates the order once.
+  once the customer exists in the ERP, a replay by filter (stage, entity, time: the
+  letters ``dlq list`` shows for the same filter) through ``replay.sinks.erp``, read
+  only by that sink, creates the order once; ``replay --all`` with the filter then
+  finds them all replayed already;
+- every dead-letter topic keeps its letters without a time limit, whether a worker made
+  it or found it made with the broker's default retention.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
-from tests.integration.cdc_fixtures import execute, wait_for
+from erpcrm.dlq import DLQ_TOPICS
+from schemas.dlq_topics import ensure_dead_letter_topic
+from schemas.settings import KafkaSettings
+from tests.integration.cdc_fixtures import execute, unique_name, wait_for
 from tests.integration.operator_fixtures import (
     erpcrm_json,
     new_customer,
@@ -107,6 +121,7 @@ def test_an_order_with_an_unknown_sku_arrives_once_after_the_product_is_made_and
         assert listed[first_id]["origin"].startswith(f"{pipeline.crm.prefix}.public.aos_quotes[")
         assert listed[first_id]["replayed"] is None
         shown = erpcrm_json(env, "dlq", "show", first_id)
+        assert shown["key"] == {"id": quote}
         assert shown["value"]["after"]["id"] == quote
         assert shown["value"]["after"]["stage"] == "Closed Accepted"
         assert shown["headers"]["erpcrm.app_id"] == pipeline.streams.app_id
@@ -174,6 +189,7 @@ def test_an_order_with_an_unknown_sku_arrives_once_after_the_product_is_made_and
 def test_an_order_the_sink_refused_arrives_once_after_its_customer_is_made_and_replayed(
     pipeline: Pipeline, env: dict[str, str]
 ) -> None:
+    started = datetime.now(UTC).isoformat()
     # An account the ERP never hears of: written under the sinks' replication origin,
     # which the CRM capture drops.
     name = f"Replay {uuid.uuid4().hex[:8]} AG"
@@ -207,9 +223,52 @@ def test_an_order_the_sink_refused_arrives_once_after_its_customer_is_made_and_r
         " VALUES (%s, true, 'DE', %s)",
         (name, account),
     )
-    report = dlq(env, "replay", refused["id"])
-    assert [r["to"] for r in report["replayed"]] == ["replay.sinks.erp"]
+    # Replayed by filter: exactly the letters the same filter lists.
+    where = ("--stage", "sinks.erp", "--entity", "sales_order", "--since", started)
+    listed = dlq(env, "list", *where)
+    assert refused["id"] in {line["id"] for line in listed}
+    assert {(line["stage"], line["entity"]) for line in listed} == {("sinks.erp", "sales_order")}
+    assert refused["id"] not in {line["id"] for line in dlq(env, "list", "--entity", "customer")}
+    report = dlq(env, "replay", *where)
+    assert sorted(r["id"] for r in report["replayed"]) == sorted(line["id"] for line in listed)
+    assert {r["to"] for r in report["replayed"]} == {"replay.sinks.erp"}
     wait_for(lambda: _erp_orders(env, quote) == 1, WAIT, "the ERP order")
     pipeline.settled(timeout=120)
     assert _erp_orders(env, quote) == 1
-    assert dlq(env, "replay", refused["id"])["already_replayed"] == [refused["id"]]
+    again = dlq(env, "replay", "--all", "--stage", "sinks.erp", "--since", started)
+    assert again["replayed"] == []
+    assert refused["id"] in again["already_replayed"]
+
+
+def _retention(env: dict[str, str], topics: list[str]) -> dict[str, str | None]:
+    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP"]})
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
+    found = {}
+    for resource, future in admin.describe_configs(resources).items():
+        found[resource.name] = future.result(timeout=30)["retention.ms"].value
+    return found
+
+
+def test_dead_letter_topics_keep_their_letters_without_a_time_limit(
+    pipeline: Pipeline, env: dict[str, str]
+) -> None:
+    # The workers of this module's pipeline made (or set) their dead-letter topics.
+    wait_for(
+        lambda: set(_retention(env, list(DLQ_TOPICS)).values()) == {"-1"},
+        WAIT,
+        "unlimited retention on every dead-letter topic",
+    )
+    # Made fresh, and found made with a retention of one hour.
+    fresh, limited = unique_name("dlq.t"), unique_name("dlq.t")
+    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP"]})
+    made = admin.create_topics([NewTopic(limited, 1, config={"retention.ms": "3600000"})])
+    made[limited].result(timeout=30)
+    try:
+        assert _retention(env, [limited]) == {limited: "3600000"}
+        kafka = KafkaSettings(bootstrap=env["KAFKA_BOOTSTRAP"])
+        for topic in (fresh, limited):
+            ensure_dead_letter_topic(kafka, topic)
+        assert _retention(env, [fresh, limited]) == {fresh: "-1", limited: "-1"}
+    finally:
+        for future in admin.delete_topics([fresh, limited]).values():
+            future.result(timeout=30)

@@ -5,8 +5,10 @@ makes a customer and a product that flow to the other system, then makes the two
 systems drift in ways no capture reports: a write under the sinks' replication origin
 (the captures drop those), a CRM row put back from an "old backup" (an update under
 that origin to the values it had before), and an order whose dead letter is never
-replayed. ``erpcrm reconcile`` lists exactly those and exits 1; with ``--repair`` the
-captures re-read the rows and a second run is in sync (exit 0).
+replayed. ``erpcrm reconcile`` lists exactly those and exits 1 (``--entity`` only the
+chosen entity's); with ``--repair`` the captures re-read the rows and a second run is in
+sync (exit 0). Two ERP customers that both find one CRM account are duplicates, which
+``--repair`` leaves to an operator; a database that cannot be read exits 2.
 
 The databases are shared with other tests, so every run is scoped to what was written
 since the test began (``--since``).
@@ -15,14 +17,18 @@ since the test began (``--since``).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
-from tests.integration.cdc_fixtures import execute, wait_for
+from tests.integration.cdc_fixtures import REPO, execute, wait_for
 from tests.integration.operator_fixtures import (
     erpcrm,
     erpcrm_json,
@@ -170,8 +176,13 @@ def test_reconcile_lists_exactly_the_drift_the_pipeline_cannot_see(
         ("crm", "public.aos_quotes"),
     }
 
+    # --entity: the chosen entity's report only.
+    code, customers = reconcile(env, "--since", since, "--entity", "customer")
+    assert code == 1
+    assert [e["entity"] for e in customers["entities"]] == ["customer"]
+    assert drift_items(customers) == {("customer", "differs", partner, account, "vat")}
+
     # --repair: the captures re-read those rows; everything flows through the pipeline.
-    pytest.importorskip("cdc.signals", reason="--repair needs targeted re-snapshots")
     code, repaired = reconcile(env, "--since", since, "--repair")
     assert code == 1
     assert len(repaired["requested"]) == 3
@@ -189,3 +200,49 @@ def test_reconcile_lists_exactly_the_drift_the_pipeline_cannot_see(
         _one(erp_admin, "SELECT count(*) FROM public.sale_order WHERE crm_quote_id = %s", (quote,))
         == 1
     )
+
+
+def test_two_erp_customers_finding_one_crm_account_are_duplicates(
+    pipeline: Pipeline, env: dict[str, str]
+) -> None:
+    started = datetime.now(UTC).isoformat()
+    partner, account = new_customer(env)
+    # Behind the pipeline's back: a second ERP customer, and the CRM account given its
+    # number, so both ERP customers find that account (one by its link, one by number).
+    ((other, number),) = under_sink_origin(
+        env["ERP_ADMIN_DSN"],
+        "INSERT INTO public.res_partner (name, is_company, country_code) VALUES (%s, true, 'DE')"
+        " RETURNING id::text, ref",
+        (f"Operator {uuid.uuid4().hex[:8]} AG",),
+    )
+    under_sink_origin(
+        env["CRM_ADMIN_DSN"],
+        "UPDATE public.accounts SET account_number = %s WHERE id = %s",
+        (number, account),
+    )
+    code, report = reconcile(env, "--since", started, "--entity", "customer")
+    assert code == 1
+    (customers,) = report["entities"]
+    assert customers["duplicates"] == [
+        {
+            "system": "erp",
+            "ids": sorted([partner, other]),
+            "linked_to": {"system": "crm", "table": "public.accounts", "id": account},
+        }
+    ]
+
+
+def test_a_database_that_cannot_be_read_exits_2(env: dict[str, str]) -> None:
+    unreadable = make_conninfo(env["ERP_DSN"], dbname="no_such_database")
+    done = subprocess.run(
+        [sys.executable, "-m", "erpcrm.cli", "reconcile", "--erp-dsn", unreadable, "--json"],
+        cwd=REPO,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("ERPCRM_")}, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "cannot read the databases" in done.stderr
+    assert done.stdout == ""

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from erpcrm.drift import Reread
 from erpcrm.repair import request_rereads
-from schemas.errors import SyncError
 
 
 def test_each_table_gets_one_signal_with_its_keys_on_its_systems_database() -> None:
@@ -40,10 +36,3 @@ def test_each_table_gets_one_signal_with_its_keys_on_its_systems_database() -> N
     ]
     assert [d.signal_id for d in done] == ["signal-1", "signal-2"]
     assert request_rereads({}, [], request=request, connect=connect) == []
-
-
-def test_without_re_snapshots_the_repair_says_so() -> None:
-    if importlib.util.find_spec("cdc.signals") is not None:
-        pytest.skip("this build has re-snapshots")
-    with pytest.raises(SyncError, match="re-snapshots"):
-        request_rereads({"erp": "x"}, [Reread("erp", "public.res_partner", ("1",))])
