@@ -33,11 +33,14 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final, Protocol, cast
+
+import orjson
 
 __all__ = [
     "ASSEMBLY",
@@ -55,6 +58,7 @@ __all__ = [
     "dump",
     "freeze",
     "fresh_copy",
+    "load",
     "thaw",
     "unb64",
 ]
@@ -71,10 +75,11 @@ _DECIMAL: Final = "$decimal"
 _BYTES: Final = "$bytes"
 _DATETIME: Final = "$datetime"
 _DATE: Final = "$date"
+_FLOAT: Final = "$float"
 _IMMUTABLE: Final = frozenset({str, int, float, bool, bytes})
 """Types whose values no caller can change: shared, not copied."""
-_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
-"""Types :func:`freeze` returns as they are (JSON has them)."""
+_PLAIN: Final = frozenset({str, int, bool, type(None)})
+"""Types :func:`freeze` returns as they are (JSON has them; floats only when finite)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +100,25 @@ class TextWrite:
     text: str | None
 
 
-dump: Final = json.JSONEncoder(separators=(",", ":")).encode
-"""A value as the tables hold it: compact JSON text."""
+_STDLIB_DUMP: Final = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def dump(value: Any) -> str:
+    """A value as the tables hold it: compact JSON text (UTF-8, keys in insertion order).
+
+    orjson writes it, fast; the standard library what orjson refuses (integers beyond 64
+    bits, keys that are not text). Floats that are not finite have no JSON form (orjson
+    would write null): :func:`freeze` tags them, and the processor makes no others.
+    """
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:
+        return _STDLIB_DUMP(value)
+
+
+load: Final = json.loads
+"""The value of a table's JSON text; exact for integers of any size (orjson's reader is
+not: it turns integers beyond 64 bits into floats)."""
 
 
 class StateView(Protocol):
@@ -132,7 +154,7 @@ class DictState:
     def get(self, table: str, key: str) -> Any:
         """Return a fresh copy of the value of ``key``, or None."""
         text = self.tables[table].get(key)
-        return None if text is None else json.loads(text)
+        return None if text is None else load(text)
 
     def text(self, table: str, key: str) -> str | None:
         """Return the value of ``key`` as JSON text, or None."""
@@ -142,7 +164,7 @@ class DictState:
         """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``, sorted."""
         for key in sorted(self.tables[table]):
             if key.startswith(prefix):
-                yield key, json.loads(self.tables[table][key])
+                yield key, load(self.tables[table][key])
 
     def apply(self, writes: Sequence[Write]) -> None:
         """Apply ``writes``; values must be JSON-serialisable."""
@@ -186,7 +208,7 @@ class StagedState:
     def get(self, table: str, key: str) -> Any:
         """Return the staged value of ``key``, else the committed one; None if absent."""
         text = self.text(table, key)
-        return None if text is None else json.loads(text)
+        return None if text is None else load(text)
 
     def text(self, table: str, key: str) -> str | None:
         """Return the staged value of ``key`` as JSON text, else the committed one."""
@@ -207,7 +229,7 @@ class StagedState:
             if text is None:
                 found.pop(key, None)
             else:
-                found[key] = json.loads(text)
+                found[key] = load(text)
         for key in sorted(found):
             yield key, found[key]
 
@@ -224,7 +246,7 @@ class StagedState:
         only a key's last value counts.
         """
         return [
-            Write(write.table, write.key, None if write.text is None else json.loads(write.text))
+            Write(write.table, write.key, None if write.text is None else load(write.text))
             for write in self.text_writes()
         ]
 
@@ -260,11 +282,14 @@ def fresh_copy(value: Any) -> Any:
 def freeze(value: Any) -> Any:
     """Return a JSON-able form of a decoded Avro value; :func:`thaw` inverts it exactly.
 
-    Decimals keep their scale, bytes are base64, dates and times ISO-8601.
+    Decimals keep their scale, bytes are base64, dates and times ISO-8601, floats that
+    are not finite their repr (JSON has no form for them).
     """
     kind = type(value)
     if kind in _PLAIN:  # most values of a decoded row: checked first, by exact type
         return value
+    if kind is float:
+        return value if math.isfinite(value) else {_FLOAT: repr(value)}
     if kind is dict:
         return {k if type(k) is str else str(k): freeze(v) for k, v in value.items()}
     if isinstance(value, Decimal):
@@ -284,11 +309,13 @@ def freeze(value: Any) -> Any:
 
 def thaw(value: Any) -> Any:
     """Return the value :func:`freeze` was given."""
-    if type(value) in _PLAIN:
+    if type(value) in _PLAIN or type(value) is float:
         return value
     if isinstance(value, dict):
         if len(value) == 1:
             ((tag, text),) = value.items()
+            if tag == _FLOAT:
+                return float(text)
             if tag == _DECIMAL:
                 return Decimal(text)
             if tag == _BYTES:

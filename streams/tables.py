@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from faust.types import TP
 
 from streams.producer import BatchSender, Record
-from streams.state import StateView, TextWrite, dump
+from streams.state import StateView, TextWrite, dump, load
 
 __all__ = ["CommittedState", "FaustState"]
 
@@ -169,7 +169,7 @@ class _ChangelogRecord:
     @property
     def value(self) -> Any:
         raw = self.message.value
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else load(raw)
 
 
 def _same(value: Any) -> Any:

@@ -6,6 +6,7 @@ Confluent wire format, so the processor sees the bytes it reads from the bus.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from decimal import Decimal
 from typing import Any
@@ -37,7 +38,7 @@ from streams.dlq import Origin
 from streams.outcome import Count, DeadLetterError, Inbound, Kind, Outcome
 from streams.processor import StreamProcessor
 from streams.quality import DefectOutcome, QualityEntry
-from streams.state import DictState, freeze, fresh_copy, thaw
+from streams.state import DictState, dump, freeze, fresh_copy, load, thaw
 from streams.transform import event_id
 from tests.unit.test_transform import (
     ACCOUNT_ID,
@@ -757,6 +758,28 @@ def test_freeze_and_thaw_round_trip(value: Any) -> None:
     import json
 
     assert thaw(json.loads(json.dumps(freeze(value)))) == value
+    assert thaw(load(dump(freeze(value)))) == value
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+)
+def test_a_frozen_value_survives_the_tables_text_exactly(value: Any) -> None:
+    """Integers of any size, floats (NaN and infinities too), any text."""
+    back = thaw(load(dump(freeze(value))))
+    assert repr(back) == repr(value)
+
+
+def test_table_text_the_standard_library_wrote_still_loads() -> None:
+    import json
+
+    old = json.dumps({"q": float("nan"), "n": 2**70, "s": "Zo\u00eb"}, separators=(",", ":"))
+    loaded = load(old)
+    assert (math.isnan(loaded["q"]), loaded["n"], loaded["s"]) == (True, 2**70, "Zo\u00eb")
 
 
 _STATE_VALUES = st.recursive(
