@@ -678,6 +678,23 @@ def test_a_tick_looks_at_tick_limit_keys_and_its_round_goes_on_at_once() -> None
     assert in_rounds == [message.value for message in everything.outbound]
 
 
+def test_an_order_a_transaction_assembles_is_not_assembled_again_when_its_snapshot_settles() -> (
+    None
+):
+    h = Harness(snapshot_settle_ms=3_000)
+    with_catalogue(h, (7, "SKU-00007"))
+    h.run(h.change(SALE_ORDER, "r", after=ORDER, lsn=500))
+    h.run(h.change(SALE_ORDER_LINE, "r", after=order_line(501, 10, 7, "-1"), lsn=500))
+    tx = (900, 1010)  # the order is edited before its snapshot settled
+    h.run(h.change(SALE_ORDER, "u", after=ORDER | {"state": "done"}, lsn=1001, tx=tx))
+    edited = h.run(h.end("erp", tx, {"public.sale_order": 1}))
+    (letter,) = edited.dead_letters
+    assert (letter.reason, letter.field) == ("negative_value", "lines[0].quantity")
+    later = [h.run(h.tick(2_000)) for _ in range(4)]
+    assert [o.dead_letters for o in later] == [[], [], [], []]
+    assert not h.processor.has_pending
+
+
 def test_a_failing_order_is_dead_lettered_with_its_header_bytes() -> None:
     h = Harness(reference_wait_ms=0)
     tx = (900, 1010)
