@@ -335,7 +335,7 @@ class Orders:
             return
         if record["give_up"] is None:
             record["give_up"] = work.now_ms + self._waiting.wait_ms
-        final = work.now_ms >= int(record["give_up"])
+        final = self._waiting.wait_ms == 0 or work.horizon_ms >= int(record["give_up"])
         waiting = {}
         for order, info in sorted(record["orders"].items()):
             if not self._assemble(work, order, info, how, final=final):
