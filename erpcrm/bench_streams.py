@@ -22,7 +22,13 @@ Method:
 5. memory: the worker's peak RSS (``VmHWM``), read just before it is stopped;
 6. CPU: the worker's user + system time (``/proc/<pid>/stat``) read at each scrape;
    the CPU seconds of the busy window per 1,000 events in it is less noisy than events/s
-   on a shared machine.
+   on a shared machine;
+7. dead letters by source (:func:`dead_letters_by_source`): the snapshots read whatever
+   the databases hold, dirt earlier runs and tests left included, and reject that as
+   they should; the clean workload's own changes should give none. Transactions
+   released incomplete (``order_timeouts``) and records parked for a reference are
+   reported too: a drain measured in a backlog must not give up on what is merely
+   further back in it.
 
 Everything the run made is removed at the end: processes, slots, the captures' stored
 offsets and topics, the worker's own topics, consumer group and data directory.
@@ -39,6 +45,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +56,21 @@ from confluent_kafka.admin import AdminClient
 
 from cdc.offsets import OFFSETS_TOPIC
 from erpcrm.benchkit import Samples, by_label, cpu_seconds, free_port, peak_rss, scrape, total
+from erpcrm.deadletters import DeadLetterRecord
+from erpcrm.dlq import DeadLetterTopics
 from erpcrm.stack import LocalStack
 from erpcrm.stack.postgres import CAPTURE_ROLE, SUPERUSER
 from erpcrm.workload import WorkloadReport, run_workload
+from schemas.deadletter import (
+    H_APP_ID,
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    H_OUTPUT_ID,
+)
 from schemas.errors import StackError
+from schemas.settings import KafkaSettings
+from schemas.topics import dlq_topic
 
 ERP_TABLES = (
     "res_partner",
@@ -258,12 +277,16 @@ def _delete_topics(admin: AdminClient, prefix: str) -> None:
                 future.result(timeout=30)
 
 
-def _raw_messages(bootstrap: str, prefixes: tuple[str, ...]) -> int:
-    """Messages (changes, tombstones, transaction records) in the captures' topics."""
+_Position = tuple[str, int]
+"""A topic and partition."""
+
+
+def _watermarks(bootstrap: str, prefixes: tuple[str, ...]) -> dict[_Position, tuple[int, int]]:
+    """Per partition of the captures' topics, its low and high watermark offsets."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"})
     try:
         metadata = consumer.list_topics(timeout=10)
-        total = 0
+        found = {}
         for name, topic in metadata.topics.items():
             if not name.startswith(tuple(f"{p}." for p in prefixes)):
                 continue
@@ -271,10 +294,52 @@ def _raw_messages(bootstrap: str, prefixes: tuple[str, ...]) -> int:
                 low, high = consumer.get_watermark_offsets(
                     TopicPartition(name, partition), timeout=10
                 )
-                total += int(high) - int(low)
-        return total
+                found[(name, int(partition))] = (int(low), int(high))
+        return found
     finally:
         consumer.close()
+
+
+def _raw_messages(bootstrap: str, prefixes: tuple[str, ...]) -> int:
+    """Messages (changes, tombstones, transaction records) in the captures' topics."""
+    return sum(high - low for low, high in _watermarks(bootstrap, prefixes).values())
+
+
+def dead_letters_by_source(
+    letters: Iterable[DeadLetterRecord],
+    app_id: str,
+    snapshot_ends: Mapping[_Position, int],
+) -> dict[str, Any]:
+    """The run's dead letters by where their record came from, and repeated ones.
+
+    ``snapshot``: records of the captures' snapshots (offsets below ``snapshot_ends``,
+    each partition's end when the snapshots were in), i.e. data that was in the
+    databases before the workload ran: dirt an earlier run or test left there is
+    rejected, as it should be. ``workload``: records of the workload's changes, none
+    for a clean workload. ``repeated``: dead letters whose output id was published
+    before (the same failure twice). Letters of other apps are left out. Pure.
+    """
+    by_source: dict[str, Counter[str]] = {"snapshot": Counter(), "workload": Counter()}
+    seen: set[str] = set()
+    repeated = 0
+    for letter in letters:
+        headers = letter.headers
+        if headers.get(H_APP_ID) != app_id:
+            continue
+        output_id = headers.get(H_OUTPUT_ID, letter.id)
+        if output_id in seen:
+            repeated += 1
+            continue
+        seen.add(output_id)
+        origin = (headers.get(H_ORIGIN_TOPIC, ""), int(headers.get(H_ORIGIN_PARTITION, "0")))
+        offset = int(headers.get(H_ORIGIN_OFFSET, "0"))
+        source = "snapshot" if offset < snapshot_ends.get(origin, 0) else "workload"
+        by_source[source][letter.reason] += 1
+    return {
+        "snapshot": dict(sorted(by_source["snapshot"].items())),
+        "workload": dict(sorted(by_source["workload"].items())),
+        "repeated": repeated,
+    }
 
 
 def _drain(
@@ -344,6 +409,8 @@ def _drain(
         "events_out_by_flow": by_label(samples, "erpcrm_streams_events_out_total", "flow"),
         "dead_letters_by_reason": by_label(samples, "erpcrm_streams_dead_letters_total", "reason"),
         "orders_assembled": by_label(samples, "erpcrm_streams_orders_assembled_total", "how"),
+        "order_timeouts": by_label(samples, "erpcrm_streams_order_timeouts_total", "system"),
+        "parked_by_reason": by_label(samples, "erpcrm_streams_parked_total", "reason"),
     }
 
 
@@ -372,6 +439,12 @@ def bench_streams(
         erp.wait_streaming(timeout)
         crm.wait_streaming(timeout)
         snapshot_events = erp.events() + crm.events()
+        snapshot_ends = {
+            position: high
+            for position, (_, high) in _watermarks(
+                stack.kafka.bootstrap, (erp.prefix, crm.prefix)
+            ).items()
+        }
         report: WorkloadReport | None = None
         if operations > 0:
             report = run_workload(
@@ -398,6 +471,14 @@ def bench_streams(
         )
         result["worker_start_to_drained_seconds"] = round(time.monotonic() - worker_started, 3)
         streams.stop()
+        topics = DeadLetterTopics(
+            KafkaSettings(bootstrap=stack.kafka.bootstrap),
+            stack.registry.url,
+            topics=(dlq_topic("streams"),),
+        )
+        result["dead_letters_by_source"] = dead_letters_by_source(
+            topics.letters(), streams.app_id, snapshot_ends
+        )
     finally:
         streams.cleanup(admin)
         erp.cleanup(admin)

@@ -165,10 +165,17 @@ DIRTY_TARGETS: Mapping[DirtyKind, frozenset[OpKind]] = {
     DirtyKind.BAD_EMAIL: _PERSON_EDITS,
     DirtyKind.DUPLICATE_CUSTOMER: frozenset({OpKind.ERP_NEW_CUSTOMER, OpKind.CRM_NEW_ACCOUNT}),
     DirtyKind.MISSING_COUNTRY: _PARTY_EDITS,
-    DirtyKind.NEGATIVE_QUANTITY: frozenset({OpKind.ERP_STOCK_MOVE, OpKind.CRM_NEW_QUOTE}),
-    DirtyKind.UNKNOWN_SKU: frozenset({OpKind.CRM_NEW_QUOTE}),
+    DirtyKind.NEGATIVE_QUANTITY: frozenset(
+        {OpKind.ERP_STOCK_MOVE, OpKind.CRM_NEW_QUOTE, OpKind.CRM_ACCEPT_QUOTE}
+    ),
+    DirtyKind.UNKNOWN_SKU: frozenset({OpKind.CRM_NEW_QUOTE, OpKind.CRM_ACCEPT_QUOTE}),
 }
-"""Which operation kinds can carry each kind of dirt."""
+"""Which operation kinds can carry each kind of dirt.
+
+Accepting a quote makes it an order for the ERP: a dirty acceptance picks a quote that
+carries that dirt (a line with a negative quantity or an unknown SKU); a clean one only
+a quote whose every line is valid, so clean operations never turn old dirt into orders.
+"""
 
 
 # --- the pure half: planning ---------------------------------------------------------------
@@ -643,6 +650,17 @@ _CRM_CONTACT_COLUMNS: Mapping[str, str] = {
     "title": "title",
 }
 _OPEN_QUOTE_STAGES = ("Draft", "Negotiation", "Delivered", "On Hold", "Confirmed")
+_QUOTE_HAS_LINES: LiteralString = (
+    "EXISTS (SELECT 1 FROM public.aos_products_quotes AS l"
+    " WHERE l.parent_id = aos_quotes.id AND NOT l.deleted)"
+)
+_QUOTE_LINE_DIRT: Mapping[DirtyKind | None, tuple[LiteralString, bool]] = {
+    # A quote line the sync rejects, and whether the condition takes the catalogue (%s):
+    # a negative quantity, a SKU outside the ERP catalogue; None: either.
+    None: ("l.product_qty < 0 OR l.part_number IS NULL OR l.part_number <> ALL(%s)", True),
+    DirtyKind.NEGATIVE_QUANTITY: ("l.product_qty < 0", False),
+    DirtyKind.UNKNOWN_SKU: ("l.part_number IS NULL OR l.part_number <> ALL(%s)", True),
+}
 _QUOTE_TOPICS = (
     "Replenishment",
     "Spare parts",
@@ -852,6 +870,8 @@ class _Executor:
         self._tally = tally
         self._ops_per_commit = ops_per_commit
         self._shard = shard
+        self._catalogue: list[str] = []
+        """The ERP's SKUs (``product_product.default_code``), read by :meth:`load_catalogue`."""
         # Per database, operations done in its open transaction and not committed yet.
         self._pending: dict[System, list[tuple[Operation, _Changes]]] = {
             System.ERP: [],
@@ -919,7 +939,7 @@ class _Executor:
         table: str,
         columns: Sequence[str],
         pick: float,
-        where: LiteralString = "TRUE",
+        where: LiteralString | sql.Composable = "TRUE",
         params: Sequence[Any] = (),
         *,
         for_update: bool = False,
@@ -938,7 +958,7 @@ class _Executor:
         base = sql.SQL("SELECT {cols} FROM {table} WHERE ({where})").format(
             cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
             table=_table(table),
-            where=sql.SQL(where),
+            where=sql.SQL(where) if isinstance(where, str) else where,
         )
         lock = sql.SQL(" FOR UPDATE" if for_update else "")
         start: sql.Composable
@@ -957,6 +977,17 @@ class _Executor:
             cur.execute(sql.Composed([base, order, lock]), list(params))
             row = cur.fetchone()
         return row
+
+    def load_catalogue(self) -> None:
+        """Read the ERP catalogue's SKUs, which clean CRM quote lines are restricted to.
+
+        The CRM also holds products the ERP does not know (made up by dirty quotes, as
+        real CRMs collect them); a clean line never names one.
+        """
+        conn = self._dbs[System.ERP].connection()
+        rows = conn.execute("SELECT default_code FROM public.product_product").fetchall()
+        conn.commit()
+        self._catalogue = sorted(str(row[0]) for row in rows)
 
     def commit(self, system: System) -> None:
         """Commit ``system``'s open transaction and count its operations."""
@@ -1520,7 +1551,8 @@ class _Executor:
                     "aos_products",
                     ["id", "name", "part_number", "price", "cost"],
                     spec.product_pick,
-                    "NOT deleted AND part_number IS NOT NULL",
+                    "NOT deleted AND part_number = ANY(%s)",
+                    [self._catalogue],
                 )
                 if product is None:
                     raise _NoTargetRowError
@@ -1571,17 +1603,13 @@ class _Executor:
     def _crm_accept_quote(
         self, cur: _Cursor, op: Operation, rng: random.Random, changes: _Changes
     ) -> None:
-        quote = self._pick(
-            cur,
-            System.CRM,
-            "aos_quotes",
-            ["id"],
-            rng.random(),
-            "NOT deleted AND stage = ANY(%s) AND EXISTS (SELECT 1"
-            " FROM public.aos_products_quotes AS l"
-            " WHERE l.parent_id = aos_quotes.id AND NOT l.deleted)",
-            [list(_OPEN_QUOTE_STAGES)],
-        )
+        pick = rng.random()
+        quote = None
+        if op.dirty is not None:
+            quote = self._pick_open_quote(cur, pick, op.dirty, dirty=True)
+            changes.dirty_applied = quote is not None
+        if quote is None:
+            quote = self._pick_open_quote(cur, pick, None, dirty=False)
         if quote is None:
             raise _NoTargetRowError
         changes.updated(
@@ -1593,6 +1621,27 @@ class _Executor:
                 {"stage": "Closed Accepted", "approval_status": "Approved"},
             ),
         )
+
+    def _pick_open_quote(
+        self, cur: _Cursor, pick: float, kind: DirtyKind | None, *, dirty: bool
+    ) -> dict[str, Any] | None:
+        """An open quote with lines, at ``pick``.
+
+        With ``dirty``, one with a line carrying dirt ``kind``; else one whose every line
+        is valid (no negative quantity, a SKU of the ERP catalogue).
+        """
+        dirt, takes_catalogue = _QUOTE_LINE_DIRT[kind]
+        lines = sql.SQL(
+            "EXISTS (SELECT 1 FROM public.aos_products_quotes AS l"
+            " WHERE l.parent_id = aos_quotes.id AND NOT l.deleted AND ({}))"
+        ).format(sql.SQL(dirt))
+        where = sql.SQL("NOT deleted AND stage = ANY(%s) AND {} AND {}{}").format(
+            sql.SQL(_QUOTE_HAS_LINES), sql.SQL("" if dirty else "NOT "), lines
+        )
+        params: list[Any] = [list(_OPEN_QUOTE_STAGES)]
+        if takes_catalogue:
+            params.append(self._catalogue)
+        return self._pick(cur, System.CRM, "aos_quotes", ["id"], pick, where, params)
 
 
 def run_workload(
@@ -1661,6 +1710,7 @@ def run_workload(
     try:
         erp.connection()
         crm.connection()
+        executor.load_catalogue()
         while stop is None or not stop.is_set():
             if count is not None and tally.operations >= count:
                 break

@@ -11,7 +11,8 @@ each order it touched is assembled once from the current header and lines. The e
 position (event id, LSN) is its latest change in that transaction, so a later line edit
 gives a new, higher version. Snapshot reads have no transaction: their orders
 (``tx|snap|<flow>|<order id>``) are assembled once no row of theirs arrived for
-``snapshot_settle``; a transaction whose ``END`` is missing is assembled after
+``snapshot_settle``, unless a transaction changes them first (it assembles them); a
+transaction whose ``END`` is missing is assembled after
 ``assembly_timeout``. An order that fails for a reference not known yet (its customer,
 a line's product) stays in its record and is assembled again on each tick until
 ``reference_wait`` has passed, then dead-lettered with the header's bytes (replaying it
@@ -249,6 +250,11 @@ class Orders:
             pending = f"{SNAP_PREFIX}{order}"
         else:
             pending = f"{TX_PREFIX}{flow.system}|{basics.tx}"
+            if order is not None and work.get(ASSEMBLY, f"{SNAP_PREFIX}{order}") is not None:
+                # The transaction assembles the order from every row read so far, its
+                # snapshot rows included: settling the snapshot would assemble (or
+                # dead-letter) the same order again. A snapshot row read later waits anew.
+                work.put(ASSEMBLY, f"{SNAP_PREFIX}{order}", None)
         record = work.get(ASSEMBLY, pending)
         if replay:
             if record is None and order is not None:
@@ -329,7 +335,7 @@ class Orders:
             return
         if record["give_up"] is None:
             record["give_up"] = work.now_ms + self._waiting.wait_ms
-        final = work.now_ms >= int(record["give_up"])
+        final = self._waiting.wait_ms == 0 or work.horizon_ms >= int(record["give_up"])
         waiting = {}
         for order, info in sorted(record["orders"].items()):
             if not self._assemble(work, order, info, how, final=final):

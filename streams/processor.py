@@ -59,6 +59,7 @@ from schemas.errors import DecodeError
 from schemas.mapping import Flow, Grain
 from schemas.topics import raw_topic, transaction_topic
 from streams import dlq
+from streams.horizon import ReadHorizon, produced_ms
 from streams.ordering import Release, SourceOrder
 from streams.orders import Orders
 from streams.outcome import Count, Inbound, Kind, Outcome
@@ -134,6 +135,7 @@ class StreamProcessor:
             encode, dlq_policy, {name: flow.target for name, flow in self._flows.items()}
         )
         self._waiting = Waiting(self._emitter, reference_wait_ms)
+        self._horizon = ReadHorizon()
         self._references = References()
         self._ordering = SourceOrder(
             {system: frozenset(names) for system, names in collections.items()},
@@ -201,7 +203,11 @@ class StreamProcessor:
             RetriableError: the schema registry is unreachable; retry the message.
             DeadLetterError: a record was rejected under the ``fail`` policy.
         """
-        work = UnitOfWork(state, message.timestamp_ms, self._mirror)
+        if message.kind is Kind.TICK:
+            horizon = self._horizon.tick(message.timestamp_ms)
+        else:
+            horizon = self._horizon.horizon_ms
+        work = UnitOfWork(state, message.timestamp_ms, self._mirror, horizon)
         if message.kind is Kind.TICK:
             self._tick(work)
         else:
@@ -231,6 +237,8 @@ class StreamProcessor:
         envelope = self._decoded(work, message, routes)
         if envelope is None:
             return
+        if message.replays == 0:
+            self._horizon.observe(produced_ms(envelope))
         if system is not None:
             tally.add(Count.EVENTS_IN, "transaction")
             if envelope.get("status") != "END":
@@ -376,10 +384,10 @@ class StreamProcessor:
         again at once. A key no longer pending or due by its turn is passed over.
         """
         if not self._round:
-            self._round = self._waiting.due(work.now_ms)[::-1]
+            self._round = self._waiting.due(work.horizon_ms)[::-1]
         for _ in range(min(self._tick_limit, len(self._round))):
             key = self._round.pop()
-            if not self._waiting.is_due(key, work.now_ms):
+            if not self._waiting.is_due(key, work.horizon_ms):
                 continue
             record = work.get(ASSEMBLY, key)
             if record is None:

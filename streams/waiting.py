@@ -6,7 +6,9 @@ the ``assembly`` table under ``park|<topic>|<partition>|<offset>|<flow>`` with i
 original bytes, and retried on every tick for ``reference_wait``; then it is
 dead-lettered with its reason. Ticks come through the worker's control topic and are
 decided in the same batches as the data, one message at a time; the clock of every
-decision is the time its batch was read (see :mod:`streams.app`).
+decision is the time its batch was read (see :mod:`streams.app`). A wait is over when
+the read horizon (:mod:`streams.horizon`) passes its deadline, not the wall clock: a
+worker draining a backlog does not give up on what is still in the backlog.
 
 :class:`Waiting` also keeps the in-memory index of everything pending (parked records,
 open transactions and snapshot orders of :mod:`streams.orders`, transactions whose
@@ -87,14 +89,14 @@ class Waiting:
         else:
             self._due[key] = int(value["due"])
 
-    def due(self, now_ms: int) -> list[str]:
-        """The pending keys a tick at ``now_ms`` should look at, sorted."""
-        return sorted(key for key, when in self._due.items() if when <= now_ms)
+    def due(self, horizon_ms: int) -> list[str]:
+        """The pending keys a tick at read horizon ``horizon_ms`` should look at, sorted."""
+        return sorted(key for key, when in self._due.items() if when <= horizon_ms)
 
-    def is_due(self, key: str, now_ms: int) -> bool:
-        """Whether ``key`` is still pending and due at ``now_ms``."""
+    def is_due(self, key: str, horizon_ms: int) -> bool:
+        """Whether ``key`` is still pending and due at read horizon ``horizon_ms``."""
         when = self._due.get(key)
-        return when is not None and when <= now_ms
+        return when is not None and when <= horizon_ms
 
     def forget(self, key: str) -> None:
         """Drop a key whose record is gone."""
@@ -153,7 +155,7 @@ class Waiting:
             timestamp_ms=work.now_ms,
             replays=int(record.get("replays", 0)),
         )
-        retry = Retry(final=work.now_ms >= int(record["until"]))
+        retry = Retry(final=work.horizon_ms >= int(record["until"]))
         if route is not None and message.value is not None:
             reroute(work, route, message, retry)
         if not retry.parked_again:

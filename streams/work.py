@@ -60,13 +60,19 @@ class UnitOfWork:
 
     Args:
         state: the state as the message sees it.
-        now_ms: the message's timestamp, the processor's only clock.
+        now_ms: the message's timestamp, the processor's only clock; deadlines are set
+            from it (``now_ms`` + a wait).
         mirror: told of every write as it is made (the processor's caches).
+        horizon_ms: how far the sources have been read (:mod:`streams.horizon`); a
+            deadline has passed once the horizon reaches it (default: ``now_ms``).
     """
 
-    def __init__(self, state: StateView, now_ms: int, mirror: Mirror) -> None:
+    def __init__(
+        self, state: StateView, now_ms: int, mirror: Mirror, horizon_ms: int | None = None
+    ) -> None:
         self.state = state
         self.now_ms = now_ms
+        self.horizon_ms = now_ms if horizon_ms is None else horizon_ms
         self.outcome = Outcome()
         self._mirror = mirror
         self._overlay: dict[tuple[str, str], Any] = {}
