@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from decimal import Context
 from typing import Any
 
+from schemas.avro_writer import full_name, named_reference
 from schemas.errors import ConfigError, DecodeError
 
 __all__ = ["Read", "compile_reader"]
@@ -215,20 +216,13 @@ class _Compiler:
 
     @staticmethod
     def full_name(name: str, namespace: str | None) -> str:
-        return name if "." in name or not namespace else f"{namespace}.{name}"
+        return full_name(name, namespace)
 
     def compile(self, schema: Any, namespace: str | None) -> Read:
         if isinstance(schema, str):
             if schema in _PRIMITIVES:
                 return _PRIMITIVE_READERS[schema]
-            name = self.full_name(schema, namespace)
-            if name not in self.named and schema in self.named:
-                name = schema
-            if name not in self.named:
-                raise ConfigError(f"unknown Avro type {schema!r}")
-            if name in self.in_progress:
-                return self._deferred(name)  # a recursive reference
-            return self.named[name]
+            return named_reference(self.named, self.in_progress, schema, namespace, self._deferred)
         if isinstance(schema, list):
             return self._union(schema, namespace)
         if not isinstance(schema, Mapping):
