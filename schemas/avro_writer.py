@@ -17,9 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.errors import ConfigError, ValidationError
 
@@ -31,6 +31,39 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _MISSING: Any = object()
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+
+
+T = TypeVar("T")
+
+
+def full_name(name: str, namespace: str | None) -> str:
+    """An Avro name qualified by its enclosing namespace (unless it has its own)."""
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def named_reference(
+    named: Mapping[str, T],
+    in_progress: Collection[str],
+    schema: str,
+    namespace: str | None,
+    deferred: Callable[[str], T],
+) -> T:
+    """What a compiler made for the named type ``schema`` refers to.
+
+    A type still being compiled (a recursive reference) gets ``deferred(name)``, which
+    looks it up when it is used.
+
+    Raises:
+        ConfigError: no such type was defined before.
+    """
+    name = full_name(schema, namespace)
+    if name not in named and schema in named:
+        name = schema
+    if name not in named:
+        raise ConfigError(f"unknown Avro type {schema!r}")
+    if name in in_progress:
+        return deferred(name)
+    return named[name]
 
 
 def write_long(buf: bytearray, value: int) -> None:
@@ -188,20 +221,13 @@ class _Compiler:
         self.in_progress: set[str] = set()
 
     def full_name(self, name: str, namespace: str | None) -> str:
-        return name if "." in name or not namespace else f"{namespace}.{name}"
+        return full_name(name, namespace)
 
     def compile(self, schema: Any, namespace: str | None) -> Write:
         if isinstance(schema, str):
             if schema in _PRIMITIVES:
                 return _PRIMITIVE_WRITERS[schema]
-            name = self.full_name(schema, namespace)
-            if name not in self.named and schema in self.named:
-                name = schema
-            if name not in self.named:
-                raise ConfigError(f"unknown Avro type {schema!r}")
-            if name in self.in_progress:
-                return self._deferred(name)  # a recursive reference
-            return self.named[name]
+            return named_reference(self.named, self.in_progress, schema, namespace, self._deferred)
         if isinstance(schema, list):
             return self._union(schema, namespace)
         if not isinstance(schema, Mapping):

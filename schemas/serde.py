@@ -34,6 +34,7 @@ import fastavro
 import httpx
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 
+from schemas.avro_reader import compile_reader
 from schemas.avro_writer import compile_writer
 from schemas.errors import (
     ConfigError,
@@ -501,6 +502,7 @@ class AvroSerde:
     def __init__(self, registry: SchemaRegistry) -> None:
         self._registry = registry
         self._writers: dict[tuple[str, str], WriterSchema] = {}
+        self._readers: dict[int, Callable[[bytes], Any] | None] = {}
 
     def prepare(self, subject: str, schema: Mapping[str, Any]) -> WriterSchema:
         """Register ``schema`` under ``subject`` (once per process) and return it parsed.
@@ -556,6 +558,13 @@ class AvroSerde:
             RetriableError: the registry is unreachable (the message may be fine).
         """
         schema_id, body = unpack(data)
+        if reader_schema is None:
+            compiled = self._reader(schema_id)
+            if compiled is not None:
+                datum = compiled(body.tobytes())
+                if not isinstance(datum, dict):
+                    raise DecodeError(f"schema id {schema_id} does not describe a record")
+                return datum
         writer = self._registry.get_schema(schema_id)
         reader = None
         if reader_schema is not None:
@@ -567,6 +576,16 @@ class AvroSerde:
         if not isinstance(datum, dict):
             raise DecodeError(f"schema id {schema_id} does not describe a record")
         return datum
+
+    def _reader(self, schema_id: int) -> Callable[[bytes], Any] | None:
+        """The compiled reader of a writer schema (None: fastavro reads it), cached."""
+        if schema_id not in self._readers:
+            writer = self._registry.get_schema(schema_id)
+            try:
+                self._readers[schema_id] = compile_reader(writer)
+            except ConfigError:
+                self._readers[schema_id] = None
+        return self._readers[schema_id]
 
     @staticmethod
     def schema_id_of(data: Bytes) -> int:

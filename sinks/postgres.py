@@ -55,6 +55,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 
@@ -101,9 +102,19 @@ ENTITY_ORDER: Final = ("customer", "product", "contact", "inventory", "sales_ord
 
 Connect = Callable[..., psycopg.Connection[Any]]
 
-_CLOCK_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-"""A row clock's field times as JSON text (one encoder for every clock of a batch:
-``json.dumps`` with options builds a new encoder per call)."""
+_STDLIB_CLOCK_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def _clock_json(times: Mapping[str, int]) -> str:
+    """A row clock's field times as JSON text, keys sorted.
+
+    orjson writes it (a few times faster: two clocks per written row); the standard
+    library whatever orjson refuses (an integer beyond 64 bits).
+    """
+    try:
+        return orjson.dumps(times, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except TypeError:
+        return _STDLIB_CLOCK_JSON(times)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +197,8 @@ class _Clocks:
             (
                 [e for e, _ in keys],
                 [r for _, r in keys],
-                [_CLOCK_JSON(c.written) for c in clocks],
-                [_CLOCK_JSON(c.local) for c in clocks],
+                [_clock_json(c.written) for c in clocks],
+                [_clock_json(c.local) for c in clocks],
                 [c.horizon_ms for c in clocks],
                 [c.sink_xid for c in clocks],
                 [c.local_at_write_ms for c in clocks],

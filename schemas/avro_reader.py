@@ -1,0 +1,351 @@
+"""A compiled Avro binary reader for hot paths (the sinks decode every canonical event).
+
+``compile_reader(schema)`` turns a writer schema (its JSON form, or :mod:`fastavro`'s
+parsed form) into one closure per type node, resolved once; reading a datum then costs
+a few Python calls per field and no per-call schema walking. It gives the datum
+:func:`fastavro.schemaless_reader` gives for the same bytes and schema (no reader schema):
+records as dicts in field order, ``decimal`` as :class:`~decimal.Decimal` (the schema's
+precision), ``date`` as :class:`datetime.date`, ``timestamp-millis``/``-micros`` as UTC
+:class:`datetime.datetime`.
+
+Supported: every primitive, records, arrays, maps, enums, fixed, unions, and the logical
+types above. Any other logical type raises :class:`~schemas.errors.ConfigError` at
+compile time, so callers keep :mod:`fastavro` for such schemas. Bytes that do not hold a
+datum of the schema (truncated, a bad union index, trailing bytes, invalid UTF-8) raise
+:class:`~schemas.errors.DecodeError`.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections.abc import Callable, Mapping
+from decimal import Context
+from typing import Any
+
+from schemas.avro_writer import full_name, named_reference
+from schemas.errors import ConfigError, DecodeError
+
+__all__ = ["Read", "compile_reader"]
+
+Read = Callable[[bytes, int], tuple[Any, int]]
+"""Reads one datum from ``data`` at ``pos``; returns it and the position after it."""
+
+_FLOAT = struct.Struct("<f").unpack_from
+_DOUBLE = struct.Struct("<d").unpack_from
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_DAYS_SHIFT = dt.date(1970, 1, 1).toordinal()
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+
+
+class _TruncatedError(Exception):
+    """A length or position past the end of the data."""
+
+
+def read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint at ``pos``; the value and the position after it."""
+    b = data[pos]
+    pos += 1
+    n = b & 0x7F
+    shift = 7
+    while b & 0x80:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+    return (n >> 1) ^ -(n & 1), pos
+
+
+def _read_null(data: bytes, pos: int) -> tuple[Any, int]:
+    return None, pos
+
+
+def _read_boolean(data: bytes, pos: int) -> tuple[Any, int]:
+    return data[pos] == 1, pos + 1
+
+
+def _read_float(data: bytes, pos: int) -> tuple[Any, int]:
+    return _FLOAT(data, pos)[0], pos + 4
+
+
+def _read_double(data: bytes, pos: int) -> tuple[Any, int]:
+    return _DOUBLE(data, pos)[0], pos + 8
+
+
+def _read_bytes(data: bytes, pos: int) -> tuple[Any, int]:
+    n, pos = read_long(data, pos)
+    end = pos + n
+    if n < 0 or end > len(data):
+        raise _TruncatedError
+    return data[pos:end], end
+
+
+def _read_string(data: bytes, pos: int) -> tuple[Any, int]:
+    b = data[pos]
+    if b < 0x80:  # a string shorter than 64 bytes: its length in one byte
+        n = b >> 1 if not b & 1 else -1
+        pos += 1
+    else:
+        n, pos = read_long(data, pos)
+    end = pos + n
+    if n < 0 or end > len(data):
+        raise _TruncatedError
+    return data[pos:end].decode(), end
+
+
+def _read_optional_string(data: bytes, pos: int) -> tuple[Any, int]:
+    """``["null", "string"]``, the most common field of canonical events, in one call."""
+    index = data[pos]
+    if index == 0:
+        return None, pos + 1
+    if index != 2:  # zig-zag 1
+        raise DecodeError(f"union index byte {index} out of range")
+    b = data[pos + 1]
+    if b < 0x80:  # shorter than 64 bytes: the length in one byte (as _read_string)
+        n = b >> 1 if not b & 1 else -1
+        pos += 2
+    else:
+        n, pos = read_long(data, pos + 1)
+    end = pos + n
+    if n < 0 or end > len(data):
+        raise _TruncatedError
+    return data[pos:end].decode(), end
+
+
+_PRIMITIVE_READERS: dict[str, Read] = {
+    "null": _read_null,
+    "boolean": _read_boolean,
+    "int": read_long,
+    "long": read_long,
+    "float": _read_float,
+    "double": _read_double,
+    "bytes": _read_bytes,
+    "string": _read_string,
+}
+
+
+def _decimal(read: Read, precision: int, scale: int) -> Read:
+    context = Context(prec=precision)
+
+    def decode(data: bytes, pos: int) -> tuple[Any, int]:
+        raw, pos = read(data, pos)
+        unscaled = int.from_bytes(raw, "big", signed=True)
+        return context.create_decimal(unscaled).scaleb(-scale, context), pos
+
+    return decode
+
+
+def _date(data: bytes, pos: int) -> tuple[Any, int]:
+    days, pos = read_long(data, pos)
+    return dt.date.fromordinal(days + _DAYS_SHIFT), pos
+
+
+def _timestamp(unit_us: int) -> Read:
+    def read(data: bytes, pos: int) -> tuple[Any, int]:
+        value, pos = read_long(data, pos)
+        return _EPOCH + dt.timedelta(microseconds=value * unit_us), pos
+
+    return read
+
+
+def _fixed(size: int) -> Read:
+    def read(data: bytes, pos: int) -> tuple[Any, int]:
+        end = pos + size
+        if end > len(data):
+            raise _TruncatedError
+        return data[pos:end], end
+
+    return read
+
+
+def _blocks(item: Callable[[bytes, int, list[Any]], int]) -> Callable[[bytes, int, list[Any]], int]:
+    """Reads Avro blocks (count, [byte size,] items ...) until the empty block."""
+
+    def read(data: bytes, pos: int, out: list[Any]) -> int:
+        while True:
+            count, pos = read_long(data, pos)
+            if count == 0:
+                return pos
+            if count < 0:
+                count = -count
+                _, pos = read_long(data, pos)  # the block's byte size
+            for _ in range(count):
+                pos = item(data, pos, out)
+
+    return read
+
+
+def _array(item: Read) -> Read:
+    def one(data: bytes, pos: int, out: list[Any]) -> int:
+        value, pos = item(data, pos)
+        out.append(value)
+        return pos
+
+    blocks = _blocks(one)
+
+    def read(data: bytes, pos: int) -> tuple[Any, int]:
+        out: list[Any] = []
+        return out, blocks(data, pos, out)
+
+    return read
+
+
+def _map(value_reader: Read) -> Read:
+    def one(data: bytes, pos: int, out: list[Any]) -> int:
+        key, pos = _read_string(data, pos)
+        value, pos = value_reader(data, pos)
+        out.append((key, value))
+        return pos
+
+    blocks = _blocks(one)
+
+    def read(data: bytes, pos: int) -> tuple[Any, int]:
+        pairs: list[Any] = []
+        pos = blocks(data, pos, pairs)
+        return dict(pairs), pos
+
+    return read
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.named: dict[str, Read] = {}
+        self.in_progress: set[str] = set()
+
+    @staticmethod
+    def full_name(name: str, namespace: str | None) -> str:
+        return full_name(name, namespace)
+
+    def compile(self, schema: Any, namespace: str | None) -> Read:
+        if isinstance(schema, str):
+            if schema in _PRIMITIVES:
+                return _PRIMITIVE_READERS[schema]
+            return named_reference(self.named, self.in_progress, schema, namespace, self._deferred)
+        if isinstance(schema, list):
+            return self._union(schema, namespace)
+        if not isinstance(schema, Mapping):
+            raise ConfigError(f"not an Avro schema: {schema!r}")
+        kind = schema.get("type")
+        logical = schema.get("logicalType")
+        if kind in ("record", "error"):
+            return self._record(schema, namespace)
+        if kind == "enum":
+            symbols = tuple(schema["symbols"])
+            name = self.full_name(schema["name"], schema.get("namespace", namespace))
+            self.named[name] = reader = self._enum(symbols)
+            return reader
+        if kind == "fixed":
+            name = self.full_name(schema["name"], schema.get("namespace", namespace))
+            reader = _fixed(int(schema["size"]))
+            if logical == "decimal":
+                reader = _decimal(reader, int(schema["precision"]), int(schema.get("scale", 0)))
+            elif logical is not None:
+                raise ConfigError(f"logical type {logical!r} is read by fastavro")
+            self.named[name] = reader
+            return reader
+        if kind == "array":
+            return _array(self.compile(schema["items"], namespace))
+        if kind == "map":
+            return _map(self.compile(schema["values"], namespace))
+        if logical is None:
+            return self.compile(kind, namespace)
+        if logical == "decimal" and kind == "bytes":
+            return _decimal(_read_bytes, int(schema["precision"]), int(schema.get("scale", 0)))
+        if logical == "date" and kind == "int":
+            return _date
+        if logical == "timestamp-micros" and kind == "long":
+            return _timestamp(1)
+        if logical == "timestamp-millis" and kind == "long":
+            return _timestamp(1000)
+        raise ConfigError(f"logical type {logical!r} on {kind!r} is read by fastavro")
+
+    def _deferred(self, name: str) -> Read:
+        named = self.named
+
+        def read(data: bytes, pos: int) -> tuple[Any, int]:
+            return named[name](data, pos)
+
+        return read
+
+    def _record(self, schema: Mapping[str, Any], namespace: str | None) -> Read:
+        name = self.full_name(schema["name"], schema.get("namespace", namespace))
+        ns = name.rpartition(".")[0] or None
+        fields: list[tuple[str, Read]] = []
+
+        def read(data: bytes, pos: int) -> tuple[Any, int]:
+            out: dict[str, Any] = {}
+            for field_name, field_reader in fields:
+                out[field_name], pos = field_reader(data, pos)
+            return out, pos
+
+        self.named[name] = read
+        self.in_progress.add(name)
+        for f in schema["fields"]:
+            fields.append((f["name"], self.compile(f["type"], ns)))
+        self.in_progress.discard(name)
+        return read
+
+    @staticmethod
+    def _enum(symbols: tuple[str, ...]) -> Read:
+        def read(data: bytes, pos: int) -> tuple[Any, int]:
+            index, pos = read_long(data, pos)
+            if not 0 <= index < len(symbols):
+                raise DecodeError(f"enum index {index} out of range")
+            return symbols[index], pos
+
+        return read
+
+    def _union(self, branches: list[Any], namespace: str | None) -> Read:
+        readers = tuple(self.compile(b, namespace) for b in branches)
+        if len(readers) == 2 and branches[0] == "null":
+            other = readers[1]
+            if other is _read_string:
+                return _read_optional_string
+
+            def read_optional(data: bytes, pos: int) -> tuple[Any, int]:
+                index = data[pos]
+                if index == 0:
+                    return None, pos + 1
+                if index == 2:  # zig-zag 1
+                    return other(data, pos + 1)
+                raise DecodeError(f"union index byte {index} out of range")
+
+            return read_optional
+
+        def read_union(data: bytes, pos: int) -> tuple[Any, int]:
+            index, pos = read_long(data, pos)
+            if not 0 <= index < len(readers):
+                raise DecodeError(f"union index {index} out of range")
+            return readers[index](data, pos)
+
+        return read_union
+
+
+def compile_reader(schema: Mapping[str, Any] | list[Any] | str) -> Callable[[bytes], Any]:
+    """Compile a writer schema into a function returning the datum in an Avro body.
+
+    The whole body must be consumed: trailing bytes mean it was not written with that
+    schema.
+
+    Raises:
+        ConfigError: at compile time, for a schema with a type this reader leaves to
+            :mod:`fastavro` (a logical type other than those in the module doc).
+    """
+    root = _Compiler().compile(schema, None)
+
+    def read(body: bytes) -> Any:
+        try:
+            datum, end = root(body, 0)
+        except DecodeError:
+            raise
+        except (_TruncatedError, IndexError, struct.error) as exc:
+            raise DecodeError("Avro body is truncated") from exc
+        except (UnicodeDecodeError, ValueError, OverflowError, ArithmeticError) as exc:
+            raise DecodeError(f"Avro body does not decode with its schema: {exc!r}") from exc
+        if end != len(body):
+            raise DecodeError(f"Avro body has {len(body) - end} bytes after the datum")
+        return datum
+
+    return read
