@@ -34,6 +34,9 @@ class ProducedOrder(DefaultSchedulingStrategy):
     ``records``, and their own.
     """
 
+    def __init__(self) -> None:
+        """No state: each fetched set is merged on its own."""
+
     def iterate(self, records: Mapping[TP, Sequence[Any]]) -> Iterator[tuple[TP, Any]]:
         """Yield ``(tp, record)`` for every record of ``records``, oldest timestamp first."""
         runs = [_keyed(rank, tp, batch) for rank, (tp, batch) in enumerate(records.items())]
