@@ -125,6 +125,7 @@ from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, O
 from streams.processor import StreamProcessor
 from streams.producer import BatchSender, KafkaBatchSender, Record
 from streams.recovery import StreamsTableManager
+from streams.scheduling import ProducedOrder
 from streams.settings import StreamsSettings
 from streams.state import TABLES, StagedState
 from streams.stores import discard_stores_ahead
@@ -222,6 +223,9 @@ def load_recent_outputs(
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
+                # a tail of every output partition, not librdkafka's default read-ahead
+                # (up to 64 MiB), which the process would keep
+                "queued.max.messages.kbytes": 1024,
             }
         )
     )
@@ -587,6 +591,8 @@ def build(
         producer_max_batch_size=settings.producer_batch_bytes,
         agent_supervisor=CrashingSupervisor,
         PartitionAssignor=SingleOwnerAssignor,
+        ConsumerScheduler=ProducedOrder,
+        stream_buffer_maxsize=settings.buffer_size,
         TableManager=StreamsTableManager,
         autodiscover=False,
     )

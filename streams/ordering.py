@@ -47,6 +47,11 @@ HEADER_PREFIX: Final = ORDER_PREFIX
 _EVENT_PREFIX: Final = "ordev|"
 _QUEUE_PREFIX: Final = "ordq|"
 _DONE_PREFIX: Final = "ordw|"
+_DECODED_MAX: Final = 2048
+"""How many held changes keep their decoded envelope in memory (the rest decode again).
+
+Held changes are in the ``assembly`` table anyway; the decoded envelopes only save a
+second decoding, and a backlog may hold tens of thousands of changes at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,8 @@ class SourceOrder:
         self._collections = collections
         self._timeout_ms = timeout_ms
         self._decoded: dict[tuple[str, str, int], Mapping[str, Any]] = {}
-        """Held changes' envelopes as decoded when they arrived (saves decoding again)."""
+        """Held changes' envelopes as decoded when they arrived (saves decoding again), at
+        most :data:`_DECODED_MAX` of them."""
 
     @property
     def held(self) -> int:
@@ -119,7 +125,8 @@ class SourceOrder:
             },
         )
         work.put(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}", header)
-        self._decoded[(system, tx, position)] = envelope
+        if len(self._decoded) < _DECODED_MAX:
+            self._decoded[(system, tx, position)] = envelope
         work.tally.add(Count.HELD, system)
         if header["queued"] is None:
             return []

@@ -70,6 +70,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             published together and acknowledged once.
         linger_ms: how long the worker waits for a batch to fill before it takes what has
             arrived.
+        buffer_size: how many messages the worker reads ahead of the batch it decides
+            (Faust's stream buffer; two batches keep it busy, and each message read ahead
+            is held in memory).
         producer_linger_ms: how long the worker's Kafka producer waits to fill a request
             (all of a batch's outputs and state writes go out in few, large requests).
         producer_batch_bytes: the largest record batch per partition in one request.
@@ -111,6 +114,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     replication_factor: int = Field(default=1, ge=1)
     batch_size: int = Field(default=500, ge=1)
     linger_ms: float = Field(default=10.0, gt=0)
+    buffer_size: int = Field(default=1000, ge=1)
     producer_linger_ms: float = Field(default=2.0, ge=0)
     producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)
     table_memory_mib: int = Field(default=16, ge=4)
