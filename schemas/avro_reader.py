@@ -214,10 +214,6 @@ class _Compiler:
         self.named: dict[str, Read] = {}
         self.in_progress: set[str] = set()
 
-    @staticmethod
-    def full_name(name: str, namespace: str | None) -> str:
-        return full_name(name, namespace)
-
     def compile(self, schema: Any, namespace: str | None) -> Read:
         if isinstance(schema, str):
             if schema in _PRIMITIVES:
@@ -233,11 +229,11 @@ class _Compiler:
             return self._record(schema, namespace)
         if kind == "enum":
             symbols = tuple(schema["symbols"])
-            name = self.full_name(schema["name"], schema.get("namespace", namespace))
+            name = full_name(schema["name"], schema.get("namespace", namespace))
             self.named[name] = reader = self._enum(symbols)
             return reader
         if kind == "fixed":
-            name = self.full_name(schema["name"], schema.get("namespace", namespace))
+            name = full_name(schema["name"], schema.get("namespace", namespace))
             reader = _fixed(int(schema["size"]))
             if logical == "decimal":
                 reader = _decimal(reader, int(schema["precision"]), int(schema.get("scale", 0)))
@@ -270,7 +266,7 @@ class _Compiler:
         return read
 
     def _record(self, schema: Mapping[str, Any], namespace: str | None) -> Read:
-        name = self.full_name(schema["name"], schema.get("namespace", namespace))
+        name = full_name(schema["name"], schema.get("namespace", namespace))
         ns = name.rpartition(".")[0] or None
         fields: list[tuple[str, Read]] = []
 

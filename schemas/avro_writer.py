@@ -220,9 +220,6 @@ class _Compiler:
         self.kinds: dict[str, str] = {}
         self.in_progress: set[str] = set()
 
-    def full_name(self, name: str, namespace: str | None) -> str:
-        return full_name(name, namespace)
-
     def compile(self, schema: Any, namespace: str | None) -> Write:
         if isinstance(schema, str):
             if schema in _PRIMITIVES:
@@ -239,7 +236,7 @@ class _Compiler:
         if kind == "enum":
             return self._enum(schema, namespace)
         if kind == "fixed":
-            name = self.full_name(schema["name"], schema.get("namespace", namespace))
+            name = full_name(schema["name"], schema.get("namespace", namespace))
             size = int(schema["size"])
             if logical == "decimal":
                 writer = _decimal_fixed(int(schema.get("scale", 0)), size)
@@ -278,7 +275,7 @@ class _Compiler:
 
     def _record(self, schema: Mapping[str, Any], namespace: str | None) -> Write:
         ns = schema.get("namespace", namespace)
-        name = self.full_name(schema["name"], ns)
+        name = full_name(schema["name"], ns)
         ns = name.rpartition(".")[0] or None
         self.kinds[name] = "record"
         fields: list[tuple[str, Write, bool, Any]] = []
@@ -311,7 +308,7 @@ class _Compiler:
         return write
 
     def _enum(self, schema: Mapping[str, Any], namespace: str | None) -> Write:
-        name = self.full_name(schema["name"], schema.get("namespace", namespace))
+        name = full_name(schema["name"], schema.get("namespace", namespace))
         index = {symbol: i for i, symbol in enumerate(schema["symbols"])}
 
         def write(buf: bytearray, value: Any) -> None:
@@ -366,12 +363,12 @@ class _Compiler:
         if isinstance(schema, str):
             if schema in _PRIMITIVES:
                 return schema
-            name = self.full_name(schema, namespace)
+            name = full_name(schema, namespace)
             return name if name in self.kinds else schema
         if isinstance(schema, Mapping):
             kind = schema.get("type")
             if kind in ("record", "error", "enum", "fixed"):
-                return self.full_name(schema["name"], schema.get("namespace", namespace))
+                return full_name(schema["name"], schema.get("namespace", namespace))
             if isinstance(kind, str) and kind in _PRIMITIVES:
                 return kind if "logicalType" not in schema else f"{kind}:{schema['logicalType']}"
             return str(kind)

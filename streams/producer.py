@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 Header = tuple[str, bytes]
 
+_UNASSIGNED = -1
+"""librdkafka's "no partition given": the partitioner decides (``RD_KAFKA_PARTITION_UA``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -133,25 +136,17 @@ class KafkaBatchSender:
     @staticmethod
     def _produce(producer: Any, record: Record, report: Callable[..., None]) -> None:
         """Hand one record to librdkafka; when its queue is full, serve reports and retry."""
+        partition = _UNASSIGNED if record.partition is None else record.partition
         while True:
             try:
-                if record.partition is None:
-                    producer.produce(
-                        record.topic,
-                        record.value,
-                        record.key,
-                        headers=list(record.headers) or None,
-                        on_delivery=report,
-                    )
-                else:
-                    producer.produce(
-                        record.topic,
-                        record.value,
-                        record.key,
-                        record.partition,
-                        headers=list(record.headers) or None,
-                        on_delivery=report,
-                    )
+                producer.produce(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    partition,
+                    headers=list(record.headers) or None,
+                    on_delivery=report,
+                )
                 return
             except BufferError:
                 producer.poll(0.1)

@@ -40,7 +40,7 @@ class FakeProducer:
         if self.full_once:
             self.full_once = False
             raise BufferError("queue full")
-        partition = args[0] if args else None
+        partition = None if not args or args[0] == -1 else args[0]
         self.produced.append((topic, key, value, partition, kwargs.get("headers")))
         self.queue.append((topic, (key, kwargs["on_delivery"])))
 
