@@ -11,7 +11,6 @@ canonical topics.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import threading
 import time
@@ -89,7 +88,8 @@ class StreamsProcess(CliProcess):
     def log_path(self) -> Path:
         return self.log_dir / f"{self.app_id}-{self.runs}.log"
 
-    def start(self) -> StreamsProcess:
+    def start(self, settings: dict[str, str] | None = None) -> StreamsProcess:
+        """Start the worker; ``settings``: more ``ERPCRM_STREAMS_*`` variables."""
         self.launch(
             ["streams"],
             {
@@ -98,10 +98,7 @@ class StreamsProcess(CliProcess):
                 "ERPCRM_STREAMS_WEB_PORT": str(self.port),
                 "ERPCRM_STREAMS_ERP_TOPIC_PREFIX": self.prefixes["erp"],
                 "ERPCRM_STREAMS_CRM_TOPIC_PREFIX": self.prefixes["crm"],
-                # The whole suite can be re-run under the other guarantee.
-                "ERPCRM_STREAMS_PROCESSING_GUARANTEE": os.environ.get(
-                    "ERPCRM_TEST_PROCESSING_GUARANTEE", "at_least_once"
-                ),
+                **(settings or {}),
             },
         )
         return self
