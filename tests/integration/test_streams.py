@@ -676,6 +676,45 @@ def test_a_quote_with_lines_in_one_transaction_is_one_sales_order(pipeline: Pipe
     assert len(pipeline.reader.of("canonical.sales_order", key)) == 1
 
 
+def test_an_order_with_an_unknown_sku_is_dead_lettered_once(pipeline: Pipeline) -> None:
+    """A won quote, then two lines with an unknown SKU, one transaction each: both lines'
+    transactions fail on the SKU and wait; one letter comes out, not one per transaction."""
+    (account,) = pipeline.crm_rows(
+        "select id::text from accounts where account_number is not null and not deleted "
+        "order by account_number limit 1"
+    )[0]
+    unknown = f"ZZ-{_tag()}"
+    ((quote,),) = pipeline.crm_rows(
+        "insert into aos_quotes (name, account_id, stage, subtotal_amount, total_amount) "
+        "values (%s, %s, 'Closed Accepted', 20, 20) returning id::text",
+        (f"Quote {_tag()}", account),
+    )
+    for number in (1, 2):
+        pipeline.crm_rows(
+            "insert into aos_products_quotes (parent_id, number, name, part_number, "
+            "product_qty, product_list_price, product_unit_price, product_total_price) "
+            "values (%s, %s, %s, %s, 1, 10, 10, 10) returning id",
+            (quote, number, f"Line {number}", unknown),
+        )
+
+    def letters() -> list[Output]:
+        pipeline.reader.poll()
+        return [
+            o
+            for o in pipeline.reader.of("dlq.streams")
+            if o.headers.get("erpcrm.context.order") == quote
+        ]
+
+    first = pipeline.reader.wait(letters, 120, "the order's dead letter")[0]
+    assert first.headers["erpcrm.error.reason"] == "unknown_sku"
+    # every transaction of the order gave up by now (reference wait 15 s, ticks 1 s)
+    time.sleep(20)
+    found = letters()
+    ids = Counter(o.headers["erpcrm.output_id"] for o in found)
+    assert [(i, n) for i, n in ids.items() if n > 1] == []
+    assert len(found) == 1, [(o.partition, o.offset) for o in found]
+
+
 def test_a_killed_worker_restarts_without_losing_or_repeating_events(pipeline: Pipeline) -> None:
     partners = [
         new_customer(pipeline, email=f"kill-{_tag().lower()}@example.com") for _ in range(5)
