@@ -715,6 +715,71 @@ def test_an_order_with_an_unknown_sku_is_dead_lettered_once(pipeline: Pipeline) 
     assert len(found) == 1, [(o.partition, o.offset) for o in found]
 
 
+def test_a_wait_expires_after_a_restart_while_changes_keep_coming(pipeline: Pipeline) -> None:
+    """A record parked for a reference before a SIGKILL is dead-lettered after the restart
+    while changes go on arriving: the read horizon moves on from the first tick stretch
+    after the restart, not from the first moment nothing is read."""
+    partner = new_customer(pipeline)
+    pipeline.reader.event("customer", f"erp:{partner}")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def load() -> None:  # a change every 50 ms: every stretch between ticks reads some
+        try:
+            with psycopg.connect(pipeline.env["ERP_DSN"], autocommit=True) as conn:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    conn.execute(
+                        "update res_partner set city = %s where id = %s",
+                        (f"Load City {n}", partner),
+                    )
+                    time.sleep(0.05)
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    writer = threading.Thread(target=load, daemon=True)
+    writer.start()
+    try:
+        parked_before = pipeline.streams.metric("erpcrm_streams_parked_total", reason="unknown_sku")
+        unknown = f"ZZ-{_tag()}"
+        pipeline.crm_rows(
+            "insert into aos_products (name, part_number, price) values (%s, %s, 5) returning id",
+            (f"Product {_tag()}", unknown),
+        )
+        wait_for(
+            lambda: (
+                pipeline.streams.metric("erpcrm_streams_parked_total", reason="unknown_sku")
+                > parked_before
+            ),
+            60,
+            "the product to be parked for its SKU",
+        )
+        time.sleep(3)  # the parked record is committed (offsets every second)
+        pipeline.streams.kill()
+        pipeline.streams.start().wait_ready()
+        restarted = time.monotonic()
+
+        def letter() -> list[Output]:
+            pipeline.reader.poll()
+            return [
+                o
+                for o in pipeline.reader.of("dlq.streams")
+                if o.headers.get("erpcrm.error.reason") == "unknown_sku"
+                and unknown in o.headers.get("erpcrm.error.message", "")
+            ]
+
+        # 15 s of reference wait from the parking; the group takes up to its session
+        # timeout (15 s) to give the restarted worker the partitions
+        pipeline.reader.wait(letter, 90, "the parked product's dead letter after the restart")
+        assert writer.is_alive(), f"the load stopped: {errors}"
+        print(f"dead letter {time.monotonic() - restarted:.1f}s after the restart")
+    finally:
+        stop.set()
+        writer.join(10)
+    assert not errors, errors
+
+
 def test_a_killed_worker_restarts_without_losing_or_repeating_events(pipeline: Pipeline) -> None:
     partners = [
         new_customer(pipeline, email=f"kill-{_tag().lower()}@example.com") for _ in range(5)
