@@ -16,6 +16,7 @@ import time
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Literal
 
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -105,6 +106,14 @@ def _progress(message: str) -> None:
 
 def _fail(exc: SyncError, code: int = 1) -> typer.Exit:
     console.print(f"[bold red]error:[/bold red] {exc}")
+    return typer.Exit(code=code)
+
+
+def _refuse_settings(exc: pydantic.ValidationError, code: int = 2) -> typer.Exit:
+    """Name each refused setting and why (no traceback), and exit with ``code``."""
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or exc.title
+        console.print(f"[bold red]error:[/bold red] setting {where}: {error['msg']}")
     return typer.Exit(code=code)
 
 
@@ -247,6 +256,9 @@ def streams() -> None:
     _stack_defaults_into_environment()
     try:
         settings = StreamsSettings()
+    except pydantic.ValidationError as exc:
+        raise _refuse_settings(exc) from exc
+    try:
         worker = build_streams(settings, CollectorRegistry())
     except SyncError as exc:
         raise _fail(exc) from exc

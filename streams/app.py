@@ -63,12 +63,10 @@ an event again; so when a worker takes the partitions over it reads the last
 ``recent_outputs`` messages of every canonical and dead-letter partition and never
 publishes an ``erpcrm.output_id`` seen there again. Together: no loss, no event id
 twice, as long as fewer than ``recent_outputs`` messages per output partition fall
-between two offset commits (one second by default, plus a batch). ``exactly_once`` is
-passed to Faust and needs the broker's transaction support (the local single-node broker
-has it); Faust's transactions then cover the table changelogs and the consumed offsets.
-Faust only opens transactional producers for partitions of subscribed topics, so
-canonical events and dead letters are published outside them either way (see
-:class:`KafkaPublisher`); their exactness comes from the order above in both modes.
+between two offset commits (one second by default, plus a batch). Faust's
+``exactly_once`` is refused at start (:data:`streams.settings.EXACTLY_ONCE_REFUSED`):
+outputs and changelogs go through the worker's own producer, outside Faust's
+transactions, and Faust's transactional mode skips the tables' restore.
 
 Transient failures (schema registry, Kafka) are retried with exponential backoff and
 counted; bad data never stops the worker (dead letters, see :mod:`streams.dlq`) unless
@@ -169,8 +167,7 @@ class KafkaPublisher:
 
     Through the worker's :class:`~streams.producer.BatchSender` (librdkafka), not Faust's
     producer: handing a record to librdkafka costs microseconds where Faust's producer
-    costs tens of them, and with ``exactly_once`` Faust's transaction manager only has
-    producers for partitions of subscribed topics anyway. Every message also gets header
+    costs tens of them. Every message also gets header
     ``erpcrm.app_id``: which worker published it. Nothing is sent before :meth:`open`:
     the output topics must exist first (a record for a topic that does not exist yet
     would wait for it).
@@ -710,12 +707,6 @@ def build(
 
     async def prepare() -> None:
         """Create the output topics and register the canonical schemas, retrying."""
-        if settings.processing_guarantee == "exactly_once":
-            log.warning(
-                "processing_guarantee=exactly_once: Faust's transactions cover the consumed "
-                "offsets and the changelogs, not the canonical topics; those rely on the "
-                "worker's publish-then-commit order, as with at_least_once"
-            )
 
         async def declare() -> None:
             # The dead-letter topic first, so Faust finds it made with unlimited retention.

@@ -17,7 +17,7 @@ message. Its headers (UTF-8 text) say what went wrong and where the message came
 ``erpcrm.flow``             the mapping flow (``erp_res_partner__customer``), when known
 ``erpcrm.output_id``        the dead letter's deterministic id (see :attr:`output_id`)
 ``erpcrm.app_id``           the streams app that published it (on canonical events too)
-``erpcrm.context.<name>``   more context: the order's entity key, the transaction id
+``erpcrm.context.<name>``   more context: an order's id and its latest change's LSN
 ``erpcrm.replay.count``     how many times the message was replayed (absent: never)
 ==========================  ==============================================================
 

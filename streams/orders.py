@@ -14,9 +14,12 @@ gives a new, higher version. Snapshot reads have no transaction: their orders
 ``snapshot_settle``, unless a transaction changes them first (it assembles them); a
 transaction whose ``END`` is missing is assembled after
 ``assembly_timeout``. An order that fails for a reference not known yet (its customer,
-a line's product) stays in its record and is assembled again on each tick until
-``reference_wait`` has passed, then dead-lettered with the header's bytes (replaying it
-re-assembles the order).
+a line's product) waits in one record of its own, ``tx|wait|<flow>|<order id>``, whichever
+transactions touched it (each one that fails again moves the wait on), and is assembled
+again on each tick until ``reference_wait`` has passed, then dead-lettered once with the
+header's bytes (replaying it re-assembles the order). The letter's context names the
+order and the LSN of its latest change, so a later change that fails again is a new
+letter with an id of its own.
 
 Source rows are state here, so a change with a lower LSN than the row's last one is
 stale; the same LSN is a re-delivery (idempotent).
@@ -38,10 +41,12 @@ from streams.validation import Failed, Reason
 from streams.waiting import PARKABLE, TX_PREFIX, Waiting
 from streams.work import Emitter, Raw, Route, UnitOfWork
 
-__all__ = ["SNAP_PREFIX", "Orders", "RowBasics", "row_basics", "text_id"]
+__all__ = ["SNAP_PREFIX", "WAIT_PREFIX", "Orders", "RowBasics", "row_basics", "text_id"]
 
 SNAP_PREFIX: Final = f"{TX_PREFIX}snap|"
 """``assembly`` keys of orders read by a snapshot, waiting to settle."""
+WAIT_PREFIX: Final = f"{TX_PREFIX}wait|"
+"""``assembly`` keys of orders waiting for a reference, one each."""
 
 _UPSERT_OPS: Final = frozenset({"c", "u", "r"})
 _ROWLESS_OPS: Final = frozenset({"t", "m"})
@@ -323,8 +328,9 @@ class Orders:
     ) -> None:
         """Assemble the orders of a pending record if it is complete (or ``forced``).
 
-        Orders that fail for a missing reference stay in the record, retried on each
-        tick until ``give_up``; the record is deleted once it holds no more orders.
+        An order that fails for a missing reference waits in its own record (see
+        :meth:`_wait`), retried on each tick until its ``give_up``; the pending record is
+        deleted once its orders are assembled, dead-lettered or waiting.
         """
         expected = record["expected"]
         complete = expected is not None and all(
@@ -336,15 +342,43 @@ class Orders:
         if record["give_up"] is None:
             record["give_up"] = work.now_ms + self._waiting.wait_ms
         final = self._waiting.wait_ms == 0 or work.horizon_ms >= int(record["give_up"])
-        waiting = {}
+        still_here = False
         for order, info in sorted(record["orders"].items()):
+            waits = _wait_key(order)
             if not self._assemble(work, order, info, how, final=final):
-                waiting[order] = info
-        if waiting:
-            record["orders"] = waiting
-            work.put(ASSEMBLY, pending, record)
-        else:
+                if waits == pending:
+                    still_here = True
+                else:
+                    self._wait(work, order, info, int(record["give_up"]))
+            elif waits != pending and work.get(ASSEMBLY, waits) is not None:
+                work.put(ASSEMBLY, waits, None)  # assembled or dead-lettered: it waits no more
+        if not still_here:
             work.put(ASSEMBLY, pending, None)
+
+    def _wait(self, work: UnitOfWork, order: str, info: Mapping[str, Any], give_up: int) -> None:
+        """Let ``order`` wait for its reference in its one record, until ``give_up`` at least.
+
+        Whichever transactions failed on it, the order waits (and is dead-lettered) once:
+        as of its latest change, until the latest of their give-ups.
+        """
+        key = _wait_key(order)
+        found = work.get(ASSEMBLY, key)
+        if found is not None:
+            before = found["orders"].get(order)
+            if before is not None and int(before["lsn"]) > int(info["lsn"]):
+                info = before
+            give_up = max(give_up, int(found["give_up"]))
+        work.put(
+            ASSEMBLY,
+            key,
+            {
+                "due": give_up,
+                "expected": None,
+                "seen": {},
+                "orders": {order: dict(info)},
+                "give_up": give_up,
+            },
+        )
 
     def _assemble(
         self, work: UnitOfWork, order: str, info: Mapping[str, Any], how: str, *, final: bool
@@ -387,7 +421,7 @@ class Orders:
         if isinstance(result, Failed):
             if result.reason in PARKABLE and not final:
                 return False
-            context = (("order", order.split("|", 1)[1]),)
+            context = (("order", order.split("|", 1)[1]), ("lsn", str(info["lsn"])))
             self._emitter.dead_letter(work, flow.name, result, raw, context)
             return True
         if self._emitter.publish(
@@ -418,3 +452,8 @@ class Orders:
         else:
             how = "timeout"
         self.complete(work, key, record, how=how, forced=True)
+
+
+def _wait_key(order: str) -> str:
+    """The ``assembly`` key where ``order`` (``<flow>|<order id>``) waits for a reference."""
+    return f"{WAIT_PREFIX}{order}"

@@ -15,7 +15,17 @@ from pydantic_settings import NoDecode
 
 from schemas.settings import WorkerSettings, port_offset
 
-ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+ProcessingGuarantee = Literal["at_least_once"]
+
+EXACTLY_ONCE_REFUSED: Final = (
+    "processing_guarantee=exactly_once is not supported: the worker publishes its canonical "
+    "events, dead letters and table changelogs through its own producer, outside Faust's "
+    "transactions, and Faust's transactional mode does not restore the tables (a worker "
+    "without its local store starts with empty state; one with it stops with a "
+    "ConsistencyError). Use at_least_once (the default): publish, then commit state, then "
+    "offsets, with the recent outputs read at takeover, gives no loss and no event id twice"
+)
+"""Why ``exactly_once`` is refused at start rather than run."""
 DeadLetterPolicy = Literal["fail", "dlq", "skip"]
 
 CONTROL_SUFFIX: Final = "-control"
@@ -53,11 +63,10 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             ``memory://`` for throw-away runs.
         web_host: address the web server (``/metrics``, ``/inventory``) binds to.
         web_port: port of the web server.
-        processing_guarantee: Faust's ``processing_guarantee``. ``at_least_once`` (the
-            default) plus the worker's own dedupe gives no loss and no duplicate event
-            ids; ``exactly_once`` needs the broker's transaction support (the local
-            single-node broker has it) and is passed to Faust as is (see
-            :mod:`streams.app` for its limits).
+        processing_guarantee: Faust's ``processing_guarantee``: ``at_least_once`` only.
+            With the worker's order (publish, then commit state, then offsets) and the
+            recent outputs it reads at takeover, it gives no loss and no event id twice.
+            ``exactly_once`` is refused at start (:data:`EXACTLY_ONCE_REFUSED` says why).
         dlq_policy: what a record that fails validation does: ``dlq`` (to
             ``dlq.streams``, the default), ``skip`` (counted, dropped) or ``fail`` (stop
             the worker before its offset is committed).
@@ -129,6 +138,13 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     retry_initial_seconds: float = Field(default=0.5, gt=0)
     retry_max_seconds: float = Field(default=30.0, gt=0)
     echo_origins: Annotated[tuple[str, ...], NoDecode] = ("erpcrm_sink",)
+
+    @field_validator("processing_guarantee", mode="before")
+    @classmethod
+    def _refuse_exactly_once(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "exactly_once":
+            raise ValueError(EXACTLY_ONCE_REFUSED)
+        return value
 
     @field_validator("echo_origins", mode="before")
     @classmethod

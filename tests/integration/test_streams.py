@@ -11,7 +11,6 @@ canonical topics.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import threading
 import time
@@ -89,7 +88,8 @@ class StreamsProcess(CliProcess):
     def log_path(self) -> Path:
         return self.log_dir / f"{self.app_id}-{self.runs}.log"
 
-    def start(self) -> StreamsProcess:
+    def start(self, settings: dict[str, str] | None = None) -> StreamsProcess:
+        """Start the worker; ``settings``: more ``ERPCRM_STREAMS_*`` variables."""
         self.launch(
             ["streams"],
             {
@@ -98,10 +98,7 @@ class StreamsProcess(CliProcess):
                 "ERPCRM_STREAMS_WEB_PORT": str(self.port),
                 "ERPCRM_STREAMS_ERP_TOPIC_PREFIX": self.prefixes["erp"],
                 "ERPCRM_STREAMS_CRM_TOPIC_PREFIX": self.prefixes["crm"],
-                # The whole suite can be re-run under the other guarantee.
-                "ERPCRM_STREAMS_PROCESSING_GUARANTEE": os.environ.get(
-                    "ERPCRM_TEST_PROCESSING_GUARANTEE", "at_least_once"
-                ),
+                **(settings or {}),
             },
         )
         return self
@@ -677,6 +674,110 @@ def test_a_quote_with_lines_in_one_transaction_is_one_sales_order(pipeline: Pipe
     time.sleep(5)  # anything partial would have come by now
     pipeline.reader.poll()
     assert len(pipeline.reader.of("canonical.sales_order", key)) == 1
+
+
+def test_an_order_with_an_unknown_sku_is_dead_lettered_once(pipeline: Pipeline) -> None:
+    """A won quote, then two lines with an unknown SKU, one transaction each: both lines'
+    transactions fail on the SKU and wait; one letter comes out, not one per transaction."""
+    (account,) = pipeline.crm_rows(
+        "select id::text from accounts where account_number is not null and not deleted "
+        "order by account_number limit 1"
+    )[0]
+    unknown = f"ZZ-{_tag()}"
+    ((quote,),) = pipeline.crm_rows(
+        "insert into aos_quotes (name, account_id, stage, subtotal_amount, total_amount) "
+        "values (%s, %s, 'Closed Accepted', 20, 20) returning id::text",
+        (f"Quote {_tag()}", account),
+    )
+    for number in (1, 2):
+        pipeline.crm_rows(
+            "insert into aos_products_quotes (parent_id, number, name, part_number, "
+            "product_qty, product_list_price, product_unit_price, product_total_price) "
+            "values (%s, %s, %s, %s, 1, 10, 10, 10) returning id",
+            (quote, number, f"Line {number}", unknown),
+        )
+
+    def letters() -> list[Output]:
+        pipeline.reader.poll()
+        return [
+            o
+            for o in pipeline.reader.of("dlq.streams")
+            if o.headers.get("erpcrm.context.order") == quote
+        ]
+
+    first = pipeline.reader.wait(letters, 120, "the order's dead letter")[0]
+    assert first.headers["erpcrm.error.reason"] == "unknown_sku"
+    # every transaction of the order gave up by now (reference wait 15 s, ticks 1 s)
+    time.sleep(20)
+    found = letters()
+    ids = Counter(o.headers["erpcrm.output_id"] for o in found)
+    assert [(i, n) for i, n in ids.items() if n > 1] == []
+    assert len(found) == 1, [(o.partition, o.offset) for o in found]
+
+
+def test_a_wait_expires_after_a_restart_while_changes_keep_coming(pipeline: Pipeline) -> None:
+    """A record parked for a reference before a SIGKILL is dead-lettered after the restart
+    while changes go on arriving: the read horizon moves on from the first tick stretch
+    after the restart, not from the first moment nothing is read."""
+    partner = new_customer(pipeline)
+    pipeline.reader.event("customer", f"erp:{partner}")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def load() -> None:  # a change every 50 ms: every stretch between ticks reads some
+        try:
+            with psycopg.connect(pipeline.env["ERP_DSN"], autocommit=True) as conn:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    conn.execute(
+                        "update res_partner set city = %s where id = %s",
+                        (f"Load City {n}", partner),
+                    )
+                    time.sleep(0.05)
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    writer = threading.Thread(target=load, daemon=True)
+    writer.start()
+    try:
+        parked_before = pipeline.streams.metric("erpcrm_streams_parked_total", reason="unknown_sku")
+        unknown = f"ZZ-{_tag()}"
+        pipeline.crm_rows(
+            "insert into aos_products (name, part_number, price) values (%s, %s, 5) returning id",
+            (f"Product {_tag()}", unknown),
+        )
+        wait_for(
+            lambda: (
+                pipeline.streams.metric("erpcrm_streams_parked_total", reason="unknown_sku")
+                > parked_before
+            ),
+            60,
+            "the product to be parked for its SKU",
+        )
+        time.sleep(3)  # the parked record is committed (offsets every second)
+        pipeline.streams.kill()
+        pipeline.streams.start().wait_ready()
+        restarted = time.monotonic()
+
+        def letter() -> list[Output]:
+            pipeline.reader.poll()
+            return [
+                o
+                for o in pipeline.reader.of("dlq.streams")
+                if o.headers.get("erpcrm.error.reason") == "unknown_sku"
+                and unknown in o.headers.get("erpcrm.error.message", "")
+            ]
+
+        # 15 s of reference wait from the parking; the group takes up to its session
+        # timeout (15 s) to give the restarted worker the partitions
+        pipeline.reader.wait(letter, 90, "the parked product's dead letter after the restart")
+        assert writer.is_alive(), f"the load stopped: {errors}"
+        print(f"dead letter {time.monotonic() - restarted:.1f}s after the restart")
+    finally:
+        stop.set()
+        writer.join(10)
+    assert not errors, errors
 
 
 def test_a_killed_worker_restarts_without_losing_or_repeating_events(pipeline: Pipeline) -> None:

@@ -638,6 +638,40 @@ def test_a_quote_line_whose_product_never_comes_is_dead_lettered_after_the_wait(
     assert not h.processor.has_pending
 
 
+def test_an_order_failing_in_several_transactions_is_dead_lettered_once() -> None:
+    """A won quote, then two lines in transactions of their own: each line's transaction
+    fails on the unknown product; the order waits once, and one letter names its latest
+    change (before, each transaction dead-lettered it: two letters with one id)."""
+    h = Harness(reference_wait_ms=5_000)
+    lines = [_quote_line_by_product(n, CRM_PRODUCT_ID) for n in (1, 2)]
+    steps = [
+        ((81, 9310), AOS_QUOTES, QUOTE, 9301),
+        ((82, 9320), AOS_PRODUCTS_QUOTES, lines[0], 9311),
+        ((83, 9330), AOS_PRODUCTS_QUOTES, lines[1], 9321),
+    ]
+    outcomes = []
+    for tx, shape, row, lsn in steps:
+        outcomes.append(h.run(h.change(shape, "c", after=row, lsn=lsn, tx=tx)))
+        outcomes.append(h.run(h.end("crm", tx, {f"public.{shape.table}": 1})))
+        outcomes.append(h.run(h.tick(2_000)))
+    assert [len(record["lines"]) for o in outcomes for record in decoded(o)] == [0]
+    outcomes += [h.run(h.tick(1_000)) for _ in range(12)]
+    letters = [letter for outcome in outcomes for letter in outcome.dead_letters]
+    assert [(letter.reason, dict(letter.context)) for letter in letters] == [
+        ("unresolved_reference", {"order": QUOTE_ID, "lsn": "9321"})
+    ]
+    assert not h.processor.has_pending
+    # a later change that fails again is a letter of its own, with an id of its own
+    tx = (84, 9340)
+    edited = lines[0] | {"product_qty": 2}
+    h.run(h.change(AOS_PRODUCTS_QUOTES, "u", after=edited, lsn=9331, tx=tx))
+    h.run(h.end("crm", tx, {"public.aos_products_quotes": 1}))
+    later = [h.run(h.tick(1_000)) for _ in range(12)]
+    (again,) = [letter for outcome in later for letter in outcome.dead_letters]
+    assert dict(again.context)["lsn"] == "9331"
+    assert again.output_id != letters[0].output_id
+
+
 def test_snapshot_orders_settle_and_late_transactions_time_out() -> None:
     h = Harness(snapshot_settle_ms=3_000, assembly_timeout_ms=30_000)
     with_catalogue(h, (7, "SKU-00007"))

@@ -83,3 +83,16 @@ def test_stack_env_carries_no_password() -> None:
             assert value.startswith("postgresql://")
             assert ":" not in value.split("://", 1)[1].split("@", 1)[0], key
             assert "passfile=" in value
+
+
+def test_the_streams_worker_refuses_exactly_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from streams.settings import EXACTLY_ONCE_REFUSED, StreamsSettings
+
+    monkeypatch.setenv("ERPCRM_STREAMS_PROCESSING_GUARANTEE", "exactly_once")
+    with pytest.raises(ValidationError, match="exactly_once is not supported") as refused:
+        StreamsSettings()
+    assert EXACTLY_ONCE_REFUSED in str(refused.value)
+    monkeypatch.setenv("ERPCRM_STREAMS_PROCESSING_GUARANTEE", "at_least_once")
+    assert StreamsSettings().processing_guarantee == "at_least_once"
