@@ -240,6 +240,9 @@ def cdc(
     _stack_defaults_into_environment(capture_dsn_of=system.value)
     try:
         settings = CaptureSettings(system=system.literal)
+    except pydantic.ValidationError as exc:
+        raise _refuse_settings(exc) from exc
+    try:
         run_worker(settings.metrics_port, functools.partial(build_capture, settings))
     except SyncError as exc:
         raise _fail(exc) from exc
@@ -282,6 +285,9 @@ def sink(
     _stack_defaults_into_environment(sink_dsn_of=target.value)
     try:
         settings = SinkSettings(target=target.literal)
+    except pydantic.ValidationError as exc:
+        raise _refuse_settings(exc) from exc
+    try:
         run_worker(settings.metrics_port, functools.partial(build_sink, settings))
     except SyncError as exc:
         raise _fail(exc) from exc

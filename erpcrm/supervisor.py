@@ -2,9 +2,11 @@
 
 One process tree, the embedded default. Each child is an ``erpcrm`` sub-command run with
 the same interpreter and environment, so it reads the same settings. A child that exits
-is restarted with exponential backoff (reset after a minute of healthy running); SIGTERM
-or SIGINT to the supervisor is forwarded to every child, which stops cleanly (flush,
-confirm, commit) before the supervisor exits.
+is restarted with exponential backoff (reset after a minute of healthy running), except
+one that exits with :data:`EXIT_REFUSED` (its settings or arguments were refused: a
+restart would be refused again), which stops every child and makes the supervisor exit
+with that code. SIGTERM or SIGINT to the supervisor is forwarded to every child, which
+stops cleanly (flush, confirm, commit) before the supervisor exits.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 HEALTHY_AFTER_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 60.0
+EXIT_REFUSED = 2
+"""A child's exit code for refused settings or arguments (the CLI's and click's usage code)."""
+WORKER_COMMAND = (sys.executable, "-m", "erpcrm.cli")
+"""What each child runs, followed by its :attr:`WorkerSpec.args`."""
 
 
 @dataclass
@@ -56,10 +62,17 @@ DEFAULT_WORKERS = (
 class Supervisor:
     """Starts, watches and stops the workers; see the module docstring."""
 
-    def __init__(self, workers: tuple[WorkerSpec, ...], log_dir: Path) -> None:
+    def __init__(
+        self,
+        workers: tuple[WorkerSpec, ...],
+        log_dir: Path,
+        command: tuple[str, ...] = WORKER_COMMAND,
+    ) -> None:
         self._children = [_Child(spec) for spec in workers]
         self._log_dir = log_dir
+        self._command = command
         self._stop = threading.Event()
+        self._refused = False
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop every child and return."""
@@ -69,7 +82,7 @@ class Supervisor:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         with (self._log_dir / f"{child.spec.name}.log").open("ab") as out:
             child.proc = subprocess.Popen(
-                [sys.executable, "-m", "erpcrm.cli", *child.spec.args],
+                [*self._command, *child.spec.args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -77,7 +90,11 @@ class Supervisor:
         log.info("%s: started (pid %d)", child.spec.name, child.proc.pid)
 
     def run(self) -> int:
-        """Supervise until :meth:`stop`; returns 0 after a clean stop of every child."""
+        """Supervise until :meth:`stop` or a refused child.
+
+        Returns 0 after a clean stop of every child, :data:`EXIT_REFUSED` when a child
+        refused its settings, else the first non-zero exit code of the stop.
+        """
         for child in self._children:
             self._start(child)
         while not self._stop.wait(0.5):
@@ -88,6 +105,17 @@ class Supervisor:
                     code = proc.returncode
                     child.exits.append(code)
                     child.proc = None
+                    if code == EXIT_REFUSED:
+                        log.error(
+                            "%s: refused its settings (exit %d), not restarted; stopping "
+                            "every worker (see %s)",
+                            child.spec.name,
+                            code,
+                            self._log_dir / f"{child.spec.name}.log",
+                        )
+                        self._refused = True
+                        self._stop.set()
+                        break
                     if now - child.started > HEALTHY_AFTER_SECONDS:
                         child.backoff = 1.0
                     child.next_start = now + child.backoff
@@ -120,4 +148,4 @@ class Supervisor:
                 code = child.proc.wait()
             log.info("%s: stopped (%d)", child.spec.name, code)
             worst = worst or code
-        return worst
+        return EXIT_REFUSED if self._refused else worst
