@@ -21,14 +21,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from erpcrm.stack import ComponentStatus, LocalStack
-from erpcrm.workload import WorkloadReport
 from schemas.errors import SyncError
 
+# Each command imports what it runs: a worker process holds only its own stage's modules
+# (the local stack's control code and the workload generator pull in psycopg and more).
 if TYPE_CHECKING:
     from erpcrm.deadletters import LetterFilter
     from erpcrm.dlq import DeadLetterTopics
     from erpcrm.drift import EntityReport
+    from erpcrm.stack import ComponentStatus
+    from erpcrm.workload import WorkloadReport
 
 app = typer.Typer(
     name="erpcrm",
@@ -120,6 +122,8 @@ def _refuse_settings(exc: pydantic.ValidationError, code: int = 2) -> typer.Exit
 @stack_app.command("up")
 def stack_up() -> None:
     """Start every component (idempotent) and wait until each one answers."""
+    from erpcrm.stack import LocalStack
+
     started = time.monotonic()
     try:
         statuses = LocalStack().up(_progress)
@@ -134,6 +138,8 @@ def stack_up() -> None:
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop every component the stack started, and nothing else."""
+    from erpcrm.stack import LocalStack
+
     LocalStack().down(_progress)
 
 
@@ -142,6 +148,7 @@ def stack_status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show each component's state, pid, endpoint and memory; exit 1 unless all are healthy."""
+    from erpcrm.stack import LocalStack
     from erpcrm.stack.manager import status_as_dicts
 
     statuses = LocalStack().status()
@@ -170,6 +177,8 @@ def _print_status(statuses: list[ComponentStatus]) -> None:
 @stack_app.command("env")
 def stack_env() -> None:
     """Print ``export`` lines for the stack's endpoints: ``eval "$(erpcrm stack env)"``."""
+    from erpcrm.stack import LocalStack
+
     for key, value in LocalStack().env().items():
         print(f"export {key}={shlex.quote(value)}")
 
@@ -233,6 +242,7 @@ def cdc(
 ) -> None:
     """Stream every committed change of one database into Kafka (Debezium envelopes)."""
     from cdc.settings import CaptureSettings
+    from erpcrm.malloc import limit_arenas
     from erpcrm.workers import build_capture, run_worker
 
     if dsn:
@@ -243,6 +253,7 @@ def cdc(
     except pydantic.ValidationError as exc:
         raise _refuse_settings(exc) from exc
     try:
+        limit_arenas(settings.malloc_arenas)
         run_worker(settings.metrics_port, functools.partial(build_capture, settings))
     except SyncError as exc:
         raise _fail(exc) from exc
@@ -253,6 +264,7 @@ def streams() -> None:
     """Turn raw change events into clean canonical events (Faust; /metrics, /inventory)."""
     from prometheus_client import CollectorRegistry
 
+    from erpcrm.malloc import limit_arenas
     from erpcrm.workers import build_streams
     from streams.settings import StreamsSettings
 
@@ -262,6 +274,7 @@ def streams() -> None:
     except pydantic.ValidationError as exc:
         raise _refuse_settings(exc) from exc
     try:
+        limit_arenas(settings.malloc_arenas)
         worker = build_streams(settings, CollectorRegistry())
     except SyncError as exc:
         raise _fail(exc) from exc
@@ -277,6 +290,7 @@ def sink(
     ] = None,
 ) -> None:
     """Apply the other system's canonical events to one database, exactly once."""
+    from erpcrm.malloc import limit_arenas
     from erpcrm.workers import build_sink, run_worker
     from sinks.settings import SinkSettings
 
@@ -288,6 +302,7 @@ def sink(
     except pydantic.ValidationError as exc:
         raise _refuse_settings(exc) from exc
     try:
+        limit_arenas(settings.malloc_arenas)
         run_worker(settings.metrics_port, functools.partial(build_sink, settings))
     except SyncError as exc:
         raise _fail(exc) from exc
@@ -296,6 +311,7 @@ def sink(
 @app.command("run")
 def run_all() -> None:
     """Run every worker (captures, streams, sinks) under one supervisor, restarting crashes."""
+    from erpcrm.stack import LocalStack
     from erpcrm.supervisor import DEFAULT_WORKERS, Supervisor
     from erpcrm.workers import stop_on_signals
 
@@ -904,17 +920,20 @@ def _stack_defaults_into_environment(
     Settings read the environment; anything exported there (or in ``ERPCRM_CONFIG``'s
     file for keys not in the environment) wins over the local stack.
     """
-    env = _stack_env()
-    defaults = {
-        "ERPCRM_KAFKA__BOOTSTRAP": env["KAFKA_BOOTSTRAP"],
-        "ERPCRM_REGISTRY__URL": env["SCHEMA_REGISTRY_URL"],
+    sources = {
+        "ERPCRM_KAFKA__BOOTSTRAP": "KAFKA_BOOTSTRAP",
+        "ERPCRM_REGISTRY__URL": "SCHEMA_REGISTRY_URL",
     }
     if capture_dsn_of:
-        defaults["ERPCRM_CDC_DSN"] = env[f"{capture_dsn_of.upper()}_CAPTURE_DSN"]
+        sources["ERPCRM_CDC_DSN"] = f"{capture_dsn_of.upper()}_CAPTURE_DSN"
     if sink_dsn_of:
-        defaults["ERPCRM_SINK_DSN"] = env[f"{sink_dsn_of.upper()}_SINK_DSN"]
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
+        sources["ERPCRM_SINK_DSN"] = f"{sink_dsn_of.upper()}_SINK_DSN"
+    missing = {setting: key for setting, key in sources.items() if setting not in os.environ}
+    if not missing:
+        return  # every setting given (``erpcrm run`` passes its own on): the stack is not read
+    env = _stack_env()
+    for setting, key in missing.items():
+        os.environ[setting] = env[key]
 
 
 def _print_workload(report: WorkloadReport) -> None:
@@ -953,6 +972,8 @@ def demo(
 
 def _stack_env() -> dict[str, str]:
     """Endpoints from the environment (``erpcrm stack env``), else the local stack's."""
+    from erpcrm.stack import LocalStack
+
     defaults = LocalStack().env()
     return {key: os.environ.get(key, value) for key, value in defaults.items()}
 

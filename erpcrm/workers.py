@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from cdc.metrics import CaptureMetrics
-from cdc.settings import CaptureSettings
-from cdc.streaming import CaptureWorker
 from schemas.serde import AvroSerde, RegistryClient
 
+# Each builder imports its own stage: a worker process holds only the stage it runs.
 if TYPE_CHECKING:
+    from cdc.settings import CaptureSettings
+    from cdc.streaming import CaptureWorker
     from sinks.runner import SinkRunner
     from sinks.settings import SinkSettings
     from streams.app import StreamsApp
@@ -38,6 +38,9 @@ def serve_metrics(port: int) -> CollectorRegistry:
 
 def build_capture(settings: CaptureSettings, registry: CollectorRegistry) -> CaptureWorker:
     """A capture worker for ``settings`` with metrics in ``registry``."""
+    from cdc.metrics import CaptureMetrics
+    from cdc.streaming import CaptureWorker
+
     client = RegistryClient(settings.registry.url)
     return CaptureWorker(settings, CaptureMetrics.create(registry), AvroSerde(client), client)
 
@@ -81,7 +84,7 @@ def build_streams(settings: StreamsSettings, registry: CollectorRegistry) -> Str
     ``settings.web_port``, so no separate endpoint is started; ``run()`` blocks until
     SIGTERM/SIGINT, which Faust handles (clean stop: flush, commit).
     """
-    from streams.app import build  # Faust is imported only by the commands that run it
+    from streams.app import build
 
     client = RegistryClient(settings.registry.url)
     return build(settings, serde=AvroSerde(client), registry=registry)

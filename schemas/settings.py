@@ -77,6 +77,11 @@ class WorkerSettings(BaseSettings):
         default_factory=RegistrySettings,
         validation_alias=AliasChoices("registry", "erpcrm_registry"),
     )
+    malloc_arenas: int = Field(
+        default=2, ge=0, validation_alias=AliasChoices("malloc_arenas", "erpcrm_malloc_arenas")
+    )
+    """glibc malloc arenas the worker process may use (``ERPCRM_MALLOC_ARENAS``; 0: glibc's
+    default of eight per core). Fewer arenas, less memory held; see ``erpcrm.malloc``."""
 
     @classmethod
     def settings_customise_sources(

@@ -590,6 +590,7 @@ def build(
         PartitionAssignor=SingleOwnerAssignor,
         ConsumerScheduler=ProducedOrder,
         stream_buffer_maxsize=settings.buffer_size,
+        consumer_max_fetch_size=settings.fetch_bytes,
         TableManager=StreamsTableManager,
         autodiscover=False,
     )
