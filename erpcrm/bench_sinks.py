@@ -12,8 +12,10 @@ with its own consumer group and sync-state schema, applies them three times over
 3. ``replay``: the stored positions are set back to the start and both versions are
    read again: every event is skipped as already applied, nothing is written.
 
-Per phase: events/s from the first to the last committed batch, and the per-batch apply
-time (one database transaction) p50/p99. Everything the run made is removed at the
+Per phase: events/s from the first to the last committed batch, the per-batch apply
+time (one database transaction) p50/p99, and the benchmark process's CPU time per event
+(every thread: reading, decoding, applying; the database's own CPU not included), which
+other work on the machine disturbs less than the rates. Everything the run made is removed at the
 end (accounts, schema, topic, group).
 
 **End to end** (the whole pipeline as ``erpcrm run`` runs it; started here if its
@@ -142,6 +144,7 @@ def _apply_phase(
 ) -> dict[str, Any]:
     runner, timed = runner_factory()
     deadline = time.monotonic() + timeout
+    cpu_started = time.process_time()
 
     def done(stats: RunStats) -> bool:
         if time.monotonic() > deadline:
@@ -149,6 +152,7 @@ def _apply_phase(
         return stats.outcomes.get(outcome, 0) >= expected
 
     stats = runner.run(until=done)
+    cpu_seconds = time.process_time() - cpu_started
     busy = [b for b in timed.batches if b[2] > 0]
     if not busy:
         raise StackError(f"no batch was applied in the {outcome} phase")
@@ -159,6 +163,7 @@ def _apply_phase(
         "batches": len(busy),
         "mean_batch_size": round(statistics.mean(b[2] for b in busy), 1),
         "batch_apply": _ms([b[1] for b in busy]),
+        "process_cpu_us_per_event": round(cpu_seconds * 1e6 / max(1, stats.events), 1),
     }
 
 

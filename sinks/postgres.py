@@ -117,6 +117,20 @@ def _clock_json(times: Mapping[str, int]) -> str:
         return _STDLIB_CLOCK_JSON(times)
 
 
+def _clock_times(text: str) -> dict[str, int]:
+    """A row clock's field times from their JSON text (read with every located row).
+
+    orjson reads it, a few times faster than the standard library, and exactly: the
+    times are 64-bit (commit times in ms, as Avro longs and ``bigint`` carry them). The
+    standard library reads whatever orjson refuses.
+    """
+    try:
+        times: dict[str, int] = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        times = json.loads(text)
+    return times
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedDeadLetter:
     """A dead letter waiting in the outbox (``erpcrm_sync.dead_letters``)."""
@@ -168,8 +182,8 @@ class _Clocks:
         cur.execute(sql.row_clock_select(self._schema), (entity, wanted), binary=True)
         for r in cur.fetchall():
             self._clocks[(entity, r["row_id"])] = RowClock(
-                written=dict(r["written"]),
-                local=dict(r["local"]),
+                written=_clock_times(r["written"]),
+                local=_clock_times(r["local"]),
                 horizon_ms=r["horizon_ms"],
                 sink_xid=r["sink_xid"],
                 local_at_write_ms=r["local_at_write_ms"],
@@ -471,7 +485,11 @@ class PostgresUpsertSink(Sink):
         collapsed = batch.collapse()
         out = _Outcome()
         conn = self._session()
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        # One pipeline around the transaction: BEGIN travels with the first statement,
+        # the statements that read nothing back and COMMIT with the last round trip; a
+        # statement whose rows are read waits for them (a flush, not a sync), so the
+        # transaction's statements run in order as before.
+        with conn.pipeline(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             clocks = _Clocks(self._schema)
             # The target's own changes first: they tell the fields of its local edits.
             self._observe_local(cur, batch, clocks)
@@ -483,45 +501,9 @@ class PostgresUpsertSink(Sink):
             )
             for entity in order:
                 self._apply_entity(cur, entity, by_entity[entity], batch, clocks, out)
-            # What is left writes state only and reads nothing back: one pipeline, one
-            # round trip, then COMMIT.
-            with conn.pipeline():
-                clocks.save(cur)
-                if out.conflicts:
-                    cur.execute(
-                        sql.conflicts_insert(self._schema),
-                        self._conflict_params(out.conflicts),
-                        binary=True,
-                    )
-                if out.recorded:
-                    cur.execute(
-                        sql.applied_upsert(self._schema),
-                        (
-                            [e.entity for e, _ in out.recorded],
-                            [e.key for e, _ in out.recorded],
-                            [e.version for e, _ in out.recorded],
-                            [d for _, d in out.recorded],
-                        ),
-                        binary=True,
-                    )
-                if out.announce and self._announce:
-                    cur.execute(
-                        sql.announce_insert(self._schema),
-                        (
-                            [e.entity for e, _ in out.announce],
-                            [e.key for e, _ in out.announce],
-                            [pk for _, pk in out.announce],
-                        ),
-                        binary=True,
-                    )
-                if out.held:
-                    self._hold(cur, out.held)
-                for event, error in out.dead:
-                    self._queue_dead_letter(cur, event, error)
-                held = [*out.deferred, *out.waiting]
-                offsets = safe_offsets(batch.next_offsets(), held) if store_offsets else {}
-                if offsets:
-                    self._store_offsets(cur, offsets)
+            # What is left writes state only and reads nothing back: it goes with
+            # COMMIT, in one round trip.
+            offsets = self._record_state(cur, batch, clocks, out, store_offsets)
         return WriteResult(
             applied=tuple(out.applied),
             stale=tuple(out.stale),
@@ -537,6 +519,57 @@ class PostgresUpsertSink(Sink):
             created=tuple(out.created),
             held=tuple(i.event for i in out.held),
         )
+
+    def _record_state(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        batch: SinkBatch,
+        clocks: _Clocks,
+        out: _Outcome,
+        store_offsets: bool,
+    ) -> dict[TopicPartition, int]:
+        """Queue the batch's sync state; return the offsets stored.
+
+        Row clocks, conflicts, versions, announcements, suspects, dead letters and
+        offsets. Nothing is read back: in the write's pipeline, the statements go with COMMIT.
+        """
+        clocks.save(cur)
+        if out.conflicts:
+            cur.execute(
+                sql.conflicts_insert(self._schema),
+                self._conflict_params(out.conflicts),
+                binary=True,
+            )
+        if out.recorded:
+            cur.execute(
+                sql.applied_upsert(self._schema),
+                (
+                    [e.entity for e, _ in out.recorded],
+                    [e.key for e, _ in out.recorded],
+                    [e.version for e, _ in out.recorded],
+                    [d for _, d in out.recorded],
+                ),
+                binary=True,
+            )
+        if out.announce and self._announce:
+            cur.execute(
+                sql.announce_insert(self._schema),
+                (
+                    [e.entity for e, _ in out.announce],
+                    [e.key for e, _ in out.announce],
+                    [pk for _, pk in out.announce],
+                ),
+                binary=True,
+            )
+        if out.held:
+            self._hold(cur, out.held)
+        for event, error in out.dead:
+            self._queue_dead_letter(cur, event, error)
+        held = [*out.deferred, *out.waiting]
+        offsets = safe_offsets(batch.next_offsets(), held) if store_offsets else {}
+        if offsets:
+            self._store_offsets(cur, offsets)
+        return offsets
 
     def _observe_local(
         self, cur: psycopg.Cursor[dict[str, Any]], batch: SinkBatch, clocks: _Clocks
@@ -598,8 +631,10 @@ class PostgresUpsertSink(Sink):
         items: list[_Item] = []
         for event in taken:
             known = stored.get(event.key)
-            # Hashed only when the version does not settle it: a replay is decided
-            # without hashing anything.
+            if known is not None and event.version <= known.version:
+                out.stale.append(event)  # a replay: decided by the version alone
+                continue
+            # Hashed only when the version does not settle it.
             digest = _lazy_digest(event.record)
             verdict = decide(known, event.version, digest, merged=never_noop(event.record))
             if verdict is Decision.SKIP_STALE:
@@ -798,6 +833,13 @@ class PostgresUpsertSink(Sink):
         out: _Outcome,
     ) -> None:
         fields = self._fields(table)
+        insert_columns = table.written_columns(insert=True)
+        update_columns = table.written_columns(insert=False)
+        # Per mapped column: whether it holds an id (a link, written when the event
+        # has one) or a business field (written when the merge says so).
+        kept = [
+            (c.column, c.field, _is_id_field(c.field)) for c in table.columns if c.field is not None
+        ]
         updates: dict[Any, _Item] = {}
         inserts: dict[str, _Item] = {}
         written_at: dict[Any, dict[str, int]] = {}
@@ -817,7 +859,7 @@ class PostgresUpsertSink(Sink):
                     out.unknown.append(item.event)
                     out.recorded.append((item.event, item.digest))
                     continue
-                item.row = {c.column: row[c.column] for c in table.written_columns(insert=True)}
+                item.row = {c.column: row[c.column] for c in insert_columns}
                 first = str(item.row[table.locators[0].column])
                 inserts[first] = _latest(inserts.get(first), item, out)
                 continue
@@ -840,19 +882,19 @@ class PostgresUpsertSink(Sink):
             out.conflicts.extend(decided.conflicts)
             if decided.reassert and never_noop(item.record):
                 out.announce.append((item.event, str(item.pk)))
-            for c in table.columns:
-                if c.field is None:
-                    continue  # computed from the whole record: always current
-                if (not _is_id_field(c.field) and c.field not in decided.writes) or (
-                    _is_id_field(c.field) and (item.linked or item.record.get(c.field) is None)
+            # A column computed from the whole record (no field) is always current.
+            writes = decided.writes
+            for column, name, is_id in kept:
+                if (not is_id and name not in writes) or (
+                    is_id and (item.linked or item.record.get(name) is None)
                 ):
-                    row[c.column] = item.current.get(c.column)
-            item.row = {c.column: row[c.column] for c in table.written_columns(insert=False)}
+                    row[column] = item.current.get(column)
+            item.row = {c.column: row[c.column] for c in update_columns}
             updates[item.pk] = _latest(updates.get(item.pk), item, out)
             written_at[item.pk] = decided.written_at
             last_local[item.pk] = local_ms
         if updates:
-            columns = [sql.Column(c.column, c.pg_type) for c in table.written_columns(insert=False)]
+            columns = [sql.Column(c.column, c.pg_type) for c in update_columns]
             rows = list(updates.values())
             params = [sql.array(table.pk_type, (i.pk for i in rows))] + [
                 sql.array(c.pg_type, (i.row[c.name] for i in rows)) for c in columns

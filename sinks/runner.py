@@ -10,6 +10,12 @@ loop, and what each step guarantees:
   versions make the replay a no-op (DESIGN.md §5.1-2).
 - **Batching.** Up to ``batch_size`` events, waiting at most ``linger_ms`` after the
   first; one database transaction per batch.
+- **Overlap.** A batch is written in a second thread while the next one is read and
+  decoded; the next write starts only once the previous one has committed and been
+  accounted for (held events, dead letters, announcements), so batches commit one after
+  the other, in order, exactly as without the overlap. Nothing but the writing thread
+  uses the database while a write is in flight: a partition assignment first finishes
+  it, then reads the stored positions.
 - **Transient failures** (:class:`~schemas.errors.RetriableError`: connection lost,
   serialization failure, deadlock, a database that is down) retry the same batch with
   exponential backoff, for as long as it takes; nothing is skipped.
@@ -36,6 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
@@ -72,6 +79,9 @@ _HELD_RETRY_MAX_SECONDS: Final = 2.0
 0.5 s, then twice as long each time, at most 2 s (an idle sink does not re-apply them
 in a loop)."""
 _LAG_EVERY_SECONDS: Final = 5.0
+_POLL_WHILE_WRITING_SECONDS: Final = 0.005
+"""While a batch is written and nothing is there to read, how often the reader looks
+whether the write has ended."""
 _SUSPECTS_EVERY_SECONDS: Final = 2.0
 
 
@@ -108,6 +118,16 @@ class _Held:
     def event(self) -> SinkEvent:
         """The latest of them."""
         return self.events[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A batch being written in the writing thread."""
+
+    batch: SinkBatch
+    fresh: bool
+    """It holds new events (not only held ones tried again)."""
+    write: Future[tuple[WriteResult, float]]
 
 
 class SinkRunner:
@@ -149,6 +169,8 @@ class SinkRunner:
         self._topics_at_start: set[str] = set()
         self.stats = RunStats()
         self._target = settings.target
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: _Pending | None = None
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -190,16 +212,25 @@ class SinkRunner:
             self._consumer.subscribe(list(self._topics), on_assign=self._on_assign)
             self._after_commit(announce=True, dead=True)
             log.info("sink %s consuming %s", self._target, ", ".join(self._topics))
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"sink-{self._target}")
             while not self._stop.is_set() and not (until is not None and until(self.stats)):
                 self._step()
+            self._finish_pending()
         finally:
+            self._abandon_pending()
+            if self._writer is not None:
+                self._writer.shutdown()
             self._consumer.close()
             self._producer.flush(10)
             self._sink.close()
         return self.stats
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Seek every assigned partition to the position stored in the target."""
+        """Seek every assigned partition to the position stored in the target.
+
+        A write in flight is finished first: the positions read are committed ones.
+        """
+        self._finish_pending()
         positions = self._retrying("read positions", self._sink.positions)
         fresh: dict[tuple[str, int], int] = {}
         for tp in partitions:
@@ -242,7 +273,8 @@ class SinkRunner:
     # ------------------------------------------------------------------------ step
 
     def _step(self) -> None:
-        batch = self._collect()
+        batch = self._collect()  # while the previous batch is written
+        self._finish_pending()
         self._expire_held()
         fresh = bool(batch)
         if fresh or self._clock() >= self._held_retry_at:
@@ -253,12 +285,38 @@ class SinkRunner:
         self._carry_out_suspects()
         if not batch:
             return
+        assert self._writer is not None
+        write = self._writer.submit(self._timed_apply, batch)
+        self._pending = _Pending(batch, fresh, write)
+
+    def _timed_apply(self, batch: SinkBatch) -> tuple[WriteResult, float]:
         started = self._clock()
         result = self._apply(batch)
-        self._account(batch, result, self._clock() - started)
-        self._schedule_held_retry(fresh)
+        return result, self._clock() - started
+
+    def _finish_pending(self) -> None:
+        """Wait for the batch being written; account for it (an error is raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        result, seconds = pending.write.result()
+        self._account(pending.batch, result, seconds)
+        self._schedule_held_retry(pending.fresh)
         self._after_commit(announce=bool(result.created), dead=bool(result.dead))
         self._commit_kafka(result)
+
+    def _abandon_pending(self) -> None:
+        """On the way out after an error: let a write in flight end, its result unused.
+
+        Its transaction commits or not; either way the stored positions tell where a
+        restart resumes.
+        """
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.write.result()
+            except BaseException:
+                log.debug("sink %s: write ended after an error", self._target, exc_info=True)
 
     def _collect(self) -> SinkBatch:
         """Up to ``batch_size`` decoded events, lingering ``linger_ms`` after the first.
@@ -269,10 +327,7 @@ class SinkRunner:
         """
         assert self._consumer is not None
         batch = SinkBatch()
-        wait = 1.0
-        if self._held:
-            wait = min(wait, max(0.05, self._held_retry_at - self._clock()))
-        first = self._consumer.poll(wait)
+        first = self._first_message()
         if first is None:
             return batch
         self._add(batch, first)
@@ -287,6 +342,25 @@ class SinkRunner:
             for message in messages:
                 self._add(batch, message)
         return batch
+
+    def _first_message(self) -> Message | None:
+        """The first message of the next batch; None: none came.
+
+        Without a write in flight, waits up to a second (less when held events are due).
+        With one, as long as it runs: a write that ends with nothing to read ends the
+        wait, so its result is accounted for (and its rows announced) at once.
+        """
+        assert self._consumer is not None
+        pending = self._pending
+        if pending is None:
+            wait = 1.0
+            if self._held:
+                wait = min(wait, max(0.05, self._held_retry_at - self._clock()))
+            return self._consumer.poll(wait)
+        while True:
+            message = self._consumer.poll(_POLL_WHILE_WRITING_SECONDS)
+            if message is not None or pending.write.done() or self._stop.is_set():
+                return message
 
     def _add(self, batch: SinkBatch, message: Message) -> None:
         error = message.error()

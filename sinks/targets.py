@@ -32,6 +32,7 @@ Pure: no I/O. A value a required column cannot do without raises
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ __all__ = [
     "to_child_rows",
     "to_row",
     "transpose",
+    "uuid5_text",
 ]
 
 ID_NAMESPACE: Final = uuid.UUID("6f1d3c5e-2b7a-4c1e-9a53-0d8e4f6b7a21")
@@ -350,7 +352,21 @@ def deterministic_id(entity: str, key: str) -> str:
     Remembered for the most recent keys: one event asks for it several times (to find
     its row, to fill its id), and a UUIDv5 is a SHA-1 each time.
     """
-    return str(uuid.uuid5(ID_NAMESPACE, f"{entity}|{key}"))
+    return uuid5_text(ID_NAMESPACE, f"{entity}|{key}")
+
+
+def uuid5_text(namespace: uuid.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))``, without building the :class:`uuid.UUID`.
+
+    The same SHA-1 name-based UUID (RFC 4122 version 5), formatted straight from the
+    digest: a third of the time, and created rows ask for one each.
+    """
+    data = namespace.bytes + name.encode("utf-8")
+    digest = bytearray(hashlib.sha1(data, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def to_row(
