@@ -9,8 +9,8 @@ Wire format of every key and value on the bus (DESIGN.md §4)::
 The pure parts — :func:`pack`, :func:`unpack`, :func:`parse_schema`,
 :func:`write_body`, :func:`read_body` — do no I/O. :class:`AvroSerde` joins them to a
 registry given as a :class:`SchemaRegistry`: :class:`RegistryClient` (the real one, over
-``confluent_kafka``'s ``SchemaRegistryClient``; Apicurio Registry's Confluent-compatible
-API at ``.../apis/ccompat/v7`` works as well as Confluent's) or
+Confluent's REST API via :mod:`schemas.registry_http`; Apicurio Registry's
+Confluent-compatible API at ``.../apis/ccompat/v7`` works as well as Confluent's) or
 :class:`LocalSchemaRegistry` (in-process, for unit tests and offline tools).
 
 Errors: malformed bytes, an unknown schema id or a body that does not match its schema
@@ -32,7 +32,6 @@ from typing import Any, Final, Protocol, Self, TypeAlias
 
 import fastavro
 import httpx
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 
 from schemas.avro_reader import compile_reader
 from schemas.avro_writer import compile_writer
@@ -44,6 +43,7 @@ from schemas.errors import (
     SyncError,
     ValidationError,
 )
+from schemas.registry_http import RegistryApi, RegistryHttpClient, RegistryHttpError
 
 __all__ = [
     "COMPATIBILITY_LEVELS",
@@ -239,9 +239,9 @@ _RETRIABLE_STATUS: Final = frozenset({408, 429})
 
 def _registry_error(exc: Exception, action: str) -> SyncError:
     """Classify a registry failure: retry, fix the configuration, or give up."""
-    if isinstance(exc, SchemaRegistryError):
-        status = int(exc.http_status_code)
-        detail = f"{action}: {exc.error_message} (HTTP {status}, code {exc.error_code})"
+    if isinstance(exc, RegistryHttpError):
+        status = exc.status
+        detail = f"{action}: {exc.message} (HTTP {status}, code {exc.error_code})"
         if status == 409:
             return IncompatibleSchemaError(detail)
         if status in _RETRIABLE_STATUS or status >= 500:
@@ -252,12 +252,8 @@ def _registry_error(exc: Exception, action: str) -> SyncError:
     return RetriableError(f"{action}: schema registry unreachable: {exc!r}")
 
 
-def _status(exc: SchemaRegistryError) -> int:
-    return int(exc.http_status_code)
-
-
 class RegistryClient:
-    """A thin, caching wrapper over ``confluent_kafka``'s ``SchemaRegistryClient``.
+    """A thin, caching client of a Confluent-compatible schema registry.
 
     Contract:
 
@@ -276,8 +272,8 @@ class RegistryClient:
             May carry credentials; it is never put into messages.
         compatibility: the level to enforce per subject, or None to leave it alone.
         timeout_s: HTTP timeout per request.
-        client: an already built ``SchemaRegistryClient`` (or stand-in) to wrap
-            instead of building one from ``url``.
+        client: a :class:`~schemas.registry_http.RegistryApi` to use instead of
+            building a :class:`~schemas.registry_http.RegistryHttpClient` from ``url``.
 
     Raises:
         ConfigError: ``url`` or ``compatibility`` is invalid.
@@ -289,17 +285,14 @@ class RegistryClient:
         *,
         compatibility: str | None = "BACKWARD",
         timeout_s: float = 10.0,
-        client: Any | None = None,
+        client: RegistryApi | None = None,
     ) -> None:
         if compatibility is not None and compatibility.upper() not in COMPATIBILITY_LEVELS:
             raise ConfigError(f"unknown compatibility level {compatibility!r}")
         self._compatibility = None if compatibility is None else compatibility.upper()
         if client is None:
-            try:
-                client = SchemaRegistryClient({"url": url, "timeout": timeout_s})
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"invalid schema registry settings: {exc}") from exc
-        self._client: Any = client
+            client = RegistryHttpClient(url, timeout_s=timeout_s)
+        self._client = client
         self._ids: dict[tuple[str, str], int] = {}
         self._parsed: dict[int, ParsedSchema] = {}
         self._configured: set[str] = set()
@@ -312,9 +305,7 @@ class RegistryClient:
 
     def close(self) -> None:
         """Release the HTTP session; the client is unusable afterwards."""
-        close = getattr(self._client, "close", None)
-        if callable(close):
-            close()
+        self._client.close()
 
     def register(self, subject: str, schema: Mapping[str, Any]) -> int:
         """Register ``schema`` under ``subject`` and return its id (the existing one if known).
@@ -333,10 +324,8 @@ class RegistryClient:
         if self._compatibility is not None and subject not in self._configured:
             self._configure_if_subject_exists(subject, self._compatibility)
         try:
-            schema_id = int(
-                self._client.register_schema(subject, Schema(schema_json(schema), "AVRO"))
-            )
-        except (SchemaRegistryError, httpx.TransportError) as exc:
+            schema_id = self._client.register_schema(subject, schema_json(schema), "AVRO")
+        except (RegistryHttpError, httpx.TransportError) as exc:
             raise _registry_error(exc, f"registering a schema under {subject!r}") from exc
         if self._compatibility is not None and subject not in self._configured:
             self.ensure_compatibility(subject, self._compatibility)
@@ -355,16 +344,16 @@ class RegistryClient:
         if level not in COMPATIBILITY_LEVELS:
             raise ConfigError(f"unknown compatibility level {level!r}")
         try:
-            self._client.set_compatibility(subject_name=subject, level=level)
-        except (SchemaRegistryError, httpx.TransportError) as exc:
+            self._client.set_compatibility(subject, level)
+        except (RegistryHttpError, httpx.TransportError) as exc:
             raise _registry_error(exc, f"setting {level} on {subject!r}") from exc
         self._configured.add(subject)
 
     def _configure_if_subject_exists(self, subject: str, level: str) -> None:
         try:
-            self._client.set_compatibility(subject_name=subject, level=level)
-        except SchemaRegistryError as exc:
-            if _status(exc) == 404:  # Apicurio: the subject has no versions yet
+            self._client.set_compatibility(subject, level)
+        except RegistryHttpError as exc:
+            if exc.status == 404:  # Apicurio: the subject has no versions yet
                 return
             raise _registry_error(exc, f"setting {level} on {subject!r}") from exc
         except httpx.TransportError as exc:
@@ -383,16 +372,16 @@ class RegistryClient:
             return parsed
         try:
             found = self._client.get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            if _status(exc) == 404:
+        except RegistryHttpError as exc:
+            if exc.status == 404:
                 raise DecodeError(f"schema id {schema_id} is not in the registry") from exc
             raise _registry_error(exc, f"fetching schema id {schema_id}") from exc
         except httpx.TransportError as exc:
             raise _registry_error(exc, f"fetching schema id {schema_id}") from exc
-        if (found.schema_type or "AVRO") != "AVRO":
+        if found.schema_type != "AVRO":
             raise DecodeError(f"schema id {schema_id} is {found.schema_type}, not AVRO")
         try:
-            parsed = parse_schema(found.schema_str)
+            parsed = parse_schema(found.schema_text)
         except ConfigError as exc:
             raise DecodeError(f"schema id {schema_id}: {exc}") from exc
         self._parsed[schema_id] = parsed
@@ -401,8 +390,7 @@ class RegistryClient:
     def latest(self, subject: str) -> RegisteredSchema | None:
         """Return the latest version registered under ``subject``, or None if there is none.
 
-        Meant for start-up (to evolve a schema from the registered one); the underlying
-        client caches the answer.
+        Meant for start-up (to evolve a schema from the registered one); not cached.
 
         Raises:
             RetriableError: the registry is unreachable or overloaded.
@@ -410,17 +398,17 @@ class RegistryClient:
         """
         try:
             found = self._client.get_latest_version(subject)
-        except SchemaRegistryError as exc:
-            if _status(exc) == 404:
+        except RegistryHttpError as exc:
+            if exc.status == 404:
                 return None
             raise _registry_error(exc, f"fetching the latest schema of {subject!r}") from exc
         except httpx.TransportError as exc:
             raise _registry_error(exc, f"fetching the latest schema of {subject!r}") from exc
         return RegisteredSchema(
             subject=subject,
-            schema_id=int(found.schema_id),
-            version=None if found.version is None else int(found.version),
-            schema=json.loads(found.schema.schema_str),
+            schema_id=found.schema_id,
+            version=found.version,
+            schema=json.loads(found.schema_text),
         )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryError
+from confluent_kafka.schema_registry import Schema, SchemaRegistryError
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
 )
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from cdc.envelope import ColumnShape, SourceInfo, TableShape, envelope_record, value_schema
 from schemas import topics
 from schemas.errors import ConfigError, DecodeError, PermanentError, RetriableError, ValidationError
+from schemas.registry_http import RegistryHttpError, SchemaVersion
 from schemas.serde import (
     MAX_SCHEMA_ID,
     AvroSerde,
@@ -237,51 +238,62 @@ def test_decoding_garbage_fails_only_with_decode_error(garbage: bytes) -> None:
 # ------------------------------------------------- registry wrapper over the mock
 
 
-class FakeRegistryClient(MockSchemaRegistryClient):
-    """confluent-kafka's mock registry plus what it lacks: compatibility settings.
+def _as_http_error(exc: SchemaRegistryError) -> RegistryHttpError:
+    return RegistryHttpError(exc.http_status_code, exc.error_code, exc.error_message)
+
+
+class FakeRegistryClient:
+    """The registry calls RegistryClient makes, over confluent-kafka's mock registry.
 
     ``apicurio=True`` makes setting the level of a subject without versions fail with
-    404, as Apicurio does; ``reject`` makes registration fail with 409.
+    404, as Apicurio does; ``reject`` makes registration fail with 409. ``mock`` is the
+    underlying confluent-kafka client, for Confluent's own (de)serializers.
     """
 
     def __init__(self, *, apicurio: bool = False) -> None:
-        super().__init__({"url": "mock://registry"})
+        self.mock = MockSchemaRegistryClient({"url": "mock://registry"})
         self.apicurio = apicurio
         self.levels: dict[str, str] = {}
         self.calls: list[str] = []
         self.reject = False
         self.fail_with: Exception | None = None
 
-    def register_schema(
-        self, subject_name: str, schema: Any, normalize_schemas: bool = False
-    ) -> int:
-        self.calls.append(f"register {subject_name}")
+    def _fail(self, call: str) -> None:
+        self.calls.append(call)
         if self.fail_with is not None:
             raise self.fail_with
+
+    def register_schema(self, subject: str, schema_text: str, schema_type: str = "AVRO") -> int:
+        self._fail(f"register {subject}")
         if self.reject:
-            raise SchemaRegistryError(409, 409, "incompatible")
-        return int(super().register_schema(subject_name, schema, normalize_schemas))
+            raise RegistryHttpError(409, 409, "incompatible")
+        return int(self.mock.register_schema(subject, Schema(schema_text, schema_type)))
 
-    def get_schema(self, schema_id: int, *args: Any, **kwargs: Any) -> Any:
-        self.calls.append(f"get {schema_id}")
-        if self.fail_with is not None:
-            raise self.fail_with
-        return super().get_schema(schema_id, *args, **kwargs)
+    def get_schema(self, schema_id: int) -> SchemaVersion:
+        self._fail(f"get {schema_id}")
+        try:
+            found = self.mock.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            raise _as_http_error(exc) from exc
+        return SchemaVersion(schema_id, None, found.schema_str or "", found.schema_type or "AVRO")
 
-    def get_latest_version(self, subject_name: str, fmt: str | None = None) -> Any:
-        self.calls.append(f"latest {subject_name}")
-        if self.fail_with is not None:
-            raise self.fail_with
-        return super().get_latest_version(subject_name, fmt)
+    def get_latest_version(self, subject: str) -> SchemaVersion:
+        self._fail(f"latest {subject}")
+        try:
+            found = self.mock.get_latest_version(subject)
+        except SchemaRegistryError as exc:
+            raise _as_http_error(exc) from exc
+        text = found.schema.schema_str or ""
+        return SchemaVersion(int(found.schema_id or 0), found.version, text, "AVRO")
 
-    def set_compatibility(self, subject_name: str | None = None, level: str | None = None) -> Any:
-        self.calls.append(f"config {subject_name}")
-        assert subject_name is not None
-        assert level is not None
-        if self.apicurio and subject_name not in self._store.get_subjects():
-            raise SchemaRegistryError(404, 40401, "Subject not found")
-        self.levels[subject_name] = level
-        return {"compatibility": level}
+    def set_compatibility(self, subject: str, level: str) -> None:
+        self.calls.append(f"config {subject}")
+        if self.apicurio and subject not in self.mock.get_subjects():
+            raise RegistryHttpError(404, 40401, "Subject not found")
+        self.levels[subject] = level
+
+    def close(self) -> None:
+        self.calls.append("close")
 
 
 def test_registry_client_registers_once_and_sets_backward() -> None:
@@ -324,11 +336,13 @@ def test_registry_client_latest() -> None:
 @pytest.mark.parametrize(
     ("failure", "expected"),
     [
-        (SchemaRegistryError(409, 409, "incompatible"), IncompatibleSchemaError),
-        (SchemaRegistryError(503, 50003, "unavailable"), RetriableError),
-        (SchemaRegistryError(429, -1, "slow down"), RetriableError),
-        (SchemaRegistryError(401, 401, "unauthorized"), ConfigError),
-        (SchemaRegistryError(422, 42201, "invalid schema"), PermanentError),
+        (RegistryHttpError(409, 409, "incompatible"), IncompatibleSchemaError),
+        (RegistryHttpError(503, 50003, "unavailable"), RetriableError),
+        (RegistryHttpError(429, -1, "slow down"), RetriableError),
+        (RegistryHttpError(401, 401, "unauthorized"), ConfigError),
+        (RegistryHttpError(422, 42201, "invalid schema"), PermanentError),
+        (RegistryHttpError(403, 40301, "forbidden"), ConfigError),
+        (RegistryHttpError(408, -1, "timeout"), RetriableError),
         (httpx.ConnectError("connection refused"), RetriableError),
     ],
 )
@@ -367,8 +381,8 @@ def test_confluent_deserializer_reads_what_we_write_and_vice_versa() -> None:
     topic = topics.raw_topic("erp", "public", "product_product")
     data = serde.encode(topics.value_subject(topic), value_schema(SHAPE), ENVELOPE)
     context = SerializationContext(topic, MessageField.VALUE)
-    assert AvroDeserializer(fake)(data, context) == ENVELOPE
-    theirs = AvroSerializer(fake, canonical_json(value_schema(SHAPE)))(ENVELOPE, context)
+    assert AvroDeserializer(fake.mock)(data, context) == ENVELOPE
+    theirs = AvroSerializer(fake.mock, canonical_json(value_schema(SHAPE)))(ENVELOPE, context)
     assert serde.decode(theirs) == ENVELOPE
 
 
