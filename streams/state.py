@@ -34,6 +34,7 @@ import base64
 import copy
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -116,9 +117,23 @@ def dump(value: Any) -> str:
         return _STDLIB_DUMP(value)
 
 
-load: Final = json.loads
-"""The value of a table's JSON text; exact for integers of any size (orjson's reader is
-not: it turns integers beyond 64 bits into floats)."""
+_LONG_DIGITS: Final = re.compile(r"\d{19}").search
+"""Finds a run of 19 digits: text that may hold an integer orjson's reader cannot."""
+
+
+def load(text: str) -> Any:
+    """The value of a table's JSON text; exact for integers of any size.
+
+    orjson reads it, fast, unless the text has a run of 19 digits (orjson's reader turns
+    integers beyond 64 bits into floats; 18 digits always fit) or orjson refuses it (a
+    lone surrogate the standard library wrote escaped): then the standard library.
+    """
+    if _LONG_DIGITS(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 class StateView(Protocol):
