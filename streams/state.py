@@ -34,7 +34,6 @@ import base64
 import copy
 import json
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -117,23 +116,20 @@ def dump(value: Any) -> str:
         return _STDLIB_DUMP(value)
 
 
-_LONG_DIGITS: Final = re.compile(r"\d{19}").search
-"""Finds a run of 19 digits: text that may hold an integer orjson's reader cannot."""
-
-
 def load(text: str) -> Any:
     """The value of a table's JSON text; exact for integers of any size.
 
-    orjson reads it, fast, unless the text has a run of 19 digits (orjson's reader turns
-    integers beyond 64 bits into floats; 18 digits always fit) or orjson refuses it (a
-    lone surrogate the standard library wrote escaped): then the standard library.
+    orjson reads it, fast, and the value is kept when orjson writes it back as the same
+    text, as it does for the text :func:`dump` wrote with orjson. Other text goes to the
+    standard library: orjson's reader turns integers beyond 64 bits into floats (which it
+    then writes in another form), and refuses what the standard library writes for a
+    lone surrogate or a float that is not finite.
     """
-    if _LONG_DIGITS(text) is None:
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(text)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    return value if orjson.dumps(value) == text.encode("utf-8") else json.loads(text)
 
 
 class StateView(Protocol):
