@@ -116,8 +116,8 @@ def dump(value: Any) -> str:
         return _STDLIB_DUMP(value)
 
 
-def load(text: str) -> Any:
-    """The value of a table's JSON text; exact for integers of any size.
+def load(text: str | bytes) -> Any:
+    """The value of a table's JSON text (or its UTF-8 bytes); exact for integers of any size.
 
     orjson reads it, fast, and the value is kept when orjson writes it back as the same
     text, as it does for the text :func:`dump` wrote with orjson. Other text goes to the
@@ -129,7 +129,8 @@ def load(text: str) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
-    return value if orjson.dumps(value) == text.encode("utf-8") else json.loads(text)
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return value if orjson.dumps(value) == data else json.loads(text)
 
 
 class StateView(Protocol):

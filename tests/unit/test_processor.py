@@ -883,6 +883,7 @@ def test_table_text_loads_as_the_standard_library_reads_it(value: Any) -> None:
 
     for text in (dump(value), json.dumps(value), json.dumps(value, ensure_ascii=False)):
         assert repr(load(text)) == repr(json.loads(text))
+        assert repr(load(text.encode("utf-8", "surrogatepass"))) == repr(json.loads(text))
 
 
 _STATE_VALUES = st.recursive(
