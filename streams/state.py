@@ -280,10 +280,12 @@ def fresh_copy(value: Any) -> Any:
     are immutable and shared; anything else goes to :func:`copy.deepcopy`.
     """
     kind = type(value)
-    if kind is dict:
-        return {k: fresh_copy(v) for k, v in value.items()}
+    if kind is dict:  # scalars are shared without a call: most of a value's leaves
+        return {
+            k: v if type(v) in _IMMUTABLE or v is None else fresh_copy(v) for k, v in value.items()
+        }
     if kind is list:
-        return [fresh_copy(v) for v in value]
+        return [v if type(v) in _IMMUTABLE or v is None else fresh_copy(v) for v in value]
     if kind in _IMMUTABLE or value is None:
         return value
     if kind is tuple:
@@ -302,8 +304,11 @@ def freeze(value: Any) -> Any:
         return value
     if kind is float:
         return value if math.isfinite(value) else {_FLOAT: repr(value)}
-    if kind is dict:
-        return {k if type(k) is str else str(k): freeze(v) for k, v in value.items()}
+    if kind is dict:  # plain leaves are taken without a call: most of a row's values
+        return {
+            k if type(k) is str else str(k): v if type(v) in _PLAIN else freeze(v)
+            for k, v in value.items()
+        }
     if isinstance(value, Decimal):
         return {_DECIMAL: format(value, "f")}
     if isinstance(value, bytes | bytearray | memoryview):
@@ -336,9 +341,9 @@ def thaw(value: Any) -> Any:
                 return datetime.fromisoformat(text)
             if tag == _DATE:
                 return date.fromisoformat(text)
-        return {k: thaw(v) for k, v in value.items()}
+        return {k: v if type(v) in _PLAIN else thaw(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [thaw(v) for v in value]
+        return [v if type(v) in _PLAIN else thaw(v) for v in value]
     return value
 
 
