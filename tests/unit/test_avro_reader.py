@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.envelope import SourceInfo, TransactionBlock, envelope_record, value_schema
+from cdc.envelope import value_schema
 from schemas.avro_reader import compile_reader
 from schemas.canonical import canonical_schema
 from schemas.errors import ConfigError, DecodeError
 from schemas.serde import parse_schema, write_body
-from tests.unit.test_envelope import shapes_and_rows
+from tests.unit.test_envelope import sample_envelope, shapes_and_rows
 
 ENTITIES = ["customer", "contact", "product", "inventory", "sales_order", "invoice"]
 
@@ -195,18 +195,7 @@ def test_raw_change_envelopes_read_like_fastavro(
 ) -> None:
     """The captures' Debezium envelopes, every column shape, both row images."""
     shape, row, _expected = case
-    source = SourceInfo(
-        version="1", name="erp", ts_ms=1, db="erp", schema="public", table=shape.table, lsn=lsn
-    )
-    record = envelope_record(
-        shape,
-        op=op,
-        before=row if op in ("u", "d") else None,
-        after=None if op == "d" else row,
-        source=source,
-        ts_ms=2,
-        transaction=TransactionBlock("1:2", 1, 1) if with_tx else None,
-    )
+    record = sample_envelope(shape, row, op, lsn, with_tx)
     schema = value_schema(shape)
     body = write_body(parse_schema(schema), record)
     got = compile_reader(schema)(body)
