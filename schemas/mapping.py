@@ -98,7 +98,7 @@ Pure apart from reading the mapping files.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -133,6 +133,7 @@ __all__ = [
     "OnInvalid",
     "Owner",
     "convert",
+    "converter",
     "flows_for_table",
     "load_flow",
     "load_mappings",
@@ -358,6 +359,12 @@ _CONVERTERS: Final[Mapping[Cast, Any]] = {
     Cast.DATE: _to_date,
     Cast.TIMESTAMP: _to_timestamp,
 }
+
+
+def converter(cast: Cast) -> Callable[[Any], Any]:
+    """:func:`convert` for one cast, looked up once: for a value that is not None."""
+    convert_one: Callable[[Any], Any] = _CONVERTERS[cast]
+    return convert_one
 
 
 def map_key(value: Any) -> str:

@@ -116,9 +116,21 @@ def dump(value: Any) -> str:
         return _STDLIB_DUMP(value)
 
 
-load: Final = json.loads
-"""The value of a table's JSON text; exact for integers of any size (orjson's reader is
-not: it turns integers beyond 64 bits into floats)."""
+def load(text: str | bytes) -> Any:
+    """The value of a table's JSON text (or its UTF-8 bytes); exact for integers of any size.
+
+    orjson reads it, fast, and the value is kept when orjson writes it back as the same
+    text, as it does for the text :func:`dump` wrote with orjson. Other text goes to the
+    standard library: orjson's reader turns integers beyond 64 bits into floats (which it
+    then writes in another form), and refuses what the standard library writes for a
+    lone surrogate or a float that is not finite.
+    """
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return value if orjson.dumps(value) == data else json.loads(text)
 
 
 class StateView(Protocol):
@@ -268,10 +280,12 @@ def fresh_copy(value: Any) -> Any:
     are immutable and shared; anything else goes to :func:`copy.deepcopy`.
     """
     kind = type(value)
-    if kind is dict:
-        return {k: fresh_copy(v) for k, v in value.items()}
+    if kind is dict:  # scalars are shared without a call: most of a value's leaves
+        return {
+            k: v if type(v) in _IMMUTABLE or v is None else fresh_copy(v) for k, v in value.items()
+        }
     if kind is list:
-        return [fresh_copy(v) for v in value]
+        return [v if type(v) in _IMMUTABLE or v is None else fresh_copy(v) for v in value]
     if kind in _IMMUTABLE or value is None:
         return value
     if kind is tuple:
@@ -290,8 +304,11 @@ def freeze(value: Any) -> Any:
         return value
     if kind is float:
         return value if math.isfinite(value) else {_FLOAT: repr(value)}
-    if kind is dict:
-        return {k if type(k) is str else str(k): freeze(v) for k, v in value.items()}
+    if kind is dict:  # plain leaves are taken without a call: most of a row's values
+        return {
+            k if type(k) is str else str(k): v if type(v) in _PLAIN else freeze(v)
+            for k, v in value.items()
+        }
     if isinstance(value, Decimal):
         return {_DECIMAL: format(value, "f")}
     if isinstance(value, bytes | bytearray | memoryview):
@@ -324,9 +341,9 @@ def thaw(value: Any) -> Any:
                 return datetime.fromisoformat(text)
             if tag == _DATE:
                 return date.fromisoformat(text)
-        return {k: thaw(v) for k, v in value.items()}
+        return {k: v if type(v) in _PLAIN else thaw(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [thaw(v) for v in value]
+        return [v if type(v) in _PLAIN else thaw(v) for v in value]
     return value
 
 

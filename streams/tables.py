@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from faust.types import TP
 
 from streams.producer import BatchSender, Record
@@ -36,8 +37,17 @@ __all__ = ["CommittedState", "FaustState"]
 
 
 _JSON_KEY = json.JSONEncoder().encode
-"""Faust's ``json`` key serializer's text for a str key (ASCII, non-ASCII escaped)."""
-_KEY_PROBES = ("customer|erp:42", 'xw|customer|crm|Zoë Ltd "ü"\\/\n', "")
+"""The standard library's JSON text of a str key (ASCII, non-ASCII escaped)."""
+
+_KEY_PROBES = ("customer|erp:42", 'xw|customer|crm|Zoë Ltd "ü"\\/\n\u2028\x7f', "")
+
+
+def _stdlib_json_key(key: str) -> bytes:
+    return _JSON_KEY(key).encode("ascii")
+
+
+def _orjson_key(key: str) -> bytes:
+    return orjson.dumps(key)
 
 
 def _key_encoder(store_encoding: Callable[[str], bytes]) -> Callable[[str], bytes]:
@@ -45,17 +55,21 @@ def _key_encoder(store_encoding: Callable[[str], bytes]) -> Callable[[str], byte
 
     Faust's generic encoding (codec registry lookups per key) costs more than the store
     read it prepares; the tables' keys are str under Faust's ``json`` serializer, which is
-    JSON text: checked on probes, so a store encoding keys otherwise keeps its own.
+    JSON text, written by orjson when it is installed (UTF-8) and by the standard library
+    otherwise (ASCII): whichever gives the store's bytes on the probes is used, so a store
+    encoding keys otherwise keeps its own.
     """
+    for candidate in (_orjson_key, _stdlib_json_key):
+        if _same_on_probes(store_encoding, candidate):
+            return candidate
+    return store_encoding
 
-    def as_json(key: str) -> bytes:
-        return _JSON_KEY(key).encode("ascii")
 
+def _same_on_probes(encoding: Callable[[str], bytes], candidate: Callable[[str], bytes]) -> bool:
     try:
-        same = all(store_encoding(probe) == as_json(probe) for probe in _KEY_PROBES)
+        return all(encoding(probe) == candidate(probe) for probe in _KEY_PROBES)
     except Exception:  # an encoding that refuses a probe is not JSON text
-        same = False
-    return as_json if same else store_encoding
+        return False
 
 
 class CommittedState(StateView, Protocol):

@@ -70,7 +70,17 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, TypeVar
 
 from schemas.canonical import ID_FIELDS, QUARANTINED_FIELDS, FieldType, field_types
-from schemas.mapping import Cast, Fallback, FieldMap, Flow, Grain, OnInvalid, convert, map_key
+from schemas.mapping import (
+    Cast,
+    Fallback,
+    FieldMap,
+    Flow,
+    Grain,
+    OnInvalid,
+    convert,
+    converter,
+    map_key,
+)
 from schemas.payload import RESNAPSHOT, plain
 from schemas.topics import canonical_topic
 from streams.cleansing import (
@@ -238,102 +248,6 @@ def _read_change(
 # ----------------------------------------------------------------------- field mapping
 
 
-def _quantize(fm: FieldMap, value: Decimal, fixes: list[Fix]) -> Decimal | Failed:
-    if fm.scale is not None:
-        rounded = value.quantize(Decimal(1).scaleb(-fm.scale), rounding=ROUND_HALF_UP)
-        if rounded != value:
-            fixes.append(Fix("round", value, rounded, note=f"rounded to {fm.scale} places"))
-        value = rounded
-    if fm.integer_digits is not None and value and value.adjusted() >= fm.integer_digits:
-        return Failed(Reason.OUT_OF_RANGE, None, f"{value} has too many digits")
-    return value
-
-
-def _map_field(
-    fm: FieldMap, row: Mapping[str, Any], values: Mapping[str, Any], refs: _Refs
-) -> Ok[Any] | Failed:
-    """Make one canonical value (see schemas.mapping for the order of the steps)."""
-    raw = fm.value if fm.source is None else row.get(fm.source)
-    value = raw
-    fixes: list[Fix] = []
-    for rule in fm.clean:
-        if not isinstance(value, str):
-            break
-        regional = REGIONAL_CLEANERS.get(rule)
-        if regional is not None:
-            cleaned = regional(value, values.get(fm.region) if fm.region else None)
-        else:
-            cleaned = CLEANERS[rule](value)
-        if isinstance(cleaned, Failed):
-            return cleaned
-        fixes.extend(cleaned.fixes)
-        value = cleaned.value
-    if fm.fallback is not None and is_blank(value):
-        found = _fallback_value(fm.fallback, row, refs)
-        if isinstance(found, Failed):
-            return found
-        value = found
-    if value is None and fm.default is not None:  # else apply_default changes nothing
-        defaulted = apply_default(value, fm.default)
-        fixes.extend(defaulted.fixes)
-        value = defaulted.value
-    if value is not None and fm.value_map is not None:
-        mapped_key = map_key(value)
-        if mapped_key not in fm.value_map:
-            known = ", ".join(sorted(fm.value_map))
-            return Failed(Reason.UNMAPPED_VALUE, None, f"{value!r} is none of: {known}")
-        value = fm.value_map[mapped_key]
-    try:
-        value = convert(fm.cast, value)
-    except (TypeError, ValueError) as exc:
-        return Failed(Reason.INVALID_VALUE, None, f"{raw!r}: {exc}")
-    if isinstance(value, Decimal):
-        quantized = _quantize(fm, value, fixes)
-        if isinstance(quantized, Failed):
-            return quantized
-        value = quantized
-    out_of_range = check_range(value, "", minimum=fm.minimum, maximum=fm.maximum)
-    if out_of_range is not None:
-        return out_of_range
-    if fm.lookup is not None and value is not None:
-        found = refs.lookups.get(fm.lookup, {}).get(str(value))
-        if found is None and fm.required:
-            return Failed(
-                Reason.UNRESOLVED_REFERENCE, None, f"{value!r} is not in lookup {fm.lookup}"
-            )
-        value = found
-    if fm.known_sku:
-        sku = None if value is None else str(value)
-        unknown = check_known_sku(sku, refs.known_skus, "")
-        if unknown is not None:
-            return unknown
-    return Ok(value, tuple(fixes))
-
-
-def _fallback_value(fallback: Fallback, row: Mapping[str, Any], refs: _Refs) -> Any:
-    """The fallback's value: its column's entry in its lookup (None: no column value)."""
-    key = row.get(fallback.source)
-    if is_blank(key):
-        return None
-    found = refs.lookups.get(fallback.lookup, {}).get(str(key).strip())
-    if found is None:
-        return Failed(
-            Reason.UNRESOLVED_REFERENCE,
-            None,
-            f"{fallback.source} {key!r} is not in lookup {fallback.lookup} (yet)",
-        )
-    return found
-
-
-def _kept(fm: FieldMap, typed: Any) -> str | None:
-    """The value an ``on_invalid: keep`` field carries: as typed, trimmed, as text."""
-    try:
-        text = convert(Cast.STR, typed)
-    except (TypeError, ValueError):
-        return None
-    return clean_text(text).value
-
-
 _Arg = TypeVar("_Arg")
 _Result = TypeVar("_Result")
 
@@ -360,10 +274,158 @@ def _per_object(compute: Callable[[_Arg], _Result]) -> Callable[[_Arg], _Result]
     return remembered
 
 
+def _quantize(fm: FieldMap, value: Decimal, fixes: list[Fix]) -> Decimal | Failed:
+    if fm.scale is not None:
+        rounded = value.quantize(Decimal(1).scaleb(-fm.scale), rounding=ROUND_HALF_UP)
+        if rounded != value:
+            fixes.append(Fix("round", value, rounded, note=f"rounded to {fm.scale} places"))
+        value = rounded
+    if fm.integer_digits is not None and value and value.adjusted() >= fm.integer_digits:
+        return Failed(Reason.OUT_OF_RANGE, None, f"{value} has too many digits")
+    return value
+
+
+_FieldMapper = Callable[[Mapping[str, Any], Mapping[str, Any], "_Refs", list[Fix]], Any]
+"""Makes one canonical value from a row: returns it, or a :class:`Failed`; appends the
+fixes it made (not yet placed under the field) to the list it is given."""
+
+
+def _map_field(
+    fm: FieldMap, row: Mapping[str, Any], values: Mapping[str, Any], refs: _Refs
+) -> Ok[Any] | Failed:
+    """Make one canonical value (see schemas.mapping for the order of the steps)."""
+    fixes: list[Fix] = []
+    value = _field_mapper(fm)(row, values, refs, fixes)
+    return value if type(value) is Failed else Ok(value, tuple(fixes))
+
+
 @_per_object
-def _in_mapping_order(fields: Sequence[FieldMap]) -> tuple[FieldMap, ...]:
+def _field_mapper(fm: FieldMap) -> _FieldMapper:
+    """Compile a field's mapping once: only the steps it has, its settings bound.
+
+    The steps run in the order schemas.mapping gives; a field without cleaning, a
+    default, a value map, a range or a lookup costs a column read and a cast.
+    """
+    source, constant, region, cast = fm.source, fm.value, fm.region, fm.cast
+    cleaners: tuple[tuple[Callable[..., Ok[str | None] | Failed], bool], ...] = tuple(
+        (REGIONAL_CLEANERS[rule], True) if rule in REGIONAL_CLEANERS else (CLEANERS[rule], False)
+        for rule in fm.clean
+    )
+    fallback, default, value_map = fm.fallback, fm.default, fm.value_map
+    to_type = converter(cast)
+    rounds = fm.scale is not None or fm.integer_digits is not None
+    minimum, maximum = fm.minimum, fm.maximum
+    ranged = minimum is not None or maximum is not None
+    lookup, known_sku, required = fm.lookup, fm.known_sku, fm.required
+    checked = ranged or lookup is not None or known_sku
+
+    def mapped(
+        row: Mapping[str, Any], values: Mapping[str, Any], refs: _Refs, fixes: list[Fix]
+    ) -> Any:
+        raw = constant if source is None else row.get(source)
+        value = raw
+        for clean, regional in cleaners:
+            if not isinstance(value, str):
+                break
+            cleaned = (
+                clean(value, values.get(region) if region else None) if regional else clean(value)
+            )
+            if isinstance(cleaned, Failed):
+                return cleaned
+            fixes.extend(cleaned.fixes)
+            value = cleaned.value
+        if fallback is not None and is_blank(value):
+            value = _fallback_value(fallback, row, refs)
+            if type(value) is Failed:
+                return value
+        if value is None and default is not None:  # else apply_default changes nothing
+            defaulted = apply_default(value, default)
+            fixes.extend(defaulted.fixes)
+            value = defaulted.value
+        if value is None:
+            if not checked:
+                return None
+        else:
+            if value_map is not None:
+                mapped_key = map_key(value)
+                if mapped_key not in value_map:
+                    known = ", ".join(sorted(value_map))
+                    return Failed(Reason.UNMAPPED_VALUE, None, f"{value!r} is none of: {known}")
+                value = value_map[mapped_key]
+            if value is not None:
+                try:
+                    value = to_type(value)
+                except (TypeError, ValueError) as exc:
+                    return Failed(Reason.INVALID_VALUE, None, f"{raw!r}: {exc}")
+            if rounds and isinstance(value, Decimal):
+                quantized = _quantize(fm, value, fixes)
+                if isinstance(quantized, Failed):
+                    return quantized
+                value = quantized
+        if not checked:
+            return value
+        if ranged:
+            out_of_range = check_range(value, "", minimum=minimum, maximum=maximum)
+            if out_of_range is not None:
+                return out_of_range
+        if lookup is not None and value is not None:
+            found = refs.lookups.get(lookup, {}).get(str(value))
+            if found is None and required:
+                return Failed(
+                    Reason.UNRESOLVED_REFERENCE, None, f"{value!r} is not in lookup {lookup}"
+                )
+            value = found
+        if known_sku:
+            unknown = check_known_sku(None if value is None else str(value), refs.known_skus, "")
+            if unknown is not None:
+                return unknown
+        return value
+
+    return mapped
+
+
+def _fallback_value(fallback: Fallback, row: Mapping[str, Any], refs: _Refs) -> Any:
+    """The fallback's value: its column's entry in its lookup (None: no column value)."""
+    key = row.get(fallback.source)
+    if is_blank(key):
+        return None
+    found = refs.lookups.get(fallback.lookup, {}).get(str(key).strip())
+    if found is None:
+        return Failed(
+            Reason.UNRESOLVED_REFERENCE,
+            None,
+            f"{fallback.source} {key!r} is not in lookup {fallback.lookup} (yet)",
+        )
+    return found
+
+
+def _kept(fm: FieldMap, typed: Any) -> str | None:
+    """The value an ``on_invalid: keep`` field carries: as typed, trimmed, as text."""
+    try:
+        text = convert(Cast.STR, typed)
+    except (TypeError, ValueError):
+        return None
+    return clean_text(text).value
+
+
+@dataclass(frozen=True, slots=True)
+class _RowPlan:
+    """The fields of a row, compiled: in mapping order, those inferred, those required."""
+
+    mappers: tuple[tuple[FieldMap, _FieldMapper], ...]
+    inferred: tuple[FieldMap, ...]
+    required: tuple[str, ...]
+
+
+@_per_object
+def _row_plan(fields: Sequence[FieldMap]) -> _RowPlan:
     """Plain fields first, then those that need the record's country (phones, VAT ids)."""
-    return (*(f for f in fields if f.region is None), *(f for f in fields if f.region))
+    ordered = (*(f for f in fields if f.region is None), *(f for f in fields if f.region))
+    return _RowPlan(
+        tuple((fm, _field_mapper(fm)) for fm in ordered),
+        tuple(fm for fm in fields if fm.infer_from),
+        tuple(fm.target for fm in fields if fm.required),
+    )
 
 
 def _map_row(
@@ -375,12 +437,15 @@ def _map_row(
     countries, then the required check. A field that fails is quarantined, kept or fails
     the row, as its ``on_invalid`` says.
     """
+    plan = _row_plan(fields)
     values: dict[str, Any] = {}
     fixes: list[Fix] = []
+    made: list[Fix] = []
     quarantined: list[Quarantine] = []
-    for fm in _in_mapping_order(fields):
-        result = _map_field(fm, row, values, refs)
-        if isinstance(result, Failed):
+    for fm, mapper in plan.mappers:
+        result = mapper(row, values, refs, made)
+        if type(result) is Failed:
+            made.clear()
             if fm.on_invalid is OnInvalid.DEAD_LETTER:
                 return result.at(fm.target)
             typed = fm.value if fm.source is None else row.get(fm.source)
@@ -388,22 +453,26 @@ def _map_row(
             values[fm.target] = _kept(fm, typed) if kept else None
             quarantined.append(Quarantine(result.reason, fm.target, typed, result.detail, kept))
             continue
-        values[fm.target] = result.value
-        fixes.extend(fix.at(fm.target) for fix in result.fixes)
-    left_out = {q.field for q in quarantined}
-    for fm in fields:
-        # A quarantined country stays left out: the target keeps the one it has.
-        if fm.infer_from and values.get(fm.target) is None and fm.target not in left_out:
-            vat_field, phone_field = fm.infer_from.get("vat"), fm.infer_from.get("phone")
-            inferred = infer_country(
-                vat=values.get(vat_field) if vat_field else None,
-                phone=values.get(phone_field) if phone_field else None,
-            )
-            values[fm.target] = inferred.value
-            fixes.extend(fix.at(fm.target) for fix in inferred.fixes)
-    for fm in fields:
-        if fm.required and is_blank(values.get(fm.target)):
-            return Failed(Reason.MISSING_REQUIRED, fm.target, "a value is required")
+        values[fm.target] = result
+        if made:
+            fixes.extend(fix.at(fm.target) for fix in made)
+            made.clear()
+    if plan.inferred:
+        left_out = {q.field for q in quarantined}
+        for fm in plan.inferred:
+            # A quarantined country stays left out: the target keeps the one it has.
+            if values.get(fm.target) is None and fm.target not in left_out:
+                assert fm.infer_from is not None
+                vat_field, phone_field = fm.infer_from.get("vat"), fm.infer_from.get("phone")
+                inferred = infer_country(
+                    vat=values.get(vat_field) if vat_field else None,
+                    phone=values.get(phone_field) if phone_field else None,
+                )
+                values[fm.target] = inferred.value
+                fixes.extend(fix.at(fm.target) for fix in inferred.fixes)
+    for target in plan.required:
+        if is_blank(values.get(target)):
+            return Failed(Reason.MISSING_REQUIRED, target, "a value is required")
     return Ok(values, tuple(fixes), tuple(quarantined))
 
 

@@ -12,10 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cdc.envelope import value_schema
 from schemas.avro_reader import compile_reader
 from schemas.canonical import canonical_schema
 from schemas.errors import ConfigError, DecodeError
 from schemas.serde import parse_schema, write_body
+from tests.unit.test_envelope import sample_envelope, shapes_and_rows
 
 ENTITIES = ["customer", "contact", "product", "inventory", "sales_order", "invoice"]
 
@@ -179,3 +181,23 @@ def _minimal() -> dict[str, Any]:
         else:
             record[f["name"]] = None
     return record
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    case=shapes_and_rows(),
+    op=st.sampled_from(["c", "u", "r", "d"]),
+    lsn=st.none() | st.integers(0, 2**63 - 1),
+    with_tx=st.booleans(),
+)
+def test_raw_change_envelopes_read_like_fastavro(
+    case: Any, op: Any, lsn: int | None, with_tx: bool
+) -> None:
+    """The captures' Debezium envelopes, every column shape, both row images."""
+    shape, row, _expected = case
+    record = sample_envelope(shape, row, op, lsn, with_tx)
+    schema = value_schema(shape)
+    body = write_body(parse_schema(schema), record)
+    got = compile_reader(schema)(body)
+    assert got == _fastavro(schema, body)
+    assert list(got) == list(_fastavro(schema, body))

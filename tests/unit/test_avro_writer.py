@@ -11,9 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdc.envelope import (
-    SourceInfo,
-    TransactionBlock,
-    envelope_record,
     key_record,
     key_schema,
     value_schema,
@@ -21,7 +18,7 @@ from cdc.envelope import (
 from schemas.avro_writer import compile_writer
 from schemas.canonical import canonical_schema
 from schemas.errors import ValidationError
-from tests.unit.test_envelope import shapes_and_rows
+from tests.unit.test_envelope import sample_envelope, shapes_and_rows
 
 
 def _fastavro(schema: Any, datum: Any) -> bytes:
@@ -43,18 +40,7 @@ def _decode(schema: Any, data: bytes) -> Any:
 )
 def test_envelopes_encode_like_fastavro(case: Any, op: Any, lsn: int | None, with_tx: bool) -> None:
     shape, row, _expected = case
-    source = SourceInfo(
-        version="1", name="erp", ts_ms=1, db="erp", schema="public", table=shape.table, lsn=lsn
-    )
-    record = envelope_record(
-        shape,
-        op=op,
-        before=None,
-        after=row,
-        source=source,
-        ts_ms=2,
-        transaction=TransactionBlock("1:2", 1, 1) if with_tx else None,
-    )
+    record = sample_envelope(shape, row, op, lsn, with_tx)
     schema = value_schema(shape)
     compiled = compile_writer(schema)(record)
     assert _decode(schema, compiled) == _decode(schema, _fastavro(schema, record))

@@ -985,6 +985,24 @@ def shapes_and_rows(draw: st.DrawFn) -> tuple[TableShape, dict[str, Any], dict[s
     return TableShape(server, "public", table, tuple(columns)), row, expected
 
 
+def sample_envelope(
+    shape: TableShape, row: dict[str, Any], op: Any, lsn: int | None, with_tx: bool
+) -> dict[str, Any]:
+    """An envelope of a change of ``row`` (its ``before`` image for updates and deletes)."""
+    source = SourceInfo(
+        version="1", name="erp", ts_ms=1, db="erp", schema="public", table=shape.table, lsn=lsn
+    )
+    return envelope_record(
+        shape,
+        op=op,
+        before=row if op in ("u", "d") else None,
+        after=None if op == "d" else row,
+        source=source,
+        ts_ms=2,
+        transaction=TransactionBlock("1:2", 1, 1) if with_tx else None,
+    )
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
     case=shapes_and_rows(),

@@ -865,6 +865,27 @@ def test_table_text_the_standard_library_wrote_still_loads() -> None:
     assert (math.isnan(loaded["q"]), loaded["n"], loaded["s"]) == (True, 2**70, "Zo\u00eb")
 
 
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.integers(min_value=-(2**80), max_value=2**80)
+        | st.floats()
+        | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+)
+def test_table_text_loads_as_the_standard_library_reads_it(value: Any) -> None:
+    """The fast reader gives the same value: big integers, long digit runs, surrogates."""
+    import json
+
+    for text in (dump(value), json.dumps(value), json.dumps(value, ensure_ascii=False)):
+        assert repr(load(text)) == repr(json.loads(text))
+        assert repr(load(text.encode("utf-8", "surrogatepass"))) == repr(json.loads(text))
+
+
 _STATE_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda inner: st.lists(inner) | st.tuples(inner, inner) | st.dictionaries(st.text(), inner),
