@@ -87,6 +87,7 @@ from sinks.state import (
     changed_times,
     clock_wait_since,
     decide,
+    is_stale,
     last_local_change,
     merge,
     ready_clock,
@@ -631,15 +632,13 @@ class PostgresUpsertSink(Sink):
         items: list[_Item] = []
         for event in taken:
             known = stored.get(event.key)
-            if known is not None and event.version <= known.version:
+            if is_stale(known, event.version):
                 out.stale.append(event)  # a replay: decided by the version alone
                 continue
             # Hashed only when the version does not settle it.
             digest = _lazy_digest(event.record)
             verdict = decide(known, event.version, digest, merged=never_noop(event.record))
-            if verdict is Decision.SKIP_STALE:
-                out.stale.append(event)
-            elif verdict is Decision.SKIP_NOOP:
+            if verdict is Decision.SKIP_NOOP:
                 out.noop.append(event)
                 out.recorded.append((event, digest()))
             else:

@@ -64,6 +64,7 @@ __all__ = [
     "changed_times",
     "clock_wait_since",
     "decide",
+    "is_stale",
     "last_local_change",
     "merge",
     "payload_hash",
@@ -152,13 +153,22 @@ def decide(
     """
     if stored is None:
         return Decision.APPLY
-    if version <= stored.version:
+    if is_stale(stored, version):
         return Decision.SKIP_STALE
     if merged:
         return Decision.APPLY
     if (digest if isinstance(digest, str) else digest()) == stored.payload_hash:
         return Decision.SKIP_NOOP
     return Decision.APPLY
+
+
+def is_stale(stored: Applied | None, version: int) -> bool:
+    """An event of ``version`` is at or below the stored version: :attr:`Decision.SKIP_STALE`.
+
+    Asked on its own where a caller can skip preparing :func:`decide`'s other arguments
+    (a replay of applied events).
+    """
+    return stored is not None and version <= stored.version
 
 
 def _same(ours: Any, theirs: Any) -> bool:
