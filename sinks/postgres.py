@@ -55,10 +55,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
-import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from schemas import json_text
 from schemas.deadletter import (
     H_ENTITY,
     H_ENTITY_KEY,
@@ -102,34 +102,6 @@ ENTITY_ORDER: Final = ("customer", "product", "contact", "inventory", "sales_ord
 """Entities referred to come first, so one batch can create a customer and its order."""
 
 Connect = Callable[..., psycopg.Connection[Any]]
-
-_STDLIB_CLOCK_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-
-
-def _clock_json(times: Mapping[str, int]) -> str:
-    """A row clock's field times as JSON text, keys sorted.
-
-    orjson writes it (a few times faster: two clocks per written row); the standard
-    library whatever orjson refuses (an integer beyond 64 bits).
-    """
-    try:
-        return orjson.dumps(times, option=orjson.OPT_SORT_KEYS).decode("utf-8")
-    except TypeError:
-        return _STDLIB_CLOCK_JSON(times)
-
-
-def _clock_times(text: str) -> dict[str, int]:
-    """A row clock's field times from their JSON text (read with every located row).
-
-    orjson reads it, a few times faster than the standard library, and exactly: the
-    times are 64-bit (commit times in ms, as Avro longs and ``bigint`` carry them). The
-    standard library reads whatever orjson refuses.
-    """
-    try:
-        times: dict[str, int] = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        times = json.loads(text)
-    return times
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +155,8 @@ class _Clocks:
         cur.execute(sql.row_clock_select(self._schema), (entity, wanted), binary=True)
         for r in cur.fetchall():
             self._clocks[(entity, r["row_id"])] = RowClock(
-                written=_clock_times(r["written"]),
-                local=_clock_times(r["local"]),
+                written=json_text.load(r["written"]),
+                local=json_text.load(r["local"]),
                 horizon_ms=r["horizon_ms"],
                 sink_xid=r["sink_xid"],
                 local_at_write_ms=r["local_at_write_ms"],
@@ -212,8 +184,8 @@ class _Clocks:
             (
                 [e for e, _ in keys],
                 [r for _, r in keys],
-                [_clock_json(c.written) for c in clocks],
-                [_clock_json(c.local) for c in clocks],
+                [json_text.dump(c.written, sort_keys=True) for c in clocks],
+                [json_text.dump(c.local, sort_keys=True) for c in clocks],
                 [c.horizon_ms for c in clocks],
                 [c.sink_xid for c in clocks],
                 [c.local_at_write_ms for c in clocks],

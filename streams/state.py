@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final, Protocol, cast
 
-import orjson
+from schemas.json_text import dump, load
 
 __all__ = [
     "ASSEMBLY",
@@ -98,39 +97,6 @@ class TextWrite:
     table: str
     key: str
     text: str | None
-
-
-_STDLIB_DUMP: Final = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def dump(value: Any) -> str:
-    """A value as the tables hold it: compact JSON text (UTF-8, keys in insertion order).
-
-    orjson writes it, fast; the standard library what orjson refuses (integers beyond 64
-    bits, keys that are not text). Floats that are not finite have no JSON form (orjson
-    would write null): :func:`freeze` tags them, and the processor makes no others.
-    """
-    try:
-        return orjson.dumps(value).decode("utf-8")
-    except TypeError:
-        return _STDLIB_DUMP(value)
-
-
-def load(text: str | bytes) -> Any:
-    """The value of a table's JSON text (or its UTF-8 bytes); exact for integers of any size.
-
-    orjson reads it, fast, and the value is kept when orjson writes it back as the same
-    text, as it does for the text :func:`dump` wrote with orjson. Other text goes to the
-    standard library: orjson's reader turns integers beyond 64 bits into floats (which it
-    then writes in another form), and refuses what the standard library writes for a
-    lone surrogate or a float that is not finite.
-    """
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    return value if orjson.dumps(value) == data else json.loads(text)
 
 
 class StateView(Protocol):
