@@ -13,8 +13,9 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import pydantic
 import typer
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from erpcrm.drift import EntityReport
     from erpcrm.stack import ComponentStatus
     from erpcrm.workload import WorkloadReport
+    from schemas.settings import WorkerSettings
 
 app = typer.Typer(
     name="erpcrm",
@@ -117,6 +119,25 @@ def _refuse_settings(exc: pydantic.ValidationError, code: int = 2) -> typer.Exit
         where = ".".join(str(part) for part in error["loc"]) or exc.title
         console.print(f"[bold red]error:[/bold red] setting {where}: {error['msg']}")
     return typer.Exit(code=code)
+
+
+_Settings = TypeVar("_Settings", bound="WorkerSettings")
+
+
+def _worker_settings(read: Callable[[], _Settings]) -> _Settings:
+    """A worker's settings, read once at start, then its malloc arenas capped.
+
+    A refused setting ends the command with exit 2 (:func:`_refuse_settings`), which
+    ``erpcrm run`` does not restart.
+    """
+    from erpcrm.malloc import limit_arenas
+
+    try:
+        settings = read()
+    except pydantic.ValidationError as exc:
+        raise _refuse_settings(exc) from exc
+    limit_arenas(settings.malloc_arenas)  # before the worker starts its threads
+    return settings
 
 
 @stack_app.command("up")
@@ -242,18 +263,13 @@ def cdc(
 ) -> None:
     """Stream every committed change of one database into Kafka (Debezium envelopes)."""
     from cdc.settings import CaptureSettings
-    from erpcrm.malloc import limit_arenas
     from erpcrm.workers import build_capture, run_worker
 
     if dsn:
         os.environ["ERPCRM_CDC_DSN"] = dsn
     _stack_defaults_into_environment(capture_dsn_of=system.value)
+    settings = _worker_settings(functools.partial(CaptureSettings, system=system.literal))
     try:
-        settings = CaptureSettings(system=system.literal)
-    except pydantic.ValidationError as exc:
-        raise _refuse_settings(exc) from exc
-    try:
-        limit_arenas(settings.malloc_arenas)
         run_worker(settings.metrics_port, functools.partial(build_capture, settings))
     except SyncError as exc:
         raise _fail(exc) from exc
@@ -264,17 +280,12 @@ def streams() -> None:
     """Turn raw change events into clean canonical events (Faust; /metrics, /inventory)."""
     from prometheus_client import CollectorRegistry
 
-    from erpcrm.malloc import limit_arenas
     from erpcrm.workers import build_streams
     from streams.settings import StreamsSettings
 
     _stack_defaults_into_environment()
+    settings = _worker_settings(StreamsSettings)
     try:
-        settings = StreamsSettings()
-    except pydantic.ValidationError as exc:
-        raise _refuse_settings(exc) from exc
-    try:
-        limit_arenas(settings.malloc_arenas)
         worker = build_streams(settings, CollectorRegistry())
     except SyncError as exc:
         raise _fail(exc) from exc
@@ -290,19 +301,14 @@ def sink(
     ] = None,
 ) -> None:
     """Apply the other system's canonical events to one database, exactly once."""
-    from erpcrm.malloc import limit_arenas
     from erpcrm.workers import build_sink, run_worker
     from sinks.settings import SinkSettings
 
     if dsn:
         os.environ["ERPCRM_SINK_DSN"] = dsn
     _stack_defaults_into_environment(sink_dsn_of=target.value)
+    settings = _worker_settings(functools.partial(SinkSettings, target=target.literal))
     try:
-        settings = SinkSettings(target=target.literal)
-    except pydantic.ValidationError as exc:
-        raise _refuse_settings(exc) from exc
-    try:
-        limit_arenas(settings.malloc_arenas)
         run_worker(settings.metrics_port, functools.partial(build_sink, settings))
     except SyncError as exc:
         raise _fail(exc) from exc
