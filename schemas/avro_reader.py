@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from decimal import Context
 from typing import Any
 
-from schemas.avro_writer import full_name, named_reference
+from schemas.avro_writer import SchemaCompiler, full_name
 from schemas.errors import ConfigError, DecodeError
 
 __all__ = ["Read", "compile_reader"]
@@ -38,7 +38,6 @@ _FLOAT = struct.Struct("<f").unpack_from
 _DOUBLE = struct.Struct("<d").unpack_from
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _DAYS_SHIFT = dt.date(1970, 1, 1).toordinal()
-_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
 class _TruncatedError(Exception):
@@ -210,6 +209,16 @@ def _map(value_reader: Read) -> Read:
     return read
 
 
+def _enum(symbols: tuple[str, ...]) -> Read:
+    def read(data: bytes, pos: int) -> tuple[Any, int]:
+        index, pos = read_long(data, pos)
+        if not 0 <= index < len(symbols):
+            raise DecodeError(f"enum index {index} out of range")
+        return symbols[index], pos
+
+    return read
+
+
 def _inline(i: int, reader: Read, scope: dict[str, Any], indent: str) -> list[str]:
     """Source lines reading field ``i`` at ``pos`` into ``v<i>``, advancing ``pos``."""
     if reader is _read_string:
@@ -241,44 +250,38 @@ def _inline(i: int, reader: Read, scope: dict[str, Any], indent: str) -> list[st
     return [indent + line for line in body]
 
 
-class _Compiler:
+class _Compiler(SchemaCompiler[Read]):
+    primitives = _PRIMITIVE_READERS
+
     def __init__(self) -> None:
-        self.named: dict[str, Read] = {}
-        self.in_progress: set[str] = set()
+        super().__init__()
         self.optional_of: dict[Read, Read] = {}
         """``["null", X]`` readers made here -> the reader of X (inlined in records)."""
 
-    def compile(self, schema: Any, namespace: str | None) -> Read:
-        if isinstance(schema, str):
-            if schema in _PRIMITIVES:
-                return _PRIMITIVE_READERS[schema]
-            return named_reference(self.named, self.in_progress, schema, namespace, self._deferred)
-        if isinstance(schema, list):
-            return self._union(schema, namespace)
-        if not isinstance(schema, Mapping):
-            raise ConfigError(f"not an Avro schema: {schema!r}")
-        kind = schema.get("type")
+    def _enum(self, schema: Mapping[str, Any], namespace: str | None) -> Read:
+        name = full_name(schema["name"], schema.get("namespace", namespace))
+        self.named[name] = reader = _enum(tuple(schema["symbols"]))
+        return reader
+
+    def _fixed(self, schema: Mapping[str, Any], namespace: str | None) -> Read:
+        name = full_name(schema["name"], schema.get("namespace", namespace))
+        reader = _fixed(int(schema["size"]))
         logical = schema.get("logicalType")
-        if kind in ("record", "error"):
-            return self._record(schema, namespace)
-        if kind == "enum":
-            symbols = tuple(schema["symbols"])
-            name = full_name(schema["name"], schema.get("namespace", namespace))
-            self.named[name] = reader = self._enum(symbols)
-            return reader
-        if kind == "fixed":
-            name = full_name(schema["name"], schema.get("namespace", namespace))
-            reader = _fixed(int(schema["size"]))
-            if logical == "decimal":
-                reader = _decimal(reader, int(schema["precision"]), int(schema.get("scale", 0)))
-            elif logical is not None:
-                raise ConfigError(f"logical type {logical!r} is read by fastavro")
-            self.named[name] = reader
-            return reader
-        if kind == "array":
-            return _array(self.compile(schema["items"], namespace))
-        if kind == "map":
-            return _map(self.compile(schema["values"], namespace))
+        if logical == "decimal":
+            reader = _decimal(reader, int(schema["precision"]), int(schema.get("scale", 0)))
+        elif logical is not None:
+            raise ConfigError(f"logical type {logical!r} is read by fastavro")
+        self.named[name] = reader
+        return reader
+
+    def _array_of(self, item: Read) -> Read:
+        return _array(item)
+
+    def _map_of(self, value: Read) -> Read:
+        return _map(value)
+
+    def _annotated(self, schema: Mapping[str, Any], kind: Any, namespace: str | None) -> Read:
+        logical = schema.get("logicalType")
         if logical is None:
             return self.compile(kind, namespace)
         if logical == "decimal" and kind == "bytes":
@@ -352,16 +355,6 @@ class _Compiler:
         exec(code, scope)  # noqa: S102 - source made above from the schema's field names
         function: Read = scope["read_record"]
         return function
-
-    @staticmethod
-    def _enum(symbols: tuple[str, ...]) -> Read:
-        def read(data: bytes, pos: int) -> tuple[Any, int]:
-            index, pos = read_long(data, pos)
-            if not 0 <= index < len(symbols):
-                raise DecodeError(f"enum index {index} out of range")
-            return symbols[index], pos
-
-        return read
 
     def _union(self, branches: list[Any], namespace: str | None) -> Read:
         readers = tuple(self.compile(b, namespace) for b in branches)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from schemas.errors import ConfigError, ValidationError
 
@@ -64,6 +65,76 @@ def named_reference(
     if name in in_progress:
         return deferred(name)
     return named[name]
+
+
+class SchemaCompiler(ABC, Generic[T]):
+    """The walk over an Avro schema that the compiled writer and reader share.
+
+    It resolves names (a named type is registered in ``named`` under its full name; a
+    reference to one still being compiled, in ``in_progress``, gets :meth:`_deferred`),
+    and dispatches on the kind of each node; subclasses make what each kind becomes.
+    """
+
+    primitives: Mapping[str, T]
+    """What each primitive type name becomes."""
+
+    def __init__(self) -> None:
+        self.named: dict[str, T] = {}
+        self.in_progress: set[str] = set()
+
+    def compile(self, schema: Any, namespace: str | None) -> T:
+        """What ``schema`` (a node of the JSON form) becomes, in ``namespace``.
+
+        Raises:
+            ConfigError: not an Avro schema, an unknown name, or a type the subclass
+                leaves alone.
+        """
+        if isinstance(schema, str):
+            if schema in _PRIMITIVES:
+                return self.primitives[schema]
+            return named_reference(self.named, self.in_progress, schema, namespace, self._deferred)
+        if isinstance(schema, list):
+            return self._union(schema, namespace)
+        if not isinstance(schema, Mapping):
+            raise ConfigError(f"not an Avro schema: {schema!r}")
+        kind = schema.get("type")
+        if kind in ("record", "error"):
+            return self._record(schema, namespace)
+        if kind == "enum":
+            return self._enum(schema, namespace)
+        if kind == "fixed":
+            return self._fixed(schema, namespace)
+        if kind == "array":
+            return self._array_of(self.compile(schema["items"], namespace))
+        if kind == "map":
+            return self._map_of(self.compile(schema["values"], namespace))
+        return self._annotated(schema, kind, namespace)
+
+    @abstractmethod
+    def _deferred(self, name: str) -> T:
+        """A stand-in for the named type ``name``, looked up in ``named`` when used."""
+
+    @abstractmethod
+    def _union(self, branches: list[Any], namespace: str | None) -> T: ...
+
+    @abstractmethod
+    def _record(self, schema: Mapping[str, Any], namespace: str | None) -> T: ...
+
+    @abstractmethod
+    def _enum(self, schema: Mapping[str, Any], namespace: str | None) -> T: ...
+
+    @abstractmethod
+    def _fixed(self, schema: Mapping[str, Any], namespace: str | None) -> T: ...
+
+    @abstractmethod
+    def _array_of(self, item: T) -> T: ...
+
+    @abstractmethod
+    def _map_of(self, value: T) -> T: ...
+
+    @abstractmethod
+    def _annotated(self, schema: Mapping[str, Any], kind: Any, namespace: str | None) -> T:
+        """``kind`` given as an object with attributes (a logical type, say)."""
 
 
 def write_long(buf: bytearray, value: int) -> None:
@@ -214,43 +285,32 @@ def _uuid(buf: bytearray, value: Any) -> None:
     _write_string(buf, str(value) if isinstance(value, uuid.UUID) else value)
 
 
-class _Compiler:
-    def __init__(self) -> None:
-        self.named: dict[str, Write] = {}
-        self.kinds: dict[str, str] = {}
-        self.in_progress: set[str] = set()
+class _Compiler(SchemaCompiler[Write]):
+    primitives = _PRIMITIVE_WRITERS
 
-    def compile(self, schema: Any, namespace: str | None) -> Write:
-        if isinstance(schema, str):
-            if schema in _PRIMITIVES:
-                return _PRIMITIVE_WRITERS[schema]
-            return named_reference(self.named, self.in_progress, schema, namespace, self._deferred)
-        if isinstance(schema, list):
-            return self._union(schema, namespace)
-        if not isinstance(schema, Mapping):
-            raise ConfigError(f"not an Avro schema: {schema!r}")
-        kind = schema.get("type")
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: dict[str, str] = {}
+
+    def _fixed(self, schema: Mapping[str, Any], namespace: str | None) -> Write:
+        name = full_name(schema["name"], schema.get("namespace", namespace))
+        size = int(schema["size"])
+        if schema.get("logicalType") == "decimal":
+            writer = _decimal_fixed(int(schema.get("scale", 0)), size)
+        else:
+            writer = _write_bytes_fixed(size)
+        self.named[name] = writer
+        self.kinds[name] = "fixed"
+        return writer
+
+    def _array_of(self, item: Write) -> Write:
+        return _array(item)
+
+    def _map_of(self, value: Write) -> Write:
+        return _map(value)
+
+    def _annotated(self, schema: Mapping[str, Any], kind: Any, namespace: str | None) -> Write:
         logical = schema.get("logicalType")
-        if kind == "record" or kind == "error":
-            return self._record(schema, namespace)
-        if kind == "enum":
-            return self._enum(schema, namespace)
-        if kind == "fixed":
-            name = full_name(schema["name"], schema.get("namespace", namespace))
-            size = int(schema["size"])
-            if logical == "decimal":
-                writer = _decimal_fixed(int(schema.get("scale", 0)), size)
-            else:
-                writer = _write_bytes_fixed(size)
-            self.named[name] = writer
-            self.kinds[name] = "fixed"
-            return writer
-        if kind == "array":
-            item = self.compile(schema["items"], namespace)
-            return _array(item)
-        if kind == "map":
-            value = self.compile(schema["values"], namespace)
-            return _map(value)
         if logical == "decimal" and kind == "bytes":
             return _decimal_bytes(int(schema.get("scale", 0)))
         if logical == "date" and kind == "int":
