@@ -822,6 +822,9 @@ class PostgresUpsertSink(Sink):
                 out.dead.append((item.event, exc))
                 continue
             flagged = item.current is None and item.record.get("duplicate_of") is not None
+            if flagged and not self._find_candidate(cur, table, item):
+                out.deferred.extend(item.history)
+                continue
             if flagged and not self._settle_duplicate(cur, table, item, clocks):
                 out.held.append(item)
                 continue
@@ -931,6 +934,28 @@ class PostgresUpsertSink(Sink):
         clocks.load(cur, table.entity, [str(item.pk)])
         return True
 
+    def _find_candidate(
+        self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, item: _Item
+    ) -> bool:
+        """Name a flagged record's candidate by its id in the target; False: not there yet.
+
+        ``duplicate_of`` is the target's id, or ``<source system>:<id>``: a record of the
+        source system being created in the target (the same customer typed twice before
+        the first one's counterpart was linked). That one is the row the sink made for
+        the record, found as an event of that key finds its row; until it is made, the
+        flagged event waits like one whose reference is not there yet.
+        """
+        of = str(item.record["duplicate_of"])
+        system, colon, source_id = of.partition(":")
+        if not colon or system != item.event.source_system:
+            return True
+        record = {KEY: of, f"{system}_id": source_id}
+        [row] = self._find(cur, table.ref, [table.pk], table.locators, [record], lock=False)
+        if row is None:
+            return False
+        item.record["duplicate_of"] = str(row[table.pk])
+        return True
+
     def _hold(self, cur: psycopg.Cursor[Any], items: Sequence[_Item]) -> None:
         """Keep suspected duplicates for an operator (their latest event, with its bytes)."""
         events = [i.event for i in items]
@@ -939,8 +964,8 @@ class PostgresUpsertSink(Sink):
             (
                 [e.entity for e in events],
                 [e.key for e in events],
-                [str(e.record["duplicate_of"]) for e in events],
-                [e.record.get("duplicate_rule") for e in events],
+                [str(i.record["duplicate_of"]) for i in items],
+                [i.record.get("duplicate_rule") for i in items],
                 [e.topic for e in events],
                 [e.partition for e in events],
                 [e.offset for e in events],

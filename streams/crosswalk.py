@@ -18,13 +18,27 @@ lowest id, so the choice is deterministic and visible (``candidates``). Records 
 linked are found too: a match with one of them is a *suspected duplicate* (the new
 record seems to be a second copy of a pair that is already synced), never a link.
 
+A record published as new to the other system is *being created* there until the
+record the other side's sink makes for it comes back and is linked. Meanwhile it counts
+as linked (:func:`match_customer`'s ``creating``): the same customer typed into the
+other system in the meantime is a suspected duplicate of it, never linked to it (its
+counterpart is on its way, and would be a second record). A record held as a suspected
+duplicate counts as linked too (``held``): it is a copy of a customer that is synced
+already, and linking it would sync that customer twice. Only a match by customer number
+is a record's counterpart coming back: the ERP gives the numbers, and an account the
+CRM sink created carries its customer's. Of several candidates, free ones are proposed
+first, then linked ones, then ones being created, then held ones.
+
 What to do with a customer record (:func:`resolve_customer`): already linked -> keep
-the link; matched with a free record -> link the two; matched with a linked one -> hold
-it as a :class:`SuspectedDuplicate` (the other record's id and the evidence
-``rule=normalised key``); matched with nobody -> new to the other system. A record
-flagged once keeps that flag, the same record and evidence, on later changes until it
-is linked (a sink's decision about a held record refers to one pair, whatever the
-record is edited into meanwhile).
+the link; matched with a free record -> link the two; matched with a linked one (or
+one being created) -> hold it as a :class:`SuspectedDuplicate` (the other record's id
+and the evidence ``rule=normalised key``); matched with nobody, but with a record of
+its own system being created -> a suspected duplicate of that record's counterpart
+(named ``<system>:<id>``, by the record being created: its id in the other system is
+not known yet, and the sink finds it as the row it made for that record); matched with
+nobody -> new to the other system. A record flagged once keeps that flag, the same
+record and evidence, on later changes until it is linked (a sink's decision about a
+held record refers to one pair, whatever the record is edited into meanwhile).
 
 Deleted and archived records are not indexed (:func:`index_keys`), so they are never
 proposed.
@@ -36,13 +50,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypedDict
 
 from streams.validation import identifier_key
 
 __all__ = [
+    "BEING_CREATED",
+    "HELD",
     "LEGAL_FORMS",
     "MATCH_RULES",
     "CrosswalkState",
@@ -55,6 +71,7 @@ __all__ = [
     "index_customer",
     "index_keys",
     "link",
+    "match_creating",
     "match_customer",
     "match_keys",
     "new_crosswalk",
@@ -85,7 +102,14 @@ LEGAL_FORMS: Final = frozenset(
 )  # fmt: skip
 """Legal-form words dropped from the end of a name (``GmbH & Co. KG``), never the first."""
 
+BEING_CREATED: Final = "(being created)"
+""":attr:`CustomerMatch.linked_to` of a record whose counterpart is being created."""
+HELD: Final = "(held)"
+""":attr:`CustomerMatch.linked_to` of a record held as a suspected duplicate."""
+
 _CUSTOMER: Final = "customer"
+_TAKEN: Final[dict[str | None, int]] = {None: 0, BEING_CREATED: 2, HELD: 3}
+"""The order candidates are proposed in: free, linked (any other id: 1), being created, held."""
 _SYSTEMS: Final = ("erp", "crm")
 _NOT_ALNUM: Final = re.compile(r"[^0-9A-Z]")
 _SWISS_VAT_SUFFIX: Final = re.compile(r"(MWST|TVA|IVA)$")
@@ -321,7 +345,8 @@ class CustomerMatch:
             than one: ambiguous; the first was proposed).
         key: the normalised key that matched (None for ``crosswalk``).
         linked_to: the record ``other_id`` is already linked to, in the matched
-            record's system; None: ``other_id`` is free.
+            record's system (:data:`BEING_CREATED`: its counterpart is being created);
+            None: ``other_id`` is free.
     """
 
     other_id: str
@@ -351,7 +376,9 @@ class SuspectedDuplicate:
     """A new record that seems to be a second copy of an already linked record.
 
     Attributes:
-        of: the linked record it matched, in the other system.
+        of: the linked record it matched, in the other system; or ``<system>:<id>``,
+            a record of its own system being created in the other one (the sink finds
+            the row it made for that record).
         evidence: ``rule=normalised key`` (``vat=FR21945643978``,
             ``name_country=MULLER SOHNE|DE``).
     """
@@ -372,6 +399,8 @@ def match_customer(
     system: str,
     record_id: str | None = None,
     crosswalk: CrosswalkState | None = None,
+    creating: Container[str] = (),
+    held: Container[str] = (),
 ) -> CustomerMatch | None:
     """Propose the record of the other system that a customer record is, or None.
 
@@ -386,6 +415,12 @@ def match_customer(
             (rule ``crosswalk``), and a match with a record linked to another one has
             ``linked_to`` set (a suspected duplicate, never a link). Without it, every
             match is free.
+        creating: ids of the other system's records being created in ``system``
+            (published as new, their counterpart not linked yet): a match with one has
+            ``linked_to`` :data:`BEING_CREATED`, except by customer number (that is the
+            counterpart itself coming back).
+        held: ids of the other system's records held as suspected duplicates: a match
+            with one has ``linked_to`` :data:`HELD`, except by customer number.
 
     Returns:
         The match (see the module docstring for the precedence), or None: nothing
@@ -401,26 +436,65 @@ def match_customer(
     def found(rule: str) -> list[str]:
         return list(index["by_rule"].get(rule, {}).get(keys[rule], [])) if rule in keys else []
 
-    def owner(other_id: str) -> str | None:
-        if crosswalk is None:
-            return None
-        linked = counterpart_id(crosswalk, _CUSTOMER, other, other_id)
+    def owner(other_id: str, rule: str) -> str | None:
+        linked = None
+        if crosswalk is not None:
+            linked = counterpart_id(crosswalk, _CUSTOMER, other, other_id)
+        if linked is None and rule != "customer_number":
+            if other_id in creating:
+                return BEING_CREATED
+            if other_id in held:
+                return HELD
         return None if linked == record_id else linked
 
     for position, rule in enumerate(MATCH_RULES):
-        candidates = found(rule)
+        candidates = _narrowed(found, position)
         if not candidates:
             continue
-        for later in MATCH_RULES[position + 1 :]:
-            if len(candidates) == 1:
-                break
-            also = set(found(later))
-            narrowed = [c for c in candidates if c in also]
-            if narrowed:
-                candidates = narrowed
-        candidates.sort(key=lambda c: (owner(c) is not None, _id_order(c)))
+        owners = {c: owner(c, rule) for c in candidates}
+        candidates.sort(key=lambda c: (_TAKEN.get(owners[c], 1), _id_order(c)))
         first = candidates[0]
-        return CustomerMatch(first, rule, tuple(candidates), keys[rule], owner(first))
+        return CustomerMatch(first, rule, tuple(candidates), keys[rule], owners[first])
+    return None
+
+
+def _narrowed(found: Callable[[str], list[str]], position: int) -> list[str]:
+    """The ids the rule at ``position`` finds, narrowed by the later rules (see above)."""
+    candidates = found(MATCH_RULES[position])
+    for later in MATCH_RULES[position + 1 :]:
+        if len(candidates) <= 1:
+            break
+        also = set(found(later))
+        narrowed = [c for c in candidates if c in also]
+        if narrowed:
+            candidates = narrowed
+    return candidates
+
+
+def match_creating(
+    own_index: CustomerIndex,
+    record: Mapping[str, Any],
+    *,
+    record_id: str,
+    creating: Container[str],
+) -> CustomerMatch | None:
+    """The record of the same system, being created in the other one, that ``record`` copies.
+
+    ``record`` is matched against its own system's customers (``own_index``), by the
+    same rules and precedence as :func:`match_customer`, but only records being created
+    (``creating``) other than itself count: the same customer typed twice before the
+    first copy's counterpart came back. None: there is no such record.
+    """
+    keys = match_keys(record)
+
+    def found(rule: str) -> list[str]:
+        ids = own_index["by_rule"].get(rule, {}).get(keys[rule], []) if rule in keys else []
+        return [i for i in ids if i != record_id and i in creating]
+
+    for position, rule in enumerate(MATCH_RULES):
+        candidates = _narrowed(found, position)
+        if candidates:
+            return CustomerMatch(candidates[0], rule, tuple(candidates), keys[rule], BEING_CREATED)
     return None
 
 
@@ -432,26 +506,49 @@ def resolve_customer(
     record_id: str,
     crosswalk: CrosswalkState,
     flagged: SuspectedDuplicate | None = None,
+    own_index: CustomerIndex | None = None,
+    creating: Mapping[str, Container[str]] | None = None,
+    held: Mapping[str, Container[str]] | None = None,
 ) -> CustomerMatch | SuspectedDuplicate | None:
     """Decide what a customer record is on the other side.
 
     Args:
         index, record, system, record_id, crosswalk: as for :func:`match_customer`.
         flagged: the record's earlier flag, if it was held as a suspected duplicate.
+        own_index: the record's own system's customers (for :func:`match_creating`).
+        creating: per system, its records being created in the other one.
+        held: per system, its records held as suspected duplicates.
 
     Returns:
         A :class:`CustomerMatch` of a free record (or of the record's own link, rule
         ``crosswalk``): link the two. A :class:`SuspectedDuplicate`: ``flagged``, as it
         was, if the record was flagged before (the flag stays until the record is
-        linked), else the record matches a record linked to another one (with the
-        evidence). None: the record is new to the other system.
+        linked), else the record matches a record linked to another one, being
+        created or held (with the evidence), else it copies a record of its own system being
+        created (``of`` is ``<system>:<id>`` of that record). None: the record is new to
+        the other system.
 
-    Never a match with a record linked to another one, and never a duplicate of the
-    record's own counterpart (a linked record returns its link).
+    Never a match with a record linked to another one, being created or held, and never
+    a duplicate of the record's own counterpart (a linked record returns its link).
     """
-    match = match_customer(index, record, system=system, record_id=record_id, crosswalk=crosswalk)
+    creating = creating or {}
+    other = other_system(system)
+    match = match_customer(
+        index,
+        record,
+        system=system,
+        record_id=record_id,
+        crosswalk=crosswalk,
+        creating=creating.get(other, ()),
+        held=(held or {}).get(other, ()),
+    )
     if match is not None and not match.duplicate:
         return match
     if flagged is not None:
         return flagged
-    return None if match is None else SuspectedDuplicate(match.other_id, match.evidence)
+    if match is not None:
+        return SuspectedDuplicate(match.other_id, match.evidence)
+    if own_index is None:
+        return None
+    twin = match_creating(own_index, record, record_id=record_id, creating=creating.get(system, ()))
+    return None if twin is None else SuspectedDuplicate(f"{system}:{twin.other_id}", twin.evidence)

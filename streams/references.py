@@ -15,7 +15,13 @@ matches customers and links products by SKU, as state writes of the unit of work
   instead of creating a second copy, and the flag is kept (and repeated on later
   changes) until the record is linked. Records the sinks create come back linked: an
   ERP partner created for an account carries ``crm_account_id``, a CRM account created
-  for a customer carries its customer number, the strongest rule.
+  for a customer carries its customer number, the strongest rule. Until then, a
+  customer published as new is *being created* in the other system (``new|customer|
+  <system>|<id>``): it counts as linked, so the same customer typed into either system
+  meanwhile is flagged, not linked to it nor created a second time (see
+  :mod:`streams.crosswalk`). A customer whose event the other sink refuses stays
+  marked: what matches it later is held for an operator, never linked or created. A
+  held customer is taken as well: a record matching it is held too, not linked to it.
 - **Products** are linked by SKU, compared without regard to case or spacing
   (:func:`~streams.validation.identifier_key`).
 """
@@ -65,6 +71,8 @@ class ReferenceData:
         """Per system, its customers by match key."""
         self.duplicates: dict[str, dict[str, SuspectedDuplicate]] = {"erp": {}, "crm": {}}
         """Per system, its customers held as suspected duplicates."""
+        self.creating: dict[str, set[str]] = {"erp": set(), "crm": set()}
+        """Per system, its customers published as new whose counterpart is not linked yet."""
         self.legacy_index: set[str] = set()
         """ERP ids still indexed under an older store's ``cidx|<erp id>`` key."""
         self.skus: dict[str, str] = {}
@@ -115,6 +123,12 @@ class ReferenceData:
                 self.duplicates[system][entity_id] = SuspectedDuplicate(
                     str(value[0]), str(value[1])
                 )
+        elif kind == "new":
+            _, system, entity_id = rest.split("|", 2)
+            if value is None:
+                self.creating[system].discard(entity_id)
+            else:
+                self.creating[system].add(entity_id)
         elif kind == "sku":
             _set_both_ways(self.skus, self.products_by_sku, rest, value, fold_inverse=True)
         elif kind == "crmsku":
@@ -209,8 +223,9 @@ class References:
         work.put(REFERENCE, f"xw|{entity}|erp|{erp_id}", crm_id)
         work.put(REFERENCE, f"xw|{entity}|crm|{crm_id}", erp_id)
         if entity == "customer":
-            self.flag(work, "erp", erp_id, None)
-            self.flag(work, "crm", crm_id, None)
+            for system, entity_id in (("erp", erp_id), ("crm", crm_id)):
+                self.flag(work, system, entity_id, None)
+                self.mark_creating(work, system, entity_id, False)
         work.tally.add(Count.LINKS, entity, rule)
 
     def flag(
@@ -221,6 +236,12 @@ class References:
             return
         value = None if flag is None else [flag.of, flag.evidence]
         work.put(REFERENCE, f"dup|customer|{system}|{entity_id}", value)
+
+    def mark_creating(self, work: UnitOfWork, system: str, entity_id: str, on: bool) -> None:
+        """Record (or clear) that a customer is being created in the other system."""
+        if (entity_id in self.data.creating[system]) == on:
+            return
+        work.put(REFERENCE, f"new|customer|{system}|{entity_id}", True if on else None)
 
     def index_customer(
         self, work: UnitOfWork, system: str, entity_id: str, keys: dict[str, str]
@@ -239,7 +260,7 @@ class References:
         1. an ERP customer's ``crm_account_id`` links it; 2. the record is (re-)indexed
         under its keys, or dropped from its index when deleted or archived; 3. a
         record without a counterpart is resolved against the other system's index:
-        linked, flagged as a suspected duplicate, or left new.
+        linked, flagged as a suspected duplicate, or left new (and being created).
         """
         record = event.record
         system = flow.system
@@ -248,7 +269,10 @@ class References:
         ref = self.data
         if system == "erp" and not deleted and record.get("crm_id"):
             self.link(work, "customer", own_id, str(record["crm_id"]), "erp_column")
-        self.index_customer(work, system, own_id, index_keys(record))
+        keys = index_keys(record)
+        self.index_customer(work, system, own_id, keys)
+        if not keys:  # deleted or archived: nobody's match, nothing being created
+            self.mark_creating(work, system, own_id, False)
         if deleted or record.get(flow.other_id_field):
             self.flag(work, system, own_id, None)
             return
@@ -260,6 +284,9 @@ class References:
             record_id=own_id,
             crosswalk=ref.crosswalk,
             flagged=flagged,
+            own_index=ref.customers[system],
+            creating=ref.creating,
+            held=ref.duplicates,
         )
         if isinstance(found, CustomerMatch):
             erp_id, crm_id = (
@@ -275,6 +302,8 @@ class References:
             if flagged is None:
                 work.tally.add(Count.DUPLICATES, "customer", system, found.rule)
             self.flag(work, system, own_id, found)
+        elif keys:
+            self.mark_creating(work, system, own_id, True)
 
     def product(self, work: UnitOfWork, flow: Flow, event: CanonicalEvent) -> None:
         """Keep the SKU index and link products of both systems by SKU."""

@@ -16,8 +16,9 @@ The tables (:data:`TABLES`) and what each holds:
   ``xw|<entity>|<erp|crm>|<id>``, both systems' customers' match keys
   ``cidx|<erp|crm>|<id>`` (rule -> normalised key; an older store's ``cidx|<erp id>`` is
   read as an ERP customer's and removed when that customer is next indexed), suspected
-  duplicates ``dup|customer|<erp|crm>|<id>`` -> ``[other system's id, evidence]``, ERP
-  product id -> SKU ``sku|<id>``, CRM product by SKU ``crmsku|<sku>``.
+  duplicates ``dup|customer|<erp|crm>|<id>`` -> ``[other system's id, evidence]``,
+  customers being created in the other system ``new|customer|<erp|crm>|<id>`` -> true,
+  ERP product id -> SKU ``sku|<id>``, CRM product by SKU ``crmsku|<sku>``.
 - ``inventory``: per quant ``q|<flow>|<quant id>`` (product, LSN), per product its quants
   ``qs|<flow>|<product>`` and last totals ``t|<flow>|<product>`` (:mod:`streams.stock`).
 - ``assembly``: orders being assembled (:mod:`streams.orders`): last header

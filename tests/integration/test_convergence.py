@@ -46,12 +46,11 @@ import time
 import unicodedata
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
 import phonenumbers
 import psycopg
 import pytest
@@ -63,43 +62,28 @@ from streams.cleansing import (
     clean_phone,
     clean_text,
     clean_upper,
-    clean_vat,
 )
 from streams.validation import Failed, Ok
-from tests.integration.cdc_fixtures import execute, lsn_int, slot_row, wait_for
-from tests.integration.sink_fixtures import Pipeline, demo_pipeline
+from tests.integration.cdc_fixtures import execute
+from tests.integration.sink_fixtures import Pipeline
+from tests.integration.soak_fixtures import (
+    SYSTEMS,
+    Budget,
+    Pair,
+    dead_workers,
+    quiesce,
+    run_threads,
+    settled,
+    soak_pipeline,
+    valid_vat,
+    victims,
+    wait_linked,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """How long and how wide the run is; read once from the environment."""
-
-    edit_seconds: float
-    pairs: int
-    writers_per_system: int = 3
-    kill_cycles: int = 1
-    soak: bool = False
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Budget:
-        soak = env.get("ERPCRM_SOAK_SECONDS", "").strip()
-        if soak:
-            seconds = float(soak)
-            return cls(seconds, pairs=30, kill_cycles=max(1, int(seconds // 60)), soak=True)
-        # CI and a developer's run share the bounded budget (the whole test < ~4 min).
-        return cls(35.0, pairs=12)
-
-    @property
-    def timeout_seconds(self) -> int:
-        """pytest-timeout for the test: the edits plus start, settle and restarts."""
-        return int(self.edit_seconds) + 900
-
-
-BUDGET: Final = Budget.from_env(os.environ)
+BUDGET: Final = Budget.from_env(os.environ, seconds=35.0, width=12, soak_width=30)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUDGET.timeout_seconds)]
 
-SYSTEMS: Final = ("erp", "crm")
 TABLE: Final = {"erp": "res_partner", "crm": "accounts"}
 COUNTRIES: Final = ("DE", "FR", "GB", "AT", "NL", "IT", "ES")
 PHONE_PREFIXES: Final = ("+4420", "+331", "+4930")  # London, Paris, Berlin; 8 digits follow
@@ -128,20 +112,6 @@ CITIES: Final = ("Köln", "Zürich", "São Paulo", "Kraków", "京都市", "Sain
 EMAIL_LOCALS: Final = ("info", "sales", "o.brien", "anna-maria", "buyer_eu", "ap+invoices")
 EMAIL_DOMAINS: Final = ("example.com", "example.org", "example.net", "mail.example.com")
 ZIP_HEADS: Final = ("SW1A", "EC1V", "75008", "10115", "1010", "28013")
-
-SINK_OUTCOMES: Final = (
-    "applied",
-    "stale",
-    "noop",
-    "superseded",
-    "skipped",
-    "unknown",
-    "deferred",
-    "dead_lettered",
-)
-SETTLE_SECONDS: Final = 180.0
-CLOCK_WAIT_SECONDS: Final = 10
-QUIET_SECONDS: Final = 25.0  # longer than the sinks' reference and clock waits (20 s, 10 s)
 
 
 # ------------------------------------------------------------------ fields and values
@@ -250,19 +220,6 @@ class ValueMaker:
 
 
 @dataclass(frozen=True, slots=True)
-class Pair:
-    """A CRM account and the ERP customer the sinks made and linked for it."""
-
-    index: int
-    account: str
-    partner: int
-    ref: str
-
-    def key(self, system: str) -> int | str:
-        return self.partner if system == "erp" else self.account
-
-
-@dataclass(frozen=True, slots=True)
 class Write:
     """One field of one committed user transaction, with its real commit time."""
 
@@ -355,80 +312,7 @@ class Writer:
             )
 
 
-# ------------------------------------------------------------------------ the chaos
-
-
-@dataclass(slots=True)
-class Victim:
-    """A worker that is SIGKILLed and restarted at the given offsets into the run."""
-
-    name: str
-    kill: Callable[[], None]
-    restart: Callable[[], object]
-    at: list[float] = field(default_factory=list)
-    log: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    def run(self, started: float, rng: random.Random) -> None:
-        try:
-            for offset in self.at:
-                delay = started + offset - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                killed = time.monotonic() - started
-                self.kill()
-                time.sleep(rng.uniform(0.2, 2.0))  # down for a moment, with work piling up
-                self.restart()
-                back = time.monotonic() - started
-                self.log.append(f"{self.name} killed at +{killed:.1f}s, back at +{back:.1f}s")
-        except Exception as exc:
-            self.error = f"{self.name}: {type(exc).__name__}: {exc}"
-
-
-def _victims(pipeline: Pipeline, budget: Budget, rng: random.Random) -> list[Victim]:
-    """Every worker kind, each killed ``kill_cycles`` times, spread over the edits."""
-    erp_sink, crm_sink, streams = pipeline.erp_sink, pipeline.crm_sink, pipeline.streams
-    victims = [
-        Victim("crm sink", crm_sink.kill, lambda: crm_sink.start().wait_assigned(timeout=150)),
-        Victim("erp sink", erp_sink.kill, lambda: erp_sink.start().wait_assigned(timeout=150)),
-        Victim("streams", streams.kill, lambda: streams.start().wait_ready(timeout=150)),
-        Victim("erp capture", pipeline.erp.kill, lambda: pipeline.erp.start().wait_streaming(150)),
-        Victim("crm capture", pipeline.crm.kill, lambda: pipeline.crm.start().wait_streaming(150)),
-    ]
-    cycle = budget.edit_seconds / budget.kill_cycles
-    for number in range(budget.kill_cycles):
-        order = rng.sample(victims, len(victims))
-        for slot, victim in enumerate(order):
-            # Within the first 80% of each cycle, so restarts meet the writers' load.
-            offset = (0.1 + 0.7 * (slot + rng.random()) / len(order)) * cycle
-            victim.at.append(number * cycle + offset)
-    return victims
-
-
 # ------------------------------------------------------------------ setting up the pairs
-
-
-def _dead_workers(pipeline: Pipeline) -> list[str]:
-    """Each worker that is not running, with the end of its log."""
-    logs: dict[str, tuple[bool, str]] = {
-        f"{s.target} sink": (s.running, s.tail()) for s in pipeline
-    }
-    logs["streams"] = (pipeline.streams.running, pipeline.streams.tail())
-    for capture in (pipeline.erp, pipeline.crm):
-        logs[f"{capture.system} capture"] = (capture.running, capture.log())
-    return [
-        f"{name} is not running; its log ends:\n" + "\n".join(text.splitlines()[-12:])
-        for name, (up, text) in logs.items()
-        if not up
-    ]
-
-
-def _valid_vat(rng: random.Random) -> str:
-    """A German VAT id whose check digit holds (an invalid one would be quarantined)."""
-    while True:
-        vat = f"DE{rng.randrange(10**8, 10**9)}"
-        if isinstance(clean_vat(vat), Ok):
-            return vat
 
 
 def _create_pairs(
@@ -440,7 +324,7 @@ def _create_pairs(
     with psycopg.connect(env["CRM_DSN"], autocommit=True) as conn:
         for index in range(count):
             row_values = {f.name: values.make(f.name, rng, "i", index, empty=False) for f in FIELDS}
-            vat = _valid_vat(rng)
+            vat = valid_vat(rng)
             columns = [sql.Identifier(f.crm) for f in FIELDS] + [sql.Identifier("vat")]
             row = conn.execute(
                 sql.SQL(
@@ -459,34 +343,7 @@ def _create_pairs(
                 for name, value in row_values.items()
             ]
 
-    def linked() -> list[Pair] | None:
-        dead = _dead_workers(pipeline)
-        assert not dead, "\n".join(dead)
-        partners = {
-            str(account): (int(partner), str(ref))
-            for account, partner, ref in execute(
-                env["ERP_ADMIN_DSN"],
-                "SELECT crm_account_id::text, id, ref FROM public.res_partner "
-                "WHERE crm_account_id = ANY(%s::uuid[]) AND ref IS NOT NULL",
-                (accounts,),
-            )
-        }
-        numbers = dict(
-            execute(
-                env["CRM_ADMIN_DSN"],
-                "SELECT id::text, account_number FROM public.accounts WHERE id = ANY(%s::uuid[])",
-                (accounts,),
-            )
-        )
-        pairs = []
-        for index, account in enumerate(accounts):
-            if account not in partners or numbers.get(account) != partners[account][1]:
-                return None
-            pairs.append(Pair(index, account, *partners[account]))
-        return pairs
-
-    pairs: list[Pair] = wait_for(linked, 180, f"{count} linked customer pairs", interval=0.5)
-    return pairs, initial
+    return wait_linked(pipeline, env, accounts), initial
 
 
 # ----------------------------------------------------------------------- the outcome
@@ -508,59 +365,9 @@ def _read(env: dict[str, str], pairs: Sequence[Pair]) -> dict[tuple[str, int], d
     return state
 
 
-def _fingerprint(
-    pipeline: Pipeline, env: dict[str, str], pairs: Sequence[Pair]
-) -> tuple[object, ...]:
-    """What moves while the pipeline still works: worker counters and the pairs' rows."""
-    counters: list[object] = [sink.total(outcome) for sink in pipeline for outcome in SINK_OUTCOMES]
-    # Events still held (waiting for a row clock or a reference) are work in progress.
-    counters += [sink.held() for sink in pipeline]
-    try:
-        streamed = sum(
-            value
-            for (name, _), value in pipeline.streams.metrics().items()
-            if name.startswith("erpcrm_streams_events_")
-        )
-    except httpx.HTTPError:
-        streamed = -1.0
-    state = _read(env, pairs)
-    return (*counters, streamed, sorted((k, sorted(v.items())) for k, v in state.items()))
-
-
-def _quiesce(
-    pipeline: Pipeline, env: dict[str, str], pairs: Sequence[Pair], notes: list[str]
-) -> bool:
-    """Wait until the pipeline has taken in every write and stopped moving."""
-    # 1. Both captures have confirmed the WAL up to where it was when the writers stopped.
-    for capture in (pipeline.erp, pipeline.crm):
-        end = lsn_int(str(execute(capture.admin_dsn, "SELECT pg_current_wal_lsn()::text")[0][0]))
-
-        def confirmed(capture: Any = capture, end: int = end) -> bool:
-            row = slot_row(capture.admin_dsn, capture.slot)
-            return row is not None and row[1] >= end
-
-        try:
-            wait_for(confirmed, 60, f"the {capture.system} capture", interval=0.5)
-        except AssertionError as exc:
-            notes.append(f"{exc} (slot {capture.slot} confirmed_flush behind the writers' end)")
-    # 2. The sinks applied nothing for a while ...
-    try:
-        pipeline.settled(timeout=SETTLE_SECONDS, quiet=8.0)
-    except AssertionError as exc:
-        notes.append(f"pipeline.settled: {exc} within {SETTLE_SECONDS:.0f}s")
-    # 3. ... and neither the workers' counters nor the rows move for QUIET_SECONDS.
-    deadline = time.monotonic() + SETTLE_SECONDS
-    last, since = _fingerprint(pipeline, env, pairs), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        now = _fingerprint(pipeline, env, pairs)
-        held = any(sink.held() for sink in pipeline)
-        if now != last or held:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= QUIET_SECONDS:
-            return True
-    notes.append(f"the pipeline was still moving {SETTLE_SECONDS:.0f}s after the writers stopped")
-    return False
+def _rows(env: dict[str, str], pairs: Sequence[Pair]) -> object:
+    """The pairs' rows, comparable: what :func:`quiesce` watches."""
+    return sorted((k, sorted(v.items())) for k, v in _read(env, pairs).items())
 
 
 def _short(value: Any, width: int = 30) -> str:
@@ -698,20 +505,8 @@ def _dump(
 def pipeline(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
-    log_dir: Path = tmp_path_factory.mktemp("convergence")
-    # A short wait for the own event of a local change: workers are down for longer,
-    # so the wait must not count while the own events are still on their way.
-    waits = dict(stack_env, ERPCRM_SINK_CLOCK_WAIT_SECONDS=str(CLOCK_WAIT_SECONDS))
-    with demo_pipeline(waits, log_dir, settle=_settled) as running:
+    with soak_pipeline(stack_env, tmp_path_factory.mktemp("convergence")) as running:
         yield running
-
-
-def _settled(pipeline: Pipeline) -> None:
-    """``pipeline.settled``, naming a worker that died instead of just timing out."""
-    try:
-        pipeline.settled(timeout=SETTLE_SECONDS)
-    except AssertionError as exc:
-        raise AssertionError("\n".join([str(exc), *_dead_workers(pipeline)])) from None
 
 
 def test_generated_values_are_canonical() -> None:
@@ -733,8 +528,8 @@ def test_concurrent_edits_and_kills_converge_to_the_last_writer(
     values = ValueMaker(uuid.uuid4().hex[:4])
 
     # 1. Linked pairs, made through the pipeline; the inserts are the first writes.
-    pairs, initial = _create_pairs(pipeline, stack_env, values, rng, budget.pairs)
-    _settled(pipeline)
+    pairs, initial = _create_pairs(pipeline, stack_env, values, rng, budget.width)
+    settled(pipeline)
 
     # 2.-3. Writers on both systems and, meanwhile, the kills.
     writers = [
@@ -749,38 +544,17 @@ def test_concurrent_edits_and_kills_converge_to_the_last_writer(
         for system in SYSTEMS
         for number in range(1, budget.writers_per_system + 1)
     ]
-    victims = _victims(pipeline, budget, rng)
-    stop = threading.Event()
-    started = time.monotonic()
+    chaos = victims(pipeline, budget, rng)
     t0_us = time.time_ns() // 1000  # the stack runs on this host: commit times share the clock
-    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in writers]
-    chaos = [
-        threading.Thread(
-            target=v.run, args=(started, random.Random(f"{seed}/{v.name}")), daemon=True
-        )
-        for v in victims
-    ]
-    for thread in threads + chaos:
-        thread.start()
-    time.sleep(max(0.0, started + budget.edit_seconds - time.monotonic()))
-    stop.set()
-    for thread in threads:
-        thread.join(60)
-    edited = time.monotonic() - started
-    for thread in chaos:  # a restart still under way finishes before the verdict
-        thread.join(300)
+    edited = run_threads([w.run for w in writers], chaos, seed, budget.write_seconds)
 
     # 4. Quiet, then every cell against the last write.
-    problems = [e for e in (*(w.error for w in writers), *(v.error for v in victims)) if e]
-    problems += [
-        f"{v.name}: {len(v.log)} of {len(v.at)} kills done"
-        for v in victims
-        if len(v.log) < len(v.at)
-    ]
+    problems = [e for e in (*(w.error for w in writers), *(v.error for v in chaos)) if e]
+    problems += [missed for v in chaos if (missed := v.missed)]
     notes: list[str] = []  # shown, not failing: the verdict is on the values at rest
-    if not _quiesce(pipeline, stack_env, pairs, notes):
+    if not quiesce(pipeline, lambda: _rows(stack_env, pairs), notes):
         problems.append("the pipeline did not come to rest; the values below may still move")
-    problems += _dead_workers(pipeline)
+    problems += dead_workers(pipeline)
     writes = initial + [w for writer in writers for w in writer.writes]
     by_system = Counter(w.system for w in writes if w.writer != "init")
     if not (by_system["erp"] and by_system["crm"]):
@@ -793,7 +567,7 @@ def test_concurrent_edits_and_kills_converge_to_the_last_writer(
         f"seed={seed} (ERPCRM_CONVERGENCE_SEED={seed} replays the choices) pairs={len(pairs)} "
         f"edits={edited:.0f}s field writes erp={by_system['erp']} crm={by_system['crm']} "
         f"unchanged-skips={sum(w.unchanged for w in writers)}",
-        "kills: " + "; ".join(line for v in victims for line in v.log),
+        "kills: " + "; ".join(line for v in chaos for line in v.log),
         _sink_summary(pipeline),
         f"times are relative to the start of the edits; every write and the final rows: {dump}",
         *notes,

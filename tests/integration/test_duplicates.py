@@ -6,13 +6,16 @@ spacing and case, by e-mail in other case, by name in other case with the same
 country) is not created in the other system; the target's sink holds it in
 ``erpcrm_sync.suspects`` with both ids and the evidence, and ``erpcrm suspects``
 lists it. An operator's ``release`` creates it after all, ``link`` writes it into the
-record it duplicates.
+record it duplicates. The same new customer typed twice into one system before its
+first copy is synced is held too, with the record the sync made for the first copy
+as the candidate.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -21,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -28,6 +32,7 @@ from streams.cleansing import clean_vat
 from streams.validation import Ok
 from tests.integration.cdc_fixtures import REPO, execute, wait_for
 from tests.integration.sink_fixtures import Pipeline, SinkProcess, demo_pipeline
+from tests.integration.soak_fixtures import valid_vat
 
 pytestmark = pytest.mark.integration
 
@@ -240,3 +245,56 @@ def test_an_operator_releases_one_suspect_and_links_another(
     for key, status in ((released, "released"), (linked, "linked")):
         # Marked once the decision's write committed.
         wait_for(partial(_has_status, sink, f"crm:{key}", status), WAIT, f"crm:{key} {status}")
+
+
+def _synced_for(env: dict[str, str], system: str, record: str) -> str | None:
+    """The id of the record the sync made in the other system for ``record`` (linked)."""
+    if system == "crm":
+        query = "SELECT id::text FROM public.res_partner WHERE crm_account_id = %s::uuid"
+        rows = execute(env["ERP_ADMIN_DSN"], query, (record,))
+    else:
+        [(number,)] = execute(
+            env["ERP_ADMIN_DSN"], "SELECT ref FROM public.res_partner WHERE id = %s", (int(record),)
+        )
+        rows = execute(
+            env["CRM_ADMIN_DSN"],
+            "SELECT id::text FROM public.accounts WHERE account_number = %s",
+            (number,),
+        )
+    return str(rows[0][0]) if rows else None
+
+
+@pytest.mark.parametrize("system", ["crm", "erp"])
+def test_a_customer_typed_twice_at_once_is_held_with_the_first_ones_counterpart(
+    pipeline: Pipeline, stack_env: dict[str, str], system: str
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    vat = valid_vat(random.Random(tag))
+    spaced = f"{vat[:2].lower()} {vat[2:6]} {vat[6:]}"
+    if system == "crm":
+        query = (
+            "INSERT INTO public.accounts (name, vat, email, billing_address_country) "
+            "VALUES (%s, %s, %s, 'DE') RETURNING id::text"
+        )
+    else:
+        query = (
+            "INSERT INTO public.res_partner (name, vat, email, country_code, is_company) "
+            "VALUES (%s, %s, %s, 'DE', true) RETURNING id::text"
+        )
+    # One transaction: the streams decide both before the first one's copy is back.
+    ids = []
+    with psycopg.connect(stack_env[f"{system.upper()}_DSN"]) as conn:
+        for name, value in (("Twice", vat), ("Twice again", spaced)):
+            email = f"{name.lower().replace(' ', '-')}-{tag}@example.com"
+            row = conn.execute(query, (f"{name} {tag}", value, email)).fetchone()
+            assert row is not None
+            ids.append(str(row[0]))
+    first, second = ids
+    target = pipeline.erp_sink if system == "crm" else pipeline.crm_sink
+    candidate, evidence, status = _held(target, f"{system}:{second}")
+    made = wait_for(
+        lambda: _synced_for(stack_env, system, first), WAIT, f"the copy of {system}:{first}"
+    )
+    assert (candidate, evidence, status) == (made, f"vat={vat}", "held")
+    pipeline.settled()
+    assert _synced_for(stack_env, system, second) is None, "the second copy was synced too"

@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.crosswalk import (
+    BEING_CREATED,
+    HELD,
     MATCH_RULES,
     CrosswalkState,
     CustomerIndex,
@@ -20,6 +22,7 @@ from streams.crosswalk import (
     index_customer,
     index_keys,
     link,
+    match_creating,
     match_customer,
     match_keys,
     new_crosswalk,
@@ -421,6 +424,98 @@ def test_a_free_match_links_both_ways() -> None:
     assert from_crm == CustomerMatch("7", "customer_number", ("7",), "C00007")
     from_erp = resolve_customer(crm, ERP_LINKED, system="erp", record_id="7", crosswalk=crosswalk)
     assert from_erp == CustomerMatch("uuid-7", "customer_number", ("uuid-7",), "C00007")
+
+
+@pytest.mark.parametrize("rule", sorted(DUPLICATE_BY))
+def test_a_match_with_a_record_being_created_is_a_duplicate_of_it(rule: str) -> None:
+    # ERP customer 7 went out as new: its account is on its way, so it is taken.
+    erp = built_index({"7": ERP_LINKED})
+    record, evidence = DUPLICATE_BY[rule]
+    account = {"name": "Someone Else"} | record
+    match = match_customer(
+        erp, account, system="crm", record_id="uuid-new", crosswalk={}, creating={"7"}
+    )
+    assert match is not None
+    assert (match.other_id, match.linked_to, match.duplicate) == ("7", BEING_CREATED, True)
+    found = resolve_customer(
+        erp,
+        account,
+        system="crm",
+        record_id="uuid-new",
+        crosswalk=new_crosswalk(),
+        creating={"erp": {"7"}},
+    )
+    assert found == SuspectedDuplicate("7", evidence)
+
+
+def test_the_counterpart_of_a_record_being_created_comes_back_by_customer_number() -> None:
+    erp = built_index({"7": ERP_LINKED})
+    found = resolve_customer(
+        erp,
+        CRM_LINKED,
+        system="crm",
+        record_id="uuid-7",
+        crosswalk=new_crosswalk(),
+        creating={"erp": {"7"}},
+    )
+    assert found == CustomerMatch("7", "customer_number", ("7",), "C00007")
+
+
+@pytest.mark.parametrize("rule", sorted(DUPLICATE_BY))
+def test_a_record_typed_twice_copies_the_first_one_being_created(rule: str) -> None:
+    # Two ERP customers of one company, the first one's account not back yet.
+    record, evidence = DUPLICATE_BY[rule]
+    second = {"customer_number": "C00008", "name": "Someone Else"} | record
+    erp = built_index({"7": ERP_LINKED, "8": second})
+    crm = new_customer_index()
+    args: dict[str, Any] = {"system": "erp", "record_id": "8", "crosswalk": new_crosswalk()}
+    found = resolve_customer(crm, second, own_index=erp, creating={"erp": {"7"}}, **args)
+    assert found == SuspectedDuplicate("erp:7", evidence)
+    # Only records being created count, never the record itself; without the own
+    # index nothing is matched there.
+    assert match_creating(erp, second, record_id="8", creating={"8"}) is None
+    assert resolve_customer(crm, second, own_index=erp, creating={}, **args) is None
+    assert resolve_customer(crm, second, creating={"erp": {"7"}}, **args) is None
+
+
+def test_a_held_record_is_taken_and_proposed_after_a_linked_one(
+    linked_pair: tuple[dict[str, CustomerIndex], CrosswalkState],
+) -> None:
+    # CRM account uuid-8 copies the linked pair's VAT id and is held (not synced).
+    indexes, crosswalk = linked_pair
+    held_copy = {"crm_id": "uuid-8", "name": "Other", "vat": "FR21945643978"}
+    index_customer(indexes["crm"], "uuid-8", index_keys(held_copy))
+    erp_copy = {"customer_number": "C00009", "name": "Third", "vat": "fr 21945643978"}
+    args: dict[str, Any] = {"system": "erp", "record_id": "9", "crosswalk": crosswalk}
+    match = match_customer(indexes["crm"], erp_copy, held={"uuid-8"}, **args)
+    assert match is not None
+    assert (match.other_id, match.candidates, match.linked_to) == (
+        "uuid-7",
+        ("uuid-7", "uuid-8"),
+        "7",
+    )
+    # Only the held one matches (its own e-mail): a duplicate of it, never a link.
+    erp_copy = {"customer_number": "C00009", "name": "Third", "email": "x@held.example.com"}
+    index_customer(
+        indexes["crm"], "uuid-8", index_keys(held_copy | {"email": "x@held.example.com"})
+    )
+    match = match_customer(indexes["crm"], erp_copy, held={"uuid-8"}, **args)
+    assert match is not None
+    assert (match.other_id, match.linked_to) == ("uuid-8", HELD)
+    found = resolve_customer(indexes["crm"], erp_copy, held={"crm": {"uuid-8"}}, **args)
+    assert found == SuspectedDuplicate("uuid-8", "email=x@held.example.com")
+    # Released by an operator, it comes back with the ERP's number: its counterpart.
+    released = {"crm_id": "uuid-8", "customer_number": "C00008", "name": "Other"}
+    index_customer(indexes["erp"], "8", {"customer_number": "C00008"})
+    back = resolve_customer(
+        indexes["erp"],
+        released,
+        system="crm",
+        record_id="uuid-8",
+        crosswalk=crosswalk,
+        held={"erp": {"8"}},
+    )
+    assert back == CustomerMatch("8", "customer_number", ("8",), "C00008")
 
 
 def test_the_own_link_is_never_a_duplicate(

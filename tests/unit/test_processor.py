@@ -372,9 +372,12 @@ def test_echoes_and_tombstones_are_counted_not_processed() -> None:
 # ---------------------------------------------------------------------- crosswalk
 
 
-def test_a_crm_account_with_an_erp_customers_vat_is_linked() -> None:
+def test_a_crm_account_with_the_vat_of_an_erp_customer_being_created_is_held() -> None:
+    # The ERP customer went out as new: the CRM sink makes its account. The same
+    # customer typed into the CRM meanwhile is that account's duplicate, not a link.
     h = Harness()
     h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100))
+    assert h.state.get("reference", "new|customer|erp|42") is True
     outcome = h.committed(
         "crm", (12, 5100), h.change(ACCOUNTS, "c", after=account(), lsn=5000, tx=(12, 5100))
     )
@@ -382,13 +385,12 @@ def test_a_crm_account_with_an_erp_customers_vat_is_linked() -> None:
     # matched on the VAT id, compacted by its standard
     assert (record["crm_id"], record["erp_id"], record["vat"]) == (
         ACCOUNT_ID,
-        "42",
+        None,
         "DE136695976",
     )
-    assert outcome.tally.of(Count.LINKS, "customer", "vat") == 1
-    # from now on the ERP customer's events carry the CRM id
-    erp = h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"city": "Potsdam"}, lsn=200))
-    assert decoded(erp)[0]["crm_id"] == ACCOUNT_ID
+    assert (record["duplicate_of"], record["duplicate_rule"]) == ("42", "vat=DE136695976")
+    assert outcome.tally.of(Count.LINKS, "customer", "vat") == 0
+    assert outcome.tally.of(Count.DUPLICATES, "customer", "crm", "vat") == 1
 
 
 def test_the_erp_column_links_and_a_new_account_matches_by_customer_number() -> None:
@@ -921,8 +923,9 @@ def test_caches_are_rebuilt_from_state_by_a_new_processor() -> None:
     fresh.load(h.state)
     assert fresh.reference.skus == {"7": "SKU-00007"}
     assert fresh.reference.customers["erp"]["keys"]["42"]["vat"] == "DE136695976"
+    assert fresh.reference.creating == {"erp": {"42"}, "crm": set()}
     outcome = fresh.process(h.change(ACCOUNTS, "c", after=account(), lsn=1), h.state)
-    assert decoded(outcome)[0]["erp_id"] == "42"
+    assert decoded(outcome)[0]["duplicate_of"] == "42"
 
 
 # ------------------------------------------------------------------ source order

@@ -110,21 +110,53 @@ def test_an_erp_customer_typed_again_is_held_as_a_duplicate_of_the_linked_crm_ac
     assert h.processor.reference.crosswalk["customer"]["erp"] == {"42": ACCOUNT_ID}
 
 
-def test_a_free_match_links_from_either_side() -> None:
-    # CRM first: the ERP customer finds the account and its event carries the CRM id.
+def test_a_match_with_a_customer_being_created_is_held_from_either_side() -> None:
+    # CRM first: the account went out as new (the ERP sink makes its partner); the
+    # same customer typed into the ERP meanwhile is held, not linked to the account.
     h = Harness()
     h.run(h.change(ACCOUNTS, "c", after=account(), lsn=1000))
+    assert h.processor.reference.creating["crm"] == {ACCOUNT_ID}
     erp = h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100))
-    assert (customer(erp)["crm_id"], customer(erp)["duplicate_of"]) == (ACCOUNT_ID, None)
-    assert erp.tally.of(Count.LINKS, "customer", "vat") == 1
-    crm = h.run(h.change(ACCOUNTS, "u", after=account(billing_address_city="Potsdam"), lsn=1001))
-    assert customer(crm)["erp_id"] == "42"
-    # ERP first: the account finds the customer.
+    assert (customer(erp)["crm_id"], customer(erp)["duplicate_of"]) == (None, ACCOUNT_ID)
+    assert customer(erp)["duplicate_rule"] == "vat=DE136695976"
+    assert erp.tally.of(Count.LINKS, "customer", "vat") == 0
+    # ERP first: the account typed meanwhile is held as the customer's duplicate.
     h = Harness()
     h.run(h.change(RES_PARTNER, "u", after=PARTNER, lsn=100))
     crm = h.run(h.change(ACCOUNTS, "c", after=account(), lsn=1000))
-    assert (customer(crm)["erp_id"], customer(crm)["duplicate_of"]) == ("42", None)
-    assert crm.tally.of(Count.LINKS, "customer", "vat") == 1
+    assert (customer(crm)["erp_id"], customer(crm)["duplicate_of"]) == (None, "42")
+    assert crm.tally.of(Count.DUPLICATES, "customer", "crm", "vat") == 1
+    # Neither held record is being created itself.
+    assert h.processor.reference.creating == {"erp": {"42"}, "crm": set()}
+
+
+def test_the_same_customer_typed_twice_copies_the_first_ones_counterpart() -> None:
+    # Typed twice into the ERP before the first one's account came back: the second
+    # is a duplicate of the account being made for the first, named by the first.
+    h = Harness()
+    h.run(h.change(RES_PARTNER, "c", after=PARTNER, lsn=100))
+    row = PARTNER | {"id": 43, "ref": "C00043"} | ERP_BLANK | {"email": "INFO@Nordwind.example.com"}
+    twice = h.run(h.change(RES_PARTNER, "c", after=row, lsn=101))
+    assert (customer(twice)["crm_id"], customer(twice)["duplicate_of"]) == (None, "erp:42")
+    assert customer(twice)["duplicate_rule"] == "email=info@nordwind.example.com"
+    assert h.processor.reference.creating["erp"] == {"42"}
+    # The same into the CRM: named by the first account (the ERP numbers its partner).
+    h = Harness()
+    h.run(h.change(ACCOUNTS, "c", after=account(), lsn=1000))
+    again = account(id=NEW_ID, **CRM_BLANK | CRM_AGAIN["name_country"][0])
+    twice = h.run(h.change(ACCOUNTS, "c", after=again, lsn=1001))
+    assert (customer(twice)["erp_id"], customer(twice)["duplicate_of"]) == (
+        None,
+        f"crm:{ACCOUNT_ID}",
+    )
+    assert customer(twice)["duplicate_rule"] == "name_country=NORDWIND TRADING|DE"
+    # The first one's partner comes back: linked, no longer being created; the held
+    # copy keeps its flag.
+    partner = PARTNER | {"crm_account_id": ACCOUNT_ID}
+    back = h.run(h.change(RES_PARTNER, "u", after=partner, lsn=100))
+    assert customer(back)["crm_id"] == ACCOUNT_ID
+    assert h.processor.reference.creating == {"erp": set(), "crm": set()}
+    assert h.processor.reference.duplicates["crm"][NEW_ID].of == f"crm:{ACCOUNT_ID}"
 
 
 def test_an_account_created_in_the_crm_comes_back_from_the_erp_linked() -> None:

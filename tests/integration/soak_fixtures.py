@@ -1,0 +1,399 @@
+"""What the randomized soak tests share: budget, the chaos, linked pairs, quiescence.
+
+Each soak test (``test_convergence``, ``test_duplicates_soak``) runs writers on both
+systems against one pipeline (both captures, streams, both sinks) while chaos threads
+SIGKILL and restart every kind of worker, then waits until the pipeline is quiet and
+checks the databases against what the writers did. This module holds the parts that do
+not depend on what is written:
+
+- :class:`Budget`: how long and how wide a run is, read once from the environment
+  (``ERPCRM_SOAK_SECONDS``: an on-demand soak; otherwise the bounded CI budget);
+- :class:`Victim` and :func:`victims`: every worker kind killed and restarted
+  ``kill_cycles`` times, spread over the writing;
+- :func:`soak_pipeline`: the pipeline with a short clock wait, settled or failing with
+  the log of a worker that died; :func:`dead_workers`;
+- :class:`Pair` and :func:`wait_linked`: CRM accounts made into linked ERP customers
+  through the pipeline;
+- :func:`quiesce`: wait until the pipeline took in every write and stopped moving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+
+from schemas.mapping import load_mappings
+from schemas.topics import raw_topic, transaction_topic
+from streams.cleansing import clean_vat
+from streams.validation import Ok
+from tests.integration.cdc_fixtures import execute, lsn_int, slot_row, wait_for
+from tests.integration.sink_fixtures import Pipeline, demo_pipeline, watermarks
+
+__all__ = [
+    "CLOCK_WAIT_SECONDS",
+    "SETTLE_SECONDS",
+    "SYSTEMS",
+    "Budget",
+    "Pair",
+    "Victim",
+    "dead_workers",
+    "quiesce",
+    "run_threads",
+    "settled",
+    "soak_pipeline",
+    "streams_behind",
+    "valid_vat",
+    "victims",
+    "wait_linked",
+]
+
+SYSTEMS: Final = ("erp", "crm")
+SINK_OUTCOMES: Final = (
+    "applied",
+    "stale",
+    "noop",
+    "superseded",
+    "skipped",
+    "unknown",
+    "deferred",
+    "dead_lettered",
+    "held",
+)
+SETTLE_SECONDS: Final = 180.0
+CLOCK_WAIT_SECONDS: Final = 10
+QUIET_SECONDS: Final = 25.0  # longer than the sinks' reference and clock waits (20 s, 10 s)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long and how wide a run is; read once from the environment."""
+
+    write_seconds: float
+    width: int
+    """How many records the writers work on (pairs to edit, pairs to duplicate)."""
+    writers_per_system: int = 3
+    kill_cycles: int = 1
+    soak: bool = False
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], *, seconds: float, width: int, soak_width: int
+    ) -> Budget:
+        """``ERPCRM_SOAK_SECONDS=<n>``: ``n`` seconds over ``soak_width`` records, one round
+        of kills a minute; otherwise (CI, a developer's run) ``seconds`` over ``width``."""
+        soak = env.get("ERPCRM_SOAK_SECONDS", "").strip()
+        if soak:
+            total = float(soak)
+            return cls(total, soak_width, kill_cycles=max(1, int(total // 60)), soak=True)
+        return cls(seconds, width)
+
+    @property
+    def timeout_seconds(self) -> int:
+        """pytest-timeout for a test: the writing plus start, settle and restarts."""
+        return int(self.write_seconds) + 900
+
+
+# ------------------------------------------------------------------------ the chaos
+
+
+@dataclass(slots=True)
+class Victim:
+    """A worker that is SIGKILLed and restarted at the given offsets into the run."""
+
+    name: str
+    kill: Callable[[], None]
+    restart: Callable[[], object]
+    at: list[float] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def run(self, started: float, rng: random.Random) -> None:
+        try:
+            for offset in self.at:
+                delay = started + offset - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                killed = time.monotonic() - started
+                self.kill()
+                time.sleep(rng.uniform(0.2, 2.0))  # down for a moment, with work piling up
+                self.restart()
+                back = time.monotonic() - started
+                self.log.append(f"{self.name} killed at +{killed:.1f}s, back at +{back:.1f}s")
+        except Exception as exc:
+            self.error = f"{self.name}: {type(exc).__name__}: {exc}"
+
+    @property
+    def missed(self) -> str | None:
+        """Why not every kill was done, or None."""
+        if len(self.log) < len(self.at):
+            return f"{self.name}: {len(self.log)} of {len(self.at)} kills done"
+        return None
+
+
+def victims(pipeline: Pipeline, budget: Budget, rng: random.Random) -> list[Victim]:
+    """Every worker kind, each killed ``kill_cycles`` times, spread over the writing."""
+    erp_sink, crm_sink, streams = pipeline.erp_sink, pipeline.crm_sink, pipeline.streams
+    found = [
+        Victim("crm sink", crm_sink.kill, lambda: crm_sink.start().wait_assigned(timeout=150)),
+        Victim("erp sink", erp_sink.kill, lambda: erp_sink.start().wait_assigned(timeout=150)),
+        Victim("streams", streams.kill, lambda: streams.start().wait_ready(timeout=150)),
+        Victim("erp capture", pipeline.erp.kill, lambda: pipeline.erp.start().wait_streaming(150)),
+        Victim("crm capture", pipeline.crm.kill, lambda: pipeline.crm.start().wait_streaming(150)),
+    ]
+    cycle = budget.write_seconds / budget.kill_cycles
+    for number in range(budget.kill_cycles):
+        order = rng.sample(found, len(found))
+        for slot, victim in enumerate(order):
+            # Within the first 80% of each cycle, so restarts meet the writers' load.
+            offset = (0.1 + 0.7 * (slot + rng.random()) / len(order)) * cycle
+            victim.at.append(number * cycle + offset)
+    return found
+
+
+def run_threads(
+    writers: Sequence[Callable[[threading.Event], None]],
+    chaos: Sequence[Victim],
+    seed: int,
+    seconds: float,
+) -> float:
+    """Run the writers for ``seconds`` while the chaos goes on; the seconds they wrote.
+
+    Each victim draws its pauses from its own generator (``<seed>/<victim name>``); a
+    restart still under way when the writers stop finishes before this returns.
+    """
+    stop = threading.Event()
+    started = time.monotonic()
+    threads = [threading.Thread(target=w, args=(stop,), daemon=True) for w in writers]
+    killers = [
+        threading.Thread(
+            target=v.run, args=(started, random.Random(f"{seed}/{v.name}")), daemon=True
+        )
+        for v in chaos
+    ]
+    for thread in threads + killers:
+        thread.start()
+    time.sleep(max(0.0, started + seconds - time.monotonic()))
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    wrote = time.monotonic() - started
+    for thread in killers:
+        thread.join(300)
+    return wrote
+
+
+def dead_workers(pipeline: Pipeline) -> list[str]:
+    """Each worker that is not running, with the end of its log."""
+    logs: dict[str, tuple[bool, str]] = {
+        f"{s.target} sink": (s.running, s.tail()) for s in pipeline
+    }
+    logs["streams"] = (pipeline.streams.running, pipeline.streams.tail())
+    for capture in (pipeline.erp, pipeline.crm):
+        logs[f"{capture.system} capture"] = (capture.running, capture.log())
+    return [
+        f"{name} is not running; its log ends:\n" + "\n".join(text.splitlines()[-12:])
+        for name, (up, text) in logs.items()
+        if not up
+    ]
+
+
+# ----------------------------------------------------------------- the pipeline
+
+
+def settled(pipeline: Pipeline) -> None:
+    """``pipeline.settled``, naming a worker that died instead of just timing out."""
+    try:
+        pipeline.settled(timeout=SETTLE_SECONDS)
+    except AssertionError as exc:
+        raise AssertionError("\n".join([str(exc), *dead_workers(pipeline)])) from None
+
+
+@contextlib.contextmanager
+def soak_pipeline(stack_env: dict[str, str], log_dir: Path) -> Iterator[Pipeline]:
+    """The demo pipeline for a soak test, settled; cleaned up after."""
+    # A short wait for the own event of a local change: workers are down for longer,
+    # so the wait must not count while the own events are still on their way.
+    waits = dict(stack_env, ERPCRM_SINK_CLOCK_WAIT_SECONDS=str(CLOCK_WAIT_SECONDS))
+    with demo_pipeline(waits, log_dir, settle=settled) as running:
+        yield running
+
+
+def valid_vat(rng: random.Random) -> str:
+    """A German VAT id whose check digit holds (an invalid one would be quarantined)."""
+    while True:
+        vat = f"DE{rng.randrange(10**8, 10**9)}"
+        if isinstance(clean_vat(vat), Ok):
+            return vat
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A CRM account and the ERP customer the sinks made and linked for it."""
+
+    index: int
+    account: str
+    partner: int
+    ref: str
+
+    def key(self, system: str) -> int | str:
+        return self.partner if system == "erp" else self.account
+
+
+def wait_linked(
+    pipeline: Pipeline, env: dict[str, str], accounts: Sequence[str], timeout: float = 180
+) -> list[Pair]:
+    """The pairs of new CRM ``accounts``, once the ERP customer of each is made and linked.
+
+    Linked: the ERP customer carries the account (``crm_account_id``) and the account
+    its customer number (``account_number``).
+    """
+
+    def linked() -> list[Pair] | None:
+        dead = dead_workers(pipeline)
+        assert not dead, "\n".join(dead)
+        partners = {
+            str(account): (int(partner), str(ref))
+            for account, partner, ref in execute(
+                env["ERP_ADMIN_DSN"],
+                "SELECT crm_account_id::text, id, ref FROM public.res_partner "
+                "WHERE crm_account_id = ANY(%s::uuid[]) AND ref IS NOT NULL",
+                (list(accounts),),
+            )
+        }
+        numbers = dict(
+            execute(
+                env["CRM_ADMIN_DSN"],
+                "SELECT id::text, account_number FROM public.accounts WHERE id = ANY(%s::uuid[])",
+                (list(accounts),),
+            )
+        )
+        pairs = []
+        for index, account in enumerate(accounts):
+            if account not in partners or numbers.get(account) != partners[account][1]:
+                return None
+            pairs.append(Pair(index, account, *partners[account]))
+        return pairs
+
+    found: list[Pair] = wait_for(linked, timeout, f"{len(accounts)} linked pairs", interval=0.5)
+    return found
+
+
+# ----------------------------------------------------------------- quiescence
+
+
+def _raw_topics(prefixes: Mapping[str, str]) -> tuple[str, ...]:
+    """The raw topics the streams worker reads: each flow's tables and each transaction topic."""
+    topics = set()
+    for flow in load_mappings().values():
+        prefix = prefixes[flow.system]
+        topics.add(raw_topic(prefix, flow.schema, flow.table))
+        topics.add(transaction_topic(prefix))
+        if flow.lines is not None:
+            topics.add(raw_topic(prefix, flow.schema, flow.lines.table))
+    return tuple(sorted(topics))
+
+
+def streams_behind(pipeline: Pipeline) -> dict[str, int]:
+    """Per raw partition (``topic[partition]``), records the streams worker has not
+    committed yet (its group's lag); empty when it has read everything."""
+    streams = pipeline.streams
+    bootstrap = streams.stack_env["KAFKA_BOOTSTRAP"]
+    ends = watermarks(bootstrap, _raw_topics(streams.prefixes))
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": streams.app_id})
+    try:
+        committed = consumer.committed([TopicPartition(t, p) for t, p in ends], timeout=30)
+    finally:
+        consumer.close()
+    done = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+    behind = {f"{t}[{p}]": end - done.get((t, p), 0) for (t, p), end in ends.items()}
+    return {name: lag for name, lag in behind.items() if lag > 0}
+
+
+def _streams_pending(pipeline: Pipeline) -> float:
+    """Transactions and records the streams worker holds back; -1 while it is down."""
+    try:
+        return pipeline.streams.metric("erpcrm_streams_pending")
+    except httpx.HTTPError:
+        return -1.0
+
+
+def _fingerprint(pipeline: Pipeline, rows: Callable[[], object]) -> tuple[object, ...]:
+    """What moves while the pipeline still works: worker counters and the rows watched."""
+    counters: list[object] = [sink.total(outcome) for sink in pipeline for outcome in SINK_OUTCOMES]
+    # Events still held (waiting for a row clock or a reference) are work in progress.
+    counters += [sink.held() for sink in pipeline]
+    try:
+        streamed = sum(
+            value
+            for (name, _), value in pipeline.streams.metrics().items()
+            if name.startswith(("erpcrm_streams_events_", "erpcrm_streams_consumed"))
+        )
+    except httpx.HTTPError:
+        streamed = -1.0
+    return (*counters, streamed, rows())
+
+
+def _busy(pipeline: Pipeline) -> str | None:
+    """What the pipeline still holds or has not read, or None: nothing."""
+    held = [
+        f"{sink.target} sink holds {sink.held():.0f} events" for sink in pipeline if sink.held()
+    ]
+    pending = _streams_pending(pipeline)
+    if pending:
+        held.append(f"streams pending {pending:.0f}")
+    behind = streams_behind(pipeline)
+    if behind:
+        held.append(f"streams behind on {behind}")
+    return "; ".join(held) or None
+
+
+def quiesce(pipeline: Pipeline, rows: Callable[[], object], notes: list[str]) -> bool:
+    """Wait until the pipeline has taken in every write and stopped moving.
+
+    ``rows`` reads what the test watches (it must compare equal while nothing moves).
+    What did not come to rest is added to ``notes``; returns whether all did.
+    """
+    # 1. Both captures have confirmed the WAL up to where it was when the writers stopped.
+    for capture in (pipeline.erp, pipeline.crm):
+        end = lsn_int(str(execute(capture.admin_dsn, "SELECT pg_current_wal_lsn()::text")[0][0]))
+
+        def confirmed(capture: Any = capture, end: int = end) -> bool:
+            row = slot_row(capture.admin_dsn, capture.slot)
+            return row is not None and row[1] >= end
+
+        try:
+            wait_for(confirmed, 60, f"the {capture.system} capture", interval=0.5)
+        except AssertionError as exc:
+            notes.append(f"{exc} (slot {capture.slot} confirmed_flush behind the writers' end)")
+    # 2. The sinks applied nothing for a while ...
+    try:
+        pipeline.settled(timeout=SETTLE_SECONDS, quiet=8.0)
+    except AssertionError as exc:
+        notes.append(f"pipeline.settled: {exc} within {SETTLE_SECONDS:.0f}s")
+    # 3. ... and neither the workers' counters nor the rows move for QUIET_SECONDS, with
+    # nothing held back by a worker nor left unread by the streams worker.
+    deadline = time.monotonic() + SETTLE_SECONDS
+    last, since = _fingerprint(pipeline, rows), time.monotonic()
+    busy: str | None = None
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = _fingerprint(pipeline, rows)
+        busy = _busy(pipeline)
+        if now != last or busy:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= QUIET_SECONDS:
+            return True
+    notes.append(
+        f"the pipeline was still moving {SETTLE_SECONDS:.0f}s after the writers stopped"
+        + (f" ({busy})" if busy else "")
+    )
+    return False
