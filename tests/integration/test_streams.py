@@ -490,29 +490,45 @@ def _vat_digits() -> str:
             return digits
 
 
-def test_a_crm_account_with_an_erp_customers_vat_is_linked(pipeline: Pipeline) -> None:
+def test_an_account_typed_while_its_customer_is_being_created_is_held_and_the_copy_links(
+    pipeline: Pipeline,
+) -> None:
     digits = _vat_digits()
+    ref = f"T{_tag()}"
     partner = new_customer(
-        pipeline, vat=f"DE{digits}", email=f"erp-{digits}@example.com", country_code="DE"
+        pipeline, ref=ref, vat=f"DE{digits}", email=f"erp-{digits}@example.com", country_code="DE"
     )
-    pipeline.reader.event("customer", f"erp:{partner}")
-    (account,) = pipeline.crm_rows(
-        "insert into accounts (name, vat, email, billing_address_country) "
-        "values (%s, %s, %s, %s) returning id::text",
-        (
-            f"Linked Account {digits}",
-            f"de {digits[:3]} {digits[3:6]} {digits[6:]}",
-            f"crm-{digits}@example.com",
-            "Germany",
-        ),
-    )[0]
-    record = pipeline.reader.event("customer", f"crm:{account}")
-    assert (record["crm_id"], record["erp_id"]) == (account, str(partner))
+    assert pipeline.reader.event("customer", f"erp:{partner}")["crm_id"] is None
+    # The customer went out as new: the CRM sink makes its account. The same customer
+    # typed into the CRM meanwhile (VAT id in other spacing and case) is held, not linked.
+    typed = _new_account(
+        pipeline,
+        name=f"Typed Account {digits}",
+        vat=f"de {digits[:3]} {digits[3:6]} {digits[6:]}",
+        email=f"crm-{digits}@example.com",
+        billing_address_country="Germany",
+    )
+    held = pipeline.reader.event("customer", f"crm:{typed}")
+    assert (held["erp_id"], held["duplicate_of"], held["duplicate_rule"]) == (
+        None,
+        str(partner),
+        f"vat=DE{digits}",
+    )
+    # The account the sink makes carries the customer number: the counterpart, linked.
+    copy = _new_account(
+        pipeline,
+        name=f"Test Customer {digits}",
+        account_number=ref,
+        vat=f"DE{digits}",
+        billing_address_country="Germany",
+    )
+    linked = pipeline.reader.event("customer", f"crm:{copy}")
+    assert (linked["erp_id"], linked["duplicate_of"]) == (str(partner), None)
     execute(
         pipeline.env["ERP_DSN"], "update res_partner set city = 'Potsdam' where id = %s", (partner,)
     )
     later = pipeline.reader.event("customer", f"erp:{partner}", lambda r: r["city"] == "Potsdam")
-    assert (later["erp_id"], later["crm_id"]) == (str(partner), account)
+    assert (later["erp_id"], later["crm_id"]) == (str(partner), copy)
 
 
 def _new_account(p: Pipeline, **columns: Any) -> str:
@@ -529,17 +545,21 @@ def test_a_customer_typed_in_again_is_flagged_as_a_duplicate_both_ways(
 ) -> None:
     digits = _vat_digits()
     tag = _tag()
+    ref = f"T{tag}"
     partner = new_customer(
         pipeline,
+        ref=ref,
         name=f"Müller & Söhne {tag} GmbH",
         vat=f"DE{digits}",
         email=f"erp-{digits}@example.com",
         country_code="DE",
     )
     pipeline.reader.event("customer", f"erp:{partner}")
+    # its account, as the CRM sink makes it (with the customer number): linked
     account = _new_account(
         pipeline,
         name=f"Linked Account {tag}",
+        account_number=ref,
         vat=f"de {digits}",
         email=f"crm-{digits}@example.com",
         billing_address_country="Germany",
