@@ -144,7 +144,7 @@ class Orders:
             work.tally.add(Count.SKIPPED, route.flow.name)
             return None
         if isinstance(basics, Failed):
-            raw = Raw.of(message)
+            raw = Raw.of(message, envelope)
             self._emitter.dead_letter(work, route.flow.name, basics, raw, ())
             return None
         return basics
@@ -417,6 +417,7 @@ class Orders:
             unb64(header["value"]),
             Origin(topic, partition, offset),
             int(info.get("replays", 0)),
+            int(info["lsn"]),
         )
         if isinstance(result, Failed):
             if result.reason in PARKABLE and not final:
