@@ -622,6 +622,34 @@ def test_a_quote_line_without_part_number_takes_its_products_sku_whenever_it_arr
     assert not h.processor.has_pending
 
 
+def test_a_resent_quote_while_its_order_waits_for_the_product_is_no_dead_letter() -> None:
+    """A capture that restarts sends the won quote again while its order waits for the
+    line's product: the wait decides the order (before, the re-sent header assembled it
+    at once as final and dead-lettered an order that was published a moment later)."""
+    h = Harness(reference_wait_ms=20_000)
+    with_catalogue(h, (7, "SKU-00007"))
+    tx = (78, 9100)
+    line = _quote_line_by_product(1, CRM_PRODUCT_ID)
+    outcomes = [
+        h.run(h.change(AOS_QUOTES, "c", after=QUOTE, lsn=9101, tx=tx)),
+        h.run(h.change(AOS_PRODUCTS_QUOTES, "c", after=line, lsn=9102, tx=tx)),
+        h.run(h.end("crm", tx, {"public.aos_quotes": 1, "public.aos_products_quotes": 1})),
+        h.run(h.tick(1_000)),
+    ]
+    assert h.processor.has_pending
+    # the same changes again, at new offsets, with no replay count
+    outcomes.append(h.run(h.change(AOS_QUOTES, "c", after=QUOTE, lsn=9101, tx=tx)))
+    outcomes.append(h.run(h.change(AOS_PRODUCTS_QUOTES, "c", after=line, lsn=9102, tx=tx)))
+    outcomes += [h.run(piece) for piece in _crm_product(h, 9150)]
+    outcomes.append(h.run(h.tick(1_000)))
+    orders = [
+        record for outcome in outcomes for record in decoded(outcome) if "quote_number" in record
+    ]
+    assert [line["sku"] for record in orders for line in record["lines"]] == ["SKU-00007"]
+    assert [letter for outcome in outcomes for letter in outcome.dead_letters] == []
+    assert not h.processor.has_pending
+
+
 def test_a_bad_change_sent_again_by_a_restarted_capture_is_dead_lettered_once() -> None:
     """The same change of a row (same LSN) at a new offset is no second letter and no
     second data-quality entry; a later bad change of the row, or an operator's replay
@@ -809,9 +837,10 @@ def test_a_failing_order_is_dead_lettered_with_its_header_bytes() -> None:
         "lines[0].sku",
     )
     assert ("order", "51") in letter.context
-    # once the product is known, replaying the dead letter assembles the order
+    # once the product is known, replaying the dead letter assembles the order (a replay
+    # carries its count, as ``erpcrm dlq replay`` sends it)
     with_catalogue(h, (7, "SKU-00007"))
-    replayed = h.run(Inbound(header.origin, header.key, header.value, h.now))
+    replayed = h.run(Inbound(header.origin, header.key, header.value, h.now, replays=1))
     assert [len(r["lines"]) for r in decoded(replayed)] == [1]
     assert replayed.tally.of(Count.ORDERS, "replay") == 1
 
