@@ -420,7 +420,6 @@ class Orders:
             unb64(header["value"]),
             Origin(topic, partition, offset),
             int(info.get("replays", 0)),
-            int(info["lsn"]),
         )
         if isinstance(result, Failed):
             if result.reason in PARKABLE and not final:

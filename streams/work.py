@@ -229,9 +229,13 @@ class Emitter:
         defects in the data-quality log, were published the first time, so each row's
         last dead-lettered LSN is kept (``dedupe`` table, :data:`LETTERED_PREFIX`) and a
         change of the row at or below it is counted as deduplicated instead. A replayed
-        letter (``raw.replays``) is an operator's new attempt, always decided.
+        letter (``raw.replays``) is an operator's new attempt, always decided. A letter
+        with ``context`` (an order, a product's totals) is one of several a change may
+        cause; its flow decides it once (an order per latest change, totals only when
+        they change).
         """
-        if self._lettered_before(work, raw):
+        context = tuple(context)
+        if not context and self._lettered_before(work, raw):
             work.tally.add(Count.DEDUPED, flow or "-")
             return
         letter = dlq.from_failure(
