@@ -144,7 +144,7 @@ class Orders:
             work.tally.add(Count.SKIPPED, route.flow.name)
             return None
         if isinstance(basics, Failed):
-            raw = Raw.of(message)
+            raw = Raw.of(message, envelope)
             self._emitter.dead_letter(work, route.flow.name, basics, raw, ())
             return None
         return basics
@@ -262,9 +262,12 @@ class Orders:
                 work.put(ASSEMBLY, f"{SNAP_PREFIX}{order}", None)
         record = work.get(ASSEMBLY, pending)
         if replay:
-            if record is None and order is not None:
-                # Re-delivered after its order was assembled (a replayed dead letter):
-                # assemble again now; dedupe drops it if nothing changed.
+            if record is None and order is not None and replays:
+                # A replayed dead letter, its order assembled or given up on before:
+                # assemble again now; dedupe drops it if nothing changed. The same change
+                # sent again by a restarted capture (no replay count) was taken in with
+                # its transaction, whose decision stands: assembling it now, as final,
+                # would dead-letter an order still waiting for its reference.
                 info = {
                     "flow": flow.name,
                     "lsn": basics.lsn,

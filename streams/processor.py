@@ -360,7 +360,7 @@ class StreamProcessor:
             work.tally.add(Count.SKIPPED, flow.name)
             return
         if isinstance(result, Failed):
-            self._waiting.reject(work, route, result, message, retry)
+            self._waiting.reject(work, route, result, Raw.of(message, envelope), retry)
             return
         event = result.value
         stored = work.get(DEDUPE, dedupe_key(event))
@@ -370,7 +370,7 @@ class StreamProcessor:
             return
         self._references.observe(work, flow, event)
         self._emitter.publish(
-            work, flow.name, event, Raw.of(message), result.fixes, result.quarantined
+            work, flow.name, event, Raw.of(message, envelope), result.fixes, result.quarantined
         )
 
     # -- ticks ----------------------------------------------------------------------

@@ -96,7 +96,7 @@ class Stock:
             tally.add(Count.SKIPPED, flow.name)
             return
         if isinstance(result, Failed):
-            self._waiting.reject(work, route, result, message, retry)
+            self._waiting.reject(work, route, result, Raw.of(message, envelope), retry)
             return
         change = result.value
         lsn = int(envelope["source"]["lsn"])
@@ -140,7 +140,7 @@ class Stock:
             # quant, a touch without a change): a no-op, counted so that every change in
             # is accounted for.
             tally.add(Count.NO_OPS, flow.name)
-        raw = Raw.of(message)
+        raw = Raw.of(message, envelope)
         for totals in changed:
             built = inventory_event(
                 flow, totals, envelope, crosswalk=self._references.data.crosswalk

@@ -107,13 +107,13 @@ class Waiting:
         work: UnitOfWork,
         route: Route,
         failed: Failed,
-        message: Inbound,
+        raw: Raw,
         retry: Retry | None,
     ) -> None:
         """Park a record that may succeed later, or dead-letter it."""
         if failed.reason in PARKABLE and self.wait_ms > 0:
             if retry is None:
-                origin = message.origin
+                origin = raw.origin
                 key = (
                     f"{PARK_PREFIX}{origin.topic}|{origin.partition}"
                     f"|{origin.offset}|{route.flow.name}"
@@ -124,11 +124,11 @@ class Waiting:
                     {
                         "flow": route.flow.name,
                         "role": route.role,
-                        "key": b64(message.key),
-                        "value": b64(message.value),
+                        "key": b64(raw.key),
+                        "value": b64(raw.value),
                         "origin": [origin.topic, origin.partition, origin.offset],
                         "until": work.now_ms + self.wait_ms,
-                        "replays": message.replays,
+                        "replays": raw.replays,
                     },
                 )
                 work.tally.add(Count.PARKED, failed.reason.value)
@@ -136,7 +136,7 @@ class Waiting:
             if not retry.final:
                 retry.parked_again = True
                 return
-        self._emitter.dead_letter(work, route.flow.name, failed, Raw.of(message), ())
+        self._emitter.dead_letter(work, route.flow.name, failed, raw, ())
 
     def retry(
         self,

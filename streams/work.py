@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from schemas.errors import ValidationError
 from schemas.mapping import Flow
@@ -22,11 +22,14 @@ from streams import dlq, quality
 from streams.dedupe import Verdict, decide, payload_hash
 from streams.dlq import DeadLetter, Origin
 from streams.outcome import Count, DeadLetterError, Inbound, Outbound, Outcome
-from streams.state import DEDUPE, StateView, Write, fresh_copy
+from streams.state import DEDUPE, StateView, Write, b64, fresh_copy
 from streams.transform import CanonicalEvent
 from streams.validation import Failed, Fix, Quarantine, Reason
 
-__all__ = ["Emitter", "Mirror", "Raw", "Route", "UnitOfWork", "dedupe_key"]
+__all__ = ["LETTERED_PREFIX", "Emitter", "Mirror", "Raw", "Route", "UnitOfWork", "dedupe_key"]
+
+LETTERED_PREFIX: Final = "dl|"
+"""``dedupe`` keys ``dl|<raw topic>|<key>``: the LSN of each row's last dead-lettered change."""
 
 Mirror = Callable[[str, str, Any], None]
 """Called with ``(table, key, value)`` for every write a unit of work makes."""
@@ -48,11 +51,24 @@ class Raw:
     value: bytes | None
     origin: Origin
     replays: int = 0
+    lsn: int | None = None
+    """The source LSN of the row change the bytes carry (None: not known)."""
 
     @classmethod
-    def of(cls, message: Inbound) -> Raw:
-        """The raw form of an inbound message (with its replay count)."""
-        return cls(message.key, message.value, message.origin, message.replays)
+    def of(cls, message: Inbound, envelope: Mapping[str, Any] | None = None) -> Raw:
+        """The raw form of an inbound message: its replay count, and the change's LSN.
+
+        ``envelope``: the message decoded, if it was (its ``source.lsn`` is the LSN).
+        """
+        source = envelope.get("source") if envelope is not None else None
+        lsn = source.get("lsn") if isinstance(source, Mapping) else None
+        return cls(
+            message.key,
+            message.value,
+            message.origin,
+            message.replays,
+            lsn if isinstance(lsn, int) else None,
+        )
 
 
 class UnitOfWork:
@@ -206,7 +222,22 @@ class Emitter:
         raw: Raw,
         context: Iterable[tuple[str, str]],
     ) -> None:
-        """Dead-letter ``raw`` for ``failed``, under the policy."""
+        """Dead-letter ``raw`` for ``failed``, under the policy; once per change of a row.
+
+        A capture that restarts sends again what it had not confirmed: the same change
+        (same row, same LSN) at a new offset, which fails again. Its letter, and its
+        defects in the data-quality log, were published the first time, so each row's
+        last dead-lettered LSN is kept (``dedupe`` table, :data:`LETTERED_PREFIX`) and a
+        change of the row at or below it is counted as deduplicated instead. A replayed
+        letter (``raw.replays``) is an operator's new attempt, always decided. A letter
+        with ``context`` (an order, a product's totals) is one of several a change may
+        cause; its flow decides it once (an order per latest change, totals only when
+        they change).
+        """
+        context = tuple(context)
+        if not context and self._lettered_before(work, raw):
+            work.tally.add(Count.DEDUPED, flow or "-")
+            return
         letter = dlq.from_failure(
             failed,
             origin=raw.origin,
@@ -217,6 +248,18 @@ class Emitter:
             replays=raw.replays,
         )
         self.send(work, letter)
+
+    @staticmethod
+    def _lettered_before(work: UnitOfWork, raw: Raw) -> bool:
+        """Whether the change ``raw`` carries was dead-lettered already; else note it."""
+        if raw.lsn is None or raw.key is None or raw.replays:
+            return False
+        key = f"{LETTERED_PREFIX}{raw.origin.topic}|{b64(raw.key)}"
+        last = work.get(DEDUPE, key)
+        if last is not None and raw.lsn <= int(last):
+            return True
+        work.put(DEDUPE, key, raw.lsn)
+        return False
 
     def send(self, work: UnitOfWork, letter: DeadLetter) -> None:
         """Queue a dead letter (``dlq``), count it only (``skip``) or raise (``fail``).

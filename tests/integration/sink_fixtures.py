@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg import sql
 
@@ -30,7 +30,14 @@ from tests.integration.cdc_fixtures import (
 )
 from tests.integration.test_streams import StreamsProcess
 
-__all__ = ["Pipeline", "SinkProcess", "newest_records", "sink_source", "watermarks"]
+__all__ = [
+    "Pipeline",
+    "SinkProcess",
+    "newest_records",
+    "read_to_end",
+    "sink_source",
+    "watermarks",
+]
 
 
 def _high(consumer: Consumer, tp: TopicPartition, timeout: float = 60.0) -> int:
@@ -253,27 +260,51 @@ def newest_records(
     from schemas.serde import AvroSerde, RegistryClient
 
     serde = AvroSerde(RegistryClient(stack_env["SCHEMA_REGISTRY_URL"]))
-    consumer = Consumer(
-        {
-            "bootstrap.servers": stack_env["KAFKA_BOOTSTRAP"],
-            "group.id": unique_name("newest"),
-            "enable.auto.commit": False,
-        }
-    )
-    ends = watermarks(stack_env["KAFKA_BOOTSTRAP"], topics)
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for message in read_to_end(stack_env["KAFKA_BOOTSTRAP"], topics, start):
+        value = message.value()
+        if value is None:
+            continue
+        record = serde.decode(value)
+        if record["source_system"] != source:
+            continue
+        topic = str(message.topic())
+        key = (topic.removeprefix("canonical."), (message.key() or b"").decode())
+        if key not in newest or record["version"] >= newest[key]["version"]:
+            newest[key] = record
+    return newest
+
+
+def read_to_end(
+    bootstrap: str,
+    topics: tuple[str, ...],
+    start: dict[tuple[str, int], int],
+    timeout: float = 120.0,
+) -> Iterator[Message]:
+    """Every message of ``topics`` from the positions in ``start`` (0 where none) up to
+    the high watermarks when called."""
+    ends = watermarks(bootstrap, topics)
     assignment = [
         TopicPartition(t, p, start.get((t, p), 0))
         for (t, p), end in ends.items()
         if end > start.get((t, p), 0)
     ]
-    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    if not assignment:
+        return
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique_name("read"),
+            "enable.auto.commit": False,
+        }
+    )
     try:
-        if not assignment:
-            return newest
         consumer.assign(assignment)
         remaining = {(tp.topic, tp.partition) for tp in assignment}
+        deadline = time.monotonic() + timeout
         while remaining:
-            for message in consumer.consume(1000, 2.0):
+            assert time.monotonic() < deadline, f"could not read {sorted(remaining)} to their end"
+            for message in consumer.consume(1000, 1.0):
                 assert message.error() is None, message.error()
                 topic, partition, offset = message.topic(), message.partition(), message.offset()
                 assert topic is not None
@@ -281,16 +312,7 @@ def newest_records(
                 assert offset is not None
                 if offset + 1 >= ends[(topic, partition)]:
                     remaining.discard((topic, partition))
-                value = message.value()
-                if value is None:
-                    continue
-                record = serde.decode(value)
-                if record["source_system"] != source:
-                    continue
-                key = (topic.removeprefix("canonical."), (message.key() or b"").decode())
-                if key not in newest or record["version"] >= newest[key]["version"]:
-                    newest[key] = record
-        return newest
+                yield message
     finally:
         consumer.close()
 

@@ -14,7 +14,8 @@ not depend on what is written:
   the log of a worker that died; :func:`dead_workers`;
 - :class:`Pair` and :func:`wait_linked`: CRM accounts made into linked ERP customers
   through the pipeline;
-- :func:`quiesce`: wait until the pipeline took in every write and stopped moving.
+- :func:`quiesce`: wait until the pipeline took in every write and stopped moving;
+- :func:`dead_letters`: what the stages dead-lettered since a position, to assert exactly.
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ from schemas.topics import raw_topic, transaction_topic
 from streams.cleansing import clean_vat
 from streams.validation import Ok
 from tests.integration.cdc_fixtures import execute, lsn_int, slot_row, wait_for
-from tests.integration.sink_fixtures import Pipeline, demo_pipeline, watermarks
+from tests.integration.sink_fixtures import Pipeline, demo_pipeline, read_to_end, watermarks
 
 __all__ = [
     "CLOCK_WAIT_SECONDS",
     "SETTLE_SECONDS",
     "SYSTEMS",
     "Budget",
+    "Letter",
     "Pair",
     "Victim",
+    "dead_letters",
     "dead_workers",
     "quiesce",
     "run_threads",
@@ -397,3 +400,32 @@ def quiesce(pipeline: Pipeline, rows: Callable[[], object], notes: list[str]) ->
         + (f" ({busy})" if busy else "")
     )
     return False
+
+
+# ------------------------------------------------------------------- dead letters
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """A dead letter: its topic, headers (text) and original bytes."""
+
+    topic: str
+    headers: dict[str, str]
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def reason(self) -> str:
+        return self.headers.get("erpcrm.error.reason", "")
+
+
+def dead_letters(
+    bootstrap: str, topics: tuple[str, ...], start: dict[tuple[str, int], int]
+) -> list[Letter]:
+    """Every record of ``topics`` after the positions in ``start`` (0 where none)."""
+    letters: list[Letter] = []
+    for message in read_to_end(bootstrap, topics, start):
+        pairs: list[Any] = list(message.headers() or [])
+        headers = {str(name): (raw or b"").decode(errors="replace") for name, raw in pairs}
+        letters.append(Letter(str(message.topic()), headers, message.key(), message.value()))
+    return letters

@@ -38,7 +38,7 @@ from streams.dlq import Origin
 from streams.outcome import Count, DeadLetterError, Inbound, Kind, Outcome
 from streams.processor import StreamProcessor
 from streams.quality import DefectOutcome, QualityEntry
-from streams.state import DictState, dump, freeze, fresh_copy, load, thaw
+from streams.state import DictState, b64, dump, freeze, fresh_copy, load, thaw
 from streams.transform import event_id
 from tests.unit.test_transform import (
     ACCOUNT_ID,
@@ -298,8 +298,9 @@ def test_an_invalid_record_is_dead_lettered_with_its_reason_and_original_bytes()
     assert headers[dlq.H_FLOW] == "erp_res_partner__customer"
     assert headers[dlq.H_OUTPUT_ID] == letter.output_id
     assert outcome.tally.of(Count.DEAD_LETTERS, "missing_required") == 1
-    # a record that failed leaves no dedupe state: fixed and replayed, it goes through
-    assert h.state.values("dedupe") == {}
+    # a record that failed leaves no version of its entity: fixed and replayed, it goes
+    # through (only the row's dead-lettered change is noted)
+    assert list(h.state.values("dedupe")) == [f"dl|erp.public.res_partner|{b64(message.key)}"]
 
 
 def test_undecodable_bytes_are_dead_lettered() -> None:
@@ -621,6 +622,63 @@ def test_a_quote_line_without_part_number_takes_its_products_sku_whenever_it_arr
     assert not h.processor.has_pending
 
 
+def test_a_resent_quote_while_its_order_waits_for_the_product_is_no_dead_letter() -> None:
+    """A capture that restarts sends the won quote again while its order waits for the
+    line's product: the wait decides the order (before, the re-sent header assembled it
+    at once as final and dead-lettered an order that was published a moment later)."""
+    h = Harness(reference_wait_ms=20_000)
+    with_catalogue(h, (7, "SKU-00007"))
+    tx = (78, 9100)
+    line = _quote_line_by_product(1, CRM_PRODUCT_ID)
+    outcomes = [
+        h.run(h.change(AOS_QUOTES, "c", after=QUOTE, lsn=9101, tx=tx)),
+        h.run(h.change(AOS_PRODUCTS_QUOTES, "c", after=line, lsn=9102, tx=tx)),
+        h.run(h.end("crm", tx, {"public.aos_quotes": 1, "public.aos_products_quotes": 1})),
+        h.run(h.tick(1_000)),
+    ]
+    assert h.processor.has_pending
+    # the same changes again, at new offsets, with no replay count
+    outcomes.append(h.run(h.change(AOS_QUOTES, "c", after=QUOTE, lsn=9101, tx=tx)))
+    outcomes.append(h.run(h.change(AOS_PRODUCTS_QUOTES, "c", after=line, lsn=9102, tx=tx)))
+    outcomes += [h.run(piece) for piece in _crm_product(h, 9150)]
+    outcomes.append(h.run(h.tick(1_000)))
+    orders = [
+        record for outcome in outcomes for record in decoded(outcome) if "quote_number" in record
+    ]
+    assert [line["sku"] for record in orders for line in record["lines"]] == ["SKU-00007"]
+    assert [letter for outcome in outcomes for letter in outcome.dead_letters] == []
+    assert not h.processor.has_pending
+
+
+def test_a_bad_change_sent_again_by_a_restarted_capture_is_dead_lettered_once() -> None:
+    """The same change of a row (same LSN) at a new offset is no second letter and no
+    second data-quality entry; a later bad change of the row, or an operator's replay
+    of the letter, is a letter of its own."""
+    h = Harness()
+    with_catalogue(h, (7, "SKU-00007"))
+    bad = quant(1, 7, 1, "10", "-1")
+    first = h.run(h.change(STOCK_QUANT, "u", after=bad, lsn=100))
+    resent = h.run(h.change(STOCK_QUANT, "u", after=bad, lsn=100))
+    later = h.run(h.change(STOCK_QUANT, "u", after=quant(1, 7, 1, "12", "-1"), lsn=105))
+    (letter,) = first.dead_letters
+    assert letter.reason == "negative_value"
+    assert resent.outbound == []
+    assert resent.tally.of(Count.DEDUPED, "erp_stock_quant__inventory") == 1
+    assert [x.reason for x in later.dead_letters] == ["negative_value"]
+    replayed = Inbound(letter.origin, letter.key, letter.value, h.now, replays=1)
+    assert [x.reason for x in h.run(replayed).dead_letters] == ["negative_value"]
+    # the same for a plain entity, through its own path
+    nameless = PARTNER | {"name": "  "}
+    once = h.run(h.change(RES_PARTNER, "u", after=nameless, lsn=200))
+    twice = h.run(h.change(RES_PARTNER, "u", after=nameless, lsn=200))
+    assert (len(once.dead_letters), len(twice.dead_letters), twice.outbound) == (1, 0, [])
+    # fixed, the row's next change goes through
+    fixed = h.run(h.change(STOCK_QUANT, "u", after=quant(1, 7, 1, "12", "2"), lsn=110))
+    assert [(r["on_hand"], r["reserved"]) for r in decoded(fixed)] == [
+        (Decimal("12.000"), Decimal("2.000"))
+    ]
+
+
 def test_a_quote_line_whose_product_never_comes_is_dead_lettered_after_the_wait() -> None:
     h = Harness(reference_wait_ms=5_000)
     tx = (79, 9200)
@@ -779,9 +837,10 @@ def test_a_failing_order_is_dead_lettered_with_its_header_bytes() -> None:
         "lines[0].sku",
     )
     assert ("order", "51") in letter.context
-    # once the product is known, replaying the dead letter assembles the order
+    # once the product is known, replaying the dead letter assembles the order (a replay
+    # carries its count, as ``erpcrm dlq replay`` sends it)
     with_catalogue(h, (7, "SKU-00007"))
-    replayed = h.run(Inbound(header.origin, header.key, header.value, h.now))
+    replayed = h.run(Inbound(header.origin, header.key, header.value, h.now, replays=1))
     assert [len(r["lines"]) for r in decoded(replayed)] == [1]
     assert replayed.tally.of(Count.ORDERS, "replay") == 1
 
