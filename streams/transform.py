@@ -83,6 +83,7 @@ from schemas.mapping import (
 )
 from schemas.payload import RESNAPSHOT, plain
 from schemas.topics import canonical_topic
+from schemas.uuids import uuid5_text
 from streams.cleansing import (
     CLEANERS,
     REGIONAL_CLEANERS,
@@ -187,7 +188,7 @@ def snapshot_kind(raw: Mapping[str, Any]) -> str | None:
 
 def event_id(system: str, lsn: int, schema: str, table: str, key: str) -> str:
     """Return the deterministic id of the event for one source change."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{system}|{lsn}|{schema}.{table}|{key}"))
+    return uuid5_text(EVENT_NAMESPACE, f"{system}|{lsn}|{schema}.{table}|{key}")
 
 
 def _malformed(detail: str) -> Failed:
