@@ -44,11 +44,14 @@ __all__ = ["Release", "SourceOrder"]
 
 HEADER_PREFIX: Final = ORDER_PREFIX
 """``assembly`` keys of transactions with held changes: ``ord|<system>|<tx>``."""
+_END_POSITION: Final = 0
+"""Where a transaction's ``END`` is among its records (its changes count from 1)."""
 _EVENT_PREFIX: Final = "ordev|"
 _QUEUE_PREFIX: Final = "ordq|"
 _DONE_PREFIX: Final = "ordw|"
 _DECODED_MAX: Final = 2048
-"""How many held changes keep their decoded envelope in memory (the rest decode again).
+"""How many held changes and ``END`` s keep their decoded envelope in memory (the rest
+decode again).
 
 Held changes are in the ``assembly`` table anyway; the decoded envelopes only save a
 second decoding, and a backlog may hold tens of thousands of changes at once."""
@@ -84,11 +87,12 @@ class SourceOrder:
         self._timeout_ms = timeout_ms
         self._decoded: dict[tuple[str, str, int], Mapping[str, Any]] = {}
         """Held changes' envelopes as decoded when they arrived (saves decoding again), at
-        most :data:`_DECODED_MAX` of them."""
+        most :data:`_DECODED_MAX` of them, by ``(system, tx, position)``; an ``END``'s
+        at position :data:`_END_POSITION`."""
 
     @property
     def held(self) -> int:
-        """How many held changes this process still has decoded in memory."""
+        """How many held changes and ENDs this process still has decoded in memory."""
         return len(self._decoded)
 
     def forget(self) -> None:
@@ -125,8 +129,7 @@ class SourceOrder:
             },
         )
         work.put(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}", header)
-        if len(self._decoded) < _DECODED_MAX:
-            self._decoded[(system, tx, position)] = envelope
+        self._keep_decoded(system, tx, position, envelope)
         work.tally.add(Count.HELD, system)
         if header["queued"] is None:
             return []
@@ -162,6 +165,7 @@ class SourceOrder:
             "origin": [message.origin.topic, message.origin.partition, message.origin.offset],
         }
         work.put(ASSEMBLY, key, header)
+        self._keep_decoded(system, tx, _END_POSITION, envelope)
         return self._release_ready(work, system)
 
     def tick(self, work: UnitOfWork, key: str) -> list[Release]:
@@ -179,6 +183,13 @@ class SourceOrder:
         return self._release_ready(work, system, through=int(header["queued"]))
 
     # -- internals ------------------------------------------------------------------
+
+    def _keep_decoded(
+        self, system: str, tx: str, position: int, envelope: Mapping[str, Any]
+    ) -> None:
+        """Keep a held record's decoded envelope for its release, while there is room."""
+        if len(self._decoded) < _DECODED_MAX:
+            self._decoded[(system, tx, position)] = envelope
 
     def _new_header(self, work: UnitOfWork) -> dict[str, Any]:
         return {
@@ -226,6 +237,7 @@ class SourceOrder:
     def _release(self, work: UnitOfWork, system: str, tx: str, *, end: bool) -> list[Release]:
         """A transaction's held changes in their order, then its END (if it came)."""
         key = f"{HEADER_PREFIX}{system}|{tx}"
+        end_envelope = self._decoded.pop((system, tx, _END_POSITION), None)
         header = work.get(ASSEMBLY, key)
         if header is None:
             return []
@@ -240,7 +252,8 @@ class SourceOrder:
             work.put(ASSEMBLY, event_key, None)
         work.put(ASSEMBLY, key, None)
         if end and header.get("end") is not None:
-            released.append(Release(system, _inbound(header["end"], work.now_ms), end=True))
+            message = _inbound(header["end"], work.now_ms)
+            released.append(Release(system, message, end_envelope, end=True))
             self._mark_done(work, system, tx)
         return released
 

@@ -69,6 +69,8 @@ def _order_transaction(h: Harness) -> list[dict[str, object]]:
     # three changes held until their END, at most the bound of them decoded in memory
     assert h.processor._ordering.held == min(3, streams.ordering._DECODED_MAX)
     outcomes.append(h.run(pieces[3]))
+    # released with its END, whose decoded envelope was kept too: none is left behind
+    assert h.processor._ordering.held == 0
     return [record for outcome in outcomes for record in decoded(outcome)]
 
 
