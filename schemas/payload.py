@@ -8,15 +8,13 @@ means, so the hash is part of the bus contract.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
 
-import orjson
-
 from schemas.canonical import METADATA_FIELDS
+from schemas.json_text import StdlibText
 
 __all__ = [
     "HASH_EXCLUDED",
@@ -86,43 +84,11 @@ def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUD
 def payload_json(payload: Mapping[str, Any]) -> bytes:
     """The payload's JSON as UTF-8, the text :func:`payload_hash` hashes.
 
-    Keys sorted, no spaces, text unescaped, decimals and times in :func:`plain`'s forms.
-    The standard library's encoder (:data:`_PAYLOAD_JSON`) defines the text; orjson
-    writes the same bytes several times faster for the values canonical records hold
-    (:func:`_written_alike`), and writes them when it can.
+    The standard library encoder's text: keys sorted, no spaces, text unescaped,
+    decimals and times in :func:`plain`'s forms (written by orjson where it writes the
+    same, :class:`~schemas.json_text.StdlibText`).
     """
-    if _written_alike(payload):
-        try:
-            return orjson.dumps(payload, default=_plain_leaf, option=_ORJSON_OPTIONS)
-        except TypeError:  # an integer beyond 64 bits, text with a lone surrogate, deep nesting
-            pass
-    return _PAYLOAD_JSON(payload).encode("utf-8")
-
-
-_ALIKE_LEAVES: Final = frozenset({str, int, bool, type(None), Decimal, datetime, date})
-"""Leaf types orjson writes as :data:`_PAYLOAD_JSON` does (decimals and times through
-:func:`_plain_leaf`). Not floats (another notation for exponents and non-finite
-values; no canonical field is one), nor subclasses, UUIDs, enums or dataclasses, which
-orjson writes natively where the standard library calls ``default``."""
-
-_ORJSON_OPTIONS: Final = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
-
-
-def _written_alike(value: Any) -> bool:
-    """Whether orjson writes ``value`` as the standard library's encoder does.
-
-    True when every container is a plain dict (text keys), list or tuple and every leaf
-    is of a type in :data:`_ALIKE_LEAVES`.
-    """
-    kind = type(value)
-    if kind is dict:
-        return all(
-            type(k) is str and (type(v) in _ALIKE_LEAVES or _written_alike(v))
-            for k, v in value.items()
-        )
-    if kind is list or kind is tuple:
-        return all(type(v) in _ALIKE_LEAVES or _written_alike(v) for v in value)
-    return kind in _ALIKE_LEAVES
+    return _PAYLOAD_JSON(payload)
 
 
 def _plain_leaf(value: Any) -> Any:
@@ -133,9 +99,9 @@ def _plain_leaf(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} has no payload form")
 
 
-# The C encoder walks the containers; only decimals, times and other mappings reach
+# The encoders walk the containers; only decimals, times and other mappings reach
 # ``_plain_leaf``, which gives them the forms ``plain`` gives. Built once: json.dumps
 # with options builds an encoder per call, a cost every event paid.
-_PAYLOAD_JSON: Final = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain_leaf
-).encode
+_PAYLOAD_JSON: Final = StdlibText(
+    sort_keys=True, default=_plain_leaf, default_types=frozenset({Decimal, datetime, date})
+)

@@ -1,9 +1,14 @@
-"""The payload's JSON is the standard library encoder's text, whichever writer writes it."""
+"""StdlibText writes the standard library encoder's text, whichever writer writes it.
+
+Checked for the two texts that are contracts: the payload hash's (sorted, decimals and
+times through ``default``) and the data-quality log's (plain JSON, in insertion order).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum, IntEnum, StrEnum
@@ -13,7 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.payload import _PAYLOAD_JSON, _written_alike, payload_hash, payload_json
+from schemas.json_text import StdlibText
+from schemas.payload import _plain_leaf, payload_hash, payload_json
 
 
 class _Colour(Enum):
@@ -28,20 +34,25 @@ class _Stage(StrEnum):
     WON = "won"
 
 
-def _stdlib(payload: Any) -> Callable[[], bytes]:
-    """The definition: the standard library's encoder, as UTF-8."""
-    return lambda: _PAYLOAD_JSON(payload).encode("utf-8")
+_PAYLOAD_DEFINITION = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain_leaf
+).encode
+_PLAIN_DEFINITION = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_PLAIN = StdlibText()
+_PAYLOAD = StdlibText(
+    sort_keys=True, default=_plain_leaf, default_types=frozenset({Decimal, datetime, date})
+)
 
 
-def _same(payload: Any) -> None:
-    """``payload_json`` gives the definition's bytes, or raises the same kind of error."""
+def _same(payload: Any, definition: Any = _PAYLOAD_DEFINITION, writer: Any = payload_json) -> None:
+    """``writer`` gives the definition's bytes, or raises the same kind of error."""
     try:
-        expected = _stdlib(payload)()
+        expected = definition(payload).encode("utf-8")
     except (TypeError, ValueError, ArithmeticError) as exc:  # no text: the same error
         with pytest.raises(type(exc)):
-            payload_json(payload)
+            writer(payload)
         return
-    assert payload_json(payload) == expected
+    assert writer(payload) == expected
 
 
 _zones = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5))])
@@ -78,15 +89,21 @@ def test_payload_json_is_the_standard_librarys_text(payload: dict[str, Any]) -> 
     _same(payload)
 
 
+@given(_values)
+def test_plain_json_is_the_standard_librarys_text(value: Any) -> None:
+    _same(value, _PLAIN_DEFINITION, _PLAIN)
+
+
 @given(st.dictionaries(st.one_of(st.integers(), st.booleans(), st.none()), st.integers()))
 def test_non_text_keys_are_written_as_the_standard_library_writes_them(
     payload: dict[Any, Any],
 ) -> None:
     try:
-        expected = _stdlib(payload)()
+        expected = _PAYLOAD_DEFINITION(payload).encode("utf-8")
     except TypeError:  # keys of several types do not sort
         return
     assert payload_json(payload) == expected
+    _same(payload, _PLAIN_DEFINITION, _PLAIN)
 
 
 def test_a_canonical_record_is_written_by_orjson() -> None:
@@ -101,8 +118,9 @@ def test_a_canonical_record_is_written_by_orjson() -> None:
         "changed_fields": ["name", "price"],
         "crm_id": None,
     }
-    assert _written_alike(record)
+    assert _PAYLOAD.written_by_orjson(record)
     _same(record)
+    _same(record, _PAYLOAD_DEFINITION, _PAYLOAD)
 
 
 @pytest.mark.parametrize(
@@ -110,13 +128,13 @@ def test_a_canonical_record_is_written_by_orjson() -> None:
 )
 def test_values_orjson_writes_otherwise_are_left_to_the_standard_library(value: Any) -> None:
     payload = {"field": [value]}
-    assert not _written_alike(payload)
+    assert not _PAYLOAD.written_by_orjson(payload)
+    assert not _PLAIN.written_by_orjson(payload)
     _same(payload)
+    _same(payload, _PLAIN_DEFINITION, _PLAIN)
 
 
 def test_the_hash_is_of_the_standard_librarys_text() -> None:
-    import hashlib
-
     record = {"op": "upsert", "name": "Acme", "price": Decimal("2.50"), "version": 9}
-    text = _PAYLOAD_JSON({"op": "upsert", "name": "Acme", "price": Decimal("2.50")})
+    text = _PAYLOAD_DEFINITION({"op": "upsert", "name": "Acme", "price": Decimal("2.50")})
     assert payload_hash(record) == hashlib.sha256(text.encode("utf-8")).hexdigest()
