@@ -102,11 +102,16 @@ class StdlibText:
         """Whether orjson writes ``value`` as the standard library does (class docstring)."""
         leaves = self._leaves
         kind = type(value)
+        # Loops rather than all(...): this walk runs for every value written, and a
+        # generator per container cost as much as orjson's writing.
         if kind is dict:
-            return all(
-                type(k) is str and (type(v) in leaves or self.written_by_orjson(v))
-                for k, v in value.items()
-            )
+            for k, v in value.items():
+                if type(k) is not str or (type(v) not in leaves and not self.written_by_orjson(v)):
+                    return False
+            return True
         if kind is list or kind is tuple:
-            return all(type(v) in leaves or self.written_by_orjson(v) for v in value)
+            for v in value:  # noqa: SIM110 - a loop, as above
+                if type(v) not in leaves and not self.written_by_orjson(v):
+                    return False
+            return True
         return kind in leaves
