@@ -393,11 +393,11 @@ class Orders:
         """
         flow = self._flows[info["flow"]]
         tally = work.tally
-        header = work.get(ASSEMBLY, f"h|{order}")
+        header = work.peek(ASSEMBLY, f"h|{order}")  # both only read here
         if header is None:
             tally.add(Count.ORDERS, "no_header")
             return True
-        line_rows = work.get(ASSEMBLY, f"l|{order}") or {}
+        line_rows = work.peek(ASSEMBLY, f"l|{order}") or {}
         rows = [thaw(line["row"]) for line in line_rows.values() if line["op"] != "d"]
         trigger = None
         if info.get("trigger") is not None and int(info["lsn"]) > int(header["lsn"]):
