@@ -8,15 +8,23 @@ means, so the hash is part of the bus contract.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
 
 from schemas.canonical import METADATA_FIELDS
+from schemas.json_text import StdlibText
 
-__all__ = ["HASH_EXCLUDED", "RESNAPSHOT", "is_resnapshot", "never_noop", "payload_hash", "plain"]
+__all__ = [
+    "HASH_EXCLUDED",
+    "RESNAPSHOT",
+    "is_resnapshot",
+    "never_noop",
+    "payload_hash",
+    "payload_json",
+    "plain",
+]
 
 RESNAPSHOT: Final = "incremental"
 """``source_snapshot`` of an event re-read by an incremental snapshot (Debezium's value)."""
@@ -70,7 +78,17 @@ def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUD
     """
     skipped = exclude if isinstance(exclude, frozenset) else frozenset(exclude)
     payload = {k: v for k, v in record.items() if k not in skipped}
-    return hashlib.sha256(_PAYLOAD_JSON(payload).encode("utf-8")).hexdigest()
+    return hashlib.sha256(payload_json(payload)).hexdigest()
+
+
+def payload_json(payload: Mapping[str, Any]) -> bytes:
+    """The payload's JSON as UTF-8, the text :func:`payload_hash` hashes.
+
+    The standard library encoder's text: keys sorted, no spaces, text unescaped,
+    decimals and times in :func:`plain`'s forms (written by orjson where it writes the
+    same, :class:`~schemas.json_text.StdlibText`).
+    """
+    return _PAYLOAD_JSON(payload)
 
 
 def _plain_leaf(value: Any) -> Any:
@@ -81,9 +99,9 @@ def _plain_leaf(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} has no payload form")
 
 
-# The C encoder walks the containers; only decimals, times and other mappings reach
+# The encoders walk the containers; only decimals, times and other mappings reach
 # ``_plain_leaf``, which gives them the forms ``plain`` gives. Built once: json.dumps
 # with options builds an encoder per call, a cost every event paid.
-_PAYLOAD_JSON: Final = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain_leaf
-).encode
+_PAYLOAD_JSON: Final = StdlibText(
+    sort_keys=True, default=_plain_leaf, default_types=frozenset({Decimal, datetime, date})
+)

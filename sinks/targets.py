@@ -32,7 +32,6 @@ Pure: no I/O. A value a required column cannot do without raises
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any, Final
 
 from schemas.errors import ConfigError, ValidationError
 from schemas.mapping import Cast, FieldMap, Flow
+from schemas.uuids import uuid5_text
 from sinks.sql import Column, Table
 
 __all__ = [
@@ -62,7 +62,6 @@ __all__ = [
     "to_child_rows",
     "to_row",
     "transpose",
-    "uuid5_text",
 ]
 
 ID_NAMESPACE: Final = uuid.UUID("6f1d3c5e-2b7a-4c1e-9a53-0d8e4f6b7a21")
@@ -353,20 +352,6 @@ def deterministic_id(entity: str, key: str) -> str:
     its row, to fill its id), and a UUIDv5 is a SHA-1 each time.
     """
     return uuid5_text(ID_NAMESPACE, f"{entity}|{key}")
-
-
-def uuid5_text(namespace: uuid.UUID, name: str) -> str:
-    """``str(uuid.uuid5(namespace, name))``, without building the :class:`uuid.UUID`.
-
-    The same SHA-1 name-based UUID (RFC 4122 version 5), formatted straight from the
-    digest: a third of the time, and created rows ask for one each.
-    """
-    data = namespace.bytes + name.encode("utf-8")
-    digest = bytearray(hashlib.sha1(data, usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def to_row(

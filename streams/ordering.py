@@ -44,14 +44,33 @@ __all__ = ["Release", "SourceOrder"]
 
 HEADER_PREFIX: Final = ORDER_PREFIX
 """``assembly`` keys of transactions with held changes: ``ord|<system>|<tx>``."""
+_END_POSITION: Final = 0
+"""Where a transaction's ``END`` is among its records (its changes count from 1)."""
 _EVENT_PREFIX: Final = "ordev|"
 _QUEUE_PREFIX: Final = "ordq|"
 _DONE_PREFIX: Final = "ordw|"
 _DECODED_MAX: Final = 2048
-"""How many held changes keep their decoded envelope in memory (the rest decode again).
+"""How many held changes and ``END`` s keep their decoded envelope in memory (the rest
+decode again).
 
 Held changes are in the ``assembly`` table anyway; the decoded envelopes only save a
 second decoding, and a backlog may hold tens of thousands of changes at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A held record as it arrived: its message and decoded envelope."""
+
+    envelope: Mapping[str, Any]
+    message: Inbound
+
+    def message_at(self, now_ms: int) -> Inbound:
+        """The message as released at ``now_ms``, as :func:`_inbound` reads it back.
+
+        That is its bytes and position, and no replay count.
+        """
+        held = self.message
+        return Inbound(held.origin, held.key, held.value, now_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +101,14 @@ class SourceOrder:
     def __init__(self, collections: Mapping[str, frozenset[str]], timeout_ms: int) -> None:
         self._collections = collections
         self._timeout_ms = timeout_ms
-        self._decoded: dict[tuple[str, str, int], Mapping[str, Any]] = {}
-        """Held changes' envelopes as decoded when they arrived (saves decoding again), at
-        most :data:`_DECODED_MAX` of them."""
+        self._decoded: dict[tuple[str, str, int], _Kept] = {}
+        """Held changes as they arrived, decoded (saves reading them back from the table
+        and decoding them again), at most :data:`_DECODED_MAX` of them, by ``(system, tx,
+        position)``; an ``END`` at position :data:`_END_POSITION`."""
 
     @property
     def held(self) -> int:
-        """How many held changes this process still has decoded in memory."""
+        """How many held changes and ENDs this process still has decoded in memory."""
         return len(self._decoded)
 
     def forget(self) -> None:
@@ -125,8 +145,7 @@ class SourceOrder:
             },
         )
         work.put(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}", header)
-        if len(self._decoded) < _DECODED_MAX:
-            self._decoded[(system, tx, position)] = envelope
+        self._keep_decoded(system, tx, position, envelope, message)
         work.tally.add(Count.HELD, system)
         if header["queued"] is None:
             return []
@@ -162,6 +181,7 @@ class SourceOrder:
             "origin": [message.origin.topic, message.origin.partition, message.origin.offset],
         }
         work.put(ASSEMBLY, key, header)
+        self._keep_decoded(system, tx, _END_POSITION, envelope, message)
         return self._release_ready(work, system)
 
     def tick(self, work: UnitOfWork, key: str) -> list[Release]:
@@ -179,6 +199,17 @@ class SourceOrder:
         return self._release_ready(work, system, through=int(header["queued"]))
 
     # -- internals ------------------------------------------------------------------
+
+    def _keep_decoded(
+        self, system: str, tx: str, position: int, envelope: Mapping[str, Any], message: Inbound
+    ) -> None:
+        """Keep a held record as it arrived, decoded, for its release, while there is room.
+
+        A record delivered again replaces the one kept, as it replaces it in the table.
+        """
+        key = (system, tx, position)
+        if key in self._decoded or len(self._decoded) < _DECODED_MAX:
+            self._decoded[key] = _Kept(envelope, message)
 
     def _new_header(self, work: UnitOfWork) -> dict[str, Any]:
         return {
@@ -226,6 +257,7 @@ class SourceOrder:
     def _release(self, work: UnitOfWork, system: str, tx: str, *, end: bool) -> list[Release]:
         """A transaction's held changes in their order, then its END (if it came)."""
         key = f"{HEADER_PREFIX}{system}|{tx}"
+        end_kept = self._decoded.pop((system, tx, _END_POSITION), None)
         header = work.get(ASSEMBLY, key)
         if header is None:
             return []
@@ -235,12 +267,12 @@ class SourceOrder:
             held = work.get(ASSEMBLY, event_key)
             if held is None:
                 continue
-            envelope = self._decoded.pop((system, tx, position), None)
-            released.append(Release(system, _inbound(held, work.now_ms), envelope))
+            kept = self._decoded.pop((system, tx, position), None)
+            released.append(_released(system, held, kept, work.now_ms))
             work.put(ASSEMBLY, event_key, None)
         work.put(ASSEMBLY, key, None)
         if end and header.get("end") is not None:
-            released.append(Release(system, _inbound(header["end"], work.now_ms), end=True))
+            released.append(_released(system, header["end"], end_kept, work.now_ms, end=True))
             self._mark_done(work, system, tx)
         return released
 
@@ -269,6 +301,15 @@ def _commit_lsn(tx: str) -> int | None:
     """The commit LSN of a transaction id ``<txid>:<commit LSN>`` (None: another form)."""
     _, _, lsn = tx.rpartition(":")
     return int(lsn) if lsn.isdigit() else None
+
+
+def _released(
+    system: str, held: Mapping[str, Any], kept: _Kept | None, now_ms: int, *, end: bool = False
+) -> Release:
+    """A held record to decide now: as kept in memory, else as the table holds it."""
+    if kept is None:
+        return Release(system, _inbound(held, now_ms), end=end)
+    return Release(system, kept.message_at(now_ms), kept.envelope, end=end)
 
 
 def _inbound(held: Mapping[str, Any], now_ms: int) -> Inbound:

@@ -202,7 +202,7 @@ class Orders:
         parent = parent or known_parent
         if parent is None:
             work.tally.add(Count.IGNORED, "orphan_line")
-            self._register(work, flow, None, basics, envelope, collection, replay=False)
+            self._register(work, flow, None, basics, None, collection, replay=False)
             return
         order = f"{flow.name}|{parent}"
         current_lines = work.get(ASSEMBLY, f"l|{order}") or {}
@@ -211,11 +211,13 @@ class Orders:
             work.tally.add(Count.DEDUPED, flow.name)
             return
         replay = current is not None and basics.lsn == int(current["lsn"])
+        # Frozen once: the line keeps its row, its transaction the whole change (trigger).
+        frozen = freeze(envelope)
         if not replay:
             current_lines[basics.key] = {
                 "lsn": basics.lsn,
                 "op": basics.op,
-                "row": freeze(basics.row),
+                "row": frozen["before" if basics.op == "d" else "after"],  # basics.row
             }
             work.put(ASSEMBLY, f"l|{order}", current_lines)
             work.put(ASSEMBLY, parent_key, None if basics.op == "d" else parent)
@@ -225,10 +227,10 @@ class Orders:
                 old_lines.pop(basics.key, None)
                 work.put(ASSEMBLY, f"l|{moved_from}", old_lines or None)
                 self._register(
-                    work, flow, moved_from, basics, envelope, collection, replay=False, count=False
+                    work, flow, moved_from, basics, frozen, collection, replay=False, count=False
                 )
         self._register(
-            work, flow, order, basics, envelope, collection, replay=replay, replays=message.replays
+            work, flow, order, basics, frozen, collection, replay=replay, replays=message.replays
         )
 
     def _register(
@@ -246,6 +248,8 @@ class Orders:
     ) -> None:
         """Note a row change of ``order`` in its transaction; assemble when it completes.
 
+        ``trigger``: a line's change, frozen (:func:`~streams.state.freeze`), kept as
+        what caused the order's next event (None for a header, or a line of no order).
         ``replays``: the replay count of a replayed dead letter (assembled at once).
         """
         snapshot = basics.tx is None
@@ -271,7 +275,7 @@ class Orders:
                 info = {
                     "flow": flow.name,
                     "lsn": basics.lsn,
-                    "trigger": freeze(trigger),
+                    "trigger": trigger,
                     "replays": replays,
                 }
                 self._assemble(work, order, info, "replay", final=True)
@@ -294,7 +298,7 @@ class Orders:
             )
             if basics.lsn >= int(info["lsn"]):
                 info["lsn"] = basics.lsn
-                info["trigger"] = None if trigger is None else freeze(trigger)
+                info["trigger"] = trigger
         self.complete(work, pending, record, how="complete", forced=False)
 
     def transaction(self, work: UnitOfWork, system: str, envelope: dict[str, Any]) -> None:
@@ -392,11 +396,11 @@ class Orders:
         """
         flow = self._flows[info["flow"]]
         tally = work.tally
-        header = work.get(ASSEMBLY, f"h|{order}")
+        header = work.peek(ASSEMBLY, f"h|{order}")  # both only read here
         if header is None:
             tally.add(Count.ORDERS, "no_header")
             return True
-        line_rows = work.get(ASSEMBLY, f"l|{order}") or {}
+        line_rows = work.peek(ASSEMBLY, f"l|{order}") or {}
         rows = [thaw(line["row"]) for line in line_rows.values() if line["op"] != "d"]
         trigger = None
         if info.get("trigger") is not None and int(info["lsn"]) > int(header["lsn"]):

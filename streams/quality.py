@@ -45,6 +45,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 
+from schemas.json_text import StdlibText
 from schemas.topics import QUALITY_TOPIC
 from streams.dlq import DeadLetter
 from streams.transform import CanonicalEvent
@@ -168,10 +169,8 @@ class QualityEntry:
         """The entry's Kafka value."""
         # What ``asdict`` gives, less the id, without its deep copy: only read here.
         data = {name: getattr(self, name) for name in _ENTRY_FIELDS}
-        data["defects"] = [
-            {name: getattr(d, name) for name in _DEFECT_FIELDS} for d in self.defects
-        ]
-        return _ENTRY_JSON(data).encode("utf-8")
+        data["defects"] = [_defect_data(d) for d in self.defects]
+        return _ENTRY_JSON(data)
 
     @classmethod
     def from_json(cls, value: bytes, output_id: str = "") -> QualityEntry:
@@ -209,7 +208,15 @@ class QualityEntry:
 
 _ENTRY_FIELDS: Final = tuple(f.name for f in fields(QualityEntry) if f.name != "output_id")
 _DEFECT_FIELDS: Final = tuple(f.name for f in fields(Defect))
-_ENTRY_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENTRY_JSON: Final = StdlibText()
+"""The entries' text: the standard library encoder's (compact, unescaped)."""
+
+
+def _defect_data(defect: Defect) -> dict[str, Any]:
+    """A defect as its entry's JSON holds it."""
+    data = {name: getattr(defect, name) for name in _DEFECT_FIELDS}
+    data["outcome"] = defect.outcome.value  # plain text, the enum's value
+    return data
 
 
 def field_label(field: str) -> str:

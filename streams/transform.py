@@ -83,6 +83,7 @@ from schemas.mapping import (
 )
 from schemas.payload import RESNAPSHOT, plain
 from schemas.topics import canonical_topic
+from schemas.uuids import uuid5_text
 from streams.cleansing import (
     CLEANERS,
     REGIONAL_CLEANERS,
@@ -187,7 +188,7 @@ def snapshot_kind(raw: Mapping[str, Any]) -> str | None:
 
 def event_id(system: str, lsn: int, schema: str, table: str, key: str) -> str:
     """Return the deterministic id of the event for one source change."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{system}|{lsn}|{schema}.{table}|{key}"))
+    return uuid5_text(EVENT_NAMESPACE, f"{system}|{lsn}|{schema}.{table}|{key}")
 
 
 def _malformed(detail: str) -> Failed:
@@ -626,8 +627,20 @@ def _map_lines(
 
 
 def _record(
-    flow: Flow, change: _Change, *, version: int, op: str, entity_id: str, refs: _Refs
+    flow: Flow,
+    change: _Change,
+    *,
+    version: int,
+    op: str,
+    entity_id: str,
+    refs: _Refs,
+    refined: bool = False,
 ) -> dict[str, Any]:
+    """The record's metadata and ids, every other field blank.
+
+    ``refined``: ``changed_fields`` stays blank, for the caller to work out from the
+    mapped values (an update's own).
+    """
     record = _blank(field_types(flow.target))
     record.update(
         event_id=event_id(change.system, change.lsn, change.schema, change.table, change.key),
@@ -641,8 +654,8 @@ def _record(
     record[flow.id_field] = entity_id
     if SOURCE_SNAPSHOT in record:
         record[SOURCE_SNAPSHOT] = snapshot_kind(change.raw)
-    if CHANGED_FIELDS in record:
-        record[CHANGED_FIELDS] = changed_fields(flow, change.raw)  # refined once mapped
+    if CHANGED_FIELDS in record and not refined:
+        record[CHANGED_FIELDS] = changed_fields(flow, change.raw)
     if refs.crosswalk is not None:
         record[flow.other_id_field] = counterpart_id(
             refs.crosswalk, flow.crosswalk, flow.system, entity_id
@@ -736,6 +749,8 @@ def to_canonical(
             return Skipped(f"{flow.name}: filter {excluded} does not hold")
         deleted = any(c.holds(change.row) for c in flow.soft_delete)
 
+    # An update's own changed fields are worked out once its values are mapped.
+    refined = not deleted and change.op == "u" and change is position
     record = _record(
         flow,
         position,
@@ -743,6 +758,7 @@ def to_canonical(
         op="delete" if deleted else "upsert",
         entity_id=entity_id,
         refs=refs,
+        refined=refined,
     )
     if deleted:
         return _finish(flow, entity_id, _delete_fields(flow, change, refs, record), ())
@@ -751,7 +767,7 @@ def to_canonical(
     if isinstance(mapped, Failed):
         return mapped
     values = mapped.value
-    if CHANGED_FIELDS in record and change.op == "u" and change is position:
+    if CHANGED_FIELDS in record and refined:
         record[CHANGED_FIELDS] = changed_fields(flow, change.raw, values, refs)
     if flow.other_id_field in values and values[flow.other_id_field] is None:
         values.pop(flow.other_id_field)  # keep what the crosswalk knows

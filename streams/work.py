@@ -104,6 +104,16 @@ class UnitOfWork:
             return fresh_copy(self._overlay[(table, key)])
         return self.state.get(table, key)
 
+    def peek(self, table: str, key: str) -> Any:
+        """:meth:`get` for a caller that only reads the value: not a copy, never to be changed.
+
+        A value this unit wrote is the one it holds (:meth:`get` copies it, since its
+        callers change what they read and put it back).
+        """
+        if (table, key) in self._overlay:
+            return self._overlay[(table, key)]
+        return self.state.get(table, key)
+
     def put(self, table: str, key: str, value: Any) -> None:
         """Write ``value`` (None: delete) at ``key``; the last write of a key counts."""
         self._overlay[(table, key)] = value

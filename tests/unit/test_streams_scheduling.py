@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from faust.types import TP
@@ -10,7 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import streams.ordering
+from streams.dlq import Origin
+from streams.ordering import Release, SourceOrder
+from streams.outcome import Inbound
 from streams.scheduling import ProducedOrder
+from streams.state import DictState
+from streams.work import UnitOfWork
 from tests.unit.test_processor import ORDER_TABLES, Harness, decoded, with_catalogue
 from tests.unit.test_transform import ORDER, SALE_ORDER, SALE_ORDER_LINE, order_line
 
@@ -69,6 +75,8 @@ def _order_transaction(h: Harness) -> list[dict[str, object]]:
     # three changes held until their END, at most the bound of them decoded in memory
     assert h.processor._ordering.held == min(3, streams.ordering._DECODED_MAX)
     outcomes.append(h.run(pieces[3]))
+    # released with its END, whose decoded envelope was kept too: none is left behind
+    assert h.processor._ordering.held == 0
     return [record for outcome in outcomes for record in decoded(outcome)]
 
 
@@ -80,3 +88,51 @@ def test_held_changes_beyond_the_decoded_bound_decide_the_same(
     bounded = _order_transaction(Harness())
     assert len(bounded) == 1
     assert bounded == unbounded
+
+
+def _releases(decoded_max: int, monkeypatch: pytest.MonkeyPatch) -> list[Release]:
+    """Hold two changes of a transaction (one delivered again), then its END."""
+    monkeypatch.setattr(streams.ordering, "_DECODED_MAX", decoded_max)
+    order = SourceOrder({"erp": frozenset({"public.sale_order"})}, timeout_ms=30_000)
+    state = DictState()
+    tx = "900:1010"
+
+    def run(offset: int, envelope: dict[str, Any], topic: str) -> list[Release]:
+        message = Inbound(Origin(topic, 0, offset), b"k%d" % offset, b"v%d" % offset, 5)
+        work = UnitOfWork(state, 1_000 + offset, lambda *_: None)
+        if topic == "erp.transaction":
+            released = order.end(work, "erp", envelope, message)
+        else:
+            released = order.hold(work, "erp", envelope, message) or []
+        state.apply(work.finish().writes)
+        return released
+
+    def change(position: int) -> dict[str, Any]:
+        return {"op": "c", "transaction": {"id": tx, "total_order": position}}
+
+    end = {
+        "status": "END",
+        "id": tx,
+        "data_collections": [{"data_collection": "public.sale_order", "event_count": 2}],
+    }
+    assert run(3, change(1), "erp.public.sale_order") == []
+    assert run(4, change(2), "erp.public.sale_order") == []
+    assert run(8, change(1), "erp.public.sale_order") == []  # delivered again, elsewhere
+    return run(9, end, "erp.transaction")
+
+
+def test_released_records_are_the_messages_the_table_holds_kept_or_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kept = _releases(2048, monkeypatch)
+    read_back = _releases(0, monkeypatch)
+    almost_full = _releases(2, monkeypatch)  # room for the first delivery, not a new key
+    assert [r.message for r in kept] == [r.message for r in read_back]
+    assert [r.message for r in almost_full] == [r.message for r in read_back]
+    assert [(r.message.origin.offset, r.end) for r in kept if r.message] == [
+        (8, False),  # the latest delivery of position 1
+        (4, False),
+        (9, True),
+    ]
+    assert [r.envelope is not None for r in kept] == [True, True, True]
+    assert [r.envelope for r in read_back] == [None, None, None]

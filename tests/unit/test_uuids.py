@@ -1,4 +1,4 @@
-"""The sink's UUIDv5 text is the standard library's, for any namespace and name."""
+"""UUIDv5 text is the standard library's, for any namespace and name; who uses it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sinks.targets import ID_NAMESPACE, deterministic_id, uuid5_text
+from schemas.uuids import uuid5_text
+from sinks.targets import ID_NAMESPACE, deterministic_id
+from streams.transform import EVENT_NAMESPACE, event_id
 
 
 @given(st.uuids(), st.text())
@@ -21,3 +23,8 @@ def test_deterministic_id_is_the_uuid5_of_entity_and_key() -> None:
     parsed = uuid.UUID(expected)
     assert parsed.version == 5
     assert parsed.variant == uuid.RFC_4122
+
+
+def test_event_id_is_the_uuid5_of_the_change() -> None:
+    expected = uuid.uuid5(EVENT_NAMESPACE, "erp|42|public.res_partner|7")
+    assert event_id("erp", 42, "public", "res_partner", "7") == str(expected)
