@@ -4,7 +4,9 @@ A backlog makes the worker take full batches (many messages decided, published a
 acknowledged together), so the kill lands between a batch's publish and its commit as
 often as anywhere else. After the restart: nothing lost, no event id twice, and each
 entity's versions increasing in its partition. The same with two workers of one app
-sharing the work, the one that decides killed: the other takes over.
+sharing the work, the one that decides killed: the other takes over; and with a second
+worker joining mid-backlog, a rebalance while the owner has a batch in flight and more
+buffered (streams.intake): the batch finishes, what was buffered is read again.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ UPDATES = 2000
 CUSTOMERS = 10
 
 
-def _backlog(pipeline: Pipeline) -> tuple[set[str], list[str]]:  # noqa: F811
-    """Customers and, while no worker runs, ``UPDATES`` city changes of them."""
+def _backlog(pipeline: Pipeline, updates: int = UPDATES) -> tuple[set[str], list[str]]:  # noqa: F811
+    """Customers and, while no worker runs, ``updates`` city changes of them."""
     tag = _tag()
     partners = [
         new_customer(pipeline, email=f"backlog-{tag.lower()}-{i}@example.com")
@@ -39,7 +41,7 @@ def _backlog(pipeline: Pipeline) -> tuple[set[str], list[str]]:  # noqa: F811
     ]
     for partner in partners:
         pipeline.reader.event("customer", f"erp:{partner}")
-    cities = [f"Backlog {tag} {i}" for i in range(UPDATES)]
+    cities = [f"Backlog {tag} {i}" for i in range(updates)]
     pipeline.streams.kill()  # the backlog builds up while no worker runs
     with psycopg.connect(pipeline.env["ERP_DSN"], autocommit=True) as conn:
         for i, city in enumerate(cities):
@@ -148,3 +150,33 @@ def test_one_of_two_workers_killed_while_draining_a_backlog_loses_and_repeats_no
         second.stop()
         if not first.running:
             first.start().wait_ready()
+
+
+def _rebalances_done(worker: StreamsProcess) -> int:
+    """How many rebalances this worker process has completed (Faust logs each)."""
+    return worker.log_path.read_text(errors="replace").count("Worker ready")
+
+
+def test_a_worker_joining_while_a_backlog_drains_loses_and_repeats_nothing(
+    pipeline: Pipeline,  # noqa: F811
+) -> None:
+    """A rebalance mid-backlog: the owner finishes its batch in flight, reads its buffer again."""
+    first = pipeline.streams
+    second = _SecondWorker(first)
+    updates = 3 * UPDATES  # long enough to be draining still when the second worker is in
+    try:
+        keys, cities = _backlog(pipeline, updates)
+        first.start().wait_ready()
+        pipeline.reader.wait(
+            lambda: len(_seen_cities(pipeline, keys, cities)) >= updates // 20, 180, "the backlog"
+        )
+        before = _rebalances_done(first)
+        second.start().wait_ready()
+        pipeline.reader.wait(lambda: _rebalances_done(first) > before, 120, "the rebalance")
+        pipeline.reader.poll()
+        assert len(_seen_cities(pipeline, keys, cities)) < updates, "drained before the rebalance"
+        _nothing_lost_nothing_twice(pipeline, keys, cities)
+        assert first.running
+        assert second.running
+    finally:
+        second.stop()
