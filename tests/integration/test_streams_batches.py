@@ -6,18 +6,23 @@ often as anywhere else. After the restart: nothing lost, no event id twice, and 
 entity's versions increasing in its partition. The same with two workers of one app
 sharing the work, the one that decides killed: the other takes over; and with a second
 worker joining mid-backlog, a rebalance while the owner has a batch in flight and more
-buffered (streams.intake): the batch finishes, what was buffered is read again.
+buffered (streams.intake): the batch finishes, what was buffered is read again. A batch
+that fails for good stops the worker with its offset uncommitted.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from tests.integration.cdc_fixtures import unique_name
 from tests.integration.test_streams import (  # noqa: F401 (the module's fixture)
     Pipeline,
     StreamsProcess,
@@ -180,3 +185,38 @@ def test_a_worker_joining_while_a_backlog_drains_loses_and_repeats_nothing(
         assert second.running
     finally:
         second.stop()
+
+
+def test_a_batch_that_fails_stops_the_worker_with_its_offset_uncommitted(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Dead-letter policy ``fail``: a record that cannot be decoded stops the worker."""
+    prefixes = {"erp": unique_name("erp"), "crm": unique_name("crm")}
+    topic = f"{prefixes['erp']}.public.res_partner"
+    bootstrap = stack_env["KAFKA_BOOTSTRAP"]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(timeout=30)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, key=b"\x00bad", value=b"\x00not avro")
+    assert producer.flush(30) == 0
+    streams = StreamsProcess(stack_env, prefixes, tmp_path)
+    try:
+        streams.start({"ERPCRM_STREAMS_DLQ_POLICY": "fail"})
+        assert streams.proc is not None
+        try:
+            code = streams.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker went on after a failed batch:\n{streams.tail()}")
+        assert code != 0
+        assert "DeadLetterError" in streams.log_path.read_text(errors="replace")
+        group = Consumer({"bootstrap.servers": bootstrap, "group.id": streams.app_id})
+        try:
+            (committed,) = group.committed([TopicPartition(topic, 0)], timeout=30)
+        finally:
+            group.close()
+        assert committed.offset < 0, "the failed record's offset was committed"
+    finally:
+        streams.cleanup()
+        for future in admin.delete_topics([topic], operation_timeout=30).values():
+            future.result(timeout=30)
