@@ -1,16 +1,16 @@
-"""The streams worker as a Faust app: topology, agents, state tables and web views.
+"""The streams worker as a Faust app: topology, batch intake, state tables and web views.
 
 Topology::
 
     <erp>.public.<table>, <crm>.public.<table>, <system>.transaction   (raw bytes)
     <app_id>-control   (one partition: ticks, dead letters replayed with their origin)
-        │  agent ``process``: a batch at a time: StreamProcessor -> publish, wait for acks
-        │  -> commit state
+        │  ``process`` (streams.intake): a batch at a time: StreamProcessor -> publish,
+        │  wait for acks -> commit state -> ack the batch's messages in Faust's consumer
         ▼
     canonical.<entity>  (key: entity key, UTF-8)       dlq.streams  (original bytes)
     quality.defects     (data-quality log, JSON; see streams.quality)
 
-Every raw message crosses Faust once: the ``process`` agent reads the raw topics
+Every raw message crosses Faust once: the ``process`` task reads the raw topics
 themselves, and a message's position (topic, partition, offset) is its own. The control
 topic carries what does not come from a capture: ticks, and dead letters ``erpcrm dlq
 replay`` puts back with their original position in the ``erpcrm.origin.*`` headers.
@@ -39,15 +39,17 @@ each entity on one partition and every client can read the key; it needs no sche
 value carries every id). Each canonical message has header ``erpcrm.output_id`` = its
 ``event_id``.
 
-Batches. The agent takes up to ``batch_size`` messages at a time (waiting at most
-``linger_ms`` for more) and waits for Kafka's acknowledgements once per batch, not per
-message. It decides the messages of a batch one after the other, each against the
+Batches. Faust's consumer and conductor fetch the messages; :mod:`streams.intake` keeps
+them in a bounded buffer (Faust's backpressure, no per-message ``Event`` or stream loop)
+and ``process`` takes up to ``batch_size`` of them at a time (waiting at most
+``linger_ms`` for more once the first is in) and waits for Kafka's acknowledgements once
+per batch, not per message. It decides the messages of a batch one after the other, each against the
 committed state plus the writes of the ones before it
 (:class:`~streams.state.StagedState`), so its decisions are those of one message at a
 time. The processor's clock is the time the batch was read (never earlier than the
-previous batch's), the moment the worker saw its messages. Faust marks a batch's
-messages done (their offsets may be committed) only when the agent asks for the next
-batch.
+previous batch's), the moment the worker saw its messages. A batch's messages are
+acknowledged in Faust's consumer (their offsets may be committed) only once the batch is
+done.
 
 Guarantees and their order (``at_least_once``, the default), per batch:
 
@@ -55,9 +57,13 @@ Guarantees and their order (``at_least_once``, the default), per batch:
 2. the outputs are published and every one acknowledged (``acks=all``);
 3. only then are the state writes committed: sent to the tables' changelogs and
    acknowledged, then written to the local stores (:mod:`streams.tables`);
-4. the agent asks for the next batch, so Faust may commit this batch's offsets.
+4. the batch's messages are acknowledged in Faust's consumer, so Faust's commit loop
+   may commit this batch's offsets (:class:`streams.intake.BatchIntake`).
 
-A crash before 3 replays the batch: its outputs are recomputed, nothing is lost. A
+A rebalance waits for the batch in flight (Faust's ``stream_wait_empty``): it finishes
+and is acknowledged, and its offsets are committed before the partitions go; messages
+still buffered are dropped and read again by the next owner. A crash before 3 replays
+the batch: its outputs are recomputed, nothing is lost. A
 crash after 2 (outputs out, state not, or a changelog that lost its tail) would publish
 an event again; so when a worker takes the partitions over it reads the last
 ``recent_outputs`` messages of every canonical and dead-letter partition and never
@@ -92,7 +98,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -102,7 +108,7 @@ import faust
 from aiokafka.errors import KafkaError, KafkaTimeoutError  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from faust.types import TP, EventT
+from faust.types import TP, Message
 from faust.web import Request, Response, View
 from mode import CrashingSupervisor
 from mode.types.signals import BaseSignalT
@@ -118,6 +124,7 @@ from schemas.settings import KafkaSettings
 from schemas.topics import CANONICAL_TOPICS, QUALITY_TOPIC, value_subject
 from streams import dlq
 from streams.assignment import SingleOwnerAssignor
+from streams.intake import BatchIntake, FaustOffsets, InputTopics, IntakeBuffer
 from streams.metrics import StreamsMetrics
 from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome, Tally
 from streams.processor import StreamProcessor
@@ -131,7 +138,6 @@ from streams.tables import CommittedState, FaustState
 
 __all__ = [
     "BatchClock",
-    "InputTopics",
     "KafkaPublisher",
     "Publisher",
     "StreamRunner",
@@ -148,7 +154,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTPUT_TOPICS = (*CANONICAL_TOPICS, dlq.DLQ_TOPIC, QUALITY_TOPIC)
-"""Every topic the ``process`` agent writes."""
+"""Every topic the ``process`` task writes."""
 
 
 # ---------------------------------------------------------------------- publishing
@@ -310,19 +316,6 @@ def control_inbound(message: Any, now_ms: int) -> Inbound:
     return Inbound(origin, message.key, message.value, now_ms, replays=replay_count(headers))
 
 
-class InputTopics(faust.Topic):
-    """The topics the ``process`` agent reads: the raw topics, then the control topic.
-
-    Declaring it creates only the control topic (one partition); the captures create
-    the raw topics with their own partitioning. Faust declares it before it subscribes.
-    """
-
-    async def declare(self) -> None:
-        """Create the control topic (the last of :attr:`topics`) if it does not exist."""
-        control = self.app.topic(self.topics[-1], partitions=1, internal=True)
-        await control.declare()
-
-
 class BatchClock:
     """The processor's clock: when a batch was read, in ms, never going back."""
 
@@ -381,7 +374,7 @@ class StreamRunner:
         # 3. only then change state: each key once, to the last value the batch gave it,
         #    in the changelogs (acknowledged), then in the local stores;
         await self.retrying("commit", partial(self.state.commit, staged.text_writes()))
-        # 4. the offsets follow when the agent takes its next batch (see the module doc).
+        # 4. the offsets follow when the intake acknowledges the batch (see the module doc).
         self.metrics.batch_messages.observe(len(messages))
         self._observe(outcomes, outbound, started)
 
@@ -484,7 +477,8 @@ class StreamsApp:
     state: CommittedState
     tables: Mapping[str, Any]
     control: Any
-    process_agent: Any
+    inputs: InputTopics
+    process_batch: Callable[[Sequence[Message]], Awaitable[None]]
 
     def run(self) -> None:
         """Run the Faust worker until SIGTERM/SIGINT (which stop it cleanly); exits the process.
@@ -545,7 +539,7 @@ def build(
     changelog: BatchSender | None = None,
     read_recent_outputs: bool = True,
 ) -> StreamsApp:
-    """Build the worker: Faust app, tables, agents, timer and web views.
+    """Build the worker: Faust app, tables, batch intake, timer and web views.
 
     Builds only; nothing connects until the app runs. ``state`` replaces the Faust
     tables, ``publisher`` the publishing of outputs and ``changelog`` the sender of the
@@ -629,8 +623,10 @@ def build(
         key_serializer="raw",
         value_serializer="raw",
     )
+    buffer: IntakeBuffer[Message] = IntakeBuffer(settings.buffer_size)
     inputs = InputTopics(
         app,
+        buffer=buffer,
         topics=[*processor.topics, settings.control_topic],
         internal=True,
         key_type=bytes,
@@ -638,6 +634,7 @@ def build(
         key_serializer="raw",
         value_serializer="raw",
     )
+    app.topics.add(inputs)  # subscribed by Faust's conductor; read by ``process`` below
     outputs = [
         app.topic(name, partitions=settings.partitions, internal=True) for name in OUTPUT_TOPICS
     ]
@@ -664,36 +661,41 @@ def build(
         retry_max_s=settings.retry_max_seconds,
     )
 
-    def batches(stream: faust.StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes]]]:
-        """Up to ``batch_size`` events at a time, waiting at most ``linger_ms`` for more.
-
-        Faust acknowledges a batch's events when the next batch is asked for.
-        (``take_events`` is on Faust's ``Stream``; its ``StreamT`` does not declare it.)
-        """
-        take = cast(faust.Stream[bytes], stream).take_events
-        return take(settings.batch_size, within=settings.linger_ms / 1000)
-
     clock = BatchClock()
 
     async def send_tick() -> None:
         """Put a tick into the control topic (decided in turn with the data)."""
         await control.send(key=b"tick", value=b"", headers=[(H_KIND, KIND_TICK)])
 
-    @app.agent(inputs, name="process")
-    async def process(stream: faust.StreamT[bytes]) -> None:
-        """Process raw and control messages a batch at a time (see :class:`StreamRunner`)."""
-        async for events in batches(stream):
-            now_ms = clock.now_ms()
-            messages = [
-                control_inbound(event.message, now_ms)
-                if event.message.topic == settings.control_topic
-                else raw_inbound(event.message, now_ms)
-                for event in events
-            ]
-            await runner.handle_batch(messages)
-            metrics.count_consumed(messages)
-            if processor.round_unfinished and any(m.kind is Kind.TICK for m in messages):
-                await send_tick()  # the round's next keys, at once
+    async def process_batch(batch: Sequence[Message]) -> None:
+        """Decide, publish and commit one batch of raw and control messages (StreamRunner)."""
+        now_ms = clock.now_ms()
+        messages = [
+            control_inbound(message, now_ms)
+            if message.topic == settings.control_topic
+            else raw_inbound(message, now_ms)
+            for message in batch
+        ]
+        await runner.handle_batch(messages)
+        metrics.count_consumed(messages)
+        if processor.round_unfinished and any(m.kind is Kind.TICK for m in messages):
+            await send_tick()  # the round's next keys, at once
+
+    async def process() -> None:
+        """Take the raw and control messages a batch at a time (see :mod:`streams.intake`)."""
+        # cleared with Faust's stream queues on every rebalance (and when the flow resumes,
+        # see streams.recovery); nothing is delivered before the first resume (Faust's
+        # flow control starts suspended), so registering here misses no clear
+        app.flow_control.manage_queue(cast(Any, buffer))
+        intake = BatchIntake(
+            buffer,
+            FaustOffsets(app),
+            app.flow_control,
+            lambda: int(app.consumer_generation_id),
+            batch_size=settings.batch_size,
+            linger_s=settings.linger_ms / 1000,
+        )
+        await intake.run(process_batch)
 
     async def tick() -> None:
         """Put a tick into the control topic while this worker owns pending work.
@@ -732,6 +734,7 @@ def build(
     # Faust's task and timer decorators are untyped; registered by call instead.
     app.timer(settings.tick_seconds)(tick)
     app.task(prepare)
+    app.task(process)
 
     @app.page("/metrics")
     async def metrics_view(view: View, request: Request) -> Response:
@@ -761,7 +764,8 @@ def build(
         state=committed,
         tables=tables,
         control=control,
-        process_agent=process,
+        inputs=inputs,
+        process_batch=process_batch,
     )
 
 

@@ -77,11 +77,11 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
         replication_factor: replication of the topics the worker creates.
         batch_size: how many messages the worker takes at a time; a batch's outputs are
             published together and acknowledged once.
-        linger_ms: how long the worker waits for a batch to fill before it takes what has
-            arrived.
+        linger_ms: how long the worker waits for a batch to fill, once its first message
+            is in, before it takes what has arrived.
         buffer_size: how many messages the worker reads ahead of the batch it decides
-            (Faust's stream buffer; two batches keep it busy, and each message read ahead
-            is held in memory).
+            (the intake's buffer, :mod:`streams.intake`; two batches keep it busy, and each
+            message read ahead is held in memory).
         fetch_bytes: the most each raw partition returns to one fetch (Faust's
             ``consumer_max_fetch_size``). Every partition's fetched records are decoded at
             once and held until the worker has taken them, so this bounds the read-ahead

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import subprocess
 import threading
 import time
 import uuid
@@ -117,6 +118,14 @@ class StreamsProcess(CliProcess):
 
         wait_for(ready, timeout, "the streams worker's web server", interval=0.5)
         return self
+
+    def exit_code(self, timeout: float, what: str) -> int:
+        """Wait for the worker to exit by itself; fails the test with ``what`` if it does not."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{what}:\n{self.tail()}")
 
     def cleanup(self) -> None:
         """Stop, and delete the worker's own topics (control, changelogs) and its group."""

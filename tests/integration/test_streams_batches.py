@@ -4,7 +4,10 @@ A backlog makes the worker take full batches (many messages decided, published a
 acknowledged together), so the kill lands between a batch's publish and its commit as
 often as anywhere else. After the restart: nothing lost, no event id twice, and each
 entity's versions increasing in its partition. The same with two workers of one app
-sharing the work, the one that decides killed: the other takes over.
+sharing the work, the one that decides killed: the other takes over; and with a second
+worker joining mid-backlog, a rebalance while the owner has a batch in flight and more
+buffered (streams.intake): the batch finishes, what was buffered is read again. A batch
+that fails for good stops the worker with its offset uncommitted.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from tests.integration.cdc_fixtures import unique_name
 from tests.integration.test_streams import (  # noqa: F401 (the module's fixture)
     Pipeline,
     StreamsProcess,
@@ -30,8 +36,8 @@ UPDATES = 2000
 CUSTOMERS = 10
 
 
-def _backlog(pipeline: Pipeline) -> tuple[set[str], list[str]]:  # noqa: F811
-    """Customers and, while no worker runs, ``UPDATES`` city changes of them."""
+def _backlog(pipeline: Pipeline, updates: int = UPDATES) -> tuple[set[str], list[str]]:  # noqa: F811
+    """Customers and, while no worker runs, ``updates`` city changes of them."""
     tag = _tag()
     partners = [
         new_customer(pipeline, email=f"backlog-{tag.lower()}-{i}@example.com")
@@ -39,7 +45,7 @@ def _backlog(pipeline: Pipeline) -> tuple[set[str], list[str]]:  # noqa: F811
     ]
     for partner in partners:
         pipeline.reader.event("customer", f"erp:{partner}")
-    cities = [f"Backlog {tag} {i}" for i in range(UPDATES)]
+    cities = [f"Backlog {tag} {i}" for i in range(updates)]
     pipeline.streams.kill()  # the backlog builds up while no worker runs
     with psycopg.connect(pipeline.env["ERP_DSN"], autocommit=True) as conn:
         for i, city in enumerate(cities):
@@ -148,3 +154,63 @@ def test_one_of_two_workers_killed_while_draining_a_backlog_loses_and_repeats_no
         second.stop()
         if not first.running:
             first.start().wait_ready()
+
+
+def _rebalances_done(worker: StreamsProcess) -> int:
+    """How many rebalances this worker process has completed (Faust logs each)."""
+    return worker.log_path.read_text(errors="replace").count("Worker ready")
+
+
+def test_a_worker_joining_while_a_backlog_drains_loses_and_repeats_nothing(
+    pipeline: Pipeline,  # noqa: F811
+) -> None:
+    """A rebalance mid-backlog: the owner finishes its batch in flight, reads its buffer again."""
+    first = pipeline.streams
+    second = _SecondWorker(first)
+    updates = 3 * UPDATES  # long enough to be draining still when the second worker is in
+    try:
+        keys, cities = _backlog(pipeline, updates)
+        first.start().wait_ready()
+        pipeline.reader.wait(
+            lambda: len(_seen_cities(pipeline, keys, cities)) >= updates // 20, 180, "the backlog"
+        )
+        before = _rebalances_done(first)
+        second.start().wait_ready()
+        pipeline.reader.wait(lambda: _rebalances_done(first) > before, 120, "the rebalance")
+        pipeline.reader.poll()
+        assert len(_seen_cities(pipeline, keys, cities)) < updates, "drained before the rebalance"
+        _nothing_lost_nothing_twice(pipeline, keys, cities)
+        assert first.running
+        assert second.running
+    finally:
+        second.stop()
+
+
+def test_a_batch_that_fails_stops_the_worker_with_its_offset_uncommitted(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Dead-letter policy ``fail``: a record that cannot be decoded stops the worker."""
+    prefixes = {"erp": unique_name("erp"), "crm": unique_name("crm")}
+    topic = f"{prefixes['erp']}.public.res_partner"
+    bootstrap = stack_env["KAFKA_BOOTSTRAP"]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(timeout=30)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, key=b"\x00bad", value=b"\x00not avro")
+    assert producer.flush(30) == 0
+    streams = StreamsProcess(stack_env, prefixes, tmp_path)
+    try:
+        streams.start({"ERPCRM_STREAMS_DLQ_POLICY": "fail"})
+        assert streams.exit_code(120, "the worker went on after a failed batch") != 0
+        assert "DeadLetterError" in streams.log_path.read_text(errors="replace")
+        group = Consumer({"bootstrap.servers": bootstrap, "group.id": streams.app_id})
+        try:
+            (committed,) = group.committed([TopicPartition(topic, 0)], timeout=30)
+        finally:
+            group.close()
+        assert committed.offset < 0, "the failed record's offset was committed"
+    finally:
+        streams.cleanup()
+        for future in admin.delete_topics([topic], operation_timeout=30).values():
+            future.result(timeout=30)

@@ -13,7 +13,6 @@ stops at start with a clear error, before it joins its group or writes anything.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,11 +31,7 @@ def test_exactly_once_stops_the_worker_at_start_with_a_clear_error(
     streams = StreamsProcess(stack_env, prefixes, tmp_path)
     try:
         streams.start({"ERPCRM_STREAMS_PROCESSING_GUARANTEE": "exactly_once"})
-        assert streams.proc is not None
-        try:
-            code = streams.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the worker runs in exactly_once mode:\n{streams.tail()}")
+        code = streams.exit_code(60, "the worker runs in exactly_once mode")
         output = streams.log_path.read_text(errors="replace")
         assert code == 2, output
         assert "processing_guarantee" in output

@@ -1,20 +1,21 @@
-"""The Faust app (streams/app.py): agents through Faust's test context, the runner's order.
+"""The Faust app (streams/app.py): batches as the intake hands them over, the runner's order.
 
-No Kafka: the process agent gets dict-backed state and a publisher that records what it
-is given; raw messages are put into its test channel under their raw topic's name.
+No Kafka: the batch handler gets dict-backed state and a publisher that records what it
+is given; raw messages are delivered to the input topics as Faust's conductor delivers them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faust.types import TP
+from faust.types import TP, Message
 from prometheus_client import generate_latest
 
 import streams.app as streams_app
@@ -29,6 +30,7 @@ from streams.app import (
     control_inbound,
     raw_inbound,
 )
+from streams.intake import InputTopics
 from streams.outcome import H_KIND, KIND_TICK, Kind, Outbound
 from streams.producer import Record
 from streams.settings import StreamsSettings
@@ -86,45 +88,33 @@ def origin(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
 
 
 async def put_raw(
-    agent: Any,
+    streams: StreamsApp,
     topic: str,
     key: bytes | None,
     value: bytes | None,
     *,
     partition: int = 0,
-    offset: int | None = None,
+    offset: int = 0,
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    """Hand the agent under test a message read from ``topic`` and wait until processed.
-
-    Faust's ``put`` names no topic when the agent reads several; this is the same with
-    the topic named.
-    """
-    message = agent.to_message(
-        key,
-        value,
-        partition=partition,
-        offset=agent.sent_offset if offset is None else offset,
-        headers=headers,
-    )
-    message.topic = topic
-    channel = agent.stream().channel
-    await channel.put(await channel.decode(message))
-    agent.sent_offset += 1
-    async with agent.new_value_processed:
-        await agent.new_value_processed.wait()
+    """Deliver a message read from ``topic`` as Faust's conductor does, then process it."""
+    message = Message(topic, partition, offset, time.time(), 0, headers, key, value, b"")
+    inputs = streams.inputs
+    await inputs.put(await inputs.decode(message))
+    batch = inputs.buffer.take_nowait(streams.settings.batch_size)
+    assert batch == [message]  # the message itself, not an event made of it
+    await streams.process_batch(batch)
 
 
-def test_the_process_agent_publishes_canonical_events_then_commits(tmp_path: Path) -> None:
+def test_the_intake_publishes_canonical_events_then_commits(tmp_path: Path) -> None:
     publisher = Recorder()
     streams = make(tmp_path, publisher)
     key, value = raw_partner(100)
 
     async def scenario() -> None:
-        async with streams.process_agent.test_context() as agent:
-            await put_raw(agent, "erp.public.res_partner", key, value, partition=1, offset=42)
-            # read again (a restart before the offset was committed)
-            await put_raw(agent, "erp.public.res_partner", key, value, partition=1, offset=42)
+        await put_raw(streams, "erp.public.res_partner", key, value, partition=1, offset=42)
+        # read again (a restart before the offset was committed)
+        await put_raw(streams, "erp.public.res_partner", key, value, partition=1, offset=42)
 
     asyncio.run(scenario())
     message, logged = publisher.sent  # the replay was deduped
@@ -142,14 +132,13 @@ def test_the_process_agent_publishes_canonical_events_then_commits(tmp_path: Pat
     assert 'erpcrm_streams_consumed_total{kind="change"} 2.0' in metrics
 
 
-def test_the_process_agent_dead_letters_with_the_raw_origin(tmp_path: Path) -> None:
+def test_the_intake_dead_letters_with_the_raw_origin(tmp_path: Path) -> None:
     publisher = Recorder()
     streams = make(tmp_path, publisher)
     key, value = raw_partner(100, name=" ")
 
     async def scenario() -> None:
-        async with streams.process_agent.test_context() as agent:
-            await put_raw(agent, "erp.public.res_partner", key, value, partition=2, offset=7)
+        await put_raw(streams, "erp.public.res_partner", key, value, partition=2, offset=7)
 
     asyncio.run(scenario())
     letter, logged = publisher.sent
@@ -175,8 +164,7 @@ def test_a_replayed_dead_letter_is_processed_as_the_raw_message_at_its_origin(
     replay = [*origin("erp.public.res_partner", 2, 7), (dlq.H_REPLAY_COUNT, b"1")]
 
     async def scenario() -> None:
-        async with streams.process_agent.test_context() as agent:
-            await put_raw(agent, streams.settings.control_topic, key, value, headers=replay)
+        await put_raw(streams, streams.settings.control_topic, key, value, headers=replay)
 
     asyncio.run(scenario())
     letter = publisher.sent[0]
@@ -319,7 +307,10 @@ def test_the_module_builds_its_app_lazily_from_the_environment(
     assert app is streams_app.app
     assert (app.conf.id, app.conf.web_port, app.conf.web_bind) == ("lazy-app", 39999, "127.0.0.1")
     assert str(app.conf.processing_guarantee.value) == "at_least_once"
-    assert [agent.name for agent in app.agents.values()] == ["process"]
+    # no agent: the raw and control topics go to the batch intake through the conductor
+    assert list(app.agents.values()) == []
+    (inputs,) = [topic for topic in app.topics if isinstance(topic, InputTopics)]
+    assert "erp.public.res_partner" in inputs.topics
 
 
 def test_the_web_views_serve_metrics_and_inventory(tmp_path: Path) -> None:
@@ -371,7 +362,7 @@ class Changelogs:
         return offsets
 
 
-def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> None:
+def test_the_intake_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> None:
     publisher = Recorder()
     changelogs = Changelogs()
     streams = build(
@@ -385,9 +376,8 @@ def test_the_process_agent_keeps_its_state_in_rocksdb_tables(tmp_path: Path) -> 
     key, value = raw_partner(100)
 
     async def scenario() -> None:
-        async with streams.process_agent.test_context() as agent:
-            for _ in range(2):
-                await put_raw(agent, "erp.public.res_partner", key, value, offset=5)
+        for _ in range(2):
+            await put_raw(streams, "erp.public.res_partner", key, value, offset=5)
 
     asyncio.run(scenario())
     assert [m.topic for m in publisher.sent] == ["canonical.customer", "quality.defects"]
