@@ -71,7 +71,7 @@ from schemas.deadletter import (
     H_REPLAY_COUNT,
     H_STAGE,
 )
-from schemas.errors import ConfigError, PermanentError, SyncError, ValidationError
+from schemas.errors import ConfigError, DecodeError, PermanentError, SyncError, ValidationError
 from schemas.mapping import Owner
 from schemas.payload import never_noop, payload_hash, plain
 from sinks import sql
@@ -210,6 +210,25 @@ class _Outcome:
     held: list[_Item] = field(default_factory=list)
     recorded: list[tuple[SinkEvent, str]] = field(default_factory=list)
     announce: list[tuple[SinkEvent, str]] = field(default_factory=list)
+    undecodable: set[int] = field(default_factory=set)
+    """``id`` of the events whose rest did not decode (in ``dead``)."""
+
+    def complete(self, event: SinkEvent) -> bool:
+        """Read the rest of a lazily decoded event; one that does not decode is dead (False).
+
+        The runner dead-letters an event whose leading fields do not decode before the
+        batch; the rest of one is read here, only for an event that proceeds, and one
+        that fails goes to the dead-letter topic with the batch.
+        """
+        if id(event) in self.undecodable:
+            return False
+        try:
+            event.complete()
+        except DecodeError as exc:
+            self.dead.append((event, exc))
+            self.undecodable.add(id(event))
+            return False
+        return True
 
 
 def _lazy_digest(record: Mapping[str, Any]) -> Callable[[], str]:
@@ -465,7 +484,7 @@ class PostgresUpsertSink(Sink):
         with conn.pipeline(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             clocks = _Clocks(self._schema)
             # The target's own changes first: they tell the fields of its local edits.
-            self._observe_local(cur, batch, clocks)
+            self._observe_local(cur, batch, clocks, out)
             by_entity: dict[str, list[SinkEvent]] = {}
             for event in collapsed.latest:
                 by_entity.setdefault(event.entity, []).append(event)
@@ -545,7 +564,11 @@ class PostgresUpsertSink(Sink):
         return offsets
 
     def _observe_local(
-        self, cur: psycopg.Cursor[dict[str, Any]], batch: SinkBatch, clocks: _Clocks
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        batch: SinkBatch,
+        clocks: _Clocks,
+        out: _Outcome,
     ) -> None:
         """Record the fields and commit times of the target's own changes in row clocks.
 
@@ -556,7 +579,7 @@ class PostgresUpsertSink(Sink):
         id_field = f"{self.target}_id"
         by_entity: dict[str, list[tuple[str, SinkEvent]]] = {}
         for event in batch:
-            if event.source_system != self.target:
+            if event.source_system != self.target or not out.complete(event):
                 continue
             self._own_seen_ms = max(self._own_seen_ms, event.source_ts_ms)
             table = self._tables.get(event.entity)
@@ -595,6 +618,11 @@ class PostgresUpsertSink(Sink):
             return
         taken: list[SinkEvent] = []
         for event in events:
+            # What ``accept`` reads may lie beyond the leading fields.
+            if (table.accept is not None or id(event) in out.undecodable) and not out.complete(
+                event
+            ):
+                continue
             (taken if table.accepts(event.record) else out.skipped).append(event)
         if not taken:
             return
@@ -607,6 +635,11 @@ class PostgresUpsertSink(Sink):
             if is_stale(known, event.version):
                 out.stale.append(event)  # a replay: decided by the version alone
                 continue
+            # Newer than the stored version: now the rest of the record is read. One
+            # whose rest does not decode is dead-lettered; the key's older events in
+            # the batch stay superseded by it (its dead letter can be replayed).
+            if not out.complete(event):
+                continue
             # Hashed only when the version does not settle it.
             digest = _lazy_digest(event.record)
             verdict = decide(known, event.version, digest, merged=never_noop(event.record))
@@ -616,7 +649,9 @@ class PostgresUpsertSink(Sink):
             else:
                 floor = known.version if known is not None else -1
                 history = tuple(
-                    e for e in batch.events(event.entity_key) if floor < e.version <= event.version
+                    e
+                    for e in batch.events(event.entity_key)
+                    if floor < e.version <= event.version and out.complete(e)
                 )
                 history = tuple(sorted(history, key=lambda e: e.version)) or (event,)
                 record = {**event.record, KEY: event.key}

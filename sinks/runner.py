@@ -63,7 +63,7 @@ from schemas.dlq_topics import ensure_dead_letter_topic
 from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
 from schemas.serde import AvroSerde
 from sinks.base import WriteResult
-from sinks.batch import EntityKey, SinkBatch, SinkEvent, safe_offsets
+from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
 from sinks.postgres import PostgresUpsertSink, dead_letter_headers
 from sinks.replays import replayed
@@ -387,7 +387,13 @@ class SinkRunner:
         try:
             if not entity:
                 raise DecodeError(f"replayed message without an {H_ENTITY} header")
-            record = self._retrying("decode", lambda: self._serde.decode(value))
+            # Only the fields that decide whether the event is applied at all: a replay
+            # of applied events never reads the rest (SinkEvent.complete).
+            record, rest = self._retrying(
+                "decode", lambda: self._serde.decode_lazily(value, DECIDING_FIELDS)
+            )
+            if record.get("source_system") == self._target:
+                rest()  # the target's own events are read whole (row clocks)
         except DecodeError as exc:
             event = SinkEvent(
                 topic, partition, offset, entity, key, {}, raw_key, value, replays, replayed_from
@@ -396,7 +402,9 @@ class SinkRunner:
             batch.advance(topic, partition, offset)
             return
         position = (topic, partition, offset)
-        batch.add(SinkEvent(*position, entity, key, record, raw_key, value, replays, replayed_from))
+        batch.add(
+            SinkEvent(*position, entity, key, record, raw_key, value, replays, replayed_from, rest)
+        )
 
     # ----------------------------------------------------------------------- apply
 
