@@ -44,9 +44,13 @@ DECIDING_FIELDS: Final = frozenset({"source_system", "source_ts_ms", "op", "vers
 that proceed (:meth:`SinkEvent.complete`)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SinkEvent:
-    """One decoded canonical event with its Kafka position.
+    """One decoded canonical event with its Kafka position; never changed once made.
+
+    Not a frozen dataclass, on purpose: one is made per message read, and a frozen
+    dataclass' constructor (one ``object.__setattr__`` per field) costs more than
+    deciding a replayed event does. It was never hashable either (``record`` is a dict).
 
     Attributes:
         topic: the canonical topic (``canonical.<entity>``).

@@ -56,6 +56,9 @@ from decimal import Decimal
 from typing import Any, Final, Literal
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 from psycopg.rows import dict_row
 
 from schemas import json_text
@@ -231,6 +234,27 @@ class _Outcome:
         return True
 
 
+class _UuidTextLoader(Loader):
+    """A ``uuid`` read as its canonical text: ids are text on the bus and in the state.
+
+    The sink compares, keys and writes row ids as text; a :class:`uuid.UUID` per id read
+    (psycopg's default) was then turned into text several times per row.
+    """
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode("ascii")
+
+
+class _UuidBinaryTextLoader(Loader):
+    """The binary form of a ``uuid`` (16 bytes) as its canonical text."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> str:
+        h = bytes(data).hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _lazy_digest(record: Mapping[str, Any]) -> Callable[[], str]:
     """``payload_hash(record)``, computed on the first call only (then remembered).
 
@@ -378,6 +402,8 @@ class PostgresUpsertSink(Sink):
         """The origin-tagged session, (re)connected on demand."""
         if self._conn is None or self._conn.closed:
             conn = self._connect(self._dsn, autocommit=True, application_name="erpcrm-sink")
+            conn.adapters.register_loader("uuid", _UuidTextLoader)
+            conn.adapters.register_loader("uuid", _UuidBinaryTextLoader)
             try:
                 conn.execute(sql.origin_create(), (self._origin, self._origin))
                 conn.execute(sql.origin_session_setup(), (self._origin,))
