@@ -22,7 +22,12 @@ loop, and what each step guarantees:
 - **Permanent failures** (a constraint violation) split the batch by entity key until
   the failing event is alone; it is dead-lettered, the rest is applied, and the
   positions are stored once every part is in.
-- **Undecodable messages** are dead-lettered before the batch that passes them commits.
+- **Decoding as far as needed.** A message's leading fields (:data:`~sinks.batch.
+  DECIDING_FIELDS`) are decoded as it is read; the rest of the record too while the
+  batches apply most of their events, and otherwise only by the sink, for the events
+  newer than the applied version (a replay after a restart decodes no more than the
+  versions). Undecodable leading fields are dead-lettered before the batch that passes
+  them commits; an undecodable rest is dead-lettered with that batch, in its transaction.
 - **Deferred events** (a reference the target does not have yet) are retried with every
   batch for ``reference_wait_seconds``, then dead-lettered; the stored positions never
   pass them.
@@ -38,6 +43,7 @@ loop, and what each step guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -171,6 +177,10 @@ class SinkRunner:
         self._target = settings.target
         self._writer: ThreadPoolExecutor | None = None
         self._pending: _Pending | None = None
+        self._read_whole = True
+        """Decode each event whole as it is read (the last batch applied most of its
+        events); else only its leading fields, the rest once the sink finds it newer
+        than the applied version (a replay reads no more than it needs)."""
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -394,6 +404,11 @@ class SinkRunner:
             )
             if record.get("source_system") == self._target:
                 rest()  # the target's own events are read whole (row clocks)
+            elif self._read_whole:
+                # Here, while the previous batch is written, rather than in the writing
+                # thread; a rest that does not decode is the sink's to dead-letter.
+                with contextlib.suppress(DecodeError):
+                    rest()
         except DecodeError as exc:
             event = SinkEvent(
                 topic, partition, offset, entity, key, {}, raw_key, value, replays, replayed_from
@@ -629,6 +644,7 @@ class SinkRunner:
         self.stats.events += len(batch)
         m.batches.labels(target).inc()
         m.batch_size.labels(target).observe(len(batch))
+        self._read_whole = 2 * len(result.stale) <= len(batch)
         m.apply_seconds.labels(target).observe(seconds)
         if result.dead:
             for event, error in result.dead:
