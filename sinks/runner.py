@@ -43,7 +43,6 @@ loop, and what each step guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -399,16 +398,7 @@ class SinkRunner:
                 raise DecodeError(f"replayed message without an {H_ENTITY} header")
             # Only the fields that decide whether the event is applied at all: a replay
             # of applied events never reads the rest (SinkEvent.complete).
-            record, rest = self._retrying(
-                "decode", lambda: self._serde.decode_lazily(value, DECIDING_FIELDS)
-            )
-            if record.get("source_system") == self._target:
-                rest()  # the target's own events are read whole (row clocks)
-            elif self._read_whole:
-                # Here, while the previous batch is written, rather than in the writing
-                # thread; a rest that does not decode is the sink's to dead-letter.
-                with contextlib.suppress(DecodeError):
-                    rest()
+            record, rest = self._decode(value)
         except DecodeError as exc:
             event = SinkEvent(
                 topic, partition, offset, entity, key, {}, raw_key, value, replays, replayed_from
@@ -420,6 +410,23 @@ class SinkRunner:
         batch.add(
             SinkEvent(*position, entity, key, record, raw_key, value, replays, replayed_from, rest)
         )
+
+    def _decode(self, value: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """A message's record, whole or its leading fields and the rest to read (module doc).
+
+        Whole (here, while the previous batch is written, not in the writing thread)
+        while batches apply most of their events, and always for the target's own
+        events (their fields go into row clocks).
+        """
+        if self._read_whole:
+            return self._retrying("decode", lambda: self._serde.decode(value)), None
+        record, rest = self._retrying(
+            "decode", lambda: self._serde.decode_lazily(value, DECIDING_FIELDS)
+        )
+        if record.get("source_system") == self._target:
+            rest()
+            return record, None
+        return record, rest
 
     # ----------------------------------------------------------------------- apply
 

@@ -1,10 +1,10 @@
 """How far the sink runner decodes a message as it reads it (no Kafka, no database).
 
-The leading fields always; the rest too while batches apply most of their events (so
-the decoding overlaps the previous batch's write), and not after a batch of replays
-(the sink then reads the rest only of events newer than the applied version). The
-target's own events are always read whole; a rest that does not decode is left to the
-sink, which dead-letters it with its batch.
+Whole while batches apply most of their events (so the decoding overlaps the previous
+batch's write); after a batch of replays, the leading fields only (the sink then reads
+the rest only of events newer than the applied version). The target's own events are
+always read whole; a rest that does not decode is left to the sink, which dead-letters
+it with its batch.
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ def test_whole_while_batches_apply_leading_fields_after_replays() -> None:
 
 def test_a_rest_that_does_not_decode_is_left_to_the_sink() -> None:
     runner, serde = _runner()
+    replays = SinkBatch()
+    runner._add(replays, _message(serde, "erp", 1))
+    runner._account(replays, WriteResult(stale=tuple(replays)), 0.01)
     batch = SinkBatch()
     runner._add(batch, _message(serde, "erp", 1, tail=b"\x00"))
     [event] = list(batch)  # in the batch (the sink dead-letters it), not dead-lettered here
