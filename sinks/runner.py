@@ -26,8 +26,8 @@ loop, and what each step guarantees:
   DECIDING_FIELDS`) are decoded as it is read; the rest of the record too while the
   batches apply most of their events, and otherwise only by the sink, for the events
   newer than the applied version (a replay after a restart decodes no more than the
-  versions). Undecodable leading fields are dead-lettered before the batch that passes
-  them commits; an undecodable rest is dead-lettered with that batch, in its transaction.
+  versions). What does not decode as it is read is dead-lettered before the batch that
+  passes it commits; a rest the sink cannot decode, with that batch, in its transaction.
 - **Deferred events** (a reference the target does not have yet) are retried with every
   batch for ``reference_wait_seconds``, then dead-lettered; the stored positions never
   pass them.
