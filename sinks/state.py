@@ -373,8 +373,9 @@ def changed_times(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -
     every = tuple(fields)
     times: dict[str, int] = {}
     for record in history:
-        for name in changed_by(record, every):
-            times[name] = int(record["source_ts_ms"])
+        names = changed_by(record, every)
+        if names:
+            times.update(dict.fromkeys(names, int(record["source_ts_ms"])))
     return times
 
 
