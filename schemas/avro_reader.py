@@ -9,6 +9,12 @@ records as dicts in field order, ``decimal`` as :class:`~decimal.Decimal` (the s
 precision), ``date`` as :class:`datetime.date`, ``timestamp-millis``/``-micros`` as UTC
 :class:`datetime.datetime`.
 
+``compile_split_reader(schema, leading)`` reads a record in two steps: its leading fields
+(up to the last of ``leading``) first, the rest only when asked, from the same bytes, so
+a caller that decides on the leading fields alone (a sink skipping an event it applied
+already, by its version) never reads the rest. Both steps together give the datum
+``compile_reader`` gives.
+
 Supported: every primitive, records, arrays, maps, enums, fixed, unions, and the logical
 types above. Any other logical type raises :class:`~schemas.errors.ConfigError` at
 compile time, so callers keep :mod:`fastavro` for such schemas. Bytes that do not hold a
@@ -22,14 +28,14 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from decimal import Context
 from typing import Any
 
 from schemas.avro_writer import SchemaCompiler, full_name
 from schemas.errors import ConfigError, DecodeError
 
-__all__ = ["Read", "compile_reader"]
+__all__ = ["Read", "SplitReader", "compile_reader", "compile_split_reader"]
 
 Read = Callable[[bytes, int], tuple[Any, int]]
 """Reads one datum from ``data`` at ``pos``; returns it and the position after it."""
@@ -257,6 +263,8 @@ class _Compiler(SchemaCompiler[Read]):
         super().__init__()
         self.optional_of: dict[Read, Read] = {}
         """``["null", X]`` readers made here -> the reader of X (inlined in records)."""
+        self.fields_of: dict[str, list[tuple[str, Read]]] = {}
+        """Per record (full name): its fields' names and readers, in order."""
 
     def _enum(self, schema: Mapping[str, Any], namespace: str | None) -> Read:
         name = full_name(schema["name"], schema.get("namespace", namespace))
@@ -313,6 +321,7 @@ class _Compiler(SchemaCompiler[Read]):
         self.named[name] = read  # a recursive reference finds it while the fields compile
         self.in_progress.add(name)
         fields = [(f["name"], self.compile(f["type"], ns)) for f in schema["fields"]]
+        self.fields_of[name] = fields
         self.in_progress.discard(name)
         compiled.append(self._record_function(name, fields))
         self.named[name] = compiled[0]
@@ -383,6 +392,23 @@ class _Compiler(SchemaCompiler[Read]):
         return read_union
 
 
+def _reading(read: Read, data: bytes, pos: int) -> tuple[Any, int]:
+    """``read(data, pos)``, any failure of the bytes raised as :class:`DecodeError`."""
+    try:
+        return read(data, pos)
+    except DecodeError:
+        raise
+    except (_TruncatedError, IndexError, struct.error) as exc:
+        raise DecodeError("Avro body is truncated") from exc
+    except (UnicodeDecodeError, ValueError, OverflowError, ArithmeticError) as exc:
+        raise DecodeError(f"Avro body does not decode with its schema: {exc!r}") from exc
+
+
+def _to_the_end(data: bytes, end: int) -> None:
+    if end != len(data):
+        raise DecodeError(f"Avro body has {len(data) - end} bytes after the datum")
+
+
 def compile_reader(schema: Mapping[str, Any] | list[Any] | str) -> Callable[[bytes], Any]:
     """Compile a writer schema into a function returning the datum in an Avro body.
 
@@ -396,16 +422,64 @@ def compile_reader(schema: Mapping[str, Any] | list[Any] | str) -> Callable[[byt
     root = _Compiler().compile(schema, None)
 
     def read(body: bytes) -> Any:
-        try:
-            datum, end = root(body, 0)
-        except DecodeError:
-            raise
-        except (_TruncatedError, IndexError, struct.error) as exc:
-            raise DecodeError("Avro body is truncated") from exc
-        except (UnicodeDecodeError, ValueError, OverflowError, ArithmeticError) as exc:
-            raise DecodeError(f"Avro body does not decode with its schema: {exc!r}") from exc
-        if end != len(body):
-            raise DecodeError(f"Avro body has {len(body) - end} bytes after the datum")
+        datum, end = _reading(root, body, 0)
+        _to_the_end(body, end)
         return datum
 
     return read
+
+
+class SplitReader:
+    """A record schema's reader in two steps (see :func:`compile_split_reader`).
+
+    ``head(data, pos)``: the leading fields of the record whose body starts at ``pos``,
+    as a dict in field order, and the position after them. ``rest(data, pos)``: the
+    other fields, from the position ``head`` returned, as a dict in field order; the
+    body must end with them. Both raise :class:`~schemas.errors.DecodeError` for bytes
+    that do not hold a datum of the schema.
+    """
+
+    def __init__(self, head: Read, rest: Read) -> None:
+        self._head = head
+        self._rest = rest
+
+    def head(self, data: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        """The leading fields and the position after them."""
+        head: tuple[dict[str, Any], int] = _reading(self._head, data, pos)
+        return head
+
+    def rest(self, data: bytes, pos: int) -> dict[str, Any]:
+        """The remaining fields, read to the end of ``data``."""
+        datum, end = _reading(self._rest, data, pos)
+        _to_the_end(data, end)
+        rest: dict[str, Any] = datum
+        return rest
+
+
+def compile_split_reader(schema: Mapping[str, Any], leading: Collection[str]) -> SplitReader:
+    """Compile a record schema into a reader of its leading fields first, the rest later.
+
+    The head reads the record's fields in order up to the last of ``leading`` (every
+    one of them a field of the record); the rest reads the others. A record whose
+    fields are all leading has an empty rest.
+
+    Raises:
+        ConfigError: the schema is not a record, a name in ``leading`` is not one of its
+            fields, or a type this reader leaves to :mod:`fastavro` (see
+            :func:`compile_reader`).
+    """
+    if not isinstance(schema, Mapping) or schema.get("type") not in ("record", "error"):
+        raise ConfigError("a split reader reads records only")
+    compiler = _Compiler()
+    compiler.compile(schema, None)
+    fields = compiler.fields_of[full_name(schema["name"], schema.get("namespace"))]
+    names = [name for name, _ in fields]
+    missing = sorted(set(leading) - set(names))
+    if missing:
+        raise ConfigError(f"the record has no fields {', '.join(missing)}")
+    cut = max((names.index(name) + 1 for name in leading), default=0)
+    name = str(schema["name"])
+    return SplitReader(
+        compiler._record_function(f"{name} (head)", fields[:cut]),
+        compiler._record_function(f"{name} (rest)", fields[cut:]),
+    )

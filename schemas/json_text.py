@@ -7,11 +7,14 @@ row clocks):
   library whatever orjson refuses (integers beyond 64 bits, keys that are not text).
   Floats that are not finite have no JSON form (orjson would write null): callers that
   may hold them tag them first.
-- :func:`load` reads text (or its UTF-8 bytes) exactly, integers of any size included:
-  orjson's value is kept when orjson writes it back as the same text, as it does for
-  what :func:`dump` wrote with orjson; any other text goes to the standard library
-  (orjson's reader turns integers beyond 64 bits into floats, and refuses what the
-  standard library writes for a lone surrogate or a float that is not finite).
+- :func:`load` reads text (or its UTF-8 bytes) exactly, integers of any size included,
+  as the standard library reads it: orjson's value is kept when it holds no float (orjson
+  reads every integer up to 64 bits exactly and only larger ones as floats, so such a
+  value is the standard library's), or when orjson writes it back as the same text, as
+  it does for what :func:`dump` wrote with orjson; any other text goes to the standard
+  library (orjson refuses what the standard library writes for a lone surrogate or a
+  float that is not finite). Text in another layout (PostgreSQL's ``jsonb`` output, with
+  a space after each separator) holding no float is read by orjson alone.
 - :class:`StdlibText` writes exactly the standard library encoder's text (where that
   text is a contract: the payload hash, the data-quality log), by orjson whenever
   orjson writes the same bytes.
@@ -47,8 +50,27 @@ def load(text: str | bytes) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+    if _without_float(value):
+        return value
     data = text.encode("utf-8") if isinstance(text, str) else text
     return value if orjson.dumps(value) == data else json.loads(text)
+
+
+def _without_float(value: Any) -> bool:
+    """Whether ``value`` (as orjson read it) holds no float, at any depth."""
+    kind = type(value)
+    if kind is dict:
+        items = list(value.values())
+    elif kind is list:
+        items = value
+    else:
+        return kind is not float
+    kinds = set(map(type, items))
+    if float in kinds:
+        return False
+    if dict in kinds or list in kinds:
+        return all(_without_float(item) for item in items if type(item) in (dict, list))
+    return True
 
 
 _ALIKE_LEAVES: Final = frozenset({str, int, bool, type(None)})

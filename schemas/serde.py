@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Protocol, Self, TypeAlias
@@ -33,7 +33,7 @@ from typing import Any, Final, Protocol, Self, TypeAlias
 import fastavro
 import httpx
 
-from schemas.avro_reader import compile_reader
+from schemas.avro_reader import SplitReader, compile_reader, compile_split_reader
 from schemas.avro_writer import compile_writer
 from schemas.errors import (
     ConfigError,
@@ -467,6 +467,10 @@ class LocalSchemaRegistry:
 # ------------------------------------------------------------------------------ serde
 
 
+def _nothing() -> None:
+    """The rest of a record decoded whole: nothing left to read."""
+
+
 @dataclass(frozen=True, slots=True)
 class WriterSchema:
     """A schema registered under a subject, ready to encode with (see :meth:`AvroSerde.prepare`)."""
@@ -491,6 +495,7 @@ class AvroSerde:
         self._registry = registry
         self._writers: dict[tuple[str, str], WriterSchema] = {}
         self._readers: dict[int, Callable[[bytes], Any] | None] = {}
+        self._split: dict[tuple[int, frozenset[str]], SplitReader | None] = {}
 
     def prepare(self, subject: str, schema: Mapping[str, Any]) -> WriterSchema:
         """Register ``schema`` under ``subject`` (once per process) and return it parsed.
@@ -564,6 +569,54 @@ class AvroSerde:
         if not isinstance(datum, dict):
             raise DecodeError(f"schema id {schema_id} does not describe a record")
         return datum
+
+    def decode_lazily(
+        self, data: Bytes, leading: Collection[str]
+    ) -> tuple[dict[str, Any], Callable[[], None]]:
+        """The record in a wire-format message: its ``leading`` fields now, the rest on demand.
+
+        Returns ``(record, rest)``: ``record`` holds the record's fields up to the last
+        of ``leading``; ``rest()`` reads the others into it, the first time it is called
+        (later calls do nothing), after which ``record`` equals what :meth:`decode`
+        returns, field order included. A caller deciding on the leading fields alone
+        never pays for the rest. A schema the compiled reader does not read, or whose
+        record lacks one of ``leading``, is decoded whole at once (``rest`` does nothing).
+
+        Raises:
+            DecodeError: as :meth:`decode`, for the leading fields; ``rest()`` raises it
+                when the other fields do not decode or bytes follow them.
+            RetriableError: the registry is unreachable (the message may be fine).
+        """
+        if type(data) is bytes and len(data) >= HEADER_SIZE and data[0] == MAGIC_BYTE:
+            message = data  # the readers take the message and the body's start: no copy
+            schema_id = _HEADER.unpack_from(message)[1]
+        else:
+            schema_id = unpack(data)[0]
+            message = bytes(data)
+        split = self._split_reader(schema_id, frozenset(leading))
+        if split is None:
+            return self.decode(message), _nothing
+        record, end = split.head(message, HEADER_SIZE)
+        done = False
+
+        def rest() -> None:
+            nonlocal done
+            if not done:
+                record.update(split.rest(message, end))
+                done = True
+
+        return record, rest
+
+    def _split_reader(self, schema_id: int, leading: frozenset[str]) -> SplitReader | None:
+        """The split reader of a writer schema (None: decoded whole), cached."""
+        key = (schema_id, leading)
+        if key not in self._split:
+            writer = self._registry.get_schema(schema_id)
+            try:
+                self._split[key] = compile_split_reader(writer, leading)
+            except ConfigError:
+                self._split[key] = None
+        return self._split[key]
 
     def _reader(self, schema_id: int) -> Callable[[bytes], Any] | None:
         """The compiled reader of a writer schema (None: fastavro reads it), cached."""

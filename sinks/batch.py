@@ -19,11 +19,12 @@ Pure: no Kafka or database access.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
+    "DECIDING_FIELDS",
     "Collapsed",
     "EntityKey",
     "SinkBatch",
@@ -37,10 +38,19 @@ EntityKey = tuple[str, str]
 
 TopicPartition = tuple[str, int]
 
+DECIDING_FIELDS: Final = frozenset({"source_system", "source_ts_ms", "op", "version"})
+"""What a sink reads of an event before it knows the event is newer than what it applied
+(the canonical schemas lead with them): the rest of a record is decoded only for events
+that proceed (:meth:`SinkEvent.complete`)."""
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class SinkEvent:
-    """One decoded canonical event with its Kafka position.
+    """One decoded canonical event with its Kafka position; never changed once made.
+
+    Not a frozen dataclass, on purpose: one is made per message read, and a frozen
+    dataclass' constructor (one ``object.__setattr__`` per field) costs more than
+    deciding a replayed event does. It was never hashable either (``record`` is a dict).
 
     Attributes:
         topic: the canonical topic (``canonical.<entity>``).
@@ -54,6 +64,9 @@ class SinkEvent:
         replayed_from: for a replayed event (read from ``replay.sinks.<target>``), its
             original canonical ``(topic, partition, offset)``; its dead letter names
             that position, not the replay's.
+        rest: for an event decoded lazily, reads the rest of its record into
+            ``record``, which until then holds the leading fields only (at least
+            :data:`DECIDING_FIELDS`); None: ``record`` is whole. See :meth:`complete`.
     """
 
     topic: str
@@ -66,6 +79,19 @@ class SinkEvent:
     raw_value: bytes | None = None
     replays: int = 0
     replayed_from: tuple[str, int, int] | None = None
+    rest: Callable[[], None] | None = None
+
+    def complete(self) -> Mapping[str, Any]:
+        """The whole record, its rest read first when it was decoded lazily (once).
+
+        Anything beyond :data:`DECIDING_FIELDS` is read only after this.
+
+        Raises:
+            DecodeError: the rest of the record does not decode.
+        """
+        if self.rest is not None:
+            self.rest()
+        return self.record
 
     @property
     def entity_key(self) -> EntityKey:

@@ -49,14 +49,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 from psycopg.rows import dict_row
+from psycopg.sql import Composable
 
 from schemas import json_text
 from schemas.deadletter import (
@@ -71,7 +75,7 @@ from schemas.deadletter import (
     H_REPLAY_COUNT,
     H_STAGE,
 )
-from schemas.errors import ConfigError, PermanentError, SyncError, ValidationError
+from schemas.errors import ConfigError, DecodeError, PermanentError, SyncError, ValidationError
 from schemas.mapping import Owner
 from schemas.payload import never_noop, payload_hash, plain
 from sinks import sql
@@ -139,11 +143,39 @@ class _Item:
     """A suspected duplicate written into its candidate: the candidate keeps its links."""
 
 
+class _Statements:
+    """The text of the sink's statements, rendered once per sink.
+
+    The :mod:`sinks.sql` builders compose :mod:`psycopg.sql` trees, and rendering one
+    walks and quotes it again: a few hundred microseconds a statement, several times
+    a batch. The statements of a sink depend on its configuration only (and, for the
+    row lookups, on which locators a batch uses), so each is rendered the first time.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[Hashable, bytes] = {}
+
+    def __call__(
+        self,
+        cur: psycopg.Cursor[Any],
+        build: Callable[..., Composable],
+        *args: Hashable,
+        **kwargs: Hashable,
+    ) -> bytes:
+        """``build(*args, **kwargs)`` rendered for ``cur``'s connection (cached)."""
+        key = (build, args, tuple(kwargs.items()))
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = build(*args, **kwargs).as_bytes(cur)
+        return text
+
+
 class _Clocks:
     """The row clocks one batch reads and writes (``erpcrm_sync.row_clock``), locked."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, statements: _Statements) -> None:
         self._schema = schema
+        self._sql = statements
         self._clocks: dict[tuple[str, str], RowClock | None] = {}
         self._dirty: set[tuple[str, str]] = set()
 
@@ -152,7 +184,8 @@ class _Clocks:
         wanted = sorted({r for r in rows if (entity, r) not in self._clocks})
         if not wanted:
             return
-        cur.execute(sql.row_clock_select(self._schema), (entity, wanted), binary=True)
+        query = self._sql(cur, sql.row_clock_select, self._schema)
+        cur.execute(query, (entity, wanted), binary=True)
         for r in cur.fetchall():
             self._clocks[(entity, r["row_id"])] = RowClock(
                 written=json_text.load(r["written"]),
@@ -180,7 +213,7 @@ class _Clocks:
         keys = sorted(self._dirty)
         clocks = [self._clocks[k] or RowClock() for k in keys]
         cur.execute(
-            sql.row_clock_upsert(self._schema),
+            self._sql(cur, sql.row_clock_upsert, self._schema),
             (
                 [e for e, _ in keys],
                 [r for _, r in keys],
@@ -210,6 +243,46 @@ class _Outcome:
     held: list[_Item] = field(default_factory=list)
     recorded: list[tuple[SinkEvent, str]] = field(default_factory=list)
     announce: list[tuple[SinkEvent, str]] = field(default_factory=list)
+    undecodable: set[int] = field(default_factory=set)
+    """``id`` of the events whose rest did not decode (in ``dead``)."""
+
+    def complete(self, event: SinkEvent) -> bool:
+        """Read the rest of a lazily decoded event; one that does not decode is dead (False).
+
+        The runner dead-letters an event whose leading fields do not decode before the
+        batch; the rest of one is read here, only for an event that proceeds, and one
+        that fails goes to the dead-letter topic with the batch.
+        """
+        if id(event) in self.undecodable:
+            return False
+        try:
+            event.complete()
+        except DecodeError as exc:
+            self.dead.append((event, exc))
+            self.undecodable.add(id(event))
+            return False
+        return True
+
+
+class _UuidTextLoader(Loader):
+    """A ``uuid`` read as its canonical text: ids are text on the bus and in the state.
+
+    The sink compares, keys and writes row ids as text; a :class:`uuid.UUID` per id read
+    (psycopg's default) was then turned into text several times per row.
+    """
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode("ascii")
+
+
+class _UuidBinaryTextLoader(Loader):
+    """The binary form of a ``uuid`` (16 bytes) as its canonical text."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> str:
+        h = bytes(data).hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _lazy_digest(record: Mapping[str, Any]) -> Callable[[], str]:
@@ -352,6 +425,7 @@ class PostgresUpsertSink(Sink):
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
         self._plain: psycopg.Connection[Any] | None = None
+        self._sql = _Statements()
 
     # ---------------------------------------------------------------- connections
 
@@ -359,6 +433,8 @@ class PostgresUpsertSink(Sink):
         """The origin-tagged session, (re)connected on demand."""
         if self._conn is None or self._conn.closed:
             conn = self._connect(self._dsn, autocommit=True, application_name="erpcrm-sink")
+            conn.adapters.register_loader("uuid", _UuidTextLoader)
+            conn.adapters.register_loader("uuid", _UuidBinaryTextLoader)
             try:
                 conn.execute(sql.origin_create(), (self._origin, self._origin))
                 conn.execute(sql.origin_session_setup(), (self._origin,))
@@ -463,9 +539,9 @@ class PostgresUpsertSink(Sink):
         # statement whose rows are read waits for them (a flush, not a sync), so the
         # transaction's statements run in order as before.
         with conn.pipeline(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            clocks = _Clocks(self._schema)
+            clocks = _Clocks(self._schema, self._sql)
             # The target's own changes first: they tell the fields of its local edits.
-            self._observe_local(cur, batch, clocks)
+            self._observe_local(cur, batch, clocks, out)
             by_entity: dict[str, list[SinkEvent]] = {}
             for event in collapsed.latest:
                 by_entity.setdefault(event.entity, []).append(event)
@@ -509,13 +585,13 @@ class PostgresUpsertSink(Sink):
         clocks.save(cur)
         if out.conflicts:
             cur.execute(
-                sql.conflicts_insert(self._schema),
+                self._sql(cur, sql.conflicts_insert, self._schema),
                 self._conflict_params(out.conflicts),
                 binary=True,
             )
         if out.recorded:
             cur.execute(
-                sql.applied_upsert(self._schema),
+                self._sql(cur, sql.applied_upsert, self._schema),
                 (
                     [e.entity for e, _ in out.recorded],
                     [e.key for e, _ in out.recorded],
@@ -526,7 +602,7 @@ class PostgresUpsertSink(Sink):
             )
         if out.announce and self._announce:
             cur.execute(
-                sql.announce_insert(self._schema),
+                self._sql(cur, sql.announce_insert, self._schema),
                 (
                     [e.entity for e, _ in out.announce],
                     [e.key for e, _ in out.announce],
@@ -545,7 +621,11 @@ class PostgresUpsertSink(Sink):
         return offsets
 
     def _observe_local(
-        self, cur: psycopg.Cursor[dict[str, Any]], batch: SinkBatch, clocks: _Clocks
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        batch: SinkBatch,
+        clocks: _Clocks,
+        out: _Outcome,
     ) -> None:
         """Record the fields and commit times of the target's own changes in row clocks.
 
@@ -556,7 +636,7 @@ class PostgresUpsertSink(Sink):
         id_field = f"{self.target}_id"
         by_entity: dict[str, list[tuple[str, SinkEvent]]] = {}
         for event in batch:
-            if event.source_system != self.target:
+            if event.source_system != self.target or not out.complete(event):
                 continue
             self._own_seen_ms = max(self._own_seen_ms, event.source_ts_ms)
             table = self._tables.get(event.entity)
@@ -595,10 +675,16 @@ class PostgresUpsertSink(Sink):
             return
         taken: list[SinkEvent] = []
         for event in events:
+            # What ``accept`` reads may lie beyond the leading fields.
+            if (table.accept is not None or id(event) in out.undecodable) and not out.complete(
+                event
+            ):
+                continue
             (taken if table.accepts(event.record) else out.skipped).append(event)
         if not taken:
             return
-        cur.execute(sql.select_applied(self._schema), (entity, [e.key for e in taken]), binary=True)
+        query = self._sql(cur, sql.select_applied, self._schema)
+        cur.execute(query, (entity, [e.key for e in taken]), binary=True)
         stored = {r["entity_key"]: Applied(r["version"], r["payload_hash"]) for r in cur.fetchall()}
         fields = _merged_fields(table)
         items: list[_Item] = []
@@ -606,6 +692,11 @@ class PostgresUpsertSink(Sink):
             known = stored.get(event.key)
             if is_stale(known, event.version):
                 out.stale.append(event)  # a replay: decided by the version alone
+                continue
+            # Newer than the stored version: now the rest of the record is read. One
+            # whose rest does not decode is dead-lettered; the key's older events in
+            # the batch stay superseded by it (its dead letter can be replayed).
+            if not out.complete(event):
                 continue
             # Hashed only when the version does not settle it.
             digest = _lazy_digest(event.record)
@@ -616,7 +707,9 @@ class PostgresUpsertSink(Sink):
             else:
                 floor = known.version if known is not None else -1
                 history = tuple(
-                    e for e in batch.events(event.entity_key) if floor < e.version <= event.version
+                    e
+                    for e in batch.events(event.entity_key)
+                    if floor < e.version <= event.version and out.complete(e)
                 )
                 history = tuple(sorted(history, key=lambda e: e.version)) or (event,)
                 record = {**event.record, KEY: event.key}
@@ -717,7 +810,15 @@ class PostgresUpsertSink(Sink):
         if not keys:
             return [None] * len(records)
         names = [*columns, *(k.column.name for k in keys), *(k.live for k in keys if k.live)]
-        query = sql.select_current(ref, list(dict.fromkeys(names)), keys, lock=lock, row_facts=lock)
+        query = self._sql(
+            cur,
+            sql.select_current,
+            ref,
+            tuple(dict.fromkeys(names)),
+            tuple(keys),
+            lock=lock,
+            row_facts=lock,
+        )
         cur.execute(query, params, binary=True)
         rows = cur.fetchall()
         # Per locator, its matches by value (only live rows for a locator with ``dead``).
@@ -773,11 +874,20 @@ class PostgresUpsertSink(Sink):
             return
         pks = sql.array(table.pk_type, (i.pk for i in found))
         if table.delete is DeleteMode.HARD:
-            cur.execute(sql.delete_rows(table.ref, table.pk_column), (pks,), binary=True)
+            query = self._sql(cur, sql.delete_rows, table.ref, table.pk_column)
+            cur.execute(query, (pks,), binary=True)
             return
         column, value = table.delete_flag
         cur.execute(
-            sql.soft_delete_rows(table.ref, table.pk_column, column, value=value, returning=True),
+            self._sql(
+                cur,
+                sql.soft_delete_rows,
+                table.ref,
+                table.pk_column,
+                column,
+                value=value,
+                returning=True,
+            ),
             (pks,),
             binary=True,
         )
@@ -873,13 +983,16 @@ class PostgresUpsertSink(Sink):
             params = [sql.array(table.pk_type, (i.pk for i in rows))] + [
                 sql.array(c.pg_type, (i.row[c.name] for i in rows)) for c in columns
             ]
-            cur.execute(
-                sql.update_rows(
-                    table.ref, table.pk_column, columns, returning=[table.pk], xmin=True
-                ),
-                params,
-                binary=True,
+            query = self._sql(
+                cur,
+                sql.update_rows,
+                table.ref,
+                table.pk_column,
+                tuple(columns),
+                returning=(table.pk,),
+                xmin=True,
             )
+            cur.execute(query, params, binary=True)
             # Only a row the statement changed has the sink's transaction as its xmin.
             changed_rows = {str(r[table.pk]): r[sql.ROW_XMIN] for r in cur.fetchall()}
             for item in rows:
@@ -1068,13 +1181,12 @@ class PostgresUpsertSink(Sink):
         """Insert new rows; return the transaction id their ``xmin`` shows (None: no row)."""
         columns = [sql.Column(c.column, c.pg_type) for c in table.written_columns(insert=True)]
         first = table.locators[0].column
-        returning = list(dict.fromkeys([table.pk, first]))
+        returning = tuple(dict.fromkeys([table.pk, first]))
         params = [sql.array(c.pg_type, (i.row[c.name] for i in items)) for c in columns]
-        cur.execute(
-            sql.insert_children(table.ref, columns, returning=returning, xmin=True),
-            params,
-            binary=True,
+        query = self._sql(
+            cur, sql.insert_children, table.ref, tuple(columns), returning=returning, xmin=True
         )
+        cur.execute(query, params, binary=True)
         created = cur.fetchall()
         pks = {str(r[first]): r[table.pk] for r in created}
         for item in items:
@@ -1104,7 +1216,7 @@ class PostgresUpsertSink(Sink):
         if children:
             columns = lines.sql_columns
             cur.execute(
-                sql.insert_children(lines.ref, columns),
+                self._sql(cur, sql.insert_children, lines.ref, columns),
                 [sql.array(c.pg_type, (row.get(c.name) for row in children)) for c in columns],
                 binary=True,
             )
@@ -1116,7 +1228,7 @@ class PostgresUpsertSink(Sink):
     ) -> None:
         items = sorted(offsets.items())
         cur.execute(
-            sql.offsets_upsert(self._schema),
+            self._sql(cur, sql.offsets_upsert, self._schema),
             ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
             binary=True,
         )

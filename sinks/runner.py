@@ -22,7 +22,12 @@ loop, and what each step guarantees:
 - **Permanent failures** (a constraint violation) split the batch by entity key until
   the failing event is alone; it is dead-lettered, the rest is applied, and the
   positions are stored once every part is in.
-- **Undecodable messages** are dead-lettered before the batch that passes them commits.
+- **Decoding as far as needed.** A message's leading fields (:data:`~sinks.batch.
+  DECIDING_FIELDS`) are decoded as it is read; the rest of the record too while the
+  batches apply most of their events, and otherwise only by the sink, for the events
+  newer than the applied version (a replay after a restart decodes no more than the
+  versions). What does not decode as it is read is dead-lettered before the batch that
+  passes it commits; a rest the sink cannot decode, with that batch, in its transaction.
 - **Deferred events** (a reference the target does not have yet) are retried with every
   batch for ``reference_wait_seconds``, then dead-lettered; the stored positions never
   pass them.
@@ -63,7 +68,7 @@ from schemas.dlq_topics import ensure_dead_letter_topic
 from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
 from schemas.serde import AvroSerde
 from sinks.base import WriteResult
-from sinks.batch import EntityKey, SinkBatch, SinkEvent, safe_offsets
+from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
 from sinks.postgres import PostgresUpsertSink, dead_letter_headers
 from sinks.replays import replayed
@@ -171,6 +176,10 @@ class SinkRunner:
         self._target = settings.target
         self._writer: ThreadPoolExecutor | None = None
         self._pending: _Pending | None = None
+        self._read_whole = True
+        """Decode each event whole as it is read (the last batch applied most of its
+        events); else only its leading fields, the rest once the sink finds it newer
+        than the applied version (a replay reads no more than it needs)."""
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -387,7 +396,9 @@ class SinkRunner:
         try:
             if not entity:
                 raise DecodeError(f"replayed message without an {H_ENTITY} header")
-            record = self._retrying("decode", lambda: self._serde.decode(value))
+            # Only the fields that decide whether the event is applied at all: a replay
+            # of applied events never reads the rest (SinkEvent.complete).
+            record, rest = self._decode(value)
         except DecodeError as exc:
             event = SinkEvent(
                 topic, partition, offset, entity, key, {}, raw_key, value, replays, replayed_from
@@ -396,7 +407,26 @@ class SinkRunner:
             batch.advance(topic, partition, offset)
             return
         position = (topic, partition, offset)
-        batch.add(SinkEvent(*position, entity, key, record, raw_key, value, replays, replayed_from))
+        batch.add(
+            SinkEvent(*position, entity, key, record, raw_key, value, replays, replayed_from, rest)
+        )
+
+    def _decode(self, value: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """A message's record, whole or its leading fields and the rest to read (module doc).
+
+        Whole (here, while the previous batch is written, not in the writing thread)
+        while batches apply most of their events, and always for the target's own
+        events (their fields go into row clocks).
+        """
+        if self._read_whole:
+            return self._retrying("decode", lambda: self._serde.decode(value)), None
+        record, rest = self._retrying(
+            "decode", lambda: self._serde.decode_lazily(value, DECIDING_FIELDS)
+        )
+        if record.get("source_system") == self._target:
+            rest()
+            return record, None
+        return record, rest
 
     # ----------------------------------------------------------------------- apply
 
@@ -621,6 +651,7 @@ class SinkRunner:
         self.stats.events += len(batch)
         m.batches.labels(target).inc()
         m.batch_size.labels(target).observe(len(batch))
+        self._read_whole = 2 * len(result.stale) <= len(batch)
         m.apply_seconds.labels(target).observe(seconds)
         if result.dead:
             for event, error in result.dead:

@@ -171,6 +171,13 @@ def is_stale(stored: Applied | None, version: int) -> bool:
     return stored is not None and version <= stored.version
 
 
+_OWNER_BY_VALUE: Final = {owner.value: owner for owner in Owner}
+_SHARED: Final = Owner.SHARED
+_LAST_WRITER: Final = Reason.LAST_WRITER.value
+_TIE: Final = Reason.TIE.value
+_OWNER: Final = Reason.OWNER.value
+
+
 def _same(ours: Any, theirs: Any) -> bool:
     return bool(plain(ours) == plain(theirs))
 
@@ -366,8 +373,9 @@ def changed_times(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -
     every = tuple(fields)
     times: dict[str, int] = {}
     for record in history:
-        for name in changed_by(record, every):
-            times[name] = int(record["source_ts_ms"])
+        names = changed_by(record, every)
+        if names:
+            times.update(dict.fromkeys(names, int(record["source_ts_ms"])))
     return times
 
 
@@ -416,39 +424,43 @@ def merge(
         clock: the row's clock, complete (:meth:`RowClock.knows`).
     """
     source = str(incoming["source_system"])
-    times = clock.times(fields)
+    # Once per event, not per field (an enum lookup costs more than the rest of a field).
+    default = _OWNER_BY_VALUE.get(source)
+    written, local = clock.written, clock.local
     writes: dict[str, Any] = {}
     written_at: dict[str, int] = {}
     conflicts: list[Conflict] = []
     reassert = False
     for name in fields:
-        if name not in changed:
+        ts = changed.get(name)
+        if ts is None:
             continue
-        theirs, ours, ts = incoming.get(name), current.get(name), changed[name]
-        owner = ownership.get(name, Owner(source))
-        if owner is not Owner.SHARED:
-            if owner.value == source:
+        theirs = incoming.get(name)
+        owner = ownership.get(name, default)
+        if owner is None:
+            owner = Owner(source)  # not a system: refused as before
+        if owner is not _SHARED:
+            if owner is default:  # the source system's own field
                 writes[name], written_at[name] = theirs, ts
-            elif not _same(ours, theirs):
+            elif not _same(ours := current.get(name), theirs):
                 reassert = True
                 conflicts.append(
-                    Conflict(
-                        entity, entity_key, name, ours, theirs, target, Reason.OWNER.value, target
-                    )
+                    Conflict(entity, entity_key, name, ours, theirs, target, _OWNER, target)
                 )
             continue
-        mine = times[name]
+        # The last write the target holds in the field: the sink's own or a local edit.
+        by_sink, by_target = written.get(name, -1), local.get(name, -1)
+        mine = by_sink if by_sink > by_target else by_target
         if ts != mine:
-            winner, reason = (source if ts > mine else target), Reason.LAST_WRITER
+            winner, reason = (source if ts > mine else target), _LAST_WRITER
         else:
-            winner, reason = TIE_WINNER, Reason.TIE
+            winner, reason = TIE_WINNER, _TIE
         if winner == source:
             writes[name], written_at[name] = theirs, ts
         # A decision against a local edit the source has not seen is a conflict; a
         # field last written by the sink itself is just an update.
-        contested = clock.local.get(name, -1) > clock.written.get(name, -1)
-        if contested and not _same(ours, theirs):
+        if by_target > by_sink and not _same(ours := current.get(name), theirs):
             conflicts.append(
-                Conflict(entity, entity_key, name, ours, theirs, winner, reason.value, target)
+                Conflict(entity, entity_key, name, ours, theirs, winner, reason, target)
             )
     return Merge(writes, written_at, tuple(conflicts), reassert)

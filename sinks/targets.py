@@ -32,6 +32,7 @@ Pure: no I/O. A value a required column cannot do without raises
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,18 @@ class ColumnMap:
     default: Any = None
     compute: Compute | None = None
     required: bool = False
+    from_target: Mapping[Any, Any] | None = dataclasses.field(
+        default=None, init=False, compare=False
+    )
+    """The inverse of ``to_target`` (the first canonical value of a target value), made
+    once: :func:`from_row` reads every current row back with it."""
+
+    def __post_init__(self) -> None:
+        if self.to_target is not None:
+            inverse: dict[Any, Any] = {}
+            for canonical, target in self.to_target.items():
+                inverse.setdefault(target, canonical)
+            object.__setattr__(self, "from_target", inverse)
 
     def value(self, record: Mapping[str, Any]) -> Any:
         """The column's value for a canonical record."""
@@ -378,13 +391,11 @@ def from_row(table: TargetTable, row: Mapping[str, Any]) -> dict[str, Any]:
         if c.field is None or c.field in values or c.column not in row:
             continue
         value = row[c.column]
-        if value is not None and c.to_target is not None:
-            inverse: dict[Any, Any] = {}
-            for canonical, target in c.to_target.items():
-                inverse.setdefault(target, canonical)
-            value = inverse.get(value, value)
-        if value is not None and (c.pg_type == "uuid" or c.field.endswith("_id")):
-            value = str(value)
+        if value is not None:
+            if c.from_target is not None:
+                value = c.from_target.get(value, value)
+            if c.pg_type == "uuid" or c.field.endswith("_id"):
+                value = str(value)
         values[c.field] = value
     return values
 

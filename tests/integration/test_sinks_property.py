@@ -30,8 +30,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from schemas.canonical import METADATA_FIELDS, canonical_schema
 from schemas.mapping import load_mappings, ownership
-from sinks.batch import SinkBatch, SinkEvent
+from schemas.serde import AvroSerde, LocalSchemaRegistry
+from sinks.batch import DECIDING_FIELDS, SinkBatch, SinkEvent
 from sinks.postgres import PostgresUpsertSink
 from sinks.targets import Direction, build_tables, deterministic_id
 from tests.integration.cdc_fixtures import execute, unique_name
@@ -280,3 +282,59 @@ def test_any_delivery_leaves_the_same_tables(
         else:
             assert row is not None
             assert row[2 if entity == "product" else 1] == latest["name"]
+
+
+def _lazily(
+    serde: AvroSerde, record: dict[str, Any], key: str, offset: int, *, tail: bytes = b""
+) -> SinkEvent:
+    """A customer event as the runner makes it: leading fields decoded, the rest later."""
+    schema = canonical_schema("customer")
+    whole = {f["name"]: record.get(f["name"], f.get("default")) for f in schema["fields"]}
+    message = serde.encode(f"canonical.customer-value-{_BASE}", schema, whole) + tail
+    head, rest = serde.decode_lazily(message, DECIDING_FIELDS)
+    return SinkEvent(
+        "canonical.customer", 0, offset, "customer", key, head, None, message, rest=rest
+    )
+
+
+def test_lazily_decoded_events_apply_whole_and_a_replay_never_reads_their_rest(
+    sink: PostgresUpsertSink, stack_env: dict[str, str]
+) -> None:
+    _reset(stack_env, sink._schema)
+    serde = AvroSerde(LocalSchemaRegistry())
+    change = {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 0}
+    records = [_record("customer", key, 10, change) for key in KEYS[:3]]
+
+    def delivery(start: int) -> list[SinkEvent]:
+        # The third event's rest does not decode (a byte after the datum).
+        return [
+            _lazily(serde, records[0], KEYS[0], start),
+            _lazily(serde, records[1], KEYS[1], start + 1),
+            _lazily(serde, records[2], KEYS[2], start + 2, tail=b"\x00"),
+        ]
+
+    first = delivery(0)
+    result = sink.write(SinkBatch(first))
+    assert [e.key for e in result.applied] == list(KEYS[:2])
+    assert [(e.key, type(error).__name__) for e, error in result.dead] == [(KEYS[2], "DecodeError")]
+    assert result.offsets == {("canonical.customer", 0): 3}  # the dead letter is passed
+    queued = sink.queued_dead_letters()
+    assert [(q.offset, q.value) for q in queued] == [(2, first[2].raw_value)]
+    sink.dead_letters_published([q.id for q in queued])
+    rows = execute(
+        stack_env["CRM_ADMIN_DSN"],
+        "SELECT id::text, name, billing_address_city FROM public.accounts "
+        "WHERE id = ANY(%s::uuid[]) ORDER BY id",
+        ([deterministic_id("customer", k) for k in KEYS[:3]],),
+    )
+    assert sorted(rows) == sorted(
+        (deterministic_id("customer", k), "Alpha", "Berlin") for k in KEYS[:2]
+    )
+
+    again = delivery(3)
+    replayed = sink.write(SinkBatch(again))
+    assert [e.key for e in replayed.stale] == list(KEYS[:2])
+    assert [e.key for e, _ in replayed.dead] == [KEYS[2]]
+    for event in again[:2]:
+        assert set(event.record) <= set(METADATA_FIELDS)  # decided without the rest
+    sink.dead_letters_published([q.id for q in sink.queued_dead_letters()])
