@@ -12,6 +12,7 @@ that fails for good stops the worker with its offset uncommitted.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -161,28 +162,75 @@ def _rebalances_done(worker: StreamsProcess) -> int:
     return worker.log_path.read_text(errors="replace").count("Worker ready")
 
 
+class _Typist(threading.Thread):
+    """Keeps a backlog growing: city changes of every partner, one transaction per round.
+
+    Each transaction changes every partner once, so no change is folded into another of
+    the same row; ``cities`` lists every city committed, in order.
+    """
+
+    def __init__(self, dsn: str, keys: set[str], tag: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.partners = sorted(int(key.split(":")[1]) for key in keys)
+        self.tag = tag
+        self.cities: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn) as conn:
+            while not self.stopping.is_set():
+                first = len(self.cities)
+                batch = [f"Live {self.tag} {first + i}" for i in range(len(self.partners))]
+                with conn.transaction():
+                    for partner, city in zip(self.partners, batch, strict=True):
+                        conn.execute(
+                            "update res_partner set city = %s where id = %s", (city, partner)
+                        )
+                self.cities.extend(batch)
+
+    def stop(self) -> list[str]:
+        self.stopping.set()
+        self.join(60)
+        assert not self.is_alive(), "the typist did not stop"
+        return self.cities
+
+
 def test_a_worker_joining_while_a_backlog_drains_loses_and_repeats_nothing(
     pipeline: Pipeline,  # noqa: F811
 ) -> None:
-    """A rebalance mid-backlog: the owner finishes its batch in flight, reads its buffer again."""
+    """A rebalance mid-backlog: the owner finishes its batch in flight, reads its buffer again.
+
+    A typist keeps committing changes until the rebalance is done, so the owner still has
+    work in flight and buffered when the second worker joins, however fast it drains.
+    """
     first = pipeline.streams
     second = _SecondWorker(first)
-    updates = 3 * UPDATES  # long enough to be draining still when the second worker is in
+    typist: _Typist | None = None
     try:
-        keys, cities = _backlog(pipeline, updates)
+        keys, cities = _backlog(pipeline)
         first.start().wait_ready()
         pipeline.reader.wait(
-            lambda: len(_seen_cities(pipeline, keys, cities)) >= updates // 20, 180, "the backlog"
+            lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 20, 180, "the backlog"
         )
+        typist = _Typist(pipeline.env["ERP_DSN"], keys, _tag())
+        typist.start()
         before = _rebalances_done(first)
         second.start().wait_ready()
         pipeline.reader.wait(lambda: _rebalances_done(first) > before, 120, "the rebalance")
         pipeline.reader.poll()
-        assert len(_seen_cities(pipeline, keys, cities)) < updates, "drained before the rebalance"
+        written = cities + typist.cities
+        assert len(_seen_cities(pipeline, keys, written)) < len(written), (
+            "drained before the rebalance"
+        )
+        cities += typist.stop()
+        assert len(typist.cities) > 0
         _nothing_lost_nothing_twice(pipeline, keys, cities)
         assert first.running
         assert second.running
     finally:
+        if typist is not None:
+            typist.stop()
         second.stop()
 
 
