@@ -95,6 +95,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             sized for servers, would let each table grow to gigabytes). Small: what misses
             the block cache is read from files the OS keeps cached, at no measurable cost.
         commit_interval_seconds: how often consumer offsets are committed.
+        metadata_refresh_seconds: how often the consumer refreshes the cluster's
+            metadata; a raw topic created after the worker started (a capture that
+            started later) is read from at most this long after it appears.
         session_timeout_seconds: how long the group waits for a silent worker before its
             partitions move (after a crash, the restarted worker waits this long).
         tick_seconds: how often a worker with pending work (orders being assembled,
@@ -135,6 +138,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)
     table_memory_mib: int = Field(default=4, ge=4)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
+    metadata_refresh_seconds: float = Field(default=2.0, gt=0)
     session_timeout_seconds: float = Field(default=15.0, ge=6, le=90)
     tick_seconds: float = Field(default=1.0, gt=0)
     tick_limit: int = Field(default=200, ge=1)
