@@ -58,6 +58,10 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     Attributes:
         app_id: Faust application id: the consumer group, and the prefix of the worker's
             own topics (``<app_id>-control``, ``<app_id>-<table>-changelog``).
+        instance_id: the consumer's static group membership (``group.instance.id``;
+            empty: none). A worker restarted with the same id takes its partitions back
+            at once instead of after the session timeout; ``erpcrm run`` gives each of
+            its workers one. Two live processes must never share one.
         data_dir: where RocksDB keeps the tables (``<data_dir>/<app_id>``).
         store: Faust table store; ``rocksdb://`` (rocksdict driver) in production,
             ``memory://`` for throw-away runs.
@@ -120,6 +124,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     """
 
     app_id: str = "erpcrm-streams"
+    instance_id: str = ""
     data_dir: Path = DEFAULT_DATA_DIR
     store: str = "rocksdb://"
     web_host: str = "127.0.0.1"
