@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -94,6 +94,11 @@ from schemas.serde import AvroSerde, RegistryClient, WriterSchema
 from schemas.topics import raw_topic, transaction_topic
 
 log = logging.getLogger(__name__)
+
+TRANSACTION_PARTITION: Final = 0
+"""Where every ``BEGIN``/``END`` record goes: one partition keeps them in commit order,
+however many partitions the transaction topic has: the streams stage reads the
+``END`` records in commit order."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -442,6 +447,7 @@ class CaptureWorker:
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise RetriableError(f"cannot create topic {name}: {exc}") from exc
+        self._warn_if_transactions_spread(admin)
         self._transactions = None
         self._tx_key_writer = self._serde.prepare(
             f"{transaction_topic(self._s.server_name)}-key", transaction_key_schema()
@@ -449,6 +455,26 @@ class CaptureWorker:
         self._tx_value_writer = self._serde.prepare(
             f"{transaction_topic(self._s.server_name)}-value", transaction_value_schema()
         )
+
+    def _warn_if_transactions_spread(self, admin: AdminClient) -> None:
+        """Say so when the transaction topic was made with more than one partition.
+
+        A broker that creates topics on first use (``auto.create.topics.enable``) makes
+        it with its default partition count when a consumer asks for it before this
+        capture creates it. Every ``BEGIN``/``END`` still goes to partition
+        :data:`TRANSACTION_PARTITION`, so they stay in commit order; the other
+        partitions stay empty.
+        """
+        name = transaction_topic(self._s.server_name)
+        found = admin.list_topics(name, timeout=30).topics.get(name)
+        if found is not None and found.error is None and len(found.partitions) > 1:
+            log.warning(
+                "topic %s has %d partitions; transaction records all go to partition %d, "
+                "in commit order (create it with one partition to keep the others unused)",
+                name,
+                len(found.partitions),
+                TRANSACTION_PARTITION,
+            )
 
     def _install(self, captured: CapturedTable, oid: int | None = None) -> _Table:
         """Register (or re-register, after DDL) a table's key and value schemas."""
@@ -816,13 +842,21 @@ class CaptureWorker:
         self._fatal = KafkaException(err)
 
     def _send(
-        self, topic: str, key: bytes | None, value: bytes | None, delivery: _Delivery
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        delivery: _Delivery,
+        partition: int = -1,
     ) -> None:
+        """Produce a record (``partition`` -1: by its key), waiting while the queue is full."""
         delivery.tracker.add(delivery.token)
         self._unreported_bytes += len(key or b"") + len(value or b"")
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=delivery)
+                self._producer.produce(
+                    topic, value=value, key=key, on_delivery=delivery, partition=partition
+                )
                 return
             except BufferError:
                 # Kafka is slow or away: wait here, holding the slot, rather than drop.
@@ -866,7 +900,8 @@ class CaptureWorker:
             return
         tid = tx.tid
         writer = self._tx_writer()
-        self._send(self._tx_topic, writer.key(tid), writer.begin(tid, tx.commit_ms), tx.delivery)
+        begin = writer.begin(tid, tx.commit_ms)
+        self._send(self._tx_topic, writer.key(tid), begin, tx.delivery, TRANSACTION_PARTITION)
 
     def _tx_writer(self) -> TransactionWriter:
         if self._tx_key_writer is None or self._tx_value_writer is None:
@@ -880,7 +915,7 @@ class CaptureWorker:
             tid = tx.tid
             writer = self._tx_writer()
             end = writer.end(tid, tx.commit_ms, tx.per_collection)
-            self._send(self._tx_topic, writer.key(tid), end, tx.delivery)
+            self._send(self._tx_topic, writer.key(tid), end, tx.delivery, TRANSACTION_PARTITION)
         self._m.transactions.labels(self._system).inc()
         self._last_commit_lsn = int(commit.commit_lsn)
         if tx.progress:

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from schemas.errors import SyncError
+from schemas.errors import StackError, SyncError
 
 # Each command imports what it runs: a worker process holds only its own stage's modules
 # (the local stack's control code and the workload generator pull in psycopg and more).
@@ -318,13 +318,25 @@ def sink(
 def run_all() -> None:
     """Run every worker (captures, streams, sinks) under one supervisor, restarting crashes."""
     from erpcrm.stack import LocalStack
-    from erpcrm.supervisor import DEFAULT_WORKERS, Supervisor
+    from erpcrm.supervisor import (
+        DEFAULT_WORKERS,
+        EXIT_REFUSED,
+        Supervisor,
+        instance_prefix,
+        sole_supervisor,
+    )
     from erpcrm.workers import stop_on_signals
 
     _stack_defaults_into_environment()
-    supervisor = Supervisor(DEFAULT_WORKERS, LocalStack().layout.state / "logs")
+    state = LocalStack().layout.state
+    supervisor = Supervisor(DEFAULT_WORKERS, state / "logs", instance_prefix=instance_prefix(state))
     stop_on_signals(supervisor.stop)
-    raise typer.Exit(supervisor.run())
+    try:
+        with sole_supervisor(state / "run.lock"):
+            code = supervisor.run()
+    except StackError as exc:
+        raise _fail(exc, EXIT_REFUSED) from exc
+    raise typer.Exit(code)
 
 
 bench_app = typer.Typer(help="Benchmarks on the local stack; each prints JSON.")

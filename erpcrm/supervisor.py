@@ -7,18 +7,31 @@ one that exits with :data:`EXIT_REFUSED` (its settings or arguments were refused
 restart would be refused again), which stops every child and makes the supervisor exit
 with that code. SIGTERM or SIGINT to the supervisor is forwarded to every child, which
 stops cleanly (flush, confirm, commit) before the supervisor exits.
+
+Each consuming worker (streams, sinks) gets a static group membership of its own,
+``<instance prefix>-<worker name>``, the same across its restarts: a worker restarted
+after a crash takes its partitions back as soon as it rejoins, instead of waiting for
+Kafka's session timeout to expire the process that died (10-15 s with no output).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from schemas.errors import StackError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +50,8 @@ class WorkerSpec:
 
     name: str
     args: tuple[str, ...]
+    instance_setting: str = ""
+    """The variable that gives the worker its static group membership ("": none)."""
 
 
 @dataclass
@@ -53,9 +68,9 @@ class _Child:
 DEFAULT_WORKERS = (
     WorkerSpec("cdc-erp", ("cdc", "--system", "erp")),
     WorkerSpec("cdc-crm", ("cdc", "--system", "crm")),
-    WorkerSpec("streams", ("streams",)),
-    WorkerSpec("sink-crm", ("sink", "--target", "crm")),
-    WorkerSpec("sink-erp", ("sink", "--target", "erp")),
+    WorkerSpec("streams", ("streams",), "ERPCRM_STREAMS_INSTANCE_ID"),
+    WorkerSpec("sink-crm", ("sink", "--target", "crm"), "ERPCRM_SINK_INSTANCE_ID"),
+    WorkerSpec("sink-erp", ("sink", "--target", "erp"), "ERPCRM_SINK_INSTANCE_ID"),
 )
 
 
@@ -67,10 +82,17 @@ class Supervisor:
         workers: tuple[WorkerSpec, ...],
         log_dir: Path,
         command: tuple[str, ...] = WORKER_COMMAND,
+        instance_prefix: str = "",
     ) -> None:
+        """``instance_prefix``: names the workers' static memberships ("": none).
+
+        It must not be used by another live supervisor of the same workers: Kafka
+        fences the older of two processes with one membership.
+        """
         self._children = [_Child(spec) for spec in workers]
         self._log_dir = log_dir
         self._command = command
+        self._instance_prefix = instance_prefix
         self._stop = threading.Event()
         self._refused = False
 
@@ -80,11 +102,15 @@ class Supervisor:
 
     def _start(self, child: _Child) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if self._instance_prefix and child.spec.instance_setting:
+            env[child.spec.instance_setting] = f"{self._instance_prefix}-{child.spec.name}"
         with (self._log_dir / f"{child.spec.name}.log").open("ab") as out:
             child.proc = subprocess.Popen(
                 [*self._command, *child.spec.args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         child.started = time.monotonic()
         log.info("%s: started (pid %d)", child.spec.name, child.proc.pid)
@@ -149,3 +175,42 @@ class Supervisor:
             log.info("%s: stopped (%d)", child.spec.name, code)
             worst = worst or code
         return EXIT_REFUSED if self._refused else worst
+
+
+def instance_prefix(state_dir: Path) -> str:
+    """Static memberships' prefix for one stack on this host: ``<host>-<state dir hash>``.
+
+    The same across supervisor restarts (a restarted ``erpcrm run`` takes its workers'
+    partitions back at once); another stack's supervisor on this host gets another.
+    """
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
+
+
+@contextmanager
+def sole_supervisor(lock_path: Path) -> Iterator[None]:
+    """Hold ``lock_path`` while supervising one stack's workers.
+
+    Raises:
+        StackError: another supervisor holds it (its workers would share this one's
+            static memberships, and each of the two would fence the other's out).
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise StackError(
+                f"another `erpcrm run` (pid {holder}) supervises this stack's workers; "
+                "stop it first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

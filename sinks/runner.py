@@ -210,6 +210,7 @@ class SinkRunner:
                     # process) after 10 s, not Kafka's default 45 s.
                     "session.timeout.ms": 10_000,
                     "heartbeat.interval.ms": 2_000,
+                    **({"group.instance.id": self._s.instance_id} if self._s.instance_id else {}),
                 }
             )
         )

@@ -42,6 +42,10 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         sync_schema: the schema of the sync state (``applied``, ``offsets``, ...).
         group_id: Kafka consumer group (default ``erpcrm-sink-<target>``); positions
             live in the target database, the group only spreads partitions.
+        instance_id: the consumer's static group membership (``group.instance.id``;
+            empty: none). A worker restarted with the same id takes its partitions back
+            at once instead of after the session timeout; ``erpcrm run`` gives each of
+            its workers one. Two live processes must never share one.
         batch_size: most events applied in one database transaction.
         linger_ms: how long a batch waits to fill up once it has its first event.
         reference_wait_seconds: an event referring to a row the target does not have
@@ -76,6 +80,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     origin: str = Field(default=DEFAULT_ORIGIN, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     sync_schema: str = Field(default="erpcrm_sync", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     group_id: str = ""
+    instance_id: str = ""
     batch_size: int = Field(default=500, ge=1, le=50_000)
     linger_ms: int = Field(default=20, ge=0)
     reference_wait_seconds: float = Field(default=30.0, ge=0)

@@ -576,6 +576,8 @@ def build(
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_seconds,
+        consumer_metadata_max_age_ms=int(settings.metadata_refresh_seconds * 1000),
+        consumer_group_instance_id=settings.instance_id or None,
         broker_session_timeout=settings.session_timeout_seconds,
         producer_acks=-1,
         producer_linger=settings.producer_linger_ms / 1000,

@@ -58,6 +58,10 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     Attributes:
         app_id: Faust application id: the consumer group, and the prefix of the worker's
             own topics (``<app_id>-control``, ``<app_id>-<table>-changelog``).
+        instance_id: the consumer's static group membership (``group.instance.id``;
+            empty: none). A worker restarted with the same id takes its partitions back
+            at once instead of after the session timeout; ``erpcrm run`` gives each of
+            its workers one. Two live processes must never share one.
         data_dir: where RocksDB keeps the tables (``<data_dir>/<app_id>``).
         store: Faust table store; ``rocksdb://`` (rocksdict driver) in production,
             ``memory://`` for throw-away runs.
@@ -95,6 +99,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             sized for servers, would let each table grow to gigabytes). Small: what misses
             the block cache is read from files the OS keeps cached, at no measurable cost.
         commit_interval_seconds: how often consumer offsets are committed.
+        metadata_refresh_seconds: how often the consumer refreshes the cluster's
+            metadata; a raw topic created after the worker started (a capture that
+            started later) is read from at most this long after it appears.
         session_timeout_seconds: how long the group waits for a silent worker before its
             partitions move (after a crash, the restarted worker waits this long).
         tick_seconds: how often a worker with pending work (orders being assembled,
@@ -117,6 +124,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     """
 
     app_id: str = "erpcrm-streams"
+    instance_id: str = ""
     data_dir: Path = DEFAULT_DATA_DIR
     store: str = "rocksdb://"
     web_host: str = "127.0.0.1"
@@ -135,6 +143,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)
     table_memory_mib: int = Field(default=4, ge=4)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
+    metadata_refresh_seconds: float = Field(default=2.0, gt=0)
     session_timeout_seconds: float = Field(default=15.0, ge=6, le=90)
     tick_seconds: float = Field(default=1.0, gt=0)
     tick_limit: int = Field(default=200, ge=1)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 
-from erpcrm.supervisor import EXIT_REFUSED, Supervisor, WorkerSpec
+import pytest
+
+from erpcrm.supervisor import (
+    EXIT_REFUSED,
+    Supervisor,
+    WorkerSpec,
+    instance_prefix,
+    sole_supervisor,
+)
+from schemas.errors import StackError
 
 PYTHON = (sys.executable, "-c")
 
@@ -69,3 +79,50 @@ def test_a_child_that_crashes_is_restarted_and_stopped_cleanly(tmp_path: Path) -
 
     assert _starts(crashing) == 2
     assert result == [0]  # the restarted child stopped cleanly on SIGTERM
+
+
+def test_a_restarted_child_keeps_its_static_membership(tmp_path: Path) -> None:
+    """Each start of a consuming worker sees the same instance id; others see none."""
+    noted = tmp_path / "noted"
+    note = (
+        "import os, sys\n"
+        f"open({str(noted)!r}, 'a').write(os.environ.get('WORKER_INSTANCE', '-') + '\\n')\n"
+        f"if len(open({str(noted)!r}).read().splitlines()) < 3:\n"
+        "    raise SystemExit(1)\n"
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "time.sleep(60)\n"
+    )
+    supervisor = Supervisor(
+        (WorkerSpec("consumer", (note,), "WORKER_INSTANCE"),),
+        tmp_path / "logs",
+        command=PYTHON,
+        instance_prefix="host-1234",
+    )
+    runner = threading.Thread(target=supervisor.run)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while _starts(noted) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    supervisor.stop()
+    runner.join(30)
+
+    assert noted.read_text().splitlines() == ["host-1234-consumer"] * 3
+
+
+def test_the_instance_prefix_is_stable_per_stack_and_differs_between_stacks(
+    tmp_path: Path,
+) -> None:
+    one, other = tmp_path / "one", tmp_path / "other"
+    assert instance_prefix(one) == instance_prefix(tmp_path / "x" / ".." / "one")
+    assert instance_prefix(one) != instance_prefix(other)
+
+
+def test_a_second_supervisor_of_one_stack_is_refused(tmp_path: Path) -> None:
+    lock = tmp_path / "run.lock"
+    with sole_supervisor(lock):
+        assert lock.read_text().strip() == str(os.getpid())
+        with pytest.raises(StackError, match=f"pid {os.getpid()}"), sole_supervisor(lock):
+            pass
+    with sole_supervisor(lock):  # released once the first one ends
+        pass
