@@ -148,13 +148,10 @@ class Waiting:
                 return
         self._emitter.dead_letter(work, route.flow.name, failed, raw, ())
 
-    def settle(self, work: UnitOfWork, route: Route, raw: Raw) -> bool:
-        """Hold a snapshot customer until ``settle_ms`` has passed; False: no settling."""
-        if self.settle_ms <= 0:
-            return False
+    def settle(self, work: UnitOfWork, route: Route, raw: Raw) -> None:
+        """Hold a snapshot customer until ``settle_ms`` has passed (then it is run again)."""
         self._park(work, SETTLE_PREFIX, route, raw, self.settle_ms)
         work.tally.add(Count.PARKED, SNAPSHOT_MATCH)
-        return True
 
     def _park(self, work: UnitOfWork, prefix: str, route: Route, raw: Raw, wait_ms: int) -> None:
         """Keep ``raw`` under ``prefix`` with its original bytes until ``wait_ms`` from now."""

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from streams.outcome import Count
+from streams.processor import StreamProcessor
 from streams.waiting import SNAPSHOT_MATCH
-from tests.unit.test_processor import Harness, account, decoded
+from tests.unit.test_processor import FLOWS, SERDE, Harness, account, decoded, encode_canonical
 from tests.unit.test_processor_matching import CRM_BLANK, ERP_BLANK, customer
 from tests.unit.test_transform import ACCOUNT_ID, ACCOUNTS, PARTNER, RES_PARTNER
 
@@ -143,3 +144,19 @@ def test_without_a_settle_a_snapshot_customer_goes_out_at_once() -> None:
     (new,) = decoded(h.run(h.change(RES_PARTNER, "r", after=PARTNER, lsn=100)))
     assert new["erp_id"] == "42"
     assert h.processor.reference.creating["erp"] == {"42"}
+
+
+def test_a_restarted_worker_still_settles_what_was_waiting() -> None:
+    h = Harness(snapshot_settle_ms=SETTLE_MS)
+    h.run(h.change(RES_PARTNER, "r", after=PARTNER, lsn=100))
+    # The worker dies; a new one loads the committed state and goes on reading.
+    h.processor = StreamProcessor(
+        FLOWS, decode=SERDE.decode, encode=encode_canonical, snapshot_settle_ms=SETTLE_MS
+    )
+    h.processor.load(h.state)
+    assert h.processor.pending_count == 1
+    crm = h.run(h.change(ACCOUNTS, "r", after=account(), lsn=1000))
+    assert customer(crm)["erp_id"] == "42"
+    (settled,) = settle(h)
+    assert (settled["erp_id"], settled["crm_id"]) == ("42", ACCOUNT_ID)
+    _no_taken_customer(h)
