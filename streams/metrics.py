@@ -120,7 +120,8 @@ class StreamsMetrics:
             ),
             parked=counter(
                 "erpcrm_streams_parked",
-                "Records parked to wait for a reference, per reason.",
+                "Records parked to wait for a reference (or, snapshot_match, for the other "
+                "system's snapshot), per reason.",
                 ["reason"],
             ),
             held=counter(

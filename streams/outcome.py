@@ -67,7 +67,8 @@ class Count(StrEnum):
     ORDER_TIMEOUTS = "order_timeouts"
     """Transactions released incomplete after the wait (a change missing), per system."""
     PARKED = "parked"
-    """Records parked to wait for a reference, per reason."""
+    """Records parked to wait for a reference, per reason (``snapshot_match``: a snapshot
+    customer waiting for the other system's snapshot, :meth:`streams.waiting.Waiting.settle`)."""
     IGNORED = "ignored"
     """Messages that carry nothing to process, per what (tombstone, unrouted, ...)."""
     DEFECTS = "defects"

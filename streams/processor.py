@@ -10,8 +10,8 @@ the change to the job that owns it:
   :mod:`streams.references`, deduplicated and published by :mod:`streams.work`;
 - stock rows: :mod:`streams.stock`;
 - order headers, lines and transaction records: :mod:`streams.orders`;
-- ticks: what is due in :mod:`streams.waiting` (parked records) and
-  :mod:`streams.orders` (transactions to assemble).
+- ticks: what is due in :mod:`streams.waiting` (parked records, snapshot customers
+  settling) and :mod:`streams.orders` (transactions to assemble).
 
 It returns an :class:`~streams.outcome.Outcome`: the messages to publish (canonical events
 and dead letters), the state :class:`~streams.state.Write` s, and a
@@ -68,7 +68,7 @@ from streams.state import ASSEMBLY, DEDUPE, REFERENCE, StateStore, StateView
 from streams.stock import Stock
 from streams.transform import Skipped, to_canonical
 from streams.validation import Failed
-from streams.waiting import ORDER_PREFIX, PARK_PREFIX, Retry, Waiting
+from streams.waiting import ORDER_PREFIX, PARK_PREFIX, SETTLE_PREFIX, Retry, Waiting
 from streams.work import Emitter, Raw, Route, UnitOfWork, dedupe_key
 
 __all__ = ["StreamProcessor"]
@@ -134,7 +134,7 @@ class StreamProcessor:
         self._emitter = Emitter(
             encode, dlq_policy, {name: flow.target for name, flow in self._flows.items()}
         )
-        self._waiting = Waiting(self._emitter, reference_wait_ms)
+        self._waiting = Waiting(self._emitter, reference_wait_ms, snapshot_settle_ms)
         self._horizon = ReadHorizon()
         self._references = References()
         self._ordering = SourceOrder(
@@ -368,7 +368,12 @@ class StreamProcessor:
             # Checked before the references: an old change must not undo a newer link.
             work.tally.add(Count.DEDUPED, flow.name)
             return
-        self._references.observe(work, flow, event)
+        # A snapshot customer new to the other system waits for that system's snapshot
+        # (once: a retry is past its wait), see streams.references.
+        may_settle = retry is None and self._waiting.settle_ms > 0
+        if self._references.observe(work, flow, event, may_settle=may_settle):
+            self._waiting.settle(work, route, Raw.of(message, envelope))
+            return
         self._emitter.publish(
             work, flow.name, event, Raw.of(message, envelope), result.fixes, result.quarantined
         )
@@ -394,7 +399,7 @@ class StreamProcessor:
                 self._waiting.forget(key)
             elif key.startswith(ORDER_PREFIX):
                 self._release(work, self._ordering.tick(work, key))
-            elif key.startswith(PARK_PREFIX):
+            elif key.startswith((PARK_PREFIX, SETTLE_PREFIX)):
                 route = next(
                     (
                         r

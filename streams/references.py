@@ -22,6 +22,14 @@ matches customers and links products by SKU, as state writes of the unit of work
   :mod:`streams.crosswalk`). A customer whose event the other sink refuses stays
   marked: what matches it later is held for an operator, never linked or created. A
   held customer is taken as well: a record matching it is held too, not linked to it.
+- **First sync.** Both systems often hold the same customers already, unlinked. A
+  customer read by the initial snapshot that matches nothing in the other system is
+  not published as new at once: it is indexed (free, so the other system's snapshot
+  read of the same customer links to it) and waits for ``snapshot_settle``
+  (:meth:`streams.waiting.Waiting.settle`); run again then, it goes out linked if it
+  was matched meanwhile, else as new. Published at once, its counterpart read a moment
+  later would have found it being created and been held: every pre-existing pair an
+  operator's task.
 - **Products** are linked by SKU, compared without regard to case or spacing
   (:func:`~streams.validation.identifier_key`).
 """
@@ -48,7 +56,7 @@ from streams.crosswalk import (
 )
 from streams.outcome import Count
 from streams.state import REFERENCE, StateView
-from streams.transform import CanonicalEvent
+from streams.transform import INITIAL_SNAPSHOT, SOURCE_SNAPSHOT, CanonicalEvent
 from streams.validation import identifier_key
 from streams.work import UnitOfWork
 
@@ -199,12 +207,19 @@ class References:
         """Mirror one write of the ``reference`` table."""
         self.data.apply(key, value)
 
-    def observe(self, work: UnitOfWork, flow: Flow, event: CanonicalEvent) -> None:
-        """Keep the references an entity's event carries (customers, products)."""
+    def observe(
+        self, work: UnitOfWork, flow: Flow, event: CanonicalEvent, *, may_settle: bool = False
+    ) -> bool:
+        """Keep the references an entity's event carries (customers, products).
+
+        Returns True when the event is a snapshot customer to settle before it is
+        published (only if ``may_settle``; see :meth:`customer`).
+        """
         if event.entity == "customer":
-            self.customer(work, flow, event)
-        elif event.entity == "product":
+            return self.customer(work, flow, event, may_settle=may_settle)
+        if event.entity == "product":
             self.product(work, flow, event)
+        return False
 
     def link(self, work: UnitOfWork, entity: str, erp_id: str, crm_id: str, rule: str) -> None:
         """Link two ids one to one (as :func:`streams.crosswalk.link`), as state writes.
@@ -254,13 +269,19 @@ class References:
             return
         work.put(REFERENCE, f"cidx|{system}|{entity_id}", keys or None)
 
-    def customer(self, work: UnitOfWork, flow: Flow, event: CanonicalEvent) -> None:
+    def customer(
+        self, work: UnitOfWork, flow: Flow, event: CanonicalEvent, *, may_settle: bool = False
+    ) -> bool:
         """Link, index and match a customer record; see the module docstring.
 
         1. an ERP customer's ``crm_account_id`` links it; 2. the record is (re-)indexed
         under its keys, or dropped from its index when deleted or archived; 3. a
         record without a counterpart is resolved against the other system's index:
         linked, flagged as a suspected duplicate, or left new (and being created).
+
+        Returns True for a new record read by the initial snapshot when ``may_settle``:
+        it is indexed but not marked as being created, and must not be published now
+        (the caller holds it to settle, then runs it again without ``may_settle``).
         """
         record = event.record
         system = flow.system
@@ -275,7 +296,7 @@ class References:
             self.mark_creating(work, system, own_id, False)
         if deleted or record.get(flow.other_id_field):
             self.flag(work, system, own_id, None)
-            return
+            return False
         flagged = ref.duplicates[system].get(own_id)
         found = resolve_customer(
             ref.customers[other_system(system)],
@@ -302,8 +323,11 @@ class References:
             if flagged is None:
                 work.tally.add(Count.DUPLICATES, "customer", system, found.rule)
             self.flag(work, system, own_id, found)
+        elif keys and may_settle and record.get(SOURCE_SNAPSHOT) in INITIAL_SNAPSHOT:
+            return True
         elif keys:
             self.mark_creating(work, system, own_id, True)
+        return False
 
     def product(self, work: UnitOfWork, flow: Flow, event: CanonicalEvent) -> None:
         """Keep the SKU index and link products of both systems by SKU."""

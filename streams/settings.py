@@ -112,7 +112,10 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
         assembly_timeout_seconds: an order whose transaction's END has not arrived
             after this long is assembled from what has.
         snapshot_settle_seconds: orders read by a snapshot (no transaction) are
-            assembled once no row of theirs arrived for this long.
+            assembled once no row of theirs arrived for this long; a customer read by
+            the initial snapshot that matches nothing in the other system waits this
+            long for the other system's snapshot (to be linked to its copy there)
+            before it is published as new.
         reference_wait_seconds: a record that refers to something not seen yet (a
             product id without SKU, an unknown SKU) is retried for this long before it
             is dead-lettered.

@@ -107,6 +107,8 @@ from streams.validation import (
 
 __all__ = [
     "EVENT_NAMESPACE",
+    "INITIAL_SNAPSHOT",
+    "SOURCE_SNAPSHOT",
     "CanonicalEvent",
     "Skipped",
     "event_id",
@@ -498,6 +500,8 @@ def _blank(types: Mapping[str, FieldType]) -> dict[str, Any]:
 
 CHANGED_FIELDS: Final = "changed_fields"
 SOURCE_SNAPSHOT: Final = "source_snapshot"
+INITIAL_SNAPSHOT: Final = frozenset({"true", "last"})
+"""The ``source_snapshot`` values of a read by the initial snapshot (not a re-snapshot)."""
 
 
 @_per_object
