@@ -67,7 +67,13 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from schemas.deadletter import H_ENTITY, text_headers
 from schemas.dlq_topics import ensure_dead_letter_topic
-from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
+from schemas.errors import (
+    DecodeError,
+    PermanentError,
+    RetriableError,
+    SyncError,
+    UnresolvedReferenceError,
+)
 from schemas.serde import AvroSerde
 from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
@@ -602,10 +608,12 @@ class SinkRunner:
                 expired.append(key)
         for key in expired:
             event = self._held.pop(key).event
-            error = ValidationError(
-                f"unresolved_reference: {event.entity} {event.key} refers to a row the "
-                f"{self._target} does not have, {self._s.reference_wait_seconds:.0f}s after "
-                "the sink had applied everything published before it"
+            lacking = self._retrying("describe", partial(self._sink.unresolved, event))
+            error = UnresolvedReferenceError(
+                f"unresolved_reference: {event.entity} {event.key} refers to {lacking}, "
+                f"which the {self._target} does not have "
+                f"{self._s.reference_wait_seconds:.0f}s after the sink had applied "
+                "everything published before it"
             )
             self._retrying("dead letter", partial(self._sink.dead_letter, event, error))
             self.stats.add("dead_lettered", 1)

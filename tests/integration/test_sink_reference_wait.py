@@ -14,7 +14,8 @@ customer by its CRM id; the ERP sink fills the partner from the customer's row.
   another transaction). Measured in seconds, the contact's wait would be over before
   the customer is applied; measured in the sink's progress, it is not.
 - Genuinely missing: a contact whose customer never comes, followed by a later CRM
-  change, is dead-lettered with an ``unresolved_reference`` reason.
+  change, is dead-lettered with an ``unresolved_reference`` reason naming what it lacks;
+  one whose customer is held as a suspected duplicate says so.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from schemas.canonical import canonical_schema
-from schemas.deadletter import H_ENTITY_KEY, H_ERROR_MESSAGE, text_headers
+from schemas.deadletter import H_ENTITY_KEY, H_ERROR_MESSAGE, H_ERROR_REASON, text_headers
 from schemas.mapping import load_mappings, ownership
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from schemas.settings import KafkaSettings
@@ -293,5 +294,37 @@ def test_a_customer_that_never_comes_ends_as_a_dead_letter(harness: Harness) -> 
     [letter] = harness.dead_letters()
     assert letter[H_ENTITY_KEY] == f"crm:{contact_id}"
     assert letter[H_ERROR_MESSAGE].startswith("unresolved_reference: contact ")
+    assert f"customer_erp_id (crm_account_id={missing})" in letter[H_ERROR_MESSAGE]
     assert "everything published before it" in letter[H_ERROR_MESSAGE]
+    assert letter[H_ERROR_REASON] == "unresolved_reference"
     assert harness.partner_of_contact(contact_id) is None
+
+
+def test_a_customer_held_as_a_suspected_duplicate_is_named_in_the_dead_letter(
+    harness: Harness,
+) -> None:
+    """Its contact cannot be applied until an operator decides: the letter says so."""
+    erp = harness.env["ERP_ADMIN_DSN"]
+    holder = str(uuid.uuid4())
+    harness.crm_ids.append(holder)
+    [(candidate,)] = execute(
+        erp,
+        "INSERT INTO public.res_partner (name, crm_account_id, is_company) "
+        "VALUES ('Suspect Twin', %s, true) RETURNING id",
+        (holder,),
+    )
+    twin = harness.publish(
+        "customer",
+        harness.commit_ms(),
+        name="Suspect Twin",
+        is_company=True,
+        duplicate_of=str(candidate),
+        duplicate_rule="name_country=SUSPECT TWIN|DE",
+    )
+    contact_id = harness.contact(harness.commit_ms(), twin)
+    harness.contact(harness.commit_ms(), None)
+    wait_for(lambda: harness.runner.stats.dead_lettered == 1, 60, "the dead letter")
+    [letter] = harness.dead_letters()
+    assert letter[H_ENTITY_KEY] == f"crm:{contact_id}"
+    message = letter[H_ERROR_MESSAGE]
+    assert f"customer crm:{twin} is held as a suspected duplicate of {candidate}" in message
