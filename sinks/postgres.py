@@ -1256,16 +1256,17 @@ class PostgresUpsertSink(Sink):
             ),
         )
 
-    def unresolved(self, event: SinkEvent) -> str:
-        """What a deferred event lacks, for its dead letter.
+    def unresolved(self, event: SinkEvent) -> tuple[str, list[str]]:
+        """What a deferred event lacks, for its dead letter, and why, where known.
 
         Each missing reference with the values it is looked up by
-        (``customer_erp_id (crm_account_id=…)``), and any of those that is the key of a
-        record held as a suspected duplicate (it comes once an operator decides).
+        (``customer_erp_id (crm_account_id=…)``); then, for each of those that is the
+        key of a record held as a suspected duplicate (it comes once an operator
+        decides), a note saying so.
         """
         table = self._tables.get(event.entity)
         if table is None:
-            return "a row"
+            return "a row", []
         record = event.complete()
         described: list[str] = []
         keys: list[str] = []
@@ -1283,16 +1284,18 @@ class PostgresUpsertSink(Sink):
             keys.extend(f"{event.source_system}:{value}" for _, value in found)
             looked_up = ", ".join(f"{column}={value}" for column, value in found)
             described.append(f"{ref.field} ({looked_up or 'no value to look it up by'})")
-        text = " and ".join(described) or "a row"
 
         def held() -> list[tuple[Any, ...]]:
             rows = self._session().execute(sql.suspects_held(self._schema), (keys,))
             return list(rows)
 
         suspects = self._guard(held) if keys else []
-        for entity, key, candidate in suspects:
-            text += f"; {entity} {key} is held as a suspected duplicate of {candidate}"
-        return text
+        notes = [
+            f"{entity} {key} is held as a suspected duplicate of {candidate} "
+            "(erpcrm suspects; replay this letter once it is decided)"
+            for entity, key, candidate in suspects
+        ]
+        return " and ".join(described) or "a row", notes
 
     def dead_letter(self, event: SinkEvent, error: SyncError) -> None:
         """Queue one dead letter on its own (an event isolated from a failing batch)."""

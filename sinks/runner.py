@@ -608,12 +608,17 @@ class SinkRunner:
                 expired.append(key)
         for key in expired:
             event = self._held.pop(key).event
-            lacking = self._retrying("describe", partial(self._sink.unresolved, event))
+            lacking, notes = self._retrying("describe", partial(self._sink.unresolved, event))
             error = UnresolvedReferenceError(
-                f"unresolved_reference: {event.entity} {event.key} refers to {lacking}, "
-                f"which the {self._target} does not have "
-                f"{self._s.reference_wait_seconds:.0f}s after the sink had applied "
-                "everything published before it"
+                "; ".join(
+                    (
+                        f"unresolved_reference: {event.entity} {event.key} refers to {lacking}, "
+                        f"which the {self._target} does not have "
+                        f"{self._s.reference_wait_seconds:.0f}s after the sink had applied "
+                        "everything published before it",
+                        *notes,
+                    )
+                )
             )
             self._retrying("dead letter", partial(self._sink.dead_letter, event, error))
             self.stats.add("dead_lettered", 1)
