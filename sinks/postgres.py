@@ -1292,7 +1292,8 @@ class PostgresUpsertSink(Sink):
         suspects = self._guard(held) if keys else []
         notes = [
             f"{entity} {key} is held as a suspected duplicate of {candidate} "
-            "(erpcrm suspects; replay this letter once it is decided)"
+            "(decide it with erpcrm suspects, then replay this letter: erpcrm dlq replay "
+            "--reason unresolved_reference)"
             for entity, key, candidate in suspects
         ]
         return " and ".join(described) or "a row", notes
