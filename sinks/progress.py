@@ -66,10 +66,15 @@ class ReadProgress:
     def observe(self, batch: SinkBatch) -> None:
         """A batch the sink has applied (its held events included)."""
         committed = self.committed_ms
-        for event in batch:
-            system, ts = event.source_system, event.source_ts_ms
+        latest: dict[str, int] = {}
+        for event in batch:  # the leading fields, read as plainly as they are decoded
+            record = event.record
+            system, ts = record["source_system"], record["source_ts_ms"]
+            if ts > latest.get(system, -1):
+                latest[system] = ts
+        for system, ts in latest.items():
             if ts > committed.get(system, -1):
-                committed[system] = ts
+                committed[system] = int(ts)
         for tp, offset in batch.next_offsets().items():
             if offset > self.applied.get(tp, -1):
                 self.applied[tp] = offset
