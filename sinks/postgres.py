@@ -1267,23 +1267,13 @@ class PostgresUpsertSink(Sink):
         table = self._tables.get(event.entity)
         if table is None:
             return "a row", []
-        record = event.complete()
+        record = {**event.complete(), KEY: event.key}
         described: list[str] = []
         keys: list[str] = []
-        for ref in table.missing_references(record):
-            holders = list(record.get("lines") or ()) if ref.lines else [record]
-            found = sorted(
-                {
-                    (locator.column, str(value))
-                    for holder in holders
-                    if holder.get(ref.field) is None
-                    for locator in ref.by
-                    if (value := _safe(locator, holder)) is not None
-                }
-            )
+        for ref_field, found in table.missing_lookups(record):
             keys.extend(f"{event.source_system}:{value}" for _, value in found)
             looked_up = ", ".join(f"{column}={value}" for column, value in found)
-            described.append(f"{ref.field} ({looked_up or 'no value to look it up by'})")
+            described.append(f"{ref_field} ({looked_up or 'no value to look it up by'})")
 
         def held() -> list[tuple[Any, ...]]:
             rows = self._session().execute(sql.suspects_held(self._schema), (keys,))

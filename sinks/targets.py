@@ -360,6 +360,31 @@ class TargetTable:
                 missing.append(ref)
         return missing
 
+    def missing_lookups(self, record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Per missing required reference, the values it is looked up by (for a message).
+
+        ``record`` carries its key (:data:`KEY`), as when it is applied. Returns
+        ``(field, [(column, value), ...])`` per reference of :meth:`missing_references`,
+        the values those of its locators that have one (of the lines lacking it, for
+        a reference in the lines), in order.
+        """
+        result = []
+        for ref in self.missing_references(record):
+            holders = list(record.get("lines") or ()) if ref.lines else [record]
+            found: dict[tuple[str, str], None] = {}
+            for holder in holders:
+                if holder.get(ref.field) is not None:
+                    continue
+                for locator in ref.by:
+                    try:
+                        value = locator.value({**holder, KEY: record.get(KEY)})
+                    except (ValueError, TypeError, KeyError):
+                        continue
+                    if value is not None:
+                        found[(locator.column, str(value))] = None
+            result.append((ref.field, list(found)))
+        return result
+
     def accepts(self, record: Mapping[str, Any]) -> bool:
         """Whether the sink of this direction writes ``record`` here at all.
 
