@@ -21,6 +21,12 @@ class ValidationError(SyncError):
     """A record is well-formed but violates a business rule; it belongs in a dead-letter topic."""
 
 
+class UnresolvedReferenceError(ValidationError):
+    """A record refers to a row the target does not have, and waiting for it is over."""
+
+    reason = "unresolved_reference"
+
+
 class RetriableError(SyncError):
     """A transient failure (connection loss, serialization failure): retry with backoff."""
 

@@ -756,29 +756,11 @@ class PostgresUpsertSink(Sink):
                     holder[ref.field] = str(row[ref.column])
         kept: list[_Item] = []
         for item in items:
-            if item.event.op != "delete" and self._missing_required(table, item.record):
+            if item.event.op != "delete" and table.missing_references(item.record):
                 out.deferred.extend(item.history)
             else:
                 kept.append(item)
         return kept
-
-    @staticmethod
-    def _missing_required(table: TargetTable, record: Mapping[str, Any]) -> bool:
-        """Whether a required reference (``*_erp_id`` / ``*_crm_id``) is still null."""
-        for ref in table.refs:
-            required = any(c.required and c.field == ref.field for c in table.columns)
-            if ref.lines and table.lines is not None:
-                required = any(c.required and c.field == ref.field for c in table.lines.columns)
-                if required and any(
-                    line.get(ref.field) is None for line in record.get("lines") or ()
-                ):
-                    return True
-            elif ref.required_if is not None:
-                if record.get(ref.required_if) is not None and record.get(ref.field) is None:
-                    return True
-            elif required and record.get(ref.field) is None:
-                return True
-        return False
 
     def _find(
         self,
@@ -1273,6 +1255,38 @@ class PostgresUpsertSink(Sink):
                 json.dumps(headers),
             ),
         )
+
+    def unresolved(self, event: SinkEvent) -> tuple[str, list[str]]:
+        """What a deferred event lacks, for its dead letter, and why, where known.
+
+        Each missing reference with the values it is looked up by
+        (``customer_erp_id (crm_account_id=…)``); then, for each of those that is the
+        key of a record held as a suspected duplicate (it comes once an operator
+        decides), a note saying so.
+        """
+        table = self._tables.get(event.entity)
+        if table is None:
+            return "a row", []
+        record = {**event.complete(), KEY: event.key}
+        described: list[str] = []
+        keys: list[str] = []
+        for ref_field, found in table.missing_lookups(record):
+            keys.extend(f"{event.source_system}:{value}" for _, value in found)
+            looked_up = ", ".join(f"{column}={value}" for column, value in found)
+            described.append(f"{ref_field} ({looked_up or 'no value to look it up by'})")
+
+        def held() -> list[tuple[Any, ...]]:
+            rows = self._session().execute(sql.suspects_held(self._schema), (keys,))
+            return list(rows)
+
+        suspects = self._guard(held) if keys else []
+        notes = [
+            f"{entity} {key} is held as a suspected duplicate of {candidate} "
+            "(decide it with erpcrm suspects, then replay this letter: erpcrm dlq replay "
+            "--reason unresolved_reference)"
+            for entity, key, candidate in suspects
+        ]
+        return " and ".join(described) or "a row", notes
 
     def dead_letter(self, event: SinkEvent, error: SyncError) -> None:
         """Queue one dead letter on its own (an event isolated from a failing batch)."""

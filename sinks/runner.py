@@ -29,8 +29,10 @@ loop, and what each step guarantees:
   versions). What does not decode as it is read is dead-lettered before the batch that
   passes it commits; a rest the sink cannot decode, with that batch, in its transaction.
 - **Deferred events** (a reference the target does not have yet) are retried with every
-  batch for ``reference_wait_seconds``, then dead-lettered; the stored positions never
-  pass them.
+  batch, so each is applied with the batch after the one that brings its reference. How
+  long they wait is measured in the sink's progress (:mod:`sinks.progress`): until the
+  sink has applied whatever was published before them, then ``reference_wait_seconds``;
+  then they are dead-lettered. The stored positions never pass them.
 - Dead letters queued in the database (outbox) are published to ``dlq.sinks.<target>``
   after each commit and at start; created rows are announced after each commit.
 - **Replayed dead letters** (``erpcrm dlq replay``) arrive on ``replay.sinks.<target>``,
@@ -49,7 +51,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from typing import Any, Final
 
 from confluent_kafka import (
@@ -65,12 +67,19 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from schemas.deadletter import H_ENTITY, text_headers
 from schemas.dlq_topics import ensure_dead_letter_topic
-from schemas.errors import DecodeError, PermanentError, RetriableError, SyncError, ValidationError
+from schemas.errors import (
+    DecodeError,
+    PermanentError,
+    RetriableError,
+    SyncError,
+    UnresolvedReferenceError,
+)
 from schemas.serde import AvroSerde
 from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
 from sinks.postgres import PostgresUpsertSink, dead_letter_headers
+from sinks.progress import ReadProgress, ReferenceWait
 from sinks.replays import replayed
 from sinks.settings import SinkSettings
 
@@ -111,13 +120,12 @@ class RunStats:
 class _Held:
     """A key's held events (every version newer than the applied one), in order.
 
-    ``expires``: deferred for a reference, dead-lettered after the reference wait; else
+    ``wait``: deferred for a reference, dead-lettered once the wait expires; None:
     waiting for a row clock, which the sink ends itself.
     """
 
     events: tuple[SinkEvent, ...]
-    since: float
-    expires: bool = True
+    wait: ReferenceWait | None = None
 
     @property
     def event(self) -> SinkEvent:
@@ -165,6 +173,7 @@ class SinkRunner:
         self._clock = clock
         self._stop = threading.Event()
         self._held: dict[EntityKey, _Held] = {}
+        self._progress = ReadProgress()
         self._held_backoff = _HELD_RETRY_MIN_SECONDS
         self._held_retry_at = 0.0
         self._consumer: Consumer | None = None
@@ -258,6 +267,15 @@ class SinkRunner:
                 tp.offset = fresh[(tp.topic, tp.partition)] = max(start, 0)
         if fresh:
             self._retrying("store start positions", partial(self._sink.store_offsets, fresh))
+        # Where each partition is read from; one read from its start, from its low watermark.
+        self._progress.assign(
+            {
+                (tp.topic, tp.partition): tp.offset
+                if tp.offset >= 0
+                else self._watermarks(consumer, tp)[0]
+                for tp in partitions
+            }
+        )
         assigned = {(p.topic, p.partition) for p in partitions}
         for key in [
             k for k, h in self._held.items() if (h.event.topic, h.event.partition) in assigned
@@ -577,17 +595,30 @@ class SinkRunner:
         self._held_retry_at = self._clock() + self._held_backoff
 
     def _expire_held(self) -> None:
+        """Dead-letter the events whose reference wait is over (:mod:`sinks.progress`)."""
         now = self._clock()
-        expired = [
-            k
-            for k, h in self._held.items()
-            if h.expires and now - h.since >= self._s.reference_wait_seconds
-        ]
+        marks = cache(self._high_watermarks)  # read at most once a step
+        expired = []
+        for key, held in self._held.items():
+            wait = held.wait
+            if wait is None:
+                continue
+            wait.advance(self._progress, now, marks, self._s.reference_behind_max_seconds)
+            if wait.expired(now, self._s.reference_wait_seconds):
+                expired.append(key)
         for key in expired:
             event = self._held.pop(key).event
-            error = ValidationError(
-                f"unresolved_reference: {event.entity} {event.key} refers to a row the "
-                f"{self._target} does not have after {self._s.reference_wait_seconds:.0f}s"
+            lacking, notes = self._retrying("describe", partial(self._sink.unresolved, event))
+            error = UnresolvedReferenceError(
+                "; ".join(
+                    (
+                        f"unresolved_reference: {event.entity} {event.key} refers to {lacking}, "
+                        f"which the {self._target} does not have "
+                        f"{self._s.reference_wait_seconds:.0f}s after the sink had applied "
+                        "everything published before it",
+                        *notes,
+                    )
+                )
             )
             self._retrying("dead letter", partial(self._sink.dead_letter, event, error))
             self.stats.add("dead_lettered", 1)
@@ -596,12 +627,31 @@ class SinkRunner:
             self._metrics.deferred.labels(self._target).set(len(self._held))
             self._after_commit(announce=False, dead=True)
 
+    def _high_watermarks(self) -> dict[tuple[str, int], int]:
+        """The high watermark of every assigned partition, as last fetched (no round trip).
+
+        The consumer learns them with every fetch, one request for the partitions of a
+        broker: they are at least as recent as the last message read. A partition not
+        fetched yet has none and is left out.
+        """
+        assert self._consumer is not None
+        marks: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.assignment():
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                marks[(tp.topic, tp.partition)] = int(high)
+        return marks
+
     # ------------------------------------------------------------- after commit
 
     def _account(self, batch: SinkBatch, result: WriteResult, seconds: float) -> None:
         now_ms = time.time() * 1000
         target = self._target
         m = self._metrics
+        self._progress.observe(batch)
         in_batch = batch.keys()
         held_before = {key: self._held.pop(key) for key in in_batch if key in self._held}
         # An event tried again was counted when it was first held: not again.
@@ -611,13 +661,18 @@ class SinkRunner:
         for event in (*result.deferred, *result.waiting):
             held.setdefault(event.entity_key, []).append(event)
         for_reference = {e.entity_key for e in result.deferred}
+        now = self._clock()
         for key, key_events in held.items():
             previous = held_before.get(key)
             if previous is None:
                 newly_held.append(key_events[-1])
-            since = previous.since if previous is not None else self._clock()
+            wait = None
+            if key in for_reference:
+                # The wait goes on from where it was: a newer version does not restart it.
+                wait = previous.wait if previous is not None else None
+                wait = wait or ReferenceWait.start(key_events, now)
             ordered = tuple(sorted(key_events, key=lambda e: e.version))
-            self._held[key] = _Held(ordered, since, expires=key in for_reference)
+            self._held[key] = _Held(ordered, wait)
         m.deferred.labels(target).set(len(self._held))
         groups: Mapping[str, tuple[SinkEvent, ...]] = {
             "applied": result.applied,

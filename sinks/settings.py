@@ -49,8 +49,12 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         batch_size: most events applied in one database transaction.
         linger_ms: how long a batch waits to fill up once it has its first event.
         reference_wait_seconds: an event referring to a row the target does not have
-            yet (an order whose customer is still on its way) is retried this long,
-            then dead-lettered.
+            yet (an order whose customer is still on its way) is retried with every
+            batch; once the sink has applied everything published before it (the
+            streams and the sink caught up to it, see :mod:`sinks.progress`), for this
+            long more, then it is dead-lettered.
+        reference_behind_max_seconds: the longest a pipeline behind holds back the
+            count of ``reference_wait_seconds`` after an event is first held.
         clock_wait_seconds: an event for a row with a local change the sink has not
             seen yet waits at most this long (while the sink runs) for the target's own
             event naming the fields that change changed; then the change counts for
@@ -84,6 +88,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     batch_size: int = Field(default=500, ge=1, le=50_000)
     linger_ms: int = Field(default=20, ge=0)
     reference_wait_seconds: float = Field(default=30.0, ge=0)
+    reference_behind_max_seconds: float = Field(default=600.0, ge=0)
     clock_wait_seconds: float = Field(default=60.0, ge=0)
     clock_behind_max_seconds: float = Field(default=600.0, ge=0)
     duplicates: Literal["hold", "link", "create"] = "hold"

@@ -347,6 +347,17 @@ def suspects_decided(schema: str = SYNC_SCHEMA) -> sql.Composed:
     ).format(sql.Identifier(schema, "suspects"))
 
 
+def suspects_held(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Keys held for an operator, of some. Parameter: ``entity_keys``.
+
+    Rows: ``entity, entity_key, candidate``.
+    """
+    return sql.SQL(
+        "SELECT entity, entity_key, candidate FROM {} "
+        "WHERE entity_key = ANY(%s::text[]) AND status = 'held' ORDER BY entity, entity_key"
+    ).format(sql.Identifier(schema, "suspects"))
+
+
 def suspects_pending(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Suspects an operator released or linked, not carried out yet. Parameter: a limit.
 

@@ -339,6 +339,52 @@ class TargetTable:
         """The canonical fields written (what :func:`sinks.state.merge` decides on)."""
         return tuple(dict.fromkeys(c.field for c in self.columns if c.field is not None))
 
+    def missing_references(self, record: Mapping[str, Any]) -> list[Reference]:
+        """The required references (``*_erp_id`` / ``*_crm_id``) still null in ``record``.
+
+        Of its lines for a reference in the lines; one with ``required_if`` only while
+        that field is set.
+        """
+        missing: list[Reference] = []
+        for ref in self.refs:
+            required = any(c.required and c.field == ref.field for c in self.columns)
+            if ref.lines and self.lines is not None:
+                required = any(c.required and c.field == ref.field for c in self.lines.columns)
+                lines = record.get("lines") or ()
+                if required and any(line.get(ref.field) is None for line in lines):
+                    missing.append(ref)
+            elif ref.required_if is not None:
+                if record.get(ref.required_if) is not None and record.get(ref.field) is None:
+                    missing.append(ref)
+            elif required and record.get(ref.field) is None:
+                missing.append(ref)
+        return missing
+
+    def missing_lookups(self, record: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Per missing required reference, the values it is looked up by (for a message).
+
+        ``record`` carries its key (:data:`KEY`), as when it is applied. Returns
+        ``(field, [(column, value), ...])`` per reference of :meth:`missing_references`,
+        the values those of its locators that have one (of the lines lacking it, for
+        a reference in the lines), in order.
+        """
+        result = []
+        for ref in self.missing_references(record):
+            holders = list(record.get("lines") or ()) if ref.lines else [record]
+            found: dict[tuple[str, str], None] = {}
+            for holder in holders:
+                if holder.get(ref.field) is not None:
+                    continue
+                for locator in ref.by:
+                    try:
+                        value = locator.value({**holder, KEY: record.get(KEY)})
+                    except (ValueError, TypeError, KeyError):
+                        continue
+                    if value is not None:
+                        found[(locator.column, str(value))] = None
+            result.append((ref.field, list(found)))
+        return result
+
     def accepts(self, record: Mapping[str, Any]) -> bool:
         """Whether the sink of this direction writes ``record`` here at all.
 

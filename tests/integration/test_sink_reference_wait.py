@@ -1,0 +1,330 @@
+"""A reference that comes late is waited for; one that never comes is dead-lettered.
+
+Against the real Kafka and the real ERP database: a :class:`~sinks.runner.SinkRunner`
+in this process applies CRM contacts and customers from topics of its own (one
+partition each), with a reference wait of half a second, in batches of one event so
+that a contact and its customer never meet in one batch. The contacts refer to their
+customer by its CRM id; the ERP sink fills the partner from the customer's row.
+
+- Upstream behind: a contact is read long before its customer is published (the
+  streams worker behind on the customers); no later CRM change is read meanwhile. The
+  contact waits for as long as that lasts, and is applied with its customer.
+- The sink behind: the customer was published before the contact, but it is behind a
+  backlog the sink takes seconds to apply (an earlier customer's row is locked by
+  another transaction). Measured in seconds, the contact's wait would be over before
+  the customer is applied; measured in the sink's progress, it is not.
+- Genuinely missing: a contact whose customer never comes, followed by a later CRM
+  change, is dead-lettered with an ``unresolved_reference`` reason naming what it lacks;
+  one whose customer is held as a suspected duplicate says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from prometheus_client import CollectorRegistry
+from psycopg import sql
+from pydantic import SecretStr
+
+from schemas.canonical import canonical_schema
+from schemas.deadletter import H_ENTITY_KEY, H_ERROR_MESSAGE, H_ERROR_REASON, text_headers
+from schemas.mapping import load_mappings, ownership
+from schemas.serde import AvroSerde, LocalSchemaRegistry
+from schemas.settings import KafkaSettings
+from sinks.metrics import SinkMetrics
+from sinks.postgres import PostgresUpsertSink
+from sinks.runner import SinkRunner
+from sinks.settings import SinkSettings
+from sinks.targets import Direction, build_tables
+from tests.integration.cdc_fixtures import execute, unique_name, wait_for
+
+pytestmark = pytest.mark.integration
+
+REFERENCE_WAIT = 0.5
+ENTITIES = ("customer", "contact")
+
+
+@dataclass
+class Harness:
+    """The running sink, its topics, and what the tests made (for the clean-up)."""
+
+    env: dict[str, str]
+    uid: str
+    runner: SinkRunner
+    serde: AvroSerde
+    producer: Producer
+    thread: threading.Thread | None = None
+    crm_ids: list[str] = field(default_factory=list)
+    _ts: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def topic(self, entity: str) -> str:
+        return f"{self.uid}.{entity}"
+
+    @property
+    def dlq(self) -> str:
+        return f"dlq.{self.uid}"
+
+    def commit_ms(self) -> int:
+        """A fresh CRM commit time, later than every one before."""
+        self._ts += 10
+        return self._ts
+
+    def publish(self, entity: str, ts: int, crm_id: str | None = None, **fields: Any) -> str:
+        """Publish a CRM ``entity`` committed at ``ts``; returns its CRM id."""
+        crm_id = crm_id or str(uuid.uuid4())
+        self.crm_ids.append(crm_id)
+        schema = canonical_schema(entity)
+        record: dict[str, Any] = {f["name"]: None for f in schema["fields"]}
+        record.update(
+            event_id=str(uuid.uuid4()),
+            source_system="crm",
+            source_lsn=ts,
+            source_tx_id=ts,
+            source_ts_ms=ts,
+            op="upsert",
+            version=ts,
+            crm_id=crm_id,
+            **fields,
+        )
+        topic = self.topic(entity)
+        value = self.serde.encode(f"{topic}-value", schema, record)
+        self.producer.produce(topic, key=f"crm:{crm_id}".encode(), value=value)
+        self.producer.flush(10)
+        return crm_id
+
+    def customer(self, ts: int, crm_id: str, name: str | None = None) -> str:
+        name = name or f"Late Ref {crm_id[:6]}"
+        return self.publish("customer", ts, crm_id, name=name, is_company=True)
+
+    def contact(self, ts: int, customer_crm_id: str | None) -> str:
+        return self.publish(
+            "contact", ts, first_name="Ada", last_name="Late", customer_crm_id=customer_crm_id
+        )
+
+    def partner_of_contact(self, contact_id: str) -> tuple[Any, ...] | None:
+        """The contact's ERP row: (its parent's CRM account id,), or None."""
+        rows = execute(
+            self.env["ERP_ADMIN_DSN"],
+            "SELECT p.crm_account_id::text FROM public.res_partner c "
+            "LEFT JOIN public.res_partner p ON p.id = c.parent_id "
+            "WHERE c.crm_contact_id = %s",
+            (contact_id,),
+        )
+        return rows[0] if rows else None
+
+    def outcome(self, name: str) -> int:
+        return self.runner.stats.outcomes.get(name, 0)
+
+    def dead_letters(self) -> list[dict[str, str]]:
+        """The headers of every dead letter of the sink."""
+        consumer = Consumer(
+            {"bootstrap.servers": self.env["KAFKA_BOOTSTRAP"], "group.id": unique_name("dl")}
+        )
+        try:
+            tp = TopicPartition(self.dlq, 0, 0)
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            consumer.assign([tp])
+            letters: list[dict[str, str]] = []
+            while len(letters) < high:
+                for message in consumer.consume(100, 5):
+                    if message.error() is None:
+                        letters.append(dict(text_headers(message.headers())))
+            return letters
+        finally:
+            consumer.close()
+
+
+def _sink(env: dict[str, str], schema: str) -> PostgresUpsertSink:
+    flows = load_mappings()
+    tables = {
+        t.entity: t for t in build_tables(flows).values() if t.direction is Direction.CRM_TO_ERP
+    }
+    return PostgresUpsertSink(
+        target="erp",
+        dsn=env["ERP_SINK_DSN"],
+        tables={e: tables[e] for e in ENTITIES},
+        ownership={e: ownership(flows, e) for e in ENTITIES},
+        topics=(),
+        origin=unique_name("origin"),
+        schema=schema,
+        announce=False,
+        clock_wait_ms=0,  # the rows locked below are not waited for
+    )
+
+
+@pytest.fixture
+def harness(stack_env: dict[str, str]) -> Iterator[Harness]:
+    uid = unique_name("refwait")
+    admin = AdminClient({"bootstrap.servers": stack_env["KAFKA_BOOTSTRAP"]})
+    topics = [f"{uid}.{entity}" for entity in ENTITIES]
+    for future in admin.create_topics([NewTopic(t, num_partitions=1) for t in topics]).values():
+        future.result(timeout=30)
+    execute(
+        stack_env["ERP_ADMIN_DSN"],
+        sql.SQL("CREATE SCHEMA {} AUTHORIZATION erpcrm_sink").format(sql.Identifier(uid)),
+    )
+    settings = SinkSettings(
+        target="erp",
+        dsn=SecretStr(stack_env["ERP_SINK_DSN"]),
+        kafka=KafkaSettings(bootstrap=stack_env["KAFKA_BOOTSTRAP"]),
+        sync_schema=uid,
+        group_id=uid,
+        batch_size=1,
+        reference_wait_seconds=REFERENCE_WAIT,
+        announce=False,
+        dlq_topic=f"dlq.{uid}",
+        replay_topic=f"replay.{uid}",
+        start_at="earliest",
+    )
+    serde = AvroSerde(LocalSchemaRegistry())
+    sink = _sink(stack_env, uid)
+    runner = SinkRunner(
+        settings, sink, serde, SinkMetrics.create(CollectorRegistry()), tuple(topics)
+    )
+    producer = Producer({"bootstrap.servers": stack_env["KAFKA_BOOTSTRAP"], "linger.ms": 0})
+    h = Harness(stack_env, uid, runner, serde, producer)
+    h.thread = threading.Thread(target=runner.run, name=f"sink-{uid}", daemon=True)
+    h.thread.start()
+    try:
+        yield h
+    finally:
+        runner.stop()
+        h.thread.join(60)
+        erp = stack_env["ERP_ADMIN_DSN"]
+        execute(
+            erp,
+            "DELETE FROM public.res_partner WHERE crm_contact_id = ANY(%s) "
+            "OR parent_id IN (SELECT id FROM public.res_partner WHERE crm_account_id = ANY(%s))",
+            (h.crm_ids, h.crm_ids),
+        )
+        execute(erp, "DELETE FROM public.res_partner WHERE crm_account_id = ANY(%s)", (h.crm_ids,))
+        execute(erp, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(uid)))
+        execute(
+            erp,
+            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin "
+            "WHERE roname = %s",
+            (sink._origin,),
+        )
+        for future in admin.delete_topics(
+            [*topics, settings.dlq_topic, settings.replay_topic]
+        ).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+        with contextlib.suppress(Exception):
+            for future in admin.delete_consumer_groups([uid], request_timeout=30).values():
+                future.result(timeout=30)
+
+
+def test_a_customer_published_late_is_waited_for_however_long(harness: Harness) -> None:
+    customer_ts, contact_ts = harness.commit_ms(), harness.commit_ms()
+    customer_id = str(uuid.uuid4())
+    # The contact arrives; its customer, committed before it, is still upstream.
+    contact_id = harness.contact(contact_ts, customer_id)
+    wait_for(lambda: harness.outcome("deferred") == 1, 60, "the contact held")
+    time.sleep(10 * REFERENCE_WAIT)  # a wait in seconds would be over many times
+    assert harness.runner.stats.dead_lettered == 0
+    assert harness.partner_of_contact(contact_id) is None
+    # The customer comes at last.
+    harness.customer(customer_ts, customer_id)
+    row = wait_for(lambda: harness.partner_of_contact(contact_id), 60, "the contact applied")
+    assert row == (customer_id,)
+    assert harness.runner.stats.dead_lettered == 0
+    assert harness.dead_letters() == []
+
+
+def test_a_customer_behind_a_slow_backlog_is_waited_for(harness: Harness) -> None:
+    erp = harness.env["ERP_ADMIN_DSN"]
+    # Two customers the ERP already has; their rows are locked below, so the sink takes
+    # seconds to apply the backlog they are in.
+    blockers = [str(uuid.uuid4()) for _ in range(2)]
+    harness.crm_ids.extend(blockers)
+    for crm_id in blockers:
+        execute(
+            erp,
+            "INSERT INTO public.res_partner (name, crm_account_id, is_company) "
+            "VALUES (%s, %s, true)",
+            (f"Blocker {crm_id[:6]}", crm_id),
+        )
+    with psycopg.connect(erp) as first, psycopg.connect(erp) as second:
+        first.execute(
+            "SELECT 1 FROM public.res_partner WHERE crm_account_id = %s FOR UPDATE", (blockers[0],)
+        )
+        second.execute(
+            "SELECT 1 FROM public.res_partner WHERE crm_account_id = %s FOR UPDATE", (blockers[1],)
+        )
+
+        # The sink stops at the first blocker; meanwhile it reads the contact.
+        harness.customer(harness.commit_ms(), blockers[0], f"Blocker {blockers[0][:6]} edited")
+        customer_ts, contact_ts, later_ts = (harness.commit_ms() for _ in range(3))
+        contact_customer = str(uuid.uuid4())
+        contact_id = harness.contact(contact_ts, contact_customer)
+        # A later CRM change: the streams have published everything before the contact.
+        harness.contact(later_ts, None)
+        time.sleep(1.5)  # both read into the consumer's queue before the customers below
+        # The contact's customer, published before it (as the streams order them), sits
+        # behind the second blocker.
+        harness.customer(harness.commit_ms(), blockers[1], f"Blocker {blockers[1][:6]} edited")
+        harness.customer(customer_ts, contact_customer)
+        time.sleep(1.0)
+        first.rollback()  # the sink moves on: the contact is held, the backlog blocked
+        wait_for(lambda: harness.outcome("deferred") >= 1, 60, "the contact held")
+        time.sleep(10 * REFERENCE_WAIT)
+        second.rollback()
+    row = wait_for(lambda: harness.partner_of_contact(contact_id), 60, "the contact applied")
+    assert row == (contact_customer,)
+    assert harness.runner.stats.dead_lettered == 0
+    assert harness.dead_letters() == []
+
+
+def test_a_customer_that_never_comes_ends_as_a_dead_letter(harness: Harness) -> None:
+    missing = str(uuid.uuid4())
+    contact_id = harness.contact(harness.commit_ms(), missing)
+    harness.contact(harness.commit_ms(), None)  # the source has moved on
+    wait_for(lambda: harness.runner.stats.dead_lettered == 1, 60, "the dead letter")
+    [letter] = harness.dead_letters()
+    assert letter[H_ENTITY_KEY] == f"crm:{contact_id}"
+    assert letter[H_ERROR_MESSAGE].startswith("unresolved_reference: contact ")
+    assert f"customer_erp_id (crm_account_id={missing})" in letter[H_ERROR_MESSAGE]
+    assert "everything published before it" in letter[H_ERROR_MESSAGE]
+    assert letter[H_ERROR_REASON] == "unresolved_reference"
+    assert harness.partner_of_contact(contact_id) is None
+
+
+def test_a_customer_held_as_a_suspected_duplicate_is_named_in_the_dead_letter(
+    harness: Harness,
+) -> None:
+    """Its contact cannot be applied until an operator decides: the letter says so."""
+    erp = harness.env["ERP_ADMIN_DSN"]
+    holder = str(uuid.uuid4())
+    harness.crm_ids.append(holder)
+    [(candidate,)] = execute(
+        erp,
+        "INSERT INTO public.res_partner (name, crm_account_id, is_company) "
+        "VALUES ('Suspect Twin', %s, true) RETURNING id",
+        (holder,),
+    )
+    twin = harness.publish(
+        "customer",
+        harness.commit_ms(),
+        name="Suspect Twin",
+        is_company=True,
+        duplicate_of=str(candidate),
+        duplicate_rule="name_country=SUSPECT TWIN|DE",
+    )
+    contact_id = harness.contact(harness.commit_ms(), twin)
+    harness.contact(harness.commit_ms(), None)
+    wait_for(lambda: harness.runner.stats.dead_lettered == 1, 60, "the dead letter")
+    [letter] = harness.dead_letters()
+    assert letter[H_ENTITY_KEY] == f"crm:{contact_id}"
+    message = letter[H_ERROR_MESSAGE]
+    assert f"customer crm:{twin} is held as a suspected duplicate of {candidate}" in message
