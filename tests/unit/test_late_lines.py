@@ -9,6 +9,7 @@ logged.
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from typing import Any
 
@@ -86,6 +87,12 @@ def test_a_line_read_after_its_order_was_released_is_dead_lettered_not_dropped()
         h.change(AOS_PRODUCTS_QUOTES, "c", after=quote_line(2, "SKU-00008"), lsn=8003, tx=TX)
     )
     assert again.outbound == []
+    # An operator's replay of the letter is late again: a letter of its own.
+    replayed = h.run(dataclasses.replace(late, timestamp_ms=h.now, replays=1))
+    (second,) = replayed.dead_letters
+    assert (second.reason, second.replays) == ("late_line", 1)
+    assert second.output_id != letter.output_id
+    assert decoded(replayed) == []
 
 
 def test_a_line_read_while_its_released_transaction_is_still_assembled_joins_its_order() -> None:
