@@ -10,33 +10,15 @@ logged.
 from __future__ import annotations
 
 import dataclasses
-from decimal import Decimal
-from typing import Any
 
 from cdc.envelope import transaction_id
 from streams.outcome import Count, Outcome
-from tests.unit.test_processor import Harness, catch_up, decoded, with_catalogue
+from tests.unit.test_processor import Harness, catch_up, decoded, quote_line, with_catalogue
 from tests.unit.test_transform import AOS_PRODUCTS_QUOTES, AOS_QUOTES, QUOTE, QUOTE_ID
 
 TX = (77, 9000)
 TIMEOUT_MS = 30_000
 COUNTS = {"public.aos_quotes": 1, "public.aos_products_quotes": 2}
-
-
-def quote_line(number: int, part: str) -> dict[str, Any]:
-    return {
-        "id": f"00000000-0000-4000-8000-{number:012d}",
-        "parent_id": QUOTE_ID,
-        "number": number,
-        "name": f"Part {part}",
-        "part_number": part,
-        "product_id": None,
-        "product_qty": Decimal("2"),
-        "product_list_price": Decimal("12.35"),
-        "product_discount": Decimal("0.00"),
-        "product_total_price": Decimal("24.70"),
-        "deleted": False,
-    }
 
 
 def released_without_its_second_line(h: Harness) -> list[Outcome]:
