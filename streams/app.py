@@ -432,6 +432,9 @@ class StreamRunner:
             elif message.dead_letter is not None:
                 letter = message.dead_letter
                 log.warning("dead letter %s: %s", letter.origin, letter.message)
+        for outcome in outcomes:
+            for warning in outcome.warnings:
+                log.warning("%s", warning)
         metrics.pending.set(self.processor.pending_count)
         # per inbound message, as before: the batch's wall time is each message's
         elapsed = time.monotonic() - started

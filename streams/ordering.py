@@ -184,13 +184,35 @@ class SourceOrder:
         self._keep_decoded(system, tx, _END_POSITION, envelope, message)
         return self._release_ready(work, system)
 
+    def released(self, work: UnitOfWork, system: str, envelope: Mapping[str, Any]) -> bool:
+        """Whether a change belongs to a transaction released already.
+
+        That is one committed at or before the last commit released: the change is sent
+        again, or read after its transaction was released incomplete (see :meth:`tick`).
+        """
+        block = envelope.get("transaction")
+        tx = block.get("id") if isinstance(block, Mapping) else None
+        return isinstance(tx, str) and self._finished(work, system, tx)
+
     def tick(self, work: UnitOfWork, key: str) -> list[Release]:
-        """A tick found the transaction header ``key`` due: release what waited too long."""
+        """A tick found the transaction header ``key`` due: release what waited too long.
+
+        Counted (``order_timeouts``) and logged: a change of it read later is decided
+        on its own, after its transaction (see :meth:`released`).
+        """
         _, system, tx = key.split("|", 2)
         header = work.get(ASSEMBLY, key)
         if header is None:
             return []
         work.tally.add(Count.ORDER_TIMEOUTS, system)
+        if header["expected"] is None:
+            missing = "its END not read"
+        else:
+            missing = f"{header['held']} of {header['expected']} changes read"
+        work.warn(
+            f"{system} transaction {tx} released incomplete after the assembly timeout: "
+            f"{missing}; a change of it read later is decided after it"
+        )
         if header["queued"] is None:
             # Its END never came: release its changes on their own.
             alone = self._release(work, system, tx, end=False)

@@ -21,6 +21,13 @@ header's bytes (replaying it re-assembles the order). The letter's context names
 order and the LSN of its latest change, so a later change that fails again is a new
 letter with an id of its own.
 
+An order released incomplete (``timeout``) is counted and logged as a warning. A line of
+its transaction read after that is *late*: its target has created the order with the
+lines it had and owns them from then on (deliveries and invoices refer to them), so
+publishing the order again would not bring the line there. The line is dead-lettered
+(``late_line``, its context naming the order, the transaction and the line's LSN), never
+dropped unseen; it is still kept as the order's current line.
+
 Source rows are state here, so a change with a lower LSN than the row's last one is
 stale; the same LSN is a re-delivery (idempotent).
 """
@@ -35,11 +42,11 @@ from schemas.mapping import Cast, Flow, convert
 from streams.dlq import Origin
 from streams.outcome import Count, Inbound
 from streams.references import References
-from streams.state import ASSEMBLY, b64, freeze, thaw, unb64
-from streams.transform import Skipped, line_parent, to_canonical
+from streams.state import ASSEMBLY, DEDUPE, b64, freeze, thaw, unb64
+from streams.transform import Skipped, entity_key, line_parent, to_canonical
 from streams.validation import Failed, Reason
 from streams.waiting import PARKABLE, TX_PREFIX, Waiting
-from streams.work import Emitter, Raw, Route, UnitOfWork
+from streams.work import Emitter, Raw, Route, UnitOfWork, entity_dedupe_key
 
 __all__ = ["SNAP_PREFIX", "WAIT_PREFIX", "Orders", "RowBasics", "row_basics", "text_id"]
 
@@ -185,9 +192,21 @@ class Orders:
         )
 
     def line(
-        self, work: UnitOfWork, route: Route, envelope: dict[str, Any], message: Inbound
+        self,
+        work: UnitOfWork,
+        route: Route,
+        envelope: dict[str, Any],
+        message: Inbound,
+        *,
+        after_release: bool = False,
     ) -> None:
-        """A line change: keep the line under its order, register it with its transaction."""
+        """A line change: keep the line under its order, register it with its transaction.
+
+        ``after_release``: source order released the line's transaction before (see
+        :meth:`streams.ordering.SourceOrder.released`). A new change of it (not one sent
+        again) whose order that transaction published already is late: see
+        :meth:`_late_line`.
+        """
         flow = route.flow
         lines = flow.lines
         assert lines is not None
@@ -229,9 +248,57 @@ class Orders:
                 self._register(
                     work, flow, moved_from, basics, frozen, collection, replay=False, count=False
                 )
+        if (
+            after_release
+            and (not replay or message.replays)
+            and self._went_out_before(work, flow, order, basics)
+        ):
+            self._late_line(work, flow, parent, basics, Raw.of(message, envelope))
+            return
         self._register(
             work, flow, order, basics, frozen, collection, replay=replay, replays=message.replays
         )
+
+    def _went_out_before(self, work: UnitOfWork, flow: Flow, order: str, basics: RowBasics) -> bool:
+        """Whether the line's transaction is decided and ``order`` went out without the line.
+
+        Not while the transaction is assembled (its pending record is there) or the order
+        waits for a reference (it is assembled again, with the line); not when the order
+        never went out (filtered out, no header yet) or is deleted.
+        """
+        if work.peek(ASSEMBLY, f"{TX_PREFIX}{flow.system}|{basics.tx}") is not None:
+            return False
+        if work.peek(ASSEMBLY, _wait_key(order)) is not None:
+            return False
+        header = work.peek(ASSEMBLY, f"h|{order}")
+        if header is None or header["env"].get("op") == "d":
+            return False
+        order_id = order.split("|", 1)[1]
+        return (
+            work.peek(DEDUPE, entity_dedupe_key(flow.target, entity_key(flow, order_id)))
+            is not None
+        )
+
+    def _late_line(
+        self, work: UnitOfWork, flow: Flow, order_id: str, basics: RowBasics, raw: Raw
+    ) -> None:
+        """Dead-letter a line read after its transaction's order was published without it.
+
+        The order left incomplete (its transaction was released after the assembly
+        timeout) and its target owns the lines of an order it created, so publishing the
+        order again would not bring the line there: the letter (``late_line``, naming
+        the order, the transaction and the line's LSN) is what carries it to someone who
+        can. The line is kept as the order's current line all the same.
+        """
+        failed = Failed(
+            Reason.LATE_LINE,
+            None,
+            f"line {basics.key} of order {order_id} read after its transaction {basics.tx} "
+            "was released without it (assembly timeout): the order went out without this "
+            "line, and its target owns the lines of an order it created",
+        )
+        context = (("order", order_id), ("transaction", str(basics.tx)), ("lsn", str(basics.lsn)))
+        self._emitter.dead_letter(work, flow.name, failed, raw, context)
 
     def _register(
         self,
@@ -346,6 +413,12 @@ class Orders:
         if not complete and not forced:
             work.put(ASSEMBLY, pending, record)
             return
+        if not complete and how == "timeout" and record["orders"]:
+            work.warn(
+                f"orders {', '.join(sorted(record['orders']))} of transaction "
+                f"{pending.removeprefix(TX_PREFIX)} assembled incomplete after the assembly "
+                f"timeout: read {record['seen']}, expected {expected or 'an END never read'}"
+            )
         if record["give_up"] is None:
             record["give_up"] = work.now_ms + self._waiting.wait_ms
         final = self._waiting.wait_ms == 0 or work.horizon_ms >= int(record["give_up"])

@@ -142,11 +142,16 @@ class Outbound:
 
 @dataclass
 class Outcome:
-    """What one message produced: messages to publish, state writes, counts."""
+    """What one message produced: messages to publish, state writes, counts, warnings.
+
+    ``warnings``: what an operator should hear of although nothing failed (an order
+    released incomplete), logged by the worker once the outcome is committed.
+    """
 
     outbound: list[Outbound] = field(default_factory=list)
     writes: list[Write] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def events(self) -> list[CanonicalEvent]:

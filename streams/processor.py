@@ -248,9 +248,11 @@ class StreamProcessor:
             return
         for route in routes:
             tally.add(Count.EVENTS_IN, route.flow.name)
-        released = self._ordering.hold(work, routes[0].flow.system, envelope, message)
+        source_system = routes[0].flow.system
+        released = self._ordering.hold(work, source_system, envelope, message)
         if released is None:
-            self._change(work, message, envelope, routes)
+            after = self._ordering.released(work, source_system, envelope)
+            self._change(work, message, envelope, routes, after_release=after)
         else:
             self._release(work, released)
 
@@ -300,15 +302,20 @@ class StreamProcessor:
         message: Inbound,
         envelope: dict[str, Any],
         routes: Sequence[Route],
+        *,
+        after_release: bool = False,
     ) -> None:
-        """Decide one row change: drop an echo, else run it through each of its routes."""
+        """Decide one row change: drop an echo, else run it through each of its routes.
+
+        ``after_release``: its transaction was released before (source order).
+        """
         source = envelope.get("source")
         origin = source.get("origin") if isinstance(source, Mapping) else None
         if origin is not None and origin in self._echo_origins:
             work.tally.add(Count.ECHOES, routes[0].flow.system)
             return
         for route in routes:
-            self._route(work, route, envelope, message, None)
+            self._route(work, route, envelope, message, None, after_release=after_release)
 
     def _route(
         self,
@@ -317,10 +324,12 @@ class StreamProcessor:
         envelope: dict[str, Any],
         message: Inbound,
         retry: Retry | None,
+        *,
+        after_release: bool = False,
     ) -> None:
         flow = route.flow
         if route.role == "lines":
-            self._orders.line(work, route, envelope, message)
+            self._orders.line(work, route, envelope, message, after_release=after_release)
         elif flow.grain is Grain.LOCATION:
             self._stock.change(work, route, envelope, message, retry)
         elif flow.lines is not None:

@@ -111,6 +111,7 @@ __all__ = [
     "SOURCE_SNAPSHOT",
     "CanonicalEvent",
     "Skipped",
+    "entity_key",
     "event_id",
     "inventory_event",
     "line_parent",
@@ -674,8 +675,13 @@ def _finish(
     fixes: tuple[Fix, ...],
     quarantined: tuple[Quarantine, ...] = (),
 ) -> Ok[CanonicalEvent] | Failed:
-    event = CanonicalEvent(flow.target, f"{flow.system}:{entity_id}", record)
+    event = CanonicalEvent(flow.target, entity_key(flow, entity_id), record)
     return Ok(event, fixes, quarantined)
+
+
+def entity_key(flow: Flow, entity_id: str) -> str:
+    """The canonical key of the entity ``entity_id`` of ``flow`` (``<system>:<id>``)."""
+    return f"{flow.system}:{entity_id}"
 
 
 def _leave_out(record: dict[str, Any], quarantined: Sequence[Quarantine]) -> None:

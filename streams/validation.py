@@ -65,6 +65,8 @@ class Reason(StrEnum):
     """A reference (product id -> SKU, ...) not known yet; replaying later may succeed."""
     SCHEMA_MISMATCH = "schema_mismatch"
     """The canonical record does not fit its Avro schema (a mapping bug, not bad data)."""
+    LATE_LINE = "late_line"
+    """An order line read after its transaction's order was published without it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,16 @@ from streams.state import DEDUPE, StateView, Write, b64, fresh_copy
 from streams.transform import CanonicalEvent
 from streams.validation import Failed, Fix, Quarantine, Reason
 
-__all__ = ["LETTERED_PREFIX", "Emitter", "Mirror", "Raw", "Route", "UnitOfWork", "dedupe_key"]
+__all__ = [
+    "LETTERED_PREFIX",
+    "Emitter",
+    "Mirror",
+    "Raw",
+    "Route",
+    "UnitOfWork",
+    "dedupe_key",
+    "entity_dedupe_key",
+]
 
 LETTERED_PREFIX: Final = "dl|"
 """``dedupe`` keys ``dl|<raw topic>|<key>``: the LSN of each row's last dead-lettered change."""
@@ -119,6 +128,10 @@ class UnitOfWork:
         self._overlay[(table, key)] = value
         self._mirror(table, key, value)
 
+    def warn(self, message: str) -> None:
+        """Note what the worker logs as a warning once this unit's outcome is committed."""
+        self.outcome.warnings.append(message)
+
     def finish(self) -> Outcome:
         """The outcome, with the unit's writes in the order their keys were first written."""
         self.outcome.writes = [Write(t, k, v) for (t, k), v in self._overlay.items()]
@@ -127,7 +140,12 @@ class UnitOfWork:
 
 def dedupe_key(event: CanonicalEvent) -> str:
     """The ``dedupe`` table's key of an event's entity."""
-    return f"{event.entity}|{event.key}"
+    return entity_dedupe_key(event.entity, event.key)
+
+
+def entity_dedupe_key(entity: str, key: str) -> str:
+    """The ``dedupe`` table's key of entity ``entity`` with the entity key ``key``."""
+    return f"{entity}|{key}"
 
 
 class Emitter:

@@ -54,6 +54,7 @@ __all__ = [
     "settled",
     "soak_pipeline",
     "streams_behind",
+    "streams_diagnostics",
     "valid_vat",
     "victims",
     "wait_linked",
@@ -305,9 +306,8 @@ def _raw_topics(prefixes: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(topics))
 
 
-def streams_behind(pipeline: Pipeline) -> dict[str, int]:
-    """Per raw partition (``topic[partition]``), records the streams worker has not
-    committed yet (its group's lag); empty when it has read everything."""
+def _streams_positions(pipeline: Pipeline) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per raw partition, the streams worker's committed offset (0: none) and the end."""
     streams = pipeline.streams
     bootstrap = streams.stack_env["KAFKA_BOOTSTRAP"]
     ends = watermarks(bootstrap, _raw_topics(streams.prefixes))
@@ -317,8 +317,64 @@ def streams_behind(pipeline: Pipeline) -> dict[str, int]:
     finally:
         consumer.close()
     done = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
-    behind = {f"{t}[{p}]": end - done.get((t, p), 0) for (t, p), end in ends.items()}
+    return {tp: (done.get(tp, 0), end) for tp, end in ends.items()}
+
+
+def streams_behind(pipeline: Pipeline) -> dict[str, int]:
+    """Per raw partition (``topic[partition]``), records the streams worker has not
+    committed yet (its group's lag); empty when it has read everything."""
+    positions = _streams_positions(pipeline)
+    behind = {f"{t}[{p}]": end - done for (t, p), (done, end) in positions.items()}
     return {name: lag for name, lag in behind.items() if lag > 0}
+
+
+_RELEASE_WARNINGS: Final = ("released incomplete", "assembled incomplete", "late_line")
+"""What the streams worker logs when a transaction is decided without all of its changes."""
+
+
+def streams_diagnostics(pipeline: Pipeline, most: int = 20) -> list[str]:
+    """What to look at when a soak fails: the streams worker's position and releases.
+
+    Its group's committed offset against the end of every raw partition, its counts of
+    transactions released incomplete (and how orders were assembled, dead letters by
+    reason), its warnings about releases (the first ``most``), and where every worker's
+    log is.
+    """
+    streams = pipeline.streams
+    positions = sorted(_streams_positions(pipeline).items())
+    lines = [
+        "streams committed/end per raw partition: "
+        + ", ".join(f"{t}[{p}] {done}/{end}" for (t, p), (done, end) in positions)
+    ]
+    wanted = (
+        "erpcrm_streams_order_timeouts_total",
+        "erpcrm_streams_orders_assembled_total",
+        "erpcrm_streams_dead_letters_total",
+        "erpcrm_streams_pending",
+    )
+    try:
+        counts = sorted(
+            f"{name}{dict(sorted(labels))}={value:.0f}"
+            for (name, labels), value in streams.metrics().items()
+            if name in wanted and value
+        )
+        lines.append("streams counts (this run of the worker): " + "; ".join(counts))
+    except httpx.HTTPError as exc:
+        lines.append(f"streams metrics unreadable: {exc}")
+    warnings: list[str] = []
+    for run in range(1, streams.runs + 1):
+        path = streams.log_dir / f"{streams.app_id}-{run}.log"
+        if path.exists():
+            text = path.read_text(errors="replace")
+            warnings += [
+                f"run {run}: {line}"
+                for line in text.splitlines()
+                if "WARNING" in line and any(w in line for w in _RELEASE_WARNINGS)
+            ]
+    lines.append(f"streams release warnings: {len(warnings)}")
+    lines += warnings[:most]
+    lines.append(f"worker logs (every run of every worker): {streams.log_dir}")
+    return lines
 
 
 def _streams_pending(pipeline: Pipeline) -> float:

@@ -73,6 +73,7 @@ from tests.integration.soak_fixtures import (
     settled,
     soak_pipeline,
     streams_behind,
+    streams_diagnostics,
     victims,
 )
 
@@ -1089,6 +1090,8 @@ def test_won_quotes_are_one_order_each_and_stock_converges_under_kills(
         *notes,
         *problems,
     ]
+    if problems or findings:
+        header += streams_diagnostics(pipeline)
     print("\n".join(header))
     # The bad quotes are lost from now on: the next pipeline's snapshot skips them.
     execute(

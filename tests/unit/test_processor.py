@@ -514,30 +514,31 @@ def test_an_order_and_its_lines_in_one_transaction_become_one_event() -> None:
     assert sum(len(o.outbound) for o in replay) == 0
 
 
+def quote_line(number: int, part: str) -> dict[str, Any]:
+    """A line of the won quote :data:`QUOTE` that names its part number."""
+    return {
+        "id": f"00000000-0000-4000-8000-{number:012d}",
+        "parent_id": QUOTE_ID,
+        "number": number,
+        "name": f"Part {part}",
+        "part_number": part,
+        "product_id": None,
+        "product_qty": Decimal("2"),
+        "product_list_price": Decimal("12.35"),
+        "product_discount": Decimal("0.00"),
+        "product_total_price": Decimal("24.70"),
+        "deleted": False,
+    }
+
+
 def test_an_accepted_crm_quote_with_lines_becomes_one_sales_order() -> None:
     h = Harness()
     with_catalogue(h, (7, "SKU-00007"), (8, "SKU-00008"))
     tx = (77, 9000)
-
-    def line(number: int, part: str) -> dict[str, Any]:
-        return {
-            "id": f"00000000-0000-4000-8000-{number:012d}",
-            "parent_id": QUOTE_ID,
-            "number": number,
-            "name": f"Part {part}",
-            "part_number": part,
-            "product_id": None,
-            "product_qty": Decimal("2"),
-            "product_list_price": Decimal("12.35"),
-            "product_discount": Decimal("0.00"),
-            "product_total_price": Decimal("24.70"),
-            "deleted": False,
-        }
-
     pieces = [
         h.change(AOS_QUOTES, "c", after=QUOTE, lsn=8001, tx=tx),
-        h.change(AOS_PRODUCTS_QUOTES, "c", after=line(1, "SKU-00007"), lsn=8002, tx=tx),
-        h.change(AOS_PRODUCTS_QUOTES, "c", after=line(2, "sku-00008"), lsn=8003, tx=tx),
+        h.change(AOS_PRODUCTS_QUOTES, "c", after=quote_line(1, "SKU-00007"), lsn=8002, tx=tx),
+        h.change(AOS_PRODUCTS_QUOTES, "c", after=quote_line(2, "sku-00008"), lsn=8003, tx=tx),
         h.end("crm", tx, {"public.aos_quotes": 1, "public.aos_products_quotes": 2}),
     ]
     events = [event for piece in pieces for event in decoded(h.run(piece))]
