@@ -78,7 +78,7 @@ from schemas.serde import AvroSerde
 from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
-from sinks.postgres import PostgresUpsertSink, dead_letter_headers
+from sinks.postgres import PostgresUpsertSink, Unparked, dead_letter_headers
 from sinks.progress import ReadProgress, ReferenceWait
 from sinks.replays import replayed
 from sinks.settings import SinkSettings
@@ -506,6 +506,7 @@ class SinkRunner:
             dead=(*joined("dead"), *dead),
             created=joined("created"),
             held=joined("held"),
+            parked=joined("parked"),
         )
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
@@ -534,15 +535,20 @@ class SinkRunner:
         The held event is applied again; the sink finds the decision for its key (see
         :meth:`PostgresUpsertSink._settle_duplicate`: released, it is created; linked, it
         is written into its candidate), then the suspect is marked. A crash in between
-        applies it again, which the version makes a no-op.
+        applies it again, which the version makes a no-op. Then the events parked for
+        suspects carried out are applied (:meth:`_unpark`).
         """
         now = self._clock()
         if now - self._suspects_at < _SUSPECTS_EVERY_SECONDS:
             return
         self._suspects_at = now
         pending = self._retrying("read suspects", self._sink.pending_suspects)
-        if not pending:
-            return
+        if pending:
+            self._carry_out(pending)
+        self._unpark()
+
+    def _carry_out(self, pending: Sequence[Mapping[str, Any]]) -> None:
+        """Apply released or linked suspects, then mark them carried out."""
         events: list[SinkEvent] = []
         for row in pending:
             value = bytes(row["value"]) if row["value"] is not None else None
@@ -585,6 +591,65 @@ class SinkRunner:
             )
         ids = [int(row["id"]) for row in pending]
         self._retrying("mark suspects", lambda: self._sink.suspects_carried_out(ids))
+
+    def _unpark(self) -> None:
+        """Apply the events parked for suspects whose decision is carried out (in order).
+
+        One transaction unparks them and applies them (:class:`~sinks.postgres.Unparked`):
+        a crash before it leaves them parked, after it they are applied or dead-lettered.
+        """
+        rows = self._retrying("read parked", self._sink.ready_parked)
+        if not rows:
+            return
+        events: list[SinkEvent] = []
+        suspects: dict[int, tuple[str, str, str | None]] = {}
+        ids: dict[int, list[int]] = {}
+        for row in rows:
+            value = bytes(row["value"]) if row["value"] is not None else None
+            record = self._retrying("decode", partial(self._serde.decode, value)) if value else {}
+            raw_key = bytes(row["key"]) if row["key"] is not None else None
+            event = SinkEvent(
+                row["topic"],
+                int(row["partition"]),
+                int(row["offset"]),
+                str(row["entity"]),
+                str(row["entity_key"]),
+                record,
+                raw_key,
+                value,
+            )
+            events.append(event)
+            suspects[id(event)] = (row["suspect_entity"], row["suspect_key"], row["status"])
+            ids.setdefault(id(event), []).append(int(row["id"]))
+        batch = SinkBatch(events)
+        unparked = Unparked(tuple(i for found in ids.values() for i in found), suspects)
+        started = self._clock()
+        try:
+            # Their positions were stored when they were parked: none is stored again.
+            result: WriteResult = self._retrying(
+                "write parked",
+                lambda: self._sink.write(batch, store_offsets=False, unparked=unparked),
+            )
+        except PermanentError as exc:
+            dead = []
+            for event in batch.collapse().latest:
+                key = event.entity_key
+                key_ids = [i for e in batch.events(key) for i in ids[id(e)]]
+                self._retrying(
+                    "dead letter", partial(self._sink.dead_letter, event, exc, unpark=key_ids)
+                )
+                dead.append((event, exc))
+            result = WriteResult(dead=tuple(dead))
+        self._account(batch, result, self._clock() - started)
+        self._after_commit(announce=bool(result.created), dead=bool(result.dead))
+        log.info(
+            "sink %s: applied %d parked events (%d applied, %d parked again, %d dead-lettered)",
+            self._target,
+            len(events),
+            len(result.applied),
+            len(result.parked),
+            len(result.dead),
+        )
 
     # --------------------------------------------------------------- held events
 
@@ -684,6 +749,7 @@ class SinkRunner:
             "deferred": tuple(newly_held),
             "dead_lettered": tuple(e for e, _ in result.dead),
             "held": result.held,
+            "parked": result.parked,
         }
         for outcome, events in groups.items():
             self.stats.add(outcome, len(events))
