@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, partial
 from typing import Any, Final
 
@@ -141,6 +141,29 @@ class _Pending:
     fresh: bool
     """It holds new events (not only held ones tried again)."""
     write: Future[tuple[WriteResult, float]]
+
+
+def _joined(parts: Sequence[WriteResult]) -> WriteResult:
+    """The results of a batch written in parts, as one (offsets: none)."""
+
+    def joined(name: str) -> tuple[Any, ...]:
+        return tuple(x for p in parts for x in getattr(p, name))
+
+    return WriteResult(
+        applied=joined("applied"),
+        stale=joined("stale"),
+        noop=joined("noop"),
+        superseded=joined("superseded"),
+        conflicts=joined("conflicts"),
+        skipped=joined("skipped"),
+        unknown=joined("unknown"),
+        deferred=joined("deferred"),
+        waiting=joined("waiting"),
+        dead=joined("dead"),
+        created=joined("created"),
+        held=joined("held"),
+        parked=joined("parked"),
+    )
 
 
 class SinkRunner:
@@ -489,24 +512,9 @@ class SinkRunner:
         offsets = safe_offsets(batch.next_offsets(), (*deferred, *waiting))
         self._retrying("store offsets", lambda: self._sink.store_offsets(offsets))
 
-        def joined(name: str) -> tuple[Any, ...]:
-            return tuple(x for p in parts for x in getattr(p, name))
-
-        return WriteResult(
-            applied=joined("applied"),
-            stale=joined("stale"),
-            noop=joined("noop"),
-            superseded=joined("superseded"),
-            conflicts=joined("conflicts"),
-            offsets=offsets,
-            skipped=joined("skipped"),
-            unknown=joined("unknown"),
-            deferred=deferred,
-            waiting=waiting,
-            dead=(*joined("dead"), *dead),
-            created=joined("created"),
-            held=joined("held"),
-            parked=joined("parked"),
+        joined = _joined(parts)
+        return replace(
+            joined, offsets=offsets, deferred=deferred, waiting=waiting, dead=(*joined.dead, *dead)
         )
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
@@ -622,24 +630,25 @@ class SinkRunner:
             suspects[id(event)] = (row["suspect_entity"], row["suspect_key"], row["status"])
             ids.setdefault(id(event), []).append(int(row["id"]))
         batch = SinkBatch(events)
-        unparked = Unparked(tuple(i for found in ids.values() for i in found), suspects)
         started = self._clock()
         try:
-            # Their positions were stored when they were parked: none is stored again.
-            result: WriteResult = self._retrying(
-                "write parked",
-                lambda: self._sink.write(batch, store_offsets=False, unparked=unparked),
-            )
-        except PermanentError as exc:
-            dead = []
-            for event in batch.collapse().latest:
-                key = event.entity_key
-                key_ids = [i for e in batch.events(key) for i in ids[id(e)]]
-                self._retrying(
-                    "dead letter", partial(self._sink.dead_letter, event, exc, unpark=key_ids)
-                )
-                dead.append((event, exc))
-            result = WriteResult(dead=tuple(dead))
+            result = self._write_parked(batch, ids, suspects)
+        except PermanentError:
+            # One key at a time: a key that fails alone is dead-lettered, unparked.
+            parts = []
+            keys = batch.keys()
+            for key in keys:
+                part = SinkBatch(batch.events(key))
+                try:
+                    parts.append(self._write_parked(part, ids, suspects))
+                except PermanentError as exc:
+                    [latest] = part.collapse().latest
+                    key_ids = [i for e in part for i in ids[id(e)]]
+                    self._retrying(
+                        "dead letter", partial(self._sink.dead_letter, latest, exc, unpark=key_ids)
+                    )
+                    parts.append(WriteResult(dead=((latest, exc),)))
+            result = _joined(parts)
         self._account(batch, result, self._clock() - started)
         self._after_commit(announce=bool(result.created), dead=bool(result.dead))
         log.info(
@@ -650,6 +659,24 @@ class SinkRunner:
             len(result.parked),
             len(result.dead),
         )
+
+    def _write_parked(
+        self,
+        batch: SinkBatch,
+        ids: Mapping[int, Sequence[int]],
+        suspects: Mapping[int, tuple[str, str, str | None]],
+    ) -> WriteResult:
+        """Unpark and apply ``batch`` in one transaction (``ids``, ``suspects`` by event)."""
+        unparked = Unparked(
+            tuple(i for e in batch for i in ids[id(e)]),
+            {id(e): suspects[id(e)] for e in batch},
+        )
+        # Their positions were stored when they were parked: none is stored again.
+        result: WriteResult = self._retrying(
+            "write parked",
+            lambda: self._sink.write(batch, store_offsets=False, unparked=unparked),
+        )
+        return result
 
     # --------------------------------------------------------------- held events
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from sinks.batch import SinkEvent
 from sinks.parking import Lookup, SuspectState, resolve, waited_for
+from sinks.postgres import PostgresUpsertSink, Unparked, _Outcome
 
 TWIN = "crm:twin"
 
@@ -63,3 +65,19 @@ def test_the_dead_letter_of_a_parked_event_says_what_became_of_its_suspect() -> 
     assert message.endswith("still refers to customer_erp_id (crm_account_id=x)")
     gone = waited_for("contact", "crm:c1", ("customer", TWIN), None, "x")
     assert "that suspect is no longer held" in gone
+
+
+def _event(key: str, version: int) -> SinkEvent:
+    return SinkEvent("canonical.contact", 0, version, "contact", key, {"version": version})
+
+
+def test_unparked_events_that_must_wait_again_are_parked_again_not_held_in_memory() -> None:
+    """Their rows were deleted with the batch: waiting in memory would not survive a crash."""
+    parked, other = _event("crm:c1", 1), _event("crm:c2", 2)
+    later = _event("crm:c1", 3)
+    out = _Outcome(waiting=[parked, later, other], deferred=[])
+    suspect = ("customer", TWIN, "released")
+    unparked = Unparked((7, 8), {id(parked): suspect, id(later): suspect})
+    PostgresUpsertSink._park_again(out, unparked)
+    assert out.waiting == [other]
+    assert out.parked == [(parked, ("customer", TWIN)), (later, ("customer", TWIN))]
