@@ -1216,11 +1216,7 @@ class PostgresUpsertSink(Sink):
                 [e.key for e in events],
                 [str(i.record["duplicate_of"]) for i in items],
                 [i.record.get("duplicate_rule") for i in items],
-                [e.topic for e in events],
-                [e.partition for e in events],
-                [e.offset for e in events],
-                [e.raw_key for e in events],
-                [e.raw_value for e in events],
+                *_stored(events),
             ),
             binary=True,
         )
@@ -1237,11 +1233,7 @@ class PostgresUpsertSink(Sink):
                 [e.key for e in events],
                 [s for _, (s, _) in parked],
                 [k for _, (_, k) in parked],
-                [e.topic for e in events],
-                [e.partition for e in events],
-                [e.offset for e in events],
-                [e.raw_key for e in events],
-                [e.raw_value for e in events],
+                *_stored(events),
             ),
             binary=True,
         )
@@ -1572,6 +1564,17 @@ class PostgresUpsertSink(Sink):
                     log.debug("closing a broken connection", exc_info=True)
         self._conn = None
         self._plain = None
+
+
+def _stored(events: Sequence[SinkEvent]) -> tuple[list[Any], ...]:
+    """The :data:`sinks.sql.STORED_EVENT` parameters of events: positions and bytes."""
+    return (
+        [e.topic for e in events],
+        [e.partition for e in events],
+        [e.offset for e in events],
+        [e.raw_key for e in events],
+        [e.raw_value for e in events],
+    )
 
 
 def _merged_fields(table: TargetTable) -> list[str]:

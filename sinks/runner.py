@@ -557,26 +557,8 @@ class SinkRunner:
 
     def _carry_out(self, pending: Sequence[Mapping[str, Any]]) -> None:
         """Apply released or linked suspects, then mark them carried out."""
-        events: list[SinkEvent] = []
-        for row in pending:
-            value = bytes(row["value"]) if row["value"] is not None else None
-            if value is None:
-                continue
-            # The event as held: the sink finds the operator's decision for its key.
-            record = self._retrying("decode", partial(self._serde.decode, value))
-            raw_key = bytes(row["key"]) if row["key"] is not None else None
-            events.append(
-                SinkEvent(
-                    row["topic"],
-                    int(row["partition"]),
-                    int(row["offset"]),
-                    str(row["entity"]),
-                    str(row["entity_key"]),
-                    record,
-                    raw_key,
-                    value,
-                )
-            )
+        # The events as held: the sink finds the operator's decision for their keys.
+        events = [e for row in pending if (e := self._stored_event(row)) is not None]
         if events:
             batch = SinkBatch(events)
             started = self._clock()
@@ -613,19 +595,9 @@ class SinkRunner:
         suspects: dict[int, tuple[str, str, str | None]] = {}
         ids: dict[int, list[int]] = {}
         for row in rows:
-            value = bytes(row["value"]) if row["value"] is not None else None
-            record = self._retrying("decode", partial(self._serde.decode, value)) if value else {}
-            raw_key = bytes(row["key"]) if row["key"] is not None else None
-            event = SinkEvent(
-                row["topic"],
-                int(row["partition"]),
-                int(row["offset"]),
-                str(row["entity"]),
-                str(row["entity_key"]),
-                record,
-                raw_key,
-                value,
-            )
+            event = self._stored_event(row)
+            if event is None:
+                continue  # parked with its bytes: never without
             events.append(event)
             suspects[id(event)] = (row["suspect_entity"], row["suspect_key"], row["status"])
             ids.setdefault(id(event), []).append(int(row["id"]))
@@ -658,6 +630,26 @@ class SinkRunner:
             len(result.applied),
             len(result.parked),
             len(result.dead),
+        )
+
+    def _stored_event(self, row: Mapping[str, Any]) -> SinkEvent | None:
+        """An event stored in the sync schema (:data:`sinks.sql.STORED_EVENT`), decoded.
+
+        None: it has no value.
+        """
+        value = bytes(row["value"]) if row["value"] is not None else None
+        if value is None:
+            return None
+        record = self._retrying("decode", partial(self._serde.decode, value))
+        return SinkEvent(
+            row["topic"],
+            int(row["partition"]),
+            int(row["offset"]),
+            str(row["entity"]),
+            str(row["entity_key"]),
+            record,
+            bytes(row["key"]) if row["key"] is not None else None,
+            value,
         )
 
     def _write_parked(

@@ -317,6 +317,16 @@ def row_clock_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     ).format(sql.Identifier(schema, "row_clock"), _unnest(cols))
 
 
+STORED_EVENT: Final = (
+    Column("topic", "text"),
+    Column("partition", "integer"),
+    Column("offset", "bigint"),
+    Column("key", "bytea"),
+    Column("value", "bytea"),
+)
+"""The columns a stored event keeps (its position and bytes): suspects, parked events."""
+
+
 SUSPECT_STATUSES: Final = ("held", "release", "released", "link", "linked")
 """A suspected duplicate is ``held``; an operator asks to ``release`` (create it) or to
 ``link`` it to its candidate, and the sink marks it ``released`` or ``linked``."""
@@ -333,11 +343,7 @@ def suspects_hold(schema: str = SYNC_SCHEMA) -> sql.Composed:
         Column("entity_key", "text"),
         Column("candidate", "text"),
         Column("evidence", "text"),
-        Column("topic", "text"),
-        Column("partition", "integer"),
-        Column("offset", "bigint"),
-        Column("key", "bytea"),
-        Column("value", "bytea"),
+        *STORED_EVENT,
     ]
     return sql.SQL(
         'INSERT INTO {} AS t (entity, entity_key, candidate, evidence, topic, "partition", '
@@ -428,11 +434,7 @@ def parked_insert(schema: str = SYNC_SCHEMA) -> sql.Composed:
         Column("entity_key", "text"),
         Column("suspect_entity", "text"),
         Column("suspect_key", "text"),
-        Column("topic", "text"),
-        Column("partition", "integer"),
-        Column("offset", "bigint"),
-        Column("key", "bytea"),
-        Column("value", "bytea"),
+        *STORED_EVENT,
     ]
     return sql.SQL(
         'INSERT INTO {} (entity, entity_key, suspect_entity, suspect_key, topic, "partition", '
