@@ -1238,6 +1238,11 @@ class PostgresUpsertSink(Sink):
             binary=True,
         )
 
+    @property
+    def parked_records(self) -> int:
+        """How many records (keys) have parked events, as committed."""
+        return len(self._parked)
+
     def ready_parked(self, limit: int = 100) -> list[dict[str, Any]]:
         """Parked events whose suspect was carried out (or is gone): whole keys, in order.
 

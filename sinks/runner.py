@@ -222,6 +222,7 @@ class SinkRunner:
     def run(self, *, until: Callable[[RunStats], bool] | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``until(stats)`` is true); return the totals."""
         self._retrying("setup", self._sink.setup)
+        self._metrics.parked.labels(self._target).set(self._sink.parked_records)
         ensure_dead_letter_topic(self._s.kafka, self._s.dlq_topic)
         self._ensure_topics(self._s.replay_topic)
         self._producer = Producer(
@@ -758,6 +759,7 @@ class SinkRunner:
             ordered = tuple(sorted(key_events, key=lambda e: e.version))
             self._held[key] = _Held(ordered, wait)
         m.deferred.labels(target).set(len(self._held))
+        m.parked.labels(target).set(self._sink.parked_records)
         groups: Mapping[str, tuple[SinkEvent, ...]] = {
             "applied": result.applied,
             "stale": result.stale,

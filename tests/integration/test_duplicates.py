@@ -338,6 +338,7 @@ def test_contacts_parked_for_a_held_account_survive_a_killed_sink_and_follow_its
     sink.kill()
     sink.start().wait_assigned()
     assert _parked_of(sink, key) == [f"crm:{account}"] * 2, "parked events survive a SIGKILL"
+    assert sink.metric("erpcrm_sink_parked_records", target="erp") >= 1
     listing = _suspects_cli(env, "list", "--target", "erp", "--json")
     assert listing.returncode == 0, listing.stderr
     [suspect] = [s for s in json.loads(listing.stdout) if s["entity_key"] == f"crm:{account}"]
