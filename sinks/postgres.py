@@ -31,7 +31,11 @@ event *deferred* for a reference not there is dead-lettered by the runner after 
 reference wait; an event *waiting* for the own event of a local change of its row
 stops waiting on its own (``clock_wait_ms``). Events the target
 refuses (a required value missing, a value with no target equivalent) are queued as
-dead letters in the same transaction (an outbox the runner publishes from).
+dead letters in the same transaction (an outbox the runner publishes from). An event
+whose missing reference is a suspected duplicate held for an operator is *parked*
+instead, with every later event of its key (``erpcrm_sync.parked``, in the same
+transaction: :mod:`sinks.parking`); the runner applies them with :meth:`write`
+(``unparked``) once the decision is carried out.
 
 **Announcing created rows.** The capture drops the sink's own transactions, but a row
 the sink creates holds news for the other side: the ids and numbers the target gave it
