@@ -58,7 +58,7 @@ from schemas.serde import AvroSerde, RegistryClient
 from schemas.settings import KafkaSettings, RegistrySettings
 from sinks.batch import SinkBatch
 from sinks.metrics import SinkMetrics
-from sinks.postgres import PostgresUpsertSink
+from sinks.postgres import PostgresUpsertSink, Unparked
 from sinks.runner import RunStats, SinkRunner
 from sinks.settings import SinkSettings, default_metrics_port
 from sinks.targets import Direction, build_tables, deterministic_id
@@ -99,9 +99,11 @@ class _Timed:
         self.batches: list[tuple[float, float, int]] = []  # (start, seconds, events)
         original = sink.write
 
-        def write(batch: SinkBatch, *, store_offsets: bool = True) -> Any:
+        def write(
+            batch: SinkBatch, *, store_offsets: bool = True, unparked: Unparked | None = None
+        ) -> Any:
             started = time.monotonic()
-            result = original(batch, store_offsets=store_offsets)
+            result = original(batch, store_offsets=store_offsets, unparked=unparked)
             self.batches.append((started, time.monotonic() - started, len(batch)))
             return result
 

@@ -488,7 +488,9 @@ def suspects_list(
     if as_json:
         print(json.dumps([s.as_json() for s in found], indent=2))
         return
-    table = Table("id", "entity", "new record", "duplicate of", "evidence", "status", "last seen")
+    table = Table(
+        "id", "entity", "new record", "duplicate of", "evidence", "status", "waiting", "last seen"
+    )
     for s in found:
         table.add_row(
             str(s.id),
@@ -497,6 +499,7 @@ def suspects_list(
             s.candidate,
             s.evidence or "",
             s.status,
+            str(s.waiting),
             s.last_seen.strftime("%Y-%m-%d %H:%M:%S"),
         )
     out.print(table)

@@ -4,7 +4,9 @@ A new record that matches a record already linked to another one is not created 
 other side: the sink keeps it in ``erpcrm_sync.suspects`` (see :mod:`sinks.postgres`).
 An operator lists them and either *releases* one (the sink creates it after all) or
 *links* it to its candidate (the sink writes it into the candidate's row, now and on
-every later change). The sink carries a decision out within seconds.
+every later change). The sink carries a decision out within seconds. The orders and
+contacts that refer to a held suspect wait for the decision (``waiting``, see
+:mod:`sinks.parking`) and are applied, in order, once it is carried out.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Suspect:
     status: str
     first_seen: datetime
     last_seen: datetime
+    waiting: int = 0
+    """Events parked until this suspect is decided (orders, contacts referring to it)."""
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-able form."""
@@ -45,6 +49,7 @@ class Suspect:
             "status": self.status,
             "first_seen": self.first_seen.isoformat(),
             "last_seen": self.last_seen.isoformat(),
+            "waiting": self.waiting,
         }
 
 

@@ -81,6 +81,9 @@ class WriteResult:
         held: new records held as suspected duplicates of a linked record
             (``erpcrm_sync.suspects``) instead of being created; not recorded, so an
             operator's release or link applies them later.
+        parked: events referring to a held suspect, or behind one of their key that
+            does (``erpcrm_sync.parked``, :mod:`sinks.parking`); not recorded, applied
+            once the operator's decision is carried out.
     """
 
     applied: tuple[SinkEvent, ...] = ()
@@ -97,6 +100,7 @@ class WriteResult:
     dead: tuple[tuple[SinkEvent, SyncError], ...] = ()
     created: tuple[tuple[str, str], ...] = ()
     held: tuple[SinkEvent, ...] = ()
+    parked: tuple[SinkEvent, ...] = ()
 
 
 class Sink(abc.ABC):

@@ -22,6 +22,7 @@ class SinkMetrics:
     end_to_end_seconds: Histogram
     retries: Counter
     deferred: Gauge
+    parked: Gauge
     announced: Counter
     lag_events: Gauge
 
@@ -33,7 +34,8 @@ class SinkMetrics:
                 "erpcrm_sink_events",
                 "Canonical events by outcome: applied, stale, noop, superseded, skipped, "
                 "unknown (a delete or status of a row the target lacks), deferred (each event "
-                "once, when it starts waiting for a reference), dead_lettered.",
+                "once, when it starts waiting for a reference), held (a suspected duplicate), "
+                "parked (waiting for a held suspected duplicate it refers to), dead_lettered.",
                 ["target", "entity", "outcome"],
                 registry=registry,
             ),
@@ -79,6 +81,13 @@ class SinkMetrics:
             deferred=Gauge(
                 "erpcrm_sink_deferred_events",
                 "Events waiting for a row they refer to.",
+                ["target"],
+                registry=registry,
+            ),
+            parked=Gauge(
+                "erpcrm_sink_parked_records",
+                "Records with events parked until an operator decides a suspected duplicate "
+                "they refer to (erpcrm_sync.parked; erpcrm suspects list shows them).",
                 ["target"],
                 registry=registry,
             ),

@@ -31,7 +31,11 @@ event *deferred* for a reference not there is dead-lettered by the runner after 
 reference wait; an event *waiting* for the own event of a local change of its row
 stops waiting on its own (``clock_wait_ms``). Events the target
 refuses (a required value missing, a value with no target equivalent) are queued as
-dead letters in the same transaction (an outbox the runner publishes from).
+dead letters in the same transaction (an outbox the runner publishes from). An event
+whose missing reference is a suspected duplicate held for an operator is *parked*
+instead, with every later event of its key (``erpcrm_sync.parked``, in the same
+transaction: :mod:`sinks.parking`); the runner applies them with :meth:`write`
+(``unparked``) once the decision is carried out.
 
 **Announcing created rows.** The capture drops the sink's own transactions, but a row
 the sink creates holds news for the other side: the ids and numbers the target gave it
@@ -75,10 +79,17 @@ from schemas.deadletter import (
     H_REPLAY_COUNT,
     H_STAGE,
 )
-from schemas.errors import ConfigError, DecodeError, PermanentError, SyncError, ValidationError
+from schemas.errors import (
+    ConfigError,
+    DecodeError,
+    PermanentError,
+    SyncError,
+    UnresolvedReferenceError,
+    ValidationError,
+)
 from schemas.mapping import Owner
 from schemas.payload import never_noop, payload_hash, plain
-from sinks import sql
+from sinks import parking, sql
 from sinks.base import Sink, WriteResult
 from sinks.batch import SinkBatch, SinkEvent, TopicPartition, safe_offsets
 from sinks.classify import wrap
@@ -98,7 +109,7 @@ from sinks.state import (
 )
 from sinks.targets import KEY, DeleteMode, Locator, TargetTable, from_row, to_child_rows, to_row
 
-__all__ = ["ENTITY_ORDER", "PostgresUpsertSink", "QueuedDeadLetter"]
+__all__ = ["ENTITY_ORDER", "PostgresUpsertSink", "QueuedDeadLetter", "Unparked"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +130,19 @@ class QueuedDeadLetter:
     key: bytes | None
     value: bytes | None
     headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Unparked:
+    """Parked events applied again (:mod:`sinks.parking`): their rows and suspects.
+
+    ``ids``: the rows of ``erpcrm_sync.parked``, deleted in the batch's transaction;
+    ``suspects``: per event (``id()`` of the :class:`SinkEvent`), the suspect it was
+    parked for, ``(entity, key, status)`` (status None: the suspect is gone).
+    """
+
+    ids: tuple[int, ...]
+    suspects: Mapping[int, tuple[str, str, str | None]]
 
 
 @dataclass(slots=True)
@@ -245,6 +269,9 @@ class _Outcome:
     announce: list[tuple[SinkEvent, str]] = field(default_factory=list)
     undecodable: set[int] = field(default_factory=set)
     """``id`` of the events whose rest did not decode (in ``dead``)."""
+    parked: list[tuple[SinkEvent, tuple[str, str]]] = field(default_factory=list)
+    """Events parked for the suspect ``(entity, key)`` they wait for, in order."""
+    unparked: Unparked | None = None
 
     def complete(self, event: SinkEvent) -> bool:
         """Read the rest of a lazily decoded event; one that does not decode is dead (False).
@@ -426,6 +453,8 @@ class PostgresUpsertSink(Sink):
         self._conn: psycopg.Connection[Any] | None = None
         self._plain: psycopg.Connection[Any] | None = None
         self._sql = _Statements()
+        self._parked: dict[tuple[str, str], tuple[str, str]] = {}
+        """The keys with parked events (as committed), and the suspect they wait for."""
 
     # ---------------------------------------------------------------- connections
 
@@ -497,6 +526,10 @@ class PostgresUpsertSink(Sink):
                 f"the sink role may not read and write {', '.join(missing)}: grant it "
                 "(erpcrm stack up does for the local stack)"
             )
+        self._parked = {
+            (str(e), str(k)): (str(se), str(sk))
+            for e, k, se, sk in conn.execute(sql.parked_all(self._schema))
+        }
         tracked = conn.execute("SELECT current_setting('track_commit_timestamp') = 'on'")
         if not (tracked.fetchone() or (False,))[0]:
             raise ConfigError(
@@ -519,20 +552,27 @@ class PostgresUpsertSink(Sink):
 
     # ---------------------------------------------------------------------- write
 
-    def write(self, batch: SinkBatch, *, store_offsets: bool = True) -> WriteResult:
+    def write(
+        self, batch: SinkBatch, *, store_offsets: bool = True, unparked: Unparked | None = None
+    ) -> WriteResult:
         """Apply ``batch`` in one transaction (module doc); see :meth:`Sink.write`.
 
         Args:
             batch: the events.
             store_offsets: store the batch's positions (False while the runner isolates
                 a failing event in parts of a batch; it stores them at the end).
+            unparked: the batch is parked events (:meth:`ready_parked`): their rows are
+                deleted in the transaction, and one whose reference still does not
+                resolve is dead-lettered (:mod:`sinks.parking`).
         """
-        result: WriteResult = self._guard(lambda: self._write(batch, store_offsets))
+        result: WriteResult = self._guard(lambda: self._write(batch, store_offsets, unparked))
         return result
 
-    def _write(self, batch: SinkBatch, store_offsets: bool) -> WriteResult:
+    def _write(
+        self, batch: SinkBatch, store_offsets: bool, unparked: Unparked | None = None
+    ) -> WriteResult:
         collapsed = batch.collapse()
-        out = _Outcome()
+        out = _Outcome(unparked=unparked)
         conn = self._session()
         # One pipeline around the transaction: BEGIN travels with the first statement,
         # the statements that read nothing back and COMMIT with the last round trip; a
@@ -540,6 +580,8 @@ class PostgresUpsertSink(Sink):
         # transaction's statements run in order as before.
         with conn.pipeline(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             clocks = _Clocks(self._schema, self._sql)
+            if unparked is not None:
+                cur.execute(sql.parked_delete(self._schema), (list(unparked.ids),))
             # The target's own changes first: they tell the fields of its local edits.
             self._observe_local(cur, batch, clocks, out)
             by_entity: dict[str, list[SinkEvent]] = {}
@@ -550,9 +592,16 @@ class PostgresUpsertSink(Sink):
             )
             for entity in order:
                 self._apply_entity(cur, entity, by_entity[entity], batch, clocks, out)
+            if unparked is not None:
+                self._park_again(out, unparked)
             # What is left writes state only and reads nothing back: it goes with
             # COMMIT, in one round trip.
             offsets = self._record_state(cur, batch, clocks, out, store_offsets)
+        if unparked is not None:
+            for event in batch:
+                self._parked.pop(event.entity_key, None)
+        for event, suspect in out.parked:
+            self._parked[event.entity_key] = suspect
         return WriteResult(
             applied=tuple(out.applied),
             stale=tuple(out.stale),
@@ -567,6 +616,7 @@ class PostgresUpsertSink(Sink):
             dead=tuple(out.dead),
             created=tuple(out.created),
             held=tuple(i.event for i in out.held),
+            parked=tuple(e for e, _ in out.parked),
         )
 
     def _record_state(
@@ -612,6 +662,8 @@ class PostgresUpsertSink(Sink):
             )
         if out.held:
             self._hold(cur, out.held)
+        if out.parked:
+            self._park(cur, out.parked)
         for event, error in out.dead:
             self._queue_dead_letter(cur, event, error)
         held = [*out.deferred, *out.waiting]
@@ -698,6 +750,11 @@ class PostgresUpsertSink(Sink):
             # the batch stay superseded by it (its dead letter can be replayed).
             if not out.complete(event):
                 continue
+            suspect = self._parked_for(event, out)
+            if suspect is not None:
+                # Behind the key's parked events: parked too, whatever it is.
+                out.parked.extend((e, suspect) for e in self._history(batch, event, known, out))
+                continue
             # Hashed only when the version does not settle it.
             digest = _lazy_digest(event.record)
             verdict = decide(known, event.version, digest, merged=never_noop(event.record))
@@ -705,13 +762,7 @@ class PostgresUpsertSink(Sink):
                 out.noop.append(event)
                 out.recorded.append((event, digest()))
             else:
-                floor = known.version if known is not None else -1
-                history = tuple(
-                    e
-                    for e in batch.events(event.entity_key)
-                    if floor < e.version <= event.version and out.complete(e)
-                )
-                history = tuple(sorted(history, key=lambda e: e.version)) or (event,)
+                history = self._history(batch, event, known, out)
                 record = {**event.record, KEY: event.key}
                 changed = changed_times((e.record for e in history), fields)
                 items.append(_Item(event, record, known, digest(), history, changed))
@@ -724,6 +775,46 @@ class PostgresUpsertSink(Sink):
         upserts = [i for i in items if i.event.op != "delete"]
         self._delete(cur, table, deletes, clocks, out)
         self._upsert(cur, table, upserts, clocks, out)
+
+    @staticmethod
+    def _history(
+        batch: SinkBatch, event: SinkEvent, known: Applied | None, out: _Outcome
+    ) -> tuple[SinkEvent, ...]:
+        """The key's events of the batch newer than the stored version, up to ``event``."""
+        floor = known.version if known is not None else -1
+        history = tuple(
+            e
+            for e in batch.events(event.entity_key)
+            if floor < e.version <= event.version and out.complete(e)
+        )
+        return tuple(sorted(history, key=lambda e: e.version)) or (event,)
+
+    @staticmethod
+    def _park_again(out: _Outcome, unparked: Unparked) -> None:
+        """Parked events that must wait again (a row clock) stay parked, not in memory.
+
+        Their suspect is decided: they are tried again with the next parked events.
+        """
+        for name in ("waiting", "deferred"):
+            kept: list[SinkEvent] = []
+            for event in getattr(out, name):
+                suspect = unparked.suspects.get(id(event))
+                if suspect is None:
+                    kept.append(event)
+                else:
+                    out.parked.append((event, suspect[:2]))
+            setattr(out, name, kept)
+
+    def _parked_for(self, event: SinkEvent, out: _Outcome) -> tuple[str, str] | None:
+        """The suspect an event's key has events parked for (None: none parked).
+
+        The parked events being applied again in this batch no longer count: they are
+        the batch's own, and go first.
+        """
+        suspect = self._parked.get(event.entity_key)
+        if suspect is None or (out.unparked is not None and id(event) in out.unparked.suspects):
+            return None
+        return suspect
 
     # -- references -------------------------------------------------------------------
 
@@ -754,13 +845,81 @@ class PostgresUpsertSink(Sink):
             for holder, row in zip(holders, found, strict=True):
                 if row is not None:
                     holder[ref.field] = str(row[ref.column])
+        lacking = [
+            i for i in items if i.event.op != "delete" and table.missing_references(i.record)
+        ]
+        waits = self._await_suspects(cur, table, lacking, out)
         kept: list[_Item] = []
         for item in items:
-            if item.event.op != "delete" and table.missing_references(item.record):
-                out.deferred.extend(item.history)
-            else:
+            if item.event.op == "delete" or not table.missing_references(item.record):
                 kept.append(item)
+            elif (suspect := waits.get(id(item))) is not None:
+                out.parked.extend((e, suspect) for e in item.history)
+            elif out.unparked is not None and id(item.event) in out.unparked.suspects:
+                self._unpark_in_vain(table, item, out)
+            else:
+                out.deferred.extend(item.history)
         return kept
+
+    def _await_suspects(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        items: Sequence[_Item],
+        out: _Outcome,
+    ) -> dict[int, tuple[str, str]]:
+        """Resolve missing references that name suspected duplicates (:mod:`sinks.parking`).
+
+        A reference to a linked suspect is filled with its candidate; per item (``id``)
+        still waiting for an undecided one (held by now, or in this batch), that suspect.
+        """
+        if not items:
+            return {}
+        lines = {ref.field: ref.lines for ref in table.refs}
+        lookups: list[list[parking.Lookup]] = []
+        for item in items:
+            system = item.event.source_system
+            lookups.append(
+                [
+                    parking.Lookup(
+                        ref_field, lines.get(ref_field, False), [f"{system}:{v}" for _, v in found]
+                    )
+                    for ref_field, found in table.missing_lookups(item.record)
+                ]
+            )
+        keys = sorted({k for found in lookups for lookup in found for k in lookup.keys})
+        suspects: dict[str, parking.SuspectState] = {}
+        if keys:
+            cur.execute(sql.suspects_of(self._schema), (keys,))
+            for r in cur.fetchall():
+                suspects[r["entity_key"]] = parking.SuspectState(
+                    r["entity"], r["entity_key"], r["status"], r["candidate"]
+                )
+        for held in out.held:  # held in this batch: stored with it
+            key = held.event.key
+            suspects[key] = parking.SuspectState(
+                held.event.entity, key, "held", str(held.record["duplicate_of"])
+            )
+        waits: dict[int, tuple[str, str]] = {}
+        for item, found in zip(items, lookups, strict=True):
+            resolution = parking.resolve(found, suspects)
+            item.record.update(resolution.fill)
+            if resolution.park_on is not None:
+                waits[id(item)] = resolution.park_on
+        return waits
+
+    def _unpark_in_vain(self, table: TargetTable, item: _Item, out: _Outcome) -> None:
+        """Dead-letter a parked event whose suspect was decided and that still lacks a row."""
+        assert out.unparked is not None
+        entity, key, status = out.unparked.suspects[id(item.event)]
+        described = [
+            f"{ref_field} ({', '.join(f'{c}={v}' for c, v in found) or 'no value'})"
+            for ref_field, found in table.missing_lookups(item.record)
+        ]
+        message = parking.waited_for(
+            item.event.entity, item.event.key, (entity, key), status, " and ".join(described)
+        )
+        out.dead.append((item.event, UnresolvedReferenceError(message)))
 
     def _find(
         self,
@@ -1061,14 +1220,48 @@ class PostgresUpsertSink(Sink):
                 [e.key for e in events],
                 [str(i.record["duplicate_of"]) for i in items],
                 [i.record.get("duplicate_rule") for i in items],
-                [e.topic for e in events],
-                [e.partition for e in events],
-                [e.offset for e in events],
-                [e.raw_key for e in events],
-                [e.raw_value for e in events],
+                *_stored(events),
             ),
             binary=True,
         )
+
+    def _park(
+        self, cur: psycopg.Cursor[Any], parked: Sequence[tuple[SinkEvent, tuple[str, str]]]
+    ) -> None:
+        """Park events until their suspect is decided, in order (:mod:`sinks.parking`)."""
+        events = [e for e, _ in parked]
+        cur.execute(
+            self._sql(cur, sql.parked_insert, self._schema),
+            (
+                [e.entity for e in events],
+                [e.key for e in events],
+                [s for _, (s, _) in parked],
+                [k for _, (_, k) in parked],
+                *_stored(events),
+            ),
+            binary=True,
+        )
+
+    @property
+    def parked_records(self) -> int:
+        """How many records (keys) have parked events, as committed."""
+        return len(self._parked)
+
+    def ready_parked(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Parked events whose suspect was carried out (or is gone): whole keys, in order.
+
+        Rows as :func:`sinks.sql.parked_ready`; at most ``limit`` keys.
+        """
+
+        def run() -> list[dict[str, Any]]:
+            if not self._parked:
+                return []
+            with self._session().cursor(row_factory=dict_row) as cur:
+                cur.execute(sql.parked_ready(self._schema), (limit,))
+                return list(cur.fetchall())
+
+        result: list[dict[str, Any]] = self._guard(run)
+        return result
 
     def pending_suspects(self, limit: int = 100) -> list[dict[str, Any]]:
         """Suspects an operator released or linked and the sink has not carried out."""
@@ -1288,13 +1481,22 @@ class PostgresUpsertSink(Sink):
         ]
         return " and ".join(described) or "a row", notes
 
-    def dead_letter(self, event: SinkEvent, error: SyncError) -> None:
-        """Queue one dead letter on its own (an event isolated from a failing batch)."""
+    def dead_letter(
+        self, event: SinkEvent, error: SyncError, *, unpark: Sequence[int] = ()
+    ) -> None:
+        """Queue one dead letter on its own (an event isolated from a failing batch).
+
+        ``unpark``: parked rows (of the event's key) deleted in the same transaction.
+        """
 
         def run() -> None:
             conn = self._session()
             with conn.transaction(), conn.cursor() as cur:
+                if unpark:
+                    cur.execute(sql.parked_delete(self._schema), (list(unpark),))
                 self._queue_dead_letter(cur, event, error)
+            if unpark:
+                self._parked.pop(event.entity_key, None)
 
         self._guard(run)
 
@@ -1371,6 +1573,17 @@ class PostgresUpsertSink(Sink):
                     log.debug("closing a broken connection", exc_info=True)
         self._conn = None
         self._plain = None
+
+
+def _stored(events: Sequence[SinkEvent]) -> tuple[list[Any], ...]:
+    """The :data:`sinks.sql.STORED_EVENT` parameters of events: positions and bytes."""
+    return (
+        [e.topic for e in events],
+        [e.partition for e in events],
+        [e.offset for e in events],
+        [e.raw_key for e in events],
+        [e.raw_value for e in events],
+    )
 
 
 def _merged_fields(table: TargetTable) -> list[str]:

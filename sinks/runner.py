@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, partial
 from typing import Any, Final
 
@@ -78,7 +78,7 @@ from schemas.serde import AvroSerde
 from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
-from sinks.postgres import PostgresUpsertSink, dead_letter_headers
+from sinks.postgres import PostgresUpsertSink, Unparked, dead_letter_headers
 from sinks.progress import ReadProgress, ReferenceWait
 from sinks.replays import replayed
 from sinks.settings import SinkSettings
@@ -143,6 +143,29 @@ class _Pending:
     write: Future[tuple[WriteResult, float]]
 
 
+def _joined(parts: Sequence[WriteResult]) -> WriteResult:
+    """The results of a batch written in parts, as one (offsets: none)."""
+
+    def joined(name: str) -> tuple[Any, ...]:
+        return tuple(x for p in parts for x in getattr(p, name))
+
+    return WriteResult(
+        applied=joined("applied"),
+        stale=joined("stale"),
+        noop=joined("noop"),
+        superseded=joined("superseded"),
+        conflicts=joined("conflicts"),
+        skipped=joined("skipped"),
+        unknown=joined("unknown"),
+        deferred=joined("deferred"),
+        waiting=joined("waiting"),
+        dead=joined("dead"),
+        created=joined("created"),
+        held=joined("held"),
+        parked=joined("parked"),
+    )
+
+
 class SinkRunner:
     """Consume canonical events and apply them with ``sink`` (see module doc).
 
@@ -199,6 +222,7 @@ class SinkRunner:
     def run(self, *, until: Callable[[RunStats], bool] | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``until(stats)`` is true); return the totals."""
         self._retrying("setup", self._sink.setup)
+        self._metrics.parked.labels(self._target).set(self._sink.parked_records)
         ensure_dead_letter_topic(self._s.kafka, self._s.dlq_topic)
         self._ensure_topics(self._s.replay_topic)
         self._producer = Producer(
@@ -489,23 +513,9 @@ class SinkRunner:
         offsets = safe_offsets(batch.next_offsets(), (*deferred, *waiting))
         self._retrying("store offsets", lambda: self._sink.store_offsets(offsets))
 
-        def joined(name: str) -> tuple[Any, ...]:
-            return tuple(x for p in parts for x in getattr(p, name))
-
-        return WriteResult(
-            applied=joined("applied"),
-            stale=joined("stale"),
-            noop=joined("noop"),
-            superseded=joined("superseded"),
-            conflicts=joined("conflicts"),
-            offsets=offsets,
-            skipped=joined("skipped"),
-            unknown=joined("unknown"),
-            deferred=deferred,
-            waiting=waiting,
-            dead=(*joined("dead"), *dead),
-            created=joined("created"),
-            held=joined("held"),
+        joined = _joined(parts)
+        return replace(
+            joined, offsets=offsets, deferred=deferred, waiting=waiting, dead=(*joined.dead, *dead)
         )
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
@@ -534,35 +544,22 @@ class SinkRunner:
         The held event is applied again; the sink finds the decision for its key (see
         :meth:`PostgresUpsertSink._settle_duplicate`: released, it is created; linked, it
         is written into its candidate), then the suspect is marked. A crash in between
-        applies it again, which the version makes a no-op.
+        applies it again, which the version makes a no-op. Then the events parked for
+        suspects carried out are applied (:meth:`_unpark`).
         """
         now = self._clock()
         if now - self._suspects_at < _SUSPECTS_EVERY_SECONDS:
             return
         self._suspects_at = now
         pending = self._retrying("read suspects", self._sink.pending_suspects)
-        if not pending:
-            return
-        events: list[SinkEvent] = []
-        for row in pending:
-            value = bytes(row["value"]) if row["value"] is not None else None
-            if value is None:
-                continue
-            # The event as held: the sink finds the operator's decision for its key.
-            record = self._retrying("decode", partial(self._serde.decode, value))
-            raw_key = bytes(row["key"]) if row["key"] is not None else None
-            events.append(
-                SinkEvent(
-                    row["topic"],
-                    int(row["partition"]),
-                    int(row["offset"]),
-                    str(row["entity"]),
-                    str(row["entity_key"]),
-                    record,
-                    raw_key,
-                    value,
-                )
-            )
+        if pending:
+            self._carry_out(pending)
+        self._unpark()
+
+    def _carry_out(self, pending: Sequence[Mapping[str, Any]]) -> None:
+        """Apply released or linked suspects, then mark them carried out."""
+        # The events as held: the sink finds the operator's decision for their keys.
+        events = [e for row in pending if (e := self._stored_event(row)) is not None]
         if events:
             batch = SinkBatch(events)
             started = self._clock()
@@ -585,6 +582,94 @@ class SinkRunner:
             )
         ids = [int(row["id"]) for row in pending]
         self._retrying("mark suspects", lambda: self._sink.suspects_carried_out(ids))
+
+    def _unpark(self) -> None:
+        """Apply the events parked for suspects whose decision is carried out (in order).
+
+        One transaction unparks them and applies them (:class:`~sinks.postgres.Unparked`):
+        a crash before it leaves them parked, after it they are applied or dead-lettered.
+        """
+        rows = self._retrying("read parked", self._sink.ready_parked)
+        if not rows:
+            return
+        events: list[SinkEvent] = []
+        suspects: dict[int, tuple[str, str, str | None]] = {}
+        ids: dict[int, list[int]] = {}
+        for row in rows:
+            event = self._stored_event(row)
+            if event is None:
+                continue  # parked with its bytes: never without
+            events.append(event)
+            suspects[id(event)] = (row["suspect_entity"], row["suspect_key"], row["status"])
+            ids.setdefault(id(event), []).append(int(row["id"]))
+        batch = SinkBatch(events)
+        started = self._clock()
+        try:
+            result = self._write_parked(batch, ids, suspects)
+        except PermanentError:
+            # One key at a time: a key that fails alone is dead-lettered, unparked.
+            parts = []
+            keys = batch.keys()
+            for key in keys:
+                part = SinkBatch(batch.events(key))
+                try:
+                    parts.append(self._write_parked(part, ids, suspects))
+                except PermanentError as exc:
+                    [latest] = part.collapse().latest
+                    key_ids = [i for e in part for i in ids[id(e)]]
+                    self._retrying(
+                        "dead letter", partial(self._sink.dead_letter, latest, exc, unpark=key_ids)
+                    )
+                    parts.append(WriteResult(dead=((latest, exc),)))
+            result = _joined(parts)
+        self._account(batch, result, self._clock() - started)
+        self._after_commit(announce=bool(result.created), dead=bool(result.dead))
+        log.info(
+            "sink %s: applied %d parked events (%d applied, %d parked again, %d dead-lettered)",
+            self._target,
+            len(events),
+            len(result.applied),
+            len(result.parked),
+            len(result.dead),
+        )
+
+    def _stored_event(self, row: Mapping[str, Any]) -> SinkEvent | None:
+        """An event stored in the sync schema (:data:`sinks.sql.STORED_EVENT`), decoded.
+
+        None: it has no value.
+        """
+        value = bytes(row["value"]) if row["value"] is not None else None
+        if value is None:
+            return None
+        record = self._retrying("decode", partial(self._serde.decode, value))
+        return SinkEvent(
+            row["topic"],
+            int(row["partition"]),
+            int(row["offset"]),
+            str(row["entity"]),
+            str(row["entity_key"]),
+            record,
+            bytes(row["key"]) if row["key"] is not None else None,
+            value,
+        )
+
+    def _write_parked(
+        self,
+        batch: SinkBatch,
+        ids: Mapping[int, Sequence[int]],
+        suspects: Mapping[int, tuple[str, str, str | None]],
+    ) -> WriteResult:
+        """Unpark and apply ``batch`` in one transaction (``ids``, ``suspects`` by event)."""
+        unparked = Unparked(
+            tuple(i for e in batch for i in ids[id(e)]),
+            {id(e): suspects[id(e)] for e in batch},
+        )
+        # Their positions were stored when they were parked: none is stored again.
+        result: WriteResult = self._retrying(
+            "write parked",
+            lambda: self._sink.write(batch, store_offsets=False, unparked=unparked),
+        )
+        return result
 
     # --------------------------------------------------------------- held events
 
@@ -674,6 +759,7 @@ class SinkRunner:
             ordered = tuple(sorted(key_events, key=lambda e: e.version))
             self._held[key] = _Held(ordered, wait)
         m.deferred.labels(target).set(len(self._held))
+        m.parked.labels(target).set(self._sink.parked_records)
         groups: Mapping[str, tuple[SinkEvent, ...]] = {
             "applied": result.applied,
             "stale": result.stale,
@@ -684,6 +770,7 @@ class SinkRunner:
             "deferred": tuple(newly_held),
             "dead_lettered": tuple(e for e, _ in result.dead),
             "held": result.held,
+            "parked": result.parked,
         }
         for outcome, events in groups.items():
             self.stats.add(outcome, len(events))

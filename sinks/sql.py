@@ -233,6 +233,20 @@ def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
             '"partition" integer NOT NULL, "offset" bigint NOT NULL, key bytea, value bytea, '
             "headers jsonb NOT NULL, at timestamptz NOT NULL DEFAULT now())"
         ).format(sql.Identifier(schema, "dead_letters")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, entity text NOT NULL, "
+            "entity_key text NOT NULL, suspect_entity text NOT NULL, "
+            "suspect_key text NOT NULL, "
+            'topic text NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL, '
+            "key bytea, value bytea, at timestamptz NOT NULL DEFAULT now())"
+        ).format(sql.Identifier(schema, "parked")),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (entity, entity_key)").format(
+            sql.Identifier("parked_entity_key_idx"), sql.Identifier(schema, "parked")
+        ),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (suspect_entity, suspect_key)").format(
+            sql.Identifier("parked_suspect_idx"), sql.Identifier(schema, "parked")
+        ),
     ]
 
 
@@ -303,6 +317,16 @@ def row_clock_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     ).format(sql.Identifier(schema, "row_clock"), _unnest(cols))
 
 
+STORED_EVENT: Final = (
+    Column("topic", "text"),
+    Column("partition", "integer"),
+    Column("offset", "bigint"),
+    Column("key", "bytea"),
+    Column("value", "bytea"),
+)
+"""The columns a stored event keeps (its position and bytes): suspects, parked events."""
+
+
 SUSPECT_STATUSES: Final = ("held", "release", "released", "link", "linked")
 """A suspected duplicate is ``held``; an operator asks to ``release`` (create it) or to
 ``link`` it to its candidate, and the sink marks it ``released`` or ``linked``."""
@@ -319,11 +343,7 @@ def suspects_hold(schema: str = SYNC_SCHEMA) -> sql.Composed:
         Column("entity_key", "text"),
         Column("candidate", "text"),
         Column("evidence", "text"),
-        Column("topic", "text"),
-        Column("partition", "integer"),
-        Column("offset", "bigint"),
-        Column("key", "bytea"),
-        Column("value", "bytea"),
+        *STORED_EVENT,
     ]
     return sql.SQL(
         'INSERT INTO {} AS t (entity, entity_key, candidate, evidence, topic, "partition", '
@@ -382,12 +402,82 @@ def suspects_carried_out(schema: str = SYNC_SCHEMA) -> sql.Composed:
 def suspects_list(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Every suspect, newest first (for people). Parameter: a status or null for all.
 
-    Rows: ``id, entity, entity_key, candidate, evidence, status, first_seen, last_seen``.
+    Rows: ``id, entity, entity_key, candidate, evidence, status, first_seen, last_seen,
+    waiting`` (the events parked until the suspect is decided, see :func:`parked_insert`).
     """
     return sql.SQL(
-        "SELECT id, entity, entity_key, candidate, evidence, status, first_seen, last_seen "
-        "FROM {} WHERE %s::text IS NULL OR status = %s::text ORDER BY id DESC"
+        "SELECT s.id, s.entity, s.entity_key, s.candidate, s.evidence, s.status, "
+        "s.first_seen, s.last_seen, (SELECT count(*) FROM {} AS p "
+        "WHERE p.suspect_entity = s.entity AND p.suspect_key = s.entity_key) AS waiting "
+        "FROM {} AS s WHERE %s::text IS NULL OR s.status = %s::text ORDER BY s.id DESC"
+    ).format(sql.Identifier(schema, "parked"), sql.Identifier(schema, "suspects"))
+
+
+def suspects_of(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """The suspects among some customer keys, whatever their status. Parameter: keys.
+
+    Rows: ``entity, entity_key, status, candidate``.
+    """
+    return sql.SQL(
+        "SELECT entity, entity_key, status, candidate FROM {} WHERE entity_key = ANY(%s::text[])"
     ).format(sql.Identifier(schema, "suspects"))
+
+
+def parked_insert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Park events until a suspect is decided (in order: ids follow the lists).
+
+    Parameters: nine lists: ``entity, entity_key, suspect_entity, suspect_key, topic,
+    partition, offset, key, value``.
+    """
+    cols = [
+        Column("entity", "text"),
+        Column("entity_key", "text"),
+        Column("suspect_entity", "text"),
+        Column("suspect_key", "text"),
+        *STORED_EVENT,
+    ]
+    return sql.SQL(
+        'INSERT INTO {} (entity, entity_key, suspect_entity, suspect_key, topic, "partition", '
+        '"offset", key, value) SELECT u.entity, u.entity_key, u.suspect_entity, u.suspect_key, '
+        'u.topic, u."partition", u."offset", u.key, u.value FROM {}'
+    ).format(sql.Identifier(schema, "parked"), _unnest(cols))
+
+
+def parked_all(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """The keys with parked events and the suspect they wait for (their first one).
+
+    Rows: ``entity, entity_key, suspect_entity, suspect_key``.
+    """
+    return sql.SQL(
+        "SELECT DISTINCT ON (entity, entity_key) entity, entity_key, suspect_entity, "
+        "suspect_key FROM {} ORDER BY entity, entity_key, id"
+    ).format(sql.Identifier(schema, "parked"))
+
+
+def parked_ready(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """The parked events whose suspect was carried out (or is gone), whole keys, in order.
+
+    Parameter: how many keys at most. Rows: ``id, entity, entity_key, suspect_entity,
+    suspect_key, status, topic, partition, offset, key, value``, by id (the order parked).
+    """
+    parked, suspects = sql.Identifier(schema, "parked"), sql.Identifier(schema, "suspects")
+    return sql.SQL(
+        "WITH ready AS (SELECT DISTINCT p.entity, p.entity_key FROM {} AS p "
+        "LEFT JOIN {} AS s ON s.entity = p.suspect_entity AND s.entity_key = p.suspect_key "
+        "WHERE s.id IS NULL OR s.status IN ('released', 'linked') LIMIT %s) "
+        "SELECT p.id, p.entity, p.entity_key, p.suspect_entity, p.suspect_key, s.status, "
+        'p.topic, p."partition", p."offset", p.key, p.value FROM {} AS p '
+        "JOIN ready AS r ON r.entity = p.entity AND r.entity_key = p.entity_key "
+        "LEFT JOIN {} AS s ON s.entity = p.suspect_entity AND s.entity_key = p.suspect_key "
+        "ORDER BY p.id"
+    ).format(parked, suspects, parked, suspects)
+
+
+def parked_delete(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Unpark events (their batch decides them again). Parameter: a list of ids."""
+    return sql.SQL("DELETE FROM {} WHERE id = ANY(%s::bigint[])").format(
+        sql.Identifier(schema, "parked")
+    )
 
 
 def suspects_decide(schema: str = SYNC_SCHEMA) -> sql.Composed:

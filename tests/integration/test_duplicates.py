@@ -298,3 +298,66 @@ def test_a_customer_typed_twice_at_once_is_held_with_the_first_ones_counterpart(
     assert (candidate, evidence, status) == (made, f"vat={vat}", "held")
     pipeline.settled()
     assert _synced_for(stack_env, system, second) is None, "the second copy was synced too"
+
+
+def _parked_of(sink: SinkProcess, key: str) -> list[str]:
+    """The suspect each parked event of ``key`` waits for, in order."""
+    rows = sink.query(
+        "SELECT suspect_key FROM {schema}.parked WHERE entity_key = %s ORDER BY id", (key,)
+    )
+    return [str(r[0]) for r in rows]
+
+
+def test_contacts_parked_for_a_held_account_survive_a_killed_sink_and_follow_its_release(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    """Parked in the target with their batch: a SIGKILL loses none and applies none twice."""
+    sink = pipeline.erp_sink
+    env = _sink_env(sink, stack_env)
+    seed = _seed_pair(stack_env, 6)
+    tag = uuid.uuid4().hex[:8]
+    account = _new_account(
+        stack_env, name=f"Parked {tag}", vat=seed["vat"], email=f"p-{tag}@example.com"
+    )
+    _held(sink, f"crm:{account}")
+    [(contact,)] = execute(
+        stack_env["CRM_DSN"],
+        "INSERT INTO public.contacts (account_id, first_name, last_name) "
+        "VALUES (%s, 'Ada', %s) RETURNING id::text",
+        (account, f"Parked {tag}"),
+    )
+    execute(
+        stack_env["CRM_DSN"],
+        "UPDATE public.contacts SET last_name = %s WHERE id = %s::uuid",
+        (f"Later {tag}", contact),
+    )
+    key = f"crm:{contact}"
+    wait_for(lambda: len(_parked_of(sink, key)) == 2, WAIT, "both changes of the contact parked")
+    assert _parked_of(sink, key) == [f"crm:{account}"] * 2
+
+    sink.kill()
+    sink.start().wait_assigned()
+    assert _parked_of(sink, key) == [f"crm:{account}"] * 2, "parked events survive a SIGKILL"
+    assert sink.metric("erpcrm_sink_parked_records", target="erp") >= 1
+    listing = _suspects_cli(env, "list", "--target", "erp", "--json")
+    assert listing.returncode == 0, listing.stderr
+    [suspect] = [s for s in json.loads(listing.stdout) if s["entity_key"] == f"crm:{account}"]
+    assert (suspect["status"], suspect["waiting"]) == ("held", 2)
+
+    released = _suspects_cli(env, "release", str(suspect["id"]), "--target", "erp")
+    assert released.returncode == 0, released.stderr
+
+    def contact_rows() -> list[tuple[Any, ...]]:
+        return execute(
+            stack_env["ERP_ADMIN_DSN"],
+            "SELECT c.name, p.crm_account_id::text FROM public.res_partner c "
+            "JOIN public.res_partner p ON p.id = c.parent_id WHERE c.crm_contact_id = %s::uuid",
+            (contact,),
+        )
+
+    wait_for(lambda: bool(contact_rows()), WAIT, "the parked contact applied after the release")
+    [(name, parent_account)] = contact_rows()
+    assert parent_account == account, "applied against the row the release created"
+    assert name.endswith(f"Later {tag}"), "its latest change, applied after the first"
+    assert _parked_of(sink, key) == []
+    assert sink.total("dead_lettered") == 0

@@ -14,8 +14,9 @@ customer by its CRM id; the ERP sink fills the partner from the customer's row.
   another transaction). Measured in seconds, the contact's wait would be over before
   the customer is applied; measured in the sink's progress, it is not.
 - Genuinely missing: a contact whose customer never comes, followed by a later CRM
-  change, is dead-lettered with an ``unresolved_reference`` reason naming what it lacks;
-  one whose customer is held as a suspected duplicate says so.
+  change, is dead-lettered with an ``unresolved_reference`` reason naming what it lacks.
+- Held suspect: contacts whose customer is held as a suspected duplicate are parked
+  (not dead-lettered) and applied, in order, once an operator releases or links it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from psycopg import sql
 from pydantic import SecretStr
 
+from erpcrm.suspects import decide, list_suspects
 from schemas.canonical import canonical_schema
 from schemas.deadletter import H_ENTITY_KEY, H_ERROR_MESSAGE, H_ERROR_REASON, text_headers
 from schemas.mapping import load_mappings, ownership
@@ -300,15 +302,15 @@ def test_a_customer_that_never_comes_ends_as_a_dead_letter(harness: Harness) -> 
     assert harness.partner_of_contact(contact_id) is None
 
 
-def test_a_customer_held_as_a_suspected_duplicate_is_named_in_the_dead_letter(
-    harness: Harness,
-) -> None:
-    """Its contact cannot be applied until an operator decides: the letter says so."""
-    erp = harness.env["ERP_ADMIN_DSN"]
+def _hold_twin(harness: Harness) -> tuple[str, int, str]:
+    """A CRM customer held as a suspected duplicate of an ERP partner.
+
+    Returns the partner's CRM account id, its ERP id, and the held customer's CRM id.
+    """
     holder = str(uuid.uuid4())
     harness.crm_ids.append(holder)
     [(candidate,)] = execute(
-        erp,
+        harness.env["ERP_ADMIN_DSN"],
         "INSERT INTO public.res_partner (name, crm_account_id, is_company) "
         "VALUES ('Suspect Twin', %s, true) RETURNING id",
         (holder,),
@@ -321,10 +323,93 @@ def test_a_customer_held_as_a_suspected_duplicate_is_named_in_the_dead_letter(
         duplicate_of=str(candidate),
         duplicate_rule="name_country=SUSPECT TWIN|DE",
     )
+    return holder, int(candidate), twin
+
+
+def _parked(harness: Harness) -> list[tuple[Any, ...]] | None:
+    """The parked events' keys and suspects, in order; None before the sink made its schema."""
+    try:
+        return execute(
+            harness.env["ERP_ADMIN_DSN"],
+            sql.SQL("SELECT entity_key, suspect_key FROM {} ORDER BY id").format(
+                sql.Identifier(harness.uid, "parked")
+            ),
+        )
+    except psycopg.errors.UndefinedTable:
+        return None
+
+
+def _contact_row(harness: Harness, contact_id: str) -> tuple[Any, ...] | None:
+    """The contact's ERP row: (its parent's id, its last name), or None."""
+    rows = execute(
+        harness.env["ERP_ADMIN_DSN"],
+        "SELECT parent_id, name FROM public.res_partner WHERE crm_contact_id = %s",
+        (contact_id,),
+    )
+    return rows[0] if rows else None
+
+
+def _park_two_versions(harness: Harness, twin: str) -> str:
+    """A contact of ``twin`` changed twice, both parked (no dead letter after the wait)."""
     contact_id = harness.contact(harness.commit_ms(), twin)
-    harness.contact(harness.commit_ms(), None)
-    wait_for(lambda: harness.runner.stats.dead_lettered == 1, 60, "the dead letter")
-    [letter] = harness.dead_letters()
-    assert letter[H_ENTITY_KEY] == f"crm:{contact_id}"
-    message = letter[H_ERROR_MESSAGE]
-    assert f"customer crm:{twin} is held as a suspected duplicate of {candidate}" in message
+    harness.publish(
+        "contact",
+        harness.commit_ms(),
+        contact_id,
+        first_name="Ada",
+        last_name="Later",
+        customer_crm_id=twin,
+    )
+    harness.crm_ids.remove(contact_id)  # published twice, cleaned up once
+    harness.contact(harness.commit_ms(), None)  # the source has moved on
+    wait_for(lambda: len(_parked(harness) or ()) == 2, 60, "both versions parked")
+    time.sleep(REFERENCE_WAIT * 4)  # well past the reference wait
+    assert _parked(harness) == [(f"crm:{contact_id}", f"crm:{twin}")] * 2
+    assert harness.runner.stats.dead_lettered == 0
+    assert harness.outcome("parked") == 2
+    [suspect] = list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)
+    assert (suspect.entity_key, suspect.status, suspect.waiting) == (f"crm:{twin}", "held", 2)
+    assert _contact_row(harness, contact_id) is None
+    return contact_id
+
+
+def test_contacts_of_a_held_suspect_are_parked_and_applied_once_it_is_released(
+    harness: Harness,
+) -> None:
+    """Not dead-lettered: parked, in order, and applied against the row the release made."""
+    _, candidate, twin = _hold_twin(harness)
+    contact_id = _park_two_versions(harness, twin)
+    [suspect] = list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)
+    assert decide(harness.env["ERP_SINK_DSN"], harness.uid, suspect.id, "release")
+
+    wait_for(lambda: _contact_row(harness, contact_id) is not None, 60, "the contact applied")
+    [(created,)] = execute(
+        harness.env["ERP_ADMIN_DSN"],
+        "SELECT id FROM public.res_partner WHERE crm_account_id = %s",
+        (twin,),
+    )
+    assert created != candidate
+    assert _contact_row(harness, contact_id) == (created, "Ada Later")
+    assert harness.partner_of_contact(contact_id) == (twin,)
+    assert _parked(harness) == []
+    assert harness.runner.stats.dead_lettered == 0
+
+
+def test_contacts_of_a_linked_suspect_are_applied_against_its_candidate(
+    harness: Harness,
+) -> None:
+    """The candidate keeps its own CRM id: the parked contacts are pointed at it."""
+    holder, candidate, twin = _hold_twin(harness)
+    contact_id = _park_two_versions(harness, twin)
+    [suspect] = list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)
+    assert decide(harness.env["ERP_SINK_DSN"], harness.uid, suspect.id, "link")
+
+    wait_for(lambda: _contact_row(harness, contact_id) is not None, 60, "the contact applied")
+    assert _contact_row(harness, contact_id) == (candidate, "Ada Later")
+    assert harness.partner_of_contact(contact_id) == (holder,)
+    assert _parked(harness) == []
+    # A later contact of the linked customer finds the candidate at once.
+    later = harness.contact(harness.commit_ms(), twin)
+    wait_for(lambda: _contact_row(harness, later) is not None, 60, "a later contact applied")
+    assert _contact_row(harness, later) == (candidate, "Ada Late")
+    assert harness.runner.stats.dead_lettered == 0
