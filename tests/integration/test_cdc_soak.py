@@ -5,7 +5,9 @@ Three writers commit random transactions on two probe tables of the ERP database
 header and its lines (an order with its lines, header and line edits, deleted lines,
 deleted orders, single-row changes, a few larger orders, some rolled back), while a chaos
 thread SIGKILLs the real ``erpcrm cdc`` process at random moments and restarts it after a
-random pause: at once, after a moment, or after some seconds so that WAL piles up. Once
+random pause: at once, after a moment, or after some seconds so that WAL piles up; each
+start draws how long the producer lingers before sending (up to 1 s), so kills often
+land while Kafka has not yet acknowledged what the capture handed over. Once
 the writers stopped and the slot is confirmed up to the end of their WAL, the topics are
 read from the beginning and checked against what the writers committed:
 
@@ -62,6 +64,10 @@ WRITERS: Final = 3
 ID_BLOCK: Final = 10_000_000
 """Writer ``n`` makes ids ``n * ID_BLOCK + 1 …``: the writers never touch each other's rows."""
 CATCH_UP_SECONDS: Final = 300.0
+LINGER_MS: Final = ("5", "200", "1000")
+"""The capture's producer ``linger.ms`` for each (re)start (5: the default)."""
+STATUS_INTERVAL: Final = "0.2"
+"""Seconds between the capture's reports to PostgreSQL (default 1): confirm often."""
 
 
 def _budget_seconds() -> float:
@@ -280,6 +286,18 @@ class Chaos:
         slot = slot_row(dsn, self.capture.slot)
         return end - (slot[1] if slot else end)
 
+    def restart(self) -> str:
+        """Start the capture with a Kafka acknowledgement delay drawn anew.
+
+        A long ``linger_ms`` keeps records unacknowledged for a while after the capture
+        handed them over, so kills often land between "sent" and "acknowledged": the
+        window in which confirming too early to PostgreSQL would lose changes.
+        """
+        linger = self.rng.choice(LINGER_MS)
+        self.capture.settings["linger_ms"] = linger
+        self.capture.start()
+        return linger
+
     def run(self, stop: threading.Event, started: float) -> None:
         rng = self.rng
         try:
@@ -298,11 +316,11 @@ class Chaos:
                 # At once, after a moment, or after some seconds while WAL piles up.
                 pause = rng.choice((0.0, rng.uniform(0.2, 2.0), rng.uniform(3.0, 10.0)))
                 time.sleep(pause)
-                self.capture.start()
+                linger = self.restart()
                 self.unconfirmed.append(unconfirmed)
                 self.log.append(
                     f"killed at +{killed:.1f}s with {unconfirmed} WAL bytes unconfirmed, "
-                    f"restarted after {pause:.1f}s"
+                    f"restarted after {pause:.1f}s with linger_ms={linger}"
                 )
         except Exception as exc:
             self.error = f"chaos: {type(exc).__name__}: {exc}"
@@ -525,10 +543,11 @@ def test_sigkilled_capture_loses_nothing_and_keeps_transactions_whole(
     seed = int(os.environ.get("ERPCRM_CDC_SOAK_SEED") or random.SystemRandom().randrange(2**32))
     print(f"cdc soak: seed={seed} seconds={SECONDS:.0f}")
     names = probe_tables
-    capture = capture_factory("erp", names.values())
-    capture.start().wait_streaming()
+    capture = capture_factory("erp", names.values(), status_interval_seconds=STATUS_INTERVAL)
     writers = [Writer(stack_env["ERP_ADMIN_DSN"], n, names, seed) for n in range(1, WRITERS + 1)]
     chaos = Chaos(capture, random.Random(f"{seed}/chaos"))
+    chaos.restart()
+    capture.wait_streaming()
     stop = threading.Event()
     started = time.monotonic()
     threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in writers]
@@ -546,7 +565,7 @@ def test_sigkilled_capture_loses_nothing_and_keeps_transactions_whole(
     assert not errors, "\n".join([summary, *errors])
     assert not any(t.is_alive() for t in threads), summary
     if not capture.running:
-        capture.start()
+        chaos.restart()
     capture.wait_streaming(150)
     _wait_caught_up(capture)
 
