@@ -107,6 +107,8 @@ class Committed:
 
 @dataclass(slots=True)
 class Order:
+    """A writer's committed view of one order: its header row and its line rows by id."""
+
     header: dict[str, Any]
     lines: dict[int, dict[str, Any]] = field(default_factory=dict)
 
