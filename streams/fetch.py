@@ -22,9 +22,11 @@ What each fetched set goes through, as in Faust's loop:
 3. delivery: each message takes one reference (the intake's ``ack`` gives it back)
    and goes into the buffer with its partition's pressure callbacks (Faust's
    ``on_buffer_full`` / ``on_buffer_drop``, so a full buffer pauses the partition's
-   fetching). When the buffer is full the loop waits for room; a rebalance (the flow
-   suspended, the buffer cleared, or a new generation) ends the set there, and what
-   was not delivered is read again from the committed offsets;
+   fetching). When the buffer is full the loop waits for room. A rebalance or a
+   resume of the streams (the flow suspended, the buffer cleared, a new generation,
+   the partition paused) ends the set, or the partition's part of it, there: what was
+   not delivered is read again from the committed offsets (see
+   :mod:`streams.recovery`);
 4. each delivered message's offset becomes its partition's read offset.
 """
 
@@ -176,11 +178,16 @@ class BatchConsumer(AIOKafkaConsumer):
                     return
 
     async def _room(self, buffer: IntakeBuffer[Message], generation: int) -> bool:
-        """Wait until ``buffer`` has room; False if a rebalance began meanwhile."""
-        while buffer.full():
-            waited = await self.wait_first(buffer.room(), self.suspend_flow.wait())
-            if waited.stopped or not self._delivering(generation):
-                return False
+        """Wait until ``buffer`` has room; False if a rebalance or resume came meanwhile.
+
+        The buffer cleared (Faust's ``flow_control`` clears it on every rebalance and
+        resume) means that the rest of the set is read again from the committed
+        offsets: none of it may be delivered now.
+        """
+        room = buffer.room()
+        waited = await self.wait_first(room, self.suspend_flow.wait())
+        if waited.stopped or not dict(zip(waited.done, waited.results, strict=True)).get(room):
+            return False
         return self._delivering(generation)
 
     def _delivering(self, generation: int) -> bool:

@@ -85,6 +85,7 @@ class IntakeBuffer(Generic[T]):
         self._pressed: set[Callable[[], None]] = set()
         self._putters: deque[asyncio.Future[None]] = deque()
         self._roomers: deque[asyncio.Future[None]] = deque()
+        self._clears = 0
         self._want = 0
         self._taker: asyncio.Future[None] | None = None
 
@@ -131,17 +132,25 @@ class IntakeBuffer(Generic[T]):
             await room
         self._append(value)
 
-    async def room(self) -> None:
-        """Wait until a put would not wait (or the buffer is cleared)."""
-        if len(self._items) < self.maxsize:
-            return
-        room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._roomers.append(room)
-        await room
+    async def room(self) -> bool:
+        """Wait until a put would not wait: True; False if the buffer was cleared meanwhile.
+
+        A clear means a rebalance or a resume: what was fetched before it is read again,
+        so a message waiting for room must not be put in after it.
+        """
+        clears = self._clears
+        while len(self._items) >= self.maxsize:
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._roomers.append(room)
+            await room
+            if self._clears != clears:
+                return False
+        return self._clears == clears
 
     def clear(self) -> None:
         """Drop everything buffered and every waiting put (a rebalance began)."""
         self._items.clear()
+        self._clears += 1
         while self._putters:
             self._putters.popleft().cancel()
         self._wake_roomers()
