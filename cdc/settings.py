@@ -30,11 +30,11 @@ DEFAULT_TABLES: dict[str, tuple[str, ...]] = {
         "aos_products_quotes",
     ),
 }
-_METRICS_PORT: Final = {"erp": 39111, "crm": 39112}
+_METRICS_PORT: Final = {"erp": 21111, "crm": 21112}
 
 
 def default_metrics_port(system: System) -> int:
-    """Where a capture serves ``/metrics`` unless told (ERP 39111, CRM 39112, + offset).
+    """Where a capture serves ``/metrics`` unless told (ERP 21111, CRM 21112, + offset).
 
     The offset is :func:`schemas.settings.port_offset`, the stack's.
     """

@@ -268,7 +268,7 @@ class RegistryClient:
       request).
 
     Args:
-        url: the registry's base URL, e.g. ``http://127.0.0.1:38081/apis/ccompat/v7``.
+        url: the registry's base URL, e.g. ``http://127.0.0.1:21081/apis/ccompat/v7``.
             May carry credentials; it is never put into messages.
         compatibility: the level to enforce per subject, or None to leave it alone.
         timeout_s: HTTP timeout per request.

@@ -28,11 +28,11 @@ def port_offset() -> int:
     """How far every local port is moved (``ERPCRM_STACK_PORT_OFFSET``; empty or unset: 0).
 
     Raises:
-        ValueError: the variable is not a whole number of ports in 0..20000.
+        ValueError: the variable is not a whole number of ports in 0..10000.
     """
     raw = os.environ.get(PORT_OFFSET_ENV, "").strip() or "0"
-    if not raw.isdigit() or int(raw) > 20_000:
-        raise ValueError(f"{PORT_OFFSET_ENV}={raw!r}: expected a whole number from 0 to 20000")
+    if not raw.isdigit() or int(raw) > 10_000:
+        raise ValueError(f"{PORT_OFFSET_ENV}={raw!r}: expected a whole number from 0 to 10000")
     return int(raw)
 
 
@@ -41,7 +41,7 @@ class KafkaSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    bootstrap: str = "127.0.0.1:39092"
+    bootstrap: str = "127.0.0.1:21092"
     extra: dict[str, str] = Field(default_factory=dict)
 
     def client_config(self, **overrides: Any) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class RegistrySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    url: str = "http://127.0.0.1:38081/apis/ccompat/v7"
+    url: str = "http://127.0.0.1:21081/apis/ccompat/v7"
 
 
 class WorkerSettings(BaseSettings):

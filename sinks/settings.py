@@ -16,11 +16,11 @@ from schemas.topics import dlq_topic, replay_topic
 
 Target = Literal["erp", "crm"]
 
-_METRICS_PORT: Final = {"crm": 39114, "erp": 39115}
+_METRICS_PORT: Final = {"crm": 21114, "erp": 21115}
 
 
 def default_metrics_port(target: Target) -> int:
-    """Where a sink serves ``/metrics`` unless told (CRM 39114, ERP 39115, + offset).
+    """Where a sink serves ``/metrics`` unless told (CRM 21114, ERP 21115, + offset).
 
     The offset is :func:`schemas.settings.port_offset`, the stack's.
     """

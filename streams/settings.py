@@ -30,14 +30,14 @@ DeadLetterPolicy = Literal["fail", "dlq", "skip"]
 
 CONTROL_SUFFIX: Final = "-control"
 
-DEFAULT_WEB_PORT: Final = 39113
+DEFAULT_WEB_PORT: Final = 21113
 """The worker's web server (``/metrics``) unless told, before :func:`default_web_port`'s shift."""
 DEFAULT_DATA_DIR: Final = Path(__file__).resolve().parents[1] / ".local" / "streams"
 """``<checkout>/.local/streams`` (git-ignored), next to the local stack's state."""
 
 
 def default_web_port() -> int:
-    """The worker's web port unless told: 39113 shifted by :func:`schemas.settings.port_offset`."""
+    """The worker's web port unless told: 21113 shifted by :func:`schemas.settings.port_offset`."""
     return DEFAULT_WEB_PORT + port_offset()
 
 

@@ -27,12 +27,12 @@ def repo_root() -> Path:
 class Ports:
     """Loopback ports of the stack's components."""
 
-    erp_postgres: int = 55432
-    crm_postgres: int = 55433
-    kafka: int = 39092
-    kafka_controller: int = 39093
-    registry: int = 38081
-    prometheus: int = 39090
+    erp_postgres: int = 21432
+    crm_postgres: int = 21433
+    kafka: int = 21092
+    kafka_controller: int = 21093
+    registry: int = 21081
+    prometheus: int = 21090
     offset: int = 0
     """How far these ports are from the defaults (the workers' metrics ports move too)."""
 

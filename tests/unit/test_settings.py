@@ -18,7 +18,7 @@ def test_defaults_follow_the_system(monkeypatch: pytest.MonkeyPatch) -> None:
     assert crm.tables == DEFAULT_TABLES["crm"]
     assert crm.slot == "erpcrm_crm"
     assert crm.publication == "erpcrm_crm"
-    assert crm.metrics_port == 39112
+    assert crm.metrics_port == 21112
     assert crm.server_name == "crm"
 
 

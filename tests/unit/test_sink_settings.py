@@ -19,7 +19,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_crm_defaults() -> None:
     settings = SinkSettings(target="crm")
-    assert settings.metrics_port == 39114
+    assert settings.metrics_port == 21114
     assert settings.group_id == "erpcrm-sink-crm"
     assert settings.dlq_topic == "dlq.sinks.crm"
     assert settings.source == "erp"
@@ -30,7 +30,7 @@ def test_crm_defaults() -> None:
 
 def test_erp_defaults() -> None:
     settings = SinkSettings(target="erp")
-    assert settings.metrics_port == 39115
+    assert settings.metrics_port == 21115
     assert settings.group_id == "erpcrm-sink-erp"
     assert settings.dlq_topic == "dlq.sinks.erp"
     assert settings.source == "crm"
@@ -61,7 +61,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = SinkSettings()
     assert settings.batch_size == 42
     assert settings.target == "erp"
-    assert settings.metrics_port == 39115
+    assert settings.metrics_port == 21115
     assert settings.kafka.bootstrap == "broker-1:9092"
     assert settings.dsn.get_secret_value() == "postgresql://sink:s3cret@db/erp"
     assert "s3cret" not in repr(settings)
