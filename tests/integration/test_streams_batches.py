@@ -93,75 +93,6 @@ def _nothing_lost_nothing_twice(
         assert in_partition_order == sorted(set(in_partition_order)), key
 
 
-def test_a_worker_killed_while_draining_a_backlog_loses_and_repeats_nothing(
-    pipeline: Pipeline,  # noqa: F811
-) -> None:
-    keys, cities = _backlog(pipeline)
-    pipeline.streams.start().wait_ready()
-    pipeline.reader.wait(
-        lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 10, 180, "the backlog"
-    )
-    pipeline.streams.kill()  # SIGKILL, mid-backlog
-    pipeline.reader.poll()
-    assert len(_seen_cities(pipeline, keys, cities)) < UPDATES, "drained before the kill"
-    pipeline.streams.start().wait_ready()
-    _nothing_lost_nothing_twice(pipeline, keys, cities)
-
-
-def _decided(worker: StreamsProcess) -> float:
-    """How many raw events this worker process has decided since it started."""
-    return sum(
-        value
-        for (name, _), value in worker.metrics().items()
-        if name == "erpcrm_streams_events_in_total"
-    )
-
-
-class _SecondWorker(StreamsProcess):
-    """Another process of an existing worker's app: same app id, its own data, port, log."""
-
-    def __init__(self, first: StreamsProcess) -> None:
-        super().__init__(first.stack_env, first.prefixes, first.log_dir)
-        self.app_id = first.app_id
-        self.data_dir = first.log_dir / f"{first.app_id}-data-second"
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / f"{self.app_id}-second-{self.runs}.log"
-
-
-def test_one_of_two_workers_killed_while_draining_a_backlog_loses_and_repeats_nothing(
-    pipeline: Pipeline,  # noqa: F811
-) -> None:
-    """Two processes of one app share the raw topics; the one deciding is killed mid-backlog."""
-    first = pipeline.streams
-    second = _SecondWorker(first)
-    try:
-        keys, cities = _backlog(pipeline)
-        first.start().wait_ready()
-        second.start().wait_ready()
-        pipeline.reader.wait(
-            lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 10, 180, "the backlog"
-        )
-        deciding = max((first, second), key=_decided)
-        deciding.kill()  # SIGKILL, mid-backlog: the other worker takes its partitions over
-        pipeline.reader.poll()
-        assert len(_seen_cities(pipeline, keys, cities)) < UPDATES, "drained before the kill"
-        _nothing_lost_nothing_twice(pipeline, keys, cities)
-        survivor = second if deciding is first else first
-        assert survivor.running
-        assert _decided(survivor) > 0, "the surviving worker never took the work over"
-    finally:
-        second.stop()
-        if not first.running:
-            first.start().wait_ready()
-
-
-def _rebalances_done(worker: StreamsProcess) -> int:
-    """How many rebalances this worker process has completed (Faust logs each)."""
-    return worker.log_path.read_text(errors="replace").count("Worker ready")
-
-
 class _Typist(threading.Thread):
     """Keeps a backlog growing: city changes of every partner, one transaction per round.
 
@@ -196,6 +127,102 @@ class _Typist(threading.Thread):
         return self.cities
 
 
+def _typing(pipeline: Pipeline, keys: set[str]) -> _Typist:  # noqa: F811
+    """A typist, started: the backlog keeps growing however fast the workers drain it."""
+    typist = _Typist(pipeline.env["ERP_DSN"], keys, _tag())
+    typist.start()
+    return typist
+
+
+def _backlog_left(pipeline: Pipeline, keys: set[str], written: list[str]) -> None:  # noqa: F811
+    """The precondition of a kill or rebalance mid-backlog: not everything written is out."""
+    pipeline.reader.poll()
+    seen = len(_seen_cities(pipeline, keys, written))
+    assert seen < len(written), "drained before the kill or rebalance"
+
+
+def test_a_worker_killed_while_draining_a_backlog_loses_and_repeats_nothing(
+    pipeline: Pipeline,  # noqa: F811
+) -> None:
+    """A typist keeps committing until the kill, so the kill lands mid-backlog."""
+    keys, cities = _backlog(pipeline)
+    typist: _Typist | None = None
+    try:
+        pipeline.streams.start().wait_ready()
+        typist = _typing(pipeline, keys)
+        pipeline.reader.wait(
+            lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 10, 180, "the backlog"
+        )
+        pipeline.streams.kill()  # SIGKILL, mid-backlog
+        _backlog_left(pipeline, keys, cities + typist.cities)
+        cities += typist.stop()
+        pipeline.streams.start().wait_ready()
+        _nothing_lost_nothing_twice(pipeline, keys, cities)
+    finally:
+        if typist is not None:
+            typist.stop()
+        if not pipeline.streams.running:
+            pipeline.streams.start().wait_ready()
+
+
+def _decided(worker: StreamsProcess) -> float:
+    """How many raw events this worker process has decided since it started."""
+    return sum(
+        value
+        for (name, _), value in worker.metrics().items()
+        if name == "erpcrm_streams_events_in_total"
+    )
+
+
+class _SecondWorker(StreamsProcess):
+    """Another process of an existing worker's app: same app id, its own data, port, log."""
+
+    def __init__(self, first: StreamsProcess) -> None:
+        super().__init__(first.stack_env, first.prefixes, first.log_dir)
+        self.app_id = first.app_id
+        self.data_dir = first.log_dir / f"{first.app_id}-data-second"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.app_id}-second-{self.runs}.log"
+
+
+def test_one_of_two_workers_killed_while_draining_a_backlog_loses_and_repeats_nothing(
+    pipeline: Pipeline,  # noqa: F811
+) -> None:
+    """Two processes of one app share the raw topics; the one deciding is killed mid-backlog."""
+    first = pipeline.streams
+    second = _SecondWorker(first)
+    typist: _Typist | None = None
+    try:
+        keys, cities = _backlog(pipeline)
+        first.start().wait_ready()
+        second.start().wait_ready()
+        typist = _typing(pipeline, keys)
+        pipeline.reader.wait(
+            lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 10, 180, "the backlog"
+        )
+        deciding = max((first, second), key=_decided)
+        deciding.kill()  # SIGKILL, mid-backlog: the other worker takes its partitions over
+        _backlog_left(pipeline, keys, cities + typist.cities)
+        cities += typist.stop()
+        _nothing_lost_nothing_twice(pipeline, keys, cities)
+        survivor = second if deciding is first else first
+        assert survivor.running
+        assert _decided(survivor) > 0, "the surviving worker never took the work over"
+    finally:
+        if typist is not None:
+            typist.stop()
+        second.stop()
+        if not first.running:
+            first.start().wait_ready()
+
+
+def _rebalances_done(worker: StreamsProcess) -> int:
+    """How many rebalances this worker process has completed (Faust logs each)."""
+    return worker.log_path.read_text(errors="replace").count("Worker ready")
+
+
 def test_a_worker_joining_while_a_backlog_drains_loses_and_repeats_nothing(
     pipeline: Pipeline,  # noqa: F811
 ) -> None:
@@ -213,18 +240,12 @@ def test_a_worker_joining_while_a_backlog_drains_loses_and_repeats_nothing(
         pipeline.reader.wait(
             lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 20, 180, "the backlog"
         )
-        typist = _Typist(pipeline.env["ERP_DSN"], keys, _tag())
-        typist.start()
+        typist = _typing(pipeline, keys)
         before = _rebalances_done(first)
         second.start().wait_ready()
         pipeline.reader.wait(lambda: _rebalances_done(first) > before, 120, "the rebalance")
-        pipeline.reader.poll()
-        written = cities + typist.cities
-        assert len(_seen_cities(pipeline, keys, written)) < len(written), (
-            "drained before the rebalance"
-        )
+        _backlog_left(pipeline, keys, cities + typist.cities)
         cities += typist.stop()
-        assert len(typist.cities) > 0
         _nothing_lost_nothing_twice(pipeline, keys, cities)
         assert first.running
         assert second.running
