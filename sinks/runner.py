@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cache, partial
 from typing import Any, Final
 
@@ -145,25 +145,12 @@ class _Pending:
 
 def _joined(parts: Sequence[WriteResult]) -> WriteResult:
     """The results of a batch written in parts, as one (offsets: none)."""
-
-    def joined(name: str) -> tuple[Any, ...]:
-        return tuple(x for p in parts for x in getattr(p, name))
-
-    return WriteResult(
-        applied=joined("applied"),
-        stale=joined("stale"),
-        noop=joined("noop"),
-        superseded=joined("superseded"),
-        conflicts=joined("conflicts"),
-        skipped=joined("skipped"),
-        unknown=joined("unknown"),
-        deferred=joined("deferred"),
-        waiting=joined("waiting"),
-        dead=joined("dead"),
-        created=joined("created"),
-        held=joined("held"),
-        parked=joined("parked"),
-    )
+    joined: dict[str, Any] = {
+        f.name: tuple(x for p in parts for x in getattr(p, f.name))
+        for f in fields(WriteResult)
+        if f.name != "offsets"
+    }
+    return WriteResult(**joined)
 
 
 class SinkRunner:
