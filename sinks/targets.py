@@ -60,6 +60,7 @@ __all__ = [
     "build_tables",
     "deterministic_id",
     "from_row",
+    "is_id_field",
     "to_child_rows",
     "to_row",
     "transpose",
@@ -394,6 +395,11 @@ class TargetTable:
         if record.get("source_system") != self.direction.source:
             return False
         return self.accept is None or bool(self.accept(record))
+
+
+def is_id_field(name: str) -> bool:
+    """Whether a canonical field holds an id (a link between systems), not business data."""
+    return name in ("erp_id", "crm_id") or name.endswith(("_erp_id", "_crm_id"))
 
 
 def _getter(name: str) -> Compute:
