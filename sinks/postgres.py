@@ -22,7 +22,10 @@ transaction, in the order of :mod:`sinks.base`:
    not seen yet waits; the others are merged field by field (:func:`sinks.state.merge`);
 6. rows are updated or inserted with one multi-row statement each, order lines of
    created orders written, deletes applied as the table's mode says; the row clocks
-   are stored and the conflicts audited;
+   are stored and the conflicts audited; an update of an order whose lines the source
+   changed since it last stated them queues that change as a dead letter
+   (``order_lines_locked``: the target owns the lines of an order it holds, see
+   :mod:`sinks.lines`), the order's own fields applied all the same;
 7. the versions are recorded; 8. the offsets are stored; 9. COMMIT.
 
 Events the target cannot take yet are held with every newer version of their key in the
@@ -1481,7 +1484,8 @@ class PostgresUpsertSink(Sink):
 
         Lines are written with the order only: once the order exists, the target owns
         it (deliveries and invoices refer to its lines), and a later change of the
-        quote updates the order's own fields.
+        quote updates the order's own fields; a change of its lines is dead-lettered
+        (:meth:`_lines_locked`).
         """
         lines = table.lines
         if lines is None or not items:

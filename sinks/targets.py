@@ -19,7 +19,8 @@ Directions and tables:
   for an existing partner only CRM-owned and shared fields are written, decided by
   :func:`sinks.state.merge`); sales_order (accepted quote) -> ``sale_order`` (``name``
   from the ERP sequence) with its lines in ``sale_order_line`` (written when the order
-  is created; afterwards the ERP owns them: deliveries and invoices refer to them).
+  is created; afterwards the ERP owns them: deliveries and invoices refer to them, and
+  a later change of them is dead-lettered, :mod:`sinks.lines`).
 
 Delete semantics (:class:`DeleteMode`): CRM rows are soft-deleted (``deleted = true``),
 ERP partners archived (``active = false``), availability rows hard-deleted; a deleted
