@@ -46,10 +46,21 @@ _LISTED: Final = 10
 def _text(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, Decimal):
+    if type(value) is Decimal:
         normal = value.normalize()
-        return format(normal if normal != 0 else Decimal(0), "f")
+        return format(normal, "f") if normal else "0"  # -0 is 0
     return str(value)
+
+
+_COMPARED: dict[str, bool] = {}
+"""Per line field name: whether it is compared (not an id, see :func:`snapshot`)."""
+
+
+def _compared(name: str) -> bool:
+    found = _COMPARED.get(name)
+    if found is None:
+        found = _COMPARED[name] = not is_id_field(name) and name != "_index"
+    return found
 
 
 def snapshot(lines: Iterable[Mapping[str, Any]], id_field: str) -> LinesSnapshot:
@@ -65,9 +76,7 @@ def snapshot(lines: Iterable[Mapping[str, Any]], id_field: str) -> LinesSnapshot
     for position, line in enumerate(lines, start=1):
         line_id = line.get(id_field)
         name = str(line_id) if line_id is not None else f"#{position}"
-        fields: dict[str, Any] = {
-            k: _text(v) for k, v in sorted(line.items()) if not is_id_field(k) and k != "_index"
-        }
+        fields: dict[str, Any] = {k: _text(v) for k, v in line.items() if _compared(k)}
         fields[POSITION] = position
         result[name] = fields
     return result
