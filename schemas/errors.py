@@ -27,6 +27,22 @@ class UnresolvedReferenceError(ValidationError):
     reason = "unresolved_reference"
 
 
+class LinesLockedError(ValidationError):
+    """The source changed the lines of an order its target created and now owns.
+
+    The order's own fields are applied; the line change is dead-lettered for someone to
+    make it in the target. ``context``: ``(name, value)`` pairs for the dead letter's
+    ``erpcrm.context.*`` headers (the order, its row in the target, the lines that
+    differ).
+    """
+
+    reason = "order_lines_locked"
+
+    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.context = context
+
+
 class RetriableError(SyncError):
     """A transient failure (connection loss, serialization failure): retry with backoff."""
 

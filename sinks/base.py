@@ -25,7 +25,9 @@ order::
        change its clock has not seen yet; merge per changed field (sinks.state.merge):
        owners win, shared fields go to the later real commit of either side.
     6. Write the rows (multi-row insert / update / soft or hard delete, child lines
-       of created orders), the row clocks and the conflict audit records.
+       of created orders), the row clocks and the conflict audit records; an update
+       whose lines the source changed since it last stated them queues that change as
+       a dead letter (the target owns the lines of an order it holds: sinks.lines).
     7. Record the new versions (erpcrm_sync.applied, guarded: never downwards).
     8. Store the batch's next offsets (erpcrm_sync.offsets), superseded and skipped
        events included, never past a waiting event.
@@ -84,6 +86,10 @@ class WriteResult:
         parked: events referring to a held suspect, or behind one of their key that
             does (``erpcrm_sync.parked``, :mod:`sinks.parking`); not recorded, applied
             once the operator's decision is carried out.
+        refused_parts: events applied (they are in ``applied``) with a part the target
+            does not take, with the error: the changed lines of an order the target
+            created and owns (:mod:`sinks.lines`); that part is queued as a dead letter
+            in the same transaction.
     """
 
     applied: tuple[SinkEvent, ...] = ()
@@ -101,6 +107,12 @@ class WriteResult:
     created: tuple[tuple[str, str], ...] = ()
     held: tuple[SinkEvent, ...] = ()
     parked: tuple[SinkEvent, ...] = ()
+    refused_parts: tuple[tuple[SinkEvent, SyncError], ...] = ()
+
+    @property
+    def letters(self) -> tuple[tuple[SinkEvent, SyncError], ...]:
+        """Every dead letter the batch queued: refused events and refused parts."""
+        return (*self.dead, *self.refused_parts)
 
 
 class Sink(abc.ABC):

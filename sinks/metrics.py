@@ -15,6 +15,7 @@ class SinkMetrics:
     """All sink metrics; labels: ``target``, ``entity``, ``outcome``, ``reason``."""
 
     events: Counter
+    dead_letters: Counter
     conflicts: Counter
     batches: Counter
     batch_size: Histogram
@@ -37,6 +38,15 @@ class SinkMetrics:
                 "once, when it starts waiting for a reference), held (a suspected duplicate), "
                 "parked (waiting for a held suspected duplicate it refers to), dead_lettered.",
                 ["target", "entity", "outcome"],
+                registry=registry,
+            ),
+            dead_letters=Counter(
+                "erpcrm_sink_dead_letters",
+                "Dead letters sent to dlq.sinks.<target>, by entity and reason (their "
+                "erpcrm.error.reason header): unresolved_reference, order_lines_locked (a "
+                "line change of an order the target owns; the order itself was applied), "
+                "the error class of a refused event, ...",
+                ["target", "entity", "reason"],
                 registry=registry,
             ),
             conflicts=Counter(

@@ -12,7 +12,11 @@ of their batch, and applied, in the order parked, once the decision is carried o
 - a reference that still does not resolve then is dead-lettered at once, saying why.
 
 Every later event of a parked key is parked too (behind the parked ones), so a key's
-events are applied in order whatever their references.
+events are applied in order whatever their references. A parked event is stored as it
+was read (:data:`sinks.sql.STORED_EVENT`): a replayed dead letter keeps its original
+canonical position and replay count, so the event applied or dead-lettered later is the
+same one (its letter names where it was first read, and how often it was replayed), and
+versions decide its place among the key's other events, as they would have unparked.
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ transaction, in the order of :mod:`sinks.base`:
    not seen yet waits; the others are merged field by field (:func:`sinks.state.merge`);
 6. rows are updated or inserted with one multi-row statement each, order lines of
    created orders written, deletes applied as the table's mode says; the row clocks
-   are stored and the conflicts audited;
+   are stored and the conflicts audited; an update of an order whose lines the source
+   changed since it last stated them queues that change as a dead letter
+   (``order_lines_locked``: the target owns the lines of an order it holds, see
+   :mod:`sinks.lines`), the order's own fields applied all the same;
 7. the versions are recorded; 8. the offsets are stored; 9. COMMIT.
 
 Events the target cannot take yet are held with every newer version of their key in the
@@ -68,6 +71,7 @@ from psycopg.sql import Composable
 
 from schemas import json_text
 from schemas.deadletter import (
+    H_CONTEXT_PREFIX,
     H_ENTITY,
     H_ENTITY_KEY,
     H_ERROR_CLASS,
@@ -82,6 +86,7 @@ from schemas.deadletter import (
 from schemas.errors import (
     ConfigError,
     DecodeError,
+    LinesLockedError,
     PermanentError,
     SyncError,
     UnresolvedReferenceError,
@@ -93,6 +98,9 @@ from sinks import parking, sql
 from sinks.base import Sink, WriteResult
 from sinks.batch import SinkBatch, SinkEvent, TopicPartition, safe_offsets
 from sinks.classify import wrap
+from sinks.lines import LinesSnapshot
+from sinks.lines import compare as lines_compare
+from sinks.lines import snapshot as lines_snapshot
 from sinks.state import (
     Applied,
     Conflict,
@@ -107,9 +115,25 @@ from sinks.state import (
     merge,
     ready_clock,
 )
-from sinks.targets import KEY, DeleteMode, Locator, TargetTable, from_row, to_child_rows, to_row
+from sinks.targets import (
+    KEY,
+    DeleteMode,
+    Locator,
+    TargetTable,
+    from_row,
+    is_id_field,
+    to_child_rows,
+    to_row,
+)
 
-__all__ = ["ENTITY_ORDER", "PostgresUpsertSink", "QueuedDeadLetter", "Unparked"]
+__all__ = [
+    "ENTITY_ORDER",
+    "PostgresUpsertSink",
+    "QueuedDeadLetter",
+    "Unparked",
+    "dead_letter_headers",
+    "stored_event",
+]
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +296,10 @@ class _Outcome:
     parked: list[tuple[SinkEvent, tuple[str, str]]] = field(default_factory=list)
     """Events parked for the suspect ``(entity, key)`` they wait for, in order."""
     unparked: Unparked | None = None
+    source_lines: list[tuple[SinkEvent, LinesSnapshot]] = field(default_factory=list)
+    """Orders whose lines as the source states them are stored (:mod:`sinks.lines`)."""
+    refused_parts: list[tuple[SinkEvent, SyncError]] = field(default_factory=list)
+    """Applied events with a part dead-lettered (an order's locked lines)."""
 
     def complete(self, event: SinkEvent) -> bool:
         """Read the rest of a lazily decoded event; one that does not decode is dead (False).
@@ -328,10 +356,6 @@ def _lazy_digest(record: Mapping[str, Any]) -> Callable[[], str]:
     return digest
 
 
-def _is_id_field(name: str) -> bool:
-    return name in ("erp_id", "crm_id") or name.endswith(("_erp_id", "_crm_id"))
-
-
 def _ms(value: Any) -> int | None:
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
@@ -360,7 +384,9 @@ def dead_letter_headers(event: SinkEvent, error: SyncError, target: str) -> dict
     """The headers of a sink dead letter: the shared ones, the entity and its key.
 
     The origin is the event's canonical position (for a replayed event, the position
-    it was first read at); a replayed event's dead letter also carries its replay count.
+    it was first read at); a replayed event's dead letter also carries its replay count,
+    and an error with a ``context`` (:class:`~schemas.errors.LinesLockedError`) its
+    ``erpcrm.context.*`` headers.
     """
     topic, partition, offset = event.replayed_from or (event.topic, event.partition, event.offset)
     headers = {
@@ -376,6 +402,8 @@ def dead_letter_headers(event: SinkEvent, error: SyncError, target: str) -> dict
     }
     if event.replays:
         headers[H_REPLAY_COUNT] = str(event.replays)
+    for name, value in getattr(error, "context", ()):
+        headers[f"{H_CONTEXT_PREFIX}{name}"] = value
     return headers
 
 
@@ -617,6 +645,7 @@ class PostgresUpsertSink(Sink):
             created=tuple(out.created),
             held=tuple(i.event for i in out.held),
             parked=tuple(e for e, _ in out.parked),
+            refused_parts=tuple(out.refused_parts),
         )
 
     def _record_state(
@@ -629,8 +658,9 @@ class PostgresUpsertSink(Sink):
     ) -> dict[TopicPartition, int]:
         """Queue the batch's sync state; return the offsets stored.
 
-        Row clocks, conflicts, versions, announcements, suspects, dead letters and
-        offsets. Nothing is read back: in the write's pipeline, the statements go with COMMIT.
+        Row clocks, conflicts, versions, announcements, suspects, the lines the source
+        states for orders, dead letters and offsets. Nothing is read back: in the
+        write's pipeline, the statements go with COMMIT.
         """
         clocks.save(cur)
         if out.conflicts:
@@ -664,7 +694,17 @@ class PostgresUpsertSink(Sink):
             self._hold(cur, out.held)
         if out.parked:
             self._park(cur, out.parked)
-        for event, error in out.dead:
+        if out.source_lines:
+            cur.execute(
+                self._sql(cur, sql.source_lines_upsert, self._schema),
+                (
+                    [e.entity for e, _ in out.source_lines],
+                    [e.key for e, _ in out.source_lines],
+                    [json_text.dump(lines, sort_keys=True) for _, lines in out.source_lines],
+                ),
+                binary=True,
+            )
+        for event, error in (*out.dead, *out.refused_parts):
             self._queue_dead_letter(cur, event, error)
         held = [*out.deferred, *out.waiting]
         offsets = safe_offsets(batch.next_offsets(), held) if store_offsets else {}
@@ -1060,12 +1100,13 @@ class PostgresUpsertSink(Sink):
         # Per mapped column: whether it holds an id (a link, written when the event
         # has one) or a business field (written when the merge says so).
         kept = [
-            (c.column, c.field, _is_id_field(c.field)) for c in table.columns if c.field is not None
+            (c.column, c.field, is_id_field(c.field)) for c in table.columns if c.field is not None
         ]
         updates: dict[Any, _Item] = {}
         inserts: dict[str, _Item] = {}
         written_at: dict[Any, dict[str, int]] = {}
         last_local: dict[Any, int] = {}
+        stated = self._source_lines(cur, table, [i for i in items if i.current is not None])
         for item in items:
             try:
                 row = to_row(table, item.record)
@@ -1115,6 +1156,8 @@ class PostgresUpsertSink(Sink):
                 ):
                     row[column] = item.current.get(column)
             item.row = {c.column: row[c.column] for c in update_columns}
+            if table.lines is not None:
+                self._lines_locked(table, item, stated.get(item.event.key), out)
             updates[item.pk] = _latest(updates.get(item.pk), item, out)
             written_at[item.pk] = decided.written_at
             last_local[item.pk] = local_ms
@@ -1161,6 +1204,67 @@ class PostgresUpsertSink(Sink):
                 )
         if table.lines is not None:
             self._insert_lines(cur, table, list(inserts.values()))
+            out.source_lines.extend(
+                (i.event, self._stated_lines(table, i)) for i in inserts.values()
+            )
+
+    # -- lines of orders the target owns ---------------------------------------------
+
+    def _source_lines(
+        self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, items: Sequence[_Item]
+    ) -> dict[str, LinesSnapshot]:
+        """The lines the source last stated for the orders of ``items`` (by entity key).
+
+        Read only for a table with lines and orders the target has; an order missing
+        here has none stored yet (created before the sink kept them).
+        """
+        if table.lines is None or not items:
+            return {}
+        query = self._sql(cur, sql.source_lines_select, self._schema)
+        cur.execute(query, (table.entity, sorted({i.event.key for i in items})), binary=True)
+        return {r["entity_key"]: json_text.load(r["lines"]) for r in cur.fetchall()}
+
+    @staticmethod
+    def _stated_lines(table: TargetTable, item: _Item) -> LinesSnapshot:
+        """The lines of an item's event as compared (:func:`sinks.lines.snapshot`)."""
+        assert table.lines is not None
+        lines = item.record.get(table.lines.source) or ()
+        return lines_snapshot(lines, f"{item.event.source_system}_id")
+
+    def _lines_locked(
+        self, table: TargetTable, item: _Item, before: LinesSnapshot | None, out: _Outcome
+    ) -> None:
+        """An update of an order the target has: dead-letter a change of its lines.
+
+        The target owns the lines of an order it holds (:meth:`_insert_lines`), so the
+        update writes the order's own fields only. Its lines are compared with those the
+        source stated last (``before``; not with the target's rows, which the target
+        may change itself: :mod:`sinks.lines`): a difference is queued as a dead letter
+        (``order_lines_locked``) in the batch's transaction, and the stored lines move to
+        the new ones, so each edit makes one letter and a header-only change none. An
+        order with no stored lines (created before the sink kept them) starts from these.
+        """
+        now = self._stated_lines(table, item)
+        if before == now:
+            return
+        out.source_lines.append((item.event, now))
+        change = lines_compare(before, now) if before is not None else None
+        if not change:
+            return
+        assert item.current is not None
+        order = item.event.key.partition(":")[2]
+        source, target = item.event.source_system, table.direction.target
+        generated = "".join(f" {g}={item.current.get(g)}" for g in sorted(table.generated))
+        row = f"{table.schema}.{table.table} {table.pk}={item.pk}{generated}"
+        message = (
+            f"order_lines_locked: the {source} changed the lines of {item.event.entity} "
+            f"{item.event.key} (version {item.event.version}) after the {target} created "
+            f"its order ({row}): {change.describe()}. The {target} owns the lines of an "
+            f"order it holds, so they were not written: make the change there. The "
+            "order's other fields were applied."
+        )
+        context = (("order", order), ("target_row", row), *change.context())
+        out.refused_parts.append((item.event, LinesLockedError(message, context)))
 
     def _settle_duplicate(
         self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, item: _Item, clocks: _Clocks
@@ -1380,7 +1484,8 @@ class PostgresUpsertSink(Sink):
 
         Lines are written with the order only: once the order exists, the target owns
         it (deliveries and invoices refer to its lines), and a later change of the
-        quote updates the order's own fields.
+        quote updates the order's own fields; a change of its lines is dead-lettered
+        (:meth:`_lines_locked`).
         """
         lines = table.lines
         if lines is None or not items:
@@ -1576,19 +1681,61 @@ class PostgresUpsertSink(Sink):
 
 
 def _stored(events: Sequence[SinkEvent]) -> tuple[list[Any], ...]:
-    """The :data:`sinks.sql.STORED_EVENT` parameters of events: positions and bytes."""
+    """The :data:`sinks.sql.STORED_EVENT` parameters of events.
+
+    Positions and bytes, and for a replayed event its original position and replay
+    count (:meth:`stored_event` makes the same event of them again).
+    """
+    origins = [e.replayed_from or (None, None, None) for e in events]
     return (
         [e.topic for e in events],
         [e.partition for e in events],
         [e.offset for e in events],
         [e.raw_key for e in events],
         [e.raw_value for e in events],
+        [t for t, _, _ in origins],
+        [p for _, p, _ in origins],
+        [o for _, _, o in origins],
+        [e.replays for e in events],
+    )
+
+
+def stored_event(
+    row: Mapping[str, Any], decode: Callable[[bytes], dict[str, Any]]
+) -> SinkEvent | None:
+    """An event stored in the sync schema (:data:`sinks.sql.STORED_EVENT`), decoded.
+
+    The event as it was read: its position, bytes, and for a replayed dead letter its
+    original position and replay count, so a dead letter made of it names where it came
+    from as one made when it was read would. None: it has no value.
+
+    Args:
+        row: a row with the stored columns, ``entity`` and ``entity_key``.
+        decode: the value's bytes to its record.
+    """
+    value = bytes(row["value"]) if row["value"] is not None else None
+    if value is None:
+        return None
+    origin = None
+    if row.get("origin_topic") is not None:
+        origin = (str(row["origin_topic"]), int(row["origin_partition"]), int(row["origin_offset"]))
+    return SinkEvent(
+        row["topic"],
+        int(row["partition"]),
+        int(row["offset"]),
+        str(row["entity"]),
+        str(row["entity_key"]),
+        decode(value),
+        bytes(row["key"]) if row["key"] is not None else None,
+        value,
+        int(row.get("replays") or 0),
+        origin,
     )
 
 
 def _merged_fields(table: TargetTable) -> list[str]:
     """The business fields of a target table (ids are links, not merged)."""
-    return [f for f in table.fields if not _is_id_field(f)]
+    return [f for f in table.fields if not is_id_field(f)]
 
 
 def _safe(locator: Locator, record: Mapping[str, Any]) -> Any:

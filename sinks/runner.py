@@ -65,7 +65,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from schemas.deadletter import H_ENTITY, text_headers
+from schemas.deadletter import H_ENTITY, H_ERROR_REASON, text_headers
 from schemas.dlq_topics import ensure_dead_letter_topic
 from schemas.errors import (
     DecodeError,
@@ -78,7 +78,7 @@ from schemas.serde import AvroSerde
 from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
-from sinks.postgres import PostgresUpsertSink, Unparked, dead_letter_headers
+from sinks.postgres import PostgresUpsertSink, Unparked, dead_letter_headers, stored_event
 from sinks.progress import ReadProgress, ReferenceWait
 from sinks.replays import replayed
 from sinks.settings import SinkSettings
@@ -341,7 +341,7 @@ class SinkRunner:
         result, seconds = pending.write.result()
         self._account(pending.batch, result, seconds)
         self._schedule_held_retry(pending.fresh)
-        self._after_commit(announce=bool(result.created), dead=bool(result.dead))
+        self._after_commit(announce=bool(result.created), dead=bool(result.letters))
         self._commit_kafka(result)
 
     def _abandon_pending(self) -> None:
@@ -560,7 +560,7 @@ class SinkRunner:
                     self._retrying("dead letter", partial(self._sink.dead_letter, event, exc))
                 result = WriteResult(dead=tuple((e, exc) for e in events))
             self._account(batch, result, self._clock() - started)
-            self._after_commit(announce=bool(result.created), dead=bool(result.dead))
+            self._after_commit(announce=bool(result.created), dead=bool(result.letters))
             log.info(
                 "sink %s: carried out %d suspect decisions (%d applied)",
                 self._target,
@@ -610,7 +610,7 @@ class SinkRunner:
                     parts.append(WriteResult(dead=((latest, exc),)))
             result = _joined(parts)
         self._account(batch, result, self._clock() - started)
-        self._after_commit(announce=bool(result.created), dead=bool(result.dead))
+        self._after_commit(announce=bool(result.created), dead=bool(result.letters))
         log.info(
             "sink %s: applied %d parked events (%d applied, %d parked again, %d dead-lettered)",
             self._target,
@@ -621,24 +621,13 @@ class SinkRunner:
         )
 
     def _stored_event(self, row: Mapping[str, Any]) -> SinkEvent | None:
-        """An event stored in the sync schema (:data:`sinks.sql.STORED_EVENT`), decoded.
+        """An event stored in the sync schema, decoded (:func:`sinks.postgres.stored_event`)."""
 
-        None: it has no value.
-        """
-        value = bytes(row["value"]) if row["value"] is not None else None
-        if value is None:
-            return None
-        record = self._retrying("decode", partial(self._serde.decode, value))
-        return SinkEvent(
-            row["topic"],
-            int(row["partition"]),
-            int(row["offset"]),
-            str(row["entity"]),
-            str(row["entity_key"]),
-            record,
-            bytes(row["key"]) if row["key"] is not None else None,
-            value,
-        )
+        def decode(value: bytes) -> dict[str, Any]:
+            record: dict[str, Any] = self._retrying("decode", partial(self._serde.decode, value))
+            return record
+
+        return stored_event(row, decode)
 
     def _write_parked(
         self,
@@ -788,6 +777,14 @@ class SinkRunner:
                 log.warning(
                     "sink %s: dead letter %s %s: %s", target, event.entity, event.key, error
                 )
+        for event, error in result.refused_parts:
+            log.warning(
+                "sink %s: %s %s applied, a part of it dead-lettered: %s",
+                target,
+                event.entity,
+                event.key,
+                error,
+            )
 
     def _after_commit(self, *, announce: bool, dead: bool) -> None:
         if dead:
@@ -827,7 +824,13 @@ class SinkRunner:
         producer = self._producer
         assert producer is not None
         sent = 0
+        counted = self._metrics.dead_letters
         for key, value, headers in letters:
+            counted.labels(
+                self._target,
+                headers.get(H_ENTITY, ""),
+                headers.get(H_ERROR_REASON, ""),
+            ).inc()
             producer.produce(
                 self._s.dlq_topic,
                 key=key,

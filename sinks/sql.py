@@ -215,7 +215,9 @@ def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
             "entity_key text NOT NULL, candidate text NOT NULL, evidence text, "
             "status text NOT NULL, "
             'topic text NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL, '
-            "key bytea, value bytea, first_seen timestamptz NOT NULL DEFAULT now(), "
+            "key bytea, value bytea, origin_topic text, origin_partition integer, "
+            "origin_offset bigint, replays integer NOT NULL DEFAULT 0, "
+            "first_seen timestamptz NOT NULL DEFAULT now(), "
             "last_seen timestamptz NOT NULL DEFAULT now(), decided_at timestamptz, "
             "UNIQUE (entity, entity_key))"
         ).format(sql.Identifier(schema, "suspects")),
@@ -239,7 +241,9 @@ def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
             "entity_key text NOT NULL, suspect_entity text NOT NULL, "
             "suspect_key text NOT NULL, "
             'topic text NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL, '
-            "key bytea, value bytea, at timestamptz NOT NULL DEFAULT now())"
+            "key bytea, value bytea, origin_topic text, origin_partition integer, "
+            "origin_offset bigint, replays integer NOT NULL DEFAULT 0, "
+            "at timestamptz NOT NULL DEFAULT now())"
         ).format(sql.Identifier(schema, "parked")),
         sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (entity, entity_key)").format(
             sql.Identifier("parked_entity_key_idx"), sql.Identifier(schema, "parked")
@@ -247,6 +251,21 @@ def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
         sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (suspect_entity, suspect_key)").format(
             sql.Identifier("parked_suspect_idx"), sql.Identifier(schema, "parked")
         ),
+        # Stored events made before they kept a replayed event's origin.
+        *(
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS origin_topic text, "
+                "ADD COLUMN IF NOT EXISTS origin_partition integer, "
+                "ADD COLUMN IF NOT EXISTS origin_offset bigint, "
+                "ADD COLUMN IF NOT EXISTS replays integer NOT NULL DEFAULT 0"
+            ).format(sql.Identifier(schema, table))
+            for table in ("suspects", "parked")
+        ),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "entity text NOT NULL, entity_key text NOT NULL, lines jsonb NOT NULL, "
+            "updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (entity, entity_key))"
+        ).format(sql.Identifier(schema, "source_lines")),
     ]
 
 
@@ -323,8 +342,19 @@ STORED_EVENT: Final = (
     Column("offset", "bigint"),
     Column("key", "bytea"),
     Column("value", "bytea"),
+    Column("origin_topic", "text"),
+    Column("origin_partition", "integer"),
+    Column("origin_offset", "bigint"),
+    Column("replays", "integer"),
 )
-"""The columns a stored event keeps (its position and bytes): suspects, parked events."""
+"""The columns a stored event keeps: suspects, parked events. Its position as read and
+its bytes; for a replayed dead letter (read from ``replay.sinks.<target>``) also its
+original canonical position (``origin_*``, null for any other event) and its replay
+count, so the event taken back out is the one that was read (its dead letter names
+where it came from, and how often it was replayed)."""
+
+_STORED: Final = sql.SQL(", ").join(sql.Identifier(c.name) for c in STORED_EVENT)
+_STORED_U: Final = sql.SQL(", ").join(sql.Identifier("u", c.name) for c in STORED_EVENT)
 
 
 SUSPECT_STATUSES: Final = ("held", "release", "released", "link", "linked")
@@ -335,8 +365,8 @@ SUSPECT_STATUSES: Final = ("held", "release", "released", "link", "linked")
 def suspects_hold(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Hold suspected duplicates (the latest event of each key; decided ones stay).
 
-    Parameters: nine lists: ``entity, entity_key, candidate, evidence, topic,
-    partition, offset, key, value``.
+    Parameters: lists ``entity, entity_key, candidate, evidence``, then those of
+    :data:`STORED_EVENT`.
     """
     cols = [
         Column("entity", "text"),
@@ -345,15 +375,16 @@ def suspects_hold(schema: str = SYNC_SCHEMA) -> sql.Composed:
         Column("evidence", "text"),
         *STORED_EVENT,
     ]
+    stored_again = sql.SQL(", ").join(
+        sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c.name), sql.Identifier(c.name))
+        for c in STORED_EVENT
+    )
     return sql.SQL(
-        'INSERT INTO {} AS t (entity, entity_key, candidate, evidence, topic, "partition", '
-        '"offset", key, value, status) SELECT u.entity, u.entity_key, u.candidate, '
-        'u.evidence, u.topic, u."partition", u."offset", u.key, u.value, \'held\' FROM {} '
+        "INSERT INTO {} AS t (entity, entity_key, candidate, evidence, {}, status) "
+        "SELECT u.entity, u.entity_key, u.candidate, u.evidence, {}, 'held' FROM {} "
         "ON CONFLICT (entity, entity_key) DO UPDATE SET candidate = EXCLUDED.candidate, "
-        'evidence = EXCLUDED.evidence, topic = EXCLUDED.topic, "partition" = '
-        'EXCLUDED."partition", "offset" = EXCLUDED."offset", key = EXCLUDED.key, '
-        "value = EXCLUDED.value, last_seen = now() WHERE t.status = 'held'"
-    ).format(sql.Identifier(schema, "suspects"), _unnest(cols))
+        "evidence = EXCLUDED.evidence, {}, last_seen = now() WHERE t.status = 'held'"
+    ).format(sql.Identifier(schema, "suspects"), _STORED, _STORED_U, _unnest(cols), stored_again)
 
 
 def suspects_decided(schema: str = SYNC_SCHEMA) -> sql.Composed:
@@ -381,13 +412,12 @@ def suspects_held(schema: str = SYNC_SCHEMA) -> sql.Composed:
 def suspects_pending(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Suspects an operator released or linked, not carried out yet. Parameter: a limit.
 
-    Rows: ``id, entity, entity_key, status, candidate, topic, partition, offset, key,
-    value``.
+    Rows: ``id, entity, entity_key, status, candidate``, then :data:`STORED_EVENT`.
     """
     return sql.SQL(
-        'SELECT id, entity, entity_key, status, candidate, topic, "partition", "offset", '
-        "key, value FROM {} WHERE status IN ('release', 'link') ORDER BY id LIMIT %s"
-    ).format(sql.Identifier(schema, "suspects"))
+        "SELECT id, entity, entity_key, status, candidate, {} FROM {} "
+        "WHERE status IN ('release', 'link') ORDER BY id LIMIT %s"
+    ).format(_STORED, sql.Identifier(schema, "suspects"))
 
 
 def suspects_carried_out(schema: str = SYNC_SCHEMA) -> sql.Composed:
@@ -426,8 +456,8 @@ def suspects_of(schema: str = SYNC_SCHEMA) -> sql.Composed:
 def parked_insert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Park events until a suspect is decided (in order: ids follow the lists).
 
-    Parameters: nine lists: ``entity, entity_key, suspect_entity, suspect_key, topic,
-    partition, offset, key, value``.
+    Parameters: lists ``entity, entity_key, suspect_entity, suspect_key``, then those
+    of :data:`STORED_EVENT`.
     """
     cols = [
         Column("entity", "text"),
@@ -437,10 +467,35 @@ def parked_insert(schema: str = SYNC_SCHEMA) -> sql.Composed:
         *STORED_EVENT,
     ]
     return sql.SQL(
-        'INSERT INTO {} (entity, entity_key, suspect_entity, suspect_key, topic, "partition", '
-        '"offset", key, value) SELECT u.entity, u.entity_key, u.suspect_entity, u.suspect_key, '
-        'u.topic, u."partition", u."offset", u.key, u.value FROM {}'
-    ).format(sql.Identifier(schema, "parked"), _unnest(cols))
+        "INSERT INTO {} (entity, entity_key, suspect_entity, suspect_key, {}) "
+        "SELECT u.entity, u.entity_key, u.suspect_entity, u.suspect_key, {} FROM {}"
+    ).format(sql.Identifier(schema, "parked"), _STORED, _STORED_U, _unnest(cols))
+
+
+def source_lines_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """The lines the source last stated for some orders (:mod:`sinks.lines`).
+
+    Parameters: ``entity``, ``entity_keys`` (list). Rows: ``entity_key, lines`` (JSON
+    text: the sink parses it itself).
+    """
+    return sql.SQL(
+        "SELECT entity_key, lines::text AS lines FROM {} "
+        "WHERE entity = %s AND entity_key = ANY(%b::text[])"
+    ).format(sql.Identifier(schema, "source_lines"))
+
+
+def source_lines_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Store the lines the source now states for some orders.
+
+    Parameters: three lists, ``entity, entity_key, lines`` (JSON text).
+    """
+    cols = [Column("entity", "text"), Column("entity_key", "text"), Column("lines", "text")]
+    return sql.SQL(
+        "INSERT INTO {} (entity, entity_key, lines) "
+        "SELECT u.entity, u.entity_key, u.lines::jsonb FROM {} "
+        "ON CONFLICT (entity, entity_key) DO UPDATE SET lines = EXCLUDED.lines, "
+        "updated_at = now()"
+    ).format(sql.Identifier(schema, "source_lines"), _unnest(cols))
 
 
 def parked_all(schema: str = SYNC_SCHEMA) -> sql.Composed:
@@ -458,19 +513,20 @@ def parked_ready(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """The parked events whose suspect was carried out (or is gone), whole keys, in order.
 
     Parameter: how many keys at most. Rows: ``id, entity, entity_key, suspect_entity,
-    suspect_key, status, topic, partition, offset, key, value``, by id (the order parked).
+    suspect_key, status``, then :data:`STORED_EVENT`, by id (the order parked).
     """
     parked, suspects = sql.Identifier(schema, "parked"), sql.Identifier(schema, "suspects")
+    stored = sql.SQL(", ").join(sql.Identifier("p", c.name) for c in STORED_EVENT)
     return sql.SQL(
         "WITH ready AS (SELECT DISTINCT p.entity, p.entity_key FROM {} AS p "
         "LEFT JOIN {} AS s ON s.entity = p.suspect_entity AND s.entity_key = p.suspect_key "
         "WHERE s.id IS NULL OR s.status IN ('released', 'linked') LIMIT %s) "
         "SELECT p.id, p.entity, p.entity_key, p.suspect_entity, p.suspect_key, s.status, "
-        'p.topic, p."partition", p."offset", p.key, p.value FROM {} AS p '
+        "{} FROM {} AS p "
         "JOIN ready AS r ON r.entity = p.entity AND r.entity_key = p.entity_key "
         "LEFT JOIN {} AS s ON s.entity = p.suspect_entity AND s.entity_key = p.suspect_key "
         "ORDER BY p.id"
-    ).format(parked, suspects, parked, suspects)
+    ).format(parked, suspects, stored, parked, suspects)
 
 
 def parked_delete(schema: str = SYNC_SCHEMA) -> sql.Composed:

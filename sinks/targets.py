@@ -19,7 +19,8 @@ Directions and tables:
   for an existing partner only CRM-owned and shared fields are written, decided by
   :func:`sinks.state.merge`); sales_order (accepted quote) -> ``sale_order`` (``name``
   from the ERP sequence) with its lines in ``sale_order_line`` (written when the order
-  is created; afterwards the ERP owns them: deliveries and invoices refer to them).
+  is created; afterwards the ERP owns them: deliveries and invoices refer to them, and
+  a later change of them is dead-lettered, :mod:`sinks.lines`).
 
 Delete semantics (:class:`DeleteMode`): CRM rows are soft-deleted (``deleted = true``),
 ERP partners archived (``active = false``), availability rows hard-deleted; a deleted
@@ -60,6 +61,7 @@ __all__ = [
     "build_tables",
     "deterministic_id",
     "from_row",
+    "is_id_field",
     "to_child_rows",
     "to_row",
     "transpose",
@@ -394,6 +396,11 @@ class TargetTable:
         if record.get("source_system") != self.direction.source:
             return False
         return self.accept is None or bool(self.accept(record))
+
+
+def is_id_field(name: str) -> bool:
+    """Whether a canonical field holds an id (a link between systems), not business data."""
+    return name in ("erp_id", "crm_id") or name.endswith(("_erp_id", "_crm_id"))
 
 
 def _getter(name: str) -> Compute:

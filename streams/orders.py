@@ -26,7 +26,10 @@ its transaction read after that is *late*: its target has created the order with
 lines it had and owns them from then on (deliveries and invoices refer to them), so
 publishing the order again would not bring the line there. The line is dead-lettered
 (``late_line``, its context naming the order, the transaction and the line's LSN), never
-dropped unseen; it is still kept as the order's current line.
+dropped unseen; it is still kept as the order's current line. A line changed in a later
+transaction is published with its order's next event as usual: whether its target has
+created that order (and so refuses the change) is the sink's to know, and it
+dead-letters the change there (``order_lines_locked``, :mod:`sinks.lines`).
 
 Source rows are state here, so a change with a lower LSN than the row's last one is
 stale; the same LSN is a re-delivery (idempotent).

@@ -31,7 +31,10 @@ streams worker, both sinks), once the pipeline is quiet:
    purpose, each exactly once: a won quote whose line names an unknown SKU is one
    ``unknown_sku`` letter for that order (after the reference wait, and no ERP order);
    every committed quant row with a negative reservation is one ``negative_value``
-   letter (the writer fixes it in its next transaction). No sink dead-letters anything.
+   letter (the writer fixes it in its next transaction). The ERP sink's only letters are
+   ``order_lines_locked``, for won quotes whose lines changed after their order was
+   made: none for one whose lines never changed while won, at most one per change, and
+   at least one when the ERP order's lines are not the quote's last.
 
 Budgets: ``ERPCRM_SOAK_SECONDS=<n>`` runs ``n`` seconds of writes with one round of kills
 per minute; otherwise (``CI=true`` or a developer's run) 40 seconds and one round
@@ -43,6 +46,7 @@ directory (its path is printed).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -161,14 +165,30 @@ class Quote:
     expiration: date | None = None  # the CRM-owned header field the ERP order follows
     # (stage, lines ordered by number) after each of its transactions, in commit order.
     states: list[tuple[str, tuple[LineTuple, ...]]] = field(default_factory=list)
+    # The ids of those lines, in the same order, after each of its transactions.
+    line_ids: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def won(self) -> bool:
         return any(stage == WON for stage, _ in self.states)
 
     def snapshot(self) -> None:
-        ordered = sorted(self.lines.values(), key=lambda line: line.number)
-        self.states.append((self.stage, tuple(line.canonical() for line in ordered)))
+        ordered = sorted(self.lines.items(), key=lambda item: item[1].number)
+        self.states.append((self.stage, tuple(line.canonical() for _, line in ordered)))
+        self.line_ids.append(tuple(line_id for line_id, _ in ordered))
+
+    def line_edits_after_won(self) -> int:
+        """How often its lines (or their ids) changed between two transactions it was won in.
+
+        The most ``order_lines_locked`` letters the ERP sink may write for it: one per
+        change of the lines it applies after creating the order (README, "The sinks").
+        """
+        won = [
+            (ids, lines)
+            for (stage, lines), ids in zip(self.states, self.line_ids, strict=True)
+            if stage == WON
+        ]
+        return sum(1 for before, after in itertools.pairwise(won) if before != after)
 
     def won_lines(self) -> list[tuple[LineTuple, ...]]:
         """The line sets the quote had after a transaction in which it was won."""
@@ -908,11 +928,22 @@ def _check_letters(
     bad_quotes: Sequence[Quote],
     negative: Counter[int],
     serde: AvroSerde,
+    won: Sequence[Quote] = (),
+    orders_now: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> tuple[list[Finding], dict[str, int]]:
-    """Each expected letter exactly once, and no other."""
+    """Each expected letter exactly once, and no other.
+
+    ``order_lines_locked`` letters of the ERP sink (a won quote's lines changed after its
+    order was made) are bounded rather than exact, since which of a quote's versions the
+    sink applies depends on its batches: none for a quote whose lines never changed
+    while won, at most one per such change, and at least one when the ERP order's lines
+    (``orders_now``) are not the quote's last. The same letter published again after a
+    kill (the outbox is at-least-once) counts once.
+    """
     found: list[Finding] = []
     orders: Counter[str] = Counter()
     quants: Counter[int] = Counter()
+    locked: dict[str, set[bytes]] = {}
     other: list[str] = []
     before = 0
     for letter in letters:
@@ -920,6 +951,9 @@ def _check_letters(
         envelope = _envelope(serde, letter)
         if envelope is not None and envelope.get("op") == "r":
             before += 1  # the pipeline's snapshot of data older than the run
+        elif letter.topic == "dlq.sinks.erp" and reason == "order_lines_locked":
+            quote = letter.headers.get("erpcrm.context.order", "?")
+            locked.setdefault(quote, set()).add(letter.value or b"")
         elif letter.topic == "dlq.streams" and reason == "unknown_sku":
             orders[letter.headers.get("erpcrm.context.order", "?")] += 1
         elif letter.topic == "dlq.streams" and reason == "negative_value" and envelope:
@@ -935,9 +969,20 @@ def _check_letters(
         found.append(Finding("negative_value letters", "per quant", dict(negative), dict(quants)))
     if other:
         found.append(Finding("other dead letters", f"{len(other)}", [], other[:20]))
+    by_id = {q.id: q for q in won}
+    for quote_id in sorted(set(locked) - set(by_id)):
+        found.append(Finding("order_lines_locked letters", quote_id, "none", len(locked[quote_id])))
+    for quote in won:
+        count, most = len(locked.get(quote.id, ())), quote.line_edits_after_won()
+        mine = (orders_now or {}).get(quote.id, [])
+        stale = bool(mine) and mine[0]["lines"] != quote.won_lines()[-1]
+        if count > most or (stale and count == 0):
+            wanted = f"{int(stale)}..{most}"
+            found.append(Finding("order_lines_locked letters", quote.id[:8], wanted, count))
     summary = {
         "unknown_sku": sum(orders.values()),
         "negative_value": sum(quants.values()),
+        "order_lines_locked": sum(len(v) for v in locked.values()),
         "snapshot of older data": before,
     }
     return found, summary
@@ -1059,10 +1104,12 @@ def test_won_quotes_are_one_order_each_and_stock_converges_under_kills(
     findings = _check_orders(stack_env, quotes, by_sku)
     findings += _check_invoices(stack_env, order_writer.invoices, customers)
     findings += _check_stock(stack_env, all_products)
-    letter_findings, letter_counts = _check_letters(letters, bad, negative, serde)
+    won = [q for q in quotes if q.won and q.kind != "bad"]
+    letter_findings, letter_counts = _check_letters(
+        letters, bad, negative, serde, won, _erp_orders(stack_env, [q.id for q in won])
+    )
     findings += letter_findings
 
-    won = [q for q in quotes if q.won and q.kind != "bad"]
     changed_after = sum(1 for q in won if len(set(q.won_lines())) > 1)
     steps: Counter[str] = Counter()
     counted: Any

@@ -16,7 +16,10 @@ customer by its CRM id; the ERP sink fills the partner from the customer's row.
 - Genuinely missing: a contact whose customer never comes, followed by a later CRM
   change, is dead-lettered with an ``unresolved_reference`` reason naming what it lacks.
 - Held suspect: contacts whose customer is held as a suspected duplicate are parked
-  (not dead-lettered) and applied, in order, once an operator releases or links it.
+  (not dead-lettered) and applied, in order, once an operator releases or links it. A
+  replayed dead letter (read from the sink's replay topic) parked among them is applied
+  in its place by version, once; one whose suspect is gone meanwhile is dead-lettered
+  naming its original position and replay count, as when it was read.
 """
 
 from __future__ import annotations
@@ -39,7 +42,17 @@ from pydantic import SecretStr
 
 from erpcrm.suspects import decide, list_suspects
 from schemas.canonical import canonical_schema
-from schemas.deadletter import H_ENTITY_KEY, H_ERROR_MESSAGE, H_ERROR_REASON, text_headers
+from schemas.deadletter import (
+    H_ENTITY,
+    H_ENTITY_KEY,
+    H_ERROR_MESSAGE,
+    H_ERROR_REASON,
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    H_REPLAY_COUNT,
+    text_headers,
+)
 from schemas.mapping import load_mappings, ownership
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from schemas.settings import KafkaSettings
@@ -81,8 +94,21 @@ class Harness:
         self._ts += 10
         return self._ts
 
-    def publish(self, entity: str, ts: int, crm_id: str | None = None, **fields: Any) -> str:
-        """Publish a CRM ``entity`` committed at ``ts``; returns its CRM id."""
+    def publish(
+        self,
+        entity: str,
+        ts: int,
+        crm_id: str | None = None,
+        *,
+        replayed_from: tuple[str, int, int] | None = None,
+        replays: int = 1,
+        **fields: Any,
+    ) -> str:
+        """Publish a CRM ``entity`` committed at ``ts``; returns its CRM id.
+
+        ``replayed_from``: put it on the sink's replay topic instead, as ``erpcrm dlq
+        replay`` puts back a dead letter first read there, ``replays`` times replayed.
+        """
         crm_id = crm_id or str(uuid.uuid4())
         self.crm_ids.append(crm_id)
         schema = canonical_schema(entity)
@@ -100,7 +126,18 @@ class Harness:
         )
         topic = self.topic(entity)
         value = self.serde.encode(f"{topic}-value", schema, record)
-        self.producer.produce(topic, key=f"crm:{crm_id}".encode(), value=value)
+        headers: list[tuple[str, str | bytes | None]] = []
+        if replayed_from is not None:
+            topic = f"replay.{self.uid}"
+            headers = [
+                (H_ENTITY, entity),
+                (H_ENTITY_KEY, f"crm:{crm_id}"),
+                (H_ORIGIN_TOPIC, replayed_from[0]),
+                (H_ORIGIN_PARTITION, str(replayed_from[1])),
+                (H_ORIGIN_OFFSET, str(replayed_from[2])),
+                (H_REPLAY_COUNT, str(replays)),
+            ]
+        self.producer.produce(topic, key=f"crm:{crm_id}".encode(), value=value, headers=headers)
         self.producer.flush(10)
         return crm_id
 
@@ -191,7 +228,11 @@ def harness(stack_env: dict[str, str]) -> Iterator[Harness]:
     serde = AvroSerde(LocalSchemaRegistry())
     sink = _sink(stack_env, uid)
     runner = SinkRunner(
-        settings, sink, serde, SinkMetrics.create(CollectorRegistry()), tuple(topics)
+        settings,
+        sink,
+        serde,
+        SinkMetrics.create(CollectorRegistry()),
+        (*topics, settings.replay_topic),
     )
     producer = Producer({"bootstrap.servers": stack_env["KAFKA_BOOTSTRAP"], "linger.ms": 0})
     h = Harness(stack_env, uid, runner, serde, producer)
@@ -413,3 +454,91 @@ def test_contacts_of_a_linked_suspect_are_applied_against_its_candidate(
     wait_for(lambda: _contact_row(harness, later) is not None, 60, "a later contact applied")
     assert _contact_row(harness, later) == (candidate, "Ada Late")
     assert harness.runner.stats.dead_lettered == 0
+
+
+def test_a_parked_replayed_event_keeps_its_original_position_and_replay_count(
+    harness: Harness,
+) -> None:
+    """Its dead letter names where it was first read, not the replay topic, and its count."""
+    _, _, twin = _hold_twin(harness)
+    contact_id = str(uuid.uuid4())
+    origin = (harness.topic("contact"), 0, 4242)
+    harness.publish(
+        "contact",
+        harness.commit_ms(),
+        contact_id,
+        replayed_from=origin,
+        replays=2,
+        first_name="Ada",
+        last_name="Replayed",
+        customer_crm_id=twin,
+    )
+    wait_for(lambda: _parked(harness) == [(f"crm:{contact_id}", f"crm:{twin}")], 60, "parked")
+    assert harness.runner.stats.dead_lettered == 0
+    # The suspect is gone (no decision will come): the parked event is tried once more,
+    # in vain, and dead-lettered.
+    execute(
+        harness.env["ERP_ADMIN_DSN"],
+        sql.SQL("DELETE FROM {} WHERE entity_key = %s").format(
+            sql.Identifier(harness.uid, "suspects")
+        ),
+        (f"crm:{twin}",),
+    )
+    wait_for(lambda: harness.runner.stats.dead_lettered == 1, 60, "the dead letter")
+    [letter] = harness.dead_letters()
+    assert letter[H_ENTITY_KEY] == f"crm:{contact_id}"
+    assert letter[H_ERROR_REASON] == "unresolved_reference"
+    assert "was parked until the suspected duplicate" in letter[H_ERROR_MESSAGE]
+    assert (letter[H_ORIGIN_TOPIC], letter[H_ORIGIN_PARTITION], letter[H_ORIGIN_OFFSET]) == (
+        origin[0],
+        str(origin[1]),
+        str(origin[2]),
+    )
+    assert letter[H_REPLAY_COUNT] == "2"
+    assert _parked(harness) == []
+    assert _contact_row(harness, contact_id) is None
+
+
+def test_a_replayed_event_parked_among_others_is_applied_in_order_once(harness: Harness) -> None:
+    """An older version replayed after a newer one: the newer one stays, each applied once."""
+    _, _, twin = _hold_twin(harness)
+    contact_id = str(uuid.uuid4())
+    first, second, third = (harness.commit_ms() for _ in range(3))
+    for ts, last_name, replayed_from in (
+        (first, "First", None),
+        (third, "Third", None),
+        (second, "Second", (harness.topic("contact"), 0, 7)),  # replayed after "Third"
+    ):
+        harness.publish(
+            "contact",
+            ts,
+            contact_id,
+            replayed_from=replayed_from,
+            first_name="Ada",
+            last_name=last_name,
+            customer_crm_id=twin,
+        )
+    wait_for(lambda: len(_parked(harness) or ()) == 3, 60, "every version parked")
+    [suspect] = list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)
+    assert suspect.waiting == 3
+    assert decide(harness.env["ERP_SINK_DSN"], harness.uid, suspect.id, "release")
+
+    wait_for(lambda: _contact_row(harness, contact_id) is not None, 60, "the contact applied")
+    wait_for(lambda: _parked(harness) == [], 60, "unparked")
+    assert _contact_row(harness, contact_id)[1] == "Ada Third"  # type: ignore[index]
+    [(version,)] = execute(
+        harness.env["ERP_ADMIN_DSN"],
+        sql.SQL("SELECT version FROM {} WHERE entity = 'contact' AND entity_key = %s").format(
+            sql.Identifier(harness.uid, "applied")
+        ),
+        (f"crm:{contact_id}",),
+    )
+    assert version == third
+    [(rows,)] = execute(
+        harness.env["ERP_ADMIN_DSN"],
+        "SELECT count(*) FROM public.res_partner WHERE crm_contact_id = %s",
+        (contact_id,),
+    )
+    assert rows == 1
+    assert harness.runner.stats.dead_lettered == 0
+    assert harness.dead_letters() == []
