@@ -31,7 +31,9 @@ loop, and what each step guarantees:
 - **Deferred events** (a reference the target does not have yet) are retried with every
   batch, so each is applied with the batch after the one that brings its reference. How
   long they wait is measured in the sink's progress (:mod:`sinks.progress`): until the
-  sink has applied whatever was published before them, then ``reference_wait_seconds``;
+  sink has applied whatever was published before them (known from a later event of their
+  system or from the streams' decided horizon, :mod:`schemas.horizon`, read by a consumer
+  of its own outside the group and the stored positions), then ``reference_wait_seconds``;
   then they are dead-lettered. The stored positions never pass them.
 - Dead letters queued in the database (outbox) are published to ``dlq.sinks.<target>``
   after each commit and at start; created rows are announced after each commit.

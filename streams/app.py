@@ -9,6 +9,8 @@ Topology::
         ▼
     canonical.<entity>  (key: entity key, UTF-8)       dlq.streams  (original bytes)
     quality.defects     (data-quality log, JSON; see streams.quality)
+    horizon.streams     (per source system, how far it is decided: streams.decided;
+                         published by a timer once the batches that reached it are done)
 
 Every raw message crosses Faust once: the ``process`` task reads the raw topics
 themselves, and a message's position (topic, partition, offset) is its own. The control
