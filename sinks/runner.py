@@ -757,17 +757,20 @@ class SinkRunner:
                 self._progress.horizon(source, horizon.commit_ts_ms)
 
     def _high_watermarks(self) -> dict[tuple[str, int], int]:
-        """The high watermark of every assigned partition, as last fetched (no round trip).
+        """The high watermark of every assigned partition, as last fetched.
 
         The consumer learns them with every fetch, one request for the partitions of a
         broker: they are at least as recent as the last message read. A partition not
-        fetched yet has none and is left out.
+        fetched yet (just assigned, when a horizon read meanwhile ended the first stage)
+        is asked of the broker; one whose watermark cannot be had is left out.
         """
         assert self._consumer is not None
         marks: dict[tuple[str, int], int] = {}
         for tp in self._consumer.assignment():
             try:
                 _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
             except KafkaException:
                 continue
             if high >= 0:
