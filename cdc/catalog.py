@@ -165,12 +165,14 @@ def wal_position(conn: psycopg.Connection[tuple[object, ...]]) -> Lsn:
 
 
 def emit_heartbeat(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> Lsn:
-    """Write a non-transactional logical message; returns its LSN.
+    """Write a transactional logical message in its own transaction; returns its LSN.
 
-    It goes through every slot's decoding, so an idle slot sees traffic and can confirm.
+    It goes through every slot's decoding, so an idle slot sees traffic and can confirm;
+    as a transaction of its own (autocommit ``conn``) it comes in commit order, after
+    every transaction committed before it, with its commit LSN and time.
     """
     row = conn.execute(
-        "select pg_logical_emit_message(false, %s, now()::text)::text", (prefix,)
+        "select pg_logical_emit_message(true, %s, now()::text)::text", (prefix,)
     ).fetchone()
     return Lsn.parse(str(row[0])) if row else Lsn.ZERO
 

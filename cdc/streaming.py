@@ -147,6 +147,8 @@ class _OpenTx:
     dropped: bool = False
     progress: bool = False
     """The transaction changed the incremental snapshots' state (a signal, a chunk)."""
+    heartbeat: bool = False
+    """The transaction carries the capture's heartbeat message (see :meth:`_commit`)."""
     total: int = 0
     per_collection: Counter[str] = field(default_factory=Counter)
     # Per-table ``source`` datum of this transaction: only lsn and sequence vary by event.
@@ -253,6 +255,8 @@ class CaptureWorker:
         self._transactions: TransactionWriter | None = None
         self._tx_topic = transaction_topic(settings.server_name)
         self._last_offset_save = 0.0
+        self._published_at = 0.0
+        """When the last ``END`` was sent (monotonic): heartbeats fill the silences."""
         self._saved_lsn = Lsn.ZERO
         self._type_names: dict[int, str] = {}
         self._decoder = PgOutputDecoder()
@@ -582,9 +586,11 @@ class CaptureWorker:
                 raise PermanentError(f"Kafka refused a change event: {self._fatal}")
             self._resnapshots.next_chunk(conn, stream)
             now = time.monotonic()
-            if burst:
-                last_activity = now
-            if self._tx is None and now - last_activity >= self._s.heartbeat_seconds:
+            # Measured from the last END sent or heartbeat written, not from the last
+            # frame read: a database busy only with transactions the capture drops (the
+            # sinks' own writes) still gets heartbeats, and its readers a moving horizon.
+            quiet_since = max(last_activity, self._published_at)
+            if self._tx is None and now - quiet_since >= self._s.heartbeat_seconds:
                 catalog.emit_heartbeat(conn, HEARTBEAT_PREFIX)
                 self._m.heartbeats.labels(self._system).inc()
                 last_activity = now
@@ -646,6 +652,9 @@ class CaptureWorker:
             if message.transactional and message.prefix == WATERMARK_PREFIX:
                 if tx is not None:
                     self._on_watermark(message, tx)
+            elif message.transactional and message.prefix == HEARTBEAT_PREFIX:
+                if tx is not None:
+                    tx.heartbeat = True
             elif not message.transactional and tx is None:
                 self._tracker.idle(message.lsn)
         elif isinstance(message, Type):
@@ -895,7 +904,7 @@ class CaptureWorker:
         )
 
     def _begin_metadata(self, tx: _OpenTx) -> None:
-        """Emit the transaction's BEGIN record before its first event."""
+        """Emit the transaction's BEGIN record before its first event (or its heartbeat END)."""
         if tx.total:
             return
         tid = tx.tid
@@ -911,11 +920,23 @@ class CaptureWorker:
         return self._transactions
 
     def _commit(self, tx: _OpenTx, commit: Commit) -> None:
-        if tx.total and not tx.dropped:
+        """Close a transaction: its ``END``, then its place in the ack tracker.
+
+        A heartbeat's transaction (no captured change) gets a ``BEGIN`` and an ``END``
+        counting no events: on the transaction topic, in commit order after every
+        transaction committed before it, it tells readers how far the source has been
+        captured while nothing else is committed (the streams stage's horizon,
+        :mod:`schemas.horizon`).
+        """
+        if tx.heartbeat and not tx.total and not tx.dropped:
+            tx.delivery.commit_ms = None  # not a change: no commit-to-ack latency
+            self._begin_metadata(tx)
+        if (tx.total or tx.heartbeat) and not tx.dropped:
             tid = tx.tid
             writer = self._tx_writer()
             end = writer.end(tid, tx.commit_ms, tx.per_collection)
             self._send(self._tx_topic, writer.key(tid), end, tx.delivery, TRANSACTION_PARTITION)
+            self._published_at = time.monotonic()
         self._m.transactions.labels(self._system).inc()
         self._last_commit_lsn = int(commit.commit_lsn)
         if tx.progress:

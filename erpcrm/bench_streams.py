@@ -15,8 +15,9 @@ Method:
    the workload's changes);
 3. start the worker and let it drain that backlog; its ``/metrics`` is scraped every
    ``scrape_interval`` seconds. The busy window runs from the first scrape that shows a
-   processed event to the last scrape at which the count still grew; events/s is the
-   events processed in that window divided by its length;
+   processed event to the last scrape at which the count of change events still grew
+   (the captures' heartbeats go on after it); events/s is the events processed in that
+   window divided by its length;
 4. the run is over when the worker has taken in every raw message, nothing is pending
    (orders, parked records) and the counters have been still for ``settle_seconds``;
 5. memory: the worker's peak RSS (``VmHWM``), read just before it is stopped;
@@ -364,7 +365,9 @@ def _drain(
             records = total(samples, "erpcrm_streams_events_in_total")
             if events > 0 and first is None:
                 first = last_change = (now, events, records, cpu)
-            if first is not None and records != last_change[2]:
+            # Change events, not transaction records: the captures' heartbeats (an empty
+            # transaction every few seconds) go on after the backlog is drained.
+            if first is not None and events != last_change[1]:
                 last_change = (now, events, records, cpu)
             consumed = by_label(samples, "erpcrm_streams_consumed_total", "kind").get("change", 0.0)
             pending = total(samples, "erpcrm_streams_pending")

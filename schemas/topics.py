@@ -13,6 +13,8 @@ metadata and are resolved once at start-up.
 - replayed dead letters of a stage that reads no raw topic (the sinks):
   ``replay.<stage>``
 - the data-quality log: ``quality.defects`` (JSON, see :mod:`streams.quality`)
+- how far a stage has decided each source system: ``horizon.<stage>``, e.g.
+  ``horizon.streams`` (see :mod:`schemas.horizon`)
 - schema registry subjects (TopicNameStrategy): ``<topic>-key`` and ``<topic>-value``
 """
 
@@ -35,12 +37,14 @@ __all__ = [
     "CANONICAL_TOPICS",
     "DLQ_PREFIX",
     "DLQ_REPLAYED",
+    "HORIZON_PREFIX",
     "MAX_TOPIC_LENGTH",
     "QUALITY_TOPIC",
     "REPLAY_PREFIX",
     "TRANSACTION_SUFFIX",
     "canonical_topic",
     "dlq_topic",
+    "horizon_topic",
     "key_subject",
     "parse_raw_topic",
     "raw_topic",
@@ -59,6 +63,7 @@ _LEGAL: Final = re.compile(r"[A-Za-z0-9._-]+")
 CANONICAL_PREFIX: Final = "canonical"
 DLQ_PREFIX: Final = "dlq"
 REPLAY_PREFIX: Final = "replay"
+HORIZON_PREFIX: Final = "horizon"
 TRANSACTION_SUFFIX: Final = "transaction"
 
 CANONICAL_ENTITIES: Final = (
@@ -194,6 +199,15 @@ def replay_topic(stage: str) -> str:
         ConfigError: ``stage`` is empty or has characters Kafka does not allow.
     """
     return validate_topic(f"{REPLAY_PREFIX}.{_part('stage', stage, dots=True)}")
+
+
+def horizon_topic(stage: str) -> str:
+    """Return the topic a stage publishes its source horizons to: ``horizon.<stage>``.
+
+    Raises:
+        ConfigError: ``stage`` is empty or has characters Kafka does not allow.
+    """
+    return validate_topic(f"{HORIZON_PREFIX}.{_part('stage', stage, dots=True)}")
 
 
 def subject(topic: str, *, is_key: bool) -> str:

@@ -26,6 +26,7 @@ class SinkMetrics:
     parked: Gauge
     announced: Counter
     lag_events: Gauge
+    horizon_age_seconds: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> SinkMetrics:
@@ -112,6 +113,13 @@ class SinkMetrics:
                 "Events in the consumed partitions not yet applied (high watermark minus "
                 "position).",
                 ["target"],
+                registry=registry,
+            ),
+            horizon_age_seconds=Gauge(
+                "erpcrm_sink_horizon_age_seconds",
+                "Seconds since the commit the source system's decided horizon (read from "
+                "horizon.streams) had reached; since the sink started while none was read.",
+                ["target", "system"],
                 registry=registry,
             ),
         )

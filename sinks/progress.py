@@ -10,10 +10,14 @@ reference comes.
 
 A wait (:class:`ReferenceWait`) goes through three stages:
 
-1. **upstream**: until the sink has read an event of the same source system committed
-   after the waiting one. The streams stage decides a system's changes in commit order,
-   so from then on every change committed before the waiting one (the referenced row's
-   included) has been published.
+1. **upstream**: until every change of the same source system committed before the
+   waiting one (the referenced row's included) has been published. The sink knows it
+   when it has read an event of that system committed after the waiting one (the
+   streams stage decides a system's changes in commit order), or a decided horizon of
+   that system past the waiting one's commit (:mod:`schemas.horizon`): the streams
+   worker publishes it while it runs and has read the system's changes to their end,
+   and the capture's heartbeats move it on while the source is quiet. A worker or a
+   capture that is stopped or behind moves neither, and the stage goes on.
 2. **backlog**: the high watermark of every partition the sink reads is noted then (the
    *mark*); the stage lasts until the sink has applied every partition still assigned
    to it up to its mark, so whatever was published before is applied (or held itself).
@@ -23,7 +27,8 @@ A wait (:class:`ReferenceWait`) goes through three stages:
 Then the event is dead-lettered as an unresolved reference. A pipeline behind for
 ``behind_max`` since the event was first held no longer holds the count back (stages 1
 and 2 end): a reference that never comes is dead-lettered under a load that never ends
-too, and a source system that goes quiet does not keep the event forever.
+too, and a pipeline whose streams worker or capture is stopped does not keep the
+event forever.
 
 Pure: no clock of its own, no Kafka; in memory only. A restarted sink reads its held
 events again from the stored positions (which never pass them) and waits afresh.
@@ -45,12 +50,15 @@ class ReadProgress:
 
     Attributes:
         committed_ms: per source system, the latest commit time of its events read.
+        horizon_ms: per source system, the latest commit time its decided horizon
+            had reached (every change committed up to it published).
         applied: per assigned partition, the offset after the last message of the
             batches accounted (or where the partition was assigned from).
         assigned: the partitions assigned (None: not known yet, every one counts).
     """
 
     committed_ms: dict[str, int] = field(default_factory=dict)
+    horizon_ms: dict[str, int] = field(default_factory=dict)
     applied: dict[TopicPartition, int] = field(default_factory=dict)
     assigned: frozenset[TopicPartition] | None = None
 
@@ -78,6 +86,19 @@ class ReadProgress:
         for tp, offset in batch.next_offsets().items():
             if offset > self.applied.get(tp, -1):
                 self.applied[tp] = offset
+
+    def horizon(self, system: str, commit_ts_ms: int) -> None:
+        """A decided horizon read: every change of ``system`` committed up to it is out."""
+        if commit_ts_ms > self.horizon_ms.get(system, -1):
+            self.horizon_ms[system] = commit_ts_ms
+
+    def passed(self, system: str, committed_ms: int) -> bool:
+        """Whether every change of ``system`` committed before ``committed_ms`` is published.
+
+        That is, an event of it committed later was read, or its horizon went past.
+        """
+        known = max(self.committed_ms.get(system, -1), self.horizon_ms.get(system, -1))
+        return known > committed_ms
 
     def reached(self, mark: Mapping[TopicPartition, int]) -> bool:
         """Whether every partition of ``mark`` still assigned is applied up to it."""
@@ -134,7 +155,7 @@ class ReferenceWait:
             return
         behind = now - self.first < behind_max
         if self.mark is None:
-            if behind and progress.committed_ms.get(self.system, -1) <= self.committed_ms:
+            if behind and not progress.passed(self.system, self.committed_ms):
                 return
             self.mark = dict(marks())
         if behind and not progress.reached(self.mark):

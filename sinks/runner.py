@@ -31,7 +31,9 @@ loop, and what each step guarantees:
 - **Deferred events** (a reference the target does not have yet) are retried with every
   batch, so each is applied with the batch after the one that brings its reference. How
   long they wait is measured in the sink's progress (:mod:`sinks.progress`): until the
-  sink has applied whatever was published before them, then ``reference_wait_seconds``;
+  sink has applied whatever was published before them (known from a later event of their
+  system or from the streams' decided horizon, :mod:`schemas.horizon`, read by a consumer
+  of its own outside the group and the stored positions), then ``reference_wait_seconds``;
   then they are dead-lettered. The stored positions never pass them.
 - Dead letters queued in the database (outbox) are published to ``dlq.sinks.<target>``
   after each commit and at start; created rows are announced after each commit.
@@ -74,6 +76,7 @@ from schemas.errors import (
     SyncError,
     UnresolvedReferenceError,
 )
+from schemas.horizon import SourceHorizon, ensure_horizon_topic
 from schemas.serde import AvroSerde
 from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
@@ -97,6 +100,8 @@ _POLL_WHILE_WRITING_SECONDS: Final = 0.005
 """While a batch is written and nothing is there to read, how often the reader looks
 whether the write has ended."""
 _SUSPECTS_EVERY_SECONDS: Final = 2.0
+_HORIZON_TAIL: Final = 16
+"""How many of the last horizon records a (re)started sink reads first."""
 
 
 @dataclass(slots=True)
@@ -187,6 +192,9 @@ class SinkRunner:
         self._held_backoff = _HELD_RETRY_MIN_SECONDS
         self._held_retry_at = 0.0
         self._consumer: Consumer | None = None
+        self._horizons: Consumer | None = None
+        """Reads the decided horizons (assigned, no group: every sink process reads all)."""
+        self._started_at = time.time()
         self._producer: Producer | None = None
         self._lag_at = 0.0
         self._suspects_at = 0.0
@@ -212,6 +220,9 @@ class SinkRunner:
         self._metrics.parked.labels(self._target).set(self._sink.parked_records)
         ensure_dead_letter_topic(self._s.kafka, self._s.dlq_topic)
         self._ensure_topics(self._s.replay_topic)
+        self._retrying(
+            "horizon topic", partial(ensure_horizon_topic, self._s.kafka, self._s.horizon_topic)
+        )
         self._producer = Producer(
             self._s.kafka.client_config(
                 **{"enable.idempotence": True, "acks": "all", "linger.ms": 5}
@@ -234,7 +245,19 @@ class SinkRunner:
                 }
             )
         )
+        self._horizons = Consumer(
+            self._s.kafka.client_config(
+                **{
+                    "group.id": f"{self._s.group_id}-horizon",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "latest",
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 100,
+                }
+            )
+        )
         try:
+            self._follow_horizons()
             metadata = self._consumer.list_topics(timeout=30)
             self._topics_at_start = {
                 name for name, topic in metadata.topics.items() if topic.error is None
@@ -251,6 +274,7 @@ class SinkRunner:
             if self._writer is not None:
                 self._writer.shutdown()
             self._consumer.close()
+            self._horizons.close()
             self._producer.flush(10)
             self._sink.close()
         return self.stats
@@ -314,6 +338,7 @@ class SinkRunner:
     def _step(self) -> None:
         batch = self._collect()  # while the previous batch is written
         self._finish_pending()
+        self._read_horizons()
         self._expire_held()
         fresh = bool(batch)
         if fresh or self._clock() >= self._held_retry_at:
@@ -688,18 +713,53 @@ class SinkRunner:
             self._metrics.deferred.labels(self._target).set(len(self._held))
             self._after_commit(announce=False, dead=True)
 
+    def _follow_horizons(self) -> None:
+        """Read the horizon topic from its last few records on (module :mod:`schemas.horizon`).
+
+        Not part of the consumer group and never stored: only the latest horizon matters,
+        and a restarted sink learns it again from the tail.
+        """
+        assert self._horizons is not None
+        topic = self._s.horizon_topic
+        found = self._horizons.list_topics(topic, timeout=30).topics.get(topic)
+        partitions = sorted(found.partitions) if found is not None and found.error is None else [0]
+        start = []
+        for partition in partitions:
+            low, high = self._watermarks(self._horizons, TopicPartition(topic, partition))
+            start.append(TopicPartition(topic, partition, max(low, high - _HORIZON_TAIL)))
+        self._horizons.assign(start)
+
+    def _read_horizons(self) -> None:
+        """Note the source system's decided horizons read since the last step."""
+        assert self._horizons is not None
+        source = self._s.source
+        for message in self._horizons.consume(64, 0):
+            value = message.value()
+            if message.error() is not None or value is None:
+                continue
+            try:
+                horizon = SourceHorizon.from_record(self._serde.decode(value))
+            except (SyncError, KeyError, TypeError, ValueError) as exc:
+                log.debug("sink %s: horizon record not read: %s", self._target, exc)
+                continue
+            if horizon.system == source:
+                self._progress.horizon(source, horizon.commit_ts_ms)
+
     def _high_watermarks(self) -> dict[tuple[str, int], int]:
-        """The high watermark of every assigned partition, as last fetched (no round trip).
+        """The high watermark of every assigned partition, as last fetched.
 
         The consumer learns them with every fetch, one request for the partitions of a
         broker: they are at least as recent as the last message read. A partition not
-        fetched yet has none and is left out.
+        fetched yet (just assigned, when a horizon read meanwhile ended the first stage)
+        is asked of the broker; one whose watermark cannot be had is left out.
         """
         assert self._consumer is not None
         marks: dict[tuple[str, int], int] = {}
         for tp in self._consumer.assignment():
             try:
                 _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
             except KafkaException:
                 continue
             if high >= 0:
@@ -864,6 +924,12 @@ class SinkRunner:
         if self._consumer is None or now - self._lag_at < _LAG_EVERY_SECONDS:
             return
         self._lag_at = now
+        source = self._s.source
+        horizon_ms = self._progress.horizon_ms.get(source)
+        reached = horizon_ms / 1000 if horizon_ms is not None else self._started_at
+        self._metrics.horizon_age_seconds.labels(self._target, source).set(
+            max(0.0, time.time() - reached)
+        )
         total = 0
         try:
             for tp in self._consumer.position(self._consumer.assignment()):

@@ -11,6 +11,7 @@ from typing import Final, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
+from schemas.horizon import STREAMS_HORIZON_TOPIC
 from schemas.settings import WorkerSettings, port_offset
 from schemas.topics import dlq_topic, replay_topic
 
@@ -73,6 +74,9 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
         dlq_topic: where refused events go (``dlq.sinks.<target>``).
         replay_topic: where ``erpcrm dlq replay`` puts this sink's dead letters back
             (``replay.sinks.<target>``); the sink reads it with the canonical topics.
+        horizon_topic: where the streams stage publishes how far it has decided each
+            source system (``horizon.streams``, :mod:`schemas.horizon`); a horizon past a
+            held event's commit ends the first stage of its wait (:mod:`sinks.progress`).
         start_at: where a partition without a stored position starts: ``earliest``
             (the default: the whole history, so a new target catches up) or ``latest``
             (only what is published from now on; a topic created after the sink started
@@ -98,6 +102,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     dlq_topic: str = ""
     replay_topic: str = ""
+    horizon_topic: str = ""
     start_at: Literal["earliest", "latest"] = "earliest"
 
     @model_validator(mode="after")
@@ -107,6 +112,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
             "metrics_port": self.metrics_port or default_metrics_port(self.target),
             "dlq_topic": self.dlq_topic or dlq_topic(f"sinks.{self.target}"),
             "replay_topic": self.replay_topic or replay_topic(f"sinks.{self.target}"),
+            "horizon_topic": self.horizon_topic or STREAMS_HORIZON_TOPIC,
         }
         for key, value in defaults.items():
             object.__setattr__(self, key, value)

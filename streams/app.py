@@ -9,6 +9,8 @@ Topology::
         ▼
     canonical.<entity>  (key: entity key, UTF-8)       dlq.streams  (original bytes)
     quality.defects     (data-quality log, JSON; see streams.quality)
+    horizon.streams     (per source system, how far it is decided: streams.decided;
+                         published by a timer once the batches that reached it are done)
 
 Every raw message crosses Faust once: the ``process`` task reads the raw topics
 themselves, and a message's position (topic, partition, offset) is its own. The control
@@ -118,6 +120,12 @@ from schemas.canonical import canonical_schema
 from schemas.deadletter import replay_count
 from schemas.dlq_topics import ensure_dead_letter_topic
 from schemas.errors import RetriableError
+from schemas.horizon import (
+    STREAMS_HORIZON_TOPIC,
+    SourceHorizon,
+    ensure_horizon_topic,
+    horizon_schema,
+)
 from schemas.mapping import Flow, load_mappings
 from schemas.serde import AvroSerde, RegistryClient, WriterSchema
 from schemas.settings import KafkaSettings
@@ -374,7 +382,9 @@ class StreamRunner:
         # 3. only then change state: each key once, to the last value the batch gave it,
         #    in the changelogs (acknowledged), then in the local stores;
         await self.retrying("commit", partial(self.state.commit, staged.text_writes()))
-        # 4. the offsets follow when the intake acknowledges the batch (see the module doc).
+        # 4. what the batch decided may now move the systems' decided horizons;
+        self.processor.settle_horizons(int(time.time() * 1000))
+        # 5. the offsets follow when the intake acknowledges the batch (see the module doc).
         self.metrics.batch_messages.observe(len(messages))
         self._observe(outcomes, outbound, started)
 
@@ -667,6 +677,10 @@ def build(
     )
 
     clock = BatchClock()
+    busy = False
+    """A batch is being decided, published or committed."""
+    horizon_writer: list[WriterSchema] = []
+    published: dict[str, SourceHorizon] = {}
 
     async def send_tick() -> None:
         """Put a tick into the control topic (decided in turn with the data)."""
@@ -674,6 +688,7 @@ def build(
 
     async def process_batch(batch: Sequence[Message]) -> None:
         """Decide, publish and commit one batch of raw and control messages (StreamRunner)."""
+        nonlocal busy
         now_ms = clock.now_ms()
         messages = [
             control_inbound(message, now_ms)
@@ -681,7 +696,11 @@ def build(
             else raw_inbound(message, now_ms)
             for message in batch
         ]
-        await runner.handle_batch(messages)
+        busy = True
+        try:
+            await runner.handle_batch(messages)
+        finally:
+            busy = False
         metrics.count_consumed(messages)
         if processor.round_unfinished and any(m.kind is Kind.TICK for m in messages):
             await send_tick()  # the round's next keys, at once
@@ -713,6 +732,50 @@ def build(
         if owner and (processor.has_pending or unloaded):
             await send_tick()
 
+    async def caught_up(topics: frozenset[str]) -> bool:
+        """Whether every assigned partition of ``topics`` is decided up to its end.
+
+        The ends are asked of the broker now; every record the consumer handed over is
+        decided once the buffer is empty and no batch is in flight.
+        """
+        if busy or not buffer.empty():
+            return False
+        consumer = app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic in topics]
+        if not tps:
+            return False
+        ends = await consumer.highwaters(*tps)
+        for tp in tps:
+            end = ends.get(tp)
+            position = await consumer.position(tp)
+            if end is None or position is None or position < end:
+                return False
+        return not busy and buffer.empty()
+
+    async def publish_horizons() -> None:
+        """Publish each source system's ripe decided horizon while caught up on it."""
+        owner = TP(settings.control_topic, 0) in app.assignor.assigned_actives()
+        if not owner or not horizon_writer or runner.loaded_generation is None:
+            return
+        now = time.time()
+        topics = processor.system_topics
+        records = []
+        for system, horizon in processor.ripe_horizons(int(now * 1000)).items():
+            if not await caught_up(topics.get(system, frozenset())):
+                continue
+            stamped = SourceHorizon(system, horizon.lsn, horizon.commit_ts_ms, int(now * 1000))
+            value = AvroSerde.encode_with(horizon_writer[0], stamped.as_record())
+            records.append(Record(STREAMS_HORIZON_TOPIC, system.encode("utf-8"), value))
+            published[system] = stamped
+        if records:
+            try:
+                await sender.send_all(records)
+            except Exception as exc:  # the next turn publishes a newer one
+                log.warning("streams: horizons not published: %s", exc)
+        for system, horizon in published.items():
+            age = max(0.0, now - horizon.commit_ts_ms / 1000)
+            metrics.horizon_age_seconds.labels(system).set(age)
+
     async def prepare() -> None:
         """Create the output topics and register the canonical schemas, retrying."""
 
@@ -731,6 +794,13 @@ def build(
                 await topic.maybe_declare()
             for name in CANONICAL_TOPICS:
                 serde.prepare(value_subject(name), canonical_schema(name.split(".", 1)[1]))
+            if kafka_publisher is not None:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, ensure_horizon_topic, settings.kafka
+                )
+                horizon_writer[:] = [
+                    serde.prepare(value_subject(STREAMS_HORIZON_TOPIC), horizon_schema())
+                ]
 
         await runner.retrying("prepare", declare)
         if kafka_publisher is not None:
@@ -738,6 +808,7 @@ def build(
 
     # Faust's task and timer decorators are untyped; registered by call instead.
     app.timer(settings.tick_seconds)(tick)
+    app.timer(settings.horizon_seconds)(publish_horizons)
     app.task(prepare)
     app.task(process)
 

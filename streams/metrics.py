@@ -46,6 +46,7 @@ class StreamsMetrics:
     batch_messages: Histogram
     source_to_publish_seconds: Histogram
     pending: Gauge
+    horizon_age_seconds: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> StreamsMetrics:
@@ -182,6 +183,13 @@ class StreamsMetrics:
             pending=Gauge(
                 "erpcrm_streams_pending",
                 "Orders being assembled and records waiting for a reference.",
+                registry=registry,
+            ),
+            horizon_age_seconds=Gauge(
+                "erpcrm_streams_horizon_age_seconds",
+                "Seconds since the commit the decided horizon last published for a source "
+                "system had reached (horizon.streams; grows while its capture is away).",
+                ["system"],
                 registry=registry,
             ),
         )

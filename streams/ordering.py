@@ -40,7 +40,7 @@ from streams.state import ASSEMBLY, b64, unb64
 from streams.waiting import ORDER_PREFIX
 from streams.work import UnitOfWork
 
-__all__ = ["Release", "SourceOrder"]
+__all__ = ["Release", "SourceOrder", "commit_lsn"]
 
 HEADER_PREFIX: Final = ORDER_PREFIX
 """``assembly`` keys of transactions with held changes: ``ord|<system>|<tx>``."""
@@ -299,14 +299,14 @@ class SourceOrder:
         return released
 
     def _mark_done(self, work: UnitOfWork, system: str, tx: str) -> None:
-        commit = _commit_lsn(tx)
+        commit = commit_lsn(tx)
         done_key = f"{_DONE_PREFIX}{system}"
         if commit is not None and commit > int(work.get(ASSEMBLY, done_key) or 0):
             work.put(ASSEMBLY, done_key, commit)
 
     def _finished(self, work: UnitOfWork, system: str, tx: str) -> bool:
         """Whether ``tx`` committed at or before the last transaction released."""
-        commit = _commit_lsn(tx)
+        commit = commit_lsn(tx)
         done = work.get(ASSEMBLY, f"{_DONE_PREFIX}{system}")
         return commit is not None and done is not None and commit <= int(done)
 
@@ -319,7 +319,7 @@ def _queue_key(system: str, position: int) -> str:
     return f"{_QUEUE_PREFIX}{system}|{position:012d}"
 
 
-def _commit_lsn(tx: str) -> int | None:
+def commit_lsn(tx: str) -> int | None:
     """The commit LSN of a transaction id ``<txid>:<commit LSN>`` (None: another form)."""
     _, _, lsn = tx.rpartition(":")
     return int(lsn) if lsn.isdigit() else None

@@ -56,11 +56,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from schemas.errors import DecodeError
+from schemas.horizon import SourceHorizon
 from schemas.mapping import Flow, Grain
 from schemas.topics import raw_topic, transaction_topic
 from streams import dlq
+from streams.decided import DecidedHorizons
 from streams.horizon import ReadHorizon, produced_ms
-from streams.ordering import Release, SourceOrder
+from streams.ordering import Release, SourceOrder, commit_lsn
 from streams.orders import Orders
 from streams.outcome import Count, Inbound, Kind, Outcome
 from streams.references import ReferenceData, References
@@ -68,7 +70,7 @@ from streams.state import ASSEMBLY, DEDUPE, REFERENCE, StateStore, StateView
 from streams.stock import Stock
 from streams.transform import Skipped, to_canonical
 from streams.validation import Failed
-from streams.waiting import ORDER_PREFIX, PARK_PREFIX, SETTLE_PREFIX, Retry, Waiting
+from streams.waiting import ORDER_PREFIX, PARK_PREFIX, SETTLE_PREFIX, TX_PREFIX, Retry, Waiting
 from streams.work import Emitter, Raw, Route, UnitOfWork, dedupe_key
 
 __all__ = ["StreamProcessor"]
@@ -131,11 +133,13 @@ class StreamProcessor:
                     {f"{flow.schema}.{flow.table}", f"{flow.schema}.{flow.lines.table}"}
                 )
         self._routes = {topic: tuple(found) for topic, found in routes.items()}
+        self._systems = frozenset(flow.system for flow in self._flows.values())
         self._emitter = Emitter(
             encode, dlq_policy, {name: flow.target for name, flow in self._flows.items()}
         )
         self._waiting = Waiting(self._emitter, reference_wait_ms, snapshot_settle_ms)
         self._horizon = ReadHorizon()
+        self._decided = DecidedHorizons()
         self._references = References()
         self._ordering = SourceOrder(
             {system: frozenset(names) for system, names in collections.items()},
@@ -158,6 +162,16 @@ class StreamProcessor:
     def topics(self) -> tuple[str, ...]:
         """Every topic the flows read: raw change topics and transaction topics, sorted."""
         return tuple(sorted({*self._routes, *self._tx_topics}))
+
+    @property
+    def system_topics(self) -> dict[str, frozenset[str]]:
+        """Per source system, the topics read of it (its tables' and its transactions')."""
+        found: dict[str, set[str]] = {}
+        for topic, system in self._tx_topics.items():
+            found.setdefault(system, set()).add(topic)
+        for topic, routes in self._routes.items():
+            found.setdefault(routes[0].flow.system, set()).add(topic)
+        return {system: frozenset(topics) for system, topics in found.items()}
 
     @property
     def reference(self) -> ReferenceData:
@@ -187,6 +201,7 @@ class StreamProcessor:
         self._waiting.load(state)
         self._round = []
         self._ordering.forget()
+        self._decided.forget()
 
     def rollback(self, state: StateView) -> None:
         """Forget the cache changes of an outcome that will not be committed."""
@@ -293,6 +308,7 @@ class StreamProcessor:
                 continue
             if item.end:
                 self._orders.transaction(work, item.system, envelope)
+                self._decided.released(item.system, envelope)
             else:
                 self._change(work, message, envelope, routes)
 
@@ -420,6 +436,40 @@ class StreamProcessor:
                 self._waiting.retry(work, key, record, route, self._reroute)
             else:
                 self._orders.tick(work, key, record)
+
+    # -- the decided horizon (streams.decided) ---------------------------------------
+
+    def settle_horizons(self, now_ms: int) -> None:
+        """The batch processed last is published and committed: settle its horizons."""
+        self._decided.settle(self._holds_back, now_ms)
+
+    def ripe_horizons(self, now_ms: int) -> dict[str, SourceHorizon]:
+        """Per system, the decided horizon that may be published at ``now_ms``."""
+        return self._decided.ripe(now_ms)
+
+    def _holds_back(self, system: str, lsn: int) -> bool:
+        """Whether something of ``system`` decided at or before commit ``lsn`` still waits.
+
+        Parked and settling records and orders being assembled came from transactions
+        released already (so committed before the latest one released); a transaction
+        whose changes are held counts if it committed at or before ``lsn``. Snapshot
+        orders and orders waiting for a reference name no system: they hold back all.
+        """
+        for key in self._waiting.pending_keys():
+            if key.startswith((PARK_PREFIX, SETTLE_PREFIX)):
+                routes = self._routes.get(key.split("|", 2)[1], ())
+                if not routes or routes[0].flow.system == system:
+                    return True
+            elif key.startswith(ORDER_PREFIX):
+                held_system, _, tx = key.removeprefix(ORDER_PREFIX).partition("|")
+                committed = commit_lsn(tx)
+                if held_system == system and (committed is None or committed <= lsn):
+                    return True
+            elif key.startswith(TX_PREFIX):
+                owner = key.removeprefix(TX_PREFIX).split("|", 1)[0]
+                if owner == system or owner not in self._systems:
+                    return True
+        return False
 
     # -- views ----------------------------------------------------------------------
 

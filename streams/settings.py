@@ -106,6 +106,9 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
             partitions move (after a crash, the restarted worker waits this long).
         tick_seconds: how often a worker with pending work (orders being assembled,
             records waiting for a reference) puts a tick into its control topic.
+        horizon_seconds: how often the worker publishes each source system's decided
+            horizon (``horizon.streams``, see :mod:`streams.decided`), while it owns the
+            partitions and has read that system's topics to their end.
         tick_limit: how many pending keys (orders to assemble, parked records) one tick
             looks at; when more are due, the worker ticks again at once, so one tick never
             holds the worker (its web server, its timers) for long.
@@ -150,6 +153,7 @@ class StreamsSettings(WorkerSettings, env_prefix="ERPCRM_STREAMS_"):
     session_timeout_seconds: float = Field(default=15.0, ge=6, le=90)
     tick_seconds: float = Field(default=1.0, gt=0)
     tick_limit: int = Field(default=200, ge=1)
+    horizon_seconds: float = Field(default=1.0, gt=0)
     assembly_timeout_seconds: float = Field(default=30.0, gt=0)
     snapshot_settle_seconds: float = Field(default=3.0, gt=0)
     reference_wait_seconds: float = Field(default=15.0, ge=0)

@@ -116,6 +116,10 @@ class Waiting:
         else:
             self._due[key] = int(value["due"])
 
+    def pending_keys(self) -> list[str]:
+        """Every pending key (not sorted)."""
+        return list(self._due)
+
     def due(self, horizon_ms: int) -> list[str]:
         """The pending keys a tick at read horizon ``horizon_ms`` should look at, sorted."""
         return sorted(key for key, when in self._due.items() if when <= horizon_ms)

@@ -65,15 +65,12 @@ def erpcrm_json(env: dict[str, str], *args: str, ok: tuple[int, ...] = (0,)) -> 
 def parked_briefly(stack_env: dict[str, str]) -> dict[str, str]:
     """The stack's settings, with records waiting for a reference giving up soon.
 
-    The streams worker gives up after 5 s. A sink measures its wait in its progress:
-    on the tests' quiet pipeline no later change comes, so it counts its wait (20 s)
-    after ``REFERENCE_BEHIND_MAX_SECONDS``, here 20 s instead of ten minutes.
+    The streams worker gives up after 5 s. A sink measures its wait in its progress: on
+    the tests' quiet pipeline the streams' decided horizon (moved on by the captures'
+    heartbeats) tells it that nothing before the event is still to come, then it counts
+    its wait (20 s).
     """
-    return dict(
-        stack_env,
-        ERPCRM_STREAMS_REFERENCE_WAIT_SECONDS="5",
-        ERPCRM_SINK_REFERENCE_BEHIND_MAX_SECONDS="20",
-    )
+    return dict(stack_env, ERPCRM_STREAMS_REFERENCE_WAIT_SECONDS="5")
 
 
 DRIFT_ORIGIN = "erpcrm_drift"

@@ -107,7 +107,9 @@ class SinkProcess(CliProcess):
                 "ERPCRM_SINK_GROUP_ID": self.uid,
                 "ERPCRM_SINK_METRICS_PORT": str(self.port),
                 "ERPCRM_SINK_START_AT": "latest",
-                "ERPCRM_SINK_REFERENCE_WAIT_SECONDS": "20",
+                "ERPCRM_SINK_REFERENCE_WAIT_SECONDS": self.stack_env.get(
+                    "ERPCRM_SINK_REFERENCE_WAIT_SECONDS", "20"
+                ),
                 "ERPCRM_SINK_CLOCK_WAIT_SECONDS": self.stack_env.get(
                     "ERPCRM_SINK_CLOCK_WAIT_SECONDS", "45"
                 ),

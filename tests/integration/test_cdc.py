@@ -559,6 +559,49 @@ def test_echo_transactions_from_the_sink_origin_are_dropped(erp_stream: Stream) 
             execute(admin, "select pg_replication_origin_drop(%s)", (origin,))
 
 
+def test_an_idle_capture_publishes_heartbeat_transactions_in_commit_order(
+    erp_stream: Stream,
+) -> None:
+    """A heartbeat is a transaction with no change: a BEGIN and an END counting none."""
+    stream = erp_stream
+    tx_topic = stream.capture.tx_topic
+    with psycopg.connect(stream.env["ERP_ADMIN_DSN"]) as conn:
+        xid = _xid(conn)
+        conn.execute(
+            sql.SQL("update {} set counter = counter + 1 where id = 1").format(
+                sql.Identifier(stream.probe)
+            )
+        )
+    changed = stream.wait_events(
+        stream.probe, 1, lambda evs: any(e.source["txId"] == xid for e in evs)
+    )
+    [block] = [e.transaction for e in changed if e.source["txId"] == xid]
+    assert block is not None
+    change_lsn = int(block["id"].split(":")[1])
+
+    def heartbeats() -> list[dict[str, Any]]:
+        ends = [e.value for e in stream.reader.of(tx_topic) if e.value]
+        return [
+            r
+            for r in ends
+            if r["status"] == "END"
+            and r["event_count"] == 0
+            and int(r["id"].split(":")[1]) > change_lsn
+        ]
+
+    # The capture's heartbeat comes 5 s after the last transaction it published.
+    [beat, *_] = stream.reader.wait(lambda _: heartbeats(), 30, "a heartbeat transaction")
+    assert beat["data_collections"] == []
+    assert [r["status"] for r in stream.reader.transaction(beat["id"])] == ["BEGIN", "END"]
+    order = [
+        int(e.value["id"].split(":")[1])
+        for e in stream.reader.of(tx_topic)
+        if e.value and e.value["status"] == "END"
+    ]
+    assert order == sorted(order), "ENDs, heartbeats' included, in commit order"
+    assert stream.capture.metric("erpcrm_cdc_heartbeats_total") >= 1
+
+
 def test_crm_envelopes(
     stack_env: dict[str, str],
     capture_factory: Callable[..., Capture],  # noqa: F811

@@ -15,6 +15,9 @@ customer by its CRM id; the ERP sink fills the partner from the customer's row.
   the customer is applied; measured in the sink's progress, it is not.
 - Genuinely missing: a contact whose customer never comes, followed by a later CRM
   change, is dead-lettered with an ``unresolved_reference`` reason naming what it lacks.
+- Genuinely missing on a quiet source: no later CRM change comes, but the streams
+  stage's decided horizon (on a horizon topic of the test's own) passes the contact's
+  commit; a horizon short of it does not end the wait.
 - Held suspect: contacts whose customer is held as a suspected duplicate are parked
   (not dead-lettered) and applied, in order, once an operator releases or links it. A
   replayed dead letter (read from the sink's replay topic) parked among them is applied
@@ -53,6 +56,7 @@ from schemas.deadletter import (
     H_REPLAY_COUNT,
     text_headers,
 )
+from schemas.horizon import SourceHorizon, horizon_schema
 from schemas.mapping import load_mappings, ownership
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from schemas.settings import KafkaSettings
@@ -88,6 +92,17 @@ class Harness:
     @property
     def dlq(self) -> str:
         return f"dlq.{self.uid}"
+
+    @property
+    def horizons(self) -> str:
+        return f"horizon.{self.uid}"
+
+    def horizon(self, commit_ts_ms: int) -> None:
+        """Publish the streams' decided horizon of the CRM, as the worker does."""
+        record = SourceHorizon("crm", commit_ts_ms, commit_ts_ms, int(time.time() * 1000))
+        value = self.serde.encode(f"{self.horizons}-value", horizon_schema(), record.as_record())
+        self.producer.produce(self.horizons, key=b"crm", value=value)
+        self.producer.flush(10)
 
     def commit_ms(self) -> int:
         """A fresh CRM commit time, later than every one before."""
@@ -223,6 +238,7 @@ def harness(stack_env: dict[str, str]) -> Iterator[Harness]:
         announce=False,
         dlq_topic=f"dlq.{uid}",
         replay_topic=f"replay.{uid}",
+        horizon_topic=f"horizon.{uid}",  # none but the tests' own: no streams stage here
         start_at="earliest",
     )
     serde = AvroSerde(LocalSchemaRegistry())
@@ -259,7 +275,7 @@ def harness(stack_env: dict[str, str]) -> Iterator[Harness]:
             (sink._origin,),
         )
         for future in admin.delete_topics(
-            [*topics, settings.dlq_topic, settings.replay_topic]
+            [*topics, settings.dlq_topic, settings.replay_topic, settings.horizon_topic]
         ).values():
             with contextlib.suppress(Exception):
                 future.result(timeout=30)
@@ -339,6 +355,27 @@ def test_a_customer_that_never_comes_ends_as_a_dead_letter(harness: Harness) -> 
     assert letter[H_ERROR_MESSAGE].startswith("unresolved_reference: contact ")
     assert f"customer_erp_id (crm_account_id={missing})" in letter[H_ERROR_MESSAGE]
     assert "everything published before it" in letter[H_ERROR_MESSAGE]
+    assert letter[H_ERROR_REASON] == "unresolved_reference"
+    assert harness.partner_of_contact(contact_id) is None
+
+
+def test_a_customer_that_never_comes_on_a_quiet_source_ends_once_the_horizon_passes(
+    harness: Harness,
+) -> None:
+    before_ts, contact_ts = harness.commit_ms(), harness.commit_ms()
+    missing = str(uuid.uuid4())
+    contact_id = harness.contact(contact_ts, missing)
+    wait_for(lambda: harness.outcome("deferred") == 1, 60, "the contact held")
+    # A horizon short of the contact's commit says nothing about what came before it.
+    harness.horizon(before_ts)
+    harness.horizon(contact_ts)
+    time.sleep(10 * REFERENCE_WAIT)
+    assert harness.runner.stats.dead_lettered == 0
+    # No later CRM change comes; the streams' horizon passes the contact's commit.
+    harness.horizon(harness.commit_ms())
+    wait_for(lambda: harness.runner.stats.dead_lettered == 1, 60, "the dead letter")
+    [letter] = harness.dead_letters()
+    assert letter[H_ENTITY_KEY] == f"crm:{contact_id}"
     assert letter[H_ERROR_REASON] == "unresolved_reference"
     assert harness.partner_of_contact(contact_id) is None
 

@@ -147,3 +147,54 @@ def test_wait_on_a_caught_up_sink_is_the_wall_clock_wait() -> None:
     assert wait.since == 1.5
     assert not wait.expired(31.0, WAIT)
     assert wait.expired(31.5, WAIT)
+
+
+def test_progress_keeps_the_furthest_horizon_per_system() -> None:
+    progress = ReadProgress()
+    progress.horizon("crm", 5_000)
+    progress.horizon("crm", 4_000)  # an older record read after a newer one
+    progress.horizon("erp", 1_000)
+    assert progress.horizon_ms == {"crm": 5_000, "erp": 1_000}
+    assert progress.passed("crm", 4_999)
+    assert not progress.passed("crm", 5_000)  # only a horizon past the commit counts
+    assert not progress.passed("other", 0)
+
+
+def test_wait_on_a_quiet_source_counts_once_its_horizon_passes_the_event() -> None:
+    """No later change comes: the decided horizon tells the sink everything before is out."""
+    progress = ReadProgress()
+    progress.assign({CONTACTS: 0, CUSTOMERS: 40})
+    waiting = ev("crm:a", 0, 2_000)
+    progress.observe(SinkBatch([waiting]))
+    wait = ReferenceWait.start([waiting], now=0.0)
+    marks = Marks({CONTACTS: 1, CUSTOMERS: 40})
+    # The horizon has not reached the event's commit yet (the capture's last heartbeat
+    # was before it): stage 1 goes on, for as long as it takes.
+    progress.horizon("crm", 2_000)
+    progress.horizon("erp", 9_000)  # another system's horizon says nothing about crm
+    wait.advance(progress, 5.0, marks, BEHIND_MAX)
+    assert wait.mark is None
+    # The next heartbeat, decided and published by the streams: stage 1 ends, nothing is
+    # behind, and the wait counts from here.
+    progress.horizon("crm", 7_000)
+    wait.advance(progress, 7.0, marks, BEHIND_MAX)
+    assert wait.mark == {CONTACTS: 1, CUSTOMERS: 40}
+    assert wait.since == 7.0
+    assert not wait.expired(36.9, WAIT)
+    assert wait.expired(37.0, WAIT)
+
+
+def test_wait_with_a_stopped_streams_worker_is_held_back_until_behind_max() -> None:
+    """No horizon moves past the event and no later event comes: the reference may come."""
+    progress = ReadProgress()
+    progress.assign({CONTACTS: 0})
+    waiting = ev("crm:a", 0, 2_000)
+    progress.observe(SinkBatch([waiting]))
+    progress.horizon("crm", 1_500)  # the last horizon the worker published before it stopped
+    wait = ReferenceWait.start([waiting], now=0.0)
+    marks = Marks({CONTACTS: 1})
+    for now in (10.0, 100.0, BEHIND_MAX - 1):
+        wait.advance(progress, now, marks, BEHIND_MAX)
+        assert wait.mark is None
+    wait.advance(progress, BEHIND_MAX, marks, BEHIND_MAX)
+    assert wait.since == BEHIND_MAX
