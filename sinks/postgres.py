@@ -1587,11 +1587,17 @@ class PostgresUpsertSink(Sink):
         return " and ".join(described) or "a row", notes
 
     def dead_letter(
-        self, event: SinkEvent, error: SyncError, *, unpark: Sequence[int] = ()
+        self,
+        event: SinkEvent,
+        error: SyncError,
+        *,
+        unpark: Sequence[int] = (),
+        offsets: Mapping[TopicPartition, int] | None = None,
     ) -> None:
         """Queue one dead letter on its own (an event isolated from a failing batch).
 
         ``unpark``: parked rows (of the event's key) deleted in the same transaction.
+        ``offsets``: positions stored in the same transaction (a held event given up on).
         """
 
         def run() -> None:
@@ -1600,6 +1606,8 @@ class PostgresUpsertSink(Sink):
                 if unpark:
                     cur.execute(sql.parked_delete(self._schema), (list(unpark),))
                 self._queue_dead_letter(cur, event, error)
+                if offsets:
+                    self._store_offsets(cur, offsets)
             if unpark:
                 self._parked.pop(event.entity_key, None)
 

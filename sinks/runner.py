@@ -341,10 +341,17 @@ class SinkRunner:
         self._read_horizons()
         self._expire_held()
         fresh = bool(batch)
-        if fresh or self._clock() >= self._held_retry_at:
+        if self._held and (fresh or self._clock() >= self._held_retry_at):
             for held in self._held.values():
                 for event in held.events:
                     batch.add(event)
+            # The positions stored with it reach what the sink has read and accounted,
+            # not only the held events' own: a held event resolved by itself (the sink
+            # idle) must not leave them at its offset, with everything read since
+            # behind them (read again after a restart or rebalance).
+            for (topic, partition), position in self._progress.applied.items():
+                if position > 0:
+                    batch.advance(topic, partition, position - 1)
         self._lag()
         self._carry_out_suspects()
         if not batch:
@@ -692,7 +699,14 @@ class SinkRunner:
             wait.advance(self._progress, now, marks, self._s.reference_behind_max_seconds)
             if wait.expired(now, self._s.reference_wait_seconds):
                 expired.append(key)
-        for key in expired:
+        # Once they are dead-lettered, their partitions' positions move on to what the
+        # sink has read (never past an event still held), in the same transaction as
+        # the last letter: an idle sink does not leave them behind, and a restart does
+        # not read the lettered events again and letter them twice.
+        partitions = {
+            (h.event.topic, h.event.partition) for k, h in self._held.items() if k in expired
+        }
+        for number, key in enumerate(expired, 1):
             event = self._held.pop(key).event
             lacking, notes = self._retrying("describe", partial(self._sink.unresolved, event))
             error = UnresolvedReferenceError(
@@ -706,9 +720,16 @@ class SinkRunner:
                     )
                 )
             )
-            self._retrying("dead letter", partial(self._sink.dead_letter, event, error))
+            offsets: dict[tuple[str, int], int] = {}
+            if number == len(expired):
+                offsets = self._read_positions(partitions)
+            self._retrying(
+                "dead letter", partial(self._sink.dead_letter, event, error, offsets=offsets)
+            )
             self.stats.add("dead_lettered", 1)
             self._metrics.events.labels(self._target, event.entity, "dead_lettered").inc()
+            if offsets:
+                self._commit_kafka(WriteResult(offsets=offsets))
         if expired:
             self._metrics.deferred.labels(self._target).set(len(self._held))
             self._after_commit(announce=False, dead=True)
@@ -744,6 +765,14 @@ class SinkRunner:
                 continue
             if horizon.system == source:
                 self._progress.horizon(source, horizon.commit_ts_ms)
+
+    def _read_positions(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Where ``partitions`` may be stored now: read and accounted, not past a held event."""
+        applied = self._progress.applied
+        return safe_offsets(
+            {tp: applied[tp] for tp in partitions if applied.get(tp, 0) > 0},
+            (e for h in self._held.values() for e in h.events),
+        )
 
     def _high_watermarks(self) -> dict[tuple[str, int], int]:
         """The high watermark of every assigned partition, as last fetched.

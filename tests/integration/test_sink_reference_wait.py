@@ -179,6 +179,28 @@ class Harness:
     def outcome(self, name: str) -> int:
         return self.runner.stats.outcomes.get(name, 0)
 
+    def stored_position(self, entity: str) -> int | None:
+        """The position the sink stored for ``entity``'s topic (one partition), or None."""
+        rows = execute(
+            self.env["ERP_ADMIN_DSN"],
+            sql.SQL('SELECT next_offset FROM {} WHERE topic = %s AND "partition" = 0').format(
+                sql.Identifier(self.uid, "offsets")
+            ),
+            (self.topic(entity),),
+        )
+        return int(rows[0][0]) if rows else None
+
+    def committed_position(self, entity: str) -> int:
+        """The position the sink's Kafka group committed for ``entity``'s topic (-1: none)."""
+        consumer = Consumer(
+            {"bootstrap.servers": self.env["KAFKA_BOOTSTRAP"], "group.id": self.uid}
+        )
+        try:
+            [tp] = consumer.committed([TopicPartition(self.topic(entity), 0)], timeout=10)
+            return int(tp.offset)
+        finally:
+            consumer.close()
+
     def dead_letters(self) -> list[dict[str, str]]:
         """The headers of every dead letter of the sink."""
         consumer = Consumer(
@@ -301,6 +323,23 @@ def test_a_customer_published_late_is_waited_for_however_long(harness: Harness) 
     assert harness.dead_letters() == []
 
 
+def test_positions_pass_a_held_contact_applied_once_the_sink_is_idle(harness: Harness) -> None:
+    """A held contact applied on its own, after the sink read and applied a later one:
+    the stored position (and the group's) is past both, not at the held contact's."""
+    customer_ts, contact_ts, later_ts = (harness.commit_ms() for _ in range(3))
+    customer_id = str(uuid.uuid4())
+    contact_id = harness.contact(contact_ts, customer_id)  # offset 0: held
+    wait_for(lambda: harness.outcome("deferred") == 1, 60, "the contact held")
+    later = harness.contact(later_ts, None)  # offset 1: applied, the position held at 0
+    wait_for(lambda: harness.partner_of_contact(later) is not None, 60, "the later contact")
+    assert harness.stored_position("contact") == 0
+    harness.customer(customer_ts, customer_id)
+    assert wait_for(lambda: harness.partner_of_contact(contact_id), 60, "the held contact")
+    # Nothing more comes: the sink is idle from here on.
+    wait_for(lambda: harness.stored_position("contact") == 2, 10, "the position past both")
+    wait_for(lambda: harness.committed_position("contact") == 2, 10, "the group's position")
+
+
 def test_a_customer_behind_a_slow_backlog_is_waited_for(harness: Harness) -> None:
     erp = harness.env["ERP_ADMIN_DSN"]
     # Two customers the ERP already has; their rows are locked below, so the sink takes
@@ -357,6 +396,10 @@ def test_a_customer_that_never_comes_ends_as_a_dead_letter(harness: Harness) -> 
     assert "everything published before it" in letter[H_ERROR_MESSAGE]
     assert letter[H_ERROR_REASON] == "unresolved_reference"
     assert harness.partner_of_contact(contact_id) is None
+    # Given up on, it no longer holds the position back, though nothing more is read:
+    # a restart does not read it again (and letter it twice).
+    wait_for(lambda: harness.stored_position("contact") == 2, 10, "the position past it")
+    wait_for(lambda: harness.committed_position("contact") == 2, 10, "the group's position")
 
 
 def test_a_customer_that_never_comes_on_a_quiet_source_ends_once_the_horizon_passes(
