@@ -14,8 +14,10 @@ with its own consumer group and sync-state schema, applies them three times over
 
 Per phase: events/s from the first to the last committed batch, the per-batch apply
 time (one database transaction) p50/p99, and the benchmark process's CPU time per event
-(every thread: reading, decoding, applying; the database's own CPU not included), which
-other work on the machine disturbs less than the rates. Everything the run made is removed at the
+(every thread: reading, decoding, applying) and the CRM database's CPU time per event (its
+postmaster and every backend, ended sessions included: the sink's session, and whatever
+else the cluster ran meanwhile, such as autovacuum), which other work on the machine
+disturbs less than the rates. Everything the run made is removed at the
 end (accounts, schema, topic, group).
 
 **End to end** (the whole pipeline as ``erpcrm run`` runs it; started here if its
@@ -48,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from pydantic import SecretStr
 
-from erpcrm.benchkit import pipeline
+from erpcrm.benchkit import pipeline, tree_cpu_seconds
 from erpcrm.stack import LocalStack
 from erpcrm.stack.postgres import SINK_ROLE, SUPERUSER
 from schemas.canonical import canonical_schema
@@ -143,10 +145,12 @@ def _apply_phase(
     outcome: str,
     expected: int,
     timeout: float,
+    database_pid: int | None,
 ) -> dict[str, Any]:
     runner, timed = runner_factory()
     deadline = time.monotonic() + timeout
     cpu_started = time.process_time()
+    database_started = tree_cpu_seconds(database_pid) if database_pid else 0.0
 
     def done(stats: RunStats) -> bool:
         if time.monotonic() > deadline:
@@ -155,6 +159,7 @@ def _apply_phase(
 
     stats = runner.run(until=done)
     cpu_seconds = time.process_time() - cpu_started
+    database_seconds = tree_cpu_seconds(database_pid) - database_started if database_pid else 0.0
     busy = [b for b in timed.batches if b[2] > 0]
     if not busy:
         raise StackError(f"no batch was applied in the {outcome} phase")
@@ -166,6 +171,7 @@ def _apply_phase(
         "mean_batch_size": round(statistics.mean(b[2] for b in busy), 1),
         "batch_apply": _ms([b[1] for b in busy]),
         "process_cpu_us_per_event": round(cpu_seconds * 1e6 / max(1, stats.events), 1),
+        "database_cpu_us_per_event": round(database_seconds * 1e6 / max(1, stats.events), 1),
     }
 
 
@@ -230,16 +236,17 @@ def _throughput(stack: LocalStack, events: int, batch_size: int, timeout: float)
         if producer.flush(60) > 0:
             raise StackError("Kafka did not take the benchmark events")
 
+    database = stack.crm.pid()
     try:
         produce(1)
-        result = {"insert": _apply_phase(runner, "applied", events, timeout)}
+        result = {"insert": _apply_phase(runner, "applied", events, timeout, database)}
         produce(2)
-        result["update"] = _apply_phase(runner, "applied", events, timeout)
+        result["update"] = _apply_phase(runner, "applied", events, timeout, database)
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("UPDATE {} SET next_offset = 0").format(sql.Identifier(schema, "offsets"))
             )
-        result["replay"] = _apply_phase(runner, "stale", 2 * events, timeout)
+        result["replay"] = _apply_phase(runner, "stale", 2 * events, timeout, database)
         return result
     finally:
         ids = [deterministic_id("customer", f"erp:{10_000_000 + i}") for i in range(events)]

@@ -145,6 +145,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children, live and exited, in seconds (0 if gone).
+
+    The process's own user + system time, the time of its children it has waited for
+    (``cutime``, ``cstime``), and that of its live children: for a PostgreSQL
+    postmaster, what every backend has used, including those whose session ended.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    own = sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
 def children(pid: int) -> list[int]:
     """The direct child processes of ``pid`` (empty if it is gone)."""
     found: list[int] = []

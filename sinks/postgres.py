@@ -258,21 +258,21 @@ class _Clocks:
         """Store the changed clocks with one statement."""
         if not self._dirty:
             return
-        keys = sorted(self._dirty)
-        clocks = [self._clocks[k] or RowClock() for k in keys]
-        cur.execute(
-            self._sql(cur, sql.row_clock_upsert, self._schema),
-            (
-                [e for e, _ in keys],
-                [r for _, r in keys],
-                [json_text.dump(c.written, sort_keys=True) for c in clocks],
-                [json_text.dump(c.local, sort_keys=True) for c in clocks],
-                [c.horizon_ms for c in clocks],
-                [c.sink_xid for c in clocks],
-                [c.local_at_write_ms for c in clocks],
-            ),
-            binary=True,
-        )
+        rows = []
+        for entity, row_id in sorted(self._dirty):
+            c = self._clocks[(entity, row_id)] or RowClock()
+            rows.append(
+                (
+                    entity,
+                    row_id,
+                    c.written,
+                    c.local,
+                    c.horizon_ms,
+                    c.sink_xid,
+                    c.local_at_write_ms,
+                )
+            )
+        cur.execute(self._sql(cur, sql.row_clock_upsert, self._schema), (sql.records(rows),))
         self._dirty.clear()
 
 
@@ -666,29 +666,15 @@ class PostgresUpsertSink(Sink):
         if out.conflicts:
             cur.execute(
                 self._sql(cur, sql.conflicts_insert, self._schema),
-                self._conflict_params(out.conflicts),
-                binary=True,
+                (sql.records(self._conflict_rows(out.conflicts)),),
             )
         if out.recorded:
-            cur.execute(
-                self._sql(cur, sql.applied_upsert, self._schema),
-                (
-                    [e.entity for e, _ in out.recorded],
-                    [e.key for e, _ in out.recorded],
-                    [e.version for e, _ in out.recorded],
-                    [d for _, d in out.recorded],
-                ),
-                binary=True,
-            )
+            recorded = [(e.entity, e.key, e.version, d) for e, d in out.recorded]
+            cur.execute(self._sql(cur, sql.applied_upsert, self._schema), (sql.records(recorded),))
         if out.announce and self._announce:
+            announced = [(e.entity, e.key, pk) for e, pk in out.announce]
             cur.execute(
-                self._sql(cur, sql.announce_insert, self._schema),
-                (
-                    [e.entity for e, _ in out.announce],
-                    [e.key for e, _ in out.announce],
-                    [pk for _, pk in out.announce],
-                ),
-                binary=True,
+                self._sql(cur, sql.announce_insert, self._schema), (sql.records(announced),)
             )
         if out.held:
             self._hold(cur, out.held)
@@ -1068,6 +1054,7 @@ class PostgresUpsertSink(Sink):
                 column,
                 value=value,
                 returning=True,
+                stamp=table.modified,
             ),
             (pks,),
             binary=True,
@@ -1164,9 +1151,8 @@ class PostgresUpsertSink(Sink):
         if updates:
             columns = [sql.Column(c.column, c.pg_type) for c in update_columns]
             rows = list(updates.values())
-            params = [sql.array(table.pk_type, (i.pk for i in rows))] + [
-                sql.array(c.pg_type, (i.row[c.name] for i in rows)) for c in columns
-            ]
+            names = [c.name for c in columns]
+            values = [[i.pk, *map(i.row.__getitem__, names)] for i in rows]
             query = self._sql(
                 cur,
                 sql.update_rows,
@@ -1175,8 +1161,9 @@ class PostgresUpsertSink(Sink):
                 tuple(columns),
                 returning=(table.pk,),
                 xmin=True,
+                stamp=table.modified,
             )
-            cur.execute(query, params, binary=True)
+            cur.execute(query, (sql.records(values),), binary=True)
             # Only a row the statement changed has the sink's transaction as its xmin.
             changed_rows = {str(r[table.pk]): r[sql.ROW_XMIN] for r in cur.fetchall()}
             for item in rows:
@@ -1461,11 +1448,12 @@ class PostgresUpsertSink(Sink):
         columns = [sql.Column(c.column, c.pg_type) for c in table.written_columns(insert=True)]
         first = table.locators[0].column
         returning = tuple(dict.fromkeys([table.pk, first]))
-        params = [sql.array(c.pg_type, (i.row[c.name] for i in items)) for c in columns]
         query = self._sql(
             cur, sql.insert_children, table.ref, tuple(columns), returning=returning, xmin=True
         )
-        cur.execute(query, params, binary=True)
+        names = [c.name for c in columns]
+        values = [list(map(i.row.__getitem__, names)) for i in items]
+        cur.execute(query, (sql.records(values),), binary=True)
         created = cur.fetchall()
         pks = {str(r[first]): r[table.pk] for r in created}
         for item in items:
@@ -1495,10 +1483,9 @@ class PostgresUpsertSink(Sink):
             children.extend(to_child_rows(lines, item.record, item.pk))
         if children:
             columns = lines.sql_columns
+            values = [[row.get(c.name) for c in columns] for row in children]
             cur.execute(
-                self._sql(cur, sql.insert_children, lines.ref, columns),
-                [sql.array(c.pg_type, (row.get(c.name) for row in children)) for c in columns],
-                binary=True,
+                self._sql(cur, sql.insert_children, lines.ref, columns), (sql.records(values),)
             )
 
     # -- state ------------------------------------------------------------------------
@@ -1506,12 +1493,8 @@ class PostgresUpsertSink(Sink):
     def _store_offsets(
         self, cur: psycopg.Cursor[Any], offsets: Mapping[TopicPartition, int]
     ) -> None:
-        items = sorted(offsets.items())
-        cur.execute(
-            self._sql(cur, sql.offsets_upsert, self._schema),
-            ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
-            binary=True,
-        )
+        rows = [(t, p, o) for (t, p), o in sorted(offsets.items())]
+        cur.execute(self._sql(cur, sql.offsets_upsert, self._schema), (sql.records(rows),))
 
     def store_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Store positions alone (after a batch was applied in parts)."""
@@ -1524,17 +1507,15 @@ class PostgresUpsertSink(Sink):
         self._guard(run)
 
     @staticmethod
-    def _conflict_params(conflicts: Sequence[Conflict]) -> list[list[str | None]]:
-        erp_crm = [c.values_by_system() for c in conflicts]
-        return [
-            [c.entity for c in conflicts],
-            [c.entity_key for c in conflicts],
-            [c.field for c in conflicts],
-            [_text(e) for e, _ in erp_crm],
-            [_text(c) for _, c in erp_crm],
-            [c.winner for c in conflicts],
-            [c.reason for c in conflicts],
-        ]
+    def _conflict_rows(conflicts: Sequence[Conflict]) -> list[tuple[str | None, ...]]:
+        """The :func:`sinks.sql.conflicts_insert` rows of conflicts."""
+        rows: list[tuple[str | None, ...]] = []
+        for c in conflicts:
+            erp, crm = c.values_by_system()
+            rows.append(
+                (c.entity, c.entity_key, c.field, _text(erp), _text(crm), c.winner, c.reason)
+            )
+        return rows
 
     # ------------------------------------------------------------------ dead letters
 

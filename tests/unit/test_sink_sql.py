@@ -1,4 +1,6 @@
+import json
 import uuid
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -30,7 +32,8 @@ def test_upsert_rows() -> None:
     )
     assert text(q) == (
         'INSERT INTO "public"."accounts" AS t ("id", "name") SELECT "u"."id", "u"."name" '
-        'FROM unnest(%b::uuid[], %b::text[]) AS "u"("id", "name") ON CONFLICT ("id") '
+        'FROM (SELECT ("e"->>0)::uuid AS "id", ("e"->>1)::text AS "name" FROM '
+        'jsonb_array_elements(%s::jsonb) AS "e" OFFSET 0) AS "u" ON CONFLICT ("id") '
         'DO UPDATE SET "name" = EXCLUDED."name" WHERE ("t"."name") IS DISTINCT FROM '
         '("excluded"."name") RETURNING "id"'
     )
@@ -52,9 +55,10 @@ def test_upsert_on_partial_index() -> None:
 def test_update_and_deletes() -> None:
     key = Column("id", "uuid")
     assert text(sql.update_rows(ACCOUNTS, key, [Column("name", "text")])) == (
-        'UPDATE "public"."accounts" AS t SET "name" = "u"."name" FROM unnest(%b::uuid[], '
-        '%b::text[]) AS "u"("id", "name") WHERE "t"."id" = "u"."id" AND ("t"."name") IS '
-        'DISTINCT FROM ("u"."name")'
+        'UPDATE "public"."accounts" AS t SET "name" = "u"."name" FROM (SELECT '
+        '("e"->>0)::uuid AS "id", ("e"->>1)::text AS "name" FROM '
+        'jsonb_array_elements(%s::jsonb) AS "e" OFFSET 0) AS "u" WHERE "t"."id" = "u"."id" AND '
+        '("t"."name") IS DISTINCT FROM ("u"."name")'
     )
     assert text(sql.soft_delete_rows(ACCOUNTS, key, "deleted")) == (
         'UPDATE "public"."accounts" AS t SET "deleted" = true WHERE "t"."id" = ANY(%b::uuid[]) '
@@ -69,7 +73,9 @@ def test_update_and_deletes() -> None:
 def test_state_and_offsets() -> None:
     applied = text(sql.applied_upsert())
     assert "WHERE t.version < EXCLUDED.version" in applied
-    assert "unnest(%b::text[], %b::text[], %b::bigint[], %b::text[])" in applied
+    assert '("e"->>2)::bigint AS "version"' in applied
+    assert "jsonb_array_elements(%s::jsonb)" in applied
+    assert '"e"->2 AS "written"' in text(sql.row_clock_upsert())
     offsets = text(sql.offsets_upsert())
     assert "WHERE t.next_offset <= EXCLUDED.next_offset" in offsets
     assert "FOR UPDATE" in text(sql.select_applied())
@@ -104,6 +110,49 @@ def test_writes_return_the_transaction_id_of_the_rows_they_changed() -> None:
     deleted = text(sql.soft_delete_rows(ACCOUNTS, key, "deleted", returning=True))
     assert deleted.endswith('RETURNING "t"."id", "t"."xmin"::text::bigint AS "_erpcrm_xmin"')
     assert "RETURNING" not in text(sql.insert_children(ACCOUNTS, [key]))
+
+
+def test_a_changed_row_gets_the_modification_stamp_the_target_would_give_it() -> None:
+    key = Column("id", "uuid")
+    update = text(sql.update_rows(ACCOUNTS, key, [Column("name", "text")], stamp="date_modified"))
+    assert 'SET "name" = "u"."name", "date_modified" = now() FROM' in update
+    assert 'IS DISTINCT FROM ("u"."name")' in update  # an unchanged row keeps its stamp
+    deleted = text(sql.soft_delete_rows(ACCOUNTS, key, "deleted", stamp="date_modified"))
+    assert 'SET "deleted" = true, "date_modified" = now() WHERE' in deleted
+    assert "now()" not in text(sql.update_rows(ACCOUNTS, key, [Column("name", "text")]))
+
+
+def test_records_carry_every_value_as_its_column_reads_it() -> None:
+    ident = uuid.uuid4()
+    at = datetime(2026, 12, 7, 6, 30, 1, 250_000, tzinfo=UTC)
+    rows = [
+        (ident, 'Ann "A" \u00e9\n', Decimal("12.50"), Decimal("1E+2"), 17, True, None),
+        ("x", at, date(2026, 12, 7), {"name": 1796624086900}, 2**70, False, 0),
+    ]
+    assert json.loads(sql.records(rows)) == [
+        [str(ident), 'Ann "A" \u00e9\n', "12.50", "1E+2", 17, True, None],
+        [
+            "x",
+            "2026-12-07T06:30:01.250000+00:00",
+            "2026-12-07",
+            {"name": 1796624086900},
+            2**70,
+            False,
+            0,
+        ],
+    ]
+    # orjson writes what the standard library writes (the fallback, above, for 2**70)
+    assert sql.records([rows[1][:4]]) == json.dumps(
+        [["x", at.isoformat(), "2026-12-07", {"name": 1796624086900}]], separators=(",", ":")
+    )
+    assert sql.records([]) == "[]"
+    with pytest.raises(TypeError):
+        sql.records([(b"bytes",)])
+
+
+def test_records_need_json_columns_not_bytes() -> None:
+    with pytest.raises(ValueError):
+        sql.upsert_rows(ACCOUNTS, [Column("id", "uuid"), Column("blob", "bytea")], ["id"])
 
 
 def test_parameter_arrays_hold_one_type_per_column() -> None:
