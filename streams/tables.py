@@ -148,22 +148,18 @@ class FaustState:
         if len(changelogs) < len(self._tables):  # the first commit: the topics are named now
             for name, table in self._tables.items():
                 changelogs[name] = TP(table.changelog_topic.get_topic_name(), 0)
-        records = []
-        for write in writes:
-            text = write.text
-            records.append(
-                Record(
-                    changelogs[write.table].topic,
-                    self._encoders[write.table](write.key),
-                    None if text is None else text.encode("utf-8"),
-                    0,
-                )
-            )
-        offsets = await self._sender.send_all(records)
+        keys = [self._encoders[write.table](write.key) for write in writes]
+        values = [None if w.text is None else w.text.encode("utf-8") for w in writes]
+        offsets = await self._sender.send_all(
+            [
+                Record(changelogs[write.table].topic, key, value, 0)
+                for write, key, value in zip(writes, keys, values, strict=True)
+            ]
+        )
         # one record per write for the store, made once its changelog offset is known
         by_table: dict[str, list[_ChangelogRecord]] = {}
-        for write, sent, offset in zip(writes, records, offsets, strict=True):
-            message = _ChangelogMessage(changelogs[write.table], offset, sent.key, sent.value)
+        for write, key, value, offset in zip(writes, keys, values, offsets, strict=True):
+            message = _ChangelogMessage(changelogs[write.table], offset, key, value)
             by_table.setdefault(write.table, []).append(_ChangelogRecord(write.key, message))
         for name, records_of_table in by_table.items():
             self._tables[name].apply_changelog_batch(records_of_table)
