@@ -291,6 +291,8 @@ class _Compiler(SchemaCompiler[Write]):
     def __init__(self) -> None:
         super().__init__()
         self.kinds: dict[str, str] = {}
+        self.optional_of: dict[Write, tuple[Write, int, int]] = {}
+        """Writers of ``null``-or-one-type unions: that type's writer and the two tags."""
 
     def _fixed(self, schema: Mapping[str, Any], namespace: str | None) -> Write:
         name = full_name(schema["name"], schema.get("namespace", namespace))
@@ -338,34 +340,77 @@ class _Compiler(SchemaCompiler[Write]):
         name = full_name(schema["name"], ns)
         ns = name.rpartition(".")[0] or None
         self.kinds[name] = "record"
-        fields: list[tuple[str, Write, bool, Any]] = []
+        compiled: list[Write] = []
 
         def write(buf: bytearray, value: Any) -> None:
-            try:
-                get = value.get
-                for field, writer, has_default, default in fields:
-                    item = get(field, _MISSING)
-                    if item is _MISSING:
-                        if not has_default:
-                            raise ValidationError(f"{name}: missing field {field!r}")
-                        item = default
-                    writer(buf, item)
-            except TypeError as exc:
-                raise ValidationError(f"{name}: {exc}") from exc
+            compiled[0](buf, value)
 
-        self.named[name] = write
+        self.named[name] = write  # a recursive reference finds it while the fields compile
         self.in_progress.add(name)
-        for field in schema["fields"]:
-            fields.append(
-                (
-                    field["name"],
-                    self.compile(field["type"], ns),
-                    "default" in field,
-                    field.get("default"),
-                )
-            )
+        fields = [
+            (f["name"], self.compile(f["type"], ns), "default" in f, f.get("default"))
+            for f in schema["fields"]
+        ]
         self.in_progress.discard(name)
-        return write
+        compiled.append(self._record_function(name, fields))
+        self.named[name] = compiled[0]
+        return compiled[0]
+
+    def _record_function(self, name: str, fields: list[tuple[str, Write, bool, Any]]) -> Write:
+        """One function writing the record's fields in order, the common ones inline.
+
+        Strings, longs and their optional forms (``null`` or the value) are written in the
+        function's own body when the value has the plain type; any other value, and any
+        other field, goes to its writer, which writes or refuses it as it would alone. It
+        writes exactly what the writers of the fields would.
+        """
+        scope: dict[str, Any] = {
+            "MISSING": _MISSING,
+            "ValidationError": ValidationError,
+            "write_long": write_long,
+        }
+        lines = [
+            "def write_record(buf, value):",
+            "    append = buf.append",
+            "    try:",
+            "        get = value.get",
+        ]
+        for i, (field, writer, has_default, default) in enumerate(fields):
+            scope[f"w{i}"] = writer
+            scope[f"d{i}"] = default
+            lines.append(f"        v = get({field!r}, MISSING)")
+            lines.append("        if v is MISSING:")
+            if has_default:
+                lines.append(f"            v = d{i}")
+            else:
+                missing = f"{name}: missing field {field!r}"
+                lines.append(f"            raise ValidationError({missing!r})")
+            optional = self.optional_of.get(writer)
+            if optional is not None and optional[0] in (_write_string, _write_long):
+                inner, null_tag, other_tag = optional
+                lines += [
+                    "        if v is None:",
+                    f"            append({null_tag})",
+                    *_inline_plain(inner, f"            append({other_tag})", "        el"),
+                    "        else:",
+                    f"            w{i}(buf, v)",
+                ]
+            elif writer in (_write_string, _write_long):
+                lines += [
+                    *_inline_plain(writer, None, "        "),
+                    "        else:",
+                    f"            w{i}(buf, v)",
+                ]
+            else:
+                lines.append(f"        w{i}(buf, v)")
+        lines += [
+            "    except TypeError as exc:",
+            f"        raise ValidationError({name + ': '!r} + str(exc)) from exc",
+        ]
+        code = compile("\n".join(lines), f"<avro writer of {name}>", "exec")
+        exec(code, scope)  # noqa: S102 - source made above from the schema's field names
+        function: Write = scope["write_record"]
+        return function
 
     def _enum(self, schema: Mapping[str, Any], namespace: str | None) -> Write:
         name = full_name(schema["name"], schema.get("namespace", namespace))
@@ -401,6 +446,7 @@ class _Compiler(SchemaCompiler[Write]):
                 buf.append(other_tag)
                 other_writer(buf, value)
 
+            self.optional_of[write_optional] = (other_writer, null_tag, other_tag)
             return write_optional
         by_label = {label: i for i, label in enumerate(labels)}
 
@@ -433,6 +479,36 @@ class _Compiler(SchemaCompiler[Write]):
                 return kind if "logicalType" not in schema else f"{kind}:{schema['logicalType']}"
             return str(kind)
         return "union"
+
+
+def _inline_plain(writer: Write, tag: str | None, head: str) -> list[str]:
+    """Source writing ``v`` inline when it has ``writer``'s plain type (str, or int in range).
+
+    ``head`` starts the ``if`` line (indentation, or ``el``); ``tag``: a line appending a
+    union tag first. The caller adds the ``else`` that calls the field's writer.
+    """
+    tagged = [tag] if tag is not None else []
+    if writer is _write_string:
+        return [
+            f"{head}if type(v) is str:",
+            *tagged,
+            "            data = v.encode()",
+            "            n = len(data)",
+            "            if n < 64:",
+            "                append(n << 1)",
+            "            else:",
+            "                write_long(buf, n)",
+            "            buf += data",
+        ]
+    return [
+        f"{head}if type(v) is int and {-(2**63)} <= v <= {2**63 - 1}:",
+        *tagged,
+        "            n = (v << 1) ^ (v >> 63)",
+        "            while n > 0x7F:",
+        "                append((n & 0x7F) | 0x80)",
+        "                n >>= 7",
+        "            append(n)",
+    ]
 
 
 def _fits(label: str, value: Any) -> bool:

@@ -50,10 +50,15 @@ def load(text: str | bytes) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
-    if _without_float(value):
-        return value
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    return value if orjson.dumps(value) == data else json.loads(text)
+    # What dump wrote, orjson writes back byte for byte: that C comparison settles most
+    # texts for less than the Python walk looking for floats, which decides the rest.
+    data = text.encode("utf-8") if type(text) is str else text
+    try:
+        if orjson.dumps(value) == data:
+            return value
+    except TypeError:  # nested deeper than orjson writes
+        pass
+    return value if _without_float(value) else json.loads(text)
 
 
 def _without_float(value: Any) -> bool:

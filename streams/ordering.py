@@ -132,7 +132,7 @@ class SourceOrder:
             return None
         event_key = _event_key(system, tx, position)
         header = self._header(work, system, tx)
-        if work.get(ASSEMBLY, event_key) is None:  # not a re-delivery of a held change
+        if work.peek(ASSEMBLY, event_key) is None:  # not a re-delivery of a held change
             header["held"] += 1
         header["last"] = max(header["last"], position)
         work.put(
@@ -249,7 +249,7 @@ class SourceOrder:
 
     def _queue(self, work: UnitOfWork, system: str) -> tuple[int, int]:
         """The system's queue of ENDs: the next position to release, the next free one."""
-        found = work.get(ASSEMBLY, f"{_QUEUE_PREFIX}{system}")
+        found = work.peek(ASSEMBLY, f"{_QUEUE_PREFIX}{system}")
         return (0, 0) if found is None else (int(found[0]), int(found[1]))
 
     def _release_ready(
@@ -263,8 +263,8 @@ class SourceOrder:
         start = head
         released: list[Release] = []
         while head < tail:
-            tx = work.get(ASSEMBLY, _queue_key(system, head))
-            header = None if tx is None else work.get(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}")
+            tx = work.peek(ASSEMBLY, _queue_key(system, head))
+            header = None if tx is None else work.peek(ASSEMBLY, f"{HEADER_PREFIX}{system}|{tx}")
             forced = through is not None and head <= through
             if header is not None and header["held"] < header["expected"] and not forced:
                 break
@@ -280,13 +280,13 @@ class SourceOrder:
         """A transaction's held changes in their order, then its END (if it came)."""
         key = f"{HEADER_PREFIX}{system}|{tx}"
         end_kept = self._decoded.pop((system, tx, _END_POSITION), None)
-        header = work.get(ASSEMBLY, key)
+        header = work.peek(ASSEMBLY, key)
         if header is None:
             return []
         released: list[Release] = []
         for position in range(1, int(header["last"]) + 1) if header["held"] else ():
             event_key = _event_key(system, tx, position)
-            held = work.get(ASSEMBLY, event_key)
+            held = work.peek(ASSEMBLY, event_key)
             if held is None:
                 continue
             kept = self._decoded.pop((system, tx, position), None)
@@ -301,13 +301,13 @@ class SourceOrder:
     def _mark_done(self, work: UnitOfWork, system: str, tx: str) -> None:
         commit = commit_lsn(tx)
         done_key = f"{_DONE_PREFIX}{system}"
-        if commit is not None and commit > int(work.get(ASSEMBLY, done_key) or 0):
+        if commit is not None and commit > int(work.peek(ASSEMBLY, done_key) or 0):
             work.put(ASSEMBLY, done_key, commit)
 
     def _finished(self, work: UnitOfWork, system: str, tx: str) -> bool:
         """Whether ``tx`` committed at or before the last transaction released."""
         commit = commit_lsn(tx)
-        done = work.get(ASSEMBLY, f"{_DONE_PREFIX}{system}")
+        done = work.peek(ASSEMBLY, f"{_DONE_PREFIX}{system}")
         return commit is not None and done is not None and commit <= int(done)
 
 

@@ -329,7 +329,7 @@ class Orders:
             pending = f"{SNAP_PREFIX}{order}"
         else:
             pending = f"{TX_PREFIX}{flow.system}|{basics.tx}"
-            if order is not None and work.get(ASSEMBLY, f"{SNAP_PREFIX}{order}") is not None:
+            if order is not None and work.peek(ASSEMBLY, f"{SNAP_PREFIX}{order}") is not None:
                 # The transaction assembles the order from every row read so far, its
                 # snapshot rows included: settling the snapshot would assemble (or
                 # dead-letter) the same order again. A snapshot row read later waits anew.
@@ -433,7 +433,7 @@ class Orders:
                     still_here = True
                 else:
                     self._wait(work, order, info, int(record["give_up"]))
-            elif waits != pending and work.get(ASSEMBLY, waits) is not None:
+            elif waits != pending and work.peek(ASSEMBLY, waits) is not None:
                 work.put(ASSEMBLY, waits, None)  # assembled or dead-lettered: it waits no more
         if not still_here:
             work.put(ASSEMBLY, pending, None)

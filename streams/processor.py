@@ -388,7 +388,7 @@ class StreamProcessor:
             self._waiting.reject(work, route, result, Raw.of(message, envelope), retry)
             return
         event = result.value
-        stored = work.get(DEDUPE, dedupe_key(event))
+        stored = work.peek(DEDUPE, dedupe_key(event))
         if stored is not None and int(event.record["version"]) <= int(stored[0]):
             # Checked before the references: an old change must not undo a newer link.
             work.tally.add(Count.DEDUPED, flow.name)

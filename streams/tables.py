@@ -106,6 +106,8 @@ class FaustState:
         self._encoders: dict[str, Callable[[str], bytes]] = {
             name: _key_encoder(table.data._encode_key) for name, table in tables.items()
         }
+        self._changelogs: dict[str, TP] = {}
+        """Each table's changelog partition (one per table, see the module doc), once known."""
 
     def _key(self, table: str, key: str) -> bytes:
         """``key`` as ``table``'s store encodes it."""
@@ -142,18 +144,22 @@ class FaustState:
         """1. send ``writes`` to the changelogs and await every ack; 2. apply them locally."""
         if not writes:
             return
-        messages = []
-        for write in writes:
-            topic = self._tables[write.table].changelog_topic.get_topic_name()
-            key = self._key(write.table, write.key)
-            value = None if write.text is None else write.text.encode("utf-8")
-            messages.append(_ChangelogMessage(TP(topic, 0), -1, key, value))
+        changelogs = self._changelogs
+        if len(changelogs) < len(self._tables):  # the first commit: the topics are named now
+            for name, table in self._tables.items():
+                changelogs[name] = TP(table.changelog_topic.get_topic_name(), 0)
+        keys = [self._encoders[write.table](write.key) for write in writes]
+        values = [None if w.text is None else w.text.encode("utf-8") for w in writes]
         offsets = await self._sender.send_all(
-            [Record(m.tp.topic, m.key, m.value, 0) for m in messages]
+            [
+                Record(changelogs[write.table].topic, key, value, 0)
+                for write, key, value in zip(writes, keys, values, strict=True)
+            ]
         )
+        # one record per write for the store, made once its changelog offset is known
         by_table: dict[str, list[_ChangelogRecord]] = {}
-        for write, sent, offset in zip(writes, messages, offsets, strict=True):
-            message = _ChangelogMessage(sent.tp, offset, sent.key, sent.value)
+        for write, key, value, offset in zip(writes, keys, values, offsets, strict=True):
+            message = _ChangelogMessage(changelogs[write.table], offset, key, value)
             by_table.setdefault(write.table, []).append(_ChangelogRecord(write.key, message))
         for name, records_of_table in by_table.items():
             self._tables[name].apply_changelog_batch(records_of_table)

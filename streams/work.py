@@ -185,7 +185,7 @@ class Emitter:
         """
         record = event.record
         key = dedupe_key(event)
-        stored = work.get(DEDUPE, key)
+        stored = work.peek(DEDUPE, key)
         known = {} if stored is None else {key: (int(stored[0]), str(stored[1]))}
         digest = payload_hash(record)
         verdict = decide(known, key, int(record["version"]), digest)
@@ -283,7 +283,7 @@ class Emitter:
         if raw.lsn is None or raw.key is None or raw.replays:
             return False
         key = f"{LETTERED_PREFIX}{raw.origin.topic}|{b64(raw.key)}"
-        last = work.get(DEDUPE, key)
+        last = work.peek(DEDUPE, key)
         if last is not None and raw.lsn <= int(last):
             return True
         work.put(DEDUPE, key, raw.lsn)
