@@ -28,12 +28,28 @@ What each fetched set goes through, as in Faust's loop:
    not delivered is read again from the committed offsets (see
    :mod:`streams.recovery`);
 4. each delivered message's offset becomes its partition's read offset.
+
+A seek (the recovery's, after every rebalance) moves partitions while a set may be
+waiting between steps 1 and 4. A set is delivered only while no seek came since it was
+fetched; when one did, its rest is not delivered and each partition it still held
+records of is sought again: to where the seek put it, or, if the seek left it alone, to
+the first record not delivered (the client's position is past the whole set). Nothing
+fetched before a seek reaches the buffer after it, and nothing is skipped: a record
+delivered ahead of the sought offset would have been taken for read, the records
+between recorded as a gap, and committed unread.
+
+Pressure callbacks are made per partition and assignment (:mod:`streams.pressure`):
+after a rebalance a partition is paused by pressure and resumed by its own new pair, and
+no pair of before it puts a partition back into the fetch. A partition of the intake
+held out of the fetch (paused, or by pressure) for :data:`HELD_WARN_SECONDS` is logged
+with its state.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, cast
 
 import faust
@@ -42,11 +58,16 @@ from faust.types import TP, ConsumerT, Message
 from mode import Service
 
 from streams.intake import InputTopics, IntakeBuffer
+from streams.pressure import HeldPartitions, PartitionPressure
 
-__all__ = ["BatchApp", "BatchConsumer"]
+__all__ = ["BatchApp", "BatchConsumer", "seek_back_targets"]
+
+logger = logging.getLogger(__name__)
 
 YIELD_EVERY = 1000
 """Messages delivered between two yields to the event loop within a fetched set."""
+HELD_WARN_SECONDS = 30.0
+"""An intake partition held out of the fetch this long is logged (WARNING), again as long."""
 
 
 class BatchApp(faust.App):
@@ -75,7 +96,59 @@ class BatchConsumer(AIOKafkaConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pressure: dict[TP, tuple[Callable[[], None], Callable[[], None]]] = {}
+        self._pressure: PartitionPressure[TP] = PartitionPressure(
+            self._on_pressure_full, self._on_pressure_drop
+        )
+        self._held: HeldPartitions[TP] = HeldPartitions(HELD_WARN_SECONDS)
+        self._held_checked = 0.0
+        # seeks: how many began; where each partition was last sought, in which one
+        self._seeks = 0
+        self._seeks_running = 0
+        self._seeks_done = asyncio.Event()
+        self._seeks_done.set()
+        self._sought: dict[TP, tuple[int, int]] = {}
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """A rebalance began: pressure callbacks made so far stop acting (module doc).
+
+        Revoked partitions leave the pressure bookkeeping too (Faust keeps them in its
+        buffered set): the rebalance pauses them, and they are fetched again only once the
+        recovery has sought and resumed them.
+        """
+        self._pressure.revoke(self._buffered_partitions, revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's seek of every partition to its committed offset, recorded (module doc)."""
+        seek = self._seek_began()
+        try:
+            sought = await super().seek_to_committed()
+            for tp, offset in sought.items():
+                if offset is not None and offset >= 0:
+                    self._sought[TP(tp.topic, tp.partition)] = (seek, offset)
+            return sought
+        finally:
+            self._seek_ended()
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        """Faust's seek of one partition, recorded (module doc)."""
+        seek = self._seek_began()
+        try:
+            await super()._seek(partition, offset)
+            self._sought[TP(partition.topic, partition.partition)] = (seek, offset)
+        finally:
+            self._seek_ended()
+
+    def _seek_began(self) -> int:
+        self._seeks += 1
+        self._seeks_running += 1
+        self._seeks_done.clear()
+        return self._seeks
+
+    def _seek_ended(self) -> None:
+        self._seeks_running -= 1
+        if not self._seeks_running:
+            self._seeks_done.set()
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Fetch and deliver sets until the consumer or ``fetcher`` stops."""
@@ -111,7 +184,9 @@ class BatchConsumer(AIOKafkaConsumer):
         if commit_every is not None and self._n_acked >= commit_every:
             self._n_acked = 0
             await self.commit()
-        # 1. the fetch (only while the flow is active)
+        self._check_held()
+        # 1. the fetch (only while the flow is active), as of the seeks so far
+        seeks = self._seeks
         records, active = await self._wait_next_records(1.0)
         generation = app.consumer_generation_id
         if not records or self.should_stop:
@@ -127,6 +202,9 @@ class BatchConsumer(AIOKafkaConsumer):
         await app.producer.buffer.wait_until_ebb()
         if not self._delivering(generation):
             return
+        if self._seeks != seeks:
+            await self._seek_back(self.scheduler.iterate(records), seeks)
+            return
         intake = cast(BatchApp, app).intake
         bulk = frozenset(intake.topics) if intake is not None else frozenset()
         buffer = intake.buffer if intake is not None else None
@@ -135,10 +213,11 @@ class BatchConsumer(AIOKafkaConsumer):
         read_offset = self._read_offset
         to_message = self._to_message
         track_end = app.monitor.track_tp_end_offset
-        pressure = self._pressure_callbacks
+        pressure = self._pressure.callbacks
         seen: set[TP] = set()
         since_yield = 0
-        for tp, record in self.scheduler.iterate(records):
+        pending = self.scheduler.iterate(records)
+        for tp, record in pending:
             if active is not None and tp not in active and tp not in buffered:
                 continue
             if tp not in seen:
@@ -154,6 +233,9 @@ class BatchConsumer(AIOKafkaConsumer):
                 await self._add_gap(tp, previous + 1, offset)
                 if not self._delivering(generation):
                     return
+                if self._seeks != seeks:
+                    await self._seek_back(_chain((tp, record), pending), seeks)
+                    return
             message = to_message(tp, record)
             # 3. delivery: the intake's topics into its buffer, others through the conductor
             if buffer is not None and message.topic in bulk:
@@ -161,12 +243,20 @@ class BatchConsumer(AIOKafkaConsumer):
                     app.sensors.on_topic_buffer_full(tp)
                     if not await self._room(buffer, generation):
                         return
+                    if self._seeks != seeks:
+                        await self._seek_back(_chain((tp, record), pending), seeks)
+                        return
                 high, drop = pressure(tp)
                 message.incref(1)
                 buffer.put_nowait_enhanced(message, on_pressure_high=high, on_pressure_drop=drop)
             else:
                 await self.wait_first(self.callback(message), self.suspend_flow.wait())
                 if not self._delivering(generation):
+                    return
+                if self._seeks != seeks:
+                    # delivered: the rest of the set follows it
+                    read_offset[tp] = offset
+                    await self._seek_back(pending, seeks)
                     return
             # 4. the partition's read offset
             read_offset[tp] = offset
@@ -176,6 +266,26 @@ class BatchConsumer(AIOKafkaConsumer):
                 await asyncio.sleep(0)
                 if not self._delivering(generation):
                     return
+                if self._seeks != seeks:
+                    await self._seek_back(pending, seeks)
+                    return
+
+    async def _seek_back(self, rest: Iterator[tuple[TP, Any]], seeks: int) -> None:
+        """A seek came since the set was fetched: undo the fetch of its ``rest`` (module doc).
+
+        Each partition ``rest`` holds records of is sought to where the last seek since
+        ``seeks`` put it, or, if none moved it, to its first record in ``rest``.
+        """
+        await self._seeks_done.wait()
+        first: dict[TP, int] = {}
+        for tp, record in rest:
+            first.setdefault(tp, record.offset)
+        if not first or not self._delivering(self.app.consumer_generation_id):
+            return  # a rebalance: its recovery seeks every partition
+        targets = seek_back_targets(first, self._sought, seeks, self.assignment())
+        for tp, to in targets.items():
+            self.log.dev("seek %r back to %r: fetched before a seek", tp, to)
+            await self.seek(tp, to)
 
     async def _room(self, buffer: IntakeBuffer[Message], generation: int) -> bool:
         """Wait until ``buffer`` has room; False if a rebalance or resume came meanwhile.
@@ -198,20 +308,71 @@ class BatchConsumer(AIOKafkaConsumer):
             and self.app.consumer_generation_id == generation
         )
 
-    def _pressure_callbacks(self, tp: TP) -> tuple[Callable[[], None], Callable[[], None]]:
-        """``tp``'s pressure callbacks (as Faust's conductor makes them), one pair per partition."""
-        found = self._pressure.get(tp)
-        if found is None:
-            on_topic_buffer_full = self.app.sensors.on_topic_buffer_full
-            # the fetched records' partitions are aiokafka's; the consumer's sets hold TPs
-            tp = TP(tp.topic, tp.partition)
+    def _on_pressure_full(self, tp: TP) -> None:
+        """A partition's buffer pressure is high: the sensor, then Faust's ``on_buffer_full``.
 
-            def on_pressure_high() -> None:
-                on_topic_buffer_full(tp)
-                self.on_buffer_full(tp)
+        The fetched records' partitions are aiokafka's; the consumer's sets hold TPs.
+        """
+        tp = TP(tp.topic, tp.partition)
+        self.app.sensors.on_topic_buffer_full(tp)
+        self.on_buffer_full(tp)
 
-            def on_pressure_drop() -> None:
-                self.on_buffer_drop(tp)
+    def _on_pressure_drop(self, tp: TP) -> None:
+        """A partition's buffer pressure has dropped: Faust's ``on_buffer_drop``."""
+        self.on_buffer_drop(TP(tp.topic, tp.partition))
 
-            found = self._pressure[tp] = (on_pressure_high, on_pressure_drop)
-        return found
+    def _check_held(self) -> None:
+        """Log the intake's partitions held out of the fetch too long (module doc)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._held_checked < 1.0:
+            return
+        self._held_checked = now
+        intake = cast(BatchApp, self.app).intake
+        if intake is None:
+            return
+        bulk = set(intake.topics)
+        active = self._get_active_partitions()
+        held = (tp for tp in self.assignment() if tp.topic in bulk and tp not in active)
+        for tp, seconds in self._held.observe(held):
+            logger.warning(
+                "%s[%s] held out of the fetch for %.0f s: paused=%s by_pressure=%s "
+                "flow_active=%s rebalancing=%s buffered=%d/%d",
+                tp.topic,
+                tp.partition,
+                seconds,
+                tp in self._paused_partitions,
+                tp in self._buffered_partitions,
+                self.flow_active,
+                self.app.rebalancing,
+                len(intake.buffer),
+                intake.buffer.maxsize,
+            )
+
+
+def seek_back_targets(
+    first: Mapping[TP, int],
+    sought: Mapping[TP, tuple[int, int]],
+    seeks: int,
+    assigned: Collection[TP],
+) -> dict[TP, int]:
+    """Where to seek the partitions of a set cut short by a seek (see the module doc).
+
+    ``first``: each partition's first record not delivered; ``sought``: each partition's
+    last seek (its number, its offset); ``seeks``: how many seeks had begun when the set
+    was fetched. A partition sought since goes back to that seek's offset, any other to
+    its first record not delivered; partitions no longer assigned are left out.
+    """
+    targets: dict[TP, int] = {}
+    for fetched, offset in first.items():
+        tp = TP(fetched.topic, fetched.partition)
+        if tp not in assigned:
+            continue
+        last = sought.get(tp)
+        targets[tp] = last[1] if last is not None and last[0] > seeks else offset
+    return targets
+
+
+def _chain(head: tuple[TP, Any], rest: Iterator[tuple[TP, Any]]) -> Iterator[tuple[TP, Any]]:
+    """``head``, then ``rest``."""
+    yield head
+    yield from rest
