@@ -203,7 +203,7 @@ class BatchConsumer(AIOKafkaConsumer):
         if not self._delivering(generation):
             return
         if self._seeks != seeks:
-            await self._seek_back(self.scheduler.iterate(records), seeks)
+            await self._seek_back(self.scheduler.iterate(records), seeks, generation)
             return
         intake = cast(BatchApp, app).intake
         bulk = frozenset(intake.topics) if intake is not None else frozenset()
@@ -234,7 +234,7 @@ class BatchConsumer(AIOKafkaConsumer):
                 if not self._delivering(generation):
                     return
                 if self._seeks != seeks:
-                    await self._seek_back(_chain((tp, record), pending), seeks)
+                    await self._seek_back(_chain((tp, record), pending), seeks, generation)
                     return
             message = to_message(tp, record)
             # 3. delivery: the intake's topics into its buffer, others through the conductor
@@ -244,7 +244,7 @@ class BatchConsumer(AIOKafkaConsumer):
                     if not await self._room(buffer, generation):
                         return
                     if self._seeks != seeks:
-                        await self._seek_back(_chain((tp, record), pending), seeks)
+                        await self._seek_back(_chain((tp, record), pending), seeks, generation)
                         return
                 high, drop = pressure(tp)
                 message.incref(1)
@@ -256,7 +256,7 @@ class BatchConsumer(AIOKafkaConsumer):
                 if self._seeks != seeks:
                     # delivered: the rest of the set follows it
                     read_offset[tp] = offset
-                    await self._seek_back(pending, seeks)
+                    await self._seek_back(pending, seeks, generation)
                     return
             # 4. the partition's read offset
             read_offset[tp] = offset
@@ -267,21 +267,22 @@ class BatchConsumer(AIOKafkaConsumer):
                 if not self._delivering(generation):
                     return
                 if self._seeks != seeks:
-                    await self._seek_back(pending, seeks)
+                    await self._seek_back(pending, seeks, generation)
                     return
 
-    async def _seek_back(self, rest: Iterator[tuple[TP, Any]], seeks: int) -> None:
+    async def _seek_back(self, rest: Iterator[tuple[TP, Any]], seeks: int, generation: int) -> None:
         """A seek came since the set was fetched: undo the fetch of its ``rest`` (module doc).
 
         Each partition ``rest`` holds records of is sought to where the last seek since
-        ``seeks`` put it, or, if none moved it, to its first record in ``rest``.
+        ``seeks`` put it, or, if none moved it, to its first record in ``rest``. Nothing
+        if a rebalance came (the set was read in ``generation``): its recovery seeks them.
         """
         await self._seeks_done.wait()
         first: dict[TP, int] = {}
         for tp, record in rest:
             first.setdefault(tp, record.offset)
-        if not first or not self._delivering(self.app.consumer_generation_id):
-            return  # a rebalance: its recovery seeks every partition
+        if not first or not self._delivering(generation):
+            return
         targets = seek_back_targets(first, self._sought, seeks, self.assignment())
         for tp, to in targets.items():
             self.log.dev("seek %r back to %r: fetched before a seek", tp, to)
