@@ -41,11 +41,12 @@ each entity on one partition and every client can read the key; it needs no sche
 value carries every id). Each canonical message has header ``erpcrm.output_id`` = its
 ``event_id``.
 
-Batches. Faust's consumer and conductor fetch the messages; :mod:`streams.intake` keeps
-them in a bounded buffer (Faust's backpressure, no per-message ``Event`` or stream loop)
-and ``process`` takes up to ``batch_size`` of them at a time (waiting at most
-``linger_ms`` for more once the first is in) and waits for Kafka's acknowledgements once
-per batch, not per message. It decides the messages of a batch one after the other, each against the
+Batches. Faust's consumer fetches the messages and hands each fetched set to the intake
+whole (:mod:`streams.fetch`); :mod:`streams.intake` keeps them in a bounded buffer
+(Faust's backpressure, no per-message ``Event`` or stream loop) and ``process`` takes up
+to ``batch_size`` of them at a time (waiting at most ``linger_ms`` for more once the
+first is in) and waits for Kafka's acknowledgements once per batch, not per message. It
+decides the messages of a batch one after the other, each against the
 committed state plus the writes of the ones before it
 (:class:`~streams.state.StagedState`), so its decisions are those of one message at a
 time. The processor's clock is the time the batch was read (never earlier than the
@@ -132,6 +133,7 @@ from schemas.settings import KafkaSettings
 from schemas.topics import CANONICAL_TOPICS, QUALITY_TOPIC, value_subject
 from streams import dlq
 from streams.assignment import SingleOwnerAssignor
+from streams.fetch import BatchApp
 from streams.intake import BatchIntake, FaustOffsets, InputTopics, IntakeBuffer
 from streams.metrics import StreamsMetrics
 from streams.outcome import H_KIND, KIND_TICK, Count, Inbound, Kind, Outbound, Outcome, Tally
@@ -575,7 +577,7 @@ def build(
         reference_wait_ms=int(settings.reference_wait_seconds * 1000),
         tick_limit=settings.tick_limit,
     )
-    app = faust.App(
+    app = BatchApp(
         settings.app_id,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",")],
         store=settings.store,
@@ -650,6 +652,7 @@ def build(
         value_serializer="raw",
     )
     app.topics.add(inputs)  # subscribed by Faust's conductor; read by ``process`` below
+    app.intake = inputs  # fetched sets of its topics go into its buffer whole (streams.fetch)
     outputs = [
         app.topic(name, partitions=settings.partitions, internal=True) for name in OUTPUT_TOPICS
     ]

@@ -1,9 +1,10 @@
 """How raw messages enter the streams worker: whole batches, without Faust's per-event stream.
 
-Faust's consumer fetches, and its conductor hands every fetched message to the channels
-that subscribe to its topic. The ``process`` path has one such channel,
-:class:`InputTopics`, and it keeps what the conductor gives it (Faust's own message
-objects, not decoded: the topics are read as raw bytes) in an :class:`IntakeBuffer`.
+Faust's consumer fetches, and the messages of :class:`InputTopics` (the ``process``
+path's channel) go into its :class:`IntakeBuffer` (Faust's own message objects, not
+decoded: the topics are read as raw bytes): a fetched set at a time from
+:class:`streams.fetch.BatchConsumer`, or one at a time from Faust's conductor, whose
+side of the buffer is the same.
 :class:`BatchIntake` takes them from there a batch at a time and hands each batch to the
 worker whole. Faust's stream loop is left out: no ``Event`` per message, no stream
 iteration, no per-event processor, merge and sensor calls; what that loop does for the
@@ -83,6 +84,8 @@ class IntakeBuffer(Generic[T]):
         self._items: deque[T] = deque()
         self._pressed: set[Callable[[], None]] = set()
         self._putters: deque[asyncio.Future[None]] = deque()
+        self._roomers: deque[asyncio.Future[None]] = deque()
+        self._clears = 0
         self._want = 0
         self._taker: asyncio.Future[None] | None = None
 
@@ -129,11 +132,28 @@ class IntakeBuffer(Generic[T]):
             await room
         self._append(value)
 
+    async def room(self) -> bool:
+        """Wait until a put would not wait: True; False if the buffer was cleared meanwhile.
+
+        A clear means a rebalance or a resume: what was fetched before it is read again,
+        so a message waiting for room must not be put in after it.
+        """
+        clears = self._clears
+        while len(self._items) >= self.maxsize:
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._roomers.append(room)
+            await room
+            if self._clears != clears:
+                return False
+        return self._clears == clears
+
     def clear(self) -> None:
         """Drop everything buffered and every waiting put (a rebalance began)."""
         self._items.clear()
+        self._clears += 1
         while self._putters:
             self._putters.popleft().cancel()
+        self._wake_roomers()
 
     def take_nowait(self, most: int) -> list[T]:
         """Remove and return up to ``most`` of the oldest values."""
@@ -173,6 +193,13 @@ class IntakeBuffer(Generic[T]):
         finally:
             self._taker = None
 
+    def _wake_roomers(self) -> None:
+        roomers = self._roomers
+        while roomers:
+            room = roomers.popleft()
+            if not room.done():
+                room.set_result(None)
+
     def _room_freed(self) -> None:
         """After a take: wake the waiting puts, and end the pressure once drained."""
         putters = self._putters
@@ -180,6 +207,8 @@ class IntakeBuffer(Generic[T]):
             room = putters.popleft()
             if not room.done():
                 room.set_result(None)
+        if len(self._items) < self.maxsize:
+            self._wake_roomers()
         if self._pressed and len(self._items) <= self.pressure_drop_size:
             pressed, self._pressed = self._pressed, set()
             for on_pressure_drop in pressed:

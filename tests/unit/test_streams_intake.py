@@ -98,6 +98,27 @@ def test_clear_drops_the_buffer_and_cancels_waiting_puts() -> None:
     asyncio.run(scenario())
 
 
+def test_room_waits_until_a_take_frees_a_place_and_says_when_the_buffer_was_cleared() -> None:
+    async def scenario() -> None:
+        buffer: IntakeBuffer[int] = IntakeBuffer(1)
+        assert await asyncio.wait_for(buffer.room(), 1)  # not full: no wait
+        await buffer.put(0)
+        waiting = asyncio.ensure_future(buffer.room())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        assert buffer.take_nowait(1) == [0]
+        assert await asyncio.wait_for(waiting, 1)
+        await buffer.put(1)
+        cleared = asyncio.ensure_future(buffer.room())
+        await asyncio.sleep(0.01)
+        assert not cleared.done()
+        buffer.clear()  # a rebalance or resume: what waited for room is read again
+        assert await asyncio.wait_for(cleared, 1) is False
+        assert buffer.empty()
+
+    asyncio.run(scenario())
+
+
 def test_take_returns_a_full_batch_at_once_and_lingers_for_a_partial_one() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
