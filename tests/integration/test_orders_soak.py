@@ -822,6 +822,49 @@ def _check_orders(
     return found
 
 
+def _check_quotes(
+    env: dict[str, str], quotes: Sequence[Quote], products: Sequence[Product]
+) -> list[Finding]:
+    """Each CRM quote as its writer left it: the sync writes nothing back but the status.
+
+    Its stage, expiry and live lines (by id: product, quantity, price, discount,
+    description) are the writer's last state, and it is not deleted: an echo of the ERP
+    order, or of the sink's own write, changed none of them.
+    """
+    sku_of = {p.crm_id: p.sku for p in products}
+    headers = {
+        str(q): (stage, expiration, deleted)
+        for q, stage, expiration, deleted in execute(
+            env["CRM_ADMIN_DSN"],
+            "SELECT id::text, stage, expiration, deleted FROM public.aos_quotes"
+            " WHERE id = ANY(%s::uuid[])",
+            ([q.id for q in quotes],),
+        )
+    }
+    lines: dict[str, dict[str, LineTuple]] = {}
+    for quote, line, sku, product, qty, price, discount, name in execute(
+        env["CRM_ADMIN_DSN"],
+        "SELECT parent_id::text, id::text, part_number, product_id::text, product_qty,"
+        " product_list_price, product_discount, name FROM public.aos_products_quotes"
+        " WHERE parent_id = ANY(%s::uuid[]) AND NOT deleted",
+        ([q.id for q in quotes],),
+    ):
+        tuple_ = (sku or sku_of.get(str(product), f"product {product}"), qty, price, discount, name)
+        lines.setdefault(str(quote), {})[str(line)] = tuple_
+    found: list[Finding] = []
+    for quote in quotes:
+        key = f"{quote.kind} quote {quote.id[:8]}"
+        header = (quote.stage, quote.expiration, False)
+        if headers.get(quote.id) != header:
+            found.append(Finding("quote in CRM", key, header, headers.get(quote.id)))
+        if quote.kind == "bad":  # its one line is not in the model
+            continue
+        wanted = {line_id: line.canonical() for line_id, line in quote.lines.items()}
+        if lines.get(quote.id, {}) != wanted:
+            found.append(Finding("quote lines in CRM", key, wanted, lines.get(quote.id, {})))
+    return found
+
+
 def _invoice_status(state: str, payment: str) -> str:
     if state == "cancel":
         return "Cancelled"
@@ -1057,6 +1100,7 @@ def test_won_quotes_are_one_order_each_and_stock_converges_under_kills(
     letters = dead_letters(stack_env["KAFKA_BOOTSTRAP"], DLQ_TOPICS, letters_from)
     by_sku = {p.sku: p for p in all_products}
     findings = _check_orders(stack_env, quotes, by_sku)
+    findings += _check_quotes(stack_env, quotes, all_products)
     findings += _check_invoices(stack_env, order_writer.invoices, customers)
     findings += _check_stock(stack_env, all_products)
     letter_findings, letter_counts = _check_letters(letters, bad, negative, serde)
