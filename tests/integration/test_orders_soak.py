@@ -106,7 +106,9 @@ ADD_STOCK: Final = (
 )
 """Add stock at a location: a new quant, or more in the one there (product, location, qty)."""
 RACE_WAIT_SECONDS: Final = 120.0
-"""How long a new ERP product may take to show in the CRM while the writers run."""
+"""How long the race writer waits for a new ERP product to show in the CRM before it
+moves on without selling it (restarts on a loaded machine can take a minute each; the
+product's availability is still checked at the end)."""
 
 
 # ------------------------------------------------------------------------ the model
@@ -592,6 +594,8 @@ class RaceWriter:
     tag: str
     products: list[Product] = field(default_factory=list)
     quotes: list[Quote] = field(default_factory=list)
+    late: int = 0
+    """Products not shown in the CRM within :data:`RACE_WAIT_SECONDS` (not sold)."""
     error: str | None = None
 
     def run(self, stop: threading.Event) -> None:
@@ -630,11 +634,14 @@ class RaceWriter:
                     (row[0], self.rng.choice(LOCATIONS), self.rng.randint(1, 50)),
                 )
         # The CRM shows the product's stock: the user sells it at once. When the writers
-        # stop first, the product is not sold (its stock is still checked at the end).
+        # stop first, or it takes too long, the product is not sold (its stock is still
+        # checked at the end: a product that never shows is a finding there).
         deadline = time.monotonic() + RACE_WAIT_SECONDS
         crm_product = None
         while crm_product is None and not stop.is_set():
-            assert time.monotonic() < deadline, f"{sku} never reached the CRM's availability"
+            if time.monotonic() >= deadline:
+                self.late += 1
+                break
             found = execute(
                 self.crm_admin_dsn,
                 "SELECT product_id::text FROM public.product_availability WHERE part_number = %s",
@@ -1124,7 +1131,8 @@ def test_won_quotes_are_one_order_each_and_stock_converges_under_kills(
     header = [
         f"seed={seed} (ERPCRM_ORDERS_SEED={seed} replays the choices) edits={edited:.0f}s "
         f"quotes={len(quotes)} won={len(won)} (lines changed after winning: {changed_after}, "
-        f"race: {len(race.quotes)}) never won={len(quotes) - len(won) - len(bad)} bad={len(bad)} "
+        f"race: {len(race.quotes)}, not shown within {RACE_WAIT_SECONDS:.0f}s: {race.late}) "
+        f"never won={len(quotes) - len(won) - len(bad)} bad={len(bad)} "
         f"invoices={len(order_writer.invoices)} products={len(all_products)}",
         f"steps: {dict(sorted(steps.items()))}",
         f"dead letters: {letter_counts}",
