@@ -9,7 +9,7 @@ not depend on what is written:
 - :class:`Budget`: how long and how wide a run is, read once from the environment
   (``ERPCRM_SOAK_SECONDS``: an on-demand soak; otherwise the bounded CI budget);
 - :class:`Victim` and :func:`victims`: every worker kind killed and restarted
-  ``kill_cycles`` times, spread over the writing;
+  ``kill_cycles`` times, spread over the writing; a sink inside its batch's transaction;
 - :func:`soak_pipeline`: the pipeline with a short clock wait, settled or failing with
   the log of a worker that died; :func:`dead_workers`;
 - :class:`Pair` and :func:`wait_linked`: CRM accounts made into linked ERP customers
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas.mapping import load_mappings
@@ -37,7 +38,13 @@ from schemas.topics import raw_topic, transaction_topic
 from streams.cleansing import clean_vat
 from streams.validation import Ok
 from tests.integration.cdc_fixtures import execute, lsn_int, slot_row, wait_for
-from tests.integration.sink_fixtures import Pipeline, demo_pipeline, read_to_end, watermarks
+from tests.integration.sink_fixtures import (
+    Pipeline,
+    SinkProcess,
+    demo_pipeline,
+    read_to_end,
+    watermarks,
+)
 
 __all__ = [
     "CLOCK_WAIT_SECONDS",
@@ -75,6 +82,8 @@ SINK_OUTCOMES: Final = (
 SETTLE_SECONDS: Final = 180.0
 CLOCK_WAIT_SECONDS: Final = 10
 QUIET_SECONDS: Final = 25.0  # longer than the sinks' reference and clock waits (20 s, 10 s)
+SINK_KILL_WAIT_SECONDS: Final = 15.0
+"""How long a sink's kill waits for the sink to be inside a transaction that wrote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,8 @@ class Victim:
     name: str
     kill: Callable[[], None]
     restart: Callable[[], object]
+    moment: Callable[[], str] | None = None
+    """Waits for the moment to kill (e.g. inside a batch); says what it found."""
     at: list[float] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     error: str | None = None
@@ -126,12 +137,15 @@ class Victim:
                 delay = started + offset - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                found = f" ({self.moment()})" if self.moment is not None else ""
                 killed = time.monotonic() - started
                 self.kill()
                 time.sleep(rng.uniform(0.2, 2.0))  # down for a moment, with work piling up
                 self.restart()
                 back = time.monotonic() - started
-                self.log.append(f"{self.name} killed at +{killed:.1f}s, back at +{back:.1f}s")
+                self.log.append(
+                    f"{self.name} killed at +{killed:.1f}s{found}, back at +{back:.1f}s"
+                )
         except Exception as exc:
             self.error = f"{self.name}: {type(exc).__name__}: {exc}"
 
@@ -143,12 +157,48 @@ class Victim:
         return None
 
 
+def in_transaction(sink: SinkProcess, timeout: float = SINK_KILL_WAIT_SECONDS) -> str:
+    """Wait until ``sink`` is inside a transaction that wrote (a batch being applied).
+
+    Between batches a sink only waits for Kafka, and a kill there proves little: its
+    batch's rows, sync state and offsets commit together or not at all, and that is
+    what a kill inside the transaction puts to the test. Its origin-tagged session is
+    found by its name on the target; polled every few milliseconds for ``timeout``
+    seconds (a sink with nothing to do is killed all the same). Says what it found.
+    """
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(sink.admin_dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'erpcrm-sink' AND backend_xid IS NOT NULL"
+            ).fetchone()
+            if row is not None and row[0]:
+                return "inside a transaction that wrote"
+            time.sleep(0.005)
+    return f"no transaction that wrote within {timeout:.0f}s"
+
+
 def victims(pipeline: Pipeline, budget: Budget, rng: random.Random) -> list[Victim]:
-    """Every worker kind, each killed ``kill_cycles`` times, spread over the writing."""
+    """Every worker kind, each killed ``kill_cycles`` times, spread over the writing.
+
+    A sink is killed inside a transaction that wrote, when it is in one within
+    :data:`SINK_KILL_WAIT_SECONDS` (:func:`in_transaction`).
+    """
     erp_sink, crm_sink, streams = pipeline.erp_sink, pipeline.crm_sink, pipeline.streams
     found = [
-        Victim("crm sink", crm_sink.kill, lambda: crm_sink.start().wait_assigned(timeout=150)),
-        Victim("erp sink", erp_sink.kill, lambda: erp_sink.start().wait_assigned(timeout=150)),
+        Victim(
+            "crm sink",
+            crm_sink.kill,
+            lambda: crm_sink.start().wait_assigned(timeout=150),
+            lambda: in_transaction(crm_sink),
+        ),
+        Victim(
+            "erp sink",
+            erp_sink.kill,
+            lambda: erp_sink.start().wait_assigned(timeout=150),
+            lambda: in_transaction(erp_sink),
+        ),
         Victim("streams", streams.kill, lambda: streams.start().wait_ready(timeout=150)),
         Victim("erp capture", pipeline.erp.kill, lambda: pipeline.erp.start().wait_streaming(150)),
         Victim("crm capture", pipeline.crm.kill, lambda: pipeline.crm.start().wait_streaming(150)),

@@ -20,7 +20,9 @@ How:
    first writes.
 3. Meanwhile chaos threads SIGKILL and restart the workers, spread over the run.
 4. After the writers stop and the pipeline is quiet, every (pair, field) is compared
-   with the recorded writes; a failure prints the seed and a table of what differs,
+   with the recorded writes, and every customer record of the run in either system
+   (found by the run's tag in its name, in any state) is one of a pair, still linked
+   and live: nothing was synced twice; a failure prints the seed and a table of what differs,
    and every write and the final rows are left in ``convergence-writes.jsonl`` in the
    pipeline's log directory (its path is printed).
 
@@ -365,6 +367,52 @@ def _read(env: dict[str, str], pairs: Sequence[Pair]) -> dict[tuple[str, int], d
     return state
 
 
+def _records(env: dict[str, str], run_tag: str, pairs: Sequence[Pair]) -> list[str]:
+    """What differs from "each pair is still exactly one linked record on each side".
+
+    Every customer record of the run, in either system and in any state (archived or
+    deleted ones too), carries the run's tag in its name, which is never empty: a record
+    the sync made beside a pair (a customer synced twice, an echo taken for a new one)
+    is found by it, and so is a pair whose link the sync broke.
+    """
+    # The mark ends every generated name: " <tag><writer>n<seq>" (writer: e1, c2, i, ...).
+    pattern = f" {run_tag}[a-z][0-9]*n[0-9]+$"
+    erp = {
+        str(i): (None if link is None else str(link), ref, active)
+        for i, link, ref, active in execute(
+            env["ERP_ADMIN_DSN"],
+            "SELECT id::text, crm_account_id::text, ref, active FROM public.res_partner"
+            " WHERE name ~ %s",
+            (pattern,),
+        )
+    }
+    crm = {
+        str(i): (number, deleted)
+        for i, number, deleted in execute(
+            env["CRM_ADMIN_DSN"],
+            "SELECT id::text, account_number, deleted FROM public.accounts WHERE name ~ %s",
+            (pattern,),
+        )
+    }
+    found = []
+    for pair in pairs:
+        partner = erp.pop(str(pair.partner), None)
+        if partner != (pair.account, pair.ref, True):
+            found.append(
+                f"pair {pair.index}: ERP customer {pair.partner} is (crm_account_id, ref, active)"
+                f" = {partner}, expected {(pair.account, pair.ref, True)}"
+            )
+        account = crm.pop(pair.account, None)
+        if account != (pair.ref, False):
+            found.append(
+                f"pair {pair.index}: CRM account {pair.account} is (account_number, deleted)"
+                f" = {account}, expected {(pair.ref, False)}"
+            )
+    found += [f"ERP customer {i} {row} made beside the pairs" for i, row in sorted(erp.items())]
+    found += [f"CRM account {i} {row} made beside the pairs" for i, row in sorted(crm.items())]
+    return found
+
+
 def _rows(env: dict[str, str], pairs: Sequence[Pair]) -> object:
     """The pairs' rows, comparable: what :func:`quiesce` watches."""
     return sorted((k, sorted(v.items())) for k, v in _read(env, pairs).items())
@@ -561,6 +609,7 @@ def test_concurrent_edits_and_kills_converge_to_the_last_writer(
         problems.append(f"the writers did not write on both sides: {dict(by_system)}")
     state = _read(stack_env, pairs)
     divergences = _diverged(state, pairs, writes)
+    problems += _records(stack_env, values.run_tag, pairs)
     dump = pipeline.erp.log_dir / "convergence-writes.jsonl"
     _dump(dump, writes, state, pairs)
     header = [

@@ -27,6 +27,8 @@ How:
      (``crm_account_id``) whose account carries its customer number
      (``account_number``) — none means a customer was lost, two that it was synced
      twice;
+   - every row of the customer is live (nothing in the run archives or deletes a
+     customer: an archived or deleted row is one the sync made or changed, counted too);
    - every other row of the customer, in either system, was typed by a typist (the
      sync made nothing but the pair), and the other system's sink holds it
      (``erpcrm_sync.suspects``, status ``held``) with the pair's record there as the
@@ -284,6 +286,8 @@ class Found:
     link: str | None
     """ERP: ``crm_account_id``; CRM: None."""
     city: str
+    live: bool = True
+    """ERP: ``active``; CRM: not ``deleted`` (nothing in the run archives or deletes)."""
 
     @property
     def key(self) -> str:
@@ -301,20 +305,20 @@ class Outcome:
 
 def _read(env: dict[str, str], pipeline: Pipeline, cities: Sequence[str]) -> Outcome:
     rows = [
-        Found("erp", str(i), ref, link, city)
-        for i, ref, link, city in execute(
+        Found("erp", str(i), ref, link, city, bool(active))
+        for i, ref, link, city, active in execute(
             env["ERP_ADMIN_DSN"],
-            "SELECT id::text, ref, crm_account_id::text, city FROM public.res_partner "
-            "WHERE city = ANY(%s) AND parent_id IS NULL AND active",
+            "SELECT id::text, ref, crm_account_id::text, city, active FROM public.res_partner "
+            "WHERE city = ANY(%s) AND parent_id IS NULL",
             (list(cities),),
         )
     ]
     rows += [
-        Found("crm", str(i), number, None, city)
-        for i, number, city in execute(
+        Found("crm", str(i), number, None, city, not deleted)
+        for i, number, city, deleted in execute(
             env["CRM_ADMIN_DSN"],
-            "SELECT id::text, account_number, billing_address_city FROM public.accounts "
-            "WHERE billing_address_city = ANY(%s) AND NOT deleted",
+            "SELECT id::text, account_number, billing_address_city, deleted FROM public.accounts "
+            "WHERE billing_address_city = ANY(%s)",
             (list(cities),),
         )
     ]
@@ -343,6 +347,9 @@ def _verdict(customer: Customer, final: Outcome) -> list[str]:
     typed = {t.key for t in customer.typed}
     found = {r.key for r in rows}
     problems = [f"typed record {key} is gone" for key in sorted(typed - found)]
+    # Archived or deleted rows count too: a record the sync made and then archived, or
+    # a typed one it archived, is no less a broken promise.
+    problems += [f"{r.key} is archived or deleted" for r in rows if not r.live]
     pairs = [(p, crm[p.link]) for p in erp if p.link in crm]
     if len(pairs) != 1:
         linked = ", ".join(f"{p.key}<->{a.key}" for p, a in pairs) or "none"
