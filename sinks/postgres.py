@@ -684,11 +684,11 @@ class PostgresUpsertSink(Sink):
             cur.execute(
                 self._sql(cur, sql.source_lines_upsert, self._schema),
                 (
-                    [e.entity for e, _ in out.source_lines],
-                    [e.key for e, _ in out.source_lines],
-                    [json_text.dump(lines, sort_keys=True) for _, lines in out.source_lines],
+                    sql.records(
+                        (e.entity, e.key, json_text.dump(lines, sort_keys=True))
+                        for e, lines in out.source_lines
+                    ),
                 ),
-                binary=True,
             )
         for event, error in (*out.dead, *out.refused_parts):
             self._queue_dead_letter(cur, event, error)

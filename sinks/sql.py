@@ -578,7 +578,7 @@ def source_lines_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
 def source_lines_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Store the lines the source now states for some orders.
 
-    Parameters: three lists, ``entity, entity_key, lines`` (JSON text).
+    Parameter: :func:`records` of ``entity, entity_key, lines`` (JSON text).
     """
     cols = [Column("entity", "text"), Column("entity_key", "text"), Column("lines", "text")]
     return sql.SQL(
@@ -586,7 +586,7 @@ def source_lines_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
         "SELECT u.entity, u.entity_key, u.lines::jsonb FROM {} "
         "ON CONFLICT (entity, entity_key) DO UPDATE SET lines = EXCLUDED.lines, "
         "updated_at = now()"
-    ).format(sql.Identifier(schema, "source_lines"), _unnest(cols))
+    ).format(sql.Identifier(schema, "source_lines"), _recordset(cols))
 
 
 def parked_all(schema: str = SYNC_SCHEMA) -> sql.Composed:
