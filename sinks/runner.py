@@ -766,8 +766,9 @@ class SinkRunner:
     def _read_horizons(self) -> None:
         """Note the decided horizons read since the last step.
 
-        The source system's end the first stage of reference waits; the target's own
-        tell how far its own changes are applied (row-clock waits, :class:`CaughtUp`).
+        The source system's horizons end the first stage of reference waits; the
+        target's own tell how far its own changes are applied (row-clock waits,
+        :class:`CaughtUp`).
         """
         assert self._horizons is not None
         for message in self._horizons.consume(64, 0):
