@@ -34,7 +34,11 @@ loop, and what each step guarantees:
   sink has applied whatever was published before them (known from a later event of their
   system or from the streams' decided horizon, :mod:`schemas.horizon`, read by a consumer
   of its own outside the group and the stored positions), then ``reference_wait_seconds``;
-  then they are dead-lettered. The stored positions never pass them.
+  then they are dead-lettered. The stored positions never pass them. The target's own
+  decided horizon, read by the same consumer, tells the sink how far its own changes are
+  applied (:class:`~sinks.progress.CaughtUp`): a row-clock wait counts from there too.
+- A batch of tombstones only (or of messages dead-lettered as they were read) is written
+  all the same: one statement storing its positions.
 - Dead letters queued in the database (outbox) are published to ``dlq.sinks.<target>``
   after each commit and at start; created rows are announced after each commit.
 - **Replayed dead letters** (``erpcrm dlq replay``) arrive on ``replay.sinks.<target>``,
