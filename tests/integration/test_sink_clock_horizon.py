@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.cdc_fixtures import execute, wait_for
 from tests.integration.operator_fixtures import (
     new_customer,
+    operator_pipeline,  # noqa: F401 - fixture pipeline
     parked_briefly,
-    streaming_pipeline,
     under_sink_origin,
 )
 from tests.integration.sink_fixtures import Pipeline
@@ -44,12 +43,6 @@ WITHIN = CLOCK_WAIT + 40.0
 def env(stack_env: dict[str, str]) -> dict[str, str]:
     """The stack's settings; the sinks with a short clock wait, the product's ten minutes."""
     return dict(parked_briefly(stack_env), ERPCRM_SINK_CLOCK_WAIT_SECONDS=str(CLOCK_WAIT))
-
-
-@pytest.fixture(scope="module")
-def pipeline(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    with streaming_pipeline(env, tmp_path_factory.mktemp("clock_horizon")) as running:
-        yield running
 
 
 def _partner(env: dict[str, str], partner: str) -> tuple[str | None, str | None]:
