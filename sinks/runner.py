@@ -839,8 +839,10 @@ class SinkRunner:
         held_before = {key: self._held.pop(key) for key in in_batch if key in self._held}
         # An event tried again was counted when it was first held: not again.
         again = {id(e) for h in held_before.values() for e in h.events}
-        if unparked:
-            again.update(id(e) for e in batch)
+        # Parked events tried again were counted when first parked (a held event parked
+        # now was counted deferred, not parked: it counts).
+        parked_before = {id(e) for e in batch} if unparked else set()
+        again |= parked_before
         newly_held = []
         held: dict[EntityKey, list[SinkEvent]] = {}
         for event in (*result.deferred, *result.waiting):
@@ -870,7 +872,7 @@ class SinkRunner:
             "deferred": tuple(newly_held),
             "dead_lettered": tuple(e for e, _ in result.dead),
             "held": result.held,
-            "parked": tuple(e for e in result.parked if id(e) not in again),
+            "parked": tuple(e for e in result.parked if id(e) not in parked_before),
         }
         for outcome, events in groups.items():
             self.stats.add(outcome, len(events))

@@ -70,3 +70,12 @@ def test_the_row_clock_wait_counts_from_a_horizon_past_the_local_change_only() -
     assert sink._own_seen() == 4_999
     sink.own_changes_applied(4_000)  # never backwards
     assert sink._own_seen() == 4_999
+
+
+def test_a_held_event_parked_when_tried_again_counts_as_parked() -> None:
+    """Held for a reference first (counted deferred), then parked: counted parked then."""
+    runner, _ = _runner()
+    event = ev(3, 1)
+    runner._account(SinkBatch([event]), WriteResult(deferred=(event,)), 0.0)
+    runner._account(SinkBatch([event]), WriteResult(parked=(event,)), 0.0)
+    assert runner.stats.outcomes == {"deferred": 1, "parked": 1}
