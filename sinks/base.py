@@ -144,6 +144,14 @@ class Sink(abc.ABC):
                 event the target refuses (the runner isolates and dead-letters it).
         """
 
+    def own_changes_applied(self, through_ms: int) -> None:  # noqa: B027 - a no-op default
+        """Every change of the target system committed up to ``through_ms`` is applied.
+
+        The runner knows it from the target's decided horizon (:class:`sinks.progress.
+        CaughtUp`) and says so between writes, never while one is in flight. A sink that
+        waits for the target's own events (row clocks) may count its wait from there.
+        """
+
     def flush(self) -> None:  # noqa: B027 - a no-op default, not an abstract hook
         """Make every written batch durable; a no-op when ``write`` commits itself."""
 

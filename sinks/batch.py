@@ -168,6 +168,15 @@ class SinkBatch:
     def __bool__(self) -> bool:
         return self._count > 0
 
+    @property
+    def moves(self) -> bool:
+        """Whether it moves a position: it has events, or messages passed (:meth:`advance`).
+
+        A batch of tombstones only has no event and is written all the same, for the
+        positions it stores.
+        """
+        return bool(self._next)
+
     def __iter__(self) -> Iterator[SinkEvent]:
         """Every event, grouped by key (keys in first-arrival order), per-key order kept."""
         for events in self._by_key.values():

@@ -433,7 +433,8 @@ class PostgresUpsertSink(Sink):
             own events of the entity committed after that change; after that, the
             change counts for every field (:mod:`sinks.state`).
         clock_behind_max_ms: the longest own events that are behind (not yet past the
-            local change) hold that count back.
+            local change, and the target's decided horizon not either) hold that count
+            back.
         local_events: the entities the target system itself publishes (its own flows);
             for the others no own event will come, so a local change counts at once.
             None: every entity.
@@ -476,6 +477,8 @@ class PostgresUpsertSink(Sink):
         self._own_seen_ms = -1
         """The latest commit time of the target's own events read, of any entity (the
         streams stage decides a system's changes in commit order)."""
+        self._own_through_ms = -1
+        """Every own change committed up to it is applied (:meth:`own_changes_applied`)."""
         self._duplicates = duplicates
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
@@ -1390,9 +1393,10 @@ class PostgresUpsertSink(Sink):
 
         See :func:`sinks.state.ready_clock`; the wait counts from the first time an event
         for the row waited in this process once the sink has read own events (of any
-        entity) past the row's local change (:func:`sinks.state.clock_wait_since`; a
-        restarted sink waits afresh: its own events are in the backlog it is catching
-        up on).
+        entity) past the row's local change, or applied every own change up to a decided
+        horizon of the target past it (:meth:`own_changes_applied`; see
+        :func:`sinks.state.clock_wait_since`; a restarted sink waits afresh: its own
+        events are in the backlog it is catching up on).
         """
         assert item.current is not None
         key = (table.entity, str(item.pk))
@@ -1407,7 +1411,7 @@ class PostgresUpsertSink(Sink):
             since,
             now_ms=now_ms,
             local_ms=last_local_change(stored, xmin, commit_ms),
-            own_seen_ms=self._own_seen_ms if published else now_ms,
+            own_seen_ms=self._own_seen() if published else now_ms,
             behind_max_ms=self._clock_behind_max_ms,
         )
         clock, local_ms, assumed = ready_clock(
@@ -1436,6 +1440,19 @@ class PostgresUpsertSink(Sink):
                 )
             clocks.put(*key, clock)
         return clock, local_ms
+
+    def own_changes_applied(self, through_ms: int) -> None:
+        """See :meth:`Sink.own_changes_applied`: a row-clock wait counts from there too."""
+        self._own_through_ms = max(self._own_through_ms, through_ms)
+
+    def _own_seen(self) -> int:
+        """How far the target's own events are known to be read (for a row-clock wait).
+
+        The latest own event read, or the own changes applied up to the target's decided
+        horizon: a change committed at the horizon's own millisecond may be later in
+        commit order, so only the ones before it count (``- 1``).
+        """
+        return max(self._own_seen_ms, self._own_through_ms - 1)
 
     def _insert(
         self,

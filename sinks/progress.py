@@ -30,6 +30,11 @@ and 2 end): a reference that never comes is dead-lettered under a load that neve
 too, and a pipeline whose streams worker or capture is stopped does not keep the
 event forever.
 
+The row-clock wait (:func:`sinks.state.clock_wait_since`) has the same first two stages
+for the target's *own* changes, kept for every row at once by :class:`CaughtUp`: how far
+the sink is known to have applied every own change committed, from a decided horizon of
+the target system whose backlog it has applied since.
+
 Pure: no clock of its own, no Kafka; in memory only. A restarted sink reads its held
 events again from the stored positions (which never pass them) and waits afresh.
 """
@@ -41,7 +46,7 @@ from dataclasses import dataclass, field
 
 from sinks.batch import SinkBatch, SinkEvent, TopicPartition
 
-__all__ = ["ReadProgress", "ReferenceWait"]
+__all__ = ["CaughtUp", "ReadProgress", "ReferenceWait"]
 
 
 @dataclass(slots=True)
@@ -165,3 +170,46 @@ class ReferenceWait:
     def expired(self, now: float, wait: float) -> bool:
         """Whether stage 3 has lasted ``wait`` seconds: the reference is not coming."""
         return self.since is not None and now - self.since >= wait
+
+
+@dataclass(slots=True)
+class CaughtUp:
+    """How far the sink has applied one system's changes, known from its decided horizon.
+
+    ``through_ms``: every change of ``system`` committed up to this commit time that was
+    published is applied (read in a batch the sink accounted for); -1 while not known.
+    It moves in the reference wait's first two stages: a decided horizon of the system
+    read (every change committed up to it is published), then the high watermarks of
+    the assigned partitions noted (the *mark*) and applied up to. A horizon that does not
+    move (a streams worker or a capture stopped or behind) moves nothing.
+
+    Attributes:
+        system: the source system followed.
+        through_ms: see above.
+        pending: the horizon whose mark is still being applied, with that mark.
+    """
+
+    system: str
+    through_ms: int = -1
+    pending: tuple[int, dict[TopicPartition, int]] | None = None
+
+    def advance(
+        self, progress: ReadProgress, marks: Callable[[], Mapping[TopicPartition, int]]
+    ) -> int:
+        """Move on as far as ``progress`` allows; return :attr:`through_ms`.
+
+        Args:
+            progress: what the sink has applied, and the horizons it has read.
+            marks: the high watermarks of the assigned partitions (called once per
+                horizon taken, not per call).
+        """
+        if self.pending is None:
+            horizon = progress.horizon_ms.get(self.system, -1)
+            if horizon <= self.through_ms:
+                return self.through_ms
+            self.pending = (horizon, dict(marks()))
+        horizon, mark = self.pending
+        if progress.reached(mark):
+            self.through_ms = max(self.through_ms, horizon)
+            self.pending = None
+        return self.through_ms

@@ -34,7 +34,11 @@ loop, and what each step guarantees:
   sink has applied whatever was published before them (known from a later event of their
   system or from the streams' decided horizon, :mod:`schemas.horizon`, read by a consumer
   of its own outside the group and the stored positions), then ``reference_wait_seconds``;
-  then they are dead-lettered. The stored positions never pass them.
+  then they are dead-lettered. The stored positions never pass them. The target's own
+  decided horizon, read by the same consumer, tells the sink how far its own changes are
+  applied (:class:`~sinks.progress.CaughtUp`): a row-clock wait counts from there too.
+- A batch of tombstones only (or of messages dead-lettered as they were read) is written
+  all the same: one statement storing its positions.
 - Dead letters queued in the database (outbox) are published to ``dlq.sinks.<target>``
   after each commit and at start; created rows are announced after each commit.
 - **Replayed dead letters** (``erpcrm dlq replay``) arrive on ``replay.sinks.<target>``,
@@ -82,7 +86,7 @@ from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
 from sinks.postgres import PostgresUpsertSink, Unparked, dead_letter_headers, stored_event
-from sinks.progress import ReadProgress, ReferenceWait
+from sinks.progress import CaughtUp, ReadProgress, ReferenceWait
 from sinks.replays import replayed
 from sinks.settings import SinkSettings
 
@@ -144,7 +148,7 @@ class _Pending:
 
     batch: SinkBatch
     fresh: bool
-    """It holds new events (not only held ones tried again)."""
+    """It holds new messages (not only held events tried again)."""
     write: Future[tuple[WriteResult, float]]
 
 
@@ -189,6 +193,8 @@ class SinkRunner:
         self._stop = threading.Event()
         self._held: dict[EntityKey, _Held] = {}
         self._progress = ReadProgress()
+        self._own = CaughtUp(settings.target)
+        """How far the target's own changes are applied (the row-clock wait)."""
         self._held_backoff = _HELD_RETRY_MIN_SECONDS
         self._held_retry_at = 0.0
         self._consumer: Consumer | None = None
@@ -338,9 +344,14 @@ class SinkRunner:
     def _step(self) -> None:
         batch = self._collect()  # while the previous batch is written
         self._finish_pending()
+        marks = cache(self._high_watermarks)  # read at most once a step
         self._read_horizons()
-        self._expire_held()
-        fresh = bool(batch)
+        # No write in flight here: the next one sees how far the own changes are applied.
+        self._sink.own_changes_applied(self._own.advance(self._progress, marks))
+        self._expire_held(marks)
+        # New messages: events, or only tombstones and messages dead-lettered as they
+        # were read, whose positions are stored all the same (one statement).
+        fresh = batch.moves
         if self._held and (fresh or self._clock() >= self._held_retry_at):
             for held in self._held.values():
                 for event in held.events:
@@ -354,7 +365,7 @@ class SinkRunner:
                     batch.advance(topic, partition, position - 1)
         self._lag()
         self._carry_out_suspects()
-        if not batch:
+        if not batch.moves:
             return
         assert self._writer is not None
         write = self._writer.submit(self._timed_apply, batch)
@@ -641,9 +652,13 @@ class SinkRunner:
                     )
                     parts.append(WriteResult(dead=((latest, exc),)))
             result = _joined(parts)
-        self._account(batch, result, self._clock() - started)
+        self._account(batch, result, self._clock() - started, unparked=True)
         self._after_commit(announce=bool(result.created), dead=bool(result.letters))
-        log.info(
+        # Parked again, all of them (a row clock still awaited): tried again in a moment,
+        # not news each time.
+        level = logging.DEBUG if len(result.parked) == len(events) else logging.INFO
+        log.log(
+            level,
             "sink %s: applied %d parked events (%d applied, %d parked again, %d dead-lettered)",
             self._target,
             len(events),
@@ -687,10 +702,12 @@ class SinkRunner:
         self._held_backoff = min(backoff, _HELD_RETRY_MAX_SECONDS)
         self._held_retry_at = self._clock() + self._held_backoff
 
-    def _expire_held(self) -> None:
-        """Dead-letter the events whose reference wait is over (:mod:`sinks.progress`)."""
+    def _expire_held(self, marks: Callable[[], Mapping[tuple[str, int], int]]) -> None:
+        """Dead-letter the events whose reference wait is over (:mod:`sinks.progress`).
+
+        ``marks``: the assigned partitions' high watermarks (read at most once a step).
+        """
         now = self._clock()
-        marks = cache(self._high_watermarks)  # read at most once a step
         expired = []
         for key, held in self._held.items():
             wait = held.wait
@@ -751,9 +768,13 @@ class SinkRunner:
         self._horizons.assign(start)
 
     def _read_horizons(self) -> None:
-        """Note the source system's decided horizons read since the last step."""
+        """Note the decided horizons read since the last step.
+
+        The source system's horizons end the first stage of reference waits; the
+        target's own tell how far its own changes are applied (row-clock waits,
+        :class:`CaughtUp`).
+        """
         assert self._horizons is not None
-        source = self._s.source
         for message in self._horizons.consume(64, 0):
             value = message.value()
             if message.error() is not None or value is None:
@@ -763,8 +784,7 @@ class SinkRunner:
             except (SyncError, KeyError, TypeError, ValueError) as exc:
                 log.debug("sink %s: horizon record not read: %s", self._target, exc)
                 continue
-            if horizon.system == source:
-                self._progress.horizon(source, horizon.commit_ts_ms)
+            self._progress.horizon(horizon.system, horizon.commit_ts_ms)
 
     def _read_positions(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Where ``partitions`` may be stored now: read and accounted, not past a held event."""
@@ -797,7 +817,20 @@ class SinkRunner:
 
     # ------------------------------------------------------------- after commit
 
-    def _account(self, batch: SinkBatch, result: WriteResult, seconds: float) -> None:
+    def _account(
+        self,
+        batch: SinkBatch,
+        result: WriteResult,
+        seconds: float,
+        *,
+        unparked: bool = False,
+    ) -> None:
+        """Count a written batch, hold what it holds back, note the sink's progress.
+
+        ``unparked``: the batch is parked events tried again (:meth:`_unpark`), each
+        counted ``parked`` when it was first parked: neither parked again nor superseded
+        counts them a second time.
+        """
         now_ms = time.time() * 1000
         target = self._target
         m = self._metrics
@@ -806,6 +839,10 @@ class SinkRunner:
         held_before = {key: self._held.pop(key) for key in in_batch if key in self._held}
         # An event tried again was counted when it was first held: not again.
         again = {id(e) for h in held_before.values() for e in h.events}
+        # Parked events tried again were counted when first parked (a held event parked
+        # now was counted deferred, not parked: it counts).
+        parked_before = {id(e) for e in batch} if unparked else set()
+        again |= parked_before
         newly_held = []
         held: dict[EntityKey, list[SinkEvent]] = {}
         for event in (*result.deferred, *result.waiting):
@@ -835,7 +872,7 @@ class SinkRunner:
             "deferred": tuple(newly_held),
             "dead_lettered": tuple(e for e, _ in result.dead),
             "held": result.held,
-            "parked": result.parked,
+            "parked": tuple(e for e in result.parked if id(e) not in parked_before),
         }
         for outcome, events in groups.items():
             self.stats.add(outcome, len(events))

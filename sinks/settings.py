@@ -60,9 +60,11 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
             seen yet waits at most this long (while the sink runs) for the target's own
             event naming the fields that change changed; then the change counts for
             every field. The wait counts once the sink has read own events committed
-            after that change (while a capture or the streams worker is down or
-            catching up, it does not count), at most ``clock_behind_max_seconds`` after
-            the event first waited. Such an event is never dead-lettered for waiting.
+            after that change, or the target system's decided horizon has passed it and
+            the sink has applied its backlog since (:class:`sinks.progress.CaughtUp`);
+            while a capture or the streams worker is down or catching up, it does not
+            count, at most ``clock_behind_max_seconds`` after the event first waited.
+            Such an event is never dead-lettered for waiting.
         clock_behind_max_seconds: see ``clock_wait_seconds``.
         duplicates: a new record the streams flag as a suspected duplicate of a linked
             one: ``hold`` it for an operator (``erpcrm suspects``), ``link`` it to that
@@ -76,7 +78,8 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
             (``replay.sinks.<target>``); the sink reads it with the canonical topics.
         horizon_topic: where the streams stage publishes how far it has decided each
             source system (``horizon.streams``, :mod:`schemas.horizon`); a horizon past a
-            held event's commit ends the first stage of its wait (:mod:`sinks.progress`).
+            held event's commit ends the first stage of its wait (:mod:`sinks.progress`),
+            and the target's own horizon lets row-clock waits count.
         start_at: where a partition without a stored position starts: ``earliest``
             (the default: the whole history, so a new target catches up) or ``latest``
             (only what is published from now on; a topic created after the sink started

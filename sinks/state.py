@@ -330,7 +330,8 @@ def clock_wait_since(
     The wait (``wait_ms`` of :func:`ready_clock`) counts only once the sink has read
     own events committed at or after that change (``own_seen_ms``, the latest commit
     time of those read, of any entity: the streams stage decides a system's changes in
-    commit order): until then the own event is still on its way
+    commit order; or how far every own change is applied, from the target's decided
+    horizon, :class:`sinks.progress.CaughtUp`): until then the own event may be on its way
     (a capture or the streams worker is down or catching up), and taking the change
     for every field would let it beat later writes of the other side to fields it
     never touched. A pipeline behind for ``behind_max_ms`` since the event first
@@ -340,7 +341,8 @@ def clock_wait_since(
         first_ms: when an event for the row first waited.
         since_ms: when the wait started counting so far (None: not yet).
         now_ms, local_ms: now and the commit time of the row's last local change.
-        own_seen_ms: the latest commit time of the target's own events read (-1: none).
+        own_seen_ms: how far the target's own events are read: the latest commit time of
+            those read, or of the target's horizon applied (-1: neither).
         behind_max_ms: the longest the wait is held back by a pipeline behind.
 
     Returns:

@@ -22,7 +22,14 @@ customer by its CRM id; the ERP sink fills the partner from the customer's row.
   (not dead-lettered) and applied, in order, once an operator releases or links it. A
   replayed dead letter (read from the sink's replay topic) parked among them is applied
   in its place by version, once; one whose suspect is gone meanwhile is dead-lettered
-  naming its original position and replay count, as when it was read.
+  naming its original position and replay count, as when it was read. One whose row
+  has a local change the sink has not seen an own event of is parked again until its
+  row clock is complete, and counted ``parked`` once, not each time it is tried.
+- Row clocks on a quiet target: an event for a row with a local change no own event
+  will ever tell (nothing more comes from the ERP) waits until the ERP's decided
+  horizon passes the change, then its clock wait, and is applied; a horizon short of
+  the change does not end the wait.
+- Tombstones only: a batch with no event stores its positions all the same.
 """
 
 from __future__ import annotations
@@ -97,16 +104,16 @@ class Harness:
     def horizons(self) -> str:
         return f"horizon.{self.uid}"
 
-    def horizon(self, commit_ts_ms: int) -> None:
-        """Publish the streams' decided horizon of the CRM, as the worker does."""
-        record = SourceHorizon("crm", commit_ts_ms, commit_ts_ms, int(time.time() * 1000))
+    def horizon(self, commit_ts_ms: int, system: str = "crm") -> None:
+        """Publish the streams' decided horizon of ``system``, as the worker does."""
+        record = SourceHorizon(system, commit_ts_ms, commit_ts_ms, int(time.time() * 1000))
         value = self.serde.encode(f"{self.horizons}-value", horizon_schema(), record.as_record())
-        self.producer.produce(self.horizons, key=b"crm", value=value)
+        self.producer.produce(self.horizons, key=system.encode(), value=value)
         self.producer.flush(10)
 
-    def commit_ms(self) -> int:
-        """A fresh CRM commit time, later than every one before."""
-        self._ts += 10
+    def commit_ms(self, after: int = 0) -> int:
+        """A fresh CRM commit time, later than every one before (and than ``after``)."""
+        self._ts = max(self._ts, after) + 10
         return self._ts
 
     def publish(
@@ -220,7 +227,7 @@ class Harness:
             consumer.close()
 
 
-def _sink(env: dict[str, str], schema: str) -> PostgresUpsertSink:
+def _sink(env: dict[str, str], schema: str, clock_wait_ms: int) -> PostgresUpsertSink:
     flows = load_mappings()
     tables = {
         t.entity: t for t in build_tables(flows).values() if t.direction is Direction.CRM_TO_ERP
@@ -234,12 +241,18 @@ def _sink(env: dict[str, str], schema: str) -> PostgresUpsertSink:
         origin=unique_name("origin"),
         schema=schema,
         announce=False,
-        clock_wait_ms=0,  # the rows locked below are not waited for
+        clock_wait_ms=clock_wait_ms,
     )
 
 
 @pytest.fixture
-def harness(stack_env: dict[str, str]) -> Iterator[Harness]:
+def clock_wait_ms() -> int:
+    """The sink's row-clock wait: none (the rows locked below are not waited for)."""
+    return 0
+
+
+@pytest.fixture
+def harness(stack_env: dict[str, str], clock_wait_ms: int) -> Iterator[Harness]:
     uid = unique_name("refwait")
     admin = AdminClient({"bootstrap.servers": stack_env["KAFKA_BOOTSTRAP"]})
     topics = [f"{uid}.{entity}" for entity in ENTITIES]
@@ -264,7 +277,7 @@ def harness(stack_env: dict[str, str]) -> Iterator[Harness]:
         start_at="earliest",
     )
     serde = AvroSerde(LocalSchemaRegistry())
-    sink = _sink(stack_env, uid)
+    sink = _sink(stack_env, uid, clock_wait_ms)
     runner = SinkRunner(
         settings,
         sink,
@@ -622,3 +635,117 @@ def test_a_replayed_event_parked_among_others_is_applied_in_order_once(harness: 
     assert rows == 1
     assert harness.runner.stats.dead_lettered == 0
     assert harness.dead_letters() == []
+
+
+CLOCK_WAIT_MS = 1_500
+
+
+def _edit_locally(harness: Harness, contact_id: str) -> int:
+    """Change the contact's ERP row as an ERP user would; its commit time (ms).
+
+    No own event of it is published here: the sink's row clock does not learn it.
+    """
+    execute(
+        harness.env["ERP_ADMIN_DSN"],
+        "UPDATE public.res_partner SET function = 'Edited in the ERP' WHERE crm_contact_id = %s",
+        (contact_id,),
+    )
+    [(committed,)] = execute(
+        harness.env["ERP_ADMIN_DSN"],
+        "SELECT floor(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint"
+        " FROM public.res_partner WHERE crm_contact_id = %s",
+        (contact_id,),
+    )
+    return int(committed)
+
+
+def _contact_named(harness: Harness, contact_id: str, name: str) -> bool:
+    row = _contact_row(harness, contact_id)
+    return row is not None and row[1] == name
+
+
+@pytest.mark.parametrize("clock_wait_ms", [CLOCK_WAIT_MS])
+def test_a_row_changed_locally_on_a_quiet_target_waits_for_the_targets_horizon(
+    harness: Harness,
+) -> None:
+    """No own event will come: the ERP's decided horizon past the change ends the wait."""
+    contact_id = harness.contact(harness.commit_ms(), None)
+    wait_for(lambda: _contact_row(harness, contact_id) is not None, 60, "the contact applied")
+    local_ms = _edit_locally(harness, contact_id)
+    # A change from the CRM, committed after the local one.
+    harness.publish(
+        "contact",
+        harness.commit_ms(after=local_ms),
+        contact_id,
+        first_name="Ada",
+        last_name="Later",
+        customer_crm_id=None,
+    )
+    harness.crm_ids.remove(contact_id)  # published twice, cleaned up once
+    wait_for(lambda: harness.runner.stats.outcomes.get("deferred", 0) >= 1, 60, "held")
+    # A horizon of the ERP short of the local change says nothing about its own event.
+    harness.horizon(local_ms - 5, system="erp")
+    time.sleep(4 * CLOCK_WAIT_MS / 1000)
+    assert _contact_named(harness, contact_id, "Ada Late")
+    # The ERP's horizon passes the change: every own change before it is out and read.
+    passed = time.monotonic()
+    harness.horizon(local_ms + 5, system="erp")
+    wait_for(lambda: _contact_named(harness, contact_id, "Ada Later"), 30, "the change applied")
+    waited = time.monotonic() - passed
+    print(f"\nhorizon past the local change -> applied: {waited:.1f} s")
+    assert waited >= CLOCK_WAIT_MS / 1000  # the clock wait counted in full from there
+    assert harness.runner.stats.dead_lettered == 0
+
+
+@pytest.mark.parametrize("clock_wait_ms", [CLOCK_WAIT_MS])
+def test_parked_events_waiting_for_a_row_clock_are_counted_once_and_applied_once(
+    harness: Harness,
+) -> None:
+    """Their suspect released, they wait for the row clock: parked again, not re-counted."""
+    _, _, twin = _hold_twin(harness)
+    contact_id = harness.contact(harness.commit_ms(), None)
+    wait_for(lambda: _contact_row(harness, contact_id) is not None, 60, "the contact applied")
+    local_ms = _edit_locally(harness, contact_id)
+    # Two later changes from the CRM, to the held customer.
+    for last_name in ("Parked", "Later"):
+        harness.publish(
+            "contact",
+            harness.commit_ms(after=local_ms),
+            contact_id,
+            first_name="Ada",
+            last_name=last_name,
+            customer_crm_id=twin,
+        )
+        harness.crm_ids.remove(contact_id)
+    wait_for(lambda: len(_parked(harness) or ()) == 2, 60, "both versions parked")
+    [suspect] = list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)
+    assert decide(harness.env["ERP_SINK_DSN"], harness.uid, suspect.id, "release")
+    wait_for(
+        lambda: list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)[0].status == "released",
+        60,
+        "the release carried out",
+    )
+    time.sleep(8)  # parked events are tried every 2 s
+    # Still waiting for the row's clock, parked, and counted when first parked only.
+    assert len(_parked(harness) or ()) == 2
+    assert _contact_named(harness, contact_id, "Ada Late")
+    assert harness.outcome("parked") == 2
+    assert harness.outcome("superseded") == 0
+    # The ERP's horizon passes the local change: the clock wait counts, then they apply.
+    harness.horizon(local_ms + 5, system="erp")
+    wait_for(lambda: _contact_named(harness, contact_id, "Ada Later"), 30, "the contact applied")
+    wait_for(lambda: _parked(harness) == [], 10, "unparked")
+    assert harness.outcome("parked") == 2
+    assert harness.outcome("superseded") == 0
+    assert harness.runner.stats.dead_lettered == 0
+
+
+def test_a_batch_of_tombstones_only_stores_its_positions(harness: Harness) -> None:
+    contact_id = harness.contact(harness.commit_ms(), None)  # offset 0
+    wait_for(lambda: _contact_row(harness, contact_id) is not None, 60, "the contact applied")
+    wait_for(lambda: harness.stored_position("contact") == 1, 10, "the position past it")
+    for _ in range(2):  # offsets 1 and 2: nothing to apply, no event in their batch
+        harness.producer.produce(harness.topic("contact"), key=b"crm:gone", value=None)
+    harness.producer.flush(10)
+    wait_for(lambda: harness.stored_position("contact") == 3, 10, "the position past them")
+    wait_for(lambda: harness.committed_position("contact") == 3, 10, "the group's position")

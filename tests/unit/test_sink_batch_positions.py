@@ -26,6 +26,16 @@ def test_advance_moves_position_without_adding_an_event() -> None:
     assert batch.collapse().latest == ()
 
 
+def test_a_batch_of_passed_messages_only_moves_positions() -> None:
+    """Tombstones only: no event, written all the same for the positions it stores."""
+    batch = SinkBatch()
+    assert not batch.moves
+    batch.advance(TOPIC, 0, 7)
+    assert batch.moves
+    assert not batch
+    assert SinkBatch([ev("erp:1", 0)]).moves
+
+
 def test_advance_past_the_last_event() -> None:
     batch = SinkBatch([ev("erp:1", 5)])
     batch.advance(TOPIC, 0, 9)

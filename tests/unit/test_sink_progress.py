@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sinks.batch import SinkBatch, SinkEvent
-from sinks.progress import ReadProgress, ReferenceWait
+from sinks.progress import CaughtUp, ReadProgress, ReferenceWait
 
 CONTACTS = ("canonical.contact", 0)
 CUSTOMERS = ("canonical.customer", 0)
@@ -198,3 +198,56 @@ def test_wait_with_a_stopped_streams_worker_is_held_back_until_behind_max() -> N
         assert wait.mark is None
     wait.advance(progress, BEHIND_MAX, marks, BEHIND_MAX)
     assert wait.since == BEHIND_MAX
+
+
+# ------------------------------------------------------------------ own changes applied
+
+
+def test_caught_up_moves_nothing_while_no_horizon_of_the_system_is_read() -> None:
+    """A stopped streams worker or capture: no horizon, so nothing is known applied."""
+    progress = ReadProgress()
+    progress.assign({CONTACTS: 0})
+    own = CaughtUp("erp")
+    marks = Marks({CONTACTS: 0})
+    # The other system's horizon and own events read say nothing about the horizon.
+    progress.horizon("crm", 9_000)
+    progress.observe(SinkBatch([ev("erp:x", 0, 8_000, system="erp")]))
+    assert own.advance(progress, marks) == -1
+    assert marks.calls == 0
+
+
+def test_caught_up_reaches_a_horizon_once_its_backlog_is_applied() -> None:
+    progress = ReadProgress()
+    progress.assign({CONTACTS: 0, CUSTOMERS: 0})
+    own = CaughtUp("erp")
+    marks = Marks({CONTACTS: 0, CUSTOMERS: 300})
+    progress.horizon("erp", 5_000)
+    # 1. the horizon read: the watermarks are noted; 2. not applied up to them yet.
+    assert own.advance(progress, marks) == -1
+    assert own.pending == (5_000, {CONTACTS: 0, CUSTOMERS: 300})
+    # A newer horizon meanwhile does not move the mark further away.
+    progress.horizon("erp", 6_000)
+    marks.marks = {CONTACTS: 0, CUSTOMERS: 900}
+    batch = SinkBatch()
+    batch.advance(*CUSTOMERS, 298)
+    progress.observe(batch)
+    assert own.advance(progress, marks) == -1
+    batch.advance(*CUSTOMERS, 299)
+    progress.observe(batch)
+    assert own.advance(progress, marks) == 5_000
+    assert marks.calls == 1
+    # The newer horizon is taken next, with the watermarks of then.
+    assert own.advance(progress, marks) == 5_000
+    assert own.pending == (6_000, {CONTACTS: 0, CUSTOMERS: 900})
+    assert marks.calls == 2
+
+
+def test_caught_up_on_an_idle_sink_reaches_a_horizon_at_once() -> None:
+    progress = ReadProgress()
+    progress.assign({CONTACTS: 4})
+    own = CaughtUp("erp")
+    progress.horizon("erp", 7_000)
+    assert own.advance(progress, Marks({CONTACTS: 4})) == 7_000
+    assert own.pending is None
+    # A horizon that does not move (a stopped worker) moves nothing more.
+    assert own.advance(progress, Marks({CONTACTS: 4})) == 7_000

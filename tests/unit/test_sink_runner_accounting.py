@@ -1,0 +1,81 @@
+"""What the sink runner counts of a written batch, and what it tells the sink (no services).
+
+Parked events tried again (their suspect decided, their row clock still awaited) go back
+to ``parked``; they were counted ``parked`` when first parked, and neither parked again
+nor superseded counts them a second time, however often they are tried. The runner
+tells the sink how far the target's own changes are applied; the sink's row-clock wait
+counts from a horizon past the local change, never from one at its millisecond.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from schemas.serde import AvroSerde, LocalSchemaRegistry
+from sinks.base import WriteResult
+from sinks.batch import SinkBatch, SinkEvent
+from sinks.metrics import SinkMetrics
+from sinks.postgres import PostgresUpsertSink
+from sinks.runner import SinkRunner
+from sinks.settings import SinkSettings
+
+TOPIC = "canonical.contact"
+
+
+def _runner() -> tuple[SinkRunner, PostgresUpsertSink]:
+    settings = SinkSettings(target="erp", dsn=SecretStr("postgresql://nowhere/x"))
+    sink = PostgresUpsertSink(target="erp", dsn="", tables={}, ownership={}, topics=(TOPIC,))
+    metrics = SinkMetrics.create(CollectorRegistry())
+    return SinkRunner(settings, sink, AvroSerde(LocalSchemaRegistry()), metrics, (TOPIC,)), sink
+
+
+def ev(offset: int, version: int) -> SinkEvent:
+    record = {"version": version, "op": "upsert", "source_system": "crm", "source_ts_ms": version}
+    return SinkEvent(TOPIC, 0, offset, "contact", "crm:c1", record)
+
+
+def test_parked_events_tried_again_and_parked_again_are_not_counted_again() -> None:
+    runner, _ = _runner()
+    first, second = ev(3, 1), ev(4, 2)
+    # First read: both parked.
+    runner._account(SinkBatch([first, second]), WriteResult(parked=(first, second)), 0.0)
+    assert runner.stats.outcomes == {"parked": 2}
+    # Tried again, every 2 s, while their row clock is awaited: parked again each time.
+    for _ in range(3):
+        again = SinkBatch([first, second])
+        result = WriteResult(parked=(first, second), superseded=(first,))
+        runner._account(again, result, 0.0, unparked=True)
+    assert runner.stats.outcomes == {"parked": 2}
+    # At last applied: the latest counts as applied, the older one not as superseded.
+    done = WriteResult(applied=(second,), superseded=(first,))
+    runner._account(SinkBatch([first, second]), done, 0.0, unparked=True)
+    assert runner.stats.outcomes == {"parked": 2, "applied": 1}
+
+
+def test_a_fresh_batch_still_counts_its_parked_and_superseded_events() -> None:
+    runner, _ = _runner()
+    first, second = ev(3, 1), ev(4, 2)
+    result = WriteResult(parked=(second,), superseded=(first,))
+    runner._account(SinkBatch([first, second]), result, 0.0)
+    assert runner.stats.outcomes == {"parked": 1, "superseded": 1}
+
+
+def test_the_row_clock_wait_counts_from_a_horizon_past_the_local_change_only() -> None:
+    _, sink = _runner()
+    assert sink._own_seen() == -1
+    sink.own_changes_applied(5_000)
+    # A change committed at the horizon's own millisecond may come after it in commit
+    # order: only the ones before count as read.
+    assert sink._own_seen() == 4_999
+    sink.own_changes_applied(4_000)  # never backwards
+    assert sink._own_seen() == 4_999
+
+
+def test_a_held_event_parked_when_tried_again_counts_as_parked() -> None:
+    """Held for a reference first (counted deferred), then parked: counted parked then."""
+    runner, _ = _runner()
+    event = ev(3, 1)
+    runner._account(SinkBatch([event]), WriteResult(deferred=(event,)), 0.0)
+    runner._account(SinkBatch([event]), WriteResult(parked=(event,)), 0.0)
+    assert runner.stats.outcomes == {"deferred": 1, "parked": 1}
