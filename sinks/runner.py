@@ -78,6 +78,7 @@ from schemas.errors import (
 )
 from schemas.horizon import SourceHorizon, ensure_horizon_topic
 from schemas.serde import AvroSerde
+from schemas.topic_admin import create_topics
 from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
@@ -972,11 +973,4 @@ class SinkRunner:
     def _ensure_topics(self, *names: str) -> None:
         """Create the sink's own one-partition topics (replays) if missing."""
         admin = AdminClient(self._s.kafka.client_config())
-        for name, future in admin.create_topics(
-            [NewTopic(name, num_partitions=1) for name in names]
-        ).items():
-            try:
-                future.result(timeout=30)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise RetriableError(f"cannot create topic {name}: {exc}") from exc
+        create_topics(admin, [NewTopic(name, num_partitions=1) for name in names])
