@@ -320,6 +320,8 @@ class Writer:
     """Commits without an answer, by how they turned out (committed, aborted)."""
     error: str | None = None
     _pending: _Pending | None = None
+    _lost_at_us: int = 2**63
+    """When the connection of the pending write was found lost (µs since the epoch)."""
 
     @property
     def name(self) -> str:
@@ -338,6 +340,8 @@ class Writer:
                             stop.wait(self.rng.uniform(0.02, 0.25))
                 except psycopg.OperationalError:  # the database is away: connect again
                     self.disconnects += 1
+                    if self._pending is not None:  # the first loss since its COMMIT
+                        self._lost_at_us = min(self._lost_at_us, time.time_ns() // 1000)
                     stop.wait(0.3)
             if self._pending is not None:  # stopped while the database was away
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=60) as conn:
@@ -365,10 +369,9 @@ class Writer:
                 tuple(values),
                 seq,
             )
-        self._record(conn, pending)
+        self._record(pending, _commit_us(conn, pending.xid))
 
-    def _record(self, conn: psycopg.Connection[tuple[Any, ...]], pending: _Pending) -> None:
-        commit_us = _commit_us(conn, pending.xid)
+    def _record(self, pending: _Pending, commit_us: int) -> None:
         for name, value in zip(pending.fields, pending.values, strict=True):
             self.writes.append(
                 Write(self.system, pending.pair, name, value, commit_us, self.name, pending.seq)
@@ -376,18 +379,29 @@ class Writer:
         self._pending = None
 
     def _settle(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        """Record the write whose commit got no answer if it committed; forget it if not."""
-        pending = self._pending
+        """Record the write whose commit got no answer if it committed; forget it if not.
+
+        After an immediate shutdown the server hands out again the transaction ids it
+        had not written to its WAL: an id "in the future" never committed, and one that
+        committed after the connection was lost is another transaction's.
+        """
+        pending, lost_at_us = self._pending, self._lost_at_us
         if pending is None:
+            self._lost_at_us = 2**63
             return
-        row = conn.execute("SELECT pg_xact_status(%s::xid8)", (pending.xid8,)).fetchone()
-        status = None if row is None else row[0]
-        assert status in ("committed", "aborted"), f"transaction {pending.xid8} is {status}"
+        try:
+            row = conn.execute("SELECT pg_xact_status(%s::xid8)", (pending.xid8,)).fetchone()
+            status = None if row is None else str(row[0])
+        except psycopg.errors.InvalidParameterValue:  # "transaction ID … is in the future"
+            status = "lost in a crash"
+        assert status != "in progress", f"transaction {pending.xid8} is still in progress"
+        commit_us = _commit_us(conn, pending.xid) if status == "committed" else 0
+        if status == "committed" and commit_us > lost_at_us:
+            status = "id reused after a crash"
         self.unanswered[str(status)] += 1
+        self._pending, self._lost_at_us = None, 2**63  # decided (a lost connection above: not yet)
         if status == "committed":
-            self._record(conn, pending)
-        else:
-            self._pending = None
+            self._record(pending, commit_us)
 
 
 # ------------------------------------------------------------------ setting up the pairs
