@@ -97,7 +97,6 @@ from schemas.topics import raw_topic, transaction_topic
 log = logging.getLogger(__name__)
 
 TRANSACTION_PARTITION: Final = 0
-
 """Where every ``BEGIN``/``END`` record goes: one partition keeps them in commit order,
 however many partitions the transaction topic has: the streams stage reads the
 ``END`` records in commit order."""

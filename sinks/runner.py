@@ -219,8 +219,11 @@ class SinkRunner:
         """Run until :meth:`stop` (or ``until(stats)`` is true); return the totals."""
         self._retrying("setup", self._sink.setup)
         self._metrics.parked.labels(self._target).set(self._sink.parked_records)
-        ensure_dead_letter_topic(self._s.kafka, self._s.dlq_topic)
-        self._ensure_topics(self._s.replay_topic)
+        # A sink (re)started while Kafka is away waits for it here, as for its database.
+        self._retrying(
+            "dead-letter topic", partial(ensure_dead_letter_topic, self._s.kafka, self._s.dlq_topic)
+        )
+        self._retrying("replay topic", partial(self._ensure_topics, self._s.replay_topic))
         self._retrying(
             "horizon topic", partial(ensure_horizon_topic, self._s.kafka, self._s.horizon_topic)
         )
