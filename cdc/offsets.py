@@ -24,11 +24,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from cdc.lsn import Lsn
 from schemas.errors import RetriableError
+from schemas.topic_admin import create_topics
 
 log = logging.getLogger(__name__)
 
@@ -153,26 +154,25 @@ class OffsetStore:
     def ensure_topic(self) -> None:
         """Create the compacted offsets topic if missing."""
         admin = AdminClient({"bootstrap.servers": self._bootstrap})
-        futures = admin.create_topics(
-            [
-                NewTopic(
-                    self._topic,
-                    num_partitions=1,
-                    replication_factor=-1,
-                    config={"cleanup.policy": "compact"},
-                )
-            ]
+        topic = NewTopic(
+            self._topic,
+            num_partitions=1,
+            replication_factor=-1,
+            config={"cleanup.policy": "compact"},
         )
-        for future in futures.values():
-            try:
-                future.result(timeout=30)
-            except Exception as exc:
-                error = exc.args[0] if exc.args else None
-                if getattr(error, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise RetriableError(f"cannot create {self._topic}: {exc}") from exc
+        create_topics(admin, [topic])
 
     def load(self, slot: str, timeout: float = 10.0) -> CaptureOffset | None:
-        """Read the latest offset of ``slot`` (None if it never confirmed anything)."""
+        """Read the latest offset of ``slot`` (None if it never confirmed anything).
+
+        The whole topic is read, up to its end when asked: an answer from part of it
+        would be an older offset (one of a snapshot not completed yet, which has the
+        capture drop its slot and snapshot again) or none at all.
+
+        Raises:
+            RetriableError: Kafka did not answer, or no record came for ``timeout``
+                seconds before the end was reached.
+        """
         consumer = Consumer(
             {
                 "bootstrap.servers": self._bootstrap,
@@ -183,7 +183,10 @@ class OffsetStore:
         )
         try:
             partition = TopicPartition(self._topic, 0)
-            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            try:
+                low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            except KafkaException as exc:
+                raise RetriableError(f"cannot read the end of {self._topic}: {exc}") from exc
             if high <= low:
                 return None
             partition.offset = low
@@ -191,10 +194,16 @@ class OffsetStore:
             latest: CaptureOffset | None = None
             deadline = time.monotonic() + timeout
             position = low
-            while position < high and time.monotonic() < deadline:
+            while position < high:
+                if time.monotonic() > deadline:
+                    raise RetriableError(
+                        f"read {self._topic} only up to offset {position} of {high}: "
+                        f"nothing came for {timeout:.0f}s"
+                    )
                 message = consumer.poll(0.5)
                 if message is None or message.error():
                     continue
+                deadline = time.monotonic() + timeout
                 position = (message.offset() or position) + 1
                 value = message.value()
                 if message.key() == slot.encode():

@@ -91,6 +91,7 @@ from cdc.settings import CaptureSettings
 from cdc.snapshot import SnapshotRow
 from schemas.errors import PermanentError, RetriableError
 from schemas.serde import AvroSerde, RegistryClient, WriterSchema
+from schemas.topic_admin import create_topics
 from schemas.topics import raw_topic, transaction_topic
 
 log = logging.getLogger(__name__)
@@ -279,9 +280,11 @@ class CaptureWorker:
     def run(self) -> None:
         """Capture until :meth:`stop`; retriable failures reconnect with backoff."""
         backoff = 1.0
-        self._offsets.ensure_topic()
         while not self._stop.is_set():
             try:
+                # Every session: a capture started, or reconnected, while Kafka is away
+                # waits here for it like for its database.
+                self._offsets.ensure_topic()
                 self._session()
                 backoff = 1.0
             except RetriableError as exc:
@@ -445,12 +448,7 @@ class CaptureWorker:
             for t in self._s.tables
         ]
         topics.append(NewTopic(transaction_topic(self._s.server_name), num_partitions=1))
-        for name, future in admin.create_topics(topics).items():
-            try:
-                future.result(timeout=30)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise RetriableError(f"cannot create topic {name}: {exc}") from exc
+        create_topics(admin, topics)
         self._warn_if_transactions_spread(admin)
         self._transactions = None
         self._tx_key_writer = self._serde.prepare(
@@ -470,7 +468,10 @@ class CaptureWorker:
         partitions stay empty.
         """
         name = transaction_topic(self._s.server_name)
-        found = admin.list_topics(name, timeout=30).topics.get(name)
+        try:
+            found = admin.list_topics(name, timeout=30).topics.get(name)
+        except KafkaException as exc:
+            raise RetriableError(f"cannot describe topic {name}: {exc}") from exc
         if found is not None and found.error is None and len(found.partitions) > 1:
             log.warning(
                 "topic %s has %d partitions; transaction records all go to partition %d, "

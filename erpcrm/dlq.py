@@ -41,6 +41,7 @@ from schemas.errors import DecodeError, SyncError
 from schemas.mapping import load_mappings
 from schemas.serde import MAGIC_BYTE, AvroSerde, RegistryClient
 from schemas.settings import KafkaSettings
+from schemas.topic_admin import create_topics
 from schemas.topics import DLQ_REPLAYED, dlq_topic
 
 __all__ = ["DLQ_TOPICS", "DeadLetterTopics", "ReplayReport", "replay_summary"]
@@ -280,12 +281,7 @@ class DeadLetterTopics:
     def _ensure_marks_topic(self) -> None:
         admin = AdminClient(self._kafka.client_config())
         topic = NewTopic(DLQ_REPLAYED, num_partitions=1, config={"cleanup.policy": "compact"})
-        for name, future in admin.create_topics([topic]).items():
-            try:
-                future.result(timeout=_TIMEOUT)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise SyncError(f"cannot create topic {name}: {exc}") from exc
+        create_topics(admin, [topic])
 
     def _produce(
         self,

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Final
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -28,6 +28,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from schemas.errors import RetriableError
 from schemas.settings import KafkaSettings
+from schemas.topic_admin import create_topics
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,8 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str, *, partitions: in
         RetriableError: the topic can neither be created nor found.
     """
     admin = AdminClient(kafka.client_config())
-    created = NewTopic(topic, num_partitions=partitions, config=dict(KEPT))
-    try:
-        admin.create_topics([created])[topic].result(timeout=_TIMEOUT)
+    if create_topics(admin, [NewTopic(topic, num_partitions=partitions, config=dict(KEPT))]):
         return
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise RetriableError(f"cannot create topic {topic}: {exc}") from exc
     resource = ConfigResource(ResourceType.TOPIC, topic)
     try:
         described = admin.describe_configs([resource])[resource].result(timeout=_TIMEOUT)
@@ -75,6 +71,11 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str, *, partitions: in
         wanted = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
         admin.incremental_alter_configs([wanted])[wanted].result(timeout=_TIMEOUT)
         log.info("dead-letter topic %s: %s set (letters are kept forever)", topic, missing)
+    except TimeoutError as exc:
+        raise RetriableError(
+            f"cannot read the settings of topic {topic}: Kafka did not answer within "
+            f"{_TIMEOUT:.0f}s"
+        ) from exc
     except KafkaException as exc:
         log.warning(
             "dead-letter topic %s keeps letters only as long as its retention allows; "

@@ -24,11 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Self
 
-from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from schemas.errors import RetriableError
 from schemas.settings import KafkaSettings
+from schemas.topic_admin import create_topics
 from schemas.topics import horizon_topic
 
 __all__ = [
@@ -44,8 +43,6 @@ STREAMS_HORIZON_TOPIC: Final = horizon_topic("streams")
 
 HORIZON_TOPIC_CONFIG: Final[Mapping[str, str]] = {"retention.ms": str(3_600_000)}
 """A horizon topic's settings: an hour of records (readers want the latest only)."""
-
-_TIMEOUT: Final = 30.0
 
 
 def horizon_schema() -> dict[str, Any]:
@@ -105,9 +102,4 @@ def ensure_horizon_topic(kafka: KafkaSettings, topic: str = STREAMS_HORIZON_TOPI
         RetriableError: the topic can neither be created nor found.
     """
     admin = AdminClient(kafka.client_config())
-    created = NewTopic(topic, num_partitions=1, config=dict(HORIZON_TOPIC_CONFIG))
-    try:
-        admin.create_topics([created])[topic].result(timeout=_TIMEOUT)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise RetriableError(f"cannot create topic {topic}: {exc}") from exc
+    create_topics(admin, [NewTopic(topic, num_partitions=1, config=dict(HORIZON_TOPIC_CONFIG))])

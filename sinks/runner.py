@@ -82,6 +82,7 @@ from schemas.errors import (
 )
 from schemas.horizon import SourceHorizon, ensure_horizon_topic
 from schemas.serde import AvroSerde
+from schemas.topic_admin import create_topics
 from sinks.base import WriteResult
 from sinks.batch import DECIDING_FIELDS, EntityKey, SinkBatch, SinkEvent, safe_offsets
 from sinks.metrics import SinkMetrics
@@ -224,8 +225,11 @@ class SinkRunner:
         """Run until :meth:`stop` (or ``until(stats)`` is true); return the totals."""
         self._retrying("setup", self._sink.setup)
         self._metrics.parked.labels(self._target).set(self._sink.parked_records)
-        ensure_dead_letter_topic(self._s.kafka, self._s.dlq_topic)
-        self._ensure_topics(self._s.replay_topic)
+        # A sink (re)started while Kafka is away waits for it here, as for its database.
+        self._retrying(
+            "dead-letter topic", partial(ensure_dead_letter_topic, self._s.kafka, self._s.dlq_topic)
+        )
+        self._retrying("replay topic", partial(self._ensure_topics, self._s.replay_topic))
         self._retrying(
             "horizon topic", partial(ensure_horizon_topic, self._s.kafka, self._s.horizon_topic)
         )
@@ -1009,11 +1013,4 @@ class SinkRunner:
     def _ensure_topics(self, *names: str) -> None:
         """Create the sink's own one-partition topics (replays) if missing."""
         admin = AdminClient(self._s.kafka.client_config())
-        for name, future in admin.create_topics(
-            [NewTopic(name, num_partitions=1) for name in names]
-        ).items():
-            try:
-                future.result(timeout=30)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise RetriableError(f"cannot create topic {name}: {exc}") from exc
+        create_topics(admin, [NewTopic(name, num_partitions=1) for name in names])

@@ -132,6 +132,18 @@ class LocalStack:
         self._start([self.registry], progress)
         return self.status()
 
+    def start(
+        self, components: Iterable[Component], progress: Progress = lambda _msg: None
+    ) -> None:
+        """Start ``components`` and wait until each answers; leave the rest alone.
+
+        What ``up`` does (running ones are left alone, each one's bootstrap runs once it
+        answers) for a part of the stack: a database brought back after an outage while
+        Kafka is still away. The registry needs Kafka to answer.
+        """
+        self.layout.state.mkdir(parents=True, exist_ok=True)
+        self._start(components, progress)
+
     def _start(self, components: Iterable[Component], progress: Progress) -> None:
         pending = list(components)
         for component in pending:

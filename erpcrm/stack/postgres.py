@@ -24,6 +24,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 from psycopg import sql
@@ -40,6 +41,9 @@ from erpcrm.stack.secrets import StackSecrets
 from schemas.errors import StackError
 
 log = logging.getLogger(__name__)
+
+ShutdownMode = Literal["smart", "fast", "immediate"]
+"""``pg_ctl stop -m``: wait for clients, roll them back, or crash-stop."""
 
 SUPERUSER = "postgres"
 CAPTURE_ROLE = "erpcrm_capture"
@@ -239,12 +243,19 @@ class PostgresCluster:
                 for schema, sequence in rows.fetchall():
                     conn.execute(grant_sequence(schema, sequence, SINK_ROLE))
 
-    def stop(self) -> None:
-        """Fast shutdown (rolls back open transactions, flushes WAL); waits for it."""
+    def stop(self, mode: ShutdownMode = "fast") -> None:
+        """Shut the server down in ``mode`` and wait for it.
+
+        ``fast`` (the default) rolls back open transactions, ends every session and
+        writes a checkpoint. ``immediate`` ends every process at once, as a crash or a
+        power loss would: the next start replays the WAL from the last checkpoint, and
+        what was only in memory (a replication slot's position confirmed since that
+        checkpoint) goes back to the checkpoint's.
+        """
         if self.pid() is None:
             return
         argv = as_unprivileged(
-            [str(find_bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
+            [str(find_bindir() / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"]
         )
         subprocess.run(argv, capture_output=True, text=True, check=False)
 

@@ -286,9 +286,9 @@ class Capture:
             try:
                 if self.metric("erpcrm_cdc_received_lsn") <= 0:
                     return False
-            except httpx.HTTPError:
+                row = slot_row(self.admin_dsn, self.slot)
+            except (httpx.HTTPError, psycopg.OperationalError):  # not yet, or the database away
                 return False
-            row = slot_row(self.admin_dsn, self.slot)
             return row is not None and row[0]
 
         wait_for(streaming, timeout, f"capture {self.slot} to stream")

@@ -10,6 +10,9 @@ not depend on what is written:
   (``ERPCRM_SOAK_SECONDS``: an on-demand soak; otherwise the bounded CI budget);
 - :class:`Victim` and :func:`victims`: every worker kind killed and restarted
   ``kill_cycles`` times, spread over the writing; a sink inside its batch's transaction;
+- :func:`outages`: the stack itself (the Kafka broker, each PostgreSQL server in fast
+  or immediate mode, the schema registry) stopped and started again ``outage_cycles``
+  times, with the stack's own control, while the workers run on;
 - :func:`soak_pipeline`: the pipeline with a short clock wait, settled or failing with
   the log of a worker that died; :func:`dead_workers`;
 - :class:`Pair` and :func:`wait_linked`: CRM accounts made into linked ERP customers
@@ -33,6 +36,9 @@ import httpx
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from erpcrm.stack import LocalStack
+from erpcrm.stack.manager import Component
+from erpcrm.stack.postgres import PostgresCluster, ShutdownMode
 from schemas.mapping import load_mappings
 from schemas.topics import raw_topic, transaction_topic
 from streams.cleansing import clean_vat
@@ -56,6 +62,7 @@ __all__ = [
     "Victim",
     "dead_letters",
     "dead_workers",
+    "outages",
     "quiesce",
     "run_threads",
     "settled",
@@ -95,6 +102,8 @@ class Budget:
     """How many records the writers work on (pairs to edit, pairs to duplicate)."""
     writers_per_system: int = 3
     kill_cycles: int = 1
+    outage_cycles: int = 1
+    """Rounds of :func:`outages` (every stack component stopped once a round)."""
     soak: bool = False
 
     @classmethod
@@ -102,11 +111,18 @@ class Budget:
         cls, env: Mapping[str, str], *, seconds: float, width: int, soak_width: int
     ) -> Budget:
         """``ERPCRM_SOAK_SECONDS=<n>``: ``n`` seconds over ``soak_width`` records, one round
-        of kills a minute; otherwise (CI, a developer's run) ``seconds`` over ``width``."""
+        of kills a minute, one round of outages every two; otherwise (CI, a developer's
+        run) ``seconds`` over ``width``, one round of each."""
         soak = env.get("ERPCRM_SOAK_SECONDS", "").strip()
         if soak:
             total = float(soak)
-            return cls(total, soak_width, kill_cycles=max(1, int(total // 60)), soak=True)
+            return cls(
+                total,
+                soak_width,
+                kill_cycles=max(1, int(total // 60)),
+                outage_cycles=max(1, int(total // 120)),
+                soak=True,
+            )
         return cls(seconds, width)
 
     @property
@@ -120,13 +136,21 @@ class Budget:
 
 @dataclass(slots=True)
 class Victim:
-    """A worker that is SIGKILLed and restarted at the given offsets into the run."""
+    """A worker (or a stack component) that is stopped and started again at the given
+    offsets into the run: a worker SIGKILLed, a component shut down (:func:`outages`)."""
 
     name: str
-    kill: Callable[[], None]
+    kill: Callable[[], object]
+    """Stops it; a text it returns (how it stopped it) goes into the log line."""
     restart: Callable[[], object]
     moment: Callable[[], str] | None = None
     """Waits for the moment to kill (e.g. inside a batch); says what it found."""
+    down: tuple[float, float] = (0.2, 2.0)
+    """How long it stays down before the restart, drawn uniformly (seconds)."""
+    verb: str = "killed"
+    exclusive: threading.Lock | None = None
+    """Held from the stop to the end of the restart: victims sharing it are never down
+    together (the schema registry keeps its journal in Kafka)."""
     at: list[float] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     error: str | None = None
@@ -137,14 +161,20 @@ class Victim:
                 delay = started + offset - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                found = f" ({self.moment()})" if self.moment is not None else ""
-                killed = time.monotonic() - started
-                self.kill()
-                time.sleep(rng.uniform(0.2, 2.0))  # down for a moment, with work piling up
-                self.restart()
-                back = time.monotonic() - started
+                with self.exclusive or contextlib.nullcontext():
+                    found = f" ({self.moment()})" if self.moment is not None else ""
+                    killed = time.monotonic() - started
+                    how = self.kill()
+                    if isinstance(how, str):
+                        found += f" ({how})"
+                    # Down for a while, with work piling up.
+                    time.sleep(rng.uniform(*self.down))
+                    restarting = time.monotonic() - started
+                    self.restart()
+                    back = time.monotonic() - started
                 self.log.append(
-                    f"{self.name} killed at +{killed:.1f}s{found}, back at +{back:.1f}s"
+                    f"{self.name} {self.verb} at +{killed:.1f}s{found}, started again at "
+                    f"+{restarting:.1f}s, back at +{back:.1f}s"
                 )
         except Exception as exc:
             self.error = f"{self.name}: {type(exc).__name__}: {exc}"
@@ -167,15 +197,19 @@ def in_transaction(sink: SinkProcess, timeout: float = SINK_KILL_WAIT_SECONDS) -
     seconds (a sink with nothing to do is killed all the same). Says what it found.
     """
     deadline = time.monotonic() + timeout
-    with psycopg.connect(sink.admin_dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND application_name = 'erpcrm-sink' AND backend_xid IS NOT NULL"
-            ).fetchone()
-            if row is not None and row[0]:
-                return "inside a transaction that wrote"
-            time.sleep(0.005)
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(sink.admin_dsn, autocommit=True, connect_timeout=2) as conn:
+                while time.monotonic() < deadline:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name = 'erpcrm-sink' AND backend_xid IS NOT NULL"
+                    ).fetchone()
+                    if row is not None and row[0]:
+                        return "inside a transaction that wrote"
+                    time.sleep(0.005)
+        except psycopg.OperationalError:  # the target is away (an outage): look again
+            time.sleep(0.5)
     return f"no transaction that wrote within {timeout:.0f}s"
 
 
@@ -203,14 +237,94 @@ def victims(pipeline: Pipeline, budget: Budget, rng: random.Random) -> list[Vict
         Victim("erp capture", pipeline.erp.kill, lambda: pipeline.erp.start().wait_streaming(150)),
         Victim("crm capture", pipeline.crm.kill, lambda: pipeline.crm.start().wait_streaming(150)),
     ]
-    cycle = budget.write_seconds / budget.kill_cycles
-    for number in range(budget.kill_cycles):
-        order = rng.sample(found, len(found))
+    _schedule(found, budget.write_seconds, budget.kill_cycles, rng)
+    return found
+
+
+SHUTDOWN_MODES: Final[tuple[ShutdownMode, ...]] = ("fast", "immediate")
+
+
+class _DatabaseOutage:
+    """Shuts one PostgreSQL server of the stack down: first in ``first`` mode, then in
+    one drawn from its own generator (it runs in its victim's thread)."""
+
+    def __init__(self, cluster: PostgresCluster, first: ShutdownMode, seed: float) -> None:
+        self.cluster = cluster
+        self.first = first
+        self.rng = random.Random(seed)
+        self.done = 0
+
+    def __call__(self) -> str:
+        mode = self.first if not self.done else self.rng.choice(SHUTDOWN_MODES)
+        self.done += 1
+        self.cluster.stop(mode)
+        return f"{mode} shutdown"
+
+
+KAFKA_DOWN_SECONDS: Final = (3.0, 10.0)
+DATABASE_DOWN_SECONDS: Final = (1.0, 8.0)
+REGISTRY_DOWN_SECONDS: Final = (1.0, 5.0)
+
+
+def outages(
+    stack: LocalStack, budget: Budget, rng: random.Random, *, registry: bool = True
+) -> list[Victim]:
+    """The stack's own components stopped and started again mid-run, with its own control.
+
+    - the Kafka broker: a controlled shutdown, down for :data:`KAFKA_DOWN_SECONDS`, then
+      started (``LocalStack.start``) and waited for until it answers metadata requests;
+    - the ERP and the CRM PostgreSQL: ``pg_ctl stop`` in ``fast`` or ``immediate`` mode
+      (a crash: the WAL is replayed from the last checkpoint, a slot's position goes back
+      to it), down for :data:`DATABASE_DOWN_SECONDS`; over the run each mode comes once
+      on one database at least, which one drawn from ``rng``;
+    - with ``registry``, the schema registry: SIGTERM, down for
+      :data:`REGISTRY_DOWN_SECONDS`, then started and waited for until its journal is
+      replayed (it needs the broker: the two are never down together).
+
+    ``outage_cycles`` rounds, each in a random order spread over the first 80% of its
+    share of the writing, as :func:`victims` spreads the kills. Whoever runs them starts
+    the whole stack again afterwards (``stack.up()``), whatever happened.
+    """
+    broker = threading.Lock()
+
+    def outage(
+        name: str,
+        component: Component,
+        stop: Callable[[], object],
+        down: tuple[float, float],
+        exclusive: threading.Lock | None = None,
+    ) -> Victim:
+        def restart() -> None:
+            stack.start([component])
+
+        return Victim(name, stop, restart, down=down, verb="stopped", exclusive=exclusive)
+
+    erp_first, crm_first = rng.sample(SHUTDOWN_MODES, 2)
+    erp_stop = _DatabaseOutage(stack.erp, erp_first, rng.random())
+    crm_stop = _DatabaseOutage(stack.crm, crm_first, rng.random())
+    found = [
+        outage("kafka", stack.kafka, stack.kafka.stop, KAFKA_DOWN_SECONDS, broker),
+        outage("erp postgres", stack.erp, erp_stop, DATABASE_DOWN_SECONDS),
+        outage("crm postgres", stack.crm, crm_stop, DATABASE_DOWN_SECONDS),
+    ]
+    if registry:
+        registry_stop = stack.registry.stop
+        found.append(
+            outage("schema registry", stack.registry, registry_stop, REGISTRY_DOWN_SECONDS, broker)
+        )
+    _schedule(found, budget.write_seconds, budget.outage_cycles, rng)
+    return found
+
+
+def _schedule(found: Sequence[Victim], seconds: float, cycles: int, rng: random.Random) -> None:
+    """Each victim once per cycle of ``seconds / cycles``, in a random order per cycle,
+    within the first 80% of the cycle (so restarts meet the writers' load)."""
+    cycle = seconds / cycles
+    for number in range(cycles):
+        order = rng.sample(list(found), len(found))
         for slot, victim in enumerate(order):
-            # Within the first 80% of each cycle, so restarts meet the writers' load.
             offset = (0.1 + 0.7 * (slot + rng.random()) / len(order)) * cycle
             victim.at.append(number * cycle + offset)
-    return found
 
 
 def run_threads(

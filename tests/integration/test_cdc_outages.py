@@ -86,27 +86,46 @@ def test_kafka_outage_blocks_and_resumes_without_loss(
     stack_env: dict[str, str],
     capture_factory: Callable[..., Capture],  # noqa: F811
 ) -> None:
+    """Kafka away for longer than a topic creation may take (30 s), and meanwhile the
+    database restarts (the capture reconnects to it) and a second capture starts: both
+    wait for Kafka, neither exits, and every row arrives once it is back."""
     admin = stack_env["ERP_ADMIN_DSN"]
     table = unique_name("cdc_kafkadown_")
+    late_table = unique_name("cdc_kafkalate_")
     create_probe_table(stack_env, table, "id int primary key, note text")
+    create_probe_table(stack_env, late_table, "id int primary key, note text")
     try:
         capture = capture_factory("erp", [table]).start().wait_streaming()
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
             _insert(admin, table, 1, 20)
             reader.wait(lambda evs: len(_ids(evs)) >= 20, timeout=60, what="the first 20 rows")
         local_stack.kafka.stop()
+        away = time.monotonic()
         _insert(admin, table, 21, 120)  # committed while Kafka is away
+        _insert(admin, late_table, 1, 10)
         outage_end = _wal(admin)
         time.sleep(3)  # the capture must hold on, neither exit nor confirm
         assert capture.running, "the capture waits for Kafka; it does not exit"
         confirmed = _confirmed(admin, capture.slot)
+        late = capture_factory("erp", [late_table]).start()
+        local_stack.erp.stop()  # the capture reconnects to its database while Kafka is away
+        local_stack.start([local_stack.erp])
+        time.sleep(max(0.0, away + 40 - time.monotonic()))  # past every Kafka timeout
+        assert capture.running, f"the capture waits for Kafka; it does not exit:\n{capture.log()}"
+        assert late.running, f"a capture started without Kafka waits for it:\n{late.log()}"
         local_stack.up()
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
             reader.wait(lambda evs: len(_ids(evs)) >= 120, timeout=180, what="all 120 rows")
             ids = _ids(reader.events)
+        with TopicReader(stack_env, [late.topic(late_table)]) as reader:
+            reader.wait(lambda evs: len(_ids(evs)) >= 10, timeout=180, what="the late rows")
+            late_ids = _ids(reader.events)
         assert capture.running, capture.log()
+        assert "reconnecting" in capture.log()
     finally:
         local_stack.up()  # whatever happened, the next tests get the whole stack back
         drop_probe_table(stack_env, table)
+        drop_probe_table(stack_env, late_table)
     assert confirmed < outage_end, "nothing Kafka had not acknowledged was confirmed"
     assert ids == set(range(1, 121))
+    assert late_ids == set(range(1, 11))

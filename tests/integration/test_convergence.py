@@ -18,7 +18,11 @@ How:
    so a raw value is exactly what the other side stores. Every committed write is
    recorded with its transaction's commit time; the accounts' inserts count as the
    first writes.
-3. Meanwhile chaos threads SIGKILL and restart the workers, spread over the run.
+3. Meanwhile chaos threads SIGKILL and restart the workers, spread over the run; in
+   the outage test they stop and start the stack itself instead (the Kafka broker, the
+   ERP and CRM PostgreSQL in fast and immediate mode, on demand the schema registry),
+   and the workers must ride it out. A writer reconnects after an outage; a write whose
+   ``COMMIT`` got no answer is recorded only if it committed (``pg_xact_status``).
 4. After the writers stop and the pipeline is quiet, every (pair, field) is compared
    with the recorded writes, and every customer record of the run in either system
    (found by the run's tag in its name, in any state) is one of a pair, still linked
@@ -26,8 +30,10 @@ How:
    and every write and the final rows are left in ``convergence-writes.jsonl`` in the
    pipeline's log directory (its path is printed).
 
-Budgets: ``ERPCRM_SOAK_SECONDS=<n>`` runs ``n`` seconds of edits over 30 pairs; otherwise
-(``CI=true`` or a developer's run) about 35 seconds over 12 pairs.
+Budgets: ``ERPCRM_SOAK_SECONDS=<n>`` runs ``n`` seconds of edits over 30 pairs (kills once
+a minute, outages every two minutes, the registry among them); otherwise (``CI=true`` or a
+developer's run) about 35 seconds over 12 pairs, one round of each, no registry
+(``ERPCRM_OUTAGE_REGISTRY=1|0`` puts it in or leaves it out either way).
 ``ERPCRM_CONVERGENCE_SEED=<int>`` replays the writers' choices (not their timing).
 
 Values are canonical by construction (each one is checked against the cleansers): names
@@ -48,7 +54,7 @@ import time
 import unicodedata
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -58,6 +64,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from erpcrm.stack import LocalStack
 from streams.cleansing import (
     clean_country,
     clean_email,
@@ -72,7 +79,9 @@ from tests.integration.soak_fixtures import (
     SYSTEMS,
     Budget,
     Pair,
+    Victim,
     dead_workers,
+    outages,
     quiesce,
     run_threads,
     settled,
@@ -83,6 +92,10 @@ from tests.integration.soak_fixtures import (
 )
 
 BUDGET: Final = Budget.from_env(os.environ, seconds=35.0, width=12, soak_width=30)
+OUTAGE_REGISTRY: Final = os.environ.get("ERPCRM_OUTAGE_REGISTRY", str(int(BUDGET.soak))) == "1"
+"""Whether the outage test stops the schema registry too: on demand (a soak, or
+``ERPCRM_OUTAGE_REGISTRY=1``), not in CI, where its restart (a minute or two: the JVM,
+then the journal read back from Kafka) would be most of the test's time."""
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUDGET.timeout_seconds)]
 
@@ -259,18 +272,40 @@ def _commit_us(conn: psycopg.Connection[tuple[Any, ...]], xid: str) -> int:
 
 
 def _update(system: str, fields: Sequence[Field]) -> sql.Composed:
-    """``UPDATE`` of ``fields`` that only happens when each of them changes."""
+    """``UPDATE`` of ``fields`` that only happens when each of them changes; returns the
+    writing transaction's id (``xid``, for its commit time) and full id (``xid8``, for
+    its status after a lost connection)."""
     columns = [sql.Identifier(f.column(system)) for f in fields]
-    return sql.SQL("UPDATE {} SET {} WHERE id = %s AND {} RETURNING xmin::text").format(
+    return sql.SQL(
+        "UPDATE {} SET {} WHERE id = %s AND {} RETURNING xmin::text, pg_current_xact_id()::text"
+    ).format(
         sql.Identifier("public", TABLE[system]),
         sql.SQL(", ").join(sql.SQL("{} = %s").format(c) for c in columns),
         sql.SQL(" AND ").join(sql.SQL("{} IS DISTINCT FROM %s").format(c) for c in columns),
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A write whose ``COMMIT`` was sent: recorded once its transaction is known committed."""
+
+    xid: str
+    xid8: str
+    pair: int
+    fields: tuple[str, ...]
+    values: tuple[str | None, ...]
+    seq: int
+
+
 @dataclass(slots=True)
 class Writer:
-    """One thread editing one system through its own connection until told to stop."""
+    """One thread editing one system through its own connection until told to stop.
+
+    The database may go away under it (an outage): the writer connects again and goes
+    on. A write whose ``COMMIT`` got no answer is recorded only if its transaction
+    committed after all (``pg_xact_status`` once the database is back), with its real
+    commit time; otherwise it never happened.
+    """
 
     system: str
     number: int
@@ -280,20 +315,37 @@ class Writer:
     rng: random.Random
     writes: list[Write] = field(default_factory=list)
     unchanged: int = 0
+    disconnects: int = 0
+    unanswered: Counter[str] = field(default_factory=Counter)
+    """Commits without an answer, by how they turned out (committed, aborted)."""
     error: str | None = None
+    _pending: _Pending | None = None
+    _lost_at_us: int = 2**63
+    """When the connection of the pending write was found lost (µs since the epoch)."""
 
     @property
     def name(self) -> str:
         return f"{self.system[0]}{self.number}"
 
     def run(self, stop: threading.Event) -> None:
+        seq = 0
         try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                seq = 0
-                while not stop.is_set():
-                    seq += 1
-                    self._one(conn, seq)
-                    stop.wait(self.rng.uniform(0.02, 0.25))
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(self.dsn, autocommit=True, connect_timeout=3) as conn:
+                        self._settle(conn)
+                        while not stop.is_set():
+                            seq += 1
+                            self._one(conn, seq)
+                            stop.wait(self.rng.uniform(0.02, 0.25))
+                except psycopg.OperationalError:  # the database is away: connect again
+                    self.disconnects += 1
+                    if self._pending is not None:  # the first loss since its COMMIT
+                        self._lost_at_us = min(self._lost_at_us, time.time_ns() // 1000)
+                    stop.wait(0.3)
+            if self._pending is not None:  # stopped while the database was away
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=60) as conn:
+                    self._settle(conn)
         except Exception as exc:  # reported by the test, with the seed
             self.error = f"{self.name}: {type(exc).__name__}: {exc}"
 
@@ -303,15 +355,53 @@ class Writer:
         fields = self.rng.sample(FIELDS, width)
         values = [self.values.make(f.name, self.rng, self.name, seq) for f in fields]
         params = [*values, pair.key(self.system), *values]
-        row = conn.execute(_update(self.system, fields), params).fetchone()
-        if row is None:  # some column already held its new value: no write
-            self.unchanged += 1
-            return
-        commit_us = _commit_us(conn, str(row[0]))
-        for fld, value in zip(fields, values, strict=True):
-            self.writes.append(
-                Write(self.system, pair.index, fld.name, value, commit_us, self.name, seq)
+        with conn.transaction():
+            row = conn.execute(_update(self.system, fields), params).fetchone()
+            if row is None:  # some column already held its new value: no write
+                self.unchanged += 1
+                return
+            # From here on the write may commit without the answer reaching us.
+            self._pending = pending = _Pending(
+                str(row[0]),
+                str(row[1]),
+                pair.index,
+                tuple(f.name for f in fields),
+                tuple(values),
+                seq,
             )
+        self._record(pending, _commit_us(conn, pending.xid))
+
+    def _record(self, pending: _Pending, commit_us: int) -> None:
+        for name, value in zip(pending.fields, pending.values, strict=True):
+            self.writes.append(
+                Write(self.system, pending.pair, name, value, commit_us, self.name, pending.seq)
+            )
+        self._pending = None
+
+    def _settle(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        """Record the write whose commit got no answer if it committed; forget it if not.
+
+        After an immediate shutdown the server hands out again the transaction ids it
+        had not written to its WAL: an id "in the future" never committed, and one that
+        committed after the connection was lost is another transaction's.
+        """
+        pending, lost_at_us = self._pending, self._lost_at_us
+        if pending is None:
+            self._lost_at_us = 2**63
+            return
+        try:
+            row = conn.execute("SELECT pg_xact_status(%s::xid8)", (pending.xid8,)).fetchone()
+            status = None if row is None else str(row[0])
+        except psycopg.errors.InvalidParameterValue:  # "transaction ID … is in the future"
+            status = "lost in a crash"
+        assert status != "in progress", f"transaction {pending.xid8} is still in progress"
+        commit_us = _commit_us(conn, pending.xid) if status == "committed" else 0
+        if status == "committed" and commit_us > lost_at_us:
+            status = "id reused after a crash"
+        self.unanswered[str(status)] += 1
+        self._pending, self._lost_at_us = None, 2**63  # decided (a lost connection above: not yet)
+        if status == "committed":
+            self._record(pending, commit_us)
 
 
 # ------------------------------------------------------------------ setting up the pairs
@@ -569,9 +659,39 @@ def test_generated_values_are_canonical() -> None:
 def test_concurrent_edits_and_kills_converge_to_the_last_writer(
     pipeline: Pipeline, stack_env: dict[str, str]
 ) -> None:
+    _converge(pipeline, stack_env, "kills", lambda rng: victims(pipeline, BUDGET, rng))
+
+
+def test_concurrent_edits_and_stack_outages_converge_to_the_last_writer(
+    pipeline: Pipeline, stack_env: dict[str, str], local_stack: LocalStack
+) -> None:
+    """The same, while the stack itself goes away: the Kafka broker, both PostgreSQL
+    servers (a fast and an immediate shutdown) and, on demand, the schema registry are
+    stopped and started again mid-run (:func:`outages`); the workers ride it out, none
+    is restarted by the test, and a writer whose commit got no answer counts its write
+    only if it committed."""
+    try:
+        _converge(
+            pipeline,
+            stack_env,
+            "outages",
+            lambda rng: outages(local_stack, BUDGET, rng, registry=OUTAGE_REGISTRY),
+        )
+    finally:
+        local_stack.up()  # whatever happened, the next tests get the whole stack back
+
+
+def _converge(
+    pipeline: Pipeline,
+    stack_env: dict[str, str],
+    what: str,
+    chaos_for: Callable[[random.Random], list[Victim]],
+) -> None:
+    """Pairs, writers on both systems while ``chaos_for(rng)`` goes on, then every cell
+    against the last write and every record of the run one of a pair."""
     budget = BUDGET
     seed = int(os.environ.get("ERPCRM_CONVERGENCE_SEED") or random.SystemRandom().randrange(2**32))
-    print(f"convergence: seed={seed} budget={budget}")
+    print(f"convergence ({what}): seed={seed} budget={budget}")
     rng = random.Random(seed)
     values = ValueMaker(uuid.uuid4().hex[:4])
 
@@ -579,7 +699,7 @@ def test_concurrent_edits_and_kills_converge_to_the_last_writer(
     pairs, initial = _create_pairs(pipeline, stack_env, values, rng, budget.width)
     settled(pipeline)
 
-    # 2.-3. Writers on both systems and, meanwhile, the kills.
+    # 2.-3. Writers on both systems and, meanwhile, the chaos.
     writers = [
         Writer(
             system,
@@ -592,7 +712,7 @@ def test_concurrent_edits_and_kills_converge_to_the_last_writer(
         for system in SYSTEMS
         for number in range(1, budget.writers_per_system + 1)
     ]
-    chaos = victims(pipeline, budget, rng)
+    chaos = chaos_for(rng)
     t0_us = time.time_ns() // 1000  # the stack runs on this host: commit times share the clock
     edited = run_threads([w.run for w in writers], chaos, seed, budget.write_seconds)
 
@@ -610,13 +730,16 @@ def test_concurrent_edits_and_kills_converge_to_the_last_writer(
     state = _read(stack_env, pairs)
     divergences = _diverged(state, pairs, writes)
     problems += _records(stack_env, values.run_tag, pairs)
-    dump = pipeline.erp.log_dir / "convergence-writes.jsonl"
+    dump = pipeline.erp.log_dir / f"convergence-{what}-writes.jsonl"
     _dump(dump, writes, state, pairs)
+    unanswered = sum((w.unanswered for w in writers), Counter[str]())
     header = [
         f"seed={seed} (ERPCRM_CONVERGENCE_SEED={seed} replays the choices) pairs={len(pairs)} "
         f"edits={edited:.0f}s field writes erp={by_system['erp']} crm={by_system['crm']} "
-        f"unchanged-skips={sum(w.unchanged for w in writers)}",
-        "kills: " + "; ".join(line for v in chaos for line in v.log),
+        f"unchanged-skips={sum(w.unchanged for w in writers)} "
+        f"writer-reconnects={sum(w.disconnects for w in writers)} "
+        f"commits-unanswered={dict(unanswered)}",
+        f"{what}: " + "; ".join(line for v in chaos for line in v.log),
         _sink_summary(pipeline),
         f"times are relative to the start of the edits; every write and the final rows: {dump}",
         *notes,
