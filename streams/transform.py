@@ -559,14 +559,14 @@ def _fill_references(
 def _blank(types: Mapping[str, FieldType]) -> dict[str, Any]:
     """A record of ``types`` with every field blank: None, or an empty list for an array."""
     template, arrays = _blank_template(types)
-    record = template.copy()
+    record: dict[str, Any] = template.copy()
     for name in arrays:
         record[name] = []
     return record
 
 
 @_per_object
-def _blank_template(types: Mapping[str, FieldType]) -> tuple[dict[str, None], tuple[str, ...]]:
+def _blank_template(types: Mapping[str, FieldType]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Every field of ``types`` None, and the arrays that are not nullable (blank: ``[]``)."""
     arrays = tuple(name for name, t in types.items() if t.kind == "array" and not t.nullable)
     return dict.fromkeys(types), arrays
