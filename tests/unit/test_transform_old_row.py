@@ -27,7 +27,14 @@ from streams.transform import (
     to_canonical,
 )
 from streams.validation import Ok
-from tests.unit.test_transform import ACCOUNTS, FLOWS, PARTNER, RES_PARTNER, decoded
+from tests.unit.test_transform import (
+    ACCOUNTS,
+    FLOWS,
+    PARTNER,
+    RES_PARTNER,
+    decoded,
+    party_columns,
+)
 
 PARTNER_FLOW = FLOWS["erp_res_partner__customer"]
 ACCOUNT_FLOW = FLOWS["crm_accounts__customer"]
@@ -51,19 +58,7 @@ ACCOUNT: dict[str, Any] = {
 
 def _party_row(rng: random.Random, kind: dirty.DirtyKind | None) -> dict[str, Any]:
     party = dirty.new_party(rng)
-    if kind is not None:
-        party = dirty.apply_party_dirt(rng, party, kind)
-    return {
-        "name": party.name,
-        "is_company": party.is_company,
-        "vat": party.vat,
-        "email": party.email,
-        "phone": party.phone,
-        "street": party.street,
-        "city": party.city,
-        "zip": party.zip,
-        "country_code": party.country,
-    }
+    return party_columns(party if kind is None else dirty.apply_party_dirt(rng, party, kind))
 
 
 _KINDS = st.one_of(st.none(), st.sampled_from(list(dirty.DirtyKind)))
