@@ -409,10 +409,12 @@ def _to_the_end(data: bytes, end: int) -> None:
         raise DecodeError(f"Avro body has {len(data) - end} bytes after the datum")
 
 
-def compile_reader(schema: Mapping[str, Any] | list[Any] | str) -> Callable[[bytes], Any]:
+def compile_reader(schema: Mapping[str, Any] | list[Any] | str) -> Callable[..., Any]:
     """Compile a writer schema into a function returning the datum in an Avro body.
 
-    The whole body must be consumed: trailing bytes mean it was not written with that
+    The function takes the bytes and, optionally, where in them the body starts (a
+    wire-format message is read in place, past its header, without copying its body).
+    The whole rest must be consumed: trailing bytes mean it was not written with that
     schema.
 
     Raises:
@@ -421,8 +423,8 @@ def compile_reader(schema: Mapping[str, Any] | list[Any] | str) -> Callable[[byt
     """
     root = _Compiler().compile(schema, None)
 
-    def read(body: bytes) -> Any:
-        datum, end = _reading(root, body, 0)
+    def read(body: bytes, start: int = 0) -> Any:
+        datum, end = _reading(root, body, start)
         _to_the_end(body, end)
         return datum
 

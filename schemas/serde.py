@@ -494,7 +494,7 @@ class AvroSerde:
     def __init__(self, registry: SchemaRegistry) -> None:
         self._registry = registry
         self._writers: dict[tuple[str, str], WriterSchema] = {}
-        self._readers: dict[int, Callable[[bytes], Any] | None] = {}
+        self._readers: dict[int, Callable[..., Any] | None] = {}
         self._split: dict[tuple[int, frozenset[str]], SplitReader | None] = {}
 
     def prepare(self, subject: str, schema: Mapping[str, Any]) -> WriterSchema:
@@ -550,6 +550,20 @@ class AvroSerde:
                 unknown, the body does not decode, or the datum is not a record.
             RetriableError: the registry is unreachable (the message may be fine).
         """
+        if (
+            reader_schema is None
+            and type(data) is bytes
+            and len(data) >= HEADER_SIZE
+            and data[0] == MAGIC_BYTE
+        ):
+            # the common case, read in place: no view, no copy of the body
+            schema_id = _HEADER.unpack_from(data)[1]
+            compiled = self._reader(schema_id)
+            if compiled is not None:
+                datum = compiled(data, HEADER_SIZE)
+                if not isinstance(datum, dict):
+                    raise DecodeError(f"schema id {schema_id} does not describe a record")
+                return datum
         schema_id, body = unpack(data)
         if reader_schema is None:
             compiled = self._reader(schema_id)
@@ -618,7 +632,7 @@ class AvroSerde:
                 self._split[key] = None
         return self._split[key]
 
-    def _reader(self, schema_id: int) -> Callable[[bytes], Any] | None:
+    def _reader(self, schema_id: int) -> Callable[..., Any] | None:
         """The compiled reader of a writer schema (None: fastavro reads it), cached."""
         if schema_id not in self._readers:
             writer = self._registry.get_schema(schema_id)

@@ -271,15 +271,16 @@ def match_keys(record: Mapping[str, Any]) -> dict[str, str]:
     return {rule: key for rule, key in found.items() if key is not None}
 
 
-def index_keys(record: Mapping[str, Any]) -> dict[str, str]:
+def index_keys(record: Mapping[str, Any], keys: Mapping[str, str] | None = None) -> dict[str, str]:
     """The keys to index a customer record under: none if deleted or archived.
 
     A deleted record (``op`` ``delete``) or an archived one (``active`` false) is
-    nobody's match any more; otherwise :func:`match_keys`.
+    nobody's match any more; otherwise :func:`match_keys` (``keys``: those, worked out
+    already).
     """
     if record.get("op") == "delete" or record.get("active") is False:
         return {}
-    return match_keys(record)
+    return dict(keys) if keys is not None else match_keys(record)
 
 
 # ------------------------------------------------------------------------- index
@@ -401,6 +402,7 @@ def match_customer(
     crosswalk: CrosswalkState | None = None,
     creating: Container[str] = (),
     held: Container[str] = (),
+    keys: Mapping[str, str] | None = None,
 ) -> CustomerMatch | None:
     """Propose the record of the other system that a customer record is, or None.
 
@@ -421,6 +423,7 @@ def match_customer(
             counterpart itself coming back).
         held: ids of the other system's records held as suspected duplicates: a match
             with one has ``linked_to`` :data:`HELD`, except by customer number.
+        keys: the record's :func:`match_keys`, if worked out already.
 
     Returns:
         The match (see the module docstring for the precedence), or None: nothing
@@ -431,7 +434,8 @@ def match_customer(
         linked = counterpart_id(crosswalk, _CUSTOMER, system, record_id)
         if linked is not None:
             return CustomerMatch(linked, "crosswalk", (linked,))
-    keys = match_keys(record)
+    if keys is None:
+        keys = match_keys(record)
 
     def found(rule: str) -> list[str]:
         return list(index["by_rule"].get(rule, {}).get(keys[rule], [])) if rule in keys else []
@@ -477,15 +481,18 @@ def match_creating(
     *,
     record_id: str,
     creating: Container[str],
+    keys: Mapping[str, str] | None = None,
 ) -> CustomerMatch | None:
     """The record of the same system, being created in the other one, that ``record`` copies.
 
     ``record`` is matched against its own system's customers (``own_index``), by the
     same rules and precedence as :func:`match_customer`, but only records being created
     (``creating``) other than itself count: the same customer typed twice before the
-    first copy's counterpart came back. None: there is no such record.
+    first copy's counterpart came back. None: there is no such record. ``keys``: the
+    record's :func:`match_keys`, if worked out already.
     """
-    keys = match_keys(record)
+    if keys is None:
+        keys = match_keys(record)
 
     def found(rule: str) -> list[str]:
         ids = own_index["by_rule"].get(rule, {}).get(keys[rule], []) if rule in keys else []
@@ -509,6 +516,7 @@ def resolve_customer(
     own_index: CustomerIndex | None = None,
     creating: Mapping[str, Container[str]] | None = None,
     held: Mapping[str, Container[str]] | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> CustomerMatch | SuspectedDuplicate | None:
     """Decide what a customer record is on the other side.
 
@@ -518,6 +526,8 @@ def resolve_customer(
         own_index: the record's own system's customers (for :func:`match_creating`).
         creating: per system, its records being created in the other one.
         held: per system, its records held as suspected duplicates.
+        keys: the record's :func:`match_keys`, if worked out already (they are the same
+            for every match tried).
 
     Returns:
         A :class:`CustomerMatch` of a free record (or of the record's own link, rule
@@ -541,6 +551,7 @@ def resolve_customer(
         crosswalk=crosswalk,
         creating=creating.get(other, ()),
         held=(held or {}).get(other, ()),
+        keys=keys,
     )
     if match is not None and not match.duplicate:
         return match
@@ -550,5 +561,7 @@ def resolve_customer(
         return SuspectedDuplicate(match.other_id, match.evidence)
     if own_index is None:
         return None
-    twin = match_creating(own_index, record, record_id=record_id, creating=creating.get(system, ()))
+    twin = match_creating(
+        own_index, record, record_id=record_id, creating=creating.get(system, ()), keys=keys
+    )
     return None if twin is None else SuspectedDuplicate(f"{system}:{twin.other_id}", twin.evidence)

@@ -168,7 +168,7 @@ class Orders:
         if basics is None:
             return
         order = f"{flow.name}|{basics.key}"
-        stored = work.get(ASSEMBLY, f"h|{order}")
+        stored = work.peek(ASSEMBLY, f"h|{order}")
         if stored is not None and basics.lsn < int(stored["lsn"]):
             work.tally.add(Count.DEDUPED, flow.name)
             return
@@ -218,7 +218,7 @@ class Orders:
             return
         collection = f"{flow.schema}.{lines.table}"
         parent_key = f"lp|{flow.name}|{basics.key}"
-        known_parent = work.get(ASSEMBLY, parent_key)
+        known_parent = work.peek(ASSEMBLY, parent_key)
         # A delete's old row may hold only the key (REPLICA IDENTITY DEFAULT): use the index.
         parent = None if basics.op == "d" else line_parent(flow, basics.row)
         parent = parent or known_parent
@@ -227,7 +227,7 @@ class Orders:
             self._register(work, flow, None, basics, None, collection, replay=False)
             return
         order = f"{flow.name}|{parent}"
-        current_lines = work.get(ASSEMBLY, f"l|{order}") or {}
+        current_lines = _lines_to_change(work, order)
         current = current_lines.get(basics.key)
         if current is not None and basics.lsn < int(current["lsn"]):
             work.tally.add(Count.DEDUPED, flow.name)
@@ -245,7 +245,7 @@ class Orders:
             work.put(ASSEMBLY, parent_key, None if basics.op == "d" else parent)
             if known_parent is not None and known_parent != parent:
                 moved_from = f"{flow.name}|{known_parent}"
-                old_lines = work.get(ASSEMBLY, f"l|{moved_from}") or {}
+                old_lines = _lines_to_change(work, moved_from)
                 old_lines.pop(basics.key, None)
                 work.put(ASSEMBLY, f"l|{moved_from}", old_lines or None)
                 self._register(
@@ -334,7 +334,7 @@ class Orders:
                 # snapshot rows included: settling the snapshot would assemble (or
                 # dead-letter) the same order again. A snapshot row read later waits anew.
                 work.put(ASSEMBLY, f"{SNAP_PREFIX}{order}", None)
-        record = work.get(ASSEMBLY, pending)
+        record = _pending_to_change(work, pending)
         if replay:
             if record is None and order is not None and replays:
                 # A replayed dead letter, its order assembled or given up on before:
@@ -390,7 +390,7 @@ class Orders:
             tally.add(Count.IGNORED, "transaction_end")
             return
         pending = f"{TX_PREFIX}{system}|{tx}"
-        record = work.get(ASSEMBLY, pending) or {
+        record = _pending_to_change(work, pending) or {
             "due": work.now_ms + self._timeout_ms,
             "expected": None,
             "seen": {},
@@ -445,7 +445,7 @@ class Orders:
         as of its latest change, until the latest of their give-ups.
         """
         key = _wait_key(order)
-        found = work.get(ASSEMBLY, key)
+        found = work.peek(ASSEMBLY, key)  # only read
         if found is not None:
             before = found["orders"].get(order)
             if before is not None and int(before["lsn"]) > int(info["lsn"]):
@@ -522,7 +522,7 @@ class Orders:
     def expire(self, work: UnitOfWork, system: str, tx: str) -> None:
         """Transaction ``tx`` will get no ``END``: assemble its orders from what they have."""
         key = f"{TX_PREFIX}{system}|{tx}"
-        record = work.get(ASSEMBLY, key)
+        record = _pending_to_change(work, key)
         if record is not None:
             self.complete(work, key, record, how="timeout", forced=True)
 
@@ -535,6 +535,34 @@ class Orders:
         else:
             how = "timeout"
         self.complete(work, key, record, how=how, forced=True)
+
+
+def _lines_to_change(work: UnitOfWork, order: str) -> dict[str, Any]:
+    """The current lines of ``order`` (``<flow>|<order id>``), to change and put back.
+
+    Only the mapping of line id -> line is changed (a line is replaced or removed, never
+    changed in place), so it alone is copied: a transaction of many lines of one order
+    read each other's writes, and a deep copy of every line each time cost as much as
+    the lines' other work.
+    """
+    current = work.peek(ASSEMBLY, f"l|{order}")
+    return {} if current is None else dict(current)
+
+
+def _pending_to_change(work: UnitOfWork, key: str) -> dict[str, Any] | None:
+    """A pending record (``tx|...``), to change and put back; None if there is none.
+
+    What its changes touch is copied: the record, its ``seen`` counts, its ``orders`` and
+    each order's entry. The entries' triggers (frozen line changes, the bulk of a record
+    of many lines) are replaced, never changed in place, so they are shared.
+    """
+    found = work.peek(ASSEMBLY, key)
+    if found is None:
+        return None
+    record = dict(found)
+    record["seen"] = dict(found["seen"])
+    record["orders"] = {order: dict(info) for order, info in found["orders"].items()}
+    return record
 
 
 def _wait_key(order: str) -> str:

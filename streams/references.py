@@ -49,6 +49,7 @@ from streams.crosswalk import (
     erp_id_for,
     index_customer,
     index_keys,
+    match_keys,
     new_crosswalk,
     new_customer_index,
     other_system,
@@ -290,7 +291,9 @@ class References:
         ref = self.data
         if system == "erp" and not deleted and record.get("crm_id"):
             self.link(work, "customer", own_id, str(record["crm_id"]), "erp_column")
-        keys = index_keys(record)
+        # worked out once: indexing and matching use them (a delete is neither)
+        matched_by = None if deleted else match_keys(record)
+        keys = index_keys(record, matched_by)
         self.index_customer(work, system, own_id, keys)
         if not keys:  # deleted or archived: nobody's match, nothing being created
             self.mark_creating(work, system, own_id, False)
@@ -308,6 +311,7 @@ class References:
             own_index=ref.customers[system],
             creating=ref.creating,
             held=ref.duplicates,
+            keys=matched_by,
         )
         if isinstance(found, CustomerMatch):
             erp_id, crm_id = (

@@ -414,11 +414,17 @@ def _kept(fm: FieldMap, typed: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class _RowPlan:
-    """The fields of a row, compiled: in mapping order, those inferred, those required."""
+    """The fields of a row, compiled: in mapping order, those inferred, those required.
+
+    ``reads``: per mapper (same order), what its value is made from besides the
+    reference data: its column, its fallback's column, the canonical field of its region
+    (None where it has none).
+    """
 
     mappers: tuple[tuple[FieldMap, _FieldMapper], ...]
     inferred: tuple[FieldMap, ...]
     required: tuple[str, ...]
+    reads: tuple[tuple[str | None, str | None, str | None], ...]
 
 
 @_per_object
@@ -429,25 +435,82 @@ def _row_plan(fields: Sequence[FieldMap]) -> _RowPlan:
         tuple((fm, _field_mapper(fm)) for fm in ordered),
         tuple(fm for fm in fields if fm.infer_from),
         tuple(fm.target for fm in fields if fm.required),
+        tuple(
+            (fm.source, fm.fallback.source if fm.fallback else None, fm.region or None)
+            for fm in ordered
+        ),
     )
 
 
+_Inputs = tuple[Any, Any, Any]
+"""What one field mapper read: its column's value, its fallback column's, its region's."""
+Trace = list[tuple[_Inputs, Any, tuple[Fix, ...]]]
+"""Per field mapper of a row, in plan order: what it read, what it returned, its fixes."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two values read for a field map alike: the same type and the same value.
+
+    Decimals by their digits and exponent (``1.0`` and ``1.00`` are equal, yet scaled
+    differently); values of other types (times, floats) never count as the same.
+    """
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is str or kind is int or kind is bool:
+        return bool(a == b)
+    if kind is Decimal:
+        return bool(a.as_tuple() == b.as_tuple())
+    return False
+
+
 def _map_row(
-    fields: Sequence[FieldMap], row: Mapping[str, Any], refs: _Refs
+    fields: Sequence[FieldMap],
+    row: Mapping[str, Any],
+    refs: _Refs,
+    *,
+    trace: Trace | None = None,
+    prior: Trace | None = None,
 ) -> Ok[dict[str, Any]] | Failed:
     """Map every field of a row.
 
     Plain fields first, then phones and VAT ids (they need the country), then inferred
     countries, then the required check. A field that fails is quarantined, kept or fails
     the row, as its ``on_invalid`` says.
+
+    ``trace``: filled with what each field mapper read and returned. ``prior``: the trace
+    of another row of the same fields mapped with the same reference data (an update's
+    new row, when its old one is mapped); a field that reads the same values as there
+    takes the result made there instead of being mapped (cleansed) again. A field's
+    mapper is a pure function of what it reads and the reference data, so the row maps
+    exactly as it would on its own.
     """
     plan = _row_plan(fields)
     values: dict[str, Any] = {}
     fixes: list[Fix] = []
     made: list[Fix] = []
     quarantined: list[Quarantine] = []
-    for fm, mapper in plan.mappers:
-        result = mapper(row, values, refs, made)
+    traced = trace is not None or prior is not None
+    for position, (fm, mapper) in enumerate(plan.mappers):
+        if not traced:
+            result = mapper(row, values, refs, made)
+        else:
+            source, fallback, region = plan.reads[position]
+            inputs = (
+                None if source is None else row.get(source),
+                None if fallback is None else row.get(fallback),
+                None if region is None else values.get(region),
+            )
+            before = None if prior is None else prior[position]
+            if before is not None and all(map(_same, before[0], inputs)):
+                result = before[1]
+                made.extend(before[2])
+            else:
+                result = mapper(row, values, refs, made)
+            if trace is not None:
+                trace.append((inputs, result, tuple(made)))
         if type(result) is Failed:
             made.clear()
             if fm.on_invalid is OnInvalid.DEAD_LETTER:
@@ -494,7 +557,19 @@ def _fill_references(
 
 
 def _blank(types: Mapping[str, FieldType]) -> dict[str, Any]:
-    return {name: [] if t.kind == "array" and not t.nullable else None for name, t in types.items()}
+    """A record of ``types`` with every field blank: None, or an empty list for an array."""
+    template, arrays = _blank_template(types)
+    record: dict[str, Any] = template.copy()
+    for name in arrays:
+        record[name] = []
+    return record
+
+
+@_per_object
+def _blank_template(types: Mapping[str, FieldType]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Every field of ``types`` None, and the arrays that are not nullable (blank: ``[]``)."""
+    arrays = tuple(name for name, t in types.items() if t.kind == "array" and not t.nullable)
+    return dict.fromkeys(types), arrays
 
 
 # ------------------------------------------------------------------- changed fields
@@ -532,6 +607,7 @@ def changed_fields(
     raw_event: Mapping[str, Any],
     after: Mapping[str, Any] | None = None,
     refs: _Refs | None = None,
+    after_trace: Trace | None = None,
 ) -> list[str] | None:
     """The business fields a change changed (module doc), in mapping order; None: unknown.
 
@@ -539,7 +615,8 @@ def changed_fields(
     changed counts only if its canonical value changed too (a phone typed in another
     format, or one whose country changed while it carries its own country code, did
     not change). The old row is mapped the same way; if that fails, the input columns
-    decide.
+    decide. ``after_trace``: how the new row was mapped (with ``refs``), so that the old
+    row's fields that read what the new row's read are not cleansed again.
     """
     inputs = _inputs(flow)
     op = raw_event.get("op")
@@ -567,7 +644,7 @@ def changed_fields(
     moved = {c for c in new_row if c in old_row and old_row[c] != new_row[c]}
     changed = [name for name, columns in inputs.items() if columns & moved]
     if changed and after is not None:
-        old = _map_row(flow.fields, old_row, refs or _Refs(None, None, {}))
+        old = _map_row(flow.fields, old_row, refs or _Refs(None, None, {}), prior=after_trace)
         if isinstance(old, Ok):
             changed = [n for n in changed if plain(old.value.get(n)) != plain(after.get(n))]
     if changed:
@@ -773,12 +850,19 @@ def to_canonical(
     if deleted:
         return _finish(flow, entity_id, _delete_fields(flow, change, refs, record), ())
 
-    mapped = _map_row(flow.fields, change.row, refs)
+    # An update with its old row maps that too (its changed fields): the new row's
+    # trace lets the old row's unchanged fields take the values made here.
+    trace: Trace | None = (
+        []
+        if refined and CHANGED_FIELDS in record and isinstance(change.raw.get("before"), Mapping)
+        else None
+    )
+    mapped = _map_row(flow.fields, change.row, refs, trace=trace)
     if isinstance(mapped, Failed):
         return mapped
     values = mapped.value
     if CHANGED_FIELDS in record and refined:
-        record[CHANGED_FIELDS] = changed_fields(flow, change.raw, values, refs)
+        record[CHANGED_FIELDS] = changed_fields(flow, change.raw, values, refs, trace)
     if flow.other_id_field in values and values[flow.other_id_field] is None:
         values.pop(flow.other_id_field)  # keep what the crosswalk knows
     record.update(values)

@@ -687,3 +687,28 @@ def test_matching_never_links_to_a_linked_record_nor_flags_the_own_counterpart(
         assert not any(
             keys & index_keys(candidate).items() for candidate in records[other].values()
         )
+
+
+@given(_worlds(), st.sampled_from(["erp", "crm"]), st.integers(0, 4), _RECORDS)
+def test_matching_with_the_keys_worked_out_already_decides_the_same(
+    world: tuple[dict[str, dict[str, dict[str, Any]]], CrosswalkState],
+    system: str,
+    which: int,
+    record: dict[str, Any],
+) -> None:
+    records, crosswalk = world
+    other = other_system(system)
+    arguments: dict[str, Any] = {
+        "system": system,
+        "record_id": _IDS[system][which],
+        "crosswalk": crosswalk,
+        "own_index": built_index(records[system]),
+        "creating": {system: set(_IDS[system][:2]), other: {_IDS[other][1]}},
+        "held": {other: {_IDS[other][2]}},
+    }
+    index = built_index(records[other])
+    keys = match_keys(record)
+    assert resolve_customer(index, record, keys=keys, **arguments) == resolve_customer(
+        index, record, **arguments
+    )
+    assert index_keys(record, keys) == index_keys(record)

@@ -449,3 +449,25 @@ def test_other_illegal_names() -> None:
 def test_legal_names_pass_through(name: str) -> None:
     topic = topics.raw_topic("erp", name, name)
     assert topics.parse_raw_topic(topic) == ("erp", name, name)
+
+
+@given(label=st.none() | st.text(max_size=80), extra=st.binary(max_size=3))
+def test_a_message_is_decoded_in_place_as_its_copied_body_would_be(
+    label: str | None, extra: bytes
+) -> None:
+    # bytes are read in place past the header; other buffers through a copy of the body:
+    # the same record, and the same failures for trailing or missing bytes
+    serde = AvroSerde(LocalSchemaRegistry())
+    data = serde.encode("things-value", SCHEMA, {"id": 7, "label": label})
+    for message in (data + extra, data[:-1]):
+        outcomes = []
+        for form in (message, bytearray(message), memoryview(message)):
+            try:
+                outcomes.append(serde.decode(form))
+            except DecodeError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1] == outcomes[2]
+    assert serde.decode(data) == {"id": 7, "label": label}
+    if extra:
+        with pytest.raises(DecodeError, match=f"{len(extra)} bytes after the datum"):
+            serde.decode(data + extra)

@@ -328,6 +328,21 @@ PARTNER: dict[str, Any] = {
 }
 
 
+def party_columns(party: dirty.PartyValues) -> dict[str, Any]:
+    """The ``res_partner`` columns of a party the workload makes."""
+    return {
+        "name": party.name,
+        "is_company": party.is_company,
+        "vat": party.vat,
+        "email": party.email,
+        "phone": party.phone,
+        "street": party.street,
+        "city": party.city,
+        "zip": party.zip,
+        "country_code": party.country,
+    }
+
+
 def partner_event(**changes: Any) -> dict[str, Any]:
     return decoded(RES_PARTNER, "u", after=PARTNER | changes)
 
@@ -544,17 +559,7 @@ def test_dirty_workload_customers_never_crash_the_transform(
     kind: dirty.DirtyKind, rng: random.Random, lsn: int
 ) -> None:
     party = dirty.apply_party_dirt(rng, dirty.new_party(rng), kind)
-    row = PARTNER | {
-        "name": party.name,
-        "is_company": party.is_company,
-        "vat": party.vat,
-        "email": party.email,
-        "phone": party.phone,
-        "street": party.street,
-        "city": party.city,
-        "zip": party.zip,
-        "country_code": party.country,
-    }
+    row = PARTNER | party_columns(party)
     result = to_canonical(
         FLOWS["erp_res_partner__customer"], decoded(RES_PARTNER, "c", after=row, lsn=lsn)
     )
