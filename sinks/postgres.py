@@ -218,6 +218,21 @@ class _Statements:
         return text
 
 
+_CLOCK_NAMES: Final = {name: name for name in sql.CLOCK_COLUMNS}
+_JOINED_CLOCK_NAMES: Final = {name: sql.clock_column(name) for name in sql.CLOCK_COLUMNS}
+
+
+def _clock(row: Mapping[str, Any], names: Mapping[str, str]) -> RowClock:
+    """A row clock read from ``row``; ``names``: its columns' names there (``written`` …)."""
+    return RowClock(
+        written=json_text.load(row[names["written"]]),
+        local=json_text.load(row[names["local"]]),
+        horizon_ms=row[names["horizon_ms"]],
+        sink_xid=row[names["sink_xid"]],
+        local_at_write_ms=row[names["local_at_write_ms"]],
+    )
+
+
 class _Clocks:
     """The row clocks one batch reads and writes (``erpcrm_sync.row_clock``), locked."""
 
@@ -235,15 +250,20 @@ class _Clocks:
         query = self._sql(cur, sql.row_clock_select, self._schema)
         cur.execute(query, (entity, wanted), binary=True)
         for r in cur.fetchall():
-            self._clocks[(entity, r["row_id"])] = RowClock(
-                written=json_text.load(r["written"]),
-                local=json_text.load(r["local"]),
-                horizon_ms=r["horizon_ms"],
-                sink_xid=r["sink_xid"],
-                local_at_write_ms=r["local_at_write_ms"],
-            )
+            self._clocks[(entity, r["row_id"])] = _clock(r, _CLOCK_NAMES)
         for row_id in wanted:
             self._clocks.setdefault((entity, row_id), None)
+
+    def take(self, entity: str, rows: Iterable[Mapping[str, Any]], pk: str) -> None:
+        """Keep the clocks read (and locked) with their rows (:func:`sinks.sql.select_current`).
+
+        A clock already loaded in this batch stays as it is (it may be changed already).
+        """
+        for r in rows:
+            key = (entity, str(r[pk]))
+            if key not in self._clocks:
+                found = r[sql.ROW_CLOCK] is not None
+                self._clocks[key] = _clock(r, _JOINED_CLOCK_NAMES) if found else None
 
     def get(self, entity: str, row_id: str) -> RowClock | None:
         """A loaded clock; None when the row has none yet."""
@@ -798,7 +818,7 @@ class PostgresUpsertSink(Sink):
         if not items:
             return
         items = self._fill_references(cur, table, items, out)
-        self._locate(cur, table, items)
+        self._locate(cur, table, items, clocks)
         clocks.load(cur, entity, (str(i.pk) for i in items if i.current is not None))
         deletes = [i for i in items if i.event.op == "delete"]
         upserts = [i for i in items if i.event.op != "delete"]
@@ -959,13 +979,16 @@ class PostgresUpsertSink(Sink):
         records: Sequence[Mapping[str, Any]],
         *,
         lock: bool,
+        clock: tuple[str, _Clocks] | None = None,
     ) -> list[dict[str, Any] | None]:
         """Per record, the row of ``ref`` its strongest locator finds (None: none does).
 
         One statement for the whole batch, whatever the number of locators: rows
         matching any locator's values come back (and with ``lock``, locked, with their
         row facts), and each record takes the first locator, in order, that matched. A
-        row a locator with ``dead`` matched only counts while it is live.
+        row a locator with ``dead`` matched only counts while it is live. ``clock``:
+        ``(entity, clocks)``: the rows' clocks are read (and locked) in the same
+        statement, kept in ``clocks`` (``columns[0]`` is the primary key).
         """
         wanted = [[_safe(locator, record) for locator in locators] for record in records]
         keys: list[sql.Key] = []
@@ -988,9 +1011,12 @@ class PostgresUpsertSink(Sink):
             tuple(keys),
             lock=lock,
             row_facts=lock,
+            clock=None if clock is None else (self._schema, columns[0]),
         )
-        cur.execute(query, params, binary=True)
+        cur.execute(query, params if clock is None else [*params, clock[0]], binary=True)
         rows = cur.fetchall()
+        if clock is not None:
+            clock[1].take(clock[0], rows, columns[0])
         # Per locator, its matches by value (only live rows for a locator with ``dead``).
         matches: list[dict[str, dict[str, Any]]] = []
         for index, locator in enumerate(locators):
@@ -1011,15 +1037,25 @@ class PostgresUpsertSink(Sink):
     # -- locating ---------------------------------------------------------------------
 
     def _locate(
-        self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, items: list[_Item]
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        items: list[_Item],
+        clocks: _Clocks,
     ) -> None:
-        """Find and lock each item's current row, strongest locator first."""
+        """Find and lock each item's current row, strongest locator first, and its clock."""
         columns = [table.pk, *(c.column for c in table.columns), *sorted(table.generated)]
         if table.modified:
             columns.append(table.modified)
         open_items = [i for i in items if i.current is None]
         found = self._find(
-            cur, table.ref, columns, table.locators, [i.record for i in open_items], lock=True
+            cur,
+            table.ref,
+            columns,
+            table.locators,
+            [i.record for i in open_items],
+            lock=True,
+            clock=(table.entity, clocks),
         )
         for item, row in zip(open_items, found, strict=True):
             if row is not None:

@@ -53,8 +53,10 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 
 __all__ = [
+    "CLOCK_COLUMNS",
     "PG_TYPES",
     "PRIVILEGES",
+    "ROW_CLOCK",
     "SYNC_SCHEMA",
     "Column",
     "Key",
@@ -64,6 +66,7 @@ __all__ = [
     "announce_select",
     "applied_upsert",
     "array",
+    "clock_column",
     "conflicts_insert",
     "create_sync_schema",
     "dead_letter_delete",
@@ -849,6 +852,17 @@ ROW_COMMIT_MS: Final = "_erpcrm_commit_ms"
 ROW_NOW_MS: Final = "_erpcrm_now_ms"
 """Names of the row facts :func:`select_current` adds with ``row_facts=True``."""
 
+ROW_CLOCK: Final = "_erpcrm_clock_row"
+"""With ``clock``, :func:`select_current` adds each row's clock (:func:`row_clock_select`'s
+columns, prefixed ``_erpcrm_clock_``); this one is null when the row has no clock yet."""
+CLOCK_COLUMNS: Final = ("written", "local", "horizon_ms", "sink_xid", "local_at_write_ms")
+"""The clock columns :func:`select_current` adds (``_erpcrm_clock_<name>``)."""
+
+
+def clock_column(name: str) -> str:
+    """The name :func:`select_current` gives a clock column (:data:`CLOCK_COLUMNS`)."""
+    return f"_erpcrm_clock_{name}"
+
 
 @dataclass(frozen=True, slots=True)
 class Key:
@@ -869,41 +883,99 @@ def select_current(
     *,
     lock: bool = True,
     row_facts: bool = False,
+    clock: tuple[str, str] | None = None,
 ) -> sql.Composed:
     """Current rows matching any of ``keys``, locked (``FOR UPDATE``) against local edits.
 
     One statement for every way of finding a batch's rows (the caller tells which key
-    matched which row). Parameters: one list of values per key, in order. ``lock=False``
+    matched which row; a row several keys match comes once per key). Parameters: one
+    list of values per key, in order, then with ``clock`` the entity. ``lock=False``
     reads without locking (references to other rows). ``row_facts`` adds, per row, the
     transaction that last wrote it (:data:`ROW_XMIN`, a 32-bit ``xid``), that
     transaction's commit time (:data:`ROW_COMMIT_MS`, whole ms, null when unknown) and
     the database's clock now (:data:`ROW_NOW_MS`).
+
+    ``clock``: ``(sync schema, primary key column)``: each row's clock in
+    ``row_clock`` (the entity the last parameter), locked like the row, joined in the
+    same statement (:data:`ROW_CLOCK`, :func:`clock_column`): one round trip where
+    locating the rows and reading their clocks took two.
+
+    Each value is looked up on its own, through the key's index (a nested loop over
+    the values, each a subquery the planner cannot merge into a join): the plan does
+    not depend on the table's statistics. A lookup of every key's values at once (``OR``
+    of ``= ANY``) scanned the whole table whenever the planner priced a few hundred
+    index probes above it, as it did after a bulk insert it had no statistics for yet
+    and on a table of a few ten thousand rows even with them.
     """
     if not keys:
         raise ValueError("select_current needs at least one key")
-    selected: list[sql.Composable] = [_idents(columns)]
+    t = sql.Identifier("t")
+    selected: list[sql.Composable] = [sql.SQL(", ").join(sql.Identifier("t", n) for n in columns)]
     if row_facts:
         selected.append(
             sql.SQL(
-                "xmin::text::bigint AS {}, "
-                "floor(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint AS {}, "
+                "t.xmin::text::bigint AS {}, "
+                "floor(extract(epoch FROM pg_xact_commit_timestamp(t.xmin)) * 1000)::bigint AS {}, "
                 "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS {}"
             ).format(
                 sql.Identifier(ROW_XMIN), sql.Identifier(ROW_COMMIT_MS), sql.Identifier(ROW_NOW_MS)
             )
         )
-    matches: list[sql.Composable] = []
+    locking = sql.SQL(" FOR UPDATE" if lock else "")
+    arms: list[sql.Composable] = []
     for key in keys:
-        match = sql.SQL("{} = ANY({}::{}[])").format(
-            sql.Identifier(key.column.name), _ARRAY, _type(key.column.pg_type)
+        match = sql.SQL("{} = {}").format(
+            sql.Identifier("t", key.column.name), sql.Identifier("k", "v")
         )
         if key.live is not None:
-            match = sql.SQL("({} AND NOT {})").format(match, sql.Identifier(key.live))
-        matches.append(match)
-    query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
-        sql.SQL(", ").join(selected), table.ident, sql.SQL(" OR ").join(matches)
+            match = sql.SQL("{} AND NOT {}").format(match, sql.Identifier("t", key.live))
+        arms.append(
+            sql.SQL(
+                "SELECT {y}.* FROM unnest({values}::{type}[]) AS {k}({v}) CROSS JOIN LATERAL "
+                "(SELECT {selected} FROM {table} AS {t} WHERE {match} OFFSET 0{locking}) AS {y}"
+            ).format(
+                y=sql.Identifier("y"),
+                values=_ARRAY,
+                type=_type(key.column.pg_type),
+                k=sql.Identifier("k"),
+                v=sql.Identifier("v"),
+                selected=sql.SQL(", ").join(selected),
+                table=table.ident,
+                t=t,
+                match=match,
+                locking=locking,
+            )
+        )
+    found = sql.SQL(" UNION ALL ").join(arms)
+    if clock is None:
+        return sql.SQL("SELECT {}.* FROM ({}) AS {}").format(
+            sql.Identifier("x"), found, sql.Identifier("x")
+        )
+    schema, pk = clock
+    clock_selected = sql.SQL(", ").join(
+        [
+            sql.SQL("c.row_id AS {}").format(sql.Identifier(ROW_CLOCK)),
+            *(
+                sql.SQL("c.{}{} AS {}").format(
+                    sql.Identifier(name),
+                    sql.SQL("::text" if name in ("written", "local") else ""),
+                    sql.Identifier(clock_column(name)),
+                )
+                for name in CLOCK_COLUMNS
+            ),
+        ]
     )
-    return sql.SQL("{} FOR UPDATE").format(query) if lock else query
+    return sql.SQL(
+        "SELECT x.*, {clock_selected} FROM ({found}) AS x LEFT JOIN LATERAL "
+        "(SELECT * FROM {row_clock} AS c WHERE c.entity = %s AND c.row_id = {pk}::text"
+        "{locking}) AS c ON true"
+    ).format(
+        clock_selected=clock_selected,
+        found=found,
+        row_clock=sql.Identifier(schema, "row_clock"),
+        pk=sql.Identifier("x", pk),
+        locking=locking,
+    )
 
 
 def _returning(names: Sequence[str], *, alias: str | None, xmin: bool) -> sql.Composable:

@@ -84,19 +84,36 @@ def test_state_and_offsets() -> None:
             ACCOUNTS, ["id", "name"], [sql.Key(Column("account_number", "text"), live="deleted")]
         )
     ) == (
-        'SELECT "id", "name" FROM "public"."accounts" WHERE ("account_number" = '
-        'ANY(%b::text[]) AND NOT "deleted") FOR UPDATE'
+        'SELECT "x".* FROM (SELECT "y".* FROM unnest(%b::text[]) AS "k"("v") CROSS JOIN '
+        'LATERAL (SELECT "t"."id", "t"."name" FROM "public"."accounts" AS "t" WHERE '
+        '"t"."account_number" = "k"."v" AND NOT "t"."deleted" OFFSET 0 FOR UPDATE) AS "y") '
+        'AS "x"'
     )
 
 
 def test_select_current_finds_rows_by_every_key_in_one_statement() -> None:
     keys = [sql.Key(Column("id", "uuid")), sql.Key(Column("account_number", "text"), "deleted")]
     assert text(sql.select_current(ACCOUNTS, ["id"], keys, lock=False)) == (
-        'SELECT "id" FROM "public"."accounts" WHERE "id" = ANY(%b::uuid[]) OR '
-        '("account_number" = ANY(%b::text[]) AND NOT "deleted")'
+        'SELECT "x".* FROM (SELECT "y".* FROM unnest(%b::uuid[]) AS "k"("v") CROSS JOIN '
+        'LATERAL (SELECT "t"."id" FROM "public"."accounts" AS "t" WHERE "t"."id" = "k"."v" '
+        'OFFSET 0) AS "y" UNION ALL SELECT "y".* FROM unnest(%b::text[]) AS "k"("v") CROSS '
+        'JOIN LATERAL (SELECT "t"."id" FROM "public"."accounts" AS "t" WHERE '
+        '"t"."account_number" = "k"."v" AND NOT "t"."deleted" OFFSET 0) AS "y") AS "x"'
     )
     with pytest.raises(ValueError):
         sql.select_current(ACCOUNTS, ["id"], [])
+
+
+def test_select_current_reads_the_rows_clocks_in_the_same_statement() -> None:
+    keys = [sql.Key(Column("id", "uuid"))]
+    query = text(sql.select_current(ACCOUNTS, ["id"], keys, clock=("erpcrm_sync", "id")))
+    assert query.endswith(
+        'LEFT JOIN LATERAL (SELECT * FROM "erpcrm_sync"."row_clock" AS c WHERE c.entity = %s '
+        'AND c.row_id = "x"."id"::text FOR UPDATE) AS c ON true'
+    )
+    assert 'c.row_id AS "_erpcrm_clock_row"' in query
+    assert 'c."written"::text AS "_erpcrm_clock_written"' in query
+    assert sql.clock_column("sink_xid") in query
 
 
 def test_writes_return_the_transaction_id_of_the_rows_they_changed() -> None:
