@@ -322,9 +322,9 @@ class References:
             creating=ref.creating,
             held=ref.duplicates,
         )
-        if may_settle and keys and record.get(SOURCE_SNAPSHOT) in INITIAL_SNAPSHOT:
-            if not (isinstance(found, CustomerMatch) and found.rule in SURE_RULES):
-                return True
+        sure = isinstance(found, CustomerMatch) and found.rule in SURE_RULES
+        if may_settle and keys and record.get(SOURCE_SNAPSHOT) in INITIAL_SNAPSHOT and not sure:
+            return True
         if isinstance(found, CustomerMatch):
             erp_id, crm_id = (
                 (own_id, found.other_id) if system == "erp" else (found.other_id, own_id)

@@ -723,7 +723,7 @@ def test_matching_never_links_to_a_linked_record_nor_flags_the_own_counterpart(
         holder = counterpart_id(crosswalk, "customer", other, found.of)
         theirs = match_keys(records[other][found.of]).get("customer_number")
         mine = match_keys(record).get("customer_number")
-        assert holder is not None or None not in (theirs, mine) and theirs != mine
+        assert holder is not None or (None not in (theirs, mine) and theirs != mine)
         assert holder != record_id
         rule, _, key = found.evidence.partition("=")
         assert match_keys(records[other][found.of])[rule] == key == match_keys(record)[rule]
