@@ -51,5 +51,21 @@ class PermanentError(SyncError):
     """A failure that retrying cannot fix (constraint violation, bad data)."""
 
 
+class KeyTakenError(PermanentError):
+    """A write would give a row a unique key another row holds (SQLSTATE 23505).
+
+    Never retried and never skipped: the event is dead-lettered (reason ``key_taken``)
+    with ``context``, ``(name, value)`` pairs for the letter's ``erpcrm.context.*``
+    headers: the table, the unique constraint and the key that is taken (a CRM
+    account's customer number another live account carries).
+    """
+
+    reason = "key_taken"
+
+    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.context = context
+
+
 class StackError(SyncError):
     """A local-stack component could not be installed, started, reached or stopped."""

@@ -23,6 +23,8 @@ to the dead-letter topic):
   (``IntegrityError``), and every other SQLSTATE (``42`` syntax / access rule errors,
   ``XX`` internal errors) and unknown exception.
 
+A unique violation (``23505``) becomes :class:`~schemas.errors.KeyTakenError`, a
+permanent error whose dead letter says which key of which table another row holds.
 A :class:`~schemas.errors.SyncError` keeps its own type when it is one of the two.
 Pure: no I/O.
 """
@@ -33,12 +35,21 @@ from typing import Final
 
 import psycopg
 
-from schemas.errors import PermanentError, RetriableError, SyncError
+from schemas.errors import KeyTakenError, PermanentError, RetriableError, SyncError
 
-__all__ = ["RETRIABLE_SQLSTATES", "RETRIABLE_SQLSTATE_CLASSES", "classify", "wrap"]
+__all__ = [
+    "RETRIABLE_SQLSTATES",
+    "RETRIABLE_SQLSTATE_CLASSES",
+    "UNIQUE_VIOLATION",
+    "classify",
+    "wrap",
+]
 
 RETRIABLE_SQLSTATE_CLASSES: Final = frozenset({"08", "40", "53", "57", "58"})
 """SQLSTATE classes (first two characters) whose errors are transient."""
+
+UNIQUE_VIOLATION: Final = "23505"
+"""The SQLSTATE of a unique key another row holds (:class:`~schemas.errors.KeyTakenError`)."""
 
 RETRIABLE_SQLSTATES: Final = frozenset({"55P03", "55006"})
 """Single transient SQLSTATEs outside the retriable classes (lock not available, object
@@ -74,4 +85,14 @@ def wrap(exc: BaseException) -> SyncError:
     kind = classify(exc)
     sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
     where = f" [{sqlstate}]" if sqlstate else ""
-    return kind(f"{type(exc).__name__}{where}: {exc}")
+    message = f"{type(exc).__name__}{where}: {exc}"
+    if sqlstate == UNIQUE_VIOLATION and isinstance(exc, psycopg.Error):
+        return KeyTakenError(message, _key_context(exc.diag))
+    return kind(message)
+
+
+def _key_context(diag: psycopg.errors.Diagnostic) -> tuple[tuple[str, str], ...]:
+    """The dead letter's context of a unique violation: table, constraint, the key taken."""
+    table = ".".join(p for p in (diag.schema_name, diag.table_name) if p)
+    found = {"table": table, "constraint": diag.constraint_name, "key": diag.message_detail}
+    return tuple((name, value) for name, value in found.items() if value)

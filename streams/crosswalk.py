@@ -26,8 +26,13 @@ counterpart is on its way, and would be a second record). A record held as a sus
 duplicate counts as linked too (``held``): it is a copy of a customer that is synced
 already, and linking it would sync that customer twice. Only a match by customer number
 is a record's counterpart coming back: the ERP gives the numbers, and an account the
-CRM sink created carries its customer's. Of several candidates, free ones are proposed
-first, then linked ones, then ones being created, then held ones.
+CRM sink created carries its customer's. For the same reason a record carrying another
+customer number than the record matched with it (by VAT id, e-mail or name) is taken
+(``numbered``): an account with a number is the account of the ERP customer with that
+number, and linking it to another one would write that one's number over it (taking a
+pair's account, or a number another account holds). Of several candidates, free ones
+are proposed first, then linked ones, then ones being created, then held ones, then
+ones carrying another number.
 
 What to do with a customer record (:func:`resolve_customer`): already linked -> keep
 the link; matched with a free record -> link the two; matched with a linked one (or
@@ -61,6 +66,7 @@ __all__ = [
     "HELD",
     "LEGAL_FORMS",
     "MATCH_RULES",
+    "NUMBERED",
     "CrosswalkState",
     "CustomerIndex",
     "CustomerMatch",
@@ -106,10 +112,14 @@ BEING_CREATED: Final = "(being created)"
 """:attr:`CustomerMatch.linked_to` of a record whose counterpart is being created."""
 HELD: Final = "(held)"
 """:attr:`CustomerMatch.linked_to` of a record held as a suspected duplicate."""
+NUMBERED: Final = "(numbered)"
+""":attr:`CustomerMatch.linked_to` of a record carrying another customer number than the
+record matched with it (by a rule other than the customer number)."""
 
 _CUSTOMER: Final = "customer"
-_TAKEN: Final[dict[str | None, int]] = {None: 0, BEING_CREATED: 2, HELD: 3}
-"""The order candidates are proposed in: free, linked (any other id: 1), being created, held."""
+_TAKEN: Final[dict[str | None, int]] = {None: 0, BEING_CREATED: 2, HELD: 3, NUMBERED: 4}
+"""The order candidates are proposed in: free, linked (any other id: 1), being created, held,
+carrying another customer number."""
 _SYSTEMS: Final = ("erp", "crm")
 _NOT_ALNUM: Final = re.compile(r"[^0-9A-Z]")
 _SWISS_VAT_SUFFIX: Final = re.compile(r"(MWST|TVA|IVA)$")
@@ -425,6 +435,9 @@ def match_customer(
             with one has ``linked_to`` :data:`HELD`, except by customer number.
         keys: the record's :func:`match_keys`, if worked out already.
 
+    A free record whose customer number differs from the record's (both have one) has
+    ``linked_to`` :data:`NUMBERED`: another customer's record, never a link.
+
     Returns:
         The match (see the module docstring for the precedence), or None: nothing
         matches, the record is new to the other system.
@@ -436,6 +449,7 @@ def match_customer(
             return CustomerMatch(linked, "crosswalk", (linked,))
     if keys is None:
         keys = match_keys(record)
+    number = keys.get("customer_number")
 
     def found(rule: str) -> list[str]:
         return list(index["by_rule"].get(rule, {}).get(keys[rule], [])) if rule in keys else []
@@ -449,6 +463,9 @@ def match_customer(
                 return BEING_CREATED
             if other_id in held:
                 return HELD
+            theirs = index["keys"].get(other_id, {}).get("customer_number")
+            if number is not None and theirs is not None and theirs != number:
+                return NUMBERED
         return None if linked == record_id else linked
 
     for position, rule in enumerate(MATCH_RULES):
@@ -534,12 +551,13 @@ def resolve_customer(
         ``crosswalk``): link the two. A :class:`SuspectedDuplicate`: ``flagged``, as it
         was, if the record was flagged before (the flag stays until the record is
         linked), else the record matches a record linked to another one, being
-        created or held (with the evidence), else it copies a record of its own system being
-        created (``of`` is ``<system>:<id>`` of that record). None: the record is new to
-        the other system.
+        created, held or carrying another customer number (with the evidence), else it
+        copies a record of its own system being created (``of`` is ``<system>:<id>`` of
+        that record). None: the record is new to the other system.
 
-    Never a match with a record linked to another one, being created or held, and never
-    a duplicate of the record's own counterpart (a linked record returns its link).
+    Never a match with a record linked to another one, being created, held or carrying
+    another customer number, and never a duplicate of the record's own counterpart (a
+    linked record returns its link).
     """
     creating = creating or {}
     other = other_system(system)

@@ -29,7 +29,14 @@ matches customers and links products by SKU, as state writes of the unit of work
   (:meth:`streams.waiting.Waiting.settle`); run again then, it goes out linked if it
   was matched meanwhile, else as new. Published at once, its counterpart read a moment
   later would have found it being created and been held: every pre-existing pair an
-  operator's task.
+  operator's task. A snapshot customer is linked at once only by its link column
+  (``crm_account_id``) or its customer number; one that matches by VAT id, e-mail or
+  name, or only records already taken, settles the same way and is decided then. Its
+  other system's snapshot may not have shown the records that claim it yet: the
+  account carrying its customer number, or the ERP customer whose ``crm_account_id``
+  names the account it matched. Linked at once, a copy left by an earlier run took a
+  pair's account (its data and customer number written over the pair's) or made the
+  sink write a customer number an unread account held (a unique-key dead letter).
 - **Products** are linked by SKU, compared without regard to case or spacing
   (:func:`~streams.validation.identifier_key`).
 """
@@ -37,7 +44,7 @@ matches customers and links products by SKU, as state writes of the unit of work
 from __future__ import annotations
 
 from collections.abc import Container, Mapping
-from typing import Any
+from typing import Any, Final
 
 from schemas.mapping import Flow
 from streams.crosswalk import (
@@ -61,7 +68,11 @@ from streams.transform import INITIAL_SNAPSHOT, SOURCE_SNAPSHOT, CanonicalEvent
 from streams.validation import identifier_key
 from streams.work import UnitOfWork
 
-__all__ = ["ReferenceData", "References"]
+__all__ = ["SURE_RULES", "ReferenceData", "References"]
+
+SURE_RULES: Final = frozenset({"crosswalk", "customer_number"})
+"""The match rules a snapshot customer is linked by at once (:meth:`References.customer`):
+the link itself, and the customer number (an account carries its ERP customer's)."""
 
 
 class ReferenceData:
@@ -280,9 +291,11 @@ class References:
         record without a counterpart is resolved against the other system's index:
         linked, flagged as a suspected duplicate, or left new (and being created).
 
-        Returns True for a new record read by the initial snapshot when ``may_settle``:
-        it is indexed but not marked as being created, and must not be published now
-        (the caller holds it to settle, then runs it again without ``may_settle``).
+        Returns True for a record read by the initial snapshot when ``may_settle``,
+        unless it is linked by :data:`SURE_RULES` (its link column, its customer
+        number): it is indexed but neither linked, flagged nor marked as being created,
+        and must not be published now (the caller holds it to settle, then runs it again
+        without ``may_settle``).
         """
         record = event.record
         system = flow.system
@@ -313,6 +326,9 @@ class References:
             held=ref.duplicates,
             keys=matched_by,
         )
+        sure = isinstance(found, CustomerMatch) and found.rule in SURE_RULES
+        if may_settle and keys and record.get(SOURCE_SNAPSHOT) in INITIAL_SNAPSHOT and not sure:
+            return True
         if isinstance(found, CustomerMatch):
             erp_id, crm_id = (
                 (own_id, found.other_id) if system == "erp" else (found.other_id, own_id)
@@ -327,8 +343,6 @@ class References:
             if flagged is None:
                 work.tally.add(Count.DUPLICATES, "customer", system, found.rule)
             self.flag(work, system, own_id, found)
-        elif keys and may_settle and record.get(SOURCE_SNAPSHOT) in INITIAL_SNAPSHOT:
-            return True
         elif keys:
             self.mark_creating(work, system, own_id, True)
         return False

@@ -12,6 +12,7 @@ from streams.crosswalk import (
     BEING_CREATED,
     HELD,
     MATCH_RULES,
+    NUMBERED,
     CrosswalkState,
     CustomerIndex,
     CustomerMatch,
@@ -208,7 +209,7 @@ def from_crm(index: CustomerIndex, account: dict[str, Any], **options: Any) -> A
 
 
 @pytest.mark.parametrize(
-    ("account", "erp_id", "rule", "key"),
+    ("account", "erp_id", "rule", "key", "linked_to"),
     [
         # Each rule beats the ones after it, whatever they would say.
         (
@@ -216,22 +217,67 @@ def from_crm(index: CustomerIndex, account: dict[str, Any], **options: Any) -> A
             "1",
             "customer_number",
             "C00001",
+            None,
         ),
-        ({"vat": "de 222 222 222", "email": "info@three.example.com"}, "2", "vat", "DE222222222"),
-        ({"customer_number": "C99999", "vat": "DE222222222"}, "2", "vat", "DE222222222"),
-        ({"email": "INFO@three.example.com"}, "3", "email", "info@three.example.com"),
+        (
+            {"vat": "de 222 222 222", "email": "info@three.example.com"},
+            "2",
+            "vat",
+            "DE222222222",
+            None,
+        ),
+        # An account carrying another customer number is another customer's: found by
+        # the rule, but taken (never a link).
+        ({"customer_number": "C99999", "vat": "DE222222222"}, "2", "vat", "DE222222222", NUMBERED),
+        ({"email": "INFO@three.example.com"}, "3", "email", "info@three.example.com", None),
         (
             {"customer_number": "C99999", "vat": "XX1", "email": "INFO@Three.Example.com"},
             "3",
             "email",
             "info@three.example.com",
+            NUMBERED,
         ),
     ],
 )
 def test_match_precedence(
-    index: CustomerIndex, account: dict[str, Any], erp_id: str, rule: str, key: str
+    index: CustomerIndex,
+    account: dict[str, Any],
+    erp_id: str,
+    rule: str,
+    key: str,
+    linked_to: str | None,
 ) -> None:
-    assert from_crm(index, account) == CustomerMatch(erp_id, rule, (erp_id,), key)
+    assert from_crm(index, account) == CustomerMatch(erp_id, rule, (erp_id,), key, linked_to)
+
+
+def test_a_record_carrying_another_customer_number_is_never_linked(
+    index: CustomerIndex,
+) -> None:
+    # An ERP customer matched by e-mail with a free account that carries another
+    # customer's number (an earlier pair's account, its customer not read yet): taken.
+    crm = built_index({"uuid-1": {"customer_number": "C00001", "email": "info@copy.example.com"}})
+    copy = {"customer_number": "C00009", "email": "INFO@copy.example.com"}
+    args: dict[str, Any] = {"system": "erp", "record_id": "9", "crosswalk": new_crosswalk()}
+    match = match_customer(crm, copy, **args)
+    assert match is not None
+    assert (match.other_id, match.rule, match.linked_to) == ("uuid-1", "email", NUMBERED)
+    assert resolve_customer(crm, copy, **args) == SuspectedDuplicate(
+        "uuid-1", "email=info@copy.example.com"
+    )
+    # A free account without a number is preferred; one with the same number is the
+    # record's own (matched by the customer number first).
+    index_customer(crm, "uuid-2", index_keys({"email": "info@copy.example.com"}))
+    assert resolve_customer(crm, copy, **args) == CustomerMatch(
+        "uuid-2", "email", ("uuid-2", "uuid-1"), "info@copy.example.com"
+    )
+    index_customer(crm, "uuid-9", index_keys({"customer_number": "c 00009"}))
+    found = resolve_customer(crm, copy, **args)
+    assert isinstance(found, CustomerMatch)
+    assert (found.other_id, found.rule, found.linked_to) == ("uuid-9", "customer_number", None)
+    # A record without a number (a new CRM account) is not told apart by numbers.
+    assert match_customer(index, {"email": "INFO@three.example.com"}, system="crm") == (
+        CustomerMatch("3", "email", ("3",), "info@three.example.com")
+    )
 
 
 def test_name_and_country_is_the_weakest_rule() -> None:
@@ -666,10 +712,18 @@ def test_matching_never_links_to_a_linked_record_nor_flags_the_own_counterpart(
         assert counterpart_id(crosswalk, "customer", other, found.other_id) is None
         assert records[other][found.other_id].get("active") is not False
         assert found.other_id in found.candidates
+        # ... and carries no other customer number than the record's
+        numbers = {
+            match_keys(r).get("customer_number") for r in (record, records[other][found.other_id])
+        }
+        assert len(numbers - {None}) <= 1
     elif isinstance(found, SuspectedDuplicate) and found != flagged:
-        # a duplicate is of a record linked to another one, with the evidence that matched
+        # a duplicate is of a record linked to another one, or carrying another customer
+        # number, with the evidence that matched
         holder = counterpart_id(crosswalk, "customer", other, found.of)
-        assert holder is not None
+        theirs = match_keys(records[other][found.of]).get("customer_number")
+        mine = match_keys(record).get("customer_number")
+        assert holder is not None or (None not in (theirs, mine) and theirs != mine)
         assert holder != record_id
         rule, _, key = found.evidence.partition("=")
         assert match_keys(records[other][found.of])[rule] == key == match_keys(record)[rule]

@@ -1,12 +1,15 @@
 """The first sync of customers both systems already hold, unlinked, through the processor.
 
-A customer read by the initial snapshot that matches nothing in the other system waits
-``snapshot_settle`` before it is published as new, indexed as a free record meanwhile:
-the other system's snapshot read of the same customer (by VAT id, e-mail or name +
-country, in whatever formatting cleansing normalises) links to it, whichever snapshot
-is read first. Settled, it goes out linked, or as new if nothing matched it. A change
-typed into either system after the start (with a transaction) still goes out at once,
-and duplicates among snapshot reads are held as before.
+A customer read by the initial snapshot waits ``snapshot_settle`` before it is
+published, indexed as a free record meanwhile, unless its link column or its customer
+number links it: the other system's snapshot read of the same customer (by VAT id,
+e-mail or name + country, in whatever formatting cleansing normalises) waits too, and
+once settled the two go out linked, whichever snapshot is read first; one nothing
+matched goes out as new. Meanwhile the records that claim a customer for sure (the
+account carrying its number, the ERP customer naming the account) are linked at once,
+so a copy left unlinked by an earlier run never takes a pair's account. A change typed
+into either system after the start (with a transaction) still goes out at once, and
+duplicates among snapshot reads are held as before.
 """
 
 from __future__ import annotations
@@ -68,13 +71,16 @@ def test_erp_snapshot_first_the_crm_snapshot_links_to_it(rule: str) -> None:
     assert decoded(erp) == []
     assert erp.tally.of(Count.PARKED, SNAPSHOT_MATCH) == 1
     crm = h.run(h.change(ACCOUNTS, "r", after=_account(rule), lsn=1000))
-    linked = customer(crm)
-    assert (linked["erp_id"], linked["duplicate_of"]) == ("42", None)
-    assert crm.tally.of(Count.LINKS, "customer", rule) == 1
-    (settled,) = settle(h)
-    assert (settled["erp_id"], settled["crm_id"], settled["duplicate_of"]) == (
+    assert decoded(crm) == []  # not by its number: it settles too
+    erp_out, crm_out = sorted(settle(h), key=lambda r: r["source_system"] != "erp")
+    assert (erp_out["erp_id"], erp_out["crm_id"], erp_out["duplicate_of"]) == (
         "42",
         ACCOUNT_ID,
+        None,
+    )
+    assert (crm_out["crm_id"], crm_out["erp_id"], crm_out["duplicate_of"]) == (
+        ACCOUNT_ID,
+        "42",
         None,
     )
     assert h.processor.reference.crosswalk["customer"]["erp"] == {"42": ACCOUNT_ID}
@@ -86,15 +92,51 @@ def test_erp_snapshot_first_the_crm_snapshot_links_to_it(rule: str) -> None:
 def test_crm_snapshot_first_the_erp_snapshot_links_to_it(rule: str) -> None:
     h = Harness(snapshot_settle_ms=SETTLE_MS)
     assert decoded(h.run(h.change(ACCOUNTS, "r", after=_account(rule), lsn=1000))) == []
-    erp = h.run(h.change(RES_PARTNER, "r", after=_partner(rule), lsn=100))
-    assert (customer(erp)["crm_id"], customer(erp)["duplicate_of"]) == (ACCOUNT_ID, None)
-    (settled,) = settle(h)
-    assert (settled["crm_id"], settled["erp_id"], settled["duplicate_of"]) == (
-        ACCOUNT_ID,
-        "42",
-        None,
-    )
+    assert decoded(h.run(h.change(RES_PARTNER, "r", after=_partner(rule), lsn=100))) == []
+    by_system = {r["source_system"]: r for r in settle(h)}
+    assert (by_system["crm"]["erp_id"], by_system["crm"]["duplicate_of"]) == ("42", None)
+    assert (by_system["erp"]["crm_id"], by_system["erp"]["duplicate_of"]) == (ACCOUNT_ID, None)
     _no_taken_customer(h)
+
+
+def test_a_copy_read_before_its_pair_does_not_take_the_pairs_account() -> None:
+    # Left by an earlier run: the pair (partner 42 naming the account, the account
+    # carrying C00042) and an unlinked copy of it in the ERP (43, the same e-mail). The
+    # CRM snapshot is read first, then the copy, then the pair's partner.
+    h = Harness(snapshot_settle_ms=SETTLE_MS)
+    mail = "info@nordwind.example.com"
+    pair_account = account(account_number="C00042", vat=None, email=mail)
+    pair = PARTNER | {"crm_account_id": ACCOUNT_ID}
+    copy = PARTNER | ERP_BLANK | {"id": 43, "ref": "C00043", "email": mail}
+    assert decoded(h.run(h.change(ACCOUNTS, "r", after=pair_account, lsn=1000))) == []
+    assert decoded(h.run(h.change(RES_PARTNER, "r", after=copy, lsn=100))) == []
+    (linked,) = decoded(h.run(h.change(RES_PARTNER, "r", after=pair, lsn=100)))
+    assert (linked["erp_id"], linked["crm_id"]) == ("42", ACCOUNT_ID)
+    by_key = {(r["source_system"], r.get("erp_id") or r["crm_id"]): r for r in settle(h)}
+    held = by_key[("erp", "43")]
+    assert (held["crm_id"], held["duplicate_of"]) == (None, ACCOUNT_ID)
+    assert by_key[("crm", "42")]["crm_id"] == ACCOUNT_ID
+    assert h.processor.reference.crosswalk["customer"]["erp"] == {"42": ACCOUNT_ID}
+
+
+def test_an_account_read_later_with_the_customer_number_claims_its_customer() -> None:
+    # Left by an earlier run: partner 42 (C00042) not linked, its account carrying
+    # C00042, and an account copying the partner's e-mail without a number. The ERP
+    # snapshot is read first, then the copy, then the account with the number.
+    h = Harness(snapshot_settle_ms=SETTLE_MS)
+    copy_id = "00000000-0000-4000-8000-000000000001"
+    mail = "einkauf@nordwind.example.com"
+    partner = PARTNER | {"email": mail}
+    assert decoded(h.run(h.change(RES_PARTNER, "r", after=partner, lsn=100))) == []
+    copy = account(id=copy_id, **CRM_BLANK | {"email": mail})
+    assert decoded(h.run(h.change(ACCOUNTS, "r", after=copy, lsn=1000))) == []
+    numbered = account(account_number="C00042", **CRM_BLANK)
+    (linked,) = decoded(h.run(h.change(ACCOUNTS, "r", after=numbered, lsn=1000)))
+    assert (linked["crm_id"], linked["erp_id"]) == (ACCOUNT_ID, "42")
+    by_system = {(r["source_system"], r["crm_id"]): r for r in settle(h)}
+    assert by_system[("erp", ACCOUNT_ID)]["erp_id"] == "42"
+    held = by_system[("crm", copy_id)]
+    assert (held["erp_id"], held["duplicate_of"]) == (None, "42")
 
 
 def test_a_customer_only_one_system_holds_goes_out_as_new_once_settled() -> None:
@@ -133,10 +175,11 @@ def test_snapshot_reads_duplicated_within_one_system_hold_the_second() -> None:
     h = Harness(snapshot_settle_ms=SETTLE_MS)
     h.run(h.change(RES_PARTNER, "r", after=PARTNER, lsn=100))
     h.run(h.change(RES_PARTNER, "r", after=twin, lsn=100))
-    crm = h.run(h.change(ACCOUNTS, "r", after=account(), lsn=1000))
-    assert customer(crm)["erp_id"] == "42"
-    by_id = {r["erp_id"]: r for r in settle(h)}
-    assert (by_id["42"]["crm_id"], by_id["43"]["duplicate_of"]) == (ACCOUNT_ID, ACCOUNT_ID)
+    assert decoded(h.run(h.change(ACCOUNTS, "r", after=account(), lsn=1000))) == []
+    by_key = {(r["source_system"], r["erp_id"]): r for r in settle(h)}
+    assert by_key[("crm", "42")]["crm_id"] == ACCOUNT_ID
+    assert by_key[("erp", "42")]["crm_id"] == ACCOUNT_ID
+    assert by_key[("erp", "43")]["duplicate_of"] == ACCOUNT_ID
 
 
 def test_without_a_settle_a_snapshot_customer_goes_out_at_once() -> None:
@@ -155,8 +198,10 @@ def test_a_restarted_worker_still_settles_what_was_waiting() -> None:
     )
     h.processor.load(h.state)
     assert h.processor.pending_count == 1
-    crm = h.run(h.change(ACCOUNTS, "r", after=account(), lsn=1000))
-    assert customer(crm)["erp_id"] == "42"
-    (settled,) = settle(h)
-    assert (settled["erp_id"], settled["crm_id"]) == ("42", ACCOUNT_ID)
+    assert decoded(h.run(h.change(ACCOUNTS, "r", after=account(), lsn=1000))) == []
+    settled = settle(h)
+    assert sorted((r["source_system"], r["erp_id"], r["crm_id"]) for r in settled) == [
+        ("crm", "42", ACCOUNT_ID),
+        ("erp", "42", ACCOUNT_ID),
+    ]
     _no_taken_customer(h)

@@ -2,7 +2,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from schemas.errors import PermanentError, RetriableError
+from schemas.errors import KeyTakenError, PermanentError, RetriableError
 from sinks.classify import classify, wrap
 
 
@@ -53,3 +53,13 @@ def test_wrap_keeps_type_and_sqlstate() -> None:
     assert "40P01" in str(wrapped)
     typed = PermanentError("p")
     assert wrap(typed) is typed
+
+
+def test_a_unique_violation_is_a_key_taken_letter_with_its_context() -> None:
+    wrapped = wrap(errors.UniqueViolation("duplicate key value"))
+    assert isinstance(wrapped, KeyTakenError)
+    assert isinstance(wrapped, PermanentError)
+    assert wrapped.reason == "key_taken"
+    assert "23505" in str(wrapped)
+    assert wrapped.context == ()  # no diagnostics from the server: none invented
+    assert type(wrap(errors.ForeignKeyViolation())) is PermanentError
