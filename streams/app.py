@@ -397,6 +397,7 @@ class StreamRunner:
             return
 
         async def recover() -> None:
+            self.state.forget()  # the stores may have been restored meanwhile
             self.processor.load(self.state)
             if self.recent_loader is not None:
                 self.recent = await self.recent_loader()

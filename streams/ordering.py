@@ -57,7 +57,7 @@ Held changes are in the ``assembly`` table anyway; the decoded envelopes only sa
 second decoding, and a backlog may hold tens of thousands of changes at once."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Kept:
     """A held record as it arrived: its message and decoded envelope."""
 
@@ -73,7 +73,7 @@ class _Kept:
         return Inbound(held.origin, held.key, held.value, now_ms)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Release:
     """What to decide now: a held change, a transaction's ``END``, or an expiry.
 
@@ -132,7 +132,7 @@ class SourceOrder:
             return None
         event_key = _event_key(system, tx, position)
         header = self._header(work, system, tx)
-        if work.peek(ASSEMBLY, event_key) is None:  # not a re-delivery of a held change
+        if not work.holds(ASSEMBLY, event_key):  # not a re-delivery of a held change
             header["held"] += 1
         header["last"] = max(header["last"], position)
         work.put(
@@ -286,11 +286,14 @@ class SourceOrder:
         released: list[Release] = []
         for position in range(1, int(header["last"]) + 1) if header["held"] else ():
             event_key = _event_key(system, tx, position)
-            held = work.peek(ASSEMBLY, event_key)
-            if held is None:
+            if not work.holds(ASSEMBLY, event_key):
                 continue
             kept = self._decoded.pop((system, tx, position), None)
-            released.append(_released(system, held, kept, work.now_ms))
+            if kept is not None:  # its stored form (bytes as base64) need not be read
+                released.append(Release(system, kept.message_at(work.now_ms), kept.envelope))
+            else:
+                held = work.peek(ASSEMBLY, event_key)
+                released.append(_released(system, held, None, work.now_ms))
             work.put(ASSEMBLY, event_key, None)
         work.put(ASSEMBLY, key, None)
         if end and header.get("end") is not None:

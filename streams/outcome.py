@@ -9,6 +9,7 @@ writes, and a :class:`Tally` of what happened (:class:`Count`, exported by
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -78,6 +79,13 @@ class Count(StrEnum):
 class Tally(Counter[tuple[str, ...]]):
     """Counts keyed by ``(Count, *labels)``."""
 
+    def __init__(self, counts: Mapping[tuple[str, ...], int] | None = None, /) -> None:
+        # Counter's own constructor goes through ``update`` even when empty; one Tally
+        # is made per message
+        dict.__init__(self)
+        if counts:
+            self.update(counts)
+
     def add(self, what: Count, *labels: str, n: int = 1) -> None:
         """Count ``n`` of ``what`` under ``labels``."""
         self[(what.value, *labels)] += n
@@ -97,9 +105,13 @@ class Kind(StrEnum):
     TICK = "tick"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inbound:
-    """A message as the processor sees it.
+    """A message as the processor sees it (never changed once made).
+
+    Not frozen: a frozen dataclass's constructor sets each field through
+    ``object.__setattr__``, about three times the cost of a plain one, and one is made
+    for every message read and every held message released.
 
     Attributes:
         origin: where the raw message was read (for ticks: their control-topic position).
@@ -119,9 +131,11 @@ class Inbound:
     replays: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outbound:
     """A message to publish: a canonical event, a dead letter or a data-quality entry.
+
+    Never changed once made (not frozen for the constructor's cost, see :class:`Inbound`).
 
     ``output_id`` (also the ``erpcrm.output_id`` header) is the event id, the dead
     letter's deterministic id, or the data-quality entry's (:mod:`streams.quality`).

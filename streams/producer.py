@@ -41,9 +41,13 @@ _UNASSIGNED = -1
 """librdkafka's "no partition given": the partitioner decides (``RD_KAFKA_PARTITION_UA``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """One record to produce; ``partition`` None: murmur2 of the key decides."""
+    """One record to produce; ``partition`` None: murmur2 of the key decides.
+
+    Never changed once made; not frozen, since one is made per output and per changelog
+    record and a frozen constructor costs about three times a plain one.
+    """
 
     topic: str
     key: bytes | None

@@ -82,16 +82,21 @@ _PLAIN: Final = frozenset({str, int, bool, type(None)})
 """Types :func:`freeze` returns as they are (JSON has them; floats only when finite)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Write:
-    """One state change: ``value`` None deletes the key."""
+    """One state change: ``value`` None deletes the key.
+
+    Never changed once made; not frozen, since a frozen dataclass's constructor costs
+    about three times a plain one's and one is made per write (and :class:`TextWrite`
+    per key committed).
+    """
 
     table: str
     key: str
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextWrite:
     """One state change with its value as JSON text (:func:`dump`): None deletes the key."""
 
@@ -153,6 +158,9 @@ class DictState:
             else:
                 self.tables[write.table][write.key] = dump(write.value)
 
+    def forget(self) -> None:
+        """Nothing is kept besides the tables themselves."""
+
     async def commit(self, writes: Sequence[TextWrite]) -> None:
         """Apply ``writes`` at once (the worker's commit of a batch's state)."""
         for write in writes:
@@ -183,11 +191,27 @@ class StagedState:
         self._staged: dict[tuple[str, str], str | None] = {}
         self._read: dict[tuple[str, str], str | None] = {}
         """Committed values read so far (``base`` does not change while a batch runs)."""
+        self._peeked: dict[tuple[str, str], Any] = {}
+        """Values :meth:`peek` decoded, shared by its callers until the key is staged again."""
 
     def get(self, table: str, key: str) -> Any:
         """Return the staged value of ``key``, else the committed one; None if absent."""
         text = self.text(table, key)
         return None if text is None else load(text)
+
+    def peek(self, table: str, key: str) -> Any:
+        """:meth:`get` for a caller that only reads the value: never to be changed.
+
+        The value is decoded once and shared by every peek of the key until it is staged
+        again (a batch reads the same transaction headers, queues and dedupe entries many
+        times).
+        """
+        where = (table, key)
+        value = self._peeked.get(where, _UNSEEN)
+        if value is _UNSEEN:
+            text = self.text(table, key)
+            value = self._peeked[where] = None if text is None else load(text)
+        return value
 
     def text(self, table: str, key: str) -> str | None:
         """Return the staged value of ``key`` as JSON text, else the committed one."""
@@ -214,9 +238,13 @@ class StagedState:
 
     def stage(self, writes: Sequence[Write]) -> None:
         """Stage ``writes`` (in order) on top of what is staged already."""
+        staged, peeked = self._staged, self._peeked
         for write in writes:
             value = write.value
-            self._staged[(write.table, write.key)] = None if value is None else dump(value)
+            where = (write.table, write.key)
+            staged[where] = None if value is None else dump(value)
+            if peeked:
+                peeked.pop(where, None)
 
     def writes(self) -> list[Write]:
         """Every key staged, with its last value, in the order keys were first staged.

@@ -25,7 +25,7 @@ import copy
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, cast
 
 import orjson
 from faust.types import TP
@@ -82,6 +82,20 @@ class CommittedState(StateView, Protocol):
         """Apply ``writes`` (one per key); returns once they are durable."""
         ...
 
+    def forget(self) -> None:
+        """Drop what was kept of the stores in memory: they may have changed meanwhile.
+
+        Called when the worker (re)takes the partitions, before it reads the state.
+        """
+        ...
+
+
+TEXT_CACHE_BYTES: Final = 4 * 1024 * 1024
+"""How much of the stores' JSON text :class:`FaustState` keeps in memory (about)."""
+_ENTRY_BYTES: Final = 100
+"""What an entry of that cache costs besides its text (key, tuple, dict slot), about."""
+_ABSENT: Final[Any] = object()
+
 
 class FaustState:
     """The processor's state over the worker's Faust tables (key: text, JSON values).
@@ -90,6 +104,14 @@ class FaustState:
     objects (``shared_values``: the memory store); a RocksDB store decodes a fresh value
     on every read, so its values are returned as they come. Writes: :meth:`commit`
     (see the module docstring).
+
+    The worker is the tables' only writer while it owns the partitions, so the text of
+    the keys it read or committed last (absent ones too) is kept in memory, up to
+    ``cache_bytes`` of it, oldest dropped first: a batch reads again much of what the
+    batches before it wrote (open transactions, their held changes, queues, dedupe
+    entries), and a store read costs more than the dict look-up. :meth:`forget` drops
+    it whenever the worker (re)takes the partitions (the stores may have been restored
+    from the changelogs meanwhile).
     """
 
     def __init__(
@@ -98,10 +120,14 @@ class FaustState:
         sender: BatchSender,
         *,
         shared_values: bool = True,
+        cache_bytes: int = TEXT_CACHE_BYTES,
     ) -> None:
         self._tables = tables
         self._sender = sender
         self._shared = shared_values
+        self._cache: dict[tuple[str, str], str | None] = {}
+        self._cache_bytes = 0
+        self._cache_limit = cache_bytes
         self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
         self._encoders: dict[str, Callable[[str], bytes]] = {
             name: _key_encoder(table.data._encode_key) for name, table in tables.items()
@@ -127,12 +153,41 @@ class FaustState:
         From a RocksDB store, the stored bytes as they are (nothing decoded), read from
         the one partition's database (Faust's own lookup also indexes every key read).
         """
+        where = (table, key)
+        cached = self._cache.get(where, _ABSENT)
+        if cached is not _ABSENT:
+            return cast(str | None, cached)
+        text: str | None
         store = self._tables[table].data
         if self._shared:
             value = store.get(key)
-            return None if value is None else dump(value)
-        stored = store._db_for_partition(0).get(self._key(table, key))
-        return None if stored is None else bytes(stored).decode("utf-8")
+            text = None if value is None else dump(value)
+        else:
+            stored = store._db_for_partition(0).get(self._key(table, key))
+            text = None if stored is None else bytes(stored).decode("utf-8")
+        self._remember(where, text)
+        return text
+
+    def forget(self) -> None:
+        """Drop the cached text (see the class docstring)."""
+        self._cache.clear()
+        self._cache_bytes = 0
+
+    def _remember(self, where: tuple[str, str], text: str | None) -> None:
+        """Cache ``text`` as the committed value at ``where``, within the budget."""
+        cache = self._cache
+        old = cache.pop(where, _ABSENT)
+        if old is not _ABSENT:
+            self._cache_bytes -= _ENTRY_BYTES + (len(old) if old is not None else 0)
+        size = _ENTRY_BYTES + (len(text) if text is not None else 0)
+        if size > self._cache_limit:
+            return
+        cache[where] = text
+        self._cache_bytes += size
+        while self._cache_bytes > self._cache_limit:
+            oldest = next(iter(cache))
+            dropped = cache.pop(oldest)
+            self._cache_bytes -= _ENTRY_BYTES + (len(dropped) if dropped is not None else 0)
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:
         """Yield ``(key, value)`` of ``table`` for keys starting with ``prefix``."""
@@ -163,9 +218,11 @@ class FaustState:
             by_table.setdefault(write.table, []).append(_ChangelogRecord(write.key, message))
         for name, records_of_table in by_table.items():
             self._tables[name].apply_changelog_batch(records_of_table)
+        for write in writes:
+            self._remember((write.table, write.key), write.text)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ChangelogMessage:
     """A changelog message as Faust's stores read one in recovery."""
 
@@ -179,7 +236,7 @@ class _ChangelogMessage:
         return int(self.tp.partition)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ChangelogRecord:
     """A changelog event: the raw message, the decoded key and value (memory store)."""
 

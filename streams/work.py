@@ -40,6 +40,8 @@ __all__ = [
 LETTERED_PREFIX: Final = "dl|"
 """``dedupe`` keys ``dl|<raw topic>|<key>``: the LSN of each row's last dead-lettered change."""
 
+_UNWRITTEN: Final[Any] = object()
+
 Mirror = Callable[[str, str, Any], None]
 """Called with ``(table, key, value)`` for every write a unit of work makes."""
 
@@ -101,6 +103,9 @@ class UnitOfWork:
         self.outcome = Outcome()
         self._mirror = mirror
         self._overlay: dict[tuple[str, str], Any] = {}
+        # a batch's StagedState shares the values it decoded with every reader that
+        # only looks at them; any other view decodes a fresh one
+        self._peek: Callable[[str, str], Any] = getattr(state, "peek", state.get)
 
     @property
     def tally(self) -> Any:
@@ -119,9 +124,22 @@ class UnitOfWork:
         A value this unit wrote is the one it holds (:meth:`get` copies it, since its
         callers change what they read and put it back).
         """
-        if (table, key) in self._overlay:
-            return self._overlay[(table, key)]
-        return self.state.get(table, key)
+        overlay = self._overlay
+        if overlay:
+            value = overlay.get((table, key), _UNWRITTEN)
+            if value is not _UNWRITTEN:
+                return value
+        return self._peek(table, key)
+
+    def holds(self, table: str, key: str) -> bool:
+        """Whether ``key`` has a value (as this unit left it, else in the state).
+
+        Decodes nothing the unit did not write.
+        """
+        value = self._overlay.get((table, key), _UNWRITTEN)
+        if value is not _UNWRITTEN:
+            return value is not None
+        return self.state.text(table, key) is not None
 
     def put(self, table: str, key: str, value: Any) -> None:
         """Write ``value`` (None: delete) at ``key``; the last write of a key counts."""

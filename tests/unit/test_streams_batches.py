@@ -100,6 +100,21 @@ def test_staged_values_are_fresh_copies_shaped_as_stored() -> None:
     assert staged.get("assembly", "l|x") == {"lines": [["tuple", 1]]}
 
 
+def test_peeks_share_one_decoded_value_until_the_key_is_staged_again() -> None:
+    base = DictState()
+    base.apply([Write("assembly", "h", {"held": 1})])
+    staged = StagedState(base)
+    first = staged.peek("assembly", "h")
+    assert first == {"held": 1}
+    assert staged.peek("assembly", "h") is first  # decoded once
+    assert staged.get("assembly", "h") is not first  # a reader that may change it: a copy
+    staged.stage([Write("assembly", "h", {"held": 2})])
+    assert staged.peek("assembly", "h") == {"held": 2}
+    staged.stage([Write("assembly", "h", None)])
+    assert staged.peek("assembly", "h") is None
+    assert staged.peek("assembly", "absent") is None
+
+
 # ------------------------------------------------------------------------ scenarios
 
 
