@@ -227,7 +227,9 @@ class Harness:
             consumer.close()
 
 
-def _sink(env: dict[str, str], schema: str, clock_wait_ms: int) -> PostgresUpsertSink:
+def _sink(
+    env: dict[str, str], schema: str, clock_wait_ms: int, origin: str | None = None
+) -> PostgresUpsertSink:
     flows = load_mappings()
     tables = {
         t.entity: t for t in build_tables(flows).values() if t.direction is Direction.CRM_TO_ERP
@@ -238,7 +240,7 @@ def _sink(env: dict[str, str], schema: str, clock_wait_ms: int) -> PostgresUpser
         tables={e: tables[e] for e in ENTITIES},
         ownership={e: ownership(flows, e) for e in ENTITIES},
         topics=(),
-        origin=unique_name("origin"),
+        origin=origin or unique_name("origin"),
         schema=schema,
         announce=False,
         clock_wait_ms=clock_wait_ms,
@@ -737,6 +739,57 @@ def test_parked_events_waiting_for_a_row_clock_are_counted_once_and_applied_once
     wait_for(lambda: _parked(harness) == [], 10, "unparked")
     assert harness.outcome("parked") == 2
     assert harness.outcome("superseded") == 0
+    assert harness.runner.stats.dead_lettered == 0
+
+
+def _restart(harness: Harness, clock_wait_ms: int) -> None:
+    """Stop the sink and start a new one on its schema and group: nothing in memory is kept."""
+    old = harness.runner
+    old.stop()
+    assert harness.thread is not None
+    harness.thread.join(60)
+    sink = _sink(harness.env, harness.uid, clock_wait_ms, origin=old._sink._origin)
+    harness.runner = SinkRunner(
+        old._s, sink, harness.serde, SinkMetrics.create(CollectorRegistry()), old._topics
+    )
+    harness.thread = threading.Thread(
+        target=harness.runner.run, name=f"sink-{harness.uid}", daemon=True
+    )
+    harness.thread.start()
+
+
+@pytest.mark.parametrize("clock_wait_ms", [CLOCK_WAIT_MS])
+def test_a_linked_suspect_waiting_for_its_candidates_row_clock_survives_a_restart(
+    harness: Harness,
+) -> None:
+    """Carried out while its write must wait: parked with the mark, not held in memory.
+
+    Its position was stored when it was held: kept in memory only, a restart would
+    neither apply nor dead-letter it.
+    """
+    _, candidate, _ = _hold_twin(harness)
+    wait_for(lambda: list_suspects(harness.env["ERP_SINK_DSN"], harness.uid), 60, "held")
+    # The candidate's row was changed in the ERP (made there), no own event of it read:
+    # written into it, the suspect waits for the row's clock.
+    [(made_ms,)] = execute(
+        harness.env["ERP_ADMIN_DSN"],
+        "SELECT floor(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint"
+        " FROM public.res_partner WHERE id = %s",
+        (candidate,),
+    )
+    [suspect] = list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)
+    assert decide(harness.env["ERP_SINK_DSN"], harness.uid, suspect.id, "link")
+    wait_for(
+        lambda: list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)[0].status == "linked",
+        60,
+        "the link carried out",
+    )
+    assert harness.outcome("applied") == 0
+    _restart(harness, CLOCK_WAIT_MS)
+    # The ERP's horizon passes the change: the clock wait counts, then it is applied.
+    harness.horizon(int(made_ms) + 5, system="erp")
+    wait_for(lambda: harness.outcome("applied") == 1, 30, "the linked suspect applied")
+    wait_for(lambda: _parked(harness) == [], 10, "unparked")
     assert harness.runner.stats.dead_lettered == 0
 
 
