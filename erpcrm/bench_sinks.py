@@ -37,7 +37,7 @@ import re
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +102,16 @@ class _Timed:
         original = sink.write
 
         def write(
-            batch: SinkBatch, *, store_offsets: bool = True, unparked: Unparked | None = None
+            batch: SinkBatch,
+            *,
+            store_offsets: bool = True,
+            unparked: Unparked | None = None,
+            carried_out: Sequence[int] = (),
         ) -> Any:
             started = time.monotonic()
-            result = original(batch, store_offsets=store_offsets, unparked=unparked)
+            result = original(
+                batch, store_offsets=store_offsets, unparked=unparked, carried_out=carried_out
+            )
             self.batches.append((started, time.monotonic() - started, len(batch)))
             return result
 

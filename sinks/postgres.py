@@ -156,6 +156,10 @@ class QueuedDeadLetter:
     headers: Mapping[str, str]
 
 
+_DECIDED: Final = frozenset({"release", "released", "link", "linked"})
+"""Suspect statuses that carry an operator's decision (:meth:`_settle_duplicate`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Unparked:
     """Parked events applied again (:mod:`sinks.parking`): their rows and suspects.
@@ -604,7 +608,12 @@ class PostgresUpsertSink(Sink):
     # ---------------------------------------------------------------------- write
 
     def write(
-        self, batch: SinkBatch, *, store_offsets: bool = True, unparked: Unparked | None = None
+        self,
+        batch: SinkBatch,
+        *,
+        store_offsets: bool = True,
+        unparked: Unparked | None = None,
+        carried_out: Sequence[int] = (),
     ) -> WriteResult:
         """Apply ``batch`` in one transaction (module doc); see :meth:`Sink.write`.
 
@@ -615,12 +624,24 @@ class PostgresUpsertSink(Sink):
             unparked: the batch is parked events (:meth:`ready_parked`): their rows are
                 deleted in the transaction, and one whose reference still does not
                 resolve is dead-lettered (:mod:`sinks.parking`).
+            carried_out: the batch is the events of these suspects, released or linked
+                (:meth:`pending_suspects`): they are marked carried out in the
+                transaction, and an event of theirs that must wait (a reference, a row
+                clock) is parked on its own suspect rather than returned to be held in
+                memory. Its position was stored long ago: held in memory only, a
+                restart would lose it.
         """
-        result: WriteResult = self._guard(lambda: self._write(batch, store_offsets, unparked))
+        result: WriteResult = self._guard(
+            lambda: self._write(batch, store_offsets, unparked, carried_out)
+        )
         return result
 
     def _write(
-        self, batch: SinkBatch, store_offsets: bool, unparked: Unparked | None = None
+        self,
+        batch: SinkBatch,
+        store_offsets: bool,
+        unparked: Unparked | None = None,
+        carried_out: Sequence[int] = (),
     ) -> WriteResult:
         collapsed = batch.collapse()
         out = _Outcome(unparked=unparked)
@@ -645,9 +666,13 @@ class PostgresUpsertSink(Sink):
                 self._apply_entity(cur, entity, by_entity[entity], batch, clocks, out)
             if unparked is not None:
                 self._park_again(out, unparked)
+            if carried_out:
+                self._park_carried_out(out)
             # What is left writes state only and reads nothing back: it goes with
             # COMMIT, in one round trip.
             offsets = self._record_state(cur, batch, clocks, out, store_offsets)
+            if carried_out:
+                cur.execute(sql.suspects_carried_out(self._schema), (list(carried_out),))
         if unparked is not None:
             for event in batch:
                 self._parked.pop(event.entity_key, None)
@@ -853,6 +878,18 @@ class PostgresUpsertSink(Sink):
                 else:
                     out.parked.append((event, suspect[:2]))
             setattr(out, name, kept)
+
+    @staticmethod
+    def _park_carried_out(out: _Outcome) -> None:
+        """Suspects' events that must wait once released or linked: parked, not in memory.
+
+        Each is parked on its own suspect, marked carried out in the same transaction: the
+        next parked events tried take it up, and it is applied, parked again (a row
+        clock) or dead-lettered, saying why (:meth:`_unpark_in_vain`), once.
+        """
+        for name in ("waiting", "deferred"):
+            out.parked.extend((e, (e.entity, e.key)) for e in getattr(out, name))
+            setattr(out, name, [])
 
     def _parked_for(self, event: SinkEvent, out: _Outcome) -> tuple[str, str] | None:
         """The suspect an event's key has events parked for (None: none parked).
@@ -1327,7 +1364,9 @@ class PostgresUpsertSink(Sink):
         source system being created in the target (the same customer typed twice before
         the first one's counterpart was linked). That one is the row the sink made for
         the record, found as an event of that key finds its row; until it is made, the
-        flagged event waits like one whose reference is not there yet.
+        flagged event waits like one whose reference is not there yet. An operator's
+        decision for the key does not wait for it: released, no candidate is needed;
+        linked, the decision names its own (:meth:`_settle_duplicate`).
         """
         of = str(item.record["duplicate_of"])
         system, colon, source_id = of.partition(":")
@@ -1336,7 +1375,9 @@ class PostgresUpsertSink(Sink):
         record = {KEY: of, f"{system}_id": source_id}
         [row] = self._find(cur, table.ref, [table.pk], table.locators, [record], lock=False)
         if row is None:
-            return False
+            cur.execute(sql.suspects_decided(self._schema), (table.entity, [item.event.key]))
+            decided = cur.fetchone()
+            return decided is not None and decided["status"] in _DECIDED
         item.record["duplicate_of"] = str(row[table.pk])
         return True
 

@@ -591,17 +591,26 @@ class SinkRunner:
         self._unpark()
 
     def _carry_out(self, pending: Sequence[Mapping[str, Any]]) -> None:
-        """Apply released or linked suspects, then mark them carried out."""
+        """Apply released or linked suspects and mark them carried out, in one transaction.
+
+        An event that must wait then (a reference, a row clock) is parked in that
+        transaction, never held in memory only: its position was stored long ago, and a
+        restart would neither apply nor dead-letter it.
+        """
+        ids = [int(row["id"]) for row in pending]
         # The events as held: the sink finds the operator's decision for their keys.
         events = [e for row in pending if (e := self._stored_event(row)) is not None]
+        marked = False
         if events:
             batch = SinkBatch(events)
             started = self._clock()
             try:
                 # Their positions were stored long ago: none is stored again.
                 result: WriteResult = self._retrying(
-                    "write suspects", lambda: self._sink.write(batch, store_offsets=False)
+                    "write suspects",
+                    lambda: self._sink.write(batch, store_offsets=False, carried_out=ids),
                 )
+                marked = True
             except PermanentError as exc:
                 for event in events:
                     self._retrying("dead letter", partial(self._sink.dead_letter, event, exc))
@@ -614,8 +623,8 @@ class SinkRunner:
                 len(events),
                 len(result.applied),
             )
-        ids = [int(row["id"]) for row in pending]
-        self._retrying("mark suspects", lambda: self._sink.suspects_carried_out(ids))
+        if not marked:
+            self._retrying("mark suspects", lambda: self._sink.suspects_carried_out(ids))
 
     def _unpark(self) -> None:
         """Apply the events parked for suspects whose decision is carried out (in order).

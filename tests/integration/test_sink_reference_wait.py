@@ -227,7 +227,13 @@ class Harness:
             consumer.close()
 
 
-def _sink(env: dict[str, str], schema: str, clock_wait_ms: int) -> PostgresUpsertSink:
+def _sink(
+    env: dict[str, str],
+    schema: str,
+    clock_wait_ms: int,
+    origin: str | None = None,
+    topics: tuple[str, ...] = (),
+) -> PostgresUpsertSink:
     flows = load_mappings()
     tables = {
         t.entity: t for t in build_tables(flows).values() if t.direction is Direction.CRM_TO_ERP
@@ -237,8 +243,8 @@ def _sink(env: dict[str, str], schema: str, clock_wait_ms: int) -> PostgresUpser
         dsn=env["ERP_SINK_DSN"],
         tables={e: tables[e] for e in ENTITIES},
         ownership={e: ownership(flows, e) for e in ENTITIES},
-        topics=(),
-        origin=unique_name("origin"),
+        topics=topics,
+        origin=origin or unique_name("origin"),
         schema=schema,
         announce=False,
         clock_wait_ms=clock_wait_ms,
@@ -292,7 +298,7 @@ def harness(stack_env: dict[str, str], clock_wait_ms: int) -> Iterator[Harness]:
     try:
         yield h
     finally:
-        runner.stop()
+        h.runner.stop()  # the one running: a test may have started another
         h.thread.join(60)
         erp = stack_env["ERP_ADMIN_DSN"]
         execute(
@@ -738,6 +744,69 @@ def test_parked_events_waiting_for_a_row_clock_are_counted_once_and_applied_once
     assert harness.outcome("parked") == 2
     assert harness.outcome("superseded") == 0
     assert harness.runner.stats.dead_lettered == 0
+
+
+def _runner(harness: Harness, clock_wait_ms: int) -> SinkRunner:
+    """A new sink on the harness's schema, group and replication origin (not running).
+
+    It resumes from the positions it stored, as a restarted sink does.
+    """
+    runner = harness.runner
+    sink = _sink(
+        harness.env, harness.uid, clock_wait_ms, runner._sink._origin, topics=runner._topics
+    )
+    return SinkRunner(
+        runner._s, sink, harness.serde, SinkMetrics.create(CollectorRegistry()), runner._topics
+    )
+
+
+def _stop(harness: Harness) -> None:
+    harness.runner.stop()
+    assert harness.thread is not None
+    harness.thread.join(60)
+
+
+LINK_CLOCK_WAIT_MS = 10_000
+"""Long enough for the link to be carried out while the candidate's clock is awaited."""
+
+
+@pytest.mark.parametrize("clock_wait_ms", [LINK_CLOCK_WAIT_MS])
+def test_a_linked_suspect_that_must_wait_survives_a_sink_killed_right_after_carrying_it_out(
+    harness: Harness,
+) -> None:
+    """Parked in the transaction that marks it carried out, not held in memory only.
+
+    Its position was stored when it was held: kept in memory only, a sink killed before
+    trying it again (nothing else runs after the carry-out here) loses it for good.
+    """
+    _, candidate, _ = _hold_twin(harness)
+    wait_for(lambda: harness.outcome("held") == 1, 60, "the suspect held")
+    _stop(harness)
+    # The candidate's row changed in the ERP just now, no own event of it read: written
+    # into it, the suspect waits for the row's clock.
+    execute(
+        harness.env["ERP_ADMIN_DSN"],
+        "UPDATE public.res_partner SET function = 'Edited in the ERP' WHERE id = %s",
+        (candidate,),
+    )
+    [suspect] = list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)
+    assert decide(harness.env["ERP_SINK_DSN"], harness.uid, suspect.id, "link")
+    # A sink carries the link out, then is gone before its next step.
+    crashing = _runner(harness, LINK_CLOCK_WAIT_MS)
+    crashing._sink.setup()
+    crashing._carry_out(crashing._sink.pending_suspects())
+    crashing._sink.close()
+    assert list_suspects(harness.env["ERP_SINK_DSN"], harness.uid)[0].status == "linked"
+    assert crashing.stats.outcomes.get("applied", 0) == 0, "carried out while the clock waits"
+    # Restarted, the sink applies it once the clock wait is over (a row first seen: from
+    # its local change), once, and never reads the topic again from the suspect on.
+    harness.runner = _runner(harness, LINK_CLOCK_WAIT_MS)
+    harness.thread = threading.Thread(target=harness.runner.run, daemon=True)
+    harness.thread.start()
+    wait_for(lambda: harness.outcome("applied") == 1, 60, "the linked suspect applied")
+    wait_for(lambda: _parked(harness) == [], 10, "unparked")
+    assert harness.runner.stats.dead_lettered == 0
+    assert harness.stored_position("customer") == 1
 
 
 def test_a_batch_of_tombstones_only_stores_its_positions(harness: Harness) -> None:

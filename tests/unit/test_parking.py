@@ -81,3 +81,13 @@ def test_unparked_events_that_must_wait_again_are_parked_again_not_held_in_memor
     PostgresUpsertSink._park_again(out, unparked)
     assert out.waiting == [other]
     assert out.parked == [(parked, ("customer", TWIN)), (later, ("customer", TWIN))]
+
+
+def test_a_released_suspects_event_that_must_wait_is_parked_on_itself_not_held_in_memory() -> None:
+    """Its position was stored long ago: in memory only, a restart would lose it for good."""
+    suspect = SinkEvent("canonical.customer", 0, 5, "customer", TWIN, {"version": 1})
+    other = SinkEvent("canonical.customer", 0, 6, "customer", "crm:other", {"version": 2})
+    out = _Outcome(waiting=[suspect], deferred=[other])
+    PostgresUpsertSink._park_carried_out(out)
+    assert (out.waiting, out.deferred) == ([], [])
+    assert out.parked == [(suspect, ("customer", TWIN)), (other, ("customer", "crm:other"))]

@@ -9,6 +9,9 @@ counts from a horizon past the local change, never from one at its millisecond.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -79,3 +82,27 @@ def test_a_held_event_parked_when_tried_again_counts_as_parked() -> None:
     runner._account(SinkBatch([event]), WriteResult(deferred=(event,)), 0.0)
     runner._account(SinkBatch([event]), WriteResult(parked=(event,)), 0.0)
     assert runner.stats.outcomes == {"deferred": 1, "parked": 1}
+
+
+def test_a_released_suspect_that_must_wait_is_marked_in_the_write_that_parks_it() -> None:
+    """Marked carried out in the transaction that keeps its event: never in memory only."""
+    runner, sink = _runner()
+    record = {"version": 1, "op": "upsert", "source_system": "crm", "source_ts_ms": 1}
+    event = SinkEvent("canonical.customer", 0, 3, "customer", "crm:s1", record)
+    writes: list[Sequence[int]] = []
+    marks: list[Sequence[int]] = []
+
+    def write(batch: SinkBatch, **kwargs: Any) -> WriteResult:
+        # As the sink does: with the suspects it marks, an event that must wait is parked.
+        carried_out = kwargs.get("carried_out", ())
+        writes.append(carried_out)
+        return WriteResult(parked=(event,)) if carried_out else WriteResult(deferred=(event,))
+
+    setattr(sink, "write", write)  # noqa: B010 - a pure-logic stand-in for the database
+    setattr(sink, "suspects_carried_out", marks.append)  # noqa: B010
+    setattr(runner, "_stored_event", lambda row: event)  # noqa: B010
+    runner._carry_out([{"id": 7}])
+    assert writes == [[7]]
+    assert marks == []
+    assert runner._held == {}
+    assert runner.stats.outcomes == {"parked": 1}
