@@ -43,6 +43,21 @@ class LinesLockedError(ValidationError):
         self.context = context
 
 
+class TargetRowContendedError(ValidationError):
+    """Two different source records resolve to one target row in the same batch.
+
+    The later commit is written; the other is dead-lettered with ``context``,
+    ``(name, value)`` pairs for the letter's ``erpcrm.context.*`` headers: the target
+    row and the key and version of the record written.
+    """
+
+    reason = "target_row_contended"
+
+    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.context = context
+
+
 class RetriableError(SyncError):
     """A transient failure (connection loss, serialization failure): retry with backoff."""
 

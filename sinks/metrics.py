@@ -46,7 +46,8 @@ class SinkMetrics:
                 "Dead letters sent to dlq.sinks.<target>, by entity and reason (their "
                 "erpcrm.error.reason header): unresolved_reference, order_lines_locked (a "
                 "line change of an order the target owns; the order itself was applied), "
-                "key_taken (a unique key another row holds), the error class of a refused "
+                "key_taken (a unique key another row holds), target_row_contended (another "
+                "source record wrote the same row in the batch), the error class of a refused "
                 "event, ...",
                 ["target", "entity", "reason"],
                 registry=registry,

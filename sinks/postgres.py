@@ -89,6 +89,7 @@ from schemas.errors import (
     LinesLockedError,
     PermanentError,
     SyncError,
+    TargetRowContendedError,
     UnresolvedReferenceError,
     ValidationError,
 )
@@ -1189,8 +1190,16 @@ class PostgresUpsertSink(Sink):
                     out.recorded.append((item.event, item.digest))
                     continue
                 item.row = {c.column: row[c.column] for c in insert_columns}
-                first = str(item.row[table.locators[0].column])
-                inserts[first] = _latest(inserts.get(first), item, out)
+                locator = table.locators[0].column
+                first = str(item.row[locator])
+                taken = inserts.get(first)
+                inserts[first] = (
+                    item
+                    if taken is None
+                    else _latest(
+                        taken, item, out, f"{table.schema}.{table.table} {locator}={first}"
+                    )
+                )
                 continue
             current = from_row(table, item.current)
             clock, local_ms = self._row_clock(table, item, current, clocks, fields)
@@ -1221,9 +1230,16 @@ class PostgresUpsertSink(Sink):
             item.row = {c.column: row[c.column] for c in update_columns}
             if table.lines is not None:
                 self._lines_locked(table, item, stated.get(item.event.key), out)
-            updates[item.pk] = _latest(updates.get(item.pk), item, out)
-            written_at[item.pk] = decided.written_at
-            last_local[item.pk] = local_ms
+            taken = updates.get(item.pk)
+            winner = (
+                item
+                if taken is None
+                else _latest(taken, item, out, f"{table.schema}.{table.table} {table.pk}={item.pk}")
+            )
+            updates[item.pk] = winner
+            if winner is item:
+                written_at[item.pk] = decided.written_at
+                last_local[item.pk] = local_ms
         if updates:
             columns = [sql.Column(c.column, c.pg_type) for c in update_columns]
             rows = list(updates.values())
@@ -1830,11 +1846,16 @@ def _safe(locator: Locator, record: Mapping[str, Any]) -> Any:
         return None
 
 
-def _latest(current: _Item | None, item: _Item, out: _Outcome) -> _Item:
-    """Of two events writing the same row in one batch, the later commit wins.
+def _latest(current: _Item | None, item: _Item, out: _Outcome, row: str) -> _Item:
+    """Of two events writing the same target ``row`` in one batch, the later commit wins.
 
-    The other is recorded as applied (its row state is overwritten in the same
-    statement's input anyway).
+    The batch is collapsed per entity key first, so two events meeting here are of
+    different source records (``erp:805`` and ``erp:808`` both linked to one CRM row):
+    the loser is not written, and it is dead-lettered (``target_row_contended``, with
+    the row and the winning record as context) rather than recorded as applied. Two
+    events of the same key (not expected after the collapse) stay as before: the older
+    one is recorded as applied, its state overwritten by the newer one's. On a tie of
+    commit times ``item`` (the one met later) wins.
     """
     if current is None:
         return item
@@ -1843,6 +1864,26 @@ def _latest(current: _Item | None, item: _Item, out: _Outcome) -> _Item:
         if item.event.source_ts_ms >= current.event.source_ts_ms
         else (current, item)
     )
-    out.applied.append(loser.event)
-    out.recorded.append((loser.event, loser.digest))
+    if loser.event.entity_key == winner.event.entity_key:
+        out.applied.append(loser.event)
+        out.recorded.append((loser.event, loser.digest))
+    else:
+        out.dead.append((loser.event, _contended(loser.event, winner.event, row)))
     return winner
+
+
+def _contended(loser: SinkEvent, winner: SinkEvent, row: str) -> TargetRowContendedError:
+    """The dead letter's error for ``loser``, which lost ``row`` to ``winner`` in a batch."""
+    message = (
+        f"target_row_contended: {loser.entity} {loser.key} (version {loser.version}) and "
+        f"{winner.key} (version {winner.version}) resolve to the same target row ({row}) "
+        f"in one batch; {winner.key}, committed later, was written and {loser.key} was "
+        "not. Two source records linked to one row: fix the link in the source or the "
+        "crosswalk, then replay this letter if its data is still wanted."
+    )
+    context = (
+        ("target_row", row),
+        ("winner_key", winner.key),
+        ("winner_version", str(winner.version)),
+    )
+    return TargetRowContendedError(message, context)

@@ -338,3 +338,65 @@ def test_lazily_decoded_events_apply_whole_and_a_replay_never_reads_their_rest(
     for event in again[:2]:
         assert set(event.record) <= set(METADATA_FIELDS)  # decided without the rest
     sink.dead_letters_published([q.id for q in sink.queued_dead_letters()])
+
+
+def test_two_records_of_one_target_row_in_a_batch_dead_letter_the_older(
+    sink: PostgresUpsertSink, stack_env: dict[str, str]
+) -> None:
+    """Two ERP customers linked to one CRM account in a batch: the later commit is
+    written, the other is a ``target_row_contended`` dead letter in the same transaction.
+    """
+    _reset(stack_env, sink._schema)
+    sink.dead_letters_published([q.id for q in sink.queued_dead_letters()])
+    change = {"op": "upsert", "name": "Linked", "city": "Berlin", "price": 0}
+    created = sink.write(
+        SinkBatch(
+            [
+                SinkEvent(
+                    "canonical.customer",
+                    0,
+                    0,
+                    "customer",
+                    KEYS[0],
+                    _record("customer", KEYS[0], 10, change),
+                )
+            ]
+        )
+    )
+    assert [e.key for e in created.applied] == [KEYS[0]]
+    account = deterministic_id("customer", KEYS[0])
+    older = {**_record("customer", KEYS[1], 20, {**change, "name": "Older"}), "crm_id": account}
+    newer = {**_record("customer", KEYS[2], 30, {**change, "name": "Newer"}), "crm_id": account}
+    # The later commit arrives first: the winner is decided by commit time, not arrival.
+    result = sink.write(
+        SinkBatch(
+            [
+                SinkEvent("canonical.customer", 0, 1, "customer", KEYS[2], newer),
+                SinkEvent("canonical.customer", 0, 2, "customer", KEYS[1], older),
+            ]
+        )
+    )
+    assert [e.key for e in result.applied] == [KEYS[2]]
+    assert [(e.key, type(error).__name__) for e, error in result.dead] == [
+        (KEYS[1], "TargetRowContendedError")
+    ]
+    assert result.offsets == {("canonical.customer", 0): 3}
+    [letter] = sink.queued_dead_letters()
+    assert letter.offset == 2
+    assert letter.headers["erpcrm.error.reason"] == "target_row_contended"
+    assert letter.headers["erpcrm.entity_key"] == KEYS[1]
+    assert letter.headers["erpcrm.context.target_row"] == f"public.accounts id={account}"
+    assert letter.headers["erpcrm.context.winner_key"] == KEYS[2]
+    sink.dead_letters_published([letter.id])
+    [(name,)] = execute(
+        stack_env["CRM_ADMIN_DSN"], "SELECT name FROM public.accounts WHERE id = %s", (account,)
+    )
+    assert name == "Newer"
+    # The loser is not recorded as applied: its key has no stored version.
+    assert not execute(
+        stack_env["CRM_ADMIN_DSN"],
+        sql.SQL("SELECT 1 FROM {} WHERE entity_key = %s").format(
+            sql.Identifier(sink._schema, "applied")
+        ),
+        (KEYS[1],),
+    )
