@@ -1192,14 +1192,8 @@ class PostgresUpsertSink(Sink):
                 item.row = {c.column: row[c.column] for c in insert_columns}
                 locator = table.locators[0].column
                 first = str(item.row[locator])
-                taken = inserts.get(first)
-                inserts[first] = (
-                    item
-                    if taken is None
-                    else _latest(
-                        taken, item, out, f"{table.schema}.{table.table} {locator}={first}"
-                    )
-                )
+                row_name = f"{table.schema}.{table.table} {locator}={first}"
+                inserts[first] = _latest(inserts.get(first), item, out, row_name)
                 continue
             current = from_row(table, item.current)
             clock, local_ms = self._row_clock(table, item, current, clocks, fields)
@@ -1230,13 +1224,8 @@ class PostgresUpsertSink(Sink):
             item.row = {c.column: row[c.column] for c in update_columns}
             if table.lines is not None:
                 self._lines_locked(table, item, stated.get(item.event.key), out)
-            taken = updates.get(item.pk)
-            winner = (
-                item
-                if taken is None
-                else _latest(taken, item, out, f"{table.schema}.{table.table} {table.pk}={item.pk}")
-            )
-            updates[item.pk] = winner
+            row_name = f"{table.schema}.{table.table} {table.pk}={item.pk}"
+            winner = updates[item.pk] = _latest(updates.get(item.pk), item, out, row_name)
             if winner is item:
                 written_at[item.pk] = decided.written_at
                 last_local[item.pk] = local_ms
