@@ -27,6 +27,7 @@ import contextlib
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ __all__ = [
     "soak_pipeline",
     "streams_behind",
     "streams_diagnostics",
+    "streams_ends",
     "valid_vat",
     "victims",
     "wait_linked",
@@ -470,11 +472,15 @@ def _raw_topics(prefixes: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(topics))
 
 
-def _streams_positions(pipeline: Pipeline) -> dict[tuple[str, int], tuple[int, int]]:
-    """Per raw partition, the streams worker's committed offset (0: none) and the end."""
+def _streams_positions(
+    pipeline: Pipeline, ends: Mapping[tuple[str, int], int] | None = None
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per raw partition, the streams worker's committed offset (0: none) and the end
+    (``ends`` where given, else the partition's end now)."""
+    if ends is None:
+        ends = streams_ends(pipeline)
     streams = pipeline.streams
     bootstrap = streams.stack_env["KAFKA_BOOTSTRAP"]
-    ends = watermarks(bootstrap, _raw_topics(streams.prefixes))
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": streams.app_id})
     try:
         committed = consumer.committed([TopicPartition(t, p) for t, p in ends], timeout=30)
@@ -484,10 +490,23 @@ def _streams_positions(pipeline: Pipeline) -> dict[tuple[str, int], tuple[int, i
     return {tp: (done.get(tp, 0), end) for tp, end in ends.items()}
 
 
-def streams_behind(pipeline: Pipeline) -> dict[str, int]:
+def streams_ends(pipeline: Pipeline) -> dict[tuple[str, int], int]:
+    """The end of every raw partition the streams worker reads, now."""
+    streams = pipeline.streams
+    return watermarks(streams.stack_env["KAFKA_BOOTSTRAP"], _raw_topics(streams.prefixes))
+
+
+def streams_behind(
+    pipeline: Pipeline, ends: Mapping[tuple[str, int], int] | None = None
+) -> dict[str, int]:
     """Per raw partition (``topic[partition]``), records the streams worker has not
-    committed yet (its group's lag); empty when it has read everything."""
-    positions = _streams_positions(pipeline)
+    committed yet (its group's lag); empty when it has read everything.
+
+    ``ends``: count only the records up to these ends (an earlier :func:`streams_ends`):
+    the captures' heartbeats add a transaction every few seconds, and the newest one is
+    uncommitted for up to a commit interval on a worker that keeps up.
+    """
+    positions = _streams_positions(pipeline, ends)
     behind = {f"{t}[{p}]": end - done for (t, p), (done, end) in positions.items()}
     return {name: lag for name, lag in behind.items() if lag > 0}
 
@@ -549,11 +568,16 @@ def _streams_pending(pipeline: Pipeline) -> float:
         return -1.0
 
 
-def _fingerprint(pipeline: Pipeline, rows: Callable[[], object]) -> tuple[object, ...]:
-    """What moves while the pipeline still works: worker counters and the rows watched."""
-    counters: list[object] = [sink.total(outcome) for sink in pipeline for outcome in SINK_OUTCOMES]
+def _fingerprint(pipeline: Pipeline, rows: Callable[[], object]) -> dict[str, object]:
+    """What moves while the pipeline still works, by name: worker counters and the rows
+    watched."""
+    parts: dict[str, object] = {
+        f"{sink.target} sink {outcome}": sink.total(outcome)
+        for sink in pipeline
+        for outcome in SINK_OUTCOMES
+    }
     # Events still held (waiting for a row clock or a reference) are work in progress.
-    counters += [sink.held() for sink in pipeline]
+    parts |= {f"{sink.target} sink holding": sink.held() for sink in pipeline}
     # Transaction records leave out: the captures' heartbeats (a transaction with no
     # change every few seconds) keep coming on a pipeline at rest.
     quiet = {("flow", "transaction"), ("kind", "change")}
@@ -566,21 +590,40 @@ def _fingerprint(pipeline: Pipeline, rows: Callable[[], object]) -> tuple[object
         )
     except httpx.HTTPError:
         streamed = -1.0
-    return (*counters, streamed, rows())
+    parts["streams events"] = streamed
+    parts["rows watched"] = rows()
+    return parts
 
 
-def _busy(pipeline: Pipeline) -> str | None:
-    """What the pipeline still holds or has not read, or None: nothing."""
+def _moved(before: Mapping[str, object], after: Mapping[str, object]) -> str:
+    """What differs between two fingerprints (counters with both values)."""
+    changed = []
+    for name, value in after.items():
+        old = before.get(name)
+        if old != value:
+            changed.append(name if name == "rows watched" else f"{name} {old} -> {value}")
+    return ", ".join(changed)
+
+
+def _busy(pipeline: Pipeline, ends: Mapping[tuple[str, int], int]) -> str | None:
+    """What the pipeline still holds, or has not read of the raw records up to ``ends``;
+    None: nothing."""
     held = [
         f"{sink.target} sink holds {sink.held():.0f} events" for sink in pipeline if sink.held()
     ]
     pending = _streams_pending(pipeline)
     if pending:
         held.append(f"streams pending {pending:.0f}")
-    behind = streams_behind(pipeline)
+    behind = streams_behind(pipeline, ends)
     if behind:
         held.append(f"streams behind on {behind}")
     return "; ".join(held) or None
+
+
+STREAMS_COMMIT_GRACE_SECONDS: Final = 5.0
+"""How old the raw partitions' ends are that the streams worker must have committed: more
+than its commit interval (1 s) and a batch's linger, so the newest heartbeat transaction,
+read but not committed yet, does not count as work left."""
 
 
 def quiesce(pipeline: Pipeline, rows: Callable[[], object], notes: list[str]) -> bool:
@@ -607,22 +650,34 @@ def quiesce(pipeline: Pipeline, rows: Callable[[], object], notes: list[str]) ->
     except AssertionError as exc:
         notes.append(f"pipeline.settled: {exc} within {SETTLE_SECONDS:.0f}s")
     # 3. ... and neither the workers' counters nor the rows move for QUIET_SECONDS, with
-    # nothing held back by a worker nor left unread by the streams worker.
-    deadline = time.monotonic() + SETTLE_SECONDS
-    last, since = _fingerprint(pipeline, rows), time.monotonic()
+    # nothing held back by a worker nor left unread by the streams worker (of what the raw
+    # partitions held STREAMS_COMMIT_GRACE_SECONDS before).
+    start = time.monotonic()
+    deadline = start + SETTLE_SECONDS
+    ends: deque[tuple[float, dict[tuple[str, int], int]]] = deque([(start, streams_ends(pipeline))])
+    last, since = _fingerprint(pipeline, rows), start
     busy: str | None = None
+    moved = "nothing yet"
     while time.monotonic() < deadline:
         time.sleep(1.0)
         now = _fingerprint(pipeline, rows)
-        busy = _busy(pipeline)
+        at = time.monotonic()
+        ends.append((at, streams_ends(pipeline)))
+        while len(ends) > 1 and at - ends[1][0] >= STREAMS_COMMIT_GRACE_SECONDS:
+            ends.popleft()
+        busy = _busy(pipeline, ends[0][1])
+        if now != last:
+            moved = f"+{at - start:.0f}s {_moved(last, now)}"
         if now != last or busy:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= QUIET_SECONDS:
+            last, since = now, at
+        elif at - since >= QUIET_SECONDS:
             return True
     notes.append(
         f"the pipeline was still moving {SETTLE_SECONDS:.0f}s after the writers stopped"
         + (f" ({busy})" if busy else "")
+        + f"; last movement: {moved}"
     )
+    notes += streams_diagnostics(pipeline, most=5)
     return False
 
 
