@@ -111,6 +111,7 @@ import faust
 from aiokafka.errors import KafkaError, KafkaTimeoutError  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka.admin import AdminClient
 from faust.types import TP, Message
 from faust.web import Request, Response, View
 from mode import CrashingSupervisor
@@ -130,6 +131,7 @@ from schemas.horizon import (
 from schemas.mapping import Flow, load_mappings
 from schemas.serde import AvroSerde, RegistryClient, WriterSchema
 from schemas.settings import KafkaSettings
+from schemas.topic_admin import wait_for_broker
 from schemas.topics import CANONICAL_TOPICS, QUALITY_TOPIC, value_subject
 from streams import dlq
 from streams.assignment import SingleOwnerAssignor
@@ -499,8 +501,13 @@ class StreamsApp:
     def run(self) -> None:
         """Run the Faust worker until SIGTERM/SIGINT (which stop it cleanly); exits the process.
 
-        Prepares the app the way ``faust -A streams.app worker`` does.
+        Prepares the app the way ``faust -A streams.app worker`` does. Started while
+        Kafka is away, it waits for the broker first (Faust's consumer would give up on
+        its first bootstrap and the process exit).
         """
+        # our own warnings say the broker is away; not librdkafka's per connect attempt
+        probe = AdminClient(self.settings.kafka.client_config(log_level=2))
+        wait_for_broker(probe, "streams", log)
         # Faust creates only the last level of its data directory.
         self.settings.table_dir.mkdir(parents=True, exist_ok=True)
         self.app.finalize()
