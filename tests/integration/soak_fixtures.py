@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -215,29 +216,54 @@ def in_transaction(sink: SinkProcess, timeout: float = SINK_KILL_WAIT_SECONDS) -
     return f"no transaction that wrote within {timeout:.0f}s"
 
 
+@dataclass(frozen=True, slots=True)
+class _Worker:
+    """A worker of the pipeline as an outage kills it: SIGKILL, start, wait until it works."""
+
+    name: str
+    kill: Callable[[], object]
+    start: Callable[[], object]
+    ready: Callable[[], object]
+
+
+def _workers(pipeline: Pipeline) -> dict[str, _Worker]:
+    """Every worker of ``pipeline`` by name, each waited for up to 150 s once started."""
+    sinks = [
+        _Worker(f"{sink.target} sink", sink.kill, sink.start, partial(sink.wait_assigned, 150))
+        for sink in (pipeline.crm_sink, pipeline.erp_sink)
+    ]
+    streams = pipeline.streams
+    captures = [
+        _Worker(f"{c.system} capture", c.kill, c.start, partial(c.wait_streaming, 150))
+        for c in (pipeline.erp, pipeline.crm)
+    ]
+    found = [
+        *sinks,
+        _Worker("streams", streams.kill, streams.start, partial(streams.wait_ready, 150)),
+    ]
+    return {worker.name: worker for worker in found + captures}
+
+
+def _restart(worker: _Worker) -> None:
+    """Start ``worker`` and wait until it works."""
+    worker.start()
+    worker.ready()
+
+
 def victims(pipeline: Pipeline, budget: Budget, rng: random.Random) -> list[Victim]:
     """Every worker kind, each killed ``kill_cycles`` times, spread over the writing.
 
     A sink is killed inside a transaction that wrote, when it is in one within
     :data:`SINK_KILL_WAIT_SECONDS` (:func:`in_transaction`).
     """
-    erp_sink, crm_sink, streams = pipeline.erp_sink, pipeline.crm_sink, pipeline.streams
+    workers = _workers(pipeline)
+    moments = {
+        f"{sink.target} sink": partial(in_transaction, sink)
+        for sink in (pipeline.crm_sink, pipeline.erp_sink)
+    }
     found = [
-        Victim(
-            "crm sink",
-            crm_sink.kill,
-            lambda: crm_sink.start().wait_assigned(timeout=150),
-            lambda: in_transaction(crm_sink),
-        ),
-        Victim(
-            "erp sink",
-            erp_sink.kill,
-            lambda: erp_sink.start().wait_assigned(timeout=150),
-            lambda: in_transaction(erp_sink),
-        ),
-        Victim("streams", streams.kill, lambda: streams.start().wait_ready(timeout=150)),
-        Victim("erp capture", pipeline.erp.kill, lambda: pipeline.erp.start().wait_streaming(150)),
-        Victim("crm capture", pipeline.crm.kill, lambda: pipeline.crm.start().wait_streaming(150)),
+        Victim(name, worker.kill, partial(_restart, worker), moments.get(name))
+        for name, worker in workers.items()
     ]
     _schedule(found, budget.write_seconds, budget.kill_cycles, rng)
     return found
@@ -268,8 +294,25 @@ DATABASE_DOWN_SECONDS: Final = (1.0, 8.0)
 REGISTRY_DOWN_SECONDS: Final = (1.0, 5.0)
 
 
+OUTAGE_WORKERS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "kafka": (("streams",), ("crm sink", "erp sink", "erp capture", "crm capture")),
+    "erp postgres": ((), ("erp sink", "erp capture")),
+    "crm postgres": ((), ("crm sink", "crm capture")),
+    "schema registry": ((), ("streams", "erp capture", "crm capture")),
+}
+"""The workers an outage of each component kills: always the first, and one drawn from
+the second (those that use it) that no other outage of the run kills. The streams worker
+is always among the broker's: its client library gives up on a broker that is away at
+start (it must wait for it)."""
+
+
 def outages(
-    stack: LocalStack, budget: Budget, rng: random.Random, *, registry: bool = True
+    stack: LocalStack,
+    budget: Budget,
+    rng: random.Random,
+    *,
+    registry: bool = True,
+    pipeline: Pipeline | None = None,
 ) -> list[Victim]:
     """The stack's own components stopped and started again mid-run, with its own control.
 
@@ -281,13 +324,19 @@ def outages(
       on one database at least, which one drawn from ``rng``;
     - with ``registry``, the schema registry: SIGTERM, down for
       :data:`REGISTRY_DOWN_SECONDS`, then started and waited for until its journal is
-      replayed (it needs the broker: the two are never down together).
+      replayed (it needs the broker: the two are never down together);
+    - with ``pipeline``, each outage also SIGKILLs one worker that uses the component
+      (two for the broker; :data:`OUTAGE_WORKERS`, drawn from ``rng``) right after
+      stopping it and starts it again at once, so that it starts while the component is
+      away; it must wait for it, and is waited for (150 s) once the component is back.
 
     ``outage_cycles`` rounds, each in a random order spread over the first 80% of its
     share of the writing, as :func:`victims` spreads the kills. Whoever runs them starts
     the whole stack again afterwards (``stack.up()``), whatever happened.
     """
     broker = threading.Lock()
+    workers = _workers(pipeline) if pipeline is not None else {}
+    taken: set[str] = set()  # a worker is killed by one outage only (threads of their own)
 
     def outage(
         name: str,
@@ -296,10 +345,27 @@ def outages(
         down: tuple[float, float],
         exclusive: threading.Lock | None = None,
     ) -> Victim:
+        always, drawn = OUTAGE_WORKERS[name]
+        free = [n for n in drawn if n not in taken]
+        names = [*always, rng.choice(free)] if workers and free else list(always)
+        taken.update(names)
+        killed = [workers[n] for n in names] if workers else []
+
+        def stop_all() -> str:
+            how = stop()
+            said = [how] if isinstance(how, str) else []
+            for worker in killed:
+                worker.kill()
+                worker.start()
+                said.append(f"{worker.name} killed and started again meanwhile")
+            return "; ".join(said)
+
         def restart() -> None:
             stack.start([component])
+            for worker in killed:
+                worker.ready()
 
-        return Victim(name, stop, restart, down=down, verb="stopped", exclusive=exclusive)
+        return Victim(name, stop_all, restart, down=down, verb="stopped", exclusive=exclusive)
 
     erp_first, crm_first = rng.sample(SHUTDOWN_MODES, 2)
     erp_stop = _DatabaseOutage(stack.erp, erp_first, rng.random())

@@ -21,8 +21,10 @@ How:
 3. Meanwhile chaos threads SIGKILL and restart the workers, spread over the run; in
    the outage test they stop and start the stack itself instead (the Kafka broker, the
    ERP and CRM PostgreSQL in fast and immediate mode, on demand the schema registry),
-   and the workers must ride it out. A writer reconnects after an outage; a write whose
-   ``COMMIT`` got no answer is recorded only if it committed (``pg_xact_status``).
+   and the workers must ride it out; during each outage one worker that uses the
+   component is killed and started again while it is away. A writer reconnects after
+   an outage; a write whose ``COMMIT`` got no answer is recorded only if it committed
+   (``pg_xact_status``).
 4. After the writers stop and the pipeline is quiet, every (pair, field) is compared
    with the recorded writes, and every customer record of the run in either system
    (found by the run's tag in its name, in any state) is one of a pair, still linked
@@ -344,8 +346,7 @@ class Writer:
                         self._lost_at_us = min(self._lost_at_us, time.time_ns() // 1000)
                     stop.wait(0.3)
             if self._pending is not None:  # stopped while the database was away
-                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=60) as conn:
-                    self._settle(conn)
+                self._settle_when_back()
         except Exception as exc:  # reported by the test, with the seed
             self.error = f"{self.name}: {type(exc).__name__}: {exc}"
 
@@ -377,6 +378,20 @@ class Writer:
                 Write(self.system, pending.pair, name, value, commit_us, self.name, pending.seq)
             )
         self._pending = None
+
+    def _settle_when_back(self, timeout: float = 180.0) -> None:
+        """:meth:`_settle` once the database takes connections again (it may still be
+        replaying its WAL after a crash: "the database system is starting up")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                    self._settle(conn)
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def _settle(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
         """Record the write whose commit got no answer if it committed; forget it if not.
@@ -667,15 +682,18 @@ def test_concurrent_edits_and_stack_outages_converge_to_the_last_writer(
 ) -> None:
     """The same, while the stack itself goes away: the Kafka broker, both PostgreSQL
     servers (a fast and an immediate shutdown) and, on demand, the schema registry are
-    stopped and started again mid-run (:func:`outages`); the workers ride it out, none
-    is restarted by the test, and a writer whose commit got no answer counts its write
-    only if it committed."""
+    stopped and started again mid-run (:func:`outages`); the workers ride it out, and
+    during each outage one worker that uses the component is SIGKILLed and started again
+    while it is away (it must wait for it); a writer whose commit got no answer counts
+    its write only if it committed."""
     try:
         _converge(
             pipeline,
             stack_env,
             "outages",
-            lambda rng: outages(local_stack, BUDGET, rng, registry=OUTAGE_REGISTRY),
+            lambda rng: outages(
+                local_stack, BUDGET, rng, registry=OUTAGE_REGISTRY, pipeline=pipeline
+            ),
         )
     finally:
         local_stack.up()  # whatever happened, the next tests get the whole stack back
