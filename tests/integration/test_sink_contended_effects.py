@@ -26,60 +26,27 @@ import pytest
 from psycopg import sql
 
 from schemas.canonical import canonical_schema
-from schemas.mapping import load_mappings, ownership
 from sinks.batch import SinkBatch, SinkEvent
 from sinks.postgres import PostgresUpsertSink
-from sinks.targets import Direction, build_tables, deterministic_id
-from tests.integration.cdc_fixtures import execute, unique_name
+from sinks.targets import deterministic_id
+from tests.integration.cdc_fixtures import execute
+from tests.integration.sink_fixtures import direct_sink
 
 pytestmark = pytest.mark.integration
 
 _TS = 1_700_000_000_000
 
 
-def _sink(
-    env: dict[str, str], target: str, entity: str, direction: Direction
-) -> Iterator[PostgresUpsertSink]:
-    """A sink of one entity into ``target`` with a sync schema of its own, announcing."""
-    admin = env[f"{target.upper()}_ADMIN_DSN"]
-    schema = unique_name("contend")
-    execute(
-        admin, sql.SQL("CREATE SCHEMA {} AUTHORIZATION erpcrm_sink").format(sql.Identifier(schema))
-    )
-    flows = load_mappings()
-    tables = {t.entity: t for t in build_tables(flows).values() if t.direction is direction}
-    applying = PostgresUpsertSink(
-        target=target,
-        dsn=env[f"{target.upper()}_SINK_DSN"],
-        tables={entity: tables[entity]},
-        ownership={entity: ownership(flows, entity)},
-        topics=(f"canonical.{entity}",),
-        origin=unique_name("origin"),
-        schema=schema,
-        announce=True,
-    )
-    applying.setup()
-    try:
-        yield applying
-    finally:
-        applying.close()
-        execute(admin, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-        execute(
-            admin,
-            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin "
-            "WHERE roname = %s",
-            (applying._origin,),
-        )
-
-
 @pytest.fixture(scope="module")
 def crm_sink(stack_env: dict[str, str]) -> Iterator[PostgresUpsertSink]:
-    yield from _sink(stack_env, "crm", "customer", Direction.ERP_TO_CRM)
+    with direct_sink(stack_env, "crm", ("customer",), announce=True, prefix="contend") as sink:
+        yield sink
 
 
 @pytest.fixture(scope="module")
 def erp_sink(stack_env: dict[str, str]) -> Iterator[PostgresUpsertSink]:
-    yield from _sink(stack_env, "erp", "sales_order", Direction.CRM_TO_ERP)
+    with direct_sink(stack_env, "erp", ("sales_order",), announce=True, prefix="contend") as sink:
+        yield sink
 
 
 def _event(entity: str, key: str, version: int, offset: int, **fields: Any) -> SinkEvent:
