@@ -1176,8 +1176,9 @@ class PostgresUpsertSink(Sink):
         kept = [
             (c.column, c.field, is_id_field(c.field)) for c in table.columns if c.field is not None
         ]
-        # 1. Decide every item: its row, its values, its merge; queue nothing of its own
-        # yet. 2. Per target row, choose the one written (_latest: the other is a letter).
+        # 1. Decide every item: its row, its values, its merge (one refused, held or
+        # waiting is queued as such; nothing an update brings is queued yet). 2. Per
+        # target row, choose the one written (_latest: another record's is a letter).
         # 3. Only then queue what the written ones bring: conflicts, announcements, lines.
         changing: list[_Item] = []
         creating: list[_Item] = []
