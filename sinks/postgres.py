@@ -20,7 +20,11 @@ transaction, in the order of :mod:`sinks.base`:
    business key: customer number, SKU), with the transaction that last wrote each
    (``xmin``) and its commit time; an event whose row has a local change its clock has
    not seen yet waits; the others are merged field by field (:func:`sinks.state.merge`);
-6. rows are updated or inserted with one multi-row statement each, order lines of
+6. per target row one event is written: two source records meeting on one row in a
+   batch, the later commit wins and the other is a ``target_row_contended`` dead letter
+   that leaves nothing else (its conflicts, announcement and order lines are queued
+   only for a winner: :func:`_settle_updates`);
+   rows are updated or inserted with one multi-row statement each, order lines of
    created orders written, deletes applied as the table's mode says; the row clocks
    are stored and the conflicts audited; an update of an order whose lines the source
    changed since it last stated them queues that change as a dead letter
@@ -106,6 +110,7 @@ from sinks.state import (
     Applied,
     Conflict,
     Decision,
+    Merge,
     RowClock,
     changed_by,
     changed_times,
@@ -194,6 +199,11 @@ class _Item:
     row: dict[str, Any] = field(default_factory=dict)
     linked: bool = False
     """A suspected duplicate written into its candidate: the candidate keeps its links."""
+    merged: Merge | None = None
+    """An update's field merge, decided before its row's writer is chosen (its conflicts
+    and re-announcement are queued only for the writer: :func:`_settle_updates`)."""
+    local_ms: int = 0
+    """An update's row: the commit time of its last local change (for its row clock)."""
 
 
 class _Statements:
@@ -1166,10 +1176,12 @@ class PostgresUpsertSink(Sink):
         kept = [
             (c.column, c.field, is_id_field(c.field)) for c in table.columns if c.field is not None
         ]
-        updates: dict[Any, _Item] = {}
-        inserts: dict[str, _Item] = {}
-        written_at: dict[Any, dict[str, int]] = {}
-        last_local: dict[Any, int] = {}
+        # 1. Decide every item: its row, its values, its merge (one refused, held or
+        # waiting is queued as such; nothing an update brings is queued yet). 2. Per
+        # target row, choose the one written (_latest: another record's is a letter).
+        # 3. Only then queue what the written ones bring: conflicts, announcements, lines.
+        changing: list[_Item] = []
+        creating: list[_Item] = []
         stated = self._source_lines(cur, table, [i for i in items if i.current is not None])
         for item in items:
             try:
@@ -1190,17 +1202,14 @@ class PostgresUpsertSink(Sink):
                     out.recorded.append((item.event, item.digest))
                     continue
                 item.row = {c.column: row[c.column] for c in insert_columns}
-                locator = table.locators[0].column
-                first = str(item.row[locator])
-                row_name = f"{table.schema}.{table.table} {locator}={first}"
-                inserts[first] = _latest(inserts.get(first), item, out, row_name)
+                creating.append(item)
                 continue
             current = from_row(table, item.current)
             clock, local_ms = self._row_clock(table, item, current, clocks, fields)
             if clock is None:
                 out.waiting.extend(item.history)
                 continue
-            decided = merge(
+            item.merged = decided = merge(
                 table.entity,
                 item.event.key,
                 item.record,
@@ -1211,9 +1220,7 @@ class PostgresUpsertSink(Sink):
                 current=current,
                 clock=clock,
             )
-            out.conflicts.extend(decided.conflicts)
-            if decided.reassert and never_noop(item.record):
-                out.announce.append((item.event, str(item.pk)))
+            item.local_ms = local_ms
             # A column computed from the whole record (no field) is always current.
             writes = decided.writes
             for column, name, is_id in kept:
@@ -1222,13 +1229,10 @@ class PostgresUpsertSink(Sink):
                 ):
                     row[column] = item.current.get(column)
             item.row = {c.column: row[c.column] for c in update_columns}
-            if table.lines is not None:
-                self._lines_locked(table, item, stated.get(item.event.key), out)
-            row_name = f"{table.schema}.{table.table} {table.pk}={item.pk}"
-            winner = updates[item.pk] = _latest(updates.get(item.pk), item, out, row_name)
-            if winner is item:
-                written_at[item.pk] = decided.written_at
-                last_local[item.pk] = local_ms
+            changing.append(item)
+        updates = _settle_updates(table, changing, stated, out)
+        locator = table.locators[0].column
+        inserts = _contend(table, creating, locator, lambda i: str(i.row[locator]), out)
         if updates:
             columns = [sql.Column(c.column, c.pg_type) for c in update_columns]
             rows = list(updates.values())
@@ -1248,6 +1252,7 @@ class PostgresUpsertSink(Sink):
             # Only a row the statement changed has the sink's transaction as its xmin.
             changed_rows = {str(r[table.pk]): r[sql.ROW_XMIN] for r in cur.fetchall()}
             for item in rows:
+                assert item.merged is not None
                 out.applied.append(item.event)
                 out.recorded.append((item.event, item.digest))
                 row_id = str(item.pk)
@@ -1256,9 +1261,9 @@ class PostgresUpsertSink(Sink):
                     table.entity,
                     row_id,
                     clock.after_write(
-                        written_at[item.pk],
+                        item.merged.written_at,
                         xid=changed_rows.get(row_id),
-                        last_local_ms=last_local[item.pk],
+                        last_local_ms=item.local_ms,
                     ),
                 )
         if inserts:
@@ -1272,9 +1277,7 @@ class PostgresUpsertSink(Sink):
                 )
         if table.lines is not None:
             self._insert_lines(cur, table, list(inserts.values()))
-            out.source_lines.extend(
-                (i.event, self._stated_lines(table, i)) for i in inserts.values()
-            )
+            out.source_lines.extend((i.event, _stated_lines(table, i)) for i in inserts.values())
 
     # -- lines of orders the target owns ---------------------------------------------
 
@@ -1291,48 +1294,6 @@ class PostgresUpsertSink(Sink):
         query = self._sql(cur, sql.source_lines_select, self._schema)
         cur.execute(query, (table.entity, sorted({i.event.key for i in items})), binary=True)
         return {r["entity_key"]: json_text.load(r["lines"]) for r in cur.fetchall()}
-
-    @staticmethod
-    def _stated_lines(table: TargetTable, item: _Item) -> LinesSnapshot:
-        """The lines of an item's event as compared (:func:`sinks.lines.snapshot`)."""
-        assert table.lines is not None
-        lines = item.record.get(table.lines.source) or ()
-        return lines_snapshot(lines, f"{item.event.source_system}_id")
-
-    def _lines_locked(
-        self, table: TargetTable, item: _Item, before: LinesSnapshot | None, out: _Outcome
-    ) -> None:
-        """An update of an order the target has: dead-letter a change of its lines.
-
-        The target owns the lines of an order it holds (:meth:`_insert_lines`), so the
-        update writes the order's own fields only. Its lines are compared with those the
-        source stated last (``before``; not with the target's rows, which the target
-        may change itself: :mod:`sinks.lines`): a difference is queued as a dead letter
-        (``order_lines_locked``) in the batch's transaction, and the stored lines move to
-        the new ones, so each edit makes one letter and a header-only change none. An
-        order with no stored lines (created before the sink kept them) starts from these.
-        """
-        now = self._stated_lines(table, item)
-        if before == now:
-            return
-        out.source_lines.append((item.event, now))
-        change = lines_compare(before, now) if before is not None else None
-        if not change:
-            return
-        assert item.current is not None
-        order = item.event.key.partition(":")[2]
-        source, target = item.event.source_system, table.direction.target
-        generated = "".join(f" {g}={item.current.get(g)}" for g in sorted(table.generated))
-        row = f"{table.schema}.{table.table} {table.pk}={item.pk}{generated}"
-        message = (
-            f"order_lines_locked: the {source} changed the lines of {item.event.entity} "
-            f"{item.event.key} (version {item.event.version}) after the {target} created "
-            f"its order ({row}): {change.describe()}. The {target} owns the lines of an "
-            f"order it holds, so they were not written: make the change there. The "
-            "order's other fields were applied."
-        )
-        context = (("order", order), ("target_row", row), *change.context())
-        out.refused_parts.append((item.event, LinesLockedError(message, context)))
 
     def _settle_duplicate(
         self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, item: _Item, clocks: _Clocks
@@ -1572,7 +1533,7 @@ class PostgresUpsertSink(Sink):
         Lines are written with the order only: once the order exists, the target owns
         it (deliveries and invoices refer to its lines), and a later change of the
         quote updates the order's own fields; a change of its lines is dead-lettered
-        (:meth:`_lines_locked`).
+        (:func:`_lines_locked`).
         """
         lines = table.lines
         if lines is None or not items:
@@ -1835,6 +1796,97 @@ def _safe(locator: Locator, record: Mapping[str, Any]) -> Any:
         return None
 
 
+def _row_name(table: TargetTable, column: str, value: Any) -> str:
+    """A target row as letters name it: ``schema.table column=value``."""
+    return f"{table.schema}.{table.table} {column}={value}"
+
+
+def _contend(
+    table: TargetTable,
+    items: Iterable[_Item],
+    column: str,
+    value_of: Callable[[_Item], Hashable],
+    out: _Outcome,
+) -> dict[Hashable, _Item]:
+    """Per target row (its ``column``'s value), the item written: see :func:`_latest`."""
+    rows: dict[Hashable, _Item] = {}
+    for item in items:
+        value = value_of(item)
+        rows[value] = _latest(rows.get(value), item, out, _row_name(table, column, value))
+    return rows
+
+
+def _settle_updates(
+    table: TargetTable,
+    items: Iterable[_Item],
+    stated: Mapping[str, LinesSnapshot],
+    out: _Outcome,
+) -> dict[Hashable, _Item]:
+    """Choose the update written per row, then queue what each written one brings.
+
+    Decide first, then apply: an item merged (``merged``) but not written (it lost its
+    row to another source record, :func:`_latest`) leaves only its dead letter, so that
+    the conflict audit and metrics, the announcements and an order's stated lines tell
+    what was written, and a replay of the letter applies it as if never read. For the
+    written ones, in the batch's transaction: the merge's conflicts, a re-announcement of
+    the row when a field the target owns was refused, and for an order a change of its
+    lines (:func:`_lines_locked`; ``stated``: the lines the source stated last, by key).
+    """
+    written = _contend(table, items, table.pk, lambda i: i.pk, out)
+    for item in written.values():
+        assert item.merged is not None
+        out.conflicts.extend(item.merged.conflicts)
+        if item.merged.reassert and never_noop(item.record):
+            out.announce.append((item.event, str(item.pk)))
+        if table.lines is not None:
+            _lines_locked(table, item, stated.get(item.event.key), out)
+    return written
+
+
+def _stated_lines(table: TargetTable, item: _Item) -> LinesSnapshot:
+    """The lines of an item's event as compared (:func:`sinks.lines.snapshot`)."""
+    assert table.lines is not None
+    lines = item.record.get(table.lines.source) or ()
+    return lines_snapshot(lines, f"{item.event.source_system}_id")
+
+
+def _lines_locked(
+    table: TargetTable, item: _Item, before: LinesSnapshot | None, out: _Outcome
+) -> None:
+    """An update of an order the target has: dead-letter a change of its lines.
+
+    The target owns the lines of an order it holds
+    (:meth:`PostgresUpsertSink._insert_lines`), so the update writes the order's own
+    fields only. Its lines are compared with those the source stated last (``before``;
+    not with the target's rows, which the target may change itself: :mod:`sinks.lines`):
+    a difference is queued as a dead letter (``order_lines_locked``) in the batch's
+    transaction, and the stored lines move to the new ones, so each edit makes one letter
+    and a header-only change none. An order with no stored lines (created before the sink
+    kept them) starts from these. Only for the update written (:func:`_settle_updates`).
+    """
+    now = _stated_lines(table, item)
+    if before == now:
+        return
+    out.source_lines.append((item.event, now))
+    change = lines_compare(before, now) if before is not None else None
+    if not change:
+        return
+    assert item.current is not None
+    order = item.event.key.partition(":")[2]
+    source, target = item.event.source_system, table.direction.target
+    generated = "".join(f" {g}={item.current.get(g)}" for g in sorted(table.generated))
+    row = _row_name(table, table.pk, item.pk) + generated
+    message = (
+        f"order_lines_locked: the {source} changed the lines of {item.event.entity} "
+        f"{item.event.key} (version {item.event.version}) after the {target} created "
+        f"its order ({row}): {change.describe()}. The {target} owns the lines of an "
+        f"order it holds, so they were not written: make the change there. The "
+        "order's other fields were applied."
+    )
+    context = (("order", order), ("target_row", row), *change.context())
+    out.refused_parts.append((item.event, LinesLockedError(message, context)))
+
+
 def _latest(current: _Item | None, item: _Item, out: _Outcome, row: str) -> _Item:
     """Of two events writing the same target ``row`` in one batch, the later commit wins.
 
@@ -1844,7 +1896,9 @@ def _latest(current: _Item | None, item: _Item, out: _Outcome, row: str) -> _Ite
     the row and the winning record as context) rather than recorded as applied. Two
     events of the same key (not expected after the collapse) stay as before: the older
     one is recorded as applied, its state overwritten by the newer one's. On a tie of
-    commit times ``item`` (the one met later) wins.
+    commit times ``item`` (the one met later) wins. Nothing else of the loser's is queued
+    here or by the callers, which queue the winner's effects only once it is chosen
+    (:func:`_settle_updates`).
     """
     if current is None:
         return item

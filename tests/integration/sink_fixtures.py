@@ -20,7 +20,10 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from psycopg import sql
 
 from cdc.settings import DEFAULT_TABLES
+from schemas.mapping import load_mappings, ownership
 from schemas.topics import CANONICAL_TOPICS
+from sinks.postgres import PostgresUpsertSink
+from sinks.targets import Direction, build_tables
 from tests.integration.cdc_fixtures import (
     Capture,
     CliProcess,
@@ -33,11 +36,59 @@ from tests.integration.test_streams import StreamsProcess
 __all__ = [
     "Pipeline",
     "SinkProcess",
+    "direct_sink",
     "newest_records",
     "read_to_end",
     "sink_source",
     "watermarks",
 ]
+
+
+@contextlib.contextmanager
+def direct_sink(
+    env: dict[str, str],
+    target: str,
+    entities: tuple[str, ...],
+    *,
+    announce: bool,
+    prefix: str = "sink",
+) -> Iterator[PostgresUpsertSink]:
+    """A sink in this process applying ``entities`` into ``target`` (no Kafka, no runner).
+
+    Its sync-state schema (``prefix`` and a fresh suffix) and replication origin are its
+    own, made for it and dropped afterwards; the rows it wrote to the target are the
+    test's to remove.
+    """
+    admin = env[f"{target.upper()}_ADMIN_DSN"]
+    schema = unique_name(prefix)
+    execute(
+        admin, sql.SQL("CREATE SCHEMA {} AUTHORIZATION erpcrm_sink").format(sql.Identifier(schema))
+    )
+    flows = load_mappings()
+    direction = Direction.ERP_TO_CRM if target == "crm" else Direction.CRM_TO_ERP
+    tables = {t.entity: t for t in build_tables(flows).values() if t.direction is direction}
+    applying = PostgresUpsertSink(
+        target=target,
+        dsn=env[f"{target.upper()}_SINK_DSN"],
+        tables={e: tables[e] for e in entities},
+        ownership={e: ownership(flows, e) for e in entities},
+        topics=tuple(f"canonical.{e}" for e in entities),
+        origin=unique_name("origin"),
+        schema=schema,
+        announce=announce,
+    )
+    applying.setup()
+    try:
+        yield applying
+    finally:
+        applying.close()
+        execute(admin, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        execute(
+            admin,
+            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin "
+            "WHERE roname = %s",
+            (applying._origin,),
+        )
 
 
 def _high(consumer: Consumer, tp: TopicPartition, timeout: float = 60.0) -> int:

@@ -31,12 +31,12 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from schemas.canonical import METADATA_FIELDS, canonical_schema
-from schemas.mapping import load_mappings, ownership
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from sinks.batch import DECIDING_FIELDS, SinkBatch, SinkEvent
 from sinks.postgres import PostgresUpsertSink
-from sinks.targets import Direction, build_tables, deterministic_id
-from tests.integration.cdc_fixtures import execute, unique_name
+from sinks.targets import deterministic_id
+from tests.integration.cdc_fixtures import execute
+from tests.integration.sink_fixtures import direct_sink
 
 pytestmark = pytest.mark.integration
 
@@ -48,39 +48,12 @@ NUMBERS = {key: f"P{uuid.uuid4().hex[:7].upper()}" for key in KEYS}
 
 @pytest.fixture(scope="module")
 def sink(stack_env: dict[str, str]) -> Iterator[PostgresUpsertSink]:
-    schema = unique_name("prop")
-    admin = stack_env["CRM_ADMIN_DSN"]
-    execute(
-        admin,
-        sql.SQL("CREATE SCHEMA {} AUTHORIZATION erpcrm_sink").format(sql.Identifier(schema)),
-    )
-    flows = load_mappings()
-    tables = {
-        t.entity: t for t in build_tables(flows).values() if t.direction is Direction.ERP_TO_CRM
-    }
-    applying = PostgresUpsertSink(
-        target="crm",
-        dsn=stack_env["CRM_SINK_DSN"],
-        tables={e: tables[e] for e in ("customer", "product")},
-        ownership={e: ownership(flows, e) for e in ("customer", "product")},
-        topics=("canonical.customer", "canonical.product"),
-        origin=unique_name("origin"),
-        schema=schema,
-        announce=False,
-    )
-    applying.setup()
-    try:
-        yield applying
-    finally:
-        applying.close()
-        _reset(stack_env, schema)
-        execute(admin, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-        execute(
-            admin,
-            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin "
-            "WHERE roname = %s",
-            (applying._origin,),
-        )
+    entities = ("customer", "product")
+    with direct_sink(stack_env, "crm", entities, announce=False, prefix="prop") as applying:
+        try:
+            yield applying
+        finally:
+            _reset(stack_env, applying._schema)
 
 
 def _reset(env: dict[str, str], schema: str) -> None:
