@@ -855,13 +855,17 @@ class PostgresUpsertSink(Sink):
     def _history(
         batch: SinkBatch, event: SinkEvent, known: Applied | None, out: _Outcome
     ) -> tuple[SinkEvent, ...]:
-        """The key's events of the batch newer than the stored version, up to ``event``."""
+        """The key's events of the batch newer than the stored version, up to ``event``.
+
+        ``event`` is newer than the stored version and read whole (the callers make
+        sure): the key's only event in the batch is its own history, without a look at
+        versions (most keys of a batch have one event).
+        """
+        events = batch.events(event.entity_key)
+        if len(events) == 1 and events[0] is event:
+            return events
         floor = known.version if known is not None else -1
-        history = tuple(
-            e
-            for e in batch.events(event.entity_key)
-            if floor < e.version <= event.version and out.complete(e)
-        )
+        history = tuple(e for e in events if floor < e.version <= event.version and out.complete(e))
         return tuple(sorted(history, key=lambda e: e.version)) or (event,)
 
     @staticmethod
