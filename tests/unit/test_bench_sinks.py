@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from erpcrm import bench_sinks
@@ -33,6 +34,13 @@ def _phases(
     result["update"] = {"events": events, "events_per_second": 9_000.0}
 
 
+def _bench(monkeypatch: pytest.MonkeyPatch, phases: Any, measure: Any, *options: str) -> Result:
+    """``erpcrm bench sinks`` with its apply phases and end-to-end changes replaced."""
+    monkeypatch.setattr(bench_sinks, "_throughput", phases)
+    monkeypatch.setattr(bench_sinks, "_measure_end_to_end", measure)
+    return CliRunner().invoke(app, ["bench", "sinks", "--events", "100", *options])
+
+
 def test_a_failed_end_to_end_step_prints_the_apply_figures_and_the_error(
     stack: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -43,9 +51,7 @@ def test_a_failed_end_to_end_step_prints_the_apply_figures_and_the_error(
         to_erp.append(0.06)
         raise StackError("a change did not arrive within 300s")
 
-    monkeypatch.setattr(bench_sinks, "_throughput", _phases)
-    monkeypatch.setattr(bench_sinks, "_measure_end_to_end", measure)
-    result = CliRunner().invoke(app, ["bench", "sinks", "--events", "100"])
+    result = _bench(monkeypatch, _phases, measure)
     assert result.exit_code == 1
     printed = json.loads(result.stdout)
     assert printed["apply"]["insert"] == {"events": 100, "events_per_second": 12_000.0}
@@ -69,9 +75,7 @@ def test_a_failed_apply_phase_keeps_the_phases_before_it_and_skips_end_to_end(
     def measure(*args: Any) -> None:
         raise AssertionError("the end-to-end step ran after a failed apply step")
 
-    monkeypatch.setattr(bench_sinks, "_throughput", phases)
-    monkeypatch.setattr(bench_sinks, "_measure_end_to_end", measure)
-    result = CliRunner().invoke(app, ["bench", "sinks", "--events", "100"])
+    result = _bench(monkeypatch, phases, measure)
     assert result.exit_code == 1
     printed = json.loads(result.stdout)
     assert printed["apply"] == {
@@ -91,9 +95,7 @@ def test_a_run_without_failures_prints_only_the_json(
         to_crm.append(0.05)
         to_erp.append(0.06)
 
-    monkeypatch.setattr(bench_sinks, "_throughput", _phases)
-    monkeypatch.setattr(bench_sinks, "_measure_end_to_end", measure)
-    result = CliRunner().invoke(app, ["bench", "sinks", "--events", "100", "--samples", "1"])
+    result = _bench(monkeypatch, _phases, measure, "--samples", "1")
     assert result.exit_code == 0, result.stderr
     printed = json.loads(result.stdout)
     assert "error" not in printed["end_to_end"]
