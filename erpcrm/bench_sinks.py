@@ -28,6 +28,9 @@ the target, p50/p99/max per direction. The measurement starts once the sinks hav
 caught up, after one warm-up change per direction.
 
 Also reported: the benchmark process's peak RSS (it holds the in-process sink).
+
+A step that fails leaves what it measured: the phases done, and its ``error``
+(:class:`~erpcrm.benchkit.BenchStepError`); the CLI prints them, then the error.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from pydantic import SecretStr
 
-from erpcrm.benchkit import pipeline, tree_cpu_seconds
+from erpcrm.benchkit import BenchStepError, pipeline, step, tree_cpu_seconds
 from erpcrm.stack import LocalStack
 from erpcrm.stack.postgres import SINK_ROLE, SUPERUSER
 from schemas.canonical import canonical_schema
@@ -65,7 +68,7 @@ from sinks.runner import RunStats, SinkRunner
 from sinks.settings import SinkSettings, default_metrics_port
 from sinks.targets import Direction, build_tables, deterministic_id
 
-__all__ = ["bench_sinks"]
+__all__ = ["BenchStepError", "bench_sinks"]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -181,7 +184,10 @@ def _apply_phase(
     }
 
 
-def _throughput(stack: LocalStack, events: int, batch_size: int, timeout: float) -> dict[str, Any]:
+def _throughput(
+    stack: LocalStack, events: int, batch_size: int, timeout: float, result: dict[str, Any]
+) -> None:
+    """The three apply phases; each one's figures go into ``result`` as it ends."""
     run = uuid.uuid4().hex[:10]
     topic = f"erpcrm-bench-{run}.customer"
     schema = f"bench_{run}"
@@ -245,7 +251,7 @@ def _throughput(stack: LocalStack, events: int, batch_size: int, timeout: float)
     database = stack.crm.pid()
     try:
         produce(1)
-        result = {"insert": _apply_phase(runner, "applied", events, timeout, database)}
+        result["insert"] = _apply_phase(runner, "applied", events, timeout, database)
         produce(2)
         result["update"] = _apply_phase(runner, "applied", events, timeout, database)
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -253,7 +259,6 @@ def _throughput(stack: LocalStack, events: int, batch_size: int, timeout: float)
                 sql.SQL("UPDATE {} SET next_offset = 0").format(sql.Identifier(schema, "offsets"))
             )
         result["replay"] = _apply_phase(runner, "stale", 2 * events, timeout, database)
-        return result
     finally:
         ids = [deterministic_id("customer", f"erp:{10_000_000 + i}") for i in range(events)]
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -329,67 +334,83 @@ def _visible_after(
             time.sleep(0.002)
 
 
-def _end_to_end(stack: LocalStack, samples: int, timeout: float) -> dict[str, Any]:
-    erp = stack.erp.dsn()
-    crm = stack.crm.dsn()
-    erp_admin = stack.erp.dsn(SUPERUSER, stack.erp.database)
-    crm_admin = stack.crm.dsn(SUPERUSER, stack.crm.database)
+def _end_to_end(stack: LocalStack, samples: int, timeout: float, result: dict[str, Any]) -> None:
+    """Latency per direction into ``result``: whatever was measured, even if it fails."""
     log = stack.layout.state / "bench" / "run.log"
     with pipeline(
         log, (default_metrics_port("crm"), default_metrics_port("erp")), timeout
     ) as process:
-        started = process is not None
-        pairs = _linked(stack, samples, timeout)
-        _settle(timeout)  # measure changes, not the catch-up of a starting pipeline
+        result["workers_started_by_bench"] = process is not None
         to_crm: list[float] = []
         to_erp: list[float] = []
-        tag = uuid.uuid4().hex[:6]
-        for n in range(-1, samples):  # the first change of each direction warms up
-            partner, account = pairs[n % len(pairs)]
-            city = f"Bench {tag} {n}"
-            with psycopg.connect(erp, autocommit=True) as conn:
-                conn.execute(
-                    "UPDATE public.res_partner SET city = %s WHERE id = %s", (city, partner)
-                )
-            erp_seconds = _visible_after(
-                crm_admin,
-                "SELECT billing_address_city FROM public.accounts WHERE id = %s",
-                (account,),
-                city,
-                timeout,
+        try:
+            _measure_end_to_end(stack, samples, timeout, to_crm, to_erp)
+        finally:
+            result.update(
+                samples=samples,
+                measured={"erp_to_crm": len(to_crm), "crm_to_erp": len(to_erp)},
+                erp_to_crm=_ms(to_crm),
+                crm_to_erp=_ms(to_erp),
             )
-            if n >= 0:
-                to_crm.append(erp_seconds)
-            street = f"Benchstrasse {tag} {n}"
-            with psycopg.connect(crm, autocommit=True) as conn:
-                conn.execute(
-                    "UPDATE public.accounts SET billing_address_street = %s WHERE id = %s",
-                    (street, account),
-                )
-            crm_seconds = _visible_after(
-                erp_admin,
-                "SELECT street FROM public.res_partner WHERE id = %s",
-                (partner,),
-                street,
-                timeout,
+
+
+def _measure_end_to_end(
+    stack: LocalStack, samples: int, timeout: float, to_crm: list[float], to_erp: list[float]
+) -> None:
+    """Commit changes one at a time in each system; append each one's latency."""
+    erp = stack.erp.dsn()
+    crm = stack.crm.dsn()
+    erp_admin = stack.erp.dsn(SUPERUSER, stack.erp.database)
+    crm_admin = stack.crm.dsn(SUPERUSER, stack.crm.database)
+    pairs = _linked(stack, samples, timeout)
+    _settle(timeout)  # measure changes, not the catch-up of a starting pipeline
+    tag = uuid.uuid4().hex[:6]
+    for n in range(-1, samples):  # the first change of each direction warms up
+        partner, account = pairs[n % len(pairs)]
+        city = f"Bench {tag} {n}"
+        with psycopg.connect(erp, autocommit=True) as conn:
+            conn.execute("UPDATE public.res_partner SET city = %s WHERE id = %s", (city, partner))
+        erp_seconds = _visible_after(
+            crm_admin,
+            "SELECT billing_address_city FROM public.accounts WHERE id = %s",
+            (account,),
+            city,
+            timeout,
+        )
+        if n >= 0:
+            to_crm.append(erp_seconds)
+        street = f"Benchstrasse {tag} {n}"
+        with psycopg.connect(crm, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE public.accounts SET billing_address_street = %s WHERE id = %s",
+                (street, account),
             )
-            if n >= 0:
-                to_erp.append(crm_seconds)
-    return {
-        "samples": samples,
-        "workers_started_by_bench": started,
-        "erp_to_crm": _ms(to_crm),
-        "crm_to_erp": _ms(to_erp),
-    }
+        crm_seconds = _visible_after(
+            erp_admin,
+            "SELECT street FROM public.res_partner WHERE id = %s",
+            (partner,),
+            street,
+            timeout,
+        )
+        if n >= 0:
+            to_erp.append(crm_seconds)
 
 
 def bench_sinks(*, events: int, batch_size: int, samples: int, timeout: float) -> dict[str, Any]:
-    """Run both measurements (module doc) on the running local stack; return the JSON."""
+    """Run both measurements (module doc) on the running local stack; return the JSON.
+
+    Raises:
+        BenchStepError: a measurement failed; it carries the figures measured until
+            then, the failed step's ``error`` among them (the end-to-end step is not
+            run after a failed apply step).
+    """
     stack = LocalStack()
     if not all(c.pid() is not None for c in (stack.erp, stack.crm, stack.kafka)):
         raise StackError("the local stack is not running: erpcrm stack up")
     result: dict[str, Any] = {"events": events, "batch_size": batch_size}
-    result["apply"] = _throughput(stack, events, batch_size, timeout)
+    with step(result, "apply") as figures:
+        _throughput(stack, events, batch_size, timeout, figures)
     result["bench_process_peak_rss_mib"] = _peak_rss_mib()
-    result["end_to_end"] = _end_to_end(stack, samples, timeout)
+    with step(result, "end_to_end") as figures:
+        _end_to_end(stack, samples, timeout, figures)
     return result

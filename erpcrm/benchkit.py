@@ -2,7 +2,8 @@
 
 No benchmark logic: a scrape is a flat map of samples, processes are read from ``/proc``
 (Linux), histogram quantiles are estimated from bucket counts the way Prometheus'
-``histogram_quantile`` does, and :func:`pipeline` runs ``erpcrm run`` for a benchmark.
+``histogram_quantile`` does, :func:`pipeline` runs ``erpcrm run`` for a benchmark, and
+:func:`step` keeps what a benchmark measured before one of its steps failed.
 """
 
 from __future__ import annotations
@@ -19,11 +20,41 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.errors import StackError
+
+
+class BenchStepError(StackError):
+    """A benchmark step failed; ``figures`` holds the whole result measured until then.
+
+    The failed step's entry in it has an ``error``: what went wrong.
+    """
+
+    def __init__(self, step: str, cause: BaseException, figures: dict[str, Any]) -> None:
+        super().__init__(f"the {step} step failed: {type(cause).__name__}: {cause}")
+        self.step = step
+        self.figures = figures
+
+
+@contextlib.contextmanager
+def step(result: dict[str, Any], name: str) -> Iterator[dict[str, Any]]:
+    """A benchmark step whose figures go into ``result[name]`` (yielded, filled by it).
+
+    Any failure inside is recorded there as ``error`` and raised as
+    :class:`BenchStepError` carrying ``result``, so the figures measured before it (the
+    step's own included) can still be printed.
+    """
+    figures: dict[str, Any] = result.setdefault(name, {})
+    try:
+        yield figures
+    except Exception as exc:
+        figures["error"] = f"{type(exc).__name__}: {exc}"
+        raise BenchStepError(name, exc, result) from exc
+
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 """Every sample of one scrape: (sample name, label pairs) -> value."""

@@ -401,10 +401,15 @@ def bench_sinks(
     timeout: Annotated[float, typer.Option(help="Seconds each phase may take at most.")] = 300,
 ) -> None:
     """Sink apply throughput (events/s, batch apply p50/p99) and end-to-end latency."""
+    from erpcrm.bench_sinks import BenchStepError
     from erpcrm.bench_sinks import bench_sinks as run
 
     try:
         result = run(events=events, batch_size=batch_size, samples=samples, timeout=timeout)
+    except BenchStepError as exc:
+        # What was measured before the failure still counts: printed, then the error.
+        print(json.dumps(exc.figures, indent=2))
+        raise _fail(exc) from exc
     except SyncError as exc:
         raise _fail(exc) from exc
     print(json.dumps(result, indent=2))

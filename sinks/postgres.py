@@ -865,13 +865,17 @@ class PostgresUpsertSink(Sink):
     def _history(
         batch: SinkBatch, event: SinkEvent, known: Applied | None, out: _Outcome
     ) -> tuple[SinkEvent, ...]:
-        """The key's events of the batch newer than the stored version, up to ``event``."""
+        """The key's events of the batch newer than the stored version, up to ``event``.
+
+        ``event`` is newer than the stored version and read whole (the callers make
+        sure): the key's only event in the batch is its own history, without a look at
+        versions (most keys of a batch have one event).
+        """
+        events = batch.events(event.entity_key)
+        if len(events) == 1 and events[0] is event:
+            return events
         floor = known.version if known is not None else -1
-        history = tuple(
-            e
-            for e in batch.events(event.entity_key)
-            if floor < e.version <= event.version and out.complete(e)
-        )
+        history = tuple(e for e in events if floor < e.version <= event.version and out.complete(e))
         return tuple(sorted(history, key=lambda e: e.version)) or (event,)
 
     @staticmethod
@@ -1031,56 +1035,54 @@ class PostgresUpsertSink(Sink):
     ) -> list[dict[str, Any] | None]:
         """Per record, the row of ``ref`` its strongest locator finds (None: none does).
 
-        One statement for the whole batch, whatever the number of locators: rows
-        matching any locator's values come back (and with ``lock``, locked, with their
-        row facts), and each record takes the first locator, in order, that matched. A
-        row a locator with ``dead`` matched only counts while it is live. ``clock``:
-        ``(entity, clocks)``: the rows' clocks are read (and locked) in the same
-        statement, kept in ``clocks`` (``columns[0]`` is the primary key).
+        One statement for the whole batch, whatever the number of locators: each
+        record's values are looked up locator by locator, a weaker locator only for the
+        records the stronger ones found nothing for (:func:`sinks.sql.select_current`),
+        and with ``lock`` the rows found are locked and come with their row facts. A
+        locator with ``dead`` finds live rows only. Records with the same values share
+        one lookup. ``clock``: ``(entity, clocks)``: the rows' clocks are read (and
+        locked) in the same statement, kept in ``clocks`` (``columns[0]`` is the primary
+        key).
         """
         wanted = [[_safe(locator, record) for locator in locators] for record in records]
-        keys: list[sql.Key] = []
-        params: list[list[Any]] = []
-        for index, locator in enumerate(locators):
-            values = {str(v) for found in wanted if (v := found[index]) is not None}
-            if values:
-                keys.append(sql.Key(sql.Column(locator.column, locator.pg_type), locator.dead))
-                params.append(
-                    sql.array(locator.pg_type, (_param(v, locator.pg_type) for v in values))
-                )
-        if not keys:
+        used = [i for i in range(len(locators)) if any(f[i] is not None for f in wanted)]
+        if not used:
             return [None] * len(records)
+        # Per record, the position of its lookup (None: no value to look up).
+        lookups: dict[tuple[Any, ...], int] = {}
+        positions: list[int | None] = []
+        for found in wanted:
+            values = tuple(found[i] for i in used)
+            if all(v is None for v in values):
+                positions.append(None)
+            else:
+                positions.append(lookups.setdefault(values, len(lookups) + 1))
+        keys = tuple(
+            sql.Key(sql.Column(locators[i].column, locators[i].pg_type), locators[i].dead)
+            for i in used
+        )
         names = [*columns, *(k.column.name for k in keys), *(k.live for k in keys if k.live)]
         query = self._sql(
             cur,
             sql.select_current,
             ref,
             tuple(dict.fromkeys(names)),
-            tuple(keys),
+            keys,
             lock=lock,
             row_facts=lock,
             clock=None if clock is None else (self._schema, columns[0]),
         )
-        cur.execute(query, params if clock is None else [*params, clock[0]], binary=True)
+        params: list[Any] = [sql.records(list(lookups))]
+        if clock is not None:
+            params.append(clock[0])
+        cur.execute(query, params, binary=True)
         rows = cur.fetchall()
         if clock is not None:
             clock[1].take(clock[0], rows, columns[0])
-        # Per locator, its matches by value (only live rows for a locator with ``dead``).
-        matches: list[dict[str, dict[str, Any]]] = []
-        for index, locator in enumerate(locators):
-            if not any(found[index] is not None for found in wanted):
-                matches.append({})
-                continue
-            dead = locator.dead
-            matches.append({str(r[locator.column]): r for r in rows if dead is None or not r[dead]})
-        result: list[dict[str, Any] | None] = []
-        for found in wanted:
-            row = None
-            for index, value in enumerate(found):
-                if value is not None and (row := matches[index].get(str(value))) is not None:
-                    break
-            result.append(row)
-        return result
+        by_lookup: dict[int, dict[str, Any]] = {}
+        for r in rows:
+            by_lookup.setdefault(r[sql.ROW_LOOKUP], r)
+        return [None if p is None else by_lookup.get(p) for p in positions]
 
     # -- locating ---------------------------------------------------------------------
 

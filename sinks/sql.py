@@ -57,6 +57,7 @@ __all__ = [
     "PG_TYPES",
     "PRIVILEGES",
     "ROW_CLOCK",
+    "ROW_LOOKUP",
     "SYNC_SCHEMA",
     "Column",
     "Key",
@@ -852,6 +853,9 @@ ROW_COMMIT_MS: Final = "_erpcrm_commit_ms"
 ROW_NOW_MS: Final = "_erpcrm_now_ms"
 """Names of the row facts :func:`select_current` adds with ``row_facts=True``."""
 
+ROW_LOOKUP: Final = "_erpcrm_lookup"
+"""The position (from 1) of the lookup that found a row of :func:`select_current`."""
+
 ROW_CLOCK: Final = "_erpcrm_clock_row"
 """With ``clock``, :func:`select_current` adds each row's clock (:func:`row_clock_select`'s
 columns, prefixed ``_erpcrm_clock_``); this one is null when the row has no clock yet."""
@@ -866,7 +870,7 @@ def clock_column(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """A lookup column of :func:`select_current`: ``column = ANY(values)``.
+    """A lookup column of :func:`select_current`: ``column = value``, one value a lookup.
 
     ``live``: a boolean column that must be false (``deleted``) for a row to match, for
     lookups through a partial unique index.
@@ -885,15 +889,22 @@ def select_current(
     row_facts: bool = False,
     clock: tuple[str, str] | None = None,
 ) -> sql.Composed:
-    """Current rows matching any of ``keys``, locked (``FOR UPDATE``) against local edits.
+    """Per lookup, the current row its first matching key finds, locked (``FOR UPDATE``).
 
-    One statement for every way of finding a batch's rows (the caller tells which key
-    matched which row; a row several keys match comes once per key). Parameters: one
-    list of values per key, in order, then with ``clock`` the entity. ``lock=False``
-    reads without locking (references to other rows). ``row_facts`` adds, per row, the
+    One statement for every way of finding a batch's rows. Parameters: the lookups as
+    one JSON array of arrays (:func:`records`), each holding one value per key, in
+    order (null: that key does not apply), then with ``clock`` the entity. Each row
+    found comes back once per lookup that found it, with the lookup's position (from
+    1) in :data:`ROW_LOOKUP`; a lookup no key finds has no row. ``lock=False`` reads
+    without locking (references to other rows). ``row_facts`` adds, per row, the
     transaction that last wrote it (:data:`ROW_XMIN`, a 32-bit ``xid``), that
     transaction's commit time (:data:`ROW_COMMIT_MS`, whole ms, null when unknown) and
     the database's clock now (:data:`ROW_NOW_MS`).
+
+    The keys are tried in order: the second looks up only the lookups the first found
+    nothing for, the third those neither found, and so on (each key a materialized
+    step of its own, its misses passed on). A row that a strong key (the id) and a weak
+    one (a customer number) both find is read, locked and sent once.
 
     ``clock``: ``(sync schema, primary key column)``: each row's clock in
     ``row_clock`` (the entity the last parameter), locked like the row, joined in the
@@ -910,6 +921,8 @@ def select_current(
     if not keys:
         raise ValueError("select_current needs at least one key")
     t = sql.Identifier("t")
+    k = sql.Identifier("k")
+    lookup = sql.Identifier(ROW_LOOKUP)
     selected: list[sql.Composable] = [sql.SQL(", ").join(sql.Identifier("t", n) for n in columns)]
     if row_facts:
         selected.append(
@@ -922,23 +935,59 @@ def select_current(
             )
         )
     locking = sql.SQL(" FOR UPDATE" if lock else "")
-    arms: list[sql.Composable] = []
-    for key in keys:
+    values = [sql.Identifier(f"v{index}") for index in range(len(keys))]
+    # The lookups, parsed once: one typed value per key, and the lookup's position.
+    steps: list[sql.Composable] = [
+        sql.SQL(
+            "{k} AS MATERIALIZED (SELECT {values}, {e}.{n} AS {lookup} FROM "
+            "jsonb_array_elements({records}::jsonb) WITH ORDINALITY AS {e}({r}, {n}))"
+        ).format(
+            k=k,
+            values=sql.SQL(", ").join(
+                sql.SQL("({}->>{})::{} AS {}").format(
+                    sql.Identifier("e", "r"),
+                    sql.SQL(str(int(index))),
+                    _type(key.column.pg_type),
+                    values[index],
+                )
+                for index, key in enumerate(keys)
+            ),
+            e=sql.Identifier("e"),
+            n=sql.Identifier("n"),
+            r=sql.Identifier("r"),
+            lookup=lookup,
+            records=_RECORDS,
+        )
+    ]
+    found: list[sql.Identifier] = []
+    for index, key in enumerate(keys):
         match = sql.SQL("{} = {}").format(
-            sql.Identifier("t", key.column.name), sql.Identifier("k", "v")
+            sql.Identifier("t", key.column.name), sql.Identifier("l", f"v{index}")
         )
         if key.live is not None:
             match = sql.SQL("{} AND NOT {}").format(match, sql.Identifier("t", key.live))
-        arms.append(
+        # Only the lookups no earlier key found (``OFFSET 0``: filtered before the
+        # probes, not after them).
+        misses = sql.SQL("").join(
+            sql.SQL(" AND NOT EXISTS (SELECT FROM {f} WHERE {f}.{lookup} = {k}.{lookup})").format(
+                f=f, lookup=lookup, k=k
+            )
+            for f in found
+        )
+        step = sql.Identifier(f"f{index}")
+        steps.append(
             sql.SQL(
-                "SELECT {y}.* FROM unnest({values}::{type}[]) AS {k}({v}) CROSS JOIN LATERAL "
-                "(SELECT {selected} FROM {table} AS {t} WHERE {match} OFFSET 0{locking}) AS {y}"
+                "{step} AS MATERIALIZED (SELECT {l}.{lookup}, {y}.* FROM (SELECT * FROM {k} "
+                "WHERE {k}.{v} IS NOT NULL{misses} OFFSET 0) AS {l} CROSS JOIN LATERAL "
+                "(SELECT {selected} FROM {table} AS {t} WHERE {match} OFFSET 0{locking}) AS {y})"
             ).format(
+                step=step,
+                k=k,
+                l=sql.Identifier("l"),
+                lookup=lookup,
                 y=sql.Identifier("y"),
-                values=_ARRAY,
-                type=_type(key.column.pg_type),
-                k=sql.Identifier("k"),
-                v=sql.Identifier("v"),
+                v=values[index],
+                misses=misses,
                 selected=sql.SQL(", ").join(selected),
                 table=table.ident,
                 t=t,
@@ -946,10 +995,12 @@ def select_current(
                 locking=locking,
             )
         )
-    found = sql.SQL(" UNION ALL ").join(arms)
+        found.append(step)
+    rows = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT * FROM {}").format(f) for f in found)
+    with_steps = sql.SQL("WITH {} ").format(sql.SQL(", ").join(steps))
     if clock is None:
-        return sql.SQL("SELECT {}.* FROM ({}) AS {}").format(
-            sql.Identifier("x"), found, sql.Identifier("x")
+        return sql.SQL("{}SELECT {}.* FROM ({}) AS {}").format(
+            with_steps, sql.Identifier("x"), rows, sql.Identifier("x")
         )
     schema, pk = clock
     clock_selected = sql.SQL(", ").join(
@@ -966,12 +1017,13 @@ def select_current(
         ]
     )
     return sql.SQL(
-        "SELECT x.*, {clock_selected} FROM ({found}) AS x LEFT JOIN LATERAL "
+        "{with_steps}SELECT x.*, {clock_selected} FROM ({rows}) AS x LEFT JOIN LATERAL "
         "(SELECT * FROM {row_clock} AS c WHERE c.entity = %s AND c.row_id = {pk}::text"
         "{locking}) AS c ON true"
     ).format(
+        with_steps=with_steps,
         clock_selected=clock_selected,
-        found=found,
+        rows=rows,
         row_clock=sql.Identifier(schema, "row_clock"),
         pk=sql.Identifier("x", pk),
         locking=locking,

@@ -105,6 +105,10 @@ CREATE UNIQUE INDEX accounts_account_number_live_key
     ON public.accounts (account_number) WHERE account_number IS NOT NULL AND NOT deleted;
 CREATE INDEX accounts_vat_idx ON public.accounts (vat);
 CREATE INDEX accounts_email_idx ON public.accounts (lower(email));
+-- Deleting an account checks that no account names it as parent: without this index,
+-- a scan of the whole table per deleted row (deploy/sql/crm-upgrade.sql adds it to a
+-- database made before).
+CREATE INDEX accounts_parent_id_idx ON public.accounts (parent_id);
 
 CREATE TABLE public.contacts (
     id                          uuid PRIMARY KEY DEFAULT gen_random_uuid(),

@@ -12,6 +12,9 @@ TCP only, runs with ``wal_level=logical`` and is created on first start with:
   origins, and granted exactly what the sink mappings need on the demo tables
   (:mod:`sinks.grants`, re-applied on every start).
 
+A database made before a change of its demo schema gets the change on the next start:
+``deploy/sql/<system>-upgrade.sql``, idempotent, is applied on every start.
+
 All roles authenticate with SCRAM passwords generated into ``.local/secrets``.
 """
 
@@ -198,17 +201,31 @@ class PostgresCluster:
         return True
 
     def after_ready(self) -> None:
-        """On a new cluster: roles, database, demo schema; always: grants, signal table.
+        """On a new cluster: roles, database, demo schema; always: upgrades, grants, signal table.
 
-        Idempotent. The sink's grants and the capture's signal table
-        (``deploy/sql/signal.sql``) are re-applied on every start, so a mapping that adds
-        a table, or a change of the signal table, takes effect with the next ``stack up``
+        Idempotent. The demo schema's later changes (``deploy/sql/<system>-upgrade.sql``),
+        the sink's grants and the capture's signal table (``deploy/sql/signal.sql``) are
+        re-applied on every start, so a change of the demo schema, a mapping that adds a
+        table, or a change of the signal table takes effect with the next ``stack up``
         without re-creating the databases.
         """
         if not self._bootstrapped():
             self._bootstrap()
+        self.upgrade_schema()
         self._grant_sink()
         self._install_signal_table()
+
+    def upgrade_schema(self) -> None:
+        """Apply the demo schema's later changes (``deploy/sql/<system>-upgrade.sql``).
+
+        The file (none: nothing to do) holds what the schema file gained after databases
+        were made from it, each change written to do nothing where it is already made.
+        """
+        upgrade_sql = self.schema_sql.with_name(f"{self.schema_sql.stem}-upgrade.sql")
+        if not upgrade_sql.exists():
+            return
+        with psycopg.connect(self.dsn(), autocommit=True) as conn, conn.transaction():
+            conn.execute(upgrade_sql.read_text())  # trusted file shipped in deploy/sql
 
     def _install_signal_table(self) -> None:
         """The capture's signal table, its grants, and its place in the publication."""

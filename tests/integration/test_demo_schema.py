@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from erpcrm.stack import LocalStack
+
 pytestmark = pytest.mark.integration
 
 # DESIGN.md section 3: the columns the flows rely on.
@@ -347,6 +349,38 @@ def test_one_live_crm_account_per_customer_number(
 ) -> None:
     with pytest.raises(psycopg.errors.UniqueViolation):
         crm.execute("INSERT INTO public.accounts (name, account_number) VALUES ('x', 'C00001')")
+
+
+def _has_parent_index(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    return bool(
+        scalar(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_attribute AS a"
+            " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " WHERE i.indrelid = 'public.accounts'::regclass AND a.attname = 'parent_id')",
+        )
+    )
+
+
+def test_deleting_accounts_finds_their_children_by_index(
+    crm: psycopg.Connection[tuple[object, ...]], local_stack: LocalStack
+) -> None:
+    """The check of ``accounts.parent_id`` on a delete reads an index, not the table.
+
+    A database made before the index has it after the next start (the upgrade file).
+    """
+    assert _has_parent_index(crm)
+    with psycopg.connect(local_stack.crm.dsn(), autocommit=True) as owner:
+        owner.execute("DROP INDEX public.accounts_parent_id_idx")
+        try:
+            local_stack.crm.upgrade_schema()
+            upgraded = _has_parent_index(owner)
+            local_stack.crm.upgrade_schema()  # nothing left to do
+        finally:
+            owner.execute(
+                "CREATE INDEX IF NOT EXISTS accounts_parent_id_idx ON public.accounts (parent_id)"
+            )
+    assert upgraded
 
 
 # --- seed -----------------------------------------------------------------------------------

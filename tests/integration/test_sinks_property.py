@@ -29,12 +29,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from schemas.canonical import METADATA_FIELDS, canonical_schema
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from sinks.batch import DECIDING_FIELDS, SinkBatch, SinkEvent
-from sinks.postgres import PostgresUpsertSink
-from sinks.targets import deterministic_id
+from sinks.postgres import PostgresUpsertSink, _Clocks
+from sinks.targets import KEY, deterministic_id
 from tests.integration.cdc_fixtures import execute
 from tests.integration.sink_fixtures import direct_sink
 
@@ -373,3 +374,107 @@ def test_two_records_of_one_target_row_in_a_batch_dead_letter_the_older(
         ),
         (KEYS[1],),
     )
+
+
+# -- locating rows ----------------------------------------------------------------------
+
+_LOCATE = uuid.uuid4().hex[:8]
+_LOCATE_KEYS = tuple(f"erp:{_BASE + 100 + i}" for i in range(4))
+_LOCATE_IDS = tuple(str(uuid.uuid4()) for _ in range(4))
+_LOCATE_NUMBERS = tuple(f"L{_LOCATE}{i}" for i in range(4))
+
+
+@pytest.fixture(scope="module")
+def located_rows(stack_env: dict[str, str]) -> Iterator[list[tuple[str, str, bool]]]:
+    """Accounts ``(id, account_number, deleted)`` some of which two locators find.
+
+    The first key's account carries its created id and a number; the second an id of
+    its own and a number; the third key's account is deleted, and a live account of
+    its own id carries the same number; a deleted account of its own id has the last.
+    """
+    key_id = [deterministic_id("customer", k) for k in _LOCATE_KEYS]
+    rows = [
+        (key_id[0], _LOCATE_NUMBERS[0], False),
+        (_LOCATE_IDS[1], _LOCATE_NUMBERS[1], False),
+        (key_id[2], _LOCATE_NUMBERS[2], True),
+        (_LOCATE_IDS[3], _LOCATE_NUMBERS[2], False),
+        (_LOCATE_IDS[0], _LOCATE_NUMBERS[3], True),
+    ]
+    admin = stack_env["CRM_ADMIN_DSN"]
+    for row_id, number, deleted in rows:
+        execute(
+            admin,
+            "INSERT INTO public.accounts (id, name, account_number, deleted) "
+            "VALUES (%s, 'Located', %s, %s)",
+            (row_id, number, deleted),
+        )
+    try:
+        yield rows
+    finally:
+        execute(
+            admin,
+            "DELETE FROM public.accounts WHERE id = ANY(%s::uuid[])",
+            ([r[0] for r in rows],),
+        )
+
+
+_lookup = st.fixed_dictionaries(
+    {
+        KEY: st.sampled_from(_LOCATE_KEYS),
+        "crm_id": st.sampled_from(
+            [None, *_LOCATE_IDS, deterministic_id("customer", "erp:0"), str(uuid.uuid4())]
+        ),
+        "customer_number": st.sampled_from([None, *_LOCATE_NUMBERS, "L-unknown"]),
+    }
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(records=st.lists(_lookup, min_size=1, max_size=12))
+def test_each_record_finds_the_row_of_its_strongest_locator_and_each_row_comes_once(
+    sink: PostgresUpsertSink,
+    located_rows: list[tuple[str, str, bool]],
+    records: list[dict[str, Any]],
+) -> None:
+    """The crosswalk id, then the id the sink gives rows it creates, then the customer
+    number among live accounts: each record gets the row of the first that finds one,
+    and the statement sends each lookup's row once, however many locators would find it.
+    """
+    table = sink._tables["customer"]
+    by_id = {row_id: row_id for row_id, _, _ in located_rows}
+    live_numbers = {number: row_id for row_id, number, deleted in located_rows if not deleted}
+
+    def expected(record: dict[str, Any]) -> str | None:
+        for found in (
+            by_id.get(record["crm_id"]),
+            by_id.get(deterministic_id("customer", record[KEY])),
+            live_numbers.get(record["customer_number"]),
+        ):
+            if found is not None:
+                return found
+        return None
+
+    conn = sink._session()
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        clocks = _Clocks(sink._schema, sink._sql)
+        found = sink._find(
+            cur,
+            table.ref,
+            [table.pk, "name"],
+            table.locators,
+            records,
+            lock=True,
+            clock=("customer", clocks),
+        )
+        sent = cur.rowcount
+    assert [None if r is None else r["id"] for r in found] == [expected(r) for r in records]
+    lookups = {
+        (r["crm_id"], deterministic_id("customer", r[KEY]), r["customer_number"])
+        for r in records
+        if expected(r) is not None
+    }
+    assert sent == len(lookups)

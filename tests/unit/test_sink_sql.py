@@ -84,21 +84,38 @@ def test_state_and_offsets() -> None:
             ACCOUNTS, ["id", "name"], [sql.Key(Column("account_number", "text"), live="deleted")]
         )
     ) == (
-        'SELECT "x".* FROM (SELECT "y".* FROM unnest(%b::text[]) AS "k"("v") CROSS JOIN '
-        'LATERAL (SELECT "t"."id", "t"."name" FROM "public"."accounts" AS "t" WHERE '
-        '"t"."account_number" = "k"."v" AND NOT "t"."deleted" OFFSET 0 FOR UPDATE) AS "y") '
+        'WITH "k" AS MATERIALIZED (SELECT ("e"."r"->>0)::text AS "v0", "e"."n" AS '
+        '"_erpcrm_lookup" FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS "e"("r", '
+        '"n")), "f0" AS MATERIALIZED (SELECT "l"."_erpcrm_lookup", "y".* FROM (SELECT * FROM '
+        '"k" WHERE "k"."v0" IS NOT NULL OFFSET 0) AS "l" CROSS JOIN LATERAL (SELECT "t"."id", '
+        '"t"."name" FROM "public"."accounts" AS "t" WHERE "t"."account_number" = "l"."v0" AND '
+        'NOT "t"."deleted" OFFSET 0 FOR UPDATE) AS "y") SELECT "x".* FROM (SELECT * FROM "f0") '
         'AS "x"'
     )
 
 
-def test_select_current_finds_rows_by_every_key_in_one_statement() -> None:
+def test_select_current_tries_a_weaker_key_only_for_the_lookups_the_stronger_missed() -> None:
     keys = [sql.Key(Column("id", "uuid")), sql.Key(Column("account_number", "text"), "deleted")]
     assert text(sql.select_current(ACCOUNTS, ["id"], keys, lock=False)) == (
-        'SELECT "x".* FROM (SELECT "y".* FROM unnest(%b::uuid[]) AS "k"("v") CROSS JOIN '
-        'LATERAL (SELECT "t"."id" FROM "public"."accounts" AS "t" WHERE "t"."id" = "k"."v" '
-        'OFFSET 0) AS "y" UNION ALL SELECT "y".* FROM unnest(%b::text[]) AS "k"("v") CROSS '
-        'JOIN LATERAL (SELECT "t"."id" FROM "public"."accounts" AS "t" WHERE '
-        '"t"."account_number" = "k"."v" AND NOT "t"."deleted" OFFSET 0) AS "y") AS "x"'
+        'WITH "k" AS MATERIALIZED (SELECT ("e"."r"->>0)::uuid AS "v0", ("e"."r"->>1)::text AS '
+        '"v1", "e"."n" AS "_erpcrm_lookup" FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY '
+        'AS "e"("r", "n")), "f0" AS MATERIALIZED (SELECT "l"."_erpcrm_lookup", "y".* FROM '
+        '(SELECT * FROM "k" WHERE "k"."v0" IS NOT NULL OFFSET 0) AS "l" CROSS JOIN LATERAL '
+        '(SELECT "t"."id" FROM "public"."accounts" AS "t" WHERE "t"."id" = "l"."v0" OFFSET 0) '
+        'AS "y"), "f1" AS MATERIALIZED (SELECT "l"."_erpcrm_lookup", "y".* FROM (SELECT * FROM '
+        '"k" WHERE "k"."v1" IS NOT NULL AND NOT EXISTS (SELECT FROM "f0" WHERE '
+        '"f0"."_erpcrm_lookup" = "k"."_erpcrm_lookup") OFFSET 0) AS "l" CROSS JOIN LATERAL '
+        '(SELECT "t"."id" FROM "public"."accounts" AS "t" WHERE "t"."account_number" = '
+        '"l"."v1" AND NOT "t"."deleted" OFFSET 0) AS "y") SELECT "x".* FROM (SELECT * FROM '
+        '"f0" UNION ALL SELECT * FROM "f1") AS "x"'
+    )
+    third = text(
+        sql.select_current(ACCOUNTS, ["id"], [*keys, sql.Key(Column("vat", "text"))], lock=False)
+    )
+    assert (
+        '"k"."v2" IS NOT NULL AND NOT EXISTS (SELECT FROM "f0" WHERE "f0"."_erpcrm_lookup" = '
+        '"k"."_erpcrm_lookup") AND NOT EXISTS (SELECT FROM "f1" WHERE "f1"."_erpcrm_lookup" = '
+        '"k"."_erpcrm_lookup")' in third
     )
     with pytest.raises(ValueError):
         sql.select_current(ACCOUNTS, ["id"], [])
