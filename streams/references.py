@@ -4,7 +4,12 @@
 record may need. :class:`References` keeps it as entities pass: it links, indexes and
 matches customers and links products by SKU, as state writes of the unit of work.
 
-- **Crosswalk.** An ERP customer with ``crm_account_id`` is linked to that account.
+- **Crosswalk.** An ERP customer with ``crm_account_id`` is linked to that account,
+  unless another live ERP customer holds it: a link is one to one
+  (:func:`streams.crosswalk.link_holder`), so such a customer is held as a suspected
+  duplicate of the account (``erp_column=<account>``) and never written into it (one
+  linked to an account of its own keeps that one). Every refused link is counted and
+  logged (:meth:`References.link`).
   Customers of both systems are indexed under their customer number, VAT id, e-mail and
   name + country (deleted and archived ones are dropped). A customer whose event carries
   no counterpart id (so it has no link) is matched against the other system's index

@@ -22,14 +22,24 @@ from streams.outcome import Count
 from streams.processor import StreamProcessor
 from streams.state import DictState, Write
 from tests.unit.test_processor import (
+    CRM_PRODUCT_ID,
     FLOWS,
     SERDE,
     Harness,
+    _crm_product,
     account,
     decoded,
     encode_canonical,
+    with_catalogue,
 )
-from tests.unit.test_transform import ACCOUNT_ID, ACCOUNTS, PARTNER, RES_PARTNER
+from tests.unit.test_transform import (
+    ACCOUNT_ID,
+    ACCOUNTS,
+    PARTNER,
+    PRODUCT,
+    PRODUCT_PRODUCT,
+    RES_PARTNER,
+)
 
 NEW_ID = "7c1d2e3f-0000-4000-8000-000000000099"
 """A CRM account typed in again."""
@@ -497,3 +507,19 @@ def test_matching_never_links_a_record_linked_elsewhere_nor_flags_the_own_counte
     assert fresh.reference.customers == h.processor.reference.customers
     assert fresh.reference.duplicates == h.processor.reference.duplicates
     assert isinstance(h.state, DictState)
+
+
+def test_a_product_whose_sku_names_a_crm_product_another_one_holds_is_not_linked() -> None:
+    """Two ERP SKUs alike but for case (one CRM product): the first keeps the link."""
+    h = Harness()
+    with_catalogue(h, (7, "SKU-00007"))
+    for message in _crm_product(h, lsn=500):
+        h.run(message)
+    assert h.processor.reference.crosswalk["product"]["erp"] == {"7": CRM_PRODUCT_ID}
+    row = PRODUCT | {"id": 8, "default_code": "Sku-00007", "barcode": "4000000000008"}
+    outcome = h.run(h.change(PRODUCT_PRODUCT, "c", after=row, lsn=600))
+    (record,) = decoded(outcome)
+    assert record["crm_id"] is None
+    assert outcome.tally.of(Count.LINK_CONFLICTS, "product", "erp", "sku") == 1
+    assert any("linked to erp:7" in w for w in outcome.warnings), outcome.warnings
+    assert h.processor.reference.crosswalk["product"]["erp"] == {"7": CRM_PRODUCT_ID}
