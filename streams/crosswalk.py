@@ -4,7 +4,11 @@ State is plain dicts, so a stream table can hold it and a test can write it out:
 
 - :data:`CrosswalkState`: per entity, ERP id -> CRM id and CRM id -> ERP id. Links are
   one to one: linking an id that is already linked replaces the old link (and says
-  which).
+  which). A record of one system never takes a counterpart another live record of its
+  system holds (:func:`link_holder`): that would write two source records into one
+  target row, each change overwriting the other's. Only a holder that is gone (deleted,
+  archived) gives its counterpart up; a record claiming a held one is refused (for a
+  customer, a suspected duplicate of it, see :func:`claim_counterpart`).
 - :class:`CustomerIndex`: one system's customers by their normalised match keys
   (customer number, VAT id, e-mail, name + country). Both systems have one, so a new
   record of either side is matched against the other side's customers.
@@ -71,12 +75,14 @@ __all__ = [
     "CustomerIndex",
     "CustomerMatch",
     "SuspectedDuplicate",
+    "claim_counterpart",
     "counterpart_id",
     "crm_id_for",
     "erp_id_for",
     "index_customer",
     "index_keys",
     "link",
+    "link_holder",
     "match_creating",
     "match_customer",
     "match_keys",
@@ -184,10 +190,60 @@ def unlink(
     return erp_id, linked
 
 
+def link_holder(
+    state: CrosswalkState,
+    entity: str,
+    system: str,
+    record_id: str,
+    other_id: str,
+    *,
+    live: Container[str] | None = None,
+) -> str | None:
+    """The record of ``system`` that holds ``other_id`` (of the other system), if not ``record_id``.
+
+    A link is one to one: ``record_id`` may be linked to ``other_id`` only while no other
+    record of its own system is. ``live``: the ids of ``system``'s records that still
+    count; a holder not among them (deleted, archived) gives its counterpart up. None:
+    every holder counts.
+
+    Returns:
+        The holder's id: ``record_id`` must not be linked to ``other_id``. None:
+        ``other_id`` is free, ``record_id``'s own counterpart, or held by a record gone.
+    """
+    holder = counterpart_id(state, entity, other_system(system), other_id)
+    if holder is None or holder == record_id or (live is not None and holder not in live):
+        return None
+    return holder
+
+
+def claim_counterpart(
+    state: CrosswalkState,
+    entity: str,
+    system: str,
+    record_id: str,
+    other_id: str,
+    rule: str,
+    *,
+    live: Container[str] | None = None,
+) -> SuspectedDuplicate | None:
+    """Whether ``record_id`` of ``system`` may take ``other_id`` as its counterpart.
+
+    ``rule``: what names ``other_id`` (``erp_column``: the ERP customer's link column).
+    None: it may (see :func:`link_holder`, ``live`` as there). Else the record is a
+    suspected duplicate of ``other_id``, with the evidence ``rule=other_id``: another
+    live record of its system holds ``other_id``, and linking would write both into one
+    target row.
+    """
+    if link_holder(state, entity, system, record_id, other_id, live=live) is None:
+        return None
+    return SuspectedDuplicate(other_id, f"{rule}={other_id}")
+
+
 def link(state: CrosswalkState, entity: str, erp_id: str, crm_id: str) -> list[tuple[str, str]]:
     """Link ``erp_id`` and ``crm_id`` of ``entity``; idempotent.
 
-    Links are one to one: an earlier link of either id is removed first.
+    Links are one to one: an earlier link of either id is removed first (callers ask
+    :func:`link_holder` before they take another record's counterpart).
 
     Returns:
         The links replaced, as ``(erp_id, crm_id)`` pairs (empty when nothing changed

@@ -32,6 +32,7 @@ class StreamsMetrics:
     skipped: Counter
     fixes: Counter
     crosswalk_links: Counter
+    link_conflicts: Counter
     ambiguous_matches: Counter
     duplicates: Counter
     orders_assembled: Counter
@@ -101,6 +102,14 @@ class StreamsMetrics:
                 "Crosswalk links made, per entity and rule (erp_column, customer_number, vat, "
                 "email, name_country, sku).",
                 ["entity", "rule"],
+            ),
+            link_conflicts=counter(
+                "erpcrm_streams_link_conflicts",
+                "Links refused because the counterpart is linked to another live record of "
+                "the same system (a link is one to one), per entity, system of the record "
+                "refused and rule (erp_column, sku, ...); such a customer is held as a "
+                "suspected duplicate.",
+                ["entity", "system", "rule"],
             ),
             ambiguous_matches=counter(
                 "erpcrm_streams_ambiguous_matches",
@@ -205,6 +214,7 @@ class StreamsMetrics:
             Count.SKIPPED: self.skipped,
             Count.FIXES: self.fixes,
             Count.LINKS: self.crosswalk_links,
+            Count.LINK_CONFLICTS: self.link_conflicts,
             Count.AMBIGUOUS: self.ambiguous_matches,
             Count.DUPLICATES: self.duplicates,
             Count.ORDERS: self.orders_assembled,

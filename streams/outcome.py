@@ -57,6 +57,9 @@ class Count(StrEnum):
     """Cleansing fixes, per flow and rule."""
     LINKS = "links"
     """Crosswalk links made, per entity and rule."""
+    LINK_CONFLICTS = "link_conflicts"
+    """Links refused because another live record of the same system holds the
+    counterpart, per entity, system of the record refused and rule."""
     AMBIGUOUS = "ambiguous"
     """Matches that had several candidates (the lowest id was linked), per entity."""
     DUPLICATES = "duplicates"

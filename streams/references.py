@@ -4,7 +4,12 @@
 record may need. :class:`References` keeps it as entities pass: it links, indexes and
 matches customers and links products by SKU, as state writes of the unit of work.
 
-- **Crosswalk.** An ERP customer with ``crm_account_id`` is linked to that account.
+- **Crosswalk.** An ERP customer with ``crm_account_id`` is linked to that account,
+  unless another live ERP customer holds it: a link is one to one
+  (:func:`streams.crosswalk.link_holder`), so such a customer is held as a suspected
+  duplicate of the account (``erp_column=<account>``) and never written into it (one
+  linked to an account of its own keeps that one). Every refused link is counted and
+  logged (:meth:`References.link`).
   Customers of both systems are indexed under their customer number, VAT id, e-mail and
   name + country (deleted and archived ones are dropped). A customer whose event carries
   no counterpart id (so it has no link) is matched against the other system's index
@@ -52,10 +57,12 @@ from streams.crosswalk import (
     CustomerIndex,
     CustomerMatch,
     SuspectedDuplicate,
+    claim_counterpart,
     crm_id_for,
     erp_id_for,
     index_customer,
     index_keys,
+    link_holder,
     match_keys,
     new_crosswalk,
     new_customer_index,
@@ -233,15 +240,46 @@ class References:
             self.product(work, flow, event)
         return False
 
-    def link(self, work: UnitOfWork, entity: str, erp_id: str, crm_id: str, rule: str) -> None:
+    def link(
+        self,
+        work: UnitOfWork,
+        entity: str,
+        erp_id: str,
+        crm_id: str,
+        rule: str,
+        *,
+        source: str,
+    ) -> str | None:
         """Link two ids one to one (as :func:`streams.crosswalk.link`), as state writes.
 
-        A suspected-duplicate flag of either id ends with the link.
+        ``source``: the system of the record taking the link. A counterpart another live
+        record of that system holds (:func:`streams.crosswalk.link_holder`) is never
+        taken: nothing is written, the refusal is counted
+        (:attr:`~streams.outcome.Count.LINK_CONFLICTS`, per entity, system and rule) and
+        logged as a warning, and the holder is returned for the caller to decide the
+        record (held as a suspected duplicate, or left without the link). A
+        suspected-duplicate flag of either id ends with a link.
+
+        Returns:
+            None: linked (or linked already); else the id of the record holding it.
         """
         crosswalk = self.data.crosswalk
         old_crm = crm_id_for(crosswalk, entity, erp_id)
         if old_crm == crm_id:
-            return
+            return None
+        record_id, other_id = (erp_id, crm_id) if source == "erp" else (crm_id, erp_id)
+        holder = link_holder(
+            crosswalk, entity, source, record_id, other_id, live=self._live(entity, source)
+        )
+        if holder is not None:
+            work.tally.add(Count.LINK_CONFLICTS, entity, source, rule)
+            other = other_system(source)
+            work.warn(
+                f"crosswalk: {entity} {source}:{record_id} names {other}:{other_id} "
+                f"({rule}), which is linked to {source}:{holder}; not linked (a link is "
+                "one to one)"
+            )
+            return holder
         old_erp = erp_id_for(crosswalk, entity, crm_id)
         if old_crm is not None:
             work.put(REFERENCE, f"xw|{entity}|crm|{old_crm}", None)
@@ -254,6 +292,15 @@ class References:
                 self.flag(work, system, entity_id, None)
                 self.mark_creating(work, system, entity_id, False)
         work.tally.add(Count.LINKS, entity, rule)
+        return None
+
+    def _live(self, entity: str, system: str) -> Container[str] | None:
+        """The records of ``system`` that hold their links (None: every one does).
+
+        A customer counts while it is indexed (not deleted nor archived): one gone gives
+        its counterpart up, so a survivor of a merge in the source may take it.
+        """
+        return self.data.customers[system]["keys"] if entity == "customer" else None
 
     def flag(
         self, work: UnitOfWork, system: str, entity_id: str, flag: SuspectedDuplicate | None
@@ -302,18 +349,20 @@ class References:
         own_id = str(record[flow.id_field])
         deleted = record["op"] == "delete"
         ref = self.data
-        if system == "erp" and not deleted and record.get("crm_id"):
-            self.link(work, "customer", own_id, str(record["crm_id"]), "erp_column")
         # worked out once: indexing and matching use them (a delete is neither)
         matched_by = None if deleted else match_keys(record)
         keys = index_keys(record, matched_by)
         self.index_customer(work, system, own_id, keys)
         if not keys:  # deleted or archived: nobody's match, nothing being created
             self.mark_creating(work, system, own_id, False)
+        flagged = ref.duplicates[system].get(own_id)
+        if system == "erp" and not deleted and record.get("crm_id"):
+            named = str(record["crm_id"])
+            if self.link(work, "customer", own_id, named, "erp_column", source=system):
+                return self._claimed(work, flow, event, named, flagged)
         if deleted or record.get(flow.other_id_field):
             self.flag(work, system, own_id, None)
             return False
-        flagged = ref.duplicates[system].get(own_id)
         found = resolve_customer(
             ref.customers[other_system(system)],
             record,
@@ -333,19 +382,69 @@ class References:
             erp_id, crm_id = (
                 (own_id, found.other_id) if system == "erp" else (found.other_id, own_id)
             )
-            self.link(work, "customer", erp_id, crm_id, found.rule)
-            if found.ambiguous:
-                work.tally.add(Count.AMBIGUOUS, "customer")
-            record[flow.other_id_field] = found.other_id
-        elif isinstance(found, SuspectedDuplicate):
-            record["duplicate_of"] = found.of
-            record["duplicate_rule"] = found.evidence
-            if flagged is None:
-                work.tally.add(Count.DUPLICATES, "customer", system, found.rule)
-            self.flag(work, system, own_id, found)
-        elif keys:
+            if self.link(work, "customer", erp_id, crm_id, found.rule, source=system):
+                # never, as matching skips held records; if it were, still no link
+                found = SuspectedDuplicate(found.other_id, found.evidence)
+            else:
+                if found.ambiguous:
+                    work.tally.add(Count.AMBIGUOUS, "customer")
+                record[flow.other_id_field] = found.other_id
+        if isinstance(found, SuspectedDuplicate):
+            self._hold(work, flow, event, found, flagged)
+        elif found is None and keys:
             self.mark_creating(work, system, own_id, True)
         return False
+
+    def _claimed(
+        self,
+        work: UnitOfWork,
+        flow: Flow,
+        event: CanonicalEvent,
+        named: str,
+        flagged: SuspectedDuplicate | None,
+    ) -> bool:
+        """An ERP customer whose link column names an account another customer holds.
+
+        Its event never carries that account (its changes would be written over the
+        other customer's). A customer linked to an account of its own keeps writing
+        that one; any other is held as a suspected duplicate of the account it names
+        (evidence ``erp_column=<account>``, or its earlier flag), for an operator. The
+        refusal was counted and logged by :meth:`link`.
+        """
+        record = event.record
+        own_id = str(record[flow.id_field])
+        own = crm_id_for(self.data.crosswalk, "customer", own_id)
+        record[flow.other_id_field] = own
+        if own is None:
+            claim = claim_counterpart(
+                self.data.crosswalk,
+                "customer",
+                flow.system,
+                own_id,
+                named,
+                "erp_column",
+                live=self._live("customer", flow.system),
+            )
+            assert claim is not None  # link() refused it for the same reason
+            self._hold(work, flow, event, claim, flagged)
+        return False
+
+    def _hold(
+        self,
+        work: UnitOfWork,
+        flow: Flow,
+        event: CanonicalEvent,
+        found: SuspectedDuplicate,
+        flagged: SuspectedDuplicate | None,
+    ) -> None:
+        """Send a customer out as a suspected duplicate (an earlier flag stays as it was)."""
+        record = event.record
+        flag = flagged or found
+        record["duplicate_of"] = flag.of
+        record["duplicate_rule"] = flag.evidence
+        if flagged is None:
+            work.tally.add(Count.DUPLICATES, "customer", flow.system, flag.rule)
+        self.flag(work, flow.system, str(record[flow.id_field]), flag)
 
     def product(self, work: UnitOfWork, flow: Flow, event: CanonicalEvent) -> None:
         """Keep the SKU index and link products of both systems by SKU."""
@@ -363,8 +462,11 @@ class References:
             if ref.skus.get(erp_id) != sku:
                 work.put(REFERENCE, f"sku|{erp_id}", sku)
             crm_id = ref.crm_products_by_sku.get(identifier_key(sku))
-            if crm_id is not None and record.get("crm_id") is None:
-                self.link(work, "product", erp_id, crm_id, "sku")
+            if (
+                crm_id is not None
+                and record.get("crm_id") is None
+                and self.link(work, "product", erp_id, crm_id, "sku", source="erp") is None
+            ):
                 record["crm_id"] = crm_id
             return
         crm_id = str(record["crm_id"])
@@ -375,8 +477,11 @@ class References:
         ):
             work.put(REFERENCE, f"crmsku|{sku}", crm_id)
         catalogue_id = ref.products_by_sku.get(identifier_key(sku))
-        if catalogue_id is not None and record.get("erp_id") is None:
-            self.link(work, "product", catalogue_id, crm_id, "sku")
+        if (
+            catalogue_id is not None
+            and record.get("erp_id") is None
+            and self.link(work, "product", catalogue_id, crm_id, "sku", source="crm") is None
+        ):
             record["erp_id"] = catalogue_id
 
     # -- stock ----------------------------------------------------------------------

@@ -8,7 +8,8 @@ country) is not created in the other system; the target's sink holds it in
 lists it. An operator's ``release`` creates it after all, ``link`` writes it into the
 record it duplicates. The same new customer typed twice into one system before its
 first copy is synced is held too, with the record the sync made for the first copy
-as the candidate.
+as the candidate. A second customer whose link column names an account another
+customer holds is held too, never written into that account.
 """
 
 from __future__ import annotations
@@ -361,3 +362,119 @@ def test_contacts_parked_for_a_held_account_survive_a_killed_sink_and_follow_its
     assert name.endswith(f"Later {tag}"), "its latest change, applied after the first"
     assert _parked_of(sink, key) == []
     assert sink.total("dead_lettered") == 0
+
+
+# A link is one to one. ERP customer B1 is created and synced (its CRM account A made,
+# the pair linked). A script then moves the link column (unique in the ERP) to a new
+# second customer B2, in later transactions, so the sink sees B2 in a batch of its own
+# and cannot tell. The streams crosswalk does: B2 is held as a suspected duplicate of A
+# (evidence ``erp_column=<A>``, counted in ``erpcrm_streams_link_conflicts_total``) and
+# never written into A; edited afterwards, A follows B1 only, never flipping between them.
+
+
+def _new_named_partner(env: dict[str, str], tag: str, number: str, name: str) -> int:
+    rows = execute(
+        env["ERP_DSN"],
+        "INSERT INTO public.res_partner (name, ref, email, country_code, is_company) "
+        "VALUES (%s, %s, %s, 'DE', true) RETURNING id",
+        (f"{name} {tag}", number, f"{name.lower()}-{tag}@example.com"),
+    )
+    return int(rows[0][0])
+
+
+def _account_row(env: dict[str, str], account: str) -> tuple[Any, ...]:
+    [row] = execute(
+        env["CRM_ADMIN_DSN"],
+        "SELECT name, account_number, email FROM public.accounts WHERE id = %s::uuid",
+        (account,),
+    )
+    return tuple(row)
+
+
+def _linked_account(env: dict[str, str], partner: int) -> str | None:
+    rows = execute(
+        env["ERP_ADMIN_DSN"],
+        "SELECT crm_account_id::text FROM public.res_partner WHERE id = %s",
+        (partner,),
+    )
+    return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def test_a_second_customer_given_a_linked_account_in_a_later_batch_never_takes_it(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    first_number, second_number = f"L1-{tag}", f"L2-{tag}"
+    first = _new_named_partner(stack_env, tag, first_number, "First")
+    account = wait_for(
+        lambda: _linked_account(stack_env, first), WAIT, f"erp:{first} synced and linked back"
+    )
+    assert account is not None
+    assert _account_row(stack_env, account)[:2] == (f"First {tag}", first_number)
+    pipeline.settled()
+    conflicts_before = pipeline.streams.metric(
+        "erpcrm_streams_link_conflicts_total", entity="customer", system="erp", rule="erp_column"
+    )
+
+    # A script moves the link column (unique in the ERP) from the first customer to a
+    # new second one, in later transactions: the sink sees the second one in a batch of
+    # its own.
+    execute(
+        stack_env["ERP_DSN"],
+        "UPDATE public.res_partner SET crm_account_id = NULL WHERE id = %s",
+        (first,),
+    )
+    pipeline.settled()
+    [(second,)] = execute(
+        stack_env["ERP_DSN"],
+        "INSERT INTO public.res_partner (name, ref, email, country_code, is_company, "
+        "crm_account_id) VALUES (%s, %s, %s, 'DE', true, %s::uuid) RETURNING id",
+        (f"Second {tag}", second_number, f"second-{tag}@example.com", account),
+    )
+    wait_for(
+        lambda: (
+            _suspect(pipeline.crm_sink, f"erp:{second}") is not None
+            or _account_row(stack_env, account)[1] != first_number
+        ),
+        WAIT,
+        f"erp:{second} decided by the CRM sink",
+    )
+    pipeline.settled()
+    assert _account_row(stack_env, account)[:2] == (f"First {tag}", first_number), (
+        "the second customer was written into the first one's account"
+    )
+    held = _suspect(pipeline.crm_sink, f"erp:{second}")
+    assert held == (account, f"erp_column={account}", "held"), held
+    assert (
+        pipeline.streams.metric(
+            "erpcrm_streams_link_conflicts_total",
+            entity="customer",
+            system="erp",
+            rule="erp_column",
+        )
+        > conflicts_before
+    )
+
+    # Each side edited again: the account follows the first customer only.
+    execute(
+        stack_env["ERP_DSN"],
+        "UPDATE public.res_partner SET email = %s WHERE id = %s",
+        (f"second-again-{tag}@example.com", second),
+    )
+    execute(
+        stack_env["ERP_DSN"],
+        "UPDATE public.res_partner SET email = %s WHERE id = %s",
+        (f"first-again-{tag}@example.com", first),
+    )
+    wait_for(
+        lambda: _account_row(stack_env, account)[2] == f"first-again-{tag}@example.com",
+        WAIT,
+        "the first customer's edit applied to its account",
+    )
+    pipeline.settled()
+    assert _account_row(stack_env, account) == (
+        f"First {tag}",
+        first_number,
+        f"first-again-{tag}@example.com",
+    )
+    assert _suspect(pipeline.crm_sink, f"erp:{second}") == held

@@ -17,12 +17,14 @@ from streams.crosswalk import (
     CustomerIndex,
     CustomerMatch,
     SuspectedDuplicate,
+    claim_counterpart,
     counterpart_id,
     crm_id_for,
     erp_id_for,
     index_customer,
     index_keys,
     link,
+    link_holder,
     match_creating,
     match_customer,
     match_keys,
@@ -63,6 +65,59 @@ def test_linking_is_idempotent_and_one_to_one() -> None:
     assert link(state, "customer", "44", "uuid-c") == [("43", "uuid-c")]
     assert crm_id_for(state, "customer", "43") is None
     assert sorted(link(state, "customer", "42", "uuid-c")) == [("42", "uuid-b"), ("44", "uuid-c")]
+
+
+def test_a_counterpart_held_by_another_live_record_is_never_taken() -> None:
+    state = new_crosswalk()
+    link(state, "customer", "42", "uuid-a")
+    # Its own counterpart, or a free one: nobody holds it.
+    assert link_holder(state, "customer", "erp", "42", "uuid-a") is None
+    assert link_holder(state, "customer", "erp", "43", "uuid-b") is None
+    # Another ERP customer naming the account 42 holds: 42 holds it, from either side.
+    assert link_holder(state, "customer", "erp", "43", "uuid-a") == "42"
+    assert link_holder(state, "customer", "crm", "uuid-b", "42") == "uuid-a"
+    # A holder gone (deleted, archived: not live) gives it up; a live one keeps it.
+    assert link_holder(state, "customer", "erp", "43", "uuid-a", live={"43"}) is None
+    assert link_holder(state, "customer", "erp", "43", "uuid-a", live={"42", "43"}) == "42"
+    assert link_holder(state, "product", "erp", "43", "uuid-a") is None
+
+
+def test_a_claimed_counterpart_is_a_suspected_duplicate_with_its_evidence() -> None:
+    state = new_crosswalk()
+    link(state, "customer", "42", "uuid-a")
+    claim = claim_counterpart(state, "customer", "erp", "43", "uuid-a", "erp_column")
+    assert claim == SuspectedDuplicate("uuid-a", "erp_column=uuid-a")
+    assert claim.rule == "erp_column"
+    assert claim_counterpart(state, "customer", "erp", "42", "uuid-a", "erp_column") is None
+    assert claim_counterpart(state, "customer", "erp", "43", "uuid-b", "erp_column") is None
+    assert (
+        claim_counterpart(state, "customer", "erp", "43", "uuid-a", "erp_column", live=()) is None
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(("erp", "crm")), st.sampled_from("123"), st.sampled_from("abc")),
+        max_size=30,
+    )
+)
+def test_links_taken_only_when_free_stay_a_bijection_and_never_move(
+    claims: list[tuple[str, str, str]],
+) -> None:
+    """Linking only what :func:`link_holder` allows never takes another record's link."""
+    state: CrosswalkState = new_crosswalk()
+    for system, erp_id, crm_id in claims:
+        own, other = (erp_id, crm_id) if system == "erp" else (crm_id, erp_id)
+        holder = link_holder(state, "customer", system, own, other)
+        before = counterpart_id(state, "customer", other_system(system), other)
+        if holder is None:
+            link(state, "customer", erp_id, crm_id)
+            assert counterpart_id(state, "customer", system, own) == other
+        else:
+            assert before == holder != own
+            assert counterpart_id(state, "customer", other_system(system), other) == holder
+        sides = state.get("customer", {"erp": {}, "crm": {}})
+        assert {v: k for k, v in sides["erp"].items()} == sides["crm"]
 
 
 def test_unlink() -> None:

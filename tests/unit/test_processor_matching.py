@@ -16,20 +16,30 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from streams.crosswalk import MATCH_RULES, counterpart_id
+from streams.crosswalk import MATCH_RULES, counterpart_id, other_system
 from streams.metrics import StreamsMetrics
 from streams.outcome import Count
 from streams.processor import StreamProcessor
 from streams.state import DictState, Write
 from tests.unit.test_processor import (
+    CRM_PRODUCT_ID,
     FLOWS,
     SERDE,
     Harness,
+    _crm_product,
     account,
     decoded,
     encode_canonical,
+    with_catalogue,
 )
-from tests.unit.test_transform import ACCOUNT_ID, ACCOUNTS, PARTNER, RES_PARTNER
+from tests.unit.test_transform import (
+    ACCOUNT_ID,
+    ACCOUNTS,
+    PARTNER,
+    PRODUCT,
+    PRODUCT_PRODUCT,
+    RES_PARTNER,
+)
 
 NEW_ID = "7c1d2e3f-0000-4000-8000-000000000099"
 """A CRM account typed in again."""
@@ -226,18 +236,96 @@ def test_a_flag_stays_on_later_changes_until_the_record_is_linked() -> None:
     assert (customer(linked)["erp_id"], customer(linked)["duplicate_of"]) == ("51", None)
 
 
-def test_an_operator_link_moves_the_pair_and_ends_the_flag() -> None:
+def test_a_customer_naming_an_account_another_customer_holds_keeps_its_flag() -> None:
     h = linked_pair()
     row = PARTNER | {"id": 43, "ref": "C00043", "name": "Other"}
     h.run(h.change(RES_PARTNER, "c", after=row, lsn=200))
-    assert h.processor.reference.duplicates["erp"]["43"].of == ACCOUNT_ID
-    # The operator decides 43 is the account's customer (the ERP names the account).
-    relinked = h.run(
-        h.change(RES_PARTNER, "u", after=row | {"crm_account_id": ACCOUNT_ID}, lsn=201)
+    flag = h.processor.reference.duplicates["erp"]["43"]
+    assert flag.of == ACCOUNT_ID
+    # Its link column names the account 42 holds (42 is live): never linked to it.
+    named = h.run(h.change(RES_PARTNER, "u", after=row | {"crm_account_id": ACCOUNT_ID}, lsn=201))
+    assert (customer(named)["crm_id"], customer(named)["duplicate_rule"]) == (
+        None,
+        flag.evidence,
     )
-    assert (customer(relinked)["crm_id"], customer(relinked)["duplicate_of"]) == (ACCOUNT_ID, None)
-    assert h.processor.reference.crosswalk["customer"]["erp"] == {"43": ACCOUNT_ID}
+    assert named.tally.of(Count.LINK_CONFLICTS, "customer", "erp", "erp_column") == 1
+    assert named.tally.of(Count.DUPLICATES, "customer", "erp", "erp_column") == 0
+    assert h.processor.reference.crosswalk["customer"]["erp"] == {"42": ACCOUNT_ID}
+    assert h.processor.reference.duplicates["erp"]["43"] == flag
+
+
+def test_a_second_customer_naming_a_linked_account_is_held_never_written_into_it() -> None:
+    h = linked_pair()
+    row = PARTNER | ERP_BLANK | {"id": 43, "ref": "C00043", "crm_account_id": ACCOUNT_ID}
+    claimed = h.run(h.change(RES_PARTNER, "c", after=row, lsn=200))
+    record = customer(claimed)
+    assert (record["crm_id"], record["duplicate_of"], record["duplicate_rule"]) == (
+        None,
+        ACCOUNT_ID,
+        f"erp_column={ACCOUNT_ID}",
+    )
+    assert claimed.tally.of(Count.LINK_CONFLICTS, "customer", "erp", "erp_column") == 1
+    assert claimed.tally.of(Count.DUPLICATES, "customer", "erp", "erp_column") == 1
+    assert claimed.tally.of(Count.LINKS, "customer", "erp_column") == 0
+    assert any("linked to erp:42" in w for w in claimed.warnings), claimed.warnings
+    assert h.processor.reference.crosswalk["customer"] == {
+        "erp": {"42": ACCOUNT_ID},
+        "crm": {ACCOUNT_ID: "42"},
+    }
+    # Each side edited in turn: the account stays 42's, 43 stays held (counted once).
+    again = h.run(h.change(RES_PARTNER, "u", after=row | {"city": "Lyon"}, lsn=201))
+    assert (customer(again)["crm_id"], customer(again)["duplicate_of"]) == (None, ACCOUNT_ID)
+    assert again.tally.of(Count.DUPLICATES, "customer", "erp", "erp_column") == 0
+    assert again.tally.of(Count.LINK_CONFLICTS, "customer", "erp", "erp_column") == 1
+    first = h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"city": "Bonn"}, lsn=202))
+    assert customer(first)["crm_id"] == ACCOUNT_ID
+    back = h.run(
+        h.change(
+            ACCOUNTS,
+            "u",
+            after=account(account_number="C00042", billing_address_city="Bonn"),
+            lsn=1001,
+        )
+    )
+    assert customer(back)["erp_id"] == "42"
+    # 42 archived (merged away in the ERP): the survivor naming the account takes it.
+    h.run(h.change(RES_PARTNER, "u", after=PARTNER | {"active": False}, lsn=203))
+    taken = h.run(h.change(RES_PARTNER, "u", after=row | {"city": "Nice"}, lsn=204))
+    assert (customer(taken)["crm_id"], customer(taken)["duplicate_of"]) == (ACCOUNT_ID, None)
+    assert h.processor.reference.crosswalk["customer"]["crm"] == {ACCOUNT_ID: "43"}
     assert h.processor.reference.duplicates == {"erp": {}, "crm": {}}
+
+
+def test_a_linked_customer_naming_a_held_account_keeps_writing_its_own() -> None:
+    h = linked_pair()
+    # 43 and its own account NEW_ID, linked by customer number.
+    row = PARTNER | ERP_BLANK | {"id": 43, "ref": "C00043"}
+    h.run(h.change(RES_PARTNER, "c", after=row, lsn=200))
+    h.run(
+        h.change(
+            ACCOUNTS, "c", after=account(id=NEW_ID, account_number="C00043", **CRM_BLANK), lsn=2000
+        )
+    )
+    assert h.processor.reference.crosswalk["customer"]["erp"]["43"] == NEW_ID
+    named = h.run(h.change(RES_PARTNER, "u", after=row | {"crm_account_id": ACCOUNT_ID}, lsn=201))
+    assert (customer(named)["crm_id"], customer(named)["duplicate_of"]) == (NEW_ID, None)
+    assert named.tally.of(Count.LINK_CONFLICTS, "customer", "erp", "erp_column") == 1
+    assert h.processor.reference.crosswalk["customer"]["erp"] == {"42": ACCOUNT_ID, "43": NEW_ID}
+
+
+def test_link_conflicts_are_a_metric() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    h = linked_pair()
+    row = PARTNER | ERP_BLANK | {"id": 43, "ref": "C00043", "crm_account_id": ACCOUNT_ID}
+    outcome = h.run(h.change(RES_PARTNER, "c", after=row, lsn=200))
+    registry = CollectorRegistry()
+    StreamsMetrics.create(registry).record(outcome.tally)
+    text = generate_latest(registry).decode()
+    assert (
+        'erpcrm_streams_link_conflicts_total{entity="customer",rule="erp_column",system="erp"} 1.0'
+        in text
+    )
 
 
 def test_deleted_and_archived_customers_are_not_proposed() -> None:
@@ -385,10 +473,19 @@ def test_matching_never_links_a_record_linked_elsewhere_nor_flags_the_own_counte
             )
             message = h.change(ACCOUNTS, "u", after=row, lsn=100 + position)
             own, other, other_field = step["id"], "erp", "erp_id"
+        live = {s: set(i["keys"]) for s, i in h.processor.reference.customers.items()}
         outcome = h.run(message)
         crosswalk = h.processor.reference.crosswalk
         sides = crosswalk.get("customer", {"erp": {}, "crm": {}})
         assert {v: k for k, v in sides["erp"].items()} == sides["crm"]  # one to one
+        # A link moves to another record only from a holder that was gone (not live).
+        for side, links in before.items():
+            for target, holder in links.items():
+                now = sides[side].get(target)
+                if now not in (None, holder) and target != own:  # not its own link moving
+                    event("a link taken from a record gone")
+                    assert now == own, (side, target, holder, now)
+                    assert holder not in live[other_system(side)], (side, target, holder)
         for record in decoded(outcome):
             counterpart = record[other_field]
             if record["duplicate_of"] is not None:
@@ -396,7 +493,7 @@ def test_matching_never_links_a_record_linked_elsewhere_nor_flags_the_own_counte
                 # never a duplicate of its own counterpart: a flagged record is unlinked
                 assert counterpart is None
                 assert counterpart_id(crosswalk, "customer", step["system"], own) is None
-                assert record["duplicate_rule"].partition("=")[0] in MATCH_RULES
+                assert record["duplicate_rule"].partition("=")[0] in (*MATCH_RULES, "erp_column")
         for rule in MATCH_RULES:
             if outcome.tally.of(Count.LINKS, "customer", rule):
                 # a link by matching took a record that was linked to nobody
@@ -410,3 +507,19 @@ def test_matching_never_links_a_record_linked_elsewhere_nor_flags_the_own_counte
     assert fresh.reference.customers == h.processor.reference.customers
     assert fresh.reference.duplicates == h.processor.reference.duplicates
     assert isinstance(h.state, DictState)
+
+
+def test_a_product_whose_sku_names_a_crm_product_another_one_holds_is_not_linked() -> None:
+    """Two ERP SKUs alike but for case (one CRM product): the first keeps the link."""
+    h = Harness()
+    with_catalogue(h, (7, "SKU-00007"))
+    for message in _crm_product(h, lsn=500):
+        h.run(message)
+    assert h.processor.reference.crosswalk["product"]["erp"] == {"7": CRM_PRODUCT_ID}
+    row = PRODUCT | {"id": 8, "default_code": "Sku-00007", "barcode": "4000000000008"}
+    outcome = h.run(h.change(PRODUCT_PRODUCT, "c", after=row, lsn=600))
+    (record,) = decoded(outcome)
+    assert record["crm_id"] is None
+    assert outcome.tally.of(Count.LINK_CONFLICTS, "product", "erp", "sku") == 1
+    assert any("linked to erp:7" in w for w in outcome.warnings), outcome.warnings
+    assert h.processor.reference.crosswalk["product"]["erp"] == {"7": CRM_PRODUCT_ID}
