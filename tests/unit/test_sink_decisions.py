@@ -48,7 +48,8 @@ def test_every_change_of_a_suspect_is_kept_in_the_decisions_schema_by_the_same_s
         assert '"s1"."suspects"' in found
         # The first sync state to hold a key stays its holder.
         update = found.rpartition("DO UPDATE SET")[2]
-        assert "held_by" not in update and "decided_by = EXCLUDED.decided_by" in update
+        assert "held_by" not in update
+        assert "decided_by = EXCLUDED.decided_by" in update
 
 
 def test_the_operators_decision_returns_the_suspects_id_when_it_was_held() -> None:
