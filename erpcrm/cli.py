@@ -466,13 +466,13 @@ def bench_e2e(
     print(json.dumps(result, indent=2))
 
 
-def _suspects_target(target: SystemName) -> tuple[str, str]:
-    """The sink DSN and sync schema of ``target`` (settings, else the local stack)."""
+def _suspects_target(target: SystemName) -> tuple[str, str, str]:
+    """The sink DSN, sync and decisions schemas of ``target`` (settings, else the stack)."""
     from sinks.settings import SinkSettings
 
     _stack_defaults_into_environment(sink_dsn_of=target.value)
     settings = SinkSettings(target=target.literal)
-    return settings.dsn.get_secret_value(), settings.sync_schema
+    return settings.dsn.get_secret_value(), settings.sync_schema, settings.decisions_schema
 
 
 @suspects_app.command("list")
@@ -487,7 +487,8 @@ def suspects_list(
     from erpcrm.suspects import list_suspects
 
     try:
-        found = list_suspects(*_suspects_target(target), status)
+        dsn, schema, _ = _suspects_target(target)
+        found = list_suspects(dsn, schema, status)
     except SyncError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -554,7 +555,8 @@ def _decide_suspect(
     from erpcrm.suspects import decide
 
     try:
-        done = decide(*_suspects_target(target), suspect_id, action)
+        dsn, schema, decisions = _suspects_target(target)
+        done = decide(dsn, schema, suspect_id, action, decisions=decisions)
     except SyncError as exc:
         raise _fail(exc) from exc
     if not done:

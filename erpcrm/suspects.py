@@ -62,8 +62,19 @@ def list_suspects(dsn: str, schema: str, status: str | None = None) -> list[Susp
     return [Suspect(*row) for row in rows]
 
 
-def decide(dsn: str, schema: str, suspect_id: int, action: Literal["release", "link"]) -> bool:
-    """Ask the sink to release or link a held suspect; False when it is not held."""
+def decide(
+    dsn: str,
+    schema: str,
+    suspect_id: int,
+    action: Literal["release", "link"],
+    *,
+    decisions: str = sql.DECISIONS_SCHEMA,
+) -> bool:
+    """Ask the sink to release or link a held suspect; False when it is not held.
+
+    The decision is kept in ``decisions`` too, where a later pipeline finds it.
+    """
     with psycopg.connect(dsn) as conn:
-        row = conn.execute(sql.suspects_decide(schema), (action, suspect_id)).fetchone()
+        query = sql.suspects_decide(schema, decisions)
+        row = conn.execute(query, (action, suspect_id)).fetchone()
     return row is not None

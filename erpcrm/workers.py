@@ -124,6 +124,7 @@ def build_sink(settings: SinkSettings, registry: CollectorRegistry) -> SinkRunne
         },
         origin=settings.origin,
         schema=settings.sync_schema,
+        decisions=settings.decisions_schema,
         announce=settings.announce,
         clock_wait_ms=int(settings.clock_wait_seconds * 1000),
         clock_behind_max_ms=int(settings.clock_behind_max_seconds * 1000),

@@ -103,6 +103,7 @@ from sinks import parking, sql
 from sinks.base import Sink, WriteResult
 from sinks.batch import SinkBatch, SinkEvent, TopicPartition, safe_offsets
 from sinks.classify import wrap
+from sinks.decisions import carried_over
 from sinks.lines import LinesSnapshot
 from sinks.lines import compare as lines_compare
 from sinks.lines import snapshot as lines_snapshot
@@ -204,6 +205,8 @@ class _Item:
     and re-announcement are queued only for the writer: :func:`_settle_updates`)."""
     local_ms: int = 0
     """An update's row: the commit time of its last local change (for its row clock)."""
+    decided: str | None = None
+    """The suspect status the record goes by (:meth:`PostgresUpsertSink._earlier_decisions`)."""
 
 
 class _Statements:
@@ -458,6 +461,8 @@ class PostgresUpsertSink(Sink):
             :meth:`setup`).
         origin: the replication origin of the sink's sessions.
         schema: the sync-state schema.
+        decisions: the schema where what is held or decided about suspects is kept
+            beyond the sync state (:meth:`_earlier_decisions`).
         announce: announce rows the sink creates.
         duplicates: what becomes of a new record the streams flag as a suspected
             duplicate of a linked one (``duplicate_of``): ``hold`` it in
@@ -487,6 +492,7 @@ class PostgresUpsertSink(Sink):
         provided: Mapping[str, frozenset[str]] | None = None,
         origin: str = "erpcrm_sink",
         schema: str = sql.SYNC_SCHEMA,
+        decisions: str = sql.DECISIONS_SCHEMA,
         announce: bool = True,
         duplicates: Literal["hold", "link", "create"] = "hold",
         clock_wait_ms: int = 60_000,
@@ -502,6 +508,7 @@ class PostgresUpsertSink(Sink):
         self._topics = tuple(topics)
         self._origin = origin
         self._schema = schema
+        self._decisions = decisions
         self._announce = announce
         self._clock_wait_ms = clock_wait_ms
         self._local_events = None if local_events is None else frozenset(local_events)
@@ -573,11 +580,17 @@ class PostgresUpsertSink(Sink):
         exists = conn.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)
         ).fetchone()
+        decisions_exist = conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._decisions,)
+        ).fetchone()
         statements = sql.create_sync_schema(self._schema)
+        kept = sql.create_decisions(self._decisions)
         with conn.transaction():
             # CREATE SCHEMA needs CREATE on the database, even with IF NOT EXISTS: a
             # schema made by the owner for the sink role is left as it is.
             for statement in statements[1:] if exists else statements:
+                conn.execute(statement)
+            for statement in kept[1:] if decisions_exist else kept:
                 conn.execute(statement)
         missing = []
         for table in self._tables.values():
@@ -683,7 +696,8 @@ class PostgresUpsertSink(Sink):
             # COMMIT, in one round trip.
             offsets = self._record_state(cur, batch, clocks, out, store_offsets)
             if carried_out:
-                cur.execute(sql.suspects_carried_out(self._schema), (list(carried_out),))
+                done = sql.suspects_carried_out(self._schema, self._decisions)
+                cur.execute(done, (list(carried_out),))
         if unparked is not None:
             for event in batch:
                 self._parked.pop(event.entity_key, None)
@@ -854,6 +868,7 @@ class PostgresUpsertSink(Sink):
         if not items:
             return
         items = self._fill_references(cur, table, items, out)
+        self._earlier_decisions(cur, table, items)
         self._locate(cur, table, items, clocks)
         clocks.load(cur, entity, (str(i.pk) for i in items if i.current is not None))
         deletes = [i for i in items if i.event.op == "delete"]
@@ -1308,7 +1323,7 @@ class PostgresUpsertSink(Sink):
         """
         cur.execute(sql.suspects_decided(self._schema), (table.entity, [item.event.key]))
         decided = cur.fetchone()
-        status = decided["status"] if decided is not None else None
+        status = decided["status"] if decided is not None else item.decided
         if status in ("release", "released") or (status is None and self._duplicates == "create"):
             return True
         if status not in ("link", "linked") and self._duplicates != "link":
@@ -1349,11 +1364,44 @@ class PostgresUpsertSink(Sink):
         item.record["duplicate_of"] = str(row[table.pk])
         return True
 
+    def _earlier_decisions(
+        self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, items: Sequence[_Item]
+    ) -> None:
+        """Records held or decided as suspects before keep to that, whatever they match now.
+
+        For a record of an entity the streams may flag (``duplicate_of``) that this sync
+        state has never applied, the suspect of its key decides: this sync state's own,
+        else the one kept in the decisions schema by any sync state before (a pipeline
+        reset, a new sync schema, fresh streams state). Held (or released, or linked,
+        and not carried out yet), the record is flagged as a duplicate of the suspect's
+        candidate and its counterpart id is dropped, so its event is neither written
+        into a record the streams now pair it with (a copy left unlinked, the merge of
+        two copies) nor deleting it: it is held again, created, or written into the
+        candidate (:meth:`_settle_duplicate`). A decision kept from before and not
+        carried out then (``release``, ``link``) is held again for an operator.
+        Released and carried out, the record flows as the streams decide it now.
+        """
+        fresh = [i for i in items if i.stored is None and "duplicate_of" in i.record]
+        if not fresh:
+            return
+        query = self._sql(cur, sql.decisions_of, self._schema, self._decisions)
+        cur.execute(query, ([i.event.key for i in fresh], table.entity, table.entity))
+        found = {r["entity_key"]: r for r in cur.fetchall()}
+        for item in fresh:
+            row = found.get(item.event.key)
+            status = None if row is None else carried_over(row["status"], own=row["own"])
+            if row is None or status is None:
+                continue
+            item.record[f"{self.target}_id"] = None
+            item.record["duplicate_of"] = row["candidate"]
+            item.record["duplicate_rule"] = row["evidence"]
+            item.decided = status
+
     def _hold(self, cur: psycopg.Cursor[Any], items: Sequence[_Item]) -> None:
         """Keep suspected duplicates for an operator (their latest event, with its bytes)."""
         events = [i.event for i in items]
         cur.execute(
-            sql.suspects_hold(self._schema),
+            sql.suspects_hold(self._schema, self._decisions),
             (
                 [e.entity for e in events],
                 [e.key for e in events],
@@ -1416,7 +1464,9 @@ class PostgresUpsertSink(Sink):
     def suspects_carried_out(self, ids: Sequence[int]) -> None:
         """Mark suspects as released or linked, once their event was applied."""
         self._guard(
-            lambda: self._session().execute(sql.suspects_carried_out(self._schema), (list(ids),))
+            lambda: self._session().execute(
+                sql.suspects_carried_out(self._schema, self._decisions), (list(ids),)
+            )
         )
 
     def _fields(self, table: TargetTable) -> list[str]:

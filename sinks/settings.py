@@ -41,6 +41,9 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
             ``sync_schema``, EXECUTE on the replication-origin functions).
         origin: the replication origin the sink's sessions are tagged with.
         sync_schema: the schema of the sync state (``applied``, ``offsets``, ...).
+        decisions_schema: the schema where what the sink holds as suspected duplicates,
+            and what operators decide about them, is kept beyond the sync state, so a
+            new pipeline (another sync schema) over the same database keeps to it.
         group_id: Kafka consumer group (default ``erpcrm-sink-<target>``); positions
             live in the target database, the group only spreads partitions.
         instance_id: the consumer's static group membership (``group.instance.id``;
@@ -90,6 +93,7 @@ class SinkSettings(WorkerSettings, env_prefix="ERPCRM_SINK_"):
     dsn: SecretStr = SecretStr("")
     origin: str = Field(default=DEFAULT_ORIGIN, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     sync_schema: str = Field(default="erpcrm_sync", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    decisions_schema: str = Field(default="erpcrm_decisions", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     group_id: str = ""
     instance_id: str = ""
     batch_size: int = Field(default=500, ge=1, le=50_000)

@@ -54,6 +54,7 @@ from psycopg.adapt import PyFormat
 
 __all__ = [
     "CLOCK_COLUMNS",
+    "DECISIONS_SCHEMA",
     "PG_TYPES",
     "PRIVILEGES",
     "ROW_CLOCK",
@@ -69,10 +70,12 @@ __all__ = [
     "array",
     "clock_column",
     "conflicts_insert",
+    "create_decisions",
     "create_sync_schema",
     "dead_letter_delete",
     "dead_letter_insert",
     "dead_letter_select",
+    "decisions_of",
     "default_sequences",
     "delete_rows",
     "grant_sequence",
@@ -95,6 +98,8 @@ __all__ = [
 ]
 
 SYNC_SCHEMA: Final = "erpcrm_sync"
+DECISIONS_SCHEMA: Final = "erpcrm_decisions"
+"""Where the suspects' decisions outlive the sync state (:func:`create_decisions`)."""
 
 PG_TYPES: Final = frozenset(
     {
@@ -457,11 +462,11 @@ SUSPECT_STATUSES: Final = ("held", "release", "released", "link", "linked")
 ``link`` it to its candidate, and the sink marks it ``released`` or ``linked``."""
 
 
-def suspects_hold(schema: str = SYNC_SCHEMA) -> sql.Composed:
+def suspects_hold(schema: str = SYNC_SCHEMA, decisions: str = DECISIONS_SCHEMA) -> sql.Composed:
     """Hold suspected duplicates (the latest event of each key; decided ones stay).
 
     Parameters: lists ``entity, entity_key, candidate, evidence``, then those of
-    :data:`STORED_EVENT`.
+    :data:`STORED_EVENT`. What is held is kept in ``decisions`` too (:func:`_kept`).
     """
     cols = [
         Column("entity", "text"),
@@ -474,12 +479,13 @@ def suspects_hold(schema: str = SYNC_SCHEMA) -> sql.Composed:
         sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c.name), sql.Identifier(c.name))
         for c in STORED_EVENT
     )
-    return sql.SQL(
+    hold = sql.SQL(
         "INSERT INTO {} AS t (entity, entity_key, candidate, evidence, {}, status) "
         "SELECT u.entity, u.entity_key, u.candidate, u.evidence, {}, 'held' FROM {} "
         "ON CONFLICT (entity, entity_key) DO UPDATE SET candidate = EXCLUDED.candidate, "
         "evidence = EXCLUDED.evidence, {}, last_seen = now() WHERE t.status = 'held'"
     ).format(sql.Identifier(schema, "suspects"), _STORED, _STORED_U, _unnest(cols), stored_again)
+    return _kept(hold, schema, decisions)
 
 
 def suspects_decided(schema: str = SYNC_SCHEMA) -> sql.Composed:
@@ -515,13 +521,19 @@ def suspects_pending(schema: str = SYNC_SCHEMA) -> sql.Composed:
     ).format(_STORED, sql.Identifier(schema, "suspects"))
 
 
-def suspects_carried_out(schema: str = SYNC_SCHEMA) -> sql.Composed:
-    """Mark released or linked suspects as carried out. Parameter: a list of ids."""
-    return sql.SQL(
+def suspects_carried_out(
+    schema: str = SYNC_SCHEMA, decisions: str = DECISIONS_SCHEMA
+) -> sql.Composed:
+    """Mark released or linked suspects as carried out (in ``decisions`` too).
+
+    Parameter: a list of ids.
+    """
+    done = sql.SQL(
         "UPDATE {} SET status = CASE status WHEN 'release' THEN 'released' "
         "WHEN 'link' THEN 'linked' ELSE status END, decided_at = now() "
         "WHERE id = ANY(%s::bigint[])"
     ).format(sql.Identifier(schema, "suspects"))
+    return _kept(done, schema, decisions)
 
 
 def suspects_list(schema: str = SYNC_SCHEMA) -> sql.Composed:
@@ -631,15 +643,86 @@ def parked_delete(schema: str = SYNC_SCHEMA) -> sql.Composed:
     )
 
 
-def suspects_decide(schema: str = SYNC_SCHEMA) -> sql.Composed:
-    """An operator's decision about a held suspect.
+def suspects_decide(schema: str = SYNC_SCHEMA, decisions: str = DECISIONS_SCHEMA) -> sql.Composed:
+    """An operator's decision about a held suspect (kept in ``decisions`` too).
 
     Parameters: ``status`` (``release`` or ``link``), ``id``. Returns the id when the
     suspect was held (a decided one stays as it is).
     """
+    decide = sql.SQL("UPDATE {} SET status = %s WHERE id = %s AND status = 'held'").format(
+        sql.Identifier(schema, "suspects")
+    )
+    return _kept(decide, schema, decisions, returning_id=True)
+
+
+def _kept(
+    statement: sql.Composed, schema: str, decisions: str, *, returning_id: bool = False
+) -> sql.Composed:
+    """``statement`` on ``schema``'s suspects, its rows kept in ``decisions`` at once.
+
+    The changed rows are written to ``decisions``'s suspects (:func:`create_decisions`)
+    by the same statement, so the two never differ.
+
+    ``held_by``, the sync schema that held a key first, is never overwritten. With
+    ``returning_id``, the statement returns the ids of the suspects it changed.
+    """
     return sql.SQL(
-        "UPDATE {} SET status = %s WHERE id = %s AND status = 'held' RETURNING id"
-    ).format(sql.Identifier(schema, "suspects"))
+        "WITH s AS ({} RETURNING id, entity, entity_key, candidate, evidence, status), "
+        "d AS (INSERT INTO {} (entity, entity_key, candidate, evidence, status, "
+        "held_by, decided_by) SELECT entity, entity_key, candidate, evidence, status, {}, {} "
+        "FROM s ON CONFLICT (entity, entity_key) DO UPDATE SET "
+        "candidate = EXCLUDED.candidate, evidence = EXCLUDED.evidence, "
+        "status = EXCLUDED.status, decided_by = EXCLUDED.decided_by, updated_at = now()) "
+        "SELECT {} FROM s"
+    ).format(
+        statement,
+        sql.Identifier(decisions, "suspects"),
+        sql.Literal(schema),
+        sql.Literal(schema),
+        sql.SQL("id") if returning_id else sql.SQL("count(*)"),
+    )
+
+
+def create_decisions(schema: str = DECISIONS_SCHEMA) -> list[sql.Composed]:
+    """DDL of the suspects' decisions that outlive a pipeline; idempotent.
+
+    One row per suspect key, whichever sync schema held it: the latest status, candidate
+    and evidence (written by :func:`suspects_hold`, :func:`suspects_decide` and
+    :func:`suspects_carried_out` with the sync state), ``held_by`` the sync schema that
+    held it first, ``decided_by`` the one that wrote it last. A new sync schema over the
+    same database reads them (:func:`decisions_of`). The first statement makes the
+    schema (``CREATE`` on the database; skipped when the schema exists).
+    """
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "entity text NOT NULL, entity_key text NOT NULL, candidate text NOT NULL, "
+            "evidence text, status text NOT NULL, held_by text NOT NULL, "
+            "decided_by text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (entity, entity_key))"
+        ).format(sql.Identifier(schema, "suspects")),
+    ]
+
+
+def decisions_of(schema: str = SYNC_SCHEMA, decisions: str = DECISIONS_SCHEMA) -> sql.Composed:
+    """What is held or decided about some keys: this sync state's, else any kept.
+
+    A key's suspect in ``schema`` wins over the decision kept in ``decisions``
+    (:func:`create_decisions`), written by any sync state.
+
+    Parameters: ``entity``, ``entity_keys``. Rows: ``entity_key, status, candidate,
+    evidence, own`` (``own``: the status is this sync state's).
+    """
+    return sql.SQL(
+        "SELECT k.key AS entity_key, coalesce(s.status, d.status) AS status, "
+        "coalesce(s.candidate, d.candidate) AS candidate, "
+        "coalesce(s.evidence, d.evidence) AS evidence, s.status IS NOT NULL AS own "
+        "FROM unnest(%s::text[]) AS k(key) "
+        "LEFT JOIN {} AS s ON s.entity = %s AND s.entity_key = k.key "
+        "LEFT JOIN {} AS d ON d.entity = %s AND d.entity_key = k.key "
+        "WHERE s.status IS NOT NULL OR d.status IS NOT NULL"
+    ).format(sql.Identifier(schema, "suspects"), sql.Identifier(decisions, "suspects"))
 
 
 def touch_rows(table: Table, key: Column, modified: str) -> sql.Composed:

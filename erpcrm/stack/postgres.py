@@ -8,8 +8,10 @@ TCP only, runs with ``wal_level=logical`` and is created on first start with:
 * ``erpcrm_capture``: LOGIN REPLICATION, read-only on the application tables; it may
   insert into the signal table (``deploy/sql/signal.sql``, re-applied on every start,
   in the publication) and write nothing else;
-* ``erpcrm_sink``: LOGIN, owner of the ``erpcrm_sync`` schema, allowed to use replication
-  origins, and granted exactly what the sink mappings need on the demo tables
+* ``erpcrm_sink``: LOGIN, owner of the ``erpcrm_sync`` schema and of the
+  ``erpcrm_decisions`` schema (what it holds as suspected duplicates, kept beyond the sync
+  state; made on every start if missing), allowed to use replication origins, and granted
+  exactly what the sink mappings need on the demo tables
   (:mod:`sinks.grants`, re-applied on every start).
 
 A database made before a change of its demo schema gets the change on the next start:
@@ -52,6 +54,7 @@ SUPERUSER = "postgres"
 CAPTURE_ROLE = "erpcrm_capture"
 SINK_ROLE = "erpcrm_sink"
 SYNC_SCHEMA = "erpcrm_sync"
+DECISIONS_SCHEMA = "erpcrm_decisions"
 MIN_MAJOR = 15
 SEED_VAT_SQL = "seed_vat.sql"
 """Beside the schema files: the demo customers' VAT ids, read by both seeds."""
@@ -201,7 +204,8 @@ class PostgresCluster:
         return True
 
     def after_ready(self) -> None:
-        """On a new cluster: roles, database, demo schema; always: upgrades, grants, signal table.
+        """On a new cluster: roles, database, demo schema; always: upgrades, grants, schemas,
+        signal table.
 
         Idempotent. The demo schema's later changes (``deploy/sql/<system>-upgrade.sql``),
         the sink's grants and the capture's signal table (``deploy/sql/signal.sql``) are
@@ -213,6 +217,7 @@ class PostgresCluster:
             self._bootstrap()
         self.upgrade_schema()
         self._grant_sink()
+        self._make_decisions_schema()
         self._install_signal_table()
 
     def upgrade_schema(self) -> None:
@@ -238,6 +243,15 @@ class PostgresCluster:
                 conn.execute(signal_sql.read_text())  # trusted file shipped in deploy/sql
             if self.publication_tables:
                 ensure_publication(conn, self.publication, SIGNAL_SCHEMA, (SIGNAL_TABLE,))
+
+    def _make_decisions_schema(self) -> None:
+        """The sink's decisions schema, if missing (a cluster made before it had none)."""
+        with psycopg.connect(self.dsn(SUPERUSER, self.database), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                    sql.Identifier(DECISIONS_SCHEMA), sql.Identifier(SINK_ROLE)
+                )
+            )
 
     def _grant_sink(self) -> None:
         """Least privilege for ``erpcrm_sink`` on the tables its mappings write here."""
