@@ -204,8 +204,7 @@ class PostgresCluster:
         return True
 
     def after_ready(self) -> None:
-        """On a new cluster: roles, database, demo schema; always: upgrades, grants, schemas,
-        signal table.
+        """New cluster: roles, database, demo schema; always: upgrades, grants, schemas, signals.
 
         Idempotent. The demo schema's later changes (``deploy/sql/<system>-upgrade.sql``),
         the sink's grants and the capture's signal table (``deploy/sql/signal.sql``) are
