@@ -46,7 +46,7 @@ from streams.dlq import Origin
 from streams.outcome import Count, Inbound
 from streams.references import References
 from streams.state import ASSEMBLY, DEDUPE, b64, freeze, thaw, unb64
-from streams.transform import Skipped, entity_key, line_parent, to_canonical
+from streams.transform import LineMemo, Skipped, entity_key, line_parent, to_canonical
 from streams.validation import Failed, Reason
 from streams.waiting import PARKABLE, TX_PREFIX, Waiting
 from streams.work import Emitter, Raw, Route, UnitOfWork, entity_dedupe_key
@@ -57,6 +57,10 @@ SNAP_PREFIX: Final = f"{TX_PREFIX}snap|"
 """``assembly`` keys of orders read by a snapshot, waiting to settle."""
 WAIT_PREFIX: Final = f"{TX_PREFIX}wait|"
 """``assembly`` keys of orders waiting for a reference, one each."""
+
+_KEPT_MAX: Final = 20_000
+"""How many line changes and headers :class:`Orders` keeps decoded in memory (then it
+starts again: what is not kept is read back from the ``assembly`` table)."""
 
 _UPSERT_OPS: Final = frozenset({"c", "u", "r"})
 _ROWLESS_OPS: Final = frozenset({"t", "m"})
@@ -140,6 +144,74 @@ class Orders:
         self._order_collections = order_collections
         self._timeout_ms = assembly_timeout_ms
         self._settle_ms = snapshot_settle_ms
+        self._lines: dict[tuple[str, str], tuple[int, str, Mapping[str, Any]]] = {}
+        """Per (order, line id), its current change as decoded: LSN, op and envelope
+        (never changed; the ``assembly`` table holds the same, frozen)."""
+        self._headers: dict[str, tuple[int, Mapping[str, Any]]] = {}
+        """Per order, its header's LSN and envelope, as decoded."""
+        self._line_memo: LineMemo = {}
+        """Lines mapped from the row objects of :attr:`_lines`, while the reference data
+        they were mapped with is unchanged (:attr:`_memo_of`)."""
+        self._memo_of: tuple[object, int] | None = None
+
+    def forget(self) -> None:
+        """Drop what is kept in memory (after a rollback or a reload it may be stale)."""
+        self._lines.clear()
+        self._headers.clear()
+        self._line_memo.clear()
+        self._memo_of = None
+
+    def _keep_line(self, order: str, line_id: str, lsn: int, op: str, envelope: Any) -> None:
+        if len(self._lines) >= _KEPT_MAX:
+            self.forget()
+        self._lines[(order, line_id)] = (lsn, op, envelope)
+
+    def _keep_header(self, order: str, lsn: int, envelope: Mapping[str, Any]) -> None:
+        if len(self._headers) >= _KEPT_MAX:
+            self.forget()
+        self._headers[order] = (lsn, envelope)
+
+    def _line_envelope(self, order: str, line_id: str, line: Mapping[str, Any]) -> Any:
+        """The envelope of a current line's change (``line``: its stored form), as decoded."""
+        lsn, op = int(line["lsn"]), line["op"]
+        kept = self._lines.get((order, line_id))
+        if kept is not None and kept[0] == lsn and kept[1] == op:
+            return kept[2]
+        row = thaw(line["row"])
+        envelope = {"before": row} if op == "d" else {"after": row}
+        self._keep_line(order, line_id, lsn, op, envelope)
+        return envelope
+
+    def _header_envelope(self, order: str, header: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The envelope of an order's last header change (``header``: its stored form)."""
+        lsn = int(header["lsn"])
+        kept = self._headers.get(order)
+        if kept is not None and kept[0] == lsn:
+            return kept[1]
+        envelope = thaw(header["env"])
+        self._keep_header(order, lsn, envelope)
+        return envelope
+
+    def _trigger(self, order: str, flow: Flow, info: Mapping[str, Any]) -> Any:
+        """The line change that caused an order's next event, as decoded (stored: frozen)."""
+        frozen = info["trigger"]
+        lines = flow.lines
+        if lines is not None:
+            row = frozen.get("before" if frozen.get("op") == "d" else "after")
+            line_id = text_id(row.get(lines.key)) if isinstance(row, Mapping) else None
+            kept = None if line_id is None else self._lines.get((order, line_id))
+            if kept is not None and kept[0] == int(info["lsn"]) and "source" in kept[2]:
+                return kept[2]
+        return thaw(frozen)
+
+    def _memo(self) -> LineMemo:
+        """The lines mapped so far, unless the reference data changed since."""
+        data = self._references.data
+        now = (data, data.generation)
+        if self._memo_of != now or len(self._line_memo) >= _KEPT_MAX:
+            self._line_memo.clear()
+            self._memo_of = now
+        return self._line_memo
 
     def _row_basics(
         self,
@@ -189,6 +261,7 @@ class Orders:
                     ],
                 },
             )
+            self._keep_header(order, basics.lsn, envelope)
         collection = f"{flow.schema}.{flow.table}"
         self._register(
             work, flow, order, basics, None, collection, replay=replay, replays=message.replays
@@ -242,6 +315,7 @@ class Orders:
                 "row": frozen["before" if basics.op == "d" else "after"],  # basics.row
             }
             work.put(ASSEMBLY, f"l|{order}", current_lines)
+            self._keep_line(order, basics.key, basics.lsn, basics.op, envelope)
             work.put(ASSEMBLY, parent_key, None if basics.op == "d" else parent)
             if known_parent is not None and known_parent != parent:
                 moved_from = f"{flow.name}|{known_parent}"
@@ -477,19 +551,24 @@ class Orders:
             tally.add(Count.ORDERS, "no_header")
             return True
         line_rows = work.peek(ASSEMBLY, f"l|{order}") or {}
-        rows = [thaw(line["row"]) for line in line_rows.values() if line["op"] != "d"]
+        rows = [
+            self._line_envelope(order, line_id, line)["after"]
+            for line_id, line in line_rows.items()
+            if line["op"] != "d"
+        ]
         trigger = None
         if info.get("trigger") is not None and int(info["lsn"]) > int(header["lsn"]):
-            trigger = thaw(info["trigger"])
+            trigger = self._trigger(order, flow, info)
         ref = self._references.data
         result = to_canonical(
             flow,
-            thaw(header["env"]),
+            self._header_envelope(order, header),
             known_skus=ref.known_skus,
             crosswalk=ref.crosswalk,
             lookups=ref.lookups,
             lines=rows,
             trigger=trigger,
+            line_memo=self._memo(),
         )
         if isinstance(result, Skipped):
             tally.add(Count.SKIPPED, flow.name)

@@ -210,6 +210,7 @@ class StreamProcessor:
         self._waiting.load(state)
         self._round = []
         self._ordering.forget()
+        self._orders.forget()
         self._decided.forget()
 
     def rollback(self, state: StateView) -> None:
