@@ -77,7 +77,7 @@ from streams.work import Emitter, Raw, Route, UnitOfWork, dedupe_key
 
 __all__ = ["StreamProcessor"]
 
-_BEGIN_COUNTS: Final = {
+_BEGIN_COUNTS: Final[dict[tuple[str, ...], int]] = {
     (Count.EVENTS_IN.value, "transaction"): 1,
     (Count.IGNORED.value, "transaction_begin"): 1,
 }
@@ -161,6 +161,7 @@ class StreamProcessor:
             self._waiting,
             self._references,
             order_collections,
+            decode,
             assembly_timeout_ms=assembly_timeout_ms,
             snapshot_settle_ms=snapshot_settle_ms,
         )

@@ -108,9 +108,9 @@ from streams.validation import (
 __all__ = [
     "EVENT_NAMESPACE",
     "INITIAL_SNAPSHOT",
-    "LineMemo",
     "SOURCE_SNAPSHOT",
     "CanonicalEvent",
+    "LineMemo",
     "Skipped",
     "entity_key",
     "event_id",

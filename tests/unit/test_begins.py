@@ -85,7 +85,9 @@ def test_only_the_first_begin_of_a_schema_is_decoded_and_every_one_counts_the_sa
         outcomes.append(h.run(message))
     assert decode.calls == 1
     for outcome in outcomes:
-        assert outcome.outbound == [] and outcome.writes == [] and outcome.warnings == []
+        assert outcome.outbound == []
+        assert outcome.writes == []
+        assert outcome.warnings == []
         assert dict(outcome.tally) == {
             (Count.EVENTS_IN.value, "transaction"): 1,
             (Count.IGNORED.value, "transaction_begin"): 1,
