@@ -1,12 +1,18 @@
 """Orders by transaction: a header and its lines, assembled once per source transaction.
 
 A header (``sale_order``, ``aos_quotes``) and its lines are kept per order in the
-``assembly`` table: the last header ``h|<flow>|<order id>`` (with its original bytes, for
-dead letters), the current lines ``l|<flow>|<order id>`` and line -> order
-``lp|<flow>|<line id>``. Each change is registered with its source transaction
-(``transaction.id``) under ``tx|<system>|<txid>``; the transaction completes when the
-``END`` record of ``<system>.transaction`` has arrived and as many changes of each order
-table as it counts have been seen (in any order: the topics are read concurrently). Then
+``assembly`` table: the last header ``h|<flow>|<order id>`` (its LSN, op, origin and
+original bytes), the current lines ``l|<flow>|<order id>`` (per line its LSN, op and
+original bytes) and line -> order ``lp|<flow>|<line id>``. A change is stored once, as its
+bytes (base64); an older worker stored the envelope or row frozen beside or instead of
+them, which is still read. What this process read is also kept decoded in memory, and each
+line mapped once while the reference data it reads is unchanged, so an order touched by
+many transactions is not decoded and mapped again line by line each time.
+
+Each change is registered with its source transaction (``transaction.id``) under
+``tx|<system>|<txid>``; the transaction completes when the ``END`` record of
+``<system>.transaction`` has arrived and as many changes of each order table as it counts
+have been seen (in any order: the topics are read concurrently). Then
 each order it touched is assembled once from the current header and lines. The event's
 position (event id, LSN) is its latest change in that transaction, so a later line edit
 gives a new, higher version. Snapshot reads have no transaction: their orders
@@ -676,7 +682,7 @@ def _pending_to_change(work: UnitOfWork, key: str) -> dict[str, Any] | None:
     """A pending record (``tx|...``), to change and put back; None if there is none.
 
     What its changes touch is copied: the record, its ``seen`` counts, its ``orders`` and
-    each order's entry. The entries' triggers (frozen line changes, the bulk of a record
+    each order's entry. The entries' triggers (line changes, the bulk of a record
     of many lines) are replaced, never changed in place, so they are shared.
     """
     found = work.peek(ASSEMBLY, key)
