@@ -1,12 +1,18 @@
 """Orders by transaction: a header and its lines, assembled once per source transaction.
 
 A header (``sale_order``, ``aos_quotes``) and its lines are kept per order in the
-``assembly`` table: the last header ``h|<flow>|<order id>`` (with its original bytes, for
-dead letters), the current lines ``l|<flow>|<order id>`` and line -> order
-``lp|<flow>|<line id>``. Each change is registered with its source transaction
-(``transaction.id``) under ``tx|<system>|<txid>``; the transaction completes when the
-``END`` record of ``<system>.transaction`` has arrived and as many changes of each order
-table as it counts have been seen (in any order: the topics are read concurrently). Then
+``assembly`` table: the last header ``h|<flow>|<order id>`` (its LSN, op, origin and
+original bytes), the current lines ``l|<flow>|<order id>`` (per line its LSN, op and
+original bytes) and line -> order ``lp|<flow>|<line id>``. A change is stored once, as its
+bytes (base64); an older worker stored the envelope or row frozen beside or instead of
+them, which is still read. What this process read is also kept decoded in memory, and each
+line mapped once while the reference data it reads is unchanged, so an order touched by
+many transactions is not decoded and mapped again line by line each time.
+
+Each change is registered with its source transaction (``transaction.id``) under
+``tx|<system>|<txid>``; the transaction completes when the ``END`` record of
+``<system>.transaction`` has arrived and as many changes of each order table as it counts
+have been seen (in any order: the topics are read concurrently). Then
 each order it touched is assembled once from the current header and lines. The event's
 position (event id, LSN) is its latest change in that transaction, so a later line edit
 gives a new, higher version. Snapshot reads have no transaction: their orders
@@ -37,16 +43,18 @@ stale; the same LSN is a re-delivery (idempotent).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from schemas.errors import DecodeError
 from schemas.mapping import Cast, Flow, convert
+from streams import dlq
 from streams.dlq import Origin
 from streams.outcome import Count, Inbound
 from streams.references import References
-from streams.state import ASSEMBLY, DEDUPE, b64, freeze, thaw, unb64
-from streams.transform import Skipped, entity_key, line_parent, to_canonical
+from streams.state import ASSEMBLY, DEDUPE, b64, thaw, unb64
+from streams.transform import LineMemo, Skipped, entity_key, line_parent, to_canonical
 from streams.validation import Failed, Reason
 from streams.waiting import PARKABLE, TX_PREFIX, Waiting
 from streams.work import Emitter, Raw, Route, UnitOfWork, entity_dedupe_key
@@ -57,6 +65,14 @@ SNAP_PREFIX: Final = f"{TX_PREFIX}snap|"
 """``assembly`` keys of orders read by a snapshot, waiting to settle."""
 WAIT_PREFIX: Final = f"{TX_PREFIX}wait|"
 """``assembly`` keys of orders waiting for a reference, one each."""
+
+_KEPT_MAX: Final = 20_000
+"""How many line changes and headers :class:`Orders` keeps decoded in memory (then it
+starts again: what is not kept is read back from the ``assembly`` table)."""
+
+_TRIGGER_LINE: Final = "line"
+_TRIGGER_BYTES: Final = "value"
+"""A trigger as stored: ``{"line": <line id>, "value": <its change's bytes, base64>}``."""
 
 _UPSERT_OPS: Final = frozenset({"c", "u", "r"})
 _ROWLESS_OPS: Final = frozenset({"t", "m"})
@@ -119,6 +135,8 @@ class Orders:
         waiting: how long an order may wait for a reference; indexes pending records.
         references: the crosswalk and SKUs orders are mapped with.
         order_collections: per system, the ``schema.table`` names of its order tables.
+        decode: bytes -> decoded envelope (the processor's decoder), for the changes
+            kept as bytes in the ``assembly`` table and not in memory.
         assembly_timeout_ms, snapshot_settle_ms: see :class:`streams.settings.StreamsSettings`.
     """
 
@@ -129,6 +147,7 @@ class Orders:
         waiting: Waiting,
         references: References,
         order_collections: Mapping[str, set[str]],
+        decode: Callable[[bytes], dict[str, Any]],
         *,
         assembly_timeout_ms: int,
         snapshot_settle_ms: int,
@@ -138,8 +157,100 @@ class Orders:
         self._waiting = waiting
         self._references = references
         self._order_collections = order_collections
+        self._decode = decode
         self._timeout_ms = assembly_timeout_ms
         self._settle_ms = snapshot_settle_ms
+        self._lines: dict[tuple[str, str], tuple[int, str, Mapping[str, Any]]] = {}
+        """Per (order, line id), its current change as decoded: LSN, op and envelope
+        (never changed; the ``assembly`` table holds the same, frozen)."""
+        self._headers: dict[str, tuple[int, Mapping[str, Any]]] = {}
+        """Per order, its header's LSN and envelope, as decoded."""
+        self._line_memo: LineMemo = {}
+        """Lines mapped from the row objects of :attr:`_lines`, while the reference data
+        they were mapped with is unchanged (:attr:`_memo_of`)."""
+        self._memo_of: tuple[object, int] | None = None
+
+    def forget(self) -> None:
+        """Drop what is kept in memory (after a rollback or a reload it may be stale)."""
+        self._lines.clear()
+        self._headers.clear()
+        self._line_memo.clear()
+        self._memo_of = None
+
+    def _keep_line(self, order: str, line_id: str, lsn: int, op: str, envelope: Any) -> None:
+        if len(self._lines) >= _KEPT_MAX:
+            self.forget()
+        self._lines[(order, line_id)] = (lsn, op, envelope)
+
+    def _keep_header(self, order: str, lsn: int, envelope: Mapping[str, Any]) -> None:
+        if len(self._headers) >= _KEPT_MAX:
+            self.forget()
+        self._headers[order] = (lsn, envelope)
+
+    def _line_envelope(self, order: str, line_id: str, line: Mapping[str, Any]) -> Any:
+        """The envelope of a current line's change (``line``: its stored form), as decoded.
+
+        Raises DecodeError (and RetriableError) as the decoder does for its stored bytes.
+        """
+        lsn, op = int(line["lsn"]), line["op"]
+        kept = self._lines.get((order, line_id))
+        if kept is not None and kept[0] == lsn and kept[1] == op:
+            return kept[2]
+        if "row" in line:  # as stored before: the row alone, frozen
+            row = thaw(line["row"])
+            envelope: Any = {"before": row} if op == "d" else {"after": row}
+        else:
+            envelope = self._decode(_unb64(line["value"]))
+        self._keep_line(order, line_id, lsn, op, envelope)
+        return envelope
+
+    def _header_envelope(self, order: str, header: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The envelope of an order's last header change (``header``: its stored form).
+
+        Raises DecodeError (and RetriableError) as the decoder does for its stored bytes.
+        """
+        lsn = int(header["lsn"])
+        kept = self._headers.get(order)
+        if kept is not None and kept[0] == lsn:
+            return kept[1]
+        envelope: Mapping[str, Any]
+        if "env" in header:  # as stored before: the envelope frozen, besides the bytes
+            envelope = thaw(header["env"])
+        else:
+            envelope = self._decode(_unb64(header["value"]))
+        self._keep_header(order, lsn, envelope)
+        return envelope
+
+    def _trigger(self, order: str, flow: Flow, info: Mapping[str, Any]) -> Any:
+        """The line change that caused an order's next event, as decoded.
+
+        Stored as the line's id and its change's bytes (:func:`_trigger_of`), or, as
+        stored before, the change frozen. Raises as :meth:`_line_envelope`.
+        """
+        stored = info["trigger"]
+        lines = flow.lines
+        if _TRIGGER_BYTES in stored:
+            line_id: str | None = stored[_TRIGGER_LINE]
+        elif lines is not None:
+            row = stored.get("before" if stored.get("op") == "d" else "after")
+            line_id = text_id(row.get(lines.key)) if isinstance(row, Mapping) else None
+        else:
+            line_id = None
+        kept = None if line_id is None else self._lines.get((order, line_id))
+        if kept is not None and kept[0] == int(info["lsn"]) and "source" in kept[2]:
+            return kept[2]
+        if _TRIGGER_BYTES in stored:
+            return self._decode(_unb64(stored[_TRIGGER_BYTES]))
+        return thaw(stored)
+
+    def _memo(self) -> LineMemo:
+        """The lines mapped so far, unless the reference data changed since."""
+        data = self._references.data
+        now = (data, data.generation)
+        if self._memo_of != now or len(self._line_memo) >= _KEPT_MAX:
+            self._line_memo.clear()
+            self._memo_of = now
+        return self._line_memo
 
     def _row_basics(
         self,
@@ -179,7 +290,7 @@ class Orders:
                 f"h|{order}",
                 {
                     "lsn": basics.lsn,
-                    "env": freeze(envelope),
+                    "op": basics.op,
                     "key": b64(message.key),
                     "value": b64(message.value),
                     "origin": [
@@ -189,6 +300,7 @@ class Orders:
                     ],
                 },
             )
+            self._keep_header(order, basics.lsn, envelope)
         collection = f"{flow.schema}.{flow.table}"
         self._register(
             work, flow, order, basics, None, collection, replay=replay, replays=message.replays
@@ -233,15 +345,13 @@ class Orders:
             work.tally.add(Count.DEDUPED, flow.name)
             return
         replay = current is not None and basics.lsn == int(current["lsn"])
-        # Frozen once: the line keeps its row, its transaction the whole change (trigger).
-        frozen = freeze(envelope)
+        # Its bytes, once: the line keeps them, its transaction too (what triggered it).
+        value = b64(message.value)
+        trigger = _trigger_of(basics.key, value)
         if not replay:
-            current_lines[basics.key] = {
-                "lsn": basics.lsn,
-                "op": basics.op,
-                "row": frozen["before" if basics.op == "d" else "after"],  # basics.row
-            }
+            current_lines[basics.key] = {"lsn": basics.lsn, "op": basics.op, "value": value}
             work.put(ASSEMBLY, f"l|{order}", current_lines)
+            self._keep_line(order, basics.key, basics.lsn, basics.op, envelope)
             work.put(ASSEMBLY, parent_key, None if basics.op == "d" else parent)
             if known_parent is not None and known_parent != parent:
                 moved_from = f"{flow.name}|{known_parent}"
@@ -249,7 +359,7 @@ class Orders:
                 old_lines.pop(basics.key, None)
                 work.put(ASSEMBLY, f"l|{moved_from}", old_lines or None)
                 self._register(
-                    work, flow, moved_from, basics, frozen, collection, replay=False, count=False
+                    work, flow, moved_from, basics, trigger, collection, replay=False, count=False
                 )
         if (
             after_release
@@ -259,7 +369,7 @@ class Orders:
             self._late_line(work, flow, parent, basics, Raw.of(message, envelope))
             return
         self._register(
-            work, flow, order, basics, frozen, collection, replay=replay, replays=message.replays
+            work, flow, order, basics, trigger, collection, replay=replay, replays=message.replays
         )
 
     def _went_out_before(self, work: UnitOfWork, flow: Flow, order: str, basics: RowBasics) -> bool:
@@ -274,7 +384,7 @@ class Orders:
         if work.peek(ASSEMBLY, _wait_key(order)) is not None:
             return False
         header = work.peek(ASSEMBLY, f"h|{order}")
-        if header is None or header["env"].get("op") == "d":
+        if header is None or _header_op(header) == "d":
             return False
         order_id = order.split("|", 1)[1]
         return (
@@ -318,7 +428,7 @@ class Orders:
     ) -> None:
         """Note a row change of ``order`` in its transaction; assemble when it completes.
 
-        ``trigger``: a line's change, frozen (:func:`~streams.state.freeze`), kept as
+        ``trigger``: a line's change (:func:`_trigger_of`: its id and bytes), kept as
         what caused the order's next event (None for a header, or a line of no order).
         ``replays``: the replay count of a replayed dead letter (assembled at once).
         """
@@ -477,23 +587,6 @@ class Orders:
             tally.add(Count.ORDERS, "no_header")
             return True
         line_rows = work.peek(ASSEMBLY, f"l|{order}") or {}
-        rows = [thaw(line["row"]) for line in line_rows.values() if line["op"] != "d"]
-        trigger = None
-        if info.get("trigger") is not None and int(info["lsn"]) > int(header["lsn"]):
-            trigger = thaw(info["trigger"])
-        ref = self._references.data
-        result = to_canonical(
-            flow,
-            thaw(header["env"]),
-            known_skus=ref.known_skus,
-            crosswalk=ref.crosswalk,
-            lookups=ref.lookups,
-            lines=rows,
-            trigger=trigger,
-        )
-        if isinstance(result, Skipped):
-            tally.add(Count.SKIPPED, flow.name)
-            return True
         topic, partition, offset = header["origin"]
         raw = Raw(
             unb64(header["key"]),
@@ -501,6 +594,42 @@ class Orders:
             Origin(topic, partition, offset),
             int(info.get("replays", 0)),
         )
+        try:
+            envelope = self._header_envelope(order, header)
+            rows = [
+                self._line_envelope(order, line_id, line)["after"]
+                for line_id, line in line_rows.items()
+                if line["op"] != "d"
+            ]
+            trigger = None
+            if info.get("trigger") is not None and int(info["lsn"]) > int(header["lsn"]):
+                trigger = self._trigger(order, flow, info)
+        except DecodeError as exc:  # its bytes decoded when read: the schema is gone
+            letter = dlq.from_error(
+                exc,
+                reason=dlq.DECODE_ERROR,
+                origin=raw.origin,
+                key=raw.key,
+                value=raw.value,
+                flow=flow.name,
+                replays=raw.replays,
+            )
+            self._emitter.send(work, letter)
+            return True
+        ref = self._references.data
+        result = to_canonical(
+            flow,
+            envelope,
+            known_skus=ref.known_skus,
+            crosswalk=ref.crosswalk,
+            lookups=ref.lookups,
+            lines=rows,
+            trigger=trigger,
+            line_memo=self._memo(),
+        )
+        if isinstance(result, Skipped):
+            tally.add(Count.SKIPPED, flow.name)
+            return True
         if isinstance(result, Failed):
             if result.reason in PARKABLE and not final:
                 return False
@@ -511,7 +640,7 @@ class Orders:
             work, flow.name, result.value, raw, result.fixes, result.quarantined
         ):
             tally.add(Count.ORDERS, how)
-        if header["env"].get("op") == "d":  # frozen text is the text itself
+        if _header_op(header) == "d":
             for line_id in line_rows:
                 work.put(ASSEMBLY, f"lp|{flow.name}|{line_id}", None)
             work.put(ASSEMBLY, f"l|{order}", None)
@@ -553,7 +682,7 @@ def _pending_to_change(work: UnitOfWork, key: str) -> dict[str, Any] | None:
     """A pending record (``tx|...``), to change and put back; None if there is none.
 
     What its changes touch is copied: the record, its ``seen`` counts, its ``orders`` and
-    each order's entry. The entries' triggers (frozen line changes, the bulk of a record
+    each order's entry. The entries' triggers (line changes, the bulk of a record
     of many lines) are replaced, never changed in place, so they are shared.
     """
     found = work.peek(ASSEMBLY, key)
@@ -563,6 +692,25 @@ def _pending_to_change(work: UnitOfWork, key: str) -> dict[str, Any] | None:
     record["seen"] = dict(found["seen"])
     record["orders"] = {order: dict(info) for order, info in found["orders"].items()}
     return record
+
+
+def _trigger_of(line_id: str, value: str | None) -> dict[str, Any]:
+    """A line change as an order's transaction keeps it: the line's id and its bytes."""
+    return {_TRIGGER_LINE: line_id, _TRIGGER_BYTES: value}
+
+
+def _header_op(header: Mapping[str, Any]) -> Any:
+    """The op of an order's last header change, from its stored form (either format)."""
+    env = header.get("env")
+    return env.get("op") if env is not None else header.get("op")
+
+
+def _unb64(text: str | None) -> bytes:
+    """Stored bytes (base64) of a change: a change always has a value."""
+    data = unb64(text)
+    if data is None:
+        raise DecodeError("a stored change has no bytes")
+    return data
 
 
 def _wait_key(order: str) -> str:

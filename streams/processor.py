@@ -9,7 +9,8 @@ the change to the job that owns it:
   validated by :func:`streams.transform.to_canonical`, their references kept by
   :mod:`streams.references`, deduplicated and published by :mod:`streams.work`;
 - stock rows: :mod:`streams.stock`;
-- order headers, lines and transaction records: :mod:`streams.orders`;
+- order headers, lines and transaction records: :mod:`streams.orders` (a transaction's
+  ``BEGIN`` is only counted and read for its time, off its bytes: :mod:`streams.begins`);
 - ticks: what is due in :mod:`streams.waiting` (parked records, snapshot customers
   settling) and :mod:`streams.orders` (transactions to assemble).
 
@@ -53,18 +54,19 @@ Everything that fails goes to
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from schemas.errors import DecodeError
 from schemas.horizon import SourceHorizon
 from schemas.mapping import Flow, Grain
 from schemas.topics import raw_topic, transaction_topic
 from streams import dlq
+from streams.begins import BeginRecords
 from streams.decided import DecidedHorizons
 from streams.horizon import ReadHorizon, produced_ms
 from streams.ordering import Release, SourceOrder, commit_lsn
 from streams.orders import Orders
-from streams.outcome import Count, Inbound, Kind, Outcome
+from streams.outcome import Count, Inbound, Kind, Outcome, Tally
 from streams.references import ReferenceData, References
 from streams.state import ASSEMBLY, DEDUPE, REFERENCE, StateStore, StateView
 from streams.stock import Stock
@@ -74,6 +76,12 @@ from streams.waiting import ORDER_PREFIX, PARK_PREFIX, SETTLE_PREFIX, TX_PREFIX,
 from streams.work import Emitter, Raw, Route, UnitOfWork, dedupe_key
 
 __all__ = ["StreamProcessor"]
+
+_BEGIN_COUNTS: Final[dict[tuple[str, ...], int]] = {
+    (Count.EVENTS_IN.value, "transaction"): 1,
+    (Count.IGNORED.value, "transaction_begin"): 1,
+}
+"""What a transaction's ``BEGIN`` record counts (it is read, and nothing else)."""
 
 
 class StreamProcessor:
@@ -113,6 +121,7 @@ class StreamProcessor:
         self._round: list[str] = []
         """Keys due when the current round of ticks began, not looked at yet (reversed)."""
         self._decode = decode
+        self._begins = BeginRecords()
         self._echo_origins = frozenset(echo_origins)
         prefixes = dict(prefixes or {"erp": "erp", "crm": "crm"})
         routes: dict[str, list[Route]] = {}
@@ -152,6 +161,7 @@ class StreamProcessor:
             self._waiting,
             self._references,
             order_collections,
+            decode,
             assembly_timeout_ms=assembly_timeout_ms,
             snapshot_settle_ms=snapshot_settle_ms,
         )
@@ -201,6 +211,7 @@ class StreamProcessor:
         self._waiting.load(state)
         self._round = []
         self._ordering.forget()
+        self._orders.forget()
         self._decided.forget()
 
     def rollback(self, state: StateView) -> None:
@@ -221,6 +232,10 @@ class StreamProcessor:
         if message.kind is Kind.TICK:
             horizon = self._horizon.tick(message.timestamp_ms)
         else:
+            if message.value is not None and message.origin.topic in self._tx_topics:
+                begin_ts_ms = self._begins.ts_ms(message.value)
+                if begin_ts_ms is not None:
+                    return self._begin(message, begin_ts_ms)
             horizon = self._horizon.horizon_ms
         work = UnitOfWork(state, message.timestamp_ms, self._mirror, horizon)
         if message.kind is Kind.TICK:
@@ -228,6 +243,15 @@ class StreamProcessor:
         else:
             self._receive(work, message)
         return work.finish()
+
+    def _begin(self, message: Inbound, ts_ms: int) -> Outcome:
+        """A transaction's ``BEGIN``, read off its bytes (:mod:`streams.begins`).
+
+        It feeds the read horizon and is counted, as a decoded one is; nothing else.
+        """
+        if message.replays == 0:
+            self._horizon.observe(ts_ms)
+        return Outcome(tally=Tally(_BEGIN_COUNTS))
 
     def _mirror(self, table: str, key: str, value: Any) -> None:
         """Keep the in-memory caches in step with a write as it is made."""
@@ -258,6 +282,7 @@ class StreamProcessor:
             tally.add(Count.EVENTS_IN, "transaction")
             if envelope.get("status") != "END":
                 tally.add(Count.IGNORED, "transaction_begin")
+                self._begins.learn(message.value, envelope)
                 return
             self._release(work, self._ordering.end(work, system, envelope, message))
             return

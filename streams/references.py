@@ -111,6 +111,9 @@ class ReferenceData:
         """SKU (:func:`~streams.validation.identifier_key`) -> CRM product id."""
         self.crm_skus: dict[str, str] = {}
         """CRM product id -> SKU as entered (the ``crm_product_sku`` lookup)."""
+        self.generation = 0
+        """Counts the writes that changed the crosswalk, the lookups or the SKUs: what a
+        record mapped before would map to differently can have changed only if it moved."""
 
     @classmethod
     def load(cls, state: StateView) -> ReferenceData:
@@ -136,10 +139,13 @@ class ReferenceData:
         if kind == "xw":
             entity, side, entity_id = rest.split("|", 2)
             sides = self.crosswalk.setdefault(entity, {"erp": {}, "crm": {}})
-            if value is None:
+            linked = None if value is None else str(value)
+            if sides[side].get(entity_id) != linked:
+                self.generation += 1
+            if linked is None:
                 sides[side].pop(entity_id, None)
             else:
-                sides[side][entity_id] = str(value)
+                sides[side][entity_id] = linked
         elif kind == "cidx":
             self._apply_index(rest, value)
         elif kind == "dup":
@@ -157,8 +163,10 @@ class ReferenceData:
             else:
                 self.creating[system].add(entity_id)
         elif kind == "sku":
+            self.generation += 1
             _set_both_ways(self.skus, self.products_by_sku, rest, value, fold_inverse=True)
         elif kind == "crmsku":
+            self.generation += 1
             _set_both_ways(self.crm_products_by_sku, self.crm_skus, rest, value, fold_key=True)
 
     def _apply_index(self, rest: str, value: Any) -> None:

@@ -22,8 +22,8 @@ The tables (:data:`TABLES`) and what each holds:
 - ``inventory``: per quant ``q|<flow>|<quant id>`` (product, LSN), per product its quants
   ``qs|<flow>|<product>`` and last totals ``t|<flow>|<product>`` (:mod:`streams.stock`).
 - ``assembly``: orders being assembled (:mod:`streams.orders`): last header
-  ``h|<flow>|<order id>`` (with its original bytes, for dead letters), current lines
-  ``l|<flow>|<order id>``, line -> order ``lp|<flow>|<line id>``, open transactions
+  ``h|<flow>|<order id>`` and current lines ``l|<flow>|<order id>`` (each change as its
+  original bytes), line -> order ``lp|<flow>|<line id>``, open transactions
   ``tx|<system>|<txid>`` and snapshot orders ``tx|snap|<flow>|<order id>``; and records
   waiting for a reference ``park|<topic>|<partition>|<offset>|<flow>``
   (:mod:`streams.waiting`).

@@ -64,7 +64,7 @@ as arguments and is only read.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, TypeVar
@@ -110,6 +110,7 @@ __all__ = [
     "INITIAL_SNAPSHOT",
     "SOURCE_SNAPSHOT",
     "CanonicalEvent",
+    "LineMemo",
     "Skipped",
     "entity_key",
     "event_id",
@@ -673,13 +674,34 @@ def _line_order(value: Any) -> tuple[int, Decimal, str]:
     return (2, Decimal(0), "") if value is None else (1, Decimal(0), str(value))
 
 
+LineMemo = MutableMapping[int, tuple[Mapping[str, Any], "Ok[dict[str, Any]] | Failed"]]
+"""Mapped lines by their row object's ``id``: the row (kept alive, and checked to be the
+one asked about) and the line mapped from it, unplaced (see :func:`to_canonical`)."""
+
+
+def _mapped_line(
+    flow: Flow, row: Mapping[str, Any], line_id: str, refs: _Refs
+) -> Ok[dict[str, Any]] | Failed:
+    """One line mapped, its references filled; fixes and failures not placed yet."""
+    lines = flow.lines
+    assert lines is not None
+    result = _map_row(lines.fields, row, refs)
+    if isinstance(result, Failed):
+        return result
+    types = field_types(flow.target)[lines.target].items
+    assert types is not None
+    item = _blank(types)
+    item[flow.id_field] = line_id
+    item.update(result.value)
+    _fill_references(lines.fields, item, flow.system, refs)
+    return Ok(item, result.fixes, result.quarantined)
+
+
 def _map_lines(
-    flow: Flow, rows: Sequence[Mapping[str, Any]], refs: _Refs
+    flow: Flow, rows: Sequence[Mapping[str, Any]], refs: _Refs, memo: LineMemo | None = None
 ) -> Ok[list[dict[str, Any]]] | Failed:
     lines = flow.lines
     assert lines is not None
-    types = field_types(flow.target)[lines.target].items
-    assert types is not None
     kept = [r for r in rows if all(c.holds(r) for c in lines.filter)]
     kept.sort(
         key=lambda r: (_line_order(r.get(lines.order_by or lines.key)), str(r.get(lines.key)))
@@ -692,14 +714,16 @@ def _map_lines(
         line_id = _id_text(row.get(lines.key))
         if line_id is None:
             return _malformed(f"a line has no usable key column {lines.key!r}").at(where)
-        result = _map_row(lines.fields, row, refs)
+        known = None if memo is None else memo.get(id(row))
+        if known is not None and known[0] is row:
+            result = known[1]
+        else:
+            result = _mapped_line(flow, row, line_id, refs)
+            if memo is not None:
+                memo[id(row)] = (row, result)
         if isinstance(result, Failed):
             return result.at(where)
-        item = _blank(types)
-        item[flow.id_field] = line_id
-        item.update(result.value)
-        _fill_references(lines.fields, item, flow.system, refs)
-        mapped.append(item)
+        mapped.append(dict(result.value))  # the record is the event's own
         fixes.extend(fix.at(where) for fix in result.fixes)
         quarantined.extend(q.at(where) for q in result.quarantined)
     return Ok(mapped, tuple(fixes), tuple(quarantined))
@@ -788,6 +812,7 @@ def to_canonical(
     lookups: Lookups | None = None,
     lines: Sequence[Mapping[str, Any]] = (),
     trigger: Mapping[str, Any] | None = None,
+    line_memo: LineMemo | None = None,
 ) -> Ok[CanonicalEvent] | Failed | Skipped:
     """Turn one raw change event into a canonical event of ``flow.target``.
 
@@ -802,6 +827,11 @@ def to_canonical(
         trigger: for an order re-emitted because a line changed: that line's raw
             event. Source position and event id come from it; ``version`` is the
             higher of both LSNs.
+        line_memo: lines mapped before, by row object: a row found there (the same
+            object) is not mapped again, one mapped now is added. The caller keeps a
+            row object for one line change only, never changes it, and keeps the memo
+            only while the reference data is unchanged (a line's mapping reads the
+            lookups, the SKUs and the crosswalk).
 
     Returns:
         ``Ok(event, fixes)``, ``Failed`` (dead letter) or ``Skipped``.
@@ -870,7 +900,7 @@ def to_canonical(
     _leave_out(record, mapped.quarantined)
     fixes, quarantined = mapped.fixes, mapped.quarantined
     if flow.lines is not None:
-        mapped_lines = _map_lines(flow, lines, refs)
+        mapped_lines = _map_lines(flow, lines, refs, line_memo)
         if isinstance(mapped_lines, Failed):
             return mapped_lines
         record[flow.lines.target] = mapped_lines.value
