@@ -38,7 +38,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from schemas.deadletter import (
     H_APP_ID,
@@ -78,9 +78,11 @@ __all__ = [
     "STAGE",
     "DeadLetter",
     "Origin",
+    "ReadBytes",
     "from_error",
     "from_failure",
     "text_headers",
+    "undecodable",
 ]
 
 STAGE: Final = "streams"
@@ -195,6 +197,43 @@ def from_failure(
         flow=flow,
         context=tuple(context),
         replays=replays,
+    )
+
+
+class ReadBytes(Protocol):
+    """A message's bytes and where they were read (an inbound message, a held change)."""
+
+    @property
+    def key(self) -> bytes | None:
+        """The raw key bytes."""
+        ...
+
+    @property
+    def value(self) -> bytes | None:
+        """The raw value bytes (None: a tombstone)."""
+        ...
+
+    @property
+    def origin(self) -> Origin:
+        """Where they were read."""
+        ...
+
+    @property
+    def replays(self) -> int:
+        """How many times an operator replayed them from the dead-letter topic."""
+        ...
+
+
+def undecodable(error: SyncError, read: ReadBytes, flow: str | None) -> DeadLetter:
+    """The dead letter (:data:`DECODE_ERROR`) of bytes that do not decode, as read."""
+    return from_error(
+        error,
+        reason=DECODE_ERROR,
+        origin=read.origin,
+        key=read.key,
+        value=read.value,
+        flow=flow,
+        replays=read.replays,
     )
 
 

@@ -605,15 +605,7 @@ class Orders:
             if info.get("trigger") is not None and int(info["lsn"]) > int(header["lsn"]):
                 trigger = self._trigger(order, flow, info)
         except DecodeError as exc:  # its bytes decoded when read: the schema is gone
-            letter = dlq.from_error(
-                exc,
-                reason=dlq.DECODE_ERROR,
-                origin=raw.origin,
-                key=raw.key,
-                value=raw.value,
-                flow=flow.name,
-                replays=raw.replays,
-            )
+            letter = dlq.undecodable(exc, raw, flow.name)
             self._emitter.send(work, letter)
             return True
         ref = self._references.data

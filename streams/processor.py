@@ -305,15 +305,7 @@ class StreamProcessor:
             return self._decode(message.value)
         except DecodeError as exc:
             flow = routes[0].flow.name if routes else None
-            letter = dlq.from_error(
-                exc,
-                reason=dlq.DECODE_ERROR,
-                origin=message.origin,
-                key=message.key,
-                value=message.value,
-                flow=flow,
-                replays=message.replays,
-            )
+            letter = dlq.undecodable(exc, message, flow)
             self._emitter.send(work, letter)
             return None
 
