@@ -52,6 +52,8 @@ import orjson
 from psycopg import sql
 from psycopg.adapt import PyFormat
 
+from sinks.state import LETTERED
+
 __all__ = [
     "CLOCK_COLUMNS",
     "DECISIONS_SCHEMA",
@@ -798,9 +800,10 @@ def select_applied(schema: str = SYNC_SCHEMA) -> sql.Composed:
 def applied_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Record applied versions; a stored version never goes down.
 
-    Parameter: :func:`records` of ``entity``, ``entity_key``, ``version``,
-    ``payload_hash``. ``applied_at`` (the transaction time) is for people; no decision
-    reads it.
+    A version stored as dead-lettered (:data:`~sinks.state.LETTERED`) is overwritten
+    once its replay applies it. Parameter: :func:`records` of ``entity``,
+    ``entity_key``, ``version``, ``payload_hash``. ``applied_at`` (the transaction time)
+    is for people; no decision reads it.
     """
     cols = [
         Column("entity", "text"),
@@ -814,8 +817,9 @@ def applied_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
         "SELECT u.entity, u.entity_key, u.version, u.payload_hash, now() FROM {} "
         "ON CONFLICT (entity, entity_key) DO UPDATE SET version = EXCLUDED.version, "
         "payload_hash = EXCLUDED.payload_hash, applied_at = EXCLUDED.applied_at "
-        "WHERE t.version < EXCLUDED.version"
-    ).format(table, _recordset(cols))
+        "WHERE t.version < EXCLUDED.version "
+        "OR (t.version = EXCLUDED.version AND t.payload_hash = {})"
+    ).format(table, _recordset(cols), sql.Literal(LETTERED))
 
 
 def offsets_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
