@@ -744,7 +744,8 @@ class PostgresUpsertSink(Sink):
             )
         if out.recorded:
             recorded = [(e.entity, e.key, e.version, d) for e, d in out.recorded]
-            cur.execute(self._sql(cur, sql.applied_upsert, self._schema), (sql.records(recorded),))
+            query = self._sql(cur, sql.applied_upsert, self._schema)
+            cur.execute(query, (sql.records(recorded), LETTERED))
         if out.announce and self._announce:
             announced = [(e.entity, e.key, pk) for e, pk in out.announce]
             cur.execute(

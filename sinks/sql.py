@@ -52,8 +52,6 @@ import orjson
 from psycopg import sql
 from psycopg.adapt import PyFormat
 
-from sinks.state import LETTERED
-
 __all__ = [
     "CLOCK_COLUMNS",
     "DECISIONS_SCHEMA",
@@ -801,9 +799,9 @@ def applied_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Record applied versions; a stored version never goes down.
 
     A version stored as dead-lettered (:data:`~sinks.state.LETTERED`) is overwritten
-    once its replay applies it. Parameter: :func:`records` of ``entity``,
-    ``entity_key``, ``version``, ``payload_hash``. ``applied_at`` (the transaction time)
-    is for people; no decision reads it.
+    once its replay applies it. Parameters: :func:`records` of ``entity``,
+    ``entity_key``, ``version``, ``payload_hash``; then :data:`~sinks.state.LETTERED`.
+    ``applied_at`` (the transaction time) is for people; no decision reads it.
     """
     cols = [
         Column("entity", "text"),
@@ -818,8 +816,8 @@ def applied_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
         "ON CONFLICT (entity, entity_key) DO UPDATE SET version = EXCLUDED.version, "
         "payload_hash = EXCLUDED.payload_hash, applied_at = EXCLUDED.applied_at "
         "WHERE t.version < EXCLUDED.version "
-        "OR (t.version = EXCLUDED.version AND t.payload_hash = {})"
-    ).format(table, _recordset(cols), sql.Literal(LETTERED))
+        "OR (t.version = EXCLUDED.version AND t.payload_hash = %s)"
+    ).format(table, _recordset(cols))
 
 
 def offsets_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
