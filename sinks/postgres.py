@@ -108,6 +108,7 @@ from sinks.lines import LinesSnapshot
 from sinks.lines import compare as lines_compare
 from sinks.lines import snapshot as lines_snapshot
 from sinks.state import (
+    LETTERED,
     Applied,
     Conflict,
     Decision,
@@ -743,7 +744,8 @@ class PostgresUpsertSink(Sink):
             )
         if out.recorded:
             recorded = [(e.entity, e.key, e.version, d) for e, d in out.recorded]
-            cur.execute(self._sql(cur, sql.applied_upsert, self._schema), (sql.records(recorded),))
+            query = self._sql(cur, sql.applied_upsert, self._schema)
+            cur.execute(query, (sql.records(recorded), LETTERED))
         if out.announce and self._announce:
             announced = [(e.entity, e.key, pk) for e, pk in out.announce]
             cur.execute(
@@ -841,7 +843,7 @@ class PostgresUpsertSink(Sink):
         items: list[_Item] = []
         for event in taken:
             known = stored.get(event.key)
-            if is_stale(known, event.version):
+            if is_stale(known, event.version, event.replays):
                 out.stale.append(event)  # a replay: decided by the version alone
                 continue
             # Newer than the stored version: now the rest of the record is read. One
@@ -856,7 +858,9 @@ class PostgresUpsertSink(Sink):
                 continue
             # Hashed only when the version does not settle it.
             digest = _lazy_digest(event.record)
-            verdict = decide(known, event.version, digest, merged=never_noop(event.record))
+            verdict = decide(
+                known, event.version, digest, merged=never_noop(event.record), replays=event.replays
+            )
             if verdict is Decision.SKIP_NOOP:
                 out.noop.append(event)
                 out.recorded.append((event, digest()))
@@ -1945,7 +1949,9 @@ def _latest(current: _Item | None, item: _Item, out: _Outcome, row: str) -> _Ite
     The batch is collapsed per entity key first, so two events meeting here are of
     different source records (``erp:805`` and ``erp:808`` both linked to one CRM row):
     the loser is not written, and it is dead-lettered (``target_row_contended``, with
-    the row and the winning record as context) rather than recorded as applied. Two
+    the row and the winning record as context) rather than applied; its version is
+    recorded as :data:`~sinks.state.LETTERED`, so the topics read again do not write it
+    over the winner (an operator's replay of the letter does). Two
     events of the same key (not expected after the collapse) stay as before: the older
     one is recorded as applied, its state overwritten by the newer one's. On a tie of
     commit times ``item`` (the one met later) wins. Nothing else of the loser's is queued
@@ -1964,6 +1970,8 @@ def _latest(current: _Item | None, item: _Item, out: _Outcome, row: str) -> _Ite
         out.recorded.append((loser.event, loser.digest))
     else:
         out.dead.append((loser.event, _contended(loser.event, winner.event, row)))
+        # Its version is decided: read again (the topics re-read), it stays out of the row.
+        out.recorded.append((loser.event, LETTERED))
     return winner
 
 

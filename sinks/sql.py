@@ -798,9 +798,10 @@ def select_applied(schema: str = SYNC_SCHEMA) -> sql.Composed:
 def applied_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Record applied versions; a stored version never goes down.
 
-    Parameter: :func:`records` of ``entity``, ``entity_key``, ``version``,
-    ``payload_hash``. ``applied_at`` (the transaction time) is for people; no decision
-    reads it.
+    A version stored as dead-lettered (:data:`~sinks.state.LETTERED`) is overwritten
+    once its replay applies it. Parameters: :func:`records` of ``entity``,
+    ``entity_key``, ``version``, ``payload_hash``; then :data:`~sinks.state.LETTERED`.
+    ``applied_at`` (the transaction time) is for people; no decision reads it.
     """
     cols = [
         Column("entity", "text"),
@@ -814,7 +815,8 @@ def applied_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
         "SELECT u.entity, u.entity_key, u.version, u.payload_hash, now() FROM {} "
         "ON CONFLICT (entity, entity_key) DO UPDATE SET version = EXCLUDED.version, "
         "payload_hash = EXCLUDED.payload_hash, applied_at = EXCLUDED.applied_at "
-        "WHERE t.version < EXCLUDED.version"
+        "WHERE t.version < EXCLUDED.version "
+        "OR (t.version = EXCLUDED.version AND t.payload_hash = %s)"
     ).format(table, _recordset(cols))
 
 

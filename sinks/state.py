@@ -53,6 +53,7 @@ from schemas.payload import HASH_EXCLUDED, payload_hash, plain
 
 __all__ = [
     "HASH_EXCLUDED",
+    "LETTERED",
     "TIE_WINNER",
     "Applied",
     "Conflict",
@@ -138,22 +139,31 @@ class Conflict:
         return (self.theirs, self.ours)
 
 
+LETTERED: Final = "lettered"
+"""The payload hash stored for a version that was dead-lettered, not applied, because it
+lost its target row to another source record in a batch (``target_row_contended``): a
+re-read of that version (the raw topics read again) is stale like an applied one, and
+is not applied over the row's winner; an operator's replay of its letter is not."""
+
+
 def decide(
     stored: Applied | None,
     version: int,
     digest: str | Callable[[], str],
     *,
     merged: bool = False,
+    replays: int = 0,
 ) -> Decision:
     """Apply, or skip as stale or no-op, an event of ``version`` with payload ``digest``.
 
     ``digest`` may be a function computing it: it is called only when the version does
     not settle the decision (a replay of applied events hashes nothing).
     ``merged``: the event takes part in the field-level merge and is never a no-op.
+    ``replays``: how many times an operator replayed the event from its dead letter.
     """
     if stored is None:
         return Decision.APPLY
-    if is_stale(stored, version):
+    if is_stale(stored, version, replays):
         return Decision.SKIP_STALE
     if merged:
         return Decision.APPLY
@@ -162,13 +172,17 @@ def decide(
     return Decision.APPLY
 
 
-def is_stale(stored: Applied | None, version: int) -> bool:
+def is_stale(stored: Applied | None, version: int, replays: int = 0) -> bool:
     """An event of ``version`` is at or below the stored version: :attr:`Decision.SKIP_STALE`.
 
-    Asked on its own where a caller can skip preparing :func:`decide`'s other arguments
-    (a replay of applied events).
+    Except an operator's replay (``replays``) of the very version stored as
+    :data:`LETTERED`: its letter is what the replay carries out. Asked on its own where a
+    caller can skip preparing :func:`decide`'s other arguments (a replay of applied
+    events).
     """
-    return stored is not None and version <= stored.version
+    if stored is None or version > stored.version:
+        return False
+    return not (replays and version == stored.version and stored.payload_hash == LETTERED)
 
 
 _OWNER_BY_VALUE: Final = {owner.value: owner for owner in Owner}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -156,9 +157,9 @@ def test_a_customer_that_loses_its_row_leaves_no_conflict_and_no_announcement(
             admin, "SELECT name, industry FROM public.accounts WHERE id = %s", (account,)
         )
         assert (name, industry) == ("Newer", None)
-        # Replayed alone, the letter is applied as if it had never been read: its
-        # refused field is a conflict, and the row is announced for it.
-        replayed = crm_sink.write(SinkBatch([result.dead[0][0]]))
+        # Replayed alone (an operator's replay of its letter), it is applied as if it
+        # had never been read: its refused field is a conflict, the row announced for it.
+        replayed = crm_sink.write(SinkBatch([replace(result.dead[0][0], replays=1)]))
         assert [e.key for e in replayed.applied] == [loser]
         assert [(c.entity_key, c.field) for c in replayed.conflicts] == [(loser, "industry")]
         assert len(_rows(admin, schema, "conflicts", loser)) == 1
@@ -281,7 +282,7 @@ def test_an_order_that_loses_its_row_leaves_its_lines_and_no_lines_letter(
         # Replayed alone (with the order's id, as the crosswalk now names the row), the
         # letter is applied as if it had never been read: its lines change is a letter
         # of its own, its refused total a conflict, and the row is announced for it.
-        replay = result.dead[0][0]
+        replay = replace(result.dead[0][0], replays=1)  # an operator's replay of the letter
         replay.record["erp_id"] = str(order)
         replayed = erp_sink.write(SinkBatch([replay]))
         assert [e.key for e in replayed.applied] == [loser]

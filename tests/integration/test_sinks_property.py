@@ -35,6 +35,7 @@ from schemas.canonical import METADATA_FIELDS, canonical_schema
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from sinks.batch import DECIDING_FIELDS, SinkBatch, SinkEvent
 from sinks.postgres import PostgresUpsertSink, _Clocks
+from sinks.state import LETTERED
 from sinks.targets import KEY, deterministic_id
 from tests.integration.cdc_fixtures import execute
 from tests.integration.sink_fixtures import direct_sink
@@ -318,7 +319,9 @@ def test_two_records_of_one_target_row_in_a_batch_dead_letter_the_older(
     sink: PostgresUpsertSink, stack_env: dict[str, str]
 ) -> None:
     """Two ERP customers linked to one CRM account in a batch: the later commit is
-    written, the other is a ``target_row_contended`` dead letter in the same transaction.
+    written, the other is a ``target_row_contended`` dead letter in the same transaction;
+    read again, the loser is stale (no second letter), and only its letter's replay
+    applies it (through the field merge).
     """
     _reset(stack_env, sink._schema)
     sink.dead_letters_published([q.id for q in sink.queued_dead_letters()])
@@ -366,14 +369,43 @@ def test_two_records_of_one_target_row_in_a_batch_dead_letter_the_older(
         stack_env["CRM_ADMIN_DSN"], "SELECT name FROM public.accounts WHERE id = %s", (account,)
     )
     assert name == "Newer"
-    # The loser is not recorded as applied: its key has no stored version.
-    assert not execute(
-        stack_env["CRM_ADMIN_DSN"],
-        sql.SQL("SELECT 1 FROM {} WHERE entity_key = %s").format(
-            sql.Identifier(sink._schema, "applied")
-        ),
-        (KEYS[1],),
+    # The loser is not applied; its version is recorded as dead-lettered ...
+    applied = sql.SQL("SELECT version, payload_hash FROM {} WHERE entity_key = %s").format(
+        sql.Identifier(sink._schema, "applied")
     )
+    assert execute(stack_env["CRM_ADMIN_DSN"], applied, (KEYS[1],)) == [(20, LETTERED)]
+
+    def name_now() -> str:
+        [(now,)] = execute(
+            stack_env["CRM_ADMIN_DSN"], "SELECT name FROM public.accounts WHERE id = %s", (account,)
+        )
+        return str(now)
+
+    # ... so the topics read again (its event alone in a batch) leave it out of the row,
+    again = sink.write(
+        SinkBatch([SinkEvent("canonical.customer", 0, 3, "customer", KEYS[1], older)])
+    )
+    assert [e.key for e in again.stale] == [KEYS[1]]
+    assert not again.applied
+    assert not again.dead
+    assert not sink.queued_dead_letters()
+    assert name_now() == "Newer"
+    # ... while an operator's replay of its letter applies it, once.
+    for offset, replays in ((4, 1), (5, 2)):
+        replayed = sink.write(
+            SinkBatch(
+                [
+                    SinkEvent(
+                        "canonical.customer", 0, offset, "customer", KEYS[1], older, replays=replays
+                    )
+                ]
+            )
+        )
+        assert [e.key for e in (replayed.applied if replays == 1 else replayed.stale)] == [KEYS[1]]
+    # Applied through the field merge: the row's name came from the later commit.
+    assert name_now() == "Newer"
+    [(version, digest)] = execute(stack_env["CRM_ADMIN_DSN"], applied, (KEYS[1],))
+    assert (version, digest != LETTERED) == (20, True)
 
 
 # -- locating rows ----------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 The pure decision of :func:`sinks.postgres._latest`: the later commit is written; a
 loser of another source record is a ``target_row_contended`` dead letter naming the row
-and the winner, never recorded as applied; a loser of the same key stays recorded. The
+and the winner, not applied but its version recorded as ``LETTERED`` (the topics read
+again leave it out, an operator's replay of the letter applies it); a loser of the same
+key stays recorded. The
 writer of a row is chosen before anything of an update is queued
 (:func:`sinks.postgres._settle_updates`): a loser's conflicts, re-announcement and
 lines (their stored state and an ``order_lines_locked`` letter) are not queued, the
@@ -24,7 +26,7 @@ from sinks.postgres import (
     _settle_updates,
     dead_letter_headers,
 )
-from sinks.state import Conflict, Merge
+from sinks.state import LETTERED, Conflict, Merge
 from sinks.targets import Direction, build_tables
 
 ROW = "crm.accounts id=42"
@@ -49,7 +51,7 @@ def test_another_source_record_on_the_same_row_is_dead_lettered_not_applied() ->
     older, newer = item("erp:805", 10, offset=1), item("erp:808", 20, offset=2)
     assert _latest(_latest(None, older, out, ROW), newer, out, ROW) is newer
     assert out.applied == []
-    assert out.recorded == []
+    assert out.recorded == [(older.event, LETTERED)]
     [(event, error)] = out.dead
     assert event is older.event
     assert isinstance(error, TargetRowContendedError)

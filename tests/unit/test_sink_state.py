@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from schemas.mapping import Owner
 from sinks.batch import SinkBatch, SinkEvent
 from sinks.state import (
+    LETTERED,
     Applied,
     Decision,
     Merge,
@@ -39,6 +40,21 @@ def test_decide() -> None:
     # Merged records are never no-ops: the same values at a later commit still compete.
     assert decide(stored, 6, "h", merged=True) is Decision.APPLY
     assert decide(stored, 5, "h", merged=True) is Decision.SKIP_STALE
+
+
+def test_a_lettered_version_read_again_is_stale_and_only_its_replay_applies() -> None:
+    """A version that lost its target row was recorded as LETTERED: the topics read again
+    skip it like an applied one; an operator's replay of its letter applies it, and is
+    stale once applied (stored with its own hash)."""
+    lettered = Applied(5, LETTERED)
+    assert decide(lettered, 5, "x") is Decision.SKIP_STALE
+    assert decide(lettered, 5, "x", merged=True) is Decision.SKIP_STALE
+    assert decide(lettered, 5, "x", replays=1) is Decision.APPLY
+    assert decide(lettered, 5, "x", merged=True, replays=2) is Decision.APPLY
+    assert decide(lettered, 4, "x", replays=1) is Decision.SKIP_STALE
+    assert decide(lettered, 6, "x") is Decision.APPLY
+    # Applied by its replay: a second replay of the same letter is stale.
+    assert decide(Applied(5, "x"), 5, "x", replays=2) is Decision.SKIP_STALE
 
 
 def test_decide_hashes_only_when_the_version_does_not_settle_it() -> None:
