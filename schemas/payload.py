@@ -3,12 +3,23 @@
 The streams stage drops an event whose payload equals the last one kept; a sink skips
 applying one whose payload equals the last one applied. Both must agree on what "equal"
 means, so the hash is part of the bus contract.
+
+The streams stage hashes every canonical event it publishes anyway (its dedupe), and
+sends the digest along in the Kafka header :data:`PAYLOAD_HASH_HEADER` (the hex text,
+as ASCII). The header is additive: the value stays the Avro record of DESIGN.md §4, and
+a consumer that does not know the header reads the event as before. A sink takes the
+digest from the header (:func:`carried_digest`) and computes it only for an event that
+comes without one (a replay of a dead letter, an event published by an older streams
+worker): :func:`payload_hash` of the decoded record gives the same text as the header
+of the record it was encoded from (tests/unit/test_processor.py checks every canonical
+event the processor publishes).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -18,10 +29,13 @@ from schemas.json_text import StdlibText
 
 __all__ = [
     "HASH_EXCLUDED",
+    "PAYLOAD_HASH_HEADER",
     "RESNAPSHOT",
+    "carried_digest",
     "is_resnapshot",
     "never_noop",
     "payload_hash",
+    "payload_hash_header",
     "payload_json",
     "plain",
 ]
@@ -79,6 +93,43 @@ def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUD
     skipped = exclude if isinstance(exclude, frozenset) else frozenset(exclude)
     payload = {k: v for k, v in record.items() if k not in skipped}
     return hashlib.sha256(payload_json(payload)).hexdigest()
+
+
+PAYLOAD_HASH_HEADER: Final = "erpcrm.payload.sha256"
+"""The Kafka header of a canonical event carrying its :func:`payload_hash` (hex, ASCII)."""
+
+_DIGEST: Final = re.compile(rb"[0-9a-f]{64}")
+
+
+def payload_hash_header(digest: str) -> tuple[str, bytes]:
+    """The :data:`PAYLOAD_HASH_HEADER` header carrying ``digest`` (:func:`payload_hash`)."""
+    return (PAYLOAD_HASH_HEADER, digest.encode("ascii"))
+
+
+def carried_digest(
+    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
+) -> str | None:
+    """The payload hash a message's headers carry; None when they carry none.
+
+    ``headers`` as a Kafka client hands them out (a list of pairs, or a mapping). A
+    header that is not a SHA-256 hex digest counts as none (the reader computes the hash
+    itself, as for an event published without the header).
+    """
+    if not headers:
+        return None
+    value: str | bytes | None = None
+    if isinstance(headers, Mapping):
+        value = headers.get(PAYLOAD_HASH_HEADER)
+    else:
+        for name, carried in headers:
+            if name == PAYLOAD_HASH_HEADER:
+                value = carried
+                break
+    if isinstance(value, str):
+        value = value.encode("ascii", "replace")
+    if value is None or not _DIGEST.fullmatch(value):
+        return None
+    return value.decode("ascii")
 
 
 def payload_json(payload: Mapping[str, Any]) -> bytes:

@@ -67,6 +67,10 @@ class SinkEvent:
         rest: for an event decoded lazily, reads the rest of its record into
             ``record``, which until then holds the leading fields only (at least
             :data:`DECIDING_FIELDS`); None: ``record`` is whole. See :meth:`complete`.
+        digest: the payload hash the streams stage sent along with the event (header
+            :data:`~schemas.payload.PAYLOAD_HASH_HEADER`), trusted as
+            :func:`~schemas.payload.payload_hash` of ``record``; None: not sent (a
+            replay, an older streams worker), the sink computes it when it needs it.
     """
 
     topic: str
@@ -80,6 +84,7 @@ class SinkEvent:
     replays: int = 0
     replayed_from: tuple[str, int, int] | None = None
     rest: Callable[[], None] | None = None
+    digest: str | None = None
 
     def complete(self) -> Mapping[str, Any]:
         """The whole record, its rest read first when it was decoded lazily (once).

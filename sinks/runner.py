@@ -81,6 +81,7 @@ from schemas.errors import (
     UnresolvedReferenceError,
 )
 from schemas.horizon import SourceHorizon, ensure_horizon_topic
+from schemas.payload import carried_digest
 from schemas.serde import AvroSerde
 from schemas.topic_admin import create_topics
 from sinks.base import WriteResult
@@ -484,8 +485,11 @@ class SinkRunner:
             batch.advance(topic, partition, offset)
             return
         position = (topic, partition, offset)
+        digest = carried_digest(message.headers())
         batch.add(
-            SinkEvent(*position, entity, key, record, raw_key, value, replays, replayed_from, rest)
+            SinkEvent(
+                *position, entity, key, record, raw_key, value, replays, replayed_from, rest, digest
+            )
         )
 
     def _decode(self, value: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
