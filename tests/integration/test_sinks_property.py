@@ -260,13 +260,23 @@ def test_any_delivery_leaves_the_same_tables(
             assert row[2 if entity == "product" else 1] == latest["name"]
 
 
+def _whole(record: dict[str, Any]) -> dict[str, Any]:
+    """A customer record with every field of its schema (the missing ones at their default)."""
+    fields = canonical_schema("customer")["fields"]
+    return {f["name"]: record.get(f["name"], f.get("default")) for f in fields}
+
+
+def _encoded(serde: AvroSerde, record: dict[str, Any]) -> bytes:
+    """A customer record as a canonical message's value."""
+    schema = canonical_schema("customer")
+    return serde.encode(f"canonical.customer-value-{_BASE}", schema, _whole(record))
+
+
 def _lazily(
     serde: AvroSerde, record: dict[str, Any], key: str, offset: int, *, tail: bytes = b""
 ) -> SinkEvent:
     """A customer event as the runner makes it: leading fields decoded, the rest later."""
-    schema = canonical_schema("customer")
-    whole = {f["name"]: record.get(f["name"], f.get("default")) for f in schema["fields"]}
-    message = serde.encode(f"canonical.customer-value-{_BASE}", schema, whole) + tail
+    message = _encoded(serde, record) + tail
     head, rest = serde.decode_lazily(message, DECIDING_FIELDS)
     return SinkEvent(
         "canonical.customer", 0, offset, "customer", key, head, None, message, rest=rest
@@ -517,9 +527,7 @@ def _carrying(
     serde: AvroSerde, record: dict[str, Any], key: str, offset: int, digest: str | None
 ) -> SinkEvent:
     """A customer event as the runner reads it: whole, with the hash its header carries."""
-    schema = canonical_schema("customer")
-    whole = {f["name"]: record.get(f["name"], f.get("default")) for f in schema["fields"]}
-    message = serde.encode(f"canonical.customer-value-{_BASE}", schema, whole)
+    message = _encoded(serde, record)
     return SinkEvent(
         "canonical.customer",
         0,
@@ -540,10 +548,7 @@ def test_a_carried_payload_hash_is_taken_as_is_and_one_computed_without_it_agree
     serde = AvroSerde(LocalSchemaRegistry())
     change = {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 0}
     first = {key: _record("customer", key, 10, change) for key in KEYS[:2]}
-    schema = canonical_schema("customer")
-    own = payload_hash(
-        {f["name"]: first[KEYS[0]].get(f["name"], f.get("default")) for f in schema["fields"]}
-    )
+    own = payload_hash(_whole(first[KEYS[0]]))  # as the streams stage hashes what it encodes
     foreign = "f" * 64  # a digest, though not of this payload: the sink does not check it
     result = sink.write(
         SinkBatch(
