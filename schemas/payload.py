@@ -30,6 +30,7 @@ __all__ = [
     "HASH_EXCLUDED",
     "PAYLOAD_HASH_HEADER",
     "RESNAPSHOT",
+    "Headers",
     "carried_digest",
     "is_resnapshot",
     "never_noop",
@@ -106,13 +107,14 @@ def payload_hash_header(digest: str) -> tuple[str, bytes]:
     return (PAYLOAD_HASH_HEADER, digest.encode("ascii"))
 
 
-def carried_digest(
-    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
-) -> str | None:
+Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
+"""A message's Kafka headers as a client hands them out: a list of pairs, or a mapping."""
+
+
+def carried_digest(headers: Headers) -> str | None:
     """The payload hash a message's headers carry; None when they carry none.
 
-    ``headers`` as a Kafka client hands them out (a list of pairs, or a mapping). A
-    header that is not a SHA-256 hex digest counts as none (the reader computes the hash
+    A header that is not a SHA-256 hex digest counts as none (the reader computes the hash
     itself, as for an event published without the header). Read for every message a
     sink consumes: a loop and a few C calls, no regular expression.
     """

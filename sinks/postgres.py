@@ -385,7 +385,7 @@ def _lazy_digest(event: SinkEvent) -> Callable[[], str]:
     A closure, not ``functools.cache``: one is made per event, and building a cached
     wrapper costs more than most events need.
     """
-    carried = event.digest
+    carried = event.digest()
     if carried is not None:
         return lambda: carried
     memo: list[str] = []

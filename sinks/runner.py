@@ -81,7 +81,6 @@ from schemas.errors import (
     UnresolvedReferenceError,
 )
 from schemas.horizon import SourceHorizon, ensure_horizon_topic
-from schemas.payload import carried_digest
 from schemas.serde import AvroSerde
 from schemas.topic_admin import create_topics
 from sinks.base import WriteResult
@@ -485,10 +484,19 @@ class SinkRunner:
             batch.advance(topic, partition, offset)
             return
         position = (topic, partition, offset)
-        digest = carried_digest(message.headers())
+        headers = message.headers  # read only for an event the version does not settle
         batch.add(
             SinkEvent(
-                *position, entity, key, record, raw_key, value, replays, replayed_from, rest, digest
+                *position,
+                entity,
+                key,
+                record,
+                raw_key,
+                value,
+                replays,
+                replayed_from,
+                rest,
+                headers,
             )
         )
 

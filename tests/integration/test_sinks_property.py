@@ -32,7 +32,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from schemas.canonical import METADATA_FIELDS, canonical_schema
-from schemas.payload import payload_hash
+from schemas.payload import payload_hash, payload_hash_header
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from sinks.batch import DECIDING_FIELDS, SinkBatch, SinkEvent
 from sinks.postgres import PostgresUpsertSink, _Clocks
@@ -537,7 +537,7 @@ def _carrying(
         serde.decode(message),
         None,
         message,
-        digest=digest,
+        headers=lambda: None if digest is None else [payload_hash_header(digest)],
     )
 
 

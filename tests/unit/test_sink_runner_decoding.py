@@ -134,7 +134,7 @@ def test_the_payload_hash_an_event_carries_is_kept_with_it() -> None:
     runner._add(
         batch, _message(serde, "erp", 4, headers=[(PAYLOAD_HASH_HEADER, digest.upper().encode())])
     )
-    assert [e.digest for e in batch] == [digest, None, None, None]
+    assert [e.digest() for e in batch] == [digest, None, None, None]
 
 
 def test_carried_digest_reads_pairs_and_mappings_and_ignores_other_headers() -> None:
