@@ -3,7 +3,8 @@
 Two measurements on the local stack, printed as one JSON document.
 
 **Apply throughput** (the sink alone, real Kafka and PostgreSQL). ``events`` canonical
-customer events (ERP customers, as the streams stage publishes them) are produced to a
+customer events (ERP customers, as the streams stage publishes them: with their payload
+hash in a header) are produced to a
 private topic, and a :class:`~sinks.runner.SinkRunner` for the CRM, in this process,
 with its own consumer group and sync-state schema, applies them three times over:
 
@@ -59,6 +60,7 @@ from erpcrm.stack.postgres import SINK_ROLE, SUPERUSER
 from schemas.canonical import canonical_schema
 from schemas.errors import StackError
 from schemas.mapping import load_mappings, ownership
+from schemas.payload import payload_hash, payload_hash_header
 from schemas.serde import AvroSerde, RegistryClient
 from schemas.settings import KafkaSettings, RegistrySettings
 from sinks.batch import SinkBatch
@@ -239,10 +241,13 @@ def _throughput(
         writer = serde.prepare(f"{topic}-value", canonical_schema("customer"))
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
         for index in range(events):
+            record = _customer(run, index, version)
             producer.produce(
                 topic,
                 key=f"erp:{10_000_000 + index}".encode(),
-                value=serde.encode_with(writer, _customer(run, index, version)),
+                value=serde.encode_with(writer, record),
+                # As the streams stage publishes it: with its payload hash.
+                headers=[payload_hash_header(payload_hash(record))],
             )
             producer.poll(0)
         if producer.flush(60) > 0:

@@ -3,12 +3,22 @@
 The streams stage drops an event whose payload equals the last one kept; a sink skips
 applying one whose payload equals the last one applied. Both must agree on what "equal"
 means, so the hash is part of the bus contract.
+
+The streams stage hashes every canonical event it publishes anyway (its dedupe), and
+sends the digest along in the Kafka header :data:`PAYLOAD_HASH_HEADER` (the hex text,
+as ASCII). The header is additive: the value stays the Avro record of DESIGN.md §4, and
+a consumer that does not know the header reads the event as before. A sink takes the
+digest from the header (:func:`carried_digest`) and computes it only for an event that
+comes without one (a replay of a dead letter, an event published by an older streams
+worker): :func:`payload_hash` of the decoded record gives the same text as the header
+of the record it was encoded from (tests/unit/test_processor.py checks every canonical
+event the processor publishes).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -18,10 +28,14 @@ from schemas.json_text import StdlibText
 
 __all__ = [
     "HASH_EXCLUDED",
+    "PAYLOAD_HASH_HEADER",
     "RESNAPSHOT",
+    "Headers",
+    "carried_digest",
     "is_resnapshot",
     "never_noop",
     "payload_hash",
+    "payload_hash_header",
     "payload_json",
     "plain",
 ]
@@ -79,6 +93,48 @@ def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUD
     skipped = exclude if isinstance(exclude, frozenset) else frozenset(exclude)
     payload = {k: v for k, v in record.items() if k not in skipped}
     return hashlib.sha256(payload_json(payload)).hexdigest()
+
+
+PAYLOAD_HASH_HEADER: Final = "erpcrm.payload.sha256"
+"""The Kafka header of a canonical event carrying its :func:`payload_hash` (hex, ASCII)."""
+
+_DIGEST_LENGTH: Final = 64
+_HEX_DIGITS: Final = b"0123456789abcdef"
+
+
+def payload_hash_header(digest: str) -> tuple[str, bytes]:
+    """The :data:`PAYLOAD_HASH_HEADER` header carrying ``digest`` (:func:`payload_hash`)."""
+    return (PAYLOAD_HASH_HEADER, digest.encode("ascii"))
+
+
+Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
+"""A message's Kafka headers as a client hands them out: a list of pairs, or a mapping."""
+
+
+def carried_digest(headers: Headers) -> str | None:
+    """The payload hash a message's headers carry; None when they carry none.
+
+    A header that is not a SHA-256 hex digest counts as none (the reader computes the hash
+    itself, as for an event published without the header). Read for every message a
+    sink consumes when the version does not settle it: a loop and a few C calls (no
+    regular expression; a list is told apart from a mapping without the abstract class,
+    whose ``isinstance`` took longer than the rest).
+    """
+    if not headers:
+        return None
+    value: str | bytes | None = None
+    if isinstance(headers, list | tuple):
+        for name, carried in headers:
+            if name == PAYLOAD_HASH_HEADER:
+                value = carried
+                break
+    elif isinstance(headers, Mapping):
+        value = headers.get(PAYLOAD_HASH_HEADER)
+    if isinstance(value, str):
+        value = value.encode("ascii", "replace")
+    if value is None or len(value) != _DIGEST_LENGTH or value.translate(None, _HEX_DIGITS):
+        return None
+    return value.decode("ascii")
 
 
 def payload_json(payload: Mapping[str, Any]) -> bytes:

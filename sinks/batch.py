@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from schemas.payload import Headers, carried_digest
+
 __all__ = [
     "DECIDING_FIELDS",
     "Collapsed",
@@ -67,6 +69,9 @@ class SinkEvent:
         rest: for an event decoded lazily, reads the rest of its record into
             ``record``, which until then holds the leading fields only (at least
             :data:`DECIDING_FIELDS`); None: ``record`` is whole. See :meth:`complete`.
+        headers: reads the message's Kafka headers; called only by :meth:`digest`, for
+            an event the version does not settle (a replay of applied events never
+            reads them). None: no headers.
     """
 
     topic: str
@@ -80,6 +85,7 @@ class SinkEvent:
     replays: int = 0
     replayed_from: tuple[str, int, int] | None = None
     rest: Callable[[], None] | None = None
+    headers: Callable[[], Headers] | None = None
 
     def complete(self) -> Mapping[str, Any]:
         """The whole record, its rest read first when it was decoded lazily (once).
@@ -92,6 +98,15 @@ class SinkEvent:
         if self.rest is not None:
             self.rest()
         return self.record
+
+    def digest(self) -> str | None:
+        """The payload hash the streams stage sent along; None: none was sent.
+
+        Read from the header :data:`~schemas.payload.PAYLOAD_HASH_HEADER` and trusted as
+        :func:`~schemas.payload.payload_hash` of ``record``. Without one (a replayed dead
+        letter, an event of an older streams worker) the sink computes the hash.
+        """
+        return carried_digest(self.headers()) if self.headers is not None else None
 
     @property
     def entity_key(self) -> EntityKey:

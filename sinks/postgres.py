@@ -379,13 +379,17 @@ class _UuidBinaryTextLoader(Loader):
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _lazy_digest(record: Mapping[str, Any]) -> Callable[[], str]:
-    """``payload_hash(record)``, computed on the first call only (then remembered).
+def _lazy_digest(event: SinkEvent) -> Callable[[], str]:
+    """The event's payload hash: the one it carries, or computed on the first call only.
 
     A closure, not ``functools.cache``: one is made per event, and building a cached
     wrapper costs more than most events need.
     """
+    carried = event.digest()
+    if carried is not None:
+        return lambda: carried
     memo: list[str] = []
+    record = event.record
 
     def digest() -> str:
         if not memo:
@@ -856,8 +860,9 @@ class PostgresUpsertSink(Sink):
                 # Behind the key's parked events: parked too, whatever it is.
                 out.parked.extend((e, suspect) for e in self._history(batch, event, known, out))
                 continue
-            # Hashed only when the version does not settle it.
-            digest = _lazy_digest(event.record)
+            # Hashed (unless the event carries its hash) only when the version does not
+            # settle it.
+            digest = _lazy_digest(event)
             verdict = decide(
                 known, event.version, digest, merged=never_noop(event.record), replays=event.replays
             )

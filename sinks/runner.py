@@ -484,8 +484,20 @@ class SinkRunner:
             batch.advance(topic, partition, offset)
             return
         position = (topic, partition, offset)
+        headers = message.headers  # read only for an event the version does not settle
         batch.add(
-            SinkEvent(*position, entity, key, record, raw_key, value, replays, replayed_from, rest)
+            SinkEvent(
+                *position,
+                entity,
+                key,
+                record,
+                raw_key,
+                value,
+                replays,
+                replayed_from,
+                rest,
+                headers,
+            )
         )
 
     def _decode(self, value: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:

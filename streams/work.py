@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 
 from schemas.errors import ValidationError
 from schemas.mapping import Flow
-from schemas.payload import never_noop
+from schemas.payload import never_noop, payload_hash_header
 from streams import dlq, quality
 from streams.dedupe import Verdict, decide, payload_hash
 from streams.dlq import DeadLetter, Origin
@@ -231,7 +231,8 @@ class Emitter:
                 topic=event.topic,
                 key=event.key.encode("utf-8"),
                 value=value,
-                headers=((dlq.H_OUTPUT_ID, event_id.encode("ascii")),),
+                # The digest travels along: a sink need not hash the payload again.
+                headers=((dlq.H_OUTPUT_ID, event_id.encode("ascii")), payload_hash_header(digest)),
                 output_id=event_id,
                 flow=flow,
                 event=event,

@@ -85,9 +85,10 @@ class SchemaRegistry:
             f"-Dquarkus.http.port={self.port}",
             "-Dquarkus.http.host=127.0.0.1",
             # Quarkus' management interface (health, metrics) would listen on every
-            # interface at 9000: loopback, next to the API's port.
+            # interface at 9000: loopback, five above the API's port. Not one above:
+            # that is the Kafka port of a stack whose port offset is ten lower.
             "-Dquarkus.management.host=127.0.0.1",
-            f"-Dquarkus.management.port={self.port + 1}",
+            f"-Dquarkus.management.port={self.port + 5}",
             "-Dquarkus.log.level=WARN",
             '-Dquarkus.log.category."io.apicurio".level=INFO',
             # Request and audit lines would drown the start-up messages ready() looks for.

@@ -32,6 +32,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from schemas.canonical import METADATA_FIELDS, canonical_schema
+from schemas.payload import payload_hash, payload_hash_header
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from sinks.batch import DECIDING_FIELDS, SinkBatch, SinkEvent
 from sinks.postgres import PostgresUpsertSink, _Clocks
@@ -259,13 +260,23 @@ def test_any_delivery_leaves_the_same_tables(
             assert row[2 if entity == "product" else 1] == latest["name"]
 
 
+def _whole(record: dict[str, Any]) -> dict[str, Any]:
+    """A customer record with every field of its schema (the missing ones at their default)."""
+    fields = canonical_schema("customer")["fields"]
+    return {f["name"]: record.get(f["name"], f.get("default")) for f in fields}
+
+
+def _encoded(serde: AvroSerde, record: dict[str, Any]) -> bytes:
+    """A customer record as a canonical message's value."""
+    schema = canonical_schema("customer")
+    return serde.encode(f"canonical.customer-value-{_BASE}", schema, _whole(record))
+
+
 def _lazily(
     serde: AvroSerde, record: dict[str, Any], key: str, offset: int, *, tail: bytes = b""
 ) -> SinkEvent:
     """A customer event as the runner makes it: leading fields decoded, the rest later."""
-    schema = canonical_schema("customer")
-    whole = {f["name"]: record.get(f["name"], f.get("default")) for f in schema["fields"]}
-    message = serde.encode(f"canonical.customer-value-{_BASE}", schema, whole) + tail
+    message = _encoded(serde, record) + tail
     head, rest = serde.decode_lazily(message, DECIDING_FIELDS)
     return SinkEvent(
         "canonical.customer", 0, offset, "customer", key, head, None, message, rest=rest
@@ -510,3 +521,60 @@ def test_each_record_finds_the_row_of_its_strongest_locator_and_each_row_comes_o
         if expected(r) is not None
     }
     assert sent == len(lookups)
+
+
+def _carrying(
+    serde: AvroSerde, record: dict[str, Any], key: str, offset: int, digest: str | None
+) -> SinkEvent:
+    """A customer event as the runner reads it: whole, with the hash its header carries."""
+    message = _encoded(serde, record)
+    return SinkEvent(
+        "canonical.customer",
+        0,
+        offset,
+        "customer",
+        key,
+        serde.decode(message),
+        None,
+        message,
+        headers=lambda: None if digest is None else [payload_hash_header(digest)],
+    )
+
+
+def test_a_carried_payload_hash_is_taken_as_is_and_one_computed_without_it_agrees(
+    sink: PostgresUpsertSink, stack_env: dict[str, str]
+) -> None:
+    _reset(stack_env, sink._schema)
+    serde = AvroSerde(LocalSchemaRegistry())
+    change = {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 0}
+    first = {key: _record("customer", key, 10, change) for key in KEYS[:2]}
+    own = payload_hash(_whole(first[KEYS[0]]))  # as the streams stage hashes what it encodes
+    foreign = "f" * 64  # a digest, though not of this payload: the sink does not check it
+    result = sink.write(
+        SinkBatch(
+            [
+                _carrying(serde, first[KEYS[0]], KEYS[0], 0, own),
+                _carrying(serde, first[KEYS[1]], KEYS[1], 1, foreign),
+            ]
+        )
+    )
+    assert [e.key for e in result.applied] == list(KEYS[:2])
+    applied = sql.SQL("SELECT entity_key, payload_hash FROM {} ORDER BY entity_key").format(
+        sql.Identifier(sink._schema, "applied")
+    )
+    admin = stack_env["CRM_ADMIN_DSN"]
+    assert execute(admin, applied) == sorted([(KEYS[0], own), (KEYS[1], foreign)])
+
+    # The same payloads again, from a publisher that sends no hash (a replay, an older
+    # streams worker): the sink hashes the decoded record, as the streams stage hashed it.
+    again = [
+        _carrying(serde, _record("customer", k, 20, change), k, 2 + i, None)
+        for i, k in enumerate(KEYS[:2])
+    ]
+    result = sink.write(SinkBatch(again))
+    assert [e.key for e in result.noop] == [KEYS[0]]
+    assert [e.key for e in result.applied] == [KEYS[1]]
+    assert execute(admin, applied) == [
+        (KEYS[0], own),
+        (KEYS[1], own.__class__(payload_hash(again[1].record))),
+    ]

@@ -31,6 +31,7 @@ from cdc.envelope import (
 )
 from schemas.canonical import canonical_schema
 from schemas.mapping import load_mappings
+from schemas.payload import carried_digest, payload_hash, payload_hash_header
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from schemas.topics import canonical_topic, value_subject
 from streams import dlq
@@ -83,9 +84,16 @@ class Harness:
         self.offsets: Counter[str] = Counter()
 
     def run(self, message: Inbound) -> Outcome:
-        """Process and commit, as the agent does after publishing."""
+        """Process and commit, as the agent does after publishing.
+
+        Every canonical event published carries the payload hash a sink would compute
+        from the record it decodes (the sinks trust that header).
+        """
         outcome = self.processor.process(message, self.state)
         self.processor.commit(outcome, self.state)
+        for o in outcome.outbound:
+            if o.event is not None and o.value:
+                assert carried_digest(o.headers) == payload_hash(SERDE.decode(o.value)), o.topic
         return outcome
 
     def _origin(self, topic: str) -> Origin:
@@ -228,7 +236,10 @@ def test_a_dirty_erp_customer_comes_out_cleansed() -> None:
     assert record["event_id"] == event_id("erp", 100, "public", "res_partner", "42")
     message, logged = outcome.outbound
     assert (message.topic, message.key) == ("canonical.customer", b"erp:42")
-    assert message.headers == ((dlq.H_OUTPUT_ID, record["event_id"].encode()),)
+    assert message.headers == (
+        (dlq.H_OUTPUT_ID, record["event_id"].encode()),
+        payload_hash_header(payload_hash(record)),
+    )
     tally = outcome.tally
     assert tally.of(Count.EVENTS_IN, "transaction") == 1  # the change came before its END
     assert tally.of(Count.EVENTS_OUT, "erp_res_partner__customer") == 1

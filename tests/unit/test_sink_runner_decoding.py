@@ -9,6 +9,7 @@ it with its batch.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 
 from schemas.canonical import METADATA_FIELDS, canonical_schema
 from schemas.errors import DecodeError
+from schemas.payload import PAYLOAD_HASH_HEADER, carried_digest, payload_hash_header
 from schemas.serde import AvroSerde, LocalSchemaRegistry
 from sinks.base import WriteResult
 from sinks.batch import SinkBatch
@@ -31,8 +33,10 @@ TOPIC = "canonical.customer"
 class _Message:
     """What the runner reads of a Kafka message."""
 
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
+    def __init__(
+        self, value: bytes, offset: int, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        self._value, self._offset, self._headers = value, offset, headers
 
     def error(self) -> None:
         return None
@@ -52,8 +56,8 @@ class _Message:
     def key(self) -> bytes:
         return b"erp:1"
 
-    def headers(self) -> None:
-        return None
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
 
 
 def _runner() -> tuple[SinkRunner, AvroSerde]:
@@ -64,7 +68,14 @@ def _runner() -> tuple[SinkRunner, AvroSerde]:
     return SinkRunner(settings, sink, serde, metrics, (TOPIC,)), serde
 
 
-def _message(serde: AvroSerde, source: str, version: int, *, tail: bytes = b"") -> Any:
+def _message(
+    serde: AvroSerde,
+    source: str,
+    version: int,
+    *,
+    tail: bytes = b"",
+    headers: list[tuple[str, bytes]] | None = None,
+) -> Any:
     """A message as the runner reads it (duck-typed as a Kafka message)."""
     schema = canonical_schema("customer")
     record: dict[str, Any] = {f["name"]: f.get("default") for f in schema["fields"]}
@@ -77,7 +88,7 @@ def _message(serde: AvroSerde, source: str, version: int, *, tail: bytes = b"") 
         version=version,
         name="Alpha",
     )
-    return _Message(serde.encode(f"{TOPIC}-value", schema, record) + tail, version)
+    return _Message(serde.encode(f"{TOPIC}-value", schema, record) + tail, version, headers)
 
 
 def test_whole_while_batches_apply_leading_fields_after_replays() -> None:
@@ -110,3 +121,29 @@ def test_a_rest_that_does_not_decode_is_left_to_the_sink() -> None:
     assert runner.stats.dead_lettered == 0
     with pytest.raises(DecodeError):
         event.complete()
+
+
+def test_the_payload_hash_an_event_carries_is_kept_with_it() -> None:
+    runner, serde = _runner()
+    digest = hashlib.sha256(b"payload").hexdigest()
+    batch = SinkBatch()
+    runner._add(batch, _message(serde, "erp", 1, headers=[payload_hash_header(digest)]))
+    runner._add(batch, _message(serde, "erp", 2))  # published without one
+    # Not a digest: the sink hashes the payload itself, as for one without the header.
+    runner._add(batch, _message(serde, "erp", 3, headers=[(PAYLOAD_HASH_HEADER, b"x" * 64)]))
+    runner._add(
+        batch, _message(serde, "erp", 4, headers=[(PAYLOAD_HASH_HEADER, digest.upper().encode())])
+    )
+    assert [e.digest() for e in batch] == [digest, None, None, None]
+
+
+def test_carried_digest_reads_pairs_and_mappings_and_ignores_other_headers() -> None:
+    digest = hashlib.sha256(b"payload").hexdigest()
+    name, value = payload_hash_header(digest)
+    assert carried_digest([("erpcrm.output_id", b"e1"), (name, value)]) == digest
+    assert carried_digest({name: value, "erpcrm.output_id": b"e1"}) == digest
+    assert carried_digest({name: digest}) == digest
+    assert carried_digest([("erpcrm.output_id", b"e1")]) is None
+    assert carried_digest([(name, None)]) is None
+    assert carried_digest([(name, value[:-1])]) is None
+    assert carried_digest(None) is None
