@@ -765,6 +765,7 @@ def build(
 
     async def publish_horizons() -> None:
         """Publish each source system's ripe decided horizon while caught up on it."""
+        sender.serve_reports()  # every turn (a second), whether or not it publishes
         owner = TP(settings.control_topic, 0) in app.assignor.assigned_actives()
         if not owner or not horizon_writer or runner.loaded_generation is None:
             return

@@ -584,6 +584,24 @@ def counter_table_state(dsn: str, table: str) -> dict[int, dict[str, Any]]:
 # -- probe tables ---------------------------------------------------------------------
 
 
+def insert_notes(dsn: str, table: str, first: int, last: int) -> None:
+    """Insert rows ``first``..``last`` into a probe table ``(id int primary key, note text)``,
+    one transaction each."""
+    for i in range(first, last + 1):
+        execute(
+            dsn,
+            sql.SQL("insert into {} (id, note) values (%s, %s)").format(
+                sql.Identifier("public", table)
+            ),
+            (i, f"row {i}"),
+        )
+
+
+def row_ids(events: list[Any]) -> set[int]:
+    """The ``id`` of every row ``events`` carry (tombstones and deletes left out)."""
+    return {e.key["id"] for e in events if e.key is not None and e.value is not None}
+
+
 def create_probe_table(
     stack_env: dict[str, str],
     name: str,

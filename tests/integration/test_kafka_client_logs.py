@@ -12,10 +12,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
-from psycopg import sql
 
 from erpcrm.stack import LocalStack
 from tests.integration.cdc_fixtures import (
@@ -24,7 +22,8 @@ from tests.integration.cdc_fixtures import (
     capture_factory,  # noqa: F401 - fixture
     create_probe_table,
     drop_probe_table,
-    execute,
+    insert_notes,
+    row_ids,
     unique_name,
 )
 
@@ -37,21 +36,6 @@ connection attempt and client (hundreds for 20 s)."""
 
 _KAFKA_LINE = re.compile(r"rdkafka|erpcrm\.kafka\.")
 _SECRET = "hunter2-not-a-real-password"
-
-
-def _insert(dsn: str, table: str, first: int, last: int) -> None:
-    for i in range(first, last + 1):
-        execute(
-            dsn,
-            sql.SQL("insert into {} (id, note) values (%s, %s)").format(
-                sql.Identifier("public", table)
-            ),
-            (i, f"row {i}"),
-        )
-
-
-def _ids(events: list[Any]) -> set[int]:
-    return {e.key["id"] for e in events if e.key is not None and e.value is not None}
 
 
 def test_broker_outage_is_a_few_clear_lines_and_the_capture_delivers_after_it(
@@ -72,18 +56,18 @@ def test_broker_outage_is_a_few_clear_lines_and_the_capture_delivers_after_it(
         }
         capture.start().wait_streaming()
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
-            _insert(admin, table, 1, 10)
-            reader.wait(lambda evs: len(_ids(evs)) >= 10, timeout=60, what="the first rows")
+            insert_notes(admin, table, 1, 10)
+            reader.wait(lambda evs: len(row_ids(evs)) >= 10, timeout=60, what="the first rows")
         before = len(capture.log().splitlines())
         local_stack.kafka.stop()
-        _insert(admin, table, 11, 30)  # committed while the broker is away
+        insert_notes(admin, table, 11, 30)  # committed while the broker is away
         time.sleep(OUTAGE_SECONDS)
         assert capture.running, f"the capture waits for Kafka:\n{capture.log()}"
         local_stack.up()
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
-            reader.wait(lambda evs: len(_ids(evs)) >= 30, timeout=180, what="every row")
-            _insert(admin, table, 31, 40)  # and it still delivers what comes after
-            reader.wait(lambda evs: len(_ids(evs)) >= 40, timeout=120, what="the later rows")
+            reader.wait(lambda evs: len(row_ids(evs)) >= 30, timeout=180, what="every row")
+            insert_notes(admin, table, 31, 40)  # and it still delivers what comes after
+            reader.wait(lambda evs: len(row_ids(evs)) >= 40, timeout=120, what="the later rows")
         log_text = capture.log()
         # "back" is told once a client's statistics see the broker up (every 5 s)
         deadline = time.monotonic() + 30
