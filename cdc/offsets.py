@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from cdc.lsn import Lsn
 from schemas.errors import RetriableError
+from schemas.settings import KafkaSettings
 from schemas.topic_admin import create_topics
 
 log = logging.getLogger(__name__)
@@ -137,13 +138,17 @@ class CaptureOffset:
 
 
 class OffsetStore:
-    """Capture progress in a compacted topic, keyed by slot name."""
+    """Capture progress in a compacted topic, keyed by slot name.
 
-    def __init__(self, bootstrap: str, topic: str = OFFSETS_TOPIC) -> None:
-        self._bootstrap = bootstrap
+    Its clients are configured like the capture's own (``kafka``: security extras, the
+    worker's client log).
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str = OFFSETS_TOPIC) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._producer = Producer(
-            {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True}
+            kafka.client_config(**{"acks": "all", "enable.idempotence": True})
         )
 
     @property
@@ -153,7 +158,7 @@ class OffsetStore:
 
     def ensure_topic(self) -> None:
         """Create the compacted offsets topic if missing."""
-        admin = AdminClient({"bootstrap.servers": self._bootstrap})
+        admin = AdminClient(self._kafka.client_config())
         topic = NewTopic(
             self._topic,
             num_partitions=1,
@@ -174,12 +179,13 @@ class OffsetStore:
                 seconds before the end was reached.
         """
         consumer = Consumer(
-            {
-                "bootstrap.servers": self._bootstrap,
-                "group.id": f"erpcrm-offsets-reader-{slot}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
+            self._kafka.client_config(
+                **{
+                    "group.id": f"erpcrm-offsets-reader-{slot}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                }
+            )
         )
         try:
             partition = TopicPartition(self._topic, 0)

@@ -228,7 +228,7 @@ class CaptureWorker:
         self._serde = serde
         self._stop = threading.Event()
         self._system = settings.system
-        self._offsets = OffsetStore(settings.kafka.bootstrap)
+        self._offsets = OffsetStore(settings.kafka)
         self._producer = Producer(
             settings.kafka.client_config(
                 **{

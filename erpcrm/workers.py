@@ -41,6 +41,9 @@ def build_capture(settings: CaptureSettings, registry: CollectorRegistry) -> Cap
     from cdc.metrics import CaptureMetrics
     from cdc.streaming import CaptureWorker
 
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.logged_as(f"cdc-{settings.system}")}
+    )
     client = RegistryClient(settings.registry.url)
     return CaptureWorker(settings, CaptureMetrics.create(registry), AvroSerde(client), client)
 
@@ -86,6 +89,7 @@ def build_streams(settings: StreamsSettings, registry: CollectorRegistry) -> Str
     """
     from streams.app import build
 
+    settings = settings.model_copy(update={"kafka": settings.kafka.logged_as("streams")})
     client = RegistryClient(settings.registry.url)
     return build(settings, serde=AvroSerde(client), registry=registry)
 
@@ -99,6 +103,9 @@ def build_sink(settings: SinkSettings, registry: CollectorRegistry) -> SinkRunne
     from sinks.runner import SinkRunner
     from sinks.targets import build_tables
 
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.logged_as(f"sink-{settings.target}")}
+    )
     flows = load_mappings()
     topics = (*CANONICAL_TOPICS, settings.replay_topic)
     tables = {

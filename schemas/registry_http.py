@@ -1,9 +1,9 @@
-"""A small client for the four schema-registry REST calls the project makes.
+"""A small client for the few schema-registry REST calls the project makes.
 
 Confluent's REST API (Apicurio Registry serves it at ``.../apis/ccompat/v7``):
 
 - ``POST /subjects/{subject}/versions`` ``{"schema", "schemaType"}`` → ``{"id"}``
-- ``PUT /config/{subject}`` ``{"compatibility"}``
+- ``PUT /config/{subject}`` ``{"compatibility"}``, ``GET /config/{subject}``
 - ``GET /schemas/ids/{id}`` → ``{"schema", "schemaType"?}``
 - ``GET /subjects/{subject}/versions/latest`` → ``{"id", "version", "schema", "schemaType"?}``
 
@@ -82,6 +82,10 @@ class RegistryApi(Protocol):
 
     def set_compatibility(self, subject: str, level: str) -> None:
         """Set ``subject``'s compatibility level."""
+        ...
+
+    def get_compatibility(self, subject: str) -> str | None:
+        """``subject``'s own compatibility level (None: it has none)."""
         ...
 
     def get_schema(self, schema_id: int) -> SchemaVersion:
@@ -168,6 +172,23 @@ class RegistryHttpClient:
             httpx.TransportError: no answer.
         """
         self._call("PUT", f"config/{_quote(subject)}", {"compatibility": level})
+
+    def get_compatibility(self, subject: str) -> str | None:
+        """``GET /config/{subject}``: the subject's own level, None when it has none.
+
+        Raises:
+            RegistryHttpError: an error answer other than 404.
+            httpx.TransportError: no answer.
+        """
+        try:
+            found = self._call("GET", f"config/{_quote(subject)}")
+        except RegistryHttpError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        # Confluent answers ``compatibilityLevel``; some versions and clones ``compatibility``
+        level = found.get("compatibilityLevel", found.get("compatibility"))
+        return level.upper() if isinstance(level, str) else None
 
     def get_schema(self, schema_id: int) -> SchemaVersion:
         """``GET /schemas/ids/{id}``.

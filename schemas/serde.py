@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import struct
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -235,6 +237,10 @@ class SchemaRegistry(Protocol):
 
 
 _RETRIABLE_STATUS: Final = frozenset({408, 429})
+_CONFLICT_ATTEMPTS: Final = 5
+"""Writes of a compatibility level that meet a conflicting concurrent write."""
+_CONFLICT_BACKOFF_S: Final = 0.1
+"""The first backoff ceiling after a conflict; it doubles per attempt."""
 
 
 def _registry_error(exc: Exception, action: str) -> SyncError:
@@ -262,7 +268,8 @@ class RegistryClient:
     - With ``compatibility`` set (default ``BACKWARD``), the subject's compatibility
       level is set once per subject and process, before its first registration here
       when the registry accepts that (Confluent does) and right after it otherwise
-      (Apicurio keeps rules per existing artifact).
+      (Apicurio keeps rules per existing artifact). Several processes setting it at
+      once all succeed (see :meth:`ensure_compatibility`).
     - :meth:`get_schema` caches parsed schemas per id; ids never change meaning.
     - Safe to share between threads: the caches tolerate races (at worst a duplicate
       request).
@@ -333,32 +340,66 @@ class RegistryClient:
         return schema_id
 
     def ensure_compatibility(self, subject: str, level: str = "BACKWARD") -> None:
-        """Set ``subject``'s compatibility level (idempotent).
+        """Set ``subject``'s compatibility level (idempotent, safe to race).
+
+        Another process setting the same level at the same moment is success: Apicurio
+        answers the second of two concurrent first settings with 409 ("a rule named
+        'COMPATIBILITY' already exists"), and the level the registry then holds decides.
 
         Raises:
             ConfigError: ``level`` is not a compatibility level.
-            RetriableError: the registry is unreachable or overloaded.
+            RetriableError: the registry is unreachable or overloaded, or kept
+                conflicting.
             PermanentError: the registry refused (e.g. Apicurio: no such subject yet).
         """
         level = level.upper()
         if level not in COMPATIBILITY_LEVELS:
             raise ConfigError(f"unknown compatibility level {level!r}")
-        try:
-            self._client.set_compatibility(subject, level)
-        except (RegistryHttpError, httpx.TransportError) as exc:
-            raise _registry_error(exc, f"setting {level} on {subject!r}") from exc
-        self._configured.add(subject)
+        self._set_level(subject, level, missing_ok=False)
 
     def _configure_if_subject_exists(self, subject: str, level: str) -> None:
-        try:
-            self._client.set_compatibility(subject, level)
-        except RegistryHttpError as exc:
-            if exc.status == 404:  # Apicurio: the subject has no versions yet
+        self._set_level(subject, level, missing_ok=True)
+
+    def _set_level(self, subject: str, level: str, *, missing_ok: bool) -> None:
+        """Put ``level`` on ``subject``; remember it once the registry holds it.
+
+        A conflict (409) means another writer made the rule between this one's look and
+        its write: the registry's level is read back, and the write tried again (with
+        jittered backoff) only if it is not ``level``. A subject without versions
+        (Apicurio's 404) is left alone when ``missing_ok``.
+        """
+        action = f"setting {level} on {subject!r}"
+        conflict: RegistryHttpError | None = None
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            try:
+                self._client.set_compatibility(subject, level)
+            except RegistryHttpError as exc:
+                if exc.status == 404 and missing_ok:
+                    return
+                if exc.status != 409:
+                    raise _registry_error(exc, action) from exc
+                conflict = exc
+            except httpx.TransportError as exc:
+                raise _registry_error(exc, action) from exc
+            else:
+                self._configured.add(subject)
                 return
-            raise _registry_error(exc, f"setting {level} on {subject!r}") from exc
-        except httpx.TransportError as exc:
-            raise _registry_error(exc, f"setting {level} on {subject!r}") from exc
-        self._configured.add(subject)
+            if self._level_of(subject, action) == level:
+                self._configured.add(subject)
+                return
+            ceiling = _CONFLICT_BACKOFF_S * 2**attempt
+            time.sleep(random.uniform(0.0, ceiling))  # noqa: S311 - jitter, not secrecy
+        assert conflict is not None
+        raise RetriableError(
+            f"{action}: still conflicting after {_CONFLICT_ATTEMPTS} attempts: "
+            f"{conflict.message} (HTTP 409)"
+        )
+
+    def _level_of(self, subject: str, action: str) -> str | None:
+        try:
+            return self._client.get_compatibility(subject)
+        except (RegistryHttpError, httpx.TransportError) as exc:
+            raise _registry_error(exc, action) from exc
 
     def get_schema(self, schema_id: int) -> ParsedSchema:
         """Return the parsed schema with id ``schema_id`` (cached).

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from schemas.kafka_log import KafkaClientLog, secret_values
 
 PORT_OFFSET_ENV = "ERPCRM_STACK_PORT_OFFSET"
 """Moves every local port, the stack's and the workers' alike: a second stack beside the first."""
@@ -37,16 +39,42 @@ def port_offset() -> int:
 
 
 class KafkaSettings(BaseModel):
-    """Where the brokers are and any extra librdkafka properties (e.g. security)."""
+    """Where the brokers are and any extra librdkafka properties (e.g. security).
+
+    A worker attaches its :class:`~schemas.kafka_log.KafkaClientLog` with
+    :meth:`logged_as`; every client configured from the copy then logs through it.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     bootstrap: str = "127.0.0.1:21092"
-    extra: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, str] = Field(default_factory=dict, repr=False)
+    """librdkafka properties as they are (``sasl.password`` among them: never printed)."""
+
+    _client_log: KafkaClientLog | None = PrivateAttr(default=None)
+
+    def logged_as(self, worker: str) -> KafkaSettings:
+        """A copy whose clients all log through one ``erpcrm.kafka.<worker>`` log.
+
+        See :class:`~schemas.kafka_log.KafkaClientLog`; this configuration's secrets are
+        redacted from it.
+        """
+        copy = self.model_copy()
+        copy._client_log = KafkaClientLog(worker, secrets=secret_values(self.extra))
+        return copy
+
+    @property
+    def client_log(self) -> KafkaClientLog | None:
+        """The log attached by :meth:`logged_as`, if any."""
+        return self._client_log
 
     def client_config(self, **overrides: Any) -> dict[str, Any]:
-        """A librdkafka configuration dict: bootstrap, extras, then ``overrides``."""
-        return {"bootstrap.servers": self.bootstrap, **self.extra, **overrides}
+        """A librdkafka configuration dict.
+
+        Bootstrap, extras, the worker's log hooks (when attached), then ``overrides``.
+        """
+        hooks = {} if self._client_log is None else self._client_log.hooks()
+        return {"bootstrap.servers": self.bootstrap, **self.extra, **hooks, **overrides}
 
 
 class RegistrySettings(BaseModel):

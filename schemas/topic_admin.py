@@ -42,6 +42,15 @@ def create_topics(
     """
     if not topics:
         return set()
+    try:
+        return _create(admin, topics, timeout)
+    finally:
+        # A client configured with a logger keeps its log lines and errors queued until
+        # polled: hand them over before the (short-lived) admin client goes.
+        admin.poll(0)
+
+
+def _create(admin: AdminClient, topics: Sequence[NewTopic], timeout: float) -> set[str]:
     created: set[str] = set()
     futures = admin.create_topics(list(topics), request_timeout=timeout)
     for name, future in futures.items():

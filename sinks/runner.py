@@ -368,6 +368,10 @@ class SinkRunner:
                 if position > 0:
                     batch.advance(topic, partition, position - 1)
         self._lag()
+        # The dead-letter producer is idle most of the time: hand over what it reports
+        # (log lines, errors, statistics), which would otherwise wait and pile up.
+        if self._producer is not None:
+            self._producer.poll(0)
         self._carry_out_suspects()
         if not batch.moves:
             return

@@ -508,6 +508,8 @@ class StreamsApp:
         # our own warnings say the broker is away; not librdkafka's per connect attempt
         probe = AdminClient(self.settings.kafka.client_config(log_level=2))
         wait_for_broker(probe, "streams", log)
+        probe.poll(0)  # what it reported, before it goes (unpolled, it would pile up)
+        del probe
         # Faust creates only the last level of its data directory.
         self.settings.table_dir.mkdir(parents=True, exist_ok=True)
         self.app.finalize()
@@ -765,6 +767,7 @@ def build(
 
     async def publish_horizons() -> None:
         """Publish each source system's ripe decided horizon while caught up on it."""
+        sender.serve_reports()  # every turn (a second), whether or not it publishes
         owner = TP(settings.control_topic, 0) in app.assignor.assigned_actives()
         if not owner or not horizon_writer or runner.loaded_generation is None:
             return

@@ -105,6 +105,15 @@ class KafkaBatchSender:
             self._producer = self._factory(self._config)
         return self._producer
 
+    def serve_reports(self) -> None:
+        """Hand over the producer's queued log lines, errors and statistics (no wait).
+
+        A producer idle between batches is not polled otherwise: what it reports would
+        wait, and pile up, until the next batch.
+        """
+        if self._producer is not None:
+            self._producer.poll(0)
+
     async def send_all(self, records: Sequence[Record]) -> list[int]:
         """Produce ``records``, wait for every acknowledgement, return their offsets.
 

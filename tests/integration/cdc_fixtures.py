@@ -63,6 +63,36 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def wait_while_progressing(
+    condition: Callable[[], Any],
+    progress: Callable[[], Any],
+    stall: float,
+    what: str,
+    interval: float = 0.2,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, for as long as work moves.
+
+    ``progress()`` says how far the work has come (a count, an offset, a tuple of them):
+    while it keeps changing the wait goes on, however long it takes on a busy machine;
+    it fails once ``progress()`` has stood still for ``stall`` seconds (the pipeline
+    stalled) with the condition still false.
+    """
+    last = progress()
+    moved = time.monotonic()
+    while True:
+        result = condition()
+        if result:
+            return result
+        now = progress()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise AssertionError(
+                f"waiting for {what}: no progress for {stall:.0f}s (stuck at {last!r})"
+            )
+        time.sleep(interval)
+
+
 def execute(dsn: str, query: str | sql.Composable, params: Any = None) -> list[tuple[Any, ...]]:
     """Run one autocommitted statement; returns its rows (empty when it has none)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -552,6 +582,24 @@ def counter_table_state(dsn: str, table: str) -> dict[int, dict[str, Any]]:
 
 
 # -- probe tables ---------------------------------------------------------------------
+
+
+def insert_notes(dsn: str, table: str, first: int, last: int) -> None:
+    """Insert rows ``first``..``last`` into a probe table ``(id int primary key, note text)``,
+    one transaction each."""
+    for i in range(first, last + 1):
+        execute(
+            dsn,
+            sql.SQL("insert into {} (id, note) values (%s, %s)").format(
+                sql.Identifier("public", table)
+            ),
+            (i, f"row {i}"),
+        )
+
+
+def row_ids(events: list[Any]) -> set[int]:
+    """The ``id`` of every row ``events`` carry (tombstones and deletes left out)."""
+    return {e.key["id"] for e in events if e.key is not None and e.value is not None}
 
 
 def create_probe_table(

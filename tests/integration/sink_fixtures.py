@@ -264,25 +264,31 @@ class Pipeline:
         return self
 
     def settled(self, timeout: float = 120.0, quiet: float = 4.0) -> None:
-        """Wait until neither sink applied anything for ``quiet`` seconds nor holds an event."""
+        """Wait until neither sink applied anything for ``quiet`` seconds nor holds an event.
+
+        The sinks may take as long as they need while they apply; they fail to settle
+        when nothing moved for ``timeout`` seconds (events held all that time, or no
+        event at all).
+        """
         import time
 
         last: tuple[float, ...] = ()
-        since = time.monotonic()
-        deadline = since + timeout
-        while time.monotonic() < deadline:
+        since = moved = time.monotonic()
+        while time.monotonic() - moved < timeout:
             now = tuple(
                 s.total(o)
                 for s in self.sinks.values()
                 for o in ("applied", "noop", "stale", "skipped")
             )
-            # Held events (a row clock or a reference still awaited) are work to come.
-            if now != last or any(s.held() for s in self.sinks.values()):
-                last, since = now, time.monotonic()
+            if now != last:
+                last, since, moved = now, time.monotonic(), time.monotonic()
+            elif any(s.held() for s in self.sinks.values()):
+                # Held events (a row clock or a reference still awaited) are work to come.
+                since = time.monotonic()
             elif time.monotonic() - since >= quiet and any(last):
                 return
             time.sleep(0.5)
-        raise AssertionError("the sinks did not settle")
+        raise AssertionError(f"the sinks did not settle: nothing moved for {timeout:.0f}s")
 
     def cleanup(self) -> None:
         for sink in self.sinks.values():

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
-from psycopg import sql
 
 from erpcrm.stack import LocalStack
 from tests.integration.cdc_fixtures import (
@@ -21,21 +19,12 @@ from tests.integration.cdc_fixtures import (
     create_probe_table,
     drop_probe_table,
     execute,
+    insert_notes,
+    row_ids,
     unique_name,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-def _insert(dsn: str, table: str, first: int, last: int) -> None:
-    for i in range(first, last + 1):
-        execute(
-            dsn,
-            sql.SQL("insert into {} (id, note) values (%s, %s)").format(
-                sql.Identifier("public", table)
-            ),
-            (i, f"row {i}"),
-        )
 
 
 def _wal(dsn: str) -> int:
@@ -52,10 +41,6 @@ def _confirmed(dsn: str, slot: str) -> int:
     return int(rows[0][0])
 
 
-def _ids(events: list[Any]) -> set[int]:
-    return {e.key["id"] for e in events if e.key is not None and e.value is not None}
-
-
 def test_database_restart_mid_stream(
     local_stack: LocalStack,
     stack_env: dict[str, str],
@@ -66,13 +51,13 @@ def test_database_restart_mid_stream(
     create_probe_table(stack_env, table, "id int primary key, note text")
     try:
         capture = capture_factory("erp", [table]).start().wait_streaming()
-        _insert(admin, table, 1, 50)
+        insert_notes(admin, table, 1, 50)
         local_stack.erp.stop()
         local_stack.up()
-        _insert(admin, table, 51, 100)
+        insert_notes(admin, table, 51, 100)
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
-            reader.wait(lambda evs: len(_ids(evs)) >= 100, timeout=120, what="all 100 rows")
-            ids = _ids(reader.events)
+            reader.wait(lambda evs: len(row_ids(evs)) >= 100, timeout=120, what="all 100 rows")
+            ids = row_ids(reader.events)
         assert capture.running, capture.log()
         assert capture.metric("erpcrm_cdc_reconnects_total") >= 1
     finally:
@@ -97,12 +82,12 @@ def test_kafka_outage_blocks_and_resumes_without_loss(
     try:
         capture = capture_factory("erp", [table]).start().wait_streaming()
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
-            _insert(admin, table, 1, 20)
-            reader.wait(lambda evs: len(_ids(evs)) >= 20, timeout=60, what="the first 20 rows")
+            insert_notes(admin, table, 1, 20)
+            reader.wait(lambda evs: len(row_ids(evs)) >= 20, timeout=60, what="the first 20 rows")
         local_stack.kafka.stop()
         away = time.monotonic()
-        _insert(admin, table, 21, 120)  # committed while Kafka is away
-        _insert(admin, late_table, 1, 10)
+        insert_notes(admin, table, 21, 120)  # committed while Kafka is away
+        insert_notes(admin, late_table, 1, 10)
         outage_end = _wal(admin)
         time.sleep(3)  # the capture must hold on, neither exit nor confirm
         assert capture.running, "the capture waits for Kafka; it does not exit"
@@ -115,11 +100,11 @@ def test_kafka_outage_blocks_and_resumes_without_loss(
         assert late.running, f"a capture started without Kafka waits for it:\n{late.log()}"
         local_stack.up()
         with TopicReader(stack_env, [capture.topic(table)]) as reader:
-            reader.wait(lambda evs: len(_ids(evs)) >= 120, timeout=180, what="all 120 rows")
-            ids = _ids(reader.events)
+            reader.wait(lambda evs: len(row_ids(evs)) >= 120, timeout=180, what="all 120 rows")
+            ids = row_ids(reader.events)
         with TopicReader(stack_env, [late.topic(late_table)]) as reader:
-            reader.wait(lambda evs: len(_ids(evs)) >= 10, timeout=180, what="the late rows")
-            late_ids = _ids(reader.events)
+            reader.wait(lambda evs: len(row_ids(evs)) >= 10, timeout=180, what="the late rows")
+            late_ids = row_ids(reader.events)
         assert capture.running, capture.log()
         assert "reconnecting" in capture.log()
     finally:

@@ -8,6 +8,7 @@ in the registry's persistent storage.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -37,6 +38,7 @@ from cdc.envelope import (
     value_schema,
 )
 from schemas import topics
+from schemas.registry_http import RegistryHttpClient
 from schemas.serde import AvroSerde, IncompatibleSchemaError, RegistryClient
 
 pytestmark = pytest.mark.integration
@@ -230,3 +232,41 @@ def test_round_trip_through_kafka(
     finally:
         consumer.close()
     assert received == [({"id": 1}, insert), ({"id": 1}, delete), ({"id": 1}, None)]
+
+
+def test_workers_registering_the_same_subjects_at_once_all_succeed(
+    stack_env: dict[str, str],
+) -> None:
+    """Several workers start together and register the same new subjects at the same
+    moment (each its own client, as each process has): every one gets the same id and
+    the subjects end BACKWARD. Apicurio answers the second of two concurrent first
+    compatibility settings with 409 "a rule named 'COMPATIBILITY' already exists",
+    which once stopped a capture at start."""
+    run = uuid.uuid4().hex[:8]
+    subjects = [f"race-{run}-{i}-value" for i in range(6)]
+    schema = value_schema(_shape("erp"))
+    workers = 8
+    barrier = threading.Barrier(workers)
+    ids: dict[str, set[int]] = {s: set() for s in subjects}
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        with RegistryClient(stack_env["SCHEMA_REGISTRY_URL"]) as client:
+            barrier.wait()
+            for subject in subjects:
+                try:
+                    ids[subject].add(client.register(subject, schema))
+                except Exception as exc:  # every failure is reported
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    assert all(len(found) == 1 for found in ids.values()), ids
+    with RegistryHttpClient(stack_env["SCHEMA_REGISTRY_URL"]) as http:
+        assert {s: http.get_compatibility(s) for s in subjects} == dict.fromkeys(
+            subjects, "BACKWARD"
+        )

@@ -19,12 +19,23 @@ import pytest
 from erpcrm.stack import LocalStack
 from erpcrm.workload import run_workload
 from schemas.topics import CANONICAL_INVENTORY
-from tests.integration.cdc_fixtures import TopicReader, execute, wait_for
+from tests.integration.cdc_fixtures import (
+    TopicReader,
+    execute,
+    wait_for,
+    wait_while_progressing,
+)
 from tests.integration.sink_fixtures import Pipeline, demo_pipeline, newest_records, sink_source
 
 pytestmark = pytest.mark.integration
 
 SETTLE = 60.0
+SIGKILL_OPERATIONS = 1500
+"""The SIGKILL test's workload (25 s at 60 operations/s on an idle machine)."""
+SIGKILL_MARKS = (250, 500, 750, 1000)
+"""Committed operations after which a sink is killed (the CRM's first, then in turn)."""
+STALL_SECONDS = 60.0
+"""The workload committing nothing for this long is stuck, not slow."""
 
 
 @pytest.fixture(scope="module")
@@ -630,17 +641,21 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
     pipeline: Pipeline, stack_env: dict[str, str]
 ) -> None:
     reports: list[Any] = []
+    committed = [0]
 
     def drive() -> None:
+        # A number of operations, not a duration: a loaded machine takes longer to commit
+        # them, and the kills below come at the same points of the work, however slow.
         reports.append(
             run_workload(
                 stack_env["ERP_DSN"],
                 stack_env["CRM_DSN"],
                 rate=60,
-                duration=25,
-                count=None,
+                duration=None,
+                count=SIGKILL_OPERATIONS,
                 dirty_ratio=0.0,
                 seed=11,
+                on_progress=lambda report: committed.__setitem__(0, report.committed),
             )
         )
 
@@ -654,16 +669,25 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
     kills = 0
-    while thread.is_alive() and kills < 4:
-        time.sleep(4)
+    for mark in SIGKILL_MARKS:
+        wait_while_progressing(
+            lambda mark=mark: committed[0] >= mark or not thread.is_alive(),
+            lambda: committed[0],
+            STALL_SECONDS,
+            f"the workload past {mark} operations",
+        )
+        if not thread.is_alive():
+            break
         sink = pipeline.crm_sink if kills % 2 == 0 else pipeline.erp_sink
         sink.kill()  # mid-batch: the workload keeps both sinks busy
         kills += 1
         sink.start().wait_assigned()
-    thread.join(120)
-    assert not thread.is_alive()
+    wait_while_progressing(
+        lambda: not thread.is_alive(), lambda: committed[0], STALL_SECONDS, "the workload's end"
+    )
     assert reports
     assert reports[0].committed > 500
+    assert kills == len(SIGKILL_MARKS), "every kill came while the workload ran"
     pipeline.settled(timeout=180)
     # Nothing lost: every key's applied version is the newest version on its topic.
     for sink in pipeline:

@@ -21,6 +21,7 @@ case fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,13 +34,16 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from tests.integration.cdc_fixtures import unique_name
+from tests.integration.cdc_fixtures import unique_name, wait_while_progressing
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+# A backstop only: the waits below go on while the worker reads, fail when it stalls.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 APP = "tests.integration.faust_backlog_app"
 RECORDS = 40_000
 SEEK_DELAY_SECONDS = 0.5
+STALL_SECONDS = 60.0
+"""A worker that reads nothing for this long is stuck (the bug stopped it for good)."""
 
 
 def _backlog(bootstrap: str, topic: str) -> None:
@@ -61,8 +65,19 @@ def _offsets(path: Path) -> list[int]:
     return [int(line) for line in path.read_text(encoding="utf-8").split()]
 
 
-def _run(env: dict[str, str], log: Path, until: Callable[[], bool], sig: int) -> None:
-    """Run the worker until ``until()`` holds (at most 120 s), then send it ``sig``."""
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _run(
+    env: dict[str, str], log: Path, out_path: Path, until: Callable[[], bool], sig: int
+) -> None:
+    """Run the worker until ``until()`` holds, then send it ``sig``.
+
+    It may take as long as it needs while it reads (``out_path`` grows); a worker that
+    reads nothing more for :data:`STALL_SECONDS` (the bug: stuck for good) is given up
+    on. Until its first record, its log growing counts as progress (Faust starting).
+    """
     with log.open("w") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", APP, "worker", "--without-web", "-l", "info"],
@@ -72,9 +87,13 @@ def _run(env: dict[str, str], log: Path, until: Callable[[], bool], sig: int) ->
             cwd=Path(__file__).resolve().parents[2],
         )
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and worker.poll() is None and not until():
-                time.sleep(0.2)
+            with contextlib.suppress(AssertionError):
+                wait_while_progressing(
+                    lambda: worker.poll() is not None or until(),
+                    lambda: _size(out_path) or _size(log),
+                    STALL_SECONDS,
+                    f"the worker to read its backlog (see {log})",
+                )
             assert worker.poll() is None, f"the worker exited; see {log}"
             if not until():
                 worker.send_signal(signal.SIGUSR1)  # mode's worker logs every task's stack
@@ -109,6 +128,7 @@ def test_a_worker_restarted_over_a_backlog_reads_every_record(
     _run(
         {**env, "BACKLOG_OUT": str(first)},
         tmp_path / "first.log",
+        first,
         lambda: len(_offsets(first)) >= killed_after,
         signal.SIGKILL,
     )
@@ -118,6 +138,7 @@ def test_a_worker_restarted_over_a_backlog_reads_every_record(
     _run(
         {**env, "BACKLOG_OUT": str(second), "BACKLOG_SEEK_DELAY": str(SEEK_DELAY_SECONDS)},
         tmp_path / "second.log",
+        second,
         lambda: RECORDS - 1 in _offsets(second)[-500:],
         signal.SIGTERM,
     )

@@ -82,6 +82,23 @@ def test_error_answers_carry_status_code_and_message() -> None:
     assert "bad gateway" in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "level"),
+    [
+        (200, {"compatibilityLevel": "BACKWARD"}, "BACKWARD"),  # Confluent, Apicurio
+        (200, {"compatibility": "full"}, "FULL"),
+        (404, {"error_code": 40401, "message": "Subject 'x' not found."}, None),
+    ],
+)
+def test_a_subjects_own_level_is_read(status: int, body: dict[str, object], level: str) -> None:
+    seen: list[httpx.Request] = []
+    client = client_of(lambda r: httpx.Response(status, json=body), seen)
+    assert client.get_compatibility("a/b") == level
+    assert [(r.method, r.url.raw_path.decode()) for r in seen] == [
+        ("GET", "/apis/ccompat/v7/config/a%2Fb")
+    ]
+
+
 def test_retried_statuses_are_retried_then_succeed() -> None:
     seen: list[httpx.Request] = []
     answers = iter([httpx.Response(503, json={"error_code": 50003, "message": "busy"})] * 2)

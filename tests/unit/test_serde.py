@@ -257,6 +257,8 @@ class FakeRegistryClient:
         self.calls: list[str] = []
         self.reject = False
         self.fail_with: Exception | None = None
+        self.racers: list[str] = []
+        """Levels other processes set just before each next compatibility write."""
 
     def _fail(self, call: str) -> None:
         self.calls.append(call)
@@ -290,7 +292,15 @@ class FakeRegistryClient:
         self.calls.append(f"config {subject}")
         if self.apicurio and subject not in self.mock.get_subjects():
             raise RegistryHttpError(404, 40401, "Subject not found")
+        if self.racers:
+            # another process makes the rule first, with its level
+            self.levels[subject] = self.racers.pop(0)
+            raise RegistryHttpError(409, 0, "A rule named 'COMPATIBILITY' already exists.")
         self.levels[subject] = level
+
+    def get_compatibility(self, subject: str) -> str | None:
+        self.calls.append(f"get config {subject}")
+        return self.levels.get(subject)
 
     def close(self) -> None:
         self.calls.append("close")
@@ -315,6 +325,34 @@ def test_registry_client_sets_level_after_first_version_on_apicurio() -> None:
     assert fake.levels == {"things-value": "BACKWARD"}
     registry.register("things-value", EVOLVED)
     assert fake.calls[-1] == "register things-value"
+
+
+def test_a_level_set_by_another_process_at_the_same_moment_is_success() -> None:
+    fake = FakeRegistryClient()
+    fake.racers = ["BACKWARD"]
+    registry = RegistryClient("mock://registry", client=fake)
+    registry.register("things-value", SCHEMA)
+    assert fake.calls == [
+        "config things-value",
+        "get config things-value",
+        "register things-value",
+    ]
+    assert fake.levels == {"things-value": "BACKWARD"}
+
+
+def test_a_conflicting_level_set_at_the_same_moment_is_written_again() -> None:
+    fake = FakeRegistryClient()
+    fake.racers = ["NONE"]
+    RegistryClient("mock://registry", client=fake).ensure_compatibility("t-value", "BACKWARD")
+    assert fake.calls == ["config t-value", "get config t-value", "config t-value"]
+    assert fake.levels == {"t-value": "BACKWARD"}
+
+
+def test_a_conflict_that_never_ends_is_retriable() -> None:
+    fake = FakeRegistryClient()
+    fake.racers = ["NONE"] * 10
+    with pytest.raises(RetriableError, match="still conflicting"):
+        RegistryClient("mock://registry", client=fake).ensure_compatibility("t-value")
 
 
 def test_registry_client_without_compatibility_leaves_config_alone() -> None:

@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from cdc.offsets import OffsetStore
 from schemas.errors import RetriableError
+from schemas.settings import KafkaSettings
 from schemas.topic_admin import create_topics, wait_for_broker
 
 
@@ -38,7 +39,7 @@ def test_nothing_to_create_asks_nothing() -> None:
 
 
 def test_reading_capture_offsets_from_a_broker_that_is_away_is_retriable() -> None:
-    store = OffsetStore(_nobody())
+    store = OffsetStore(KafkaSettings(bootstrap=_nobody(), extra={"log_level": "0"}))
     with pytest.raises(RetriableError, match=r"_erpcrm\.cdc\.offsets"):
         store.load("slot", timeout=1.0)
 
