@@ -1987,16 +1987,15 @@ def _taken(table: TargetTable, item: _Item) -> TargetRowTakenError | None:
 
     The row was located through a link column another record's row held until a script
     or user moved it (an ERP order given another order's quote id): the record and the
-    row each name a different pair, and the row is not written. None: they agree, one of
-    them states nothing yet (a row just made, a number not written back yet), or the
-    record's change is of the stated value itself (an order renamed at its source, a
-    number a CRM user typed over: the field merge decides that, as for any field).
+    row each name a different pair, and the row is not written. None: they agree, or
+    one of them states nothing yet (a row just made, a number not written back yet).
+    Which fields a change changed does not tell a moved link from a renamed order (an
+    ERP update names every field of the row): a renamed order of a linked quote is
+    lettered too, for an operator to replay once the quote states the new name.
     """
     if table.stated is None or item.current is None:
         return None
     column, field_name = table.stated
-    if field_name in item.changed:
-        return None
     row_states, record_states = item.current.get(column), item.record.get(field_name)
     if row_states is None or record_states is None or str(row_states) == str(record_states):
         return None
