@@ -6,7 +6,8 @@ spacing and case, by e-mail in other case, by name in other case with the same
 country) is not created in the other system; the target's sink holds it in
 ``erpcrm_sync.suspects`` with both ids and the evidence, and ``erpcrm suspects``
 lists it. An operator's ``release`` creates it after all, ``link`` writes it into the
-record it duplicates. The same new customer typed twice into one system before its
+record it duplicates, and is refused (exit 3, nothing changed, the holder named) while
+another live record of its system holds that record. The same new customer typed twice into one system before its
 first copy is synced is held too, with the record the sync made for the first copy
 as the candidate. A second customer whose link column names an account another
 customer holds is held too, never written into that account.
