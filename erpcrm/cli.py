@@ -550,13 +550,21 @@ def quality(
 
 
 def _decide_suspect(
-    target: SystemName, suspect_id: int, action: Literal["release", "link"]
+    target: SystemName,
+    suspect_id: int,
+    action: Literal["release", "link"],
+    erp_dsn: str | None = None,
 ) -> None:
-    from erpcrm.suspects import decide
+    from erpcrm.suspects import CandidateTakenError, decide
 
     try:
         dsn, schema, decisions = _suspects_target(target)
-        done = decide(dsn, schema, suspect_id, action, decisions=decisions)
+        if action == "link" and erp_dsn is None:
+            # The pair's link is kept in the ERP: the ERP sink's own DSN reads it.
+            erp_dsn = dsn if target is SystemName.erp else _stack_env()["ERP_SINK_DSN"]
+        done = decide(dsn, schema, suspect_id, action, decisions=decisions, erp_dsn=erp_dsn)
+    except CandidateTakenError as exc:
+        raise _fail(exc, code=3) from exc
     except SyncError as exc:
         raise _fail(exc) from exc
     if not done:
@@ -578,9 +586,19 @@ def suspects_release(
 def suspects_link(
     suspect_id: Annotated[int, typer.Argument(help="The suspect's id (erpcrm suspects list).")],
     target: Annotated[SystemName, typer.Option(help="Database whose sink holds it.")],
+    erp_dsn: Annotated[
+        str | None,
+        typer.Option(
+            help="ERP DSN that reads res_partner, where a customer pair's link is kept "
+            "(default: the ERP sink's: --target erp its DSN, else the local stack's)."
+        ),
+    ] = None,
 ) -> None:
-    """The same record: the sink writes it into its candidate, now and on later changes."""
-    _decide_suspect(target, suspect_id, "link")
+    """The same record: the sink writes it into its candidate, now and on later changes.
+
+    Refused (exit 3, nothing changed) while another live record holds the candidate.
+    """
+    _decide_suspect(target, suspect_id, "link", erp_dsn)
 
 
 def _dead_letter_topics() -> DeadLetterTopics:

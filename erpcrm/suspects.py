@@ -7,6 +7,17 @@ An operator lists them and either *releases* one (the sink creates it after all)
 every later change). The sink carries a decision out within seconds. The orders and
 contacts that refer to a held suspect wait for the decision (``waiting``, see
 :mod:`sinks.parking`) and are applied, in order, once it is carried out.
+
+**A link is one to one** (DESIGN.md §5.5), for operators too: a held record is linked
+only to a candidate no other live record of its own system holds, or the two would be
+written into one row. A customer pair's link is kept in the ERP, in the ERP customer's
+link column (``res_partner.crm_account_id``; a CRM account names no ERP customer), so
+the holder is read there: for a held ERP customer, the live ERP customer whose column
+names the candidate account; for a held CRM account, the account the candidate ERP
+customer's column names, while that customer is live (a deleted account archives it).
+A candidate named ``<system>:<id>`` (the copy of a record of the held one's own system,
+not made yet) is held by that record. :func:`decide` refuses such a link
+(:class:`CandidateTakenError`) and changes nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +28,27 @@ from typing import Any, Literal
 
 import psycopg
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, SyncError
+from schemas.mapping import load_mappings
 from sinks import sql
+from sinks.targets import Direction, TargetTable, build_tables
 
-__all__ = ["Suspect", "decide", "list_suspects"]
+__all__ = ["CandidateTakenError", "Suspect", "decide", "link_holder", "list_suspects"]
+
+
+class CandidateTakenError(SyncError):
+    """An operator's link to a candidate another live record holds: refused."""
+
+    def __init__(self, suspect_id: int, entity_key: str, candidate: str, holder: str) -> None:
+        self.suspect_id, self.entity_key = suspect_id, entity_key
+        self.candidate, self.holder = candidate, holder
+        super().__init__(
+            f"suspect {suspect_id}: {entity_key} not linked to {candidate}: {holder} holds it "
+            "(a link is one to one: both would be written into one row). Nothing changed. "
+            f"If {entity_key} and {holder} are one customer, merge or archive {holder} in its "
+            f"system (a holder that is gone gives its counterpart up), then link again; "
+            f"if {entity_key} is another customer, release it"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +90,40 @@ def list_suspects(dsn: str, schema: str, status: str | None = None) -> list[Susp
     return [Suspect(*row) for row in rows]
 
 
+def _erp_customers() -> TargetTable:
+    """The ERP customer table and its link column, as the CRM-to-ERP sink writes it."""
+    return build_tables(load_mappings())[(Direction.CRM_TO_ERP, "customer")]
+
+
+def link_holder(erp_dsn: str, entity_key: str, candidate: str) -> str | None:
+    """The live record, other than ``entity_key``, that holds a suspect's candidate.
+
+    ``entity_key``: the held customer (``erp:<id>`` or ``crm:<id>``); ``candidate``: the
+    row of the other system it duplicates (its id there), or ``<system>:<id>`` of a
+    record of its own system whose copy is not made yet. ``erp_dsn``: read access to the
+    ERP customers, where the pair's link is kept (see the module's docstring).
+
+    Returns:
+        The holder's key (``erp:805``, ``crm:5a50…``); None when the candidate is free.
+    """
+    system, _, own_id = entity_key.partition(":")
+    of, colon, _ = candidate.partition(":")
+    if colon and of == system:
+        return candidate if candidate != entity_key else None
+    table = _erp_customers()
+    pk, link = table.pk_column, table.key_column
+    live = sql.Column(table.delete_flag[0], "boolean")
+    if system == "erp":
+        query = sql.holders_of_counterpart(table.ref, pk, link, live)
+        other = "erp"
+    else:
+        query = sql.counterpart_of_row(table.ref, pk, link, live)
+        other = "crm"
+    with psycopg.connect(erp_dsn) as conn:
+        found = conn.execute(query, (candidate, own_id)).fetchone()
+    return None if found is None else f"{other}:{found[0]}"
+
+
 def decide(
     dsn: str,
     schema: str,
@@ -69,12 +131,26 @@ def decide(
     action: Literal["release", "link"],
     *,
     decisions: str = sql.DECISIONS_SCHEMA,
+    erp_dsn: str | None = None,
 ) -> bool:
     """Ask the sink to release or link a held suspect; False when it is not held.
 
-    The decision is kept in ``decisions`` too, where a later pipeline finds it.
+    The decision is kept in ``decisions`` too, where a later pipeline finds it. With
+    ``erp_dsn`` (see :func:`link_holder`), a link is asked only while no other live
+    record holds the candidate; the suspect stays locked from that check to the decision.
+
+    Raises:
+        CandidateTakenError: another live record holds the candidate; nothing changed.
     """
     with psycopg.connect(dsn) as conn:
+        if action == "link" and erp_dsn is not None:
+            held = conn.execute(sql.suspect_held(schema), (suspect_id,)).fetchone()
+            if held is None:
+                return False
+            _, entity_key, candidate = held
+            holder = link_holder(erp_dsn, entity_key, candidate)
+            if holder is not None:
+                raise CandidateTakenError(suspect_id, entity_key, candidate, holder)
         query = sql.suspects_decide(schema, decisions)
         row = conn.execute(query, (action, suspect_id)).fetchone()
     return row is not None

@@ -1281,3 +1281,51 @@ def insert_children(
         _recordset(columns),
     )
     return sql.SQL("{}{}").format(query, _returning(returning, alias=None, xmin=xmin))
+
+
+def suspect_held(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """A held suspect, locked until the operator's decision. Parameter: its id.
+
+    Rows (none when it is not held): ``entity, entity_key, candidate``.
+    """
+    return sql.SQL(
+        "SELECT entity, entity_key, candidate FROM {} WHERE id = %s AND status = 'held' FOR UPDATE"
+    ).format(sql.Identifier(schema, "suspects"))
+
+
+def holders_of_counterpart(table: Table, pk: Column, link: Column, live: Column) -> sql.Composed:
+    """The live rows of ``table`` whose ``link`` names a counterpart, but one.
+
+    Parameters: the counterpart's id (as text), the ``pk`` of the row left out (text,
+    or null). ``live``: the column that is true while a row is live (``active``).
+    Rows: ``pk`` as text, lowest first.
+    """
+    return sql.SQL(
+        "SELECT {pk}::text FROM {t} WHERE {link} = %s::{lt} AND {live} "
+        "AND {pk}::text IS DISTINCT FROM %s ORDER BY {pk}"
+    ).format(
+        pk=sql.Identifier(pk.name),
+        t=table.ident,
+        link=sql.Identifier(link.name),
+        lt=sql.SQL(link.pg_type),
+        live=sql.Identifier(live.name),
+    )
+
+
+def counterpart_of_row(table: Table, pk: Column, link: Column, live: Column) -> sql.Composed:
+    """The counterpart a live row of ``table`` names in ``link``, but one.
+
+    Parameters: the row's ``pk`` (as text), the counterpart left out (text, or null).
+    Rows (none when the row is gone, archived, unlinked or names the one left out):
+    ``link`` as text.
+    """
+    return sql.SQL(
+        "SELECT {link}::text FROM {t} WHERE {pk} = %s::{pt} AND {live} "
+        "AND {link} IS NOT NULL AND {link}::text IS DISTINCT FROM %s"
+    ).format(
+        pk=sql.Identifier(pk.name),
+        pt=sql.SQL(pk.pg_type),
+        t=table.ident,
+        link=sql.Identifier(link.name),
+        live=sql.Identifier(live.name),
+    )

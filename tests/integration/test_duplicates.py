@@ -6,10 +6,11 @@ spacing and case, by e-mail in other case, by name in other case with the same
 country) is not created in the other system; the target's sink holds it in
 ``erpcrm_sync.suspects`` with both ids and the evidence, and ``erpcrm suspects``
 lists it. An operator's ``release`` creates it after all, ``link`` writes it into the
-record it duplicates. The same new customer typed twice into one system before its
-first copy is synced is held too, with the record the sync made for the first copy
-as the candidate. A second customer whose link column names an account another
-customer holds is held too, never written into that account.
+record it duplicates, and is refused (exit 3, nothing changed, the holder named) while
+another live record of its system holds that record. The same new customer typed twice
+into one system before its first copy is synced is held too, with the record the sync
+made for the first copy as the candidate. A second customer whose link column names an
+account another customer holds is held too, never written into that account.
 """
 
 from __future__ import annotations
@@ -197,13 +198,14 @@ def test_an_erp_duplicate_of_a_linked_account_is_held_not_created(
     assert created[0][0] == 0, "the duplicate was created in the CRM"
 
 
-def test_an_operator_releases_one_suspect_and_links_another(
+def test_an_operator_releases_one_suspect_and_may_not_link_another_to_a_held_candidate(
     pipeline: Pipeline, stack_env: dict[str, str]
 ) -> None:
     sink = pipeline.erp_sink
     env = _sink_env(sink, stack_env)
     first, second = _seed_pair(stack_env, 4), _seed_pair(stack_env, 5)
     tag = uuid.uuid4().hex[:8]
+    phone = f"+44207946{random.randrange(1000, 10000)}"  # a stack reused keeps earlier ones
     released = _new_account(
         stack_env, name=f"Released {tag}", vat=first["vat"], email=f"r-{tag}@example.com"
     )
@@ -212,7 +214,7 @@ def test_an_operator_releases_one_suspect_and_links_another(
         name=f"Linked {tag}",
         vat=second["vat"],
         email=f"l-{tag}@example.com",
-        phone_office="+442079460123",
+        phone_office=phone,
     )
     _held(sink, f"crm:{released}")
     _held(sink, f"crm:{linked}")
@@ -223,29 +225,107 @@ def test_an_operator_releases_one_suspect_and_links_another(
     assert by_key[f"crm:{released}"]["candidate"] == str(first["erp_id"])
     assert by_key[f"crm:{linked}"]["candidate"] == str(second["erp_id"])
 
-    for action, key in (("release", released), ("link", linked)):
-        result = _suspects_cli(env, action, str(by_key[f"crm:{key}"]["id"]), "--target", "erp")
-        assert result.returncode == 0, result.stderr
+    result = _suspects_cli(env, "release", str(by_key[f"crm:{released}"]["id"]), "--target", "erp")
+    assert result.returncode == 0, result.stderr
     again = _suspects_cli(env, "release", str(by_key[f"crm:{released}"]["id"]), "--target", "erp")
     assert again.returncode == 1, "a decided suspect cannot be decided twice"
+    # The seed's own account holds the candidate: a link is one to one.
+    refused = _suspects_cli(env, "link", str(by_key[f"crm:{linked}"]["id"]), "--target", "erp")
+    assert refused.returncode == 3, (refused.stdout, refused.stderr)
+    assert f"crm:{second['crm_id']} holds it" in " ".join(refused.stderr.split())
 
     wait_for(lambda: _partners_of(stack_env, released) == 1, WAIT, "the released account created")
-    wait_for(
-        lambda: (
-            execute(
-                stack_env["ERP_ADMIN_DSN"],
-                "SELECT phone FROM public.res_partner WHERE id = %s",
-                (second["erp_id"],),
-            )[0][0]
-            == "+442079460123"
-        ),
-        WAIT,
-        "the linked account written into its candidate",
+    wait_for(partial(_has_status, sink, f"crm:{released}", "released"), WAIT, "released")
+    pipeline.settled()
+    held = _suspect(sink, f"crm:{linked}")
+    assert held is not None
+    assert (held[0], held[2]) == (str(second["erp_id"]), "held"), "a refused link changed it"
+    [(found,)] = execute(
+        stack_env["ERP_ADMIN_DSN"],
+        "SELECT phone FROM public.res_partner WHERE id = %s",
+        (second["erp_id"],),
     )
-    assert _partners_of(stack_env, linked) == 0
-    for key, status in ((released, "released"), (linked, "linked")):
-        # Marked once the decision's write committed.
-        wait_for(partial(_has_status, sink, f"crm:{key}", status), WAIT, f"crm:{key} {status}")
+    assert found != phone, "the held account was written into the seed's customer"
+
+
+# A link is one to one for operators too. A customer pair is made (one record typed
+# into one system, its copy made and linked in the other), then a copy of the first
+# record is typed into the same system again (the same e-mail in other case): held as a
+# suspected duplicate of the pair's counterpart. Linking it is refused (exit 3), naming
+# the pair's record, and changes nothing; once that record is gone (archived, deleted:
+# merged into the copy), the link is taken and the copy is written into the counterpart.
+
+
+def _customer_row(env: dict[str, str], system: str, row_id: str) -> tuple[Any, ...]:
+    """Name and liveness of a customer row (``system``: where it is)."""
+    if system == "crm":
+        query = "SELECT name, NOT deleted FROM public.accounts WHERE id = %s::uuid"
+        return tuple(execute(env["CRM_ADMIN_DSN"], query, (row_id,))[0])
+    query = "SELECT name, active FROM public.res_partner WHERE id = %s::bigint"
+    return tuple(execute(env["ERP_ADMIN_DSN"], query, (row_id,))[0])
+
+
+def _typed_customer(env: dict[str, str], system: str, name: str, email: str) -> str:
+    if system == "crm":
+        return _new_account(env, name=name, email=email, billing_address_country="DE")
+    rows = execute(
+        env["ERP_DSN"],
+        "INSERT INTO public.res_partner (name, email, country_code, is_company) "
+        "VALUES (%s, %s, 'DE', true) RETURNING id",
+        (name, email),
+    )
+    return str(rows[0][0])
+
+
+@pytest.mark.parametrize("system", ["erp", "crm"])
+def test_a_link_to_a_counterpart_another_live_record_holds_is_refused_until_it_is_gone(
+    pipeline: Pipeline, stack_env: dict[str, str], system: str
+) -> None:
+    other = "crm" if system == "erp" else "erp"
+    sink = pipeline.crm_sink if system == "erp" else pipeline.erp_sink
+    env = _sink_env(sink, stack_env)
+    tag = uuid.uuid4().hex[:8]
+    holder = _typed_customer(stack_env, system, f"Holder {tag}", f"holder-{tag}@example.com")
+    synced = partial(_synced_for, stack_env, system, holder)
+    counterpart = wait_for(synced, WAIT, f"{system}:{holder} synced and linked")
+    if system == "erp":  # linked back: the ERP customer names its account
+        wait_for(lambda: _linked_account(stack_env, int(holder)), WAIT, "linked back")
+    pipeline.settled()
+    copy = _typed_customer(stack_env, system, f"Copy {tag}", f"HOLDER-{tag}@example.com")
+    candidate, _, _ = _held(sink, f"{system}:{copy}")
+    assert candidate == counterpart
+    [suspect] = [
+        s
+        for s in json.loads(_suspects_cli(env, "list", "--target", other, "--json").stdout)
+        if s["entity_key"] == f"{system}:{copy}"
+    ]
+
+    refused = _suspects_cli(env, "link", str(suspect["id"]), "--target", other)
+    assert refused.returncode == 3, (refused.stdout, refused.stderr)
+    assert f"{system}:{holder} holds it" in " ".join(refused.stderr.split()), refused.stderr
+    pipeline.settled()
+    assert _has_status(sink, f"{system}:{copy}", "held"), "a refused link changes nothing"
+    assert _customer_row(stack_env, other, counterpart) == (f"Holder {tag}", True)
+
+    # The holder is merged into the copy: gone, it gives its counterpart up.
+    if system == "erp":
+        retire = "UPDATE public.res_partner SET active = false WHERE id = %s::bigint"
+    else:
+        retire = "UPDATE public.accounts SET deleted = true WHERE id = %s::uuid"
+    execute(stack_env[f"{system.upper()}_DSN"], retire, (holder,))
+    wait_for(
+        lambda: not _customer_row(stack_env, other, counterpart)[1],
+        WAIT,
+        f"{other} row {counterpart} archived with its holder",
+    )
+    taken = _suspects_cli(env, "link", str(suspect["id"]), "--target", other)
+    assert taken.returncode == 0, (taken.stdout, taken.stderr)
+    wait_for(
+        lambda: _customer_row(stack_env, other, counterpart)[0] == f"Copy {tag}",
+        WAIT,
+        "the copy written into the counterpart",
+    )
+    wait_for(partial(_has_status, sink, f"{system}:{copy}", "linked"), WAIT, "linked")
 
 
 def _synced_for(env: dict[str, str], system: str, record: str) -> str | None:
