@@ -129,12 +129,14 @@ class FailureKind(Enum):
     CONNECT = "connect"
     """A connection could not be made (refused, unresolvable, timed out): it is away."""
     DISCONNECT = "disconnect"
-    """A connection was lost: it may be away, or the connection was idle."""
+    """A connection was lost: it may be away, or the connection was idle (shown as
+    :attr:`OTHER` is)."""
     ALL_DOWN = "all_down"
     """The client has no broker left to talk to (no address in the message)."""
     OTHER = "other"
-    """Anything else about a broker's connection (a request timed out, refused): part of
-    an outage while one is open, a line of its own otherwise."""
+    """Anything else about a broker's connection (a request timed out, authentication or
+    TLS refused): a line of its own, folded as any other; while an outage of its broker
+    is open, also that outage's latest reason."""
 
 
 @dataclass(frozen=True, slots=True)
