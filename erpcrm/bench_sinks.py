@@ -242,12 +242,13 @@ def _throughput(
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
         for index in range(events):
             record = _customer(run, index, version)
+            value = serde.encode_with(writer, record)
             producer.produce(
                 topic,
                 key=f"erp:{10_000_000 + index}".encode(),
-                value=serde.encode_with(writer, record),
+                value=value,
                 # As the streams stage publishes it: with its payload hash.
-                headers=[payload_hash_header(payload_hash(record))],
+                headers=[payload_hash_header(payload_hash(record), value)],
             )
             producer.poll(0)
         if producer.flush(60) > 0:

@@ -35,7 +35,14 @@ from schemas.log_folding import (
     redact,
 )
 
-__all__ = ["LOGGER_PREFIX", "STATISTICS_INTERVAL_MS", "KafkaClientLog", "secret_values"]
+__all__ = [
+    "LOGGER_PREFIX",
+    "MASK",
+    "STATISTICS_INTERVAL_MS",
+    "KafkaClientLog",
+    "masked",
+    "secret_values",
+]
 
 LOGGER_PREFIX: Final = "erpcrm.kafka"
 """Each worker's Kafka clients log as ``erpcrm.kafka.<worker>`` (``erpcrm.kafka.cdc-erp``)."""
@@ -46,9 +53,18 @@ STATISTICS_INTERVAL_MS: Final = 5000
 _SECRET_KEY: Final = re.compile(r"password|secret|token|oauthbearer\.config|key\.pem", re.I)
 
 
+MASK: Final = "**********"
+"""What a secret reads as when a configuration is dumped (pydantic's ``SecretStr`` text)."""
+
+
 def secret_values(config: Mapping[str, Any]) -> list[str]:
     """The values of ``config`` whose property names say they are secrets."""
     return [str(v) for k, v in config.items() if _SECRET_KEY.search(k) and v]
+
+
+def masked(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the values :func:`secret_values` finds replaced by :data:`MASK`."""
+    return {k: MASK if _SECRET_KEY.search(k) and v else v for k, v in config.items()}
 
 
 class KafkaClientLog:

@@ -11,8 +11,10 @@ to what an operator needs, with the time passed in (no clock here):
   another partition, or after another number of milliseconds, is a repeat.
 - :class:`OutageTracker`: per broker address, the first failure to connect says it is
   unreachable (since when, and why); while it stays so, one line per window says it
-  still is; when a client sees it up again, one line says it is back and after how long.
-  Every other line about that address meanwhile is counted, not shown.
+  still is down, with the latest reason; when a client sees it up again, one line says it
+  is back and after how long. Its further connection failures meanwhile are counted, not
+  shown; any other failure about it (an authentication or TLS error of a broker that
+  answers again) is shown, folded as any other line.
 
 :func:`broker_failure` reads librdkafka's message text for the address and kind of a
 transport failure; :func:`redact` takes secrets out of any text before it is shown.
@@ -127,12 +129,14 @@ class FailureKind(Enum):
     CONNECT = "connect"
     """A connection could not be made (refused, unresolvable, timed out): it is away."""
     DISCONNECT = "disconnect"
-    """A connection was lost: it may be away, or the connection was idle."""
+    """A connection was lost: it may be away, or the connection was idle (shown as
+    :attr:`OTHER` is)."""
     ALL_DOWN = "all_down"
     """The client has no broker left to talk to (no address in the message)."""
     OTHER = "other"
-    """Anything else about a broker's connection (a request timed out, refused): part of
-    an outage while one is open, a line of its own otherwise."""
+    """Anything else about a broker's connection (a request timed out, authentication or
+    TLS refused): a line of its own, folded as any other; while an outage of its broker
+    is open, also that outage's latest reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +156,7 @@ _TIMING: Final = re.compile(
 )
 _BROKER: Final = re.compile(
     r"^(?:(?:GroupCoordinator|TxnCoordinator)(?:/\d+)?: )?"
-    r"(?P<address>\[[0-9A-Fa-f:.]+\]:\d+|[A-Za-z0-9._-]+:\d+)(?:/(?:\d+|bootstrap))?: "
+    r"(?:\w+://)?(?P<address>\[[0-9A-Fa-f:.]+\]:\d+|[A-Za-z0-9._-]+:\d+)(?:/(?:\d+|bootstrap))?: "
     r"(?P<rest>.*)$"
 )
 _CONNECT: Final = ("Connect to ", "Failed to resolve", "Connection refused", "Connection timed out")
@@ -163,7 +167,10 @@ _ALL_DOWN: Final = re.compile(r"^\d+/\d+ brokers are down$")
 def broker_failure(text: str) -> BrokerFailure | None:
     """The transport failure ``text`` (a librdkafka log or error message) reports, if any.
 
-    A message naming a broker (``host:port/id: …``) is about that broker's connection.
+    A message naming a broker (``host:port/id: …``, with the protocol in front for a
+    broker reached other than in plaintext: ``sasl_ssl://host:port/id: …``) is about that
+    broker's connection; its address is ``host:port`` either way (the ``nodename`` of the
+    client's statistics).
     """
     plain = _TIMING.sub("", _THREAD.sub("", text)).strip()
     if _ALL_DOWN.match(plain):
@@ -183,6 +190,8 @@ def broker_failure(text: str) -> BrokerFailure | None:
 class _Outage:
     since: float
     last_told: float
+    reason: str
+    """The latest failure about the broker (what the line every window repeats)."""
     folded: int = 0
 
 
@@ -207,12 +216,16 @@ class OutageTracker:
         return frozenset(self._down)
 
     def failed(self, failure: BrokerFailure, now: float) -> list[Line] | None:
-        """Lines for ``failure``; None when it is not part of an outage.
+        """Lines for ``failure``; None when the caller shows it as any other line.
 
-        The caller shows a failure that is not part of one as any other line. A
-        connection failure opens an outage of its address (one line); any failure while
-        an outage is open is counted in it (no line). A lost connection alone opens
-        none: an idle connection closed by the broker is not an outage.
+        A connection failure opens an outage of its address (one line); while it is
+        open, connection failures of that address and "all brokers are down" are counted
+        in it (no line). Any other failure about the address (a lost connection, an
+        authentication or TLS error, a timed-out request) is still shown: it may say why
+        the broker is not back although it answers (rotated credentials). It becomes the
+        outage's latest reason, repeated by the line every window (:meth:`due`), as every
+        failure of the address does. A lost connection alone opens no outage: an idle
+        connection closed by the broker is not one.
         """
         if failure.kind is FailureKind.ALL_DOWN:
             if not self._down:
@@ -223,17 +236,20 @@ class OutageTracker:
         assert failure.address is not None
         outage = self._down.get(failure.address)
         if outage is not None:
+            outage.reason = failure.reason
+            if failure.kind is not FailureKind.CONNECT:
+                return None
             outage.folded += 1
             return []
         if failure.kind is not FailureKind.CONNECT:
             return None
-        self._down[failure.address] = _Outage(since=now, last_told=now)
+        self._down[failure.address] = _Outage(since=now, last_told=now, reason=failure.reason)
         return [
             Line(
                 WARNING,
                 f"Kafka broker {failure.address} unreachable since {_clock(now)}: "
-                f"{failure.reason}; retrying (further failures folded, a line every "
-                f"{self._window_s:.0f} s while it lasts)",
+                f"{failure.reason}; retrying (further connection failures folded, a line "
+                f"every {self._window_s:.0f} s while it lasts)",
             )
         ]
 
@@ -253,7 +269,7 @@ class OutageTracker:
         ]
 
     def due(self, now: float) -> list[Line]:
-        """One line per open outage whose last line is a window old."""
+        """One line per open outage whose last line is a window old, with its latest reason."""
         lines: list[Line] = []
         for address, outage in self._down.items():
             if now - outage.last_told < self._window_s:
@@ -262,17 +278,19 @@ class OutageTracker:
             lines.append(
                 Line(
                     WARNING,
-                    f"Kafka broker {address} still unreachable, for {now - outage.since:.0f} s "
+                    f"Kafka broker {address} still down, for {now - outage.since:.0f} s "
                     f"(since {_clock(outage.since)}, {outage.folded} client messages about "
-                    f"it folded)",
+                    f"it folded; latest: {outage.reason})",
                 )
             )
         return lines
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of each non-empty secret replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    """``text`` with every occurrence of each non-empty secret replaced by ``***``.
+
+    The longest secret first: a shorter one inside it must not leave the rest in clear.
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text

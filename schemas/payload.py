@@ -5,19 +5,22 @@ applying one whose payload equals the last one applied. Both must agree on what 
 means, so the hash is part of the bus contract.
 
 The streams stage hashes every canonical event it publishes anyway (its dedupe), and
-sends the digest along in the Kafka header :data:`PAYLOAD_HASH_HEADER` (the hex text,
-as ASCII). The header is additive: the value stays the Avro record of DESIGN.md §4, and
-a consumer that does not know the header reads the event as before. A sink takes the
-digest from the header (:func:`carried_digest`) and computes it only for an event that
-comes without one (a replay of a dead letter, an event published by an older streams
-worker): :func:`payload_hash` of the decoded record gives the same text as the header
-of the record it was encoded from (tests/unit/test_processor.py checks every canonical
-event the processor publishes).
+sends the digest along in the Kafka header :data:`PAYLOAD_HASH_HEADER`, bound to the
+message value by a CRC-32 of its bytes. The header is additive: the value stays the Avro
+record of DESIGN.md §4, and a consumer that does not know the header reads the event as
+before. A sink takes the digest from the header (:func:`carried_digest`, given the
+value as read) and computes it for an event that comes without one (a replay of a dead
+letter, an event published by an older streams worker) or whose header was not made for
+its value (a message produced again, edited, with the headers kept): :func:`payload_hash`
+of the decoded record gives the same text as the header of the record it was encoded
+from (tests/unit/test_processor.py checks every canonical event the processor publishes).
+Both ends use the two functions here, the only place the header's form is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -96,45 +99,65 @@ def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUD
 
 
 PAYLOAD_HASH_HEADER: Final = "erpcrm.payload.sha256"
-"""The Kafka header of a canonical event carrying its :func:`payload_hash` (hex, ASCII)."""
+"""The Kafka header of a canonical event carrying its :func:`payload_hash`, bound to the
+message value it was made for: ``<digest>:<check>`` (ASCII), the digest as 64 lowercase
+hex digits and the check as the CRC-32 of the message value's bytes, 8 lowercase hex
+digits (:func:`payload_hash_header`, :func:`carried_digest`)."""
 
 _DIGEST_LENGTH: Final = 64
+_HEADER_LENGTH: Final = _DIGEST_LENGTH + 1 + 8
+_SEPARATOR: Final = ord(":")
 _HEX_DIGITS: Final = b"0123456789abcdef"
 
 
-def payload_hash_header(digest: str) -> tuple[str, bytes]:
-    """The :data:`PAYLOAD_HASH_HEADER` header carrying ``digest`` (:func:`payload_hash`)."""
-    return (PAYLOAD_HASH_HEADER, digest.encode("ascii"))
+def payload_hash_header(digest: str, value: bytes) -> tuple[str, bytes]:
+    """The :data:`PAYLOAD_HASH_HEADER` header carrying ``digest`` for the message ``value``.
+
+    ``digest`` is :func:`payload_hash` of the record ``value`` encodes (the message value
+    as published, wire-format bytes and all).
+    """
+    return (PAYLOAD_HASH_HEADER, b"%s:%08x" % (digest.encode("ascii"), zlib.crc32(value)))
 
 
 Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
-"""A message's Kafka headers as a client hands them out: a list of pairs, or a mapping."""
+"""A message's Kafka headers as a client hands them out: a sequence of pairs (a list, as
+confluent-kafka gives them, or a tuple, as the streams stage builds them), or a mapping."""
 
 
-def carried_digest(headers: Headers) -> str | None:
-    """The payload hash a message's headers carry; None when they carry none.
+def carried_digest(headers: Headers, value: bytes | None) -> str | None:
+    """The payload hash ``headers`` carry for the message value ``value``; None: none.
 
-    A header that is not a SHA-256 hex digest counts as none (the reader computes the hash
-    itself, as for an event published without the header). Read for every message a
-    sink consumes when the version does not settle it: a loop and a few C calls (no
-    regular expression; a list is told apart from a mapping without the abstract class,
-    whose ``isinstance`` took longer than the rest).
+    None when there is no :data:`PAYLOAD_HASH_HEADER`, when it is malformed (not
+    ``<64 hex>:<8 hex>``), when its check is not the CRC-32 of ``value`` (the value was
+    edited and produced again with the old headers kept: the digest was made for another
+    payload), or when ``value`` is None. The reader then computes the hash itself, as
+    for an event published without the header. The check guards against a tool, not an
+    adversary: whoever may produce to the topic may write any payload with any header.
+
+    Read for every message a sink consumes when the version does not settle it: a loop
+    and a few C calls (no regular expression; a list or tuple is told apart from a
+    mapping before the abstract class's ``isinstance``, which took longer than the rest).
     """
-    if not headers:
+    if not headers or value is None:
         return None
-    value: str | bytes | None = None
-    if isinstance(headers, list | tuple):
-        for name, carried in headers:
+    carried: str | bytes | None = None
+    if not isinstance(headers, list | tuple) and isinstance(headers, Mapping):
+        carried = headers.get(PAYLOAD_HASH_HEADER)
+    else:
+        for name, each in headers:
             if name == PAYLOAD_HASH_HEADER:
-                value = carried
+                carried = each
                 break
-    elif isinstance(headers, Mapping):
-        value = headers.get(PAYLOAD_HASH_HEADER)
-    if isinstance(value, str):
-        value = value.encode("ascii", "replace")
-    if value is None or len(value) != _DIGEST_LENGTH or value.translate(None, _HEX_DIGITS):
+    if isinstance(carried, str):
+        carried = carried.encode("ascii", "replace")
+    if carried is None or len(carried) != _HEADER_LENGTH or carried[_DIGEST_LENGTH] != _SEPARATOR:
         return None
-    return value.decode("ascii")
+    digest = carried[:_DIGEST_LENGTH]
+    if digest.translate(None, _HEX_DIGITS) or carried[_DIGEST_LENGTH + 1 :] != b"%08x" % (
+        zlib.crc32(value)
+    ):
+        return None
+    return digest.decode("ascii")
 
 
 def payload_json(payload: Mapping[str, Any]) -> bytes:

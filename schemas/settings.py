@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,7 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from schemas.kafka_log import KafkaClientLog, secret_values
+from schemas.kafka_log import KafkaClientLog, masked, secret_values
 
 PORT_OFFSET_ENV = "ERPCRM_STACK_PORT_OFFSET"
 """Moves every local port, the stack's and the workers' alike: a second stack beside the first."""
@@ -49,7 +49,9 @@ class KafkaSettings(BaseModel):
 
     bootstrap: str = "127.0.0.1:21092"
     extra: dict[str, str] = Field(default_factory=dict, repr=False)
-    """librdkafka properties as they are (``sasl.password`` among them: never printed)."""
+    """librdkafka properties as they are (``sasl.password`` among them: never printed,
+    and masked in a dump: :meth:`model_dump` shows a secret as ``**********``).
+    :meth:`client_config` hands them to the clients in clear."""
 
     _client_log: KafkaClientLog | None = PrivateAttr(default=None)
 
@@ -62,6 +64,11 @@ class KafkaSettings(BaseModel):
         copy = self.model_copy()
         copy._client_log = KafkaClientLog(worker, secrets=secret_values(self.extra))
         return copy
+
+    @field_serializer("extra")
+    def _masked_extra(self, extra: dict[str, str]) -> dict[str, str]:
+        # A dump goes to logs, diagnostics and files; the clients read ``extra`` itself.
+        return masked(extra)
 
     @property
     def client_log(self) -> KafkaClientLog | None:

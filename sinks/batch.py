@@ -100,13 +100,18 @@ class SinkEvent:
         return self.record
 
     def digest(self) -> str | None:
-        """The payload hash the streams stage sent along; None: none was sent.
+        """The payload hash the streams stage sent along for this message; None: none.
 
         Read from the header :data:`~schemas.payload.PAYLOAD_HASH_HEADER` and trusted as
-        :func:`~schemas.payload.payload_hash` of ``record``. Without one (a replayed dead
-        letter, an event of an older streams worker) the sink computes the hash.
+        :func:`~schemas.payload.payload_hash` of ``record`` only when it was made for
+        ``raw_value`` (:func:`~schemas.payload.carried_digest`). None when the header is
+        absent (a replayed dead letter, an event of an older streams worker), malformed,
+        or made for another value (a message produced again, edited, with its headers
+        kept), or when ``raw_value`` or ``headers`` is None: the sink computes the hash.
         """
-        return carried_digest(self.headers()) if self.headers is not None else None
+        if self.headers is None:
+            return None
+        return carried_digest(self.headers(), self.raw_value)
 
     @property
     def entity_key(self) -> EntityKey:

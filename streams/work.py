@@ -232,7 +232,10 @@ class Emitter:
                 key=event.key.encode("utf-8"),
                 value=value,
                 # The digest travels along: a sink need not hash the payload again.
-                headers=((dlq.H_OUTPUT_ID, event_id.encode("ascii")), payload_hash_header(digest)),
+                headers=(
+                    (dlq.H_OUTPUT_ID, event_id.encode("ascii")),
+                    payload_hash_header(digest, value),
+                ),
                 output_id=event_id,
                 flow=flow,
                 event=event,

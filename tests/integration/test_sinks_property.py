@@ -524,10 +524,20 @@ def test_each_record_finds_the_row_of_its_strongest_locator_and_each_row_comes_o
 
 
 def _carrying(
-    serde: AvroSerde, record: dict[str, Any], key: str, offset: int, digest: str | None
+    serde: AvroSerde,
+    record: dict[str, Any],
+    key: str,
+    offset: int,
+    digest: str | None,
+    *,
+    made_for: dict[str, Any] | None = None,
 ) -> SinkEvent:
-    """A customer event as the runner reads it: whole, with the hash its header carries."""
+    """A customer event as the runner reads it: whole, with the hash its header carries.
+
+    ``made_for``: the record whose message the header was made for (default ``record``).
+    """
     message = _encoded(serde, record)
+    bound = message if made_for is None else _encoded(serde, made_for)
     return SinkEvent(
         "canonical.customer",
         0,
@@ -537,7 +547,7 @@ def _carrying(
         serde.decode(message),
         None,
         message,
-        headers=lambda: None if digest is None else [payload_hash_header(digest)],
+        headers=lambda: None if digest is None else [payload_hash_header(digest, bound)],
     )
 
 
@@ -578,3 +588,24 @@ def test_a_carried_payload_hash_is_taken_as_is_and_one_computed_without_it_agree
         (KEYS[0], own),
         (KEYS[1], own.__class__(payload_hash(again[1].record))),
     ]
+
+
+def test_an_edited_event_produced_again_with_its_old_hash_header_is_applied(
+    sink: PostgresUpsertSink, stack_env: dict[str, str]
+) -> None:
+    _reset(stack_env, sink._schema)
+    serde = AvroSerde(LocalSchemaRegistry())
+    key = KEYS[0]
+    alpha = {"op": "upsert", "name": "Alpha", "city": "Berlin", "price": 0}
+    first = _record("customer", key, 10, alpha)
+    digest = payload_hash(_whole(first))
+    assert [e.key for e in sink.write(SinkBatch([_carrying(serde, first, key, 0, digest)])).applied]
+    # The next version, a no-op of the first as published; a tool edits its name and
+    # produces it again, the headers kept: the hash they carry is not for this value.
+    published = _record("customer", key, 20, alpha)
+    edited = _record("customer", key, 20, {**alpha, "name": "Beta"})
+    event = _carrying(serde, edited, key, 1, digest, made_for=published)
+    assert event.digest() is None
+    result = sink.write(SinkBatch([event]))
+    assert [e.key for e in result.applied] == [key]
+    assert not result.noop

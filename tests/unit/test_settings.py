@@ -96,3 +96,21 @@ def test_the_streams_worker_refuses_exactly_once(monkeypatch: pytest.MonkeyPatch
     assert EXACTLY_ONCE_REFUSED in str(refused.value)
     monkeypatch.setenv("ERPCRM_STREAMS_PROCESSING_GUARANTEE", "at_least_once")
     assert StreamsSettings().processing_guarantee == "at_least_once"
+
+
+def test_kafka_secrets_are_masked_in_a_dump_and_in_clear_for_the_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "ERPCRM_KAFKA__EXTRA",
+        '{"sasl.password": "hunter2", "sasl.username": "sync", "ssl.key.password": "k3y"}',
+    )
+    kafka = CaptureSettings(system="erp").kafka
+    dumped = kafka.model_dump()["extra"]
+    assert dumped["sasl.password"] == "**********"
+    assert dumped["ssl.key.password"] == "**********"
+    assert dumped["sasl.username"] == "sync"
+    assert "hunter2" not in kafka.model_dump_json()
+    assert "hunter2" not in repr(kafka)
+    config = kafka.logged_as("cdc-erp").client_config()
+    assert (config["sasl.password"], config["ssl.key.password"]) == ("hunter2", "k3y")

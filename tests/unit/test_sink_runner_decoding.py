@@ -10,7 +10,9 @@ it with its batch.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import zlib
+from collections.abc import Sequence
+from typing import Any, overload
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -75,8 +77,13 @@ def _message(
     *,
     tail: bytes = b"",
     headers: list[tuple[str, bytes]] | None = None,
+    name: str = "Alpha",
+    hashed: str | None = None,
 ) -> Any:
-    """A message as the runner reads it (duck-typed as a Kafka message)."""
+    """A message as the runner reads it (duck-typed as a Kafka message).
+
+    ``hashed``: a payload hash header carrying that digest for this message's value.
+    """
     schema = canonical_schema("customer")
     record: dict[str, Any] = {f["name"]: f.get("default") for f in schema["fields"]}
     record.update(
@@ -86,9 +93,12 @@ def _message(
         source_ts_ms=1_700_000_000_000,
         op="upsert",
         version=version,
-        name="Alpha",
+        name=name,
     )
-    return _Message(serde.encode(f"{TOPIC}-value", schema, record) + tail, version, headers)
+    value = serde.encode(f"{TOPIC}-value", schema, record) + tail
+    if hashed is not None:
+        headers = [*(headers or []), payload_hash_header(hashed, value)]
+    return _Message(value, version, headers)
 
 
 def test_whole_while_batches_apply_leading_fields_after_replays() -> None:
@@ -127,23 +137,52 @@ def test_the_payload_hash_an_event_carries_is_kept_with_it() -> None:
     runner, serde = _runner()
     digest = hashlib.sha256(b"payload").hexdigest()
     batch = SinkBatch()
-    runner._add(batch, _message(serde, "erp", 1, headers=[payload_hash_header(digest)]))
+    runner._add(batch, _message(serde, "erp", 1, hashed=digest))
     runner._add(batch, _message(serde, "erp", 2))  # published without one
     # Not a digest: the sink hashes the payload itself, as for one without the header.
-    runner._add(batch, _message(serde, "erp", 3, headers=[(PAYLOAD_HASH_HEADER, b"x" * 64)]))
-    runner._add(
-        batch, _message(serde, "erp", 4, headers=[(PAYLOAD_HASH_HEADER, digest.upper().encode())])
-    )
-    assert [e.digest() for e in batch] == [digest, None, None, None]
+    runner._add(batch, _message(serde, "erp", 3, headers=[(PAYLOAD_HASH_HEADER, b"x" * 73)]))
+    [(_, bound)] = _message(serde, "erp", 4, hashed=digest).headers()
+    runner._add(batch, _message(serde, "erp", 4, headers=[(PAYLOAD_HASH_HEADER, bound.upper())]))
+    # Produced again with another name but the headers kept: the hash is not for it.
+    kept = _message(serde, "erp", 5, hashed=digest).headers()
+    edited = _message(serde, "erp", 5, name="Beta", headers=kept)
+    assert edited.value() != _message(serde, "erp", 5).value()
+    runner._add(batch, edited)
+    assert [e.digest() for e in batch] == [digest, None, None, None, None]
 
 
-def test_carried_digest_reads_pairs_and_mappings_and_ignores_other_headers() -> None:
+def test_carried_digest_reads_pairs_and_mappings_bound_to_the_value() -> None:
     digest = hashlib.sha256(b"payload").hexdigest()
-    name, value = payload_hash_header(digest)
-    assert carried_digest([("erpcrm.output_id", b"e1"), (name, value)]) == digest
-    assert carried_digest({name: value, "erpcrm.output_id": b"e1"}) == digest
-    assert carried_digest({name: digest}) == digest
-    assert carried_digest([("erpcrm.output_id", b"e1")]) is None
-    assert carried_digest([(name, None)]) is None
-    assert carried_digest([(name, value[:-1])]) is None
-    assert carried_digest(None) is None
+    value = b"\x00\x00\x00\x00\x01avro"
+    name, header = payload_hash_header(digest, value)
+    assert header == f"{digest}:{zlib.crc32(value):08x}".encode()
+    assert carried_digest([("erpcrm.output_id", b"e1"), (name, header)], value) == digest
+    assert carried_digest(((name, header),), value) == digest
+    assert carried_digest({name: header, "erpcrm.output_id": b"e1"}, value) == digest
+    assert carried_digest({name: header.decode()}, value) == digest
+    assert carried_digest(_Pairs([(name, header)]), value) == digest  # any sequence
+    assert carried_digest([("erpcrm.output_id", b"e1")], value) is None
+    assert carried_digest([(name, None)], value) is None
+    assert carried_digest([(name, header[:-1])], value) is None
+    assert carried_digest([(name, digest.encode())], value) is None  # not bound: untrusted
+    assert carried_digest([(name, header.replace(b":", b";"))], value) is None
+    assert carried_digest([(name, header)], value + b"!") is None  # another value
+    assert carried_digest([(name, header)], None) is None
+    assert carried_digest(None, value) is None
+
+
+class _Pairs(Sequence[tuple[str, bytes]]):
+    """Headers as a sequence that is neither a list nor a tuple."""
+
+    def __init__(self, pairs: list[tuple[str, bytes]]) -> None:
+        self._pairs = pairs
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, bytes]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, bytes]]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._pairs[index]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
