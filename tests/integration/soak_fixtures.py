@@ -56,6 +56,7 @@ from tests.integration.sink_fixtures import (
 
 __all__ = [
     "CLOCK_WAIT_SECONDS",
+    "DLQ_TOPICS",
     "SETTLE_SECONDS",
     "SYSTEMS",
     "Budget",
@@ -78,6 +79,8 @@ __all__ = [
 ]
 
 SYSTEMS: Final = ("erp", "crm")
+DLQ_TOPICS: Final = ("dlq.streams", "dlq.sinks.crm", "dlq.sinks.erp")
+"""Every stage's dead-letter topic (read with :func:`dead_letters`)."""
 SINK_OUTCOMES: Final = (
     "applied",
     "stale",
