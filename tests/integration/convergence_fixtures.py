@@ -17,6 +17,7 @@ with the recorded writes. This module holds what does not depend on which cells:
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -40,7 +41,17 @@ from streams.cleansing import (
 )
 from streams.validation import Failed, Ok
 from tests.integration.sink_fixtures import Pipeline
-from tests.integration.soak_fixtures import Pair, valid_vat, wait_linked
+from tests.integration.soak_fixtures import (
+    SYSTEMS,
+    Budget,
+    Pair,
+    Victim,
+    dead_workers,
+    quiesce,
+    run_threads,
+    valid_vat,
+    wait_linked,
+)
 
 COUNTRIES: Final = ("DE", "FR", "GB", "AT", "NL", "IT", "ES")
 PHONE_PREFIXES: Final = ("+4420", "+331", "+4930")  # London, Paris, Berlin; 8 digits follow
@@ -390,6 +401,92 @@ def create_pairs(
             ]
 
     return wait_linked(pipeline, env, accounts), initial
+
+
+def seed_from_env() -> int:
+    """``ERPCRM_CONVERGENCE_SEED``, else a fresh random seed."""
+    return int(os.environ.get("ERPCRM_CONVERGENCE_SEED") or random.SystemRandom().randrange(2**32))
+
+
+@dataclass(slots=True)
+class Run:
+    """What the writers did while the chaos went on, and what went wrong beside the values."""
+
+    writers: list[Writer]
+    chaos: list[Victim]
+    edited: float
+    """Seconds the writers wrote."""
+    t0_us: int
+    """When the edits began (µs since the epoch; the stack shares this host's clock)."""
+    problems: list[str]
+    notes: list[str]
+    """Shown, not failing: the verdict is on the values at rest."""
+
+    @property
+    def writes(self) -> list[Write]:
+        """Every committed write of every writer."""
+        return [w for writer in self.writers for w in writer.writes]
+
+    def verdict(
+        self,
+        pipeline: Pipeline,
+        seed: int,
+        pairs: int,
+        written: str,
+        what: str,
+        path: Path,
+        divergences: Sequence[Divergence],
+        writes: Sequence[Write],
+    ) -> None:
+        """Print the run's summary; fail with it and the table of ``divergences`` if there
+        are problems or divergences. ``written``: what was written, ``what``: the chaos,
+        ``path``: the post-mortem file (:func:`dump`)."""
+        writers = self.writers
+        unanswered = sum((w.unanswered for w in writers), Counter[str]())
+        header = [
+            f"seed={seed} (ERPCRM_CONVERGENCE_SEED={seed} replays the choices) pairs={pairs} "
+            f"edits={self.edited:.0f}s {written} "
+            f"unchanged-skips={sum(w.unchanged for w in writers)} "
+            f"writer-reconnects={sum(w.disconnects for w in writers)} "
+            f"commits-unanswered={dict(unanswered)}",
+            f"{what}: " + "; ".join(line for v in self.chaos for line in v.log),
+            sink_summary(pipeline),
+            f"times are relative to the start of the edits; every write and the final rows: {path}",
+            *self.notes,
+            *self.problems,
+        ]
+        print("\n".join(header))
+        assert not self.problems, report(divergences, writes, self.t0_us, header)
+        assert not divergences, report(divergences, writes, self.t0_us, header)
+
+
+def run_writers(
+    pipeline: Pipeline,
+    make: Callable[[str, int, random.Random], Writer],
+    chaos: list[Victim],
+    seed: int,
+    budget: Budget,
+    rows: Callable[[], object],
+) -> Run:
+    """``budget.writers_per_system`` writers on each system (``make(system, number, rng)``,
+    each with its own generator from ``seed``) while ``chaos`` goes on; then wait until
+    the pipeline is quiet (``rows``: what :func:`quiesce` watches). Errors of writers and
+    victims, missed kills, a pipeline that did not come to rest and dead workers are
+    the run's problems."""
+    writers = [
+        make(system, number, random.Random(f"{seed}/{system}/{number}"))
+        for system in SYSTEMS
+        for number in range(1, budget.writers_per_system + 1)
+    ]
+    t0_us = time.time_ns() // 1000  # the stack runs on this host: commit times share the clock
+    edited = run_threads([w.run for w in writers], chaos, seed, budget.write_seconds)
+    problems = [e for e in (*(w.error for w in writers), *(v.error for v in chaos)) if e]
+    problems += [missed for v in chaos if (missed := v.missed)]
+    notes: list[str] = []
+    if not quiesce(pipeline, rows, notes):
+        problems.append("the pipeline did not come to rest; the values below may still move")
+    problems += dead_workers(pipeline)
+    return Run(writers, chaos, edited, t0_us, problems, notes)
 
 
 def short(value: Any, width: int = 30) -> str:

@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import httpx
 import psycopg
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from erpcrm.stack import LocalStack
@@ -66,6 +67,7 @@ __all__ = [
     "dead_letters",
     "dead_workers",
     "outages",
+    "pipeline_fixture",
     "quiesce",
     "run_threads",
     "settled",
@@ -454,6 +456,20 @@ def settled(pipeline: Pipeline) -> None:
         pipeline.settled(timeout=SETTLE_SECONDS)
     except AssertionError as exc:
         raise AssertionError("\n".join([str(exc), *dead_workers(pipeline)])) from None
+
+
+def pipeline_fixture(name: str) -> Any:
+    """A module-scoped ``pipeline`` fixture: :func:`soak_pipeline`, its logs in a
+    temporary directory named ``name``. Assign it as ``pipeline = pipeline_fixture(...)``."""
+
+    @pytest.fixture(scope="module")
+    def pipeline(
+        stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Pipeline]:
+        with soak_pipeline(stack_env, tmp_path_factory.mktemp(name)) as running:
+            yield running
+
+    return pipeline
 
 
 @contextlib.contextmanager

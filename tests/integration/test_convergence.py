@@ -50,10 +50,9 @@ from __future__ import annotations
 
 import os
 import random
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import pytest
@@ -69,8 +68,9 @@ from tests.integration.convergence_fixtures import (
     Writer,
     create_pairs,
     diverged,
-    report,
-    sink_summary,
+    dump,
+    run_writers,
+    seed_from_env,
 )
 from tests.integration.sink_fixtures import Pipeline
 from tests.integration.soak_fixtures import (
@@ -78,12 +78,9 @@ from tests.integration.soak_fixtures import (
     Budget,
     Pair,
     Victim,
-    dead_workers,
     outages,
-    quiesce,
-    run_threads,
+    pipeline_fixture,
     settled,
-    soak_pipeline,
     victims,
 )
 
@@ -208,12 +205,7 @@ def _rows(env: dict[str, str], pairs: Sequence[Pair]) -> object:
 # ------------------------------------------------------------------------------ tests
 
 
-@pytest.fixture(scope="module")
-def pipeline(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Pipeline]:
-    with soak_pipeline(stack_env, tmp_path_factory.mktemp("convergence")) as running:
-        yield running
+pipeline = pipeline_fixture("convergence")
 
 
 def test_generated_values_are_canonical() -> None:
@@ -262,7 +254,7 @@ def _converge(
     """Pairs, writers on both systems while ``chaos_for(rng)`` goes on, then every cell
     against the last write and every record of the run one of a pair."""
     budget = BUDGET
-    seed = int(os.environ.get("ERPCRM_CONVERGENCE_SEED") or random.SystemRandom().randrange(2**32))
+    seed = seed_from_env()
     print(f"convergence ({what}): seed={seed} budget={budget}")
     rng = random.Random(seed)
     values = ValueMaker(uuid.uuid4().hex[:4])
@@ -272,51 +264,22 @@ def _converge(
     settled(pipeline)
 
     # 2.-3. Writers on both systems and, meanwhile, the chaos.
-    writers = [
-        FieldWriter(
-            system,
-            number,
-            stack_env[f"{system.upper()}_DSN"],
-            pairs,
-            values,
-            random.Random(f"{seed}/{system}/{number}"),
-        )
-        for system in SYSTEMS
-        for number in range(1, budget.writers_per_system + 1)
-    ]
-    chaos = chaos_for(rng)
-    t0_us = time.time_ns() // 1000  # the stack runs on this host: commit times share the clock
-    edited = run_threads([w.run for w in writers], chaos, seed, budget.write_seconds)
+    def writer(system: str, number: int, own: random.Random) -> Writer:
+        return FieldWriter(system, number, stack_env[f"{system.upper()}_DSN"], pairs, values, own)
 
-    # 4. Quiet, then every cell against the last write.
-    problems = [e for e in (*(w.error for w in writers), *(v.error for v in chaos)) if e]
-    problems += [missed for v in chaos if (missed := v.missed)]
-    notes: list[str] = []  # shown, not failing: the verdict is on the values at rest
-    if not quiesce(pipeline, lambda: _rows(stack_env, pairs), notes):
-        problems.append("the pipeline did not come to rest; the values below may still move")
-    problems += dead_workers(pipeline)
-    writes = initial + [w for writer in writers for w in writer.writes]
+    chaos = chaos_for(rng)
+    run = run_writers(pipeline, writer, chaos, seed, budget, lambda: _rows(stack_env, pairs))
+
+    # 4. Every cell against the last write.
+    problems = run.problems
+    writes = initial + run.writes
     by_system = Counter(w.system for w in writes if w.writer != "init")
     if not (by_system["erp"] and by_system["crm"]):
         problems.append(f"the writers did not write on both sides: {dict(by_system)}")
     state = _read(stack_env, pairs)
     divergences = diverged(state, pairs, writes, [f.name for f in FIELDS])
     problems += _records(stack_env, values.run_tag, pairs)
-    dump = pipeline.erp.log_dir / f"convergence-{what}-writes.jsonl"
-    dump(dump, writes, state, pairs)
-    unanswered = sum((w.unanswered for w in writers), Counter[str]())
-    header = [
-        f"seed={seed} (ERPCRM_CONVERGENCE_SEED={seed} replays the choices) pairs={len(pairs)} "
-        f"edits={edited:.0f}s field writes erp={by_system['erp']} crm={by_system['crm']} "
-        f"unchanged-skips={sum(w.unchanged for w in writers)} "
-        f"writer-reconnects={sum(w.disconnects for w in writers)} "
-        f"commits-unanswered={dict(unanswered)}",
-        f"{what}: " + "; ".join(line for v in chaos for line in v.log),
-        sink_summary(pipeline),
-        f"times are relative to the start of the edits; every write and the final rows: {dump}",
-        *notes,
-        *problems,
-    ]
-    print("\n".join(header))
-    assert not problems, report(divergences, writes, t0_us, header)
-    assert not divergences, report(divergences, writes, t0_us, header)
+    path = pipeline.erp.log_dir / f"convergence-{what}-writes.jsonl"
+    dump(path, writes, state, pairs)
+    written = f"field writes erp={by_system['erp']} crm={by_system['crm']}"
+    run.verdict(pipeline, seed, len(pairs), written, what, path, divergences, writes)

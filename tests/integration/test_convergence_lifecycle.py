@@ -48,10 +48,9 @@ from __future__ import annotations
 
 import os
 import random
-import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -73,8 +72,8 @@ from tests.integration.convergence_fixtures import (
     create_pairs,
     diverged,
     dump,
-    report,
-    sink_summary,
+    run_writers,
+    seed_from_env,
 )
 from tests.integration.sink_fixtures import Pipeline, watermarks
 from tests.integration.soak_fixtures import (
@@ -84,10 +83,8 @@ from tests.integration.soak_fixtures import (
     Pair,
     dead_letters,
     dead_workers,
-    quiesce,
-    run_threads,
+    pipeline_fixture,
     settled,
-    soak_pipeline,
     valid_vat,
     victims,
 )
@@ -245,14 +242,14 @@ class LifecycleWriter(Writer):
             params = [not alive, contact, not alive]
             return Edit(statement, params, pair.index, (contact_cell(number, LIVE),), (value,))
         name = self.rng.choice(CONTACT_FIELDS[:-1])
-        cell = (contact_cell(number, name),)
+        named = (contact_cell(number, name),)
         if name == "name":
             person = Person.make(self.rng, f"{self.values.run_tag}{self.name}n{seq}")
             params = [person.first, person.last, contact]
-            return Edit(_CONTACT_NAME, params, pair.index, cell, (person.full,))
+            return Edit(_CONTACT_NAME, params, pair.index, named, (person.full,))
         made = self.values.make(name, self.rng, self.name, seq)
         statement = _set_contact("email" if name == "email" else "phone_mobile")
-        return Edit(statement, [made, contact, made], pair.index, cell, (made,))
+        return Edit(statement, [made, contact, made], pair.index, named, (made,))
 
     def _fields(self, pair: Pair, fields: Sequence[Field], values: Sequence[str | None]) -> Edit:
         live = ERP_LIVE if self.system == "erp" else CRM_LIVE
@@ -352,9 +349,9 @@ def _read(
         "crm": "SELECT id::text, concat_ws(' ', first_name, last_name), email, phone_mobile,"
         " NOT deleted FROM public.contacts WHERE id = ANY(%s::uuid[])",
     }
-    for system, query in people.items():
+    for system, text in people.items():
         for contact, name, email, phone, alive in execute(
-            env[f"{system.upper()}_ADMIN_DSN"], query, (list(where),)
+            env[f"{system.upper()}_ADMIN_DSN"], text, (list(where),)
         ):
             index, number = where[str(contact)]
             found = {"name": name, "email": email, "phone": phone, LIVE: _liveness(alive)}
@@ -423,12 +420,7 @@ def _records(
 # ------------------------------------------------------------------------------ tests
 
 
-@pytest.fixture(scope="module")
-def pipeline(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Pipeline]:
-    with soak_pipeline(stack_env, tmp_path_factory.mktemp("lifecycle")) as running:
-        yield running
+pipeline = pipeline_fixture("lifecycle")
 
 
 def test_generated_contact_names_are_canonical() -> None:
@@ -444,7 +436,7 @@ def test_concurrent_lifecycle_edits_and_kills_converge(
     """Pairs with contacts, lifecycle writers on both systems while every worker kind is
     SIGKILLed and restarted, then every cell against the documented outcome."""
     budget = BUDGET
-    seed = int(os.environ.get("ERPCRM_CONVERGENCE_SEED") or random.SystemRandom().randrange(2**32))
+    seed = seed_from_env()
     print(f"lifecycle convergence: seed={seed} budget={budget}")
     rng = random.Random(seed)
     values = ValueMaker(uuid.uuid4().hex[:4])
@@ -460,36 +452,19 @@ def test_concurrent_lifecycle_edits_and_kills_converge(
     settled(pipeline)
     letters_from = watermarks(stack_env["KAFKA_BOOTSTRAP"], DLQ_TOPICS)
 
-    # 2. Writers on both systems and, meanwhile, the kills.
-    writers = [
-        LifecycleWriter(
-            system,
-            number,
-            stack_env[f"{system.upper()}_DSN"],
-            pairs,
-            values,
-            random.Random(f"{seed}/{system}/{number}"),
-            contacts=contacts,
-        )
-        for system in SYSTEMS
-        for number in range(1, budget.writers_per_system + 1)
-    ]
-    chaos = victims(pipeline, budget, rng)
-    t0_us = time.time_ns() // 1000
-    edited = run_threads([w.run for w in writers], chaos, seed, budget.write_seconds)
-
-    # 3. Quiet, then every cell against the documented outcome.
-    problems = [e for e in (*(w.error for w in writers), *(v.error for v in chaos)) if e]
-    problems += [missed for v in chaos if (missed := v.missed)]
-    notes: list[str] = []
+    # 2. Writers on both systems and, meanwhile, the kills; then quiet.
+    def writer(system: str, number: int, own: random.Random) -> Writer:
+        dsn = stack_env[f"{system.upper()}_DSN"]
+        return LifecycleWriter(system, number, dsn, pairs, values, own, contacts=contacts)
 
     def rows() -> object:
         return sorted((k, sorted(v.items())) for k, v in _read(stack_env, pairs, contacts).items())
 
-    if not quiesce(pipeline, rows, notes):
-        problems.append("the pipeline did not come to rest; the values below may still move")
-    problems += dead_workers(pipeline)
-    writes = initial + [w for writer in writers for w in writer.writes]
+    run = run_writers(pipeline, writer, victims(pipeline, budget, rng), seed, budget, rows)
+
+    # 3. Every cell against the documented outcome.
+    problems = run.problems
+    writes = initial + run.writes
     kinds = Counter(f"{w.system} {w.field.split('.')[-1]}" for w in writes if w.writer != "init")
     missing = [
         k for k in ("erp live", "crm live", "crm vat", "erp vat", "crm name") if not kinds[k]
@@ -503,16 +478,5 @@ def test_concurrent_lifecycle_edits_and_kills_converge(
     problems += [f"dead letter on {x.topic}: {x.reason} {x.headers}" for x in letters]
     path = pipeline.erp.log_dir / "lifecycle-writes.jsonl"
     dump(path, writes, state, pairs)
-    header = [
-        f"seed={seed} (ERPCRM_CONVERGENCE_SEED={seed} replays the choices) pairs={len(pairs)} "
-        f"edits={edited:.0f}s writes by kind {dict(sorted(kinds.items()))} "
-        f"unchanged-skips={sum(w.unchanged for w in writers)}",
-        "kills: " + "; ".join(line for v in chaos for line in v.log),
-        sink_summary(pipeline),
-        f"times are relative to the start of the edits; every write and the final rows: {path}",
-        *notes,
-        *problems,
-    ]
-    print("\n".join(header))
-    assert not problems, report(divergences, writes, t0_us, header)
-    assert not divergences, report(divergences, writes, t0_us, header)
+    written = f"writes by kind {dict(sorted(kinds.items()))}"
+    run.verdict(pipeline, seed, len(pairs), written, "kills", path, divergences, writes)
