@@ -90,6 +90,9 @@ class WriteResult:
             does not take, with the error: the changed lines of an order the target
             created and owns (:mod:`sinks.lines`); that part is queued as a dead letter
             in the same transaction.
+        reasserted: ``(entity, target primary key)`` of the rows queued to be announced
+            again because the merge refused a change of a field the target owns (the
+            owner's value flows back only once they are announced).
     """
 
     applied: tuple[SinkEvent, ...] = ()
@@ -108,6 +111,12 @@ class WriteResult:
     held: tuple[SinkEvent, ...] = ()
     parked: tuple[SinkEvent, ...] = ()
     refused_parts: tuple[tuple[SinkEvent, SyncError], ...] = ()
+    reasserted: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def announces(self) -> bool:
+        """Whether the batch queued rows to announce: rows it created or reasserted."""
+        return bool(self.created or self.reasserted)
 
     @property
     def letters(self) -> tuple[tuple[SinkEvent, SyncError], ...]:

@@ -328,6 +328,7 @@ class _Outcome:
     dead: list[tuple[SinkEvent, SyncError]] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     created: list[tuple[str, str]] = field(default_factory=list)
+    reasserted: list[tuple[str, str]] = field(default_factory=list)
     held: list[_Item] = field(default_factory=list)
     recorded: list[tuple[SinkEvent, str]] = field(default_factory=list)
     announce: list[tuple[SinkEvent, str]] = field(default_factory=list)
@@ -725,6 +726,7 @@ class PostgresUpsertSink(Sink):
             held=tuple(i.event for i in out.held),
             parked=tuple(e for e, _ in out.parked),
             refused_parts=tuple(out.refused_parts),
+            reasserted=tuple(out.reasserted),
         )
 
     def _record_state(
@@ -1119,7 +1121,7 @@ class PostgresUpsertSink(Sink):
         clocks: _Clocks,
     ) -> None:
         """Find and lock each item's current row, strongest locator first, and its clock."""
-        columns = [table.pk, *(c.column for c in table.columns), *sorted(table.generated)]
+        columns = list(table.read_columns)
         if table.modified:
             columns.append(table.modified)
         open_items = [i for i in items if i.current is None]
@@ -1345,7 +1347,7 @@ class PostgresUpsertSink(Sink):
         if status not in ("link", "linked") and self._duplicates != "link":
             return False
         candidate = item.record["duplicate_of"] if decided is None else decided["candidate"]
-        columns = [table.pk, *(c.column for c in table.columns), *sorted(table.generated)]
+        columns = list(table.read_columns)
         by_pk = Locator(table.pk, table.pk_type, lambda r: r["pk"])
         [row] = self._find(cur, table.ref, columns, [by_pk], [{"pk": candidate}], lock=True)
         if row is None:
@@ -1906,6 +1908,7 @@ def _settle_updates(
         out.conflicts.extend(item.merged.conflicts)
         if item.merged.reassert and never_noop(item.record):
             out.announce.append((item.event, str(item.pk)))
+            out.reasserted.append((table.entity, str(item.pk)))
         if table.lines is not None:
             _lines_locked(table, item, stated.get(item.event.key), out)
     return written

@@ -40,7 +40,8 @@ loop, and what each step guarantees:
 - A batch of tombstones only (or of messages dead-lettered as they were read) is written
   all the same: one statement storing its positions.
 - Dead letters queued in the database (outbox) are published to ``dlq.sinks.<target>``
-  after each commit and at start; created rows are announced after each commit.
+  after each commit and at start; created rows, and rows whose owned field the merge
+  refused, are announced after each commit.
 - **Replayed dead letters** (``erpcrm dlq replay``) arrive on ``replay.sinks.<target>``,
   read like a canonical topic (positions stored with the rows): the event's bytes as
   dead-lettered, its entity, key, original position and replay count in headers. The
@@ -392,7 +393,7 @@ class SinkRunner:
         result, seconds = pending.write.result()
         self._account(pending.batch, result, seconds)
         self._schedule_held_retry(pending.fresh)
-        self._after_commit(announce=bool(result.created), dead=bool(result.letters))
+        self._after_commit(announce=result.announces, dead=bool(result.letters))
         self._commit_kafka(result)
 
     def _abandon_pending(self) -> None:
@@ -632,7 +633,7 @@ class SinkRunner:
                     self._retrying("dead letter", partial(self._sink.dead_letter, event, exc))
                 result = WriteResult(dead=tuple((e, exc) for e in events))
             self._account(batch, result, self._clock() - started)
-            self._after_commit(announce=bool(result.created), dead=bool(result.letters))
+            self._after_commit(announce=result.announces, dead=bool(result.letters))
             log.info(
                 "sink %s: carried out %d suspect decisions (%d applied)",
                 self._target,
@@ -682,7 +683,7 @@ class SinkRunner:
                     parts.append(WriteResult(dead=((latest, exc),)))
             result = _joined(parts)
         self._account(batch, result, self._clock() - started, unparked=True)
-        self._after_commit(announce=bool(result.created), dead=bool(result.letters))
+        self._after_commit(announce=result.announces, dead=bool(result.letters))
         # Parked again, all of them (a row clock still awaited): tried again in a moment,
         # not news each time.
         level = logging.DEBUG if len(result.parked) == len(events) else logging.INFO

@@ -15,7 +15,8 @@ Directions and tables:
   ``erp_order_name`` / ``erp_order_state``; invoice -> ``aos_invoices``.
 - CRM -> ERP: contact -> ``res_partner`` contact persons (``parent_id`` the account's
   partner, no customer number; the CRM owns contacts); customer -> ``res_partner`` (the
-  ERP assigns ``ref`` from its sequence;
+  ERP assigns ``ref`` from its sequence, read back as the customer number, never
+  written: a CRM edit of it is refused like any ERP-owned field's;
   for an existing partner only CRM-owned and shared fields are written, decided by
   :func:`sinks.state.merge`); sales_order (accepted quote) -> ``sale_order`` (``name``
   from the ERP sequence) with its lines in ``sale_order_line`` (written when the order
@@ -284,7 +285,9 @@ class TargetTable:
     accept: Callable[[Mapping[str, Any]], bool] | None = None
     lines: LinesTable | None = None
     generated: frozenset[str] = field(default_factory=frozenset)
-    """Columns the target fills itself (sequences): read back, never written."""
+    """Columns the target fills itself (sequences): read back, never written. One that is
+    also mapped (``columns``) is merged like any field: the target owns its value, so a
+    source's change of it is refused (and the row re-announced), never written."""
     pk: str = "id"
     """The row's identity column: updates and deletes address rows by it."""
     pk_type: str = "uuid"
@@ -322,6 +325,13 @@ class TargetTable:
             c
             for c in self.columns
             if c.column not in self.generated and (insert or c.column != self.pk)
+        )
+
+    @property
+    def read_columns(self) -> tuple[str, ...]:
+        """What is read of a located row: ``pk``, the mapped columns, the generated ones."""
+        return tuple(
+            dict.fromkeys([self.pk, *(c.column for c in self.columns), *sorted(self.generated)])
         )
 
     @property
@@ -431,12 +441,14 @@ def to_row(
 ) -> dict[str, Any]:
     """The target row (column -> value) for a canonical record with message key ``key``.
 
+    Generated columns (:attr:`TargetTable.generated`) are left out: the target fills them.
+
     Raises:
         ValidationError: a required value is missing or has no target value.
     """
     if key is not None:
         record = {**record, KEY: key}
-    return {c.column: c.value(record) for c in table.columns}
+    return {c.column: c.value(record) for c in table.columns if c.column not in table.generated}
 
 
 def from_row(table: TargetTable, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -807,9 +819,11 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             "res_partner",
             key="crm_account_id",
             key_field="crm_id",
+            # ``ref`` is mapped although never written (``generated``): the merge reads
+            # the customer number the ERP gave, so a CRM edit of it is refused and the
+            # ERP's number re-announced, as any field the ERP owns.
             columns=_from_fields(
                 partner.fields,
-                skip=frozenset({"customer_number"}),
                 types={"crm_account_id": "uuid"},
                 extra={
                     "crm_id": {"required": True},

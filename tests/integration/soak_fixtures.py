@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import httpx
 import psycopg
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from erpcrm.stack import LocalStack
@@ -56,6 +57,7 @@ from tests.integration.sink_fixtures import (
 
 __all__ = [
     "CLOCK_WAIT_SECONDS",
+    "DLQ_TOPICS",
     "SETTLE_SECONDS",
     "SYSTEMS",
     "Budget",
@@ -65,6 +67,7 @@ __all__ = [
     "dead_letters",
     "dead_workers",
     "outages",
+    "pipeline_fixture",
     "quiesce",
     "run_threads",
     "settled",
@@ -78,6 +81,8 @@ __all__ = [
 ]
 
 SYSTEMS: Final = ("erp", "crm")
+DLQ_TOPICS: Final = ("dlq.streams", "dlq.sinks.crm", "dlq.sinks.erp")
+"""Every stage's dead-letter topic (read with :func:`dead_letters`)."""
 SINK_OUTCOMES: Final = (
     "applied",
     "stale",
@@ -451,6 +456,20 @@ def settled(pipeline: Pipeline) -> None:
         pipeline.settled(timeout=SETTLE_SECONDS)
     except AssertionError as exc:
         raise AssertionError("\n".join([str(exc), *dead_workers(pipeline)])) from None
+
+
+def pipeline_fixture(name: str) -> Any:
+    """A module-scoped ``pipeline`` fixture: :func:`soak_pipeline`, its logs in a
+    temporary directory named ``name``. Assign it as ``pipeline = pipeline_fixture(...)``."""
+
+    @pytest.fixture(scope="module")
+    def pipeline(
+        stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Pipeline]:
+        with soak_pipeline(stack_env, tmp_path_factory.mktemp(name)) as running:
+            yield running
+
+    return pipeline
 
 
 @contextlib.contextmanager

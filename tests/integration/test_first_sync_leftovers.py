@@ -36,14 +36,13 @@ import pytest
 
 from tests.integration.cdc_fixtures import execute, wait_for
 from tests.integration.sink_fixtures import Pipeline, watermarks
-from tests.integration.soak_fixtures import dead_letters, streams_behind
+from tests.integration.soak_fixtures import DLQ_TOPICS, dead_letters, streams_behind
 
 pytestmark = pytest.mark.integration
 
 SETTLE_SECONDS: Final = 45
 BUDGET: Final = 180.0
 COUNT: Final = 2
-DLQ_TOPICS: Final = ("dlq.streams", "dlq.sinks.crm", "dlq.sinks.erp")
 
 
 @dataclass(frozen=True, slots=True)

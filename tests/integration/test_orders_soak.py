@@ -68,6 +68,7 @@ from schemas.serde import AvroSerde, RegistryClient
 from tests.integration.cdc_fixtures import execute, wait_for
 from tests.integration.sink_fixtures import Pipeline, watermarks
 from tests.integration.soak_fixtures import (
+    DLQ_TOPICS,
     Budget,
     Letter,
     dead_letters,
@@ -94,7 +95,6 @@ WON: Final = "Closed Accepted"
 OPEN_STAGES: Final = ("Draft", "Negotiation", "Confirmed")
 LOCATIONS: Final = (1, 2, 3)  # the demo ERP's internal locations
 ORDER_STATES: Final = ("sale", "done", "cancel", "sent")
-DLQ_TOPICS: Final = ("dlq.streams", "dlq.sinks.crm", "dlq.sinks.erp")
 INVOICE_STATUS: Final = {  # README "What is written": the CRM's status of an ERP invoice
     "not_paid": "Unpaid",
     "partial": "Partially Paid",

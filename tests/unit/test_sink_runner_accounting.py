@@ -106,3 +106,31 @@ def test_a_released_suspect_that_must_wait_is_marked_in_the_write_that_parks_it(
     assert marks == []
     assert runner._held == {}
     assert runner.stats.outcomes == {"parked": 1}
+
+
+def test_rows_whose_owned_field_was_refused_are_announced_after_the_commit() -> None:
+    """A refused edit of an owned field re-announces its row at once, as a created row is
+    announced; a batch that queued neither does not ask the target."""
+    from concurrent.futures import Future
+
+    from sinks.runner import _Pending
+
+    runner, sink = _runner()
+    calls: list[int] = []
+
+    def announce(limit: int = 1000) -> list[tuple[str, str]]:
+        calls.append(limit)
+        return [("customer", "crm:a")] if len(calls) == 1 else []
+
+    sink.announce = announce  # type: ignore[method-assign]
+    for result, asked in (
+        (WriteResult(applied=(ev(3, 1),)), 0),
+        (WriteResult(applied=(ev(4, 2),), reasserted=(("customer", "17"),)), 2),
+    ):
+        calls.clear()
+        done: Future[tuple[WriteResult, float]] = Future()
+        done.set_result((result, 0.0))
+        runner._pending = _Pending(SinkBatch(result.applied), True, done)
+        runner._finish_pending()
+        assert len(calls) == asked
+    assert runner.stats.announced == 1

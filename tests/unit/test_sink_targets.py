@@ -4,7 +4,8 @@ from decimal import Decimal
 import pytest
 
 from schemas.errors import ValidationError
-from schemas.mapping import load_mappings
+from schemas.mapping import load_mappings, ownership
+from sinks.state import RowClock, merge
 from sinks.targets import (
     DeleteMode,
     Direction,
@@ -101,6 +102,42 @@ def test_customer_to_res_partner() -> None:
     assert t.delete_flag == ("active", False)
     with pytest.raises(ValidationError):
         to_row(t, meta("crm", crm_id="c", name=None))
+
+
+def test_customer_number_is_read_back_from_res_partner_and_never_written() -> None:
+    t = TABLES[(C2E, "customer")]
+    assert "customer_number" in t.fields
+    assert "ref" in t.generated
+    assert "ref" not in [c.column for c in t.written_columns(insert=True)]
+    assert "ref" not in [c.column for c in t.written_columns(insert=False)]
+    assert t.read_columns.count("ref") == 1
+    assert from_row(t, {"ref": "C00338", "name": "Acme"})["customer_number"] == "C00338"
+
+
+def test_a_crm_edit_of_the_customer_number_is_refused_and_reasserted() -> None:
+    """The merge sees the ERP's number: the CRM's edit (or blanking) is an owner conflict."""
+    t = TABLES[(C2E, "customer")]
+    owners = ownership(load_mappings(), "customer")
+    current = from_row(t, {"ref": "C00338", "name": "Acme", "crm_account_id": "c"})
+    for theirs in ("X-1", None):
+        incoming = meta("crm", crm_id="c", name="Acme", customer_number=theirs)
+        decided = merge(
+            "customer",
+            "crm:c",
+            incoming,
+            target="erp",
+            ownership=owners,
+            fields=[f for f in t.fields if f != "crm_id"],
+            changed={"customer_number": 1_700_000_000_000},
+            current=current,
+            clock=RowClock(),
+        )
+        assert "customer_number" not in decided.writes
+        assert decided.reassert
+        [conflict] = decided.conflicts
+        assert conflict.field == "customer_number"
+        assert (conflict.ours, conflict.theirs) == ("C00338", theirs)
+        assert (conflict.winner, conflict.reason) == ("erp", "owner")
 
 
 def test_won_quote_to_sale_order_and_lines() -> None:
