@@ -402,14 +402,16 @@ class TargetTable:
         """Whether ``record`` is a delete applied by :attr:`delete`, not merged.
 
         Such a delete removes, archives or leaves alone the row, as the mode says.
-        A soft delete that carries liveness (``active: false`` and the row's values, see
+        A soft delete that carries its liveness (``active: false`` and the row's values, see
         :func:`streams.transform.carries_liveness`) into a table that writes it is merged
         like an upsert: its liveness competes by commit time with the target's, and its
         values are the row's.
         """
         if record.get("op") != "delete":
             return False
-        return record.get(LIVENESS) is None or LIVENESS not in self.fields
+        # Only ``active: false`` says the record is still there, dead: a delete without
+        # it (ids only) ends the record, whatever else it carries.
+        return record.get(LIVENESS) is not False or LIVENESS not in self.fields
 
     def accepts(self, record: Mapping[str, Any]) -> bool:
         """Whether the sink of this direction writes ``record`` here at all.

@@ -83,6 +83,8 @@ def test_a_soft_delete_carrying_liveness_is_merged_a_removal_is_applied() -> Non
     assert not CONTACT_PERSONS.removes(soft)
     removed = event("crm", 1, op="delete", crm_id=ACCOUNT)  # the row is gone: ids only
     assert PARTNERS.removes(removed)
+    # Only ``active: false`` says the record is still there.
+    assert PARTNERS.removes(event("crm", 1, op="delete", crm_id=ACCOUNT, active=True))
     assert ACCOUNTS.removes(event("erp", 1, op="delete", erp_id="7"))
     # A table that does not write liveness applies every delete as its mode says.
     assert PRODUCTS.removes(event("erp", 1, op="delete", erp_id="7", active=False))
