@@ -7,10 +7,12 @@ Contract:
   order within a partition, and one key lives in one partition.
 - Canonical events are full-state snapshots of an entity (every business field, not a
   diff), so applying only the latest version of a key gives the same table as applying
-  every version in order. :meth:`SinkBatch.collapse` picks, per key, the event with the
-  highest ``version`` (on a tie, the later arrival: a redelivery of the same change)
-  and remembers the others as *superseded*, so they can be counted and their offsets
-  still committed.
+  every version in order. A soft delete of a customer or contact is one too (the row's
+  values with ``active: false``), so the edits before it survive the collapse; a delete
+  that removes its record carries only ids and ends it. :meth:`SinkBatch.collapse`
+  picks, per key, the event with the highest ``version`` (on a tie, the later arrival:
+  a redelivery of the same change) and remembers the others as *superseded*, so they
+  can be counted and their offsets still committed.
 - The batch tracks, per ``(topic, partition)``, the next offset to consume after it:
   the position the sink stores together with the applied rows (DESIGN.md §5.1).
 

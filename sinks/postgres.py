@@ -25,7 +25,9 @@ transaction, in the order of :mod:`sinks.base`:
    that leaves nothing else (its conflicts, announcement and order lines are queued
    only for a winner: :func:`_settle_updates`);
    rows are updated or inserted with one multi-row statement each, order lines of
-   created orders written, deletes applied as the table's mode says; the row clocks
+   created orders written, deletes that remove their record applied as the table's
+   mode says (a soft delete carrying liveness is merged as an update is: an archive
+   or delete competes by commit time, :meth:`TargetTable.removes`); the row clocks
    are stored and the conflicts audited; an update of an order whose lines the source
    changed since it last stated them queues that change as a dead letter
    (``order_lines_locked``: the target owns the lines of an order it holds, see
@@ -883,8 +885,9 @@ class PostgresUpsertSink(Sink):
         self._earlier_decisions(cur, table, items)
         self._locate(cur, table, items, clocks)
         clocks.load(cur, entity, (str(i.pk) for i in items if i.current is not None))
-        deletes = [i for i in items if i.event.op == "delete"]
-        upserts = [i for i in items if i.event.op != "delete"]
+        # A soft delete carrying liveness is merged as an upsert (TargetTable.removes).
+        deletes = [i for i in items if table.removes(i.record)]
+        upserts = [i for i in items if not table.removes(i.record)]
         self._delete(cur, table, deletes, clocks, out)
         self._upsert(cur, table, upserts, clocks, out)
 
@@ -961,7 +964,7 @@ class PostgresUpsertSink(Sink):
         for ref in table.refs:
             holders: list[dict[str, Any]] = []
             for item in items:
-                if item.event.op == "delete":
+                if table.removes(item.record):
                     continue
                 if ref.lines:
                     lines = [dict(line) for line in item.record.get("lines") or ()]
@@ -974,12 +977,12 @@ class PostgresUpsertSink(Sink):
                 if row is not None:
                     holder[ref.field] = str(row[ref.column])
         lacking = [
-            i for i in items if i.event.op != "delete" and table.missing_references(i.record)
+            i for i in items if not table.removes(i.record) and table.missing_references(i.record)
         ]
         waits = self._await_suspects(cur, table, lacking, out)
         kept: list[_Item] = []
         for item in items:
-            if item.event.op == "delete" or not table.missing_references(item.record):
+            if table.removes(item.record) or not table.missing_references(item.record):
                 kept.append(item)
             elif (suspect := waits.get(id(item))) is not None:
                 out.parked.extend((e, suspect) for e in item.history)

@@ -23,10 +23,16 @@ Directions and tables:
   is created; afterwards the ERP owns them: deliveries and invoices refer to them, and
   a later change of them is dead-lettered, :mod:`sinks.lines`).
 
-Delete semantics (:class:`DeleteMode`): CRM rows are soft-deleted (``deleted = true``),
-ERP partners archived (``active = false``), availability rows hard-deleted; a deleted
-ERP order leaves the quote alone and a deleted CRM quote leaves the ERP order alone
-(cancellation flows as a state change, never as a delete).
+Liveness: a customer's or contact's ``active`` is a field like the others, written to the
+ERP's ``active`` and the CRM's ``deleted`` (inverted) by the field merge: an archive, a
+reactivation, a soft delete or an undelete on either side is a change of that field,
+and the later one wins (:meth:`TargetTable.removes`).
+
+Delete semantics (:class:`DeleteMode`), for a delete that removes its record (a source
+row deleted, or a soft delete of an entity without liveness): CRM rows are soft-deleted
+(``deleted = true``), ERP partners archived (``active = false``), availability rows
+hard-deleted; a deleted ERP order leaves the quote alone and a deleted CRM quote leaves
+the ERP order alone (cancellation flows as a state change, never as a delete).
 
 Pure: no I/O. A value a required column cannot do without raises
 :class:`~schemas.errors.ValidationError` (dead letter).
@@ -52,6 +58,7 @@ from sinks.sql import Column, Table
 __all__ = [
     "ID_NAMESPACE",
     "KEY",
+    "LIVENESS",
     "ColumnMap",
     "DeleteMode",
     "Direction",
@@ -110,6 +117,10 @@ class DeleteMode(StrEnum):
 
 
 Compute = Callable[[Mapping[str, Any]], Any]
+
+LIVENESS: Final = "active"
+"""The canonical field saying whether a record is live (ERP ``active``, CRM ``not
+deleted``): merged like any field where a table writes it (:meth:`TargetTable.removes`)."""
 
 KEY: Final = "_key"
 """The record entry under which the runner passes the event's key (``erp:17``) to
@@ -403,6 +414,21 @@ class TargetTable:
             result.append((ref.field, list(found)))
         return result
 
+    def removes(self, record: Mapping[str, Any]) -> bool:
+        """Whether ``record`` is a delete applied by :attr:`delete`, not merged.
+
+        Such a delete removes, archives or leaves alone the row, as the mode says.
+        A soft delete that carries its liveness (``active: false`` and the row's values, see
+        :func:`streams.transform.carries_liveness`) into a table that writes it is merged
+        like an upsert: its liveness competes by commit time with the target's, and its
+        values are the row's.
+        """
+        if record.get("op") != "delete":
+            return False
+        # Only ``active: false`` says the record is still there, dead: a delete without
+        # it (ids only) ends the record, whatever else it carries.
+        return record.get(LIVENESS) is not False or LIVENESS not in self.fields
+
     def accepts(self, record: Mapping[str, Any]) -> bool:
         """Whether the sink of this direction writes ``record`` here at all.
 
@@ -505,12 +531,18 @@ def _field(flow: Flow, name: str) -> FieldMap:
     raise ConfigError(f"flow {flow.name} maps no field {name}")
 
 
-def _inverse(fm: FieldMap) -> dict[str, Any] | None:
+def _inverse(fm: FieldMap, pg_type: str = "text") -> dict[Any, Any] | None:
+    """A flow's ``map`` the other way: canonical value -> source value (the first wins).
+
+    The map's keys are source values as text (:func:`schemas.mapping.map_key`); a
+    ``boolean`` column's are read back as booleans (``deleted`` <- ``active``, inverted).
+    """
     if fm.value_map is None:
         return None
-    inverse: dict[str, Any] = {}
+    inverse: dict[Any, Any] = {}
     for source_value, canonical in fm.value_map.items():
-        inverse.setdefault(str(canonical), source_value)
+        value: Any = source_value == "true" if pg_type == "boolean" else source_value
+        inverse.setdefault(canonical, value)
     return inverse
 
 
@@ -527,12 +559,13 @@ def _from_fields(
         if fm.source is None or fm.lookup is not None or fm.target in skip:
             continue
         options = dict((extra or {}).get(fm.target, {}))
+        pg_type = (types or {}).get(fm.source, _PG_TYPE[fm.cast])
         result.append(
             ColumnMap(
                 column=fm.source,
-                pg_type=(types or {}).get(fm.source, _PG_TYPE[fm.cast]),
+                pg_type=pg_type,
                 field=fm.target,
-                to_target=_inverse(fm),
+                to_target=_inverse(fm, pg_type),
                 **options,
             )
         )
@@ -614,11 +647,6 @@ def _person_name(record: Mapping[str, Any]) -> str | None:
 _LIVE: Final = ColumnMap("deleted", "boolean", compute=lambda _: False)
 """A soft-deleted CRM row that gets an upsert is live again (the record exists)."""
 
-_ARCHIVED: Final = ColumnMap("deleted", "boolean", compute=lambda r: r.get("active") is False)
-"""A CRM account is deleted while its ERP customer is archived (``active = false``), and
-live again when the customer is: archiving goes both ways (a deleted account archives
-the ERP customer, see the ``res_partner`` target's ``delete_flag``)."""
-
 
 def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], TargetTable]:
     """Every target table, by ``(direction, entity)``; from :func:`load_mappings` flows.
@@ -647,8 +675,12 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             key_field="crm_id",
             columns=(
                 crm_id("customer"),
-                *_from_fields(_flow(flows, "crm", "accounts", "customer").fields),
-                _ARCHIVED,
+                # ``deleted`` holds liveness (``active``, inverted): a shared field,
+                # merged by commit time like the others.
+                *_from_fields(
+                    _flow(flows, "crm", "accounts", "customer").fields,
+                    extra={"active": {"default": False}},
+                ),
             ),
             modified="date_modified",
             locate=(
@@ -794,7 +826,7 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
                 ColumnMap("is_company", "boolean", compute=lambda _: False),
                 ColumnMap("customer_rank", "integer", compute=lambda _: 0),
                 ColumnMap("ref", "text", compute=lambda _: None),  # no customer number
-                ColumnMap("active", "boolean", compute=lambda _: True),
+                ColumnMap("active", "boolean", field="active", default=True),
             ),
             modified="write_date",
             delete_flag=("active", False),

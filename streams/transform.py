@@ -28,9 +28,15 @@ Decisions:
   ``active: false``: the record still exists and can come back. Truncates and logical
   messages are skipped, as are rows outside the flow's ``filter`` (a quote that is not
   ``Closed Accepted``, a partner that is a contact person).
-- A delete carries the ids (and the match key when the old row has it); its other
-  fields are null, since under ``REPLICA IDENTITY DEFAULT`` the old row holds only
-  the key.
+- A delete (Debezium ``d``, the row is gone) carries the ids (and the match key when
+  the old row has it); its other fields are null, since under ``REPLICA IDENTITY
+  DEFAULT`` the old row holds only the key. So does a soft delete of a flow whose
+  liveness is no field (products, quotes). A soft delete of a flow that maps liveness
+  from its soft-delete column (:func:`carries_liveness`: customers' and contacts'
+  ``active`` from the CRM's ``deleted``) carries the row's values, ``active: false``
+  and the fields its change changed, as an update does: the row is still there and may
+  come back, the sinks merge its liveness like any field (the later change of either
+  side wins), and edits made before it are not lost however the sinks batch them.
 - ``erp_id``/``crm_id``: the source key fills the flow's own system's id; the other
   comes from a mapped column if the flow has one, else from the crosswalk.
 - A field whose value fails (cleansing, map, cast, range, lookup, catalogue) does what
@@ -50,9 +56,10 @@ Decisions:
   it is safe, and it is how a refused edit of an owned field is repaired. An insert
   or an initial snapshot read changed every mapped field it holds a value in (an empty
   field was written by no one, so it does not clear the other side's value); a
-  re-snapshot read (``source.snapshot = incremental``, a repair) and a delete changed
-  every mapped field; an update without a ``before`` image leaves it null (unknown:
-  every field counts as changed).
+  re-snapshot read (``source.snapshot = incremental``, a repair) and a delete without
+  values changed every mapped field (a soft delete with values: as an update); an
+  update without a ``before`` image leaves it null (unknown: every field counts as
+  changed).
 
 Stock (flows with ``grain: location``) goes through :func:`to_stock_change`,
 :func:`streams.inventory.apply` and :func:`inventory_event` instead.
@@ -112,6 +119,7 @@ __all__ = [
     "CanonicalEvent",
     "LineMemo",
     "Skipped",
+    "carries_liveness",
     "entity_key",
     "event_id",
     "inventory_event",
@@ -859,15 +867,19 @@ def to_canonical(
             position = line_change
     version = max(change.lsn, position.lsn)
 
-    deleted = change.op == "d"
-    if not deleted:
+    removed = change.op == "d"
+    deleted = removed
+    if not removed:
         excluded = next((c for c in flow.filter if not c.holds(change.row)), None)
         if excluded is not None:
             return Skipped(f"{flow.name}: filter {excluded} does not hold")
         deleted = any(c.holds(change.row) for c in flow.soft_delete)
+    # A soft delete of a flow whose liveness is a field is mapped as an update is: the
+    # row is still there, and its values (the edits before the delete) are the row's.
+    bare = removed or (deleted and not carries_liveness(flow))
 
     # An update's own changed fields are worked out once its values are mapped.
-    refined = not deleted and change.op == "u" and change is position
+    refined = not bare and change.op == "u" and change is position
     record = _record(
         flow,
         position,
@@ -877,7 +889,7 @@ def to_canonical(
         refs=refs,
         refined=refined,
     )
-    if deleted:
+    if bare:
         return _finish(flow, entity_id, _delete_fields(flow, change, refs, record), ())
 
     # An update with its old row maps that too (its changed fields): the new row's
@@ -907,6 +919,18 @@ def to_canonical(
         fixes += mapped_lines.fixes
         quarantined += mapped_lines.quarantined
     return _finish(flow, entity_id, record, fixes, quarantined)
+
+
+@_per_object
+def carries_liveness(flow: Flow) -> bool:
+    """Whether ``flow`` maps a field from a column its ``soft_delete`` reads.
+
+    That is liveness (``active`` from the CRM's ``deleted``): such a flow's soft deletes
+    carry the row's values and that field, so the sinks merge liveness like any field;
+    other soft deletes carry only ids.
+    """
+    columns = {c.column for c in flow.soft_delete}
+    return any(fm.source in columns for fm in flow.fields)
 
 
 def _delete_fields(

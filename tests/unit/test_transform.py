@@ -451,7 +451,7 @@ def test_a_hard_delete_carries_the_ids_only() -> None:
     assert record["customer_number"] is None
 
 
-def test_a_crm_soft_delete_is_a_delete_with_its_match_key() -> None:
+def test_a_crm_soft_delete_is_a_delete_with_the_rows_values_and_liveness() -> None:
     account = {"id": ACCOUNT_ID, "name": "Acme", "account_number": "c00042", "deleted": True}
     raw = decoded(ACCOUNTS, "u", after=account)
     event = ok(to_canonical(FLOWS["crm_accounts__customer"], raw)).value
@@ -461,8 +461,46 @@ def test_a_crm_soft_delete_is_a_delete_with_its_match_key() -> None:
         ACCOUNT_ID,
         "c00042",
     )
-    assert record["name"] is None
+    # The row is still there: its values travel (edits before the delete are not lost),
+    # and its liveness is a field the sinks merge by commit time.
+    assert (record["name"], record["active"]) == ("Acme", False)
     assert event.key == f"crm:{ACCOUNT_ID}"
+
+
+def test_a_crm_soft_delete_names_what_its_change_changed_liveness_among_them() -> None:
+    before = {"id": ACCOUNT_ID, "name": "Acme", "email": "a@acme.example", "deleted": False}
+    after = before | {"name": "Acme Two", "deleted": True}
+    raw = decoded(ACCOUNTS, "u", before=before, after=after)
+    record = fits_schema(ok(to_canonical(FLOWS["crm_accounts__customer"], raw)).value)
+    assert (record["op"], record["name"], record["active"]) == ("delete", "Acme Two", False)
+    assert record["changed_fields"] == ["name", "active"]
+
+
+def test_a_crm_undelete_is_an_upsert_that_changed_liveness_only() -> None:
+    before = {"id": ACCOUNT_ID, "name": "Acme", "deleted": True}
+    raw = decoded(ACCOUNTS, "u", before=before, after=before | {"deleted": False})
+    record = fits_schema(ok(to_canonical(FLOWS["crm_accounts__customer"], raw)).value)
+    assert (record["op"], record["name"], record["active"]) == ("upsert", "Acme", True)
+    assert record["changed_fields"] == ["active"]
+
+
+def test_a_contact_soft_delete_carries_its_values_and_liveness() -> None:
+    before = {"id": ACCOUNT_ID, "last_name": "Nowak", "email": "n@x.example", "deleted": False}
+    after = before | {"email": "nowak@x.example", "deleted": True}
+    raw = decoded(CONTACTS, "u", before=before, after=after)
+    record = fits_schema(ok(to_canonical(FLOWS["crm_contacts__contact"], raw)).value)
+    assert (record["op"], record["email"], record["active"]) == (
+        "delete",
+        "nowak@x.example",
+        False,
+    )
+    assert record["changed_fields"] == ["email", "active"]
+
+
+def test_a_soft_delete_of_an_entity_without_liveness_carries_the_ids_only() -> None:
+    raw = decoded(AOS_PRODUCTS, "u", after=CRM_PRODUCT | {"deleted": True})
+    record = fits_schema(ok(to_canonical(FLOWS["crm_aos_products__product"], raw)).value)
+    assert (record["op"], record["crm_id"], record["name"]) == ("delete", CRM_PRODUCT["id"], None)
 
 
 def test_truncates_are_skipped() -> None:
@@ -1051,13 +1089,14 @@ def test_a_field_whose_canonical_value_did_not_change_did_not_change() -> None:
     moved = decoded(RES_PARTNER, "u", before=e164, after=e164 | {"country_code": "AT"})
     assert _changed(moved) == ["country_code"]
     reformatted = decoded(RES_PARTNER, "u", before=e164, after=e164 | {"phone": "+49306610918"})
-    assert _changed(reformatted) == ["customer_number", "is_company", "vat", "active"]
+    assert _changed(reformatted) == ["customer_number", "is_company", "vat"]
 
 
 def test_a_touch_re_asserts_the_fields_the_source_system_owns() -> None:
     touched = PARTNER | {"write_date": datetime(2024, 6, 2, 10, tzinfo=UTC)}
     event = decoded(RES_PARTNER, "u", before=PARTNER, after=touched)
-    assert _changed(event) == ["customer_number", "is_company", "vat", "active"]
+    # Liveness is shared (the CRM deletes and undeletes): a touch does not re-assert it.
+    assert _changed(event) == ["customer_number", "is_company", "vat"]
 
 
 def test_inserts_and_snapshot_reads_change_every_mapped_field() -> None:
