@@ -95,6 +95,9 @@ def clean_text(value: str | None) -> Ok[str | None]:
     """Normalise whitespace and Unicode form; blank becomes None. Never fails."""
     if value is None:
         return Ok(None)
+    # ASCII is its own NFC and holds no zero-width characters: only whitespace can change.
+    if value.isascii() and value and " ".join(value.split()) == value:
+        return Ok(value)
     fixes: list[Fix] = []
     text = unicodedata.normalize("NFC", value)
     if text != value:

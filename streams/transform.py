@@ -74,7 +74,7 @@ import uuid
 from collections.abc import Callable, Container, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from schemas.canonical import ID_FIELDS, QUARANTINED_FIELDS, FieldType, field_types
 from schemas.mapping import (
@@ -165,16 +165,16 @@ class CanonicalEvent:
         return canonical_topic(self.entity)
 
 
-@dataclass(frozen=True, slots=True)
-class _Refs:
+class _Refs(NamedTuple):
+    """The reference data of one mapping (a tuple: one is built for every event)."""
+
     known_skus: Container[str] | None
     crosswalk: CrosswalkState | None
     lookups: Lookups
 
 
-@dataclass(frozen=True, slots=True)
-class _Change:
-    """What every raw change carries, checked."""
+class _Change(NamedTuple):
+    """What every raw change carries, checked (a tuple: one is built for every event)."""
 
     system: str
     schema: str
@@ -287,15 +287,28 @@ def _per_object(compute: Callable[[_Arg], _Result]) -> Callable[[_Arg], _Result]
     return remembered
 
 
-def _quantize(fm: FieldMap, value: Decimal, fixes: list[Fix]) -> Decimal | Failed:
-    if fm.scale is not None:
-        rounded = value.quantize(Decimal(1).scaleb(-fm.scale), rounding=ROUND_HALF_UP)
-        if rounded != value:
-            fixes.append(Fix("round", value, rounded, note=f"rounded to {fm.scale} places"))
-        value = rounded
-    if fm.integer_digits is not None and value and value.adjusted() >= fm.integer_digits:
-        return Failed(Reason.OUT_OF_RANGE, None, f"{value} has too many digits")
-    return value
+def _quantizer(fm: FieldMap) -> Callable[[Decimal, list[Fix]], Decimal | Failed] | None:
+    """A field's rounding and digit check, its quantum worked out once; None: it has neither.
+
+    The function returned rounds a value to the field's scale (a ``round`` fix when that
+    changed it) and fails one with more integer digits than the field allows.
+    """
+    scale, integer_digits = fm.scale, fm.integer_digits
+    if scale is None and integer_digits is None:
+        return None
+    quantum = None if scale is None else Decimal(1).scaleb(-scale)
+
+    def quantize(value: Decimal, fixes: list[Fix]) -> Decimal | Failed:
+        if quantum is not None:
+            rounded = value.quantize(quantum, rounding=ROUND_HALF_UP)
+            if rounded != value:
+                fixes.append(Fix("round", value, rounded, note=f"rounded to {scale} places"))
+            value = rounded
+        if integer_digits is not None and value and value.adjusted() >= integer_digits:
+            return Failed(Reason.OUT_OF_RANGE, None, f"{value} has too many digits")
+        return value
+
+    return quantize
 
 
 _FieldMapper = Callable[[Mapping[str, Any], Mapping[str, Any], "_Refs", list[Fix]], Any]
@@ -326,11 +339,14 @@ def _field_mapper(fm: FieldMap) -> _FieldMapper:
     )
     fallback, default, value_map = fm.fallback, fm.default, fm.value_map
     to_type = converter(cast)
-    rounds = fm.scale is not None or fm.integer_digits is not None
+    quantize = _quantizer(fm)
     minimum, maximum = fm.minimum, fm.maximum
     ranged = minimum is not None or maximum is not None
     lookup, known_sku, required = fm.lookup, fm.known_sku, fm.required
     checked = ranged or lookup is not None or known_sku
+    extras = (fallback, default, value_map)
+    if not (cleaners or checked or quantize) and all(extra is None for extra in extras):
+        return _cast_mapper(source, constant, to_type)
 
     def mapped(
         row: Mapping[str, Any], values: Mapping[str, Any], refs: _Refs, fixes: list[Fix]
@@ -345,7 +361,8 @@ def _field_mapper(fm: FieldMap) -> _FieldMapper:
             )
             if isinstance(cleaned, Failed):
                 return cleaned
-            fixes.extend(cleaned.fixes)
+            if cleaned.fixes:
+                fixes.extend(cleaned.fixes)
             value = cleaned.value
         if fallback is not None and is_blank(value):
             value = _fallback_value(fallback, row, refs)
@@ -370,8 +387,8 @@ def _field_mapper(fm: FieldMap) -> _FieldMapper:
                     value = to_type(value)
                 except (TypeError, ValueError) as exc:
                     return Failed(Reason.INVALID_VALUE, None, f"{raw!r}: {exc}")
-            if rounds and isinstance(value, Decimal):
-                quantized = _quantize(fm, value, fixes)
+            if quantize is not None and isinstance(value, Decimal):
+                quantized = quantize(value, fixes)
                 if isinstance(quantized, Failed):
                     return quantized
                 value = quantized
@@ -393,6 +410,23 @@ def _field_mapper(fm: FieldMap) -> _FieldMapper:
             if unknown is not None:
                 return unknown
         return value
+
+    return mapped
+
+
+def _cast_mapper(source: str | None, constant: Any, to_type: Callable[[Any], Any]) -> _FieldMapper:
+    """The mapper of a field that is only read and cast: no cleaning, default, map or check."""
+
+    def mapped(
+        row: Mapping[str, Any], values: Mapping[str, Any], refs: _Refs, fixes: list[Fix]
+    ) -> Any:
+        raw = constant if source is None else row.get(source)
+        if raw is None:
+            return None
+        try:
+            return to_type(raw)
+        except (TypeError, ValueError) as exc:
+            return Failed(Reason.INVALID_VALUE, None, f"{raw!r}: {exc}")
 
     return mapped
 

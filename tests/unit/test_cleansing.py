@@ -65,6 +65,14 @@ def test_clean_text_is_idempotent_and_leaves_no_stray_spaces(raw: str) -> None:
     assert "  " not in once
 
 
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_text_only_has_its_whitespace_cleaned(raw: str) -> None:
+    collapsed = " ".join(raw.split())
+    result = clean_text(raw)
+    assert result.value == (collapsed or None)
+    assert [f.rule for f in result.fixes] == ([] if collapsed == raw else ["trim"])
+
+
 @given(st.text(alphabet="abc XYZ", min_size=1), st.randoms(use_true_random=False))
 def test_padding_from_the_workload_is_removed(value: str, rng: random.Random) -> None:
     assert clean_text(dirty.pad(rng, value)).value == (" ".join(value.split()) or None)
