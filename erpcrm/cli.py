@@ -549,24 +549,52 @@ def quality(
         out.print(f"{unreadable} entries could not be read")
 
 
+SUSPECTS_ERP_DSN = "ERPCRM_SUSPECTS_ERP_DSN"
+"""Where ``erpcrm suspects link`` reads the ERP customers' links, unless ``--erp-dsn``."""
+
+
+def _suspects_erp_dsn(target: SystemName, sink_dsn: str) -> str:
+    """The DSN that reads the ERP customers, where a customer pair's link is kept.
+
+    In order: ``ERPCRM_SUSPECTS_ERP_DSN``; for ``--target erp`` the ERP sink's own DSN
+    (its setting); only when none is configured, the local stack's ERP sink role.
+    """
+    configured = os.environ.get(SUSPECTS_ERP_DSN, "")
+    if configured:
+        return configured
+    if target is SystemName.erp:
+        return sink_dsn
+    return _stack_env()["ERP_SINK_DSN"]
+
+
 def _decide_suspect(
     target: SystemName,
     suspect_id: int,
     action: Literal["release", "link"],
     erp_dsn: str | None = None,
 ) -> None:
+    import psycopg
+
     from erpcrm.suspects import CandidateTakenError, decide
 
     try:
         dsn, schema, decisions = _suspects_target(target)
         if action == "link" and erp_dsn is None:
-            # The pair's link is kept in the ERP: the ERP sink's own DSN reads it.
-            erp_dsn = dsn if target is SystemName.erp else _stack_env()["ERP_SINK_DSN"]
+            erp_dsn = _suspects_erp_dsn(target, dsn)
         done = decide(dsn, schema, suspect_id, action, decisions=decisions, erp_dsn=erp_dsn)
     except CandidateTakenError as exc:
         raise _fail(exc, code=3) from exc
     except SyncError as exc:
         raise _fail(exc) from exc
+    except psycopg.Error as exc:
+        # Named by class and SQLSTATE only: a libpq message may carry the DSN's host or user.
+        state = f", SQLSTATE {exc.sqlstate}" if exc.sqlstate else ""
+        failed = SyncError(
+            f"suspect {suspect_id}: {action} not asked, nothing changed: a database could "
+            f"not be reached or refused ({type(exc).__name__}{state}); check the sink's DSN "
+            f"and, for a link, {SUSPECTS_ERP_DSN} or --erp-dsn"
+        )
+        raise _fail(failed) from None
     if not done:
         console.print(f"suspect {suspect_id} is not held (unknown, or already decided)")
         raise typer.Exit(1)
@@ -590,7 +618,9 @@ def suspects_link(
         str | None,
         typer.Option(
             help="ERP DSN that reads res_partner, where a customer pair's link is kept "
-            "(default: the ERP sink's: --target erp its DSN, else the local stack's)."
+            f"(default: {SUSPECTS_ERP_DSN}, else for --target erp the ERP sink's DSN, else "
+            "the local stack's). Leave the password out: libpq reads PGPASSWORD or "
+            "~/.pgpass."
         ),
     ] = None,
 ) -> None:

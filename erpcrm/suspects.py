@@ -18,6 +18,14 @@ customer's column names, while that customer is live (a deleted account archives
 A candidate named ``<system>:<id>`` (the copy of a record of the held one's own system,
 not made yet) is held by that record. :func:`decide` refuses such a link
 (:class:`CandidateTakenError`) and changes nothing.
+
+A link the sink has not written anywhere the ERP read sees (two held ERP customers of
+one account: linking the first writes it into the account, and nothing names the
+account in the first's row; or a link asked and not carried out yet) is seen in the
+suspects themselves: a candidate another suspect is linked, or asked to be linked, to
+is refused too (:class:`CandidateLinkedError`). Links to one candidate are decided one
+at a time (an advisory lock of the decision's transaction), so two operators at once
+cannot both pass.
 """
 
 from __future__ import annotations
@@ -33,7 +41,14 @@ from schemas.mapping import load_mappings
 from sinks import sql
 from sinks.targets import Direction, TargetTable, build_tables
 
-__all__ = ["CandidateTakenError", "Suspect", "decide", "link_holder", "list_suspects"]
+__all__ = [
+    "CandidateLinkedError",
+    "CandidateTakenError",
+    "Suspect",
+    "decide",
+    "link_holder",
+    "list_suspects",
+]
 
 
 class CandidateTakenError(SyncError):
@@ -48,6 +63,24 @@ class CandidateTakenError(SyncError):
             f"If {entity_key} and {holder} are one customer, merge or archive {holder} in its "
             f"system (a holder that is gone gives its counterpart up), then link again; "
             f"if {entity_key} is another customer, release it"
+        )
+
+
+class CandidateLinkedError(CandidateTakenError):
+    """An operator's link to a candidate another suspect is linked (or asked) to: refused."""
+
+    def __init__(
+        self, suspect_id: int, entity_key: str, candidate: str, other: str, status: str
+    ) -> None:
+        linked = "is linked" if status == "linked" else "was asked to be linked"
+        self.suspect_id, self.entity_key = suspect_id, entity_key
+        self.candidate, self.holder = candidate, other
+        SyncError.__init__(
+            self,
+            f"suspect {suspect_id}: {entity_key} not linked to {candidate}: {other} {linked} "
+            "to it (a link is one to one: both would be written into one row). Nothing "
+            f"changed. If {entity_key} and {other} are one customer, merge or archive "
+            f"{entity_key} in its system; if not, release it",
         )
 
 
@@ -135,22 +168,38 @@ def decide(
 ) -> bool:
     """Ask the sink to release or link a held suspect; False when it is not held.
 
-    The decision is kept in ``decisions`` too, where a later pipeline finds it. With
-    ``erp_dsn`` (see :func:`link_holder`), a link is asked only while no other live
-    record holds the candidate; the suspect stays locked from that check to the decision.
+    The decision is kept in ``decisions`` too, where a later pipeline finds it. A link is
+    asked only while no other suspect of the target is linked, or asked to be linked, to
+    the candidate (in this sync state or any kept in ``decisions``), and, with ``erp_dsn``
+    (see :func:`link_holder`), while no other live record holds it. From those checks to
+    the decision the suspect stays locked, and so do other links to its candidate.
 
     Raises:
-        CandidateTakenError: another live record holds the candidate; nothing changed.
+        CandidateTakenError: another record or suspect holds the candidate (a
+            :class:`CandidateLinkedError` for a suspect); nothing changed.
+        psycopg.Error: a database could not be read or written; nothing changed.
     """
     with psycopg.connect(dsn) as conn:
-        if action == "link" and erp_dsn is not None:
+        if action == "link":
+            # 1. The suspect, locked: its candidate stays as read until the decision.
             held = conn.execute(sql.suspect_held(schema), (suspect_id,)).fetchone()
             if held is None:
                 return False
-            _, entity_key, candidate = held
-            holder = link_holder(erp_dsn, entity_key, candidate)
-            if holder is not None:
-                raise CandidateTakenError(suspect_id, entity_key, candidate, holder)
+            entity, entity_key, candidate = held
+            # 2. Links to one candidate one at a time: a second waits here, then sees this.
+            conn.execute(sql.suspect_candidate_lock(), (entity, candidate))
+            query = sql.suspects_linking(schema, decisions)
+            other = conn.execute(query, (entity, candidate, entity_key) * 2).fetchone()
+            if other is not None:
+                other_id, other_key, status = other
+                named = other_key if other_id is None else f"{other_key} (suspect {other_id})"
+                raise CandidateLinkedError(suspect_id, entity_key, candidate, named, status)
+            # 3. The links the ERP keeps.
+            if erp_dsn is not None:
+                holder = link_holder(erp_dsn, entity_key, candidate)
+                if holder is not None:
+                    raise CandidateTakenError(suspect_id, entity_key, candidate, holder)
+        # 4. The decision, committed with the locks' release.
         query = sql.suspects_decide(schema, decisions)
         row = conn.execute(query, (action, suspect_id)).fetchone()
     return row is not None

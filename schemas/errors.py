@@ -58,21 +58,6 @@ class TargetRowContendedError(ValidationError):
         self.context = context
 
 
-class TargetRowTakenError(ValidationError):
-    """The row a record's link column locates states another counterpart than the record.
-
-    The row is another record's (a script or user moved the link column onto it): it is
-    not written. ``context``: ``(name, value)`` pairs for the letter's
-    ``erpcrm.context.*`` headers.
-    """
-
-    reason = "target_row_taken"
-
-    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.context = context
-
-
 class RetriableError(SyncError):
     """A transient failure (connection loss, serialization failure): retry with backoff."""
 

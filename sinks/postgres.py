@@ -96,7 +96,6 @@ from schemas.errors import (
     PermanentError,
     SyncError,
     TargetRowContendedError,
-    TargetRowTakenError,
     UnresolvedReferenceError,
     ValidationError,
 )
@@ -1236,12 +1235,6 @@ class PostgresUpsertSink(Sink):
                 item.row = {c.column: row[c.column] for c in insert_columns}
                 creating.append(item)
                 continue
-            taken = _taken(table, item)
-            if taken is not None:
-                out.dead.append((item.event, taken))
-                # Decided, as a contended loser's: read again, it stays out of the row.
-                out.recorded.append((item.event, LETTERED))
-                continue
             current = from_row(table, item.current)
             clock, local_ms = self._row_clock(table, item, current, clocks, fields)
             if clock is None:
@@ -1991,40 +1984,6 @@ def _latest(current: _Item | None, item: _Item, out: _Outcome, row: str) -> _Ite
         # Its version is decided: read again (the topics re-read), it stays out of the row.
         out.recorded.append((loser.event, LETTERED))
     return winner
-
-
-def _taken(table: TargetTable, item: _Item) -> TargetRowTakenError | None:
-    """An update of a row that states another counterpart than the record (``stated``).
-
-    The row was located through a link column another record's row held until a script
-    or user moved it (an ERP order given another order's quote id): the record and the
-    row each name a different pair, and the row is not written. None: they agree, or
-    one of them states nothing yet (a row just made, a number not written back yet).
-    Which fields a change changed does not tell a moved link from a renamed order (an
-    ERP update names every field of the row): a renamed order of a linked quote is
-    lettered too, for an operator to replay once the quote states the new name.
-    """
-    if table.stated is None or item.current is None:
-        return None
-    column, field_name = table.stated
-    row_states, record_states = item.current.get(column), item.record.get(field_name)
-    if row_states is None or record_states is None or str(row_states) == str(record_states):
-        return None
-    event = item.event
-    row = _row_name(table, table.pk, item.pk)
-    message = (
-        f"target_row_taken: {event.entity} {event.key} (version {event.version}) states "
-        f"{field_name} {record_states}, but the row its link column locates ({row}) states "
-        f"{column} {row_states}: the link column was moved onto another record's row, "
-        "which is not written. Put the link back in the source (or give the record its "
-        "own row), then replay this letter if its data is still wanted."
-    )
-    context = (
-        ("target_row", row),
-        ("row_states", f"{column}={row_states}"),
-        ("record_states", f"{field_name}={record_states}"),
-    )
-    return TargetRowTakenError(message, context)
 
 
 def _contended(loser: SinkEvent, winner: SinkEvent, row: str) -> TargetRowContendedError:

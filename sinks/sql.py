@@ -1293,6 +1293,37 @@ def suspect_held(schema: str = SYNC_SCHEMA) -> sql.Composed:
     ).format(sql.Identifier(schema, "suspects"))
 
 
+def suspect_candidate_lock() -> sql.SQL:
+    """Serialize operators' links to one candidate until the transaction ends.
+
+    Parameters: the suspect's ``entity`` and ``candidate``. A transaction-level advisory
+    lock on the two (hashed), so two links to one candidate are decided one after the
+    other, the second seeing the first (:func:`suspects_linking`).
+    """
+    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))")
+
+
+def suspects_linking(schema: str = SYNC_SCHEMA, decisions: str = DECISIONS_SCHEMA) -> sql.Composed:
+    """Other suspects an operator linked (or asked to link) to a candidate.
+
+    Read in this sync state and in the ``decisions`` kept by every sync state of the
+    database (:func:`create_decisions`). Parameters: ``entity``, ``candidate``, the
+    ``entity_key`` left out, each twice. Rows: ``id`` (null for a decision kept only in
+    ``decisions``), ``entity_key``, ``status`` (``link`` or ``linked``); this sync
+    state's first, lowest id first.
+    """
+    where = sql.SQL(
+        "entity = %s AND candidate = %s AND status IN ('link', 'linked') AND entity_key <> %s"
+    )
+    return sql.SQL(
+        "SELECT id, entity_key, status FROM {} WHERE {} "
+        "UNION ALL SELECT NULL, entity_key, status FROM {} WHERE {} "
+        "ORDER BY 1 NULLS LAST, 2"
+    ).format(
+        sql.Identifier(schema, "suspects"), where, sql.Identifier(decisions, "suspects"), where
+    )
+
+
 def holders_of_counterpart(table: Table, pk: Column, link: Column, live: Column) -> sql.Composed:
     """The live rows of ``table`` whose ``link`` names a counterpart, but one.
 

@@ -310,12 +310,6 @@ class TargetTable:
     """A row the sink creates is announced: touched once, without the sink's replication
     origin, so its capture publishes it and the ids the target gave it (customer number,
     order name, CRM id) reach the other system and the crosswalk."""
-    stated: tuple[str, str] | None = None
-    """``(column, field)``: what the row and the record each state about the pair, which
-    must agree when both state it (an order's number: the ERP order's own name, the
-    number the CRM quote says its ERP order has). A row stating another one was located
-    through a link column moved onto it from another record's row: it is not written
-    (:class:`~schemas.errors.TargetRowTakenError`)."""
 
     @property
     def pk_column(self) -> Column:
@@ -767,7 +761,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             delete=DeleteMode.IGNORE,
             update_only=True,
             accept=lambda r: r.get("crm_id") is not None,
-            stated=("erp_order_name", "order_number"),
         ),
         TargetTable(
             e2c,
@@ -902,7 +895,6 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
             delete=DeleteMode.IGNORE,
             accept=lambda r: r.get("state") in (None, "confirmed"),
             generated=frozenset({"name"}),
-            stated=("name", "order_number"),
             pk="id",
             pk_type="bigint",
             locate=(

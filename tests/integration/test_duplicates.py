@@ -558,3 +558,63 @@ def test_a_second_customer_given_a_linked_account_in_a_later_batch_never_takes_i
         f"first-again-{tag}@example.com",
     )
     assert _suspect(pipeline.crm_sink, f"erp:{second}") == held
+
+
+def test_two_held_copies_of_one_counterpart_are_never_both_linked(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    """Two held ERP customers of one account: the first linked, the second is refused.
+
+    Nothing in the ERP names the account once the first is linked (the CRM sink writes
+    it into the account; the copy's link column stays empty), so only the suspects tell
+    the second link apart: refused while the first is asked to be linked, and after it
+    is carried out. A link whose ERP read fails is a clean error that names no DSN.
+    """
+    sink = pipeline.crm_sink
+    env = _sink_env(sink, stack_env)
+    tag = uuid.uuid4().hex[:8]
+    holder = _typed_customer(stack_env, "erp", f"Holder {tag}", f"two-{tag}@example.com")
+    account = wait_for(partial(_synced_for, stack_env, "erp", holder), WAIT, "holder synced")
+    wait_for(lambda: _linked_account(stack_env, int(holder)), WAIT, "linked back")
+    pipeline.settled()
+    first = _typed_customer(stack_env, "erp", f"First {tag}", f"TWO-{tag}@example.com")
+    second = _typed_customer(stack_env, "erp", f"Second {tag}", f"Two-{tag}@example.com")
+    assert _held(sink, f"erp:{first}")[0] == account
+    assert _held(sink, f"erp:{second}")[0] == account
+    ids = {
+        s["entity_key"]: str(s["id"])
+        for s in json.loads(_suspects_cli(env, "list", "--target", "crm", "--json").stdout)
+    }
+    execute(
+        stack_env["ERP_DSN"],
+        "UPDATE public.res_partner SET active = false WHERE id = %s::bigint",
+        (holder,),
+    )
+    wait_for(lambda: not _customer_row(stack_env, "crm", account)[1], WAIT, "account archived")
+
+    secret = f"pw{tag}"
+    unreachable = {**env, "ERPCRM_SUSPECTS_ERP_DSN": f"postgresql://u:{secret}@127.0.0.1:1/x"}
+    failed = _suspects_cli(unreachable, "link", ids[f"erp:{first}"], "--target", "crm")
+    assert failed.returncode == 1, (failed.stdout, failed.stderr)
+    assert "Traceback" not in failed.stderr
+    assert secret not in failed.stdout + failed.stderr
+    assert "OperationalError" in failed.stderr, failed.stderr
+    assert _has_status(sink, f"erp:{first}", "held"), "a failed link changed it"
+
+    linked = _suspects_cli(env, "link", ids[f"erp:{first}"], "--target", "crm")
+    assert linked.returncode == 0, (linked.stdout, linked.stderr)
+    # At once (the sink may not have carried the first out yet), and once it has.
+    for _ in ("asked", "carried out"):
+        refused = _suspects_cli(env, "link", ids[f"erp:{second}"], "--target", "crm")
+        assert refused.returncode == 3, (refused.stdout, refused.stderr)
+        message = " ".join(refused.stderr.split())
+        assert f"erp:{first} (suspect {ids[f'erp:{first}']})" in message, message
+        wait_for(partial(_has_status, sink, f"erp:{first}", "linked"), WAIT, "first linked")
+    wait_for(
+        lambda: _customer_row(stack_env, "crm", account)[0] == f"First {tag}",
+        WAIT,
+        "the first written into the account",
+    )
+    pipeline.settled()
+    assert _has_status(sink, f"erp:{second}", "held"), "a refused link changes nothing"
+    assert _customer_row(stack_env, "crm", account)[0] == f"First {tag}"
