@@ -5,9 +5,9 @@ ERP keeps the CRM id of each contact person (``res_partner.crm_contact_id``) and
 each order made from a won quote (``sale_order.crm_quote_id``), each unique. A script
 (or a user) that moves such an id from its row to another one (clears it on the first,
 then sets it on the second) tells the sync that the second row is that record. The
-second row is another record's, though: the CRM's later changes of the record must not
-be written over it. Not so yet (README, *Known limitation*): the test is an expected
-failure until the sinks remember which source record each row was written for.
+second row is another record's, though: each sink remembers which source record every
+row was written for (its row owner), and an event of another record that resolves to
+a row whose owner is live is dead-lettered (``target_row_taken``), never written.
 """
 
 from __future__ import annotations
@@ -77,25 +77,19 @@ def _quote_states(env: dict[str, str], quote: str) -> str | None:
     return None if name is None else str(name)
 
 
-def _taken(pipeline: Pipeline) -> tuple[float, float]:
-    """Dead letters (any reason) of the CRM and the ERP sink."""
+def _taken(pipeline: Pipeline, reason: str | None = None) -> tuple[float, float]:
+    """Dead letters of the CRM and the ERP sink (of one reason; None: any)."""
     return tuple(  # type: ignore[return-value]
         sum(
             value
-            for (name, _), value in sink.metrics().items()
+            for (name, labels), value in sink.metrics().items()
             if name == "erpcrm_sink_dead_letters_total"
+            and (reason is None or dict(labels).get("reason") == reason)
         )
         for sink in (pipeline.crm_sink, pipeline.erp_sink)
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole: a crm_quote_id moved onto another ERP order is followed, and each "
-    "order is written into the other's row; planned fix: a row owner in the sync state (the "
-    "sink remembers which source record each target row was written for, so a rename or an "
-    "owned-field edit passes and a different source record is refused)",
-)
 def test_a_quote_id_moved_onto_another_order_writes_neither_into_the_others_row(
     pipeline: Pipeline, env: dict[str, str]
 ) -> None:
@@ -113,6 +107,7 @@ def test_a_quote_id_moved_onto_another_order_writes_neither_into_the_others_row(
     before = _order_row(env, second)
     assert before[1] == int(second_partner)
     taken_before = _taken(pipeline)
+    by_reason = _taken(pipeline, "target_row_taken")
 
     # A script moves the first quote's id onto the second order (unique: cleared first).
     execute(
@@ -150,3 +145,101 @@ def test_a_quote_id_moved_onto_another_order_writes_neither_into_the_others_row(
         "the first quote written into the second order"
     )
     assert _taken(pipeline)[1] == taken_before[1] + 1
+    assert _taken(pipeline, "target_row_taken") == (by_reason[0] + 1, by_reason[1] + 1)
+
+
+def _contact(env: dict[str, str], account: str, last_name: str) -> str:
+    ((contact,),) = execute(
+        env["CRM_DSN"],
+        "INSERT INTO public.contacts (account_id, first_name, last_name, email)"
+        " VALUES (%s, 'Kim', %s, %s) RETURNING id::text",
+        (account, last_name, f"{last_name.lower()}@example.com"),
+    )
+    return str(contact)
+
+
+def _person_of(env: dict[str, str], contact: str) -> int | None:
+    rows = execute(
+        env["ERP_ADMIN_DSN"],
+        "SELECT id FROM public.res_partner WHERE crm_contact_id = %s",
+        (contact,),
+    )
+    return int(rows[0][0]) if rows else None
+
+
+def _person_row(env: dict[str, str], person: int) -> tuple[Any, ...]:
+    [row] = execute(
+        env["ERP_ADMIN_DSN"],
+        "SELECT name, parent_id, email, active, crm_contact_id::text FROM public.res_partner "
+        "WHERE id = %s",
+        (person,),
+    )
+    return tuple(row)
+
+
+def test_a_contact_id_moved_onto_another_contact_person_is_not_written_into_it(
+    pipeline: Pipeline, env: dict[str, str]
+) -> None:
+    first_partner, first_account = new_customer(env)
+    second_partner, second_account = new_customer(env)
+    tag = uuid.uuid4().hex[:8]
+    first = _contact(env, first_account, f"First{tag}")
+    second = _contact(env, second_account, f"Second{tag}")
+    first_person = wait_for(lambda: _person_of(env, first), WAIT, "the first contact person")
+    second_person = wait_for(lambda: _person_of(env, second), WAIT, "the second contact person")
+    pipeline.settled()
+    before = _person_row(env, second_person)
+    assert before[1] == int(second_partner)
+    assert before[0] == f"Kim Second{tag}"
+    taken_before = _taken(pipeline, "target_row_taken")
+    letters_before = _taken(pipeline)
+
+    # A script moves the first contact's id onto the second contact person (unique:
+    # cleared first). ERP contact persons are not captured: nothing flows from it.
+    execute(
+        env["ERP_DSN"],
+        "UPDATE public.res_partner SET crm_contact_id = NULL WHERE id = %s",
+        (first_person,),
+    )
+    execute(
+        env["ERP_DSN"],
+        "UPDATE public.res_partner SET crm_contact_id = %s WHERE id = %s",
+        (first, second_person),
+    )
+
+    # The CRM user changes the first contact: its ERP row is the second one's now.
+    execute(
+        env["CRM_DSN"],
+        "UPDATE public.contacts SET last_name = %s, email = %s WHERE id = %s",
+        (f"Moved{tag}", f"moved{tag}@example.com", first),
+    )
+    wait_for(
+        lambda: (
+            _taken(pipeline)[1] > letters_before[1]
+            or _person_row(env, second_person)[0] != before[0]
+        ),
+        WAIT,
+        "the ERP sink's decision",
+    )
+    pipeline.settled()
+    after = _person_row(env, second_person)
+    assert after == (before[0], before[1], before[2], before[3], first), (
+        "the first contact written into the second contact person (or moved under its company)"
+    )
+    assert after[1] != int(first_partner)
+    assert _taken(pipeline, "target_row_taken")[1] == taken_before[1] + 1
+    assert _taken(pipeline)[1] == letters_before[1] + 1
+
+    # And its delete does not archive the second contact's person either.
+    execute(env["CRM_DSN"], "UPDATE public.contacts SET deleted = true WHERE id = %s", (first,))
+    wait_for(
+        lambda: (
+            _taken(pipeline, "target_row_taken")[1] > taken_before[1] + 1
+            or _person_row(env, second_person)[3] is not True
+        ),
+        WAIT,
+        "the ERP sink's decision on the delete",
+    )
+    pipeline.settled()
+    assert _person_row(env, second_person) == after, "the second contact person archived"
+    assert _taken(pipeline, "target_row_taken")[1] == taken_before[1] + 2
