@@ -19,11 +19,15 @@ transaction, in the order of :mod:`sinks.base`:
    locator first (the crosswalk id, the id the sink gives rows it creates, then the
    business key: customer number, SKU), with the transaction that last wrote each
    (``xmin``) and its commit time; an event whose row has a local change its clock has
-   not seen yet waits; the others are merged field by field (:func:`sinks.state.merge`);
-6. per target row one event is written: two source records meeting on one row in a
-   batch, the later commit wins and the other is a ``target_row_contended`` dead letter
-   that leaves nothing else (its conflicts, announcement and order lines are queued
-   only for a winner: :func:`_settle_updates`);
+   not seen yet waits; an event whose row another live source record owns (its row
+   owner, read with the row's clock: :func:`sinks.state.taken_by`) is a
+   ``target_row_taken`` dead letter that writes nothing (:func:`_claimed`); the others
+   are merged field by field (:func:`sinks.state.merge`);
+6. per target row one event is written (the row's owner is then the record written):
+   two source records meeting on one row in a batch, the later commit wins and the
+   other is a ``target_row_contended`` dead letter that leaves nothing else (its
+   conflicts, announcement and order lines are queued only for a winner:
+   :func:`_settle_updates`);
    rows are updated or inserted with one multi-row statement each, order lines of
    created orders written, deletes that remove their record applied as the table's
    mode says (a soft delete carrying liveness is merged as an update is: an archive

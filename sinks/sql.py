@@ -30,6 +30,10 @@ The sync-state schema (default ``erpcrm_sync``, owned by ``erpcrm_sink``):
   same transaction as the rows it covers;
 - ``conflicts(id, entity, entity_key, field, erp_value, crm_value, winner, reason,
   at)``: the conflict audit trail;
+- ``row_clock(entity, row_id, written, local, horizon_ms, sink_xid, local_at_write_ms,
+  owner_key, owner_gone)``: per target row, the commit times of its fields' last writes
+  (:class:`sinks.state.RowClock`) and the source record it was written for
+  (:class:`sinks.state.RowOwner`);
 - ``announce(entity, entity_key, pk)``: rows the sink created and has still to announce
   (an outbox, written in the batch's transaction; see :mod:`sinks.postgres`);
 - ``dead_letters(id, topic, partition, offset, key, value, headers)``: events the
