@@ -51,20 +51,28 @@ def _won_quote(env: dict[str, str], account: str, sku: str, name: str) -> str:
     return str(quote)
 
 
-def _order_of(env: dict[str, str], quote: str) -> int | None:
-    rows = execute(
-        env["ERP_ADMIN_DSN"], "SELECT id FROM public.sale_order WHERE crm_quote_id = %s", (quote,)
-    )
+_ERP_ID = {
+    "order": "SELECT id FROM public.sale_order WHERE crm_quote_id = %s",
+    "person": "SELECT id FROM public.res_partner WHERE crm_contact_id = %s",
+}
+"""The ERP row holding a CRM id, by kind (the queries are fixed text)."""
+
+_ERP_ROW = {
+    "order": "SELECT name, partner_id, validity_date, crm_quote_id::text FROM public.sale_order "
+    "WHERE id = %s",
+    "person": "SELECT name, parent_id, email, active, crm_contact_id::text "
+    "FROM public.res_partner WHERE id = %s",
+}
+"""What the tests compare of an ERP row, by kind."""
+
+
+def _erp_id(env: dict[str, str], kind: str, crm_id: str) -> int | None:
+    rows = execute(env["ERP_ADMIN_DSN"], _ERP_ID[kind], (crm_id,))
     return int(rows[0][0]) if rows else None
 
 
-def _order_row(env: dict[str, str], order: int) -> tuple[Any, ...]:
-    [row] = execute(
-        env["ERP_ADMIN_DSN"],
-        "SELECT name, partner_id, validity_date, crm_quote_id::text FROM public.sale_order "
-        "WHERE id = %s",
-        (order,),
-    )
+def _erp_row(env: dict[str, str], kind: str, erp_id: int) -> tuple[Any, ...]:
+    [row] = execute(env["ERP_ADMIN_DSN"], _ERP_ROW[kind], (erp_id,))
     return tuple(row)
 
 
@@ -99,12 +107,12 @@ def test_a_quote_id_moved_onto_another_order_writes_neither_into_the_others_row(
     tag = uuid.uuid4().hex[:8]
     first_quote = _won_quote(env, first_account, sku, f"First {tag}")
     second_quote = _won_quote(env, second_account, sku, f"Second {tag}")
-    first = wait_for(lambda: _order_of(env, first_quote), WAIT, "the first order")
-    second = wait_for(lambda: _order_of(env, second_quote), WAIT, "the second order")
+    first = wait_for(lambda: _erp_id(env, "order", first_quote), WAIT, "the first order")
+    second = wait_for(lambda: _erp_id(env, "order", second_quote), WAIT, "the second order")
     first_name = wait_for(lambda: _quote_states(env, first_quote), WAIT, "first order's name")
     wait_for(lambda: _quote_states(env, second_quote), WAIT, "the second order's name")
     pipeline.settled()
-    before = _order_row(env, second)
+    before = _erp_row(env, "order", second)
     assert before[1] == int(second_partner)
     taken_before = _taken(pipeline)
     by_reason = _taken(pipeline, "target_row_taken")
@@ -136,12 +144,14 @@ def test_a_quote_id_moved_onto_another_order_writes_neither_into_the_others_row(
         (date(2027, 3, 31), first_quote),
     )
     wait_for(
-        lambda: _taken(pipeline)[1] > taken_before[1] or _order_row(env, second)[2] is not None,
+        lambda: (
+            _taken(pipeline)[1] > taken_before[1] or _erp_row(env, "order", second)[2] is not None
+        ),
         WAIT,
         "the ERP sink's decision",
     )
     pipeline.settled()
-    assert _order_row(env, second) == (before[0], before[1], before[2], first_quote), (
+    assert _erp_row(env, "order", second) == (before[0], before[1], before[2], first_quote), (
         "the first quote written into the second order"
     )
     assert _taken(pipeline)[1] == taken_before[1] + 1
@@ -158,25 +168,6 @@ def _contact(env: dict[str, str], account: str, last_name: str) -> str:
     return str(contact)
 
 
-def _person_of(env: dict[str, str], contact: str) -> int | None:
-    rows = execute(
-        env["ERP_ADMIN_DSN"],
-        "SELECT id FROM public.res_partner WHERE crm_contact_id = %s",
-        (contact,),
-    )
-    return int(rows[0][0]) if rows else None
-
-
-def _person_row(env: dict[str, str], person: int) -> tuple[Any, ...]:
-    [row] = execute(
-        env["ERP_ADMIN_DSN"],
-        "SELECT name, parent_id, email, active, crm_contact_id::text FROM public.res_partner "
-        "WHERE id = %s",
-        (person,),
-    )
-    return tuple(row)
-
-
 def test_a_contact_id_moved_onto_another_contact_person_is_not_written_into_it(
     pipeline: Pipeline, env: dict[str, str]
 ) -> None:
@@ -185,10 +176,12 @@ def test_a_contact_id_moved_onto_another_contact_person_is_not_written_into_it(
     tag = uuid.uuid4().hex[:8]
     first = _contact(env, first_account, f"First{tag}")
     second = _contact(env, second_account, f"Second{tag}")
-    first_person = wait_for(lambda: _person_of(env, first), WAIT, "the first contact person")
-    second_person = wait_for(lambda: _person_of(env, second), WAIT, "the second contact person")
+    first_person = wait_for(lambda: _erp_id(env, "person", first), WAIT, "the first contact person")
+    second_person = wait_for(
+        lambda: _erp_id(env, "person", second), WAIT, "the second contact person"
+    )
     pipeline.settled()
-    before = _person_row(env, second_person)
+    before = _erp_row(env, "person", second_person)
     assert before[1] == int(second_partner)
     assert before[0] == f"Kim Second{tag}"
     taken_before = _taken(pipeline, "target_row_taken")
@@ -216,13 +209,13 @@ def test_a_contact_id_moved_onto_another_contact_person_is_not_written_into_it(
     wait_for(
         lambda: (
             _taken(pipeline)[1] > letters_before[1]
-            or _person_row(env, second_person)[0] != before[0]
+            or _erp_row(env, "person", second_person)[0] != before[0]
         ),
         WAIT,
         "the ERP sink's decision",
     )
     pipeline.settled()
-    after = _person_row(env, second_person)
+    after = _erp_row(env, "person", second_person)
     assert after == (before[0], before[1], before[2], before[3], first), (
         "the first contact written into the second contact person (or moved under its company)"
     )
@@ -235,11 +228,11 @@ def test_a_contact_id_moved_onto_another_contact_person_is_not_written_into_it(
     wait_for(
         lambda: (
             _taken(pipeline, "target_row_taken")[1] > taken_before[1] + 1
-            or _person_row(env, second_person)[3] is not True
+            or _erp_row(env, "person", second_person)[3] is not True
         ),
         WAIT,
         "the ERP sink's decision on the delete",
     )
     pipeline.settled()
-    assert _person_row(env, second_person) == after, "the second contact person archived"
+    assert _erp_row(env, "person", second_person) == after, "the second contact person archived"
     assert _taken(pipeline, "target_row_taken")[1] == taken_before[1] + 2
