@@ -58,6 +58,24 @@ class TargetRowContendedError(ValidationError):
         self.context = context
 
 
+class TargetRowTakenError(ValidationError):
+    """A record's event resolves to a target row another live source record owns.
+
+    Each sink remembers which source record (entity and key) every target row was
+    written for (its row owner); a link column moved onto another record's row (an
+    ERP order given another order's quote id, a contact person given another
+    contact's id) makes a different record's event find it: the event is not written.
+    ``context``: ``(name, value)`` pairs for the letter's ``erpcrm.context.*`` headers
+    (the row, its owner, the record refused).
+    """
+
+    reason = "target_row_taken"
+
+    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.context = context
+
+
 class RetriableError(SyncError):
     """A transient failure (connection loss, serialization failure): retry with backoff."""
 

@@ -19,11 +19,15 @@ transaction, in the order of :mod:`sinks.base`:
    locator first (the crosswalk id, the id the sink gives rows it creates, then the
    business key: customer number, SKU), with the transaction that last wrote each
    (``xmin``) and its commit time; an event whose row has a local change its clock has
-   not seen yet waits; the others are merged field by field (:func:`sinks.state.merge`);
-6. per target row one event is written: two source records meeting on one row in a
-   batch, the later commit wins and the other is a ``target_row_contended`` dead letter
-   that leaves nothing else (its conflicts, announcement and order lines are queued
-   only for a winner: :func:`_settle_updates`);
+   not seen yet waits; an event whose row another live source record owns (its row
+   owner, read with the row's clock: :func:`sinks.state.taken_by`) is a
+   ``target_row_taken`` dead letter that writes nothing (:func:`_claimed`); the others
+   are merged field by field (:func:`sinks.state.merge`);
+6. per target row one event is written (the row's owner is then the record written):
+   two source records meeting on one row in a batch, the later commit wins and the
+   other is a ``target_row_contended`` dead letter that leaves nothing else (its
+   conflicts, announcement and order lines are queued only for a winner:
+   :func:`_settle_updates`);
    rows are updated or inserted with one multi-row statement each, order lines of
    created orders written, deletes that remove their record applied as the table's
    mode says (a soft delete carrying liveness is merged as an update is: an archive
@@ -96,6 +100,7 @@ from schemas.errors import (
     PermanentError,
     SyncError,
     TargetRowContendedError,
+    TargetRowTakenError,
     UnresolvedReferenceError,
     ValidationError,
 )
@@ -116,6 +121,7 @@ from sinks.state import (
     Decision,
     Merge,
     RowClock,
+    RowOwner,
     changed_by,
     changed_times,
     clock_wait_since,
@@ -124,9 +130,11 @@ from sinks.state import (
     last_local_change,
     merge,
     ready_clock,
+    taken_by,
 )
 from sinks.targets import (
     KEY,
+    LIVENESS,
     DeleteMode,
     Locator,
     TargetTable,
@@ -243,6 +251,12 @@ _CLOCK_NAMES: Final = {name: name for name in sql.CLOCK_COLUMNS}
 _JOINED_CLOCK_NAMES: Final = {name: sql.clock_column(name) for name in sql.CLOCK_COLUMNS}
 
 
+def _owner(row: Mapping[str, Any], names: Mapping[str, str]) -> RowOwner | None:
+    """A row's owner read with its clock (None: no record owns it yet)."""
+    key = row[names["owner_key"]]
+    return None if key is None else RowOwner(key, bool(row[names["owner_gone"]]))
+
+
 def _clock(row: Mapping[str, Any], names: Mapping[str, str]) -> RowClock:
     """A row clock read from ``row``; ``names``: its columns' names there (``written`` …)."""
     return RowClock(
@@ -255,12 +269,17 @@ def _clock(row: Mapping[str, Any], names: Mapping[str, str]) -> RowClock:
 
 
 class _Clocks:
-    """The row clocks one batch reads and writes (``erpcrm_sync.row_clock``), locked."""
+    """The row clocks one batch reads and writes (``erpcrm_sync.row_clock``), locked.
+
+    With each clock, the row's owner (:class:`sinks.state.RowOwner`): read, locked and
+    stored with it, in the same statements.
+    """
 
     def __init__(self, schema: str, statements: _Statements) -> None:
         self._schema = schema
         self._sql = statements
         self._clocks: dict[tuple[str, str], RowClock | None] = {}
+        self._owners: dict[tuple[str, str], RowOwner] = {}
         self._dirty: set[tuple[str, str]] = set()
 
     def load(self, cur: psycopg.Cursor[dict[str, Any]], entity: str, rows: Iterable[str]) -> None:
@@ -271,7 +290,10 @@ class _Clocks:
         query = self._sql(cur, sql.row_clock_select, self._schema)
         cur.execute(query, (entity, wanted), binary=True)
         for r in cur.fetchall():
-            self._clocks[(entity, r["row_id"])] = _clock(r, _CLOCK_NAMES)
+            key = (entity, r["row_id"])
+            self._clocks[key] = _clock(r, _CLOCK_NAMES)
+            if (owner := _owner(r, _CLOCK_NAMES)) is not None:
+                self._owners[key] = owner
         for row_id in wanted:
             self._clocks.setdefault((entity, row_id), None)
 
@@ -285,6 +307,8 @@ class _Clocks:
             if key not in self._clocks:
                 found = r[sql.ROW_CLOCK] is not None
                 self._clocks[key] = _clock(r, _JOINED_CLOCK_NAMES) if found else None
+                if found and (owner := _owner(r, _JOINED_CLOCK_NAMES)) is not None:
+                    self._owners[key] = owner
 
     def get(self, entity: str, row_id: str) -> RowClock | None:
         """A loaded clock; None when the row has none yet."""
@@ -295,6 +319,14 @@ class _Clocks:
         self._clocks[(entity, row_id)] = clock
         self._dirty.add((entity, row_id))
 
+    def owner(self, entity: str, row_id: str) -> RowOwner | None:
+        """A loaded row's owner; None when no record owns it yet."""
+        return self._owners.get((entity, row_id))
+
+    def own(self, entity: str, row_id: str, owner: RowOwner) -> None:
+        """Set a row's owner, stored with its clock (which the caller puts too)."""
+        self._owners[(entity, row_id)] = owner
+
     def save(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
         """Store the changed clocks with one statement."""
         if not self._dirty:
@@ -302,6 +334,7 @@ class _Clocks:
         rows = []
         for entity, row_id in sorted(self._dirty):
             c = self._clocks[(entity, row_id)] or RowClock()
+            owner = self._owners.get((entity, row_id))
             rows.append(
                 (
                     entity,
@@ -311,6 +344,8 @@ class _Clocks:
                     c.horizon_ms,
                     c.sink_xid,
                     c.local_at_write_ms,
+                    None if owner is None else owner.key,
+                    owner is not None and owner.gone,
                 )
             )
         cur.execute(self._sql(cur, sql.row_clock_upsert, self._schema), (sql.records(rows),))
@@ -884,6 +919,7 @@ class PostgresUpsertSink(Sink):
         self._earlier_decisions(cur, table, items)
         self._locate(cur, table, items, clocks)
         clocks.load(cur, entity, (str(i.pk) for i in items if i.current is not None))
+        items = _claimed(table, items, clocks, out)
         # A soft delete carrying liveness is merged as an upsert (TargetTable.removes).
         deletes = [i for i in items if table.removes(i.record)]
         upserts = [i for i in items if not table.removes(i.record)]
@@ -1155,7 +1191,17 @@ class PostgresUpsertSink(Sink):
         for item in items:
             (out.applied if item.current is not None else out.unknown).append(item.event)
             out.recorded.append((item.event, item.digest))
-        if not found or table.delete is DeleteMode.IGNORE:
+        if not found:
+            return
+        if table.delete is DeleteMode.IGNORE:
+            # The row stays, its owner is gone: it gives the row up (:func:`taken_by`).
+            for item in found:
+                row_id = str(item.pk)
+                clock = clocks.get(table.entity, row_id)
+                owner = clocks.owner(table.entity, row_id)
+                if clock is not None and owner is not None and owner.key == item.event.key:
+                    clocks.own(table.entity, row_id, RowOwner(owner.key, gone=True))
+                    clocks.put(table.entity, row_id, clock)
             return
         pks = sql.array(table.pk_type, (i.pk for i in found))
         if table.delete is DeleteMode.HARD:
@@ -1187,6 +1233,7 @@ class PostgresUpsertSink(Sink):
                 clock, item.current[sql.ROW_XMIN], item.current[sql.ROW_COMMIT_MS]
             )
             after = clock.after_write({}, xid=marked.get(row_id), last_local_ms=last_local)
+            clocks.own(table.entity, row_id, RowOwner(item.event.key, gone=True))
             clocks.put(table.entity, row_id, after)
 
     # -- upserts ----------------------------------------------------------------------
@@ -1288,6 +1335,8 @@ class PostgresUpsertSink(Sink):
                 out.recorded.append((item.event, item.digest))
                 row_id = str(item.pk)
                 clock = clocks.get(table.entity, row_id) or RowClock()
+                if not item.linked:  # a linked duplicate's candidate keeps its owner
+                    clocks.own(table.entity, row_id, _written_for(item))
                 clocks.put(
                     table.entity,
                     row_id,
@@ -1301,6 +1350,7 @@ class PostgresUpsertSink(Sink):
             xid = self._insert(cur, table, list(inserts.values()), out)
             for item in inserts.values():
                 times = {f: item.changed[f] for f in fields if f in item.changed}
+                clocks.own(table.entity, str(item.pk), _written_for(item))
                 clocks.put(
                     table.entity,
                     str(item.pk),
@@ -1865,6 +1915,66 @@ def _safe(locator: Locator, record: Mapping[str, Any]) -> Any:
 def _row_name(table: TargetTable, column: str, value: Any) -> str:
     """A target row as letters name it: ``schema.table column=value``."""
     return f"{table.schema}.{table.table} {column}={value}"
+
+
+def _ends(record: Mapping[str, Any]) -> bool:
+    """Whether a record's event ends it at its source: a delete, or an archive."""
+    return record.get("op") == "delete" or record.get(LIVENESS) is False
+
+
+def _written_for(item: _Item) -> RowOwner:
+    """The owner a row gets when the sink writes ``item``'s event into it."""
+    return RowOwner(item.event.key, gone=_ends(item.record))
+
+
+def _claimed(
+    table: TargetTable, items: Sequence[_Item], clocks: _Clocks, out: _Outcome
+) -> list[_Item]:
+    """The items whose located row they may write: its owner's, a free one, a gone one's.
+
+    An item whose row another live record owns (:func:`sinks.state.taken_by`; a link
+    column moved onto that record's row) is dead-lettered (``target_row_taken``) and
+    its version recorded as :data:`~sinks.state.LETTERED`, as a contended loser's: read
+    again, it stays out of the row; a replay of its letter, once the link is put back
+    or the owner gone, applies it. A suspected duplicate (``duplicate_of``) is not
+    lettered: it goes on as if it had found no row, to be held (or created, or linked)
+    as a suspect. A delete that leaves the row alone (:attr:`DeleteMode.IGNORE`) writes
+    nothing and is kept. Source identity only (entity and key), never the row's values:
+    a renamed order, or an owned field edited on the other side, is its owner's.
+    """
+    ended = [i.event.key for i in items if _ends(i.record)]
+    kept: list[_Item] = []
+    for item in items:
+        if item.current is None or (
+            table.delete is DeleteMode.IGNORE and table.removes(item.record)
+        ):
+            kept.append(item)
+            continue
+        row_id = str(item.pk)
+        holder = taken_by(clocks.owner(table.entity, row_id), item.event.key, ended=ended)
+        if holder is None:
+            kept.append(item)
+        elif item.record.get("duplicate_of") is not None:
+            item.current, item.pk = None, None
+            kept.append(item)
+        else:
+            out.dead.append((item.event, _taken(table, item, holder)))
+            out.recorded.append((item.event, LETTERED))
+    return kept
+
+
+def _taken(table: TargetTable, item: _Item, owner: str) -> TargetRowTakenError:
+    """The dead letter's error for ``item``, whose row the live record ``owner`` owns."""
+    event = item.event
+    row = _row_name(table, table.pk, item.pk)
+    message = (
+        f"target_row_taken: {event.entity} {event.key} (version {event.version}) resolves "
+        f"to the target row {row}, which was written for {owner}, a live record: a link "
+        f"column was moved onto {owner}'s row (or both records carry one link). Nothing "
+        f"was written. Put the link back at the source (a record deleted or archived "
+        f"there gives its row up), then replay this letter if its data is still wanted."
+    )
+    return TargetRowTakenError(message, (("target_row", row), ("owner_key", owner)))
 
 
 def _contend(

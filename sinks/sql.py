@@ -30,6 +30,10 @@ The sync-state schema (default ``erpcrm_sync``, owned by ``erpcrm_sink``):
   same transaction as the rows it covers;
 - ``conflicts(id, entity, entity_key, field, erp_value, crm_value, winner, reason,
   at)``: the conflict audit trail;
+- ``row_clock(entity, row_id, written, local, horizon_ms, sink_xid, local_at_write_ms,
+  owner_key, owner_gone)``: per target row, the commit times of its fields' last writes
+  (:class:`sinks.state.RowClock`) and the source record it was written for
+  (:class:`sinks.state.RowOwner`);
 - ``announce(entity, entity_key, pk)``: rows the sink created and has still to announce
   (an outbox, written in the batch's transaction; see :mod:`sinks.postgres`);
 - ``dead_letters(id, topic, partition, offset, key, value, headers)``: events the
@@ -324,7 +328,14 @@ def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
             "written jsonb NOT NULL DEFAULT jsonb_build_object(), "
             "local jsonb NOT NULL DEFAULT jsonb_build_object(), "
             "horizon_ms bigint, sink_xid bigint, local_at_write_ms bigint, "
+            "owner_key text, owner_gone boolean NOT NULL DEFAULT false, "
             "PRIMARY KEY (entity, row_id)) WITH (fillfactor = 70)"
+        ).format(sql.Identifier(schema, "row_clock")),
+        # Row clocks made before they kept the row's owner: no owner yet (the next
+        # record written there becomes it). A constant default: no table rewrite.
+        sql.SQL(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS owner_key text, "
+            "ADD COLUMN IF NOT EXISTS owner_gone boolean NOT NULL DEFAULT false"
         ).format(sql.Identifier(schema, "row_clock")),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
@@ -400,13 +411,14 @@ def row_clock_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Row clocks of some rows of one entity, locked for the transaction.
 
     Parameters: ``entity``, ``row_ids`` (list). Rows: ``row_id, written, local,
-    horizon_ms, sink_xid, local_at_write_ms`` (see :class:`sinks.state.RowClock`);
+    horizon_ms, sink_xid, local_at_write_ms`` (see :class:`sinks.state.RowClock`),
+    ``owner_key, owner_gone`` (the row's owner, :class:`sinks.state.RowOwner`);
     ``written`` and ``local`` as JSON text (the sink parses them itself, faster than
     the driver's ``jsonb`` loader).
     """
     return sql.SQL(
         "SELECT row_id, written::text AS written, local::text AS local, horizon_ms, "
-        "sink_xid, local_at_write_ms FROM {} "
+        "sink_xid, local_at_write_ms, owner_key, owner_gone FROM {} "
         "WHERE entity = %s AND row_id = ANY(%b::text[]) FOR UPDATE"
     ).format(sql.Identifier(schema, "row_clock"))
 
@@ -415,7 +427,8 @@ def row_clock_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
     """Store row clocks whole (they were read locked in the same transaction).
 
     Parameter: :func:`records` of ``entity, row_id, written, local`` (field -> ms
-    mappings), ``horizon_ms, sink_xid, local_at_write_ms``.
+    mappings), ``horizon_ms, sink_xid, local_at_write_ms, owner_key, owner_gone``
+    (the row's owner as read with the clock, or the record the batch wrote there).
     """
     cols = [
         Column("entity", "text"),
@@ -425,14 +438,18 @@ def row_clock_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
         Column("horizon_ms", "bigint"),
         Column("sink_xid", "bigint"),
         Column("local_at_write_ms", "bigint"),
+        Column("owner_key", "text"),
+        Column("owner_gone", "boolean"),
     ]
     return sql.SQL(
         "INSERT INTO {} (entity, row_id, written, local, horizon_ms, sink_xid, "
-        "local_at_write_ms) SELECT u.entity, u.row_id, u.written, u.local, "
-        "u.horizon_ms, u.sink_xid, u.local_at_write_ms FROM {} "
+        "local_at_write_ms, owner_key, owner_gone) SELECT u.entity, u.row_id, u.written, "
+        "u.local, u.horizon_ms, u.sink_xid, u.local_at_write_ms, u.owner_key, "
+        "coalesce(u.owner_gone, false) FROM {} "
         "ON CONFLICT (entity, row_id) DO UPDATE SET written = EXCLUDED.written, "
         "local = EXCLUDED.local, horizon_ms = EXCLUDED.horizon_ms, "
-        "sink_xid = EXCLUDED.sink_xid, local_at_write_ms = EXCLUDED.local_at_write_ms"
+        "sink_xid = EXCLUDED.sink_xid, local_at_write_ms = EXCLUDED.local_at_write_ms, "
+        "owner_key = EXCLUDED.owner_key, owner_gone = EXCLUDED.owner_gone"
     ).format(sql.Identifier(schema, "row_clock"), _recordset(cols))
 
 
@@ -944,8 +961,17 @@ ROW_LOOKUP: Final = "_erpcrm_lookup"
 ROW_CLOCK: Final = "_erpcrm_clock_row"
 """With ``clock``, :func:`select_current` adds each row's clock (:func:`row_clock_select`'s
 columns, prefixed ``_erpcrm_clock_``); this one is null when the row has no clock yet."""
-CLOCK_COLUMNS: Final = ("written", "local", "horizon_ms", "sink_xid", "local_at_write_ms")
-"""The clock columns :func:`select_current` adds (``_erpcrm_clock_<name>``)."""
+CLOCK_COLUMNS: Final = (
+    "written",
+    "local",
+    "horizon_ms",
+    "sink_xid",
+    "local_at_write_ms",
+    "owner_key",
+    "owner_gone",
+)
+"""The clock columns :func:`select_current` adds (``_erpcrm_clock_<name>``): the row
+clock's, and the row's owner kept with it (:class:`sinks.state.RowOwner`)."""
 
 
 def clock_column(name: str) -> str:

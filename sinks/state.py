@@ -38,6 +38,11 @@ a :class:`RowClock` in ``erpcrm_sync.row_clock`` (:mod:`sinks.sql`).
    then the event waits (deferred); a row the sink never saw starts from its last
    commit time for every field (as a snapshot read does).
 
+4. **Row owners** (:class:`RowOwner`, :func:`taken_by`). Per target row, the source
+   record it was written for. An event of another record that resolves to the row
+   while its owner is live is not written (``target_row_taken``): a link column moved
+   from one record's row onto another's no longer writes one record into the other.
+
 Pure: no database, Kafka or clock access.
 """
 
@@ -61,6 +66,7 @@ __all__ = [
     "Merge",
     "Reason",
     "RowClock",
+    "RowOwner",
     "changed_by",
     "changed_times",
     "clock_wait_since",
@@ -70,6 +76,7 @@ __all__ = [
     "merge",
     "payload_hash",
     "ready_clock",
+    "taken_by",
 ]
 
 
@@ -274,6 +281,41 @@ class RowClock:
                 written, self.local, self.horizon_ms, self.sink_xid, self.local_at_write_ms
             )
         return RowClock(written, self.local, self.horizon_ms, xid, last_local_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class RowOwner:
+    """The source record a target row was written for: the row's owner.
+
+    Kept per target row beside its clock (``erpcrm_sync.row_clock``, same entity), set
+    by every write of the sink to the row: the record that made the row, or the first
+    one that wrote an existing row (the rows of a first sync, or of a sync state made
+    before owners were kept). A record's identity, never its values: a renamed order or
+    an owned field edited on the other side is the same record.
+
+    Attributes:
+        key: the source record's entity key (``erp:17``).
+        gone: the record's last event written there ended it at its source (deleted,
+            archived: a delete, or ``active`` false); it gives the row up.
+    """
+
+    key: str
+    gone: bool = False
+
+
+def taken_by(owner: RowOwner | None, key: str, *, ended: Collection[str] = ()) -> str | None:
+    """The owner that keeps the record ``key`` out of a row; None: ``key`` may write it.
+
+    A row with no owner yet is free, and so is one whose owner is gone, stored so or
+    ending in the batch at hand (``ended``: the keys whose events there end their
+    record): as a holder gone gives its counterpart up in the crosswalk, the survivor of
+    a merge at the source takes the row over. Only a
+    different, live owner takes it: the record's event resolves to another record's
+    row (a link column moved onto it).
+    """
+    if owner is None or owner.key == key or owner.gone or owner.key in ended:
+        return None
+    return owner.key
 
 
 def last_local_change(clock: RowClock | None, xmin: int, commit_ms: int | None) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "Pipeline",
     "SinkProcess",
     "direct_sink",
+    "disown",
     "newest_records",
     "read_to_end",
     "sink_source",
@@ -89,6 +90,22 @@ def direct_sink(
             "WHERE roname = %s",
             (applying._origin,),
         )
+
+
+def disown(admin_dsn: str, sink: PostgresUpsertSink, entity: str, row_id: Any) -> None:
+    """Forget the owner of one target row in ``sink``'s sync state.
+
+    As in a sync state made before row owners were kept: the next record written there
+    owns the row (:class:`sinks.state.RowOwner`). For tests of what happens on a row
+    no live record owns (two records meeting on it in one batch).
+    """
+    execute(
+        admin_dsn,
+        sql.SQL("UPDATE {} SET owner_key = NULL WHERE entity = %s AND row_id = %s").format(
+            sql.Identifier(sink._schema, "row_clock")
+        ),
+        (entity, str(row_id)),
+    )
 
 
 def _high(consumer: Consumer, tp: TopicPartition, timeout: float = 60.0) -> int:

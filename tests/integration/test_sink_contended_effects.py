@@ -6,7 +6,8 @@ Two different source records that resolve to one target row in a batch: the late
 commit is written and the other is a ``target_row_contended`` dead letter. Before the
 winner is chosen the loser must not have left anything of its own in the batch's
 transaction, so that its letter tells the whole story and a replay of it applies it
-as if it had never been read:
+as if it had never been read (once no live record owns the row: the winner owns it
+after the batch, and a replay while it does is a ``target_row_taken`` letter):
 
 - no conflict of the loser in the audit table or in the write's result (the metric);
 - no announcement of the row for the loser (the id sent back to the source system);
@@ -31,7 +32,7 @@ from sinks.batch import SinkBatch, SinkEvent
 from sinks.postgres import PostgresUpsertSink
 from sinks.targets import deterministic_id
 from tests.integration.cdc_fixtures import execute
-from tests.integration.sink_fixtures import direct_sink
+from tests.integration.sink_fixtures import direct_sink, disown
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +122,8 @@ def test_a_customer_that_loses_its_row_leaves_no_conflict_and_no_announcement(
     assert [e.key for e in created.applied] == [first]
     account = deterministic_id("customer", first)
     try:
+        # A row no live record owns (else both would be target_row_taken letters).
+        disown(admin, crm_sink, "customer", account)
         linked = {"crm_id": account, "customer_number": number}
         result = crm_sink.write(
             SinkBatch(
@@ -157,9 +160,15 @@ def test_a_customer_that_loses_its_row_leaves_no_conflict_and_no_announcement(
             admin, "SELECT name, industry FROM public.accounts WHERE id = %s", (account,)
         )
         assert (name, industry) == ("Newer", None)
-        # Replayed alone (an operator's replay of its letter), it is applied as if it
-        # had never been read: its refused field is a conflict, the row announced for it.
-        replayed = crm_sink.write(SinkBatch([replace(result.dead[0][0], replays=1)]))
+        # Replayed while the winner owns the row: a target_row_taken letter, nothing else.
+        refused = crm_sink.write(SinkBatch([replace(result.dead[0][0], replays=1)]))
+        assert _reasons(refused) == [(loser, "TargetRowTakenError")]
+        assert set(_traces(refused, admin, schema, loser)) == {"other letters"}  # that one
+        crm_sink.dead_letters_published([q.id for q in crm_sink.queued_dead_letters()])
+        # Replayed alone once no live record owns the row, it is applied as if it had
+        # never been read: its refused field is a conflict, the row announced for it.
+        disown(admin, crm_sink, "customer", account)
+        replayed = crm_sink.write(SinkBatch([replace(result.dead[0][0], replays=2)]))
         assert [e.key for e in replayed.applied] == [loser]
         assert [(c.entity_key, c.field) for c in replayed.conflicts] == [(loser, "industry")]
         assert len(_rows(admin, schema, "conflicts", loser)) == 1
@@ -234,6 +243,8 @@ def test_an_order_that_loses_its_row_leaves_its_lines_and_no_lines_letter(
         assert len(stated) == 1
         # The order's creation was queued for announcement: as if announced.
         execute(admin, sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, "announce")))
+        # A row no live record owns (else the other quote would be target_row_taken).
+        disown(admin, erp_sink, "sales_order", order)
 
         result = erp_sink.write(
             SinkBatch(
@@ -282,6 +293,9 @@ def test_an_order_that_loses_its_row_leaves_its_lines_and_no_lines_letter(
         # Replayed alone (with the order's id, as the crosswalk now names the row), the
         # letter is applied as if it had never been read: its lines change is a letter
         # of its own, its refused total a conflict, and the row is announced for it.
+        # (Replayed while the winner owns the row, it would be a target_row_taken letter:
+        # the owner retired at its source, or, here, as if no record owned it yet.)
+        disown(admin, erp_sink, "sales_order", order)
         replay = replace(result.dead[0][0], replays=1)  # an operator's replay of the letter
         replay.record["erp_id"] = str(order)
         replayed = erp_sink.write(SinkBatch([replay]))

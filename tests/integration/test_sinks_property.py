@@ -39,7 +39,7 @@ from sinks.postgres import PostgresUpsertSink, _Clocks
 from sinks.state import LETTERED
 from sinks.targets import KEY, deterministic_id
 from tests.integration.cdc_fixtures import execute
-from tests.integration.sink_fixtures import direct_sink
+from tests.integration.sink_fixtures import direct_sink, disown
 
 pytestmark = pytest.mark.integration
 
@@ -353,6 +353,8 @@ def test_two_records_of_one_target_row_in_a_batch_dead_letter_the_older(
     )
     assert [e.key for e in created.applied] == [KEYS[0]]
     account = deterministic_id("customer", KEYS[0])
+    # A row no live record owns (else both would be target_row_taken letters).
+    disown(stack_env["CRM_ADMIN_DSN"], sink, "customer", account)
     older = {**_record("customer", KEYS[1], 20, {**change, "name": "Older"}), "crm_id": account}
     newer = {**_record("customer", KEYS[2], 30, {**change, "name": "Newer"}), "crm_id": account}
     # The later commit arrives first: the winner is decided by commit time, not arrival.
@@ -401,8 +403,18 @@ def test_two_records_of_one_target_row_in_a_batch_dead_letter_the_older(
     assert not again.dead
     assert not sink.queued_dead_letters()
     assert name_now() == "Newer"
-    # ... while an operator's replay of its letter applies it, once.
-    for offset, replays in ((4, 1), (5, 2)):
+    # ... an operator's replay of its letter while the winner owns the row is refused
+    # (target_row_taken), and once no live record owns it, applies it, once.
+    taken = sink.write(
+        SinkBatch([SinkEvent("canonical.customer", 0, 4, "customer", KEYS[1], older, replays=1)])
+    )
+    assert [(e.key, type(error).__name__) for e, error in taken.dead] == [
+        (KEYS[1], "TargetRowTakenError")
+    ]
+    sink.dead_letters_published([q.id for q in sink.queued_dead_letters()])
+    assert name_now() == "Newer"
+    disown(stack_env["CRM_ADMIN_DSN"], sink, "customer", account)
+    for offset, replays in ((5, 2), (6, 3)):
         replayed = sink.write(
             SinkBatch(
                 [
@@ -412,7 +424,7 @@ def test_two_records_of_one_target_row_in_a_batch_dead_letter_the_older(
                 ]
             )
         )
-        assert [e.key for e in (replayed.applied if replays == 1 else replayed.stale)] == [KEYS[1]]
+        assert [e.key for e in (replayed.applied if replays == 2 else replayed.stale)] == [KEYS[1]]
     # Applied through the field merge: the row's name came from the later commit.
     assert name_now() == "Newer"
     [(version, digest)] = execute(stack_env["CRM_ADMIN_DSN"], applied, (KEYS[1],))
