@@ -58,6 +58,23 @@ class TargetRowContendedError(ValidationError):
         self.context = context
 
 
+class TargetRowGoneError(ValidationError):
+    """A record's target row, made for it by the sink, is gone from the target.
+
+    The sink remembers the row it created for each source record of a table that keeps
+    its rows (a won quote's ERP order). When that row was deleted in the target, the
+    record's later change is not made into a second row behind anyone's back: it is
+    dead-lettered with ``context``, ``(name, value)`` pairs for the letter's
+    ``erpcrm.context.*`` headers (the table and the row that is gone).
+    """
+
+    reason = "target_row_gone"
+
+    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.context = context
+
+
 class RetriableError(SyncError):
     """A transient failure (connection loss, serialization failure): retry with backoff."""
 

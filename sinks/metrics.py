@@ -47,7 +47,8 @@ class SinkMetrics:
                 "erpcrm.error.reason header): unresolved_reference, order_lines_locked (a "
                 "line change of an order the target owns; the order itself was applied), "
                 "key_taken (a unique key another row holds), target_row_contended (another "
-                "source record wrote the same row in the batch), the error class of a refused "
+                "source record wrote the same row in the batch), target_row_gone (the row "
+                "made for the record was deleted in the target), the error class of a refused "
                 "event, ...",
                 ["target", "entity", "reason"],
                 registry=registry,
