@@ -1392,6 +1392,22 @@ def holders_of_counterpart(table: Table, pk: Column, link: Column, live: Column)
     )
 
 
+def live_rows(table: Table, pk: Column, flag: str, dead: bool) -> sql.Composed:
+    """Of some rows of ``table``, those that are live: there, and ``flag`` not ``dead``.
+
+    Parameter: the rows' ``pk`` values (a list of text). Rows: ``pk`` as text.
+    """
+    return sql.SQL(
+        "SELECT {pk}::text FROM {t} WHERE {pk} = ANY(%s::{pt}[]) AND {flag} IS DISTINCT FROM {dead}"
+    ).format(
+        pk=sql.Identifier(pk.name),
+        t=table.ident,
+        pt=sql.SQL(pk.pg_type),
+        flag=sql.Identifier(flag),
+        dead=sql.SQL("true" if dead else "false"),
+    )
+
+
 def counterpart_of_row(table: Table, pk: Column, link: Column, live: Column) -> sql.Composed:
     """The counterpart a live row of ``table`` names in ``link``, but one.
 
