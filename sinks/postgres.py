@@ -1143,23 +1143,28 @@ class PostgresUpsertSink(Sink):
         clocks: _Clocks,
     ) -> None:
         """Find and lock each item's current row, strongest locator first, and its clock."""
-        columns = list(table.read_columns)
-        if table.modified:
-            columns.append(table.modified)
         open_items = [i for i in items if i.current is None]
-        found = self._find(
-            cur,
-            table.ref,
-            columns,
-            table.locators,
-            [i.record for i in open_items],
-            lock=True,
-            clock=(table.entity, clocks),
-        )
+        found = self._lock_rows(cur, table, table.locators, [i.record for i in open_items], clocks)
         for item, row in zip(open_items, found, strict=True):
             if row is not None:
                 item.current = row
                 item.pk = row[table.pk]
+
+    def _lock_rows(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        locators: Sequence[Locator],
+        records: Sequence[Mapping[str, Any]],
+        clocks: _Clocks,
+    ) -> list[dict[str, Any] | None]:
+        """Per record, its row of ``table`` (as :meth:`_find` finds it), locked, with its clock."""
+        columns = list(table.read_columns)
+        if table.modified:
+            columns.append(table.modified)
+        return self._find(
+            cur, table.ref, columns, locators, records, lock=True, clock=(table.entity, clocks)
+        )
 
     def _remembered(
         self,
@@ -1187,17 +1192,12 @@ class PostgresUpsertSink(Sink):
         if not remembered:
             return items
         to_pk = int if table.pk_type in ("bigint", "integer") else str
-        columns = list(table.read_columns)
-        if table.modified:
-            columns.append(table.modified)
-        found = self._find(
+        found = self._lock_rows(
             cur,
-            table.ref,
-            columns,
+            table,
             (Locator(table.pk, table.pk_type, lambda r: r[_MADE_ROW]),),
             [{_MADE_ROW: to_pk(made[i.event.key])} for i in remembered],
-            lock=True,
-            clock=(table.entity, clocks),
+            clocks,
         )
         gone: set[int] = set()
         for item, row in zip(remembered, found, strict=True):

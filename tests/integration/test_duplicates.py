@@ -629,6 +629,27 @@ def _retire(env: dict[str, str], system: str, record: str) -> None:
     execute(env[f"{system.upper()}_DSN"], retire, (record,))
 
 
+def _linked_into(
+    stack_env: dict[str, str],
+    env: dict[str, str],
+    sink: SinkProcess,
+    counterpart: str,
+    key: str,
+    suspect: str,
+    name: str,
+) -> None:
+    """``erpcrm suspects link`` of ``suspect`` passes; ``key`` is written into ``counterpart``."""
+    other = sink.target
+    done = _suspects_cli(env, "link", suspect, "--target", other)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    wait_for(partial(_has_status, sink, key, "linked"), WAIT, f"{key} linked")
+    wait_for(
+        lambda: _customer_row(stack_env, other, counterpart)[0] == name,
+        WAIT,
+        f"{key} written into the counterpart",
+    )
+
+
 @pytest.mark.parametrize("system", ["erp", "crm"])
 def test_a_linked_suspect_gone_at_its_source_no_longer_holds_its_candidate(
     pipeline: Pipeline, stack_env: dict[str, str], system: str
@@ -656,14 +677,8 @@ def test_a_linked_suspect_gone_at_its_source_no_longer_holds_its_candidate(
     }
     _retire(stack_env, system, holder)
     wait_for(lambda: not _customer_row(stack_env, other, counterpart)[1], WAIT, "archived")
-    linked = _suspects_cli(env, "link", ids[f"{system}:{first}"], "--target", other)
-    assert linked.returncode == 0, (linked.stdout, linked.stderr)
-    wait_for(partial(_has_status, sink, f"{system}:{first}", "linked"), WAIT, "first linked")
-    wait_for(
-        lambda: _customer_row(stack_env, other, counterpart)[0] == f"First {tag}",
-        WAIT,
-        "the first written into the counterpart",
-    )
+    linked = partial(_linked_into, stack_env, env, sink, counterpart)
+    linked(f"{system}:{first}", ids[f"{system}:{first}"], f"First {tag}")
     # Live, the linked first holds the counterpart.
     refused = _suspects_cli(env, "link", ids[f"{system}:{second}"], "--target", other)
     assert refused.returncode == 3, (refused.stdout, refused.stderr)
@@ -672,11 +687,4 @@ def test_a_linked_suspect_gone_at_its_source_no_longer_holds_its_candidate(
     _retire(stack_env, system, first)
     wait_for(lambda: not _customer_row(stack_env, other, counterpart)[1], WAIT, "archived")
     pipeline.settled()
-    taken = _suspects_cli(env, "link", ids[f"{system}:{second}"], "--target", other)
-    assert taken.returncode == 0, (taken.stdout, taken.stderr)
-    wait_for(partial(_has_status, sink, f"{system}:{second}", "linked"), WAIT, "second linked")
-    wait_for(
-        lambda: _customer_row(stack_env, other, counterpart)[0] == f"Second {tag}",
-        WAIT,
-        "the second written into the counterpart",
-    )
+    linked(f"{system}:{second}", ids[f"{system}:{second}"], f"Second {tag}")
