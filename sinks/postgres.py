@@ -1179,7 +1179,8 @@ class PostgresUpsertSink(Sink):
         A source record has one row, ever (:attr:`~sinks.targets.TargetTable.remember`):
         one whose link column was cleared in the target is still its record's, found
         here, locked, and written as any located row (its link put back). One deleted in
-        the target is not made again: the event is a ``target_row_gone`` dead letter.
+        the target is not made again: the event is a ``target_row_gone`` dead letter (a
+        delete of its record has nothing to do, as for any row not found).
         Returns the items still to apply.
         """
         unfound = [i for i in items if i.current is None]
@@ -1205,6 +1206,8 @@ class PostgresUpsertSink(Sink):
             if row is not None:
                 item.current, item.pk, item.remembered = row, row[table.pk], row_id
                 continue
+            if table.removes(item.record):
+                continue  # a delete of a record whose row is gone: nothing to do
             gone.add(id(item))
             target_row = f"{table.schema}.{table.table}.{table.pk}={row_id}"
             out.dead.append(
