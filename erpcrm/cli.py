@@ -6,6 +6,7 @@ Logging handlers are configured here and only here; modules log through
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
@@ -109,8 +110,31 @@ def _progress(message: str) -> None:
 
 
 def _fail(exc: SyncError, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/bold red] {exc}")
+    """Print ``exc`` as one line on stderr (never wrapped); the exit to raise."""
+    console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
     return typer.Exit(code=code)
+
+
+@contextlib.contextmanager
+def _failing_cleanly(what: str, *, code: int = 1, hint: str = "") -> Iterator[None]:
+    """Run an operator command's work; a failure is one line on stderr and exit ``code``.
+
+    A :class:`SyncError` by its message; a database error by its class and SQLSTATE only
+    (:func:`erpcrm.failures.database_failure`: the server's message may name the DSN's
+    host, user or database), as ``<what>: a database call failed
+    (…)<hint>``. No traceback either way.
+    """
+    import psycopg
+
+    from erpcrm.failures import database_failure
+
+    try:
+        yield
+    except SyncError as exc:
+        raise _fail(exc, code) from exc
+    except psycopg.Error as exc:
+        failed = SyncError(f"{what}: a database call failed ({database_failure(exc)}){hint}")
+        raise _fail(failed, code) from None
 
 
 def _refuse_settings(exc: pydantic.ValidationError, code: int = 2) -> typer.Exit:
@@ -486,11 +510,9 @@ def suspects_list(
     """List the suspected duplicates a sink holds (and what was decided about them)."""
     from erpcrm.suspects import list_suspects
 
-    try:
+    with _failing_cleanly("suspects not listed", hint="; check the sink's DSN"):
         dsn, schema, _ = _suspects_target(target)
         found = list_suspects(dsn, schema, status)
-    except SyncError as exc:
-        raise _fail(exc) from exc
     if as_json:
         print(json.dumps([s.as_json() for s in found], indent=2))
         return
@@ -525,11 +547,9 @@ def quality(
     from streams.settings import StreamsSettings
 
     _stack_defaults_into_environment()
-    try:
+    with _failing_cleanly("quality not read"):
         since_ms = None if since is None else parse_since(since, int(time.time() * 1000))
         report, unreadable = quality_report(StreamsSettings().kafka, since_ms, worst=worst)
-    except SyncError as exc:
-        raise _fail(exc) from exc
     if as_json:
         print(json.dumps({**report.as_dict(), "unreadable": unreadable}, indent=2))
         return
@@ -551,20 +571,28 @@ def quality(
 
 SUSPECTS_ERP_DSN = "ERPCRM_SUSPECTS_ERP_DSN"
 """Where ``erpcrm suspects link`` reads the ERP customers' links, unless ``--erp-dsn``."""
+SUSPECTS_CRM_DSN = "ERPCRM_SUSPECTS_CRM_DSN"
+"""Where ``erpcrm suspects link`` reads whether CRM accounts are live, unless ``--crm-dsn``."""
+
+
+def _suspects_source_dsn(system: SystemName, target: SystemName, sink_dsn: str) -> str:
+    """The DSN that reads ``system``'s customers for ``erpcrm suspects link``.
+
+    In order: ``ERPCRM_SUSPECTS_<SYSTEM>_DSN``; for a ``--target`` of that system its
+    sink's own DSN (its setting); only when none is configured, the local stack's sink
+    role of that system.
+    """
+    configured = os.environ.get(f"ERPCRM_SUSPECTS_{system.value.upper()}_DSN", "")
+    if configured:
+        return configured
+    if target is system:
+        return sink_dsn
+    return _stack_env()[f"{system.value.upper()}_SINK_DSN"]
 
 
 def _suspects_erp_dsn(target: SystemName, sink_dsn: str) -> str:
-    """The DSN that reads the ERP customers, where a customer pair's link is kept.
-
-    In order: ``ERPCRM_SUSPECTS_ERP_DSN``; for ``--target erp`` the ERP sink's own DSN
-    (its setting); only when none is configured, the local stack's ERP sink role.
-    """
-    configured = os.environ.get(SUSPECTS_ERP_DSN, "")
-    if configured:
-        return configured
-    if target is SystemName.erp:
-        return sink_dsn
-    return _stack_env()["ERP_SINK_DSN"]
+    """The DSN that reads the ERP customers, where a customer pair's link is kept."""
+    return _suspects_source_dsn(SystemName.erp, target, sink_dsn)
 
 
 def _decide_suspect(
@@ -572,29 +600,30 @@ def _decide_suspect(
     suspect_id: int,
     action: Literal["release", "link"],
     erp_dsn: str | None = None,
+    crm_dsn: str | None = None,
 ) -> None:
-    import psycopg
-
     from erpcrm.suspects import CandidateTakenError, decide
 
-    try:
+    hint = "; check the sink's DSN"
+    if action == "link":
+        hint += f" and {SUSPECTS_ERP_DSN} / --erp-dsn, {SUSPECTS_CRM_DSN} / --crm-dsn"
+    with _failing_cleanly(f"suspect {suspect_id}: {action} not asked, nothing changed", hint=hint):
         dsn, schema, decisions = _suspects_target(target)
-        if action == "link" and erp_dsn is None:
-            erp_dsn = _suspects_erp_dsn(target, dsn)
-        done = decide(dsn, schema, suspect_id, action, decisions=decisions, erp_dsn=erp_dsn)
-    except CandidateTakenError as exc:
-        raise _fail(exc, code=3) from exc
-    except SyncError as exc:
-        raise _fail(exc) from exc
-    except psycopg.Error as exc:
-        # Named by class and SQLSTATE only: a libpq message may carry the DSN's host or user.
-        state = f", SQLSTATE {exc.sqlstate}" if exc.sqlstate else ""
-        failed = SyncError(
-            f"suspect {suspect_id}: {action} not asked, nothing changed: a database could "
-            f"not be reached or refused ({type(exc).__name__}{state}); check the sink's DSN "
-            f"and, for a link, {SUSPECTS_ERP_DSN} or --erp-dsn"
-        )
-        raise _fail(failed) from None
+        if action == "link":
+            erp_dsn = erp_dsn or _suspects_source_dsn(SystemName.erp, target, dsn)
+            crm_dsn = crm_dsn or _suspects_source_dsn(SystemName.crm, target, dsn)
+        try:
+            done = decide(
+                dsn,
+                schema,
+                suspect_id,
+                action,
+                decisions=decisions,
+                erp_dsn=erp_dsn,
+                crm_dsn=crm_dsn,
+            )
+        except CandidateTakenError as exc:
+            raise _fail(exc, code=3) from exc
     if not done:
         console.print(f"suspect {suspect_id} is not held (unknown, or already decided)")
         raise typer.Exit(1)
@@ -623,12 +652,21 @@ def suspects_link(
             "~/.pgpass."
         ),
     ] = None,
+    crm_dsn: Annotated[
+        str | None,
+        typer.Option(
+            help="CRM DSN that reads accounts, where the liveness of a CRM record holding the "
+            f"candidate is read (default: {SUSPECTS_CRM_DSN}, else for --target crm the CRM "
+            "sink's DSN, else the local stack's). Leave the password out."
+        ),
+    ] = None,
 ) -> None:
     """The same record: the sink writes it into its candidate, now and on later changes.
 
-    Refused (exit 3, nothing changed) while another live record holds the candidate.
+    Refused (exit 3, nothing changed) while another live record holds the candidate: one
+    archived or deleted in its system (or gone) holds nothing.
     """
-    _decide_suspect(target, suspect_id, "link", erp_dsn)
+    _decide_suspect(target, suspect_id, "link", erp_dsn, crm_dsn)
 
 
 def _dead_letter_topics() -> DeadLetterTopics:
@@ -681,12 +719,10 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
     """List dead letters: reason, origin, entity, age, and whether they were replayed."""
-    try:
+    with _failing_cleanly("dead letters not listed"):
         topics = _dead_letter_topics()
         letters = topics.letters(_letter_filter(reason, entity, since, stage))
         marks = topics.marks()
-    except SyncError as exc:
-        raise _fail(exc) from exc
     if pending:
         letters = [letter for letter in letters if letter.id not in marks]
     now_ms = int(time.time() * 1000)
@@ -717,13 +753,11 @@ def dlq_show(
     letter_id: Annotated[str, typer.Argument(help="topic:partition:offset (erpcrm dlq list).")],
 ) -> None:
     """Show one dead letter: its headers and its payload, decoded (Avro via the registry)."""
-    try:
+    with _failing_cleanly(f"dead letter {letter_id} not shown"):
         topics = _dead_letter_topics()
         letter = topics.letter(letter_id)
         decoded = topics.decode(letter)
         mark = topics.marks().get(letter.id)
-    except SyncError as exc:
-        raise _fail(exc) from exc
     now_ms = int(time.time() * 1000)
     shown = {**letter.summary(now_ms, mark), "headers": dict(letter.headers), **decoded}
     print(json.dumps(shown, indent=2, default=str))
@@ -749,7 +783,7 @@ def dlq_replay(
     from erpcrm.dlq import replay_summary
     from streams.settings import StreamsSettings
 
-    try:
+    with _failing_cleanly("dead letters not replayed"):
         where = _letter_filter(reason, entity, since, stage)
         if not letter_ids and not replay_all and where.is_empty:
             raise SyncError("name dead letters, give a filter, or --all")
@@ -770,8 +804,6 @@ def dlq_replay(
             default_app_id=StreamsSettings().app_id,
             now_ms=int(time.time() * 1000),
         )
-    except SyncError as exc:
-        raise _fail(exc) from exc
     summary = replay_summary(report)
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -835,7 +867,7 @@ def reconcile(
     dsns = {"erp": erp_dsn or env["ERP_DSN"], "crm": crm_dsn or env["CRM_DSN"]}
     chosen = [e for e in ENTITIES if not entity or e in {x.value for x in entity}]
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    try:
+    with _failing_cleanly("reconcile", code=2, hint="; check the ERP and CRM DSNs"):
         since_ms = None if since is None else parse_since(since, int(time.time() * 1000))
         with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
             task = bar.add_task("reconcile", total=None)
@@ -849,8 +881,6 @@ def reconcile(
         planned = rereads(reports)
         signal_dsns = {s: env[f"{s.upper()}_CAPTURE_DSN"] for s in ("erp", "crm")}
         requested = request_rereads(signal_dsns, planned) if repair else []
-    except SyncError as exc:
-        raise _fail(exc, code=2) from exc
     drift = sum(r.drift for r in reports)
     if as_json:
         document = {
@@ -952,23 +982,18 @@ def resnapshot(
     import psycopg
 
     from cdc.settings import CaptureSettings
-    from cdc.signals import SignalError, parse_key_option, request_resnapshot
+    from cdc.signals import parse_key_option, request_resnapshot
 
     if dsn:
         os.environ["ERPCRM_CDC_DSN"] = dsn
     _stack_defaults_into_environment(capture_dsn_of=system.value)
     settings = CaptureSettings(system=system.literal)
-    try:
+    with _failing_cleanly("the signal not written", hint="; check the capture's DSN"):
         keys = [parse_key_option(k) for k in key] if key else None
         with psycopg.connect(settings.dsn.get_secret_value(), autocommit=True) as conn:
             signal_id = request_resnapshot(
                 conn, table, keys=keys, where=where, signal_table=settings.signal_table
             )
-    except SignalError as exc:
-        raise _fail(exc) from exc
-    except psycopg.Error as exc:
-        console.print(f"[bold red]error:[/bold red] cannot write the signal: {exc}")
-        raise typer.Exit(code=1) from exc
     summary = {
         "signal_id": signal_id,
         "system": system.value,

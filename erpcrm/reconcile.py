@@ -25,6 +25,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from erpcrm.drift import Direction, EntityReport, Record, compare, target_fields
+from erpcrm.failures import database_failure
 from schemas.errors import SyncError
 from schemas.mapping import Flow, Grain, load_mappings, ownership
 from schemas.topics import CANONICAL_ENTITIES
@@ -122,7 +123,10 @@ class Reconciler:
                     {"erp": erp, "crm": crm}, entities, since_ms=since_ms, progress=progress
                 )
         except psycopg.Error as exc:
-            raise SyncError(f"reconcile: cannot read the databases: {exc}") from exc
+            raise SyncError(
+                f"reconcile: cannot read the databases ({database_failure(exc)}); check the "
+                "ERP and CRM DSNs"
+            ) from None
 
     def _connect(self, system: str) -> psycopg.Connection[dict[str, Any]]:
         conn = psycopg.connect(

@@ -22,6 +22,7 @@ import psycopg
 
 from cdc.signals import request_resnapshot
 from erpcrm.drift import Reread
+from erpcrm.failures import database_failure
 from schemas.errors import SyncError
 
 __all__ = ["Requested", "request_rereads"]
@@ -69,5 +70,8 @@ def request_rereads(
                 signal_id = request(conn, reread.table, keys=keys)
             done.append(Requested(reread, str(signal_id)))
     except psycopg.Error as exc:
-        raise SyncError(f"cannot signal a re-read of {reread.table}: {exc}") from exc
+        raise SyncError(
+            f"cannot signal a re-read of {reread.table} ({database_failure(exc)}); check "
+            f"the {reread.system.upper()} capture's DSN"
+        ) from None
     return done

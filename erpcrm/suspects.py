@@ -26,12 +26,21 @@ suspects themselves: a candidate another suspect is linked, or asked to be linke
 is refused too (:class:`CandidateLinkedError`). Links to one candidate are decided one
 at a time (an advisory lock of the decision's transaction), so two operators at once
 cannot both pass.
+
+**Only live holders hold.** A record archived or deleted in its system (or gone from
+it) gives its counterpart up, whether it holds it by a link column or as a suspect
+linked to it: the liveness of a linked suspect's record is read at its source
+(:func:`live_records`: the ERP's ``res_partner.active``, the CRM's ``accounts.deleted``),
+so a copy merged into another one and retired there no longer blocks the other's link.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal
 
 import psycopg
@@ -48,6 +57,7 @@ __all__ = [
     "decide",
     "link_holder",
     "list_suspects",
+    "live_records",
 ]
 
 
@@ -123,18 +133,73 @@ def list_suspects(dsn: str, schema: str, status: str | None = None) -> list[Susp
     return [Suspect(*row) for row in rows]
 
 
+@cache
+def _tables() -> Mapping[tuple[Direction, str], TargetTable]:
+    """The target tables as the sinks write them (read once)."""
+    return build_tables(load_mappings())
+
+
 def _erp_customers() -> TargetTable:
     """The ERP customer table and its link column, as the CRM-to-ERP sink writes it."""
-    return build_tables(load_mappings())[(Direction.CRM_TO_ERP, "customer")]
+    return _tables()[(Direction.CRM_TO_ERP, "customer")]
 
 
-def link_holder(erp_dsn: str, entity_key: str, candidate: str) -> str | None:
+def _row_id(value: str, pg_type: str) -> str | None:
+    """``value`` as its primary key's text (``uuid``'s canonical form); None: it is none."""
+    try:
+        if pg_type == "uuid":
+            return str(uuid.UUID(value))
+        if pg_type in ("bigint", "integer"):
+            return str(int(value))
+    except ValueError:
+        return None
+    return value
+
+
+def live_records(dsns: Mapping[str, str], entity: str, keys: Iterable[str]) -> set[str]:
+    """Of some records (``erp:<id>``, ``crm:<id>``), those still live in their own system.
+
+    A record is live while its row is there and neither archived nor deleted, as the
+    sink writing that system maps it (the ERP's ``active``, the CRM's ``deleted``).
+    ``dsns``: per system, a DSN that reads its records. A record of a system without
+    one, or whose id its table cannot hold, counts as live: it is not known to be gone.
+
+    Raises:
+        psycopg.Error: a database could not be read.
+    """
+    wanted: dict[str, dict[str, str]] = {}
+    live: set[str] = set()
+    for key in keys:
+        system, _, record_id = key.partition(":")
+        direction = Direction.CRM_TO_ERP if system == "erp" else Direction.ERP_TO_CRM
+        table = _tables().get((direction, entity))
+        row_id = None if table is None else _row_id(record_id, table.pk_type)
+        if system not in dsns or row_id is None:
+            live.add(key)
+        else:
+            wanted.setdefault(system, {})[row_id] = key
+    for system, rows in wanted.items():
+        direction = Direction.CRM_TO_ERP if system == "erp" else Direction.ERP_TO_CRM
+        table = _tables()[(direction, entity)]
+        flag, dead = table.delete_flag
+        query = sql.live_rows(table.ref, table.pk_column, flag, dead)
+        with psycopg.connect(dsns[system]) as conn:
+            found = conn.execute(query, (list(rows),)).fetchall()
+        live.update(rows[str(r[0])] for r in found)
+    return live
+
+
+def link_holder(
+    erp_dsn: str, entity_key: str, candidate: str, *, crm_dsn: str | None = None
+) -> str | None:
     """The live record, other than ``entity_key``, that holds a suspect's candidate.
 
     ``entity_key``: the held customer (``erp:<id>`` or ``crm:<id>``); ``candidate``: the
     row of the other system it duplicates (its id there), or ``<system>:<id>`` of a
     record of its own system whose copy is not made yet. ``erp_dsn``: read access to the
-    ERP customers, where the pair's link is kept (see the module's docstring).
+    ERP customers, where the pair's link is kept (see the module's docstring);
+    ``crm_dsn``: read access to the CRM accounts, where the liveness of an account the
+    link names is read (without it, that account counts as live).
 
     Returns:
         The holder's key (``erp:805``, ``crm:5a50…``); None when the candidate is free.
@@ -154,7 +219,13 @@ def link_holder(erp_dsn: str, entity_key: str, candidate: str) -> str | None:
         other = "crm"
     with psycopg.connect(erp_dsn) as conn:
         found = conn.execute(query, (candidate, own_id)).fetchone()
-    return None if found is None else f"{other}:{found[0]}"
+    if found is None:
+        return None
+    holder = f"{other}:{found[0]}"
+    if other == "crm" and crm_dsn is not None:
+        # The ERP customer names an account: a holder only while that account is live.
+        return holder if holder in live_records({"crm": crm_dsn}, "customer", [holder]) else None
+    return holder
 
 
 def decide(
@@ -165,14 +236,17 @@ def decide(
     *,
     decisions: str = sql.DECISIONS_SCHEMA,
     erp_dsn: str | None = None,
+    crm_dsn: str | None = None,
 ) -> bool:
     """Ask the sink to release or link a held suspect; False when it is not held.
 
     The decision is kept in ``decisions`` too, where a later pipeline finds it. A link is
     asked only while no other suspect of the target is linked, or asked to be linked, to
-    the candidate (in this sync state or any kept in ``decisions``), and, with ``erp_dsn``
-    (see :func:`link_holder`), while no other live record holds it. From those checks to
-    the decision the suspect stays locked, and so do other links to its candidate.
+    the candidate (in this sync state or any kept in ``decisions``) whose record is still
+    live (read with ``erp_dsn`` or ``crm_dsn``, the DSN of the suspects' system: see
+    :func:`live_records`), and, with ``erp_dsn`` (see :func:`link_holder`), while no other
+    live record holds it. From those checks to the decision the suspect stays locked, and
+    so do other links to its candidate.
 
     Raises:
         CandidateTakenError: another record or suspect holds the candidate (a
@@ -189,14 +263,19 @@ def decide(
             # 2. Links to one candidate one at a time: a second waits here, then sees this.
             conn.execute(sql.suspect_candidate_lock(), (entity, candidate))
             query = sql.suspects_linking(schema, decisions)
-            other = conn.execute(query, (entity, candidate, entity_key) * 2).fetchone()
-            if other is not None:
-                other_id, other_key, status = other
-                named = other_key if other_id is None else f"{other_key} (suspect {other_id})"
-                raise CandidateLinkedError(suspect_id, entity_key, candidate, named, status)
+            others = conn.execute(query, (entity, candidate, entity_key) * 2).fetchall()
+            if others:
+                # A suspect whose record is gone, archived or deleted holds nothing.
+                dsns = {k: v for k, v in (("erp", erp_dsn), ("crm", crm_dsn)) if v is not None}
+                live = live_records(dsns, entity, (str(key) for _, key, _ in others))
+                for other_id, other_key, status in others:
+                    if other_key not in live:
+                        continue
+                    named = other_key if other_id is None else f"{other_key} (suspect {other_id})"
+                    raise CandidateLinkedError(suspect_id, entity_key, candidate, named, status)
             # 3. The links the ERP keeps.
             if erp_dsn is not None:
-                holder = link_holder(erp_dsn, entity_key, candidate)
+                holder = link_holder(erp_dsn, entity_key, candidate, crm_dsn=crm_dsn)
                 if holder is not None:
                     raise CandidateTakenError(suspect_id, entity_key, candidate, holder)
         # 4. The decision, committed with the locks' release.

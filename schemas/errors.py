@@ -21,13 +21,24 @@ class ValidationError(SyncError):
     """A record is well-formed but violates a business rule; it belongs in a dead-letter topic."""
 
 
+class ContextualValidationError(ValidationError):
+    """A refusal whose letter names what it concerns.
+
+    ``context``: ``(name, value)`` pairs for the letter's ``erpcrm.context.*`` headers.
+    """
+
+    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.context = context
+
+
 class UnresolvedReferenceError(ValidationError):
     """A record refers to a row the target does not have, and waiting for it is over."""
 
     reason = "unresolved_reference"
 
 
-class LinesLockedError(ValidationError):
+class LinesLockedError(ContextualValidationError):
     """The source changed the lines of an order its target created and now owns.
 
     The order's own fields are applied; the line change is dead-lettered for someone to
@@ -38,12 +49,8 @@ class LinesLockedError(ValidationError):
 
     reason = "order_lines_locked"
 
-    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.context = context
 
-
-class TargetRowContendedError(ValidationError):
+class TargetRowContendedError(ContextualValidationError):
     """Two different source records resolve to one target row in the same batch.
 
     The later commit is written; the other is dead-lettered with ``context``,
@@ -53,12 +60,8 @@ class TargetRowContendedError(ValidationError):
 
     reason = "target_row_contended"
 
-    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.context = context
 
-
-class TargetRowTakenError(ValidationError):
+class TargetRowTakenError(ContextualValidationError):
     """A record's event resolves to a target row another live source record owns.
 
     Each sink remembers which source record (entity and key) every target row was
@@ -71,9 +74,18 @@ class TargetRowTakenError(ValidationError):
 
     reason = "target_row_taken"
 
-    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.context = context
+
+class TargetRowGoneError(ContextualValidationError):
+    """A record's target row, made for it by the sink, is gone from the target.
+
+    The sink remembers the row it created for each source record of a table that keeps
+    its rows (a won quote's ERP order). When that row was deleted in the target, the
+    record's later change is not made into a second row behind anyone's back: it is
+    dead-lettered with ``context``, ``(name, value)`` pairs for the letter's
+    ``erpcrm.context.*`` headers (the table and the row that is gone).
+    """
+
+    reason = "target_row_gone"
 
 
 class RetriableError(SyncError):
@@ -94,10 +106,6 @@ class KeyTakenError(PermanentError):
     """
 
     reason = "key_taken"
-
-    def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.context = context
 
 
 class StackError(SyncError):

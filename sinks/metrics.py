@@ -48,9 +48,9 @@ class SinkMetrics:
                 "line change of an order the target owns; the order itself was applied), "
                 "key_taken (a unique key another row holds), target_row_contended (another "
                 "source record wrote the same row in the batch), target_row_taken (the row "
-                "another live source record owns: a link column moved onto it), the error "
-                "class of a refused "
-                "event, ...",
+                "another live source record owns: a link column moved onto it), "
+                "target_row_gone (the row made for the record was deleted in the target), the "
+                "error class of a refused event, ...",
                 ["target", "entity", "reason"],
                 registry=registry,
             ),

@@ -100,6 +100,7 @@ from schemas.errors import (
     PermanentError,
     SyncError,
     TargetRowContendedError,
+    TargetRowGoneError,
     TargetRowTakenError,
     UnresolvedReferenceError,
     ValidationError,
@@ -157,6 +158,9 @@ log = logging.getLogger(__name__)
 
 ENTITY_ORDER: Final = ("customer", "product", "contact", "inventory", "sales_order", "invoice")
 """Entities referred to come first, so one batch can create a customer and its order."""
+
+_MADE_ROW: Final = "_made_row"
+"""The lookup entry holding a remembered row's key (:meth:`PostgresUpsertSink._remembered`)."""
 
 Connect = Callable[..., psycopg.Connection[Any]]
 
@@ -218,6 +222,10 @@ class _Item:
     """An update's row: the commit time of its last local change (for its row clock)."""
     decided: str | None = None
     """The suspect status the record goes by (:meth:`PostgresUpsertSink._earlier_decisions`)."""
+    remembered: str | None = None
+    """The row the sink made for the record, found by that alone (no locator found it: its
+    link column was cleared in the target); announced once written, so the source hears
+    of the row again (:attr:`~sinks.targets.TargetTable.remember`)."""
 
 
 class _Statements:
@@ -377,6 +385,8 @@ class _Outcome:
     """Orders whose lines as the source states them are stored (:mod:`sinks.lines`)."""
     refused_parts: list[tuple[SinkEvent, SyncError]] = field(default_factory=list)
     """Applied events with a part dead-lettered (an order's locked lines)."""
+    made: list[tuple[str, str, str]] = field(default_factory=list)
+    """Rows created for source records, remembered: ``(entity, entity_key, row_id)``."""
 
     def complete(self, event: SinkEvent) -> bool:
         """Read the rest of a lazily decoded event; one that does not decode is dead (False).
@@ -648,6 +658,12 @@ class PostgresUpsertSink(Sink):
                 f"the sink role may not read and write {', '.join(missing)}: grant it "
                 "(erpcrm stack up does for the local stack)"
             )
+        for table in self._tables.values():
+            if table.remember:
+                conn.execute(
+                    sql.made_backfill(table.ref, table.pk_column, table.key_column, self._schema),
+                    (table.entity, f"{table.direction.source}:", table.entity),
+                )
         self._parked = {
             (str(e), str(k)): (str(se), str(sk))
             for e, k, se, sk in conn.execute(sql.parked_all(self._schema))
@@ -798,6 +814,8 @@ class PostgresUpsertSink(Sink):
             self._hold(cur, out.held)
         if out.parked:
             self._park(cur, out.parked)
+        if out.made:
+            cur.execute(self._sql(cur, sql.made_upsert, self._schema), (sql.records(out.made),))
         if out.source_lines:
             cur.execute(
                 self._sql(cur, sql.source_lines_upsert, self._schema),
@@ -918,6 +936,8 @@ class PostgresUpsertSink(Sink):
         items = self._fill_references(cur, table, items, out)
         self._earlier_decisions(cur, table, items)
         self._locate(cur, table, items, clocks)
+        if table.remember:
+            items = self._remembered(cur, table, items, clocks, out)
         clocks.load(cur, entity, (str(i.pk) for i in items if i.current is not None))
         items = _claimed(table, items, clocks, out)
         # A soft delete carrying liveness is merged as an upsert (TargetTable.removes).
@@ -1159,23 +1179,84 @@ class PostgresUpsertSink(Sink):
         clocks: _Clocks,
     ) -> None:
         """Find and lock each item's current row, strongest locator first, and its clock."""
-        columns = list(table.read_columns)
-        if table.modified:
-            columns.append(table.modified)
         open_items = [i for i in items if i.current is None]
-        found = self._find(
-            cur,
-            table.ref,
-            columns,
-            table.locators,
-            [i.record for i in open_items],
-            lock=True,
-            clock=(table.entity, clocks),
-        )
+        found = self._lock_rows(cur, table, table.locators, [i.record for i in open_items], clocks)
         for item, row in zip(open_items, found, strict=True):
             if row is not None:
                 item.current = row
                 item.pk = row[table.pk]
+
+    def _lock_rows(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        locators: Sequence[Locator],
+        records: Sequence[Mapping[str, Any]],
+        clocks: _Clocks,
+    ) -> list[dict[str, Any] | None]:
+        """Per record, its row of ``table`` (as :meth:`_find` finds it), locked, with its clock."""
+        columns = list(table.read_columns)
+        if table.modified:
+            columns.append(table.modified)
+        return self._find(
+            cur, table.ref, columns, locators, records, lock=True, clock=(table.entity, clocks)
+        )
+
+    def _remembered(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        table: TargetTable,
+        items: list[_Item],
+        clocks: _Clocks,
+        out: _Outcome,
+    ) -> list[_Item]:
+        """Find the rows no locator found by the row the sink made for their record.
+
+        A source record has one row, ever (:attr:`~sinks.targets.TargetTable.remember`):
+        one whose link column was cleared in the target is still its record's, found
+        here, locked, and written as any located row (its link put back). One deleted in
+        the target is not made again: the event is a ``target_row_gone`` dead letter (a
+        delete of its record has nothing to do, as for any row not found).
+        Returns the items still to apply.
+        """
+        unfound = [i for i in items if i.current is None]
+        if not unfound:
+            return items
+        query = self._sql(cur, sql.made_select, self._schema)
+        cur.execute(query, (table.entity, [i.event.key for i in unfound]), binary=True)
+        made = {str(r["entity_key"]): str(r["row_id"]) for r in cur.fetchall()}
+        remembered = [i for i in unfound if i.event.key in made]
+        if not remembered:
+            return items
+        to_pk = int if table.pk_type in ("bigint", "integer") else str
+        found = self._lock_rows(
+            cur,
+            table,
+            (Locator(table.pk, table.pk_type, lambda r: r[_MADE_ROW]),),
+            [{_MADE_ROW: to_pk(made[i.event.key])} for i in remembered],
+            clocks,
+        )
+        gone: set[int] = set()
+        for item, row in zip(remembered, found, strict=True):
+            row_id = made[item.event.key]
+            if row is not None:
+                item.current, item.pk, item.remembered = row, row[table.pk], row_id
+                continue
+            if table.removes(item.record):
+                continue  # a delete of a record whose row is gone: nothing to do
+            gone.add(id(item))
+            target_row = f"{table.schema}.{table.table}.{table.pk}={row_id}"
+            out.dead.append(
+                (
+                    item.event,
+                    TargetRowGoneError(
+                        f"target_row_gone: {item.event.entity} {item.event.key} made "
+                        f"{target_row}, which is gone from the target; not made again",
+                        (("target_row", target_row),),
+                    ),
+                )
+            )
+        return [i for i in items if id(i) not in gone]
 
     # -- deletes ----------------------------------------------------------------------
 
@@ -1639,6 +1720,8 @@ class PostgresUpsertSink(Sink):
             out.created.append((table.entity, str(item.pk)))
             if table.announce:
                 out.announce.append((item.event, str(item.pk)))
+            if table.remember:
+                out.made.append((table.entity, item.event.key, str(item.pk)))
         return int(created[0][sql.ROW_XMIN]) if created else None
 
     def _insert_lines(
@@ -2005,14 +2088,16 @@ def _settle_updates(
     the conflict audit and metrics, the announcements and an order's stated lines tell
     what was written, and a replay of the letter applies it as if never read. For the
     written ones, in the batch's transaction: the merge's conflicts, a re-announcement of
-    the row when a field the target owns was refused, and for an order a change of its
-    lines (:func:`_lines_locked`; ``stated``: the lines the source stated last, by key).
+    the row when a field the target owns was refused, or when the row was found only as
+    the one made for the record (its link put back: the source hears of it again), and for an
+    order a change of its lines (:func:`_lines_locked`; ``stated``: the lines the source
+    stated last, by key).
     """
     written = _contend(table, items, table.pk, lambda i: i.pk, out)
     for item in written.values():
         assert item.merged is not None
         out.conflicts.extend(item.merged.conflicts)
-        if item.merged.reassert and never_noop(item.record):
+        if (item.merged.reassert and never_noop(item.record)) or item.remembered is not None:
             out.announce.append((item.event, str(item.pk)))
             out.reasserted.append((table.entity, str(item.pk)))
         if table.lines is not None:

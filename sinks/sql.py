@@ -371,6 +371,11 @@ def create_sync_schema(schema: str = SYNC_SCHEMA) -> list[sql.Composed]:
         ),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
+            "entity text NOT NULL, entity_key text NOT NULL, row_id text NOT NULL, "
+            "at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (entity, entity_key))"
+        ).format(sql.Identifier(schema, "made")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
             "entity text NOT NULL, entity_key text NOT NULL, lines jsonb NOT NULL, "
             "updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (entity, entity_key))"
         ).format(sql.Identifier(schema, "source_lines")),
@@ -620,6 +625,50 @@ def source_lines_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
         "ON CONFLICT (entity, entity_key) DO UPDATE SET lines = EXCLUDED.lines, "
         "updated_at = now()"
     ).format(sql.Identifier(schema, "source_lines"), _recordset(cols))
+
+
+def made_upsert(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Remember the row the sink created for each of some source records.
+
+    Parameter: :func:`records` of ``entity, entity_key, row_id`` (text).
+    """
+    cols = [Column("entity", "text"), Column("entity_key", "text"), Column("row_id", "text")]
+    return sql.SQL(
+        "INSERT INTO {} (entity, entity_key, row_id) "
+        "SELECT u.entity, u.entity_key, u.row_id FROM {} "
+        "ON CONFLICT (entity, entity_key) DO UPDATE SET row_id = EXCLUDED.row_id, at = now()"
+    ).format(sql.Identifier(schema, "made"), _recordset(cols))
+
+
+def made_select(schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """The rows the sink created for some source records of one entity.
+
+    Parameters: ``entity``, ``entity_keys`` (list). Rows: ``entity_key, row_id``.
+    """
+    return sql.SQL(
+        "SELECT entity_key, row_id FROM {} WHERE entity = %s AND entity_key = ANY(%b::text[])"
+    ).format(sql.Identifier(schema, "made"))
+
+
+def made_backfill(table: Table, pk: Column, key: Column, schema: str = SYNC_SCHEMA) -> sql.Composed:
+    """Learn the rows made before :func:`made_upsert` existed from their link column.
+
+    Run only while nothing of the entity is remembered (a new sync state, or the first
+    start of a build that remembers): every row whose ``key`` names a source record is
+    that record's. Parameters: ``entity``, the source system's key prefix (``crm:``),
+    ``entity`` again.
+    """
+    return sql.SQL(
+        "INSERT INTO {made} (entity, entity_key, row_id) "
+        "SELECT %s, %s || {key}::text, {pk}::text FROM {t} WHERE {key} IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM {made} WHERE entity = %s) "
+        "ON CONFLICT (entity, entity_key) DO NOTHING"
+    ).format(
+        made=sql.Identifier(schema, "made"),
+        key=sql.Identifier(key.name),
+        pk=sql.Identifier(pk.name),
+        t=table.ident,
+    )
 
 
 def parked_all(schema: str = SYNC_SCHEMA) -> sql.Composed:
@@ -1366,6 +1415,22 @@ def holders_of_counterpart(table: Table, pk: Column, link: Column, live: Column)
         link=sql.Identifier(link.name),
         lt=sql.SQL(link.pg_type),
         live=sql.Identifier(live.name),
+    )
+
+
+def live_rows(table: Table, pk: Column, flag: str, dead: bool) -> sql.Composed:
+    """Of some rows of ``table``, those that are live: there, and ``flag`` not ``dead``.
+
+    Parameter: the rows' ``pk`` values (a list of text). Rows: ``pk`` as text.
+    """
+    return sql.SQL(
+        "SELECT {pk}::text FROM {t} WHERE {pk} = ANY(%s::{pt}[]) AND {flag} IS DISTINCT FROM {dead}"
+    ).format(
+        pk=sql.Identifier(pk.name),
+        t=table.ident,
+        pt=sql.SQL(pk.pg_type),
+        flag=sql.Identifier(flag),
+        dead=sql.SQL("true" if dead else "false"),
     )
 
 

@@ -310,6 +310,11 @@ class TargetTable:
     """A row the sink creates is announced: touched once, without the sink's replication
     origin, so its capture publishes it and the ids the target gave it (customer number,
     order name, CRM id) reach the other system and the crosswalk."""
+    remember: bool = False
+    """The sink remembers the row it creates for each source record (``erpcrm_sync.made``)
+    and finds it by that when no locator does (its link column cleared in the target):
+    a source record has one row, ever. A remembered row gone from the target is not made
+    again (:class:`~schemas.errors.TargetRowGoneError`)."""
 
     @property
     def pk_column(self) -> Column:
@@ -924,6 +929,7 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
                 ),
             ),
             announce=True,
+            remember=True,
             lines=LinesTable(
                 "public",
                 "sale_order_line",

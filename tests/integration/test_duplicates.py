@@ -618,3 +618,73 @@ def test_two_held_copies_of_one_counterpart_are_never_both_linked(
     pipeline.settled()
     assert _has_status(sink, f"erp:{second}", "held"), "a refused link changes nothing"
     assert _customer_row(stack_env, "crm", account)[0] == f"First {tag}"
+
+
+def _retire(env: dict[str, str], system: str, record: str) -> None:
+    """Archive an ERP customer or delete (softly) a CRM account."""
+    if system == "erp":
+        retire = "UPDATE public.res_partner SET active = false WHERE id = %s::bigint"
+    else:
+        retire = "UPDATE public.accounts SET deleted = true WHERE id = %s::uuid"
+    execute(env[f"{system.upper()}_DSN"], retire, (record,))
+
+
+def _linked_into(
+    stack_env: dict[str, str],
+    env: dict[str, str],
+    sink: SinkProcess,
+    counterpart: str,
+    key: str,
+    suspect: str,
+    name: str,
+) -> None:
+    """``erpcrm suspects link`` of ``suspect`` passes; ``key`` is written into ``counterpart``."""
+    other = sink.target
+    done = _suspects_cli(env, "link", suspect, "--target", other)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    wait_for(partial(_has_status, sink, key, "linked"), WAIT, f"{key} linked")
+    wait_for(
+        lambda: _customer_row(stack_env, other, counterpart)[0] == name,
+        WAIT,
+        f"{key} written into the counterpart",
+    )
+
+
+@pytest.mark.parametrize("system", ["erp", "crm"])
+def test_a_linked_suspect_gone_at_its_source_no_longer_holds_its_candidate(
+    pipeline: Pipeline, stack_env: dict[str, str], system: str
+) -> None:
+    """A copy linked to a counterpart, then archived or deleted where it was typed, gives the
+    counterpart up: another copy of the same customer may be linked to it."""
+    other = "crm" if system == "erp" else "erp"
+    sink = pipeline.crm_sink if system == "erp" else pipeline.erp_sink
+    env = _sink_env(sink, stack_env)
+    tag = uuid.uuid4().hex[:8]
+    holder = _typed_customer(stack_env, system, f"Holder {tag}", f"gone-{tag}@example.com")
+    counterpart = wait_for(
+        partial(_synced_for, stack_env, system, holder), WAIT, f"{system}:{holder} synced"
+    )
+    if system == "erp":
+        wait_for(lambda: _linked_account(stack_env, int(holder)), WAIT, "linked back")
+    pipeline.settled()
+    first = _typed_customer(stack_env, system, f"First {tag}", f"GONE-{tag}@example.com")
+    second = _typed_customer(stack_env, system, f"Second {tag}", f"Gone-{tag}@example.com")
+    assert _held(sink, f"{system}:{first}")[0] == counterpart
+    assert _held(sink, f"{system}:{second}")[0] == counterpart
+    ids = {
+        s["entity_key"]: str(s["id"])
+        for s in json.loads(_suspects_cli(env, "list", "--target", other, "--json").stdout)
+    }
+    _retire(stack_env, system, holder)
+    wait_for(lambda: not _customer_row(stack_env, other, counterpart)[1], WAIT, "archived")
+    linked = partial(_linked_into, stack_env, env, sink, counterpart)
+    linked(f"{system}:{first}", ids[f"{system}:{first}"], f"First {tag}")
+    # Live, the linked first holds the counterpart.
+    refused = _suspects_cli(env, "link", ids[f"{system}:{second}"], "--target", other)
+    assert refused.returncode == 3, (refused.stdout, refused.stderr)
+
+    # Merged into the second and retired at its source: it holds nothing any more.
+    _retire(stack_env, system, first)
+    wait_for(lambda: not _customer_row(stack_env, other, counterpart)[1], WAIT, "archived")
+    pipeline.settled()
+    linked(f"{system}:{second}", ids[f"{system}:{second}"], f"Second {tag}")

@@ -242,3 +242,26 @@ def test_suspect_and_row_clock_statements_build_and_interpolate_nothing() -> Non
     ):
         assert "%s" in text(q) or "%b" in text(q)
     assert "%b::bytea[]" in text(sql.suspects_hold())
+
+
+def test_the_rows_made_are_learnt_from_the_link_column_only_while_none_is_remembered() -> None:
+    q = text(
+        sql.made_backfill(
+            Table("public", "sale_order"), Column("id", "bigint"), Column("crm_quote_id", "uuid")
+        )
+    )
+    assert q == (
+        'INSERT INTO "erpcrm_sync"."made" (entity, entity_key, row_id) '
+        'SELECT %s, %s || "crm_quote_id"::text, "id"::text FROM "public"."sale_order" '
+        'WHERE "crm_quote_id" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "erpcrm_sync"."made" '
+        "WHERE entity = %s) ON CONFLICT (entity, entity_key) DO NOTHING"
+    )
+    assert any('"erpcrm_sync"."made"' in text(d) for d in sql.create_sync_schema())
+
+
+def test_live_rows_are_there_and_not_marked_dead() -> None:
+    q = text(sql.live_rows(ACCOUNTS, Column("id", "uuid"), "deleted", True))
+    assert q == (
+        'SELECT "id"::text FROM "public"."accounts" WHERE "id" = ANY(%s::uuid[]) '
+        'AND "deleted" IS DISTINCT FROM true'
+    )

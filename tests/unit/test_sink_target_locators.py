@@ -215,3 +215,7 @@ def test_tables_without_references() -> None:
     assert PARTNER.refs == ()
     assert [r.field for r in AVAILABILITY.refs] == ["crm_id"]
     assert [r.field for r in INVOICES.refs] == ["customer_crm_id"]
+
+
+def test_only_the_erp_order_table_remembers_the_rows_it_makes() -> None:
+    assert [key for key, table in TABLES.items() if table.remember] == [(C2E, "sales_order")]
