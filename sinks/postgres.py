@@ -68,6 +68,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+import orjson
 import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
@@ -243,11 +244,29 @@ _CLOCK_NAMES: Final = {name: name for name in sql.CLOCK_COLUMNS}
 _JOINED_CLOCK_NAMES: Final = {name: sql.clock_column(name) for name in sql.CLOCK_COLUMNS}
 
 
+def _times(text: str) -> Mapping[str, int]:
+    """A row clock's ``field -> ms`` map from its ``jsonb`` text, exactly.
+
+    orjson's reading is kept when it holds integers only (it reads those exactly; one
+    beyond 64 bits comes back as a float): PostgreSQL's ``jsonb`` text is spaced unlike
+    orjson's, so :func:`json_text.load`'s byte comparison never settles it and its walk
+    looking for floats ran for every clock. Anything else is read by :func:`json_text.load`.
+    """
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if type(value) is dict and all(type(v) is int for v in value.values()):
+        return value
+    exact: Mapping[str, int] = json_text.load(text)
+    return exact
+
+
 def _clock(row: Mapping[str, Any], names: Mapping[str, str]) -> RowClock:
     """A row clock read from ``row``; ``names``: its columns' names there (``written`` …)."""
     return RowClock(
-        written=json_text.load(row[names["written"]]),
-        local=json_text.load(row[names["local"]]),
+        written=_times(row[names["written"]]),
+        local=_times(row[names["local"]]),
         horizon_ms=row[names["horizon_ms"]],
         sink_xid=row[names["sink_xid"]],
         local_at_write_ms=row[names["local_at_write_ms"]],
@@ -1200,7 +1219,6 @@ class PostgresUpsertSink(Sink):
         out: _Outcome,
     ) -> None:
         fields = self._fields(table)
-        insert_columns = table.written_columns(insert=True)
         update_columns = table.written_columns(insert=False)
         # Per mapped column: whether it holds an id (a link, written when the event
         # has one) or a business field (written when the merge says so).
@@ -1232,7 +1250,7 @@ class PostgresUpsertSink(Sink):
                     out.unknown.append(item.event)
                     out.recorded.append((item.event, item.digest))
                     continue
-                item.row = {c.column: row[c.column] for c in insert_columns}
+                item.row = row  # to_row makes just the columns an insert writes
                 creating.append(item)
                 continue
             current = from_row(table, item.current)
@@ -1515,11 +1533,12 @@ class PostgresUpsertSink(Sink):
         now_ms = facts[sql.ROW_NOW_MS]
         xmin, commit_ms = facts[sql.ROW_XMIN], facts[sql.ROW_COMMIT_MS]
         first, since = self._waiting.get(key, (now_ms, None))
+        local = last_local_change(stored, xmin, commit_ms)
         since = clock_wait_since(
             first,
             since,
             now_ms=now_ms,
-            local_ms=last_local_change(stored, xmin, commit_ms),
+            local_ms=local,
             own_seen_ms=self._own_seen() if published else now_ms,
             behind_max_ms=self._clock_behind_max_ms,
         )
@@ -1528,7 +1547,11 @@ class PostgresUpsertSink(Sink):
             xmin=xmin,
             commit_ms=commit_ms,
             now_ms=now_ms,
-            values={f: current.get(f) for f in fields},
+            # Read only for a clock that does not know the last local change: none here
+            # for a row whose clock does (most rows), so none is made for it.
+            values={}
+            if stored is not None and stored.knows(local)
+            else {f: current.get(f) for f in fields},
             waited_ms=0 if since is None else now_ms - since,
             wait_ms=self._clock_wait_ms if published else 0,
         )
