@@ -427,13 +427,21 @@ def _ms(value: Any) -> int | None:
     return None
 
 
+_PARAM: Final[Mapping[str, Callable[[Any], Any]]] = {
+    "bigint": int,
+    "integer": int,
+    "uuid": str,
+    "text": str,
+}
+"""A locator value's conversion per column type (none for the others)."""
+
+
 def _param(value: Any, pg_type: str) -> Any:
     """A locator value as its column's type (ids travel as text on the bus)."""
     if value is None:
         return None
-    if pg_type in ("bigint", "integer"):
-        return int(value)
-    return str(value) if pg_type in ("uuid", "text") else value
+    convert = _PARAM.get(pg_type)
+    return value if convert is None else convert(value)
 
 
 def _text(value: Any) -> str | None:
@@ -1092,15 +1100,16 @@ class PostgresUpsertSink(Sink):
         locked) in the same statement, kept in ``clocks`` (``columns[0]`` is the primary
         key).
         """
-        wanted = [[_safe(locator, record) for locator in locators] for record in records]
+        wanted = _locator_values(locators, records)
         used = [i for i in range(len(locators)) if any(f[i] is not None for f in wanted)]
         if not used:
             return [None] * len(records)
         # Per record, the position of its lookup (None: no value to look up).
         lookups: dict[tuple[Any, ...], int] = {}
         positions: list[int | None] = []
+        every = len(used) == len(locators)
         for found in wanted:
-            values = tuple(found[i] for i in used)
+            values = found if every else tuple(found[i] for i in used)
             if all(v is None for v in values):
                 positions.append(None)
             else:
@@ -1876,13 +1885,28 @@ def _merged_fields(table: TargetTable) -> list[str]:
     return [f for f in table.fields if not is_id_field(f)]
 
 
-def _safe(locator: Locator, record: Mapping[str, Any]) -> Any:
-    """A locator's value, or None when the record's value cannot be one (bad id)."""
-    try:
-        value = locator.value(record)
-        return _param(value, locator.pg_type)
-    except (ValueError, TypeError):
-        return None
+def _locator_values(
+    locators: Sequence[Locator], records: Sequence[Mapping[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """Per record, each locator's value as its column's type (:func:`_param`), in order.
+
+    None where the record's value cannot be one (a bad id). Each locator's conversion is
+    looked up once, not per record.
+    """
+    plan = [(locator.value, _PARAM.get(locator.pg_type)) for locator in locators]
+    wanted: list[tuple[Any, ...]] = []
+    for record in records:
+        found: list[Any] = []
+        for value_of, convert in plan:
+            try:
+                value = value_of(record)
+                if value is not None and convert is not None:
+                    value = convert(value)
+            except (ValueError, TypeError):
+                value = None
+            found.append(value)
+        wanted.append(tuple(found))
+    return wanted
 
 
 def _row_name(table: TargetTable, column: str, value: Any) -> str:
