@@ -1286,7 +1286,8 @@ class PostgresUpsertSink(Sink):
                     is_id and (item.linked or item.record.get(name) is None)
                 ):
                     row[column] = item.current.get(column)
-            item.row = {c.column: row[c.column] for c in update_columns}
+            row.pop(table.pk, None)  # to_row's columns less the key: what an update writes
+            item.row = row
             changing.append(item)
         updates = _settle_updates(table, changing, stated, out)
         locator = table.locators[0].column
