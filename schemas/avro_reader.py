@@ -236,7 +236,7 @@ def _inline(i: int, reader: Read, scope: dict[str, Any], indent: str) -> list[st
             "else:",
             "    n, pos = read_long(data, pos)",
             "end = pos + n",
-            "if n < 0 or end > len(data):",
+            "if n < 0 or end > size:",
             "    raise Truncated",
             f"v{i} = data[pos:end].decode()",
             "pos = end",
@@ -339,7 +339,7 @@ class _Compiler(SchemaCompiler[Read]):
             "DecodeError": DecodeError,
             "Truncated": _TruncatedError,
         }
-        lines = ["def read_record(data, pos):"]
+        lines = ["def read_record(data, pos):", "    size = len(data)"]
         for i, (_, reader) in enumerate(fields):
             other = self.optional_of.get(reader)
             if reader is _read_optional_string:

@@ -72,6 +72,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+import orjson
 import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
@@ -265,11 +266,29 @@ def _owner(row: Mapping[str, Any], names: Mapping[str, str]) -> RowOwner | None:
     return None if key is None else RowOwner(key, bool(row[names["owner_gone"]]))
 
 
+def _times(text: str) -> Mapping[str, int]:
+    """A row clock's ``field -> ms`` map from its ``jsonb`` text, exactly.
+
+    orjson's reading is kept when it holds integers only (it reads those exactly; one
+    beyond 64 bits comes back as a float): PostgreSQL's ``jsonb`` text is spaced unlike
+    orjson's, so :func:`json_text.load`'s byte comparison never settles it and its walk
+    looking for floats ran for every clock. Anything else is read by :func:`json_text.load`.
+    """
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if type(value) is dict and all(type(v) is int for v in value.values()):
+        return value
+    exact: Mapping[str, int] = json_text.load(text)
+    return exact
+
+
 def _clock(row: Mapping[str, Any], names: Mapping[str, str]) -> RowClock:
     """A row clock read from ``row``; ``names``: its columns' names there (``written`` …)."""
     return RowClock(
-        written=json_text.load(row[names["written"]]),
-        local=json_text.load(row[names["local"]]),
+        written=_times(row[names["written"]]),
+        local=_times(row[names["local"]]),
         horizon_ms=row[names["horizon_ms"]],
         sink_xid=row[names["sink_xid"]],
         local_at_write_ms=row[names["local_at_write_ms"]],
@@ -453,13 +472,21 @@ def _ms(value: Any) -> int | None:
     return None
 
 
+_PARAM: Final[Mapping[str, Callable[[Any], Any]]] = {
+    "bigint": int,
+    "integer": int,
+    "uuid": str,
+    "text": str,
+}
+"""A locator value's conversion per column type (none for the others)."""
+
+
 def _param(value: Any, pg_type: str) -> Any:
     """A locator value as its column's type (ids travel as text on the bus)."""
     if value is None:
         return None
-    if pg_type in ("bigint", "integer"):
-        return int(value)
-    return str(value) if pg_type in ("uuid", "text") else value
+    convert = _PARAM.get(pg_type)
+    return value if convert is None else convert(value)
 
 
 def _text(value: Any) -> str | None:
@@ -1129,15 +1156,16 @@ class PostgresUpsertSink(Sink):
         locked) in the same statement, kept in ``clocks`` (``columns[0]`` is the primary
         key).
         """
-        wanted = [[_safe(locator, record) for locator in locators] for record in records]
+        wanted = _locator_values(locators, records)
         used = [i for i in range(len(locators)) if any(f[i] is not None for f in wanted)]
         if not used:
             return [None] * len(records)
         # Per record, the position of its lookup (None: no value to look up).
         lookups: dict[tuple[Any, ...], int] = {}
         positions: list[int | None] = []
+        every = len(used) == len(locators)
         for found in wanted:
-            values = tuple(found[i] for i in used)
+            values = found if every else tuple(found[i] for i in used)
             if all(v is None for v in values):
                 positions.append(None)
             else:
@@ -1328,7 +1356,6 @@ class PostgresUpsertSink(Sink):
         out: _Outcome,
     ) -> None:
         fields = self._fields(table)
-        insert_columns = table.written_columns(insert=True)
         update_columns = table.written_columns(insert=False)
         # Per mapped column: whether it holds an id (a link, written when the event
         # has one) or a business field (written when the merge says so).
@@ -1360,7 +1387,7 @@ class PostgresUpsertSink(Sink):
                     out.unknown.append(item.event)
                     out.recorded.append((item.event, item.digest))
                     continue
-                item.row = {c.column: row[c.column] for c in insert_columns}
+                item.row = row  # to_row makes just the columns an insert writes
                 creating.append(item)
                 continue
             current = from_row(table, item.current)
@@ -1387,7 +1414,8 @@ class PostgresUpsertSink(Sink):
                     is_id and (item.linked or item.record.get(name) is None)
                 ):
                     row[column] = item.current.get(column)
-            item.row = {c.column: row[c.column] for c in update_columns}
+            row.pop(table.pk, None)  # to_row's columns less the key: what an update writes
+            item.row = row
             changing.append(item)
         updates = _settle_updates(table, changing, stated, out)
         locator = table.locators[0].column
@@ -1646,11 +1674,12 @@ class PostgresUpsertSink(Sink):
         now_ms = facts[sql.ROW_NOW_MS]
         xmin, commit_ms = facts[sql.ROW_XMIN], facts[sql.ROW_COMMIT_MS]
         first, since = self._waiting.get(key, (now_ms, None))
+        local = last_local_change(stored, xmin, commit_ms)
         since = clock_wait_since(
             first,
             since,
             now_ms=now_ms,
-            local_ms=last_local_change(stored, xmin, commit_ms),
+            local_ms=local,
             own_seen_ms=self._own_seen() if published else now_ms,
             behind_max_ms=self._clock_behind_max_ms,
         )
@@ -1659,7 +1688,11 @@ class PostgresUpsertSink(Sink):
             xmin=xmin,
             commit_ms=commit_ms,
             now_ms=now_ms,
-            values={f: current.get(f) for f in fields},
+            # Read only for a clock that does not know the last local change: none here
+            # for a row whose clock does (most rows), so none is made for it.
+            values={}
+            if stored is not None and stored.knows(local)
+            else {f: current.get(f) for f in fields},
             waited_ms=0 if since is None else now_ms - since,
             wait_ms=self._clock_wait_ms if published else 0,
         )
@@ -1986,13 +2019,28 @@ def _merged_fields(table: TargetTable) -> list[str]:
     return [f for f in table.fields if not is_id_field(f)]
 
 
-def _safe(locator: Locator, record: Mapping[str, Any]) -> Any:
-    """A locator's value, or None when the record's value cannot be one (bad id)."""
-    try:
-        value = locator.value(record)
-        return _param(value, locator.pg_type)
-    except (ValueError, TypeError):
-        return None
+def _locator_values(
+    locators: Sequence[Locator], records: Sequence[Mapping[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """Per record, each locator's value as its column's type (:func:`_param`), in order.
+
+    None where the record's value cannot be one (a bad id). Each locator's conversion is
+    looked up once, not per record.
+    """
+    plan = [(locator.value, _PARAM.get(locator.pg_type)) for locator in locators]
+    wanted: list[tuple[Any, ...]] = []
+    for record in records:
+        found: list[Any] = []
+        for value_of, convert in plan:
+            try:
+                value = value_of(record)
+                if value is not None and convert is not None:
+                    value = convert(value)
+            except (ValueError, TypeError):
+                value = None
+            found.append(value)
+        wanted.append(tuple(found))
+    return wanted
 
 
 def _row_name(table: TargetTable, column: str, value: Any) -> str:

@@ -512,11 +512,19 @@ class SinkRunner:
         while batches apply most of their events, and always for the target's own
         events (their fields go into row clocks).
         """
+        # Tried first without a closure (one per message otherwise); a retriable failure
+        # (the registry away) goes on in _retrying as if it had made the first attempt.
         if self._read_whole:
-            return self._retrying("decode", lambda: self._serde.decode(value)), None
-        record, rest = self._retrying(
-            "decode", lambda: self._serde.decode_lazily(value, DECIDING_FIELDS)
-        )
+            try:
+                return self._serde.decode(value), None
+            except RetriableError as exc:
+                whole = partial(self._serde.decode, value)
+                return self._retrying("decode", whole, failed=exc), None
+        try:
+            record, rest = self._serde.decode_lazily(value, DECIDING_FIELDS)
+        except RetriableError as exc:
+            lazily = partial(self._serde.decode_lazily, value, DECIDING_FIELDS)
+            record, rest = self._retrying("decode", lazily, failed=exc)
         if record.get("source_system") == self._target:
             rest()
             return record, None
@@ -569,23 +577,32 @@ class SinkRunner:
             joined, offsets=offsets, deferred=deferred, waiting=waiting, dead=(*joined.dead, *dead)
         )
 
-    def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
-        """Run ``action``, retrying RetriableError with backoff until it succeeds."""
+    def _retrying(
+        self, what: str, action: Callable[[], Any], *, failed: RetriableError | None = None
+    ) -> Any:
+        """Run ``action``, retrying RetriableError with backoff until it succeeds.
+
+        ``failed``: the caller ran ``action`` once already and it failed so (a hot path
+        tries first without a closure): counted and waited for as a first failure here.
+        """
         delay = self._s.retry_initial_seconds
         while True:
-            try:
-                return action()
-            except RetriableError as exc:
-                if self._stop.is_set():
-                    raise
-                self._metrics.retries.labels(
-                    self._target, type(exc.__cause__ or exc).__name__
-                ).inc()
-                log.warning(
-                    "sink %s: %s failed (%s); retrying in %.1fs", self._target, what, exc, delay
-                )
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._s.retry_max_seconds)
+            if failed is None:
+                try:
+                    return action()
+                except RetriableError as exc:
+                    failed = exc
+            if self._stop.is_set():
+                raise failed
+            self._metrics.retries.labels(
+                self._target, type(failed.__cause__ or failed).__name__
+            ).inc()
+            log.warning(
+                "sink %s: %s failed (%s); retrying in %.1fs", self._target, what, failed, delay
+            )
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._s.retry_max_seconds)
+            failed = None
 
     # ---------------------------------------------------------- suspected duplicates
 

@@ -417,8 +417,11 @@ def changed_by(record: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
     out as invalid: the target keeps what it has there).
     """
     changed = record.get("changed_fields")
-    left_out = record.get("quarantined_fields") or ()
-    return [name for name in (fields if changed is None else changed) if name not in left_out]
+    left_out = record.get("quarantined_fields")
+    names = fields if changed is None else changed
+    if not left_out:  # the common case: nothing quarantined, no test per field
+        return list(names)
+    return [name for name in names if name not in left_out]
 
 
 def changed_times(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> dict[str, int]:

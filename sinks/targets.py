@@ -315,6 +315,18 @@ class TargetTable:
     and finds it by that when no locator does (its link column cleared in the target):
     a source record has one row, ever. A remembered row gone from the target is not made
     again (:class:`~schemas.errors.TargetRowGoneError`)."""
+    to_row: Callable[[Mapping[str, Any]], dict[str, Any]] = field(
+        init=False, repr=False, compare=False
+    )
+    """:func:`to_row` of this table, compiled once (:func:`_compile_to_row`)."""
+    from_row: Callable[[Mapping[str, Any]], dict[str, Any]] = field(
+        init=False, repr=False, compare=False
+    )
+    """:func:`from_row` of this table, compiled once (:func:`_compile_from_row`)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "to_row", _compile_to_row(self.columns, self.generated))
+        object.__setattr__(self, "from_row", _compile_from_row(self.columns))
 
     @property
     def pk_column(self) -> Column:
@@ -473,7 +485,7 @@ def to_row(
     """
     if key is not None:
         record = {**record, KEY: key}
-    return {c.column: c.value(record) for c in table.columns if c.column not in table.generated}
+    return table.to_row(record)
 
 
 def from_row(table: TargetTable, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -482,18 +494,77 @@ def from_row(table: TargetTable, row: Mapping[str, Any]) -> dict[str, Any]:
     Value maps are inverted (the first canonical value of a target value wins); ids
     (``uuid`` columns, ``*_id`` fields) come back as text, as canonical ids are.
     """
-    values: dict[str, Any] = {}
-    for c in table.columns:
-        if c.field is None or c.field in values or c.column not in row:
+    return table.from_row(row)
+
+
+def _compiled(name: str, lines: list[str], scope: dict[str, Any]) -> Any:
+    code = compile("\n".join(lines), f"<{name}>", "exec")
+    exec(code, scope)  # noqa: S102 - source made from the mapping's column and field names
+    return scope["function"]
+
+
+def _compile_to_row(
+    columns: Sequence[ColumnMap], generated: frozenset[str]
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """One function building a table's row from a record: ``ColumnMap.value`` per column.
+
+    A column that only copies its field (no value map, computation or requirement) reads
+    it inline, its default in place of a null; any other calls its ``value``. Columns are
+    evaluated in order, so the first one that fails raises, as column by column.
+    """
+    scope: dict[str, Any] = {}
+    items: list[str] = []
+    for i, c in enumerate(columns):
+        if c.column in generated:
             continue
-        value = row[c.column]
-        if value is not None:
-            if c.from_target is not None:
-                value = c.from_target.get(value, value)
-            if c.pg_type == "uuid" or c.field.endswith("_id"):
-                value = str(value)
-        values[c.field] = value
-    return values
+        if c.compute is not None or c.to_target is not None or c.required:
+            scope[f"c{i}"] = c.value
+            expression = f"c{i}(record)"
+        elif c.field is None:
+            scope[f"d{i}"] = c.default
+            expression = f"d{i}"
+        elif c.default is None:
+            expression = f"get({c.field!r})"
+        else:
+            scope[f"d{i}"] = c.default
+            expression = f"(v if (v := get({c.field!r})) is not None else d{i})"
+        items.append(f"{c.column!r}: {expression}")
+    lines = ["def function(record):", "    get = record.get", f"    return {{{', '.join(items)}}}"]
+    function: Callable[[Mapping[str, Any]], dict[str, Any]] = _compiled("to_row", lines, scope)
+    return function
+
+
+def _compile_from_row(
+    columns: Sequence[ColumnMap],
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """One function reading a row back as canonical fields (see :func:`from_row`).
+
+    Per column with a field, in order: the first column of a field present in the row
+    gives it; a value map is inverted, an id made text.
+    """
+    scope: dict[str, Any] = {}
+    lines = ["def function(row):", "    values = {}"]
+    seen: set[str] = set()
+    for i, c in enumerate(columns):
+        if c.field is None:
+            continue
+        test = f"{c.column!r} in row"
+        if c.field in seen:  # a later column of the same field: only if none gave it
+            test += f" and {c.field!r} not in values"
+        seen.add(c.field)
+        lines += [f"    if {test}:", f"        v = row[{c.column!r}]"]
+        conversions = []
+        if c.from_target is not None:
+            scope[f"m{i}"] = c.from_target
+            conversions.append(f"v = m{i}.get(v, v)")
+        if c.pg_type == "uuid" or c.field.endswith("_id"):
+            conversions.append("v = str(v)")
+        if conversions:
+            lines += ["        if v is not None:", *(f"            {x}" for x in conversions)]
+        lines.append(f"        values[{c.field!r}] = v")
+    lines.append("    return values")
+    function: Callable[[Mapping[str, Any]], dict[str, Any]] = _compiled("from_row", lines, scope)
+    return function
 
 
 def to_child_rows(

@@ -57,3 +57,21 @@ def test_load_reads_what_the_standard_library_reads(
     text = json.dumps(value, separators=separators)
     assert _typed(json_text.load(text)) == _typed(json.loads(text))
     assert _typed(json_text.load(text.encode("utf-8"))) == _typed(json.loads(text))
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=12),
+        st.integers(-(2**80), 2**80) | st.floats(allow_nan=False, allow_infinity=False),
+        max_size=20,
+    )
+)
+def test_a_row_clock_read_from_jsonb_text_is_exact(times: dict[str, float]) -> None:
+    """The sink reads a clock's ``jsonb`` text (spaced, unlike orjson's) exactly, types too."""
+    from sinks.postgres import _times
+
+    text = json.dumps(times)  # PostgreSQL's jsonb text is spaced as the standard library's
+    expected = json.loads(text)
+    read = _times(text)
+    assert read == expected
+    assert [type(v) for v in read.values()] == [type(v) for v in expected.values()]
