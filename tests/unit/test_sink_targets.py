@@ -60,7 +60,14 @@ def test_customer_to_accounts() -> None:
 def test_order_status_to_quote_inverts_state_map() -> None:
     t = TABLES[(E2C, "sales_order")]
     row = to_row(t, meta("erp", crm_id="q", order_number="S00005", state="confirmed"))
-    assert row == {"id": "q", "erp_order_name": "S00005", "erp_order_state": "sale"}
+    assert row == {
+        "id": "q",
+        "erp_order_name": "S00005",
+        "erp_order_state": "sale",
+        "subtotal_amount": None,
+        "tax_amount": None,
+        "total_amount": None,
+    }
     assert t.update_only
     assert not t.accepts(meta("erp", crm_id=None))
     assert from_row(t, row)["state"] == "confirmed"
