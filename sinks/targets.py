@@ -24,9 +24,10 @@ Directions and tables:
   type or part number is refused and reverted, a shared name or category goes to the
   later commit); sales_order (accepted quote) -> ``sale_order`` (``name`` from the ERP
   sequence, read back as the order number and never written, so a CRM edit of
-  ``erp_order_name`` or of the amounts is refused and reverted) with its lines in ``sale_order_line`` (written when the order
-  is created; afterwards the ERP owns them: deliveries and invoices refer to them, and
-  a later change of them is dead-lettered, :mod:`sinks.lines`).
+  ``erp_order_name`` or of the amounts is refused and reverted) with its lines in
+  ``sale_order_line`` (written when the order is created; afterwards the ERP owns them:
+  deliveries and invoices refer to them, and a later change of them is dead-lettered,
+  :mod:`sinks.lines`).
 
 Liveness: a customer's or contact's ``active`` is a field like the others, written to the
 ERP's ``active`` and the CRM's ``deleted`` (inverted) by the field merge: an archive, a
