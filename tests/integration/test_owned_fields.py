@@ -211,7 +211,7 @@ def _stamps(
     return found
 
 
-def _new_products(
+def new_products(
     pipeline: Pipeline, env: dict[str, str], tag: str, count: int
 ) -> list[tuple[int, str, str]]:
     """``count`` new ERP products, each with the CRM product the sink made: ``(erp id, crm
@@ -272,7 +272,7 @@ def test_crm_edits_of_product_fields_the_erp_owns_are_refused_and_reverted(
     CRM and nothing written into the ERP product; the shared name goes to the ERP (the
     later commit, a ``last_writer`` decision); no echo once both agree."""
     tag = uuid.uuid4().hex[:6]
-    (priced, costed, named) = _new_products(pipeline, stack_env, tag, 3)
+    (priced, costed, named) = new_products(pipeline, stack_env, tag, 3)
     erp_before = {p[0]: _erp_product(stack_env, p[0]) for p in (priced, costed)}
     crm = stack_env["CRM_DSN"]
     execute(crm, "UPDATE public.aos_products SET price = 999.99 WHERE id = %s", (priced[1],))
@@ -322,7 +322,7 @@ def test_crm_edits_of_product_fields_the_erp_owns_are_refused_and_reverted(
     assert len(_conflicts(pipeline, "product", f"crm:{priced[1]}")) == 1
 
 
-def _won_quote(env: dict[str, str], account: str, product: tuple[int, str, str]) -> str:
+def won_quote(env: dict[str, str], account: str, product: tuple[int, str, str]) -> str:
     """A quote of ``account`` with one line of ``product``, won (``Closed Accepted``)."""
     _, crm_id, sku = product
     with psycopg.connect(env["CRM_DSN"], autocommit=True) as conn:
@@ -387,8 +387,8 @@ def test_crm_edits_of_a_won_quotes_erp_order_name_and_amounts_are_reverted(
     rng = random.Random(uuid.uuid4().int)
     values = ValueMaker(uuid.uuid4().hex[:4])
     pairs, _ = create_pairs(pipeline, stack_env, values, rng, 1)
-    [product] = _new_products(pipeline, stack_env, uuid.uuid4().hex[:6], 1)
-    renamed, repriced = (_won_quote(stack_env, pairs[0].account, product) for _ in range(2))
+    [product] = new_products(pipeline, stack_env, uuid.uuid4().hex[:6], 1)
+    renamed, repriced = (won_quote(stack_env, pairs[0].account, product) for _ in range(2))
     for quote in (renamed, repriced):
         _wait_equal(
             pipeline,
