@@ -1,4 +1,5 @@
-"""A CRM edit of a field the ERP owns but the ERP sink never writes: the customer number.
+"""CRM edits of fields the ERP owns: the customer number, product fields, a won quote's
+ERP order name and amounts.
 
 What this proves (DESIGN.md §5.4, 5.5; README "Both systems converge"): the customer
 number (ERP ``res_partner.ref``, CRM ``accounts.account_number``) is the ERP's, given by
@@ -8,6 +9,12 @@ VAT id: the ERP sink records the conflict (reason ``owner``, the ERP the winner)
 ERP's number flows back to the account, and the exchange stops there (no echo). The
 number is also how accounts are matched: the pair stays linked, and nothing is made
 twice on either side.
+
+Products and orders the same way: a CRM edit of a product's price, cost or type (the
+ERP's) is refused by the ERP sink, which writes nothing into the ERP product, and the
+ERP's values flow back to the CRM product; a won quote's ``erp_order_name`` (the ERP
+order's ``name``, from its sequence) and its amounts are the ERP order's, and a CRM edit
+of them is refused and reverted. Each refusal is audited once, and no echo follows.
 """
 
 from __future__ import annotations
