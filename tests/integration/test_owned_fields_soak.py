@@ -19,7 +19,7 @@ quiet:
 
 Budgets: ``ERPCRM_SOAK_SECONDS=<n>`` runs ``n`` seconds over 16 products and 8 quotes,
 one round of kills per minute; otherwise 30 seconds over 6 products and 3 quotes, one
-round (about 3–5 minutes in all). ``ERPCRM_CONVERGENCE_SEED=<int>`` replays the writers'
+round (about 3 to 5 minutes in all). ``ERPCRM_CONVERGENCE_SEED=<int>`` replays the writers'
 choices (not their timing). A failure prints the seed and every difference.
 """
 
