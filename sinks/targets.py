@@ -11,17 +11,23 @@ here.
 Directions and tables:
 
 - ERP -> CRM: customer -> ``accounts``; product -> ``aos_products``; inventory ->
-  ``product_availability``; sales_order (status only, update-only) -> ``aos_quotes``
-  ``erp_order_name`` / ``erp_order_state``; invoice -> ``aos_invoices``.
+  ``product_availability``; sales_order (status and amounts only, update-only) ->
+  ``aos_quotes`` ``erp_order_name`` / ``erp_order_state`` / ``subtotal_amount`` /
+  ``tax_amount`` / ``total_amount``; invoice -> ``aos_invoices``.
 - CRM -> ERP: contact -> ``res_partner`` contact persons (``parent_id`` the account's
   partner, no customer number; the CRM owns contacts); customer -> ``res_partner`` (the
   ERP assigns ``ref`` from its sequence, read back as the customer number, never
   written: a CRM edit of it is refused like any ERP-owned field's;
   for an existing partner only CRM-owned and shared fields are written, decided by
-  :func:`sinks.state.merge`); sales_order (accepted quote) -> ``sale_order`` (``name``
-  from the ERP sequence) with its lines in ``sale_order_line`` (written when the order
-  is created; afterwards the ERP owns them: deliveries and invoices refer to them, and
-  a later change of them is dead-lettered, :mod:`sinks.lines`).
+  :func:`sinks.state.merge`); product -> ``product_product`` (update only: the ERP owns
+  the catalogue; the fields the CRM maps are merged, so a CRM edit of a price, cost,
+  type or part number is refused and reverted, a shared name or category goes to the
+  later commit); sales_order (accepted quote) -> ``sale_order`` (``name`` from the ERP
+  sequence, read back as the order number and never written, so a CRM edit of
+  ``erp_order_name`` or of the amounts is refused and reverted) with its lines in
+  ``sale_order_line`` (written when the order is created; afterwards the ERP owns them:
+  deliveries and invoices refer to them, and a later change of them is dead-lettered,
+  :mod:`sinks.lines`).
 
 Liveness: a customer's or contact's ``active`` is a field like the others, written to the
 ERP's ``active`` and the CRM's ``deleted`` (inverted) by the field merge: an archive, a
@@ -832,6 +838,11 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
                         _field(_flow(flows, "erp", "sale_order", "sales_order"), "state")
                     ),
                 ),
+                # The ERP owns an order's amounts once it exists: a CRM edit of the
+                # quote's is refused by the ERP sink and the ERP's values written back.
+                ColumnMap("subtotal_amount", "numeric", field="amount_untaxed"),
+                ColumnMap("tax_amount", "numeric", field="amount_tax"),
+                ColumnMap("total_amount", "numeric", field="amount_total"),
             ),
             modified="date_modified",
             delete=DeleteMode.IGNORE,
@@ -874,6 +885,8 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
     ]
     partner = _flow(flows, "erp", "res_partner", "customer")
     order = _flow(flows, "erp", "sale_order", "sales_order")
+    catalogue = _flow(flows, "erp", "product_product", "product")
+    crm_product = {fm.target for fm in _flow(flows, "crm", "aos_products", "product").fields}
     tables += [
         TargetTable(
             c2e,
@@ -947,14 +960,45 @@ def build_tables(flows: Mapping[str, Flow]) -> dict[tuple[Direction, str], Targe
         ),
         TargetTable(
             c2e,
+            "product",
+            "public",
+            "product_product",
+            key="id",
+            key_field="erp_id",
+            # The ERP owns the catalogue: a product is never created or deleted from the
+            # CRM. Its fields the CRM maps are read and merged: a CRM edit of one the ERP
+            # owns (part number, prices, type) is refused and the product re-announced,
+            # so the ERP's values return to the CRM; a shared one (name, category) goes
+            # to the later commit, as everywhere.
+            columns=(
+                ColumnMap("id", "bigint", field="erp_id"),
+                *_from_fields(
+                    catalogue.fields,
+                    skip=frozenset(fm.target for fm in catalogue.fields) - crm_product,
+                ),
+            ),
+            modified="write_date",
+            delete=DeleteMode.IGNORE,
+            update_only=True,
+            pk="id",
+            pk_type="bigint",
+            locate=(
+                Locator("id", "bigint", _as_int("erp_id")),
+                Locator("default_code", "text", _getter("sku")),
+            ),
+        ),
+        TargetTable(
+            c2e,
             "sales_order",
             "public",
             "sale_order",
             key="crm_quote_id",
             key_field="crm_id",
+            # ``name`` (the order number) is mapped although never written
+            # (``generated``): a CRM edit of ``erp_order_name`` is refused and the
+            # ERP's name re-announced, as any field the ERP owns.
             columns=_from_fields(
                 order.fields,
-                skip=frozenset({"order_number"}),
                 types={"crm_quote_id": "uuid", "partner_id": "bigint"},
                 extra={
                     "crm_id": {"required": True},

@@ -47,8 +47,8 @@ Decisions:
   the value as typed (trimmed), also with a quarantine (``kept``).
 - Nested lines (sales orders) are mapped from the current child rows the caller
   passes; any line that fails fails the order.
-- ``changed_fields`` (entities whose schema has it: customers, contacts) names the
-  business fields the change changed, for the sinks' field-level merge. An update
+- ``changed_fields`` (entities whose schema has it: customers, contacts, products,
+  orders) names the business fields the change changed, for the sinks' field-level merge. An update
   with a full ``before`` image (``REPLICA IDENTITY FULL``) changed the fields whose
   input columns differ (a phone also reads the country, an inferred country the VAT id
   and phone). An update that changed no mapped column (a touch, an unmapped column)
@@ -59,7 +59,9 @@ Decisions:
   re-snapshot read (``source.snapshot = incremental``, a repair) and a delete without
   values changed every mapped field (a soft delete with values: as an update); an
   update without a ``before`` image leaves it null (unknown: every field counts as
-  changed).
+  changed). An order re-emitted because a line changed names its header's changed
+  fields only when the header changed in the line's transaction, else none (the lines
+  are no field of the merge).
 
 Stock (flows with ``grain: location``) goes through :func:`to_stock_change`,
 :func:`streams.inventory.apply` and :func:`inventory_event` instead.
@@ -923,6 +925,11 @@ def to_canonical(
         refs=refs,
         refined=refined,
     )
+    if CHANGED_FIELDS in record and position is not change:
+        # An order re-emitted for a line change: its header changed only if in the
+        # line's transaction (the header's last change is older otherwise).
+        same = position.tx_id == change.tx_id
+        record[CHANGED_FIELDS] = changed_fields(flow, change.raw) if same else []
     if bare:
         return _finish(flow, entity_id, _delete_fields(flow, change, refs, record), ())
 

@@ -15,3 +15,18 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Products and orders are edited on both sides too (a CRM edit of a field the ERP owns is
+-- refused and reverted): their updates carry the old row (REPLICA IDENTITY FULL), so a
+-- change event names the fields it changed.
+DO $$
+DECLARE
+    rel text;
+BEGIN
+    FOREACH rel IN ARRAY ARRAY['public.aos_products', 'public.aos_quotes'] LOOP
+        IF (SELECT relreplident FROM pg_class WHERE oid = to_regclass(rel)) <> 'f' THEN
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', rel);
+        END IF;
+    END LOOP;
+END
+$$;

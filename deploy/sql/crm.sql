@@ -570,6 +570,8 @@ WHERE t.parent_id = q.id;
 -- of the sinks compares only those.
 ALTER TABLE public.accounts REPLICA IDENTITY FULL;
 ALTER TABLE public.contacts REPLICA IDENTITY FULL;
+ALTER TABLE public.aos_products REPLICA IDENTITY FULL;
+ALTER TABLE public.aos_quotes REPLICA IDENTITY FULL;
 
 ANALYZE;
 

@@ -519,6 +519,8 @@ WHERE so.id = si.order_id;
 -- FULL), so a change event knows which fields it changed: the field-level merge
 -- of the sinks compares only those.
 ALTER TABLE public.res_partner REPLICA IDENTITY FULL;
+ALTER TABLE public.product_product REPLICA IDENTITY FULL;
+ALTER TABLE public.sale_order REPLICA IDENTITY FULL;
 
 ANALYZE;
 

@@ -17,13 +17,14 @@ from sinks.state import Applied, Decision, decide
 from streams import dedupe, inventory
 from streams.inventory import InventoryState, Quant, QuantChange
 from streams.transform import snapshot_kind, to_canonical
-from tests.unit.test_transform import FLOWS, PRODUCT, PRODUCT_PRODUCT, decoded, fits_schema, ok
+from tests.unit.test_transform import ACCOUNT_MOVE, FLOWS, MOVE, decoded, fits_schema, ok
 
-FLOW = FLOWS["erp_product_product__product"]
+# Invoices: an entity without ``changed_fields``, whose same values are a no-op.
+FLOW = FLOWS["erp_account_move__invoice"]
 
 
 def _product(op: str, snapshot: str = "false", lsn: int = 100) -> dict[str, Any]:
-    raw = decoded(PRODUCT_PRODUCT, op, after=PRODUCT, lsn=lsn, tx_id=None if op == "r" else 9)
+    raw = decoded(ACCOUNT_MOVE, op, after=MOVE, lsn=lsn, tx_id=None if op == "r" else 9)
     raw["source"]["snapshot"] = snapshot
     return raw
 

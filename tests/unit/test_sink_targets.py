@@ -60,7 +60,14 @@ def test_customer_to_accounts() -> None:
 def test_order_status_to_quote_inverts_state_map() -> None:
     t = TABLES[(E2C, "sales_order")]
     row = to_row(t, meta("erp", crm_id="q", order_number="S00005", state="confirmed"))
-    assert row == {"id": "q", "erp_order_name": "S00005", "erp_order_state": "sale"}
+    assert row == {
+        "id": "q",
+        "erp_order_name": "S00005",
+        "erp_order_state": "sale",
+        "subtotal_amount": None,
+        "tax_amount": None,
+        "total_amount": None,
+    }
     assert t.update_only
     assert not t.accepts(meta("erp", crm_id=None))
     assert from_row(t, row)["state"] == "confirmed"
@@ -138,6 +145,66 @@ def test_a_crm_edit_of_the_customer_number_is_refused_and_reasserted() -> None:
         assert conflict.field == "customer_number"
         assert (conflict.ours, conflict.theirs) == ("C00338", theirs)
         assert (conflict.winner, conflict.reason) == ("erp", "owner")
+
+
+def test_crm_products_are_merged_into_the_erp_catalogue_never_created_or_deleted() -> None:
+    t = TABLES[(C2E, "product")]
+    assert (t.table, t.update_only, t.delete) == ("product_product", True, DeleteMode.IGNORE)
+    # Only what the CRM maps: the ERP's barcode, unit and liveness are none of its business.
+    assert set(t.fields) == {
+        "erp_id",
+        "sku",
+        "name",
+        "product_type",
+        "category",
+        "list_price",
+        "standard_price",
+    }
+    current = from_row(t, {"id": 7, "default_code": "SKU-7", "type": "consu", "list_price": 5})
+    assert current == {
+        "erp_id": "7",
+        "sku": "SKU-7",
+        "product_type": "consumable",
+        "list_price": 5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("entity", "row", "field", "theirs"),
+    [
+        ("product", {"id": 7, "default_code": "SKU-7", "list_price": Decimal(5)}, "list_price", 9),
+        ("sales_order", {"id": 3, "name": "S00003"}, "order_number", "X-1"),
+        ("sales_order", {"id": 3, "amount_total": Decimal(40)}, "amount_total", Decimal(1)),
+    ],
+)
+def test_a_crm_edit_of_an_erp_owned_product_or_order_field_is_refused_and_reasserted(
+    entity: str, row: dict[str, object], field: str, theirs: object
+) -> None:
+    t = TABLES[(C2E, entity)]
+    decided = merge(
+        entity,
+        "crm:c",
+        meta("crm", crm_id="c", **{field: theirs}),
+        target="erp",
+        ownership=ownership(load_mappings(), entity),
+        fields=[f for f in t.fields if not f.endswith("_id")],
+        changed={field: 1_700_000_000_000},
+        current=from_row(t, row),
+        clock=RowClock(),
+    )
+    assert decided.writes == {}
+    assert decided.reassert
+    [conflict] = decided.conflicts
+    assert (conflict.field, conflict.winner, conflict.reason) == (field, "erp", "owner")
+
+
+def test_order_name_is_read_back_from_sale_order_and_never_written() -> None:
+    t = TABLES[(C2E, "sales_order")]
+    assert "order_number" in t.fields
+    assert "name" in t.generated
+    assert "name" not in [c.column for c in t.written_columns(insert=True)]
+    assert t.read_columns.count("name") == 1
+    assert from_row(t, {"name": "S00003"})["order_number"] == "S00003"
 
 
 def test_won_quote_to_sale_order_and_lines() -> None:

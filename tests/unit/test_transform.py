@@ -817,6 +817,23 @@ def test_a_line_change_triggers_the_order_event() -> None:
     assert event.value.key == "erp:51"
 
 
+@pytest.mark.parametrize(("header_tx", "changed"), [(770, []), (771, ["amount_total"])])
+def test_an_order_sent_for_a_line_change_names_its_header_fields_only_from_that_transaction(
+    header_tx: int, changed: list[str]
+) -> None:
+    """A line's transaction changed no header field unless the header changed in it too:
+    an older header change is not sent again as changed (its refused owned fields would
+    be audited and re-announced once more)."""
+    flow = FLOWS["erp_sale_order__sales_order"]
+    before = {**ORDER, "amount_total": Decimal("1.00")}
+    header = decoded(SALE_ORDER, "u", after=ORDER, before=before, lsn=1000, tx_id=header_tx)
+    trigger = decoded(SALE_ORDER_LINE, "d", before=order_line(502, 10, 7, "3"), lsn=2000)
+    result = to_canonical(
+        flow, header, lookups=SKUS, lines=line_rows(order_line(501, 10, 7, "3")), trigger=trigger
+    )
+    assert ok(result).value.record["changed_fields"] == changed
+
+
 @pytest.mark.parametrize(
     ("line", "lookups", "reason", "field"),
     [
