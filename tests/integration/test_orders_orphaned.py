@@ -24,7 +24,7 @@ from tests.integration.operator_fixtures import (
     operator_pipeline,  # noqa: F401 - fixture pipeline
 )
 from tests.integration.sink_fixtures import Pipeline
-from tests.integration.test_link_columns import _order_of, _quote_states, _won_quote
+from tests.integration.test_link_columns import _erp_id, _quote_states, _won_quote
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def _won(env: dict[str, str]) -> tuple[str, str, int, str]:
     partner, account = new_customer(env)
     sku = new_product(env, "10.00")[2]
     quote = _won_quote(env, account, sku, f"Orphan {uuid.uuid4().hex[:8]}")
-    order = wait_for(lambda: _order_of(env, quote), WAIT, "the order")
+    order = wait_for(lambda: _erp_id(env, "order", quote), WAIT, "the order")
     name = wait_for(lambda: _quote_states(env, quote), WAIT, "the order's name in the CRM")
     return partner, quote, order, name
 
