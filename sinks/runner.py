@@ -76,6 +76,7 @@ from schemas.deadletter import H_ENTITY, H_ERROR_REASON, text_headers
 from schemas.dlq_topics import ensure_dead_letter_topic
 from schemas.errors import (
     DecodeError,
+    KeyTakenError,
     PermanentError,
     RetriableError,
     SyncError,
@@ -538,9 +539,16 @@ class SinkRunner:
         return result
 
     def _isolate(self, batch: SinkBatch) -> WriteResult:
-        """Apply ``batch`` in parts; dead-letter the events that fail alone."""
+        """Apply ``batch`` in parts; dead-letter the events that fail alone.
+
+        A key that fails alone on a unique value another row holds may only have met a
+        row of the batch that gives the value up (a swap or rotation the bisection cut
+        apart): those keys are tried together again before any is lettered
+        (:meth:`_settle_taken`).
+        """
         parts: list[WriteResult] = []
         dead: list[tuple[SinkEvent, SyncError]] = []
+        taken: list[tuple[EntityKey, KeyTakenError]] = []
 
         def attempt(keys: Sequence[EntityKey]) -> None:
             part = SinkBatch(e for k in keys for e in batch.events(k))
@@ -554,11 +562,16 @@ class SinkRunner:
                     attempt(keys[:middle])
                     attempt(keys[middle:])
                     return
+                if isinstance(failure, KeyTakenError):
+                    taken.append((keys[0], failure))
+                    return
                 latest = part.collapse().latest[0]
                 self._retrying("dead letter", partial(self._sink.dead_letter, latest, failure))
                 dead.append((latest, failure))
 
         attempt(batch.keys())
+        if taken:
+            self._settle_taken(batch, taken, parts, dead)
         deferred = tuple(e for p in parts for e in p.deferred)
         waiting = tuple(e for p in parts for e in p.waiting)
         offsets = safe_offsets(batch.next_offsets(), (*deferred, *waiting))
@@ -568,6 +581,49 @@ class SinkRunner:
         return replace(
             joined, offsets=offsets, deferred=deferred, waiting=waiting, dead=(*joined.dead, *dead)
         )
+
+    def _settle_taken(
+        self,
+        batch: SinkBatch,
+        taken: list[tuple[EntityKey, KeyTakenError]],
+        parts: list[WriteResult],
+        dead: list[tuple[SinkEvent, SyncError]],
+    ) -> None:
+        """Apply the keys that failed alone on a taken unique value, together if they can.
+
+        Together they may trade their values (the sink parks them first), and a part
+        applied after a key's own try may have freed its value; if they still fail, the
+        first key whose leaving out lets the others apply is the duplicate and is
+        dead-lettered (one write per key tried, only after a refused batch); if none
+        does, each is dead-lettered with its own failure.
+        """
+
+        def write(keys: Sequence[EntityKey]) -> bool:
+            part = SinkBatch(e for k in keys for e in batch.events(k))
+            try:
+                parts.append(
+                    self._retrying("write", lambda: self._sink.write(part, store_offsets=False))
+                )
+            except PermanentError:
+                return False
+            return True
+
+        def letter(key: EntityKey, failure: KeyTakenError) -> None:
+            latest = SinkBatch(batch.events(key)).collapse().latest[0]
+            self._retrying("dead letter", partial(self._sink.dead_letter, latest, failure))
+            dead.append((latest, failure))
+
+        keys = [k for k, _ in taken]
+        # Again even alone: a part written after its first try may have freed its value.
+        if write(keys):
+            return
+        if len(taken) > 1:
+            for index, (key, failure) in enumerate(taken):
+                if write(keys[:index] + keys[index + 1 :]):
+                    letter(key, failure)
+                    return
+        for key, failure in taken:
+            letter(key, failure)
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
         """Run ``action``, retrying RetriableError with backoff until it succeeds."""
