@@ -195,6 +195,9 @@ class SinkRunner:
         self._clock = clock
         self._stop = threading.Event()
         self._held: dict[EntityKey, _Held] = {}
+        self._taken: dict[EntityKey, KeyTakenError] = {}
+        """Held keys whose change met a unique value another row holds: the rest of a
+        trade may still come (:meth:`_settle_taken`); lettered with this error if not."""
         self._progress = ReadProgress()
         self._own = CaughtUp(settings.target)
         """How far the target's own changes are applied (the row-clock wait)."""
@@ -570,9 +573,8 @@ class SinkRunner:
                 dead.append((latest, failure))
 
         attempt(batch.keys())
-        if taken:
-            self._settle_taken(batch, taken, parts, dead)
-        deferred = tuple(e for p in parts for e in p.deferred)
+        held_taken = self._settle_taken(batch, taken, parts) if taken else ()
+        deferred = (*(e for p in parts for e in p.deferred), *held_taken)
         waiting = tuple(e for p in parts for e in p.waiting)
         offsets = safe_offsets(batch.next_offsets(), (*deferred, *waiting))
         self._retrying("store offsets", lambda: self._sink.store_offsets(offsets))
@@ -587,15 +589,17 @@ class SinkRunner:
         batch: SinkBatch,
         taken: list[tuple[EntityKey, KeyTakenError]],
         parts: list[WriteResult],
-        dead: list[tuple[SinkEvent, SyncError]],
-    ) -> None:
-        """Apply the keys that failed alone on a taken unique value, together if they can.
+    ) -> tuple[SinkEvent, ...]:
+        """Apply the keys that failed alone on a taken unique value; return what waits.
 
         Together they may trade their values (the sink parks them first), and a part
-        applied after a key's own try may have freed its value; if they still fail, the
-        first key whose leaving out lets the others apply is the duplicate and is
-        dead-lettered (one write per key tried, only after a refused batch); if none
-        does, each is dead-lettered with its own failure.
+        applied after a key's own try may have freed its value. If they still fail, the
+        first key whose leaving out lets the others apply waits alone (one write per key
+        tried, only after a refused batch), else all of them do. A waiting key is held
+        as an event waiting for a reference is, with later batches: the rest of a trade
+        the sink reads in a later batch (the canonical topics are partitioned by key)
+        frees its value; when the wait is over it is dead-lettered with its
+        :class:`KeyTakenError` (:meth:`_expire_held`).
         """
 
         def write(keys: Sequence[EntityKey]) -> bool:
@@ -608,22 +612,27 @@ class SinkRunner:
                 return False
             return True
 
-        def letter(key: EntityKey, failure: KeyTakenError) -> None:
-            latest = SinkBatch(batch.events(key)).collapse().latest[0]
-            self._retrying("dead letter", partial(self._sink.dead_letter, latest, failure))
-            dead.append((latest, failure))
-
         keys = [k for k, _ in taken]
+        waiting = taken
         # Again even alone: a part written after its first try may have freed its value.
         if write(keys):
-            return
-        if len(taken) > 1:
-            for index, (key, failure) in enumerate(taken):
+            waiting = []
+        elif len(taken) > 1:
+            for index, item in enumerate(taken):
                 if write(keys[:index] + keys[index + 1 :]):
-                    letter(key, failure)
-                    return
-        for key, failure in taken:
-            letter(key, failure)
+                    waiting = [item]
+                    break
+        for key, failure in waiting:
+            self._taken[key] = failure
+            log.info(
+                "sink %s: %s %s meets a unique value another row holds (%s); held for the"
+                " rest of a trade",
+                self._target,
+                key[0],
+                key[1],
+                failure,
+            )
+        return tuple(e for key, _ in waiting for e in batch.events(key))
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
         """Run ``action``, retrying RetriableError with backoff until it succeeds."""
@@ -811,18 +820,12 @@ class SinkRunner:
         }
         for number, key in enumerate(expired, 1):
             event = self._held.pop(key).event
-            lacking, notes = self._retrying("describe", partial(self._sink.unresolved, event))
-            error = UnresolvedReferenceError(
-                "; ".join(
-                    (
-                        f"unresolved_reference: {event.entity} {event.key} refers to {lacking}, "
-                        f"which the {self._target} does not have "
-                        f"{self._s.reference_wait_seconds:.0f}s after the sink had applied "
-                        "everything published before it",
-                        *notes,
-                    )
-                )
-            )
+            error: SyncError
+            taken = self._taken.pop(key, None)
+            if taken is not None:
+                error = taken
+            else:
+                error = self._unresolved(event)
             offsets: dict[tuple[str, int], int] = {}
             if number == len(expired):
                 offsets = self._read_positions(partitions)
@@ -836,6 +839,21 @@ class SinkRunner:
         if expired:
             self._metrics.deferred.labels(self._target).set(len(self._held))
             self._after_commit(announce=False, dead=True)
+
+    def _unresolved(self, event: SinkEvent) -> UnresolvedReferenceError:
+        """The dead-letter error of ``event``, whose reference wait is over."""
+        lacking, notes = self._retrying("describe", partial(self._sink.unresolved, event))
+        return UnresolvedReferenceError(
+            "; ".join(
+                (
+                    f"unresolved_reference: {event.entity} {event.key} refers to {lacking}, "
+                    f"which the {self._target} does not have "
+                    f"{self._s.reference_wait_seconds:.0f}s after the sink had applied "
+                    "everything published before it",
+                    *notes,
+                )
+            )
+        )
 
     def _follow_horizons(self) -> None:
         """Read the horizon topic from its last few records on (module :mod:`schemas.horizon`).
@@ -946,6 +964,8 @@ class SinkRunner:
                 wait = wait or ReferenceWait.start(key_events, now)
             ordered = tuple(sorted(key_events, key=lambda e: e.version))
             self._held[key] = _Held(ordered, wait)
+        for key in [k for k in self._taken if k not in self._held]:
+            del self._taken[key]  # applied (or lettered) since
         m.deferred.labels(target).set(len(self._held))
         m.parked.labels(target).set(self._sink.parked_records)
         groups: Mapping[str, tuple[SinkEvent, ...]] = {
