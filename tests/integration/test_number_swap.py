@@ -34,6 +34,7 @@ from tests.integration.soak_fixtures import (
     Pair,
     dead_letters,
     dead_workers,
+    pair_stamps,
     settled,
     soak_pipeline,
 )
@@ -118,21 +119,6 @@ def _ours(letters: Sequence[Letter], pairs: Sequence[Pair]) -> list[Letter]:
     return [x for x in letters if x.key in keys]
 
 
-def _stamps(env: dict[str, str], pairs: Sequence[Pair]) -> list[tuple[object, ...]]:
-    return sorted(
-        execute(
-            env["CRM_ADMIN_DSN"],
-            "SELECT id::text, xmin::text FROM public.accounts WHERE id = ANY(%s::uuid[])",
-            ([p.account for p in pairs],),
-        )
-        + execute(
-            env["ERP_ADMIN_DSN"],
-            "SELECT id::text, xmin::text FROM public.res_partner WHERE id = ANY(%s)",
-            ([p.partner for p in pairs],),
-        )
-    )
-
-
 def _check_linked(env: dict[str, str], pairs: Sequence[Pair], tag: str) -> None:
     """Each pair still one linked record on each side, the numbers equal, nothing else of
     the run made (found by the run's tag, which ends every name it gives), all live."""
@@ -170,10 +156,10 @@ def _no_trouble(
     for sink in pipeline:
         conflicts = "SELECT count(*) FROM {schema}.conflicts WHERE entity_key = ANY(%s)"
         assert sink.query(conflicts, (_keys(pairs),)) == [(0,)]
-    before = _stamps(env, pairs)
+    before = pair_stamps(env, pairs)
     time.sleep(8)
     settled(pipeline)
-    assert _stamps(env, pairs) == before
+    assert pair_stamps(env, pairs) == before
 
 
 @pytest.mark.parametrize("transactions", ["one", "several"])
