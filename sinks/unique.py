@@ -45,14 +45,17 @@ class UniqueKey:
     nullable: tuple[str, ...]
 
 
-def _value(row: Mapping[str, Any], columns: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The key's value in ``row``, as text (ids read back match ids from the bus).
+def _value(
+    row: Mapping[str, Any], columns: tuple[str, ...], written: Mapping[str, Any] | None = None
+) -> tuple[str, ...] | None:
+    """The key's value in ``row``, ``written`` over it, as text.
 
-    None when a column is NULL: such a row holds no value of the key.
+    As text, ids read back match ids from the bus. None when a column is NULL: such a
+    row holds no value of the key.
     """
     values = []
     for column in columns:
-        value = row.get(column)
+        value = written[column] if written is not None and column in written else row.get(column)
         if value is None:
             return None
         values.append(str(value))
@@ -86,7 +89,7 @@ def rows_to_park(
         moving: list[tuple[Any, tuple[str, ...]]] = []
         for pk, current, new in listed:
             old = _value(current, key.columns)
-            after = _value({**current, **new}, key.columns)
+            after = _value(current, key.columns, new)
             if after is not None:
                 wanted[after] += 1
             if old is not None and old != after:
