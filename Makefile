@@ -25,6 +25,9 @@ $(STAMP)/venv: pyproject.toml
 
 $(STAMP)/jars: deploy/pom.xml
 	@mkdir -p $(STAMP)
+	# The broker's classpath is every jar of its folder: a jar the pom no longer names
+	# (an older logging binding) must not stay beside the new ones.
+	rm -rf $(JARS)/kafka-*
 	mvn -q -B -f deploy/pom.xml -Dstack.jars=$(abspath $(JARS)) generate-resources
 	@touch $@
 

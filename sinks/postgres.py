@@ -145,6 +145,7 @@ from sinks.targets import (
     to_child_rows,
     to_row,
 )
+from sinks.unique import UniqueKey, rows_to_park
 
 __all__ = [
     "ENTITY_ORDER",
@@ -608,6 +609,8 @@ class PostgresUpsertSink(Sink):
         self._sql = _Statements()
         self._parked: dict[tuple[str, str], tuple[str, str]] = {}
         """The keys with parked events (as committed), and the suspect they wait for."""
+        self._unique: dict[str, tuple[UniqueKey, ...]] = {}
+        """Per entity, the unique keys of its target table (read at set-up)."""
 
     # ---------------------------------------------------------------- connections
 
@@ -691,6 +694,16 @@ class PostgresUpsertSink(Sink):
                     sql.made_backfill(table.ref, table.pk_column, table.key_column, self._schema),
                     (table.entity, f"{table.direction.source}:", table.entity),
                 )
+        for entity, table in self._tables.items():
+            found_keys = conn.execute(sql.unique_keys(), (table.schema, table.table))
+            self._unique[entity] = tuple(
+                UniqueKey(
+                    str(name),
+                    tuple(columns),
+                    tuple(c for c, null in zip(columns, nullable, strict=True) if null),
+                )
+                for name, columns, nullable in found_keys
+            )
         self._parked = {
             (str(e), str(k)): (str(se), str(sk))
             for e, k, se, sk in conn.execute(sql.parked_all(self._schema))
@@ -1425,6 +1438,7 @@ class PostgresUpsertSink(Sink):
             rows = list(updates.values())
             names = [c.name for c in columns]
             values = [[i.pk, *map(i.row.__getitem__, names)] for i in rows]
+            self._park_rotated(cur, table, rows)
             query = self._sql(
                 cur,
                 sql.update_rows,
@@ -1468,6 +1482,32 @@ class PostgresUpsertSink(Sink):
         if table.lines is not None:
             self._insert_lines(cur, table, list(inserts.values()))
             out.source_lines.extend((i.event, _stated_lines(table, i)) for i in inserts.values())
+
+    def _park_rotated(
+        self, cur: psycopg.Cursor[dict[str, Any]], table: TargetTable, rows: Sequence[_Item]
+    ) -> None:
+        """Park the rows whose unique values other rows of the update take.
+
+        A swap or a rotation: set NULL in the same transaction, the update then writes
+        the final values (:mod:`sinks.unique`). No rotation, no statement.
+        """
+        parks = rows_to_park(
+            self._unique.get(table.entity, ()),
+            ((i.pk, i.current or {}, i.row) for i in rows),
+        )
+        for column, pks in parks.items():
+            log.info(
+                "sink %s: %s.%s: %d rows trade unique values in one batch; parked first",
+                self.target,
+                table.table,
+                column,
+                len(pks),
+            )
+            cur.execute(
+                self._sql(cur, sql.park_unique, table.ref, table.pk_column, column),
+                (sql.array(table.pk_type, pks),),
+                binary=True,
+            )
 
     # -- lines of orders the target owns ---------------------------------------------
 

@@ -76,6 +76,7 @@ from schemas.deadletter import H_ENTITY, H_ERROR_REASON, text_headers
 from schemas.dlq_topics import ensure_dead_letter_topic
 from schemas.errors import (
     DecodeError,
+    KeyTakenError,
     PermanentError,
     RetriableError,
     SyncError,
@@ -194,6 +195,9 @@ class SinkRunner:
         self._clock = clock
         self._stop = threading.Event()
         self._held: dict[EntityKey, _Held] = {}
+        self._taken: dict[EntityKey, KeyTakenError] = {}
+        """Held keys whose change met a unique value another row holds: the rest of a
+        trade may still come (:meth:`_settle_taken`); lettered with this error if not."""
         self._progress = ReadProgress()
         self._own = CaughtUp(settings.target)
         """How far the target's own changes are applied (the row-clock wait)."""
@@ -546,9 +550,16 @@ class SinkRunner:
         return result
 
     def _isolate(self, batch: SinkBatch) -> WriteResult:
-        """Apply ``batch`` in parts; dead-letter the events that fail alone."""
+        """Apply ``batch`` in parts; dead-letter the events that fail alone.
+
+        A key that fails alone on a unique value another row holds may only have met a
+        row of the batch that gives the value up (a swap or rotation the bisection cut
+        apart): those keys are tried together again before any is lettered
+        (:meth:`_settle_taken`).
+        """
         parts: list[WriteResult] = []
         dead: list[tuple[SinkEvent, SyncError]] = []
+        taken: list[tuple[EntityKey, KeyTakenError]] = []
 
         def attempt(keys: Sequence[EntityKey]) -> None:
             part = SinkBatch(e for k in keys for e in batch.events(k))
@@ -562,12 +573,16 @@ class SinkRunner:
                     attempt(keys[:middle])
                     attempt(keys[middle:])
                     return
+                if isinstance(failure, KeyTakenError):
+                    taken.append((keys[0], failure))
+                    return
                 latest = part.collapse().latest[0]
                 self._retrying("dead letter", partial(self._sink.dead_letter, latest, failure))
                 dead.append((latest, failure))
 
         attempt(batch.keys())
-        deferred = tuple(e for p in parts for e in p.deferred)
+        held_taken = self._settle_taken(batch, taken, parts) if taken else ()
+        deferred = (*(e for p in parts for e in p.deferred), *held_taken)
         waiting = tuple(e for p in parts for e in p.waiting)
         offsets = safe_offsets(batch.next_offsets(), (*deferred, *waiting))
         self._retrying("store offsets", lambda: self._sink.store_offsets(offsets))
@@ -576,6 +591,56 @@ class SinkRunner:
         return replace(
             joined, offsets=offsets, deferred=deferred, waiting=waiting, dead=(*joined.dead, *dead)
         )
+
+    def _settle_taken(
+        self,
+        batch: SinkBatch,
+        taken: list[tuple[EntityKey, KeyTakenError]],
+        parts: list[WriteResult],
+    ) -> tuple[SinkEvent, ...]:
+        """Apply the keys that failed alone on a taken unique value; return what waits.
+
+        Together they may trade their values (the sink parks them first), and a part
+        applied after a key's own try may have freed its value. If they still fail, the
+        first key whose leaving out lets the others apply waits alone (one write per key
+        tried, only after a refused batch), else all of them do. A waiting key is held
+        as an event waiting for a reference is, with later batches: the rest of a trade
+        the sink reads in a later batch (the canonical topics are partitioned by key)
+        frees its value; when the wait is over it is dead-lettered with its
+        :class:`KeyTakenError` (:meth:`_expire_held`).
+        """
+
+        def write(keys: Sequence[EntityKey]) -> bool:
+            part = SinkBatch(e for k in keys for e in batch.events(k))
+            try:
+                parts.append(
+                    self._retrying("write", lambda: self._sink.write(part, store_offsets=False))
+                )
+            except PermanentError:
+                return False
+            return True
+
+        keys = [k for k, _ in taken]
+        waiting = taken
+        # Again even alone: a part written after its first try may have freed its value.
+        if write(keys):
+            waiting = []
+        elif len(taken) > 1:
+            for index, item in enumerate(taken):
+                if write(keys[:index] + keys[index + 1 :]):
+                    waiting = [item]
+                    break
+        for key, failure in waiting:
+            self._taken[key] = failure
+            log.info(
+                "sink %s: %s %s meets a unique value another row holds (%s); held for the"
+                " rest of a trade",
+                self._target,
+                key[0],
+                key[1],
+                failure,
+            )
+        return tuple(e for key, _ in waiting for e in batch.events(key))
 
     def _retrying(
         self, what: str, action: Callable[[], Any], *, failed: RetriableError | None = None
@@ -772,18 +837,12 @@ class SinkRunner:
         }
         for number, key in enumerate(expired, 1):
             event = self._held.pop(key).event
-            lacking, notes = self._retrying("describe", partial(self._sink.unresolved, event))
-            error = UnresolvedReferenceError(
-                "; ".join(
-                    (
-                        f"unresolved_reference: {event.entity} {event.key} refers to {lacking}, "
-                        f"which the {self._target} does not have "
-                        f"{self._s.reference_wait_seconds:.0f}s after the sink had applied "
-                        "everything published before it",
-                        *notes,
-                    )
-                )
-            )
+            error: SyncError
+            taken = self._taken.pop(key, None)
+            if taken is not None:
+                error = taken
+            else:
+                error = self._unresolved(event)
             offsets: dict[tuple[str, int], int] = {}
             if number == len(expired):
                 offsets = self._read_positions(partitions)
@@ -797,6 +856,21 @@ class SinkRunner:
         if expired:
             self._metrics.deferred.labels(self._target).set(len(self._held))
             self._after_commit(announce=False, dead=True)
+
+    def _unresolved(self, event: SinkEvent) -> UnresolvedReferenceError:
+        """The dead-letter error of ``event``, whose reference wait is over."""
+        lacking, notes = self._retrying("describe", partial(self._sink.unresolved, event))
+        return UnresolvedReferenceError(
+            "; ".join(
+                (
+                    f"unresolved_reference: {event.entity} {event.key} refers to {lacking}, "
+                    f"which the {self._target} does not have "
+                    f"{self._s.reference_wait_seconds:.0f}s after the sink had applied "
+                    "everything published before it",
+                    *notes,
+                )
+            )
+        )
 
     def _follow_horizons(self) -> None:
         """Read the horizon topic from its last few records on (module :mod:`schemas.horizon`).
@@ -907,6 +981,8 @@ class SinkRunner:
                 wait = wait or ReferenceWait.start(key_events, now)
             ordered = tuple(sorted(key_events, key=lambda e: e.version))
             self._held[key] = _Held(ordered, wait)
+        for key in [k for k in self._taken if k not in self._held]:
+            del self._taken[key]  # applied (or lettered) since
         m.deferred.labels(target).set(len(self._held))
         m.parked.labels(target).set(self._sink.parked_records)
         groups: Mapping[str, tuple[SinkEvent, ...]] = {

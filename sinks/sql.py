@@ -1332,6 +1332,38 @@ def soft_delete_rows(
     return query
 
 
+def unique_keys() -> sql.SQL:
+    """The unique indexes of a table other than its primary key, on columns only.
+
+    Parameters: the schema and the table name. Rows: ``name``, ``columns`` (key columns
+    in order), ``nullable`` (whether each may hold NULL); an index on an expression is
+    left out (the sink cannot tell its values), a partial one is listed as if whole.
+    """
+    return sql.SQL(
+        "SELECT i.indexrelid::regclass::text AS name,"
+        " array_agg(a.attname::text ORDER BY k.n) AS columns,"
+        " array_agg(NOT a.attnotnull ORDER BY k.n) AS nullable"
+        " FROM pg_index i"
+        " CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))"
+        " AND i.indisunique AND NOT i.indisprimary AND i.indexprs IS NULL"
+        " AND k.n <= i.indnkeyatts"
+        " GROUP BY i.indexrelid ORDER BY 1"
+    )
+
+
+def park_unique(table: Table, key: Column, column: str) -> sql.Composed:
+    """Set ``column`` to NULL in rows about to take each other's unique values.
+
+    Parameter: one list of keys. The update that follows in the same transaction writes
+    their final values (:mod:`sinks.unique`); no modification time is stamped here.
+    """
+    return sql.SQL("UPDATE {} SET {} = NULL WHERE {} = ANY({}::{}[])").format(
+        table.ident, sql.Identifier(column), sql.Identifier(key.name), _ARRAY, _type(key.pg_type)
+    )
+
+
 def delete_rows(table: Table, key: Column) -> sql.Composed:
     """Hard delete by key. Parameter: one list of keys."""
     return sql.SQL("DELETE FROM {} WHERE {} = ANY({}::{}[])").format(

@@ -67,6 +67,7 @@ __all__ = [
     "dead_letters",
     "dead_workers",
     "outages",
+    "pair_stamps",
     "pipeline_fixture",
     "quiesce",
     "run_threads",
@@ -501,6 +502,23 @@ class Pair:
 
     def key(self, system: str) -> int | str:
         return self.partner if system == "erp" else self.account
+
+
+def pair_stamps(env: dict[str, str], pairs: Sequence[Pair]) -> list[tuple[object, ...]]:
+    """Each pair's account and customer with the transaction that last wrote it (``xmin``):
+    unchanged between two reads, neither side wrote the rows (no echo)."""
+    return sorted(
+        execute(
+            env["CRM_ADMIN_DSN"],
+            "SELECT id::text, xmin::text FROM public.accounts WHERE id = ANY(%s::uuid[])",
+            ([p.account for p in pairs],),
+        )
+        + execute(
+            env["ERP_ADMIN_DSN"],
+            "SELECT id::text, xmin::text FROM public.res_partner WHERE id = ANY(%s)",
+            ([p.partner for p in pairs],),
+        )
+    )
 
 
 def wait_linked(

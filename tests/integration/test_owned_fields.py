@@ -34,7 +34,13 @@ from psycopg import sql
 from tests.integration.cdc_fixtures import execute, wait_for
 from tests.integration.convergence_fixtures import ValueMaker, create_pairs
 from tests.integration.sink_fixtures import Pipeline
-from tests.integration.soak_fixtures import Pair, dead_workers, pipeline_fixture, settled
+from tests.integration.soak_fixtures import (
+    Pair,
+    dead_workers,
+    pair_stamps,
+    pipeline_fixture,
+    settled,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -143,24 +149,10 @@ def test_crm_edits_of_the_customer_number_are_refused_and_reverted(
     assert suspects == []
 
     # No echo: once the number is back, neither side writes the rows again.
-    def stamps() -> list[tuple[object, ...]]:
-        return sorted(
-            execute(
-                stack_env["CRM_ADMIN_DSN"],
-                "SELECT id::text, xmin::text FROM public.accounts WHERE id = ANY(%s::uuid[])",
-                ([p.account for p in pairs],),
-            )
-            + execute(
-                stack_env["ERP_ADMIN_DSN"],
-                "SELECT id::text, xmin::text FROM public.res_partner WHERE id = ANY(%s)",
-                ([p.partner for p in pairs],),
-            )
-        )
-
-    before = stamps()
+    before = pair_stamps(stack_env, pairs)
     time.sleep(8)
     settled(pipeline)
-    assert stamps() == before
+    assert pair_stamps(stack_env, pairs) == before
     for pair, _value in edits:
         assert len(_owner_conflicts(pipeline, pair)) == 1
 
