@@ -13,10 +13,27 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["NOT_CARRIED_OUT", "carried_over"]
+__all__ = ["NOT_CARRIED_OUT", "OWN_ROW_BARRED", "carried_over", "finds_own_row"]
 
 NOT_CARRIED_OUT: Final = frozenset({"release", "link"})
 """An operator's decision the sink had not carried out yet."""
+
+
+OWN_ROW_BARRED: Final = frozenset({"held", "link", "linked"})
+"""Statuses under which a record never finds a row of its own (:func:`finds_own_row`)."""
+
+
+def finds_own_row(decided: str | None) -> bool:
+    """Whether a record going by ``decided`` (:func:`carried_over`) is located as any is.
+
+    A held record is written into no row: were it looked up by its own locators (the
+    id the sink would give it, a business key such as the customer number it carries
+    now), it could find a row the streams never paired it with and be written into it,
+    or contend for it with that row's own record. A linked one (or one an operator asked
+    to link) is written into its candidate only. Released (or asked to be), or with no
+    decision, it is located as any record is.
+    """
+    return decided not in OWN_ROW_BARRED
 
 
 def carried_over(status: str, *, own: bool) -> str | None:

@@ -112,7 +112,7 @@ from sinks import parking, sql
 from sinks.base import Sink, WriteResult
 from sinks.batch import SinkBatch, SinkEvent, TopicPartition, safe_offsets
 from sinks.classify import wrap
-from sinks.decisions import carried_over
+from sinks.decisions import carried_over, finds_own_row
 from sinks.lines import LinesSnapshot
 from sinks.lines import compare as lines_compare
 from sinks.lines import snapshot as lines_snapshot
@@ -1220,7 +1220,9 @@ class PostgresUpsertSink(Sink):
         clocks: _Clocks,
     ) -> None:
         """Find and lock each item's current row, strongest locator first, and its clock."""
-        open_items = [i for i in items if i.current is None]
+        # A record held (or linked) by an earlier decision finds no row of its own: it
+        # is held, or written into its candidate (_settle_duplicate).
+        open_items = [i for i in items if i.current is None and finds_own_row(i.decided)]
         found = self._lock_rows(cur, table, table.locators, [i.record for i in open_items], clocks)
         for item, row in zip(open_items, found, strict=True):
             if row is not None:
@@ -1388,6 +1390,7 @@ class PostgresUpsertSink(Sink):
             except ValidationError as exc:
                 out.dead.append((item.event, exc))
                 continue
+            # Unlocated: a new record, or one an earlier decision holds or links (_locate).
             flagged = item.current is None and item.record.get("duplicate_of") is not None
             if flagged and not self._find_candidate(cur, table, item):
                 out.deferred.extend(item.history)
@@ -1590,9 +1593,14 @@ class PostgresUpsertSink(Sink):
         candidate and its counterpart id is dropped, so its event is neither written
         into a record the streams now pair it with (a copy left unlinked, the merge of
         two copies) nor deleting it: it is held again, created, or written into the
-        candidate (:meth:`_settle_duplicate`). A decision kept from before and not
-        carried out then (``release``, ``link``) is held again for an operator.
-        Released and carried out, the record flows as the streams decide it now.
+        candidate (:meth:`_settle_duplicate`). Whether the streams flag it or pair it
+        with a record now, a record held or linked is not located by its own locators
+        either (:func:`sinks.decisions.finds_own_row`): a row its customer number (or
+        the id the sink would give it) finds is not its own, and it never contends for
+        one. A decision kept from before and not carried out then (``release``,
+        ``link``) is held again for an operator. Released and carried out, the record
+        flows as the streams decide it now. One statement per batch, for the keys this
+        sync state never applied only.
         """
         fresh = [i for i in items if i.stored is None and "duplicate_of" in i.record]
         if not fresh:

@@ -7,7 +7,7 @@ import pytest
 from psycopg import sql as psql
 
 from sinks import sql
-from sinks.decisions import carried_over
+from sinks.decisions import carried_over, finds_own_row
 
 
 def text(q: psql.Composable) -> str:
@@ -34,6 +34,30 @@ def test_an_earlier_sync_states_decision_not_carried_out_is_held_again() -> None
     # The events it was to carry out went with that sync state: an operator decides again.
     assert carried_over("release", own=False) == "held"
     assert carried_over("link", own=False) == "held"
+
+
+@pytest.mark.parametrize("decided", ["held", "link", "linked"])
+def test_a_record_held_or_linked_by_a_decision_finds_no_row_of_its_own(decided: str) -> None:
+    # Held: written nowhere; linked: into its candidate only, never a row its customer
+    # number or its would-be id finds (it would be written there, or contend for it).
+    assert finds_own_row(decided) is False
+
+
+@pytest.mark.parametrize("decided", [None, "release"])
+def test_a_record_with_no_decision_or_released_is_located_as_any(decided: str | None) -> None:
+    assert finds_own_row(decided) is True
+
+
+@pytest.mark.parametrize(
+    ("status", "own"),
+    [(s, o) for s in ("held", "release", "released", "link", "linked") for o in (True, False)],
+)
+def test_what_an_earlier_decision_carries_over_to_is_located_consistently(
+    status: str, own: bool
+) -> None:
+    decided = carried_over(status, own=own)
+    # Only a record going by a creation (or by the streams now) finds a row of its own.
+    assert finds_own_row(decided) is (decided in (None, "release"))
 
 
 def test_every_change_of_a_suspect_is_kept_in_the_decisions_schema_by_the_same_statement() -> None:
