@@ -21,8 +21,8 @@ class ValidationError(SyncError):
     """A record is well-formed but violates a business rule; it belongs in a dead-letter topic."""
 
 
-class ContextualValidationError(ValidationError):
-    """A refusal whose letter names what it concerns.
+class _ContextualError(SyncError):
+    """An error whose dead letter names what it concerns.
 
     ``context``: ``(name, value)`` pairs for the letter's ``erpcrm.context.*`` headers.
     """
@@ -30,6 +30,10 @@ class ContextualValidationError(ValidationError):
     def __init__(self, message: str, context: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.context = context
+
+
+class ContextualValidationError(_ContextualError, ValidationError):
+    """A refusal whose letter names what it concerns (``context``: :class:`_ContextualError`)."""
 
 
 class UnresolvedReferenceError(ValidationError):
@@ -96,7 +100,7 @@ class PermanentError(SyncError):
     """A failure that retrying cannot fix (constraint violation, bad data)."""
 
 
-class KeyTakenError(PermanentError):
+class KeyTakenError(_ContextualError, PermanentError):
     """A write would give a row a unique key another row holds (SQLSTATE 23505).
 
     Never retried and never skipped: the event is dead-lettered (reason ``key_taken``)
