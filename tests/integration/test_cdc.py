@@ -81,7 +81,17 @@ class Stream:
         return self.reader.of(topic, key)
 
 
-FULL_IDENTITY = frozenset({"res_partner", "accounts", "contacts"})
+FULL_IDENTITY = frozenset(
+    {
+        "res_partner",
+        "product_product",
+        "sale_order",
+        "accounts",
+        "contacts",
+        "aos_products",
+        "aos_quotes",
+    }
+)
 """Demo tables with REPLICA IDENTITY FULL (deploy/sql): their updates carry the old row."""
 
 
