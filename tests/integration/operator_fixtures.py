@@ -13,7 +13,8 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,39 @@ def new_product(env: dict[str, str], price: str, timeout: float = 90) -> tuple[s
 
     crm_id = wait_for(in_crm, timeout, f"product {sku} in the CRM", interval=0.5)
     return str(product), str(crm_id), sku
+
+
+def won_quote(
+    env: dict[str, str],
+    account: str,
+    lines: Sequence[tuple[str, Decimal]],
+    *,
+    name: str,
+    total: Decimal | None = None,
+) -> tuple[str, list[str]]:
+    """A CRM quote of ``account``, one line (quantity 1) per ``(sku, price)``, then won.
+
+    The quote, each line and the stage ``Closed Accepted`` are committed one after the
+    other. ``total``: the header's subtotal and total (default: the lines' sum).
+    Returns the quote's id and its lines' ids.
+    """
+    crm = env["CRM_DSN"]
+    amount = sum((price for _, price in lines), Decimal(0)) if total is None else total
+    ((quote,),) = execute(
+        crm,
+        "INSERT INTO public.aos_quotes (name, account_id, stage, subtotal_amount, total_amount)"
+        " VALUES (%s, %s, 'Negotiation', %s, %s) RETURNING id::text",
+        (name, account, amount, amount),
+    )
+    ids = []
+    for number, (sku, price) in enumerate(lines, start=1):
+        ((line,),) = execute(
+            crm,
+            "INSERT INTO public.aos_products_quotes (parent_id, number, name, part_number,"
+            " product_qty, product_list_price, product_unit_price, product_total_price)"
+            " VALUES (%s, %s, %s, %s, 1, %s, %s, %s) RETURNING id::text",
+            (quote, number, f"Line {number}", sku, price, price, price),
+        )
+        ids.append(str(line))
+    execute(crm, "UPDATE public.aos_quotes SET stage = 'Closed Accepted' WHERE id = %s", (quote,))
+    return str(quote), ids

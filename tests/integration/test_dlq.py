@@ -41,6 +41,7 @@ from tests.integration.operator_fixtures import (
     operator_env,  # noqa: F401 - fixture env
     operator_pipeline,  # noqa: F401 - fixture pipeline
     under_sink_origin,
+    won_quote,
 )
 from tests.integration.sink_fixtures import Pipeline
 from tests.integration.test_streams import Output, OutputReader
@@ -48,33 +49,12 @@ from tests.integration.test_streams import Output, OutputReader
 pytestmark = pytest.mark.integration
 
 WAIT = 90.0
+QUOTE = "Replay test quote"
 
 
 def dlq(env: dict[str, str], *args: str) -> Any:
     """``erpcrm dlq <args> --json``, its JSON output."""
     return erpcrm_json(env, "dlq", *args, "--json")
-
-
-def _won_quote(env: dict[str, str], account: str, lines: list[tuple[str, Decimal]]) -> str:
-    """A quote of ``account`` with ``(sku, price)`` lines, then accepted (two transactions)."""
-    crm = env["CRM_DSN"]
-    rows = execute(
-        crm,
-        "INSERT INTO public.aos_quotes (name, account_id, stage, subtotal_amount, total_amount)"
-        " VALUES ('Replay test quote', %s, 'Negotiation', 10, 10) RETURNING id::text",
-        (account,),
-    )
-    quote = str(rows[0][0])
-    for number, (sku, price) in enumerate(lines, start=1):
-        execute(
-            crm,
-            "INSERT INTO public.aos_products_quotes (parent_id, number, name, part_number,"
-            " product_qty, product_list_price, product_unit_price, product_total_price)"
-            " VALUES (%s, %s, %s, %s, 1, %s, %s, %s)",
-            (quote, number, f"Line {number}", sku, price, price, price),
-        )
-    execute(crm, "UPDATE public.aos_quotes SET stage = 'Closed Accepted' WHERE id = %s", (quote,))
-    return quote
 
 
 def _erp_orders(env: dict[str, str], quote: str) -> int:
@@ -97,7 +77,9 @@ def test_an_order_with_an_unknown_sku_arrives_once_after_the_product_is_made_and
     try:
         unknown = f"ZZ-{uuid.uuid4().hex[:8].upper()}"
         _, account = new_customer(env)
-        quote = _won_quote(env, account, [(unknown, Decimal("9.50"))])
+        quote, _ = won_quote(
+            env, account, [(unknown, Decimal("9.50"))], name=QUOTE, total=Decimal(10)
+        )
         origin_key = f"crm:{quote}"
 
         def letters() -> list[Output]:
@@ -200,7 +182,7 @@ def test_an_order_the_sink_refused_arrives_once_after_its_customer_is_made_and_r
         (name,),
     )
     _, _, sku = new_product(env, "12.00")
-    quote = _won_quote(env, account, [(sku, Decimal("12.00"))])
+    quote, _ = won_quote(env, account, [(sku, Decimal("12.00"))], name=QUOTE, total=Decimal(10))
     key = f"crm:{quote}"
 
     def letter() -> dict[str, Any] | None:

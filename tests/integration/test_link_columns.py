@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -24,31 +25,13 @@ from tests.integration.operator_fixtures import (
     new_product,
     operator_env,  # noqa: F401 - fixture env
     operator_pipeline,  # noqa: F401 - fixture pipeline
+    won_quote,
 )
 from tests.integration.sink_fixtures import Pipeline
 
 pytestmark = pytest.mark.integration
 
 WAIT = 90.0
-
-
-def _won_quote(env: dict[str, str], account: str, sku: str, name: str) -> str:
-    crm = env["CRM_DSN"]
-    ((quote,),) = execute(
-        crm,
-        "INSERT INTO public.aos_quotes (name, account_id, stage, subtotal_amount, total_amount)"
-        " VALUES (%s, %s, 'Negotiation', 10, 10) RETURNING id::text",
-        (name, account),
-    )
-    execute(
-        crm,
-        "INSERT INTO public.aos_products_quotes (parent_id, number, name, part_number,"
-        " product_qty, product_list_price, product_unit_price, product_total_price)"
-        " VALUES (%s, 1, 'Line 1', %s, 1, 10, 10, 10)",
-        (quote, sku),
-    )
-    execute(crm, "UPDATE public.aos_quotes SET stage = 'Closed Accepted' WHERE id = %s", (quote,))
-    return str(quote)
 
 
 _ERP_ID = {
@@ -105,8 +88,8 @@ def test_a_quote_id_moved_onto_another_order_writes_neither_into_the_others_row(
     second_partner, second_account = new_customer(env)
     sku = new_product(env, "10.00")[2]
     tag = uuid.uuid4().hex[:8]
-    first_quote = _won_quote(env, first_account, sku, f"First {tag}")
-    second_quote = _won_quote(env, second_account, sku, f"Second {tag}")
+    first_quote, _ = won_quote(env, first_account, [(sku, Decimal(10))], name=f"First {tag}")
+    second_quote, _ = won_quote(env, second_account, [(sku, Decimal(10))], name=f"Second {tag}")
     first = wait_for(lambda: _erp_id(env, "order", first_quote), WAIT, "the first order")
     second = wait_for(lambda: _erp_id(env, "order", second_quote), WAIT, "the second order")
     first_name = wait_for(lambda: _quote_states(env, first_quote), WAIT, "first order's name")

@@ -30,6 +30,7 @@ from tests.integration.operator_fixtures import (
     new_product,
     operator_env,  # noqa: F401 - fixture env
     operator_pipeline,  # noqa: F401 - fixture pipeline
+    won_quote,
 )
 from tests.integration.sink_fixtures import Pipeline
 
@@ -37,29 +38,6 @@ pytestmark = pytest.mark.integration
 
 WAIT = 90.0
 REASON = "order_lines_locked"
-
-
-def _won_quote(env: dict[str, str], account: str, skus: list[str]) -> tuple[str, list[str]]:
-    """A quote of ``account`` with one line per SKU, then accepted: its id and line ids."""
-    crm = env["CRM_DSN"]
-    ((quote,),) = execute(
-        crm,
-        "INSERT INTO public.aos_quotes (name, account_id, stage, subtotal_amount, total_amount)"
-        " VALUES ('Locked lines quote', %s, 'Negotiation', 20, 20) RETURNING id::text",
-        (account,),
-    )
-    lines = []
-    for number, sku in enumerate(skus, start=1):
-        ((line,),) = execute(
-            crm,
-            "INSERT INTO public.aos_products_quotes (parent_id, number, name, part_number,"
-            " product_qty, product_list_price, product_unit_price, product_total_price)"
-            " VALUES (%s, %s, %s, %s, 1, 10, 10, 10) RETURNING id::text",
-            (quote, number, f"Line {number}", sku),
-        )
-        lines.append(str(line))
-    execute(crm, "UPDATE public.aos_quotes SET stage = 'Closed Accepted' WHERE id = %s", (quote,))
-    return str(quote), lines
 
 
 def _order(env: dict[str, str], quote: str) -> tuple[Any, ...] | None:
@@ -115,7 +93,9 @@ def test_a_line_edit_of_a_won_quote_is_dead_lettered_while_its_header_applies(
     locked_before = _locked_total(pipeline)
     _, account = new_customer(env)
     skus = [new_product(env, "10.00")[2] for _ in range(3)]
-    quote, (first, second) = _won_quote(env, account, skus[:2])
+    quote, (first, second) = won_quote(
+        env, account, [(sku, Decimal(10)) for sku in skus[:2]], name="Locked lines quote"
+    )
     order = wait_for(lambda: _order(env, quote), WAIT, "the ERP order")[0]
     assert _erp_lines(env, order) == [(skus[0], Decimal("1.000")), (skus[1], Decimal("1.000"))]
 

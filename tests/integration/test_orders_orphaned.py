@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
+from decimal import Decimal
 
 import pytest
 
@@ -22,9 +23,10 @@ from tests.integration.operator_fixtures import (
     new_product,
     operator_env,  # noqa: F401 - fixture env
     operator_pipeline,  # noqa: F401 - fixture pipeline
+    won_quote,
 )
 from tests.integration.sink_fixtures import Pipeline
-from tests.integration.test_link_columns import _erp_id, _quote_states, _won_quote
+from tests.integration.test_link_columns import _erp_id, _quote_states
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +63,7 @@ def _won(env: dict[str, str]) -> tuple[str, str, int, str]:
     """A quote won for a new customer, its order made: ``(partner, quote, order, name)``."""
     partner, account = new_customer(env)
     sku = new_product(env, "10.00")[2]
-    quote = _won_quote(env, account, sku, f"Orphan {uuid.uuid4().hex[:8]}")
+    quote, _ = won_quote(env, account, [(sku, Decimal(10))], name=f"Orphan {uuid.uuid4().hex[:8]}")
     order = wait_for(lambda: _erp_id(env, "order", quote), WAIT, "the order")
     name = wait_for(lambda: _quote_states(env, quote), WAIT, "the order's name in the CRM")
     return partner, quote, order, name
