@@ -51,6 +51,7 @@ __all__ = [
     "METADATA_FIELDS",
     "NAMESPACE",
     "OPS",
+    "PRIOR_DIGESTS",
     "QUARANTINED_FIELDS",
     "SOURCE_SYSTEMS",
     "FieldType",
@@ -82,12 +83,18 @@ ANNOTATION_FIELDS: Final = (
     "changed_fields",
     "duplicate_of",
     "duplicate_rule",
+    "prior_digests",
     "quarantined_fields",
     "source_snapshot",
 )
 """Optional fields the streams stage sets about a change (which fields it changed, which
 linked record it seems to duplicate, which invalid fields it left out, whether a snapshot
 read it); never mapped from a source row."""
+
+PRIOR_DIGESTS: Final = "prior_digests"
+"""The annotation naming, per field an update changed, a digest of the value it replaced
+(:func:`schemas.payload.value_digest`): a sink whose target holds that value knows the
+change was made over it, not beside it (no conflict)."""
 
 QUARANTINED_FIELDS: Final = "quarantined_fields"
 """The annotation naming the fields left out of a record because their value was invalid:

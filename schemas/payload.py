@@ -26,7 +26,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
 
-from schemas.canonical import METADATA_FIELDS
+from schemas.canonical import METADATA_FIELDS, PRIOR_DIGESTS
 from schemas.json_text import StdlibText
 
 __all__ = [
@@ -41,15 +41,17 @@ __all__ = [
     "payload_hash_header",
     "payload_json",
     "plain",
+    "value_digest",
 ]
 
 RESNAPSHOT: Final = "incremental"
 """``source_snapshot`` of an event re-read by an incremental snapshot (Debezium's value)."""
 
-HASH_EXCLUDED: Final = (frozenset(METADATA_FIELDS) - {"op"}) | {"source_snapshot"}
+HASH_EXCLUDED: Final = (frozenset(METADATA_FIELDS) - {"op"}) | {"source_snapshot", PRIOR_DIGESTS}
 """Fields left out of the payload hash: the event's metadata, except ``op`` (a delete is
-never a no-op of an upsert with the same fields), and how the row was read (a snapshot
-read of a row hashes like the change that wrote it)."""
+never a no-op of an upsert with the same fields), how the row was read (a snapshot
+read of a row hashes like the change that wrote it), and what the change replaced
+(:data:`~schemas.canonical.PRIOR_DIGESTS`: about the change, not the record)."""
 
 
 def never_noop(record: Mapping[str, Any]) -> bool:
@@ -85,6 +87,22 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
+
+
+VALUE_DIGEST_LENGTH: Final = 16
+"""Hex digits of a :func:`value_digest` (64 bits: equal values are told from different
+ones; nothing is secret in it)."""
+
+
+def value_digest(value: Any) -> str:
+    """A short digest of one canonical value; equal values (:func:`plain`) give equal ones.
+
+    What :data:`~schemas.canonical.PRIOR_DIGESTS` carries per field: the streams stage
+    digests the value a change replaced, a sink the value its target holds, and equal
+    digests mean the change was made over that value.
+    """
+    text = payload_json({"": value})
+    return hashlib.sha256(text).hexdigest()[:VALUE_DIGEST_LENGTH]
 
 
 def payload_hash(record: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUDED) -> str:

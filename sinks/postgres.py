@@ -70,6 +70,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, S
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any, Final, Literal
 
 import orjson
@@ -131,6 +132,7 @@ from sinks.state import (
     is_stale,
     last_local_change,
     merge,
+    prior_digests,
     ready_clock,
     taken_by,
 )
@@ -1421,6 +1423,7 @@ class PostgresUpsertSink(Sink):
                 changed=item.changed,
                 current=current,
                 clock=clock,
+                prior=partial(prior_digests, (e.record for e in item.history), fields),
             )
             item.local_ms = local_ms
             # A column computed from the whole record (no field) is always current.

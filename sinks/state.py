@@ -22,7 +22,11 @@ a :class:`RowClock` in ``erpcrm_sync.row_clock`` (:mod:`sinks.sql`).
    - shared: the event's ``source_ts_ms`` against the time of the last write the
      target holds in that field (:meth:`RowClock.times`): the later commit wins, an
      exact tie goes to the ERP (reason ``last_writer`` or ``tie``). A decision against
-     a local edit the other side has not seen is recorded.
+     a local edit the other side has not seen is recorded: one the sink did not write
+     itself, and that the change was not made over (``prior_digests``: the source's
+     update replaced the very value the target holds, so it saw the local edit; an
+     ordinary edit after a sync is no conflict). The audit only: who wins is decided
+     by commit times alone, the same way on both sides.
 
    The time of the last write a target field holds is the larger of two clocks kept
    per row: ``written``, the source commit time of each value the sink wrote there,
@@ -53,8 +57,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
 
+from schemas.canonical import PRIOR_DIGESTS
 from schemas.mapping import Owner
-from schemas.payload import HASH_EXCLUDED, payload_hash, plain
+from schemas.payload import HASH_EXCLUDED, payload_hash, plain, value_digest
 
 __all__ = [
     "HASH_EXCLUDED",
@@ -75,6 +80,7 @@ __all__ = [
     "last_local_change",
     "merge",
     "payload_hash",
+    "prior_digests",
     "ready_clock",
     "taken_by",
 ]
@@ -201,6 +207,12 @@ _OWNER: Final = Reason.OWNER.value
 
 def _same(ours: Any, theirs: Any) -> bool:
     return bool(plain(ours) == plain(theirs))
+
+
+def _made_over(prior: Mapping[str, str], name: str, ours: Any) -> bool:
+    """Whether the source changed ``name`` from the value ``ours`` (its digest matches)."""
+    digest = prior.get(name)
+    return digest is not None and digest == value_digest(ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +436,29 @@ def changed_by(record: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
     return [name for name in names if name not in left_out]
 
 
+def prior_digests(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> dict[str, str]:
+    """Per field some record of ``history`` (in version order) changed: its prior digest.
+
+    The digest of the value the first of them replaced, where that record carries it:
+    the value the source held before the batch's changes of the field: a target holding
+    it was the base of those changes (:func:`merge`). A field whose first change carries
+    no digest (an insert, a touch, an older event) has none.
+    """
+    every = tuple(fields)
+    priors: dict[str, str] = {}
+    first: set[str] = set()
+    for record in history:
+        digests = record.get(PRIOR_DIGESTS) or {}
+        for name in changed_by(record, every):
+            if name in first:
+                continue
+            first.add(name)
+            digest = digests.get(name)
+            if digest is not None:
+                priors[name] = digest
+    return priors
+
+
 def changed_times(history: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> dict[str, int]:
     """Per field some record of ``history`` (in version order) changed: its latest commit.
 
@@ -469,6 +504,7 @@ def merge(
     changed: Mapping[str, int],
     current: Mapping[str, Any],
     clock: RowClock,
+    prior: Callable[[], Mapping[str, str]] | None = None,
 ) -> Merge:
     """Decide, per field, whether the incoming value is written (see the module doc).
 
@@ -483,6 +519,9 @@ def merge(
             events of one key collapsed in a batch keep each field's own time).
         current: the target row's current values, by canonical field.
         clock: the row's clock, complete (:meth:`RowClock.knows`).
+        prior: per changed field, the digest of the value the source's change replaced
+            (:func:`prior_digests`), where known; called once, only when a field's
+            decision goes against a local edit (rare), as working it out costs.
     """
     source = str(incoming["source_system"])
     # Once per event, not per field (an enum lookup costs more than the rest of a field).
@@ -492,6 +531,7 @@ def merge(
     written_at: dict[str, int] = {}
     conflicts: list[Conflict] = []
     reassert = False
+    priors: Mapping[str, str] | None = None
     for name in fields:
         ts = changed.get(name)
         if ts is None:
@@ -519,8 +559,13 @@ def merge(
         if winner == source:
             writes[name], written_at[name] = theirs, ts
         # A decision against a local edit the source has not seen is a conflict; a
-        # field last written by the sink itself is just an update.
+        # field last written by the sink itself is just an update, and so is a change the
+        # source made over the value the target holds (it had seen the local edit).
         if by_target > by_sink and not _same(ours := current.get(name), theirs):
+            if priors is None:
+                priors = prior() if prior is not None else {}
+            if _made_over(priors, name, ours):
+                continue
             conflicts.append(
                 Conflict(entity, entity_key, name, ours, theirs, winner, reason, target)
             )

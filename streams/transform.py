@@ -62,6 +62,10 @@ Decisions:
   changed). An order re-emitted because a line changed names its header's changed
   fields only when the header changed in the line's transaction, else none (the lines
   are no field of the merge).
+- ``prior_digests``: for an update whose old row maps, per changed field the
+  :func:`~schemas.payload.value_digest` of the value it replaced, so a sink tells an
+  edit made over the value its target holds (an ordinary update) from one made beside
+  it (a conflict). Not known for an insert, a snapshot read, a delete or a touch.
 
 Stock (flows with ``grain: location``) goes through :func:`to_stock_change`,
 :func:`streams.inventory.apply` and :func:`inventory_event` instead.
@@ -78,7 +82,13 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, NamedTuple, TypeVar
 
-from schemas.canonical import ID_FIELDS, QUARANTINED_FIELDS, FieldType, field_types
+from schemas.canonical import (
+    ID_FIELDS,
+    PRIOR_DIGESTS,
+    QUARANTINED_FIELDS,
+    FieldType,
+    field_types,
+)
 from schemas.mapping import (
     Cast,
     Fallback,
@@ -90,7 +100,7 @@ from schemas.mapping import (
     converter,
     map_key,
 )
-from schemas.payload import RESNAPSHOT, plain
+from schemas.payload import RESNAPSHOT, plain, value_digest
 from schemas.topics import canonical_topic
 from schemas.uuids import uuid5_text
 from streams.cleansing import (
@@ -663,12 +673,27 @@ def changed_fields(
     decide. ``after_trace``: how the new row was mapped (with ``refs``), so that the old
     row's fields that read what the new row's read are not cleansed again.
     """
+    return _changes(flow, raw_event, after, refs, after_trace)[0]
+
+
+def _changes(
+    flow: Flow,
+    raw_event: Mapping[str, Any],
+    after: Mapping[str, Any] | None = None,
+    refs: _Refs | None = None,
+    after_trace: Trace | None = None,
+) -> tuple[list[str] | None, dict[str, str] | None]:
+    """:func:`changed_fields`, and per field of them the digest of its old value.
+
+    The digests (:func:`value_digest`) only for an update whose old row was mapped;
+    None otherwise.
+    """
     inputs = _inputs(flow)
     op = raw_event.get("op")
     if snapshot_kind(raw_event) == RESNAPSHOT:
         # A re-read an operator asked for (a repair): the row as it is, every field
         # asserted, empty ones too, so a target that drifted takes the source's values.
-        return list(inputs)
+        return list(inputs), None
     if op in ("c", "r"):
         # A new row (or a snapshot read) wrote its values; its empty fields were not
         # written by anyone, so a value on the other side is not overwritten by them.
@@ -680,25 +705,31 @@ def changed_fields(
             if not isinstance(row, Mapping)
             or direct.get(name) is None
             or row.get(direct[name]) is not None
-        ]
+        ], None
     if op != "u":
-        return list(inputs)
+        return list(inputs), None
     old_row, new_row = raw_event.get("before"), raw_event.get("after")
     if not isinstance(old_row, Mapping) or not isinstance(new_row, Mapping):
-        return None
+        return None, None
     moved = {c for c in new_row if c in old_row and old_row[c] != new_row[c]}
     changed = [name for name, columns in inputs.items() if columns & moved]
+    old_values: Mapping[str, Any] | None = None
     if changed and after is not None:
         old = _map_row(flow.fields, old_row, refs or _Refs(None, None, {}), prior=after_trace)
         if isinstance(old, Ok):
-            changed = [n for n in changed if plain(old.value.get(n)) != plain(after.get(n))]
-    if changed:
-        return changed
-    return [
-        fm.target
-        for fm in flow.fields
-        if fm.target in inputs and fm.owner is not None and fm.owner.value == flow.system
-    ]
+            old_values = old.value
+            changed = [n for n in changed if plain(old_values.get(n)) != plain(after.get(n))]
+    if not changed:
+        # A touch: the owner's fields, re-asserted with the values they hold.
+        changed = [
+            fm.target
+            for fm in flow.fields
+            if fm.target in inputs and fm.owner is not None and fm.owner.value == flow.system
+        ]
+        return changed, None
+    if old_values is None:
+        return changed, None
+    return changed, {name: value_digest(old_values.get(name)) for name in changed}
 
 
 # ---------------------------------------------------------------------------- lines
@@ -945,7 +976,10 @@ def to_canonical(
         return mapped
     values = mapped.value
     if CHANGED_FIELDS in record and refined:
-        record[CHANGED_FIELDS] = changed_fields(flow, change.raw, values, refs, trace)
+        changed, priors = _changes(flow, change.raw, values, refs, trace)
+        record[CHANGED_FIELDS] = changed
+        if PRIOR_DIGESTS in record:
+            record[PRIOR_DIGESTS] = priors
     if flow.other_id_field in values and values[flow.other_id_field] is None:
         values.pop(flow.other_id_field)  # keep what the crosswalk knows
     record.update(values)

@@ -269,7 +269,8 @@ def test_crm_edits_of_product_fields_the_erp_owns_are_refused_and_reverted(
     """A CRM user edits a product's price, its cost and type, or its name (shared): the
     owned edits are refused (``owner`` conflicts, once each), the ERP's values back in the
     CRM and nothing written into the ERP product; the shared name goes to the ERP (the
-    later commit, a ``last_writer`` decision); no echo once both agree."""
+    later commit; made over the name the ERP gave it, an update, no conflict); no echo
+    once both agree."""
     tag = uuid.uuid4().hex[:6]
     (priced, costed, named) = new_products(pipeline, stack_env, tag, 3)
     erp_before = {p[0]: _erp_product(stack_env, p[0]) for p in (priced, costed)}
@@ -299,9 +300,9 @@ def test_crm_edits_of_product_fields_the_erp_owns_are_refused_and_reverted(
         ("product_type", "erp", "owner"),
         ("standard_price", "erp", "owner"),
     ]
-    # The shared name: the CRM's later commit beat the ERP's (a decision between two
-    # writers, audited as such), no owner conflict.
-    assert _conflicts(pipeline, "product", f"crm:{named[1]}") == [("name", "crm", "last_writer")]
+    # The shared name: the CRM user renamed the name the ERP gave the product (the CRM's
+    # update replaced the very value the ERP holds): an ordinary update, no conflict.
+    assert _conflicts(pipeline, "product", f"crm:{named[1]}") == []
     skus = execute(
         stack_env["CRM_ADMIN_DSN"],
         "SELECT part_number, count(*) FROM public.aos_products WHERE part_number LIKE %s"

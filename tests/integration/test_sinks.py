@@ -27,6 +27,7 @@ from tests.integration.cdc_fixtures import (
 )
 from tests.integration.sink_fixtures import (
     Pipeline,
+    SinkProcess,
     demo_pipeline,
     newest_records,
     sink_source,
@@ -485,6 +486,11 @@ def test_concurrent_edits_converge_to_the_last_writer(
     pipeline: Pipeline, stack_env: dict[str, str]
 ) -> None:
     partner, account = _linked_customer(stack_env)
+    audits = {
+        "crm": (pipeline.crm_sink, f"erp:{partner}"),
+        "erp": (pipeline.erp_sink, f"crm:{account}"),
+    }
+    since = {side: _last_conflict_id(sink) for side, (sink, _) in audits.items()}
     tag = uuid.uuid4().hex[:6]
     erp_email, crm_email = f"erp-{tag}@example.com", f"crm-{tag}@example.com"
     execute(
@@ -522,23 +528,85 @@ def test_concurrent_edits_converge_to_the_last_writer(
         )
         == crm_email
     )
-    # The side that saw the older ERP change after its own newer one recorded a conflict.
-    audited = pipeline.crm_sink.query(
-        "SELECT winner, reason, erp_value, crm_value FROM {schema}.conflicts "
-        "WHERE entity = 'customer' AND entity_key = %s AND field = 'email' "
-        "ORDER BY id DESC LIMIT 1",
-        (f"erp:{partner}",),
-    )
-    if audited:  # the ERP change may have been applied before the CRM edit landed
-        assert audited[0] == ("crm", "last_writer", erp_email, crm_email)
-    else:
-        assert (
-            pipeline.erp_sink.query(
-                "SELECT count(*) FROM {schema}.conflicts WHERE entity_key = %s AND field = 'email'",
-                (f"crm:{account}",),
-            )[0][0]
-            >= 0
+    # Either the CRM user typed over the customer's old e-mail before the ERP's change
+    # arrived (both sinks saw an edit made beside their own: one conflict each, the
+    # later CRM write winning), or over the ERP's e-mail once it had (an ordinary edit
+    # after a sync: no conflict on either side). Never a conflict with the value both
+    # sides held before (the customer may be one the CRM created, whose first e-mail
+    # the ERP never changed itself).
+    recorded = {
+        side: sink.query(
+            "SELECT winner, reason, erp_value, crm_value FROM {schema}.conflicts "
+            "WHERE entity = 'customer' AND entity_key = %s AND field = 'email' AND id > %s "
+            "ORDER BY id",
+            (key, since[side]),
         )
+        for side, (sink, key) in audits.items()
+    }
+    concurrent = [("crm", "last_writer", erp_email, crm_email)]
+    assert recorded in ({"crm": concurrent, "erp": concurrent}, {"crm": [], "erp": []})
+
+
+def test_edits_taking_turns_after_each_sync_are_no_conflict(
+    pipeline: Pipeline, stack_env: dict[str, str]
+) -> None:
+    """A record one system made, its fields then edited by each side in turn, each edit
+    made after the last one arrived: ordinary updates, never a conflict in either sink.
+    """
+    crm, erp = stack_env["CRM_DSN"], stack_env["ERP_DSN"]
+    sinks = (pipeline.crm_sink, pipeline.erp_sink)
+    since = {sink.target: _last_conflict_id(sink) for sink in sinks}
+    tag = uuid.uuid4().hex[:6]
+    account = _one(
+        crm,
+        "INSERT INTO public.accounts (name, email, phone_office, billing_address_country, industry)"
+        " VALUES (%s, %s, '+49 30 1234567', 'DE', 'Retail') RETURNING id::text",
+        (f"Turns {tag} GmbH", f"first-{tag}@example.com"),
+    )
+    made = "SELECT count(*) FROM public.res_partner WHERE crm_account_id = %s"
+    _eventually(stack_env["ERP_ADMIN_DSN"], made, (account,), 1, "the ERP customer")
+    partner = _one(
+        stack_env["ERP_ADMIN_DSN"],
+        "SELECT id FROM public.res_partner WHERE crm_account_id = %s",
+        (account,),
+    )
+    turns = [
+        (crm, "UPDATE public.accounts SET industry = 'Energy' WHERE id = %s", account, None),
+        (erp, "UPDATE public.res_partner SET email = %s WHERE id = %s", partner, "erp"),
+        (crm, "UPDATE public.accounts SET email = %s WHERE id = %s", account, "crm"),
+        (erp, "UPDATE public.res_partner SET email = %s WHERE id = %s", partner, "erp2"),
+    ]
+    for dsn, statement, key, who in turns:
+        email = f"{who}-{tag}@example.com" if who else None
+        execute(dsn, statement, (email, key) if who else (key,))
+        if email is not None:  # the next turn only once both systems hold this one
+            _eventually(
+                stack_env["ERP_ADMIN_DSN"],
+                "SELECT email FROM public.res_partner WHERE id = %s",
+                (partner,),
+                email,
+                "ERP",
+            )
+            _eventually(
+                stack_env["CRM_ADMIN_DSN"],
+                "SELECT email FROM public.accounts WHERE id = %s",
+                (account,),
+                email,
+                "CRM",
+            )
+        pipeline.settled()
+    for sink in sinks:
+        recorded = sink.query(
+            "SELECT entity_key, field, winner, reason, erp_value, crm_value FROM {schema}.conflicts"
+            " WHERE entity = 'customer' AND entity_key = ANY(%s) AND id > %s",
+            ([f"erp:{partner}", f"crm:{account}"], since[sink.target]),
+        )
+        assert recorded == [], f"{sink.target} sink"
+
+
+def _last_conflict_id(sink: SinkProcess) -> int:
+    """The newest conflict a sink recorded (0: none)."""
+    return int(sink.query("SELECT coalesce(max(id), 0) FROM {schema}.conflicts")[0][0])
 
 
 def test_target_database_down_makes_the_sink_wait(

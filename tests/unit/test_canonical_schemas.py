@@ -114,6 +114,8 @@ def _strategy(avro_type: Any) -> st.SearchStrategy[Any]:
             )
         if kind == "array":
             return st.lists(_strategy(avro_type["items"]), max_size=3)
+        if kind == "map":
+            return st.dictionaries(st.text(max_size=8), _strategy(avro_type["values"]), max_size=3)
         if kind == "record":
             return st.fixed_dictionaries(
                 {f["name"]: _strategy(f["type"]) for f in avro_type["fields"]}

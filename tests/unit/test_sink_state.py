@@ -1,9 +1,11 @@
+from decimal import Decimal
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.mapping import Owner
+from schemas.payload import value_digest
 from sinks.batch import SinkBatch, SinkEvent
 from sinks.state import (
     LETTERED,
@@ -17,6 +19,7 @@ from sinks.state import (
     decide,
     merge,
     payload_hash,
+    prior_digests,
     ready_clock,
 )
 
@@ -84,9 +87,13 @@ def clock(**kwargs: Any) -> RowClock:
 
 
 def crm_merge(
-    record: dict[str, Any], current: dict[str, Any], row: RowClock, changed: dict[str, int]
+    record: dict[str, Any],
+    current: dict[str, Any],
+    row: RowClock,
+    changed: dict[str, int],
+    prior: dict[str, str] | None = None,
 ) -> Merge:
-    """An ERP event merged into an existing CRM row."""
+    """An ERP event merged into an existing CRM row (``prior``: its prior digests)."""
     return merge(
         "customer",
         "erp:1",
@@ -97,6 +104,7 @@ def crm_merge(
         changed=changed,
         current=current,
         clock=row,
+        prior=None if prior is None else lambda: prior,
     )
 
 
@@ -130,6 +138,44 @@ def test_shared_field_goes_to_the_later_commit_of_either_side() -> None:
     won = crm_merge(rec(2, ts=200, email="remote@x"), current, local_newer, {"email": 200})
     assert won.writes == {"email": "remote@x"}
     assert [(c.winner, c.reason) for c in won.conflicts] == [("erp", "last_writer")]
+
+
+def test_a_change_made_over_the_local_value_is_no_conflict_and_wins_by_time_alone() -> None:
+    # The CRM typed local@x at 150, the ERP saw it and changed it at 200 (or, its clock
+    # behind, at 100): an ordinary edit after a sync, recorded as no conflict; who wins
+    # stays the commit times' decision.
+    current = {"email": "local@x"}
+    local_newer = clock(local={"email": 150}, horizon_ms=150)
+    seen = {"email": value_digest("local@x")}
+    for ts, writes in ((200, {"email": "remote@x"}), (100, {})):
+        record = rec(2, ts=ts, email="remote@x")
+        m = crm_merge(record, current, local_newer, {"email": ts}, seen)
+        assert (m.writes, m.conflicts) == (writes, ())
+    # Made over another value (the CRM's edit came after the one the ERP saw): a conflict.
+    older = {"email": value_digest("older@x")}
+    remote = rec(2, ts=200, email="remote@x")
+    beside = crm_merge(remote, current, local_newer, {"email": 200}, older)
+    assert [(c.winner, c.reason, c.ours) for c in beside.conflicts] == [
+        ("erp", "last_writer", "local@x")
+    ]
+
+
+def test_the_prior_digest_of_a_field_is_its_first_change_in_the_batch() -> None:
+    history = [
+        rec(1, changed_fields=["email"], prior_digests={"email": "a"}),
+        rec(2, changed_fields=["email", "vat"], prior_digests={"email": "b", "vat": "c"}),
+        rec(3, changed_fields=["industry"], prior_digests=None),
+    ]
+    assert prior_digests(history, FIELDS) == {"email": "a", "vat": "c"}
+    # A field whose first change carries no digest has none, whatever comes after it.
+    assert prior_digests([*history[2:], rec(4, prior_digests={"industry": "d"})], FIELDS) == {}
+
+
+def test_a_value_digest_is_equal_for_equal_values_only() -> None:
+    assert value_digest(Decimal("1.20")) == value_digest(Decimal("1.2"))
+    assert value_digest("1.2") != value_digest(Decimal("1.2"))
+    assert value_digest(None) != value_digest("")
+    assert len(value_digest("x")) == 16
 
 
 def test_a_tie_goes_to_the_erp() -> None:

@@ -22,6 +22,7 @@ from cdc.envelope import ColumnShape, SourceInfo, TableShape, envelope_record, v
 from erpcrm import dirty
 from schemas.canonical import canonical_schema
 from schemas.mapping import Flow, load_mappings
+from schemas.payload import value_digest
 from schemas.serde import parse_schema, read_body, write_body
 from streams import inventory
 from streams.crosswalk import link, new_crosswalk
@@ -381,6 +382,7 @@ def test_an_erp_customer_becomes_a_clean_canonical_customer() -> None:
         "industry": None,
         "active": True,
         "changed_fields": None,
+        "prior_digests": None,
         "duplicate_of": None,
         "duplicate_rule": None,
         "quarantined_fields": None,
@@ -1141,3 +1143,29 @@ def test_an_empty_field_clears_the_other_side_only_when_an_operator_re_reads_the
 
 def test_an_update_without_a_before_image_leaves_the_changed_fields_unknown() -> None:
     assert _changed(partner_event(city="Potsdam")) is None
+
+
+def _priors(event: dict[str, Any]) -> dict[str, str] | None:
+    result = ok(to_canonical(FLOWS["erp_res_partner__customer"], event))
+    priors: dict[str, str] | None = fits_schema(result.value)["prior_digests"]
+    return priors
+
+
+def test_an_update_names_the_value_each_changed_field_replaced_by_its_digest() -> None:
+    # The old row mapped as the new one is: the old e-mail cleansed (trimmed, domain in
+    # lower case).
+    before = PARTNER | {"email": "  Old@Nordwind.example.com", "city": "Potsdam"}
+    event = decoded(RES_PARTNER, "u", before=before, after=PARTNER)
+    assert _changed(event) == ["email", "city"]
+    assert _priors(event) == {
+        "email": value_digest("Old@nordwind.example.com"),
+        "city": value_digest("Potsdam"),
+    }
+
+
+def test_no_prior_digests_where_no_old_value_was_replaced() -> None:
+    touched = PARTNER | {"write_date": datetime(2024, 6, 2, 10, tzinfo=UTC)}
+    assert _priors(decoded(RES_PARTNER, "u", before=PARTNER, after=touched)) is None
+    assert _priors(decoded(RES_PARTNER, "c", after=PARTNER)) is None
+    assert _priors(decoded(RES_PARTNER, "r", after=PARTNER)) is None
+    assert _priors(partner_event(city="Potsdam")) is None
