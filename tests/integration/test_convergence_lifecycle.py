@@ -80,8 +80,8 @@ from tests.integration.soak_fixtures import (
     DLQ_TOPICS,
     SYSTEMS,
     Budget,
-    Letter,
     Pair,
+    customer_letter,
     dead_letters,
     dead_workers,
     pipeline_fixture,
@@ -424,24 +424,6 @@ def _records(
 pipeline = pipeline_fixture("lifecycle")
 
 
-_RUN_TOPICS: Final = (
-    ".res_partner",
-    ".accounts",
-    ".contacts",
-    "canonical.customer",
-    "canonical.contact",
-)
-"""The origin topics of what the run writes: customers and contacts, raw and canonical."""
-
-
-def _of_the_run(letter: Letter) -> bool:
-    """Whether a dead letter may be one of the run's: it comes from a customer or contact
-    topic, or names no origin. Letters of other flows (the demo data's quotes with unknown
-    SKUs, lettered once their wait for the SKU runs out, possibly during the run) are not."""
-    origin = letter.headers.get("erpcrm.origin.topic")
-    return origin is None or origin.endswith(_RUN_TOPICS)
-
-
 def test_generated_contact_names_are_canonical() -> None:
     """The oracle's premise for contacts: a generated name is what the ERP stores."""
     rng = random.Random(0)
@@ -495,7 +477,7 @@ def test_concurrent_lifecycle_edits_and_kills_converge(
     problems += _records(stack_env, values.run_tag, pairs, contacts)
     letters = dead_letters(stack_env["KAFKA_BOOTSTRAP"], DLQ_TOPICS, letters_from)
     problems += [
-        f"dead letter on {x.topic}: {x.reason} {x.headers}" for x in letters if _of_the_run(x)
+        f"dead letter on {x.topic}: {x.reason} {x.headers}" for x in letters if customer_letter(x)
     ]
     path = pipeline.erp.log_dir / "lifecycle-writes.jsonl"
     dump(path, writes, state, pairs)
