@@ -199,7 +199,7 @@ class TradeWriter(Writer):
             try:
                 self._transaction(conn, seq, updates, shared, name, value)
                 return
-            except psycopg.errors.TransactionRollbackError:
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 self.retried += 1
                 if attempt == RETRIES:
                     raise
