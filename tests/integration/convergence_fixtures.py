@@ -22,11 +22,12 @@ import random
 import threading
 import time
 import unicodedata
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import phonenumbers
 import psycopg
@@ -527,6 +528,28 @@ def pair_records(
 def seed_from_env() -> int:
     """``ERPCRM_CONVERGENCE_SEED``, else a fresh random seed."""
     return int(os.environ.get("ERPCRM_CONVERGENCE_SEED") or random.SystemRandom().randrange(2**32))
+
+
+class Start(NamedTuple):
+    """A convergence soak's start: its seed, the generator of its choices, the run's
+    values and its linked pairs with their first writes (the accounts' inserts)."""
+
+    seed: int
+    rng: random.Random
+    values: ValueMaker
+    pairs: list[Pair]
+    initial: list[Write]
+
+
+def start_pairs(pipeline: Pipeline, env: dict[str, str], budget: Budget, what: str) -> Start:
+    """The seed (:func:`seed_from_env`, printed with ``what`` and the budget), a fresh run
+    tag, and ``budget.width`` linked pairs made through the pipeline (:func:`create_pairs`)."""
+    seed = seed_from_env()
+    print(f"{what}: seed={seed} budget={budget}")
+    rng = random.Random(seed)
+    values = ValueMaker(uuid.uuid4().hex[:4])
+    pairs, initial = create_pairs(pipeline, env, values, rng, budget.width)
+    return Start(seed, rng, values, pairs, initial)
 
 
 @dataclass(slots=True)

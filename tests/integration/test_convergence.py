@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Final
@@ -63,14 +62,13 @@ from tests.integration.convergence_fixtures import (
     FieldWriter,
     ValueMaker,
     Writer,
-    create_pairs,
     diverged,
     dump,
     pair_records,
     pair_rows,
     read_pairs,
     run_writers,
-    seed_from_env,
+    start_pairs,
 )
 from tests.integration.sink_fixtures import Pipeline
 from tests.integration.soak_fixtures import (
@@ -142,13 +140,10 @@ def _converge(
     """Pairs, writers on both systems while ``chaos_for(rng)`` goes on, then every cell
     against the last write and every record of the run one of a pair."""
     budget = BUDGET
-    seed = seed_from_env()
-    print(f"convergence ({what}): seed={seed} budget={budget}")
-    rng = random.Random(seed)
-    values = ValueMaker(uuid.uuid4().hex[:4])
-
     # 1. Linked pairs, made through the pipeline; the inserts are the first writes.
-    pairs, initial = create_pairs(pipeline, stack_env, values, rng, budget.width)
+    seed, rng, values, pairs, initial = start_pairs(
+        pipeline, stack_env, budget, f"convergence ({what})"
+    )
     settled(pipeline)
 
     # 2.-3. Writers on both systems and, meanwhile, the chaos.

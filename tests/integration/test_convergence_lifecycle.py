@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,11 +68,10 @@ from tests.integration.convergence_fixtures import (
     Write,
     Writer,
     commit_time_us,
-    create_pairs,
     diverged,
     dump,
     run_writers,
-    seed_from_env,
+    start_pairs,
 )
 from tests.integration.sink_fixtures import Pipeline, watermarks
 from tests.integration.soak_fixtures import (
@@ -437,14 +435,11 @@ def test_concurrent_lifecycle_edits_and_kills_converge(
     """Pairs with contacts, lifecycle writers on both systems while every worker kind is
     SIGKILLed and restarted, then every cell against the documented outcome."""
     budget = BUDGET
-    seed = seed_from_env()
-    print(f"lifecycle convergence: seed={seed} budget={budget}")
-    rng = random.Random(seed)
-    values = ValueMaker(uuid.uuid4().hex[:4])
-
     # 1. Linked pairs with contacts, made through the pipeline; the inserts are the first
     # writes (the VAT id as the ERP's: it owns the value its customer was made with).
-    pairs, made = create_pairs(pipeline, stack_env, values, rng, budget.width)
+    seed, rng, values, pairs, made = start_pairs(
+        pipeline, stack_env, budget, "lifecycle convergence"
+    )
     initial = [replace(w, system="erp") if w.field == "vat" else w for w in made]
     initial += [Write("erp", p.index, "account_number", p.ref, 0, "init", p.index) for p in pairs]
     initial += [replace(w, field=LIVE, value=LIVE) for w in made if w.field == "name"]

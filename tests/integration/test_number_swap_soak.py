@@ -46,7 +46,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,19 +58,18 @@ from tests.integration.cdc_fixtures import execute
 from tests.integration.convergence_fixtures import (
     FIELDS,
     NUMBER,
+    Field,
     FieldWriter,
-    ValueMaker,
     Write,
     Writer,
     commit_time_us,
-    create_pairs,
     diverged,
     dump,
     pair_records,
     pair_rows,
     read_pairs,
     run_writers,
-    seed_from_env,
+    start_pairs,
     update_fields,
 )
 from tests.integration.sink_fixtures import Pipeline, watermarks
@@ -114,6 +112,15 @@ def trade(pairs: Sequence[Pair], numbers: dict[int, str], temporary: str) -> lis
     steps += [(pair, numbers[before.index]) for pair, before in zip(pairs[1:], pairs, strict=False)]
     steps.append((first, numbers[last.index]))
     return steps
+
+
+@dataclass(frozen=True, slots=True)
+class TradeStep:
+    """One ERP transaction of a trade: its updates and, in a mixed trade's first, the
+    shared field ``edit`` sets on one of its customers (when that changes the field)."""
+
+    updates: Sequence[Update]
+    edit: tuple[Pair, Field, str | None] | None = None
 
 
 @dataclass(slots=True)
@@ -169,35 +176,26 @@ class TradeWriter(Writer):
             temporary = f"T-{self.values.run_tag}{self.name}n{seq}"
             updates = trade(chosen, numbers, temporary)
             transactions = [[u] for u in updates] if split else [updates]
-            edited = self.rng.choice(chosen) if mixed else None
+            edited = self.rng.choice(chosen)
             fld = self.rng.choice(FIELDS)
-            value = self.values.make(fld.name, self.rng, self.name, seq)
+            edit = (edited, fld, self.values.make(fld.name, self.rng, self.name, seq))
             for number, updates_of in enumerate(transactions):
-                shared = edited if number == 0 else None
-                self._commit(conn, seq, updates_of, shared, fld.name, value)
+                shared = edit if mixed and number == 0 else None
+                self._commit(conn, seq, TradeStep(updates_of, shared))
             kind = "swap" if size == 2 else "rotation"
             self.trades[f"{kind} {'split' if split else 'one'}{' mixed' if mixed else ''}"] += 1
         finally:
             self.claims.give_back(chosen)
 
-    def _commit(
-        self,
-        conn: psycopg.Connection[tuple[Any, ...]],
-        seq: int,
-        updates: Sequence[Update],
-        shared: Pair | None,
-        name: str,
-        value: str | None,
-    ) -> None:
-        """One ERP transaction: ``updates`` and, with ``shared``, field ``name`` of that
-        pair set to ``value`` (when that changes it); recorded once committed.
+    def _commit(self, conn: psycopg.Connection[tuple[Any, ...]], seq: int, step: TradeStep) -> None:
+        """Run ``step`` as one ERP transaction; recorded once committed.
 
         Run again when the database chose it as a deadlock's victim (a sink's batch may
         lock the same customers in another order), as an application would: a trade
         left half-way would leave a temporary number behind."""
         for attempt in range(1, RETRIES + 1):
             try:
-                self._transaction(conn, seq, updates, shared, name, value)
+                self._transaction(conn, seq, step)
                 return
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 self.retried += 1
@@ -205,38 +203,29 @@ class TradeWriter(Writer):
                     raise
 
     def _transaction(
-        self,
-        conn: psycopg.Connection[tuple[Any, ...]],
-        seq: int,
-        updates: Sequence[Update],
-        shared: Pair | None,
-        name: str,
-        value: str | None,
+        self, conn: psycopg.Connection[tuple[Any, ...]], seq: int, step: TradeStep
     ) -> None:
-        last: dict[int, tuple[str, str | None]] = {}
+        written: dict[tuple[int, str], str | None] = {}
         with conn.transaction():
             xid = ""
-            for pair, number in updates:
+            for pair, number in step.updates:
                 row = conn.execute(
                     "UPDATE public.res_partner SET ref = %s WHERE id = %s RETURNING xmin::text",
                     (number, pair.partner),
                 ).fetchone()
                 assert row is not None, f"ERP customer {pair.partner} is gone"
                 xid = str(row[0])
-                last[pair.index] = (NUMBER.name, number)
-            edit: tuple[int, str, str | None] | None = None
-            if shared is not None:
-                fld = next(f for f in FIELDS if f.name == name)
+                written[(pair.index, NUMBER.name)] = number
+            if step.edit is not None:
+                pair, fld, value = step.edit
                 changed = conn.execute(
-                    update_fields("erp", [fld]), (value, shared.partner, value)
+                    update_fields("erp", [fld]), (value, pair.partner, value)
                 ).fetchone()
                 if changed is not None:
-                    edit = (shared.index, name, value)
+                    written[(pair.index, fld.name)] = value
         commit_us = commit_time_us(conn, xid)
-        for index, (cell, number) in last.items():
-            self.writes.append(Write("erp", index, cell, number, commit_us, self.name, seq))
-        if edit is not None:
-            self.writes.append(Write("erp", *edit, commit_us, self.name, seq))
+        for (index, cell), value in written.items():
+            self.writes.append(Write("erp", index, cell, value, commit_us, self.name, seq))
 
 
 def _last_numbers(writes: Sequence[Write]) -> dict[int, str | None]:
@@ -276,14 +265,9 @@ def test_numbers_traded_under_concurrent_edits_and_kills_converge(
     """Trades of customer numbers and shared-field edits on both sides while every worker
     kind is SIGKILLed; then numbers, fields, links, letters and echo as documented."""
     budget = BUDGET
-    seed = seed_from_env()
-    print(f"number swap soak: seed={seed} budget={budget}")
-    rng = random.Random(seed)
-    values = ValueMaker(uuid.uuid4().hex[:4])
-
     # 1. Linked pairs, made through the pipeline; the inserts are the first writes, each
     # linked customer's number the ERP's first number write.
-    pairs, initial = create_pairs(pipeline, stack_env, values, rng, budget.width)
+    seed, rng, values, pairs, initial = start_pairs(pipeline, stack_env, budget, "number swap soak")
     initial += [Write("erp", p.index, NUMBER.name, p.ref, 0, "init", p.index) for p in pairs]
     settled(pipeline)
     letters_from = watermarks(stack_env["KAFKA_BOOTSTRAP"], DLQ_TOPICS)
