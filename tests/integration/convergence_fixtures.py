@@ -22,11 +22,12 @@ import random
 import threading
 import time
 import unicodedata
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import phonenumbers
 import psycopg
@@ -40,6 +41,7 @@ from streams.cleansing import (
     clean_upper,
 )
 from streams.validation import Failed, Ok
+from tests.integration.cdc_fixtures import execute
 from tests.integration.sink_fixtures import Pipeline
 from tests.integration.soak_fixtures import (
     SYSTEMS,
@@ -107,6 +109,9 @@ FIELDS: Final = (
     Field("zip", "zip", "billing_address_postalcode"),
     Field("country", "country_code", "billing_address_country", nullable=False),
 )
+NUMBER: Final = Field("number", "ref", "account_number", nullable=False)
+"""The customer number as a cell: the ERP owns it (``ref``), the CRM shows it."""
+CUSTOMER_TABLE: Final = {"erp": "res_partner", "crm": "accounts"}
 
 
 def _kept(result: Ok[str | None] | Failed, value: str) -> bool:
@@ -368,20 +373,55 @@ class Writer:
             self._record(pending, commit_us)
 
 
+def update_fields(system: str, fields: Sequence[Field]) -> sql.Composed:
+    """``UPDATE`` of a customer's ``fields`` that only happens when each of them changes;
+    parameters: the values, the record's id, the values again. Returns the writing
+    transaction's id (``xid``, for its commit time) and full id (``xid8``, for its status
+    after a lost connection)."""
+    columns = [sql.Identifier(f.column(system)) for f in fields]
+    return sql.SQL(
+        "UPDATE {} SET {} WHERE id = %s AND {} RETURNING xmin::text, pg_current_xact_id()::text"
+    ).format(
+        sql.Identifier("public", CUSTOMER_TABLE[system]),
+        sql.SQL(", ").join(sql.SQL("{} = %s").format(c) for c in columns),
+        sql.SQL(" AND ").join(sql.SQL("{} IS DISTINCT FROM %s").format(c) for c in columns),
+    )
+
+
+class FieldWriter(Writer):
+    """Edits one to three shared fields of a random pair per statement."""
+
+    def edit(self, seq: int) -> Edit | None:
+        pair = self.rng.choice(self.pairs)
+        width = self.rng.choices((1, 2, 3), weights=(70, 20, 10))[0]
+        fields = self.rng.sample(FIELDS, width)
+        values = [self.values.make(f.name, self.rng, self.name, seq) for f in fields]
+        return Edit(
+            update_fields(self.system, fields),
+            [*values, pair.key(self.system), *values],
+            pair.index,
+            tuple(f.name for f in fields),
+            tuple(values),
+        )
+
+
 def create_pairs(
     pipeline: Pipeline, env: dict[str, str], values: ValueMaker, rng: random.Random, count: int
 ) -> tuple[list[Pair], list[Write]]:
     """``count`` new CRM accounts, each linked to the ERP customer the sinks made for it.
 
     Each account gets a value of every shared field and a valid VAT id; each of them is
-    recorded as a first write of the CRM, at the insert's commit time.
+    recorded as a first write of the CRM, at the insert's commit time. The VAT ids are
+    drawn from the run's tag, not from ``rng``: a run replaying a seed on a stack that
+    ran it before makes new customers, not copies the sync would hold as duplicates.
     """
     initial: list[Write] = []
     accounts: list[str] = []
+    vats = random.Random(values.run_tag)
     with psycopg.connect(env["CRM_DSN"], autocommit=True) as conn:
         for index in range(count):
             row_values = {f.name: values.make(f.name, rng, "i", index, empty=False) for f in FIELDS}
-            vat = valid_vat(rng)
+            vat = valid_vat(vats)
             columns = [sql.Identifier(f.crm) for f in FIELDS] + [sql.Identifier("vat")]
             row = conn.execute(
                 sql.SQL(
@@ -403,9 +443,113 @@ def create_pairs(
     return wait_linked(pipeline, env, accounts), initial
 
 
+# ------------------------------------------------------------------ the pairs at rest
+
+
+def read_pairs(
+    env: dict[str, str], pairs: Sequence[Pair], fields: Sequence[Field] = FIELDS
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (system, pair index): the cells of ``fields`` as the system holds them now."""
+    state: dict[tuple[str, int], dict[str, Any]] = {}
+    for system in SYSTEMS:
+        by_key = {str(p.key(system)): p.index for p in pairs}
+        query = sql.SQL("SELECT id::text, {} FROM {} WHERE id::text = ANY(%s)").format(
+            sql.SQL(", ").join(sql.Identifier(f.column(system)) for f in fields),
+            sql.Identifier("public", CUSTOMER_TABLE[system]),
+        )
+        for key, *row in execute(env[f"{system.upper()}_ADMIN_DSN"], query, (list(by_key),)):
+            state[(system, by_key[key])] = {
+                f.name: value for f, value in zip(fields, row, strict=True)
+            }
+    return state
+
+
+def pair_rows(
+    env: dict[str, str], pairs: Sequence[Pair], fields: Sequence[Field] = FIELDS
+) -> object:
+    """The pairs' rows (:func:`read_pairs`), comparable: what :func:`quiesce` watches."""
+    return sorted((k, sorted(v.items())) for k, v in read_pairs(env, pairs, fields).items())
+
+
+def pair_records(
+    env: dict[str, str],
+    run_tag: str,
+    pairs: Sequence[Pair],
+    numbers: Mapping[int, str | None] | None = None,
+) -> list[str]:
+    """What differs from "each pair is still exactly one linked, live record on each
+    side, with its customer number": ``numbers`` by pair index, else the one it was
+    linked with (:attr:`Pair.ref`).
+
+    Every customer record of the run, in either system and in any state (archived or
+    deleted ones too), carries the run's tag in its name, which is never empty: a record
+    the sync made beside a pair (a customer synced twice, an echo taken for a new one)
+    is found by it, and so is a pair whose link the sync broke.
+    """
+    # The mark ends every generated name: " <tag><writer>n<seq>" (writer: e1, c2, i, ...).
+    pattern = f" {run_tag}[a-z][0-9]*n[0-9]+$"
+    erp = {
+        str(i): (None if link is None else str(link), ref, active)
+        for i, link, ref, active in execute(
+            env["ERP_ADMIN_DSN"],
+            "SELECT id::text, crm_account_id::text, ref, active FROM public.res_partner"
+            " WHERE name ~ %s",
+            (pattern,),
+        )
+    }
+    crm = {
+        str(i): (number, deleted)
+        for i, number, deleted in execute(
+            env["CRM_ADMIN_DSN"],
+            "SELECT id::text, account_number, deleted FROM public.accounts WHERE name ~ %s",
+            (pattern,),
+        )
+    }
+    found = []
+    for pair in pairs:
+        number = pair.ref if numbers is None else numbers[pair.index]
+        partner = erp.pop(str(pair.partner), None)
+        if partner != (pair.account, number, True):
+            found.append(
+                f"pair {pair.index}: ERP customer {pair.partner} is (crm_account_id, ref, active)"
+                f" = {partner}, expected {(pair.account, number, True)}"
+            )
+        account = crm.pop(pair.account, None)
+        if account != (number, False):
+            found.append(
+                f"pair {pair.index}: CRM account {pair.account} is (account_number, deleted)"
+                f" = {account}, expected {(number, False)}"
+            )
+    found += [f"ERP customer {i} {row} made beside the pairs" for i, row in sorted(erp.items())]
+    found += [f"CRM account {i} {row} made beside the pairs" for i, row in sorted(crm.items())]
+    return found
+
+
 def seed_from_env() -> int:
     """``ERPCRM_CONVERGENCE_SEED``, else a fresh random seed."""
     return int(os.environ.get("ERPCRM_CONVERGENCE_SEED") or random.SystemRandom().randrange(2**32))
+
+
+class Start(NamedTuple):
+    """A convergence soak's start: its seed, the generator of its choices, the run's
+    values and its linked pairs with their first writes (the accounts' inserts)."""
+
+    seed: int
+    rng: random.Random
+    values: ValueMaker
+    pairs: list[Pair]
+    initial: list[Write]
+
+
+def start_pairs(pipeline: Pipeline, env: dict[str, str], budget: Budget, what: str) -> Start:
+    """The seed (:func:`seed_from_env`, printed with ``what`` and the budget), a fresh run
+    tag, and ``budget.width`` linked pairs made through the pipeline (:func:`create_pairs`)."""
+    seed = seed_from_env()
+    print(f"{what}: seed={seed} budget={budget}")
+    rng = random.Random(seed)
+    values = ValueMaker(uuid.uuid4().hex[:4])
+    pairs, initial = create_pairs(pipeline, env, values, rng, budget.width)
+    return Start(seed, rng, values, pairs, initial)
 
 
 @dataclass(slots=True)

@@ -57,6 +57,7 @@ from tests.integration.sink_fixtures import (
 
 __all__ = [
     "CLOCK_WAIT_SECONDS",
+    "CUSTOMER_TOPICS",
     "DLQ_TOPICS",
     "SETTLE_SECONDS",
     "SYSTEMS",
@@ -64,6 +65,7 @@ __all__ = [
     "Letter",
     "Pair",
     "Victim",
+    "customer_letter",
     "dead_letters",
     "dead_workers",
     "outages",
@@ -811,3 +813,23 @@ def dead_letters(
         headers = {str(name): (raw or b"").decode(errors="replace") for name, raw in pairs}
         letters.append(Letter(str(message.topic()), headers, message.key(), message.value()))
     return letters
+
+
+CUSTOMER_TOPICS: Final = (
+    ".res_partner",
+    ".accounts",
+    ".contacts",
+    "canonical.customer",
+    "canonical.contact",
+)
+"""The origin topics of what the customer soaks write: customers and contacts, raw and
+canonical."""
+
+
+def customer_letter(letter: Letter) -> bool:
+    """Whether a dead letter may be a customer soak's: it comes from a customer or contact
+    topic (:data:`CUSTOMER_TOPICS`), or names no origin. Letters of other flows (the demo
+    data's quotes with unknown SKUs, lettered once their wait for the SKU runs out,
+    possibly during the run) are not."""
+    origin = letter.headers.get("erpcrm.origin.topic")
+    return origin is None or origin.endswith(CUSTOMER_TOPICS)

@@ -50,33 +50,29 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
 import pytest
-from psycopg import sql
 
 from erpcrm.stack import LocalStack
-from tests.integration.cdc_fixtures import execute
 from tests.integration.convergence_fixtures import (
     FIELDS,
-    Edit,
-    Field,
+    FieldWriter,
     ValueMaker,
     Writer,
-    create_pairs,
     diverged,
     dump,
+    pair_records,
+    pair_rows,
+    read_pairs,
     run_writers,
-    seed_from_env,
+    start_pairs,
 )
 from tests.integration.sink_fixtures import Pipeline
 from tests.integration.soak_fixtures import (
-    SYSTEMS,
     Budget,
-    Pair,
     Victim,
     outages,
     pipeline_fixture,
@@ -91,116 +87,6 @@ OUTAGE_REGISTRY: Final = os.environ.get("ERPCRM_OUTAGE_REGISTRY", str(int(BUDGET
 then the journal read back from Kafka) would be most of the test's time."""
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUDGET.timeout_seconds)]
-
-TABLE: Final = {"erp": "res_partner", "crm": "accounts"}
-
-
-# ------------------------------------------------------------------------ the writers
-
-
-def _update(system: str, fields: Sequence[Field]) -> sql.Composed:
-    """``UPDATE`` of ``fields`` that only happens when each of them changes; returns the
-    writing transaction's id (``xid``, for its commit time) and full id (``xid8``, for
-    its status after a lost connection)."""
-    columns = [sql.Identifier(f.column(system)) for f in fields]
-    return sql.SQL(
-        "UPDATE {} SET {} WHERE id = %s AND {} RETURNING xmin::text, pg_current_xact_id()::text"
-    ).format(
-        sql.Identifier("public", TABLE[system]),
-        sql.SQL(", ").join(sql.SQL("{} = %s").format(c) for c in columns),
-        sql.SQL(" AND ").join(sql.SQL("{} IS DISTINCT FROM %s").format(c) for c in columns),
-    )
-
-
-class FieldWriter(Writer):
-    """Edits one to three shared fields of a random pair per statement."""
-
-    def edit(self, seq: int) -> Edit:
-        pair = self.rng.choice(self.pairs)
-        width = self.rng.choices((1, 2, 3), weights=(70, 20, 10))[0]
-        fields = self.rng.sample(FIELDS, width)
-        values = [self.values.make(f.name, self.rng, self.name, seq) for f in fields]
-        return Edit(
-            _update(self.system, fields),
-            [*values, pair.key(self.system), *values],
-            pair.index,
-            tuple(f.name for f in fields),
-            tuple(values),
-        )
-
-
-# ------------------------------------------------------------------ setting up the pairs
-
-
-# ----------------------------------------------------------------------- the outcome
-
-
-def _read(env: dict[str, str], pairs: Sequence[Pair]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Per (system, pair index): the shared fields as the system holds them now."""
-    state: dict[tuple[str, int], dict[str, Any]] = {}
-    for system in SYSTEMS:
-        by_key = {str(p.key(system)): p.index for p in pairs}
-        query = sql.SQL("SELECT id::text, {} FROM {} WHERE id::text = ANY(%s)").format(
-            sql.SQL(", ").join(sql.Identifier(f.column(system)) for f in FIELDS),
-            sql.Identifier("public", TABLE[system]),
-        )
-        for key, *row in execute(env[f"{system.upper()}_ADMIN_DSN"], query, (list(by_key),)):
-            state[(system, by_key[key])] = {
-                f.name: value for f, value in zip(FIELDS, row, strict=True)
-            }
-    return state
-
-
-def _records(env: dict[str, str], run_tag: str, pairs: Sequence[Pair]) -> list[str]:
-    """What differs from "each pair is still exactly one linked record on each side".
-
-    Every customer record of the run, in either system and in any state (archived or
-    deleted ones too), carries the run's tag in its name, which is never empty: a record
-    the sync made beside a pair (a customer synced twice, an echo taken for a new one)
-    is found by it, and so is a pair whose link the sync broke.
-    """
-    # The mark ends every generated name: " <tag><writer>n<seq>" (writer: e1, c2, i, ...).
-    pattern = f" {run_tag}[a-z][0-9]*n[0-9]+$"
-    erp = {
-        str(i): (None if link is None else str(link), ref, active)
-        for i, link, ref, active in execute(
-            env["ERP_ADMIN_DSN"],
-            "SELECT id::text, crm_account_id::text, ref, active FROM public.res_partner"
-            " WHERE name ~ %s",
-            (pattern,),
-        )
-    }
-    crm = {
-        str(i): (number, deleted)
-        for i, number, deleted in execute(
-            env["CRM_ADMIN_DSN"],
-            "SELECT id::text, account_number, deleted FROM public.accounts WHERE name ~ %s",
-            (pattern,),
-        )
-    }
-    found = []
-    for pair in pairs:
-        partner = erp.pop(str(pair.partner), None)
-        if partner != (pair.account, pair.ref, True):
-            found.append(
-                f"pair {pair.index}: ERP customer {pair.partner} is (crm_account_id, ref, active)"
-                f" = {partner}, expected {(pair.account, pair.ref, True)}"
-            )
-        account = crm.pop(pair.account, None)
-        if account != (pair.ref, False):
-            found.append(
-                f"pair {pair.index}: CRM account {pair.account} is (account_number, deleted)"
-                f" = {account}, expected {(pair.ref, False)}"
-            )
-    found += [f"ERP customer {i} {row} made beside the pairs" for i, row in sorted(erp.items())]
-    found += [f"CRM account {i} {row} made beside the pairs" for i, row in sorted(crm.items())]
-    return found
-
-
-def _rows(env: dict[str, str], pairs: Sequence[Pair]) -> object:
-    """The pairs' rows, comparable: what :func:`quiesce` watches."""
-    return sorted((k, sorted(v.items())) for k, v in _read(env, pairs).items())
-
 
 # ------------------------------------------------------------------------------ tests
 
@@ -254,13 +140,10 @@ def _converge(
     """Pairs, writers on both systems while ``chaos_for(rng)`` goes on, then every cell
     against the last write and every record of the run one of a pair."""
     budget = BUDGET
-    seed = seed_from_env()
-    print(f"convergence ({what}): seed={seed} budget={budget}")
-    rng = random.Random(seed)
-    values = ValueMaker(uuid.uuid4().hex[:4])
-
     # 1. Linked pairs, made through the pipeline; the inserts are the first writes.
-    pairs, initial = create_pairs(pipeline, stack_env, values, rng, budget.width)
+    seed, rng, values, pairs, initial = start_pairs(
+        pipeline, stack_env, budget, f"convergence ({what})"
+    )
     settled(pipeline)
 
     # 2.-3. Writers on both systems and, meanwhile, the chaos.
@@ -268,7 +151,7 @@ def _converge(
         return FieldWriter(system, number, stack_env[f"{system.upper()}_DSN"], pairs, values, own)
 
     chaos = chaos_for(rng)
-    run = run_writers(pipeline, writer, chaos, seed, budget, lambda: _rows(stack_env, pairs))
+    run = run_writers(pipeline, writer, chaos, seed, budget, lambda: pair_rows(stack_env, pairs))
 
     # 4. Every cell against the last write.
     problems = run.problems
@@ -276,9 +159,9 @@ def _converge(
     by_system = Counter(w.system for w in writes if w.writer != "init")
     if not (by_system["erp"] and by_system["crm"]):
         problems.append(f"the writers did not write on both sides: {dict(by_system)}")
-    state = _read(stack_env, pairs)
+    state = read_pairs(stack_env, pairs)
     divergences = diverged(state, pairs, writes, [f.name for f in FIELDS])
-    problems += _records(stack_env, values.run_tag, pairs)
+    problems += pair_records(stack_env, values.run_tag, pairs)
     path = pipeline.erp.log_dir / f"convergence-{what}-writes.jsonl"
     dump(path, writes, state, pairs)
     written = f"field writes erp={by_system['erp']} crm={by_system['crm']}"

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,19 +68,18 @@ from tests.integration.convergence_fixtures import (
     Write,
     Writer,
     commit_time_us,
-    create_pairs,
     diverged,
     dump,
     run_writers,
-    seed_from_env,
+    start_pairs,
 )
 from tests.integration.sink_fixtures import Pipeline, watermarks
 from tests.integration.soak_fixtures import (
     DLQ_TOPICS,
     SYSTEMS,
     Budget,
-    Letter,
     Pair,
+    customer_letter,
     dead_letters,
     dead_workers,
     pipeline_fixture,
@@ -424,24 +422,6 @@ def _records(
 pipeline = pipeline_fixture("lifecycle")
 
 
-_RUN_TOPICS: Final = (
-    ".res_partner",
-    ".accounts",
-    ".contacts",
-    "canonical.customer",
-    "canonical.contact",
-)
-"""The origin topics of what the run writes: customers and contacts, raw and canonical."""
-
-
-def _of_the_run(letter: Letter) -> bool:
-    """Whether a dead letter may be one of the run's: it comes from a customer or contact
-    topic, or names no origin. Letters of other flows (the demo data's quotes with unknown
-    SKUs, lettered once their wait for the SKU runs out, possibly during the run) are not."""
-    origin = letter.headers.get("erpcrm.origin.topic")
-    return origin is None or origin.endswith(_RUN_TOPICS)
-
-
 def test_generated_contact_names_are_canonical() -> None:
     """The oracle's premise for contacts: a generated name is what the ERP stores."""
     rng = random.Random(0)
@@ -455,14 +435,11 @@ def test_concurrent_lifecycle_edits_and_kills_converge(
     """Pairs with contacts, lifecycle writers on both systems while every worker kind is
     SIGKILLed and restarted, then every cell against the documented outcome."""
     budget = BUDGET
-    seed = seed_from_env()
-    print(f"lifecycle convergence: seed={seed} budget={budget}")
-    rng = random.Random(seed)
-    values = ValueMaker(uuid.uuid4().hex[:4])
-
     # 1. Linked pairs with contacts, made through the pipeline; the inserts are the first
     # writes (the VAT id as the ERP's: it owns the value its customer was made with).
-    pairs, made = create_pairs(pipeline, stack_env, values, rng, budget.width)
+    seed, rng, values, pairs, made = start_pairs(
+        pipeline, stack_env, budget, "lifecycle convergence"
+    )
     initial = [replace(w, system="erp") if w.field == "vat" else w for w in made]
     initial += [Write("erp", p.index, "account_number", p.ref, 0, "init", p.index) for p in pairs]
     initial += [replace(w, field=LIVE, value=LIVE) for w in made if w.field == "name"]
@@ -495,7 +472,7 @@ def test_concurrent_lifecycle_edits_and_kills_converge(
     problems += _records(stack_env, values.run_tag, pairs, contacts)
     letters = dead_letters(stack_env["KAFKA_BOOTSTRAP"], DLQ_TOPICS, letters_from)
     problems += [
-        f"dead letter on {x.topic}: {x.reason} {x.headers}" for x in letters if _of_the_run(x)
+        f"dead letter on {x.topic}: {x.reason} {x.headers}" for x in letters if customer_letter(x)
     ]
     path = pipeline.erp.log_dir / "lifecycle-writes.jsonl"
     dump(path, writes, state, pairs)
