@@ -21,8 +21,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from psycopg import sql
 
-from tests.integration.cdc_fixtures import unique_name
+from tests.integration.cdc_fixtures import unique_name, wait_for
 from tests.integration.test_streams import (  # noqa: F401 (the module's fixture)
     Pipeline,
     StreamsProcess,
@@ -35,10 +36,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 UPDATES = 2000
 CUSTOMERS = 10
+TAKEOVER = {"ERPCRM_STREAMS_SESSION_TIMEOUT_SECONDS": "6"}
+"""Settings of every worker these tests start: the group gives a SIGKILLed worker's
+partitions away after the shortest session the broker allows (6 s, not the default 15 s)."""
 
 
 def _backlog(pipeline: Pipeline, updates: int = UPDATES) -> tuple[set[str], list[str]]:  # noqa: F811
-    """Customers and, while no worker runs, ``updates`` city changes of them."""
+    """Customers and, while no worker runs, ``updates`` city changes of them.
+
+    ``updates`` is a multiple of ``CUSTOMERS``: every transaction changes each customer once.
+    """
     tag = _tag()
     partners = [
         new_customer(pipeline, email=f"backlog-{tag.lower()}-{i}@example.com")
@@ -47,12 +54,23 @@ def _backlog(pipeline: Pipeline, updates: int = UPDATES) -> tuple[set[str], list
     for partner in partners:
         pipeline.reader.event("customer", f"erp:{partner}")
     cities = [f"Backlog {tag} {i}" for i in range(updates)]
-    pipeline.streams.kill()  # the backlog builds up while no worker runs
+    pipeline.streams.stop()  # the backlog builds up while no worker runs (it leaves the group)
+    # As the typist writes: one transaction changes every partner once (no change folded into
+    # another of its row), committed by the server in one statement (no round trip each).
+    rounds = sql.SQL(
+        "do $$ declare partners bigint[] := {partners}; begin"
+        " for i in 0..{last} loop"
+        " update res_partner set city = {prefix} || i where id = partners[i % {n} + 1];"
+        " if i % {n} = {n} - 1 then commit; end if;"
+        " end loop; end $$"
+    ).format(
+        partners=sql.Literal(partners),
+        last=sql.Literal(updates - 1),
+        prefix=sql.Literal(f"Backlog {tag} "),
+        n=sql.Literal(CUSTOMERS),
+    )
     with psycopg.connect(pipeline.env["ERP_DSN"], autocommit=True) as conn:
-        for i, city in enumerate(cities):
-            conn.execute(
-                "update res_partner set city = %s where id = %s", (city, partners[i % CUSTOMERS])
-            )
+        conn.execute(rounds)
     return {f"erp:{p}" for p in partners}, cities
 
 
@@ -128,9 +146,10 @@ class _Typist(threading.Thread):
 
 
 def _typing(pipeline: Pipeline, keys: set[str]) -> _Typist:  # noqa: F811
-    """A typist, started: the backlog keeps growing however fast the workers drain it."""
+    """A typist, started and past its first commit: the backlog keeps growing from now on."""
     typist = _Typist(pipeline.env["ERP_DSN"], keys, _tag())
     typist.start()
+    wait_for(lambda: typist.cities, 30, "the typist's first commit", interval=0.01)
     return typist
 
 
@@ -148,21 +167,24 @@ def test_a_worker_killed_while_draining_a_backlog_loses_and_repeats_nothing(
     keys, cities = _backlog(pipeline)
     typist: _Typist | None = None
     try:
-        pipeline.streams.start().wait_ready()
-        typist = _typing(pipeline, keys)
+        pipeline.streams.start(TAKEOVER).wait_ready()
         pipeline.reader.wait(
             lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 10, 180, "the backlog"
         )
+        # From here until after the kill, every partner keeps changing: however much the
+        # worker has drained, the kill lands with changes not yet out (a typist started
+        # before the worker would write thousands while it starts, all to drain again).
+        typist = _typing(pipeline, keys)
         pipeline.streams.kill()  # SIGKILL, mid-backlog
         _backlog_left(pipeline, keys, cities + typist.cities)
         cities += typist.stop()
-        pipeline.streams.start().wait_ready()
+        pipeline.streams.start(TAKEOVER).wait_ready()
         _nothing_lost_nothing_twice(pipeline, keys, cities)
     finally:
         if typist is not None:
             typist.stop()
         if not pipeline.streams.running:
-            pipeline.streams.start().wait_ready()
+            pipeline.streams.start(TAKEOVER).wait_ready()
 
 
 def _decided(worker: StreamsProcess) -> float:
@@ -174,17 +196,23 @@ def _decided(worker: StreamsProcess) -> float:
     )
 
 
+def _rebalances_done(worker: StreamsProcess) -> int:
+    """How many rebalances this worker process has completed (Faust logs each)."""
+    return worker.log_path.read_text(errors="replace").count("Worker ready")
+
+
 class _SecondWorker(StreamsProcess):
     """Another process of an existing worker's app: same app id, its own data, port, log."""
 
     def __init__(self, first: StreamsProcess) -> None:
         super().__init__(first.stack_env, first.prefixes, first.log_dir)
         self.app_id = first.app_id
-        self.data_dir = first.log_dir / f"{first.app_id}-data-second"
+        self.name = f"second-{_tag()}"  # each test's second worker keeps its own log and data
+        self.data_dir = first.log_dir / f"{first.app_id}-data-{self.name}"
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"{self.app_id}-second-{self.runs}.log"
+        return self.log_dir / f"{self.app_id}-{self.name}-{self.runs}.log"
 
 
 def test_one_of_two_workers_killed_while_draining_a_backlog_loses_and_repeats_nothing(
@@ -196,12 +224,17 @@ def test_one_of_two_workers_killed_while_draining_a_backlog_loses_and_repeats_no
     typist: _Typist | None = None
     try:
         keys, cities = _backlog(pipeline)
-        first.start().wait_ready()
-        second.start().wait_ready()
-        typist = _typing(pipeline, keys)
+        first.start(TAKEOVER)
+        second.start(TAKEOVER)  # both join the group at once, before the backlog drains
+        first.wait_ready()
+        second.wait_ready()
+        pipeline.reader.wait(
+            lambda: _rebalances_done(first) and _rebalances_done(second), 120, "both in the group"
+        )
         pipeline.reader.wait(
             lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 10, 180, "the backlog"
         )
+        typist = _typing(pipeline, keys)  # as in the one-worker test
         deciding = max((first, second), key=_decided)
         deciding.kill()  # SIGKILL, mid-backlog: the other worker takes its partitions over
         _backlog_left(pipeline, keys, cities + typist.cities)
@@ -215,12 +248,7 @@ def test_one_of_two_workers_killed_while_draining_a_backlog_loses_and_repeats_no
             typist.stop()
         second.stop()
         if not first.running:
-            first.start().wait_ready()
-
-
-def _rebalances_done(worker: StreamsProcess) -> int:
-    """How many rebalances this worker process has completed (Faust logs each)."""
-    return worker.log_path.read_text(errors="replace").count("Worker ready")
+            first.start(TAKEOVER).wait_ready()
 
 
 def test_a_worker_joining_while_a_backlog_drains_loses_and_repeats_nothing(
@@ -236,13 +264,13 @@ def test_a_worker_joining_while_a_backlog_drains_loses_and_repeats_nothing(
     typist: _Typist | None = None
     try:
         keys, cities = _backlog(pipeline)
-        first.start().wait_ready()
+        first.start(TAKEOVER).wait_ready()
         pipeline.reader.wait(
             lambda: len(_seen_cities(pipeline, keys, cities)) >= UPDATES // 20, 180, "the backlog"
         )
         typist = _typing(pipeline, keys)
         before = _rebalances_done(first)
-        second.start().wait_ready()
+        second.start(TAKEOVER).wait_ready()
         pipeline.reader.wait(lambda: _rebalances_done(first) > before, 120, "the rebalance")
         _backlog_left(pipeline, keys, cities + typist.cities)
         cities += typist.stop()
