@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
@@ -125,7 +126,10 @@ class FaustState:
         self._tables = tables
         self._sender = sender
         self._shared = shared_values
-        self._cache: dict[tuple[str, str], str | None] = {}
+        # oldest first; an OrderedDict, since dropping a plain dict's first key again and
+        # again makes each ``next(iter(...))`` step over every slot dropped before it
+        # (about 20 us a drop at 30,000 entries, against 1 us here)
+        self._cache: OrderedDict[tuple[str, str], str | None] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = cache_bytes
         self._copy: Callable[[Any], Any] = copy.deepcopy if shared_values else _same
@@ -185,8 +189,7 @@ class FaustState:
         cache[where] = text
         self._cache_bytes += size
         while self._cache_bytes > self._cache_limit:
-            oldest = next(iter(cache))
-            dropped = cache.pop(oldest)
+            _, dropped = cache.popitem(last=False)
             self._cache_bytes -= _ENTRY_BYTES + (len(dropped) if dropped is not None else 0)
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, Any]]:

@@ -7,6 +7,7 @@ is given; raw messages are delivered to the input topics as Faust's conductor de
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import types
@@ -29,6 +30,7 @@ from streams.app import (
     build,
     control_inbound,
     raw_inbound,
+    tune_collector,
 )
 from streams.intake import InputTopics
 from streams.outcome import H_KIND, KIND_TICK, Kind, Outbound
@@ -413,3 +415,29 @@ def test_the_kafka_publisher_sends_nothing_before_the_output_topics_exist() -> N
 
     asyncio.run(scenario())
     assert sent == [("canonical.customer", [(dlq.H_APP_ID, b"erpcrm-streams-test")])]
+
+
+@pytest.fixture
+def collector() -> Any:
+    """Python's garbage collector as it was, restored after the test."""
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
+    gc.unfreeze()
+
+
+@pytest.mark.usefixtures("collector")
+def test_the_worker_collects_young_objects_less_often_and_freezes_what_start_up_made() -> None:
+    made_at_start = [{"held": "for the process"}]
+    _, older, oldest = gc.get_threshold()
+    tune_collector(50_000)
+    assert gc.get_threshold() == (50_000, older, oldest)
+    assert gc.get_freeze_count() > 0
+    assert not any(obj is made_at_start for obj in gc.get_objects())
+
+
+@pytest.mark.usefixtures("collector")
+def test_a_zero_threshold_keeps_pythons_own() -> None:
+    before = gc.get_threshold()
+    tune_collector(0)
+    assert gc.get_threshold() == before
