@@ -23,10 +23,12 @@ a :class:`RowClock` in ``erpcrm_sync.row_clock`` (:mod:`sinks.sql`).
      target holds in that field (:meth:`RowClock.times`): the later commit wins, an
      exact tie goes to the ERP (reason ``last_writer`` or ``tie``). A decision against
      a local edit the other side has not seen is recorded: one the sink did not write
-     itself, and that the change was not made over (``prior_digests``: the source's
-     update replaced the very value the target holds, so it saw the local edit; an
-     ordinary edit after a sync is no conflict). The audit only: who wins is decided
-     by commit times alone, the same way on both sides.
+     itself, and that the winning change was not made over (``prior_digests``: the
+     source's update replaced the very value the target holds, so it saw the local
+     edit; an ordinary edit after a sync is no conflict). The audit only: who wins is
+     decided by commit times alone, the same way on both sides; a change made over the
+     local value that still loses (an older commit: the two clocks disagree, or the
+     value was edited away and back meanwhile) is recorded.
 
    The time of the last write a target field holds is the larger of two clocks kept
    per row: ``written``, the source commit time of each value the sink wrote there,
@@ -560,12 +562,16 @@ def merge(
             writes[name], written_at[name] = theirs, ts
         # A decision against a local edit the source has not seen is a conflict; a
         # field last written by the sink itself is just an update, and so is a change the
-        # source made over the value the target holds (it had seen the local edit).
+        # source made over the value the target holds (it had seen the local edit) and
+        # that wins. One made over it that still loses is recorded: an older commit
+        # after the local edit was seen means the edit was made again in between (A, B,
+        # A) or the two databases' clocks disagree, and an operator has to know.
         if by_target > by_sink and not _same(ours := current.get(name), theirs):
-            if priors is None:
-                priors = prior() if prior is not None else {}
-            if _made_over(priors, name, ours):
-                continue
+            if winner == source:
+                if priors is None:
+                    priors = prior() if prior is not None else {}
+                if _made_over(priors, name, ours):
+                    continue
             conflicts.append(
                 Conflict(entity, entity_key, name, ours, theirs, winner, reason, target)
             )

@@ -141,16 +141,18 @@ def test_shared_field_goes_to_the_later_commit_of_either_side() -> None:
 
 
 def test_a_change_made_over_the_local_value_is_no_conflict_and_wins_by_time_alone() -> None:
-    # The CRM typed local@x at 150, the ERP saw it and changed it at 200 (or, its clock
-    # behind, at 100): an ordinary edit after a sync, recorded as no conflict; who wins
-    # stays the commit times' decision.
+    # The CRM typed local@x at 150, the ERP saw it and changed it at 200: an ordinary
+    # edit after a sync, no conflict.
     current = {"email": "local@x"}
     local_newer = clock(local={"email": 150}, horizon_ms=150)
     seen = {"email": value_digest("local@x")}
-    for ts, writes in ((200, {"email": "remote@x"}), (100, {})):
-        record = rec(2, ts=ts, email="remote@x")
-        m = crm_merge(record, current, local_newer, {"email": ts}, seen)
-        assert (m.writes, m.conflicts) == (writes, ())
+    m = crm_merge(rec(2, ts=200, email="remote@x"), current, local_newer, {"email": 200}, seen)
+    assert (m.writes, m.conflicts) == ({"email": "remote@x"}, ())
+    # Made over it at an older commit (the ERP's clock behind, or local@x typed again
+    # after the one the ERP saw): commit times still decide, and the audit says so.
+    late = crm_merge(rec(2, ts=100, email="remote@x"), current, local_newer, {"email": 100}, seen)
+    assert late.writes == {}
+    assert [(c.winner, c.reason) for c in late.conflicts] == [("crm", "last_writer")]
     # Made over another value (the CRM's edit came after the one the ERP saw): a conflict.
     older = {"email": value_digest("older@x")}
     remote = rec(2, ts=200, email="remote@x")
