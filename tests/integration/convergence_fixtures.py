@@ -471,6 +471,12 @@ def pair_rows(
     return sorted((k, sorted(v.items())) for k, v in read_pairs(env, pairs, fields).items())
 
 
+def run_name_pattern(run_tag: str) -> str:
+    """The regular expression matching every name a run's writers made (its mark ends
+    each one: ``" <tag><writer>n<seq>"``, writer ``e1``, ``c2``, ``i``, ...)."""
+    return f" {run_tag}[a-z][0-9]*n[0-9]+$"
+
+
 def pair_records(
     env: dict[str, str],
     run_tag: str,
@@ -486,8 +492,7 @@ def pair_records(
     the sync made beside a pair (a customer synced twice, an echo taken for a new one)
     is found by it, and so is a pair whose link the sync broke.
     """
-    # The mark ends every generated name: " <tag><writer>n<seq>" (writer: e1, c2, i, ...).
-    pattern = f" {run_tag}[a-z][0-9]*n[0-9]+$"
+    pattern = run_name_pattern(run_tag)
     erp = {
         str(i): (None if link is None else str(link), ref, active)
         for i, link, ref, active in execute(

@@ -70,6 +70,7 @@ from tests.integration.convergence_fixtures import (
     commit_time_us,
     diverged,
     dump,
+    run_name_pattern,
     run_writers,
     start_pairs,
 )
@@ -369,7 +370,7 @@ def _records(
     Every customer and contact name of the run ends in the run's tag and a writer's mark,
     in any state: a record synced twice is found by it.
     """
-    pattern = f" {run_tag}[a-z][0-9]*n[0-9]+$"
+    pattern = run_name_pattern(run_tag)
     erp = {
         str(i): (None if a is None else str(a), None if c is None else str(c), parent)
         for i, a, c, parent in execute(
